@@ -2,6 +2,15 @@
 //! Kustomer, and a local sandbox of the Kustomer API to rehearse it against.
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library; the integration tests and
-//! the benchmarks use the same modules.
+//! the benchmarks use the same modules. The pipeline reads as the modules do:
+//! [`input`] -> [`mapping`] (+ [`rowkey`]) -> [`pipeline`] -> [`api`] -> [`checkpoint`],
+//! with [`report`] telling the user what happened.
 
+pub mod api;
+pub mod checkpoint;
+pub mod input;
+pub mod mapping;
+pub mod pipeline;
+pub mod report;
+pub mod rowkey;
 pub mod sandbox;

@@ -1,3 +1,61 @@
-fn main() {
-    println!("Hello, world!");
+//! kustomer-import's entry point: parse the command line, set up logging, run the command,
+//! exit with its status. Everything else lives in the library and `commands/`.
+
+mod cli;
+mod commands;
+mod config;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use commands::Exit;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::Import(args) => {
+            let api_key = std::env::var(config::API_KEY_VAR).ok();
+            config::import_config(args, api_key).map(commands::import::run)
+        }
+        Command::Sandbox(args) => {
+            config::sandbox_config(&args).map(|(config, port)| commands::sandbox::run(config, port))
+        }
+    };
+    let exit = match result {
+        Err(usage) => {
+            eprintln!("error: {usage}");
+            Exit::Usage
+        }
+        Ok(Err(error)) => {
+            eprintln!("error: {error:#}");
+            Exit::Usage
+        }
+        Ok(Ok(exit)) => exit,
+    };
+    exit.into()
+}
+
+/// Human log lines on stderr; `-v`/`-q` or RUST_LOG pick the level; colour only on a
+/// terminal and never with NO_COLOR.
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (0, 0) => "info",
+        (_, q) if q > 0 => "warn",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,kustomer_import={level}"))
+    });
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_target(false)
+        .init();
 }

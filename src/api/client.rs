@@ -1,0 +1,343 @@
+//! The Kustomer HTTP client: creates customers and conversations, looks them up, and turns
+//! every answer into an id or a classified [`ApiError`].
+//!
+//! It accepts both shapes the API is seen in: the spec's (200, bare `{type, id,
+//! attributes}`) and the live API's (201, `{"data": {...}}`). Every request passes the
+//! shared [`RateGate`]; a 429 pauses every worker and the request is sent again here, so
+//! callers never see one. The key lives in a [`SecretString`] and goes out only in a
+//! header marked sensitive; no error or log line built here can contain it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use url::Url;
+
+use super::error::{ApiError, server_message};
+use super::ratelimit::RateGate;
+use crate::mapping::{ConversationBody, CustomerBody};
+
+/// How to reach the API.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub base_url: Url,
+    pub api_key: SecretString,
+    /// Whole-request timeout; an answer later than this is a lost answer.
+    pub timeout: Duration,
+    /// 429s in a row for one request before it counts as a transient failure.
+    pub max_rate_limited: u32,
+}
+
+/// Counts of what the client sent, for the summary and the runs table.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub requests: AtomicU64,
+    pub creates: AtomicU64,
+    pub lookups: AtomicU64,
+    pub rate_limited: AtomicU64,
+}
+
+/// A field a customer can be looked up by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupField {
+    ExternalId,
+    Email,
+    Phone,
+}
+
+impl LookupField {
+    fn as_str(self) -> &'static str {
+        match self {
+            LookupField::ExternalId => "externalId",
+            LookupField::Email => "email",
+            LookupField::Phone => "phone",
+        }
+    }
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the API key contains characters that cannot go in an HTTP header")]
+    BadKey,
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+pub struct KustomerClient {
+    http: reqwest::Client,
+    base_url: Url,
+    authorization: HeaderValue,
+    gate: Arc<RateGate>,
+    stats: Arc<RequestStats>,
+    max_rate_limited: u32,
+}
+
+impl std::fmt::Debug for KustomerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KustomerClient")
+            .field("base_url", &self.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KustomerClient {
+    pub fn new(
+        settings: ClientSettings,
+        gate: Arc<RateGate>,
+        stats: Arc<RequestStats>,
+    ) -> Result<KustomerClient, ClientError> {
+        let mut authorization =
+            HeaderValue::from_str(&format!("Bearer {}", settings.api_key.expose_secret()))
+                .map_err(|_| ClientError::BadKey)?;
+        authorization.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("kustomer-import/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| ClientError::Build(error.to_string()))?;
+        let mut base_url = settings.base_url;
+        if !base_url.path().ends_with('/') {
+            let path = format!("{}/", base_url.path());
+            base_url.set_path(&path);
+        }
+        Ok(KustomerClient {
+            http,
+            base_url,
+            authorization,
+            gate,
+            stats,
+            max_rate_limited: settings.max_rate_limited.max(1),
+        })
+    }
+
+    /// What this client has sent so far.
+    pub fn stats(&self) -> &RequestStats {
+        &self.stats
+    }
+
+    /// `POST /v1/customers`; the new customer's id.
+    pub async fn create_customer(&self, body: &CustomerBody) -> Result<String, ApiError> {
+        self.create("v1/customers", body).await
+    }
+
+    /// `POST /v1/conversations`; the new conversation's id.
+    pub async fn create_conversation(&self, body: &ConversationBody) -> Result<String, ApiError> {
+        self.create("v1/conversations", body).await
+    }
+
+    /// `GET /v1/customers/{field}={value}`; None when there is no such customer.
+    pub async fn find_customer(
+        &self,
+        field: LookupField,
+        value: &str,
+    ) -> Result<Option<String>, ApiError> {
+        self.lookup("v1/customers", field.as_str(), value).await
+    }
+
+    /// `GET /v1/conversations/externalId={value}`; None when there is no such conversation.
+    pub async fn find_conversation(&self, external_id: &str) -> Result<Option<String>, ApiError> {
+        self.lookup("v1/conversations", "externalId", external_id)
+            .await
+    }
+
+    async fn create(&self, path: &str, body: &impl Serialize) -> Result<String, ApiError> {
+        self.stats.creates.fetch_add(1, Ordering::Relaxed);
+        let body = serde_json::to_vec(body).map_err(|error| ApiError::Rejected {
+            status: 0,
+            message: format!("cannot encode the body: {error}"),
+        })?;
+        let url = self.url(path);
+        let (status, answer) = self.send(Method::POST, url, Some(body)).await?;
+        match status.as_u16() {
+            200 | 201 => record_id(&answer).ok_or_else(|| ApiError::Transient {
+                reason: format!("{status} with no id in the answer"),
+                maybe_applied: true,
+            }),
+            409 => Err(ApiError::Duplicate {
+                message: server_message(&answer),
+            }),
+            code => Err(classify_failure(code, &answer)),
+        }
+    }
+
+    async fn lookup(
+        &self,
+        collection: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<Option<String>, ApiError> {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        let encoded =
+            percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
+        let url = self.url(&format!("{collection}/{field}={encoded}"));
+        let (status, answer) = self.send(Method::GET, url, None).await?;
+        match status.as_u16() {
+            200 | 201 => Ok(record_id(&answer)),
+            404 => Ok(None),
+            code => Err(classify_failure(code, &answer)),
+        }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // Joining a relative path onto a base ending in '/' cannot fail.
+        self.base_url
+            .join(path)
+            .unwrap_or_else(|_| self.base_url.clone())
+    }
+
+    /// Sends one request through the rate gate, sending it again after 429s.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, bytes::Bytes), ApiError> {
+        let body = body.map(bytes::Bytes::from);
+        let mut rate_limited = 0;
+        loop {
+            self.gate.acquire().await;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .header(AUTHORIZATION, self.authorization.clone());
+            if let Some(body) = &body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            let response = request.send().await.map_err(transport_error)?;
+            let status = response.status();
+            self.gate.observe(status.as_u16(), response.headers());
+            let answer = response.bytes().await.map_err(transport_error)?;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                rate_limited += 1;
+                if rate_limited >= self.max_rate_limited {
+                    return Err(ApiError::Transient {
+                        reason: format!("still rate limited after {rate_limited} tries"),
+                        maybe_applied: false,
+                    });
+                }
+                continue;
+            }
+            return Ok((status, answer));
+        }
+    }
+}
+
+/// The id of the record in a create or lookup answer, bare or wrapped in `data`.
+fn record_id(answer: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    let record = value
+        .get("data")
+        .filter(|d| d.is_object())
+        .unwrap_or(&value);
+    match record.get("id")? {
+        serde_json::Value::String(id) if !id.is_empty() => Some(id.clone()),
+        serde_json::Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
+fn classify_failure(code: u16, answer: &[u8]) -> ApiError {
+    let message = server_message(answer);
+    match code {
+        401 | 403 => ApiError::Unauthorized {
+            status: code,
+            message,
+        },
+        // 408: the server gave up reading; 5xx: the server or a proxy failed, perhaps after
+        // the write. Either may have applied the request.
+        408 | 500..=599 => ApiError::Transient {
+            reason: format!("server error {code}: {message}"),
+            maybe_applied: true,
+        },
+        _ => ApiError::Rejected {
+            status: code,
+            message,
+        },
+    }
+}
+
+/// A request that got no HTTP answer. Only a failure to connect proves the server never
+/// saw it; a timeout or a connection dropped after sending may hide a write.
+fn transport_error(error: reqwest::Error) -> ApiError {
+    let maybe_applied = !error.is_connect();
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else {
+        "connection lost"
+    };
+    let error = error.without_url();
+    let mut reason = format!("{kind}: {error}");
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    ApiError::Transient {
+        reason,
+        maybe_applied,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_read_from_both_shapes() {
+        assert_eq!(
+            record_id(br#"{"type":"customer","id":"abc","attributes":{}}"#).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            record_id(br#"{"data":{"type":"customer","id":"abc"}}"#).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(record_id(br#"{"data":{"type":"customer"}}"#), None);
+        assert_eq!(record_id(b"not json"), None);
+    }
+
+    #[test]
+    fn failures_are_classified_by_what_the_caller_must_do() {
+        assert!(matches!(
+            classify_failure(401, b""),
+            ApiError::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            classify_failure(403, b""),
+            ApiError::Unauthorized { .. }
+        ));
+        assert!(classify_failure(502, b"").maybe_applied());
+        assert!(matches!(
+            classify_failure(422, b"{}"),
+            ApiError::Rejected { status: 422, .. }
+        ));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let client = KustomerClient::new(
+            ClientSettings {
+                base_url: Url::parse("http://127.0.0.1:1").unwrap(),
+                api_key: SecretString::from("super-secret-key"),
+                timeout: Duration::from_secs(1),
+                max_rate_limited: 3,
+            },
+            Arc::new(RateGate::new(0, Duration::from_secs(60))),
+            Arc::default(),
+        )
+        .unwrap();
+        assert!(!format!("{client:?}").contains("super-secret-key"));
+    }
+}

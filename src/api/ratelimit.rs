@@ -1,0 +1,232 @@
+//! The rate gate: every request of the process, lookups included, passes through one
+//! [`RateGate`] before it leaves. It keeps three promises:
+//!
+//! - a hard ceiling of `rpm` requests in any window (a governor GCRA limiter whose period
+//!   leaves room for its small burst, so burst + steady rate never exceeds the ceiling);
+//! - one shared pause: a 429 stops every worker until the reset the server gave, instead of
+//!   each worker retrying on its own and burning the budget;
+//! - slowing before zero: the `x-ratelimit-remaining` / `-reset` headers spread what is
+//!   left of the server's budget over the time to its reset, so a server limit below ours,
+//!   or other integrations sharing the org's budget, cost few 429s.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::HeaderMap;
+use tokio::time::Instant;
+
+/// Longest pause a server's headers may impose at once.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// Shared by every worker of a run.
+pub struct RateGate {
+    limiter: Option<DefaultDirectRateLimiter>,
+    state: Mutex<GateState>,
+}
+
+struct GateState {
+    /// No request leaves before this (set by 429s and by remaining = 0).
+    paused_until: Instant,
+    /// Pacing from the server's headers: the next request's earliest start, and the
+    /// spacing between requests while the server's budget runs low.
+    next_slot: Instant,
+    spacing: Duration,
+}
+
+/// What the server said of its budget in one response.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BudgetHeaders {
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    pub reset_in: Option<Duration>,
+    pub retry_after: Option<Duration>,
+}
+
+impl RateGate {
+    /// A gate for at most `requests` requests in any `window`; `requests == 0` means no
+    /// limit of our own (the server's headers still apply).
+    pub fn new(requests: u32, window: Duration) -> RateGate {
+        let limiter = NonZeroU32::new(requests).map(|requests| {
+            let burst = (requests.get() / 100).clamp(1, 10);
+            let steady = (requests.get() - burst).max(1);
+            let period = window / steady;
+            let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+                .expect("a positive period")
+                .allow_burst(NonZeroU32::new(burst).expect("burst >= 1"));
+            RateLimiter::direct(quota)
+        });
+        let now = Instant::now();
+        RateGate {
+            limiter,
+            state: Mutex::new(GateState {
+                paused_until: now,
+                next_slot: now,
+                spacing: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Waits until one more request may leave.
+    pub async fn acquire(&self) {
+        loop {
+            let paused_until = self.lock().paused_until;
+            if paused_until <= Instant::now() {
+                break;
+            }
+            tokio::time::sleep_until(paused_until).await;
+        }
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+        let slot = {
+            let mut state = self.lock();
+            let slot = Instant::now().max(state.next_slot).max(state.paused_until);
+            state.next_slot = slot + state.spacing;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    /// Stops every worker for `wait`.
+    pub fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait.min(MAX_PAUSE);
+        let mut state = self.lock();
+        state.paused_until = state.paused_until.max(until);
+    }
+
+    /// Learns from a response's headers. For a 429, pauses everyone until the reset
+    /// (`Retry-After`, else `x-ratelimit-reset`, else one second).
+    pub fn observe(&self, status: u16, headers: &HeaderMap) {
+        let budget = BudgetHeaders::parse(headers);
+        if status == 429 {
+            let wait = budget
+                .retry_after
+                .or(budget.reset_in)
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_millis(50));
+            self.pause_for(wait);
+            return;
+        }
+        let (Some(remaining), Some(reset_in)) = (budget.remaining, budget.reset_in) else {
+            return;
+        };
+        if remaining == 0 {
+            self.pause_for(reset_in);
+        }
+        let spacing = reset_in.min(MAX_PAUSE) / u32::try_from(remaining + 1).unwrap_or(u32::MAX);
+        self.lock().spacing = spacing;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl BudgetHeaders {
+    /// Reads `x-ratelimit-*` and `Retry-After`. The unit of `x-ratelimit-reset` is not
+    /// documented: a value above 1e12 is taken as epoch milliseconds, above 1e9 as epoch
+    /// seconds, anything else as seconds from now.
+    pub fn parse(headers: &HeaderMap) -> BudgetHeaders {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let number = |name: &str| text(name).and_then(|v| v.parse::<f64>().ok());
+        let whole = |name: &str| number(name).filter(|v| *v >= 0.0).map(|v| v as u64);
+        let reset_in = number("x-ratelimit-reset").map(seconds_until);
+        let retry_after = text("retry-after").and_then(|value| match value.parse::<f64>() {
+            Ok(seconds) => Some(Duration::from_secs_f64(seconds.clamp(0.0, 3600.0))),
+            Err(_) => httpdate::parse_http_date(value)
+                .ok()
+                .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default()),
+        });
+        BudgetHeaders {
+            limit: whole("x-ratelimit-limit"),
+            remaining: whole("x-ratelimit-remaining"),
+            reset_in,
+            retry_after,
+        }
+    }
+}
+
+fn seconds_until(reset: f64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let seconds = if reset > 1e12 {
+        reset / 1000.0 - now
+    } else if reset > 1e9 {
+        reset - now
+    } else {
+        reset
+    };
+    Duration::from_secs_f64(seconds.clamp(0.0, MAX_PAUSE.as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn reset_is_read_in_any_of_its_units() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        for value in [
+            "30".to_string(),
+            (now + 30).to_string(),
+            ((now + 30) * 1000).to_string(),
+        ] {
+            let parsed = BudgetHeaders::parse(&headers(&[("x-ratelimit-reset", value.clone())]));
+            let seconds = parsed.reset_in.unwrap().as_secs_f64();
+            assert!((28.0..=31.0).contains(&seconds), "{value} -> {seconds}");
+        }
+        let parsed = BudgetHeaders::parse(&headers(&[("retry-after", "7".into())]));
+        assert_eq!(parsed.retry_after, Some(Duration::from_secs(7)));
+    }
+
+    #[tokio::test]
+    async fn the_ceiling_holds_in_any_window_burst_included() {
+        // Real time: governor keeps its own clock. Slowness can only help the assertion.
+        let gate = RateGate::new(40, Duration::from_secs(1));
+        let start = std::time::Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..60 {
+            gate.acquire().await;
+            times.push(start.elapsed());
+        }
+        for (index, at) in times.iter().enumerate() {
+            let in_window = times[index..]
+                .iter()
+                .take_while(|t| **t < *at + Duration::from_secs(1))
+                .count();
+            assert!(in_window <= 40, "{in_window} requests within 1 s of {at:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_pauses_everyone_until_the_reset() {
+        let gate = RateGate::new(0, Duration::from_secs(60));
+        gate.observe(429, &headers(&[("retry-after", "2".into())]));
+        let start = Instant::now();
+        gate.acquire().await;
+        assert!(Instant::now() - start >= Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,276 @@
+//! The checkpoint: a SQLite file that records every row's state and Kustomer ids, every
+//! customer the import made or linked, and every run. It is what makes a run resumable and
+//! a re-run free: the pipeline asks it what is already done and tells it, through the one
+//! [`writer`], what happens.
+//!
+//! Opening a checkpoint takes the run lock (one run per checkpoint at a time), creates the
+//! file readable by its owner only (it holds customers' emails and phones), and applies the
+//! migrations in `migrations/`.
+
+pub mod lock;
+pub mod writer;
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+pub use self::lock::{LockHolder, RunLock};
+pub use self::writer::{Change, CheckpointWriter, CustomerOrigin, RowChange, WriterHandle};
+
+/// Why the checkpoint could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("another run holds the checkpoint {path}: {holder}")]
+    Locked { path: PathBuf, holder: LockHolder },
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("checkpoint {path}: cannot apply the schema: {reason}")]
+    Migrate { path: PathBuf, reason: String },
+    #[error("checkpoint write failed: {0}")]
+    Write(String),
+}
+
+/// A row's state in the checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowState {
+    Pending,
+    CustomerSent,
+    CustomerOk,
+    ConversationSent,
+    Done,
+    Failed,
+}
+
+impl RowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowState::Pending => "pending",
+            RowState::CustomerSent => "customer_sent",
+            RowState::CustomerOk => "customer_ok",
+            RowState::ConversationSent => "conversation_sent",
+            RowState::Done => "done",
+            RowState::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Option<RowState> {
+        Some(match text {
+            "pending" => RowState::Pending,
+            "customer_sent" => RowState::CustomerSent,
+            "customer_ok" => RowState::CustomerOk,
+            "conversation_sent" => RowState::ConversationSent,
+            "done" => RowState::Done,
+            "failed" => RowState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// What the checkpoint holds of one row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRow {
+    pub state: RowState,
+    pub customer_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub field: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// What the checkpoint holds of one customer key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCustomer {
+    /// None while only the intent (`sent`) is recorded.
+    pub customer_id: Option<String>,
+}
+
+/// Counts a run ends with, kept in the `runs` table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunCounts {
+    pub rows_read: u64,
+    pub rows_done: u64,
+    pub rows_failed: u64,
+    pub rows_pending: u64,
+    pub requests: u64,
+}
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/001-initial/up.sql")];
+
+/// An open checkpoint, locked for this run. Reads go through this connection; writes go
+/// through the [`CheckpointWriter`] from [`Checkpoint::start_writer`].
+pub struct Checkpoint {
+    path: PathBuf,
+    connection: Connection,
+    _lock: RunLock,
+}
+
+impl Checkpoint {
+    /// Locks, creates (mode 0600) or opens, and migrates the checkpoint at `path`.
+    pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let lock = RunLock::acquire(path)?;
+        create_private(path)?;
+        let mut connection = open_connection(path)?;
+        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
+        migrations
+            .to_latest(&mut connection)
+            .map_err(|error| CheckpointError::Migrate {
+                path: path.to_path_buf(),
+                reason: error.to_string(),
+            })?;
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            connection,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> CheckpointError {
+        CheckpointError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Starts the single writer thread, on a connection of its own.
+    pub fn start_writer(&self) -> Result<(CheckpointWriter, WriterHandle), CheckpointError> {
+        let connection = open_connection(&self.path)?;
+        Ok(writer::start(connection))
+    }
+
+    /// The state of one row, if the checkpoint has seen it.
+    pub fn row(&self, row_key: &str) -> Result<Option<StoredRow>, CheckpointError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT state, customer_id, conversation_id, field, last_error
+                 FROM rows WHERE row_key = ?1",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        statement
+            .query_row([row_key], |row| {
+                let state: String = row.get(0)?;
+                Ok(StoredRow {
+                    state: RowState::parse(&state).unwrap_or(RowState::Pending),
+                    customer_id: row.get(1)?,
+                    conversation_id: row.get(2)?,
+                    field: row.get(3)?,
+                    last_error: row.get(4)?,
+                })
+            })
+            .optional()
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// The customer recorded under a customer key, if any.
+    pub fn customer(&self, customer_key: &str) -> Result<Option<StoredCustomer>, CheckpointError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT customer_id FROM customers WHERE customer_key = ?1")
+            .map_err(|e| self.sqlite(e))?;
+        statement
+            .query_row([customer_key], |row| {
+                Ok(StoredCustomer {
+                    customer_id: row.get(0)?,
+                })
+            })
+            .optional()
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// Records the start of a run; `args` must not hold the API key.
+    pub fn begin_run(&self, args: &str) -> Result<i64, CheckpointError> {
+        self.connection
+            .execute(
+                "INSERT INTO runs (started_at, pid, host, args) VALUES (?1, ?2, ?3, ?4)",
+                params![now_rfc3339(), std::process::id(), lock::host_name(), args],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// Records how a run ended.
+    pub fn end_run(
+        &self,
+        run_id: i64,
+        exit_code: i32,
+        counts: RunCounts,
+    ) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "UPDATE runs SET ended_at = ?2, exit_code = ?3, rows_read = ?4, rows_done = ?5,
+                     rows_failed = ?6, rows_pending = ?7, requests = ?8
+                 WHERE id = ?1",
+                params![
+                    run_id,
+                    now_rfc3339(),
+                    exit_code,
+                    counts.rows_read as i64,
+                    counts.rows_done as i64,
+                    counts.rows_failed as i64,
+                    counts.rows_pending as i64,
+                    counts.requests as i64
+                ],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(())
+    }
+}
+
+/// Creates the database file with mode 0600 before SQLite sees it; SQLite gives its `-wal`
+/// and `-shm` files the same mode.
+fn create_private(path: &Path) -> Result<(), CheckpointError> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn open_connection(path: &Path) -> Result<Connection, CheckpointError> {
+    let sqlite = |source| CheckpointError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let connection = Connection::open(path).map_err(sqlite)?;
+    // WAL: the writer commits without blocking readers (the planner, `status` while a run
+    // goes on), and a commit is one sequential append. synchronous=FULL: each commit is
+    // fsynced before it returns, so an intent that was acknowledged survives a power loss,
+    // not only a killed process. NORMAL would be enough against kill -9 but may lose the
+    // last commits on power loss, and a lost intent is a request we would send twice. The
+    // writer batches many changes per commit, so the fsync cost is paid per batch.
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(sqlite)?;
+    connection
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(sqlite)?;
+    connection
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sqlite)?;
+    Ok(connection)
+}
+
+/// The current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}

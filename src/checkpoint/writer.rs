@@ -1,0 +1,338 @@
+//! The single checkpoint writer: one thread, one connection, and every change of the run
+//! sent to it in order over a channel. It commits whatever has queued up in one transaction
+//! (group commit), so the fsync that makes an intent durable is shared by every worker that
+//! was waiting at that moment.
+//!
+//! [`CheckpointWriter::commit`] waits until its changes are durable: intents go this way,
+//! because a request may only leave once its intent survives a crash. [`CheckpointWriter::record`]
+//! queues changes and returns: outcomes go this way, because losing one only means the
+//! next run reconciles that row by lookup.
+
+use rusqlite::{Connection, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CheckpointError, RowState, now_rfc3339};
+
+/// How a customer of the import came to have its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CustomerOrigin {
+    /// This import created it.
+    Created,
+    /// It was already in Kustomer (the create answered 409); the row uses it.
+    Linked,
+    /// A create's answer was lost and a lookup found it.
+    Reconciled,
+}
+
+impl CustomerOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CustomerOrigin::Created => "created",
+            CustomerOrigin::Linked => "linked",
+            CustomerOrigin::Reconciled => "reconciled",
+        }
+    }
+}
+
+/// A change to one row. `None` fields keep what the checkpoint has.
+#[derive(Clone, Debug)]
+pub struct RowChange {
+    pub row_key: String,
+    pub source_file: String,
+    pub line: u64,
+    pub customer_key: Option<String>,
+    pub conversation_external_id: Option<String>,
+    pub state: RowState,
+    pub customer_id: Option<String>,
+    pub conversation_id: Option<String>,
+    /// Requests sent for the row since the last change, added to its count.
+    pub attempts: u32,
+    /// The field a failure is about, and the reason (only for `failed`; cleared otherwise).
+    pub field: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One change the writer applies.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Row(RowChange),
+    /// The intent to create a customer, with the values a lookup would find it by.
+    CustomerSent {
+        customer_key: String,
+        external_id: Option<String>,
+        email: Option<String>,
+        phone: Option<String>,
+    },
+    CustomerResolved {
+        customer_key: String,
+        customer_id: String,
+        origin: CustomerOrigin,
+    },
+}
+
+struct Batch {
+    changes: Vec<Change>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The sending side of the writer; cheap to clone, one per worker.
+#[derive(Clone)]
+pub struct CheckpointWriter {
+    sender: mpsc::Sender<Batch>,
+}
+
+/// Joins the writer thread once every [`CheckpointWriter`] is dropped.
+pub struct WriterHandle {
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl WriterHandle {
+    /// Waits for the writer to drain its queue; says whether every change was written.
+    pub fn finish(self) -> Result<(), CheckpointError> {
+        match self.thread.join() {
+            Ok(result) => result.map_err(CheckpointError::Write),
+            Err(_) => Err(CheckpointError::Write("the writer thread panicked".into())),
+        }
+    }
+}
+
+/// Most changes applied in one transaction.
+const MAX_BATCH: usize = 4096;
+
+pub(super) fn start(mut connection: Connection) -> (CheckpointWriter, WriterHandle) {
+    let (sender, mut receiver) = mpsc::channel::<Batch>(8192);
+    let thread = std::thread::Builder::new()
+        .name("checkpoint-writer".into())
+        .spawn(move || {
+            let mut failure: Option<String> = None;
+            let mut pending: Vec<Batch> = Vec::new();
+            while let Some(first) = receiver.blocking_recv() {
+                pending.push(first);
+                let mut count = pending[0].changes.len();
+                while count < MAX_BATCH {
+                    match receiver.try_recv() {
+                        Ok(batch) => {
+                            count += batch.changes.len();
+                            pending.push(batch);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if failure.is_none()
+                    && let Err(error) = apply(&mut connection, &pending)
+                {
+                    failure = Some(error.to_string());
+                }
+                for batch in pending.drain(..) {
+                    if let Some(done) = batch.done {
+                        let _ = done.send(match &failure {
+                            None => Ok(()),
+                            Some(error) => Err(error.clone()),
+                        });
+                    }
+                }
+            }
+            match failure {
+                None => Ok(()),
+                Some(error) => Err(error),
+            }
+        })
+        .expect("spawning the checkpoint writer thread");
+    (CheckpointWriter { sender }, WriterHandle { thread })
+}
+
+impl CheckpointWriter {
+    /// Writes `changes` and waits until they are durable.
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), CheckpointError> {
+        let (done, wait) = oneshot::channel();
+        self.sender
+            .send(Batch {
+                changes,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| CheckpointError::Write("the writer has stopped".into()))?;
+        match wait.await {
+            Ok(result) => result.map_err(CheckpointError::Write),
+            Err(_) => Err(CheckpointError::Write("the writer has stopped".into())),
+        }
+    }
+
+    /// Queues `changes`, in order after everything queued before, without waiting.
+    pub async fn record(&self, changes: Vec<Change>) -> Result<(), CheckpointError> {
+        self.sender
+            .send(Batch {
+                changes,
+                done: None,
+            })
+            .await
+            .map_err(|_| CheckpointError::Write("the writer has stopped".into()))
+    }
+}
+
+fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()> {
+    let now = now_rfc3339();
+    let transaction = connection.transaction()?;
+    {
+        let mut upsert_row = transaction.prepare_cached(
+            "INSERT INTO rows (row_key, source_file, line, customer_key, conversation_external_id,
+                               state, customer_id, conversation_id, attempts, field, last_error,
+                               updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (row_key) DO UPDATE SET
+                 source_file = excluded.source_file,
+                 line = excluded.line,
+                 customer_key = coalesce(excluded.customer_key, customer_key),
+                 conversation_external_id =
+                     coalesce(excluded.conversation_external_id, conversation_external_id),
+                 state = excluded.state,
+                 customer_id = coalesce(excluded.customer_id, customer_id),
+                 conversation_id = coalesce(excluded.conversation_id, conversation_id),
+                 attempts = attempts + excluded.attempts,
+                 field = excluded.field,
+                 last_error = excluded.last_error,
+                 updated_at = excluded.updated_at",
+        )?;
+        let mut customer_sent = transaction.prepare_cached(
+            "INSERT INTO customers (customer_key, state, external_id, email, phone, updated_at)
+             VALUES (?1, 'sent', ?2, ?3, ?4, ?5)
+             ON CONFLICT (customer_key) DO UPDATE SET updated_at = excluded.updated_at
+             WHERE customer_id IS NULL",
+        )?;
+        let mut customer_resolved = transaction.prepare_cached(
+            "INSERT INTO customers (customer_key, state, customer_id, updated_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (customer_key) DO UPDATE SET
+                 state = excluded.state, customer_id = excluded.customer_id,
+                 updated_at = excluded.updated_at",
+        )?;
+        for change in batches.iter().flat_map(|batch| &batch.changes) {
+            match change {
+                Change::Row(row) => {
+                    upsert_row.execute(params![
+                        row.row_key,
+                        row.source_file,
+                        row.line as i64,
+                        row.customer_key,
+                        row.conversation_external_id,
+                        row.state.as_str(),
+                        row.customer_id,
+                        row.conversation_id,
+                        row.attempts,
+                        row.field,
+                        row.error,
+                        now,
+                    ])?;
+                }
+                Change::CustomerSent {
+                    customer_key,
+                    external_id,
+                    email,
+                    phone,
+                } => {
+                    customer_sent.execute(params![customer_key, external_id, email, phone, now])?;
+                }
+                Change::CustomerResolved {
+                    customer_key,
+                    customer_id,
+                    origin,
+                } => {
+                    customer_resolved.execute(params![
+                        customer_key,
+                        origin.as_str(),
+                        customer_id,
+                        now
+                    ])?;
+                }
+            }
+        }
+    }
+    transaction.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+
+    fn row(key: &str, state: RowState) -> RowChange {
+        RowChange {
+            row_key: key.into(),
+            source_file: "f.csv".into(),
+            line: 2,
+            customer_key: Some("ext:1".into()),
+            conversation_external_id: None,
+            state,
+            customer_id: None,
+            conversation_id: None,
+            attempts: 1,
+            field: None,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_are_applied_in_order_and_ids_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::open(&dir.path().join("c.sqlite")).unwrap();
+        let (writer, handle) = checkpoint.start_writer().unwrap();
+        let mut ok = row("r1", RowState::CustomerOk);
+        ok.customer_id = Some("cust".into());
+        writer
+            .commit(vec![
+                Change::Row(row("r1", RowState::CustomerSent)),
+                Change::Row(ok),
+            ])
+            .await
+            .unwrap();
+        let mut done = row("r1", RowState::Done);
+        done.conversation_id = Some("conv".into());
+        writer.record(vec![Change::Row(done)]).await.unwrap();
+        drop(writer);
+        handle.finish().unwrap();
+        let stored = checkpoint.row("r1").unwrap().unwrap();
+        assert_eq!(stored.state, RowState::Done);
+        assert_eq!(stored.customer_id.as_deref(), Some("cust"));
+        assert_eq!(stored.conversation_id.as_deref(), Some("conv"));
+    }
+
+    #[tokio::test]
+    async fn a_customer_intent_never_overwrites_a_known_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::open(&dir.path().join("c.sqlite")).unwrap();
+        let (writer, handle) = checkpoint.start_writer().unwrap();
+        let sent = || Change::CustomerSent {
+            customer_key: "ext:1".into(),
+            external_id: Some("1".into()),
+            email: None,
+            phone: None,
+        };
+        writer.commit(vec![sent()]).await.unwrap();
+        assert_eq!(
+            checkpoint.customer("ext:1").unwrap().unwrap().customer_id,
+            None
+        );
+        writer
+            .commit(vec![
+                Change::CustomerResolved {
+                    customer_key: "ext:1".into(),
+                    customer_id: "c1".into(),
+                    origin: CustomerOrigin::Created,
+                },
+                sent(),
+            ])
+            .await
+            .unwrap();
+        drop(writer);
+        handle.finish().unwrap();
+        assert_eq!(
+            checkpoint
+                .customer("ext:1")
+                .unwrap()
+                .unwrap()
+                .customer_id
+                .as_deref(),
+            Some("c1")
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! The command line as the user types it: clap definitions, flags and their environment
+//! variables, and nothing else. `config.rs` turns these into validated settings; no other
+//! module sees clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  every row is done
+  1  the run finished, some rows failed (see the errors file)
+  2  usage, configuration or unreadable input
+  3  the API refused the key (401/403); nothing was marked failed for it
+  4  stopped before the end (a signal, or errors that outlasted the retries):
+     run the same command again to resume
+  5  another run holds the checkpoint";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kustomer-import",
+    version,
+    about = "Import customer-service exports (CSV, JSONL) into Kustomer, resumably and exactly once.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Less log output (-q: warnings and errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub quiet: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import export files into Kustomer (or into the built-in sandbox with --sandbox).
+    #[command(after_help = EXIT_CODES)]
+    Import(ImportArgs),
+    /// Run the local sandbox of the Kustomer API until Ctrl-C.
+    Sandbox(SandboxArgs),
+}
+
+/// The API key is read from KUSTOMER_API_KEY only: never a flag, so that it shows in no
+/// process list, shell history or --help output.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Export files: .csv or .jsonl, optionally .gz; '-' reads stdin (with --format).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<String>,
+
+    /// The checkpoint (SQLite) that records every row's outcome; runs with the same
+    /// checkpoint resume and never create a row twice.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_CHECKPOINT",
+        default_value = "kustomer-import.sqlite"
+    )]
+    pub checkpoint: PathBuf,
+
+    /// The API's base URL (the org's own host, or a regional one).
+    #[arg(
+        long,
+        env = "KUSTOMER_BASE_URL",
+        default_value = "https://api.kustomerapp.com"
+    )]
+    pub base_url: String,
+
+    /// Import into a sandbox started in this process on 127.0.0.1 (no account, no key).
+    #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX")]
+    pub sandbox: bool,
+
+    /// The most requests the run may send in any 60 seconds, lookups included.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_RPM",
+        default_value_t = 900,
+        value_name = "N"
+    )]
+    pub rpm: u32,
+
+    /// The window --rpm counts over, in seconds (tests shorten it).
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_RATE_WINDOW",
+        default_value_t = 60.0,
+        hide = true
+    )]
+    pub rate_window: f64,
+
+    /// Rows in flight at once [default: enough to keep --rpm busy at 500 ms latency].
+    #[arg(long, env = "KUSTOMER_IMPORT_CONCURRENCY", value_name = "N")]
+    pub concurrency: Option<usize>,
+
+    /// Where failed rows go [default: beside the checkpoint, <checkpoint>.errors.csv].
+    #[arg(long, env = "KUSTOMER_IMPORT_ERRORS", value_name = "PATH")]
+    pub errors: Option<PathBuf>,
+
+    /// No progress bar, even on a terminal.
+    #[arg(long, env = "KUSTOMER_IMPORT_NO_PROGRESS")]
+    pub no_progress: bool,
+
+    /// The input format, when the file name does not tell it (stdin).
+    #[arg(long, env = "KUSTOMER_IMPORT_FORMAT", value_enum)]
+    pub format: Option<FormatArg>,
+
+    /// Seconds before a request without an answer counts as lost.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_TIMEOUT",
+        default_value_t = 30.0,
+        value_name = "SECS"
+    )]
+    pub timeout: f64,
+
+    /// Transient failures (5xx, timeouts, dropped connections) a row may meet before it is
+    /// left pending for the next run.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_MAX_RETRIES",
+        default_value_t = 6,
+        value_name = "N"
+    )]
+    pub max_retries: u32,
+
+    /// Seconds that requests in flight may take to finish after Ctrl-C or SIGTERM.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_GRACE",
+        default_value_t = 10.0,
+        value_name = "SECS"
+    )]
+    pub grace: f64,
+
+    /// A customer that already exists in Kustomer (same externalId, email or phone):
+    /// link the row to it, or fail the row.
+    #[arg(long, env = "KUSTOMER_IMPORT_ON_EXISTING_CUSTOMER", value_enum, default_value_t = OnExistingArg::Link)]
+    pub on_existing_customer: OnExistingArg,
+
+    /// Do not give conversations without a source externalId a derived one
+    /// (kimp-<hash of the row>). Without it, a conversation whose answer was lost cannot be
+    /// looked up: its row fails instead of risking a duplicate.
+    #[arg(long, env = "KUSTOMER_IMPORT_NO_DERIVED_CONVERSATION_IDS")]
+    pub no_derived_conversation_ids: bool,
+
+    /// Allow an http:// base URL on a host other than loopback (the key would travel in
+    /// clear text).
+    #[arg(long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnExistingArg {
+    Link,
+    Fail,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+
+    /// The only bearer token accepted [default: any non-empty token].
+    #[arg(long, env = "KUSTOMER_SANDBOX_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Org-wide requests per window, answered with 429 beyond [default: unlimited].
+    #[arg(long)]
+    pub rpm: Option<u32>,
+
+    /// Length of the rate window in seconds.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub rate_window: f64,
+
+    /// Latency added to every API answer.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+
+    /// Random extra latency, up to this.
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+
+    /// Fraction of requests answered 500 before any write.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+
+    /// Fraction of creates that write the record, then answer 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_after_write_rate: f64,
+
+    /// Fraction of creates that write the record, then close the connection unanswered.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_after_write_rate: f64,
+
+    /// Fraction of creates that write the record, then never answer.
+    #[arg(long, default_value_t = 0.0)]
+    pub hang_after_write_rate: f64,
+
+    /// Fraction of requests answered 503 before any write.
+    #[arg(long, default_value_t = 0.0)]
+    pub busy_rate: f64,
+
+    /// Revoke the key after this many requests: every later request gets 401.
+    #[arg(long, value_name = "N")]
+    pub revoke_after: Option<u64>,
+
+    /// Seed of the fault dice, for a reproducible run.
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Answer the spec's way (200, bare object) instead of the live API's (201, {"data"}).
+    #[arg(long)]
+    pub spec_style: bool,
+}

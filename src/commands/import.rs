@@ -1,0 +1,251 @@
+//! `kustomer-import import`: opens the checkpoint, starts the sandbox when asked, runs the
+//! pipeline under signal handling, prints the summary and turns the outcome into an exit
+//! status.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::SecretString;
+
+use kustomer_import::api::{ClientSettings, KustomerClient, RateGate, RequestStats};
+use kustomer_import::checkpoint::{Checkpoint, CheckpointError, RunCounts};
+use kustomer_import::pipeline::{ImportOutcome, StopReason, StopSignals, run_import};
+use kustomer_import::report::{ErrorsFile, Progress, Summary};
+use kustomer_import::sandbox::{Sandbox, SandboxConfig};
+
+use super::Exit;
+use crate::config::{ImportConfig, Target};
+
+/// The key used against the in-process sandbox, which accepts any non-empty token.
+const SANDBOX_KEY: &str = "sandbox-key";
+
+/// 429s in a row for one request before it counts as one transient failure.
+const MAX_RATE_LIMITED_IN_A_ROW: u32 = 30;
+
+pub fn run(config: ImportConfig) -> anyhow::Result<Exit> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(import(config))
+}
+
+async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
+    // Every input must open before anything is sent.
+    for input in &config.settings.inputs {
+        if input.name != "-"
+            && let Err(error) = input.open(Arc::default())
+        {
+            eprintln!("error: {error}");
+            return Ok(Exit::Usage);
+        }
+    }
+    let checkpoint = match Checkpoint::open(&config.checkpoint) {
+        Ok(checkpoint) => checkpoint,
+        Err(error @ CheckpointError::Locked { .. }) => {
+            eprintln!("error: {error}");
+            return Ok(Exit::Locked);
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(Exit::Usage);
+        }
+    };
+    let mut errors = match ErrorsFile::create(&config.errors) {
+        Ok(errors) => errors,
+        Err(error) => {
+            eprintln!(
+                "error: cannot create the errors file {}: {error}",
+                config.errors.display()
+            );
+            return Ok(Exit::Usage);
+        }
+    };
+
+    let (sandbox, base_url, api_key) = match &config.target {
+        Target::Remote { base_url, api_key } => (None, base_url.clone(), api_key.clone()),
+        Target::Sandbox => {
+            let sandbox = Sandbox::start(SandboxConfig::default(), 0)
+                .await
+                .context("starting the sandbox")?;
+            tracing::info!(
+                "importing into the built-in sandbox at {}",
+                sandbox.base_url()
+            );
+            let url = url::Url::parse(&sandbox.base_url()).context("the sandbox's address")?;
+            (Some(sandbox), url, SecretString::from(SANDBOX_KEY))
+        }
+    };
+    let gate = Arc::new(RateGate::new(config.rpm, config.rate_window));
+    let client = KustomerClient::new(
+        ClientSettings {
+            base_url,
+            api_key,
+            timeout: config.timeout,
+            max_rate_limited: MAX_RATE_LIMITED_IN_A_ROW,
+        },
+        gate,
+        Arc::new(RequestStats::default()),
+    )?;
+
+    let total_bytes = config
+        .settings
+        .inputs
+        .iter()
+        .map(|input| input.size())
+        .sum::<Option<u64>>();
+    let progress = Progress::new(config.progress, total_bytes);
+    let signals = StopSignals::default();
+    let signal_task = tokio::spawn(watch_signals(signals.clone(), config.settings.grace));
+    let run_id = checkpoint.begin_run(&command_line())?;
+
+    let outcome = run_import(
+        config.settings.clone(),
+        &checkpoint,
+        Arc::new(client),
+        &mut errors,
+        &progress,
+        signals,
+    )
+    .await;
+    progress.finish();
+    signal_task.abort();
+    let ImportOutcome { summary, stop } = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ImportOutcome {
+                summary: Summary::default(),
+                stop: StopReason::Checkpoint(error.to_string()),
+            }
+        }
+    };
+    let errors_path = errors.path().to_path_buf();
+    let errors_written = errors.rows();
+    if let Err(error) = errors.finish() {
+        eprintln!(
+            "error: writing the errors file {}: {error}",
+            errors_path.display()
+        );
+    }
+
+    let exit = exit_status(&summary, &stop);
+    let mut out = std::io::stdout().lock();
+    summary.write_human(&mut out)?;
+    out.flush()?;
+    explain(&stop, exit, errors_written, &errors_path, &summary);
+    checkpoint.end_run(
+        run_id,
+        exit as i32,
+        RunCounts {
+            rows_read: summary.rows_read,
+            rows_done: summary.rows_done + summary.rows_skipped_done,
+            rows_failed: summary.all_failed(),
+            rows_pending: summary.rows_pending,
+            requests: summary.requests,
+        },
+    )?;
+    if let Some(sandbox) = sandbox {
+        sandbox.shutdown().await;
+    }
+    Ok(exit)
+}
+
+/// The exit status a run's outcome maps to.
+fn exit_status(summary: &Summary, stop: &StopReason) -> Exit {
+    match stop {
+        StopReason::Unauthorized(_) => Exit::Unauthorized,
+        StopReason::Input(_) => Exit::Usage,
+        StopReason::Interrupted | StopReason::ApiUnavailable(_) | StopReason::Checkpoint(_) => {
+            Exit::Stopped
+        }
+        StopReason::Finished if summary.rows_pending > 0 => Exit::Stopped,
+        StopReason::Finished if summary.all_failed() > 0 => Exit::RowsFailed,
+        StopReason::Finished => Exit::Success,
+    }
+}
+
+/// Tells the user, after the summary, what the exit status means for them.
+fn explain(
+    stop: &StopReason,
+    exit: Exit,
+    errors_written: u64,
+    errors_path: &std::path::Path,
+    summary: &Summary,
+) {
+    match stop {
+        StopReason::Unauthorized(message) => eprintln!(
+            "error: the API refused the key ({message}). Check KUSTOMER_API_KEY, its roles and \
+             the base URL's region; no row was marked failed for it, and the same command \
+             resumes once the key works."
+        ),
+        StopReason::ApiUnavailable(message) => {
+            eprintln!("error: stopped because the API keeps failing: {message}")
+        }
+        StopReason::Input(message) => eprintln!("error: {message}"),
+        StopReason::Checkpoint(message) => eprintln!("error: {message}"),
+        StopReason::Interrupted | StopReason::Finished => {}
+    }
+    if errors_written > 0 {
+        eprintln!(
+            "{errors_written} failed rows are in {} (file, line, field, reason, row)",
+            errors_path.display()
+        );
+    }
+    if exit == Exit::Stopped || (exit == Exit::Unauthorized && summary.rows_pending > 0) {
+        eprintln!(
+            "{} rows are pending. To resume, run the same command again:\n  {}",
+            summary.rows_pending,
+            command_line()
+        );
+    }
+}
+
+/// First signal: stop taking rows and let requests in flight finish for the grace period.
+/// Second signal: stop at once.
+async fn watch_signals(signals: StopSignals, grace: std::time::Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot watch for signals; Ctrl-C will stop the run abruptly");
+        return;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::warn!(
+        "stopping: no new rows; requests in flight may finish within {:.0} s. \
+         Signal again to stop at once.",
+        grace.as_secs_f64()
+    );
+    signals.soft.cancel();
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::warn!("stopping at once; the checkpoint's intents let the next run reconcile");
+    signals.hard.cancel();
+}
+
+/// The command line as typed, shell-quoted, to show how to resume. It never holds the
+/// key, which only travels in the environment.
+fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            let safe = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c));
+            if safe {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,242 @@
+//! Validated settings built from the command line ("high args"): every check of a flag's
+//! value happens here, once, and the commands get plain settings that cannot be wrong.
+//! This is the only module besides `cli.rs` and `main.rs` that knows clap exists.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::cli::{FormatArg, ImportArgs, OnExistingArg, SandboxArgs};
+use kustomer_import::api::Backoff;
+use kustomer_import::input::{InputError, InputFormat, InputSource};
+use kustomer_import::pipeline::{ImportSettings, OnExistingCustomer};
+use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
+
+/// The environment variable the API key is read from.
+pub const API_KEY_VAR: &str = "KUSTOMER_API_KEY";
+
+/// A command line that cannot run (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no API key: set {API_KEY_VAR} to a key with the customer and conversation roles \
+         (Settings > Security > API Keys), or rehearse with --sandbox, which needs no account"
+    )]
+    MissingKey,
+    #[error("--base-url {url:?} is not a URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error(
+        "--base-url {0} is http:// on a host that is not loopback: the key would travel in \
+         clear text. Use https://, or pass --allow-insecure-http if you mean it"
+    )]
+    InsecureUrl(String),
+    #[error("{0}")]
+    BadValue(String),
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
+/// Where the import sends its requests.
+#[derive(Debug)]
+pub enum Target {
+    /// A real (or foreign) API.
+    Remote {
+        base_url: Url,
+        api_key: SecretString,
+    },
+    /// The sandbox, started in this process.
+    Sandbox,
+}
+
+/// Everything `import` needs, checked.
+#[derive(Debug)]
+pub struct ImportConfig {
+    pub settings: ImportSettings,
+    pub target: Target,
+    pub checkpoint: PathBuf,
+    pub errors: PathBuf,
+    pub rpm: u32,
+    pub rate_window: Duration,
+    pub timeout: Duration,
+    pub progress: bool,
+}
+
+/// Builds the import's settings from its flags and the key from the environment.
+pub fn import_config(
+    args: ImportArgs,
+    api_key: Option<String>,
+) -> Result<ImportConfig, ConfigError> {
+    let target = if args.sandbox {
+        Target::Sandbox
+    } else {
+        let api_key = api_key
+            .filter(|key| !key.trim().is_empty())
+            .ok_or(ConfigError::MissingKey)?;
+        Target::Remote {
+            base_url: checked_base_url(&args.base_url, args.allow_insecure_http)?,
+            api_key: SecretString::from(api_key.trim().to_string()),
+        }
+    };
+    let format = args.format.map(|format| match format {
+        FormatArg::Csv => InputFormat::Csv,
+        FormatArg::Jsonl => InputFormat::Jsonl,
+    });
+    if args.files.iter().filter(|name| *name == "-").count() > 1 {
+        return Err(ConfigError::BadValue(
+            "stdin ('-') can be read only once".into(),
+        ));
+    }
+    let inputs = args
+        .files
+        .iter()
+        .map(|name| InputSource::new(name, format))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.rpm == 0 {
+        return Err(ConfigError::BadValue("--rpm must be at least 1".into()));
+    }
+    let rate_window = positive_seconds(args.rate_window, "--rate-window")?;
+    let concurrency = match args.concurrency {
+        Some(0) => {
+            return Err(ConfigError::BadValue(
+                "--concurrency must be at least 1".into(),
+            ));
+        }
+        Some(n) => n,
+        None => default_concurrency(args.rpm, rate_window),
+    };
+    let errors = args.errors.unwrap_or_else(|| {
+        let mut name = args.checkpoint.as_os_str().to_owned();
+        name.push(".errors.csv");
+        PathBuf::from(name)
+    });
+    Ok(ImportConfig {
+        settings: ImportSettings {
+            inputs,
+            concurrency,
+            max_retries: args.max_retries,
+            backoff: Backoff::default(),
+            on_existing_customer: match args.on_existing_customer {
+                OnExistingArg::Link => OnExistingCustomer::Link,
+                OnExistingArg::Fail => OnExistingCustomer::Fail,
+            },
+            derive_conversation_ids: !args.no_derived_conversation_ids,
+            grace: Duration::from_secs_f64(args.grace.max(0.0)),
+        },
+        target,
+        checkpoint: args.checkpoint,
+        errors,
+        rpm: args.rpm,
+        rate_window,
+        timeout: positive_seconds(args.timeout, "--timeout")?,
+        progress: !args.no_progress,
+    })
+}
+
+/// Enough rows in flight to keep the rate budget busy at 500 ms per request (Little's
+/// law: in flight = rate x latency), plus slack for the row that waits on its customer.
+fn default_concurrency(rpm: u32, window: Duration) -> usize {
+    let per_second = f64::from(rpm) / window.as_secs_f64();
+    ((per_second * 0.5).ceil() as usize + 2).clamp(4, 64)
+}
+
+fn positive_seconds(value: f64, flag: &str) -> Result<Duration, ConfigError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(ConfigError::BadValue(format!(
+            "{flag} must be a positive number of seconds"
+        )))
+    }
+}
+
+/// Parses the base URL and refuses plain http to anything but loopback, unless allowed.
+pub fn checked_base_url(raw: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw).map_err(|error| ConfigError::BadUrl {
+        url: raw.to_string(),
+        reason: error.to_string(),
+    })?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(host)) => host.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+                Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+                None => false,
+            };
+            if loopback || allow_insecure_http {
+                Ok(url)
+            } else {
+                Err(ConfigError::InsecureUrl(raw.to_string()))
+            }
+        }
+        other => Err(ConfigError::BadUrl {
+            url: raw.to_string(),
+            reason: format!("scheme {other:?} is not http or https"),
+        }),
+    }
+}
+
+/// The sandbox server's settings and port.
+pub fn sandbox_config(args: &SandboxArgs) -> Result<(SandboxConfig, u16), ConfigError> {
+    for (flag, rate) in [
+        ("--fail-rate", args.fail_rate),
+        ("--fail-after-write-rate", args.fail_after_write_rate),
+        ("--drop-after-write-rate", args.drop_after_write_rate),
+        ("--hang-after-write-rate", args.hang_after_write_rate),
+        ("--busy-rate", args.busy_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(ConfigError::BadValue(format!(
+                "{flag} must be between 0 and 1"
+            )));
+        }
+    }
+    let config = SandboxConfig {
+        token: args.token.clone().filter(|token| !token.is_empty()),
+        rpm: args.rpm,
+        rate_window: positive_seconds(args.rate_window, "--rate-window")?,
+        latency: Duration::from_millis(args.latency_ms),
+        jitter: Duration::from_millis(args.jitter_ms),
+        faults: FaultConfig {
+            fail_rate: args.fail_rate,
+            fail_after_write_rate: args.fail_after_write_rate,
+            drop_after_write_rate: args.drop_after_write_rate,
+            hang_after_write_rate: args.hang_after_write_rate,
+            busy_rate: args.busy_rate,
+            revoke_after: args.revoke_after,
+            seed: args.seed,
+        },
+        spec_style: args.spec_style,
+    };
+    Ok((config, args.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_for_loopback_only() {
+        assert!(checked_base_url("http://127.0.0.1:8080", false).is_ok());
+        assert!(checked_base_url("http://localhost:8080", false).is_ok());
+        assert!(checked_base_url("http://[::1]:8080", false).is_ok());
+        assert!(matches!(
+            checked_base_url("http://api.kustomerapp.com", false),
+            Err(ConfigError::InsecureUrl(_))
+        ));
+        assert!(checked_base_url("http://api.kustomerapp.com", true).is_ok());
+        assert!(checked_base_url("https://api.kustomerapp.com", false).is_ok());
+        assert!(checked_base_url("ftp://x", true).is_err());
+    }
+
+    #[test]
+    fn default_concurrency_follows_the_budget() {
+        assert_eq!(default_concurrency(900, Duration::from_secs(60)), 10);
+        assert_eq!(default_concurrency(60, Duration::from_secs(60)), 4);
+        assert_eq!(default_concurrency(100_000, Duration::from_secs(60)), 64);
+    }
+}

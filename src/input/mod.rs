@@ -1,0 +1,296 @@
+//! Reading export files: opens a path or stdin, undoes gzip, picks CSV or JSONL, and
+//! streams records one at a time with the physical line each one starts on.
+//!
+//! Nothing here knows about Kustomer: a record is a set of named source fields
+//! ([`SourceRecord`]) or a reason it could not be read ([`RecordError`]). Readers never
+//! hold more than the record being parsed, so a file of any size uses the same memory.
+
+mod csv;
+mod jsonl;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value};
+
+pub use self::csv::CsvRecords;
+pub use self::jsonl::JsonlRecords;
+
+/// The two export formats we read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    Csv,
+    Jsonl,
+}
+
+impl InputFormat {
+    /// The format a file name implies (`.csv`, `.jsonl`, `.ndjson`, each maybe `.gz`).
+    pub fn from_path(path: &str) -> Option<InputFormat> {
+        let lower = path.to_ascii_lowercase();
+        let stem = lower.strip_suffix(".gz").unwrap_or(&lower);
+        if stem.ends_with(".csv") || stem.ends_with(".tsv") || stem.ends_with(".txt") {
+            Some(InputFormat::Csv)
+        } else if stem.ends_with(".jsonl") || stem.ends_with(".ndjson") || stem.ends_with(".json") {
+            Some(InputFormat::Jsonl)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where one input comes from, as the user named it (`-` is stdin).
+#[derive(Clone, Debug)]
+pub struct InputSource {
+    pub name: String,
+    pub format: InputFormat,
+}
+
+/// Why an input could not be opened at all (the run stops with exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{name}: cannot open: {source}")]
+    Open { name: String, source: io::Error },
+    #[error("{name}: cannot tell the format from the name; use --format csv|jsonl")]
+    UnknownFormat { name: String },
+    #[error("{name}: cannot read the CSV header: {reason}")]
+    Header { name: String, reason: String },
+    #[error("{name}: read failed at line {line}: {source}")]
+    Read {
+        name: String,
+        line: u64,
+        source: io::Error,
+    },
+}
+
+impl InputSource {
+    /// Names an input; `format` overrides what the extension says.
+    pub fn new(name: &str, format: Option<InputFormat>) -> Result<InputSource, InputError> {
+        let format = format
+            .or_else(|| InputFormat::from_path(name))
+            .ok_or_else(|| InputError::UnknownFormat {
+                name: name.to_string(),
+            })?;
+        Ok(InputSource {
+            name: name.to_string(),
+            format,
+        })
+    }
+
+    /// Opens the byte stream: stdin for `-`, else the file; gzip (all members) when the name
+    /// ends in `.gz`. The bytes taken from the file (compressed, for gzip) are added to
+    /// `bytes_read`, for progress.
+    pub fn open(&self, bytes_read: Arc<AtomicU64>) -> Result<Box<dyn BufRead + Send>, InputError> {
+        let raw: Box<dyn Read + Send> = if self.name == "-" {
+            Box::new(io::stdin())
+        } else {
+            let file = File::open(Path::new(&self.name)).map_err(|source| InputError::Open {
+                name: self.name.clone(),
+                source,
+            })?;
+            Box::new(file)
+        };
+        let raw = BufReader::with_capacity(
+            256 * 1024,
+            CountingReader {
+                inner: raw,
+                count: bytes_read,
+            },
+        );
+        if self.name.to_ascii_lowercase().ends_with(".gz") {
+            Ok(Box::new(BufReader::with_capacity(
+                256 * 1024,
+                flate2::bufread::MultiGzDecoder::new(raw),
+            )))
+        } else {
+            Ok(Box::new(raw))
+        }
+    }
+
+    /// The size of the input file, when it is one.
+    pub fn size(&self) -> Option<u64> {
+        if self.name == "-" {
+            return None;
+        }
+        std::fs::metadata(&self.name).ok().map(|m| m.len())
+    }
+
+    /// Opens the input and returns its records in order.
+    pub fn records(&self) -> Result<Records, InputError> {
+        self.records_counting(Arc::default())
+    }
+
+    /// Like [`InputSource::records`], adding the bytes read to `bytes_read`.
+    pub fn records_counting(&self, bytes_read: Arc<AtomicU64>) -> Result<Records, InputError> {
+        let reader = self.open(bytes_read)?;
+        Ok(match self.format {
+            InputFormat::Csv => Records::Csv(CsvRecords::new(&self.name, reader)?),
+            InputFormat::Jsonl => Records::Jsonl(JsonlRecords::new(&self.name, reader)),
+        })
+    }
+}
+
+/// Counts the bytes that pass through it.
+struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.count.fetch_add(read as u64, Ordering::Relaxed);
+        Ok(read)
+    }
+}
+
+/// The fields of one input record, as the source named them.
+#[derive(Clone, Debug)]
+pub enum SourceFields {
+    /// A CSV record: values in the order of the file's header.
+    Csv {
+        headers: Arc<Vec<String>>,
+        values: Vec<String>,
+    },
+    /// A JSONL object, as parsed.
+    Json(Map<String, Value>),
+}
+
+impl SourceFields {
+    /// The record as one JSON object (header -> value for CSV), for the errors file.
+    pub fn to_json(&self) -> Value {
+        match self {
+            SourceFields::Csv { headers, values } => {
+                let mut object = Map::new();
+                for (index, value) in values.iter().enumerate() {
+                    let name = headers
+                        .get(index)
+                        .cloned()
+                        .unwrap_or_else(|| format!("column {}", index + 1));
+                    object.insert(name, Value::String(value.clone()));
+                }
+                Value::Object(object)
+            }
+            SourceFields::Json(object) => Value::Object(object.clone()),
+        }
+    }
+}
+
+/// One record read from an input, with the physical line it starts on (1-based).
+#[derive(Clone, Debug)]
+pub struct SourceRecord {
+    pub line: u64,
+    pub fields: SourceFields,
+}
+
+/// A record that could not be read as a record (wrong field count, not an object, ...).
+/// The run records it as failed and goes on.
+#[derive(Clone, Debug)]
+pub struct RecordError {
+    pub line: u64,
+    pub reason: String,
+    /// What was read of it, kept for the errors file.
+    pub raw: Value,
+}
+
+/// What a reader yields for each record.
+pub type RecordResult = Result<SourceRecord, RecordError>;
+
+/// The records of one input, whichever its format.
+pub enum Records {
+    Csv(CsvRecords),
+    Jsonl(JsonlRecords),
+}
+
+impl Iterator for Records {
+    /// An `Err(InputError)` ends the input: the stream itself failed (I/O, bad gzip).
+    type Item = Result<RecordResult, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Records::Csv(records) => records.next(),
+            Records::Jsonl(records) => records.next(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read_all(name: &str, bytes: &[u8]) -> Vec<Result<(u64, Value), (u64, String)>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let source = InputSource::new(path.to_str().unwrap(), None).unwrap();
+        source
+            .records()
+            .unwrap()
+            .map(|record| match record.unwrap() {
+                Ok(record) => Ok((record.line, record.fields.to_json())),
+                Err(error) => Err((error.line, error.reason)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn csv_keeps_physical_lines_through_bom_crlf_and_quoted_newlines() {
+        let file = "\u{feff}email,subject\r\na@x.io,\"two\r\nlines\r\nhere\"\r\nb@x.io,plain\r\nc@x.io\r\n";
+        let records = read_all("t.csv", file.as_bytes());
+        assert_eq!(records.len(), 3);
+        let (line, first) = records[0].clone().unwrap();
+        assert_eq!(line, 2);
+        assert_eq!(first["email"], "a@x.io");
+        assert_eq!(first["subject"], "two\r\nlines\r\nhere");
+        assert_eq!(records[1].clone().unwrap().0, 5);
+        assert_eq!(
+            records[2],
+            Err((6, "has 1 fields, the header has 2".into()))
+        );
+    }
+
+    #[test]
+    fn jsonl_refuses_what_is_not_an_object_and_goes_on() {
+        let records = read_all(
+            "t.jsonl",
+            b"{\"email\":\"a@x.io\"}\n\n[1,2]\nnot json\n{\"email\":\"b@x.io\"}\n",
+        );
+        assert_eq!(records.len(), 4);
+        assert_eq!(records[0].clone().unwrap().0, 1);
+        assert_eq!(
+            records[1],
+            Err((3, "is a JSON array, not an object".into()))
+        );
+        assert!(matches!(&records[2], Err((4, reason)) if reason.starts_with("is not valid JSON")));
+        assert_eq!(records[3].clone().unwrap().0, 5);
+    }
+
+    #[test]
+    fn gzip_with_several_members_is_read_whole() {
+        let mut bytes = Vec::new();
+        for part in ["email\na@x.io\n", "b@x.io\n"] {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            encoder.write_all(part.as_bytes()).unwrap();
+            bytes.extend(encoder.finish().unwrap());
+        }
+        let records = read_all("t.csv.gz", &bytes);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].clone().unwrap().1["email"], "b@x.io");
+    }
+
+    #[test]
+    fn the_format_comes_from_the_name() {
+        assert_eq!(InputFormat::from_path("x.CSV.gz"), Some(InputFormat::Csv));
+        assert_eq!(InputFormat::from_path("x.ndjson"), Some(InputFormat::Jsonl));
+        assert!(matches!(
+            InputSource::new("-", None),
+            Err(InputError::UnknownFormat { .. })
+        ));
+        assert!(InputSource::new("-", Some(InputFormat::Csv)).is_ok());
+    }
+}

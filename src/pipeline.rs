@@ -1,0 +1,1107 @@
+//! The import pipeline: reader -> planner -> workers -> checkpoint.
+//!
+//! - The reader (a blocking thread) streams records from every input, maps each to a plan
+//!   and gives it its row key. It never holds more than the channel's few hundred rows.
+//! - The planner (this module's loop) asks the checkpoint what each row still needs: a done
+//!   row is skipped without a request, a customer already known is reused, and rows of a
+//!   customer being created wait behind the one row that creates it, so two rows never race
+//!   to create the same customer.
+//! - Workers (one task per row in progress, at most `concurrency`) send the requests, each
+//!   create preceded by its durable intent in the checkpoint; an answer that was lost is
+//!   reconciled by lookup before anything is sent again.
+//!
+//! A soft stop (first signal, revoked key, an API that keeps failing) stops taking rows and
+//! lets work in flight finish for the grace period; a hard stop aborts it. Either way the
+//! checkpoint stays consistent: what was sent and not answered is an intent the next run
+//! reconciles.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiError, Backoff, KustomerClient, LookupField};
+use crate::checkpoint::{
+    Change, Checkpoint, CheckpointError, CheckpointWriter, CustomerOrigin, RowChange, RowState,
+};
+use crate::input::{InputError, InputSource, SourceFields};
+use crate::mapping::{CustomerBody, DefaultMapping, MappingError, Plan};
+use crate::report::{ErrorsFile, Progress, Summary};
+use crate::rowkey::{RowKeys, derived_conversation_id};
+
+/// What to do with a customer that already exists in Kustomer (the create answers 409).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnExistingCustomer {
+    /// Use it: the row's conversation goes to the existing customer.
+    Link,
+    /// Fail the row.
+    Fail,
+}
+
+/// Settings of one import, validated (see `config.rs`).
+#[derive(Clone, Debug)]
+pub struct ImportSettings {
+    pub inputs: Vec<InputSource>,
+    pub concurrency: usize,
+    /// Transient failures one row may meet before it is left pending.
+    pub max_retries: u32,
+    pub backoff: Backoff,
+    pub on_existing_customer: OnExistingCustomer,
+    /// Give conversations without a source externalId one derived from the row key.
+    pub derive_conversation_ids: bool,
+    /// How long work in flight may go on after a soft stop.
+    pub grace: Duration,
+}
+
+/// The two ways a run is told to stop.
+#[derive(Clone, Default)]
+pub struct StopSignals {
+    /// Take no more rows; let requests in flight finish within the grace period.
+    pub soft: CancellationToken,
+    /// Stop now.
+    pub hard: CancellationToken,
+}
+
+/// Why a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Every row was read and settled (done, failed, or pending after retries).
+    Finished,
+    /// A signal stopped it.
+    Interrupted,
+    /// The API refused the key.
+    Unauthorized(String),
+    /// The API kept failing: rows in a row gave up after their retries.
+    ApiUnavailable(String),
+    /// An input could not be read to its end.
+    Input(String),
+    /// The checkpoint could not be written.
+    Checkpoint(String),
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct ImportOutcome {
+    pub summary: Summary,
+    pub stop: StopReason,
+}
+
+/// Where a row comes from, as the checkpoint and the errors file name it.
+#[derive(Clone, Debug)]
+struct RowOrigin {
+    file: Arc<str>,
+    line: u64,
+    key: String,
+}
+
+/// The source record, kept until the row settles in case it must go to the errors file.
+#[derive(Clone, Debug)]
+enum Original {
+    Fields(SourceFields),
+    Raw(Value),
+}
+
+impl Original {
+    fn to_json(&self) -> Value {
+        match self {
+            Original::Fields(fields) => fields.to_json(),
+            Original::Raw(value) => value.clone(),
+        }
+    }
+}
+
+/// One row as the reader hands it over.
+struct ReadRow {
+    origin: RowOrigin,
+    original: Original,
+    plan: Result<Plan, MappingError>,
+}
+
+/// A row that will be sent.
+#[derive(Debug)]
+struct Work {
+    origin: RowOrigin,
+    original: Original,
+    plan: Plan,
+    /// The checkpoint says a conversation create left and its answer was not recorded.
+    conversation_unknown: bool,
+}
+
+/// How a worker gets the row's customer id.
+#[derive(Clone, Debug)]
+enum CustomerStep {
+    /// Already known (this run or an earlier one).
+    Known(String),
+    /// This row creates it; `reconcile_first` when an earlier run's create is unanswered.
+    Create { reconcile_first: bool },
+}
+
+/// Why a row stopped short of done.
+#[derive(Clone, Debug)]
+enum Halt {
+    /// Permanent for this data: recorded as failed.
+    Failed {
+        field: Option<String>,
+        reason: String,
+    },
+    /// Left for the next run.
+    Pending(String),
+}
+
+/// What a worker reports about a row it finished with.
+#[derive(Debug)]
+enum RowOutcome {
+    Done {
+        customer: Option<CustomerOrigin>,
+        conversation_created: bool,
+    },
+    Halted(Halt),
+}
+
+/// A customer created or found by a worker, or why not.
+#[derive(Clone, Debug)]
+enum Settlement {
+    Known(String),
+    Failed {
+        field: Option<String>,
+        reason: String,
+    },
+    Unsettled,
+}
+
+enum Event {
+    CustomerSettled {
+        customer_key: String,
+        settlement: Settlement,
+    },
+    RowFinished {
+        work: Work,
+        outcome: RowOutcome,
+    },
+}
+
+/// Shared by the workers of a run.
+struct Shared {
+    client: Arc<KustomerClient>,
+    writer: CheckpointWriter,
+    settings: ImportSettings,
+    stop: StopSignals,
+    events: mpsc::UnboundedSender<Event>,
+    /// Set once, by whichever worker first hears of it.
+    fatal: Mutex<Option<StopReason>>,
+}
+
+impl Shared {
+    fn halt_run(&self, reason: StopReason) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if fatal.is_none() {
+            *fatal = Some(reason);
+        }
+        self.stop.soft.cancel();
+    }
+}
+
+/// Runs one import to its end or to a stop. Errors only when the checkpoint cannot be read.
+pub async fn run_import(
+    settings: ImportSettings,
+    checkpoint: &Checkpoint,
+    client: Arc<KustomerClient>,
+    errors: &mut ErrorsFile,
+    progress: &Progress,
+    stop: StopSignals,
+) -> Result<ImportOutcome, CheckpointError> {
+    let started = Instant::now();
+    let (writer, writer_handle) = checkpoint.start_writer()?;
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        client,
+        writer,
+        settings: settings.clone(),
+        stop: stop.clone(),
+        events: events_tx,
+        fatal: Mutex::new(None),
+    });
+    let window = settings.concurrency.max(1) * 4;
+    let (rows_tx, rows) = mpsc::channel(window);
+    let reader = start_reader(
+        settings.inputs.clone(),
+        settings.derive_conversation_ids,
+        rows_tx,
+        progress.bytes_read(),
+    );
+    let mut planner = Planner {
+        shared: Arc::clone(&shared),
+        checkpoint,
+        errors,
+        progress,
+        summary: Summary::default(),
+        ready: VecDeque::new(),
+        waiting: HashMap::new(),
+        waiting_rows: 0,
+        failed_customers: HashMap::new(),
+        tasks: JoinSet::new(),
+        given_up_in_a_row: 0,
+    };
+    let result = planner.run(rows, events, window).await;
+    let Planner {
+        mut summary, tasks, ..
+    } = planner;
+    drop(tasks);
+    let reader_error = reader.await.unwrap_or(None);
+    let stats = shared.client_stats();
+    summary.requests = stats.0;
+    summary.rate_limited = stats.1;
+    summary.elapsed = started.elapsed();
+    let fatal = shared
+        .fatal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    drop(shared);
+    let writer_result = writer_handle.finish();
+    result?;
+    let stop_reason = if let Err(error) = writer_result {
+        StopReason::Checkpoint(error.to_string())
+    } else if let Some(reason) = fatal {
+        reason
+    } else if let Some(error) = reader_error {
+        StopReason::Input(error.to_string())
+    } else if stop.soft.is_cancelled() {
+        StopReason::Interrupted
+    } else {
+        StopReason::Finished
+    };
+    Ok(ImportOutcome {
+        summary,
+        stop: stop_reason,
+    })
+}
+
+impl Shared {
+    fn client_stats(&self) -> (u64, u64) {
+        let stats = self.client.stats();
+        (
+            stats.requests.load(Ordering::Relaxed),
+            stats.rate_limited.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Streams every input through the mapping on a blocking thread. Returns the error that
+/// ended an input early, if any.
+fn start_reader(
+    inputs: Vec<InputSource>,
+    derive_conversation_ids: bool,
+    rows: mpsc::Sender<ReadRow>,
+    bytes_read: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Option<InputError>> {
+    tokio::task::spawn_blocking(move || {
+        let mut keys = RowKeys::new();
+        for input in inputs {
+            let mut mapping = DefaultMapping::new();
+            let file: Arc<str> = Arc::from(input.name.as_str());
+            let records = match input.records_counting(Arc::clone(&bytes_read)) {
+                Ok(records) => records,
+                Err(error) => return Some(error),
+            };
+            for record in records {
+                let row = match record {
+                    Err(error) => return Some(error),
+                    Ok(Err(bad)) => ReadRow {
+                        origin: RowOrigin {
+                            file: Arc::clone(&file),
+                            line: bad.line,
+                            key: keys.for_unmapped(&bad.raw),
+                        },
+                        plan: Err(MappingError {
+                            field: None,
+                            reason: format!("the record {}", bad.reason),
+                        }),
+                        original: Original::Raw(bad.raw),
+                    },
+                    Ok(Ok(record)) => {
+                        let plan = mapping.map(&record.fields);
+                        let original = Original::Fields(record.fields);
+                        let (key, plan) = match plan {
+                            Ok(mut plan) => {
+                                let key = keys.for_plan(&plan);
+                                let plan = if key.repeats_source_id {
+                                    Err(MappingError {
+                                        field: Some("conversation.externalId".into()),
+                                        reason: "repeats the conversation id of an earlier row"
+                                            .into(),
+                                    })
+                                } else {
+                                    if derive_conversation_ids
+                                        && let Some(conversation) = &mut plan.conversation
+                                        && conversation.external_id.is_none()
+                                    {
+                                        conversation.external_id =
+                                            Some(derived_conversation_id(&key.key));
+                                    }
+                                    Ok(plan)
+                                };
+                                (key.key, plan)
+                            }
+                            Err(error) => (keys.for_unmapped(&original.to_json()), Err(error)),
+                        };
+                        ReadRow {
+                            origin: RowOrigin {
+                                file: Arc::clone(&file),
+                                line: record.line,
+                                key,
+                            },
+                            original,
+                            plan,
+                        }
+                    }
+                };
+                if rows.blocking_send(row).is_err() {
+                    return None; // the planner stopped taking rows
+                }
+            }
+        }
+        None
+    })
+}
+
+struct Planner<'a> {
+    shared: Arc<Shared>,
+    checkpoint: &'a Checkpoint,
+    errors: &'a mut ErrorsFile,
+    progress: &'a Progress,
+    summary: Summary,
+    /// Rows whose customer step is decided, waiting for a worker.
+    ready: VecDeque<(Work, CustomerStep)>,
+    /// Customers being created, with the rows waiting for their id.
+    waiting: HashMap<String, Vec<Work>>,
+    waiting_rows: usize,
+    /// Customers this run could not create, with the reason, so their other rows fail
+    /// without sending the same doomed request again.
+    failed_customers: HashMap<String, (Option<String>, String)>,
+    tasks: JoinSet<()>,
+    /// Rows in a row that gave up after their retries; too many means the API is down.
+    given_up_in_a_row: usize,
+}
+
+impl Planner<'_> {
+    async fn run(
+        &mut self,
+        mut rows: mpsc::Receiver<ReadRow>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        window: usize,
+    ) -> Result<(), CheckpointError> {
+        let soft = self.shared.stop.soft.clone();
+        let hard = self.shared.stop.hard.clone();
+        let mut input_open = true;
+        let mut grace_ends: Option<tokio::time::Instant> = None;
+        loop {
+            self.start_ready_work();
+            let in_progress = self.tasks.len() + self.ready.len() + self.waiting_rows;
+            if soft.is_cancelled() {
+                if input_open {
+                    input_open = false;
+                    rows.close();
+                    self.settle_unstarted_as_pending();
+                }
+                grace_ends.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + self.shared.settings.grace
+                });
+            }
+            if !input_open && self.tasks.is_empty() && self.ready.is_empty() {
+                break;
+            }
+            let take_rows = input_open && in_progress < window;
+            tokio::select! {
+                biased;
+                _ = hard.cancelled() => {
+                    self.tasks.abort_all();
+                    break;
+                }
+                _ = sleep_until_option(grace_ends) => {
+                    tracing::warn!(
+                        "the grace period is over: {} requests still in flight are abandoned; \
+                         the next run reconciles them",
+                        self.tasks.len()
+                    );
+                    self.tasks.abort_all();
+                    break;
+                }
+                Some(event) = events.recv() => self.handle_event(event).await,
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                _ = soft.cancelled(), if input_open => {}
+                row = rows.recv(), if take_rows => match row {
+                    Some(row) => self.plan(row).await?,
+                    None => input_open = false,
+                },
+            }
+        }
+        // Events of tasks that ended in the last turn.
+        while let Ok(event) = events.try_recv() {
+            self.handle_event(event).await;
+        }
+        self.settle_unstarted_as_pending();
+        self.summary.rows_pending += self.tasks.len() as u64;
+        Ok(())
+    }
+
+    /// Gives ready rows to workers, up to the concurrency.
+    fn start_ready_work(&mut self) {
+        if self.shared.stop.soft.is_cancelled() {
+            return;
+        }
+        while self.tasks.len() < self.shared.settings.concurrency.max(1) {
+            let Some((work, step)) = self.ready.pop_front() else {
+                break;
+            };
+            let shared = Arc::clone(&self.shared);
+            self.tasks.spawn(async move {
+                let (work, outcome) = process_row(&shared, work, step).await;
+                let _ = shared.events.send(Event::RowFinished { work, outcome });
+            });
+        }
+    }
+
+    /// Rows read but never started stay pending for the next run.
+    fn settle_unstarted_as_pending(&mut self) {
+        let unstarted = self.ready.len() + self.waiting_rows;
+        self.summary.rows_pending += unstarted as u64;
+        self.ready.clear();
+        self.waiting.clear();
+        self.waiting_rows = 0;
+    }
+
+    /// Decides what one row needs.
+    async fn plan(&mut self, row: ReadRow) -> Result<(), CheckpointError> {
+        self.summary.rows_read += 1;
+        let ReadRow {
+            origin,
+            original,
+            plan,
+        } = row;
+        let stored = self.checkpoint.row(&origin.key)?;
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(error) => {
+                self.fail(&origin, &original, error.field, error.reason, None)
+                    .await;
+                return Ok(());
+            }
+        };
+        let stored_customer_id = match &stored {
+            Some(stored) if stored.state == RowState::Done => {
+                self.summary.rows_skipped_done += 1;
+                self.progress.row_finished(false);
+                return Ok(());
+            }
+            Some(stored) if stored.state == RowState::Failed => {
+                self.summary.rows_failed_earlier += 1;
+                let reason = stored
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "failed in an earlier run".into());
+                self.errors.write(
+                    &origin.file,
+                    origin.line,
+                    stored.field.as_deref(),
+                    &reason,
+                    &original.to_json(),
+                );
+                self.progress.row_finished(true);
+                return Ok(());
+            }
+            Some(stored) => stored.customer_id.clone(),
+            None => None,
+        };
+        let conversation_unknown =
+            matches!(&stored, Some(s) if s.state == RowState::ConversationSent);
+        if stored.is_none() {
+            self.record(vec![Change::Row(row_change(
+                &origin,
+                &plan,
+                RowState::Pending,
+                None,
+                None,
+            ))])
+            .await;
+        }
+        let work = Work {
+            origin,
+            original,
+            plan,
+            conversation_unknown,
+        };
+        if let Some(customer_id) = stored_customer_id {
+            self.summary.customers_reused += 1;
+            self.ready
+                .push_back((work, CustomerStep::Known(customer_id)));
+            return Ok(());
+        }
+        let customer_key = work.plan.customer_key.clone();
+        if let Some((field, reason)) = self.failed_customers.get(&customer_key).cloned() {
+            self.fail(
+                &work.origin,
+                &work.original,
+                field,
+                reason,
+                Some(&work.plan),
+            )
+            .await;
+            return Ok(());
+        }
+        if let Some(waiting) = self.waiting.get_mut(&customer_key) {
+            waiting.push(work);
+            self.waiting_rows += 1;
+            return Ok(());
+        }
+        match self.checkpoint.customer(&customer_key)? {
+            Some(customer) => match customer.customer_id {
+                Some(id) => {
+                    self.summary.customers_reused += 1;
+                    self.ready.push_back((work, CustomerStep::Known(id)));
+                }
+                None => self.create_customer_with(work, true),
+            },
+            None => self.create_customer_with(work, false),
+        }
+        Ok(())
+    }
+
+    fn create_customer_with(&mut self, work: Work, reconcile_first: bool) {
+        self.waiting
+            .insert(work.plan.customer_key.clone(), Vec::new());
+        self.ready
+            .push_back((work, CustomerStep::Create { reconcile_first }));
+    }
+
+    async fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::CustomerSettled {
+                customer_key,
+                settlement,
+            } => {
+                let waiting = self.waiting.remove(&customer_key).unwrap_or_default();
+                self.waiting_rows -= waiting.len();
+                match settlement {
+                    Settlement::Known(id) => {
+                        self.summary.customers_reused += waiting.len() as u64;
+                        for work in waiting {
+                            self.ready
+                                .push_back((work, CustomerStep::Known(id.clone())));
+                        }
+                    }
+                    Settlement::Failed { field, reason } => {
+                        let reason = format!("its customer could not be created: {reason}");
+                        for work in &waiting {
+                            self.fail(
+                                &work.origin,
+                                &work.original,
+                                field.clone(),
+                                reason.clone(),
+                                Some(&work.plan),
+                            )
+                            .await;
+                        }
+                        self.failed_customers.insert(customer_key, (field, reason));
+                    }
+                    Settlement::Unsettled => {
+                        self.summary.rows_pending += waiting.len() as u64;
+                    }
+                }
+            }
+            Event::RowFinished { work, outcome } => match outcome {
+                RowOutcome::Done {
+                    customer,
+                    conversation_created,
+                } => {
+                    self.given_up_in_a_row = 0;
+                    self.summary.rows_done += 1;
+                    match customer {
+                        Some(CustomerOrigin::Created) => self.summary.customers_created += 1,
+                        Some(CustomerOrigin::Linked) => self.summary.customers_linked += 1,
+                        Some(CustomerOrigin::Reconciled) => self.summary.customers_reconciled += 1,
+                        None => {}
+                    }
+                    if conversation_created {
+                        self.summary.conversations_created += 1;
+                    }
+                    self.progress.row_finished(false);
+                }
+                RowOutcome::Halted(Halt::Failed { field, reason }) => {
+                    self.given_up_in_a_row = 0;
+                    self.summary.rows_failed += 1;
+                    self.errors.write(
+                        &work.origin.file,
+                        work.origin.line,
+                        field.as_deref(),
+                        &reason,
+                        &work.original.to_json(),
+                    );
+                    self.progress.row_finished(true);
+                }
+                RowOutcome::Halted(Halt::Pending(reason)) => {
+                    self.summary.rows_pending += 1;
+                    if !self.shared.stop.soft.is_cancelled() {
+                        tracing::warn!(
+                            "{}:{}: left pending for the next run: {reason}",
+                            work.origin.file,
+                            work.origin.line
+                        );
+                        self.given_up_in_a_row += 1;
+                        let limit = (self.shared.settings.concurrency * 2).max(10);
+                        if self.given_up_in_a_row >= limit {
+                            self.shared.halt_run(StopReason::ApiUnavailable(format!(
+                                "{limit} rows in a row gave up after their retries; last: {reason}"
+                            )));
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    /// Records a row as failed, in the checkpoint and the errors file.
+    async fn fail(
+        &mut self,
+        origin: &RowOrigin,
+        original: &Original,
+        field: Option<String>,
+        reason: String,
+        plan: Option<&Plan>,
+    ) {
+        self.summary.rows_failed += 1;
+        self.errors.write(
+            &origin.file,
+            origin.line,
+            field.as_deref(),
+            &reason,
+            &original.to_json(),
+        );
+        let mut change = match plan {
+            Some(plan) => row_change(origin, plan, RowState::Failed, None, None),
+            None => RowChange {
+                row_key: origin.key.clone(),
+                source_file: origin.file.to_string(),
+                line: origin.line,
+                customer_key: None,
+                conversation_external_id: None,
+                state: RowState::Failed,
+                customer_id: None,
+                conversation_id: None,
+                attempts: 0,
+                field: None,
+                error: None,
+            },
+        };
+        change.field = field;
+        change.error = Some(reason);
+        self.record(vec![Change::Row(change)]).await;
+        self.progress.row_finished(true);
+    }
+
+    async fn record(&self, changes: Vec<Change>) {
+        if let Err(error) = self.shared.writer.record(changes).await {
+            self.shared
+                .halt_run(StopReason::Checkpoint(error.to_string()));
+        }
+    }
+}
+
+async fn sleep_until_option(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn row_change(
+    origin: &RowOrigin,
+    plan: &Plan,
+    state: RowState,
+    customer_id: Option<String>,
+    conversation_id: Option<String>,
+) -> RowChange {
+    RowChange {
+        row_key: origin.key.clone(),
+        source_file: origin.file.to_string(),
+        line: origin.line,
+        customer_key: Some(plan.customer_key.clone()),
+        conversation_external_id: plan
+            .conversation
+            .as_ref()
+            .and_then(|c| c.external_id.clone()),
+        state,
+        customer_id,
+        conversation_id,
+        attempts: 0,
+        field: None,
+        error: None,
+    }
+}
+
+/// Takes one row from its customer to done, or to the reason it stopped.
+async fn process_row(shared: &Shared, work: Work, step: CustomerStep) -> (Work, RowOutcome) {
+    let mut attempts = Attempts::new(shared);
+    let outcome = drive_row(shared, &work, step, &mut attempts).await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(halt) => {
+            let mut change = row_change(&work.origin, &work.plan, RowState::Pending, None, None);
+            change.attempts = attempts.requests;
+            match &halt {
+                Halt::Failed { field, reason } => {
+                    change.state = RowState::Failed;
+                    change.field = field.clone();
+                    change.error = Some(reason.clone());
+                    record_or_halt(shared, vec![Change::Row(change)]).await;
+                }
+                // A pending row keeps the state (and intent) it reached; only note why.
+                Halt::Pending(_) => {}
+            }
+            RowOutcome::Halted(halt)
+        }
+    };
+    (work, outcome)
+}
+
+async fn drive_row(
+    shared: &Shared,
+    work: &Work,
+    step: CustomerStep,
+    attempts: &mut Attempts<'_>,
+) -> Result<RowOutcome, Halt> {
+    let (customer_id, origin) = match step {
+        CustomerStep::Known(id) => (id, None),
+        CustomerStep::Create { reconcile_first } => {
+            let settled = settle_customer(shared, work, reconcile_first, attempts).await;
+            let settlement = match &settled {
+                Ok((id, _)) => Settlement::Known(id.clone()),
+                Err(Halt::Failed { field, reason }) => Settlement::Failed {
+                    field: field.clone(),
+                    reason: reason.clone(),
+                },
+                Err(Halt::Pending(_)) => Settlement::Unsettled,
+            };
+            let _ = shared.events.send(Event::CustomerSettled {
+                customer_key: work.plan.customer_key.clone(),
+                settlement,
+            });
+            let (id, origin) = settled?;
+            (id, Some(origin))
+        }
+    };
+    let Some(conversation) = &work.plan.conversation else {
+        let mut done = row_change(
+            &work.origin,
+            &work.plan,
+            RowState::Done,
+            Some(customer_id),
+            None,
+        );
+        done.attempts = attempts.take_requests();
+        record_or_halt(shared, vec![Change::Row(done)]).await;
+        return Ok(RowOutcome::Done {
+            customer: origin,
+            conversation_created: false,
+        });
+    };
+    let mut body = conversation.clone();
+    body.customer = Some(customer_id.clone());
+    let mut intent = row_change(
+        &work.origin,
+        &work.plan,
+        RowState::ConversationSent,
+        Some(customer_id.clone()),
+        None,
+    );
+    intent.attempts = attempts.take_requests();
+    commit_or_halt(shared, vec![Change::Row(intent)]).await?;
+    let mut unknown = work.conversation_unknown;
+    let conversation_id = loop {
+        attempts.check_stop()?;
+        if unknown {
+            let Some(external_id) = &body.external_id else {
+                return Err(Halt::Failed {
+                    field: None,
+                    reason: "the answer to an earlier conversation create was lost and the \
+                             conversation has no externalId to look it up by; not sent again, \
+                             to avoid a duplicate: check Kustomer for it"
+                        .into(),
+                });
+            };
+            attempts.requests += 1;
+            match shared.client.find_conversation(external_id).await {
+                Ok(Some(id)) => break id,
+                Ok(None) => unknown = false,
+                Err(error) => {
+                    attempts.after_failure(&error).await?;
+                    continue;
+                }
+            }
+        }
+        attempts.requests += 1;
+        match shared.client.create_conversation(&body).await {
+            Ok(id) => break id,
+            Err(ApiError::Rejected { status, message }) => {
+                return Err(Halt::Failed {
+                    field: None,
+                    reason: format!("conversation refused ({status}): {message}"),
+                });
+            }
+            Err(ApiError::Duplicate { message }) => {
+                return Err(Halt::Failed {
+                    field: Some("conversation.externalId".into()),
+                    reason: format!("conversation refused as a duplicate: {message}"),
+                });
+            }
+            Err(error) => {
+                unknown |= error.maybe_applied();
+                attempts.after_failure(&error).await?;
+            }
+        }
+    };
+    let mut done = row_change(
+        &work.origin,
+        &work.plan,
+        RowState::Done,
+        Some(customer_id),
+        Some(conversation_id),
+    );
+    done.attempts = attempts.take_requests();
+    record_or_halt(shared, vec![Change::Row(done)]).await;
+    Ok(RowOutcome::Done {
+        customer: origin,
+        conversation_created: true,
+    })
+}
+
+/// Creates the row's customer (or finds the one an earlier lost answer created, or the one
+/// that already existed), recording the intent first and the id after.
+async fn settle_customer(
+    shared: &Shared,
+    work: &Work,
+    reconcile_first: bool,
+    attempts: &mut Attempts<'_>,
+) -> Result<(String, CustomerOrigin), Halt> {
+    let plan = &work.plan;
+    let customer = &plan.customer;
+    let mut intent = row_change(&work.origin, plan, RowState::CustomerSent, None, None);
+    intent.attempts = attempts.take_requests();
+    commit_or_halt(
+        shared,
+        vec![
+            Change::CustomerSent {
+                customer_key: plan.customer_key.clone(),
+                external_id: customer.external_id.clone(),
+                email: customer.emails.first().map(|e| e.email.clone()),
+                phone: customer.phones.first().map(|p| p.phone.clone()),
+            },
+            Change::Row(intent),
+        ],
+    )
+    .await?;
+    let mut unknown = reconcile_first;
+    let (id, origin) = loop {
+        attempts.check_stop()?;
+        if unknown {
+            match find_customer(shared, customer, attempts).await {
+                Ok(Some(id)) => break (id, CustomerOrigin::Reconciled),
+                Ok(None) => unknown = false,
+                Err(error) => {
+                    attempts.after_failure(&error).await?;
+                    continue;
+                }
+            }
+        }
+        attempts.requests += 1;
+        match shared.client.create_customer(customer).await {
+            Ok(id) => break (id, CustomerOrigin::Created),
+            Err(ApiError::Duplicate { message }) => {
+                break link_existing(shared, customer, &message, attempts).await?;
+            }
+            Err(ApiError::Rejected { status, message }) => {
+                return Err(Halt::Failed {
+                    field: None,
+                    reason: format!("customer refused ({status}): {message}"),
+                });
+            }
+            Err(error) => {
+                unknown |= error.maybe_applied();
+                attempts.after_failure(&error).await?;
+            }
+        }
+    };
+    let mut resolved = row_change(
+        &work.origin,
+        plan,
+        RowState::CustomerOk,
+        Some(id.clone()),
+        None,
+    );
+    resolved.attempts = attempts.take_requests();
+    // Waited for: rows of this customer read next look its id up in the checkpoint.
+    commit_or_halt(
+        shared,
+        vec![
+            Change::CustomerResolved {
+                customer_key: plan.customer_key.clone(),
+                customer_id: id.clone(),
+                origin,
+            },
+            Change::Row(resolved),
+        ],
+    )
+    .await?;
+    Ok((id, origin))
+}
+
+/// After a 409: finds the customer that holds the row's externalId, email or phone.
+async fn link_existing(
+    shared: &Shared,
+    customer: &CustomerBody,
+    message: &str,
+    attempts: &mut Attempts<'_>,
+) -> Result<(String, CustomerOrigin), Halt> {
+    loop {
+        attempts.check_stop()?;
+        match find_customer(shared, customer, attempts).await {
+            Ok(Some(id)) => {
+                return match shared.settings.on_existing_customer {
+                    OnExistingCustomer::Link => Ok((id, CustomerOrigin::Linked)),
+                    OnExistingCustomer::Fail => Err(Halt::Failed {
+                        field: None,
+                        reason: format!(
+                            "the customer already exists in Kustomer as {id} \
+                             (--on-existing-customer fail)"
+                        ),
+                    }),
+                };
+            }
+            Ok(None) => {
+                return Err(Halt::Failed {
+                    field: None,
+                    reason: format!(
+                        "customer refused as a duplicate ({message}) but no lookup by \
+                         externalId, email or phone finds it"
+                    ),
+                });
+            }
+            Err(error) => attempts.after_failure(&error).await?,
+        }
+    }
+}
+
+/// Looks a customer up by externalId, then each email, then each phone.
+async fn find_customer(
+    shared: &Shared,
+    customer: &CustomerBody,
+    attempts: &mut Attempts<'_>,
+) -> Result<Option<String>, ApiError> {
+    let keys = customer
+        .external_id
+        .iter()
+        .map(|id| (LookupField::ExternalId, id.as_str()))
+        .chain(
+            customer
+                .emails
+                .iter()
+                .map(|e| (LookupField::Email, e.email.as_str())),
+        )
+        .chain(
+            customer
+                .phones
+                .iter()
+                .map(|p| (LookupField::Phone, p.phone.as_str())),
+        );
+    for (field, value) in keys {
+        attempts.requests += 1;
+        if let Some(id) = shared.client.find_customer(field, value).await? {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+/// A row's retry budget and request count.
+struct Attempts<'a> {
+    shared: &'a Shared,
+    failures: u32,
+    /// Requests sent for the row and not yet added to the checkpoint's count.
+    requests: u32,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(shared: &'a Shared) -> Attempts<'a> {
+        Attempts {
+            shared,
+            failures: 0,
+            requests: 0,
+        }
+    }
+
+    fn take_requests(&mut self) -> u32 {
+        std::mem::take(&mut self.requests)
+    }
+
+    fn check_stop(&self) -> Result<(), Halt> {
+        if self.shared.stop.soft.is_cancelled() {
+            Err(Halt::Pending("the run is stopping".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// After a failed call: waits out the backoff and says to try again, or stops the row.
+    async fn after_failure(&mut self, error: &ApiError) -> Result<(), Halt> {
+        match error {
+            ApiError::Unauthorized { status, message } => {
+                self.shared
+                    .halt_run(StopReason::Unauthorized(format!("{status}: {message}")));
+                Err(Halt::Pending(format!("the API refused the key ({status})")))
+            }
+            ApiError::Rejected { status, message } => Err(Halt::Failed {
+                field: None,
+                reason: format!("refused ({status}): {message}"),
+            }),
+            ApiError::Duplicate { message } => Err(Halt::Failed {
+                field: None,
+                reason: format!("duplicate: {message}"),
+            }),
+            ApiError::Transient { reason, .. } => {
+                self.failures += 1;
+                if self.failures > self.shared.settings.max_retries {
+                    return Err(Halt::Pending(format!(
+                        "gave up after {} attempts: {reason}",
+                        self.failures
+                    )));
+                }
+                tracing::debug!("retrying after: {reason}");
+                let delay = self.shared.settings.backoff.delay(self.failures - 1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => Ok(()),
+                    _ = self.shared.stop.soft.cancelled() => {
+                        Err(Halt::Pending("the run is stopping".into()))
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn commit_or_halt(shared: &Shared, changes: Vec<Change>) -> Result<(), Halt> {
+    shared.writer.commit(changes).await.map_err(|error| {
+        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+        Halt::Pending(format!("the checkpoint could not be written: {error}"))
+    })
+}
+
+async fn record_or_halt(shared: &Shared, changes: Vec<Change>) {
+    if let Err(error) = shared.writer.record(changes).await {
+        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+    }
+}

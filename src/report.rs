@@ -1,0 +1,246 @@
+//! What a run tells its user: the progress while it goes (a bar on a terminal, plain log
+//! lines elsewhere), the errors file with every failed row, and the summary at the end.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use serde_json::Value;
+
+/// The counts a run ends with.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub rows_read: u64,
+    /// Rows this run took to done.
+    pub rows_done: u64,
+    /// Rows an earlier run had already done: skipped without a request.
+    pub rows_skipped_done: u64,
+    /// Rows this run failed (local validation or the API's refusal).
+    pub rows_failed: u64,
+    /// Rows an earlier run had failed: not sent again.
+    pub rows_failed_earlier: u64,
+    /// Rows read and not finished (a stop, or retries ran out): the next run takes them.
+    pub rows_pending: u64,
+    pub customers_created: u64,
+    /// Customers that already existed in Kustomer (409) and were used.
+    pub customers_linked: u64,
+    /// Customers whose create answer was lost and a lookup found.
+    pub customers_reconciled: u64,
+    /// Rows that used a customer already known to the checkpoint, with no request.
+    pub customers_reused: u64,
+    pub conversations_created: u64,
+    pub requests: u64,
+    pub rate_limited: u64,
+    #[serde(serialize_with = "seconds")]
+    pub elapsed: Duration,
+}
+
+fn seconds<S: serde::Serializer>(elapsed: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64((elapsed.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+impl Summary {
+    /// Rows that are failed, now or from an earlier run.
+    pub fn all_failed(&self) -> u64 {
+        self.rows_failed + self.rows_failed_earlier
+    }
+
+    /// The summary as a person reads it.
+    pub fn write_human(&self, out: &mut impl Write) -> io::Result<()> {
+        let elapsed = self.elapsed.as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            self.requests as f64 / elapsed * 60.0
+        } else {
+            0.0
+        };
+        writeln!(out, "rows read:              {}", self.rows_read)?;
+        writeln!(out, "  done now:             {}", self.rows_done)?;
+        writeln!(
+            out,
+            "  already done:         {} (skipped, no request)",
+            self.rows_skipped_done
+        )?;
+        writeln!(out, "  failed:               {}", self.rows_failed)?;
+        if self.rows_failed_earlier > 0 {
+            writeln!(
+                out,
+                "  failed earlier:       {} (not sent again)",
+                self.rows_failed_earlier
+            )?;
+        }
+        writeln!(out, "  pending:              {}", self.rows_pending)?;
+        writeln!(out, "customers created:      {}", self.customers_created)?;
+        writeln!(
+            out,
+            "customers linked:       {} (already in Kustomer)",
+            self.customers_linked
+        )?;
+        if self.customers_reconciled > 0 {
+            writeln!(
+                out,
+                "customers reconciled:   {} (found after a lost answer)",
+                self.customers_reconciled
+            )?;
+        }
+        writeln!(
+            out,
+            "customers reused:       {} (rows whose customer was known)",
+            self.customers_reused
+        )?;
+        writeln!(
+            out,
+            "conversations created:  {}",
+            self.conversations_created
+        )?;
+        writeln!(
+            out,
+            "requests sent:          {} ({rate:.0}/min)",
+            self.requests
+        )?;
+        writeln!(out, "429s seen:              {}", self.rate_limited)?;
+        writeln!(out, "elapsed:                {elapsed:.1} s")?;
+        Ok(())
+    }
+}
+
+/// The errors file: one CSV line per failed row with its file, line, field, reason and
+/// the row as it was read (a JSON object of its source fields).
+pub struct ErrorsFile {
+    path: PathBuf,
+    writer: csv::Writer<File>,
+    rows: u64,
+    failure: Option<io::Error>,
+}
+
+impl ErrorsFile {
+    /// Creates (truncates) the file and writes its header.
+    pub fn create(path: &Path) -> io::Result<ErrorsFile> {
+        let mut writer = csv::Writer::from_writer(File::create(path)?);
+        writer.write_record(["file", "line", "field", "reason", "row"])?;
+        Ok(ErrorsFile {
+            path: path.to_path_buf(),
+            writer,
+            rows: 0,
+            failure: None,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Failed rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Appends one failed row. A write error is kept and reported by [`ErrorsFile::finish`].
+    pub fn write(&mut self, file: &str, line: u64, field: Option<&str>, reason: &str, row: &Value) {
+        self.rows += 1;
+        let result = self.writer.write_record([
+            file,
+            &line.to_string(),
+            field.unwrap_or(""),
+            reason,
+            &row.to_string(),
+        ]);
+        if let Err(error) = result
+            && self.failure.is_none()
+        {
+            self.failure = Some(error.into());
+        }
+    }
+
+    /// Flushes the file; says whether every line reached it.
+    pub fn finish(mut self) -> io::Result<()> {
+        if let Some(error) = self.failure.take() {
+            return Err(error);
+        }
+        self.writer.flush()
+    }
+}
+
+/// Progress while the run goes: an indicatif bar on a terminal, a log line every few
+/// seconds otherwise (cron, CI, a pipe), never escape codes where no one sees them.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    bytes_read: Arc<AtomicU64>,
+    done: AtomicU64,
+    failed: AtomicU64,
+    started: std::time::Instant,
+    last_line: std::sync::Mutex<std::time::Instant>,
+}
+
+/// Seconds between progress log lines when stderr is not a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Progress {
+    /// A bar sized to the inputs' total bytes when stderr is a terminal and `enabled`.
+    pub fn new(enabled: bool, total_bytes: Option<u64>) -> Progress {
+        let bar = (enabled && io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(total_bytes, ProgressDrawTarget::stderr());
+            let template = if total_bytes.is_some() {
+                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg} (ETA {eta})"
+            } else {
+                "{spinner} [{elapsed_precise}] {msg}"
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Progress {
+            bar,
+            bytes_read: Arc::new(AtomicU64::new(0)),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            last_line: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// The counter the readers add the bytes they consume to.
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.bytes_read)
+    }
+
+    /// Counts one settled row (done or skipped, or failed) and refreshes the display.
+    pub fn row_finished(&self, failed: bool) {
+        if failed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.done.fetch_add(1, Ordering::Relaxed);
+        }
+        let done = self.done.load(Ordering::Relaxed);
+        let failed = self.failed.load(Ordering::Relaxed);
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = (done + failed) as f64 / elapsed;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(self.bytes_read.load(Ordering::Relaxed));
+                bar.set_message(format!("{done} done, {failed} failed, {rate:.1} rows/s"));
+            }
+            None => {
+                let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+                if last.elapsed() >= LOG_EVERY {
+                    *last = std::time::Instant::now();
+                    tracing::info!("progress: {done} rows done, {failed} failed, {rate:.1} rows/s");
+                }
+            }
+        }
+    }
+
+    /// Removes the bar before the summary is printed.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
