@@ -245,6 +245,7 @@ pub async fn run_import(
         waiting_rows: 0,
         failed_customers: HashMap::new(),
         tasks: JoinSet::new(),
+        running: 0,
         given_up_in_a_row: 0,
     };
     let result = planner.run(rows, events, window).await;
@@ -385,6 +386,8 @@ struct Planner<'a> {
     /// without sending the same doomed request again.
     failed_customers: HashMap<String, (Option<String>, String)>,
     tasks: JoinSet<()>,
+    /// Rows given to a worker that has not reported yet.
+    running: usize,
     /// Rows in a row that gave up after their retries; too many means the API is down.
     given_up_in_a_row: usize,
 }
@@ -401,21 +404,17 @@ impl Planner<'_> {
         let mut input_open = true;
         let mut grace_ends: Option<tokio::time::Instant> = None;
         loop {
-            self.start_ready_work();
-            let in_progress = self.tasks.len() + self.ready.len() + self.waiting_rows;
-            if soft.is_cancelled() {
-                if input_open {
-                    input_open = false;
-                    rows.close();
-                    self.settle_unstarted_as_pending();
-                }
-                grace_ends.get_or_insert_with(|| {
-                    tokio::time::Instant::now() + self.shared.settings.grace
-                });
+            if soft.is_cancelled() && grace_ends.is_none() {
+                input_open = false;
+                rows.close();
+                self.settle_unstarted_as_pending();
+                grace_ends = Some(tokio::time::Instant::now() + self.shared.settings.grace);
             }
-            if !input_open && self.tasks.is_empty() && self.ready.is_empty() {
+            self.start_ready_work();
+            if !input_open && self.running == 0 && self.ready.is_empty() {
                 break;
             }
+            let in_progress = self.running + self.ready.len() + self.waiting_rows;
             let take_rows = input_open && in_progress < window;
             tokio::select! {
                 biased;
@@ -425,15 +424,24 @@ impl Planner<'_> {
                 }
                 _ = sleep_until_option(grace_ends) => {
                     tracing::warn!(
-                        "the grace period is over: {} requests still in flight are abandoned; \
-                         the next run reconciles them",
-                        self.tasks.len()
+                        "the grace period is over: {} rows still in flight are left to the \
+                         next run, which reconciles them",
+                        self.running
                     );
                     self.tasks.abort_all();
                     break;
                 }
                 Some(event) = events.recv() => self.handle_event(event).await,
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Err(error) = joined
+                        && error.is_panic()
+                    {
+                        // The worker died before reporting its row: leave it to the next run.
+                        tracing::error!("a worker panicked; its row is left pending: {error}");
+                        self.running -= 1;
+                        self.summary.rows_pending += 1;
+                    }
+                }
                 _ = soft.cancelled(), if input_open => {}
                 row = rows.recv(), if take_rows => match row {
                     Some(row) => self.plan(row).await?,
@@ -441,12 +449,13 @@ impl Planner<'_> {
                 },
             }
         }
-        // Events of tasks that ended in the last turn.
+        // Rows whose worker reported just before the end.
         while let Ok(event) = events.try_recv() {
             self.handle_event(event).await;
         }
         self.settle_unstarted_as_pending();
-        self.summary.rows_pending += self.tasks.len() as u64;
+        // Rows whose worker was abandoned keep their last state (and intent) for next time.
+        self.summary.rows_pending += self.running as u64;
         Ok(())
     }
 
@@ -455,10 +464,11 @@ impl Planner<'_> {
         if self.shared.stop.soft.is_cancelled() {
             return;
         }
-        while self.tasks.len() < self.shared.settings.concurrency.max(1) {
+        while self.running < self.shared.settings.concurrency.max(1) {
             let Some((work, step)) = self.ready.pop_front() else {
                 break;
             };
+            self.running += 1;
             let shared = Arc::clone(&self.shared);
             self.tasks.spawn(async move {
                 let (work, outcome) = process_row(&shared, work, step).await;
@@ -614,54 +624,61 @@ impl Planner<'_> {
                     }
                 }
             }
-            Event::RowFinished { work, outcome } => match outcome {
-                RowOutcome::Done {
-                    customer,
-                    conversation_created,
-                } => {
-                    self.given_up_in_a_row = 0;
-                    self.summary.rows_done += 1;
-                    match customer {
-                        Some(CustomerOrigin::Created) => self.summary.customers_created += 1,
-                        Some(CustomerOrigin::Linked) => self.summary.customers_linked += 1,
-                        Some(CustomerOrigin::Reconciled) => self.summary.customers_reconciled += 1,
-                        None => {}
-                    }
-                    if conversation_created {
-                        self.summary.conversations_created += 1;
-                    }
-                    self.progress.row_finished(false);
+            Event::RowFinished { work, outcome } => {
+                self.running -= 1;
+                self.finish_row(work, outcome);
+            }
+        }
+    }
+
+    fn finish_row(&mut self, work: Work, outcome: RowOutcome) {
+        match outcome {
+            RowOutcome::Done {
+                customer,
+                conversation_created,
+            } => {
+                self.given_up_in_a_row = 0;
+                self.summary.rows_done += 1;
+                match customer {
+                    Some(CustomerOrigin::Created) => self.summary.customers_created += 1,
+                    Some(CustomerOrigin::Linked) => self.summary.customers_linked += 1,
+                    Some(CustomerOrigin::Reconciled) => self.summary.customers_reconciled += 1,
+                    None => {}
                 }
-                RowOutcome::Halted(Halt::Failed { field, reason }) => {
-                    self.given_up_in_a_row = 0;
-                    self.summary.rows_failed += 1;
-                    self.errors.write(
-                        &work.origin.file,
-                        work.origin.line,
-                        field.as_deref(),
-                        &reason,
-                        &work.original.to_json(),
+                if conversation_created {
+                    self.summary.conversations_created += 1;
+                }
+                self.progress.row_finished(false);
+            }
+            RowOutcome::Halted(Halt::Failed { field, reason }) => {
+                self.given_up_in_a_row = 0;
+                self.summary.rows_failed += 1;
+                self.errors.write(
+                    &work.origin.file,
+                    work.origin.line,
+                    field.as_deref(),
+                    &reason,
+                    &work.original.to_json(),
+                );
+                self.progress.row_finished(true);
+            }
+            RowOutcome::Halted(Halt::Pending(reason)) => {
+                self.summary.rows_pending += 1;
+                if !self.shared.stop.soft.is_cancelled() {
+                    tracing::warn!(
+                        "{}:{}: left pending for the next run: {reason}",
+                        work.origin.file,
+                        work.origin.line
                     );
-                    self.progress.row_finished(true);
-                }
-                RowOutcome::Halted(Halt::Pending(reason)) => {
-                    self.summary.rows_pending += 1;
-                    if !self.shared.stop.soft.is_cancelled() {
-                        tracing::warn!(
-                            "{}:{}: left pending for the next run: {reason}",
-                            work.origin.file,
-                            work.origin.line
-                        );
-                        self.given_up_in_a_row += 1;
-                        let limit = (self.shared.settings.concurrency * 2).max(10);
-                        if self.given_up_in_a_row >= limit {
-                            self.shared.halt_run(StopReason::ApiUnavailable(format!(
-                                "{limit} rows in a row gave up after their retries; last: {reason}"
-                            )));
-                        }
+                    self.given_up_in_a_row += 1;
+                    let limit = (self.shared.settings.concurrency * 2).max(10);
+                    if self.given_up_in_a_row >= limit {
+                        self.shared.halt_run(StopReason::ApiUnavailable(format!(
+                            "{limit} rows in a row gave up after their retries; last: {reason}"
+                        )));
                     }
                 }
-            },
+            }
         }
     }
 

@@ -1,0 +1,248 @@
+//! The test harness: a temporary working directory, a sandbox started in this process on an
+//! ephemeral port, and helpers to run the binary and read the checkpoint.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kustomer_import::sandbox::{Records, Sandbox, SandboxConfig, Stats};
+
+pub const KEY: &str = "test-key-5f1c2e";
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_kustomer-import")
+}
+
+/// The project's `samples/` folder.
+pub fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name)
+}
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub runtime: tokio::runtime::Runtime,
+    pub sandbox: Option<Sandbox>,
+}
+
+impl TestEnv {
+    /// A working directory and a sandbox with this configuration.
+    pub fn new(config: SandboxConfig) -> TestEnv {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sandbox = runtime.block_on(Sandbox::start(config, 0)).unwrap();
+        TestEnv {
+            dir: tempfile::tempdir().unwrap(),
+            runtime,
+            sandbox: Some(sandbox),
+        }
+    }
+
+    /// A sandbox with a fixed token (the harness's KEY) and no limits or faults.
+    pub fn plain() -> TestEnv {
+        TestEnv::new(SandboxConfig {
+            token: Some(KEY.to_string()),
+            ..SandboxConfig::default()
+        })
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        self.sandbox.as_ref().unwrap()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.sandbox().stats()
+    }
+
+    pub fn records(&self) -> Records {
+        self.sandbox().records()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// `kustomer-import import <args>` in the working directory, against the sandbox.
+    pub fn import_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary());
+        command
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUSTOMER_API_KEY", KEY)
+            .env("KUSTOMER_BASE_URL", self.sandbox().base_url())
+            .arg("import")
+            .args(args)
+            .arg("--no-progress")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs an import to its end (at most two minutes) and returns its output.
+    pub fn import(&self, args: &[&str]) -> Run {
+        run(self.import_command(args))
+    }
+
+    /// Opens the checkpoint read-only.
+    pub fn checkpoint(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.path("kustomer-import.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
+    }
+
+    /// Rows of the checkpoint in one state.
+    pub fn rows_in_state(&self, state: &str) -> u64 {
+        self.checkpoint()
+            .query_row("SELECT count(*) FROM rows WHERE state = ?1", [state], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
+    /// The errors file's lines after the header, as (file, line, field, reason).
+    pub fn errors(&self) -> Vec<(String, u64, String, String)> {
+        let mut reader =
+            csv::Reader::from_path(self.path("kustomer-import.sqlite.errors.csv")).unwrap();
+        reader
+            .records()
+            .map(|record| {
+                let record = record.unwrap();
+                (
+                    record[0].to_string(),
+                    record[1].parse().unwrap(),
+                    record[2].to_string(),
+                    record[3].to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Asserts that the sandbox holds each customer and each conversation externalId once,
+    /// and that the checkpoint's ids are the sandbox's.
+    pub fn assert_exactly_once(&self, customers: usize, conversations: usize) {
+        let records = self.records();
+        assert_eq!(
+            records.customers.len(),
+            customers,
+            "customers in the sandbox"
+        );
+        assert_eq!(
+            records.conversations.len(),
+            conversations,
+            "conversations in the sandbox"
+        );
+        let mut conversation_ids: Vec<_> = records
+            .conversations
+            .iter()
+            .map(|c| {
+                c.external_id
+                    .clone()
+                    .expect("every conversation has an externalId")
+            })
+            .collect();
+        conversation_ids.sort();
+        conversation_ids.dedup();
+        assert_eq!(
+            conversation_ids.len(),
+            conversations,
+            "a conversation externalId landed twice"
+        );
+        let sandbox_ids: std::collections::BTreeSet<String> =
+            records.conversations.iter().map(|c| c.id.clone()).collect();
+        let checkpoint = self.checkpoint();
+        let mut statement = checkpoint
+            .prepare("SELECT conversation_id FROM rows WHERE state = 'done' AND conversation_id IS NOT NULL")
+            .unwrap();
+        let checkpoint_ids: std::collections::BTreeSet<String> = statement
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            checkpoint_ids, sandbox_ids,
+            "checkpoint ids differ from the sandbox's"
+        );
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(sandbox) = self.sandbox.take() {
+            self.runtime.block_on(sandbox.shutdown());
+        }
+    }
+}
+
+/// What a finished run printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn assert_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs a command to its end, killing it after two minutes so a hang fails the test.
+pub fn run(mut command: Command) -> Run {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the command did not finish within two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A CSV export of `customers` customers with `per_customer` conversations each.
+pub fn generated_csv(customers: usize, per_customer: usize) -> String {
+    let mut text = String::from("customer_external_id,name,email,conversation_id,subject,status\n");
+    for customer in 0..customers {
+        for conversation in 0..per_customer {
+            text.push_str(&format!(
+                "C{customer},Customer {customer},c{customer}@example.com,T{customer}-{conversation},Subject {conversation},open\n"
+            ));
+        }
+    }
+    text
+}

@@ -1,0 +1,212 @@
+//! The import pipeline end to end: samples, resume, re-runs, the rate ceiling, bad keys.
+
+use std::time::Duration;
+
+use kustomer_import::sandbox::SandboxConfig;
+
+use crate::harness::*;
+
+#[test]
+fn the_csv_sample_lands_each_customer_once_and_each_good_row_once() {
+    let env = TestEnv::plain();
+    let sample = sample("tickets.csv");
+    let run = env.import(&[sample.to_str().unwrap()]);
+    run.assert_code(1);
+    // 20 customers with conversations + 1 customer-only row; 50 conversation rows.
+    env.assert_exactly_once(21, 50);
+    assert_eq!(env.rows_in_state("done"), 51);
+    assert_eq!(env.rows_in_state("failed"), 5);
+    let errors = env.errors();
+    let lines: Vec<u64> = errors.iter().map(|e| e.1).collect();
+    assert_eq!(lines, [23, 33, 40, 41, 58], "{errors:#?}");
+    assert!(errors.iter().all(|e| e.0.ends_with("tickets.csv")));
+    assert_eq!(errors[0].2, "emails[0].email");
+    assert!(
+        errors[1].3.contains("has 3 fields, the header has 8"),
+        "{}",
+        errors[1].3
+    );
+    assert_eq!(errors[2].2, "conversation.status");
+    assert_eq!(errors[3].2, "customer");
+    assert_eq!(errors[4].2, "conversation.externalId");
+    assert!(
+        run.stdout.contains("conversations created:  50"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn the_jsonl_sample_takes_flat_and_api_shaped_rows() {
+    let env = TestEnv::plain();
+    let sample = sample("tickets.jsonl");
+    env.import(&[sample.to_str().unwrap()]).assert_code(1);
+    env.assert_exactly_once(25, 48);
+    assert_eq!(env.rows_in_state("done"), 49);
+    let lines: Vec<u64> = env.errors().iter().map(|e| e.1).collect();
+    assert_eq!(lines, [11, 21, 31, 41]);
+    // API-shaped rows keep their extra fields.
+    let records = env.records();
+    assert!(
+        records
+            .conversations
+            .iter()
+            .any(|c| c.extra.get("priority").is_some())
+    );
+}
+
+#[test]
+fn a_second_run_on_a_finished_checkpoint_sends_no_create() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(10, 3));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let creates = env.stats().creates_total;
+    assert_eq!(creates, 40);
+    let again = env.import(&[file.to_str().unwrap()]);
+    again.assert_code(0);
+    assert_eq!(env.stats().creates_total, creates, "a re-run sent creates");
+    assert!(
+        again.stdout.contains("already done:         30"),
+        "{}",
+        again.stdout
+    );
+    env.assert_exactly_once(10, 30);
+}
+
+#[test]
+fn tomorrows_export_creates_only_the_new_rows_and_reuses_customers() {
+    let env = TestEnv::plain();
+    let today = env.write("today.csv", &generated_csv(5, 2));
+    env.import(&[today.to_str().unwrap()]).assert_code(0);
+    let mut tomorrow = generated_csv(5, 3);
+    tomorrow.push_str("C99,New Customer,c99@example.com,T99-0,Hello,open\n");
+    let tomorrow = env.write("tomorrow.csv", &tomorrow);
+    let run = env.import(&[tomorrow.to_str().unwrap()]);
+    run.assert_code(0);
+    // 5 new conversations for known customers (no customer create), 1 new customer.
+    assert_eq!(env.stats().creates_total, 15 + 5 + 2);
+    env.assert_exactly_once(6, 16);
+}
+
+#[test]
+fn a_run_killed_mid_way_resumes_without_duplicates() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        latency: Duration::from_millis(15),
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &generated_csv(60, 4));
+    let mut child = env
+        .import_command(&[file.to_str().unwrap(), "--concurrency", "8"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once a good part (but not all) has landed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while env.stats().conversations < 40 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        env.stats().conversations < 240,
+        "the run finished before it was killed"
+    );
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    env.assert_exactly_once(60, 240);
+    assert_eq!(env.rows_in_state("done"), 240);
+}
+
+#[test]
+fn the_rate_ceiling_holds_in_every_window() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        rate_window: Duration::from_secs(1),
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &generated_csv(20, 2));
+    env.import(&[file.to_str().unwrap(), "--rpm", "20", "--rate-window", "1"])
+        .assert_code(0);
+    let stats = env.stats();
+    assert_eq!(stats.requests_total, 60);
+    assert!(
+        stats.max_requests_in_window <= 20,
+        "{} requests in one window",
+        stats.max_requests_in_window
+    );
+}
+
+#[test]
+fn a_refused_key_exits_3_and_fails_no_row() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(5, 2));
+    let mut command = env.import_command(&[file.to_str().unwrap()]);
+    command.env("KUSTOMER_API_KEY", "wrong-key-9d3a");
+    let run = run(command);
+    run.assert_code(3);
+    assert!(run.stderr.contains("refused the key"), "{}", run.stderr);
+    assert!(!run.stderr.contains("wrong-key-9d3a") && !run.stdout.contains("wrong-key-9d3a"));
+    assert_eq!(env.rows_in_state("failed"), 0);
+    assert_eq!(env.records().customers.len(), 0);
+    let checkpoint = std::fs::read(env.path("kustomer-import.sqlite")).unwrap();
+    assert!(!String::from_utf8_lossy(&checkpoint).contains("wrong-key-9d3a"));
+    // With the right key, the same command finishes the job.
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    env.assert_exactly_once(5, 10);
+}
+
+#[test]
+fn no_key_and_no_sandbox_is_a_usage_error_that_says_what_to_do() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(1, 1));
+    let mut command = env.import_command(&[file.to_str().unwrap()]);
+    command.env_remove("KUSTOMER_API_KEY");
+    let run = run(command);
+    run.assert_code(2);
+    assert!(run.stderr.contains("KUSTOMER_API_KEY") && run.stderr.contains("--sandbox"));
+    assert_eq!(env.stats().requests_total, 0);
+}
+
+#[test]
+fn the_built_in_sandbox_runs_the_sample_with_no_account() {
+    let env = TestEnv::plain();
+    let sample = sample("tickets.csv");
+    let mut command = env.import_command(&[sample.to_str().unwrap(), "--sandbox"]);
+    command
+        .env_remove("KUSTOMER_API_KEY")
+        .env_remove("KUSTOMER_BASE_URL");
+    run(command).assert_code(1);
+    assert_eq!(env.rows_in_state("done"), 51);
+    assert_eq!(
+        env.stats().requests_total,
+        0,
+        "--sandbox must not use another server"
+    );
+}
+
+#[test]
+fn a_second_run_on_a_held_checkpoint_exits_5_naming_the_holder() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(1, 1));
+    let lock =
+        kustomer_import::checkpoint::RunLock::acquire(&env.path("kustomer-import.sqlite")).unwrap();
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(5);
+    assert!(
+        run.stderr.contains(&format!("pid {}", std::process::id())),
+        "{}",
+        run.stderr
+    );
+    drop(lock);
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+}
+
+#[test]
+fn an_unreadable_input_exits_2_before_any_request() {
+    let env = TestEnv::plain();
+    let run = env.import(&["missing.csv"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("missing.csv"), "{}", run.stderr);
+    assert_eq!(env.stats().requests_total, 0);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real binary against the sandbox on 127.0.0.1 (or against small
+//! foreign servers), asserting on what lands in the sandbox, the checkpoint, the errors
+//! file and the exit code. One test binary; `harness.rs` holds the shared set-up.
+
+mod harness;
+
+mod faults;
+mod foreign;
+mod import;
