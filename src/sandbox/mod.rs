@@ -199,12 +199,15 @@ async fn serve_connection(stream: TcpStream, router: Router, token: Cancellation
     let builder = auto::Builder::new(TokioExecutor::new());
     let connection =
         builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    // Biased towards the token: once it is cancelled the connection is dropped before it
+    // can write anything more, even if a handler finished in the same wake-up.
     tokio::select! {
+        biased;
+        () = token.cancelled() => {}
         result = connection => {
             if let Err(e) = result {
                 tracing::debug!(target: "sandbox", "connection ended: {e}");
             }
         }
-        () = token.cancelled() => {}
     }
 }
