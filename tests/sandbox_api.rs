@@ -690,3 +690,24 @@ async fn stats_count_routes_statuses_and_creates() {
     assert_eq!(raw.body["faults"]["drop_after_write"], 0);
     sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn latency_delays_api_answers_but_not_admin_ones() {
+    let sandbox = start(SandboxConfig {
+        latency: Duration::from_millis(1000),
+        jitter: Duration::from_millis(50),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let started = std::time::Instant::now();
+    let answer = api.get("/v1/customers/externalId=none").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+
+    // Admin routes skip the gate: no latency. Generous bound for a loaded machine.
+    let started = std::time::Instant::now();
+    api.stats().await;
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    sandbox.shutdown().await;
+}
