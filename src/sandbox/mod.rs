@@ -1,1 +1,213 @@
-//! A local fake of the Kustomer API (placeholder; the real one is being written).
+//! A local fake of the Kustomer API, faithful to `shared/docs/kustomer-api.md` and the
+//! OpenAPI contract, to rehearse imports against: `POST /v1/customers`,
+//! `POST /v1/conversations`, lookups by externalId, email and phone, bearer auth, the
+//! org-wide rate limit with its headers, duplicates refused with 409, validation with 422,
+//! and injectable faults (5xx before or after the write, a connection dropped or left hanging
+//! after the write, a revoked key). `GET /__stats` and `GET /__records` let tests see what
+//! the server saw and holds. This file owns the public API, server start and stop, and the
+//! accept loop (custom, so that a connection can be closed without any answer).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use kustomer_import::sandbox::{Sandbox, SandboxConfig};
+//! let sandbox = Sandbox::start(SandboxConfig::default(), 0).await?;
+//! println!("{}", sandbox.base_url());
+//! sandbox.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod faults;
+mod http;
+mod stats;
+mod store;
+mod validate;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tower::util::MapRequestLayer;
+
+pub use faults::FaultConfig;
+pub use stats::{FaultCounts, Stats};
+pub use store::{
+    ConversationRecord, CustomerRecord, EmailEntry, Lookup, LookupError, PhoneEntry, Records,
+    parse_lookup, percent_decode,
+};
+pub use validate::{
+    FieldError, is_rfc3339, is_valid_email, is_valid_phone, phone_digits, validate_conversation,
+    validate_customer,
+};
+
+use http::{App, ConnCtx};
+
+/// How the sandbox behaves.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Bearer token the server accepts. None: any non-empty bearer token is accepted.
+    pub token: Option<String>,
+    /// Org-wide request limit per window (all endpoints except /__*). None: unlimited.
+    pub rpm: Option<u32>,
+    /// Length of the rate window (Kustomer: 60 s; tests shorten it).
+    pub rate_window: Duration,
+    /// Added before answering every API request.
+    pub latency: Duration,
+    /// Uniform random extra latency in [0, jitter].
+    pub jitter: Duration,
+    pub faults: FaultConfig,
+    /// Answer the way the spec says (200 and a bare {type,id,attributes}) instead of the
+    /// live API's way (201 and {"data": {...}}).
+    pub spec_style: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            token: None,
+            rpm: None,
+            rate_window: Duration::from_secs(60),
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            faults: FaultConfig::default(),
+            spec_style: false,
+        }
+    }
+}
+
+/// A running sandbox. Dropping it stops the server too; [`Sandbox::shutdown`] also waits
+/// for the end.
+pub struct Sandbox {
+    addr: SocketAddr,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("addr", &self.addr).finish()
+    }
+}
+
+impl Sandbox {
+    /// Binds 127.0.0.1:port (0 = ephemeral) and serves in a background tokio task. Must be
+    /// called inside a tokio runtime.
+    pub async fn start(config: SandboxConfig, port: u16) -> std::io::Result<Sandbox> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let app = Arc::new(App::new(config, shutdown.clone()));
+        let router = http::router(app.clone());
+        let task = tokio::spawn(accept_loop(listener, router, shutdown.clone()));
+        tracing::debug!(target: "sandbox", %addr, "sandbox listening");
+        Ok(Sandbox {
+            addr,
+            app,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Same content as `GET /__stats`.
+    pub fn stats(&self) -> Stats {
+        self.app.stats()
+    }
+
+    /// Same content as `GET /__records`.
+    pub fn records(&self) -> Records {
+        self.app.records()
+    }
+
+    /// Changes faults at run time (tests turn faults on/off between runs). Re-seeds the
+    /// dice and restarts the `revoke_after` count.
+    pub fn set_faults(&self, faults: FaultConfig) {
+        self.app.set_faults(faults);
+    }
+
+    /// Stops accepting, closes connections, ends the task.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+        {
+            tracing::warn!(target: "sandbox", "sandbox task ended badly: {e}");
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, router.clone(), shutdown.child_token()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: let some connections end.
+                    tracing::warn!(target: "sandbox", "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// Serves one connection until it ends, or until its token is cancelled (by a handler that
+/// wants the connection dropped without an answer, or by shutdown): then the connection
+/// future is dropped, which closes the socket.
+async fn serve_connection(stream: TcpStream, router: Router, token: CancellationToken) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(target: "sandbox", "set_nodelay: {e}");
+    }
+    let ctx = ConnCtx {
+        token: token.clone(),
+    };
+    let service = MapRequestLayer::new(move |mut req: axum::http::Request<Incoming>| {
+        req.extensions_mut().insert(ctx.clone());
+        req
+    })
+    .layer(router);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection =
+        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    // Biased towards the token: once it is cancelled the connection is dropped before it
+    // can write anything more, even if a handler finished in the same wake-up.
+    tokio::select! {
+        biased;
+        () = token.cancelled() => {}
+        result = connection => {
+            if let Err(e) = result {
+                tracing::debug!(target: "sandbox", "connection ended: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Fault injection and the org-wide rate limit: the misbehaviours the sandbox can put
+//! between a client and its records. [`FaultConfig`] says how often each fault strikes;
+//! [`Faults`] rolls the dice (seeded for reproducible runs) and keeps the count behind the
+//! revoked-key fault; [`RateLimiter`] is Kustomer's fixed-window budget. The counters of
+//! what was injected live in `stats.rs`.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// How often each fault strikes. Rates are probabilities in `[0, 1]` (values outside are
+/// clamped, NaN is 0); at most one fault strikes a request.
+#[derive(Clone, Debug, Default)]
+pub struct FaultConfig {
+    /// 500 before any write.
+    pub fail_rate: f64,
+    /// Record created, then 500.
+    pub fail_after_write_rate: f64,
+    /// Record created, then the TCP connection is closed with no answer at all.
+    pub drop_after_write_rate: f64,
+    /// Record created, then no answer (sleep ~10 minutes, or until shutdown).
+    pub hang_after_write_rate: f64,
+    /// 503 before any write.
+    pub busy_rate: f64,
+    /// After this many API requests (counted from start, or from the last
+    /// `Sandbox::set_faults`), every request gets 401 (key revoked).
+    pub revoke_after: Option<u64>,
+    /// RNG seed for reproducible faults.
+    pub seed: Option<u64>,
+}
+
+/// A fault that strikes before the handler runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BeforeWrite {
+    None,
+    /// 503.
+    Busy,
+    /// 500.
+    Fail,
+}
+
+/// A fault that strikes after a record was created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterWrite {
+    None,
+    /// 500.
+    Fail,
+    /// Close the connection, no answer.
+    Drop,
+    /// No answer for ~10 minutes.
+    Hang,
+}
+
+/// The live fault state: configuration, dice, and requests seen for `revoke_after`.
+#[derive(Debug)]
+pub struct Faults {
+    config: FaultConfig,
+    rng: StdRng,
+    seen: u64,
+}
+
+fn rng_for(seed: Option<u64>) -> StdRng {
+    match seed {
+        Some(seed) => StdRng::seed_from_u64(seed),
+        None => StdRng::from_os_rng(),
+    }
+}
+
+fn clamp(rate: f64) -> f64 {
+    if rate.is_nan() {
+        0.0
+    } else {
+        rate.clamp(0.0, 1.0)
+    }
+}
+
+impl Faults {
+    pub fn new(config: FaultConfig) -> Self {
+        Faults {
+            rng: rng_for(config.seed),
+            config,
+            seen: 0,
+        }
+    }
+
+    /// Replaces the configuration, re-seeds the dice and restarts the revoke count.
+    pub fn set(&mut self, config: FaultConfig) {
+        *self = Faults::new(config);
+    }
+
+    /// Counts one API request towards `revoke_after`.
+    pub fn arrive(&mut self) {
+        self.seen = self.seen.saturating_add(1);
+    }
+
+    /// Whether the key is revoked for the request just counted.
+    pub fn revoked(&self) -> bool {
+        self.config.revoke_after.is_some_and(|n| self.seen > n)
+    }
+
+    /// A roll that never touches the dice for a rate of 0, so a zero rate does not shift
+    /// the sequence of the others.
+    fn strikes(&mut self, rate: f64) -> bool {
+        let rate = clamp(rate);
+        rate > 0.0 && self.rng.random::<f64>() < rate
+    }
+
+    pub fn roll_before(&mut self) -> BeforeWrite {
+        if self.strikes(self.config.busy_rate) {
+            BeforeWrite::Busy
+        } else if self.strikes(self.config.fail_rate) {
+            BeforeWrite::Fail
+        } else {
+            BeforeWrite::None
+        }
+    }
+
+    pub fn roll_after(&mut self) -> AfterWrite {
+        if self.strikes(self.config.fail_after_write_rate) {
+            AfterWrite::Fail
+        } else if self.strikes(self.config.drop_after_write_rate) {
+            AfterWrite::Drop
+        } else if self.strikes(self.config.hang_after_write_rate) {
+            AfterWrite::Hang
+        } else {
+            AfterWrite::None
+        }
+    }
+}
+
+/// The rate-limit verdict for one request and the values of its `x-ratelimit-*` headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateVerdict {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Whole seconds until the window resets, rounded up (at least 1).
+    pub reset_secs: u64,
+}
+
+/// Fixed windows of `window` starting at server start; every request counts, refused ones
+/// included; beyond `limit` in the current window a request is refused.
+#[derive(Debug)]
+pub struct RateLimiter {
+    limit: Option<u32>,
+    window: Duration,
+    current: u128,
+    count: u64,
+}
+
+impl RateLimiter {
+    pub fn new(limit: Option<u32>, window: Duration) -> Self {
+        RateLimiter {
+            limit,
+            window: window.max(Duration::from_millis(1)),
+            current: 0,
+            count: 0,
+        }
+    }
+
+    /// Counts a request arriving `elapsed` after server start. `None` when unlimited.
+    pub fn check(&mut self, elapsed: Duration) -> Option<RateVerdict> {
+        let limit = self.limit?;
+        let window_nanos = self.window.as_nanos();
+        let index = elapsed.as_nanos() / window_nanos;
+        if index != self.current {
+            self.current = index;
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        let until_reset = (index + 1) * window_nanos - elapsed.as_nanos();
+        let reset_secs = u64::try_from(until_reset.div_ceil(1_000_000_000))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Some(RateVerdict {
+            allowed: self.count <= u64::from(limit),
+            limit,
+            remaining: u32::try_from(u64::from(limit).saturating_sub(self.count)).unwrap_or(0),
+            reset_secs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_of_zero_and_one_are_certain() {
+        let mut faults = Faults::new(FaultConfig {
+            busy_rate: 1.0,
+            ..FaultConfig::default()
+        });
+        assert!((0..100).all(|_| faults.roll_before() == BeforeWrite::Busy));
+        assert!((0..100).all(|_| faults.roll_after() == AfterWrite::None));
+        faults.set(FaultConfig {
+            fail_rate: 7.0,
+            drop_after_write_rate: 1.0,
+            hang_after_write_rate: f64::NAN,
+            ..FaultConfig::default()
+        });
+        assert!((0..100).all(|_| faults.roll_before() == BeforeWrite::Fail));
+        assert!((0..100).all(|_| faults.roll_after() == AfterWrite::Drop));
+    }
+
+    #[test]
+    fn seeded_faults_repeat() {
+        let config = FaultConfig {
+            busy_rate: 0.3,
+            fail_rate: 0.3,
+            fail_after_write_rate: 0.5,
+            seed: Some(42),
+            ..FaultConfig::default()
+        };
+        let run = |config: &FaultConfig| {
+            let mut faults = Faults::new(config.clone());
+            (0..200)
+                .map(|_| (faults.roll_before(), faults.roll_after()))
+                .collect::<Vec<_>>()
+        };
+        let first = run(&config);
+        assert_eq!(first, run(&config));
+        assert!(first.iter().any(|(b, _)| *b == BeforeWrite::Busy));
+        assert!(first.iter().any(|(b, _)| *b == BeforeWrite::None));
+    }
+
+    #[test]
+    fn revoke_after_counts_requests_since_set() {
+        let mut faults = Faults::new(FaultConfig {
+            revoke_after: Some(2),
+            ..FaultConfig::default()
+        });
+        let verdicts: Vec<bool> = (0..4)
+            .map(|_| {
+                faults.arrive();
+                faults.revoked()
+            })
+            .collect();
+        assert_eq!(verdicts, vec![false, false, true, true]);
+        faults.set(FaultConfig {
+            revoke_after: Some(1),
+            ..FaultConfig::default()
+        });
+        faults.arrive();
+        assert!(!faults.revoked());
+        faults.arrive();
+        assert!(faults.revoked());
+    }
+
+    #[test]
+    fn fixed_windows() {
+        let mut limiter = RateLimiter::new(Some(2), Duration::from_secs(60));
+        let at = |ms| Duration::from_millis(ms);
+        let a = limiter.check(at(100));
+        assert_eq!(
+            a,
+            Some(RateVerdict {
+                allowed: true,
+                limit: 2,
+                remaining: 1,
+                reset_secs: 60
+            })
+        );
+        assert_eq!(limiter.check(at(30_000)).map(|v| v.remaining), Some(0));
+        let third = limiter.check(at(59_500));
+        assert_eq!(
+            third.map(|v| (v.allowed, v.remaining, v.reset_secs)),
+            Some((false, 0, 1))
+        );
+        // A new window starts at 60 s, whatever happened in the last one.
+        let fourth = limiter.check(at(60_000));
+        assert_eq!(
+            fourth.map(|v| (v.allowed, v.remaining, v.reset_secs)),
+            Some((true, 1, 60))
+        );
+        assert_eq!(RateLimiter::new(None, at(1)).check(at(5)), None);
+    }
+}

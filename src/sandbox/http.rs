@@ -1,0 +1,571 @@
+//! The sandbox's HTTP face: the axum router, the gate every API request passes (arrival
+//! count, rate limit, revoked key, auth, latency, before-write faults, answer counting,
+//! `x-ratelimit-*` headers), the handlers of the four API routes and the two admin routes,
+//! the after-write faults, and the shape of every answer (envelopes and `errors` bodies).
+//! The shared state [`App`] sits behind one `std::sync::Mutex`, never held across an await.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::{AUTHORIZATION, HeaderName, HeaderValue, RETRY_AFTER};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::Rng;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::SandboxConfig;
+use super::faults::{AfterWrite, BeforeWrite, FaultConfig, Faults, RateLimiter, RateVerdict};
+use super::stats::{Counters, Stats};
+use super::store::{Conflict, LookupError, Records, Store, attributes, parse_lookup};
+use super::validate::{FieldError, validate_conversation, validate_customer};
+
+/// How long a hanging answer hangs.
+const HANG: Duration = Duration::from_secs(600);
+/// Largest body read.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Per-connection context, put in every request's extensions by the accept loop: cancelling
+/// `token` makes the accept loop drop the connection without an answer.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnCtx {
+    pub token: CancellationToken,
+}
+
+/// Everything behind the mutex.
+struct Inner {
+    store: Store,
+    counters: Counters,
+    faults: Faults,
+    rate: RateLimiter,
+}
+
+/// The sandbox's shared state.
+pub(crate) struct App {
+    config: SandboxConfig,
+    started: Instant,
+    pub shutdown: CancellationToken,
+    inner: Mutex<Inner>,
+}
+
+impl App {
+    pub fn new(config: SandboxConfig, shutdown: CancellationToken) -> Self {
+        let inner = Inner {
+            store: Store::new(),
+            counters: Counters::new(config.rate_window),
+            faults: Faults::new(config.faults.clone()),
+            rate: RateLimiter::new(config.rpm, config.rate_window),
+        };
+        App {
+            config,
+            started: Instant::now(),
+            shutdown,
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = self.lock();
+        inner.counters.snapshot(
+            inner.store.customer_count(),
+            inner.store.conversation_count(),
+        )
+    }
+
+    pub fn records(&self) -> Records {
+        self.lock().store.records()
+    }
+
+    pub fn set_faults(&self, faults: FaultConfig) {
+        self.lock().faults.set(faults);
+    }
+
+    /// Latency plus uniform jitter in `[0, jitter]`.
+    fn delay(&self) -> Duration {
+        let jitter = u64::try_from(self.config.jitter.as_nanos()).unwrap_or(u64::MAX);
+        let extra = if jitter == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=jitter)
+        };
+        self.config
+            .latency
+            .saturating_add(Duration::from_nanos(extra))
+    }
+
+    /// A record in the envelope of the configured style.
+    fn envelope(&self, object: Value) -> Value {
+        if self.config.spec_style {
+            object
+        } else {
+            json!({ "data": object })
+        }
+    }
+
+    fn created_status(&self) -> StatusCode {
+        if self.config.spec_style {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        }
+    }
+}
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/customers", post(create_customer))
+        .route("/v1/customers/{lookup}", get(lookup_customer))
+        .route("/v1/conversations", post(create_conversation))
+        .route("/v1/conversations/{lookup}", get(lookup_conversation))
+        .route("/__stats", get(admin_stats))
+        .route("/__records", get(admin_records))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), api_gate))
+        .with_state(app)
+}
+
+/// One problem in an `errors` body.
+struct ApiError {
+    detail: String,
+    pointer: Option<String>,
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError {
+            detail: e.detail,
+            pointer: Some(e.pointer),
+        }
+    }
+}
+
+impl From<&Conflict> for ApiError {
+    fn from(c: &Conflict) -> Self {
+        ApiError {
+            detail: c.detail(),
+            pointer: Some(c.pointer.clone()),
+        }
+    }
+}
+
+/// `{"errors": [{status, code, title, detail, source?}, ...]}`.
+fn errors_response(status: StatusCode, items: Vec<ApiError>) -> Response {
+    let (code, title) = match status {
+        StatusCode::BAD_REQUEST => ("bad_request", "Bad Request"),
+        StatusCode::UNAUTHORIZED => ("unauthorized", "Unauthorized"),
+        StatusCode::NOT_FOUND => ("not_found", "Not Found"),
+        StatusCode::CONFLICT => ("duplicate", "Duplicate"),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid", "Validation failed"),
+        StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "Too Many Requests"),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "Service Unavailable"),
+        _ => ("internal", "Internal Server Error"),
+    };
+    let errors: Vec<Value> = items
+        .into_iter()
+        .map(|item| {
+            let mut error = json!({
+                "status": status.as_u16().to_string(),
+                "code": code,
+                "title": title,
+                "detail": item.detail,
+            });
+            if let Some(pointer) = item.pointer {
+                error["source"] = json!({ "pointer": pointer });
+            }
+            error
+        })
+        .collect();
+    (status, Json(json!({ "errors": errors }))).into_response()
+}
+
+fn error(status: StatusCode, detail: impl Into<String>) -> Response {
+    errors_response(
+        status,
+        vec![ApiError {
+            detail: detail.into(),
+            pointer: None,
+        }],
+    )
+}
+
+/// Whether the request carries an acceptable bearer token. Compares in constant time.
+fn authorized(expected: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some((scheme, token)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return false;
+    }
+    match expected {
+        None => true,
+        Some(expected) => {
+            let (a, b) = (expected.as_bytes(), token.as_bytes());
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        }
+    }
+}
+
+enum Gate {
+    RateLimited,
+    Revoked,
+    Unauthorized,
+    Pass,
+}
+
+/// The path every API request takes before and after its handler; `/__*` goes straight
+/// through.
+async fn api_gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/__") {
+        return next.run(req).await;
+    }
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(path) => format!("{} {}", req.method(), path.as_str()),
+        None => "other".to_owned(),
+    };
+    let is_create = req.method() == Method::POST
+        && matches!(req.uri().path(), "/v1/customers" | "/v1/conversations");
+    let authorized = authorized(app.config.token.as_deref(), req.headers());
+
+    let (gate, rate) = {
+        let mut inner = app.lock();
+        let now = Instant::now();
+        inner.counters.arrive(now, is_create);
+        inner.faults.arrive();
+        let rate = inner.rate.check(now.saturating_duration_since(app.started));
+        let gate = if rate.is_some_and(|r| !r.allowed) {
+            inner.counters.rate_limited();
+            Gate::RateLimited
+        } else if inner.faults.revoked() {
+            inner.counters.faults.revoked += 1;
+            Gate::Revoked
+        } else if !authorized {
+            Gate::Unauthorized
+        } else {
+            Gate::Pass
+        };
+        (gate, rate)
+    };
+
+    let mut response = match gate {
+        Gate::RateLimited => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate limit exceeded for this organization; retry after the window resets",
+            );
+            let wait = rate.map_or(1, |r| r.reset_secs.max(1));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(wait));
+            response
+        }
+        Gate::Revoked => error(StatusCode::UNAUTHORIZED, "the API key has been revoked"),
+        Gate::Unauthorized => error(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid API key: send Authorization: Bearer <API key>",
+        ),
+        Gate::Pass => {
+            let delay = app.delay();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let before = {
+                let mut inner = app.lock();
+                let fault = inner.faults.roll_before();
+                match fault {
+                    BeforeWrite::Busy => inner.counters.faults.busy += 1,
+                    BeforeWrite::Fail => inner.counters.faults.fail += 1,
+                    BeforeWrite::None => {}
+                }
+                fault
+            };
+            match before {
+                BeforeWrite::Busy => {
+                    let mut response = error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the service is temporarily unavailable",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from(1u32));
+                    response
+                }
+                BeforeWrite::Fail => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+                BeforeWrite::None => next.run(req).await,
+            }
+        }
+    };
+    if let Some(rate) = rate {
+        add_rate_headers(response.headers_mut(), rate);
+    }
+    let status = response.status().as_u16();
+    app.lock().counters.answered(&route, status);
+    tracing::debug!(target: "sandbox", %route, status, "answered");
+    response
+}
+
+fn add_rate_headers(headers: &mut HeaderMap, rate: RateVerdict) {
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-limit"),
+        HeaderValue::from(rate.limit),
+    );
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-remaining"),
+        HeaderValue::from(rate.remaining),
+    );
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-reset"),
+        HeaderValue::from(rate.reset_secs),
+    );
+}
+
+/// Reads the body as a JSON object, or answers 400.
+async fn read_object(body: Body) -> Result<Map<String, Value>, Response> {
+    let bytes = to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "the body could not be read"))?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+fn invalid(errors: Vec<FieldError>) -> Response {
+    errors_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        errors.into_iter().map(ApiError::from).collect(),
+    )
+}
+
+fn customer_object(record: &super::store::CustomerRecord) -> Value {
+    json!({ "type": "customer", "id": record.id, "attributes": attributes(record) })
+}
+
+fn conversation_object(record: &super::store::ConversationRecord) -> Value {
+    json!({
+        "type": "conversation",
+        "id": record.id,
+        "attributes": attributes(record),
+        "relationships": {
+            "customer": { "data": { "type": "customer", "id": record.customer } }
+        }
+    })
+}
+
+async fn create_customer(State(app): State<Arc<App>>, req: Request) -> Response {
+    let conn = req.extensions().get::<ConnCtx>().cloned();
+    let body = match read_object(req.into_body()).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let errors = validate_customer(&Value::Object(body.clone()));
+    if !errors.is_empty() {
+        return invalid(errors);
+    }
+    let outcome = {
+        let mut inner = app.lock();
+        let created = inner
+            .store
+            .insert_customer(&body)
+            .map(|record| app.envelope(customer_object(record)));
+        created.map(|answer| (answer, roll_after(&mut inner)))
+    };
+    match outcome {
+        Ok((answer, fault)) => {
+            let response = (app.created_status(), Json(answer)).into_response();
+            after_write(&app, conn, fault, response).await
+        }
+        Err(conflicts) => errors_response(
+            StatusCode::CONFLICT,
+            conflicts.iter().map(ApiError::from).collect(),
+        ),
+    }
+}
+
+async fn create_conversation(State(app): State<Arc<App>>, req: Request) -> Response {
+    let conn = req.extensions().get::<ConnCtx>().cloned();
+    let body = match read_object(req.into_body()).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let mut errors = validate_conversation(&Value::Object(body.clone()));
+    let outcome = {
+        let mut inner = app.lock();
+        if !errors.iter().any(|e| e.pointer == "/customer") {
+            errors.extend(inner.store.missing_customer(&body));
+        }
+        if errors.is_empty() {
+            let created = inner
+                .store
+                .insert_conversation(&body)
+                .map(|record| app.envelope(conversation_object(record)));
+            Some(created.map(|answer| (answer, roll_after(&mut inner))))
+        } else {
+            None
+        }
+    };
+    match outcome {
+        None => invalid(errors),
+        Some(Err(error)) => invalid(vec![error]),
+        Some(Ok((answer, fault))) => {
+            let response = (app.created_status(), Json(answer)).into_response();
+            after_write(&app, conn, fault, response).await
+        }
+    }
+}
+
+/// Rolls and counts the after-write fault of a successful create.
+fn roll_after(inner: &mut Inner) -> AfterWrite {
+    let fault = inner.faults.roll_after();
+    let counts = &mut inner.counters.faults;
+    match fault {
+        AfterWrite::Fail => counts.fail_after_write += 1,
+        AfterWrite::Drop => counts.drop_after_write += 1,
+        AfterWrite::Hang => counts.hang_after_write += 1,
+        AfterWrite::None => {}
+    }
+    fault
+}
+
+async fn after_write(
+    app: &App,
+    conn: Option<ConnCtx>,
+    fault: AfterWrite,
+    answer: Response,
+) -> Response {
+    match fault {
+        AfterWrite::None => answer,
+        AfterWrite::Fail => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        AfterWrite::Drop => drop_connection(app, conn).await,
+        AfterWrite::Hang => {
+            tokio::select! {
+                () = tokio::time::sleep(HANG) => {}
+                () = app.shutdown.cancelled() => {}
+            }
+            drop_connection(app, conn).await
+        }
+    }
+}
+
+/// Has the accept loop close the connection, then waits for the end: the future is dropped
+/// with the connection. A 500 comes out only when there is no connection to drop (the
+/// router served outside the accept loop) or at shutdown.
+async fn drop_connection(app: &App, conn: Option<ConnCtx>) -> Response {
+    if let Some(conn) = conn {
+        conn.token.cancel();
+        app.shutdown.cancelled().await;
+    }
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+fn lookup_error(e: LookupError, what: &str) -> Response {
+    match e {
+        LookupError::BadEncoding => error(
+            StatusCode::BAD_REQUEST,
+            "the lookup value is not valid percent-encoded UTF-8",
+        ),
+        LookupError::UnknownKey(key) => error(
+            StatusCode::NOT_FOUND,
+            format!("{what} cannot be looked up by {key}"),
+        ),
+    }
+}
+
+async fn lookup_customer(State(app): State<Arc<App>>, req: Request) -> Response {
+    let segment = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/customers/")
+        .unwrap_or_default();
+    let lookup = match parse_lookup(segment, true) {
+        Ok(lookup) => lookup,
+        Err(e) => return lookup_error(e, "customers"),
+    };
+    let found = app.lock().store.find_customer(&lookup).map(customer_object);
+    match found {
+        Some(object) => (StatusCode::OK, Json(app.envelope(object))).into_response(),
+        None => error(StatusCode::NOT_FOUND, "customer not found"),
+    }
+}
+
+async fn lookup_conversation(State(app): State<Arc<App>>, req: Request) -> Response {
+    let segment = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/conversations/")
+        .unwrap_or_default();
+    let lookup = match parse_lookup(segment, false) {
+        Ok(lookup) => lookup,
+        Err(e) => return lookup_error(e, "conversations"),
+    };
+    let found = app
+        .lock()
+        .store
+        .find_conversation(&lookup)
+        .map(conversation_object);
+    match found {
+        Some(object) => (StatusCode::OK, Json(app.envelope(object))).into_response(),
+        None => error(StatusCode::NOT_FOUND, "conversation not found"),
+    }
+}
+
+async fn not_found(method: Method, req: Request) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no route for {method} {}", req.uri().path()),
+    )
+}
+
+async fn admin_stats(State(app): State<Arc<App>>) -> Json<Stats> {
+    Json(app.stats())
+}
+
+async fn admin_records(State(app): State<Arc<App>>) -> Json<Records> {
+    Json(app.records())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(AUTHORIZATION, value);
+        }
+        headers
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert!(authorized(None, &headers("Bearer anything")));
+        assert!(authorized(None, &headers("bearer  x ")));
+        assert!(!authorized(None, &headers("Bearer ")));
+        assert!(!authorized(None, &headers("Basic abc")));
+        assert!(!authorized(None, &HeaderMap::new()));
+        assert!(authorized(Some("k-1"), &headers("Bearer k-1")));
+        assert!(!authorized(Some("k-1"), &headers("Bearer k-2")));
+        assert!(!authorized(Some("k-1"), &headers("Bearer k-10")));
+        assert!(!authorized(Some("k-1"), &headers("k-1")));
+    }
+}

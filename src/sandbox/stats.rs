@@ -1,0 +1,158 @@
+//! Counters of what the sandbox saw and did, for tests and benchmarks to assert on: answers
+//! per route template and status, creates attempted, 429s sent, faults injected, and the
+//! most requests that arrived within any sliding window of the rate-limit length (the
+//! number that tells whether a client kept under its budget). [`Stats`] is the snapshot
+//! served by `GET /__stats`; [`Counters`] is the live state behind the sandbox's mutex.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How many times each fault was injected.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub fail: u64,
+    pub fail_after_write: u64,
+    pub drop_after_write: u64,
+    pub hang_after_write: u64,
+    pub busy: u64,
+    pub revoked: u64,
+}
+
+/// A snapshot of the counters (`GET /__stats`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Answers sent, by route template (`"POST /v1/customers"`,
+    /// `"GET /v1/customers/{lookup}"`, ...; `"other"` for paths matching no route) then by
+    /// status code. Requests that got no answer (dropped, hanging) are not here.
+    pub requests: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// API requests received (everything but `/__*`), answered or not.
+    pub requests_total: u64,
+    /// POST requests to the create endpoints, whatever their outcome.
+    pub creates_total: u64,
+    /// Customers held.
+    pub customers: u64,
+    /// Conversations held.
+    pub conversations: u64,
+    /// 429 answers sent.
+    pub rate_limited: u64,
+    /// The most API requests that arrived within any sliding window of the rate-window
+    /// length, 429s included.
+    pub max_requests_in_window: u64,
+    pub faults: FaultCounts,
+}
+
+/// The live counters.
+#[derive(Debug)]
+pub struct Counters {
+    requests: BTreeMap<String, BTreeMap<u16, u64>>,
+    requests_total: u64,
+    creates_total: u64,
+    rate_limited: u64,
+    pub faults: FaultCounts,
+    window: Duration,
+    /// Arrivals within the last `window`, oldest first.
+    arrivals: VecDeque<Instant>,
+    max_in_window: u64,
+}
+
+impl Counters {
+    pub fn new(window: Duration) -> Self {
+        Counters {
+            requests: BTreeMap::new(),
+            requests_total: 0,
+            creates_total: 0,
+            rate_limited: 0,
+            faults: FaultCounts::default(),
+            window,
+            arrivals: VecDeque::new(),
+            max_in_window: 0,
+        }
+    }
+
+    /// Counts an API request arriving at `now` (monotonic, non-decreasing).
+    pub fn arrive(&mut self, now: Instant, is_create: bool) {
+        self.requests_total += 1;
+        if is_create {
+            self.creates_total += 1;
+        }
+        // The window ending at `now` is (now - window, now].
+        while let Some(&oldest) = self.arrivals.front() {
+            if now.saturating_duration_since(oldest) >= self.window {
+                self.arrivals.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.arrivals.push_back(now);
+        let in_window = u64::try_from(self.arrivals.len()).unwrap_or(u64::MAX);
+        self.max_in_window = self.max_in_window.max(in_window);
+    }
+
+    pub fn rate_limited(&mut self) {
+        self.rate_limited += 1;
+    }
+
+    /// Counts an answer sent.
+    pub fn answered(&mut self, route: &str, status: u16) {
+        *self
+            .requests
+            .entry(route.to_owned())
+            .or_default()
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    pub fn snapshot(&self, customers: usize, conversations: usize) -> Stats {
+        Stats {
+            requests: self.requests.clone(),
+            requests_total: self.requests_total,
+            creates_total: self.creates_total,
+            customers: u64::try_from(customers).unwrap_or(u64::MAX),
+            conversations: u64::try_from(conversations).unwrap_or(u64::MAX),
+            rate_limited: self.rate_limited,
+            max_requests_in_window: self.max_in_window,
+            faults: self.faults.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_window_maximum() {
+        let start = Instant::now();
+        let mut counters = Counters::new(Duration::from_secs(1));
+        let at = |ms| start + Duration::from_millis(ms);
+        // Three in the first 900 ms, then two more: at 1500 ms the window (500, 1500] holds
+        // 700, 900, 1400, 1500 = 4.
+        for ms in [0, 700, 900, 1400, 1500] {
+            counters.arrive(at(ms), false);
+        }
+        assert_eq!(counters.snapshot(0, 0).max_requests_in_window, 4);
+        // Exactly one window later the oldest no longer counts.
+        counters.arrive(at(2400), true);
+        let stats = counters.snapshot(0, 0);
+        assert_eq!(stats.max_requests_in_window, 4);
+        assert_eq!(stats.requests_total, 6);
+        assert_eq!(stats.creates_total, 1);
+    }
+
+    #[test]
+    fn answers_by_route_and_status_round_trip_through_json() {
+        let mut counters = Counters::new(Duration::from_secs(60));
+        counters.answered("POST /v1/customers", 201);
+        counters.answered("POST /v1/customers", 201);
+        counters.answered("POST /v1/customers", 409);
+        counters.faults.busy = 3;
+        let stats = counters.snapshot(2, 1);
+        let json = serde_json::to_value(&stats).unwrap_or_default();
+        assert_eq!(json["requests"]["POST /v1/customers"]["201"], 2);
+        assert_eq!(json["faults"]["busy"], 3);
+        let back: Result<Stats, _> = serde_json::from_value(json);
+        assert_eq!(back.ok(), Some(stats));
+    }
+}

@@ -1,0 +1,713 @@
+//! The sandbox over real HTTP on 127.0.0.1: each test starts its own sandbox on an
+//! ephemeral port and drives it with a small reqwest client, asserting on answers, headers,
+//! `/__stats` and `/__records`. Faults use rates of 0 or 1 so outcomes are certain.
+
+use std::time::Duration;
+
+use kustomer_import::sandbox::{FaultConfig, Records, Sandbox, SandboxConfig, Stats};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-key-0123";
+
+/// A tiny client bound to one sandbox.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    fn new(sandbox: &Sandbox) -> Self {
+        Api {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
+            base: sandbox.base_url(),
+            token: Some(TOKEN.into()),
+        }
+    }
+
+    fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(str::to_owned);
+        self
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, reqwest::Error> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request.send().await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn try_post(&self, path: &str, body: &Value) -> Result<Answer, reqwest::Error> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.client.post(url).json(body)).await
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.try_post(path, body).await.expect("POST answered")
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        let url = format!("{}{path}", self.base);
+        self.send(self.client.get(url)).await.expect("GET answered")
+    }
+
+    async fn stats(&self) -> Stats {
+        let url = format!("{}/__stats", self.base);
+        let response = self.client.get(url).send().await.expect("stats");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("stats json")
+    }
+
+    async fn records(&self) -> Records {
+        let url = format!("{}/__records", self.base);
+        let response = self.client.get(url).send().await.expect("records");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("records json")
+    }
+}
+
+async fn start(config: SandboxConfig) -> Sandbox {
+    Sandbox::start(
+        SandboxConfig {
+            token: Some(TOKEN.into()),
+            ..config
+        },
+        0,
+    )
+    .await
+    .expect("sandbox starts")
+}
+
+fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+    answer.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_num(answer: &Answer, name: &str) -> Option<u64> {
+    header(answer, name).and_then(|v| v.parse().ok())
+}
+
+fn first_error(answer: &Answer) -> &Value {
+    &answer.body["errors"][0]
+}
+
+fn is_object_id(id: &Value) -> bool {
+    id.as_str().is_some_and(|s| {
+        s.len() == 24
+            && s.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    })
+}
+
+fn stat(stats: &Stats, route: &str, status: u16) -> u64 {
+    stats
+        .requests
+        .get(route)
+        .and_then(|by_status| by_status.get(&status))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn live_style_create_is_201_wrapped() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let body = json!({
+        "name": "Ada", "externalId": "c-1",
+        "emails": [{"email": "ada@example.com", "type": "work"}],
+        "phones": [{"phone": "+15551234567"}],
+        "company": "Engines", "tags": ["vip"]
+    });
+    let answer = api.post("/v1/customers", &body).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let data = &answer.body["data"];
+    assert_eq!(data["type"], "customer");
+    assert!(is_object_id(&data["id"]), "{}", data["id"]);
+    assert_eq!(data["attributes"]["externalId"], "c-1");
+    assert_eq!(data["attributes"]["emails"][0]["email"], "ada@example.com");
+    assert_eq!(data["attributes"]["company"], "Engines");
+    assert!(header(&answer, "x-ratelimit-limit").is_none());
+
+    let conversation = api
+        .post(
+            "/v1/conversations",
+            &json!({"customer": data["id"], "name": "Hello", "channel": "email", "externalId": "t-1"}),
+        )
+        .await;
+    assert_eq!(conversation.status, StatusCode::CREATED);
+    assert_eq!(conversation.body["data"]["type"], "conversation");
+    assert_eq!(conversation.body["data"]["attributes"]["status"], "open");
+    assert_eq!(
+        conversation.body["data"]["attributes"]["customer"],
+        data["id"]
+    );
+
+    let records = api.records().await;
+    assert_eq!(records.customers.len(), 1);
+    assert_eq!(Some(records.customers[0].id.as_str()), data["id"].as_str());
+    assert_eq!(records.customers[0].external_id.as_deref(), Some("c-1"));
+    assert_eq!(
+        records.customers[0].extra.get("company"),
+        Some(&json!("Engines"))
+    );
+    assert_eq!(records.conversations.len(), 1);
+    assert_eq!(records.conversations[0].customer, records.customers[0].id);
+    assert_eq!(sandbox.records(), records);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn spec_style_create_is_200_bare() {
+    let sandbox = start(SandboxConfig {
+        spec_style: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let answer = api
+        .post("/v1/customers", &json!({"externalId": "s-1"}))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.body.get("data").is_none());
+    assert_eq!(answer.body["type"], "customer");
+    assert!(is_object_id(&answer.body["id"]));
+    assert_eq!(answer.body["attributes"]["externalId"], "s-1");
+
+    let found = api.get("/v1/customers/externalId=s-1").await;
+    assert_eq!(found.status, StatusCode::OK);
+    assert_eq!(found.body["id"], answer.body["id"]);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_missing_or_empty_token_is_401_and_never_echoed() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let body = json!({"externalId": "c-1"});
+    for token in [Some("wrong-key-987"), None, Some("")] {
+        let api = Api::new(&sandbox).with_token(token);
+        let answer = api.post("/v1/customers", &body).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(first_error(&answer)["code"], "unauthorized");
+        assert_eq!(first_error(&answer)["status"], "401");
+        let text = answer.body.to_string();
+        assert!(!text.contains("wrong-key-987") && !text.contains(TOKEN));
+    }
+    assert!(sandbox.records().customers.is_empty());
+    let ok = Api::new(&sandbox).post("/v1/customers", &body).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+
+    // Without a configured token any non-empty bearer token passes.
+    let open = Sandbox::start(SandboxConfig::default(), 0)
+        .await
+        .expect("start");
+    let api = Api::new(&open).with_token(Some("whatever"));
+    assert_eq!(
+        api.post("/v1/customers", &body).await.status,
+        StatusCode::CREATED
+    );
+    open.shutdown().await;
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_bodies_are_422_with_pointers_or_400() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let answer = api
+        .post(
+            "/v1/customers",
+            &json!({"emails": [{"email": "not-an-email"}], "phones": [{"phone": "+1555", "type": "pager"}], "color": "red"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let errors = answer.body["errors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut pointers: Vec<&str> = errors
+        .iter()
+        .filter_map(|e| e["source"]["pointer"].as_str())
+        .collect();
+    pointers.sort_unstable();
+    assert_eq!(
+        pointers,
+        vec!["/color", "/emails/0/email", "/phones/0/type"]
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["status"] == "422" && e["code"] == "invalid")
+    );
+
+    let answer = api
+        .post(
+            "/v1/conversations",
+            &json!({"customer": "000000000000000000000000"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(first_error(&answer)["source"]["pointer"], "/customer");
+
+    let answer = api.post("/v1/conversations", &json!({"name": "x"})).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(first_error(&answer)["source"]["pointer"], "/customer");
+
+    let answer = api.post("/v1/customers", &json!([1, 2])).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let url = format!("{}/v1/customers", sandbox.base_url());
+    let raw = api
+        .send(api.client.post(url).body("{not json"))
+        .await
+        .expect("answered");
+    assert_eq!(raw.status, StatusCode::BAD_REQUEST);
+    assert_eq!(first_error(&raw)["status"], "400");
+
+    assert!(sandbox.records().customers.is_empty());
+    let stats = sandbox.stats();
+    assert_eq!(stat(&stats, "POST /v1/customers", 422), 1);
+    assert_eq!(stat(&stats, "POST /v1/customers", 400), 2);
+    assert_eq!(stat(&stats, "POST /v1/conversations", 422), 2);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn reused_email_is_409_case_insensitively() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let first = api
+        .post(
+            "/v1/customers",
+            &json!({"emails": [{"email": "Ada@Example.com"}]}),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let id = first.body["data"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let again = api
+        .post(
+            "/v1/customers",
+            &json!({"externalId": "new", "emails": [{"email": "ada@EXAMPLE.COM"}]}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let error = first_error(&again);
+    assert_eq!(error["status"], "409");
+    assert_eq!(error["code"], "duplicate");
+    assert_eq!(
+        error["detail"],
+        format!("email ada@EXAMPLE.COM is already used by customer {id}")
+    );
+    // Phones compare by digits, externalIds exactly.
+    api.post(
+        "/v1/customers",
+        &json!({"externalId": "p", "phones": [{"phone": "+1 (555) 000-1111"}]}),
+    )
+    .await;
+    let phone = api
+        .post(
+            "/v1/customers",
+            &json!({"phones": [{"phone": "15550001111"}]}),
+        )
+        .await;
+    assert_eq!(phone.status, StatusCode::CONFLICT);
+    let external = api.post("/v1/customers", &json!({"externalId": "p"})).await;
+    assert_eq!(external.status, StatusCode::CONFLICT);
+    assert_eq!(sandbox.records().customers.len(), 2);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn lookups_decode_the_path_and_404_when_absent() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let created = api
+        .post(
+            "/v1/customers",
+            &json!({"externalId": "ext 1", "emails": [{"email": "A+B@x.com"}], "phones": [{"phone": "+15551234567"}]}),
+        )
+        .await;
+    let id = created.body["data"]["id"].clone();
+    for path in [
+        "/v1/customers/email=a%2Bb%40x.com",
+        "/v1/customers/externalId=ext%201",
+        "/v1/customers/phone=%2B15551234567",
+    ] {
+        let found = api.get(path).await;
+        assert_eq!(found.status, StatusCode::OK, "{path}");
+        assert_eq!(found.body["data"]["id"], id, "{path}");
+        assert_eq!(found.body["data"]["type"], "customer");
+    }
+    for path in [
+        "/v1/customers/email=nobody%40x.com",
+        "/v1/customers/externalId=ext%202",
+        "/v1/conversations/externalId=t-1",
+        "/v1/nothing",
+    ] {
+        let missing = api.get(path).await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(first_error(&missing)["status"], "404");
+    }
+
+    // A known path with the wrong method is a 404 too, not a 405.
+    let wrong_method = api.get("/v1/customers").await;
+    assert_eq!(wrong_method.status, StatusCode::NOT_FOUND);
+    assert_eq!(first_error(&wrong_method)["code"], "not_found");
+
+    // Conversation externalIds are not unique: a repeat makes a second conversation, and
+    // the lookup finds the first.
+    let body = json!({"customer": id, "externalId": "t-1"});
+    let a = api.post("/v1/conversations", &body).await;
+    let b = api.post("/v1/conversations", &body).await;
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_ne!(a.body["data"]["id"], b.body["data"]["id"]);
+    let found = api.get("/v1/conversations/externalId=t-1").await;
+    assert_eq!(found.status, StatusCode::OK);
+    assert_eq!(found.body["data"]["id"], a.body["data"]["id"]);
+    assert_eq!(sandbox.records().conversations.len(), 2);
+
+    let stats = sandbox.stats();
+    assert_eq!(stat(&stats, "GET /v1/customers/{lookup}", 200), 3);
+    assert_eq!(stat(&stats, "GET /v1/customers/{lookup}", 404), 2);
+    assert_eq!(stat(&stats, "GET /v1/conversations/{lookup}", 404), 1);
+    assert_eq!(stat(&stats, "other", 404), 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn over_budget_is_429_with_headers() {
+    let sandbox = start(SandboxConfig {
+        rpm: Some(2),
+        rate_window: Duration::from_secs(1),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    // Windows are fixed from server start; a slow machine could cross a boundary, so send
+    // until refused rather than counting on exactly the third request.
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let answer = api.get(&format!("/v1/customers/externalId=x{i}")).await;
+        let refused = answer.status == StatusCode::TOO_MANY_REQUESTS;
+        answers.push(answer);
+        if refused {
+            break;
+        }
+    }
+    let refused = answers.last().expect("some answer");
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(answers.len() >= 3);
+    for answer in &answers {
+        assert_eq!(header_num(answer, "x-ratelimit-limit"), Some(2));
+        let reset = header_num(answer, "x-ratelimit-reset");
+        // Seconds until the 1 s window resets, rounded up.
+        assert_eq!(reset, Some(1));
+        assert!(header_num(answer, "x-ratelimit-remaining").is_some_and(|r| r <= 1));
+    }
+    assert_eq!(header_num(refused, "x-ratelimit-remaining"), Some(0));
+    assert_eq!(header_num(refused, "retry-after"), Some(1));
+    assert_eq!(first_error(refused)["status"], "429");
+    // The two before the refusal were allowed in that same window.
+    let before: Vec<_> = answers
+        .iter()
+        .rev()
+        .skip(1)
+        .take(2)
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(before, vec![StatusCode::NOT_FOUND, StatusCode::NOT_FOUND]);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = api.get("/v1/customers/externalId=later").await;
+    assert_eq!(after.status, StatusCode::NOT_FOUND);
+
+    // Admin routes are neither limited nor counted.
+    let stats = api.stats().await;
+    assert_eq!(stats.rate_limited, 1);
+    assert_eq!(stats.requests_total as usize, answers.len() + 1);
+    assert!(stats.max_requests_in_window >= 3);
+    assert_eq!(stat(&stats, "GET /v1/customers/{lookup}", 429), 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoked_key_is_401_forever() {
+    let sandbox = start(SandboxConfig {
+        faults: FaultConfig {
+            revoke_after: Some(2),
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let statuses = {
+        let mut statuses = Vec::new();
+        for i in 0..4 {
+            let body = json!({ "externalId": format!("r{i}") });
+            statuses.push(api.post("/v1/customers", &body).await.status);
+        }
+        statuses
+    };
+    assert_eq!(
+        statuses,
+        vec![
+            StatusCode::CREATED,
+            StatusCode::CREATED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED
+        ]
+    );
+    assert_eq!(sandbox.stats().faults.revoked, 2);
+    assert_eq!(sandbox.records().customers.len(), 2);
+    sandbox.set_faults(FaultConfig::default());
+    let answer = api
+        .post("/v1/customers", &json!({"externalId": "r9"}))
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn drop_after_write_closes_the_connection_but_keeps_the_record() {
+    let sandbox = start(SandboxConfig {
+        faults: FaultConfig {
+            drop_after_write_rate: 1.0,
+            seed: Some(7),
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let sent = api
+        .try_post("/v1/customers", &json!({"externalId": "lost-1"}))
+        .await;
+    let error = sent.err().expect("no answer at all");
+    assert!(!error.is_timeout(), "{error}");
+    assert!(error.status().is_none());
+
+    let records = api.records().await;
+    assert_eq!(records.customers.len(), 1);
+    assert_eq!(records.customers[0].external_id.as_deref(), Some("lost-1"));
+    let stats = api.stats().await;
+    assert_eq!(stats.faults.drop_after_write, 1);
+    assert_eq!(stats.creates_total, 1);
+    assert!(!stats.requests.contains_key("POST /v1/customers"));
+
+    // Lookups are not writes: the reconcile path works while the fault is on.
+    let found = api.get("/v1/customers/externalId=lost-1").await;
+    assert_eq!(found.status, StatusCode::OK);
+    assert_eq!(
+        found.body["data"]["id"].as_str(),
+        Some(records.customers[0].id.as_str())
+    );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn fail_after_write_is_500_and_a_resend_is_a_duplicate() {
+    let sandbox = start(SandboxConfig {
+        faults: FaultConfig {
+            fail_after_write_rate: 1.0,
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let body = json!({"externalId": "f-1", "emails": [{"email": "f@x.com"}]});
+    let answer = api.post("/v1/customers", &body).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(first_error(&answer)["status"], "500");
+    assert_eq!(sandbox.records().customers.len(), 1);
+
+    let resend = api.post("/v1/customers", &body).await;
+    assert_eq!(resend.status, StatusCode::CONFLICT);
+    assert_eq!(resend.body["errors"].as_array().map(Vec::len), Some(2));
+    let stats = sandbox.stats();
+    assert_eq!(stats.faults.fail_after_write, 1);
+    assert_eq!(stat(&stats, "POST /v1/customers", 500), 1);
+    assert_eq!(stat(&stats, "POST /v1/customers", 409), 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn before_write_faults_write_nothing() {
+    let sandbox = start(SandboxConfig {
+        faults: FaultConfig {
+            busy_rate: 1.0,
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let body = json!({"externalId": "b-1"});
+    let busy = api.post("/v1/customers", &body).await;
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+    let lookup = api.get("/v1/customers/externalId=b-1").await;
+    assert_eq!(lookup.status, StatusCode::SERVICE_UNAVAILABLE);
+    sandbox.set_faults(FaultConfig {
+        fail_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let fail = api.post("/v1/customers", &body).await;
+    assert_eq!(fail.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(sandbox.records().customers.is_empty());
+    let stats = sandbox.stats();
+    assert_eq!((stats.faults.busy, stats.faults.fail), (2, 1));
+    sandbox.shutdown().await;
+}
+
+async fn wait_for_hangs(sandbox: &Sandbox, n: u64) {
+    let wait = async {
+        while sandbox.stats().faults.hang_after_write < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("the server reached the hang");
+}
+
+#[tokio::test]
+async fn hang_after_write_gives_no_answer_and_shutdown_ends_it() {
+    let sandbox = start(SandboxConfig {
+        faults: FaultConfig {
+            hang_after_write_rate: 1.0,
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("client");
+    let sent = client
+        .post(format!("{}/v1/customers", sandbox.base_url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({"externalId": "h-1"}))
+        .send()
+        .await;
+    assert!(sent.err().is_some_and(|e| e.is_timeout()));
+    // On a loaded machine the client may give up before the server wrote: wait for it.
+    wait_for_hangs(&sandbox, 1).await;
+    assert_eq!(sandbox.records().customers.len(), 1);
+
+    // Another request hangs on the server side; shutdown must not wait ten minutes.
+    let base = sandbox.base_url();
+    let pending = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/customers"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"externalId": "h-2"}))
+            .send()
+            .await
+    });
+    wait_for_hangs(&sandbox, 2).await;
+    let base = sandbox.base_url();
+    tokio::time::timeout(Duration::from_secs(5), sandbox.shutdown())
+        .await
+        .expect("shutdown is prompt");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("client released");
+    assert!(outcome.expect("task").is_err());
+    let after = reqwest::Client::new()
+        .get(format!("{base}/__stats"))
+        .send()
+        .await;
+    assert!(after.is_err(), "nothing listens after shutdown");
+}
+
+#[tokio::test]
+async fn stats_count_routes_statuses_and_creates() {
+    let sandbox = start(SandboxConfig {
+        rpm: Some(1000),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    for i in 0..3 {
+        let answer = api
+            .post("/v1/customers", &json!({ "externalId": format!("s{i}") }))
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(header_num(&answer, "x-ratelimit-limit"), Some(1000));
+        assert_eq!(header_num(&answer, "x-ratelimit-remaining"), Some(999 - i));
+    }
+    api.post("/v1/customers", &json!({"externalId": "s0"}))
+        .await;
+    let unauthorized = Api::new(&sandbox).with_token(None);
+    unauthorized
+        .post("/v1/conversations", &json!({"customer": "x"}))
+        .await;
+    api.get("/v1/customers/externalId=s1").await;
+    api.get("/__records").await;
+
+    let stats = api.stats().await;
+    assert_eq!(stats, sandbox.stats());
+    assert_eq!(stat(&stats, "POST /v1/customers", 201), 3);
+    assert_eq!(stat(&stats, "POST /v1/customers", 409), 1);
+    assert_eq!(stat(&stats, "POST /v1/conversations", 401), 1);
+    assert_eq!(stat(&stats, "GET /v1/customers/{lookup}", 200), 1);
+    assert_eq!(stats.requests_total, 6);
+    assert_eq!(stats.creates_total, 5);
+    assert_eq!((stats.customers, stats.conversations), (3, 0));
+    assert_eq!(stats.rate_limited, 0);
+    assert_eq!(stats.max_requests_in_window, 6);
+    assert_eq!(stats.faults, Default::default());
+
+    let raw = api.get("/__stats").await;
+    assert_eq!(raw.body["requests"]["POST /v1/customers"]["201"], 3);
+    assert_eq!(raw.body["faults"]["drop_after_write"], 0);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn latency_delays_api_answers_but_not_admin_ones() {
+    let sandbox = start(SandboxConfig {
+        latency: Duration::from_millis(1000),
+        jitter: Duration::from_millis(50),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let started = std::time::Instant::now();
+    let answer = api.get("/v1/customers/externalId=none").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+
+    // Admin routes skip the gate: no latency. Generous bound for a loaded machine.
+    let started = std::time::Instant::now();
+    api.stats().await;
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    sandbox.shutdown().await;
+}
