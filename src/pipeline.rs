@@ -249,10 +249,11 @@ pub async fn run_import(
         given_up_in_a_row: 0,
     };
     let result = planner.run(rows, events, window).await;
-    let Planner {
-        mut summary, tasks, ..
-    } = planner;
-    drop(tasks);
+    let mut summary = std::mem::take(&mut planner.summary);
+    // Every clone of the writer must be gone before the writer thread can end: abandoned
+    // workers hold one, and so does the planner.
+    planner.tasks.shutdown().await;
+    drop(planner);
     let reader_error = reader.await.unwrap_or(None);
     let stats = shared.client_stats();
     summary.requests = stats.0;
@@ -264,7 +265,13 @@ pub async fn run_import(
         .unwrap_or_else(|p| p.into_inner())
         .take();
     drop(shared);
-    let writer_result = writer_handle.finish();
+    let writer_result = tokio::task::spawn_blocking(move || writer_handle.finish())
+        .await
+        .unwrap_or_else(|_| {
+            Err(CheckpointError::Write(
+                "the writer could not be joined".into(),
+            ))
+        });
     result?;
     let stop_reason = if let Err(error) = writer_result {
         StopReason::Checkpoint(error.to_string())
