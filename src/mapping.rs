@@ -122,6 +122,9 @@ enum Target {
 
 const TARGET_COUNT: usize = 8;
 
+/// For each target, the CSV column that feeds it.
+type Columns = [Option<usize>; TARGET_COUNT];
+
 impl Target {
     fn index(self) -> usize {
         self as usize
@@ -152,7 +155,7 @@ impl Target {
 /// header, not per row.
 #[derive(Default)]
 pub struct DefaultMapping {
-    csv_columns: Option<(Arc<Vec<String>>, [Option<usize>; TARGET_COUNT])>,
+    csv_columns: Option<(Arc<Vec<String>>, Columns)>,
 }
 
 impl DefaultMapping {
@@ -184,7 +187,7 @@ impl DefaultMapping {
         }
     }
 
-    fn columns_for(&mut self, headers: &Arc<Vec<String>>) -> [Option<usize>; TARGET_COUNT] {
+    fn columns_for(&mut self, headers: &Arc<Vec<String>>) -> Columns {
         if let Some((known, columns)) = &self.csv_columns
             && Arc::ptr_eq(known, headers)
         {

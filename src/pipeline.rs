@@ -180,7 +180,7 @@ enum Event {
         settlement: Settlement,
     },
     RowFinished {
-        work: Work,
+        work: Box<Work>,
         outcome: RowOutcome,
     },
 }
@@ -479,7 +479,10 @@ impl Planner<'_> {
             let shared = Arc::clone(&self.shared);
             self.tasks.spawn(async move {
                 let (work, outcome) = process_row(&shared, work, step).await;
-                let _ = shared.events.send(Event::RowFinished { work, outcome });
+                let _ = shared.events.send(Event::RowFinished {
+                    work: Box::new(work),
+                    outcome,
+                });
             });
         }
     }
@@ -633,7 +636,7 @@ impl Planner<'_> {
             }
             Event::RowFinished { work, outcome } => {
                 self.running -= 1;
-                self.finish_row(work, outcome);
+                self.finish_row(*work, outcome);
             }
         }
     }

@@ -106,7 +106,7 @@ impl TestEnv {
     }
 
     /// Rows of the checkpoint in one state.
-    pub fn rows_in_state(&self, state: &str) -> u64 {
+    pub fn rows_in_state(&self, state: &str) -> i64 {
         self.checkpoint()
             .query_row("SELECT count(*) FROM rows WHERE state = ?1", [state], |r| {
                 r.get(0)
