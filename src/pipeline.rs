@@ -847,10 +847,12 @@ async fn drive_row(
         None,
     );
     intent.attempts = attempts.take_requests();
+    // A stop is heeded before the intent, never between the intent and its request: a
+    // drained run leaves no intent it did not act on. Between retries, the backoff heeds it.
+    attempts.check_stop()?;
     commit_or_halt(shared, vec![Change::Row(intent)]).await?;
     let mut unknown = work.conversation_unknown;
     let conversation_id = loop {
-        attempts.check_stop()?;
         if unknown {
             let Some(external_id) = &body.external_id else {
                 return Err(Halt::Failed {
@@ -919,6 +921,7 @@ async fn settle_customer(
     let customer = &plan.customer;
     let mut intent = row_change(&work.origin, plan, RowState::CustomerSent, None, None);
     intent.attempts = attempts.take_requests();
+    attempts.check_stop()?;
     commit_or_halt(
         shared,
         vec![
@@ -934,7 +937,6 @@ async fn settle_customer(
     .await?;
     let mut unknown = reconcile_first;
     let (id, origin) = loop {
-        attempts.check_stop()?;
         if unknown {
             match find_customer(shared, customer, attempts).await {
                 Ok(Some(id)) => break (id, CustomerOrigin::Reconciled),
@@ -995,7 +997,6 @@ async fn link_existing(
     attempts: &mut Attempts<'_>,
 ) -> Result<(String, CustomerOrigin), Halt> {
     loop {
-        attempts.check_stop()?;
         match find_customer(shared, customer, attempts).await {
             Ok(Some(id)) => {
                 return match shared.settings.on_existing_customer {

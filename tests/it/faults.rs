@@ -95,3 +95,223 @@ fn a_server_limit_below_rpm_costs_few_429s() {
         stats.requests_total
     );
 }
+
+/// A sandbox with every fault on at a few percent, and a little latency.
+fn stormy(seed: u64) -> SandboxConfig {
+    SandboxConfig {
+        token: Some(KEY.to_string()),
+        latency: Duration::from_millis(1),
+        jitter: Duration::from_millis(3),
+        faults: FaultConfig {
+            fail_rate: 0.03,
+            fail_after_write_rate: 0.03,
+            drop_after_write_rate: 0.03,
+            hang_after_write_rate: 0.02,
+            busy_rate: 0.03,
+            seed: Some(seed),
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    }
+}
+
+/// Flags that make a faulty run quick: a short timeout for hung answers, room for retries.
+const FAST_RECOVERY: &[&str] = &[
+    "--timeout",
+    "1",
+    "--max-retries",
+    "30",
+    "--rpm",
+    "100000",
+    "--concurrency",
+    "16",
+];
+
+#[test]
+fn a_fault_soak_of_2100_rows_lands_exactly_once() {
+    let env = TestEnv::new(stormy(2026));
+    let file = env.write("export.csv", &generated_csv(700, 3));
+    let mut args = vec![file.to_str().unwrap()];
+    args.extend_from_slice(FAST_RECOVERY);
+    env.import(&args).assert_code(0);
+    env.assert_exactly_once(700, 2100);
+    assert_eq!(env.rows_in_state("done"), 2100);
+    let faults = env.stats().faults;
+    for (name, count) in [
+        ("fail", faults.fail),
+        ("fail_after_write", faults.fail_after_write),
+        ("drop_after_write", faults.drop_after_write),
+        ("hang_after_write", faults.hang_after_write),
+        ("busy", faults.busy),
+    ] {
+        assert!(count > 0, "no {name} fault was injected");
+    }
+    // Each customer row of the checkpoint holds the sandbox's id for that externalId.
+    let records = env.records();
+    let checkpoint = env.checkpoint();
+    for customer in &records.customers {
+        let key = format!("ext:{}", customer.external_id.as_deref().unwrap());
+        let id: String = checkpoint
+            .query_row(
+                "SELECT customer_id FROM customers WHERE customer_key = ?1",
+                [&key],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(id, customer.id);
+    }
+}
+
+#[test]
+fn runs_killed_at_random_moments_end_exactly_once() {
+    let env = TestEnv::new(SandboxConfig {
+        latency: Duration::from_millis(3),
+        jitter: Duration::from_millis(4),
+        ..stormy(7)
+    });
+    let file = env.write("export.csv", &generated_csv(150, 4));
+    let mut args = vec![file.to_str().unwrap()];
+    args.extend_from_slice(FAST_RECOVERY);
+    // Kill each run at a different point of its progress, a few "random" milliseconds
+    // (from a fixed sequence, so a failure can be replayed) after it passes a threshold.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for threshold in [60, 180, 300, 420] {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = env
+            .import_command(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while env.stats().conversations < threshold && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(seed % 40));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    env.import(&args).assert_code(0);
+    env.assert_exactly_once(150, 600);
+}
+
+#[test]
+fn sigterm_drains_exits_4_and_the_same_command_resumes() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        latency: Duration::from_millis(30),
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &generated_csv(100, 3));
+    let args = [
+        file.to_str().unwrap(),
+        "--concurrency",
+        "8",
+        "--rpm",
+        "100000",
+    ];
+    let child = env
+        .import_command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while env.stats().conversations < 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("To resume, run the same command again"),
+        "{stderr}"
+    );
+    assert!(
+        env.stats().conversations < 300,
+        "the run finished before the signal"
+    );
+    // What was in flight finished: no row is stuck in a *_sent state after a drain.
+    let unsettled: i64 = env
+        .checkpoint()
+        .query_row(
+            "SELECT count(*) FROM rows WHERE state LIKE '%_sent'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        unsettled, 0,
+        "a drained run left rows with unanswered requests"
+    );
+    env.import(&args).assert_code(0);
+    env.assert_exactly_once(100, 300);
+}
+
+#[test]
+fn a_key_revoked_mid_run_exits_3_fails_nothing_and_a_good_key_resumes() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        faults: FaultConfig {
+            revoke_after: Some(40),
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &generated_csv(30, 3));
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(3);
+    assert_eq!(env.rows_in_state("failed"), 0);
+    assert!(env.rows_in_state("done") > 0);
+    env.sandbox().set_faults(FaultConfig::default());
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    env.assert_exactly_once(30, 90);
+}
+
+#[test]
+fn errors_that_outlast_the_retries_leave_rows_pending_not_failed() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        faults: FaultConfig {
+            busy_rate: 1.0,
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &generated_csv(20, 2));
+    let run = env.import(&[file.to_str().unwrap(), "--max-retries", "1"]);
+    run.assert_code(4);
+    assert!(
+        run.stderr.contains("the API keeps failing"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.rows_in_state("failed"), 0);
+    env.sandbox().set_faults(FaultConfig::default());
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    env.assert_exactly_once(20, 40);
+}
+
+#[test]
+fn the_checkpoint_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(2, 1));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let mode = std::fs::metadata(env.path("kustomer-import.sqlite"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
