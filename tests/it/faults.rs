@@ -315,3 +315,108 @@ fn the_checkpoint_is_readable_by_its_owner_only() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn when_every_answer_is_lost_lookups_settle_every_row() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        faults: FaultConfig {
+            drop_after_write_rate: 1.0,
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    });
+    // No conversation ids in the export: the derived ones make the conversations findable.
+    let file = env.write(
+        "export.csv",
+        "external_id,email,subject\nA,a@example.com,One\nA,a@example.com,Two\nB,b@example.com,Three\n",
+    );
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("customers reconciled:   2"),
+        "{}",
+        run.stdout
+    );
+    env.assert_exactly_once(2, 3);
+    let records = env.records();
+    assert!(
+        records.conversations.iter().all(|c| c
+            .external_id
+            .as_deref()
+            .unwrap()
+            .starts_with("kimp-"))
+    );
+}
+
+#[test]
+fn without_derived_ids_a_lost_conversation_answer_fails_the_row_instead_of_risking_a_duplicate() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        faults: FaultConfig {
+            drop_after_write_rate: 1.0,
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let file = env.write(
+        "export.csv",
+        "external_id,email,subject\nA,a@example.com,One\nB,b@example.com,Two\n",
+    );
+    env.import(&[file.to_str().unwrap(), "--no-derived-conversation-ids"])
+        .assert_code(1);
+    let records = env.records();
+    assert_eq!(records.customers.len(), 2);
+    assert_eq!(
+        records.conversations.len(),
+        2,
+        "each conversation was sent once, never again"
+    );
+    let errors = env.errors();
+    assert_eq!(errors.len(), 2);
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.3.contains("no externalId to look it up by")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_the_resume_is_exact() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        latency: Duration::from_millis(400),
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &generated_csv(12, 2));
+    let args = [
+        file.to_str().unwrap(),
+        "--concurrency",
+        "6",
+        "--grace",
+        "600",
+    ];
+    let child = env
+        .import_command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while env.stats().requests_total < 3 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for _ in 0..2 {
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("stopping at once"), "{stderr}");
+    env.import(&args).assert_code(0);
+    env.assert_exactly_once(12, 24);
+}
