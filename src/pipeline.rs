@@ -16,7 +16,7 @@
 //! reconciles.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -232,7 +232,6 @@ pub async fn run_import(
         settings.inputs.clone(),
         settings.derive_conversation_ids,
         rows_tx,
-        progress.bytes_read(),
     );
     let mut planner = Planner {
         shared: Arc::clone(&shared),
@@ -306,14 +305,13 @@ fn start_reader(
     inputs: Vec<InputSource>,
     derive_conversation_ids: bool,
     rows: mpsc::Sender<ReadRow>,
-    bytes_read: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<Option<InputError>> {
     tokio::task::spawn_blocking(move || {
         let mut keys = RowKeys::new();
         for input in inputs {
             let mut mapping = DefaultMapping::new();
             let file: Arc<str> = Arc::from(input.name.as_str());
-            let records = match input.records_counting(Arc::clone(&bytes_read)) {
+            let records = match input.records() {
                 Ok(records) => records,
                 Err(error) => return Some(error),
             };

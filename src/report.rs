@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -169,7 +168,6 @@ impl ErrorsFile {
 /// seconds otherwise (cron, CI, a pipe), never escape codes where no one sees them.
 pub struct Progress {
     bar: Option<ProgressBar>,
-    bytes_read: Arc<AtomicU64>,
     done: AtomicU64,
     failed: AtomicU64,
     started: std::time::Instant,
@@ -180,11 +178,12 @@ pub struct Progress {
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Progress {
-    /// A bar sized to the inputs' total bytes when stderr is a terminal and `enabled`.
-    pub fn new(enabled: bool, total_bytes: Option<u64>) -> Progress {
+    /// A bar sized to the inputs' estimated rows when stderr is a terminal and `enabled`
+    /// (a spinner when the count is unknown: stdin, gzip).
+    pub fn new(enabled: bool, estimated_rows: Option<u64>) -> Progress {
         let bar = (enabled && io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::with_draw_target(total_bytes, ProgressDrawTarget::stderr());
-            let template = if total_bytes.is_some() {
+            let bar = ProgressBar::with_draw_target(estimated_rows, ProgressDrawTarget::stderr());
+            let template = if estimated_rows.is_some() {
                 "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg} (ETA {eta})"
             } else {
                 "{spinner} [{elapsed_precise}] {msg}"
@@ -198,17 +197,11 @@ impl Progress {
         });
         Progress {
             bar,
-            bytes_read: Arc::new(AtomicU64::new(0)),
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             started: std::time::Instant::now(),
             last_line: std::sync::Mutex::new(std::time::Instant::now()),
         }
-    }
-
-    /// The counter the readers add the bytes they consume to.
-    pub fn bytes_read(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.bytes_read)
     }
 
     /// Counts one settled row (done or skipped, or failed) and refreshes the display.
@@ -224,7 +217,7 @@ impl Progress {
         let rate = (done + failed) as f64 / elapsed;
         match &self.bar {
             Some(bar) => {
-                bar.set_position(self.bytes_read.load(Ordering::Relaxed));
+                bar.inc(1);
                 bar.set_message(format!("{done} done, {failed} failed, {rate:.1} rows/s"));
             }
             None => {

@@ -35,7 +35,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     // Every input must open before anything is sent.
     for input in &config.settings.inputs {
         if input.name != "-"
-            && let Err(error) = input.open(Arc::default())
+            && let Err(error) = input.open()
         {
             eprintln!("error: {error}");
             return Ok(Exit::Usage);
@@ -89,13 +89,13 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
         Arc::new(RequestStats::default()),
     )?;
 
-    let total_bytes = config
+    let estimated_rows = config
         .settings
         .inputs
         .iter()
-        .map(|input| input.size())
+        .map(|input| input.estimate_records())
         .sum::<Option<u64>>();
-    let progress = Progress::new(config.progress, total_bytes);
+    let progress = Progress::new(config.progress, estimated_rows);
     let signals = StopSignals::default();
     let signal_task = tokio::spawn(watch_signals(signals.clone(), config.settings.grace));
     let run_id = checkpoint.begin_run(&command_line())?;

@@ -13,7 +13,6 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
 
@@ -81,9 +80,8 @@ impl InputSource {
     }
 
     /// Opens the byte stream: stdin for `-`, else the file; gzip (all members) when the name
-    /// ends in `.gz`. The bytes taken from the file (compressed, for gzip) are added to
-    /// `bytes_read`, for progress.
-    pub fn open(&self, bytes_read: Arc<AtomicU64>) -> Result<Box<dyn BufRead + Send>, InputError> {
+    /// ends in `.gz`.
+    pub fn open(&self) -> Result<Box<dyn BufRead + Send>, InputError> {
         let raw: Box<dyn Read + Send> = if self.name == "-" {
             Box::new(io::stdin())
         } else {
@@ -93,13 +91,7 @@ impl InputSource {
             })?;
             Box::new(file)
         };
-        let raw = BufReader::with_capacity(
-            256 * 1024,
-            CountingReader {
-                inner: raw,
-                count: bytes_read,
-            },
-        );
+        let raw = BufReader::with_capacity(256 * 1024, raw);
         if self.name.to_ascii_lowercase().ends_with(".gz") {
             Ok(Box::new(BufReader::with_capacity(
                 256 * 1024,
@@ -110,40 +102,38 @@ impl InputSource {
         }
     }
 
-    /// The size of the input file, when it is one.
-    pub fn size(&self) -> Option<u64> {
-        if self.name == "-" {
+    /// About how many records a plain file holds (its line count, less the CSV header),
+    /// for the progress bar; None for stdin and gzip, which cannot be read twice cheaply.
+    /// A quoted field with newlines makes it an overestimate.
+    pub fn estimate_records(&self) -> Option<u64> {
+        if self.name == "-" || self.name.to_ascii_lowercase().ends_with(".gz") {
             return None;
         }
-        std::fs::metadata(&self.name).ok().map(|m| m.len())
+        let mut file = File::open(&self.name).ok()?;
+        let mut buffer = vec![0; 1 << 20];
+        let (mut lines, mut last) = (0u64, b'\n');
+        loop {
+            let read = file.read(&mut buffer).ok()?;
+            if read == 0 {
+                break;
+            }
+            lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64;
+            last = buffer[read - 1];
+        }
+        lines += u64::from(last != b'\n');
+        Some(match self.format {
+            InputFormat::Csv => lines.saturating_sub(1),
+            InputFormat::Jsonl => lines,
+        })
     }
 
     /// Opens the input and returns its records in order.
     pub fn records(&self) -> Result<Records, InputError> {
-        self.records_counting(Arc::default())
-    }
-
-    /// Like [`InputSource::records`], adding the bytes read to `bytes_read`.
-    pub fn records_counting(&self, bytes_read: Arc<AtomicU64>) -> Result<Records, InputError> {
-        let reader = self.open(bytes_read)?;
+        let reader = self.open()?;
         Ok(match self.format {
             InputFormat::Csv => Records::Csv(CsvRecords::new(&self.name, reader)?),
             InputFormat::Jsonl => Records::Jsonl(JsonlRecords::new(&self.name, reader)),
         })
-    }
-}
-
-/// Counts the bytes that pass through it.
-struct CountingReader<R> {
-    inner: R,
-    count: Arc<AtomicU64>,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        let read = self.inner.read(buffer)?;
-        self.count.fetch_add(read as u64, Ordering::Relaxed);
-        Ok(read)
     }
 }
 
