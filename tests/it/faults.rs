@@ -179,16 +179,8 @@ fn runs_killed_at_random_moments_end_exactly_once() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let mut child = env
-            .import_command(&args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while env.stats().conversations < threshold && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let mut child = env.spawn_import(&args);
+        env.wait_for_conversations(threshold);
         std::thread::sleep(Duration::from_millis(seed % 40));
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -316,16 +308,21 @@ fn the_checkpoint_is_readable_by_its_owner_only() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[test]
-fn when_every_answer_is_lost_lookups_settle_every_row() {
-    let env = TestEnv::new(SandboxConfig {
+/// A sandbox that writes every create and then drops the connection unanswered.
+fn losing_every_answer() -> SandboxConfig {
+    SandboxConfig {
         token: Some(KEY.to_string()),
         faults: FaultConfig {
             drop_after_write_rate: 1.0,
             ..FaultConfig::default()
         },
         ..SandboxConfig::default()
-    });
+    }
+}
+
+#[test]
+fn when_every_answer_is_lost_lookups_settle_every_row() {
+    let env = TestEnv::new(losing_every_answer());
     // No conversation ids in the export: the derived ones make the conversations findable.
     let file = env.write(
         "export.csv",
@@ -351,14 +348,7 @@ fn when_every_answer_is_lost_lookups_settle_every_row() {
 
 #[test]
 fn without_derived_ids_a_lost_conversation_answer_fails_the_row_instead_of_risking_a_duplicate() {
-    let env = TestEnv::new(SandboxConfig {
-        token: Some(KEY.to_string()),
-        faults: FaultConfig {
-            drop_after_write_rate: 1.0,
-            ..FaultConfig::default()
-        },
-        ..SandboxConfig::default()
-    });
+    let env = TestEnv::new(losing_every_answer());
     let file = env.write(
         "export.csv",
         "external_id,email,subject\nA,a@example.com,One\nB,b@example.com,Two\n",
@@ -397,26 +387,14 @@ fn a_second_signal_stops_at_once_and_the_resume_is_exact() {
         "--grace",
         "600",
     ];
-    let child = env
-        .import_command(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while env.stats().requests_total < 3 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    for _ in 0..2 {
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains("stopping at once"), "{stderr}");
+    let child = env.spawn_import(&args);
+    env.wait_for("3 requests", |stats| stats.requests_total >= 3);
+    terminate(&child);
+    std::thread::sleep(Duration::from_millis(100));
+    terminate(&child);
+    let run = finish(child);
+    run.assert_code(4);
+    assert!(run.stderr.contains("stopping at once"), "{}", run.stderr);
     env.import(&args).assert_code(0);
     env.assert_exactly_once(12, 24);
 }

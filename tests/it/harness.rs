@@ -96,6 +96,31 @@ impl TestEnv {
         run(self.import_command(args))
     }
 
+    /// Starts an import in the background, its output captured.
+    pub fn spawn_import(&self, args: &[&str]) -> std::process::Child {
+        self.import_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits (a minute at most) until the sandbox holds `count` conversations.
+    pub fn wait_for_conversations(&self, count: u64) {
+        self.wait_for(&format!("{count} conversations"), |stats| {
+            stats.conversations >= count
+        });
+    }
+
+    /// Waits (a minute at most) until the sandbox's stats say `done`.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Stats) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(&self.stats()) {
+            assert!(Instant::now() < deadline, "waited a minute for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Opens the checkpoint read-only.
     pub fn checkpoint(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
@@ -207,6 +232,29 @@ impl Run {
     }
 }
 
+/// Sends SIGTERM to a child process.
+pub fn terminate(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for a child started by [`TestEnv::spawn_import`] and returns what it printed.
+pub fn finish(child: std::process::Child) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
 /// Runs a command to its end, killing it after two minutes so a hang fails the test.
 pub fn run(mut command: Command) -> Run {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -222,16 +270,7 @@ pub fn run(mut command: Command) -> Run {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().unwrap();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    finish(child)
 }
 
 /// A CSV export of `customers` customers with `per_customer` conversations each.

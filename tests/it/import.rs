@@ -96,17 +96,9 @@ fn a_run_killed_mid_way_resumes_without_duplicates() {
         ..SandboxConfig::default()
     });
     let file = env.write("export.csv", &generated_csv(60, 4));
-    let mut child = env
-        .import_command(&[file.to_str().unwrap(), "--concurrency", "8"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_import(&[file.to_str().unwrap(), "--concurrency", "8"]);
     // Kill once a good part (but not all) has landed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while env.stats().conversations < 40 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    env.wait_for_conversations(40);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
