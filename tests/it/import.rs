@@ -202,3 +202,33 @@ fn an_unreadable_input_exits_2_before_any_request() {
     assert!(run.stderr.contains("missing.csv"), "{}", run.stderr);
     assert_eq!(env.stats().requests_total, 0);
 }
+
+#[test]
+fn a_row_the_api_refuses_fails_with_the_servers_words_and_the_run_goes_on() {
+    let env = TestEnv::plain();
+    // The sandbox, like the live API, wants custom attribute names with a type suffix.
+    let file = env.write(
+        "export.jsonl",
+        concat!(
+            r#"{"customer": {"externalId": "A", "custom": {"tier": "gold"}}, "conversation": {"name": "One"}}"#,
+            "\n",
+            r#"{"customer": {"externalId": "A", "custom": {"tier": "gold"}}, "conversation": {"name": "Two"}}"#,
+            "\n",
+            r#"{"customer": {"externalId": "B", "custom": {"tierStr": "gold"}}, "conversation": {"name": "Three"}}"#,
+            "\n"
+        ),
+    );
+    env.import(&[file.to_str().unwrap()]).assert_code(1);
+    env.assert_exactly_once(1, 1);
+    // Errors are written as rows settle, not in line order.
+    let mut errors = env.errors();
+    errors.sort_by_key(|e| e.1);
+    assert_eq!(errors.iter().map(|e| e.1).collect::<Vec<_>>(), [1, 2]);
+    assert!(errors[0].3.contains("/custom/tier"), "{errors:?}");
+    assert!(
+        errors[1].3.starts_with("its customer could not be created"),
+        "{errors:?}"
+    );
+    // The second row of the refused customer cost no request of its own.
+    assert_eq!(env.stats().creates_total, 3);
+}
