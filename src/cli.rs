@@ -136,6 +136,16 @@ pub struct ImportArgs {
     )]
     pub grace: f64,
 
+    /// Seconds to wait after a lost answer before the lookup that tells whether the record
+    /// was created, so that a write still in progress shows up first.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_RECONCILE_DELAY",
+        default_value_t = 2.0,
+        value_name = "SECS"
+    )]
+    pub reconcile_delay: f64,
+
     /// A customer that already exists in Kustomer (same externalId, email or phone):
     /// link the row to it, or fail the row.
     #[arg(long, env = "KUSTOMER_IMPORT_ON_EXISTING_CUSTOMER", value_enum, default_value_t = OnExistingArg::Link)]

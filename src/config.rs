@@ -124,6 +124,7 @@ pub fn import_config(
             },
             derive_conversation_ids: !args.no_derived_conversation_ids,
             grace: Duration::from_secs_f64(args.grace.max(0.0)),
+            reconcile_delay: Duration::from_secs_f64(args.reconcile_delay.max(0.0)),
         },
         target,
         checkpoint: args.checkpoint,

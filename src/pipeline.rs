@@ -16,10 +16,12 @@
 //! reconciles.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -56,6 +58,8 @@ pub struct ImportSettings {
     pub derive_conversation_ids: bool,
     /// How long work in flight may go on after a soft stop.
     pub grace: Duration,
+    /// The least wait between a lost answer and the lookup that reconciles it.
+    pub reconcile_delay: Duration,
 }
 
 /// The two ways a run is told to stop.
@@ -78,6 +82,8 @@ pub enum StopReason {
     Unauthorized(String),
     /// The API kept failing: rows in a row gave up after their retries.
     ApiUnavailable(String),
+    /// The API answered as if the base URL were wrong (404/405 on a create).
+    Endpoint(String),
     /// An input could not be read to its end.
     Input(String),
     /// The checkpoint could not be written.
@@ -156,17 +162,14 @@ enum Halt {
 /// What a worker reports about a row it finished with.
 #[derive(Debug)]
 enum RowOutcome {
-    Done {
-        customer: Option<CustomerOrigin>,
-        conversation_created: bool,
-    },
+    Done { conversation_created: bool },
     Halted(Halt),
 }
 
 /// A customer created or found by a worker, or why not.
 #[derive(Clone, Debug)]
 enum Settlement {
-    Known(String),
+    Known(String, CustomerOrigin),
     Failed {
         field: Option<String>,
         reason: String,
@@ -183,6 +186,9 @@ enum Event {
         work: Box<Work>,
         outcome: RowOutcome,
     },
+    /// A worker panicked (a bug): its row stays as the checkpoint has it, pending, and the
+    /// rows waiting for the customer it was creating are released as pending too.
+    WorkerPanicked { creating: Option<String> },
 }
 
 /// Shared by the workers of a run.
@@ -217,7 +223,7 @@ pub async fn run_import(
 ) -> Result<ImportOutcome, CheckpointError> {
     let started = Instant::now();
     let (writer, writer_handle) = checkpoint.start_writer()?;
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         client,
         writer,
@@ -247,11 +253,13 @@ pub async fn run_import(
         running: 0,
         given_up_in_a_row: 0,
     };
-    let result = planner.run(rows, events, window).await;
-    let mut summary = std::mem::take(&mut planner.summary);
+    planner.run(rows, &mut events, window).await;
     // Every clone of the writer must be gone before the writer thread can end: abandoned
-    // workers hold one, and so does the planner.
+    // workers hold one, and so does the planner. Workers that report while being shut
+    // down are still counted.
     planner.tasks.shutdown().await;
+    planner.settle_the_rest(&mut events).await;
+    let mut summary = std::mem::take(&mut planner.summary);
     drop(planner);
     let reader_error = reader.await.unwrap_or(None);
     let stats = shared.client_stats();
@@ -271,7 +279,6 @@ pub async fn run_import(
                 "the writer could not be joined".into(),
             ))
         });
-    result?;
     let stop_reason = if let Err(error) = writer_result {
         StopReason::Checkpoint(error.to_string())
     } else if let Some(reason) = fatal {
@@ -401,9 +408,9 @@ impl Planner<'_> {
     async fn run(
         &mut self,
         mut rows: mpsc::Receiver<ReadRow>,
-        mut events: mpsc::UnboundedReceiver<Event>,
+        events: &mut mpsc::UnboundedReceiver<Event>,
         window: usize,
-    ) -> Result<(), CheckpointError> {
+    ) {
         let soft = self.shared.stop.soft.clone();
         let hard = self.shared.stop.hard.clone();
         let mut input_open = true;
@@ -437,31 +444,25 @@ impl Planner<'_> {
                     break;
                 }
                 Some(event) = events.recv() => self.handle_event(event).await,
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Err(error) = joined
-                        && error.is_panic()
-                    {
-                        // The worker died before reporting its row: leave it to the next run.
-                        tracing::error!("a worker panicked; its row is left pending: {error}");
-                        self.running -= 1;
-                        self.summary.rows_pending += 1;
-                    }
-                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 _ = soft.cancelled(), if input_open => {}
                 row = rows.recv(), if take_rows => match row {
-                    Some(row) => self.plan(row).await?,
+                    Some(row) => self.plan(row).await,
                     None => input_open = false,
                 },
             }
         }
-        // Rows whose worker reported just before the end.
+    }
+
+    /// After the workers are gone: counts what they reported last, and leaves every row
+    /// not settled pending. Abandoned rows keep their last state (and intent) for next time.
+    async fn settle_the_rest(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
         while let Ok(event) = events.try_recv() {
             self.handle_event(event).await;
         }
         self.settle_unstarted_as_pending();
-        // Rows whose worker was abandoned keep their last state (and intent) for next time.
         self.summary.rows_pending += self.running as u64;
-        Ok(())
+        self.running = 0;
     }
 
     /// Gives ready rows to workers, up to the concurrency.
@@ -475,12 +476,20 @@ impl Planner<'_> {
             };
             self.running += 1;
             let shared = Arc::clone(&self.shared);
+            let creating =
+                matches!(step, CustomerStep::Create { .. }).then(|| work.plan.customer_key.clone());
             self.tasks.spawn(async move {
-                let (work, outcome) = process_row(&shared, work, step).await;
-                let _ = shared.events.send(Event::RowFinished {
-                    work: Box::new(work),
-                    outcome,
-                });
+                let processed = AssertUnwindSafe(process_row(&shared, work, step))
+                    .catch_unwind()
+                    .await;
+                let event = match processed {
+                    Ok((work, outcome)) => Event::RowFinished {
+                        work: Box::new(work),
+                        outcome,
+                    },
+                    Err(_) => Event::WorkerPanicked { creating },
+                };
+                let _ = shared.events.send(event);
             });
         }
     }
@@ -494,28 +503,37 @@ impl Planner<'_> {
         self.waiting_rows = 0;
     }
 
-    /// Decides what one row needs.
-    async fn plan(&mut self, row: ReadRow) -> Result<(), CheckpointError> {
+    /// Decides what one row needs. A checkpoint that cannot be read stops the run, with
+    /// the row left pending.
+    async fn plan(&mut self, row: ReadRow) {
         self.summary.rows_read += 1;
         let ReadRow {
             origin,
             original,
             plan,
         } = row;
-        let stored = self.checkpoint.row(&origin.key)?;
-        let plan = match plan {
+        let stored = match self.checkpoint.row(&origin.key) {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.summary.rows_pending += 1;
+                self.shared
+                    .halt_run(StopReason::Checkpoint(error.to_string()));
+                return;
+            }
+        };
+        let mut plan = match plan {
             Ok(plan) => plan,
             Err(error) => {
                 self.fail(&origin, &original, error.field, error.reason, None)
                     .await;
-                return Ok(());
+                return;
             }
         };
         let stored_customer_id = match &stored {
             Some(stored) if stored.state == RowState::Done => {
                 self.summary.rows_skipped_done += 1;
                 self.progress.row_finished(false);
-                return Ok(());
+                return;
             }
             Some(stored) if stored.state == RowState::Failed => {
                 self.summary.rows_failed_earlier += 1;
@@ -531,13 +549,22 @@ impl Planner<'_> {
                     &original.to_json(),
                 );
                 self.progress.row_finished(true);
-                return Ok(());
+                return;
             }
             Some(stored) => stored.customer_id.clone(),
             None => None,
         };
-        let conversation_unknown =
-            matches!(&stored, Some(s) if s.state == RowState::ConversationSent);
+        let conversation_unknown = match &stored {
+            Some(stored) if stored.state == RowState::ConversationSent => {
+                // Reconcile with the externalId that went out with the request, whatever
+                // this run would derive: the flags or the mapping may have changed since.
+                if let Some(conversation) = &mut plan.conversation {
+                    conversation.external_id = stored.conversation_external_id.clone();
+                }
+                true
+            }
+            _ => false,
+        };
         if stored.is_none() {
             self.record(vec![Change::Row(row_change(
                 &origin,
@@ -558,7 +585,7 @@ impl Planner<'_> {
             self.summary.customers_reused += 1;
             self.ready
                 .push_back((work, CustomerStep::Known(customer_id)));
-            return Ok(());
+            return;
         }
         let customer_key = work.plan.customer_key.clone();
         if let Some((field, reason)) = self.failed_customers.get(&customer_key).cloned() {
@@ -570,14 +597,23 @@ impl Planner<'_> {
                 Some(&work.plan),
             )
             .await;
-            return Ok(());
+            return;
         }
         if let Some(waiting) = self.waiting.get_mut(&customer_key) {
             waiting.push(work);
             self.waiting_rows += 1;
-            return Ok(());
+            return;
         }
-        match self.checkpoint.customer(&customer_key)? {
+        let stored_customer = match self.checkpoint.customer(&customer_key) {
+            Ok(stored_customer) => stored_customer,
+            Err(error) => {
+                self.summary.rows_pending += 1;
+                self.shared
+                    .halt_run(StopReason::Checkpoint(error.to_string()));
+                return;
+            }
+        };
+        match stored_customer {
             Some(customer) => match customer.customer_id {
                 Some(id) => {
                     self.summary.customers_reused += 1;
@@ -587,7 +623,6 @@ impl Planner<'_> {
             },
             None => self.create_customer_with(work, false),
         }
-        Ok(())
     }
 
     fn create_customer_with(&mut self, work: Work, reconcile_first: bool) {
@@ -606,7 +641,12 @@ impl Planner<'_> {
                 let waiting = self.waiting.remove(&customer_key).unwrap_or_default();
                 self.waiting_rows -= waiting.len();
                 match settlement {
-                    Settlement::Known(id) => {
+                    Settlement::Known(id, origin) => {
+                        match origin {
+                            CustomerOrigin::Created => self.summary.customers_created += 1,
+                            CustomerOrigin::Linked => self.summary.customers_linked += 1,
+                            CustomerOrigin::Reconciled => self.summary.customers_reconciled += 1,
+                        }
                         self.summary.customers_reused += waiting.len() as u64;
                         for work in waiting {
                             self.ready
@@ -636,23 +676,28 @@ impl Planner<'_> {
                 self.running -= 1;
                 self.finish_row(*work, outcome);
             }
+            Event::WorkerPanicked { creating } => {
+                tracing::error!("a worker panicked (a bug); its row is left pending");
+                self.running -= 1;
+                self.summary.rows_pending += 1;
+                if let Some(customer_key) = creating {
+                    Box::pin(self.handle_event(Event::CustomerSettled {
+                        customer_key,
+                        settlement: Settlement::Unsettled,
+                    }))
+                    .await;
+                }
+            }
         }
     }
 
     fn finish_row(&mut self, work: Work, outcome: RowOutcome) {
         match outcome {
             RowOutcome::Done {
-                customer,
                 conversation_created,
             } => {
                 self.given_up_in_a_row = 0;
                 self.summary.rows_done += 1;
-                match customer {
-                    Some(CustomerOrigin::Created) => self.summary.customers_created += 1,
-                    Some(CustomerOrigin::Linked) => self.summary.customers_linked += 1,
-                    Some(CustomerOrigin::Reconciled) => self.summary.customers_reconciled += 1,
-                    None => {}
-                }
                 if conversation_created {
                     self.summary.conversations_created += 1;
                 }
@@ -800,12 +845,12 @@ async fn drive_row(
     step: CustomerStep,
     attempts: &mut Attempts<'_>,
 ) -> Result<RowOutcome, Halt> {
-    let (customer_id, origin) = match step {
-        CustomerStep::Known(id) => (id, None),
+    let customer_id = match step {
+        CustomerStep::Known(id) => id,
         CustomerStep::Create { reconcile_first } => {
             let settled = settle_customer(shared, work, reconcile_first, attempts).await;
             let settlement = match &settled {
-                Ok((id, _)) => Settlement::Known(id.clone()),
+                Ok((id, origin)) => Settlement::Known(id.clone(), *origin),
                 Err(Halt::Failed { field, reason }) => Settlement::Failed {
                     field: field.clone(),
                     reason: reason.clone(),
@@ -816,8 +861,7 @@ async fn drive_row(
                 customer_key: work.plan.customer_key.clone(),
                 settlement,
             });
-            let (id, origin) = settled?;
-            (id, Some(origin))
+            settled?.0
         }
     };
     let Some(conversation) = &work.plan.conversation else {
@@ -831,7 +875,6 @@ async fn drive_row(
         done.attempts = attempts.take_requests();
         record_or_halt(shared, vec![Change::Row(done)]).await;
         return Ok(RowOutcome::Done {
-            customer: origin,
             conversation_created: false,
         });
     };
@@ -850,6 +893,7 @@ async fn drive_row(
     attempts.check_stop()?;
     commit_or_halt(shared, vec![Change::Row(intent)]).await?;
     let mut unknown = work.conversation_unknown;
+    let mut refused_as_duplicate = false;
     let conversation_id = loop {
         if unknown {
             let Some(external_id) = &body.external_id else {
@@ -864,6 +908,15 @@ async fn drive_row(
             attempts.requests += 1;
             match shared.client.find_conversation(external_id).await {
                 Ok(Some(id)) => break id,
+                Ok(None) if refused_as_duplicate => {
+                    return Err(Halt::Failed {
+                        field: Some("conversation.externalId".into()),
+                        reason: format!(
+                            "conversation refused as a duplicate of {external_id:?}, \
+                             which no lookup finds"
+                        ),
+                    });
+                }
                 Ok(None) => unknown = false,
                 Err(error) => {
                     attempts.after_failure(&error).await?;
@@ -875,14 +928,18 @@ async fn drive_row(
         match shared.client.create_conversation(&body).await {
             Ok(id) => break id,
             Err(ApiError::Rejected { status, message }) => {
-                return Err(Halt::Failed {
-                    field: None,
-                    reason: format!("conversation refused ({status}): {message}"),
-                });
+                return Err(refusal(shared, "conversation", status, message));
+            }
+            // An API that refuses repeated conversation externalIds says the conversation
+            // exists: an earlier attempt's answer was lost after all. Find it.
+            Err(ApiError::Duplicate { message }) if body.external_id.is_some() => {
+                unknown = true;
+                refused_as_duplicate = true;
+                tracing::debug!("conversation create answered 409 ({message}); looking it up");
             }
             Err(ApiError::Duplicate { message }) => {
                 return Err(Halt::Failed {
-                    field: Some("conversation.externalId".into()),
+                    field: None,
                     reason: format!("conversation refused as a duplicate: {message}"),
                 });
             }
@@ -902,7 +959,6 @@ async fn drive_row(
     done.attempts = attempts.take_requests();
     record_or_halt(shared, vec![Change::Row(done)]).await;
     Ok(RowOutcome::Done {
-        customer: origin,
         conversation_created: true,
     })
 }
@@ -952,10 +1008,7 @@ async fn settle_customer(
                 break link_existing(shared, customer, &message, attempts).await?;
             }
             Err(ApiError::Rejected { status, message }) => {
-                return Err(Halt::Failed {
-                    field: None,
-                    reason: format!("customer refused ({status}): {message}"),
-                });
+                return Err(refusal(shared, "customer", status, message));
             }
             Err(error) => {
                 unknown |= error.maybe_applied();
@@ -1107,7 +1160,12 @@ impl<'a> Attempts<'a> {
                     )));
                 }
                 tracing::debug!("retrying after: {reason}");
-                let delay = self.shared.settings.backoff.delay(self.failures - 1);
+                let mut delay = self.shared.settings.backoff.delay(self.failures - 1);
+                if error.maybe_applied() {
+                    // The next attempt starts with a lookup: give a write that is still in
+                    // progress (or an index that lags) time to show, or it is sent twice.
+                    delay = delay.max(self.shared.settings.reconcile_delay);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => Ok(()),
                     _ = self.shared.stop.soft.cancelled() => {
@@ -1115,6 +1173,22 @@ impl<'a> Attempts<'a> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What a 4xx refusal of a create means. 404 and 405 say the URL is wrong, not the row:
+/// the run stops (configuration) with the row pending, rather than failing every row.
+fn refusal(shared: &Shared, record: &str, status: u16, message: String) -> Halt {
+    if matches!(status, 404 | 405) {
+        shared.halt_run(StopReason::Endpoint(format!(
+            "creating a {record} answered {status} ({message}): is the base URL right?"
+        )));
+        Halt::Pending(format!("the API answered {status}"))
+    } else {
+        Halt::Failed {
+            field: None,
+            reason: format!("{record} refused ({status}): {message}"),
         }
     }
 }

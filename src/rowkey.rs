@@ -47,8 +47,14 @@ impl RowKeys {
         {
             let identity = format!("conv:{id}");
             let seen = self.count(&identity);
+            // A repeat gets a key no source id can produce (`conv:A#1` could be one).
+            let key = if seen == 0 {
+                identity
+            } else {
+                format!("conv-repeat:{seen}:{id}")
+            };
             return RowKey {
-                key: with_occurrence(identity, seen),
+                key,
                 repeats_source_id: seen > 0,
             };
         }

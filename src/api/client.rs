@@ -99,6 +99,8 @@ impl KustomerClient {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("kustomer-import/", env!("CARGO_PKG_VERSION")))
+            // A redirect would be a request the rate gate never saw.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| ClientError::Build(error.to_string()))?;
         let mut base_url = settings.base_url;
@@ -178,7 +180,16 @@ impl KustomerClient {
         let url = self.url(&format!("{collection}/{field}={encoded}"));
         let (status, answer) = self.send(Method::GET, url, None).await?;
         match status.as_u16() {
-            200 | 201 => Ok(record_id(&answer)),
+            // Only a 404 or an empty list says "absent": a 200 we cannot read must not be
+            // taken for one, or the record would be created again.
+            200 | 201 => match found_id(&answer) {
+                Found::Id(id) => Ok(Some(id)),
+                Found::Empty => Ok(None),
+                Found::Unreadable => Err(ApiError::Transient {
+                    reason: format!("lookup answered {status} with no id in the answer"),
+                    maybe_applied: false,
+                }),
+            },
             404 => Ok(None),
             code => Err(classify_failure(code, &answer)),
         }
@@ -246,6 +257,29 @@ fn record_id(answer: &[u8]) -> Option<String> {
     }
 }
 
+/// What a lookup's 200 answer holds.
+enum Found {
+    Id(String),
+    /// `{"data": []}`: a search that matched nothing.
+    Empty,
+    Unreadable,
+}
+
+/// Reads a lookup answer: one record, bare or in `data`, or a `data` list (first match).
+fn found_id(answer: &[u8]) -> Found {
+    let list = serde_json::from_slice::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|value| value.get("data").and_then(|d| d.as_array()).cloned());
+    match list {
+        Some(items) if items.is_empty() => Found::Empty,
+        Some(items) => items[0]
+            .get("id")
+            .and_then(|id| id.as_str())
+            .map_or(Found::Unreadable, |id| Found::Id(id.to_string())),
+        None => record_id(answer).map_or(Found::Unreadable, Found::Id),
+    }
+}
+
 fn classify_failure(code: u16, answer: &[u8]) -> ApiError {
     let message = server_message(answer);
     match code {
@@ -306,6 +340,18 @@ mod tests {
         );
         assert_eq!(record_id(br#"{"data":{"type":"customer"}}"#), None);
         assert_eq!(record_id(b"not json"), None);
+    }
+
+    #[test]
+    fn a_lookup_answer_without_an_id_is_not_taken_for_absent() {
+        assert!(matches!(found_id(br#"{"data":{"id":"a"}}"#), Found::Id(id) if id == "a"));
+        assert!(matches!(found_id(br#"{"data":[{"id":"b"}]}"#), Found::Id(id) if id == "b"));
+        assert!(matches!(found_id(br#"{"data":[]}"#), Found::Empty));
+        assert!(matches!(
+            found_id(b"<html>Bad Gateway</html>"),
+            Found::Unreadable
+        ));
+        assert!(matches!(found_id(br#"{"data":null}"#), Found::Unreadable));
     }
 
     #[test]

@@ -68,25 +68,32 @@ impl RateGate {
         }
     }
 
-    /// Waits until one more request may leave.
+    /// Waits until one more request may leave; the caller sends at once.
+    ///
+    /// The pause and the pacing slot are waited out first and the ceiling's token is taken
+    /// last, so nothing waits between the token and the send: requests that queued during
+    /// a pause cannot leave together on top of the limiter's burst when it ends.
     pub async fn acquire(&self) {
         loop {
-            let paused_until = self.lock().paused_until;
-            if paused_until <= Instant::now() {
-                break;
+            let ready_at = {
+                let state = self.lock();
+                state.paused_until.max(state.next_slot)
+            };
+            if ready_at > Instant::now() {
+                tokio::time::sleep_until(ready_at).await;
             }
-            tokio::time::sleep_until(paused_until).await;
-        }
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
-        }
-        let slot = {
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
+            // A pause, or another request, may have taken the slot meanwhile; the token is
+            // then spent unused, which can only lower the rate.
             let mut state = self.lock();
-            let slot = Instant::now().max(state.next_slot).max(state.paused_until);
-            state.next_slot = slot + state.spacing;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+            let now = Instant::now();
+            if state.paused_until <= now && state.next_slot <= now {
+                state.next_slot = now + state.spacing;
+                return;
+            }
+        }
     }
 
     /// Stops every worker for `wait`.
@@ -113,7 +120,11 @@ impl RateGate {
             return;
         };
         if remaining == 0 {
+            // Nothing left until the reset: wait for it. Spacing from an empty budget would
+            // add a whole reset per request after the pause; the next answer sets it anew.
             self.pause_for(reset_in);
+            self.lock().spacing = Duration::ZERO;
+            return;
         }
         let spacing = reset_in.min(MAX_PAUSE) / u32::try_from(remaining + 1).unwrap_or(u32::MAX);
         self.lock().spacing = spacing;
@@ -137,11 +148,19 @@ impl BudgetHeaders {
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         };
-        let number = |name: &str| text(name).and_then(|v| v.parse::<f64>().ok());
-        let whole = |name: &str| number(name).filter(|v| *v >= 0.0).map(|v| v as u64);
+        // A server's headers are input: NaN, infinities and negatives are ignored.
+        let number = |name: &str| {
+            text(name)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+        };
+        let whole = |name: &str| number(name).map(|v| v.min(f64::from(u32::MAX)) as u64);
         let reset_in = number("x-ratelimit-reset").map(seconds_until);
         let retry_after = text("retry-after").and_then(|value| match value.parse::<f64>() {
-            Ok(seconds) => Some(Duration::from_secs_f64(seconds.clamp(0.0, 3600.0))),
+            Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+                Some(Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)))
+            }
+            Ok(_) => None,
             Err(_) => httpdate::parse_http_date(value)
                 .ok()
                 .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default()),
@@ -219,6 +238,58 @@ mod tests {
                 .count();
             assert!(in_window <= 40, "{in_window} requests within 1 s of {at:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn requests_queued_during_a_pause_do_not_break_the_ceiling_when_it_ends() {
+        // Real time: governor keeps its own clock.
+        let gate = std::sync::Arc::new(RateGate::new(10, Duration::from_secs(1)));
+        let start = std::time::Instant::now();
+        let times = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut workers = Vec::new();
+        for _ in 0..8 {
+            let (gate, times) = (gate.clone(), times.clone());
+            workers.push(tokio::spawn(async move {
+                for _ in 0..4 {
+                    gate.acquire().await;
+                    times.lock().unwrap().push(start.elapsed());
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gate.pause_for(Duration::from_millis(1500));
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let mut times = times.lock().unwrap().clone();
+        times.sort();
+        for (index, at) in times.iter().enumerate() {
+            let in_window = times[index..]
+                .iter()
+                .take_while(|t| **t < *at + Duration::from_secs(1))
+                .count();
+            assert!(in_window <= 10, "{in_window} requests within 1 s of {at:?}");
+        }
+    }
+
+    #[test]
+    fn nonsense_headers_are_ignored() {
+        for value in ["NaN", "inf", "-5", "1e400"] {
+            let parsed = BudgetHeaders::parse(&headers(&[
+                ("x-ratelimit-reset", value.into()),
+                ("retry-after", value.into()),
+            ]));
+            assert_eq!(parsed.reset_in, None, "{value}");
+            assert_eq!(parsed.retry_after, None, "{value}");
+        }
+        let gate = RateGate::new(0, Duration::from_secs(60));
+        gate.observe(
+            200,
+            &headers(&[
+                ("x-ratelimit-remaining", "1e20".into()),
+                ("x-ratelimit-reset", "5".into()),
+            ]),
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -83,6 +83,8 @@ pub struct StoredRow {
     pub state: RowState,
     pub customer_id: Option<String>,
     pub conversation_id: Option<String>,
+    /// The conversation externalId recorded with the row's intent, if any.
+    pub conversation_external_id: Option<String>,
     pub field: Option<String>,
     pub last_error: Option<String>,
 }
@@ -156,7 +158,8 @@ impl Checkpoint {
         let mut statement = self
             .connection
             .prepare_cached(
-                "SELECT state, customer_id, conversation_id, field, last_error
+                "SELECT state, customer_id, conversation_id, field, last_error,
+                        conversation_external_id
                  FROM rows WHERE row_key = ?1",
             )
             .map_err(|e| self.sqlite(e))?;
@@ -169,6 +172,7 @@ impl Checkpoint {
                     conversation_id: row.get(2)?,
                     field: row.get(3)?,
                     last_error: row.get(4)?,
+                    conversation_external_id: row.get(5)?,
                 })
             })
             .optional()

@@ -156,7 +156,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
 fn exit_status(summary: &Summary, stop: &StopReason) -> Exit {
     match stop {
         StopReason::Unauthorized(_) => Exit::Unauthorized,
-        StopReason::Input(_) => Exit::Usage,
+        StopReason::Input(_) | StopReason::Endpoint(_) => Exit::Usage,
         StopReason::Interrupted | StopReason::ApiUnavailable(_) | StopReason::Checkpoint(_) => {
             Exit::Stopped
         }
@@ -183,7 +183,9 @@ fn explain(
         StopReason::ApiUnavailable(message) => {
             eprintln!("error: stopped because the API keeps failing: {message}")
         }
-        StopReason::Input(message) => eprintln!("error: {message}"),
+        StopReason::Input(message) | StopReason::Endpoint(message) => {
+            eprintln!("error: {message}")
+        }
         StopReason::Checkpoint(message) => eprintln!("error: {message}"),
         StopReason::Interrupted | StopReason::Finished => {}
     }

@@ -22,8 +22,14 @@ fn lost_answers_are_reconciled_not_sent_twice() {
         ..SandboxConfig::default()
     });
     let file = env.write("export.csv", &generated_csv(40, 3));
-    env.import(&[file.to_str().unwrap(), "--max-retries", "20"])
-        .assert_code(0);
+    env.import(&[
+        file.to_str().unwrap(),
+        "--max-retries",
+        "20",
+        "--reconcile-delay",
+        "0.05",
+    ])
+    .assert_code(0);
     env.assert_exactly_once(40, 120);
     let faults = env.stats().faults;
     assert!(
@@ -117,6 +123,8 @@ fn stormy(seed: u64) -> SandboxConfig {
 
 /// Flags that make a faulty run quick: a short timeout for hung answers, room for retries.
 const FAST_RECOVERY: &[&str] = &[
+    "--reconcile-delay",
+    "0.05",
     "--timeout",
     "1",
     "--max-retries",
@@ -282,7 +290,13 @@ fn errors_that_outlast_the_retries_leave_rows_pending_not_failed() {
         ..SandboxConfig::default()
     });
     let file = env.write("export.csv", &generated_csv(20, 2));
-    let run = env.import(&[file.to_str().unwrap(), "--max-retries", "1"]);
+    let run = env.import(&[
+        file.to_str().unwrap(),
+        "--max-retries",
+        "1",
+        "--reconcile-delay",
+        "0",
+    ]);
     run.assert_code(4);
     assert!(
         run.stderr.contains("the API keeps failing"),
@@ -397,4 +411,61 @@ fn a_second_signal_stops_at_once_and_the_resume_is_exact() {
     assert!(run.stderr.contains("stopping at once"), "{}", run.stderr);
     env.import(&args).assert_code(0);
     env.assert_exactly_once(12, 24);
+}
+
+#[test]
+fn a_conversation_sent_without_an_id_is_never_sent_again_even_if_ids_are_derived_later() {
+    let env = TestEnv::plain();
+    // The customers exist already, so that only conversation creates write anything.
+    let customers = env.write(
+        "customers.csv",
+        "external_id,email\nA,a@example.com\nB,b@example.com\n",
+    );
+    env.import(&[customers.to_str().unwrap(), "--checkpoint", "other.sqlite"])
+        .assert_code(0);
+    env.sandbox().set_faults(FaultConfig {
+        hang_after_write_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let file = env.write(
+        "export.csv",
+        "external_id,email,subject\nA,a@example.com,One\nB,b@example.com,Two\n",
+    );
+    let path = file.to_str().unwrap();
+    let mut child = env.spawn_import(&[path, "--no-derived-conversation-ids", "--timeout", "600"]);
+    env.wait_for_conversations(2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(env.rows_in_state("conversation_sent"), 2);
+    env.sandbox().set_faults(FaultConfig::default());
+    // Derived ids are on now, but what went out had none: nothing to look up, so nothing
+    // is sent again; the rows fail and say where to look.
+    env.import(&[path]).assert_code(1);
+    assert_eq!(env.records().conversations.len(), 2);
+    let errors = env.errors();
+    assert!(
+        errors.iter().all(|e| e.3.contains("check Kustomer")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_wrong_base_url_stops_the_run_without_failing_rows() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(5, 2));
+    let mut command = env.import_command(&[file.to_str().unwrap()]);
+    command.env(
+        "KUSTOMER_BASE_URL",
+        format!("{}/not-the-api/", env.sandbox().base_url()),
+    );
+    let run = run(command);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("is the base URL right?"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.rows_in_state("failed"), 0);
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    env.assert_exactly_once(5, 10);
 }
