@@ -52,10 +52,11 @@ impl Summary {
     /// The summary as a person reads it.
     pub fn write_human(&self, out: &mut impl Write) -> io::Result<()> {
         let elapsed = self.elapsed.as_secs_f64();
-        let rate = if elapsed > 0.0 {
-            self.requests as f64 / elapsed * 60.0
+        // A rate per minute over a shorter run would extrapolate the limiter's burst.
+        let rate = if elapsed >= 60.0 {
+            format!(" ({:.0}/min)", self.requests as f64 / elapsed * 60.0)
         } else {
-            0.0
+            String::new()
         };
         writeln!(out, "rows read:              {}", self.rows_read)?;
         writeln!(out, "  done now:             {}", self.rows_done)?;
@@ -96,11 +97,7 @@ impl Summary {
             "conversations created:  {}",
             self.conversations_created
         )?;
-        writeln!(
-            out,
-            "requests sent:          {} ({rate:.0}/min)",
-            self.requests
-        )?;
+        writeln!(out, "requests sent:          {}{rate}", self.requests)?;
         writeln!(out, "429s seen:              {}", self.rate_limited)?;
         writeln!(out, "elapsed:                {elapsed:.1} s")?;
         Ok(())
