@@ -3,7 +3,7 @@
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library; the integration tests and
 //! the benchmarks use the same modules. The pipeline reads as the modules do:
-//! [`input`] -> [`mapping`] (+ [`rowkey`]) -> [`pipeline`] -> [`api`] -> [`checkpoint`],
+//! [`input`] -> [`mapping`] (+ [`rowkey`]) -> [`pipeline`] (reader, planner, worker) -> [`api`] -> [`checkpoint`],
 //! with [`report`] telling the user what happened.
 
 pub mod api;

@@ -1,0 +1,411 @@
+//! The worker: takes one row from its customer to done, or to the reason it stopped.
+//!
+//! Every create is preceded by its durable intent in the checkpoint, and an answer that
+//! may have been lost is settled by lookup before anything is sent again. A 409 on a
+//! customer links the row to the customer that exists; a 401/403 stops the run; transient
+//! failures back off and, past the retry budget, leave the row pending.
+
+use crate::api::{ApiError, LookupField};
+use crate::checkpoint::{Change, CustomerOrigin, RowState};
+use crate::mapping::CustomerBody;
+
+use super::{
+    CustomerStep, Event, Halt, OnExistingCustomer, RowOutcome, Settlement, Shared, StopReason,
+    Work, row_change,
+};
+
+/// Takes one row from its customer to done, or to the reason it stopped.
+pub(super) async fn process_row(
+    shared: &Shared,
+    work: Work,
+    step: CustomerStep,
+) -> (Work, RowOutcome) {
+    let mut attempts = Attempts::new(shared);
+    let outcome = drive_row(shared, &work, step, &mut attempts).await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(halt) => {
+            let mut change = row_change(&work.origin, &work.plan, RowState::Pending, None, None);
+            change.attempts = attempts.requests;
+            match &halt {
+                Halt::Failed { field, reason } => {
+                    change.state = RowState::Failed;
+                    change.field = field.clone();
+                    change.error = Some(reason.clone());
+                    record_or_halt(shared, vec![Change::Row(change)]).await;
+                }
+                // A pending row keeps the state (and intent) it reached; only note why.
+                Halt::Pending(_) => {}
+            }
+            RowOutcome::Halted(halt)
+        }
+    };
+    (work, outcome)
+}
+
+async fn drive_row(
+    shared: &Shared,
+    work: &Work,
+    step: CustomerStep,
+    attempts: &mut Attempts<'_>,
+) -> Result<RowOutcome, Halt> {
+    let customer_id = match step {
+        CustomerStep::Known(id) => id,
+        CustomerStep::Create { reconcile_first } => {
+            let settled = settle_customer(shared, work, reconcile_first, attempts).await;
+            let settlement = match &settled {
+                Ok((id, origin)) => Settlement::Known(id.clone(), *origin),
+                Err(Halt::Failed { field, reason }) => Settlement::Failed {
+                    field: field.clone(),
+                    reason: reason.clone(),
+                },
+                Err(Halt::Pending(_)) => Settlement::Unsettled,
+            };
+            let _ = shared.events.send(Event::CustomerSettled {
+                customer_key: work.plan.customer_key.clone(),
+                settlement,
+            });
+            settled?.0
+        }
+    };
+    let Some(conversation) = &work.plan.conversation else {
+        let mut done = row_change(
+            &work.origin,
+            &work.plan,
+            RowState::Done,
+            Some(customer_id),
+            None,
+        );
+        done.attempts = attempts.take_requests();
+        record_or_halt(shared, vec![Change::Row(done)]).await;
+        return Ok(RowOutcome::Done {
+            conversation_created: false,
+        });
+    };
+    let mut body = conversation.clone();
+    body.customer = Some(customer_id.clone());
+    let mut intent = row_change(
+        &work.origin,
+        &work.plan,
+        RowState::ConversationSent,
+        Some(customer_id.clone()),
+        None,
+    );
+    intent.attempts = attempts.take_requests();
+    // A stop is heeded before the intent, never between the intent and its request: a
+    // drained run leaves no intent it did not act on. Between retries, the backoff heeds it.
+    attempts.check_stop()?;
+    commit_or_halt(shared, vec![Change::Row(intent)]).await?;
+    let mut unknown = work.conversation_unknown;
+    let mut refused_as_duplicate = false;
+    let conversation_id = loop {
+        if unknown {
+            let Some(external_id) = &body.external_id else {
+                return Err(Halt::Failed {
+                    field: None,
+                    reason: "the answer to an earlier conversation create was lost and the \
+                             conversation has no externalId to look it up by; not sent again, \
+                             to avoid a duplicate: check Kustomer for it"
+                        .into(),
+                });
+            };
+            attempts.requests += 1;
+            match shared.client.find_conversation(external_id).await {
+                Ok(Some(id)) => break id,
+                Ok(None) if refused_as_duplicate => {
+                    return Err(Halt::Failed {
+                        field: Some("conversation.externalId".into()),
+                        reason: format!(
+                            "conversation refused as a duplicate of {external_id:?}, \
+                             which no lookup finds"
+                        ),
+                    });
+                }
+                Ok(None) => unknown = false,
+                Err(error) => {
+                    attempts.after_failure(&error).await?;
+                    continue;
+                }
+            }
+        }
+        attempts.requests += 1;
+        match shared.client.create_conversation(&body).await {
+            Ok(id) => break id,
+            Err(ApiError::Rejected { status, message }) => {
+                return Err(refusal(shared, "conversation", status, message));
+            }
+            // An API that refuses repeated conversation externalIds says the conversation
+            // exists: an earlier attempt's answer was lost after all. Find it.
+            Err(ApiError::Duplicate { message }) if body.external_id.is_some() => {
+                unknown = true;
+                refused_as_duplicate = true;
+                tracing::debug!("conversation create answered 409 ({message}); looking it up");
+            }
+            Err(ApiError::Duplicate { message }) => {
+                return Err(Halt::Failed {
+                    field: None,
+                    reason: format!("conversation refused as a duplicate: {message}"),
+                });
+            }
+            Err(error) => {
+                unknown |= error.maybe_applied();
+                attempts.after_failure(&error).await?;
+            }
+        }
+    };
+    let mut done = row_change(
+        &work.origin,
+        &work.plan,
+        RowState::Done,
+        Some(customer_id),
+        Some(conversation_id),
+    );
+    done.attempts = attempts.take_requests();
+    record_or_halt(shared, vec![Change::Row(done)]).await;
+    Ok(RowOutcome::Done {
+        conversation_created: true,
+    })
+}
+
+/// Creates the row's customer (or finds the one an earlier lost answer created, or the one
+/// that already existed), recording the intent first and the id after.
+async fn settle_customer(
+    shared: &Shared,
+    work: &Work,
+    reconcile_first: bool,
+    attempts: &mut Attempts<'_>,
+) -> Result<(String, CustomerOrigin), Halt> {
+    let plan = &work.plan;
+    let customer = &plan.customer;
+    let mut intent = row_change(&work.origin, plan, RowState::CustomerSent, None, None);
+    intent.attempts = attempts.take_requests();
+    attempts.check_stop()?;
+    commit_or_halt(
+        shared,
+        vec![
+            Change::CustomerSent {
+                customer_key: plan.customer_key.clone(),
+                external_id: customer.external_id.clone(),
+                email: customer.emails.first().map(|e| e.email.clone()),
+                phone: customer.phones.first().map(|p| p.phone.clone()),
+            },
+            Change::Row(intent),
+        ],
+    )
+    .await?;
+    let mut unknown = reconcile_first;
+    let (id, origin) = loop {
+        if unknown {
+            match find_customer(shared, customer, attempts).await {
+                Ok(Some(id)) => break (id, CustomerOrigin::Reconciled),
+                Ok(None) => unknown = false,
+                Err(error) => {
+                    attempts.after_failure(&error).await?;
+                    continue;
+                }
+            }
+        }
+        attempts.requests += 1;
+        match shared.client.create_customer(customer).await {
+            Ok(id) => break (id, CustomerOrigin::Created),
+            Err(ApiError::Duplicate { message }) => {
+                break link_existing(shared, customer, &message, attempts).await?;
+            }
+            Err(ApiError::Rejected { status, message }) => {
+                return Err(refusal(shared, "customer", status, message));
+            }
+            Err(error) => {
+                unknown |= error.maybe_applied();
+                attempts.after_failure(&error).await?;
+            }
+        }
+    };
+    let mut resolved = row_change(
+        &work.origin,
+        plan,
+        RowState::CustomerOk,
+        Some(id.clone()),
+        None,
+    );
+    resolved.attempts = attempts.take_requests();
+    // Waited for: rows of this customer read next look its id up in the checkpoint.
+    commit_or_halt(
+        shared,
+        vec![
+            Change::CustomerResolved {
+                customer_key: plan.customer_key.clone(),
+                customer_id: id.clone(),
+                origin,
+            },
+            Change::Row(resolved),
+        ],
+    )
+    .await?;
+    Ok((id, origin))
+}
+
+/// After a 409: finds the customer that holds the row's externalId, email or phone.
+async fn link_existing(
+    shared: &Shared,
+    customer: &CustomerBody,
+    message: &str,
+    attempts: &mut Attempts<'_>,
+) -> Result<(String, CustomerOrigin), Halt> {
+    loop {
+        match find_customer(shared, customer, attempts).await {
+            Ok(Some(id)) => {
+                return match shared.settings.on_existing_customer {
+                    OnExistingCustomer::Link => Ok((id, CustomerOrigin::Linked)),
+                    OnExistingCustomer::Fail => Err(Halt::Failed {
+                        field: None,
+                        reason: format!(
+                            "the customer already exists in Kustomer as {id} \
+                             (--on-existing-customer fail)"
+                        ),
+                    }),
+                };
+            }
+            Ok(None) => {
+                return Err(Halt::Failed {
+                    field: None,
+                    reason: format!(
+                        "customer refused as a duplicate ({message}) but no lookup by \
+                         externalId, email or phone finds it"
+                    ),
+                });
+            }
+            Err(error) => attempts.after_failure(&error).await?,
+        }
+    }
+}
+
+/// Looks a customer up by externalId, then each email, then each phone.
+async fn find_customer(
+    shared: &Shared,
+    customer: &CustomerBody,
+    attempts: &mut Attempts<'_>,
+) -> Result<Option<String>, ApiError> {
+    let keys = customer
+        .external_id
+        .iter()
+        .map(|id| (LookupField::ExternalId, id.as_str()))
+        .chain(
+            customer
+                .emails
+                .iter()
+                .map(|e| (LookupField::Email, e.email.as_str())),
+        )
+        .chain(
+            customer
+                .phones
+                .iter()
+                .map(|p| (LookupField::Phone, p.phone.as_str())),
+        );
+    for (field, value) in keys {
+        attempts.requests += 1;
+        if let Some(id) = shared.client.find_customer(field, value).await? {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+/// A row's retry budget and request count.
+struct Attempts<'a> {
+    shared: &'a Shared,
+    failures: u32,
+    /// Requests sent for the row and not yet added to the checkpoint's count.
+    requests: u32,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(shared: &'a Shared) -> Attempts<'a> {
+        Attempts {
+            shared,
+            failures: 0,
+            requests: 0,
+        }
+    }
+
+    fn take_requests(&mut self) -> u32 {
+        std::mem::take(&mut self.requests)
+    }
+
+    fn check_stop(&self) -> Result<(), Halt> {
+        if self.shared.stop.soft.is_cancelled() {
+            Err(Halt::Pending("the run is stopping".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// After a failed call: waits out the backoff and says to try again, or stops the row.
+    async fn after_failure(&mut self, error: &ApiError) -> Result<(), Halt> {
+        match error {
+            ApiError::Unauthorized { status, message } => {
+                self.shared
+                    .halt_run(StopReason::Unauthorized(format!("{status}: {message}")));
+                Err(Halt::Pending(format!("the API refused the key ({status})")))
+            }
+            ApiError::Rejected { status, message } => Err(Halt::Failed {
+                field: None,
+                reason: format!("refused ({status}): {message}"),
+            }),
+            ApiError::Duplicate { message } => Err(Halt::Failed {
+                field: None,
+                reason: format!("duplicate: {message}"),
+            }),
+            ApiError::Transient { reason, .. } => {
+                self.failures += 1;
+                if self.failures > self.shared.settings.max_retries {
+                    return Err(Halt::Pending(format!(
+                        "gave up after {} attempts: {reason}",
+                        self.failures
+                    )));
+                }
+                tracing::debug!("retrying after: {reason}");
+                let mut delay = self.shared.settings.backoff.delay(self.failures - 1);
+                if error.maybe_applied() {
+                    // The next attempt starts with a lookup: give a write that is still in
+                    // progress (or an index that lags) time to show, or it is sent twice.
+                    delay = delay.max(self.shared.settings.reconcile_delay);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => Ok(()),
+                    _ = self.shared.stop.soft.cancelled() => {
+                        Err(Halt::Pending("the run is stopping".into()))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a 4xx refusal of a create means. 404 and 405 say the URL is wrong, not the row:
+/// the run stops (configuration) with the row pending, rather than failing every row.
+fn refusal(shared: &Shared, record: &str, status: u16, message: String) -> Halt {
+    if matches!(status, 404 | 405) {
+        shared.halt_run(StopReason::Endpoint(format!(
+            "creating a {record} answered {status} ({message}): is the base URL right?"
+        )));
+        Halt::Pending(format!("the API answered {status}"))
+    } else {
+        Halt::Failed {
+            field: None,
+            reason: format!("{record} refused ({status}): {message}"),
+        }
+    }
+}
+
+async fn commit_or_halt(shared: &Shared, changes: Vec<Change>) -> Result<(), Halt> {
+    shared.writer.commit(changes).await.map_err(|error| {
+        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+        Halt::Pending(format!("the checkpoint could not be written: {error}"))
+    })
+}
+
+async fn record_or_halt(shared: &Shared, changes: Vec<Change>) {
+    if let Err(error) = shared.writer.record(changes).await {
+        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+    }
+}
