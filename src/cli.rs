@@ -41,8 +41,58 @@ pub enum Command {
     /// Import export files into Kustomer (or into the built-in sandbox with --sandbox).
     #[command(after_help = EXIT_CODES)]
     Import(ImportArgs),
+    /// Show where an import stands: rows by file and state, failures by reason, customers,
+    /// the last runs, and whether a run is going on now.
+    Status(StatusArgs),
+    /// Write the id map: one line per row with its Kustomer customer and conversation ids.
+    Export(ExportArgs),
     /// Run the local sandbox of the Kustomer API until Ctrl-C.
     Sandbox(SandboxArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The checkpoint to read.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_CHECKPOINT",
+        default_value = "kustomer-import.sqlite"
+    )]
+    pub checkpoint: PathBuf,
+
+    /// One JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The checkpoint to read.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_CHECKPOINT",
+        default_value = "kustomer-import.sqlite"
+    )]
+    pub checkpoint: PathBuf,
+
+    /// csv (with a header) or jsonl.
+    #[arg(long, value_enum, default_value_t = FormatArg::Csv)]
+    pub format: FormatArg,
+
+    /// Which rows to write.
+    #[arg(long, value_enum, default_value_t = StateArg::Done)]
+    pub state: StateArg,
+
+    /// Where to write [default: stdout].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    Done,
+    Failed,
+    All,
 }
 
 /// The API key is read from KUSTOMER_API_KEY only: never a flag, so that it shows in no

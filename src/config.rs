@@ -9,8 +9,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::cli::{FormatArg, ImportArgs, OnExistingArg, SandboxArgs};
+use crate::cli::{ExportArgs, FormatArg, ImportArgs, OnExistingArg, SandboxArgs, StateArg};
 use kustomer_import::api::Backoff;
+use kustomer_import::checkpoint::inspect::StateFilter;
 use kustomer_import::input::{InputError, InputFormat, InputSource};
 use kustomer_import::pipeline::{ImportSettings, OnExistingCustomer};
 use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
@@ -178,6 +179,29 @@ pub fn checked_base_url(raw: &str, allow_insecure_http: bool) -> Result<Url, Con
             url: raw.to_string(),
             reason: format!("scheme {other:?} is not http or https"),
         }),
+    }
+}
+
+/// What `export` writes, and where.
+#[derive(Debug)]
+pub struct ExportConfig {
+    pub checkpoint: PathBuf,
+    pub jsonl: bool,
+    pub filter: StateFilter,
+    /// None: stdout.
+    pub output: Option<PathBuf>,
+}
+
+pub fn export_config(args: ExportArgs) -> ExportConfig {
+    ExportConfig {
+        checkpoint: args.checkpoint,
+        jsonl: args.format == FormatArg::Jsonl,
+        filter: match args.state {
+            StateArg::Done => StateFilter::Done,
+            StateArg::Failed => StateFilter::Failed,
+            StateArg::All => StateFilter::All,
+        },
+        output: args.output,
     }
 }
 

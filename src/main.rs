@@ -21,6 +21,8 @@ fn main() -> ExitCode {
             let api_key = std::env::var(config::API_KEY_VAR).ok();
             config::import_config(args, api_key).map(commands::import::run)
         }
+        Command::Status(args) => Ok(commands::status::run(&args.checkpoint, args.json)),
+        Command::Export(args) => Ok(commands::export::run(config::export_config(args))),
         Command::Sandbox(args) => {
             config::sandbox_config(&args).map(|(config, port)| commands::sandbox::run(config, port))
         }
@@ -30,6 +32,8 @@ fn main() -> ExitCode {
             eprintln!("error: {usage}");
             Exit::Usage
         }
+        // The reader of our stdout went away (`| head`): nothing is wrong.
+        Ok(Err(error)) if is_broken_pipe(&error) => Exit::Success,
         Ok(Err(error)) => {
             eprintln!("error: {error:#}");
             Exit::Usage
@@ -37,6 +41,17 @@ fn main() -> ExitCode {
         Ok(Ok(exit)) => exit,
     };
     exit.into()
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<csv::Error>()
+                .is_some_and(|csv| matches!(csv.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe))
+    })
 }
 
 /// Human log lines on stderr; `-v`/`-q` or RUST_LOG pick the level; colour only on a

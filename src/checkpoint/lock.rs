@@ -82,6 +82,25 @@ impl RunLock {
     }
 }
 
+/// Who holds the checkpoint's lock right now, if anyone, without taking it: a shared lock
+/// is refused while a run holds the exclusive one.
+pub fn current_holder(checkpoint: &Path) -> std::io::Result<Option<LockHolder>> {
+    let mut file = match File::open(lock_path(checkpoint)) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(None),
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            Ok(Some(parse_holder(&text)))
+        }
+        Err(TryLockError::Error(error)) => Err(error),
+    }
+}
+
 fn parse_holder(text: &str) -> LockHolder {
     let mut holder = LockHolder::default();
     for line in text.lines() {
@@ -119,7 +138,12 @@ mod tests {
             }
             other => panic!("expected Locked, got {:?}", other.map(|_| ())),
         }
+        assert_eq!(
+            current_holder(&checkpoint).unwrap().and_then(|h| h.pid),
+            Some(std::process::id())
+        );
         drop(first);
+        assert_eq!(current_holder(&checkpoint).unwrap(), None);
         RunLock::acquire(&checkpoint).unwrap();
     }
 }

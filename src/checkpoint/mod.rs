@@ -7,6 +7,7 @@
 //! file readable by its owner only (it holds customers' emails and phones), and applies the
 //! migrations in `migrations/`.
 
+pub mod inspect;
 pub mod lock;
 pub mod writer;
 
@@ -17,6 +18,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+pub use self::inspect::{CheckpointReader, ExportRow, Status};
 pub use self::lock::{LockHolder, RunLock};
 pub use self::writer::{Change, CheckpointWriter, CustomerOrigin, RowChange, WriterHandle};
 
@@ -106,7 +108,10 @@ pub struct RunCounts {
     pub requests: u64,
 }
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/001-initial/up.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/001-initial/up.sql"),
+    include_str!("../../migrations/002-rows-by-file/up.sql"),
+];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
 /// through the [`CheckpointWriter`] from [`Checkpoint::start_writer`].

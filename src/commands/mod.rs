@@ -1,8 +1,10 @@
 //! One file per command, each taking validated settings from `config.rs` and returning the
 //! process's exit status.
 
+pub mod export;
 pub mod import;
 pub mod sandbox;
+pub mod status;
 
 /// The exit codes, as `--help` and README.md document them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,3 +7,4 @@ mod harness;
 mod faults;
 mod foreign;
 mod import;
+mod operate;

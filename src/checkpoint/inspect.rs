@@ -1,0 +1,363 @@
+//! Reading a checkpoint without importing: the counts `status` shows and the rows `export`
+//! streams. It opens the file read-only and takes no lock, so it works while a run goes on
+//! (a WAL reader sees the last commit).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+use super::CheckpointError;
+use super::lock::{LockHolder, current_holder};
+
+/// The version of the `status --json` and `export --format jsonl` shapes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Row counts of one input file (or of all of them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RowCounts {
+    pub rows: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Not started, or the customer is known and the conversation not yet sent.
+    pub pending: u64,
+    /// A create left and its answer was never recorded: the next run looks it up.
+    pub unknown: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileCounts {
+    pub file: String,
+    #[serde(flatten)]
+    pub counts: RowCounts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub rows: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CustomerCounts {
+    pub created: u64,
+    pub linked: u64,
+    pub reconciled: u64,
+    /// A create left and its answer was never recorded.
+    pub unknown: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub pid: i64,
+    pub host: String,
+    pub args: String,
+    pub rows_read: Option<i64>,
+    pub rows_done: Option<i64>,
+    pub rows_failed: Option<i64>,
+    pub rows_pending: Option<i64>,
+    pub requests: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ActiveRun {
+    pub pid: Option<u32>,
+    pub host: Option<String>,
+    pub started_at: Option<String>,
+}
+
+/// Everything `status` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub version: u32,
+    pub checkpoint: String,
+    /// The run holding the checkpoint now, if any.
+    pub active_run: Option<ActiveRun>,
+    pub files: Vec<FileCounts>,
+    pub total: RowCounts,
+    /// Failed rows by reason, quoted values folded so that like reasons count together.
+    pub failed_by_reason: Vec<ReasonCount>,
+    pub customers: CustomerCounts,
+    /// The latest runs, newest first.
+    pub runs: Vec<RunRecord>,
+}
+
+/// One line of `export`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExportRow {
+    pub file: String,
+    pub line: i64,
+    pub row_key: String,
+    pub customer_external_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub state: String,
+    /// How the row's customer came to be: created, linked or reconciled.
+    pub customer: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Which rows `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFilter {
+    Done,
+    Failed,
+    All,
+}
+
+/// A checkpoint opened for reading only.
+pub struct CheckpointReader {
+    path: PathBuf,
+    connection: Connection,
+}
+
+/// How many runs `status` lists.
+const RUNS_LISTED: usize = 10;
+
+impl CheckpointReader {
+    /// Opens an existing checkpoint read-only.
+    pub fn open(path: &Path) -> Result<CheckpointReader, CheckpointError> {
+        if !path.exists() {
+            return Err(CheckpointError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such checkpoint"),
+            });
+        }
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| CheckpointError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(CheckpointReader {
+            path: path.to_path_buf(),
+            connection,
+        })
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> CheckpointError {
+        CheckpointError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The counts `status` shows.
+    pub fn status(&self) -> Result<Status, CheckpointError> {
+        let active_run = current_holder(&self.path)
+            .map_err(|source| CheckpointError::Io {
+                path: self.path.clone(),
+                source,
+            })?
+            .map(
+                |LockHolder {
+                     pid,
+                     host,
+                     started_at,
+                 }| ActiveRun {
+                    pid,
+                    host,
+                    started_at,
+                },
+            );
+        let files = self.file_counts().map_err(|e| self.sqlite(e))?;
+        let mut total = RowCounts::default();
+        for file in &files {
+            total.rows += file.counts.rows;
+            total.done += file.counts.done;
+            total.failed += file.counts.failed;
+            total.pending += file.counts.pending;
+            total.unknown += file.counts.unknown;
+        }
+        Ok(Status {
+            version: SCHEMA_VERSION,
+            checkpoint: self.path.display().to_string(),
+            active_run,
+            files,
+            total,
+            failed_by_reason: self.failed_by_reason().map_err(|e| self.sqlite(e))?,
+            customers: self.customer_counts().map_err(|e| self.sqlite(e))?,
+            runs: self.runs().map_err(|e| self.sqlite(e))?,
+        })
+    }
+
+    fn file_counts(&self) -> rusqlite::Result<Vec<FileCounts>> {
+        let mut statement = self.connection.prepare(
+            "SELECT source_file, count(*),
+                    sum(state = 'done'), sum(state = 'failed'),
+                    sum(state IN ('pending', 'customer_ok')),
+                    sum(state IN ('customer_sent', 'conversation_sent'))
+             FROM rows GROUP BY source_file ORDER BY source_file",
+        )?;
+        statement
+            .query_map([], |row| {
+                let count = |index| row.get::<_, i64>(index).map(|n| n.max(0) as u64);
+                Ok(FileCounts {
+                    file: row.get(0)?,
+                    counts: RowCounts {
+                        rows: count(1)?,
+                        done: count(2)?,
+                        failed: count(3)?,
+                        pending: count(4)?,
+                        unknown: count(5)?,
+                    },
+                })
+            })?
+            .collect()
+    }
+
+    fn failed_by_reason(&self) -> rusqlite::Result<Vec<ReasonCount>> {
+        let mut statement = self.connection.prepare(
+            "SELECT coalesce(field || ': ', '') || coalesce(last_error, 'no reason recorded'),
+                    count(*)
+             FROM rows WHERE state = 'failed' GROUP BY 1",
+        )?;
+        let mut folded: BTreeMap<String, u64> = BTreeMap::new();
+        for row in statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })? {
+            let (reason, rows) = row?;
+            *folded.entry(fold_quoted(&reason)).or_default() += rows.max(0) as u64;
+        }
+        let mut reasons: Vec<ReasonCount> = folded
+            .into_iter()
+            .map(|(reason, rows)| ReasonCount { reason, rows })
+            .collect();
+        reasons.sort_by(|a, b| b.rows.cmp(&a.rows).then_with(|| a.reason.cmp(&b.reason)));
+        Ok(reasons)
+    }
+
+    fn customer_counts(&self) -> rusqlite::Result<CustomerCounts> {
+        let mut counts = CustomerCounts::default();
+        let mut statement = self
+            .connection
+            .prepare("SELECT state, count(*) FROM customers GROUP BY state")?;
+        for row in statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })? {
+            let (state, count) = row?;
+            let count = count.max(0) as u64;
+            match state.as_str() {
+                "created" => counts.created = count,
+                "linked" => counts.linked = count,
+                "reconciled" => counts.reconciled = count,
+                _ => counts.unknown += count,
+            }
+        }
+        Ok(counts)
+    }
+
+    fn runs(&self) -> rusqlite::Result<Vec<RunRecord>> {
+        let mut statement = self.connection.prepare(
+            "SELECT id, started_at, ended_at, exit_code, pid, host, args, rows_read, rows_done,
+                    rows_failed, rows_pending, requests
+             FROM runs ORDER BY id DESC LIMIT ?1",
+        )?;
+        statement
+            .query_map([RUNS_LISTED as i64], |row| {
+                Ok(RunRecord {
+                    id: row.get(0)?,
+                    started_at: row.get(1)?,
+                    ended_at: row.get(2)?,
+                    exit_code: row.get(3)?,
+                    pid: row.get(4)?,
+                    host: row.get(5)?,
+                    args: row.get(6)?,
+                    rows_read: row.get(7)?,
+                    rows_done: row.get(8)?,
+                    rows_failed: row.get(9)?,
+                    rows_pending: row.get(10)?,
+                    requests: row.get(11)?,
+                })
+            })?
+            .collect()
+    }
+
+    /// Calls `write` for every row in the filter, file by file in line order, one row in
+    /// memory at a time. Returns how many rows were written.
+    pub fn export<E>(
+        &self,
+        filter: StateFilter,
+        mut write: impl FnMut(&ExportRow) -> Result<(), E>,
+    ) -> Result<Result<u64, E>, CheckpointError> {
+        let state = match filter {
+            StateFilter::Done => "done",
+            StateFilter::Failed => "failed",
+            StateFilter::All => "",
+        };
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT r.source_file, r.line, r.row_key, c.external_id, r.customer_id,
+                        r.conversation_id, r.state, c.state,
+                        coalesce(r.field || ': ', '') || r.last_error
+                 FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
+                 WHERE ?1 = '' OR r.state = ?1
+                 ORDER BY r.source_file, r.line",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let mut rows = statement.query([state]).map_err(|e| self.sqlite(e))?;
+        let mut written = 0;
+        while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
+            let read = || -> rusqlite::Result<ExportRow> {
+                let customer_state: Option<String> = row.get(7)?;
+                Ok(ExportRow {
+                    file: row.get(0)?,
+                    line: row.get(1)?,
+                    row_key: row.get(2)?,
+                    customer_external_id: row.get(3)?,
+                    customer_id: row.get(4)?,
+                    conversation_id: row.get(5)?,
+                    state: row.get(6)?,
+                    customer: customer_state.filter(|state| state != "sent"),
+                    error: row.get(8)?,
+                })
+            };
+            let export_row = read().map_err(|e| self.sqlite(e))?;
+            if let Err(error) = write(&export_row) {
+                return Ok(Err(error));
+            }
+            written += 1;
+        }
+        Ok(Ok(written))
+    }
+}
+
+/// Replaces each quoted value in a reason by `"…"`, so `"a@" is not an email address` and
+/// `"b@" is not an email address` count as one reason.
+fn fold_quoted(reason: &str) -> String {
+    let mut folded = String::with_capacity(reason.len());
+    let mut inside = false;
+    for c in reason.chars() {
+        if c == '"' {
+            if !inside {
+                folded.push_str("\"…\"");
+            }
+            inside = !inside;
+        } else if !inside {
+            folded.push(c);
+        }
+    }
+    folded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_fold_together() {
+        assert_eq!(
+            fold_quoted(r#"emails[0].email: "x@" is not an email address"#),
+            r#"emails[0].email: "…" is not an email address"#
+        );
+        assert_eq!(fold_quoted("no quotes"), "no quotes");
+    }
+}

@@ -1,0 +1,107 @@
+//! `kustomer-import status`: where an import stands, read from its checkpoint (also while a
+//! run goes on), as a table or one JSON object.
+
+use std::io::Write;
+use std::path::Path;
+
+use kustomer_import::checkpoint::{CheckpointReader, Status};
+
+use super::Exit;
+
+pub fn run(checkpoint: &Path, json: bool) -> anyhow::Result<Exit> {
+    let status = match CheckpointReader::open(checkpoint).and_then(|reader| reader.status()) {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(Exit::Usage);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &status)?;
+        writeln!(out)?;
+    } else {
+        write_table(&mut out, &status)?;
+    }
+    out.flush()?;
+    Ok(Exit::Success)
+}
+
+fn write_table(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
+    writeln!(out, "checkpoint: {}", status.checkpoint)?;
+    match &status.active_run {
+        Some(run) => writeln!(
+            out,
+            "a run is going on now: pid {} on {}, started {}",
+            run.pid.map_or("?".into(), |pid| pid.to_string()),
+            run.host.as_deref().unwrap_or("?"),
+            run.started_at.as_deref().unwrap_or("?"),
+        )?,
+        None => writeln!(out, "no run is going on now")?,
+    }
+    writeln!(out)?;
+    let width = status
+        .files
+        .iter()
+        .map(|file| file.file.chars().count())
+        .chain([5])
+        .max()
+        .unwrap_or(5);
+    writeln!(
+        out,
+        "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}",
+        "file", "rows", "done", "failed", "pending", "unknown"
+    )?;
+    let rows = status
+        .files
+        .iter()
+        .map(|file| (file.file.as_str(), &file.counts))
+        .chain([("total", &status.total)]);
+    for (name, counts) in rows {
+        writeln!(
+            out,
+            "{name:<width$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}",
+            counts.rows, counts.done, counts.failed, counts.pending, counts.unknown
+        )?;
+    }
+    if status.total.unknown > 0 {
+        writeln!(
+            out,
+            "(unknown: a create left and its answer was not recorded; the next run looks it up)"
+        )?;
+    }
+    if !status.failed_by_reason.is_empty() {
+        writeln!(out, "\nfailed rows by reason:")?;
+        for reason in &status.failed_by_reason {
+            writeln!(out, "{:>8}  {}", reason.rows, reason.reason)?;
+        }
+    }
+    let customers = &status.customers;
+    writeln!(
+        out,
+        "\ncustomers: {} created, {} linked (already in Kustomer), {} reconciled, {} unknown",
+        customers.created, customers.linked, customers.reconciled, customers.unknown
+    )?;
+    if !status.runs.is_empty() {
+        writeln!(out, "\nlast runs (newest first):")?;
+        for run in &status.runs {
+            let ended = match (&run.ended_at, run.exit_code) {
+                (Some(ended), Some(code)) => format!("ended {ended}, exit {code}"),
+                _ => "did not finish (killed, or going on now)".to_string(),
+            };
+            let count = |value: Option<i64>| value.map_or("-".to_string(), |n| n.to_string());
+            writeln!(
+                out,
+                "  #{} started {}, {ended}: read {}, done {}, failed {}, pending {}, requests {}",
+                run.id,
+                run.started_at,
+                count(run.rows_read),
+                count(run.rows_done),
+                count(run.rows_failed),
+                count(run.rows_pending),
+                count(run.requests),
+            )?;
+        }
+    }
+    Ok(())
+}

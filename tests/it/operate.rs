@@ -1,0 +1,148 @@
+//! Operating imports: `status` and `export` over a checkpoint with rows in every state.
+
+use kustomer_import::checkpoint::RunLock;
+
+use crate::harness::*;
+
+/// The CSV sample imported, then two rows made pending and two unknown (as a run killed
+/// between intent and answer leaves them).
+fn checkpoint_in_every_state(env: &TestEnv) -> String {
+    let sample = sample("tickets.csv");
+    let sample = sample.to_str().unwrap().to_string();
+    env.import(&[&sample]).assert_code(1);
+    let checkpoint = rusqlite::Connection::open(env.path("kustomer-import.sqlite")).unwrap();
+    checkpoint
+        .execute(
+            "UPDATE rows SET state = 'pending', conversation_id = NULL WHERE line IN (2, 3)",
+            [],
+        )
+        .unwrap();
+    checkpoint
+        .execute(
+            "UPDATE rows SET state = 'conversation_sent', conversation_id = NULL WHERE line IN (4, 8)",
+            [],
+        )
+        .unwrap();
+    sample
+}
+
+fn binary_output(env: &TestEnv, args: &[&str]) -> Run {
+    let mut command = std::process::Command::new(binary());
+    command.current_dir(env.dir.path()).args(args);
+    run(command)
+}
+
+#[test]
+fn status_counts_rows_in_every_state_and_lists_the_runs() {
+    let env = TestEnv::plain();
+    let sample = checkpoint_in_every_state(&env);
+    let run = binary_output(&env, &["status", "--json"]);
+    run.assert_code(0);
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(status["version"], 1);
+    assert_eq!(
+        status["files"],
+        serde_json::json!([{"file": sample, "rows": 56, "done": 47, "failed": 5, "pending": 2, "unknown": 2}])
+    );
+    assert_eq!(status["customers"]["created"], 21);
+    assert_eq!(status["active_run"], serde_json::Value::Null);
+    let reasons: u64 = status["failed_by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(reasons, 5);
+    // A second run finishes the four rows; status lists both runs, newest first.
+    env.import(&[&sample]).assert_code(1);
+    let status: serde_json::Value =
+        serde_json::from_str(&binary_output(&env, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["total"]["done"], 51);
+    let runs = status["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["id"], 2);
+    assert_eq!(runs[0]["exit_code"], 1);
+    assert_eq!(runs[0]["rows_done"], 51);
+    assert!(!runs[0]["args"].as_str().unwrap().contains(KEY));
+    // The table says the same in words.
+    let table = binary_output(&env, &["status"]).stdout;
+    assert!(table.contains("no run is going on now"), "{table}");
+    assert!(table.contains("#2 started"), "{table}");
+}
+
+#[test]
+fn status_names_a_run_going_on_now() {
+    let env = TestEnv::plain();
+    checkpoint_in_every_state(&env);
+    let _held = RunLock::acquire(&env.path("kustomer-import.sqlite")).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&binary_output(&env, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["active_run"]["pid"], std::process::id());
+}
+
+#[test]
+fn export_writes_every_row_once_with_its_ids() {
+    let env = TestEnv::plain();
+    checkpoint_in_every_state(&env);
+    let run = binary_output(&env, &["export", "--state", "all"]);
+    run.assert_code(0);
+    let mut reader = csv::Reader::from_reader(run.stdout.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    assert_eq!(
+        header.iter().collect::<Vec<_>>(),
+        [
+            "file",
+            "line",
+            "row_key",
+            "customer_external_id",
+            "customer_id",
+            "conversation_id",
+            "state",
+            "customer",
+            "error"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let mut lines: Vec<u64> = rows.iter().map(|r| r[1].parse().unwrap()).collect();
+    lines.dedup();
+    assert_eq!(lines.len(), 56, "each input row once");
+    // Every done row carries the sandbox's ids.
+    let records = env.records();
+    let conversations: std::collections::HashSet<&str> = records
+        .conversations
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
+    for row in rows.iter().filter(|r| &r[6] == "done") {
+        // The customer-only row (line 57) has a customer and no conversation.
+        assert!(conversations.contains(&row[5]) || &row[1] == "57", "{row:?}");
+        assert!(!row[4].is_empty(), "{row:?}");
+        assert_eq!(&row[7], "created");
+    }
+    let failed = binary_output(&env, &["export", "--state", "failed", "--format", "jsonl"]);
+    let failed_lines: Vec<u64> = failed
+        .stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["line"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(failed_lines, [23, 33, 40, 41, 58]);
+    let written = binary_output(&env, &["export", "-o", "ids.csv"]);
+    written.assert_code(0);
+    assert!(
+        written.stderr.contains("47 rows written"),
+        "{}",
+        written.stderr
+    );
+}
+
+#[test]
+fn status_of_a_missing_checkpoint_is_a_usage_error() {
+    let env = TestEnv::plain();
+    let run = binary_output(&env, &["status"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("no such checkpoint"), "{}", run.stderr);
+}
