@@ -34,6 +34,16 @@ pub struct Cli {
     /// Less log output (-q: warnings and errors only).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub quiet: u8,
+
+    /// Log lines for people (text) or for log shippers (json, one object a line).
+    #[arg(long, env = "KUSTOMER_IMPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +58,13 @@ pub enum Command {
     Export(ExportArgs),
     /// Run the local sandbox of the Kustomer API until Ctrl-C.
     Sandbox(SandboxArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `kustomer-import man > kustomer-import.1`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +166,10 @@ pub struct ImportArgs {
     /// Where failed rows go [default: beside the checkpoint, <checkpoint>.errors.csv].
     #[arg(long, env = "KUSTOMER_IMPORT_ERRORS", value_name = "PATH")]
     pub errors: Option<PathBuf>,
+
+    /// Print one JSON summary object on stdout at the end (see README), and nothing else.
+    #[arg(long, env = "KUSTOMER_IMPORT_JSON")]
+    pub json: bool,
 
     /// No progress bar, even on a terminal.
     #[arg(long, env = "KUSTOMER_IMPORT_NO_PROGRESS")]

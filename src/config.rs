@@ -63,6 +63,8 @@ pub struct ImportConfig {
     pub rate_window: Duration,
     pub timeout: Duration,
     pub progress: bool,
+    /// The summary as one JSON object on stdout.
+    pub json: bool,
 }
 
 /// Builds the import's settings from its flags and the key from the environment.
@@ -134,6 +136,7 @@ pub fn import_config(
         rate_window,
         timeout: positive_seconds(args.timeout, "--timeout")?,
         progress: !args.no_progress,
+        json: args.json,
     })
 }
 

@@ -8,14 +8,14 @@ mod config;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, LogFormat};
 use commands::Exit;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.log_format);
     let result = match cli.command {
         Command::Import(args) => {
             let api_key = std::env::var(config::API_KEY_VAR).ok();
@@ -23,6 +23,19 @@ fn main() -> ExitCode {
         }
         Command::Status(args) => Ok(commands::status::run(&args.checkpoint, args.json)),
         Command::Export(args) => Ok(commands::export::run(config::export_config(args))),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kustomer-import",
+                &mut std::io::stdout(),
+            );
+            Ok(Ok(Exit::Success))
+        }
+        Command::Man => Ok(clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map(|()| Exit::Success)
+            .map_err(anyhow::Error::from)),
         Command::Sandbox(args) => {
             config::sandbox_config(&args).map(|(config, port)| commands::sandbox::run(config, port))
         }
@@ -54,9 +67,9 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Human log lines on stderr; `-v`/`-q` or RUST_LOG pick the level; colour only on a
-/// terminal and never with NO_COLOR.
-fn init_logging(verbose: u8, quiet: u8) {
+/// Log lines on stderr, for people or (`--log-format json`) for log shippers; `-v`/`-q`
+/// or RUST_LOG pick the level; colour only on a terminal and never with NO_COLOR.
+fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     let level = match (verbose, quiet) {
         (0, 0) => "info",
         (_, q) if q > 0 => "warn",
@@ -66,11 +79,15 @@ fn init_logging(verbose: u8, quiet: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("warn,kustomer_import={level}"))
     });
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init()
+        }
+    }
 }

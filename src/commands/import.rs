@@ -132,7 +132,20 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
 
     let exit = exit_status(&summary, &stop);
     let mut out = std::io::stdout().lock();
-    summary.write_human(&mut out)?;
+    if config.json {
+        let report = JsonSummary {
+            version: JSON_SUMMARY_VERSION,
+            exit_code: exit as i32,
+            stopped_because: stop_words(&stop),
+            checkpoint: config.checkpoint.display().to_string(),
+            errors_file: errors_path.display().to_string(),
+            summary: &summary,
+        };
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        summary.write_human(&mut out)?;
+    }
     out.flush()?;
     explain(&stop, exit, errors_written, &errors_path, &summary);
     checkpoint.end_run(
@@ -150,6 +163,34 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
         sandbox.shutdown().await;
     }
     Ok(exit)
+}
+
+/// The version of the `--json` summary's shape (README, "Running it from cron").
+const JSON_SUMMARY_VERSION: u32 = 1;
+
+/// What `import --json` prints: the summary's counts, flattened, and how the run ended.
+#[derive(serde::Serialize)]
+struct JsonSummary<'a> {
+    version: u32,
+    exit_code: i32,
+    /// finished, interrupted, unauthorized, api_unavailable, endpoint, input, checkpoint.
+    stopped_because: &'static str,
+    checkpoint: String,
+    errors_file: String,
+    #[serde(flatten)]
+    summary: &'a Summary,
+}
+
+fn stop_words(stop: &StopReason) -> &'static str {
+    match stop {
+        StopReason::Finished => "finished",
+        StopReason::Interrupted => "interrupted",
+        StopReason::Unauthorized(_) => "unauthorized",
+        StopReason::ApiUnavailable(_) => "api_unavailable",
+        StopReason::Endpoint(_) => "endpoint",
+        StopReason::Input(_) => "input",
+        StopReason::Checkpoint(_) => "checkpoint",
+    }
 }
 
 /// The exit status a run's outcome maps to.
@@ -174,30 +215,30 @@ fn explain(
     errors_path: &std::path::Path,
     summary: &Summary,
 ) {
+    // Through tracing, so that with --log-format json every line on stderr is JSON.
     match stop {
-        StopReason::Unauthorized(message) => eprintln!(
-            "error: the API refused the key ({message}). Check KUSTOMER_API_KEY, its roles and \
+        StopReason::Unauthorized(message) => tracing::error!(
+            "the API refused the key ({message}). Check KUSTOMER_API_KEY, its roles and \
              the base URL's region; no row was marked failed for it, and the same command \
              resumes once the key works."
         ),
         StopReason::ApiUnavailable(message) => {
-            eprintln!("error: stopped because the API keeps failing: {message}")
+            tracing::error!("stopped because the API keeps failing: {message}")
         }
-        StopReason::Input(message) | StopReason::Endpoint(message) => {
-            eprintln!("error: {message}")
-        }
-        StopReason::Checkpoint(message) => eprintln!("error: {message}"),
+        StopReason::Input(message)
+        | StopReason::Endpoint(message)
+        | StopReason::Checkpoint(message) => tracing::error!("{message}"),
         StopReason::Interrupted | StopReason::Finished => {}
     }
     if errors_written > 0 {
-        eprintln!(
+        tracing::warn!(
             "{errors_written} failed rows are in {} (file, line, field, reason, row)",
             errors_path.display()
         );
     }
     if exit == Exit::Stopped || (exit == Exit::Unauthorized && summary.rows_pending > 0) {
-        eprintln!(
-            "{} rows are pending. To resume, run the same command again:\n  {}",
+        tracing::warn!(
+            "{} rows are pending. To resume, run the same command again: {}",
             summary.rows_pending,
             command_line()
         );

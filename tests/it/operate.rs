@@ -115,7 +115,10 @@ fn export_writes_every_row_once_with_its_ids() {
         .collect();
     for row in rows.iter().filter(|r| &r[6] == "done") {
         // The customer-only row (line 57) has a customer and no conversation.
-        assert!(conversations.contains(&row[5]) || &row[1] == "57", "{row:?}");
+        assert!(
+            conversations.contains(&row[5]) || &row[1] == "57",
+            "{row:?}"
+        );
         assert!(!row[4].is_empty(), "{row:?}");
         assert_eq!(&row[7], "created");
     }
@@ -145,4 +148,39 @@ fn status_of_a_missing_checkpoint_is_a_usage_error() {
     let run = binary_output(&env, &["status"]);
     run.assert_code(2);
     assert!(run.stderr.contains("no such checkpoint"), "{}", run.stderr);
+}
+
+#[test]
+fn import_json_prints_one_object_that_matches_the_checkpoint() {
+    let env = TestEnv::plain();
+    let sample = sample("tickets.csv");
+    let run = env.import(&[sample.to_str().unwrap(), "--json", "--log-format", "json"]);
+    run.assert_code(1);
+    // Nothing else on stdout: one line, one object.
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["version"], 1);
+    assert_eq!(summary["exit_code"], 1);
+    assert_eq!(summary["stopped_because"], "finished");
+    assert_eq!(summary["rows_read"], 56);
+    assert_eq!(summary["rows_done"], env.rows_in_state("done"));
+    assert_eq!(summary["rows_failed"], env.rows_in_state("failed"));
+    assert_eq!(summary["customers_created"], 21);
+    assert_eq!(summary["requests"], env.stats().requests_total);
+    // Every line on stderr is a JSON log object too.
+    assert!(run.stderr.contains("failed rows are in"), "{}", run.stderr);
+    for line in run.stderr.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    let env = TestEnv::plain();
+    let bash = binary_output(&env, &["completions", "bash"]);
+    bash.assert_code(0);
+    assert!(bash.stdout.contains("--checkpoint"));
+    let man = binary_output(&env, &["man"]);
+    man.assert_code(0);
+    assert!(man.stdout.contains(".TH kustomer-import 1"));
 }
