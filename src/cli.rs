@@ -228,6 +228,17 @@ pub struct ImportArgs {
     #[arg(long, env = "KUSTOMER_IMPORT_NO_DERIVED_CONVERSATION_IDS")]
     pub no_derived_conversation_ids: bool,
 
+    /// Send again the rows that failed in earlier runs (not those whose outcome is unknown),
+    /// with the current mapping and flags: after a fix on either side.
+    #[arg(long, env = "KUSTOMER_IMPORT_RETRY_FAILED")]
+    pub retry_failed: bool,
+
+    /// Do not send `importedAt` (the time of the import) with each conversation. With it,
+    /// historical conversations are exempt from Kustomer's limit of 120 new conversations
+    /// per customer per minute.
+    #[arg(long, env = "KUSTOMER_IMPORT_NO_STAMP_IMPORTED_AT")]
+    pub no_stamp_imported_at: bool,
+
     /// Allow an http:// base URL on a host other than loopback (the key would travel in
     /// clear text).
     #[arg(long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP")]

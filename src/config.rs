@@ -128,6 +128,8 @@ pub fn import_config(
             derive_conversation_ids: !args.no_derived_conversation_ids,
             grace: Duration::from_secs_f64(args.grace.max(0.0)),
             reconcile_delay: Duration::from_secs_f64(args.reconcile_delay.max(0.0)),
+            retry_failed: args.retry_failed,
+            stamp_imported_at: !args.no_stamp_imported_at,
         },
         target,
         checkpoint: args.checkpoint,

@@ -89,6 +89,8 @@ pub struct StoredRow {
     pub conversation_external_id: Option<String>,
     pub field: Option<String>,
     pub last_error: Option<String>,
+    /// A failed row whose create may have landed all the same: never retried blindly.
+    pub outcome_unknown: bool,
 }
 
 /// What the checkpoint holds of one customer key.
@@ -111,6 +113,7 @@ pub struct RunCounts {
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/001-initial/up.sql"),
     include_str!("../../migrations/002-rows-by-file/up.sql"),
+    include_str!("../../migrations/003-outcome-unknown/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -164,7 +167,7 @@ impl Checkpoint {
             .connection
             .prepare_cached(
                 "SELECT state, customer_id, conversation_id, field, last_error,
-                        conversation_external_id
+                        conversation_external_id, outcome_unknown
                  FROM rows WHERE row_key = ?1",
             )
             .map_err(|e| self.sqlite(e))?;
@@ -178,6 +181,7 @@ impl Checkpoint {
                     field: row.get(3)?,
                     last_error: row.get(4)?,
                     conversation_external_id: row.get(5)?,
+                    outcome_unknown: row.get(6)?,
                 })
             })
             .optional()

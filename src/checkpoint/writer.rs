@@ -50,6 +50,8 @@ pub struct RowChange {
     /// The field a failure is about, and the reason (only for `failed`; cleared otherwise).
     pub field: Option<String>,
     pub error: Option<String>,
+    /// With `failed`: the create may have landed all the same (see migration 003).
+    pub outcome_unknown: bool,
 }
 
 /// One change the writer applies.
@@ -177,8 +179,8 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
         let mut upsert_row = transaction.prepare_cached(
             "INSERT INTO rows (row_key, source_file, line, customer_key, conversation_external_id,
                                state, customer_id, conversation_id, attempts, field, last_error,
-                               updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                               updated_at, outcome_unknown)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (row_key) DO UPDATE SET
                  source_file = excluded.source_file,
                  line = excluded.line,
@@ -191,7 +193,8 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  attempts = attempts + excluded.attempts,
                  field = excluded.field,
                  last_error = excluded.last_error,
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at,
+                 outcome_unknown = excluded.outcome_unknown",
         )?;
         let mut customer_sent = transaction.prepare_cached(
             "INSERT INTO customers (customer_key, state, external_id, email, phone, updated_at)
@@ -222,6 +225,7 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                         row.field,
                         row.error,
                         now,
+                        row.outcome_unknown,
                     ])?;
                 }
                 Change::CustomerSent {
@@ -268,6 +272,7 @@ mod tests {
             attempts: 1,
             field: None,
             error: None,
+            outcome_unknown: false,
         }
     }
 

@@ -64,6 +64,10 @@ pub struct ImportSettings {
     pub grace: Duration,
     /// The least wait between a lost answer and the lookup that reconciles it.
     pub reconcile_delay: Duration,
+    /// Send again rows that failed in earlier runs (except those whose outcome is unknown).
+    pub retry_failed: bool,
+    /// Send `importedAt` with each conversation that has none.
+    pub stamp_imported_at: bool,
 }
 
 /// The two ways a run is told to stop.
@@ -161,6 +165,9 @@ enum Halt {
     },
     /// Left for the next run.
     Pending(String),
+    /// A create's answer was lost and nothing can look the record up: recorded as failed,
+    /// marked so that no later run sends it again. A person must check Kustomer.
+    Unresolved(String),
 }
 
 /// What a worker reports about a row it finished with.
@@ -462,7 +469,10 @@ impl Planner<'_> {
                 self.progress.row_finished(false);
                 return;
             }
-            Some(stored) if stored.state == RowState::Failed => {
+            Some(stored)
+                if stored.state == RowState::Failed
+                    && (stored.outcome_unknown || !self.shared.settings.retry_failed) =>
+            {
                 self.summary.rows_failed_earlier += 1;
                 let reason = stored
                     .last_error
@@ -630,7 +640,11 @@ impl Planner<'_> {
                 }
                 self.progress.row_finished(false);
             }
-            RowOutcome::Halted(Halt::Failed { field, reason }) => {
+            RowOutcome::Halted(halt @ (Halt::Failed { .. } | Halt::Unresolved(_))) => {
+                let (field, reason) = match halt {
+                    Halt::Failed { field, reason } => (field, reason),
+                    Halt::Unresolved(reason) | Halt::Pending(reason) => (None, reason),
+                };
                 self.given_up_in_a_row = 0;
                 self.summary.rows_failed += 1;
                 self.errors.write(
@@ -693,6 +707,7 @@ impl Planner<'_> {
                 attempts: 0,
                 field: None,
                 error: None,
+                outcome_unknown: false,
             },
         };
         change.field = field;
@@ -738,5 +753,6 @@ fn row_change(
         attempts: 0,
         field: None,
         error: None,
+        outcome_unknown: false,
     }
 }

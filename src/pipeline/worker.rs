@@ -34,6 +34,12 @@ pub(super) async fn process_row(
                     change.error = Some(reason.clone());
                     record_or_halt(shared, vec![Change::Row(change)]).await;
                 }
+                Halt::Unresolved(reason) => {
+                    change.state = RowState::Failed;
+                    change.error = Some(reason.clone());
+                    change.outcome_unknown = true;
+                    record_or_halt(shared, vec![Change::Row(change)]).await;
+                }
                 // A pending row keeps the state (and intent) it reached; only note why.
                 Halt::Pending(_) => {}
             }
@@ -57,6 +63,10 @@ async fn drive_row(
                 Ok((id, origin)) => Settlement::Known(id.clone(), *origin),
                 Err(Halt::Failed { field, reason }) => Settlement::Failed {
                     field: field.clone(),
+                    reason: reason.clone(),
+                },
+                Err(Halt::Unresolved(reason)) => Settlement::Failed {
+                    field: None,
                     reason: reason.clone(),
                 },
                 Err(Halt::Pending(_)) => Settlement::Unsettled,
@@ -84,6 +94,13 @@ async fn drive_row(
     };
     let mut body = conversation.clone();
     body.customer = Some(customer_id.clone());
+    // Added here, not in the plan: the row's key must not change with the clock.
+    if shared.settings.stamp_imported_at && !body.extra.contains_key("importedAt") {
+        body.extra.insert(
+            "importedAt".into(),
+            serde_json::Value::String(crate::checkpoint::now_rfc3339()),
+        );
+    }
     let mut intent = row_change(
         &work.origin,
         &work.plan,
@@ -101,13 +118,12 @@ async fn drive_row(
     let conversation_id = loop {
         if unknown {
             let Some(external_id) = &body.external_id else {
-                return Err(Halt::Failed {
-                    field: None,
-                    reason: "the answer to an earlier conversation create was lost and the \
-                             conversation has no externalId to look it up by; not sent again, \
-                             to avoid a duplicate: check Kustomer for it"
+                return Err(Halt::Unresolved(
+                    "the answer to an earlier conversation create was lost and the \
+                     conversation has no externalId to look it up by; not sent again, to \
+                     avoid a duplicate: check Kustomer for it"
                         .into(),
-                });
+                ));
             };
             attempts.requests += 1;
             match shared.client.find_conversation(external_id).await {

@@ -447,6 +447,9 @@ fn a_conversation_sent_without_an_id_is_never_sent_again_even_if_ids_are_derived
         errors.iter().all(|e| e.3.contains("check Kustomer")),
         "{errors:?}"
     );
+    // Not even --retry-failed sends them again: their outcome is unknown, not failed.
+    env.import(&[path, "--retry-failed"]).assert_code(1);
+    assert_eq!(env.records().conversations.len(), 2);
 }
 
 #[test]

@@ -184,3 +184,74 @@ fn completions_and_the_man_page_come_from_the_command_line_definition() {
     man.assert_code(0);
     assert!(man.stdout.contains(".TH kustomer-import 1"));
 }
+
+#[test]
+fn retry_failed_turns_fixed_failures_into_done_and_touches_no_done_row() {
+    let env = TestEnv::plain();
+    // A customer made elsewhere, so that --on-existing-customer fail fails its row.
+    let elsewhere = env.write("elsewhere.csv", "external_id,email\nX,shared@example.com\n");
+    env.import(&[elsewhere.to_str().unwrap(), "--checkpoint", "other.sqlite"])
+        .assert_code(0);
+    let file = env.write(
+        "export.csv",
+        "external_id,email,conversation_id,subject\nA,shared@example.com,T1,One\nB,b@example.com,T2,Two\n",
+    );
+    let path = file.to_str().unwrap();
+    env.import(&[path, "--on-existing-customer", "fail"])
+        .assert_code(1);
+    let done_before: String = env
+        .checkpoint()
+        .query_row(
+            "SELECT conversation_id FROM rows WHERE row_key = 'conv:T2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // Without --retry-failed a failed row stays failed, and costs no request.
+    let requests = env.stats().requests_total;
+    env.import(&[path]).assert_code(1);
+    assert_eq!(env.stats().requests_total, requests);
+    // The cause is fixed (linking is allowed now): the failed row is sent again.
+    let creates = env.stats().creates_total;
+    env.import(&[path, "--retry-failed"]).assert_code(0);
+    assert_eq!(env.rows_in_state("done"), 2);
+    assert_eq!(
+        env.stats().creates_total,
+        creates + 1,
+        "only the retried conversation"
+    );
+    let done_after: String = env
+        .checkpoint()
+        .query_row(
+            "SELECT conversation_id FROM rows WHERE row_key = 'conv:T2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(done_before, done_after);
+    assert_eq!(env.records().conversations.len(), 2);
+}
+
+#[test]
+fn conversations_carry_imported_at_unless_turned_off() {
+    let env = TestEnv::plain();
+    let file = env.write(
+        "export.csv",
+        "external_id,conversation_id,subject\nA,T1,One\n",
+    );
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let stamped = &env.records().conversations[0];
+    assert!(stamped.extra["importedAt"].as_str().unwrap().ends_with('Z'));
+    let other = env.write(
+        "other.csv",
+        "external_id,conversation_id,subject\nB,T2,Two\n",
+    );
+    env.import(&[other.to_str().unwrap(), "--no-stamp-imported-at"])
+        .assert_code(0);
+    assert!(
+        env.records().conversations[1]
+            .extra
+            .get("importedAt")
+            .is_none()
+    );
+}
