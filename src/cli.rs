@@ -78,7 +78,7 @@ pub struct StatusArgs {
     pub checkpoint: PathBuf,
 
     /// One JSON object on stdout instead of the table.
-    #[arg(long)]
+    #[arg(long, env = "KUSTOMER_IMPORT_JSON")]
     pub json: bool,
 }
 
@@ -93,15 +93,20 @@ pub struct ExportArgs {
     pub checkpoint: PathBuf,
 
     /// csv (with a header) or jsonl.
-    #[arg(long, value_enum, default_value_t = FormatArg::Csv)]
+    #[arg(long, value_enum, default_value_t = FormatArg::Csv, env = "KUSTOMER_IMPORT_EXPORT_FORMAT")]
     pub format: FormatArg,
 
     /// Which rows to write.
-    #[arg(long, value_enum, default_value_t = StateArg::Done)]
+    #[arg(long, value_enum, default_value_t = StateArg::Done, env = "KUSTOMER_IMPORT_EXPORT_STATE")]
     pub state: StateArg,
 
     /// Where to write [default: stdout].
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        env = "KUSTOMER_IMPORT_EXPORT_OUTPUT"
+    )]
     pub output: Option<PathBuf>,
 }
 
@@ -260,7 +265,7 @@ pub enum OnExistingArg {
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
     /// Port on 127.0.0.1 (0: any free port).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, env = "KUSTOMER_SANDBOX_PORT")]
     pub port: u16,
 
     /// The only bearer token accepted [default: any non-empty token].
@@ -268,50 +273,67 @@ pub struct SandboxArgs {
     pub token: Option<String>,
 
     /// Org-wide requests per window, answered with 429 beyond [default: unlimited].
-    #[arg(long)]
+    #[arg(long, env = "KUSTOMER_SANDBOX_RPM")]
     pub rpm: Option<u32>,
 
     /// Length of the rate window in seconds.
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    #[arg(
+        long,
+        default_value_t = 60.0,
+        value_name = "SECS",
+        env = "KUSTOMER_SANDBOX_RATE_WINDOW"
+    )]
     pub rate_window: f64,
 
     /// Latency added to every API answer.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, env = "KUSTOMER_SANDBOX_LATENCY_MS")]
     pub latency_ms: u64,
 
     /// Random extra latency, up to this.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, env = "KUSTOMER_SANDBOX_JITTER_MS")]
     pub jitter_ms: u64,
 
     /// Fraction of requests answered 500 before any write.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, env = "KUSTOMER_SANDBOX_FAIL_RATE")]
     pub fail_rate: f64,
 
     /// Fraction of creates that write the record, then answer 500.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        env = "KUSTOMER_SANDBOX_FAIL_AFTER_WRITE_RATE"
+    )]
     pub fail_after_write_rate: f64,
 
     /// Fraction of creates that write the record, then close the connection unanswered.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        env = "KUSTOMER_SANDBOX_DROP_AFTER_WRITE_RATE"
+    )]
     pub drop_after_write_rate: f64,
 
     /// Fraction of creates that write the record, then never answer.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        env = "KUSTOMER_SANDBOX_HANG_AFTER_WRITE_RATE"
+    )]
     pub hang_after_write_rate: f64,
 
     /// Fraction of requests answered 503 before any write.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, env = "KUSTOMER_SANDBOX_BUSY_RATE")]
     pub busy_rate: f64,
 
     /// Revoke the key after this many requests: every later request gets 401.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "KUSTOMER_SANDBOX_REVOKE_AFTER")]
     pub revoke_after: Option<u64>,
 
     /// Seed of the fault dice, for a reproducible run.
-    #[arg(long)]
+    #[arg(long, env = "KUSTOMER_SANDBOX_SEED")]
     pub seed: Option<u64>,
 
     /// Answer the spec's way (200, bare object) instead of the live API's (201, {"data"}).
-    #[arg(long)]
+    #[arg(long, env = "KUSTOMER_SANDBOX_SPEC_STYLE")]
     pub spec_style: bool,
 }
