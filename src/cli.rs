@@ -155,6 +155,12 @@ pub struct ImportArgs {
     )]
     pub rpm: u32,
 
+    /// Use at most this fraction (0 < F <= 1) of the org's limit as the server reports it
+    /// (x-ratelimit-limit), instead of a fixed --rpm, leaving the rest to the org's live
+    /// integrations. --rpm still caps the requests before the first answer.
+    #[arg(long, env = "KUSTOMER_IMPORT_RATE_SHARE", value_name = "F")]
+    pub rate_share: Option<f64>,
+
     /// The window --rpm counts over, in seconds (tests shorten it).
     #[arg(
         long,

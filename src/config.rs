@@ -60,6 +60,8 @@ pub struct ImportConfig {
     pub checkpoint: PathBuf,
     pub errors: PathBuf,
     pub rpm: u32,
+    /// Use this fraction of the server's reported limit instead of `rpm`.
+    pub rate_share: Option<f64>,
     pub rate_window: Duration,
     pub timeout: Duration,
     pub progress: bool,
@@ -135,6 +137,14 @@ pub fn import_config(
         checkpoint: args.checkpoint,
         errors,
         rpm: args.rpm,
+        rate_share: match args.rate_share {
+            Some(share) if !(share > 0.0 && share <= 1.0) => {
+                return Err(ConfigError::BadValue(
+                    "--rate-share must be more than 0 and at most 1".into(),
+                ));
+            }
+            share => share,
+        },
         rate_window,
         timeout: positive_seconds(args.timeout, "--timeout")?,
         progress: !args.no_progress,

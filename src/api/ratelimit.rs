@@ -3,6 +3,8 @@
 //!
 //! - a hard ceiling of `rpm` requests in any window (a governor GCRA limiter whose period
 //!   leaves room for its small burst, so burst + steady rate never exceeds the ceiling);
+//! - with a rate share, a ceiling that follows the server: `share` x `x-ratelimit-limit`,
+//!   learnt from the first answer and re-learnt when the org's plan changes;
 //! - one shared pause: a 429 stops every worker until the reset the server gave, instead of
 //!   each worker retrying on its own and burning the budget;
 //! - slowing before zero: the `x-ratelimit-remaining` / `-reset` headers spread what is
@@ -10,7 +12,7 @@
 //!   or other integrations sharing the org's budget, cost few 429s.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -22,7 +24,13 @@ const MAX_PAUSE: Duration = Duration::from_secs(300);
 
 /// Shared by every worker of a run.
 pub struct RateGate {
-    limiter: Option<DefaultDirectRateLimiter>,
+    window: Duration,
+    /// Replaced when a rate share learns the server's limit; workers hold an Arc of the
+    /// one they wait on.
+    limiter: Mutex<Option<Arc<DefaultDirectRateLimiter>>>,
+    /// The fraction of the server's `x-ratelimit-limit` to use, and the limit it was last
+    /// applied to.
+    share: Option<(f64, Mutex<Option<u64>>)>,
     state: Mutex<GateState>,
 }
 
@@ -48,23 +56,26 @@ impl RateGate {
     /// A gate for at most `requests` requests in any `window`; `requests == 0` means no
     /// limit of our own (the server's headers still apply).
     pub fn new(requests: u32, window: Duration) -> RateGate {
-        let limiter = NonZeroU32::new(requests).map(|requests| {
-            let burst = (requests.get() / 100).clamp(1, 10);
-            let steady = (requests.get() - burst).max(1);
-            let period = window / steady;
-            let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
-                .expect("a positive period")
-                .allow_burst(NonZeroU32::new(burst).expect("burst >= 1"));
-            RateLimiter::direct(quota)
-        });
         let now = Instant::now();
         RateGate {
-            limiter,
+            window,
+            limiter: Mutex::new(ceiling(requests, window)),
+            share: None,
             state: Mutex::new(GateState {
                 paused_until: now,
                 next_slot: now,
                 spacing: Duration::ZERO,
             }),
+        }
+    }
+
+    /// A gate for `share` (0 < share <= 1) of the limit the server reports in
+    /// `x-ratelimit-limit`; until the first answer says it, at most `initial` requests in
+    /// any `window`.
+    pub fn with_share(share: f64, initial: u32, window: Duration) -> RateGate {
+        RateGate {
+            share: Some((share, Mutex::new(None))),
+            ..RateGate::new(initial, window)
         }
     }
 
@@ -82,7 +93,12 @@ impl RateGate {
             if ready_at > Instant::now() {
                 tokio::time::sleep_until(ready_at).await;
             }
-            if let Some(limiter) = &self.limiter {
+            let limiter = self
+                .limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(limiter) = limiter {
                 limiter.until_ready().await;
             }
             // A pause, or another request, may have taken the slot meanwhile; the token is
@@ -107,6 +123,19 @@ impl RateGate {
     /// (`Retry-After`, else `x-ratelimit-reset`, else one second).
     pub fn observe(&self, status: u16, headers: &HeaderMap) {
         let budget = BudgetHeaders::parse(headers);
+        if let (Some((share, applied)), Some(limit)) = (&self.share, budget.limit) {
+            let mut applied = applied.lock().unwrap_or_else(|p| p.into_inner());
+            if *applied != Some(limit) {
+                *applied = Some(limit);
+                let requests = ((limit as f64) * share).floor().max(1.0) as u32;
+                tracing::info!(
+                    "the org's limit is {limit} requests per window: using {requests} ({:.0}%)",
+                    share * 100.0
+                );
+                *self.limiter.lock().unwrap_or_else(|p| p.into_inner()) =
+                    ceiling(requests, self.window);
+            }
+        }
         if status == 429 {
             let wait = budget
                 .retry_after
@@ -172,6 +201,18 @@ impl BudgetHeaders {
             retry_after,
         }
     }
+}
+
+/// A GCRA limiter for at most `requests` in any `window`, burst included: the burst is
+/// small (1% of the ceiling, 1 to 10) and the steady rate leaves room for it. None for 0.
+fn ceiling(requests: u32, window: Duration) -> Option<Arc<DefaultDirectRateLimiter>> {
+    let requests = NonZeroU32::new(requests)?;
+    let burst = (requests.get() / 100).clamp(1, 10);
+    let steady = (requests.get() - burst).max(1);
+    let period = window / steady;
+    let quota = Quota::with_period(period.max(Duration::from_nanos(1)))?
+        .allow_burst(NonZeroU32::new(burst)?);
+    Some(Arc::new(RateLimiter::direct(quota)))
 }
 
 fn seconds_until(reset: f64) -> Duration {

@@ -77,7 +77,10 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
             (Some(sandbox), url, SecretString::from(SANDBOX_KEY))
         }
     };
-    let gate = Arc::new(RateGate::new(config.rpm, config.rate_window));
+    let gate = Arc::new(match config.rate_share {
+        Some(share) => RateGate::with_share(share, config.rpm, config.rate_window),
+        None => RateGate::new(config.rpm, config.rate_window),
+    });
     let client = KustomerClient::new(
         ClientSettings {
             base_url,

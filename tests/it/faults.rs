@@ -472,3 +472,36 @@ fn a_wrong_base_url_stops_the_run_without_failing_rows() {
     env.import(&[file.to_str().unwrap()]).assert_code(0);
     env.assert_exactly_once(5, 10);
 }
+
+#[test]
+fn a_rate_share_uses_that_fraction_of_the_servers_limit() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        rpm: Some(60),
+        rate_window: Duration::from_secs(1),
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &generated_csv(25, 2));
+    let run = env.import(&[
+        file.to_str().unwrap(),
+        "--rate-share",
+        "0.5",
+        "--rpm",
+        "1000",
+        "--rate-window",
+        "1",
+        "--concurrency",
+        "4",
+    ]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("using 30 (50%)"), "{}", run.stderr);
+    let stats = env.stats();
+    assert_eq!(stats.rate_limited, 0);
+    // Half of 60 per window, plus what the first answer's flight let through at --rpm.
+    assert!(
+        stats.max_requests_in_window <= 30 + 4,
+        "{}",
+        stats.max_requests_in_window
+    );
+    env.assert_exactly_once(25, 50);
+}
