@@ -4,12 +4,15 @@
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::api::RequestStats;
 
 /// The counts a run ends with.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -165,6 +168,9 @@ impl ErrorsFile {
 /// seconds otherwise (cron, CI, a pipe), never escape codes where no one sees them.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    estimated_rows: Option<u64>,
+    requests: Arc<RequestStats>,
+    budget_per_second: f64,
     done: AtomicU64,
     failed: AtomicU64,
     started: std::time::Instant,
@@ -177,11 +183,20 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 impl Progress {
     /// A bar sized to the inputs' estimated rows when stderr is a terminal and `enabled`
     /// (a spinner when the count is unknown: stdin, gzip).
-    pub fn new(enabled: bool, estimated_rows: Option<u64>) -> Progress {
+    ///
+    /// `requests` counts what the run has sent; `budget_per_second` is the rate ceiling.
+    /// Together with the rows left they give the ETA: rows left x requests per row so far,
+    /// at the budget's pace (or the pace seen, when that is slower).
+    pub fn new(
+        enabled: bool,
+        estimated_rows: Option<u64>,
+        requests: Arc<RequestStats>,
+        budget_per_second: f64,
+    ) -> Progress {
         let bar = (enabled && io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(estimated_rows, ProgressDrawTarget::stderr());
             let template = if estimated_rows.is_some() {
-                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg} (ETA {eta})"
+                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}"
             } else {
                 "{spinner} [{elapsed_precise}] {msg}"
             };
@@ -194,6 +209,9 @@ impl Progress {
         });
         Progress {
             bar,
+            estimated_rows,
+            requests,
+            budget_per_second,
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -215,7 +233,13 @@ impl Progress {
         match &self.bar {
             Some(bar) => {
                 bar.inc(1);
-                bar.set_message(format!("{done} done, {failed} failed, {rate:.1} rows/s"));
+                let eta = self
+                    .eta(done + failed, elapsed)
+                    .map(|eta| format!(", ETA {}", indicatif::HumanDuration(eta)))
+                    .unwrap_or_default();
+                bar.set_message(format!(
+                    "{done} done, {failed} failed, {rate:.1} rows/s{eta}"
+                ));
             }
             None => {
                 let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,6 +249,28 @@ impl Progress {
                 }
             }
         }
+    }
+
+    /// Time left: the rows left, at the requests per row seen so far (2 before there is
+    /// anything to go by), paced by the rate budget, or by the pace seen if slower.
+    fn eta(&self, settled: u64, elapsed: f64) -> Option<Duration> {
+        let left = self.estimated_rows?.saturating_sub(settled) as f64;
+        let requests = self.requests.requests.load(Ordering::Relaxed) as f64;
+        let per_row = if settled >= 10 {
+            requests / settled as f64
+        } else {
+            2.0
+        };
+        let by_budget = left * per_row / self.budget_per_second.max(f64::MIN_POSITIVE);
+        let by_pace = left / (settled as f64 / elapsed).max(f64::MIN_POSITIVE);
+        let seconds = if settled >= 10 {
+            by_budget.max(by_pace)
+        } else {
+            by_budget
+        };
+        seconds
+            .is_finite()
+            .then(|| Duration::from_secs_f64(seconds))
     }
 
     /// Removes the bar before the summary is printed.

@@ -77,6 +77,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
             (Some(sandbox), url, SecretString::from(SANDBOX_KEY))
         }
     };
+    let stats = Arc::new(RequestStats::default());
     let gate = Arc::new(match config.rate_share {
         Some(share) => RateGate::with_share(share, config.rpm, config.rate_window),
         None => RateGate::new(config.rpm, config.rate_window),
@@ -89,7 +90,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
             max_rate_limited: MAX_RATE_LIMITED_IN_A_ROW,
         },
         gate,
-        Arc::new(RequestStats::default()),
+        Arc::clone(&stats),
     )?;
 
     let estimated_rows = config
@@ -98,7 +99,8 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
         .iter()
         .map(|input| input.estimate_records())
         .sum::<Option<u64>>();
-    let progress = Progress::new(config.progress, estimated_rows);
+    let budget_per_second = f64::from(config.rpm) / config.rate_window.as_secs_f64();
+    let progress = Progress::new(config.progress, estimated_rows, stats, budget_per_second);
     let signals = StopSignals::default();
     let signal_task = tokio::spawn(watch_signals(signals.clone(), config.settings.grace));
     let run_id = checkpoint.begin_run(&command_line())?;
