@@ -117,9 +117,18 @@ pub struct ErrorsFile {
 }
 
 impl ErrorsFile {
-    /// Creates (truncates) the file and writes its header.
+    /// Creates (truncates) the file, readable by its owner only (it holds the rows as
+    /// read: customers' emails and phones), and writes its header.
     pub fn create(path: &Path) -> io::Result<ErrorsFile> {
-        let mut writer = csv::Writer::from_writer(File::create(path)?);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file: File = options.open(path)?;
+        // The mode above applies to a new file only; an older one is narrowed here.
+        #[cfg(unix)]
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let mut writer = csv::Writer::from_writer(file);
         writer.write_record(["file", "line", "field", "reason", "row"])?;
         Ok(ErrorsFile {
             path: path.to_path_buf(),

@@ -65,10 +65,12 @@ fn write_table(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
         )?;
     }
     if status.total.unknown > 0 {
-        writeln!(
-            out,
-            "(unknown: a create left and its answer was not recorded; the next run looks it up)"
-        )?;
+        let note = if status.active_run.is_some() {
+            "unknown: a create is in flight, or a stopped run left it unanswered"
+        } else {
+            "unknown: a create left and its answer was not recorded; the next run looks it up"
+        };
+        writeln!(out, "({note})")?;
     }
     if !status.failed_by_reason.is_empty() {
         writeln!(out, "\nfailed rows by reason:")?;

@@ -320,6 +320,13 @@ fn the_checkpoint_is_readable_by_its_owner_only() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    let errors = env.path("kustomer-import.sqlite.errors.csv");
+    let mode = std::fs::metadata(errors).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the errors file holds emails and phones too"
+    );
 }
 
 /// A sandbox that writes every create and then drops the connection unanswered.
