@@ -31,6 +31,7 @@ pub struct FileCounts {
     pub file: String,
     #[serde(flatten)]
     pub counts: RowCounts,
+    pub failed_by_reason: Vec<ReasonCount>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -48,7 +49,7 @@ pub struct CustomerCounts {
     pub unknown: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunRecord {
     pub id: i64,
     pub started_at: String,
@@ -62,6 +63,8 @@ pub struct RunRecord {
     pub rows_failed: Option<i64>,
     pub rows_pending: Option<i64>,
     pub requests: Option<i64>,
+    /// Requests per minute over the run, when it ended.
+    pub requests_per_minute: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -167,7 +170,11 @@ impl CheckpointReader {
                     started_at,
                 },
             );
-        let files = self.file_counts().map_err(|e| self.sqlite(e))?;
+        let mut files = self.file_counts().map_err(|e| self.sqlite(e))?;
+        let mut reasons = self.failed_by_reason().map_err(|e| self.sqlite(e))?;
+        for file in &mut files {
+            file.failed_by_reason = reasons.remove(&file.file).unwrap_or_default();
+        }
         let mut total = RowCounts::default();
         for file in &files {
             total.rows += file.counts.rows;
@@ -176,15 +183,21 @@ impl CheckpointReader {
             total.pending += file.counts.pending;
             total.unknown += file.counts.unknown;
         }
+        let failed_by_reason = fold_reasons(files.iter().flat_map(|f| f.failed_by_reason.clone()));
         Ok(Status {
             version: SCHEMA_VERSION,
             checkpoint: self.path.display().to_string(),
             active_run,
             files,
             total,
-            failed_by_reason: self.failed_by_reason().map_err(|e| self.sqlite(e))?,
+            failed_by_reason,
             customers: self.customer_counts().map_err(|e| self.sqlite(e))?,
-            runs: self.runs().map_err(|e| self.sqlite(e))?,
+            runs: self
+                .runs()
+                .map_err(|e| self.sqlite(e))?
+                .into_iter()
+                .map(with_rate)
+                .collect(),
         })
     }
 
@@ -200,6 +213,7 @@ impl CheckpointReader {
             .query_map([], |row| {
                 let count = |index| row.get::<_, i64>(index).map(|n| n.max(0) as u64);
                 Ok(FileCounts {
+                    failed_by_reason: Vec::new(),
                     file: row.get(0)?,
                     counts: RowCounts {
                         rows: count(1)?,
@@ -213,25 +227,32 @@ impl CheckpointReader {
             .collect()
     }
 
-    fn failed_by_reason(&self) -> rusqlite::Result<Vec<ReasonCount>> {
+    /// Failed rows by file, then by reason.
+    fn failed_by_reason(&self) -> rusqlite::Result<BTreeMap<String, Vec<ReasonCount>>> {
         let mut statement = self.connection.prepare(
-            "SELECT coalesce(field || ': ', '') || coalesce(last_error, 'no reason recorded'),
+            "SELECT source_file,
+                    coalesce(field || ': ', '') || coalesce(last_error, 'no reason recorded'),
                     count(*)
-             FROM rows WHERE state = 'failed' GROUP BY 1",
+             FROM rows WHERE state = 'failed' GROUP BY 1, 2",
         )?;
-        let mut folded: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_file: BTreeMap<String, Vec<ReasonCount>> = BTreeMap::new();
         for row in statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         })? {
-            let (reason, rows) = row?;
-            *folded.entry(fold_quoted(&reason)).or_default() += rows.max(0) as u64;
+            let (file, reason, rows) = row?;
+            by_file.entry(file).or_default().push(ReasonCount {
+                reason,
+                rows: rows.max(0) as u64,
+            });
         }
-        let mut reasons: Vec<ReasonCount> = folded
+        Ok(by_file
             .into_iter()
-            .map(|(reason, rows)| ReasonCount { reason, rows })
-            .collect();
-        reasons.sort_by(|a, b| b.rows.cmp(&a.rows).then_with(|| a.reason.cmp(&b.reason)));
-        Ok(reasons)
+            .map(|(file, reasons)| (file, fold_reasons(reasons)))
+            .collect())
     }
 
     fn customer_counts(&self) -> rusqlite::Result<CustomerCounts> {
@@ -275,6 +296,7 @@ impl CheckpointReader {
                     rows_failed: row.get(9)?,
                     rows_pending: row.get(10)?,
                     requests: row.get(11)?,
+                    requests_per_minute: None,
                 })
             })?
             .collect()
@@ -328,6 +350,38 @@ impl CheckpointReader {
         }
         Ok(Ok(written))
     }
+}
+
+/// Adds up reasons that are the same once quoted values are folded, most rows first.
+fn fold_reasons(reasons: impl IntoIterator<Item = ReasonCount>) -> Vec<ReasonCount> {
+    let mut folded: BTreeMap<String, u64> = BTreeMap::new();
+    for reason in reasons {
+        *folded.entry(fold_quoted(&reason.reason)).or_default() += reason.rows;
+    }
+    let mut reasons: Vec<ReasonCount> = folded
+        .into_iter()
+        .map(|(reason, rows)| ReasonCount { reason, rows })
+        .collect();
+    reasons.sort_by(|a, b| b.rows.cmp(&a.rows).then_with(|| a.reason.cmp(&b.reason)));
+    reasons
+}
+
+/// Fills in a finished run's request rate.
+fn with_rate(mut run: RunRecord) -> RunRecord {
+    let seconds = run.ended_at.as_deref().and_then(|ended| {
+        let started = humantime::parse_rfc3339(&run.started_at).ok()?;
+        humantime::parse_rfc3339(ended)
+            .ok()?
+            .duration_since(started)
+            .ok()
+    });
+    run.requests_per_minute = match (seconds, run.requests) {
+        (Some(seconds), Some(requests)) if seconds.as_secs() > 0 => {
+            Some((requests as f64 / seconds.as_secs_f64() * 60.0).round())
+        }
+        _ => None,
+    };
+    run
 }
 
 /// Replaces each quoted value in a reason by `"…"`, so `"a@" is not an email address` and

@@ -72,9 +72,13 @@ fn write_table(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
         };
         writeln!(out, "({note})")?;
     }
-    if !status.failed_by_reason.is_empty() {
-        writeln!(out, "\nfailed rows by reason:")?;
-        for reason in &status.failed_by_reason {
+    for file in status
+        .files
+        .iter()
+        .filter(|f| !f.failed_by_reason.is_empty())
+    {
+        writeln!(out, "\nfailed rows of {} by reason:", file.file)?;
+        for reason in &file.failed_by_reason {
             writeln!(out, "{:>8}  {}", reason.rows, reason.reason)?;
         }
     }
@@ -92,9 +96,13 @@ fn write_table(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
                 _ => "did not finish (killed, or going on now)".to_string(),
             };
             let count = |value: Option<i64>| value.map_or("-".to_string(), |n| n.to_string());
+            let rate = run
+                .requests_per_minute
+                .map(|rate| format!(" ({rate:.0}/min)"))
+                .unwrap_or_default();
             writeln!(
                 out,
-                "  #{} started {}, {ended}: read {}, done {}, failed {}, pending {}, requests {}",
+                "  #{} started {}, {ended}: read {}, done {}, failed {}, pending {}, requests {}{rate}",
                 run.id,
                 run.started_at,
                 count(run.rows_read),
