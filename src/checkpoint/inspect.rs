@@ -63,7 +63,7 @@ pub struct RunRecord {
     pub rows_failed: Option<i64>,
     pub rows_pending: Option<i64>,
     pub requests: Option<i64>,
-    /// Requests per minute over the run, when it ended.
+    /// Requests per minute over the run, when it ended and lasted a minute or more.
     pub requests_per_minute: Option<f64>,
 }
 
@@ -376,7 +376,8 @@ fn with_rate(mut run: RunRecord) -> RunRecord {
             .ok()
     });
     run.requests_per_minute = match (seconds, run.requests) {
-        (Some(seconds), Some(requests)) if seconds.as_secs() > 0 => {
+        // Over less than a minute the rate would extrapolate the limiter's burst.
+        (Some(seconds), Some(requests)) if seconds.as_secs() >= 60 => {
             Some((requests as f64 / seconds.as_secs_f64() * 60.0).round())
         }
         _ => None,
