@@ -67,8 +67,9 @@ pub enum Command {
     Man,
 }
 
+/// The checkpoint a read-only command reads.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub struct CheckpointToRead {
     /// The checkpoint to read.
     #[arg(
         long,
@@ -76,6 +77,12 @@ pub struct StatusArgs {
         default_value = "kustomer-import.sqlite"
     )]
     pub checkpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub read: CheckpointToRead,
 
     /// One JSON object on stdout instead of the table.
     #[arg(long, env = "KUSTOMER_IMPORT_JSON")]
@@ -84,13 +91,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// The checkpoint to read.
-    #[arg(
-        long,
-        env = "KUSTOMER_IMPORT_CHECKPOINT",
-        default_value = "kustomer-import.sqlite"
-    )]
-    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub read: CheckpointToRead,
 
     /// csv (with a header) or jsonl.
     #[arg(long, value_enum, default_value_t = FormatArg::Csv, env = "KUSTOMER_IMPORT_EXPORT_FORMAT")]

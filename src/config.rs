@@ -209,7 +209,7 @@ pub struct ExportConfig {
 
 pub fn export_config(args: ExportArgs) -> ExportConfig {
     ExportConfig {
-        checkpoint: args.checkpoint,
+        checkpoint: args.read.checkpoint,
         jsonl: args.format == FormatArg::Jsonl,
         filter: match args.state {
             StateArg::Done => StateFilter::Done,
