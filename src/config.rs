@@ -273,6 +273,43 @@ mod tests {
         assert!(checked_base_url("ftp://x", true).is_err());
     }
 
+    fn import_args(extra: &[&str]) -> ImportArgs {
+        use clap::Parser;
+        let mut argv = vec!["kustomer-import", "import", "x.csv"];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Import(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_rate_share_is_a_fraction_of_one() {
+        for bad in ["0", "-0.5", "1.5", "NaN"] {
+            let result = import_config(
+                import_args(&[&format!("--rate-share={bad}")]),
+                Some("k".into()),
+            );
+            assert!(matches!(result, Err(ConfigError::BadValue(_))), "{bad}");
+        }
+        let config =
+            import_config(import_args(&["--rate-share", "0.25"]), Some("k".into())).unwrap();
+        assert_eq!(config.rate_share, Some(0.25));
+    }
+
+    #[test]
+    fn the_key_comes_from_the_environment_only_and_is_required_without_the_sandbox() {
+        assert!(matches!(
+            import_config(import_args(&[]), None),
+            Err(ConfigError::MissingKey)
+        ));
+        assert!(matches!(
+            import_config(import_args(&[]), Some("  ".into())),
+            Err(ConfigError::MissingKey)
+        ));
+        assert!(import_config(import_args(&["--sandbox"]), None).is_ok());
+    }
+
     #[test]
     fn default_concurrency_follows_the_budget() {
         assert_eq!(default_concurrency(900, Duration::from_secs(60)), 10);
