@@ -19,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
 pub use self::inspect::{CheckpointReader, ExportRow, Status};
+pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
 pub use self::writer::{Change, CheckpointWriter, CustomerOrigin, RowChange, WriterHandle};
 

@@ -5,10 +5,44 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 
-use kustomer_import::checkpoint::{CheckpointReader, ExportRow};
+use std::path::{Path, PathBuf};
+
+use kustomer_import::checkpoint::{CheckpointReader, ExportRow, lock_path};
 
 use super::Exit;
 use crate::config::ExportConfig;
+
+/// Whether `output` names the checkpoint or a file that goes with it (its WAL, its shared
+/// memory, its lock, its errors file): writing there would destroy the import's record.
+fn is_checkpoint_file(checkpoint: &Path, output: &Path) -> bool {
+    let canonical = |path: &Path| -> Option<PathBuf> {
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        Some(std::fs::canonicalize(parent).ok()?.join(path.file_name()?))
+    };
+    let (Some(checkpoint), Some(output)) = (canonical(checkpoint), canonical(output)) else {
+        return false;
+    };
+    let mut companions = vec![checkpoint.clone(), lock_path(&checkpoint)];
+    for suffix in ["-wal", "-shm", "-journal", ".errors.csv"] {
+        let mut name = checkpoint.as_os_str().to_owned();
+        name.push(suffix);
+        companions.push(PathBuf::from(name));
+    }
+    companions.contains(&output)
+}
+
+/// Creates the output readable by its owner only: the id map names customers, and failed
+/// rows carry their reasons.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
 
 pub fn run(config: ExportConfig) -> anyhow::Result<Exit> {
     let reader = match CheckpointReader::open(&config.checkpoint) {
@@ -18,8 +52,17 @@ pub fn run(config: ExportConfig) -> anyhow::Result<Exit> {
             return Ok(Exit::Usage);
         }
     };
+    if let Some(path) = &config.output
+        && is_checkpoint_file(&config.checkpoint, path)
+    {
+        eprintln!(
+            "error: {} is the checkpoint or one of its files: choose another output",
+            path.display()
+        );
+        return Ok(Exit::Usage);
+    }
     let out: Box<dyn Write> = match &config.output {
-        Some(path) => match File::create(path) {
+        Some(path) => match create_private(path) {
             Ok(file) => Box::new(file),
             Err(error) => {
                 eprintln!("error: cannot create {}: {error}", path.display());

@@ -35,6 +35,7 @@ use self::worker::process_row;
 use crate::api::{Backoff, KustomerClient};
 use crate::checkpoint::{
     Change, Checkpoint, CheckpointError, CheckpointWriter, CustomerOrigin, RowChange, RowState,
+    StoredRow,
 };
 use crate::input::{InputSource, SourceFields};
 use crate::mapping::{MappingError, Plan};
@@ -455,8 +456,16 @@ impl Planner<'_> {
                 return;
             }
         };
+        let failed_earlier = matches!(&stored, Some(stored)
+            if stored.state == RowState::Failed
+                && (stored.outcome_unknown || !self.shared.settings.retry_failed));
         let mut plan = match plan {
             Ok(plan) => plan,
+            // The same bad row as last night: failed earlier, not a new failure.
+            Err(_) if failed_earlier => {
+                self.report_failed_earlier(&origin, &original, stored.as_ref());
+                return;
+            }
             Err(error) => {
                 self.fail(&origin, &original, error.field, error.reason, None)
                     .await;
@@ -464,35 +473,26 @@ impl Planner<'_> {
             }
         };
         let stored_customer_id = match &stored {
+            Some(_) if failed_earlier => {
+                self.report_failed_earlier(&origin, &original, stored.as_ref());
+                return;
+            }
             Some(stored) if stored.state == RowState::Done => {
                 self.summary.rows_skipped_done += 1;
                 self.progress.row_finished(false);
-                return;
-            }
-            Some(stored)
-                if stored.state == RowState::Failed
-                    && (stored.outcome_unknown || !self.shared.settings.retry_failed) =>
-            {
-                self.summary.rows_failed_earlier += 1;
-                let reason = stored
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "failed in an earlier run".into());
-                self.errors.write(
-                    &origin.file,
-                    origin.line,
-                    stored.field.as_deref(),
-                    &reason,
-                    &original.to_json(),
-                );
-                self.progress.row_finished(true);
                 return;
             }
             Some(stored) => stored.customer_id.clone(),
             None => None,
         };
         let conversation_unknown = match &stored {
-            Some(stored) if stored.state == RowState::ConversationSent => {
+            // A conversation create left (or, for a failed row retried now, may have left):
+            // look before sending again.
+            Some(stored)
+                if stored.state == RowState::ConversationSent
+                    || (stored.state == RowState::Failed
+                        && stored.conversation_external_id.is_some()) =>
+            {
                 // Reconcile with the externalId that went out with the request, whatever
                 // this run would derive: the flags or the mapping may have changed since.
                 if let Some(conversation) = &mut plan.conversation {
@@ -560,6 +560,29 @@ impl Planner<'_> {
             },
             None => self.create_customer_with(work, false),
         }
+    }
+
+    /// A row an earlier run failed, not sent again: counted, and in the errors file again
+    /// with the reason recorded then.
+    fn report_failed_earlier(
+        &mut self,
+        origin: &RowOrigin,
+        original: &Original,
+        stored: Option<&StoredRow>,
+    ) {
+        self.summary.rows_failed_earlier += 1;
+        let reason = stored
+            .and_then(|s| s.last_error.clone())
+            .unwrap_or_else(|| "failed in an earlier run".into());
+        let field = stored.and_then(|s| s.field.as_deref());
+        self.errors.write(
+            &origin.file,
+            origin.line,
+            field,
+            &reason,
+            &original.to_json(),
+        );
+        self.progress.row_finished(true);
     }
 
     fn create_customer_with(&mut self, work: Work, reconcile_first: bool) {

@@ -363,14 +363,15 @@ impl<'a> Attempts<'a> {
                     .halt_run(StopReason::Unauthorized(format!("{status}: {message}")));
                 Err(Halt::Pending(format!("the API refused the key ({status})")))
             }
-            ApiError::Rejected { status, message } => Err(Halt::Failed {
-                field: None,
-                reason: format!("refused ({status}): {message}"),
-            }),
-            ApiError::Duplicate { message } => Err(Halt::Failed {
-                field: None,
-                reason: format!("duplicate: {message}"),
-            }),
+            // Creates handle their own refusals; what reaches here is a lookup, made to
+            // settle an outcome. Refused, it settles nothing: the row keeps its intent and
+            // the next run looks again. Failing it would invite a blind re-send.
+            ApiError::Rejected { status, message } => Err(Halt::Pending(format!(
+                "a lookup was refused ({status}): {message}"
+            ))),
+            ApiError::Duplicate { message } => Err(Halt::Pending(format!(
+                "a lookup was refused (409): {message}"
+            ))),
             ApiError::Transient { reason, .. } => {
                 self.failures += 1;
                 if self.failures > self.shared.settings.max_retries {

@@ -512,3 +512,32 @@ fn a_rate_share_uses_that_fraction_of_the_servers_limit() {
     );
     env.assert_exactly_once(25, 50);
 }
+
+#[test]
+fn a_retried_row_looks_its_conversation_up_before_sending_it_again() {
+    let env = TestEnv::plain();
+    let elsewhere = env.write("elsewhere.csv", "external_id,email\nX,shared@example.com\n");
+    env.import(&[elsewhere.to_str().unwrap(), "--checkpoint", "other.sqlite"])
+        .assert_code(0);
+    // The row fails on its customer; whatever else happened, a retry must look first.
+    let file = env.write(
+        "export.csv",
+        "external_id,email,conversation_id,subject\nA,shared@example.com,T1,One\n",
+    );
+    let path = file.to_str().unwrap();
+    env.import(&[path, "--on-existing-customer", "fail"])
+        .assert_code(1);
+    let lookups_before = env
+        .stats()
+        .requests
+        .get("GET /v1/conversations/{lookup}")
+        .map_or(0, |by_status| by_status.values().sum::<u64>());
+    env.import(&[path, "--retry-failed"]).assert_code(0);
+    let lookups_after = env
+        .stats()
+        .requests
+        .get("GET /v1/conversations/{lookup}")
+        .map_or(0, |by_status| by_status.values().sum::<u64>());
+    assert_eq!(lookups_after, lookups_before + 1);
+    env.assert_exactly_once(1, 1);
+}

@@ -264,3 +264,40 @@ fn conversations_carry_imported_at_unless_turned_off() {
             .is_none()
     );
 }
+
+#[test]
+fn export_never_writes_over_the_checkpoint() {
+    let env = TestEnv::plain();
+    checkpoint_in_every_state(&env);
+    for target in [
+        "kustomer-import.sqlite",
+        "./kustomer-import.sqlite-wal",
+        "kustomer-import.sqlite.lock",
+    ] {
+        let run = binary_output(&env, &["export", "-o", target]);
+        run.assert_code(2);
+        assert!(run.stderr.contains("is the checkpoint"), "{}", run.stderr);
+    }
+    binary_output(&env, &["status"]).assert_code(0);
+    use std::os::unix::fs::PermissionsExt;
+    binary_output(&env, &["export", "-o", "ids.csv"]).assert_code(0);
+    let mode = std::fs::metadata(env.path("ids.csv"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn bad_rows_seen_again_count_as_failed_earlier_not_as_new_failures() {
+    let env = TestEnv::plain();
+    let sample = sample("tickets.csv");
+    let sample = sample.to_str().unwrap();
+    env.import(&[sample]).assert_code(1);
+    let run = env.import(&[sample, "--json"]);
+    run.assert_code(1);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_failed"], 0);
+    assert_eq!(summary["rows_failed_earlier"], 5);
+    assert_eq!(env.errors().len(), 5, "the errors file still lists them");
+}
