@@ -223,7 +223,10 @@ impl KustomerClient {
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone());
             }
-            let response = request.send().await.map_err(transport_error)?;
+            let response = request.send().await.map_err(|error| {
+                self.gate.answer_settled();
+                transport_error(error)
+            })?;
             let status = response.status();
             self.gate.observe(status.as_u16(), response.headers());
             let answer = response.bytes().await.map_err(transport_error)?;

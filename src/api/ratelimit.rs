@@ -12,11 +12,13 @@
 //!   or other integrations sharing the org's budget, cost few 429s.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::HeaderMap;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Longest pause a server's headers may impose at once.
@@ -28,10 +30,19 @@ pub struct RateGate {
     /// Replaced when a rate share learns the server's limit; workers hold an Arc of the
     /// one they wait on.
     limiter: Mutex<Option<Arc<DefaultDirectRateLimiter>>>,
-    /// The fraction of the server's `x-ratelimit-limit` to use, and the limit it was last
-    /// applied to.
-    share: Option<(f64, Mutex<Option<u64>>)>,
+    share: Option<Share>,
     state: Mutex<GateState>,
+}
+
+/// A rate share: the fraction of the server's `x-ratelimit-limit` to use.
+struct Share {
+    fraction: f64,
+    /// The limit the fraction was last applied to.
+    applied: Mutex<Option<u64>>,
+    /// Until the first answer (or lost answer), one probe request goes out alone, so that
+    /// nothing is sent at `--rpm` pace before the server's limit is known.
+    probe_sent: AtomicBool,
+    answered: watch::Sender<bool>,
 }
 
 struct GateState {
@@ -74,7 +85,12 @@ impl RateGate {
     /// any `window`.
     pub fn with_share(share: f64, initial: u32, window: Duration) -> RateGate {
         RateGate {
-            share: Some((share, Mutex::new(None))),
+            share: Some(Share {
+                fraction: share,
+                applied: Mutex::new(None),
+                probe_sent: AtomicBool::new(false),
+                answered: watch::channel(false).0,
+            }),
             ..RateGate::new(initial, window)
         }
     }
@@ -85,6 +101,16 @@ impl RateGate {
     /// last, so nothing waits between the token and the send: requests that queued during
     /// a pause cannot leave together on top of the limiter's burst when it ends.
     pub async fn acquire(&self) {
+        if let Some(share) = &self.share
+            && !*share.answered.borrow()
+            && share.probe_sent.swap(true, Ordering::SeqCst)
+        {
+            let _ = share
+                .answered
+                .subscribe()
+                .wait_for(|answered| *answered)
+                .await;
+        }
         loop {
             let ready_at = {
                 let state = self.lock();
@@ -112,6 +138,14 @@ impl RateGate {
         }
     }
 
+    /// Tells the gate a request got no answer at all: with a rate share, the others stop
+    /// waiting for the probe's answer and go on at `--rpm` until a limit is heard of.
+    pub fn answer_settled(&self) {
+        if let Some(share) = &self.share {
+            share.answered.send_replace(true);
+        }
+    }
+
     /// Stops every worker for `wait`.
     pub fn pause_for(&self, wait: Duration) {
         let until = Instant::now() + wait.min(MAX_PAUSE);
@@ -123,19 +157,24 @@ impl RateGate {
     /// (`Retry-After`, else `x-ratelimit-reset`, else one second).
     pub fn observe(&self, status: u16, headers: &HeaderMap) {
         let budget = BudgetHeaders::parse(headers);
-        if let (Some((share, applied)), Some(limit)) = (&self.share, budget.limit) {
-            let mut applied = applied.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(share), Some(limit)) = (&self.share, budget.limit) {
+            let mut applied = share.applied.lock().unwrap_or_else(|p| p.into_inner());
             if *applied != Some(limit) {
                 *applied = Some(limit);
-                let requests = ((limit as f64) * share).floor().max(1.0) as u32;
+                let requests = ((limit as f64) * share.fraction).floor().max(1.0) as u32;
                 tracing::info!(
                     "the org's limit is {limit} requests per window: using {requests} ({:.0}%)",
-                    share * 100.0
+                    share.fraction * 100.0
                 );
-                *self.limiter.lock().unwrap_or_else(|p| p.into_inner()) =
-                    ceiling(requests, self.window);
+                let limiter = ceiling(requests, self.window);
+                if let Some(limiter) = &limiter {
+                    // Charge it for the probe, already sent in this window.
+                    let _ = limiter.check();
+                }
+                *self.limiter.lock().unwrap_or_else(|p| p.into_inner()) = limiter;
             }
         }
+        self.answer_settled();
         if status == 429 {
             let wait = budget
                 .retry_after
