@@ -24,6 +24,9 @@ pub struct RowCounts {
     pub pending: u64,
     /// A create left and its answer was never recorded: the next run looks it up.
     pub unknown: u64,
+    /// Failed rows (counted in `failed`) whose create may have landed all the same: nothing
+    /// can look them up, no run sends them again; a person must check Kustomer.
+    pub unresolved: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -103,6 +106,8 @@ pub struct ExportRow {
     /// How the row's customer came to be: created, linked or reconciled.
     pub customer: Option<String>,
     pub error: Option<String>,
+    /// A failed row whose create may have landed: check Kustomer by hand.
+    pub outcome_unknown: bool,
 }
 
 /// Which rows `export` writes.
@@ -182,6 +187,7 @@ impl CheckpointReader {
             total.failed += file.counts.failed;
             total.pending += file.counts.pending;
             total.unknown += file.counts.unknown;
+            total.unresolved += file.counts.unresolved;
         }
         let failed_by_reason = fold_reasons(files.iter().flat_map(|f| f.failed_by_reason.clone()));
         Ok(Status {
@@ -206,7 +212,8 @@ impl CheckpointReader {
             "SELECT source_file, count(*),
                     sum(state = 'done'), sum(state = 'failed'),
                     sum(state IN ('pending', 'customer_ok')),
-                    sum(state IN ('customer_sent', 'conversation_sent'))
+                    sum(state IN ('customer_sent', 'conversation_sent')),
+                    sum(state = 'failed' AND outcome_unknown)
              FROM rows GROUP BY source_file ORDER BY source_file",
         )?;
         statement
@@ -221,6 +228,7 @@ impl CheckpointReader {
                         failed: count(3)?,
                         pending: count(4)?,
                         unknown: count(5)?,
+                        unresolved: count(6)?,
                     },
                 })
             })?
@@ -319,7 +327,7 @@ impl CheckpointReader {
             .prepare(
                 "SELECT r.source_file, r.line, r.row_key, c.external_id, r.customer_id,
                         r.conversation_id, r.state, c.state,
-                        coalesce(r.field || ': ', '') || r.last_error
+                        coalesce(r.field || ': ', '') || r.last_error, r.outcome_unknown
                  FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
                  WHERE ?1 = '' OR r.state = ?1
                  ORDER BY r.source_file, r.line",
@@ -340,6 +348,7 @@ impl CheckpointReader {
                     state: row.get(6)?,
                     customer: customer_state.filter(|state| state != "sent"),
                     error: row.get(8)?,
+                    outcome_unknown: row.get(9)?,
                 })
             };
             let export_row = read().map_err(|e| self.sqlite(e))?;

@@ -70,6 +70,11 @@ pub enum Change {
         customer_id: String,
         origin: CustomerOrigin,
     },
+    /// The create was refused for good (4xx, or the policy for existing customers): nothing
+    /// was made, so the intent is dropped and the customer is no longer "unknown".
+    CustomerWithdrawn {
+        customer_key: String,
+    },
 }
 
 struct Batch {
@@ -209,6 +214,9 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  state = excluded.state, customer_id = excluded.customer_id,
                  updated_at = excluded.updated_at",
         )?;
+        let mut customer_withdrawn = transaction.prepare_cached(
+            "DELETE FROM customers WHERE customer_key = ?1 AND customer_id IS NULL",
+        )?;
         for change in batches.iter().flat_map(|batch| &batch.changes) {
             match change {
                 Change::Row(row) => {
@@ -235,6 +243,9 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                     phone,
                 } => {
                     customer_sent.execute(params![customer_key, external_id, email, phone, now])?;
+                }
+                Change::CustomerWithdrawn { customer_key } => {
+                    customer_withdrawn.execute([customer_key])?;
                 }
                 Change::CustomerResolved {
                     customer_key,

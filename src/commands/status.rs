@@ -64,6 +64,15 @@ fn write_table(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
             counts.rows, counts.done, counts.failed, counts.pending, counts.unknown
         )?;
     }
+    if status.total.unresolved > 0 {
+        writeln!(
+            out,
+            "({} failed rows may have been created all the same (an answer was lost with \
+             nothing to look the record up by): check Kustomer for them; \
+             `export --state failed` marks them outcome_unknown)",
+            status.total.unresolved
+        )?;
+    }
     if status.total.unknown > 0 {
         let note = if status.active_run.is_some() {
             "unknown: a create is in flight, or a stopped run left it unanswered"

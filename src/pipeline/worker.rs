@@ -71,6 +71,15 @@ async fn drive_row(
                 },
                 Err(Halt::Pending(_)) => Settlement::Unsettled,
             };
+            if let Settlement::Failed { .. } = settlement {
+                record_or_halt(
+                    shared,
+                    vec![Change::CustomerWithdrawn {
+                        customer_key: work.plan.customer_key.clone(),
+                    }],
+                )
+                .await;
+            }
             let _ = shared.events.send(Event::CustomerSettled {
                 customer_key: work.plan.customer_key.clone(),
                 settlement,

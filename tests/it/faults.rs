@@ -454,6 +454,16 @@ fn a_conversation_sent_without_an_id_is_never_sent_again_even_if_ids_are_derived
         errors.iter().all(|e| e.3.contains("check Kustomer")),
         "{errors:?}"
     );
+    // status and export say so.
+    let status = run({
+        let mut command = std::process::Command::new(binary());
+        command
+            .current_dir(env.dir.path())
+            .args(["status", "--json"]);
+        command
+    });
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["total"]["unresolved"], 2);
     // Not even --retry-failed sends them again: their outcome is unknown, not failed.
     env.import(&[path, "--retry-failed"]).assert_code(1);
     assert_eq!(env.records().conversations.len(), 2);

@@ -231,4 +231,14 @@ fn a_row_the_api_refuses_fails_with_the_servers_words_and_the_run_goes_on() {
     );
     // The second row of the refused customer cost no request of its own.
     assert_eq!(env.stats().creates_total, 3);
+    // Nothing was made for the refused customer: it is not left "unknown" in the checkpoint.
+    let customers: i64 = env
+        .checkpoint()
+        .query_row(
+            "SELECT count(*) FROM customers WHERE customer_id IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(customers, 0);
 }

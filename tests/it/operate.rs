@@ -108,7 +108,8 @@ fn export_writes_every_row_once_with_its_ids() {
             "conversation_id",
             "state",
             "customer",
-            "error"
+            "error",
+            "outcome_unknown"
         ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
@@ -224,10 +225,11 @@ fn retry_failed_turns_fixed_failures_into_done_and_touches_no_done_row() {
     let creates = env.stats().creates_total;
     env.import(&[path, "--retry-failed"]).assert_code(0);
     assert_eq!(env.rows_in_state("done"), 2);
+    // The retried row's customer create (answered 409, then linked) and its conversation.
     assert_eq!(
         env.stats().creates_total,
-        creates + 1,
-        "only the retried conversation"
+        creates + 2,
+        "only the retried row's creates"
     );
     let done_after: String = env
         .checkpoint()
