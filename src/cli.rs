@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "\
@@ -85,7 +86,7 @@ pub struct StatusArgs {
     pub read: CheckpointToRead,
 
     /// One JSON object on stdout instead of the table.
-    #[arg(long, env = "KUSTOMER_IMPORT_JSON")]
+    #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
     pub json: bool,
 }
 
@@ -145,7 +146,7 @@ pub struct ImportArgs {
     pub base_url: String,
 
     /// Import into a sandbox started in this process on 127.0.0.1 (no account, no key).
-    #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX")]
+    #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
     pub sandbox: bool,
 
     /// The most requests the run may send in any 60 seconds, lookups included.
@@ -181,11 +182,11 @@ pub struct ImportArgs {
     pub errors: Option<PathBuf>,
 
     /// Print one JSON summary object on stdout at the end (see README), and nothing else.
-    #[arg(long, env = "KUSTOMER_IMPORT_JSON")]
+    #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
     pub json: bool,
 
     /// No progress bar, even on a terminal.
-    #[arg(long, env = "KUSTOMER_IMPORT_NO_PROGRESS")]
+    #[arg(long, env = "KUSTOMER_IMPORT_NO_PROGRESS", value_parser = FalseyValueParser::new())]
     pub no_progress: bool,
 
     /// The input format, when the file name does not tell it (stdin).
@@ -238,23 +239,23 @@ pub struct ImportArgs {
     /// Do not give conversations without a source externalId a derived one
     /// (kimp-<hash of the row>). Without it, a conversation whose answer was lost cannot be
     /// looked up: its row fails instead of risking a duplicate.
-    #[arg(long, env = "KUSTOMER_IMPORT_NO_DERIVED_CONVERSATION_IDS")]
+    #[arg(long, env = "KUSTOMER_IMPORT_NO_DERIVED_CONVERSATION_IDS", value_parser = FalseyValueParser::new())]
     pub no_derived_conversation_ids: bool,
 
     /// Send again the rows that failed in earlier runs (not those whose outcome is unknown),
     /// with the current mapping and flags: after a fix on either side.
-    #[arg(long, env = "KUSTOMER_IMPORT_RETRY_FAILED")]
+    #[arg(long, env = "KUSTOMER_IMPORT_RETRY_FAILED", value_parser = FalseyValueParser::new())]
     pub retry_failed: bool,
 
     /// Do not send `importedAt` (the time of the import) with each conversation. With it,
     /// historical conversations are exempt from Kustomer's limit of 120 new conversations
     /// per customer per minute.
-    #[arg(long, env = "KUSTOMER_IMPORT_NO_STAMP_IMPORTED_AT")]
+    #[arg(long, env = "KUSTOMER_IMPORT_NO_STAMP_IMPORTED_AT", value_parser = FalseyValueParser::new())]
     pub no_stamp_imported_at: bool,
 
     /// Allow an http:// base URL on a host other than loopback (the key would travel in
     /// clear text).
-    #[arg(long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP")]
+    #[arg(long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP", value_parser = FalseyValueParser::new())]
     pub allow_insecure_http: bool,
 }
 
@@ -342,6 +343,6 @@ pub struct SandboxArgs {
     pub seed: Option<u64>,
 
     /// Answer the spec's way (200, bare object) instead of the live API's (201, {"data"}).
-    #[arg(long, env = "KUSTOMER_SANDBOX_SPEC_STYLE")]
+    #[arg(long, env = "KUSTOMER_SANDBOX_SPEC_STYLE", value_parser = FalseyValueParser::new())]
     pub spec_style: bool,
 }

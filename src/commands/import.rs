@@ -37,29 +37,24 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
         if input.name != "-"
             && let Err(error) = input.open()
         {
-            eprintln!("error: {error}");
-            return Ok(Exit::Usage);
+            return Ok(stop_early(&config, Exit::Usage, "input", &error));
         }
     }
     let checkpoint = match Checkpoint::open(&config.checkpoint) {
         Ok(checkpoint) => checkpoint,
         Err(error @ CheckpointError::Locked { .. }) => {
-            eprintln!("error: {error}");
-            return Ok(Exit::Locked);
+            return Ok(stop_early(&config, Exit::Locked, "locked", &error));
         }
-        Err(error) => {
-            eprintln!("error: {error}");
-            return Ok(Exit::Usage);
-        }
+        Err(error) => return Ok(stop_early(&config, Exit::Usage, "checkpoint", &error)),
     };
     let mut errors = match ErrorsFile::create(&config.errors) {
         Ok(errors) => errors,
         Err(error) => {
-            eprintln!(
-                "error: cannot create the errors file {}: {error}",
+            let error = format!(
+                "cannot create the errors file {}: {error}",
                 config.errors.display()
             );
-            return Ok(Exit::Usage);
+            return Ok(stop_early(&config, Exit::Usage, "errors_file", &error));
         }
     };
 
@@ -103,7 +98,11 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     let progress = Progress::new(config.progress, estimated_rows, stats, budget_per_second);
     let signals = StopSignals::default();
     let signal_task = tokio::spawn(watch_signals(signals.clone(), config.settings.grace));
-    let run_id = checkpoint.begin_run(&command_line())?;
+    let run_id = match checkpoint.begin_run(&command_line()) {
+        Ok(run_id) => run_id,
+        // An unwritable checkpoint: nothing can be recorded, so nothing is sent.
+        Err(error) => return Ok(stop_early(&config, Exit::Stopped, "checkpoint", &error)),
+    };
 
     let outcome = run_import(
         config.settings.clone(),
@@ -119,7 +118,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     let ImportOutcome { summary, stop } = match outcome {
         Ok(outcome) => outcome,
         Err(error) => {
-            eprintln!("error: {error}");
+            tracing::error!("{error}");
             ImportOutcome {
                 summary: Summary::default(),
                 stop: StopReason::Checkpoint(error.to_string()),
@@ -129,31 +128,12 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     let errors_path = errors.path().to_path_buf();
     let errors_written = errors.rows();
     if let Err(error) = errors.finish() {
-        eprintln!(
-            "error: writing the errors file {}: {error}",
-            errors_path.display()
-        );
+        tracing::error!("writing the errors file {}: {error}", errors_path.display());
     }
 
     let exit = exit_status(&summary, &stop);
-    let mut out = std::io::stdout().lock();
-    if config.json {
-        let report = JsonSummary {
-            version: JSON_SUMMARY_VERSION,
-            exit_code: exit as i32,
-            stopped_because: stop_words(&stop),
-            checkpoint: config.checkpoint.display().to_string(),
-            errors_file: errors_path.display().to_string(),
-            summary: &summary,
-        };
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        summary.write_human(&mut out)?;
-    }
-    out.flush()?;
-    explain(&stop, exit, errors_written, &errors_path, &summary);
-    checkpoint.end_run(
+    // The run is recorded whatever happens to stdout.
+    if let Err(error) = checkpoint.end_run(
         run_id,
         exit as i32,
         RunCounts {
@@ -163,7 +143,11 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
             rows_pending: summary.rows_pending,
             requests: summary.requests,
         },
-    )?;
+    ) {
+        tracing::error!("recording the end of the run: {error}");
+    }
+    print_summary(&config, exit, stop_words(&stop), &summary);
+    explain(&stop, exit, errors_written, &errors_path, &summary);
     if let Some(sandbox) = sandbox {
         sandbox.shutdown().await;
     }
@@ -178,7 +162,8 @@ const JSON_SUMMARY_VERSION: u32 = 1;
 struct JsonSummary<'a> {
     version: u32,
     exit_code: i32,
-    /// finished, interrupted, unauthorized, api_unavailable, endpoint, input, checkpoint.
+    /// finished, interrupted, unauthorized, api_unavailable, endpoint, input, checkpoint,
+    /// or, for a run that could not start: locked, errors_file.
     stopped_because: &'static str,
     checkpoint: String,
     errors_file: String,
@@ -195,6 +180,48 @@ fn stop_words(stop: &StopReason) -> &'static str {
         StopReason::Endpoint(_) => "endpoint",
         StopReason::Input(_) => "input",
         StopReason::Checkpoint(_) => "checkpoint",
+    }
+}
+
+/// Ends a run that could not start: says why (through tracing, so JSON logs stay JSON) and,
+/// with --json, prints the summary object all the same, so a scheduler always gets one.
+fn stop_early(
+    config: &ImportConfig,
+    exit: Exit,
+    stopped_because: &'static str,
+    error: &dyn std::fmt::Display,
+) -> Exit {
+    tracing::error!("{error}");
+    print_summary(config, exit, stopped_because, &Summary::default());
+    exit
+}
+
+/// The summary on stdout: a table, or with --json one object. A stdout that cannot be
+/// written (a closed pipe) does not change the run's exit status.
+fn print_summary(
+    config: &ImportConfig,
+    exit: Exit,
+    stopped_because: &'static str,
+    summary: &Summary,
+) {
+    let mut out = std::io::stdout().lock();
+    let written = if config.json {
+        let report = JsonSummary {
+            version: JSON_SUMMARY_VERSION,
+            exit_code: exit as i32,
+            stopped_because,
+            checkpoint: config.checkpoint.display().to_string(),
+            errors_file: config.errors.display().to_string(),
+            summary,
+        };
+        serde_json::to_writer(&mut out, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        summary.write_human(&mut out)
+    };
+    if let Err(error) = written.and_then(|()| out.flush()) {
+        tracing::warn!("the summary could not be written to stdout: {error}");
     }
 }
 

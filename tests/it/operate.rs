@@ -303,3 +303,25 @@ fn bad_rows_seen_again_count_as_failed_earlier_not_as_new_failures() {
     assert_eq!(summary["rows_failed_earlier"], 5);
     assert_eq!(env.errors().len(), 5, "the errors file still lists them");
 }
+
+#[test]
+fn a_run_that_cannot_start_still_prints_its_json_summary_and_json_logs() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(1, 1));
+    let _held = RunLock::acquire(&env.path("kustomer-import.sqlite")).unwrap();
+    for (args, code, because) in [
+        (vec![file.to_str().unwrap()], 5, "locked"),
+        (vec!["missing.csv"], 2, "input"),
+    ] {
+        let mut args = args;
+        args.extend(["--json", "--log-format", "json"]);
+        let run = env.import(&args);
+        run.assert_code(code);
+        let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(summary["exit_code"], code);
+        assert_eq!(summary["stopped_because"], because);
+        for line in run.stderr.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+    }
+}
