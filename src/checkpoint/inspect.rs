@@ -133,7 +133,12 @@ impl CheckpointReader {
         if !path.exists() {
             return Err(CheckpointError::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such checkpoint"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such checkpoint (give the one the import used with --checkpoint or \
+                     KUSTOMER_IMPORT_CHECKPOINT; the default is relative to the directory the \
+                     import ran in)",
+                ),
             });
         }
         let connection = Connection::open_with_flags(
