@@ -8,7 +8,7 @@ mod config;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 use cli::{Cli, Command, LogFormat};
 use commands::Exit;
@@ -23,19 +23,8 @@ fn main() -> ExitCode {
         }
         Command::Status(args) => Ok(commands::status::run(&args.read.checkpoint, args.json)),
         Command::Export(args) => Ok(commands::export::run(config::export_config(args))),
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "kustomer-import",
-                &mut std::io::stdout(),
-            );
-            Ok(Ok(Exit::Success))
-        }
-        Command::Man => Ok(clap_mangen::Man::new(Cli::command())
-            .render(&mut std::io::stdout())
-            .map(|()| Exit::Success)
-            .map_err(anyhow::Error::from)),
+        Command::Completions { shell } => Ok(commands::docs::completions(shell)),
+        Command::Man => Ok(commands::docs::man()),
         Command::Sandbox(args) => {
             config::sandbox_config(&args).map(|(config, port)| commands::sandbox::run(config, port))
         }

@@ -1,6 +1,7 @@
 //! One file per command, each taking validated settings from `config.rs` and returning the
 //! process's exit status.
 
+pub mod docs;
 pub mod export;
 pub mod import;
 pub mod sandbox;
