@@ -137,35 +137,10 @@ pub fn parse_lookup(segment: &str, customer: bool) -> Result<Lookup, LookupError
 /// Percent-decodes `s`; a `%` not followed by two hex digits stays as it is. `None` when the
 /// result is not UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) => hex_value(h).zip(hex_value(l)),
-            _ => None,
-        };
-        match escaped {
-            Some((h, l)) => {
-                out.push(h * 16 + l);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 /// Makes ids shaped like Kustomer's (MongoDB ObjectIds): 4 bytes of Unix seconds, 5 random

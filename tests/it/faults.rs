@@ -455,13 +455,7 @@ fn a_conversation_sent_without_an_id_is_never_sent_again_even_if_ids_are_derived
         "{errors:?}"
     );
     // status and export say so.
-    let status = run({
-        let mut command = std::process::Command::new(binary());
-        command
-            .current_dir(env.dir.path())
-            .args(["status", "--json"]);
-        command
-    });
+    let status = env.command(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(status["total"]["unresolved"], 2);
     // Not even --retry-failed sends them again: their outcome is unknown, not failed.
@@ -529,9 +523,8 @@ fn a_rate_share_uses_that_fraction_of_the_servers_limit() {
 #[test]
 fn a_retried_row_looks_its_conversation_up_before_sending_it_again() {
     let env = TestEnv::plain();
-    let elsewhere = env.write("elsewhere.csv", "external_id,email\nX,shared@example.com\n");
-    env.import(&[elsewhere.to_str().unwrap(), "--checkpoint", "other.sqlite"])
-        .assert_code(0);
+    // A customer made elsewhere, so that --on-existing-customer fail fails its row.
+    env.customer_made_elsewhere("X", "shared@example.com");
     // The row fails on its customer; whatever else happened, a retry must look first.
     let file = env.write(
         "export.csv",

@@ -96,6 +96,24 @@ impl TestEnv {
         run(self.import_command(args))
     }
 
+    /// Puts a customer into the sandbox through a separate checkpoint, as if another tool
+    /// had made it before this import.
+    pub fn customer_made_elsewhere(&self, external_id: &str, email: &str) {
+        let file = self.write(
+            "elsewhere.csv",
+            &format!("external_id,email\n{external_id},{email}\n"),
+        );
+        self.import(&[file.to_str().unwrap(), "--checkpoint", "elsewhere.sqlite"])
+            .assert_code(0);
+    }
+
+    /// Runs another command of the binary (status, export, ...) in the working directory.
+    pub fn command(&self, args: &[&str]) -> Run {
+        let mut command = Command::new(binary());
+        command.current_dir(self.dir.path()).args(args);
+        run(command)
+    }
+
     /// Starts an import in the background, its output captured.
     pub fn spawn_import(&self, args: &[&str]) -> std::process::Child {
         self.import_command(args)

@@ -26,17 +26,11 @@ fn checkpoint_in_every_state(env: &TestEnv) -> String {
     sample
 }
 
-fn binary_output(env: &TestEnv, args: &[&str]) -> Run {
-    let mut command = std::process::Command::new(binary());
-    command.current_dir(env.dir.path()).args(args);
-    run(command)
-}
-
 #[test]
 fn status_counts_rows_in_every_state_and_lists_the_runs() {
     let env = TestEnv::plain();
     let sample = checkpoint_in_every_state(&env);
-    let run = binary_output(&env, &["status", "--json"]);
+    let run = env.command(&["status", "--json"]);
     run.assert_code(0);
     let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(status["version"], 1);
@@ -65,7 +59,7 @@ fn status_counts_rows_in_every_state_and_lists_the_runs() {
     // A second run finishes the four rows; status lists both runs, newest first.
     env.import(&[&sample]).assert_code(1);
     let status: serde_json::Value =
-        serde_json::from_str(&binary_output(&env, &["status", "--json"]).stdout).unwrap();
+        serde_json::from_str(&env.command(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["total"]["done"], 51);
     let runs = status["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
@@ -74,7 +68,7 @@ fn status_counts_rows_in_every_state_and_lists_the_runs() {
     assert_eq!(runs[0]["rows_done"], 51);
     assert!(!runs[0]["args"].as_str().unwrap().contains(KEY));
     // The table says the same in words.
-    let table = binary_output(&env, &["status"]).stdout;
+    let table = env.command(&["status"]).stdout;
     assert!(table.contains("no run is going on now"), "{table}");
     assert!(table.contains("#2 started"), "{table}");
 }
@@ -85,7 +79,7 @@ fn status_names_a_run_going_on_now() {
     checkpoint_in_every_state(&env);
     let _held = RunLock::acquire(&env.path("kustomer-import.sqlite")).unwrap();
     let status: serde_json::Value =
-        serde_json::from_str(&binary_output(&env, &["status", "--json"]).stdout).unwrap();
+        serde_json::from_str(&env.command(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["active_run"]["pid"], std::process::id());
 }
 
@@ -93,7 +87,7 @@ fn status_names_a_run_going_on_now() {
 fn export_writes_every_row_once_with_its_ids() {
     let env = TestEnv::plain();
     checkpoint_in_every_state(&env);
-    let run = binary_output(&env, &["export", "--state", "all"]);
+    let run = env.command(&["export", "--state", "all"]);
     run.assert_code(0);
     let mut reader = csv::Reader::from_reader(run.stdout.as_bytes());
     let header = reader.headers().unwrap().clone();
@@ -132,7 +126,7 @@ fn export_writes_every_row_once_with_its_ids() {
         assert!(!row[4].is_empty(), "{row:?}");
         assert_eq!(&row[7], "created");
     }
-    let failed = binary_output(&env, &["export", "--state", "failed", "--format", "jsonl"]);
+    let failed = env.command(&["export", "--state", "failed", "--format", "jsonl"]);
     let failed_lines: Vec<u64> = failed
         .stdout
         .lines()
@@ -143,7 +137,7 @@ fn export_writes_every_row_once_with_its_ids() {
         })
         .collect();
     assert_eq!(failed_lines, [23, 33, 40, 41, 58]);
-    let written = binary_output(&env, &["export", "-o", "ids.csv"]);
+    let written = env.command(&["export", "-o", "ids.csv"]);
     written.assert_code(0);
     assert!(
         written.stderr.contains("47 rows written"),
@@ -155,7 +149,7 @@ fn export_writes_every_row_once_with_its_ids() {
 #[test]
 fn status_of_a_missing_checkpoint_is_a_usage_error() {
     let env = TestEnv::plain();
-    let run = binary_output(&env, &["status"]);
+    let run = env.command(&["status"]);
     run.assert_code(2);
     assert!(run.stderr.contains("no such checkpoint"), "{}", run.stderr);
 }
@@ -187,10 +181,10 @@ fn import_json_prints_one_object_that_matches_the_checkpoint() {
 #[test]
 fn completions_and_the_man_page_come_from_the_command_line_definition() {
     let env = TestEnv::plain();
-    let bash = binary_output(&env, &["completions", "bash"]);
+    let bash = env.command(&["completions", "bash"]);
     bash.assert_code(0);
     assert!(bash.stdout.contains("--checkpoint"));
-    let man = binary_output(&env, &["man"]);
+    let man = env.command(&["man"]);
     man.assert_code(0);
     assert!(man.stdout.contains(".TH kustomer-import 1"));
 }
@@ -199,9 +193,7 @@ fn completions_and_the_man_page_come_from_the_command_line_definition() {
 fn retry_failed_turns_fixed_failures_into_done_and_touches_no_done_row() {
     let env = TestEnv::plain();
     // A customer made elsewhere, so that --on-existing-customer fail fails its row.
-    let elsewhere = env.write("elsewhere.csv", "external_id,email\nX,shared@example.com\n");
-    env.import(&[elsewhere.to_str().unwrap(), "--checkpoint", "other.sqlite"])
-        .assert_code(0);
+    env.customer_made_elsewhere("X", "shared@example.com");
     let file = env.write(
         "export.csv",
         "external_id,email,conversation_id,subject\nA,shared@example.com,T1,One\nB,b@example.com,T2,Two\n",
@@ -276,13 +268,13 @@ fn export_never_writes_over_the_checkpoint() {
         "./kustomer-import.sqlite-wal",
         "kustomer-import.sqlite.lock",
     ] {
-        let run = binary_output(&env, &["export", "-o", target]);
+        let run = env.command(&["export", "-o", target]);
         run.assert_code(2);
         assert!(run.stderr.contains("is the checkpoint"), "{}", run.stderr);
     }
-    binary_output(&env, &["status"]).assert_code(0);
+    env.command(&["status"]).assert_code(0);
     use std::os::unix::fs::PermissionsExt;
-    binary_output(&env, &["export", "-o", "ids.csv"]).assert_code(0);
+    env.command(&["export", "-o", "ids.csv"]).assert_code(0);
     let mode = std::fs::metadata(env.path("ids.csv"))
         .unwrap()
         .permissions()
