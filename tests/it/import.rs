@@ -242,3 +242,32 @@ fn a_row_the_api_refuses_fails_with_the_servers_words_and_the_run_goes_on() {
         .unwrap();
     assert_eq!(customers, 0);
 }
+
+#[test]
+fn stdin_is_read_with_format_and_refused_without_it() {
+    let env = TestEnv::plain();
+    let csv = std::fs::read(sample("tickets.csv")).unwrap();
+    let mut child = env
+        .import_command(&["-", "--format", "csv"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &csv).unwrap();
+    finish(child).assert_code(1);
+    env.assert_exactly_once(21, 50);
+    let errors = env.errors();
+    assert!(errors.iter().all(|e| e.0 == "-"), "{errors:?}");
+    assert_eq!(
+        errors.iter().map(|e| e.1).collect::<Vec<_>>(),
+        [23, 33, 40, 41, 58]
+    );
+    let run = env.import(&["-"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("use --format csv|jsonl"),
+        "{}",
+        run.stderr
+    );
+}
