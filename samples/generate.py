@@ -67,3 +67,43 @@ lines.insert(40, json.dumps({"customer_id": "J-902", "email": "j902@example.org"
 lines.append(json.dumps({"customer": {"externalId": "J-950", "name": "No Conversation", "emails": ["only.customer@example.org"]}}))
 with open("tickets.jsonl", "w") as f:
     f.write("\n".join(lines) + "\n")
+
+# A help-desk style export: semicolon-separated, Windows-1252, the help desk's own column
+# names and statuses (solved, pending, hold, ...), first and last names apart, a second
+# email column. helpdesk.mapping.toml maps it.
+hd_first = ["Zoë", "José", "Lucía", "Björn", "Hélène", "Ana", "Mårten", "Chloé", "Iñigo", "Renée", "Søren", "Ada"]
+hd_last = ["Müller", "Álvarez", "Romero", "Ström", "Dubois", "", "Lind", "Lefèvre", "Ibáñez", "Faure", "Kierkegaard", "Byron"]
+hd_status = ["solved", "closed", "pending", "hold", "new", "open", "Solved"]
+hd_via = ["email", "web", "phone", "chat"]
+hd_priority = ["low", "normal", "high", "urgent", ""]
+people = []
+for i in range(12):
+    mail = f"{hd_first[i].lower().translate(str.maketrans('ëéíøåöñèü', 'eeioaonеu'))}.{i}@example.net"
+    mail = "".join(c for c in mail if c.isascii())
+    people.append({
+        "id": f"R-{300 + i}",
+        "first": hd_first[i],
+        "last": hd_last[i],
+        "email": mail,
+        "alt": f"alt{i}@work.example.net" if i % 3 == 0 else "",
+        "phone": f"+33 1 42 68 {10 + i:02d} {20 + i:02d}" if i % 2 else "",
+    })
+hd_rows = []
+t = 0
+for i, p in enumerate(people):
+    for k in range(1 + (i % 4)):
+        t += 1
+        hd_rows.append([f"HD-{7000 + t}", random.choice(subjects).format(n=90000 + t), random.choice(hd_via),
+                        random.choice(hd_status), f"2024-0{1 + t % 9}-1{t % 10}T0{t % 10}:15:00Z",
+                        p["id"], p["first"], p["last"], p["email"], p["alt"], p["phone"], random.choice(hd_priority)])
+hd_rows[2][4] = "2024-02-11 09:30:00+01:00"                 # a space and an offset: normalised to UTC
+hd_rows[5][1] = "Réclamation; colis abîmé"                  # the delimiter inside a quoted field
+hd_rows[9][8] = "no-at-sign.example.net"                    # an invalid email
+hd_rows[14][3] = "waiting on customer"                     # a status the value map does not know
+hd_rows[20][4] = "20/03/2024 10:00"                         # a date that is not RFC 3339
+with open("helpdesk.csv", "w", newline="", encoding="windows-1252") as f:
+    w = csv.writer(f, delimiter=";", lineterminator="\r\n")
+    w.writerow(["Ticket ID", "Subject", "Via", "Ticket Status", "Created At", "Requester ID",
+                "Requester First", "Requester Last", "Requester Email", "Requester Alt Email",
+                "Requester Phone", "Priority"])
+    w.writerows(hd_rows)

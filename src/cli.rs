@@ -52,6 +52,11 @@ pub enum Command {
     /// Import export files into Kustomer (or into the built-in sandbox with --sandbox).
     #[command(after_help = EXIT_CODES)]
     Import(ImportArgs),
+    /// Check export files without sending anything (no network, no key): every row
+    /// through the same mapping and validation as import, invalid rows to the errors file.
+    /// Exit 0 when every row is valid, 1 when some are not, 2 when a file or the mapping
+    /// cannot be used.
+    Validate(ValidateArgs),
     /// Show where an import stands: rows by file and state, failures by reason, customers,
     /// the last runs, and whether a run is going on now.
     Status(StatusArgs),
@@ -120,13 +125,62 @@ pub enum StateArg {
     All,
 }
 
+/// The export files and how to read and map them: the same for import and validate.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Export files: .csv or .jsonl, optionally .gz; '-' reads stdin (with --format).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<String>,
+
+    /// The input format, when the file name does not tell it (stdin).
+    #[arg(long, env = "KUSTOMER_IMPORT_FORMAT", value_enum)]
+    pub format: Option<FormatArg>,
+
+    /// A mapping file (TOML) saying which columns feed which fields; see README
+    /// "Mapping files". Without it, the default columns are used.
+    #[arg(long, env = "KUSTOMER_IMPORT_MAPPING", value_name = "FILE")]
+    pub mapping: Option<PathBuf>,
+
+    /// The CSV delimiter: one character, or 'tab' [default: the mapping's, else sniffed
+    /// from the header line among , ; tab |].
+    #[arg(long, env = "KUSTOMER_IMPORT_DELIMITER", value_name = "CHAR")]
+    pub delimiter: Option<String>,
+
+    /// The text encoding of the inputs, e.g. windows-1252, iso-8859-15, utf-16le
+    /// [default: the mapping's, else UTF-8; a byte-order mark wins].
+    #[arg(long, env = "KUSTOMER_IMPORT_ENCODING", value_name = "LABEL")]
+    pub encoding: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+
+    /// Where invalid rows go (file, line, field, reason, the row).
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_VALIDATE_ERRORS",
+        value_name = "PATH",
+        default_value = "kustomer-import.validate-errors.csv"
+    )]
+    pub errors: PathBuf,
+
+    /// One JSON object on stdout instead of the report.
+    #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
+    pub json: bool,
+}
+
 /// The API key is read from KUSTOMER_API_KEY only: never a flag, so that it shows in no
 /// process list, shell history or --help output.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// Export files: .csv or .jsonl, optionally .gz; '-' reads stdin (with --format).
-    #[arg(required = true, value_name = "FILE")]
-    pub files: Vec<String>,
+    #[command(flatten)]
+    pub input: InputArgs,
+
+    /// Import only the first N valid rows (a trial run); the rest stay for the next run.
+    #[arg(long, env = "KUSTOMER_IMPORT_LIMIT", value_name = "N")]
+    pub limit: Option<u64>,
 
     /// The checkpoint (SQLite) that records every row's outcome; runs with the same
     /// checkpoint resume and never create a row twice.
@@ -188,10 +242,6 @@ pub struct ImportArgs {
     /// No progress bar, even on a terminal.
     #[arg(long, env = "KUSTOMER_IMPORT_NO_PROGRESS", value_parser = FalseyValueParser::new())]
     pub no_progress: bool,
-
-    /// The input format, when the file name does not tell it (stdin).
-    #[arg(long, env = "KUSTOMER_IMPORT_FORMAT", value_enum)]
-    pub format: Option<FormatArg>,
 
     /// Seconds before a request without an answer counts as lost.
     #[arg(
@@ -345,4 +395,14 @@ pub struct SandboxArgs {
     /// Answer the spec's way (200, bare object) instead of the live API's (201, {"data"}).
     #[arg(long, env = "KUSTOMER_SANDBOX_SPEC_STYLE", value_parser = FalseyValueParser::new())]
     pub spec_style: bool,
+
+    /// The org's custom attributes, comma-separated: a customer naming any other is refused
+    /// with 422, as the live API does [default: any name with a type suffix].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NAMES",
+        env = "KUSTOMER_SANDBOX_CUSTOM_ATTRIBUTES"
+    )]
+    pub custom_attributes: Option<Vec<String>>,
 }

@@ -4,16 +4,24 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use url::Url;
 
-use crate::cli::{ExportArgs, FormatArg, ImportArgs, OnExistingArg, SandboxArgs, StateArg};
+use crate::cli::{
+    ExportArgs, FormatArg, ImportArgs, InputArgs, OnExistingArg, SandboxArgs, StateArg,
+    ValidateArgs,
+};
 use kustomer_import::api::Backoff;
 use kustomer_import::checkpoint::inspect::StateFilter;
-use kustomer_import::input::{InputError, InputFormat, InputSource};
+use kustomer_import::input::{
+    CsvSettings, InputError, InputFormat, InputSource, parse_delimiter, parse_encoding,
+};
+use kustomer_import::mapping::{Mapping, MappingConfigError, MappingFile};
 use kustomer_import::pipeline::{ImportSettings, OnExistingCustomer};
+use kustomer_import::rows::ReadSettings;
 use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
 
 /// The environment variable the API key is read from.
@@ -38,6 +46,8 @@ pub enum ConfigError {
     BadValue(String),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    Mapping(#[from] MappingConfigError),
 }
 
 /// Where the import sends its requests.
@@ -85,20 +95,10 @@ pub fn import_config(
             api_key: SecretString::from(api_key.trim().to_string()),
         }
     };
-    let format = args.format.map(|format| match format {
-        FormatArg::Csv => InputFormat::Csv,
-        FormatArg::Jsonl => InputFormat::Jsonl,
-    });
-    if args.files.iter().filter(|name| *name == "-").count() > 1 {
-        return Err(ConfigError::BadValue(
-            "stdin ('-') can be read only once".into(),
-        ));
+    let (inputs, mapping) = input_config(args.input)?;
+    if args.limit == Some(0) {
+        return Err(ConfigError::BadValue("--limit must be at least 1".into()));
     }
-    let inputs = args
-        .files
-        .iter()
-        .map(|name| InputSource::new(name, format))
-        .collect::<Result<Vec<_>, _>>()?;
     if args.rpm == 0 {
         return Err(ConfigError::BadValue("--rpm must be at least 1".into()));
     }
@@ -127,7 +127,11 @@ pub fn import_config(
                 OnExistingArg::Link => OnExistingCustomer::Link,
                 OnExistingArg::Fail => OnExistingCustomer::Fail,
             },
-            derive_conversation_ids: !args.no_derived_conversation_ids,
+            read: ReadSettings {
+                mapping,
+                derive_conversation_ids: !args.no_derived_conversation_ids,
+                limit: args.limit,
+            },
             grace: Duration::from_secs_f64(args.grace.max(0.0)),
             reconcile_delay: Duration::from_secs_f64(args.reconcile_delay.max(0.0)),
             retry_failed: args.retry_failed,
@@ -148,6 +152,67 @@ pub fn import_config(
         rate_window,
         timeout: positive_seconds(args.timeout, "--timeout")?,
         progress: !args.no_progress,
+        json: args.json,
+    })
+}
+
+/// The inputs and the mapping: the mapping file read and checked, and the CSV settings
+/// from the flags, else from the mapping's `[csv]` section.
+fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping), ConfigError> {
+    let format = args.format.map(|format| match format {
+        FormatArg::Csv => InputFormat::Csv,
+        FormatArg::Jsonl => InputFormat::Jsonl,
+    });
+    if args.files.iter().filter(|name| *name == "-").count() > 1 {
+        return Err(ConfigError::BadValue(
+            "stdin ('-') can be read only once".into(),
+        ));
+    }
+    let flags = CsvSettings {
+        delimiter: args
+            .delimiter
+            .as_deref()
+            .map(parse_delimiter)
+            .transpose()
+            .map_err(|reason| ConfigError::BadValue(format!("--delimiter: {reason}")))?,
+        encoding: args
+            .encoding
+            .as_deref()
+            .map(parse_encoding)
+            .transpose()
+            .map_err(|reason| ConfigError::BadValue(format!("--encoding: {reason}")))?,
+    };
+    let (mapping, settings) = match &args.mapping {
+        None => (Mapping::Default, flags),
+        Some(path) => {
+            let file = MappingFile::load(path)?;
+            let settings = flags.or(file.csv);
+            (Mapping::File(Arc::new(file)), settings)
+        }
+    };
+    let inputs = args
+        .files
+        .iter()
+        .map(|name| InputSource::new(name, format, settings))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((inputs, mapping))
+}
+
+/// What `validate` reads and where its report goes.
+#[derive(Debug)]
+pub struct ValidateConfig {
+    pub inputs: Vec<InputSource>,
+    pub mapping: Mapping,
+    pub errors: PathBuf,
+    pub json: bool,
+}
+
+pub fn validate_config(args: ValidateArgs) -> Result<ValidateConfig, ConfigError> {
+    let (inputs, mapping) = input_config(args.input)?;
+    Ok(ValidateConfig {
+        inputs,
+        mapping,
+        errors: args.errors,
         json: args.json,
     })
 }
@@ -251,6 +316,7 @@ pub fn sandbox_config(args: &SandboxArgs) -> Result<(SandboxConfig, u16), Config
             seed: args.seed,
         },
         spec_style: args.spec_style,
+        custom_attributes: args.custom_attributes.clone(),
     };
     Ok((config, args.port))
 }

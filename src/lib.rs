@@ -3,8 +3,9 @@
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library; the integration tests and
 //! the benchmarks use the same modules. The pipeline reads as the modules do:
-//! [`input`] -> [`mapping`] (+ [`rowkey`]) -> [`pipeline`] (reader, planner, worker) -> [`api`] -> [`checkpoint`],
-//! with [`report`] telling the user what happened.
+//! [`input`] -> [`mapping`] (+ [`rowkey`]), joined in [`rows`] -> [`pipeline`] (reader,
+//! planner, worker) -> [`api`] -> [`checkpoint`], with [`report`] telling the user what
+//! happened. `validate` runs [`rows`] alone.
 
 pub mod api;
 pub mod checkpoint;
@@ -13,4 +14,6 @@ pub mod mapping;
 pub mod pipeline;
 pub mod report;
 pub mod rowkey;
+pub mod rows;
 pub mod sandbox;
+pub mod tally;

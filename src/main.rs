@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             let api_key = std::env::var(config::API_KEY_VAR).ok();
             config::import_config(args, api_key).map(commands::import::run)
         }
+        Command::Validate(args) => config::validate_config(args).map(commands::validate::run),
         Command::Status(args) => Ok(commands::status::run(&args.read.checkpoint, args.json)),
         Command::Export(args) => Ok(commands::export::run(config::export_config(args))),
         Command::Completions { shell } => Ok(commands::docs::completions(shell)),

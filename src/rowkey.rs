@@ -8,21 +8,20 @@
 //! order, maps them to the same keys. Changing the mapping changes such keys: prefer a
 //! source conversation id when the export has one.
 
-use std::collections::HashMap;
 use std::fmt::Write;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::mapping::Plan;
+use crate::tally::{Tally, TallyError};
 
 /// Prefix of the conversation externalIds the importer derives.
 pub const DERIVED_ID_PREFIX: &str = "kimp-";
 
-/// Hands out row keys for one run, counting repeated identities.
-#[derive(Default)]
+/// Hands out row keys for one run, counting repeated identities (on disk: see [`Tally`]).
 pub struct RowKeys {
-    occurrences: HashMap<u64, u32>,
+    occurrences: Tally,
 }
 
 /// The key of one row and whether it repeats a source conversation id seen earlier in the
@@ -34,29 +33,31 @@ pub struct RowKey {
 }
 
 impl RowKeys {
-    pub fn new() -> RowKeys {
-        RowKeys::default()
+    pub fn new() -> Result<RowKeys, TallyError> {
+        Ok(RowKeys {
+            occurrences: Tally::new()?,
+        })
     }
 
     /// The key of a mapped row.
-    pub fn for_plan(&mut self, plan: &Plan) -> RowKey {
+    pub fn for_plan(&mut self, plan: &Plan) -> Result<RowKey, TallyError> {
         if let Some(id) = plan
             .conversation
             .as_ref()
             .and_then(|c| c.external_id.as_ref())
         {
             let identity = format!("conv:{id}");
-            let seen = self.count(&identity);
+            let seen = self.count(&identity)?;
             // A repeat gets a key no source id can produce (`conv:A#1` could be one).
             let key = if seen == 0 {
                 identity
             } else {
                 format!("conv-repeat:{seen}:{id}")
             };
-            return RowKey {
+            return Ok(RowKey {
                 key,
                 repeats_source_id: seen > 0,
-            };
+            });
         }
         let mut hasher = Sha256::new();
         // Both bodies serialise deterministically (struct order, sorted maps).
@@ -66,29 +67,30 @@ impl RowKeys {
             hasher.update(serde_json::to_vec(conversation).unwrap_or_default());
         }
         let identity = format!("row:{}", hex(&hasher.finalize()[..12]));
-        let seen = self.count(&identity);
-        RowKey {
+        let seen = self.count(&identity)?;
+        Ok(RowKey {
             key: with_occurrence(identity, seen),
             repeats_source_id: false,
-        }
+        })
     }
 
     /// The key of a row that could not be read or mapped, from what was read of it.
-    pub fn for_unmapped(&mut self, raw: &Value) -> String {
+    pub fn for_unmapped(&mut self, raw: &Value) -> Result<String, TallyError> {
         let digest = Sha256::digest(raw.to_string().as_bytes());
         let identity = format!("bad:{}", hex(&digest[..12]));
-        let seen = self.count(&identity);
-        with_occurrence(identity, seen)
+        let seen = self.count(&identity)?;
+        Ok(with_occurrence(identity, seen))
     }
 
-    fn count(&mut self, identity: &str) -> u32 {
-        let digest = Sha256::digest(identity.as_bytes());
-        let short = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
-        let slot = self.occurrences.entry(short).or_insert(0);
-        let seen = *slot;
-        *slot += 1;
-        seen
+    fn count(&mut self, identity: &str) -> Result<u32, TallyError> {
+        self.occurrences.bump(fingerprint(identity))
     }
+}
+
+/// A 64-bit fingerprint of a text (the first bytes of its SHA-256).
+pub fn fingerprint(text: &str) -> u64 {
+    let digest = Sha256::digest(text.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
 fn with_occurrence(identity: String, seen: u32) -> String {
@@ -137,8 +139,9 @@ mod tests {
     #[test]
     fn identical_rows_get_distinct_keys_that_repeat_across_runs() {
         let run = || {
-            let mut keys = RowKeys::new();
-            [plan(None, "a"), plan(None, "a"), plan(None, "b")].map(|p| keys.for_plan(&p).key)
+            let mut keys = RowKeys::new().unwrap();
+            [plan(None, "a"), plan(None, "a"), plan(None, "b")]
+                .map(|p| keys.for_plan(&p).unwrap().key)
         };
         let first = run();
         assert_eq!(first, run());
@@ -148,11 +151,15 @@ mod tests {
 
     #[test]
     fn source_ids_win_and_repeats_are_flagged() {
-        let mut keys = RowKeys::new();
-        let first = keys.for_plan(&plan(Some("T-1"), "a"));
+        let mut keys = RowKeys::new().unwrap();
+        let first = keys.for_plan(&plan(Some("T-1"), "a")).unwrap();
         assert_eq!(first.key, "conv:T-1");
         assert!(!first.repeats_source_id);
-        assert!(keys.for_plan(&plan(Some("T-1"), "other")).repeats_source_id);
+        assert!(
+            keys.for_plan(&plan(Some("T-1"), "other"))
+                .unwrap()
+                .repeats_source_id
+        );
     }
 
     #[test]

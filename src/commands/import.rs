@@ -12,6 +12,7 @@ use kustomer_import::api::{ClientSettings, KustomerClient, RateGate, RequestStat
 use kustomer_import::checkpoint::{Checkpoint, CheckpointError, RunCounts};
 use kustomer_import::pipeline::{ImportOutcome, StopReason, StopSignals, run_import};
 use kustomer_import::report::{ErrorsFile, Progress, Summary};
+use kustomer_import::rows::check_inputs;
 use kustomer_import::sandbox::{Sandbox, SandboxConfig};
 
 use super::Exit;
@@ -32,13 +33,9 @@ pub fn run(config: ImportConfig) -> anyhow::Result<Exit> {
 }
 
 async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
-    // Every input must open before anything is sent.
-    for input in &config.settings.inputs {
-        if input.name != "-"
-            && let Err(error) = input.open()
-        {
-            return Ok(stop_early(&config, Exit::Usage, "input", &error));
-        }
+    // Every input must open, and the mapping find its columns, before anything is sent.
+    if let Err(error) = check_inputs(&config.settings.inputs, &config.settings.read.mapping) {
+        return Ok(stop_early(&config, Exit::Usage, "input", &error));
     }
     let checkpoint = match Checkpoint::open(&config.checkpoint) {
         Ok(checkpoint) => checkpoint,

@@ -6,6 +6,7 @@ pub mod export;
 pub mod import;
 pub mod sandbox;
 pub mod status;
+pub mod validate;
 
 /// The exit codes, as `--help` and README.md document them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

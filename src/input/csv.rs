@@ -25,8 +25,13 @@ pub struct CsvRecords {
 
 impl CsvRecords {
     /// Reads the header row; an input with no header row is an error.
-    pub fn new(name: &str, input: Box<dyn BufRead + Send>) -> Result<CsvRecords, InputError> {
+    pub fn new(
+        name: &str,
+        input: Box<dyn BufRead + Send>,
+        delimiter: u8,
+    ) -> Result<CsvRecords, InputError> {
         let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
             .flexible(true)
             .has_headers(true)
             .from_reader(LineTracker::new(input));
@@ -213,7 +218,7 @@ mod tests {
 
     fn lines(data: &str) -> Vec<u64> {
         let input: Box<dyn BufRead + Send> = Box::new(io::Cursor::new(data.as_bytes().to_vec()));
-        let records = CsvRecords::new("t.csv", input).unwrap();
+        let records = CsvRecords::new("t.csv", input, b',').unwrap();
         records
             .map(|record| match record.unwrap() {
                 Ok(record) => record.line,

@@ -1,5 +1,6 @@
-//! Reading export files: opens a path or stdin, undoes gzip, picks CSV or JSONL, and
-//! streams records one at a time with the physical line each one starts on.
+//! Reading export files: opens a path or stdin, undoes gzip, decodes the text encoding
+//! (UTF-8 by default, a byte-order mark skipped), picks CSV or JSONL and the CSV delimiter,
+//! and streams records one at a time with the physical line each one starts on.
 //!
 //! Nothing here knows about Kustomer: a record is a set of named source fields
 //! ([`SourceRecord`]) or a reason it could not be read ([`RecordError`]). Readers never
@@ -41,11 +42,78 @@ impl InputFormat {
     }
 }
 
-/// Where one input comes from, as the user named it (`-` is stdin).
+/// How to read the text of an export: `--delimiter`, `--encoding`, or a mapping file's
+/// `[csv]` section. None means the default: the delimiter sniffed from the header line,
+/// UTF-8 (or UTF-16 when a byte-order mark says so).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CsvSettings {
+    pub delimiter: Option<u8>,
+    pub encoding: Option<&'static encoding_rs::Encoding>,
+}
+
+impl CsvSettings {
+    /// These settings, with the other's filling what these leave unset.
+    pub fn or(self, other: CsvSettings) -> CsvSettings {
+        CsvSettings {
+            delimiter: self.delimiter.or(other.delimiter),
+            encoding: self.encoding.or(other.encoding),
+        }
+    }
+}
+
+/// The delimiters sniffed from a header line, in order of preference on a tie.
+const SNIFFED_DELIMITERS: [u8; 4] = [b',', b';', b'\t', b'|'];
+
+/// A delimiter as a user writes it: one ASCII character, or `tab` / `\t`.
+pub fn parse_delimiter(text: &str) -> Result<u8, String> {
+    match text {
+        "tab" | "\\t" | "\t" => Ok(b'\t'),
+        _ if text.len() == 1 && text.is_ascii() && !matches!(text, "\"" | "\n" | "\r") => {
+            Ok(text.as_bytes()[0])
+        }
+        _ => Err(format!(
+            "{text:?} is not a delimiter: give one character such as , ; | or tab"
+        )),
+    }
+}
+
+/// An encoding by its WHATWG label (`windows-1252`, `latin1`, `iso-8859-15`, `utf-16le`, ...).
+pub fn parse_encoding(label: &str) -> Result<&'static encoding_rs::Encoding, String> {
+    encoding_rs::Encoding::for_label(label.trim().as_bytes())
+        .filter(|encoding| *encoding != encoding_rs::REPLACEMENT)
+        .ok_or_else(|| {
+            format!(
+                "{label:?} is not an encoding this tool knows; try utf-8, windows-1252, \
+                 iso-8859-15, utf-16le (see the WHATWG Encoding Standard for every label)"
+            )
+        })
+}
+
+/// The delimiter a header line uses: the candidate seen most often outside quotes.
+pub fn sniff_delimiter(header_line: &[u8]) -> u8 {
+    let mut counts = [0usize; SNIFFED_DELIMITERS.len()];
+    let mut quoted = false;
+    for &byte in header_line {
+        if byte == b'"' {
+            quoted = !quoted;
+        } else if !quoted && let Some(index) = SNIFFED_DELIMITERS.iter().position(|&d| d == byte) {
+            counts[index] += 1;
+        }
+    }
+    let best = (0..counts.len())
+        .rev()
+        .max_by_key(|&index| counts[index])
+        .filter(|&index| counts[index] > 0)
+        .unwrap_or(0);
+    SNIFFED_DELIMITERS[best]
+}
+
+/// Where one input comes from, as the user named it (`-` is stdin), and how to read it.
 #[derive(Clone, Debug)]
 pub struct InputSource {
     pub name: String,
     pub format: InputFormat,
+    pub settings: CsvSettings,
 }
 
 /// Why an input could not be opened at all (the run stops with exit 2).
@@ -67,7 +135,11 @@ pub enum InputError {
 
 impl InputSource {
     /// Names an input; `format` overrides what the extension says.
-    pub fn new(name: &str, format: Option<InputFormat>) -> Result<InputSource, InputError> {
+    pub fn new(
+        name: &str,
+        format: Option<InputFormat>,
+        settings: CsvSettings,
+    ) -> Result<InputSource, InputError> {
         let format = format
             .or_else(|| InputFormat::from_path(name))
             .ok_or_else(|| InputError::UnknownFormat {
@@ -76,12 +148,27 @@ impl InputSource {
         Ok(InputSource {
             name: name.to_string(),
             format,
+            settings,
         })
     }
 
-    /// Opens the byte stream: stdin for `-`, else the file; gzip (all members) when the name
-    /// ends in `.gz`.
+    /// Opens the text stream, as UTF-8: stdin for `-`, else the file; gzip (all members)
+    /// when the name ends in `.gz`; decoded from the encoding of the settings, or from
+    /// UTF-16 when a byte-order mark says so. A UTF-8 byte-order mark is dropped; bytes
+    /// that are not UTF-8 in a UTF-8 input pass through, for the reader to report.
     pub fn open(&self) -> Result<Box<dyn BufRead + Send>, InputError> {
+        let bytes = self.open_bytes()?;
+        let decoded = encoding_rs_io::DecodeReaderBytesBuilder::new()
+            .encoding(self.settings.encoding)
+            .utf8_passthru(true)
+            .strip_bom(true)
+            .bom_override(true)
+            .build(bytes);
+        Ok(Box::new(BufReader::with_capacity(256 * 1024, decoded)))
+    }
+
+    /// The raw bytes: the file or stdin, gunzipped.
+    fn open_bytes(&self) -> Result<Box<dyn Read + Send>, InputError> {
         let raw: Box<dyn Read + Send> = if self.name == "-" {
             Box::new(io::stdin())
         } else {
@@ -93,10 +180,7 @@ impl InputSource {
         };
         let raw = BufReader::with_capacity(256 * 1024, raw);
         if self.name.to_ascii_lowercase().ends_with(".gz") {
-            Ok(Box::new(BufReader::with_capacity(
-                256 * 1024,
-                flate2::bufread::MultiGzDecoder::new(raw),
-            )))
+            Ok(Box::new(flate2::bufread::MultiGzDecoder::new(raw)))
         } else {
             Ok(Box::new(raw))
         }
@@ -129,9 +213,23 @@ impl InputSource {
 
     /// Opens the input and returns its records in order.
     pub fn records(&self) -> Result<Records, InputError> {
-        let reader = self.open()?;
+        let mut reader = self.open()?;
         Ok(match self.format {
-            InputFormat::Csv => Records::Csv(CsvRecords::new(&self.name, reader)?),
+            InputFormat::Csv => {
+                let delimiter = match self.settings.delimiter {
+                    Some(delimiter) => delimiter,
+                    None => {
+                        let buffer = reader.fill_buf().map_err(|source| InputError::Read {
+                            name: self.name.clone(),
+                            line: 1,
+                            source,
+                        })?;
+                        let end = memchr::memchr(b'\n', buffer).unwrap_or(buffer.len());
+                        sniff_delimiter(&buffer[..end])
+                    }
+                };
+                Records::Csv(CsvRecords::new(&self.name, reader, delimiter)?)
+            }
             InputFormat::Jsonl => Records::Jsonl(JsonlRecords::new(&self.name, reader)),
         })
     }
@@ -195,6 +293,16 @@ pub enum Records {
     Jsonl(JsonlRecords),
 }
 
+impl Records {
+    /// The CSV header row (trimmed); None for JSONL.
+    pub fn csv_headers(&self) -> Option<&Arc<Vec<String>>> {
+        match self {
+            Records::Csv(records) => Some(records.headers()),
+            Records::Jsonl(_) => None,
+        }
+    }
+}
+
 impl Iterator for Records {
     /// An `Err(InputError)` ends the input: the stream itself failed (I/O, bad gzip).
     type Item = Result<RecordResult, InputError>;
@@ -216,7 +324,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let source = InputSource::new(path.to_str().unwrap(), None).unwrap();
+        let source =
+            InputSource::new(path.to_str().unwrap(), None, CsvSettings::default()).unwrap();
         source
             .records()
             .unwrap()
@@ -278,9 +387,9 @@ mod tests {
         assert_eq!(InputFormat::from_path("x.CSV.gz"), Some(InputFormat::Csv));
         assert_eq!(InputFormat::from_path("x.ndjson"), Some(InputFormat::Jsonl));
         assert!(matches!(
-            InputSource::new("-", None),
+            InputSource::new("-", None, CsvSettings::default()),
             Err(InputError::UnknownFormat { .. })
         ));
-        assert!(InputSource::new("-", Some(InputFormat::Csv)).is_ok());
+        assert!(InputSource::new("-", Some(InputFormat::Csv), CsvSettings::default()).is_ok());
     }
 }

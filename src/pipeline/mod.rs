@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -37,9 +36,10 @@ use crate::checkpoint::{
     Change, Checkpoint, CheckpointError, CheckpointWriter, CustomerOrigin, RowChange, RowState,
     StoredRow,
 };
-use crate::input::{InputSource, SourceFields};
-use crate::mapping::{MappingError, Plan};
+use crate::input::InputSource;
+use crate::mapping::Plan;
 use crate::report::{ErrorsFile, Progress, Summary};
+use crate::rows::{Original, ReadRow, ReadSettings, RowOrigin};
 
 /// What to do with a customer that already exists in Kustomer (the create answers 409).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +59,8 @@ pub struct ImportSettings {
     pub max_retries: u32,
     pub backoff: Backoff,
     pub on_existing_customer: OnExistingCustomer,
-    /// Give conversations without a source externalId one derived from the row key.
-    pub derive_conversation_ids: bool,
+    /// The mapping, derived conversation ids and --limit.
+    pub read: ReadSettings,
     /// How long work in flight may go on after a soft stop.
     pub grace: Duration,
     /// The least wait between a lost answer and the lookup that reconciles it.
@@ -104,37 +104,6 @@ pub enum StopReason {
 pub struct ImportOutcome {
     pub summary: Summary,
     pub stop: StopReason,
-}
-
-/// Where a row comes from, as the checkpoint and the errors file name it.
-#[derive(Clone, Debug)]
-struct RowOrigin {
-    file: Arc<str>,
-    line: u64,
-    key: String,
-}
-
-/// The source record, kept until the row settles in case it must go to the errors file.
-#[derive(Clone, Debug)]
-enum Original {
-    Fields(SourceFields),
-    Raw(Value),
-}
-
-impl Original {
-    fn to_json(&self) -> Value {
-        match self {
-            Original::Fields(fields) => fields.to_json(),
-            Original::Raw(value) => value.clone(),
-        }
-    }
-}
-
-/// One row as the reader hands it over.
-struct ReadRow {
-    origin: RowOrigin,
-    original: Original,
-    plan: Result<Plan, MappingError>,
 }
 
 /// A row that will be sent.
@@ -246,11 +215,7 @@ pub async fn run_import(
     });
     let window = settings.concurrency.max(1) * 4;
     let (rows_tx, rows) = mpsc::channel(window);
-    let reader = start_reader(
-        settings.inputs.clone(),
-        settings.derive_conversation_ids,
-        rows_tx,
-    );
+    let reader = start_reader(settings.inputs.clone(), settings.read.clone(), rows_tx);
     let mut planner = Planner {
         shared: Arc::clone(&shared),
         checkpoint,

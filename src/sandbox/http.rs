@@ -378,7 +378,17 @@ async fn create_customer(State(app): State<Arc<App>>, req: Request) -> Response 
         Ok(body) => body,
         Err(response) => return response,
     };
-    let errors = validate_customer(&Value::Object(body.clone()));
+    let mut errors = validate_customer(&Value::Object(body.clone()));
+    if let (Some(known), Some(Value::Object(custom))) =
+        (&app.config.custom_attributes, body.get("custom"))
+    {
+        for name in custom.keys().filter(|name| !known.contains(name)) {
+            errors.push(FieldError::new(
+                format!("/custom/{}", super::validate::escape_pointer(name)),
+                format!("custom attribute {name} is not defined for this org"),
+            ));
+        }
+    }
     if !errors.is_empty() {
         return invalid(errors);
     }

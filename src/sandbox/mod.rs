@@ -67,6 +67,10 @@ pub struct SandboxConfig {
     /// Answer the way the spec says (200 and a bare {type,id,attributes}) instead of the
     /// live API's way (201 and {"data": {...}}).
     pub spec_style: bool,
+    /// The org's custom attributes. When set, a customer whose `custom` names any other is
+    /// refused (422), as the live API refuses attributes the org has not defined: a
+    /// refusal no local validation can foresee. None: any name with a type suffix.
+    pub custom_attributes: Option<Vec<String>>,
 }
 
 impl Default for SandboxConfig {
@@ -79,6 +83,7 @@ impl Default for SandboxConfig {
             jitter: Duration::ZERO,
             faults: FaultConfig::default(),
             spec_style: false,
+            custom_attributes: None,
         }
     }
 }

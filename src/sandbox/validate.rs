@@ -21,7 +21,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(pointer: String, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(pointer: String, detail: impl Into<String>) -> Self {
         FieldError {
             pointer,
             detail: detail.into(),

@@ -205,14 +205,19 @@ fn an_unreadable_input_exits_2_before_any_request() {
 
 #[test]
 fn a_row_the_api_refuses_fails_with_the_servers_words_and_the_run_goes_on() {
-    let env = TestEnv::plain();
-    // The sandbox, like the live API, wants custom attribute names with a type suffix.
+    // The org defines one custom attribute; the live API refuses others, which no local
+    // check can know.
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        custom_attributes: Some(vec!["tierStr".into()]),
+        ..SandboxConfig::default()
+    });
     let file = env.write(
         "export.jsonl",
         concat!(
-            r#"{"customer": {"externalId": "A", "custom": {"tier": "gold"}}, "conversation": {"name": "One"}}"#,
+            r#"{"customer": {"externalId": "A", "custom": {"levelStr": "gold"}}, "conversation": {"name": "One"}}"#,
             "\n",
-            r#"{"customer": {"externalId": "A", "custom": {"tier": "gold"}}, "conversation": {"name": "Two"}}"#,
+            r#"{"customer": {"externalId": "A", "custom": {"levelStr": "gold"}}, "conversation": {"name": "Two"}}"#,
             "\n",
             r#"{"customer": {"externalId": "B", "custom": {"tierStr": "gold"}}, "conversation": {"name": "Three"}}"#,
             "\n"
@@ -224,7 +229,7 @@ fn a_row_the_api_refuses_fails_with_the_servers_words_and_the_run_goes_on() {
     let mut errors = env.errors();
     errors.sort_by_key(|e| e.1);
     assert_eq!(errors.iter().map(|e| e.1).collect::<Vec<_>>(), [1, 2]);
-    assert!(errors[0].3.contains("/custom/tier"), "{errors:?}");
+    assert!(errors[0].3.contains("/custom/levelStr"), "{errors:?}");
     assert!(
         errors[1].3.starts_with("its customer could not be created"),
         "{errors:?}"

@@ -1,111 +1,14 @@
-//! Mapping: turns one source record into a [`Plan`] (the customer body, the conversation
-//! body, the customer's key) or into a [`MappingError`] that names the field and the reason.
-//!
-//! It is pure: no I/O, no clock, no randomness, so the same record always gives the same
-//! plan (row keys and derived ids depend on that). Local validation lives here too: a row
-//! refused here costs no request. The default columns are the ones in README.md; column
-//! names compare case-insensitively, ignoring spaces, `_` and `-`.
+//! The default mapping: the columns README.md lists, matched case-insensitively ignoring
+//! spaces, `_` and `-`, for CSV and flat JSONL; and JSONL rows shaped like the API bodies
+//! (`{"customer": {...}, "conversation": {...}}`), taken as they are.
 
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::checks::finish_plan;
+use super::{ConversationBody, CustomerBody, EmailEntry, MappingError, PhoneEntry, Plan};
 use crate::input::SourceFields;
-
-/// Longest externalId or name the API takes.
-pub const MAX_TEXT_LEN: usize = 255;
-
-/// The conversation statuses the API accepts on create.
-pub const STATUSES: [&str; 3] = ["open", "snoozed", "done"];
-const EMAIL_TYPES: [&str; 3] = ["home", "work", "other"];
-const PHONE_TYPES: [&str; 5] = ["mobile", "home", "work", "fax", "other"];
-
-/// What one row asks of Kustomer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    /// Identifies the customer across rows and runs: `ext:<externalId>`, else
-    /// `email:<first email, lowercased>`, else `phone:<first phone>`.
-    pub customer_key: String,
-    pub customer: CustomerBody,
-    /// None when the row has no conversation field: the row imports only its customer.
-    pub conversation: Option<ConversationBody>,
-}
-
-/// The body of `POST /v1/customers`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CustomerBody {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_id: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub emails: Vec<EmailEntry>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub phones: Vec<PhoneEntry>,
-    /// Other fields of an API-shaped JSONL row (company, tags, custom, ...), passed through.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct EmailEntry {
-    pub email: String,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PhoneEntry {
-    pub phone: String,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-}
-
-/// The body of `POST /v1/conversations`; `customer` is filled in once the customer's id
-/// is known.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConversationBody {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub customer: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub channel: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// Why a row was refused before any request: the field (as the API names it) and the reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MappingError {
-    pub field: Option<String>,
-    pub reason: String,
-}
-
-impl MappingError {
-    fn new(field: &str, reason: impl Into<String>) -> MappingError {
-        MappingError {
-            field: Some(field.to_string()),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for MappingError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.field {
-            Some(field) => write!(f, "{field}: {}", self.reason),
-            None => f.write_str(&self.reason),
-        }
-    }
-}
 
 /// The default columns and what they feed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +108,7 @@ impl DefaultMapping {
 }
 
 /// A value of a flat record: text (CSV, or a JSON scalar) or a JSON list.
-enum FlatValue {
+pub(super) enum FlatValue {
     Text(String),
     List(Vec<Value>),
 }
@@ -232,7 +135,11 @@ fn plan_from_flat(get: &dyn Fn(Target) -> Option<FlatValue>) -> Result<Plan, Map
         match get(target) {
             None => Ok(None),
             Some(FlatValue::Text(text)) => Ok(Some(text)),
-            Some(FlatValue::List(_)) => Err(MappingError::new(field, "must be text, not a list")),
+            Some(FlatValue::List(_)) => Err(MappingError::new(
+                field,
+                "not text",
+                "must be text, not a list",
+            )),
         }
     };
     let customer = CustomerBody {
@@ -260,7 +167,7 @@ fn plan_from_flat(get: &dyn Fn(Target) -> Option<FlatValue>) -> Result<Plan, Map
 }
 
 /// Splits `a@x; b@y` (or a JSON list of strings or `{email, type}` objects) into entries.
-fn contact_list(
+pub(super) fn contact_list(
     value: Option<FlatValue>,
     field: &str,
     inner: &str,
@@ -285,6 +192,7 @@ fn contact_list(
                             _ => {
                                 return Err(MappingError::new(
                                     &format!("{at}.{inner}"),
+                                    "missing or not text",
                                     "is missing or not text",
                                 ));
                             }
@@ -295,6 +203,7 @@ fn contact_list(
                             Some(_) => {
                                 return Err(MappingError::new(
                                     &format!("{at}.type"),
+                                    "not text",
                                     "is not text",
                                 ));
                             }
@@ -306,6 +215,7 @@ fn contact_list(
                     _ => {
                         return Err(MappingError::new(
                             &at,
+                            "not text or an object",
                             format!("must be text or an object with {inner:?}"),
                         ));
                     }
@@ -329,7 +239,7 @@ fn plan_from_api_shape(
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => Some(FlatValue::List(items)),
             Some(Value::String(text)) => Some(FlatValue::Text(text)),
-            Some(_) => return Err(MappingError::new(key, "must be a list")),
+            Some(_) => return Err(MappingError::new(key, "not a list", "must be a list")),
         };
         contact_list(value, key, inner)
     };
@@ -355,6 +265,7 @@ fn plan_from_api_shape(
             if extra.contains_key("customer") {
                 return Err(MappingError::new(
                     "conversation.customer",
+                    "set by the importer",
                     "is set by the importer from the row's customer; remove it",
                 ));
             }
@@ -367,7 +278,13 @@ fn plan_from_api_shape(
                 extra,
             }
         }
-        Some(_) => return Err(MappingError::new("conversation", "must be an object")),
+        Some(_) => {
+            return Err(MappingError::new(
+                "conversation",
+                "not an object",
+                "must be an object",
+            ));
+        }
     };
     finish_plan(customer, conversation)
 }
@@ -384,166 +301,8 @@ fn take_text(
             Ok((!text.is_empty()).then(|| text.to_string()))
         }
         Some(Value::Number(number)) => Ok(Some(number.to_string())),
-        Some(_) => Err(MappingError::new(field, "must be text")),
+        Some(_) => Err(MappingError::new(field, "not text", "must be text")),
     }
-}
-
-/// Validates both bodies, normalises what is safe to normalise, and derives the key.
-fn finish_plan(
-    mut customer: CustomerBody,
-    mut conversation: ConversationBody,
-) -> Result<Plan, MappingError> {
-    check_length(customer.name.as_deref(), "name")?;
-    check_length(customer.external_id.as_deref(), "externalId")?;
-    for (index, entry) in customer.emails.iter_mut().enumerate() {
-        if !is_valid_email(&entry.email) {
-            return Err(MappingError::new(
-                &format!("emails[{index}].email"),
-                format!("{:?} is not an email address", entry.email),
-            ));
-        }
-        check_kind(
-            &mut entry.kind,
-            &EMAIL_TYPES,
-            &format!("emails[{index}].type"),
-        )?;
-    }
-    for (index, entry) in customer.phones.iter_mut().enumerate() {
-        entry.phone = normalize_phone(&entry.phone).ok_or_else(|| {
-            MappingError::new(
-                &format!("phones[{index}].phone"),
-                format!("{:?} is not a phone number", entry.phone),
-            )
-        })?;
-        check_kind(
-            &mut entry.kind,
-            &PHONE_TYPES,
-            &format!("phones[{index}].type"),
-        )?;
-    }
-    let customer_key = customer_key(&customer).ok_or_else(|| {
-        MappingError::new(
-            "customer",
-            "has no externalId, email or phone: the importer needs one to find the customer again",
-        )
-    })?;
-
-    check_length(conversation.name.as_deref(), "conversation.name")?;
-    check_length(
-        conversation.external_id.as_deref(),
-        "conversation.externalId",
-    )?;
-    if let Some(status) = &mut conversation.status {
-        let lower = status.to_lowercase();
-        if !STATUSES.contains(&lower.as_str()) {
-            return Err(MappingError::new(
-                "conversation.status",
-                format!("{status:?} is not one of open, snoozed, done"),
-            ));
-        }
-        *status = lower;
-    }
-    let has_conversation = conversation != ConversationBody::default();
-    Ok(Plan {
-        customer_key,
-        customer,
-        conversation: has_conversation.then_some(conversation),
-    })
-}
-
-fn check_length(value: Option<&str>, field: &str) -> Result<(), MappingError> {
-    match value {
-        Some(text) if text.chars().count() > MAX_TEXT_LEN => Err(MappingError::new(
-            field,
-            format!("is longer than {MAX_TEXT_LEN} characters"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-fn check_kind(
-    kind: &mut Option<String>,
-    allowed: &[&str],
-    field: &str,
-) -> Result<(), MappingError> {
-    if let Some(value) = kind {
-        let lower = value.to_lowercase();
-        if !allowed.contains(&lower.as_str()) {
-            return Err(MappingError::new(
-                field,
-                format!("{value:?} is not one of {}", allowed.join(", ")),
-            ));
-        }
-        *value = lower;
-    }
-    Ok(())
-}
-
-/// The key that identifies a customer across rows and runs.
-pub fn customer_key(customer: &CustomerBody) -> Option<String> {
-    if let Some(id) = &customer.external_id {
-        return Some(format!("ext:{id}"));
-    }
-    if let Some(entry) = customer.emails.first() {
-        return Some(format!("email:{}", entry.email.to_lowercase()));
-    }
-    customer
-        .phones
-        .first()
-        .map(|entry| format!("phone:{}", entry.phone))
-}
-
-/// A strict email syntax check: `local@domain` with an ASCII dot-atom local part and a
-/// domain of at least two DNS labels whose last is alphabetic. Quoted local parts and
-/// address literals are refused: real exports do not hold them and the API may not either.
-pub fn is_valid_email(address: &str) -> bool {
-    let Some((local, domain)) = address.rsplit_once('@') else {
-        return false;
-    };
-    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
-    let local_ok = !local.is_empty()
-        && local.len() <= 64
-        && local
-            .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(atext));
-    let labels: Vec<&str> = domain.split('.').collect();
-    let domain_ok = domain.len() <= 253
-        && labels.len() >= 2
-        && labels.iter().all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-        && labels.last().is_some_and(|tld| {
-            tld.len() >= 2
-                && (tld.chars().all(|c| c.is_ascii_alphabetic()) || tld.starts_with("xn--"))
-        });
-    local_ok && domain_ok
-}
-
-/// Strips the punctuation people put in phone numbers, keeping a leading `+`; refuses a
-/// value with letters or with too few or too many digits to be a phone number.
-pub fn normalize_phone(raw: &str) -> Option<String> {
-    let raw = raw.trim();
-    let (plus, rest) = match raw.strip_prefix('+') {
-        Some(rest) => (true, rest),
-        None => (false, raw),
-    };
-    let mut digits = String::with_capacity(rest.len() + 1);
-    if plus {
-        digits.push('+');
-    }
-    for c in rest.chars() {
-        match c {
-            '0'..='9' => digits.push(c),
-            ' ' | '-' | '.' | '(' | ')' => {}
-            _ => return None,
-        }
-    }
-    let count = digits.len() - usize::from(plus);
-    (7..=15).contains(&count).then_some(digits)
 }
 
 #[cfg(test)]
@@ -642,44 +401,5 @@ mod tests {
         assert_eq!(shaped.customer_key, "ext:42");
         assert_eq!(shaped.customer.extra["company"], json!("ACME"));
         assert_eq!(shaped.conversation.unwrap().extra["priority"], json!(2));
-    }
-
-    #[test]
-    fn email_syntax() {
-        for good in [
-            "a@x.io",
-            "first.last+tag@mail.example.co.uk",
-            "o'neil@x-y.com",
-        ] {
-            assert!(is_valid_email(good), "{good}");
-        }
-        for bad in [
-            "",
-            "a",
-            "a@",
-            "@x.io",
-            "a@x",
-            "a@@x.io",
-            "a..b@x.io",
-            "a@-x.io",
-            "a b@x.io",
-            "a@x.c0m",
-        ] {
-            assert!(!is_valid_email(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn phones() {
-        assert_eq!(
-            normalize_phone("+44 20 7946 0958").as_deref(),
-            Some("+442079460958")
-        );
-        assert_eq!(
-            normalize_phone("(555) 010-0000").as_deref(),
-            Some("5550100000")
-        );
-        assert_eq!(normalize_phone("call me"), None);
-        assert_eq!(normalize_phone("12345"), None);
     }
 }

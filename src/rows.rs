@@ -1,0 +1,245 @@
+//! Rows: every input, read record by record, mapped to a plan and given its row key. This
+//! is the one path from a file to a row, shared by `import` (which sends the rows) and
+//! `validate` (which only counts them), so the two can never disagree on what a row is.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::input::{InputError, InputSource, RecordResult, Records, SourceFields};
+use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, Plan};
+use crate::rowkey::{RowKeys, derived_conversation_id};
+use crate::tally::TallyError;
+
+/// Where a row comes from, as the checkpoint and the errors file name it.
+#[derive(Clone, Debug)]
+pub struct RowOrigin {
+    pub file: Arc<str>,
+    pub line: u64,
+    pub key: String,
+}
+
+/// The source record, kept until the row settles in case it must go to the errors file.
+#[derive(Clone, Debug)]
+pub enum Original {
+    Fields(SourceFields),
+    Raw(Value),
+}
+
+impl Original {
+    pub fn to_json(&self) -> Value {
+        match self {
+            Original::Fields(fields) => fields.to_json(),
+            Original::Raw(value) => value.clone(),
+        }
+    }
+}
+
+/// One row read: where it is, what it was, and its plan or why it has none.
+#[derive(Debug)]
+pub struct ReadRow {
+    pub origin: RowOrigin,
+    pub original: Original,
+    pub plan: Result<Plan, MappingError>,
+}
+
+/// Why reading stopped before the end (the run stops with exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{input}: {source}")]
+    Mapping {
+        input: String,
+        source: MappingConfigError,
+    },
+    #[error(transparent)]
+    Scratch(#[from] TallyError),
+}
+
+/// How rows are read.
+#[derive(Clone, Debug, Default)]
+pub struct ReadSettings {
+    pub mapping: Mapping,
+    /// Give conversations without a source externalId one derived from the row key.
+    pub derive_conversation_ids: bool,
+    /// Stop after this many rows with a valid plan (`import --limit`).
+    pub limit: Option<u64>,
+}
+
+/// Checks, before anything is sent, that every input opens and that the mapping finds its
+/// columns in every CSV header. Stdin is left alone: it can be read only once.
+pub fn check_inputs(inputs: &[InputSource], mapping: &Mapping) -> Result<(), ReadError> {
+    for input in inputs.iter().filter(|input| input.name != "-") {
+        let records = input.records()?;
+        mapping
+            .for_input(records.csv_headers())
+            .map_err(|source| ReadError::Mapping {
+                input: input.name.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// The rows of every input, in order. After an error it yields nothing more.
+pub struct RowReader {
+    inputs: std::vec::IntoIter<InputSource>,
+    settings: ReadSettings,
+    current: Option<OpenInput>,
+    keys: RowKeys,
+    valid_rows: u64,
+    failed: bool,
+}
+
+/// The input being read.
+struct OpenInput {
+    file: Arc<str>,
+    records: Records,
+    mapping: InputMapping,
+}
+
+impl RowReader {
+    pub fn new(inputs: Vec<InputSource>, settings: ReadSettings) -> Result<RowReader, ReadError> {
+        Ok(RowReader {
+            inputs: inputs.into_iter(),
+            settings,
+            current: None,
+            keys: RowKeys::new()?,
+            valid_rows: 0,
+            failed: false,
+        })
+    }
+
+    /// Opens the next input; None when every input has been read.
+    fn open_next(&mut self) -> Option<Result<OpenInput, ReadError>> {
+        let input = self.inputs.next()?;
+        let open = || -> Result<OpenInput, ReadError> {
+            let records = input.records()?;
+            let mapping = self
+                .settings
+                .mapping
+                .for_input(records.csv_headers())
+                .map_err(|source| ReadError::Mapping {
+                    input: input.name.clone(),
+                    source,
+                })?;
+            Ok(OpenInput {
+                file: Arc::from(input.name.as_str()),
+                records,
+                mapping,
+            })
+        };
+        Some(open())
+    }
+}
+
+impl Iterator for RowReader {
+    type Item = Result<ReadRow, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed
+            || self
+                .settings
+                .limit
+                .is_some_and(|limit| self.valid_rows >= limit)
+        {
+            return None;
+        }
+        loop {
+            let open = match &mut self.current {
+                Some(open) => open,
+                None => match self.open_next()? {
+                    Ok(open) => self.current.insert(open),
+                    Err(error) => {
+                        self.failed = true;
+                        return Some(Err(error));
+                    }
+                },
+            };
+            match open.records.next() {
+                None => self.current = None,
+                Some(Err(error)) => {
+                    self.failed = true;
+                    return Some(Err(error.into()));
+                }
+                Some(Ok(record)) => {
+                    let file = Arc::clone(&open.file);
+                    let row = read_row(
+                        &mut self.keys,
+                        &self.settings,
+                        file,
+                        record,
+                        &mut open.mapping,
+                    );
+                    match &row {
+                        Ok(row) if row.plan.is_ok() => self.valid_rows += 1,
+                        Ok(_) => {}
+                        Err(_) => self.failed = true,
+                    }
+                    return Some(row.map_err(ReadError::from));
+                }
+            }
+        }
+    }
+}
+
+/// Maps one record and gives it its key (and, when asked, its derived conversation id).
+fn read_row(
+    keys: &mut RowKeys,
+    settings: &ReadSettings,
+    file: Arc<str>,
+    record: RecordResult,
+    mapping: &mut InputMapping,
+) -> Result<ReadRow, TallyError> {
+    let record = match record {
+        Ok(record) => record,
+        Err(bad) => {
+            return Ok(ReadRow {
+                origin: RowOrigin {
+                    file,
+                    line: bad.line,
+                    key: keys.for_unmapped(&bad.raw)?,
+                },
+                plan: Err(MappingError::record(
+                    "unreadable record",
+                    format!("the record {}", bad.reason),
+                )),
+                original: Original::Raw(bad.raw),
+            });
+        }
+    };
+    let plan = mapping.map(&record.fields);
+    let original = Original::Fields(record.fields);
+    let (key, plan) = match plan {
+        Ok(mut plan) => {
+            let key = keys.for_plan(&plan)?;
+            let plan = if key.repeats_source_id {
+                Err(MappingError::new(
+                    "conversation.externalId",
+                    "repeats an earlier row's conversation id",
+                    "repeats the conversation id of an earlier row",
+                ))
+            } else {
+                if settings.derive_conversation_ids
+                    && let Some(conversation) = &mut plan.conversation
+                    && conversation.external_id.is_none()
+                {
+                    conversation.external_id = Some(derived_conversation_id(&key.key));
+                }
+                Ok(plan)
+            };
+            (key.key, plan)
+        }
+        Err(error) => (keys.for_unmapped(&original.to_json())?, Err(error)),
+    };
+    Ok(ReadRow {
+        origin: RowOrigin {
+            file,
+            line: record.line,
+            key,
+        },
+        original,
+        plan,
+    })
+}
