@@ -401,10 +401,13 @@ pub fn customer_key(customer: &CustomerBody) -> Option<String> {
         .map(|entry| format!("phone:{}", entry.phone))
 }
 
-/// A strict email syntax check: `local@domain` with an ASCII dot-atom local part and a
-/// domain of at least two DNS labels whose last is alphabetic. Quoted local parts and
+/// A strict email syntax check: at most 254 bytes, `local@domain` with an ASCII dot-atom
+/// local part and a domain of at least two DNS labels whose last is alphabetic. Quoted local parts and
 /// address literals are refused: real exports do not hold them and the API may not either.
 pub fn is_valid_email(address: &str) -> bool {
+    if address.len() > 254 {
+        return false;
+    }
     let Some((local, domain)) = address.rsplit_once('@') else {
         return false;
     };
