@@ -111,6 +111,13 @@ impl RowReader {
         })
     }
 
+    /// Whether reading stopped at `limit` valid rows (the rest is left unread).
+    pub fn limit_reached(&self) -> bool {
+        self.settings
+            .limit
+            .is_some_and(|limit| self.valid_rows >= limit)
+    }
+
     /// Opens the next input; None when every input has been read.
     fn open_next(&mut self) -> Option<Result<OpenInput, ReadError>> {
         let input = self.inputs.next()?;

@@ -28,7 +28,7 @@ impl Tally {
         connection.execute_batch(
             "PRAGMA journal_mode = OFF;
              PRAGMA synchronous = OFF;
-             PRAGMA cache_size = -16384;
+             PRAGMA cache_size = -8192;
              CREATE TABLE tally (fingerprint INTEGER PRIMARY KEY, count INTEGER NOT NULL);
              BEGIN;",
         )?;

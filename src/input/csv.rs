@@ -102,7 +102,7 @@ impl CsvRecords {
                     return Err(RecordError {
                         line,
                         reason: format!(
-                            "field {:?} is not valid UTF-8 (is the file in another encoding?)",
+                            "field {:?} is not valid UTF-8: is the file in another encoding? (see --encoding)",
                             self.headers[index]
                         ),
                         raw: lossy(),

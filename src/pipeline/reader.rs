@@ -14,11 +14,11 @@ pub(super) fn start_reader(
     rows: mpsc::Sender<ReadRow>,
 ) -> tokio::task::JoinHandle<Option<ReadError>> {
     tokio::task::spawn_blocking(move || {
-        let reader = match RowReader::new(inputs, settings) {
+        let mut reader = match RowReader::new(inputs, settings) {
             Ok(reader) => reader,
             Err(error) => return Some(error),
         };
-        for row in reader {
+        for row in reader.by_ref() {
             match row {
                 Ok(row) => {
                     if rows.blocking_send(row).is_err() {
@@ -27,6 +27,12 @@ pub(super) fn start_reader(
                 }
                 Err(error) => return Some(error),
             }
+        }
+        if reader.limit_reached() {
+            tracing::info!(
+                "--limit reached: the rows after it were not read; a run without --limit \
+                 imports them (and skips those done)"
+            );
         }
         None
     })
