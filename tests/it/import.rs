@@ -56,6 +56,46 @@ fn the_jsonl_sample_takes_flat_and_api_shaped_rows() {
 }
 
 #[test]
+fn several_files_in_one_run_keep_each_rows_file_and_line() {
+    let env = TestEnv::plain();
+    let (csv, jsonl) = (sample("tickets.csv"), sample("tickets.jsonl"));
+    env.import(&[csv.to_str().unwrap(), jsonl.to_str().unwrap()])
+        .assert_code(1);
+    env.assert_exactly_once(21 + 25, 50 + 48);
+    let mut errors: Vec<(String, u64)> = env
+        .errors()
+        .into_iter()
+        .map(|e| (e.0.rsplit('/').next().unwrap().to_string(), e.1))
+        .collect();
+    errors.sort();
+    let expected: Vec<(String, u64)> = [
+        ("tickets.csv", [23, 33, 40, 41, 58].as_slice()),
+        ("tickets.jsonl", &[11, 21, 31, 41]),
+    ]
+    .iter()
+    .flat_map(|(file, lines)| lines.iter().map(|line| (file.to_string(), *line)))
+    .collect();
+    assert_eq!(errors, expected);
+    // The checkpoint knows every row by its own file.
+    let by_file: Vec<(String, i64)> = env
+        .checkpoint()
+        .prepare("SELECT source_file, count(*) FROM rows GROUP BY source_file ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .map(|(file, n)| (file.rsplit('/').next().unwrap().to_string(), n))
+        .collect();
+    assert_eq!(
+        by_file,
+        [
+            ("tickets.csv".to_string(), 56),
+            ("tickets.jsonl".to_string(), 53)
+        ]
+    );
+}
+
+#[test]
 fn a_second_run_on_a_finished_checkpoint_sends_no_create() {
     let env = TestEnv::plain();
     let file = env.write("export.csv", &generated_csv(10, 3));
