@@ -13,6 +13,12 @@ use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 use commands::Exit;
 
+/// mimalloc instead of glibc's malloc: rows are allocated on the reader thread and freed on
+/// the planner's, and glibc's arena lock made those frees a third of a resume's time
+/// (perf: futex waits under __lll_lock_wait_private, _int_free, malloc_consolidate).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet, cli.log_format);

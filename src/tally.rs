@@ -3,7 +3,7 @@
 //! the same memory: a million distinct rows cost disk pages, not a growing hash map. The
 //! database lives in the system's temporary directory and is deleted when the tally drops.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 /// Bumps between commits: large enough that commits cost nothing, small enough that the
 /// page cache stays bounded.
@@ -39,21 +39,30 @@ impl Tally {
     }
 
     /// Counts one more sighting; returns how many there were before this one.
+    ///
+    /// A read, then an insert or an update: an upsert with RETURNING would be one
+    /// statement, but SQLite runs it through an ephemeral table whose open and close take a
+    /// process-wide mutex, which made it the slowest step of a resume (perf).
     pub fn bump(&mut self, fingerprint: u64) -> Result<u32, TallyError> {
-        let count: u32 = self
+        let fingerprint = fingerprint as i64;
+        let seen: Option<u32> = self
             .connection
-            .prepare_cached(
-                "INSERT INTO tally (fingerprint, count) VALUES (?1, 1)
-                 ON CONFLICT (fingerprint) DO UPDATE SET count = count + 1
-                 RETURNING count",
-            )?
-            .query_row([fingerprint as i64], |row| row.get(0))?;
+            .prepare_cached("SELECT count FROM tally WHERE fingerprint = ?1")?
+            .query_row([fingerprint], |row| row.get(0))
+            .optional()?;
+        let statement = match seen {
+            None => "INSERT INTO tally (fingerprint, count) VALUES (?1, 1)",
+            Some(_) => "UPDATE tally SET count = count + 1 WHERE fingerprint = ?1",
+        };
+        self.connection
+            .prepare_cached(statement)?
+            .execute([fingerprint])?;
         self.uncommitted += 1;
         if self.uncommitted >= BUMPS_PER_COMMIT {
             self.connection.execute_batch("COMMIT; BEGIN;")?;
             self.uncommitted = 0;
         }
-        Ok(count - 1)
+        Ok(seen.unwrap_or(0))
     }
 
     /// How many distinct fingerprints were seen, and the most sightings of one.

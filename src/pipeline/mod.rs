@@ -214,7 +214,7 @@ pub async fn run_import(
         fatal: Mutex::new(None),
     });
     let window = settings.concurrency.max(1) * 4;
-    let (rows_tx, rows) = mpsc::channel(window);
+    let (rows_tx, rows) = mpsc::channel(window.div_ceil(reader::READ_BATCH).max(2));
     let reader = start_reader(settings.inputs.clone(), settings.read.clone(), rows_tx);
     let mut planner = Planner {
         shared: Arc::clone(&shared),
@@ -307,7 +307,7 @@ struct Planner<'a> {
 impl Planner<'_> {
     async fn run(
         &mut self,
-        mut rows: mpsc::Receiver<ReadRow>,
+        mut rows: mpsc::Receiver<Vec<ReadRow>>,
         events: &mut mpsc::UnboundedReceiver<Event>,
         window: usize,
     ) {
@@ -346,8 +346,12 @@ impl Planner<'_> {
                 Some(event) = events.recv() => self.handle_event(event).await,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 _ = soft.cancelled(), if input_open => {}
-                row = rows.recv(), if take_rows => match row {
-                    Some(row) => self.plan(row).await,
+                batch = rows.recv(), if take_rows => match batch {
+                    Some(batch) => {
+                        for row in batch {
+                            self.plan(row).await;
+                        }
+                    }
                     None => input_open = false,
                 },
             }

@@ -1,32 +1,52 @@
 //! The reader: a blocking thread that streams the rows of every input ([`RowReader`]) to
-//! the planner over a bounded channel, so reading never runs far ahead of sending.
+//! the planner over a bounded channel, so reading never runs far ahead of sending. Rows
+//! travel in batches: one hand-over per row cost more in thread wake-ups than reading and
+//! mapping the row (profiled on a resume that skips 100k done rows: a third of the time was
+//! the scheduler).
 
 use tokio::sync::mpsc;
 
 use crate::input::InputSource;
 use crate::rows::{ReadError, ReadRow, ReadSettings, RowReader};
 
+/// Rows handed to the planner at once.
+pub(super) const READ_BATCH: usize = 64;
+
 /// Streams every input's rows on a blocking thread. Returns the error that ended reading
 /// early, if any.
 pub(super) fn start_reader(
     inputs: Vec<InputSource>,
     settings: ReadSettings,
-    rows: mpsc::Sender<ReadRow>,
+    rows: mpsc::Sender<Vec<ReadRow>>,
 ) -> tokio::task::JoinHandle<Option<ReadError>> {
     tokio::task::spawn_blocking(move || {
         let mut reader = match RowReader::new(inputs, settings) {
             Ok(reader) => reader,
             Err(error) => return Some(error),
         };
+        let mut batch = Vec::with_capacity(READ_BATCH);
+        let mut failure = None;
         for row in reader.by_ref() {
             match row {
-                Ok(row) => {
-                    if rows.blocking_send(row).is_err() {
-                        return None; // the planner stopped taking rows
-                    }
+                Ok(row) => batch.push(row),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
                 }
-                Err(error) => return Some(error),
             }
+            if batch.len() == READ_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                if rows.blocking_send(full).is_err() {
+                    return None; // the planner stopped taking rows
+                }
+            }
+        }
+        // The rows read before a failure are sent too: they are good rows.
+        if !batch.is_empty() && rows.blocking_send(batch).is_err() {
+            return None;
+        }
+        if failure.is_some() {
+            return failure;
         }
         if reader.limit_reached() {
             tracing::info!(
