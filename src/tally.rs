@@ -145,7 +145,11 @@ mod tests {
         }
         assert_eq!(tally.bump(7).unwrap(), 2, "a repeat on disk");
         assert_eq!(tally.bump(spread(5)).unwrap(), 1);
-        assert_eq!(tally.bump(spread(many - 1)).unwrap(), 1, "a repeat not flushed yet");
+        assert_eq!(
+            tally.bump(spread(many - 1)).unwrap(),
+            1,
+            "a repeat not flushed yet"
+        );
         assert_eq!(tally.bump(u64::MAX).unwrap(), 0);
         let (distinct, most) = tally.distinct_and_most().unwrap();
         assert_eq!(distinct, many + 2);

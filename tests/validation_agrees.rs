@@ -200,7 +200,7 @@ direction = "direction"
 fn csv_fields(values: Vec<String>) -> SourceFields {
     SourceFields::Csv {
         headers: Arc::new(HEADERS.iter().map(|h| h.to_string()).collect()),
-        values,
+        values: values.into(),
     }
 }
 

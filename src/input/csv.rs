@@ -94,29 +94,25 @@ impl CsvRecords {
                 raw: lossy(),
             });
         }
-        let mut values = Vec::with_capacity(self.record.len());
-        for (index, value) in self.record.iter().enumerate() {
-            match std::str::from_utf8(value) {
-                Ok(value) => values.push(value.to_string()),
-                Err(_) => {
-                    return Err(RecordError {
-                        line,
-                        reason: format!(
-                            "field {:?} is not valid UTF-8: is the file in another encoding? (see --encoding)",
-                            self.headers[index]
-                        ),
-                        raw: lossy(),
-                    });
-                }
-            }
+        // One allocation for the whole record, not one per field: rows are many.
+        match csv::StringRecord::from_byte_record(self.record.clone()) {
+            Ok(values) => Ok(SourceRecord {
+                line,
+                fields: SourceFields::Csv {
+                    headers: Arc::clone(&self.headers),
+                    values,
+                },
+            }),
+            Err(error) => Err(RecordError {
+                line,
+                reason: format!(
+                    "field {:?} is not valid UTF-8: is the file in another encoding? (see \
+                     --encoding)",
+                    self.headers[error.utf8_error().field()]
+                ),
+                raw: lossy(),
+            }),
         }
-        Ok(SourceRecord {
-            line,
-            fields: SourceFields::Csv {
-                headers: Arc::clone(&self.headers),
-                values,
-            },
-        })
     }
 }
 

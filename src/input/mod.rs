@@ -238,10 +238,10 @@ impl InputSource {
 /// The fields of one input record, as the source named them.
 #[derive(Clone, Debug)]
 pub enum SourceFields {
-    /// A CSV record: values in the order of the file's header.
+    /// A CSV record: values in the order of the file's header, in one buffer.
     Csv {
         headers: Arc<Vec<String>>,
-        values: Vec<String>,
+        values: ::csv::StringRecord,
     },
     /// A JSONL object, as parsed.
     Json(Map<String, Value>),
@@ -258,7 +258,7 @@ impl SourceFields {
                         .get(index)
                         .cloned()
                         .unwrap_or_else(|| format!("column {}", index + 1));
-                    object.insert(name, Value::String(value.clone()));
+                    object.insert(name, Value::String(value.to_string()));
                 }
                 Value::Object(object)
             }
