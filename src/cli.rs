@@ -227,7 +227,8 @@ pub struct ImportArgs {
     )]
     pub rate_window: f64,
 
-    /// Rows in flight at once [default: enough to keep --rpm busy at 500 ms latency].
+    /// Rows in flight at once [default: what keeps --rpm busy at the latency the API shows
+    /// (Little's law), from 4 to 64].
     #[arg(long, env = "KUSTOMER_IMPORT_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
 

@@ -20,7 +20,7 @@ use kustomer_import::input::{
     CsvSettings, InputError, InputFormat, InputSource, parse_delimiter, parse_encoding,
 };
 use kustomer_import::mapping::{Mapping, MappingConfigError, MappingFile};
-use kustomer_import::pipeline::{ImportSettings, OnExistingCustomer};
+use kustomer_import::pipeline::{Concurrency, ImportSettings, OnExistingCustomer};
 use kustomer_import::rows::ReadSettings;
 use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
 
@@ -109,8 +109,10 @@ pub fn import_config(
                 "--concurrency must be at least 1".into(),
             ));
         }
-        Some(n) => n,
-        None => default_concurrency(args.rpm, rate_window),
+        Some(n) => Concurrency::Fixed(n),
+        None => Concurrency::FromLatency {
+            requests_per_second: f64::from(args.rpm) / rate_window.as_secs_f64(),
+        },
     };
     let errors = args.errors.unwrap_or_else(|| {
         let mut name = args.checkpoint.as_os_str().to_owned();
@@ -215,13 +217,6 @@ pub fn validate_config(args: ValidateArgs) -> Result<ValidateConfig, ConfigError
         errors: args.errors,
         json: args.json,
     })
-}
-
-/// Enough rows in flight to keep the rate budget busy at 500 ms per request (Little's
-/// law: in flight = rate x latency), plus slack for the row that waits on its customer.
-fn default_concurrency(rpm: u32, window: Duration) -> usize {
-    let per_second = f64::from(rpm) / window.as_secs_f64();
-    ((per_second * 0.5).ceil() as usize + 2).clamp(4, 64)
 }
 
 fn positive_seconds(value: f64, flag: &str) -> Result<Duration, ConfigError> {
@@ -374,12 +369,5 @@ mod tests {
             Err(ConfigError::MissingKey)
         ));
         assert!(import_config(import_args(&["--sandbox"]), None).is_ok());
-    }
-
-    #[test]
-    fn default_concurrency_follows_the_budget() {
-        assert_eq!(default_concurrency(900, Duration::from_secs(60)), 10);
-        assert_eq!(default_concurrency(60, Duration::from_secs(60)), 4);
-        assert_eq!(default_concurrency(100_000, Duration::from_secs(60)), 64);
     }
 }

@@ -32,13 +32,43 @@ pub struct ClientSettings {
     pub max_rate_limited: u32,
 }
 
-/// Counts of what the client sent, for the summary and the runs table.
+/// Counts of what the client sent, for the summary and the runs table, and the typical
+/// latency of its requests, for the concurrency.
 #[derive(Debug, Default)]
 pub struct RequestStats {
     pub requests: AtomicU64,
     pub creates: AtomicU64,
     pub lookups: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// A moving average of answer latencies, in microseconds (0: none yet).
+    latency_micros: AtomicU64,
+}
+
+impl RequestStats {
+    /// Adds one answer's latency to the moving average (weight 1/8: it follows a change
+    /// within a few dozen answers, and one slow answer moves it little).
+    pub fn record_latency(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = self
+            .latency_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+                Some(if average == 0 {
+                    sample
+                } else {
+                    average - average / 8 + sample / 8
+                })
+            });
+    }
+
+    /// The typical latency of an answer so far; None before the first.
+    pub fn typical_latency(&self) -> Option<Duration> {
+        match self.latency_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
 }
 
 /// A field a customer can be looked up by.
@@ -214,6 +244,7 @@ impl KustomerClient {
         loop {
             self.gate.acquire().await;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let sent = std::time::Instant::now();
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
@@ -230,6 +261,7 @@ impl KustomerClient {
             let status = response.status();
             self.gate.observe(status.as_u16(), response.headers());
             let answer = response.bytes().await.map_err(transport_error)?;
+            self.stats.record_latency(sent.elapsed());
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 rate_limited += 1;

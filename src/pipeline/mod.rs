@@ -6,7 +6,7 @@
 //!   row is skipped without a request, a customer already known is reused, and rows of a
 //!   customer being created wait behind the one row that creates it, so two rows never race
 //!   to create the same customer.
-//! - Workers (one task per row in progress, at most `concurrency`) send the requests, each
+//! - Workers (one task per row in progress, at most [`Concurrency`]) send the requests, each
 //!   create preceded by its durable intent in the checkpoint; an answer that was lost is
 //!   reconciled by lookup before anything is sent again.
 //!
@@ -15,8 +15,11 @@
 //! checkpoint stays consistent: what was sent and not answered is an intent the next run
 //! reconciles.
 
+mod concurrency;
 mod reader;
 mod worker;
+
+pub use self::concurrency::Concurrency;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -54,7 +57,7 @@ pub enum OnExistingCustomer {
 #[derive(Clone, Debug)]
 pub struct ImportSettings {
     pub inputs: Vec<InputSource>,
-    pub concurrency: usize,
+    pub concurrency: Concurrency,
     /// Transient failures one row may meet before it is left pending.
     pub max_retries: u32,
     pub backoff: Backoff,
@@ -213,7 +216,7 @@ pub async fn run_import(
         events: events_tx,
         fatal: Mutex::new(None),
     });
-    let window = settings.concurrency.max(1) * 4;
+    let window = settings.concurrency.most() * 4;
     let (rows_tx, rows) = mpsc::channel(window.div_ceil(reader::READ_BATCH).max(2));
     let reader = start_reader(settings.inputs.clone(), settings.read.clone(), rows_tx);
     let mut planner = Planner {
@@ -274,6 +277,13 @@ pub async fn run_import(
 }
 
 impl Shared {
+    /// The most rows in flight now (it follows the latency seen unless fixed).
+    fn concurrency_limit(&self) -> usize {
+        self.settings
+            .concurrency
+            .limit(self.client.stats().typical_latency())
+    }
+
     fn client_stats(&self) -> (u64, u64) {
         let stats = self.client.stats();
         (
@@ -374,7 +384,8 @@ impl Planner<'_> {
         if self.shared.stop.soft.is_cancelled() {
             return;
         }
-        while self.running < self.shared.settings.concurrency.max(1) {
+        let limit = self.shared.concurrency_limit();
+        while self.running < limit {
             let Some((work, step)) = self.ready.pop_front() else {
                 break;
             };
@@ -657,7 +668,7 @@ impl Planner<'_> {
                         work.origin.line
                     );
                     self.given_up_in_a_row += 1;
-                    let limit = (self.shared.settings.concurrency * 2).max(10);
+                    let limit = (self.shared.concurrency_limit() * 2).max(10);
                     if self.given_up_in_a_row >= limit {
                         self.shared.halt_run(StopReason::ApiUnavailable(format!(
                             "{limit} rows in a row gave up after their retries; last: {reason}"
