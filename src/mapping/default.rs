@@ -2,6 +2,7 @@
 //! spaces, `_` and `-`, for CSV and flat JSONL; and JSONL rows shaped like the API bodies
 //! (`{"customer": {...}, "conversation": {...}}`), taken as they are.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -59,7 +60,13 @@ impl Target {
 #[derive(Default)]
 pub struct DefaultMapping {
     csv_columns: Option<(Arc<Vec<String>>, Columns)>,
+    /// The target of each JSONL key seen so far: rows repeat their keys, and normalising a
+    /// key for every target of every row was most of the time of mapping JSONL.
+    json_keys: HashMap<String, Option<Target>>,
 }
+
+/// Distinct JSONL keys remembered; beyond, a key's target is worked out each time.
+const MAX_REMEMBERED_KEYS: usize = 1024;
 
 impl DefaultMapping {
     pub fn new() -> DefaultMapping {
@@ -84,10 +91,29 @@ impl DefaultMapping {
                     (Some(Value::Object(customer)), conversation) => {
                         plan_from_api_shape(customer, conversation)
                     }
-                    _ => plan_from_flat(&|target| flat_json_value(object, target)),
+                    _ => {
+                        let mut found: [Option<&Value>; TARGET_COUNT] = [None; TARGET_COUNT];
+                        for (key, value) in object.iter().filter(|(_, value)| !value.is_null()) {
+                            if let Some(target) = self.target_of_key(key) {
+                                found[target.index()].get_or_insert(value);
+                            }
+                        }
+                        plan_from_flat(&|target| found[target.index()].and_then(flat_json_value))
+                    }
                 }
             }
         }
+    }
+
+    fn target_of_key(&mut self, key: &str) -> Option<Target> {
+        if let Some(target) = self.json_keys.get(key) {
+            return *target;
+        }
+        let target = Target::for_column(key);
+        if self.json_keys.len() < MAX_REMEMBERED_KEYS {
+            self.json_keys.insert(key.to_string(), target);
+        }
+        target
     }
 
     fn columns_for(&mut self, headers: &Arc<Vec<String>>) -> Columns {
@@ -113,11 +139,8 @@ pub(super) enum FlatValue {
     List(Vec<Value>),
 }
 
-fn flat_json_value(object: &Map<String, Value>, target: Target) -> Option<FlatValue> {
-    let value = object
-        .iter()
-        .find(|(key, value)| Target::for_column(key) == Some(target) && !value.is_null())
-        .map(|(_, value)| value)?;
+/// A flat JSONL value as the mapping takes it: text, or a list.
+fn flat_json_value(value: &Value) -> Option<FlatValue> {
     match value {
         Value::String(text) => {
             let text = text.trim();

@@ -1,0 +1,589 @@
+//! The performance suite of issue 6: every figure README's "Performance" section quotes,
+//! each printed beside its target. `cargo bench` runs it all (about six minutes on two
+//! cores); `cargo bench -- budget` runs the benchmarks whose name contains "budget";
+//! `KIMP_BENCH_SCALE=0.1 cargo bench` shrinks the inputs (and the budget runs to 20 s) for
+//! a quick look. Timed figures are the median of several runs; nothing here asserts: the
+//! machines are shared and noisy, so the table says what was measured and leaves the verdict
+//! to whoever reads it.
+//!
+//! End-to-end figures drive the release binary against the sandbox started in this process
+//! on 127.0.0.1, as a user would; library figures (read and map, checkpoint writes) call the
+//! crate directly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kustomer_import::checkpoint::{Change, Checkpoint, RowChange, RowState};
+use kustomer_import::input::{CsvSettings, InputSource};
+use kustomer_import::rows::{ReadSettings, RowReader};
+use kustomer_import::sandbox::{Sandbox, SandboxConfig};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_kustomer-import");
+/// Conversations per customer in the generated exports.
+const PER_CUSTOMER: usize = 3;
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f));
+    let scale: f64 = std::env::var("KIMP_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s: &f64| *s > 0.0)
+        .unwrap_or(1.0);
+    let rows = |n: usize| ((n as f64 * scale) as usize).max(1000);
+    let bench = Bench::new(scale);
+    let mut table = Table::default();
+    println!("kustomer-import benchmarks (scale {scale}), {}", machine());
+
+    if wanted("read_map") {
+        read_map(&bench, rows(1_000_000), &mut table);
+    }
+    if wanted("checkpoint") {
+        checkpoint_writes(&bench, rows(200_000), &mut table);
+    }
+    if wanted("unlimited") {
+        unlimited(&bench, rows(100_000), &mut table);
+    }
+    if wanted("budget") {
+        budget(&bench, 600, (50, 150), &mut table);
+        budget(&bench, 2000, (400, 100), &mut table);
+    }
+    if wanted("memory") || wanted("resume") {
+        memory_and_resume(&bench, rows(100_000), rows(1_000_000), &mut table);
+    }
+    table.print();
+}
+
+/// Shared state: a runtime for the sandbox, a scratch directory, the scale.
+struct Bench {
+    runtime: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    scale: f64,
+}
+
+impl Bench {
+    fn new(scale: f64) -> Bench {
+        Bench {
+            runtime: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime"),
+            dir: tempfile::tempdir().expect("a scratch directory"),
+            scale,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn sandbox(&self, config: SandboxConfig) -> Sandbox {
+        self.runtime
+            .block_on(Sandbox::start(config, 0))
+            .expect("the sandbox starts")
+    }
+
+    /// A CSV export of `rows` rows, PER_CUSTOMER per customer (written once, then reused).
+    fn csv(&self, rows: usize) -> PathBuf {
+        let path = self.path(&format!("export-{rows}.csv"));
+        if !path.exists() {
+            let mut text = String::with_capacity(rows * 110);
+            text.push_str(
+                "customer_external_id,name,email,phone,conversation_id,subject,channel,status\n",
+            );
+            for row in 0..rows {
+                let customer = row / PER_CUSTOMER;
+                text.push_str(&format!(
+                    "C-{customer},Customer {customer},c{customer}@example.com,+1555{:07},T-{row},\
+                     Order {row} has not arrived,email,{}\n",
+                    customer % 10_000_000,
+                    ["open", "done", "snoozed"][row % 3]
+                ));
+            }
+            std::fs::write(&path, text).expect("writing the export");
+        }
+        path
+    }
+
+    /// The same rows as JSONL.
+    fn jsonl(&self, rows: usize) -> PathBuf {
+        let path = self.path(&format!("export-{rows}.jsonl"));
+        if !path.exists() {
+            let mut text = String::with_capacity(rows * 200);
+            for row in 0..rows {
+                let customer = row / PER_CUSTOMER;
+                text.push_str(&format!(
+                    "{{\"customer_id\":\"C-{customer}\",\"name\":\"Customer {customer}\",\
+                     \"email\":\"c{customer}@example.com\",\"conversation_id\":\"T-{row}\",\
+                     \"subject\":\"Order {row} has not arrived\",\"channel\":\"email\",\
+                     \"status\":\"open\"}}\n"
+                ));
+            }
+            std::fs::write(&path, text).expect("writing the export");
+        }
+        path
+    }
+}
+
+/// Figure 1: Read + map: the rows import and validate read (decode, parse, map, validate, row key).
+fn read_map(bench: &Bench, rows: usize, table: &mut Table) {
+    for (format, path) in [("CSV", bench.csv(rows)), ("JSONL", bench.jsonl(rows))] {
+        let seconds = median(3, || {
+            let input = InputSource::new(path.to_str().unwrap(), None, CsvSettings::default())
+                .expect("the input");
+            let started = Instant::now();
+            let reader = RowReader::new(vec![input], ReadSettings::default()).expect("the reader");
+            let mut valid = 0usize;
+            for row in reader {
+                valid += usize::from(row.expect("a row").plan.is_ok());
+            }
+            assert_eq!(valid, rows, "every generated row is valid");
+            started.elapsed().as_secs_f64()
+        });
+        table.add(
+            &format!("read + map, {format}, {rows} rows"),
+            format!("{:.0} rows/s", rows as f64 / seconds),
+            ">= 300,000 rows/s",
+            rows as f64 / seconds >= 300_000.0,
+        );
+    }
+}
+
+/// Figure 6: Checkpoint: row outcomes written per second through the writer thread, as the
+/// workers write them (queued, in group commits), and intents made durable one by one by
+/// 64 concurrent workers.
+fn checkpoint_writes(bench: &Bench, rows: usize, table: &mut Table) {
+    let change = |row: usize, state: RowState| {
+        Change::Row(RowChange {
+            row_key: format!("conv:T-{row}"),
+            source_file: "export.csv".into(),
+            line: row as u64 + 2,
+            customer_key: Some(format!("ext:C-{}", row / PER_CUSTOMER)),
+            conversation_external_id: Some(format!("T-{row}")),
+            state,
+            customer_id: Some(format!("{:024x}", row / PER_CUSTOMER)),
+            conversation_id: (state == RowState::Done).then(|| format!("{row:024x}")),
+            attempts: 1,
+            field: None,
+            error: None,
+            outcome_unknown: false,
+        })
+    };
+    let outcomes = median(3, || {
+        let path = bench.path(&format!("outcomes-{}.sqlite", unique()));
+        let checkpoint = Checkpoint::open(&path).expect("a checkpoint");
+        let (writer, handle) = checkpoint.start_writer().expect("the writer");
+        let started = Instant::now();
+        bench.runtime.block_on(async {
+            for row in 0..rows {
+                writer
+                    .record(vec![change(row, RowState::Done)])
+                    .await
+                    .expect("queued");
+            }
+        });
+        drop(writer);
+        handle.finish().expect("every outcome written");
+        rows as f64 / started.elapsed().as_secs_f64()
+    });
+    table.add(
+        &format!("checkpoint: row outcomes written, {rows} rows"),
+        format!("{outcomes:.0} rows/s"),
+        ">= 50,000 rows/s",
+        outcomes >= 50_000.0,
+    );
+    let intents = rows / 10;
+    let durable = median(3, || {
+        let path = bench.path(&format!("intents-{}.sqlite", unique()));
+        let checkpoint = Checkpoint::open(&path).expect("a checkpoint");
+        let (writer, handle) = checkpoint.start_writer().expect("the writer");
+        let started = Instant::now();
+        bench.runtime.block_on(async {
+            let mut workers = tokio::task::JoinSet::new();
+            for worker in 0..64 {
+                let writer = writer.clone();
+                workers.spawn(async move {
+                    for row in (worker..intents).step_by(64) {
+                        writer
+                            .commit(vec![change(row, RowState::CustomerSent)])
+                            .await
+                            .expect("durable");
+                    }
+                });
+            }
+            while workers.join_next().await.is_some() {}
+        });
+        drop(writer);
+        handle.finish().expect("every intent written");
+        intents as f64 / started.elapsed().as_secs_f64()
+    });
+    table.add(
+        "checkpoint: intents made durable (fsync), 64 workers",
+        format!("{durable:.0} /s"),
+        "(no target; the most creates/s a run could start)",
+        true,
+    );
+}
+
+/// Figure 2: End to end against the sandbox with no limit and no latency, and the sandbox's own
+/// ceiling under a plain load loop, in the same run.
+fn unlimited(bench: &Bench, rows: usize, table: &mut Table) {
+    let export = bench.csv(rows);
+    let mut import_rates = Vec::new();
+    for _ in 0..3 {
+        let sandbox = bench.sandbox(SandboxConfig::default());
+        let run = import(
+            &sandbox,
+            &export,
+            &bench.path(&format!("e2e-{}.sqlite", unique())),
+            &[],
+        );
+        assert_eq!(run.summary["rows_done"], rows as u64, "{}", run.summary);
+        let requests = run.summary["requests"].as_f64().unwrap_or(0.0);
+        import_rates.push((requests / run.elapsed, rows as f64 / run.elapsed));
+        bench.runtime.block_on(sandbox.shutdown());
+    }
+    import_rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (requests_per_second, rows_per_second) = import_rates[1];
+    let sandbox = bench.sandbox(SandboxConfig::default());
+    let ceiling = bench
+        .runtime
+        .block_on(load_loop(&sandbox, Duration::from_secs(5), 64));
+    bench.runtime.block_on(sandbox.shutdown());
+    table.add(
+        &format!("end to end, no limit, {rows} rows"),
+        format!("{rows_per_second:.0} rows/s, {requests_per_second:.0} requests/s"),
+        "(see the ratio)",
+        true,
+    );
+    table.add(
+        "sandbox ceiling (plain load loop, 64 connections)",
+        format!("{ceiling:.0} requests/s"),
+        "(reference)",
+        true,
+    );
+    let ratio = requests_per_second / ceiling;
+    table.add(
+        "importer requests/s over the ceiling",
+        format!("{ratio:.2}"),
+        ">= 0.8",
+        ratio >= 0.8,
+    );
+}
+
+/// Creates customers as fast as `connections` loops can, for `length`; answers per second.
+async fn load_loop(sandbox: &Sandbox, length: Duration, connections: usize) -> f64 {
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/customers", sandbox.base_url());
+    let started = Instant::now();
+    let mut loops = tokio::task::JoinSet::new();
+    for connection in 0..connections {
+        let (client, url) = (client.clone(), url.clone());
+        loops.spawn(async move {
+            let mut answered = 0u64;
+            while started.elapsed() < length {
+                let body = format!(
+                    "{{\"externalId\":\"L-{connection}-{answered}\",\"name\":\"Load {answered}\"}}"
+                );
+                let response = client
+                    .post(&url)
+                    .bearer_auth("bench")
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                if let Ok(response) = response
+                    && response.bytes().await.is_ok()
+                {
+                    answered += 1;
+                }
+            }
+            answered
+        });
+    }
+    let mut answered = 0;
+    while let Some(count) = loops.join_next().await {
+        answered += count.unwrap_or(0);
+    }
+    answered as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Figure 3: Budget use: a sandbox with a limit of `rpm` per 60 s and latency `base + jitter` ms,
+/// the importer with default settings and --rpm at the same limit. Steady state is the 60 s
+/// after the first 10 s (20 s at a scale below 1).
+fn budget(bench: &Bench, rpm: u32, (latency, jitter): (u64, u64), table: &mut Table) {
+    let steady = if bench.scale < 1.0 { 20 } else { 60 };
+    let warm_up = Duration::from_secs(10);
+    let sandbox = bench.sandbox(SandboxConfig {
+        rpm: Some(rpm),
+        rate_window: Duration::from_secs(60),
+        latency: Duration::from_millis(latency),
+        jitter: Duration::from_millis(jitter),
+        ..SandboxConfig::default()
+    });
+    // More rows than the run can send.
+    let export = bench.csv((rpm as usize) * 3);
+    let checkpoint = bench.path(&format!("budget-{}.sqlite", unique()));
+    let started = Instant::now();
+    let child = spawn_import(&sandbox, &export, &checkpoint, &["--rpm", &rpm.to_string()]);
+    let accepted = |sandbox: &Sandbox| {
+        let stats = sandbox.stats();
+        stats.requests_total - stats.rate_limited
+    };
+    // Accepted requests every 250 ms through the warm-up and a little beyond, to see when
+    // the pace reaches the budget's.
+    let mut samples = Vec::new();
+    while started.elapsed() < warm_up {
+        samples.push((started.elapsed().as_secs_f64(), accepted(&sandbox)));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let at_warm_up = accepted(&sandbox);
+    let warm_up_ended = started.elapsed();
+    std::thread::sleep(Duration::from_secs(steady));
+    let at_end = accepted(&sandbox);
+    let steady_length = (started.elapsed() - warm_up_ended).as_secs_f64();
+    // SIGINT: the import stops taking rows and prints its summary.
+    // SAFETY: kill(2) on the pid of a child we spawned and have not waited for.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let run = finish(child, started);
+    let stats = sandbox.stats();
+    bench.runtime.block_on(sandbox.shutdown());
+    let budget = f64::from(rpm) * steady_length / 60.0;
+    let used = (at_end - at_warm_up) as f64 / budget;
+    let label = format!("{rpm}/min, {latency}-{} ms", latency + jitter);
+    table.add(
+        &format!("budget use, steady {steady} s, {label}"),
+        format!(
+            "{:.1}% ({} of {budget:.0})",
+            used * 100.0,
+            at_end - at_warm_up
+        ),
+        ">= 98%",
+        used >= 0.98,
+    );
+    let share_429 = stats.rate_limited as f64 / stats.requests_total.max(1) as f64;
+    table.add(
+        &format!("429s, {label}"),
+        format!("{} ({:.2}%)", stats.rate_limited, share_429 * 100.0),
+        "<= 0.5% of requests",
+        share_429 <= 0.005,
+    );
+    let rows_done = run.summary["rows_done"].as_f64().unwrap_or(0.0);
+    let customers = run.summary["customers_created"].as_f64().unwrap_or(0.0);
+    let requests = run.summary["requests"].as_f64().unwrap_or(0.0);
+    // 2 requests for a row with a new customer, 1 for a row whose customer is known.
+    let expected = (rows_done + customers) / rows_done.max(1.0);
+    table.add(
+        &format!("requests per imported row, {label}"),
+        format!("{:.3}", requests / rows_done.max(1.0)),
+        &format!("{expected:.3} (2 per new customer, 1 per known)"),
+        requests <= rows_done + customers,
+    );
+    // Steady: the first 2 s in which the pace is 95% of the budget's or more.
+    let pace = f64::from(rpm) / 60.0;
+    let steady_from = samples.iter().enumerate().find_map(|(index, (at, count))| {
+        let (later_at, later) = samples.get(index + 8)?;
+        ((later - count) as f64 / (later_at - at) >= 0.95 * pace).then_some(*later_at)
+    });
+    table.add(
+        &format!("cold start: at the budget's pace after, {label}"),
+        steady_from.map_or("not within 10 s".into(), |at| format!("{at:.1} s")),
+        "<= 5 s",
+        steady_from.is_some_and(|at| at <= 5.0),
+    );
+}
+
+/// Figures 4 and 5: Peak RSS importing `small` and `large` rows, then the time to skip `large`
+/// rows that are all done.
+fn memory_and_resume(bench: &Bench, small: usize, large: usize, table: &mut Table) {
+    let mut peaks = Vec::new();
+    for rows in [small, large] {
+        let sandbox = bench.sandbox(SandboxConfig::default());
+        let checkpoint = bench.path(&format!("memory-{rows}.sqlite"));
+        let run = import(&sandbox, &bench.csv(rows), &checkpoint, &[]);
+        assert_eq!(run.summary["rows_done"], rows as u64, "{}", run.summary);
+        bench.runtime.block_on(sandbox.shutdown());
+        table.add(
+            &format!("peak RSS importing {rows} rows"),
+            format!("{:.1} MiB", run.peak_rss_kib as f64 / 1024.0),
+            if rows == large {
+                "<= 64 MiB"
+            } else {
+                "(reference)"
+            },
+            rows != large || run.peak_rss_kib <= 64 * 1024,
+        );
+        peaks.push(run.peak_rss_kib as f64);
+    }
+    let growth = peaks[1] / peaks[0] - 1.0;
+    table.add(
+        &format!("peak RSS, {large} rows over {small}"),
+        format!("{:+.0}%", growth * 100.0),
+        "within 20%",
+        growth.abs() <= 0.20,
+    );
+    let sandbox = bench.sandbox(SandboxConfig::default());
+    let checkpoint = bench.path(&format!("memory-{large}.sqlite"));
+    let seconds = median(3, || {
+        let run = import(&sandbox, &bench.csv(large), &checkpoint, &[]);
+        assert_eq!(
+            run.summary["rows_skipped_done"], large as u64,
+            "{}",
+            run.summary
+        );
+        assert_eq!(run.summary["requests"], 0);
+        run.elapsed
+    });
+    bench.runtime.block_on(sandbox.shutdown());
+    table.add(
+        &format!("resume: skip {large} done rows"),
+        format!("{seconds:.2} s"),
+        "<= 3 s (for 1M)",
+        seconds * 1_000_000.0 / large as f64 <= 3.0,
+    );
+}
+
+/// What one run of the binary gave.
+struct Run {
+    summary: serde_json::Value,
+    elapsed: f64,
+    peak_rss_kib: i64,
+}
+
+fn spawn_import(sandbox: &Sandbox, export: &Path, checkpoint: &Path, extra: &[&str]) -> Child {
+    Command::new(BINARY)
+        .arg("import")
+        .arg(export)
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .args(["--base-url", &sandbox.base_url(), "--json", "--no-progress"])
+        .args(if extra.contains(&"--rpm") {
+            &[][..]
+        } else {
+            &["--rpm", "100000000"][..]
+        })
+        .args(extra)
+        .env("KUSTOMER_API_KEY", "bench")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts")
+}
+
+fn import(sandbox: &Sandbox, export: &Path, checkpoint: &Path, extra: &[&str]) -> Run {
+    let started = Instant::now();
+    finish(spawn_import(sandbox, export, checkpoint, extra), started)
+}
+
+/// Waits for the child and reads its summary. Its peak RSS is VmHWM from /proc, polled
+/// while it runs: the high-water mark of its own memory since exec (wait4's ru_maxrss
+/// would count the bench's pages it carried between fork and exec).
+fn finish(mut child: Child, started: Instant) -> Run {
+    let status_path = format!("/proc/{}/status", child.id());
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let poller = {
+        let peak = std::sync::Arc::clone(&peak);
+        std::thread::spawn(move || {
+            while let Ok(status) = std::fs::read_to_string(&status_path) {
+                let hwm = status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmHWM:"))
+                    .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok());
+                match hwm {
+                    Some(kib) => peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed),
+                    None => break, // a zombie: its memory is gone
+                };
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut stdout).expect("the summary");
+    }
+    let status = child.wait().expect("the import ends");
+    let _ = poller.join();
+    Run {
+        summary: serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|_| panic!("the import printed no JSON summary ({status}): {stdout}")),
+        elapsed: started.elapsed().as_secs_f64(),
+        peak_rss_kib: peak.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+fn median(runs: usize, mut measure: impl FnMut() -> f64) -> f64 {
+    let mut values: Vec<f64> = (0..runs).map(|_| measure()).collect();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+/// The results, printed as a table at the end.
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 4]>,
+}
+
+impl Table {
+    fn add(&mut self, figure: &str, measured: String, target: &str, met: bool) {
+        println!("  {figure}: {measured} (target {target})");
+        self.rows.push([
+            figure.to_string(),
+            measured,
+            target.to_string(),
+            if met { "yes" } else { "NO" }.to_string(),
+        ]);
+    }
+
+    fn print(&self) {
+        let header = ["figure", "measured", "target", "met"];
+        let mut widths = header.map(str::len);
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let line = |cells: [&str; 4]| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            println!("| {} |", padded.join(" | "));
+        };
+        println!();
+        line(header);
+        line(widths.map(|w| "-".repeat(w)).each_ref().map(String::as_str));
+        for row in &self.rows {
+            line(row.each_ref().map(String::as_str));
+        }
+    }
+}
