@@ -219,13 +219,19 @@ impl InputSource {
                 let delimiter = match self.settings.delimiter {
                     Some(delimiter) => delimiter,
                     None => {
-                        let buffer = reader.fill_buf().map_err(|source| InputError::Read {
-                            name: self.name.clone(),
-                            line: 1,
-                            source,
+                        // The header line is read whole (a decoder may hand over its first
+                        // bytes alone), sniffed, then put back in front of the rest.
+                        let mut header = Vec::new();
+                        reader.read_until(b'\n', &mut header).map_err(|source| {
+                            InputError::Read {
+                                name: self.name.clone(),
+                                line: 1,
+                                source,
+                            }
                         })?;
-                        let end = memchr::memchr(b'\n', buffer).unwrap_or(buffer.len());
-                        sniff_delimiter(&buffer[..end])
+                        let delimiter = sniff_delimiter(&header);
+                        reader = Box::new(io::Cursor::new(header).chain(reader));
+                        delimiter
                     }
                 };
                 Records::Csv(CsvRecords::new(&self.name, reader, delimiter)?)

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod exports;
 mod faults;
 mod foreign;
 mod import;
