@@ -358,8 +358,22 @@ impl Planner<'_> {
                 _ = soft.cancelled(), if input_open => {}
                 batch = rows.recv(), if take_rows => match batch {
                     Some(batch) => {
+                        let keys: Vec<&str> =
+                            batch.iter().map(|row| row.origin.key.as_str()).collect();
+                        let mut stored = match self.checkpoint.rows(&keys) {
+                            Ok(stored) => stored,
+                            Err(error) => {
+                                // Nothing of this batch is planned: it stays for next time.
+                                self.summary.rows_read += batch.len() as u64;
+                                self.summary.rows_pending += batch.len() as u64;
+                                self.shared
+                                    .halt_run(StopReason::Checkpoint(error.to_string()));
+                                continue;
+                            }
+                        };
                         for row in batch {
-                            self.plan(row).await;
+                            let known = stored.remove(&row.origin.key);
+                            self.plan(row, known).await;
                         }
                     }
                     None => input_open = false,
@@ -418,24 +432,15 @@ impl Planner<'_> {
         self.waiting_rows = 0;
     }
 
-    /// Decides what one row needs. A checkpoint that cannot be read stops the run, with
-    /// the row left pending.
-    async fn plan(&mut self, row: ReadRow) {
+    /// Decides what one row needs, from `stored`: what the checkpoint holds of it, read with
+    /// its batch (a checkpoint that cannot be read stops the run, the batch left pending).
+    async fn plan(&mut self, row: ReadRow, stored: Option<StoredRow>) {
         self.summary.rows_read += 1;
         let ReadRow {
             origin,
             original,
             plan,
         } = row;
-        let stored = match self.checkpoint.row(&origin.key) {
-            Ok(stored) => stored,
-            Err(error) => {
-                self.summary.rows_pending += 1;
-                self.shared
-                    .halt_run(StopReason::Checkpoint(error.to_string()));
-                return;
-            }
-        };
         let failed_earlier = matches!(&stored, Some(stored)
             if stored.state == RowState::Failed
                 && (stored.outcome_unknown || !self.shared.settings.retry_failed));
