@@ -559,20 +559,37 @@ fn parse_extra(
                 known.join(", ")
             ));
         }
-        let spec = match value {
-            toml::Value::String(_) | toml::Value::Table(_) if key != "custom" => {
-                parse_field(value, &at, values.get(key.as_str()))?
-            }
-            other => FieldSpec {
-                source: Source::Constant(
-                    toml_to_json(other).ok_or_else(|| format!("{at} cannot be sent as JSON"))?,
-                ),
-                values: None,
-            },
+        // `custom` here is the whole object of custom attributes: a constant.
+        let spec = if key == "custom" {
+            constant(value, &at)?
+        } else {
+            field_or_constant(value, &at, values.get(key.as_str()))?
         };
         extra.push((key.clone(), spec));
     }
     Ok(extra)
+}
+
+/// A text or a table is a field's source; any other value (a list, a number, a boolean, a
+/// date) is a constant sent as it is.
+fn field_or_constant(
+    value: &toml::Value,
+    at: &str,
+    values: Option<&Arc<HashMap<String, Value>>>,
+) -> Result<FieldSpec, String> {
+    match value {
+        toml::Value::String(_) | toml::Value::Table(_) => parse_field(value, at, values),
+        other => constant(other, at),
+    }
+}
+
+fn constant(value: &toml::Value, at: &str) -> Result<FieldSpec, String> {
+    Ok(FieldSpec {
+        source: Source::Constant(
+            toml_to_json(value).ok_or_else(|| format!("{at} cannot be sent as JSON"))?,
+        ),
+        values: None,
+    })
 }
 
 /// `[customer.custom]`: custom attributes, each typed by its name's suffix.
@@ -592,18 +609,10 @@ fn parse_custom(
                  Bool or Url"
             ));
         }
-        let spec = match value {
-            toml::Value::String(_) | toml::Value::Table(_) => {
-                parse_field(value, &at, values.get(name.as_str()))?
-            }
-            other => FieldSpec {
-                source: Source::Constant(
-                    toml_to_json(other).ok_or_else(|| format!("{at} cannot be sent as JSON"))?,
-                ),
-                values: None,
-            },
-        };
-        custom.push((name.clone(), spec));
+        custom.push((
+            name.clone(),
+            field_or_constant(value, &at, values.get(name.as_str()))?,
+        ));
     }
     Ok(custom)
 }

@@ -40,6 +40,13 @@ fn validate(env: &TestEnv, file: &Path, extra: &[&str]) -> (Run, Vec<(u64, Strin
     (run, found)
 }
 
+/// The names that landed, sorted.
+fn sorted(names: impl Iterator<Item = Option<String>>) -> Vec<String> {
+    let mut names: Vec<String> = names.flatten().collect();
+    names.sort();
+    names
+}
+
 fn owned(errors: &[(u64, &str, &str)]) -> Vec<(u64, String, String)> {
     errors
         .iter()
@@ -96,13 +103,7 @@ fn quoted_delimiters_are_kept_and_the_delimiter_is_sniffed_or_given() {
     env.import(&[tabs.to_str().unwrap(), "--delimiter", "tab"])
         .assert_code(0);
     env.import(&[pipes.to_str().unwrap()]).assert_code(0);
-    let mut names: Vec<String> = env
-        .records()
-        .conversations
-        .iter()
-        .filter_map(|c| c.name.clone())
-        .collect();
-    names.sort();
+    let names = sorted(env.records().conversations.into_iter().map(|c| c.name));
     assert_eq!(names, ["four, five", "one; two", "six|seven", "three"]);
     // A delimiter the file does not use: one column, so the columns are not found.
     let (run, _) = validate(&env, &semicolons, &["--delimiter", ","]);
@@ -140,22 +141,15 @@ fn emoji_and_right_to_left_names_arrive_byte_for_byte() {
     let file = env.write("export.csv", &text);
     env.import(&[file.to_str().unwrap()]).assert_code(0);
     let records = env.records();
-    let mut landed: Vec<String> = records
-        .customers
-        .iter()
-        .filter_map(|c| c.name.clone())
-        .collect();
-    landed.sort();
-    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    expected.sort();
-    assert_eq!(landed, expected);
-    let mut subjects: Vec<String> = records
-        .conversations
-        .iter()
-        .filter_map(|c| c.name.clone())
-        .collect();
-    subjects.sort();
-    assert_eq!(subjects, expected);
+    let expected = sorted(names.iter().map(|n| Some(n.to_string())));
+    assert_eq!(
+        sorted(records.customers.into_iter().map(|c| c.name)),
+        expected
+    );
+    assert_eq!(
+        sorted(records.conversations.into_iter().map(|c| c.name)),
+        expected
+    );
 }
 
 #[test]
@@ -183,13 +177,7 @@ fn a_windows_1252_file_is_refused_as_utf8_and_read_with_its_encoding() {
         .assert_code(0);
     env.import(&[file.to_str().unwrap(), "--encoding", "latin1"])
         .assert_code(0);
-    let mut names: Vec<String> = env
-        .records()
-        .customers
-        .iter()
-        .filter_map(|c| c.name.clone())
-        .collect();
-    names.sort();
+    let names = sorted(env.records().customers.into_iter().map(|c| c.name));
     assert_eq!(names, ["Plain", "Zoë Müller"]);
     // The mapping file's [csv] section does the same.
     let mapping = env.write(
