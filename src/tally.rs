@@ -1,7 +1,8 @@
-//! Tallies of what a run has seen (row identities, customer keys), kept in a private
-//! temporary SQLite database rather than in memory, so that reading a file of any size uses
-//! the same memory: a million distinct rows cost disk pages, not a growing hash map. The
-//! database lives in the system's temporary directory and is deleted when the tally drops.
+//! Tallies of what a run has seen (row identities, customer keys), in fixed memory (a
+//! Bloom filter and a bounded batch of recent counts) over a private temporary SQLite
+//! database, so that reading a file of any size uses the same memory: a million distinct
+//! rows cost disk pages, not a growing hash map. The database lives in the system's
+//! temporary directory and is deleted when the tally drops.
 
 use std::collections::HashMap;
 
