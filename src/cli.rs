@@ -406,4 +406,8 @@ pub struct SandboxArgs {
         env = "KUSTOMER_SANDBOX_CUSTOM_ATTRIBUTES"
     )]
     pub custom_attributes: Option<Vec<String>>,
+
+    /// How long a bulk job stays queued before it runs.
+    #[arg(long, default_value_t = 500, env = "KUSTOMER_SANDBOX_BULK_DELAY_MS")]
+    pub bulk_delay_ms: u64,
 }

@@ -312,6 +312,7 @@ pub fn sandbox_config(args: &SandboxArgs) -> Result<(SandboxConfig, u16), Config
         },
         spec_style: args.spec_style,
         custom_attributes: args.custom_attributes.clone(),
+        bulk_delay: Duration::from_millis(args.bulk_delay_ms),
     };
     Ok((config, args.port))
 }

@@ -711,3 +711,131 @@ async fn latency_delays_api_answers_but_not_admin_ones() {
     assert!(started.elapsed() < Duration::from_millis(1000));
     sandbox.shutdown().await;
 }
+
+/// Polls a bulk job until it is complete (at most 5 s).
+async fn completed(api: &Api, id: &str) -> Answer {
+    for _ in 0..100 {
+        let status = api.get(&format!("/v1/bulk/{id}")).await;
+        assert_eq!(status.status, StatusCode::OK);
+        if status.body["data"]["attributes"]["status"] == "complete" {
+            return api.get(&format!("/v1/bulk/{id}/batches")).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("bulk job {id} never completed");
+}
+
+#[tokio::test]
+async fn a_bulk_job_is_queued_then_runs_each_item_as_the_single_endpoint_would() {
+    let sandbox = start(SandboxConfig {
+        bulk_delay: Duration::from_millis(200),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    api.post("/v1/customers", &json!({"externalId": "taken"}))
+        .await;
+    let submitted = api
+        .post(
+            "/v1/customers/bulk",
+            &json!([
+                {"_clientRef": "a", "externalId": "new-1", "name": "Ada"},
+                {"_clientRef": "b", "externalId": "new-2", "emails": [{"email": "nope"}]},
+                {"_clientRef": "c", "externalId": "taken"}
+            ]),
+        )
+        .await;
+    assert_eq!(submitted.status, StatusCode::CREATED);
+    let job = &submitted.body["data"];
+    assert_eq!(job["type"], "bulk");
+    assert_eq!(job["attributes"]["status"], "queued");
+    let id = job["id"].as_str().unwrap().to_string();
+    // Nothing is made before the delay.
+    assert_eq!(api.records().await.customers.len(), 1);
+    let batches = completed(&api, &id).await;
+    let batch = &batches.body["data"][0]["attributes"];
+    assert_eq!(batch["successCount"], 1);
+    assert_eq!(batch["failureCount"], 2);
+    assert!(is_object_id(&batch["objectIds"][0]));
+    let results = batch["results"].as_array().unwrap();
+    assert_eq!(results[0]["_clientRef"], "a");
+    assert_eq!(results[0]["status"], "created");
+    assert_eq!(results[0]["objectId"], batch["objectIds"][0]);
+    assert_eq!(results[1]["status"], "error");
+    assert_eq!(results[1]["error"]["code"], "invalid");
+    assert_eq!(results[1]["error"]["source"]["pointer"], "/emails/0/email");
+    assert_eq!(results[2]["error"]["code"], "duplicate");
+    let records = api.records().await;
+    assert_eq!(records.customers.len(), 2);
+    assert!(
+        records
+            .customers
+            .iter()
+            .all(|c| !c.extra.contains_key("_clientRef"))
+    );
+
+    // Conversations in bulk: the customer must exist; without _clientRef, no results.
+    let customer = batch["objectIds"][0].as_str().unwrap();
+    let submitted = api
+        .post(
+            "/v1/conversations/bulk",
+            &json!([{"customer": customer, "name": "Hi"}, {"customer": "nobody", "name": "Lost"}]),
+        )
+        .await;
+    let id = submitted.body["data"]["id"].as_str().unwrap().to_string();
+    let batches = completed(&api, &id).await;
+    let batch = &batches.body["data"][0]["attributes"];
+    assert_eq!(
+        (batch["successCount"].clone(), batch["failureCount"].clone()),
+        (json!(1), json!(1))
+    );
+    assert!(batch.get("results").is_none());
+    assert_eq!(api.records().await.conversations.len(), 1);
+    // A bulk request is one request against the budget, as is each poll.
+    let stats = api.stats().await;
+    assert_eq!(stat(&stats, "POST /v1/customers/bulk", 201), 1);
+    assert_eq!(stat(&stats, "POST /v1/conversations/bulk", 201), 1);
+}
+
+#[tokio::test]
+async fn a_bulk_request_that_is_not_1_to_100_objects_with_unique_refs_is_refused_whole() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"externalId": format!("x{i}")}))
+        .collect();
+    for body in [
+        json!({"externalId": "not-a-list"}),
+        json!([]),
+        Value::Array(many),
+        json!([1]),
+        json!([{"_clientRef": "same"}, {"_clientRef": "same"}]),
+    ] {
+        let answer = api.post("/v1/customers/bulk", &body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    assert_eq!(
+        api.get("/v1/bulk/bulk99999999").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_bulk_job_whose_answer_is_lost_still_runs() {
+    let sandbox = start(SandboxConfig {
+        bulk_delay: Duration::from_millis(50),
+        faults: FaultConfig {
+            fail_after_write_rate: 1.0,
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let answer = api
+        .post("/v1/customers/bulk", &json!([{"externalId": "lost-1"}]))
+        .await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(api.records().await.customers.len(), 1);
+}

@@ -1,7 +1,8 @@
 //! The sandbox's HTTP face: the axum router, the gate every API request passes (arrival
 //! count, rate limit, revoked key, auth, latency, before-write faults, answer counting,
-//! `x-ratelimit-*` headers), the handlers of the four API routes and the two admin routes,
-//! the after-write faults, and the shape of every answer (envelopes and `errors` bodies).
+//! `x-ratelimit-*` headers), the handlers of the API routes (single creates, lookups, bulk
+//! jobs) and the two admin routes, the after-write faults, and the shape of every answer
+//! (envelopes and `errors` bodies).
 //! The shared state [`App`] sits behind one `std::sync::Mutex`, never held across an await.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -43,6 +44,30 @@ struct Inner {
     counters: Counters,
     faults: Faults,
     rate: RateLimiter,
+    jobs: std::collections::HashMap<String, BulkJob>,
+    next_job: u64,
+}
+
+/// Which endpoint a bulk job came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BulkKind {
+    Customers,
+    Conversations,
+}
+
+/// A bulk job: queued until the configured delay has passed, then run at once.
+struct BulkJob {
+    kind: BulkKind,
+    items: Vec<Map<String, Value>>,
+    /// Filled when the job has run: one result per item, in order.
+    results: Option<Vec<ItemResult>>,
+}
+
+/// What became of one item of a bulk job.
+struct ItemResult {
+    client_ref: Option<String>,
+    /// The id made, or the error object the single endpoint would have answered with.
+    outcome: Result<String, Value>,
 }
 
 /// The sandbox's shared state.
@@ -60,6 +85,8 @@ impl App {
             counters: Counters::new(config.rate_window),
             faults: Faults::new(config.faults.clone()),
             rate: RateLimiter::new(config.rpm, config.rate_window),
+            jobs: std::collections::HashMap::new(),
+            next_job: 0,
         };
         App {
             config,
@@ -126,6 +153,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/customers/{lookup}", get(lookup_customer))
         .route("/v1/conversations", post(create_conversation))
         .route("/v1/conversations/{lookup}", get(lookup_conversation))
+        .route("/v1/customers/bulk", post(submit_customers))
+        .route("/v1/conversations/bulk", post(submit_conversations))
+        .route("/v1/bulk/{id}", get(bulk_status))
+        .route("/v1/bulk/{id}/batches", get(bulk_batches))
         .route("/__stats", get(admin_stats))
         .route("/__records", get(admin_records))
         .fallback(not_found)
@@ -160,6 +191,15 @@ impl From<&Conflict> for ApiError {
 
 /// `{"errors": [{status, code, title, detail, source?}, ...]}`.
 fn errors_response(status: StatusCode, items: Vec<ApiError>) -> Response {
+    let errors: Vec<Value> = items
+        .into_iter()
+        .map(|item| error_object(status, item))
+        .collect();
+    (status, Json(json!({ "errors": errors }))).into_response()
+}
+
+/// One `{status, code, title, detail, source?}` error object.
+fn error_object(status: StatusCode, item: ApiError) -> Value {
     let (code, title) = match status {
         StatusCode::BAD_REQUEST => ("bad_request", "Bad Request"),
         StatusCode::UNAUTHORIZED => ("unauthorized", "Unauthorized"),
@@ -170,22 +210,16 @@ fn errors_response(status: StatusCode, items: Vec<ApiError>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "Service Unavailable"),
         _ => ("internal", "Internal Server Error"),
     };
-    let errors: Vec<Value> = items
-        .into_iter()
-        .map(|item| {
-            let mut error = json!({
-                "status": status.as_u16().to_string(),
-                "code": code,
-                "title": title,
-                "detail": item.detail,
-            });
-            if let Some(pointer) = item.pointer {
-                error["source"] = json!({ "pointer": pointer });
-            }
-            error
-        })
-        .collect();
-    (status, Json(json!({ "errors": errors }))).into_response()
+    let mut error = json!({
+        "status": status.as_u16().to_string(),
+        "code": code,
+        "title": title,
+        "detail": item.detail,
+    });
+    if let Some(pointer) = item.pointer {
+        error["source"] = json!({ "pointer": pointer });
+    }
+    error
 }
 
 fn error(status: StatusCode, detail: impl Into<String>) -> Response {
@@ -372,12 +406,9 @@ fn conversation_object(record: &super::store::ConversationRecord) -> Value {
     })
 }
 
-async fn create_customer(State(app): State<Arc<App>>, req: Request) -> Response {
-    let conn = req.extensions().get::<ConnCtx>().cloned();
-    let body = match read_object(req.into_body()).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
+/// What the API refuses in a customer body: its shape, and custom attributes the org has
+/// not defined.
+fn customer_errors(app: &App, body: &Map<String, Value>) -> Vec<FieldError> {
     let mut errors = validate_customer(&Value::Object(body.clone()));
     if let (Some(known), Some(Value::Object(custom))) =
         (&app.config.custom_attributes, body.get("custom"))
@@ -389,6 +420,16 @@ async fn create_customer(State(app): State<Arc<App>>, req: Request) -> Response 
             ));
         }
     }
+    errors
+}
+
+async fn create_customer(State(app): State<Arc<App>>, req: Request) -> Response {
+    let conn = req.extensions().get::<ConnCtx>().cloned();
+    let body = match read_object(req.into_body()).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let errors = customer_errors(&app, &body);
     if !errors.is_empty() {
         return invalid(errors);
     }
@@ -442,6 +483,219 @@ async fn create_conversation(State(app): State<Arc<App>>, req: Request) -> Respo
             after_write(&app, conn, fault, response).await
         }
     }
+}
+
+/// Most items a bulk request takes.
+const BULK_MAX_ITEMS: usize = 100;
+
+async fn submit_customers(State(app): State<Arc<App>>, req: Request) -> Response {
+    submit_bulk(app, req, BulkKind::Customers).await
+}
+
+async fn submit_conversations(State(app): State<Arc<App>>, req: Request) -> Response {
+    submit_bulk(app, req, BulkKind::Conversations).await
+}
+
+/// Queues a bulk job: an array of 1 to 100 bodies, each with an optional `_clientRef`
+/// (unique in the request, at most 255 characters). Items are validated when the job runs,
+/// each on its own; only a request that is not such an array is refused whole (400). The
+/// job runs after the configured delay whether or not anyone polls. After-write faults
+/// strike after the job is queued, as for a single create.
+async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
+    let conn = req.extensions().get::<ConnCtx>().cloned();
+    let items = match to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Array(items)) => items,
+            _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON array"),
+        },
+        Err(_) => return error(StatusCode::BAD_REQUEST, "the body could not be read"),
+    };
+    if items.is_empty() || items.len() > BULK_MAX_ITEMS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a bulk request takes 1 to {BULK_MAX_ITEMS} items"),
+        );
+    }
+    let mut bodies = Vec::with_capacity(items.len());
+    let mut refs = std::collections::HashSet::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let Value::Object(body) = item else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("item {index} must be a JSON object"),
+            );
+        };
+        match body.get("_clientRef") {
+            None => {}
+            Some(Value::String(reference))
+                if !reference.is_empty()
+                    && reference.chars().count() <= 255
+                    && refs.insert(reference.clone()) => {}
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "item {index}: _clientRef must be a text of 1 to 255 characters, \
+                         unique in the request"
+                    ),
+                );
+            }
+        }
+        bodies.push(body);
+    }
+    let (id, count, fault) = {
+        let mut inner = app.lock();
+        inner.next_job += 1;
+        let id = format!("bulk{:08}", inner.next_job);
+        let count = bodies.len();
+        inner.jobs.insert(
+            id.clone(),
+            BulkJob {
+                kind,
+                items: bodies,
+                results: None,
+            },
+        );
+        (id, count, roll_after(&mut inner))
+    };
+    let runner = Arc::clone(&app);
+    let job = id.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(runner.config.bulk_delay) => run_bulk_job(&runner, &job),
+            () = runner.shutdown.cancelled() => {}
+        }
+    });
+    let answer = app.envelope(json!({
+        "type": "bulk",
+        "id": id,
+        "attributes": { "status": "queued", "count": count },
+    }));
+    let response = (app.created_status(), Json(answer)).into_response();
+    after_write(&app, conn, fault, response).await
+}
+
+/// Runs a queued job: each item as the single endpoint would take it.
+fn run_bulk_job(app: &App, id: &str) {
+    let mut inner = app.lock();
+    let Some(job) = inner.jobs.get_mut(id) else {
+        return;
+    };
+    let kind = job.kind;
+    let items = std::mem::take(&mut job.items);
+    let mut results = Vec::with_capacity(items.len());
+    for mut body in items {
+        let client_ref = match body.remove("_clientRef") {
+            Some(Value::String(reference)) => Some(reference),
+            _ => None,
+        };
+        let outcome = match kind {
+            BulkKind::Customers => {
+                let errors = customer_errors(app, &body);
+                if let Some(first) = errors.into_iter().next() {
+                    Err(error_object(StatusCode::UNPROCESSABLE_ENTITY, first.into()))
+                } else {
+                    match inner.store.insert_customer(&body) {
+                        Ok(record) => Ok(record.id.clone()),
+                        Err(conflicts) => {
+                            Err(error_object(StatusCode::CONFLICT, (&conflicts[0]).into()))
+                        }
+                    }
+                }
+            }
+            BulkKind::Conversations => {
+                let mut errors = validate_conversation(&Value::Object(body.clone()));
+                if !errors.iter().any(|e| e.pointer == "/customer") {
+                    errors.extend(inner.store.missing_customer(&body));
+                }
+                if let Some(first) = errors.into_iter().next() {
+                    Err(error_object(StatusCode::UNPROCESSABLE_ENTITY, first.into()))
+                } else {
+                    inner
+                        .store
+                        .insert_conversation(&body)
+                        .map(|record| record.id.clone())
+                        .map_err(|e| error_object(StatusCode::UNPROCESSABLE_ENTITY, e.into()))
+                }
+            }
+        };
+        results.push(ItemResult {
+            client_ref,
+            outcome,
+        });
+    }
+    if let Some(job) = inner.jobs.get_mut(id) {
+        job.results = Some(results);
+    }
+}
+
+/// `GET /v1/bulk/{id}`: queued until the job has run, then complete (finished, not
+/// necessarily succeeded).
+async fn bulk_status(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let inner = app.lock();
+    let Some(job) = inner.jobs.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no bulk job {id}"));
+    };
+    let status = if job.results.is_some() {
+        "complete"
+    } else {
+        "queued"
+    };
+    Json(app.envelope(json!({
+        "type": "bulk",
+        "id": id,
+        "attributes": { "status": status },
+    })))
+    .into_response()
+}
+
+/// `GET /v1/bulk/{id}/batches`: the job's one batch, with counts, the ids made, the errors
+/// and, when every item carried a `_clientRef`, a result per item.
+async fn bulk_batches(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let inner = app.lock();
+    let Some(job) = inner.jobs.get(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no bulk job {id}"));
+    };
+    let Some(results) = &job.results else {
+        return Json(json!({ "data": [] })).into_response();
+    };
+    let object_ids: Vec<&String> = results
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().ok())
+        .collect();
+    let errors: Vec<&Value> = results
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().err())
+        .collect();
+    let mut attributes = json!({
+        "successCount": object_ids.len(),
+        "failureCount": errors.len(),
+        "objectIds": object_ids,
+        "errors": errors,
+    });
+    if results.iter().all(|r| r.client_ref.is_some()) {
+        attributes["results"] = results
+            .iter()
+            .map(|r| match &r.outcome {
+                Ok(object_id) => json!({
+                    "_clientRef": r.client_ref, "objectId": object_id, "status": "created"
+                }),
+                Err(problem) => json!({
+                    "_clientRef": r.client_ref, "status": "error", "error": problem
+                }),
+            })
+            .collect();
+    }
+    Json(json!({
+        "data": [{ "type": "batch", "id": format!("{id}-1"), "attributes": attributes }]
+    }))
+    .into_response()
 }
 
 /// Rolls and counts the after-write fault of a successful create.

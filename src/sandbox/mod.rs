@@ -71,6 +71,8 @@ pub struct SandboxConfig {
     /// refused (422), as the live API refuses attributes the org has not defined: a
     /// refusal no local validation can foresee. None: any name with a type suffix.
     pub custom_attributes: Option<Vec<String>>,
+    /// How long a bulk job stays queued before it runs.
+    pub bulk_delay: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -84,6 +86,7 @@ impl Default for SandboxConfig {
             faults: FaultConfig::default(),
             spec_style: false,
             custom_attributes: None,
+            bulk_delay: Duration::from_millis(500),
         }
     }
 }
