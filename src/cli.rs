@@ -304,6 +304,22 @@ pub struct ImportArgs {
     #[arg(long, env = "KUSTOMER_IMPORT_NO_STAMP_IMPORTED_AT", value_parser = FalseyValueParser::new())]
     pub no_stamp_imported_at: bool,
 
+    /// How records travel: one request each (single), up to 100 per request through
+    /// Kustomer's bulk jobs (bulk), or bulk once a few hundred rows are waiting to be sent
+    /// (auto).
+    #[arg(long, env = "KUSTOMER_IMPORT_MODE", value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+
+    /// Seconds a bulk job whose submit answer was lost may still run on Kustomer's side:
+    /// its rows are looked up only after this, so that a late job is found, not duplicated.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_BULK_LOST_WAIT",
+        default_value_t = 60.0,
+        value_name = "SECS"
+    )]
+    pub bulk_lost_wait: f64,
+
     /// Allow an http:// base URL on a host other than loopback (the key would travel in
     /// clear text).
     #[arg(long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP", value_parser = FalseyValueParser::new())]
@@ -314,6 +330,13 @@ pub struct ImportArgs {
 pub enum FormatArg {
     Csv,
     Jsonl,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Single,
+    Bulk,
+    Auto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -410,4 +433,9 @@ pub struct SandboxArgs {
     /// How long a bulk job stays queued before it runs.
     #[arg(long, default_value_t = 500, env = "KUSTOMER_SANDBOX_BULK_DELAY_MS")]
     pub bulk_delay_ms: u64,
+
+    /// Refuse a whole bulk request (400, naming the item) when one item is invalid, as an
+    /// API that validates bodies on submit would; by default items fail one by one.
+    #[arg(long, env = "KUSTOMER_SANDBOX_BULK_REFUSE_INVALID", value_parser = FalseyValueParser::new())]
+    pub bulk_refuse_invalid: bool,
 }

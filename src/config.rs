@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::cli::{
-    ExportArgs, FormatArg, ImportArgs, InputArgs, OnExistingArg, SandboxArgs, StateArg,
+    ExportArgs, FormatArg, ImportArgs, InputArgs, ModeArg, OnExistingArg, SandboxArgs, StateArg,
     ValidateArgs,
 };
 use kustomer_import::api::Backoff;
@@ -20,7 +20,7 @@ use kustomer_import::input::{
     CsvSettings, InputError, InputFormat, InputSource, parse_delimiter, parse_encoding,
 };
 use kustomer_import::mapping::{Mapping, MappingConfigError, MappingFile};
-use kustomer_import::pipeline::{Concurrency, ImportSettings, OnExistingCustomer};
+use kustomer_import::pipeline::{Concurrency, ImportMode, ImportSettings, OnExistingCustomer};
 use kustomer_import::rows::ReadSettings;
 use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
 
@@ -138,6 +138,12 @@ pub fn import_config(
             reconcile_delay: Duration::from_secs_f64(args.reconcile_delay.max(0.0)),
             retry_failed: args.retry_failed,
             stamp_imported_at: !args.no_stamp_imported_at,
+            mode: match args.mode {
+                ModeArg::Single => ImportMode::Single,
+                ModeArg::Bulk => ImportMode::Bulk,
+                ModeArg::Auto => ImportMode::Auto,
+            },
+            bulk_lost_wait: Duration::from_secs_f64(args.bulk_lost_wait.max(0.0)),
         },
         target,
         checkpoint: args.checkpoint,
@@ -313,6 +319,7 @@ pub fn sandbox_config(args: &SandboxArgs) -> Result<(SandboxConfig, u16), Config
         spec_style: args.spec_style,
         custom_attributes: args.custom_attributes.clone(),
         bulk_delay: Duration::from_millis(args.bulk_delay_ms),
+        bulk_refuse_invalid: args.bulk_refuse_invalid,
     };
     Ok((config, args.port))
 }

@@ -37,6 +37,8 @@ pub struct Summary {
     pub customers_reused: u64,
     pub conversations_created: u64,
     pub requests: u64,
+    /// Bulk jobs submitted (each one request, carrying up to 100 records).
+    pub bulk_jobs: u64,
     pub rate_limited: u64,
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
@@ -101,6 +103,13 @@ impl Summary {
             self.conversations_created
         )?;
         writeln!(out, "requests sent:          {}{rate}", self.requests)?;
+        if self.bulk_jobs > 0 {
+            writeln!(
+                out,
+                "  bulk jobs:            {} (up to 100 records each)",
+                self.bulk_jobs
+            )?;
+        }
         writeln!(out, "429s seen:              {}", self.rate_limited)?;
         writeln!(out, "elapsed:                {elapsed:.1} s")?;
         Ok(())

@@ -40,6 +40,9 @@ pub struct RequestStats {
     pub creates: AtomicU64,
     pub lookups: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Bulk jobs submitted, and their polls (status and results).
+    pub bulk_jobs: AtomicU64,
+    pub bulk_polls: AtomicU64,
     /// A moving average of answer latencies, in microseconds (0: none yet).
     latency_micros: AtomicU64,
 }
@@ -225,7 +228,7 @@ impl KustomerClient {
         }
     }
 
-    fn url(&self, path: &str) -> Url {
+    pub(super) fn url(&self, path: &str) -> Url {
         // Joining a relative path onto a base ending in '/' cannot fail.
         self.base_url
             .join(path)
@@ -233,7 +236,7 @@ impl KustomerClient {
     }
 
     /// Sends one request through the rate gate, sending it again after 429s.
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         url: Url,
@@ -279,7 +282,7 @@ impl KustomerClient {
 }
 
 /// The id of the record in a create or lookup answer, bare or wrapped in `data`.
-fn record_id(answer: &[u8]) -> Option<String> {
+pub(super) fn record_id(answer: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(answer).ok()?;
     let record = value
         .get("data")
@@ -315,7 +318,7 @@ fn found_id(answer: &[u8]) -> Found {
     }
 }
 
-fn classify_failure(code: u16, answer: &[u8]) -> ApiError {
+pub(super) fn classify_failure(code: u16, answer: &[u8]) -> ApiError {
     let message = server_message(answer);
     match code {
         401 | 403 => ApiError::Unauthorized {

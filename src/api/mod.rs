@@ -2,11 +2,13 @@
 //! ([`error`]), the one rate gate every request of the process passes ([`ratelimit`]), and
 //! the backoff between retries ([`retry`]).
 
+pub mod bulk;
 pub mod client;
 pub mod error;
 pub mod ratelimit;
 pub mod retry;
 
+pub use bulk::{BulkKind, ItemOutcome, JobStatus};
 pub use client::{ClientSettings, KustomerClient, LookupField, RequestStats};
 pub use error::ApiError;
 pub use ratelimit::RateGate;

@@ -22,7 +22,11 @@ use rusqlite_migration::{M, Migrations};
 pub use self::inspect::{CheckpointReader, ExportRow, Status};
 pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
-pub use self::writer::{Change, CheckpointWriter, CustomerOrigin, RowChange, WriterHandle};
+pub use self::writer::{
+    BulkItem, Change, CheckpointWriter, CustomerOrigin, RowChange, WriterHandle,
+};
+
+use crate::api::BulkKind;
 
 /// Why the checkpoint could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +99,51 @@ pub struct StoredRow {
     pub outcome_unknown: bool,
 }
 
+/// Where a bulk job stands (see migration 004).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkJobState {
+    Submitting,
+    Queued,
+    Complete,
+    Refused,
+    Lost,
+}
+
+impl BulkJobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BulkJobState::Submitting => "submitting",
+            BulkJobState::Queued => "queued",
+            BulkJobState::Complete => "complete",
+            BulkJobState::Refused => "refused",
+            BulkJobState::Lost => "lost",
+        }
+    }
+}
+
+/// A bulk job an earlier run left unfinished (submitting or queued), with its items.
+#[derive(Clone, Debug)]
+pub struct StoredBulkJob {
+    pub id: i64,
+    pub kind: BulkKind,
+    /// Kustomer's id; None while the submit's answer is unknown.
+    pub job_id: Option<String>,
+    /// When the job was recorded, just before its request left.
+    pub created_at: SystemTime,
+    pub items: Vec<StoredBulkItem>,
+}
+
+/// One item of a [`StoredBulkJob`], with what a row change needs of its row.
+#[derive(Clone, Debug)]
+pub struct StoredBulkItem {
+    pub client_ref: String,
+    pub row_key: String,
+    pub customer_key: Option<String>,
+    pub source_file: String,
+    pub line: u64,
+    pub customer_id: Option<String>,
+}
+
 /// What the checkpoint holds of one customer key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredCustomer {
@@ -116,6 +165,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/001-initial/up.sql"),
     include_str!("../../migrations/002-rows-by-file/up.sql"),
     include_str!("../../migrations/003-outcome-unknown/up.sql"),
+    include_str!("../../migrations/004-bulk-jobs/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -223,6 +273,78 @@ impl Checkpoint {
                 })
             })
             .optional()
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// The bulk jobs earlier runs left submitting or queued, oldest first, with their items.
+    pub fn unfinished_bulk_jobs(&self) -> Result<Vec<StoredBulkJob>, CheckpointError> {
+        let mut jobs = Vec::new();
+        {
+            let mut statement = self
+                .connection
+                .prepare(
+                    "SELECT id, kind, job_id, created_at FROM bulk_jobs
+                     WHERE state IN ('submitting', 'queued') ORDER BY id",
+                )
+                .map_err(|e| self.sqlite(e))?;
+            let mut rows = statement.query([]).map_err(|e| self.sqlite(e))?;
+            while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
+                let read = || -> rusqlite::Result<StoredBulkJob> {
+                    let kind = match row.get_ref(1)?.as_str()? {
+                        "customers" => BulkKind::Customers,
+                        _ => BulkKind::Conversations,
+                    };
+                    let created_at: String = row.get(3)?;
+                    Ok(StoredBulkJob {
+                        id: row.get(0)?,
+                        kind,
+                        job_id: row.get(2)?,
+                        // Unreadable would be a bug; the epoch makes the job old, not young.
+                        created_at: humantime::parse_rfc3339(&created_at)
+                            .unwrap_or(SystemTime::UNIX_EPOCH),
+                        items: Vec::new(),
+                    })
+                };
+                jobs.push(read().map_err(|e| self.sqlite(e))?);
+            }
+        }
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT i.client_ref, i.row_key, i.customer_key, r.source_file, r.line,
+                        r.customer_id
+                 FROM bulk_items i JOIN rows r ON r.row_key = i.row_key
+                 WHERE i.job = ?1",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        for job in &mut jobs {
+            let items = statement
+                .query_map([job.id], |row| {
+                    Ok(StoredBulkItem {
+                        client_ref: row.get(0)?,
+                        row_key: row.get(1)?,
+                        customer_key: row.get(2)?,
+                        source_file: row.get(3)?,
+                        line: row.get::<_, i64>(4)? as u64,
+                        customer_id: row.get(5)?,
+                    })
+                })
+                .map_err(|e| self.sqlite(e))?;
+            for item in items {
+                job.items.push(item.map_err(|e| self.sqlite(e))?);
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The number the next bulk job of this checkpoint is recorded under.
+    pub fn next_bulk_job(&self) -> Result<i64, CheckpointError> {
+        self.connection
+            .query_row(
+                "SELECT coalesce(max(id), 0) + 1 FROM bulk_jobs",
+                [],
+                |row| row.get(0),
+            )
             .map_err(|e| self.sqlite(e))
     }
 

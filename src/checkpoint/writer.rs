@@ -11,7 +11,8 @@
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CheckpointError, RowState, now_rfc3339};
+use super::{BulkJobState, CheckpointError, RowState, now_rfc3339};
+use crate::api::BulkKind;
 
 /// How a customer of the import came to have its id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +76,32 @@ pub enum Change {
     CustomerWithdrawn {
         customer_key: String,
     },
+    /// A bulk job about to be submitted, with the rows it carries (see migration 004).
+    /// Committed with the rows' intents, before the request leaves.
+    BulkJobSubmitting {
+        job: i64,
+        kind: BulkKind,
+        items: Vec<BulkItem>,
+    },
+    /// The API took the job: its id, made durable before the job is polled.
+    BulkJobQueued {
+        job: i64,
+        job_id: String,
+    },
+    /// The job reached an end: complete, refused or lost.
+    BulkJobEnded {
+        job: i64,
+        state: BulkJobState,
+    },
+}
+
+/// One item of a bulk job: the `_clientRef` it goes out with and what it stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BulkItem {
+    pub client_ref: String,
+    pub row_key: String,
+    /// In a customers job: the customer key the item creates.
+    pub customer_key: Option<String>,
 }
 
 struct Batch {
@@ -217,6 +244,19 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
         let mut customer_withdrawn = transaction.prepare_cached(
             "DELETE FROM customers WHERE customer_key = ?1 AND customer_id IS NULL",
         )?;
+        let mut job_submitting = transaction.prepare_cached(
+            "INSERT INTO bulk_jobs (id, kind, state, items, created_at, updated_at)
+             VALUES (?1, ?2, 'submitting', ?3, ?4, ?4)",
+        )?;
+        let mut job_item = transaction.prepare_cached(
+            "INSERT INTO bulk_items (job, client_ref, row_key, customer_key)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut job_queued = transaction.prepare_cached(
+            "UPDATE bulk_jobs SET job_id = ?2, state = 'queued', updated_at = ?3 WHERE id = ?1",
+        )?;
+        let mut job_ended = transaction
+            .prepare_cached("UPDATE bulk_jobs SET state = ?2, updated_at = ?3 WHERE id = ?1")?;
         for change in batches.iter().flat_map(|batch| &batch.changes) {
             match change {
                 Change::Row(row) => {
@@ -246,6 +286,23 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                 }
                 Change::CustomerWithdrawn { customer_key } => {
                     customer_withdrawn.execute([customer_key])?;
+                }
+                Change::BulkJobSubmitting { job, kind, items } => {
+                    job_submitting.execute(params![job, kind.as_str(), items.len() as i64, now])?;
+                    for item in items {
+                        job_item.execute(params![
+                            job,
+                            item.client_ref,
+                            item.row_key,
+                            item.customer_key
+                        ])?;
+                    }
+                }
+                Change::BulkJobQueued { job, job_id } => {
+                    job_queued.execute(params![job, job_id, now])?;
+                }
+                Change::BulkJobEnded { job, state } => {
+                    job_ended.execute(params![job, state.as_str(), now])?;
                 }
                 Change::CustomerResolved {
                     customer_key,

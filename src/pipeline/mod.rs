@@ -15,6 +15,7 @@
 //! checkpoint stays consistent: what was sent and not answered is an intent the next run
 //! reconciles.
 
+mod bulk;
 mod concurrency;
 mod reader;
 mod worker;
@@ -23,7 +24,7 @@ pub use self::concurrency::Concurrency;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,9 +33,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::bulk::{EarlierJobs, JobPace, Next};
 use self::reader::start_reader;
 use self::worker::process_row;
-use crate::api::{Backoff, KustomerClient};
+use crate::api::{Backoff, BulkKind, KustomerClient};
 use crate::checkpoint::{
     Change, Checkpoint, CheckpointError, CheckpointWriter, CustomerOrigin, RowChange, RowState,
     StoredRow,
@@ -51,6 +53,17 @@ pub enum OnExistingCustomer {
     Link,
     /// Fail the row.
     Fail,
+}
+
+/// How rows travel to Kustomer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportMode {
+    /// One request per customer and per conversation.
+    Single,
+    /// Bulk jobs of up to 100 records, one request each (plus their polls).
+    Bulk,
+    /// Bulk once a few hundred rows are waiting to be sent; single for fewer.
+    Auto,
 }
 
 /// Settings of one import, validated (see `config.rs`).
@@ -72,6 +85,10 @@ pub struct ImportSettings {
     pub retry_failed: bool,
     /// Send `importedAt` with each conversation that has none.
     pub stamp_imported_at: bool,
+    pub mode: ImportMode,
+    /// How long a bulk job whose submit answer was lost may still run: its rows are looked
+    /// up only after this, so that a late job shows first.
+    pub bulk_lost_wait: Duration,
 }
 
 /// The two ways a run is told to stop.
@@ -126,6 +143,16 @@ enum CustomerStep {
     Known(String),
     /// This row creates it; `reconcile_first` when an earlier run's create is unanswered.
     Create { reconcile_first: bool },
+    /// A bulk job refused it as a duplicate (`message`): find the customer that exists and
+    /// link the row to it.
+    Link { message: String },
+}
+
+impl CustomerStep {
+    /// Whether the row that takes this step settles its customer for the rows waiting.
+    fn settles_customer(&self) -> bool {
+        !matches!(self, CustomerStep::Known(_))
+    }
 }
 
 /// Why a row stopped short of done.
@@ -173,6 +200,18 @@ enum Event {
     /// A worker panicked (a bug): its row stays as the checkpoint has it, pending, and the
     /// rows waiting for the customer it was creating are released as pending too.
     WorkerPanicked { creating: Option<String> },
+    /// A bulk job ended: what becomes of each of its rows.
+    BulkJobEnded {
+        kind: BulkKind,
+        rows: Vec<(Work, Next)>,
+    },
+    /// A bulk job's task panicked (a bug): its rows are left pending, as the checkpoint
+    /// has them, and so are the rows waiting for the customers it was creating.
+    BulkJobPanicked {
+        kind: BulkKind,
+        rows: usize,
+        creating: Vec<String>,
+    },
 }
 
 /// Shared by the workers of a run.
@@ -184,6 +223,9 @@ struct Shared {
     events: mpsc::UnboundedSender<Event>,
     /// Set once, by whichever worker first hears of it.
     fatal: Mutex<Option<StopReason>>,
+    /// The number the next bulk job is recorded under in the checkpoint.
+    next_job: AtomicI64,
+    job_pace: JobPace,
 }
 
 impl Shared {
@@ -215,8 +257,15 @@ pub async fn run_import(
         stop: stop.clone(),
         events: events_tx,
         fatal: Mutex::new(None),
+        next_job: AtomicI64::new(checkpoint.next_bulk_job()?),
+        job_pace: JobPace::default(),
     });
-    let window = settings.concurrency.most() * 4;
+    let earlier = bulk::finish_earlier_jobs(&shared, checkpoint).await?;
+    let mut window = settings.concurrency.most() * 4;
+    if settings.mode != ImportMode::Single {
+        // Room for every job in flight to be full, and for the next batches to fill.
+        window = window.max(bulk::MAX_ITEMS * bulk::JOBS_IN_FLIGHT * 2);
+    }
     let (rows_tx, rows) = mpsc::channel(window.div_ceil(reader::READ_BATCH).max(2));
     let reader = start_reader(settings.inputs.clone(), settings.read.clone(), rows_tx);
     let mut planner = Planner {
@@ -232,8 +281,24 @@ pub async fn run_import(
         tasks: JoinSet::new(),
         running: 0,
         given_up_in_a_row: 0,
+        bulk: match settings.mode {
+            ImportMode::Single => Some(false),
+            ImportMode::Bulk => Some(true),
+            ImportMode::Auto => None,
+        },
+        customer_batch: Vec::new(),
+        conversation_batch: Vec::new(),
+        batch_since: None,
+        jobs_running: 0,
+        customer_jobs_running: 0,
+        rows_in_jobs: 0,
+        input_open: true,
+        window,
+        earlier,
+        deferred: VecDeque::new(),
     };
-    planner.run(rows, &mut events, window).await;
+    planner.summary.customers_created += planner.earlier.customers_created;
+    planner.run(rows, &mut events).await;
     // Every clone of the writer must be gone before the writer thread can end: abandoned
     // workers hold one, and so does the planner. Workers that report while being shut
     // down are still counted.
@@ -245,6 +310,7 @@ pub async fn run_import(
     let stats = shared.client_stats();
     summary.requests = stats.0;
     summary.rate_limited = stats.1;
+    summary.bulk_jobs = shared.client.stats().bulk_jobs.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
     let fatal = shared
         .fatal
@@ -312,6 +378,27 @@ struct Planner<'a> {
     running: usize,
     /// Rows in a row that gave up after their retries; too many means the API is down.
     given_up_in_a_row: usize,
+    /// Whether rows go in bulk jobs; None while `--mode auto` has not decided.
+    bulk: Option<bool>,
+    /// Rows that create their customer, for the next customers job.
+    customer_batch: Vec<Work>,
+    /// Rows whose customer is known, with its id, for the next conversations job.
+    conversation_batch: Vec<(Work, String)>,
+    /// When the oldest row of either batch joined it.
+    batch_since: Option<tokio::time::Instant>,
+    jobs_running: usize,
+    customer_jobs_running: usize,
+    /// Rows carried by the jobs running.
+    rows_in_jobs: usize,
+    /// Whether more rows may come from the reader.
+    input_open: bool,
+    /// The most rows read and not yet settled.
+    window: usize,
+    /// What the jobs earlier runs left unfinished came to.
+    earlier: EarlierJobs,
+    /// Rows of bulk jobs whose answer was lost, each with the instant it may be looked up
+    /// (in order: every job waits the same time).
+    deferred: VecDeque<(tokio::time::Instant, Work, CustomerStep)>,
 }
 
 impl Planner<'_> {
@@ -319,25 +406,22 @@ impl Planner<'_> {
         &mut self,
         mut rows: mpsc::Receiver<Vec<ReadRow>>,
         events: &mut mpsc::UnboundedReceiver<Event>,
-        window: usize,
     ) {
         let soft = self.shared.stop.soft.clone();
         let hard = self.shared.stop.hard.clone();
-        let mut input_open = true;
         let mut grace_ends: Option<tokio::time::Instant> = None;
         loop {
             if soft.is_cancelled() && grace_ends.is_none() {
-                input_open = false;
+                self.input_open = false;
                 rows.close();
                 self.settle_unstarted_as_pending();
                 grace_ends = Some(tokio::time::Instant::now() + self.shared.settings.grace);
             }
             self.start_ready_work();
-            if !input_open && self.running == 0 && self.ready.is_empty() {
+            if !self.input_open && self.nothing_in_flight() && self.ready.is_empty() {
                 break;
             }
-            let in_progress = self.running + self.ready.len() + self.waiting_rows;
-            let take_rows = input_open && in_progress < window;
+            let take_rows = self.input_open && self.in_progress() < self.window;
             tokio::select! {
                 biased;
                 _ = hard.cancelled() => {
@@ -348,14 +432,18 @@ impl Planner<'_> {
                     tracing::warn!(
                         "the grace period is over: {} rows still in flight are left to the \
                          next run, which reconciles them",
-                        self.running
+                        self.running + self.rows_in_jobs
                     );
                     self.tasks.abort_all();
                     break;
                 }
                 Some(event) = events.recv() => self.handle_event(event).await,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                _ = soft.cancelled(), if input_open => {}
+                _ = soft.cancelled(), if self.input_open => {}
+                // A partial batch that has waited long enough, and rows whose lost job has
+                // had its time, are taken up by start_ready_work.
+                _ = sleep_until_option(self.batch_since.map(|since| since + bulk::FLUSH_AFTER)) => {}
+                _ = sleep_until_option(self.deferred.front().map(|(at, _, _)| *at)) => {}
                 batch = rows.recv(), if take_rows => match batch {
                     Some(batch) => {
                         let keys: Vec<&str> =
@@ -376,10 +464,29 @@ impl Planner<'_> {
                             self.plan(row, known).await;
                         }
                     }
-                    None => input_open = false,
+                    None => self.input_open = false,
                 },
             }
         }
+    }
+
+    /// Rows read and not yet settled: the reader waits while this is at the window.
+    fn in_progress(&self) -> usize {
+        self.running
+            + self.ready.len()
+            + self.waiting_rows
+            + self.customer_batch.len()
+            + self.conversation_batch.len()
+            + self.rows_in_jobs
+            + self.deferred.len()
+    }
+
+    fn nothing_in_flight(&self) -> bool {
+        self.running == 0
+            && self.jobs_running == 0
+            && self.customer_batch.is_empty()
+            && self.conversation_batch.is_empty()
+            && self.deferred.is_empty()
     }
 
     /// After the workers are gone: counts what they reported last, and leaves every row
@@ -389,45 +496,163 @@ impl Planner<'_> {
             self.handle_event(event).await;
         }
         self.settle_unstarted_as_pending();
-        self.summary.rows_pending += self.running as u64;
+        self.summary.rows_pending += (self.running + self.rows_in_jobs) as u64;
         self.running = 0;
+        self.rows_in_jobs = 0;
     }
 
-    /// Gives ready rows to workers, up to the concurrency.
+    /// Gives ready rows to workers, up to the concurrency, or, in bulk mode, to the next
+    /// batches, and sends the batches that are due as jobs.
     fn start_ready_work(&mut self) {
         if self.shared.stop.soft.is_cancelled() {
             return;
         }
-        let limit = self.shared.concurrency_limit();
-        while self.running < limit {
-            let Some((work, step)) = self.ready.pop_front() else {
-                break;
-            };
-            self.running += 1;
-            let shared = Arc::clone(&self.shared);
-            let creating =
-                matches!(step, CustomerStep::Create { .. }).then(|| work.plan.customer_key.clone());
-            self.tasks.spawn(async move {
-                let processed = AssertUnwindSafe(process_row(&shared, work, step))
-                    .catch_unwind()
-                    .await;
-                let event = match processed {
-                    Ok((work, outcome)) => Event::RowFinished {
-                        work: Box::new(work),
-                        outcome,
-                    },
-                    Err(_) => Event::WorkerPanicked { creating },
-                };
-                let _ = shared.events.send(event);
-            });
+        if self.bulk.is_none() {
+            // --mode auto: enough rows waiting to be sent makes bulk worth it; an input
+            // that ends with fewer goes single.
+            let waiting = self.ready.len() + self.waiting_rows;
+            if waiting >= bulk::AUTO_BULK_ROWS {
+                tracing::info!("{waiting} rows or more to send: bulk mode");
+                self.bulk = Some(true);
+            } else if !self.input_open || self.in_progress() >= self.window {
+                self.bulk = Some(false);
+            } else {
+                return;
+            }
         }
+        let now = tokio::time::Instant::now();
+        while self.deferred.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, work, step)) = self.deferred.pop_front() {
+                self.ready.push_back((work, step));
+            }
+        }
+        let limit = self.shared.concurrency_limit();
+        let mut single = VecDeque::new();
+        while let Some((work, step)) = self.ready.pop_front() {
+            let bulk = self.bulk == Some(true) && !work.conversation_unknown;
+            match step {
+                CustomerStep::Create {
+                    reconcile_first: false,
+                } if bulk => self.customer_batch.push(work),
+                CustomerStep::Known(id) if bulk && work.plan.conversation.is_some() => {
+                    self.conversation_batch.push((work, id));
+                }
+                step if self.running < limit => self.spawn_worker(work, step),
+                step => single.push_back((work, step)),
+            }
+            if self.batch_since.is_none()
+                && !(self.customer_batch.is_empty() && self.conversation_batch.is_empty())
+            {
+                self.batch_since = Some(tokio::time::Instant::now());
+            }
+        }
+        self.ready = single;
+        self.start_due_jobs();
+    }
+
+    fn spawn_worker(&mut self, work: Work, step: CustomerStep) {
+        self.running += 1;
+        let shared = Arc::clone(&self.shared);
+        let creating = step
+            .settles_customer()
+            .then(|| work.plan.customer_key.clone());
+        self.tasks.spawn(async move {
+            let processed = AssertUnwindSafe(process_row(&shared, work, step))
+                .catch_unwind()
+                .await;
+            let event = match processed {
+                Ok((work, outcome)) => Event::RowFinished {
+                    work: Box::new(work),
+                    outcome,
+                },
+                Err(_) => Event::WorkerPanicked { creating },
+            };
+            let _ = shared.events.send(event);
+        });
+    }
+
+    /// Sends full batches as jobs, and partial ones when waiting cannot fill them: the
+    /// input is over or the window is full, or the oldest row waited [`bulk::FLUSH_AFTER`].
+    /// Conversations also wait for customers jobs in flight, which add to their batch.
+    fn start_due_jobs(&mut self) {
+        let stalled = !self.input_open
+            || self.in_progress() >= self.window
+            || self
+                .batch_since
+                .is_some_and(|since| since.elapsed() >= bulk::FLUSH_AFTER);
+        while self.jobs_running < bulk::JOBS_IN_FLIGHT {
+            let customers = self.customer_batch.len();
+            let conversations = self.conversation_batch.len();
+            if customers >= bulk::MAX_ITEMS || (customers > 0 && stalled) {
+                let take = customers.min(bulk::MAX_ITEMS);
+                let works: Vec<Work> = self.customer_batch.drain(..take).collect();
+                let creating = works.iter().map(|w| w.plan.customer_key.clone()).collect();
+                self.spawn_job(BulkKind::Customers, works.len(), creating, |shared| {
+                    Box::pin(async move { bulk::run_customer_job(&shared, works).await })
+                });
+            } else if conversations >= bulk::MAX_ITEMS
+                || (conversations > 0 && stalled && self.customer_jobs_running == 0)
+            {
+                let take = conversations.min(bulk::MAX_ITEMS);
+                let works: Vec<(Work, String)> = self.conversation_batch.drain(..take).collect();
+                self.spawn_job(BulkKind::Conversations, works.len(), Vec::new(), |shared| {
+                    Box::pin(async move { bulk::run_conversation_job(&shared, works).await })
+                });
+            } else {
+                break;
+            }
+        }
+        if self.customer_batch.is_empty() && self.conversation_batch.is_empty() {
+            self.batch_since = None;
+        } else if stalled {
+            // What is left waits for a job slot or for customers: restart its clock.
+            self.batch_since = Some(tokio::time::Instant::now());
+        }
+    }
+
+    fn spawn_job(
+        &mut self,
+        kind: BulkKind,
+        rows: usize,
+        creating: Vec<String>,
+        job: impl FnOnce(
+            Arc<Shared>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Vec<(Work, Next)>> + Send>>,
+    ) {
+        self.jobs_running += 1;
+        self.rows_in_jobs += rows;
+        if kind == BulkKind::Customers {
+            self.customer_jobs_running += 1;
+        }
+        let shared = Arc::clone(&self.shared);
+        let events = shared.events.clone();
+        let job = job(shared);
+        self.tasks.spawn(async move {
+            let event = match AssertUnwindSafe(job).catch_unwind().await {
+                Ok(rows) => Event::BulkJobEnded { kind, rows },
+                Err(_) => Event::BulkJobPanicked {
+                    kind,
+                    rows,
+                    creating,
+                },
+            };
+            let _ = events.send(event);
+        });
     }
 
     /// Rows read but never started stay pending for the next run.
     fn settle_unstarted_as_pending(&mut self) {
-        let unstarted = self.ready.len() + self.waiting_rows;
+        let unstarted = self.ready.len()
+            + self.waiting_rows
+            + self.customer_batch.len()
+            + self.conversation_batch.len()
+            + self.deferred.len();
         self.summary.rows_pending += unstarted as u64;
         self.ready.clear();
+        self.deferred.clear();
+        self.customer_batch.clear();
+        self.conversation_batch.clear();
+        self.batch_since = None;
         self.waiting.clear();
         self.waiting_rows = 0;
     }
@@ -444,11 +669,19 @@ impl Planner<'_> {
         let failed_earlier = matches!(&stored, Some(stored)
             if stored.state == RowState::Failed
                 && (stored.outcome_unknown || !self.shared.settings.retry_failed));
+        // Carried by a job an earlier run left queued and this one could not finish: sent
+        // again, it could land twice. The next run polls the job again.
+        if stored.is_some() && self.earlier.held_rows.contains(&origin.key) {
+            self.summary.rows_pending += 1;
+            return;
+        }
+        // Settled just now by such a job: this run's work, not an earlier run's.
+        let settled_now = stored.is_some() && self.earlier.settled_rows.remove(&origin.key);
         let mut plan = match plan {
             Ok(plan) => plan,
             // The same bad row as last night: failed earlier, not a new failure.
             Err(_) if failed_earlier => {
-                self.report_failed_earlier(&origin, &original, stored.as_ref());
+                self.report_failed_earlier(&origin, &original, stored.as_ref(), settled_now);
                 return;
             }
             Err(error) => {
@@ -459,11 +692,18 @@ impl Planner<'_> {
         };
         let stored_customer_id = match &stored {
             Some(_) if failed_earlier => {
-                self.report_failed_earlier(&origin, &original, stored.as_ref());
+                self.report_failed_earlier(&origin, &original, stored.as_ref(), settled_now);
                 return;
             }
             Some(stored) if stored.state == RowState::Done => {
-                self.summary.rows_skipped_done += 1;
+                if settled_now {
+                    self.summary.rows_done += 1;
+                    if stored.conversation_id.is_some() {
+                        self.summary.conversations_created += 1;
+                    }
+                } else {
+                    self.summary.rows_skipped_done += 1;
+                }
                 self.progress.row_finished(false);
                 return;
             }
@@ -526,6 +766,11 @@ impl Planner<'_> {
             self.waiting_rows += 1;
             return;
         }
+        if self.earlier.held_customers.contains(&customer_key) {
+            // Its customer is in a job an earlier run left queued: wait for that job.
+            self.summary.rows_pending += 1;
+            return;
+        }
         let stored_customer = match self.checkpoint.customer(&customer_key) {
             Ok(stored_customer) => stored_customer,
             Err(error) => {
@@ -554,8 +799,13 @@ impl Planner<'_> {
         origin: &RowOrigin,
         original: &Original,
         stored: Option<&StoredRow>,
+        failed_now: bool,
     ) {
-        self.summary.rows_failed_earlier += 1;
+        if failed_now {
+            self.summary.rows_failed += 1;
+        } else {
+            self.summary.rows_failed_earlier += 1;
+        }
         let reason = stored
             .and_then(|s| s.last_error.clone())
             .unwrap_or_else(|| "failed in an earlier run".into());
@@ -621,6 +871,32 @@ impl Planner<'_> {
                 self.running -= 1;
                 self.finish_row(*work, outcome);
             }
+            Event::BulkJobEnded { kind, rows } => {
+                self.job_ended(kind, rows.len());
+                for (work, next) in rows {
+                    match next {
+                        Next::Finished(outcome) => self.finish_row(work, outcome),
+                        Next::Continue(step) => self.ready.push_back((work, step)),
+                        Next::ContinueAfter(step, at) => self.deferred.push_back((at, work, step)),
+                    }
+                }
+            }
+            Event::BulkJobPanicked {
+                kind,
+                rows,
+                creating,
+            } => {
+                tracing::error!("a bulk job's task panicked (a bug); its rows are left pending");
+                self.job_ended(kind, rows);
+                self.summary.rows_pending += rows as u64;
+                for customer_key in creating {
+                    Box::pin(self.handle_event(Event::CustomerSettled {
+                        customer_key,
+                        settlement: Settlement::Unsettled,
+                    }))
+                    .await;
+                }
+            }
             Event::WorkerPanicked { creating } => {
                 tracing::error!("a worker panicked (a bug); its row is left pending");
                 self.running -= 1;
@@ -633,6 +909,14 @@ impl Planner<'_> {
                     .await;
                 }
             }
+        }
+    }
+
+    fn job_ended(&mut self, kind: BulkKind, rows: usize) {
+        self.jobs_running -= 1;
+        self.rows_in_jobs -= rows;
+        if kind == BulkKind::Customers {
+            self.customer_jobs_running -= 1;
         }
     }
 

@@ -7,7 +7,7 @@
 
 use crate::api::{ApiError, LookupField};
 use crate::checkpoint::{Change, CustomerOrigin, RowState};
-use crate::mapping::CustomerBody;
+use crate::mapping::{ConversationBody, CustomerBody};
 
 use super::{
     CustomerStep, Event, Halt, OnExistingCustomer, RowOutcome, Settlement, Shared, StopReason,
@@ -21,32 +21,53 @@ pub(super) async fn process_row(
     step: CustomerStep,
 ) -> (Work, RowOutcome) {
     let mut attempts = Attempts::new(shared);
-    let outcome = drive_row(shared, &work, step, &mut attempts).await;
-    let outcome = match outcome {
+    let outcome = match drive_row(shared, &work, step, &mut attempts).await {
         Ok(outcome) => outcome,
         Err(halt) => {
-            let mut change = row_change(&work.origin, &work.plan, RowState::Pending, None, None);
-            change.attempts = attempts.requests;
-            match &halt {
-                Halt::Failed { field, reason } => {
-                    change.state = RowState::Failed;
-                    change.field = field.clone();
-                    change.error = Some(reason.clone());
-                    record_or_halt(shared, vec![Change::Row(change)]).await;
-                }
-                Halt::Unresolved(reason) => {
-                    change.state = RowState::Failed;
-                    change.error = Some(reason.clone());
-                    change.outcome_unknown = true;
-                    record_or_halt(shared, vec![Change::Row(change)]).await;
-                }
-                // A pending row keeps the state (and intent) it reached; only note why.
-                Halt::Pending(_) => {}
-            }
+            record_halt(shared, &work, &halt, attempts.requests).await;
             RowOutcome::Halted(halt)
         }
     };
     (work, outcome)
+}
+
+/// Records in the checkpoint why a row stopped short of done: failed (with the reason, and
+/// marked when its create may have landed), or, for a pending row, nothing: it keeps the
+/// state (and intent) it reached.
+pub(super) async fn record_halt(shared: &Shared, work: &Work, halt: &Halt, requests: u32) {
+    let mut change = row_change(&work.origin, &work.plan, RowState::Failed, None, None);
+    change.attempts = requests;
+    match halt {
+        Halt::Failed { field, reason } => {
+            change.field = field.clone();
+            change.error = Some(reason.clone());
+        }
+        Halt::Unresolved(reason) => {
+            change.error = Some(reason.clone());
+            change.outcome_unknown = true;
+        }
+        Halt::Pending(_) => return,
+    }
+    record_or_halt(shared, vec![Change::Row(change)]).await;
+}
+
+/// The conversation as it is sent: its customer's id in, and `importedAt` stamped unless
+/// the row has one or the user said not to (added here, not in the plan: the row's key must
+/// not change with the clock).
+pub(super) fn conversation_to_send(
+    shared: &Shared,
+    conversation: &ConversationBody,
+    customer_id: &str,
+) -> ConversationBody {
+    let mut body = conversation.clone();
+    body.customer = Some(customer_id.to_string());
+    if shared.settings.stamp_imported_at && !body.extra.contains_key("importedAt") {
+        body.extra.insert(
+            "importedAt".into(),
+            serde_json::Value::String(crate::checkpoint::now_rfc3339()),
+        );
+    }
+    body
 }
 
 async fn drive_row(
@@ -59,32 +80,11 @@ async fn drive_row(
         CustomerStep::Known(id) => id,
         CustomerStep::Create { reconcile_first } => {
             let settled = settle_customer(shared, work, reconcile_first, attempts).await;
-            let settlement = match &settled {
-                Ok((id, origin)) => Settlement::Known(id.clone(), *origin),
-                Err(Halt::Failed { field, reason }) => Settlement::Failed {
-                    field: field.clone(),
-                    reason: reason.clone(),
-                },
-                Err(Halt::Unresolved(reason)) => Settlement::Failed {
-                    field: None,
-                    reason: reason.clone(),
-                },
-                Err(Halt::Pending(_)) => Settlement::Unsettled,
-            };
-            if let Settlement::Failed { .. } = settlement {
-                record_or_halt(
-                    shared,
-                    vec![Change::CustomerWithdrawn {
-                        customer_key: work.plan.customer_key.clone(),
-                    }],
-                )
-                .await;
-            }
-            let _ = shared.events.send(Event::CustomerSettled {
-                customer_key: work.plan.customer_key.clone(),
-                settlement,
-            });
-            settled?.0
+            announce_customer(shared, work, settled).await?
+        }
+        CustomerStep::Link { message } => {
+            let settled = link_after_bulk(shared, work, &message, attempts).await;
+            announce_customer(shared, work, settled).await?
         }
     };
     let Some(conversation) = &work.plan.conversation else {
@@ -101,15 +101,7 @@ async fn drive_row(
             conversation_created: false,
         });
     };
-    let mut body = conversation.clone();
-    body.customer = Some(customer_id.clone());
-    // Added here, not in the plan: the row's key must not change with the clock.
-    if shared.settings.stamp_imported_at && !body.extra.contains_key("importedAt") {
-        body.extra.insert(
-            "importedAt".into(),
-            serde_json::Value::String(crate::checkpoint::now_rfc3339()),
-        );
-    }
+    let body = conversation_to_send(shared, conversation, &customer_id);
     let mut intent = row_change(
         &work.origin,
         &work.plan,
@@ -192,6 +184,41 @@ async fn drive_row(
     })
 }
 
+/// Tells the planner how the row's customer settled (the rows waiting for it go on or
+/// fail), withdrawing the intent of a customer that will not be made; the customer's id.
+async fn announce_customer(
+    shared: &Shared,
+    work: &Work,
+    settled: Result<(String, CustomerOrigin), Halt>,
+) -> Result<String, Halt> {
+    let settlement = match &settled {
+        Ok((id, origin)) => Settlement::Known(id.clone(), *origin),
+        Err(Halt::Failed { field, reason }) => Settlement::Failed {
+            field: field.clone(),
+            reason: reason.clone(),
+        },
+        Err(Halt::Unresolved(reason)) => Settlement::Failed {
+            field: None,
+            reason: reason.clone(),
+        },
+        Err(Halt::Pending(_)) => Settlement::Unsettled,
+    };
+    if let Settlement::Failed { .. } = settlement {
+        record_or_halt(
+            shared,
+            vec![Change::CustomerWithdrawn {
+                customer_key: work.plan.customer_key.clone(),
+            }],
+        )
+        .await;
+    }
+    let _ = shared.events.send(Event::CustomerSettled {
+        customer_key: work.plan.customer_key.clone(),
+        settlement,
+    });
+    settled.map(|(id, _)| id)
+}
+
 /// Creates the row's customer (or finds the one an earlier lost answer created, or the one
 /// that already existed), recording the intent first and the id after.
 async fn settle_customer(
@@ -245,20 +272,43 @@ async fn settle_customer(
             }
         }
     };
+    record_customer(shared, work, id, origin, attempts).await
+}
+
+/// A customer a bulk job refused as a duplicate: its intent is recorded already; find the
+/// customer that exists and link the row to it, as a single create's 409 would.
+async fn link_after_bulk(
+    shared: &Shared,
+    work: &Work,
+    message: &str,
+    attempts: &mut Attempts<'_>,
+) -> Result<(String, CustomerOrigin), Halt> {
+    let (id, origin) = link_existing(shared, &work.plan.customer, message, attempts).await?;
+    record_customer(shared, work, id, origin, attempts).await
+}
+
+/// Records the row's customer id, waited for: rows of this customer read next look its id
+/// up in the checkpoint.
+async fn record_customer(
+    shared: &Shared,
+    work: &Work,
+    id: String,
+    origin: CustomerOrigin,
+    attempts: &mut Attempts<'_>,
+) -> Result<(String, CustomerOrigin), Halt> {
     let mut resolved = row_change(
         &work.origin,
-        plan,
+        &work.plan,
         RowState::CustomerOk,
         Some(id.clone()),
         None,
     );
     resolved.attempts = attempts.take_requests();
-    // Waited for: rows of this customer read next look its id up in the checkpoint.
     commit_or_halt(
         shared,
         vec![
             Change::CustomerResolved {
-                customer_key: plan.customer_key.clone(),
+                customer_key: work.plan.customer_key.clone(),
                 customer_id: id.clone(),
                 origin,
             },
@@ -423,14 +473,14 @@ fn refusal(shared: &Shared, record: &str, status: u16, message: String) -> Halt 
     }
 }
 
-async fn commit_or_halt(shared: &Shared, changes: Vec<Change>) -> Result<(), Halt> {
+pub(super) async fn commit_or_halt(shared: &Shared, changes: Vec<Change>) -> Result<(), Halt> {
     shared.writer.commit(changes).await.map_err(|error| {
         shared.halt_run(StopReason::Checkpoint(error.to_string()));
         Halt::Pending(format!("the checkpoint could not be written: {error}"))
     })
 }
 
-async fn record_or_halt(shared: &Shared, changes: Vec<Change>) {
+pub(super) async fn record_or_halt(shared: &Shared, changes: Vec<Change>) {
     if let Err(error) = shared.writer.record(changes).await {
         shared.halt_run(StopReason::Checkpoint(error.to_string()));
     }

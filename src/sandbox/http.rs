@@ -543,6 +543,22 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
         }
         bodies.push(body);
     }
+    if app.config.bulk_refuse_invalid
+        && let Some((index, problem)) = bodies.iter().enumerate().find_map(|(index, body)| {
+            let mut body = body.clone();
+            body.remove("_clientRef");
+            let problems = match kind {
+                BulkKind::Customers => customer_errors(&app, &body),
+                BulkKind::Conversations => validate_conversation(&Value::Object(body)),
+            };
+            problems.into_iter().next().map(|problem| (index, problem))
+        })
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("item {index}: {}: {}", problem.pointer, problem.detail),
+        );
+    }
     let (id, count, fault) = {
         let mut inner = app.lock();
         inner.next_job += 1;

@@ -73,6 +73,10 @@ pub struct SandboxConfig {
     pub custom_attributes: Option<Vec<String>>,
     /// How long a bulk job stays queued before it runs.
     pub bulk_delay: Duration,
+    /// Validate every item of a bulk request when it is submitted and refuse the whole
+    /// request (400, naming the item) if one is invalid, as an API that checks bodies up
+    /// front would. Off: items are validated when the job runs, each on its own.
+    pub bulk_refuse_invalid: bool,
 }
 
 impl Default for SandboxConfig {
@@ -87,6 +91,7 @@ impl Default for SandboxConfig {
             spec_style: false,
             custom_attributes: None,
             bulk_delay: Duration::from_millis(500),
+            bulk_refuse_invalid: false,
         }
     }
 }

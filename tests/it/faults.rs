@@ -137,10 +137,21 @@ const FAST_RECOVERY: &[&str] = &[
 
 #[test]
 fn a_fault_soak_of_2100_rows_lands_exactly_once() {
+    fault_soak(&["--mode", "single"]);
+}
+
+#[test]
+fn a_fault_soak_of_2100_rows_in_bulk_jobs_lands_exactly_once() {
+    // A bulk submit whose answer is lost waits out the sandbox's job delay (500 ms).
+    fault_soak(&["--mode", "bulk", "--bulk-lost-wait", "1"]);
+}
+
+fn fault_soak(mode: &[&str]) {
     let env = TestEnv::new(stormy(2026));
     let file = env.write("export.csv", &generated_csv(700, 3));
     let mut args = vec![file.to_str().unwrap()];
     args.extend_from_slice(FAST_RECOVERY);
+    args.extend_from_slice(mode);
     env.import(&args).assert_code(0);
     env.assert_exactly_once(700, 2100);
     assert_eq!(env.rows_in_state("done"), 2100);
@@ -172,6 +183,15 @@ fn a_fault_soak_of_2100_rows_lands_exactly_once() {
 
 #[test]
 fn runs_killed_at_random_moments_end_exactly_once() {
+    killed_at_random_moments(&["--mode", "single"]);
+}
+
+#[test]
+fn bulk_runs_killed_at_random_moments_end_exactly_once() {
+    killed_at_random_moments(&["--mode", "bulk", "--bulk-lost-wait", "1"]);
+}
+
+fn killed_at_random_moments(mode: &[&str]) {
     let env = TestEnv::new(SandboxConfig {
         latency: Duration::from_millis(3),
         jitter: Duration::from_millis(4),
@@ -180,6 +200,7 @@ fn runs_killed_at_random_moments_end_exactly_once() {
     let file = env.write("export.csv", &generated_csv(150, 4));
     let mut args = vec![file.to_str().unwrap()];
     args.extend_from_slice(FAST_RECOVERY);
+    args.extend_from_slice(mode);
     // Kill each run at a different point of its progress, a few "random" milliseconds
     // (from a fixed sequence, so a failure can be replayed) after it passes a threshold.
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -215,6 +236,8 @@ fn sigterm_drains_exits_4_and_the_same_command_resumes() {
         "8",
         "--rpm",
         "100000",
+        "--mode",
+        "single",
     ];
     let child = env
         .import_command(&args)

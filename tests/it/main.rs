@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod bulk;
 mod exports;
 mod faults;
 mod foreign;

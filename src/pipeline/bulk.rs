@@ -1,0 +1,895 @@
+//! Bulk mode: rows travel to Kustomer 100 at a time through bulk jobs, with every promise
+//! of single mode kept (exactly once, resume, the same checkpoint, summary and errors).
+//!
+//! A job's life: the rows' intents and the job with its items are committed (state
+//! `submitting`), the request leaves, the job's id is committed (`queued`) before anything
+//! else happens with it, the job is polled within the shared rate budget until complete,
+//! and its results are applied item by item (`complete`). What cannot be settled from a
+//! job goes back to the planner for single mode's path: a duplicate customer is linked, an
+//! item whose outcome is unknown is reconciled by lookup. A job refused whole is split in
+//! halves until the bad item alone is refused.
+//!
+//! A job whose submit answer was lost may exist and may still run: its rows wait
+//! `bulk_lost_wait` before they are looked up, so that a late job shows first. A run that
+//! starts with jobs an earlier run left (killed while they were queued) polls them before
+//! it plans any row ([`finish_earlier_jobs`]), and the rows of a job it cannot finish are
+//! held back, pending, rather than sent again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::worker::{commit_or_halt, conversation_to_send, record_halt};
+use super::{
+    CustomerStep, Event, Halt, OnExistingCustomer, RowOutcome, Settlement, Shared, StopReason,
+    Work, row_change,
+};
+use crate::api::{ApiError, BulkKind, ItemOutcome, JobStatus};
+use crate::checkpoint::{
+    BulkItem, BulkJobState, Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange,
+    RowState, StoredBulkJob,
+};
+
+pub use crate::api::bulk::MAX_ITEMS;
+
+/// Bulk jobs in flight at once (submitted and not yet applied).
+pub(super) const JOBS_IN_FLIGHT: usize = 8;
+/// `--mode auto` goes bulk once this many rows are waiting to be sent.
+pub(super) const AUTO_BULK_ROWS: usize = 300;
+/// A partial batch goes out once its oldest row has waited this long (a slow input).
+pub(super) const FLUSH_AFTER: Duration = Duration::from_secs(2);
+/// The first poll of the first job; later jobs start from what earlier jobs took.
+const FIRST_POLL: Duration = Duration::from_secs(1);
+const LEAST_POLL: Duration = Duration::from_millis(100);
+const MOST_POLL: Duration = Duration::from_secs(10);
+
+/// What becomes of a row when its job ends.
+#[derive(Debug)]
+pub(super) enum Next {
+    /// Settled (and recorded): done, failed or pending.
+    Finished(RowOutcome),
+    /// Back to the planner with this step: its conversation next, or single mode's path.
+    Continue(CustomerStep),
+    /// The same, once the job whose answer was lost would have run (`bulk_lost_wait`):
+    /// the step looks the record up first.
+    ContinueAfter(CustomerStep, tokio::time::Instant),
+}
+
+impl Next {
+    fn after(step: CustomerStep, at: Option<tokio::time::Instant>) -> Next {
+        match at {
+            Some(at) => Next::ContinueAfter(step, at),
+            None => Next::Continue(step),
+        }
+    }
+}
+
+/// How long jobs take to complete, learnt from the jobs of this run, so that the first
+/// poll of a job usually finds it complete: one poll per job, not one per interval.
+#[derive(Debug)]
+pub(super) struct JobPace {
+    expected: std::sync::Mutex<Duration>,
+}
+
+impl Default for JobPace {
+    fn default() -> JobPace {
+        JobPace {
+            expected: std::sync::Mutex::new(FIRST_POLL),
+        }
+    }
+}
+
+impl JobPace {
+    fn expected(&self) -> Duration {
+        *self.expected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A job was found complete `took` after its submit was answered, at poll `polls`.
+    /// Found at the first poll: the next job is polled a little sooner, in case jobs got
+    /// faster (slowly: the jobs in flight together all learn from each other, and a probe
+    /// too early costs every one of them a poll); later: no sooner than this one took.
+    fn learn(&self, took: Duration, polls: u32) {
+        let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        let next = if polls <= 1 {
+            expected.mul_f64(0.99)
+        } else {
+            took
+        };
+        *expected = next.clamp(LEAST_POLL, MOST_POLL);
+    }
+}
+
+/// A customers job: each work creates its row's customer.
+pub(super) async fn run_customer_job(shared: &Shared, works: Vec<Work>) -> Vec<(Work, Next)> {
+    let job = shared.next_job.fetch_add(1, Ordering::Relaxed);
+    let mut intents = Vec::with_capacity(works.len() * 2 + 1);
+    let mut bodies = Vec::with_capacity(works.len());
+    let mut items = Vec::with_capacity(works.len());
+    for (index, work) in works.iter().enumerate() {
+        let plan = &work.plan;
+        let client_ref = index.to_string();
+        intents.push(Change::CustomerSent {
+            customer_key: plan.customer_key.clone(),
+            external_id: plan.customer.external_id.clone(),
+            email: plan.customer.emails.first().map(|e| e.email.clone()),
+            phone: plan.customer.phones.first().map(|p| p.phone.clone()),
+        });
+        let mut intent = row_change(&work.origin, plan, RowState::CustomerSent, None, None);
+        intent.attempts = 1;
+        intents.push(Change::Row(intent));
+        bodies.push(with_client_ref(&plan.customer, &client_ref));
+        items.push(BulkItem {
+            client_ref,
+            row_key: work.origin.key.clone(),
+            customer_key: Some(plan.customer_key.clone()),
+        });
+    }
+    let end = submit_and_wait(shared, job, BulkKind::Customers, bodies, items, intents).await;
+    match end {
+        JobEnd::Complete(outcomes) => apply_customer_results(shared, job, works, outcomes).await,
+        JobEnd::Refused { status, message } if works.len() > 1 => {
+            split(shared, works, status, &message, BulkKind::Customers).await
+        }
+        JobEnd::Refused { status, message } => {
+            let halt = Halt::Failed {
+                field: None,
+                reason: format!("customer refused ({status}): {message}"),
+            };
+            let changes = vec![Change::CustomerWithdrawn {
+                customer_key: works[0].plan.customer_key.clone(),
+            }];
+            finish_customers_with(shared, works, halt, changes).await
+        }
+        JobEnd::NotTaken(halt) => {
+            // Provably not applied: the intents are taken back, the rows stay pending.
+            let mut changes = Vec::new();
+            for work in &works {
+                changes.push(Change::CustomerWithdrawn {
+                    customer_key: work.plan.customer_key.clone(),
+                });
+                changes.push(Change::Row(row_change(
+                    &work.origin,
+                    &work.plan,
+                    RowState::Pending,
+                    None,
+                    None,
+                )));
+            }
+            finish_customers_with(shared, works, halt, changes).await
+        }
+        JobEnd::Unknown(after) => works
+            .into_iter()
+            .map(|work| {
+                let step = CustomerStep::Create {
+                    reconcile_first: true,
+                };
+                (work, Next::after(step, after))
+            })
+            .collect(),
+        JobEnd::Unfinished(halt) => finish_customers_with(shared, works, halt, Vec::new()).await,
+    }
+}
+
+/// A conversations job: each work's customer is known (`customer_id`).
+pub(super) async fn run_conversation_job(
+    shared: &Shared,
+    works: Vec<(Work, String)>,
+) -> Vec<(Work, Next)> {
+    let job = shared.next_job.fetch_add(1, Ordering::Relaxed);
+    let mut intents = Vec::with_capacity(works.len());
+    let mut bodies = Vec::with_capacity(works.len());
+    let mut items = Vec::with_capacity(works.len());
+    for (index, (work, customer_id)) in works.iter().enumerate() {
+        let client_ref = index.to_string();
+        let Some(conversation) = &work.plan.conversation else {
+            unreachable!("the planner sends only rows with a conversation")
+        };
+        let mut intent = row_change(
+            &work.origin,
+            &work.plan,
+            RowState::ConversationSent,
+            Some(customer_id.clone()),
+            None,
+        );
+        intent.attempts = 1;
+        intents.push(Change::Row(intent));
+        let body = conversation_to_send(shared, conversation, customer_id);
+        bodies.push(with_client_ref(&body, &client_ref));
+        items.push(BulkItem {
+            client_ref,
+            row_key: work.origin.key.clone(),
+            customer_key: None,
+        });
+    }
+    let end = submit_and_wait(shared, job, BulkKind::Conversations, bodies, items, intents).await;
+    let (works, customer_ids): (Vec<Work>, Vec<String>) = works.into_iter().unzip();
+    match end {
+        JobEnd::Complete(outcomes) => {
+            apply_conversation_results(shared, job, works, customer_ids, outcomes).await
+        }
+        JobEnd::Refused { status, message } if works.len() > 1 => {
+            let works = works.into_iter().zip(customer_ids).collect();
+            split_conversations(shared, works, status, &message).await
+        }
+        JobEnd::Refused { status, message } => {
+            let halt = Halt::Failed {
+                field: None,
+                reason: format!("conversation refused ({status}): {message}"),
+            };
+            finish_all(shared, works, halt, Vec::new()).await
+        }
+        JobEnd::NotTaken(halt) => {
+            let changes = works
+                .iter()
+                .zip(&customer_ids)
+                .map(|(work, customer_id)| {
+                    Change::Row(row_change(
+                        &work.origin,
+                        &work.plan,
+                        RowState::CustomerOk,
+                        Some(customer_id.clone()),
+                        None,
+                    ))
+                })
+                .collect();
+            finish_all(shared, works, halt, changes).await
+        }
+        JobEnd::Unknown(after) => works
+            .into_iter()
+            .zip(customer_ids)
+            .map(|(mut work, customer_id)| {
+                work.conversation_unknown = true;
+                (work, Next::after(CustomerStep::Known(customer_id), after))
+            })
+            .collect(),
+        JobEnd::Unfinished(halt) => finish_all(shared, works, halt, Vec::new()).await,
+    }
+}
+
+/// A job refused whole: each half goes as a job of its own, until the bad item is alone.
+async fn split(
+    shared: &Shared,
+    mut works: Vec<Work>,
+    status: u16,
+    message: &str,
+    kind: BulkKind,
+) -> Vec<(Work, Next)> {
+    tracing::info!(
+        "a {} bulk job of {} items was refused whole ({status}: {message}); sending it in halves",
+        kind.as_str(),
+        works.len()
+    );
+    let second = works.split_off(works.len() / 2);
+    let mut ended = Box::pin(run_customer_job(shared, works)).await;
+    ended.extend(Box::pin(run_customer_job(shared, second)).await);
+    ended
+}
+
+async fn split_conversations(
+    shared: &Shared,
+    mut works: Vec<(Work, String)>,
+    status: u16,
+    message: &str,
+) -> Vec<(Work, Next)> {
+    tracing::info!(
+        "a conversations bulk job of {} items was refused whole ({status}: {message}); \
+         sending it in halves",
+        works.len()
+    );
+    let second = works.split_off(works.len() / 2);
+    let mut ended = Box::pin(run_conversation_job(shared, works)).await;
+    ended.extend(Box::pin(run_conversation_job(shared, second)).await);
+    ended
+}
+
+/// A body as a bulk item: the single endpoint's body plus its `_clientRef`.
+fn with_client_ref(body: &impl serde::Serialize, client_ref: &str) -> Value {
+    let mut value =
+        serde_json::to_value(body).unwrap_or_else(|_| Value::Object(Default::default()));
+    if let Value::Object(map) = &mut value {
+        map.insert("_clientRef".into(), Value::String(client_ref.to_string()));
+    }
+    value
+}
+
+/// How a job ended, as far as this run can tell.
+enum JobEnd {
+    /// Complete: each item's outcome by `_clientRef` (an item absent is unknown).
+    Complete(HashMap<String, ItemOutcome>),
+    /// Refused whole with a 4xx: nothing was made.
+    Refused { status: u16, message: String },
+    /// Never taken, provably (refused key, wrong URL, transient failures that cannot have
+    /// applied it): nothing was made.
+    NotTaken(Halt),
+    /// The submit's answer was lost (the job may exist and may still run: its items are
+    /// reconciled by lookup, not before the instant given), or the API does not know the
+    /// job (None: at once).
+    Unknown(Option<tokio::time::Instant>),
+    /// Taken, and its outcome not known in this run (polls kept failing, a stop): the job
+    /// stays queued in the checkpoint and the next run polls it.
+    Unfinished(Halt),
+}
+
+/// Records the job and the rows' intents, submits it, records its id, polls it to the end
+/// and reads its results.
+async fn submit_and_wait(
+    shared: &Shared,
+    job: i64,
+    kind: BulkKind,
+    bodies: Vec<Value>,
+    items: Vec<BulkItem>,
+    mut intents: Vec<Change>,
+) -> JobEnd {
+    if shared.stop.soft.is_cancelled() {
+        return JobEnd::NotTaken(Halt::Pending("the run is stopping".into()));
+    }
+    intents.push(Change::BulkJobSubmitting { job, kind, items });
+    if let Err(halt) = commit_or_halt(shared, intents).await {
+        return JobEnd::NotTaken(halt);
+    }
+    let mut retry = Retry::new(shared);
+    let job_id = loop {
+        match shared.client.submit_bulk(kind, &bodies).await {
+            Ok(job_id) => break job_id,
+            Err(ApiError::Rejected { status, message }) if matches!(status, 404 | 405) => {
+                shared.halt_run(StopReason::Endpoint(format!(
+                    "submitting a {} bulk job answered {status} ({message}): is the base URL \
+                     right, and does the org have bulk jobs?",
+                    kind.as_str()
+                )));
+                end_job(shared, job, BulkJobState::Refused).await;
+                return JobEnd::NotTaken(Halt::Pending(format!("the API answered {status}")));
+            }
+            Err(ApiError::Rejected { status, message }) => {
+                end_job(shared, job, BulkJobState::Refused).await;
+                return JobEnd::Refused { status, message };
+            }
+            Err(ApiError::Duplicate { message }) => {
+                end_job(shared, job, BulkJobState::Refused).await;
+                return JobEnd::Refused {
+                    status: 409,
+                    message,
+                };
+            }
+            Err(error) if error.maybe_applied() => {
+                // The job stays `submitting` in the checkpoint: a run that stops before the
+                // lookups waits out the rest of the time when it starts again.
+                let wait = shared.settings.bulk_lost_wait;
+                tracing::warn!(
+                    "the answer to a {} bulk job was lost ({error}); its {} rows are looked up \
+                     in {:.0} s, once a job still queued would have run",
+                    kind.as_str(),
+                    bodies.len(),
+                    wait.as_secs_f64()
+                );
+                return JobEnd::Unknown(Some(tokio::time::Instant::now() + wait));
+            }
+            Err(error) => {
+                if let Err(halt) = retry.after_failure(&error).await {
+                    end_job(shared, job, BulkJobState::Refused).await;
+                    return JobEnd::NotTaken(halt);
+                }
+            }
+        }
+    };
+    // Before anything else: a run killed from here on polls this job instead of sending
+    // its rows again.
+    let queued = Change::BulkJobQueued {
+        job,
+        job_id: job_id.clone(),
+    };
+    if let Err(halt) = commit_or_halt(shared, vec![queued]).await {
+        return JobEnd::Unfinished(halt);
+    }
+    match wait_for_results(shared, &job_id, &shared.stop.hard).await {
+        Ok(outcomes) => JobEnd::Complete(outcomes),
+        Err(WaitEnd::Vanished(reason)) => {
+            tracing::warn!("bulk job {job_id}: {reason}; its rows are looked up");
+            end_job(shared, job, BulkJobState::Lost).await;
+            JobEnd::Unknown(None)
+        }
+        Err(WaitEnd::Halted(halt)) => JobEnd::Unfinished(halt),
+    }
+}
+
+async fn end_job(shared: &Shared, job: i64, state: BulkJobState) {
+    let _ = commit_or_halt(shared, vec![Change::BulkJobEnded { job, state }]).await;
+}
+
+/// Why polling a job ended without its results.
+enum WaitEnd {
+    /// The API does not know the job (404).
+    Vanished(String),
+    Halted(Halt),
+}
+
+/// Polls a job until it is complete, then reads its results. Paced by [`JobPace`] and the
+/// shared rate gate; transient failures back off within the retry budget; `give_up` ends
+/// the wait (the job stays queued for the next run).
+async fn wait_for_results(
+    shared: &Shared,
+    job_id: &str,
+    give_up: &CancellationToken,
+) -> Result<HashMap<String, ItemOutcome>, WaitEnd> {
+    let submitted = Instant::now();
+    let mut delay = shared.job_pace.expected();
+    let mut polls = 0;
+    let mut retry = Retry::new(shared);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = give_up.cancelled() => {
+                return Err(WaitEnd::Halted(Halt::Pending("the run is stopping".into())));
+            }
+        }
+        polls += 1;
+        match shared.client.bulk_status(job_id).await {
+            Ok(JobStatus::Complete) => break,
+            Ok(JobStatus::Waiting(status)) => {
+                tracing::debug!("bulk job {job_id} is {status}");
+                // The first poll was due when the job usually completes: it is likely
+                // close, so look again soon; after that, back off.
+                delay = if polls == 1 { delay / 4 } else { delay * 2 }.clamp(LEAST_POLL, MOST_POLL);
+            }
+            Err(error) => {
+                poll_failed(&mut retry, job_id, &error).await?;
+                delay = Duration::ZERO;
+            }
+        }
+    }
+    shared.job_pace.learn(submitted.elapsed(), polls);
+    loop {
+        match shared.client.bulk_results(job_id).await {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(error) => poll_failed(&mut retry, job_id, &error).await?,
+        }
+    }
+}
+
+async fn poll_failed(retry: &mut Retry<'_>, job_id: &str, error: &ApiError) -> Result<(), WaitEnd> {
+    match error {
+        ApiError::Rejected {
+            status: 404,
+            message,
+        } => Err(WaitEnd::Vanished(format!(
+            "the API does not know it (404: {message})"
+        ))),
+        error => retry.after_failure(error).await.map_err(|halt| {
+            tracing::warn!("bulk job {job_id} could not be polled: {error}; the next run polls it");
+            WaitEnd::Halted(halt)
+        }),
+    }
+}
+
+/// Applies a customers job's results: customers made (or updated) are recorded and their
+/// rows go on; refused ones fail with the item's error; duplicates go to single mode's
+/// linking; items with no result to reconciliation.
+async fn apply_customer_results(
+    shared: &Shared,
+    job: i64,
+    works: Vec<Work>,
+    mut outcomes: HashMap<String, ItemOutcome>,
+) -> Vec<(Work, Next)> {
+    let mut changes = Vec::new();
+    let mut settlements = Vec::new();
+    let mut nexts = Vec::with_capacity(works.len());
+    for (index, work) in works.iter().enumerate() {
+        let customer_key = work.plan.customer_key.clone();
+        let found = match outcomes.remove(&index.to_string()) {
+            Some(ItemOutcome::Created(id)) => Ok((id, CustomerOrigin::Created)),
+            Some(ItemOutcome::Updated(id)) => match shared.settings.on_existing_customer {
+                OnExistingCustomer::Link => Ok((id, CustomerOrigin::Linked)),
+                OnExistingCustomer::Fail => Err(Halt::Failed {
+                    field: None,
+                    reason: format!(
+                        "the customer already exists in Kustomer as {id} \
+                         (--on-existing-customer fail)"
+                    ),
+                }),
+            },
+            Some(ItemOutcome::Failed(ApiError::Duplicate { message })) => {
+                nexts.push(Next::Continue(CustomerStep::Link { message }));
+                continue;
+            }
+            Some(ItemOutcome::Failed(error)) => Err(item_refused("customer", &error)),
+            None => {
+                nexts.push(Next::Continue(CustomerStep::Create {
+                    reconcile_first: true,
+                }));
+                continue;
+            }
+        };
+        match found {
+            Ok((id, origin)) => {
+                changes.push(Change::CustomerResolved {
+                    customer_key: customer_key.clone(),
+                    customer_id: id.clone(),
+                    origin,
+                });
+                settlements.push((customer_key, Settlement::Known(id.clone(), origin)));
+                if work.plan.conversation.is_some() {
+                    let row = row_change(
+                        &work.origin,
+                        &work.plan,
+                        RowState::CustomerOk,
+                        Some(id.clone()),
+                        None,
+                    );
+                    changes.push(Change::Row(row));
+                    nexts.push(Next::Continue(CustomerStep::Known(id)));
+                } else {
+                    let row = row_change(&work.origin, &work.plan, RowState::Done, Some(id), None);
+                    changes.push(Change::Row(row));
+                    nexts.push(Next::Finished(RowOutcome::Done {
+                        conversation_created: false,
+                    }));
+                }
+            }
+            Err(halt) => {
+                changes.push(Change::CustomerWithdrawn {
+                    customer_key: customer_key.clone(),
+                });
+                changes.push(Change::Row(failed_row(work, &halt)));
+                settlements.push((customer_key, settlement_of(&halt)));
+                nexts.push(Next::Finished(RowOutcome::Halted(halt)));
+            }
+        }
+    }
+    changes.push(Change::BulkJobEnded {
+        job,
+        state: BulkJobState::Complete,
+    });
+    // Waited for: rows of these customers read next look their ids up in the checkpoint.
+    if let Err(halt) = commit_or_halt(shared, changes).await {
+        return finish_customers_with(shared, works, halt, Vec::new()).await;
+    }
+    for (customer_key, settlement) in settlements {
+        let _ = shared.events.send(Event::CustomerSettled {
+            customer_key,
+            settlement,
+        });
+    }
+    works.into_iter().zip(nexts).collect()
+}
+
+/// Applies a conversations job's results: done, failed with the item's error, or (a
+/// duplicate, or no result) looked up by externalId through single mode's path.
+async fn apply_conversation_results(
+    shared: &Shared,
+    job: i64,
+    works: Vec<Work>,
+    customer_ids: Vec<String>,
+    mut outcomes: HashMap<String, ItemOutcome>,
+) -> Vec<(Work, Next)> {
+    let mut changes = Vec::new();
+    let mut ended = Vec::with_capacity(works.len());
+    for (index, (mut work, customer_id)) in works.into_iter().zip(customer_ids).enumerate() {
+        let (conversation_id, created) = match outcomes.remove(&index.to_string()) {
+            Some(ItemOutcome::Created(id)) => (id, true),
+            Some(ItemOutcome::Updated(id)) => (id, false),
+            Some(ItemOutcome::Failed(ApiError::Duplicate { .. })) | None => {
+                work.conversation_unknown = true;
+                ended.push((work, Next::Continue(CustomerStep::Known(customer_id))));
+                continue;
+            }
+            Some(ItemOutcome::Failed(error)) => {
+                let halt = item_refused("conversation", &error);
+                changes.push(Change::Row(failed_row(&work, &halt)));
+                ended.push((work, Next::Finished(RowOutcome::Halted(halt))));
+                continue;
+            }
+        };
+        changes.push(Change::Row(row_change(
+            &work.origin,
+            &work.plan,
+            RowState::Done,
+            Some(customer_id),
+            Some(conversation_id),
+        )));
+        ended.push((
+            work,
+            Next::Finished(RowOutcome::Done {
+                conversation_created: created,
+            }),
+        ));
+    }
+    changes.push(Change::BulkJobEnded {
+        job,
+        state: BulkJobState::Complete,
+    });
+    // Outcomes: losing them only means the next run polls the job again.
+    if let Err(error) = shared.writer.record(changes).await {
+        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+    }
+    ended
+}
+
+/// An item's refusal as the row's failure, in the words a single create's would have.
+fn item_refused(record: &str, error: &ApiError) -> Halt {
+    let reason = match error {
+        ApiError::Rejected { status, message } => format!("{record} refused ({status}): {message}"),
+        other => format!("{record} refused: {other}"),
+    };
+    Halt::Failed {
+        field: None,
+        reason,
+    }
+}
+
+fn failed_row(work: &Work, halt: &Halt) -> RowChange {
+    let mut row = row_change(&work.origin, &work.plan, RowState::Failed, None, None);
+    if let Halt::Failed { field, reason } = halt {
+        row.field = field.clone();
+        row.error = Some(reason.clone());
+    }
+    row
+}
+
+fn settlement_of(halt: &Halt) -> Settlement {
+    match halt {
+        Halt::Failed { field, reason } => Settlement::Failed {
+            field: field.clone(),
+            reason: reason.clone(),
+        },
+        Halt::Unresolved(reason) => Settlement::Failed {
+            field: None,
+            reason: reason.clone(),
+        },
+        Halt::Pending(_) => Settlement::Unsettled,
+    }
+}
+
+/// Ends every row of a customers job the same way: `changes` and each row's halt recorded,
+/// and the rows waiting for these customers told.
+async fn finish_customers_with(
+    shared: &Shared,
+    works: Vec<Work>,
+    halt: Halt,
+    changes: Vec<Change>,
+) -> Vec<(Work, Next)> {
+    for work in &works {
+        let _ = shared.events.send(Event::CustomerSettled {
+            customer_key: work.plan.customer_key.clone(),
+            settlement: settlement_of(&halt),
+        });
+    }
+    finish_all(shared, works, halt, changes).await
+}
+
+async fn finish_all(
+    shared: &Shared,
+    works: Vec<Work>,
+    halt: Halt,
+    changes: Vec<Change>,
+) -> Vec<(Work, Next)> {
+    if !changes.is_empty()
+        && let Err(error) = shared.writer.record(changes).await
+    {
+        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+    }
+    let mut ended = Vec::with_capacity(works.len());
+    for work in works {
+        record_halt(shared, &work, &halt, 0).await;
+        ended.push((work, Next::Finished(RowOutcome::Halted(halt.clone()))));
+    }
+    ended
+}
+
+/// Retries of one job's calls: the same budget and backoff as a row's.
+struct Retry<'a> {
+    shared: &'a Shared,
+    failures: u32,
+}
+
+impl<'a> Retry<'a> {
+    fn new(shared: &'a Shared) -> Retry<'a> {
+        Retry {
+            shared,
+            failures: 0,
+        }
+    }
+
+    /// Waits out the backoff after a failure that is not the job's, or says why not.
+    async fn after_failure(&mut self, error: &ApiError) -> Result<(), Halt> {
+        match error {
+            ApiError::Unauthorized { status, message } => {
+                self.shared
+                    .halt_run(StopReason::Unauthorized(format!("{status}: {message}")));
+                Err(Halt::Pending(format!("the API refused the key ({status})")))
+            }
+            ApiError::Transient { reason, .. }
+                if self.failures < self.shared.settings.max_retries =>
+            {
+                tracing::debug!("bulk job: retrying after: {reason}");
+                let delay = self.shared.settings.backoff.delay(self.failures);
+                self.failures += 1;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => Ok(()),
+                    () = self.shared.stop.hard.cancelled() => {
+                        Err(Halt::Pending("the run is stopping".into()))
+                    }
+                }
+            }
+            ApiError::Transient { reason, .. } => Err(Halt::Pending(format!(
+                "gave up after {} attempts: {reason}",
+                self.failures + 1
+            ))),
+            other => Err(Halt::Pending(format!(
+                "a bulk job poll was refused: {other}"
+            ))),
+        }
+    }
+}
+
+/// What a run learnt from the jobs earlier runs left unfinished.
+#[derive(Debug, Default)]
+pub(super) struct EarlierJobs {
+    /// Rows of jobs still unfinished: not planned in this run (pending), so that nothing a
+    /// queued job carries is sent again.
+    pub held_rows: HashSet<String>,
+    /// Customers those jobs create: their other rows wait too.
+    pub held_customers: HashSet<String>,
+    /// Rows those jobs settled now: counted as this run's, not as skipped.
+    pub settled_rows: HashSet<String>,
+    pub customers_created: u64,
+    pub jobs_finished: u64,
+}
+
+/// Before any row is planned: polls the jobs earlier runs left queued and applies their
+/// results; waits out jobs whose submit answer was lost (their rows are then reconciled by
+/// lookup when they are read). A stop, or a job that cannot be polled, leaves its rows held.
+pub(super) async fn finish_earlier_jobs(
+    shared: &Shared,
+    checkpoint: &Checkpoint,
+) -> Result<EarlierJobs, CheckpointError> {
+    let jobs = checkpoint.unfinished_bulk_jobs()?;
+    let mut earlier = EarlierJobs::default();
+    if jobs.is_empty() {
+        return Ok(earlier);
+    }
+    tracing::info!(
+        "{} bulk jobs of an earlier run are unfinished: settling them first",
+        jobs.len()
+    );
+    let settled =
+        futures_util::future::join_all(jobs.iter().map(|job| finish_earlier_job(shared, job)))
+            .await;
+    for (job, outcome) in jobs.iter().zip(settled) {
+        match outcome {
+            Some(EarlierOutcome::Applied { customers_created }) => {
+                earlier.jobs_finished += 1;
+                earlier.customers_created += customers_created;
+                earlier
+                    .settled_rows
+                    .extend(job.items.iter().map(|i| i.row_key.clone()));
+            }
+            Some(EarlierOutcome::Released) => {}
+            None => {
+                earlier
+                    .held_rows
+                    .extend(job.items.iter().map(|i| i.row_key.clone()));
+                earlier
+                    .held_customers
+                    .extend(job.items.iter().filter_map(|i| i.customer_key.clone()));
+            }
+        }
+    }
+    Ok(earlier)
+}
+
+enum EarlierOutcome {
+    /// Its results are in the checkpoint.
+    Applied { customers_created: u64 },
+    /// Lost: its rows are left to reconciliation by lookup.
+    Released,
+}
+
+/// One earlier job: polled (queued) or waited out (submitting). None: still unsettled.
+async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<EarlierOutcome> {
+    let Some(job_id) = &job.job_id else {
+        let age = SystemTime::now()
+            .duration_since(job.created_at)
+            .unwrap_or_default();
+        let left = shared.settings.bulk_lost_wait.saturating_sub(age);
+        if !left.is_zero() {
+            tracing::info!(
+                "bulk job {} of an earlier run never got its answer: waiting {:.0} s before \
+                 its rows are looked up",
+                job.id,
+                left.as_secs_f64()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(left) => {}
+                () = shared.stop.soft.cancelled() => return None,
+            }
+        }
+        end_job(shared, job.id, BulkJobState::Lost).await;
+        return Some(EarlierOutcome::Released);
+    };
+    let outcomes = match wait_for_results(shared, job_id, &shared.stop.soft).await {
+        Ok(outcomes) => outcomes,
+        Err(WaitEnd::Vanished(reason)) => {
+            tracing::warn!("bulk job {job_id}: {reason}; its rows are looked up");
+            end_job(shared, job.id, BulkJobState::Lost).await;
+            return Some(EarlierOutcome::Released);
+        }
+        Err(WaitEnd::Halted(_)) => return None,
+    };
+    let mut changes = Vec::new();
+    let mut customers_created = 0;
+    for item in &job.items {
+        let row = |state: RowState, customer_id: Option<String>, conversation_id| RowChange {
+            row_key: item.row_key.clone(),
+            source_file: item.source_file.clone(),
+            line: item.line,
+            customer_key: None,
+            conversation_external_id: None,
+            state,
+            customer_id,
+            conversation_id,
+            attempts: 0,
+            field: None,
+            error: None,
+            outcome_unknown: false,
+        };
+        // What cannot be settled here (a duplicate to link, an item with no result) keeps
+        // its intent: planning reconciles it by lookup, as for a lost answer.
+        match (outcomes.get(&item.client_ref), &item.customer_key) {
+            (Some(ItemOutcome::Created(id) | ItemOutcome::Updated(id)), Some(customer_key)) => {
+                let origin = match outcomes.get(&item.client_ref) {
+                    Some(ItemOutcome::Created(_)) => {
+                        customers_created += 1;
+                        CustomerOrigin::Created
+                    }
+                    _ => CustomerOrigin::Linked,
+                };
+                changes.push(Change::CustomerResolved {
+                    customer_key: customer_key.clone(),
+                    customer_id: id.clone(),
+                    origin,
+                });
+                changes.push(Change::Row(row(
+                    RowState::CustomerOk,
+                    Some(id.clone()),
+                    None,
+                )));
+            }
+            (Some(ItemOutcome::Created(id) | ItemOutcome::Updated(id)), None) => {
+                changes.push(Change::Row(row(
+                    RowState::Done,
+                    item.customer_id.clone(),
+                    Some(id.clone()),
+                )));
+            }
+            (Some(ItemOutcome::Failed(error)), customer_key)
+                if !matches!(error, ApiError::Duplicate { .. }) =>
+            {
+                let record = if customer_key.is_some() {
+                    "customer"
+                } else {
+                    "conversation"
+                };
+                if let Some(customer_key) = customer_key {
+                    changes.push(Change::CustomerWithdrawn {
+                        customer_key: customer_key.clone(),
+                    });
+                }
+                let mut failed = row(RowState::Failed, None, None);
+                if let Halt::Failed { reason, .. } = item_refused(record, error) {
+                    failed.error = Some(reason);
+                }
+                changes.push(Change::Row(failed));
+            }
+            _ => {}
+        }
+    }
+    changes.push(Change::BulkJobEnded {
+        job: job.id,
+        state: BulkJobState::Complete,
+    });
+    commit_or_halt(shared, changes).await.ok()?;
+    Some(EarlierOutcome::Applied { customers_created })
+}

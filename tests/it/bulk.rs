@@ -1,0 +1,318 @@
+//! Bulk mode: what it lands is what single mode lands; a run killed while its jobs are
+//! queued resumes by polling them; a bad item fails only its row; a lost submit answer is
+//! reconciled, not sent twice; `--mode auto` picks bulk only for a few hundred rows.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kustomer_import::sandbox::{FaultConfig, Records, SandboxConfig};
+
+use crate::harness::*;
+
+/// A sandbox whose org defines one custom attribute (others are refused, as live) and whose
+/// bulk jobs run after `bulk_delay`.
+fn org(bulk_delay: Duration) -> SandboxConfig {
+    SandboxConfig {
+        token: Some(KEY.to_string()),
+        custom_attributes: Some(vec!["tierStr".into()]),
+        bulk_delay,
+        ..SandboxConfig::default()
+    }
+}
+
+/// API-shaped JSONL: `customers` customers with `per_customer` conversations each, then a
+/// customer the org refuses (an undefined custom attribute) with two conversations, a
+/// customer whose email is already in Kustomer (under another externalId), and a row that
+/// local validation refuses.
+fn mixed_export(customers: usize, per_customer: usize) -> String {
+    let mut text = String::new();
+    let mut row = |customer: String, conversation: String| {
+        text.push_str(&format!(
+            "{{\"customer\": {customer}, \"conversation\": {conversation}}}\n"
+        ));
+    };
+    for c in 0..customers {
+        for k in 0..per_customer {
+            row(
+                format!(
+                    r#"{{"externalId": "C{c}", "name": "Customer {c}", "emails": [{{"email": "c{c}@example.com"}}], "custom": {{"tierStr": "gold"}}}}"#
+                ),
+                format!(r#"{{"externalId": "T{c}-{k}", "name": "Subject {k}"}}"#),
+            );
+        }
+    }
+    for k in 0..2 {
+        row(
+            r#"{"externalId": "BAD", "custom": {"levelStr": "gold"}}"#.into(),
+            format!(r#"{{"externalId": "TBAD-{k}", "name": "Refused {k}"}}"#),
+        );
+    }
+    row(
+        r#"{"externalId": "NEW-X", "emails": [{"email": "shared@example.com"}]}"#.into(),
+        r#"{"externalId": "TX", "name": "Existing customer"}"#.into(),
+    );
+    row(
+        r#"{"externalId": "LOCAL", "emails": [{"email": "not an email"}]}"#.into(),
+        r#"{"externalId": "TL", "name": "Refused here"}"#.into(),
+    );
+    text
+}
+
+/// What landed, independent of ids: each conversation externalId with its customer's
+/// externalId, and the customers' externalIds.
+fn landed(records: &Records) -> (Vec<String>, BTreeMap<String, String>) {
+    let by_id: BTreeMap<&str, String> = records
+        .customers
+        .iter()
+        .map(|c| (c.id.as_str(), c.external_id.clone().unwrap_or_default()))
+        .collect();
+    let mut customers: Vec<String> = by_id.values().cloned().collect();
+    customers.sort();
+    let conversations = records
+        .conversations
+        .iter()
+        .map(|c| {
+            (
+                c.external_id.clone().unwrap_or_default(),
+                by_id[c.customer.as_str()].clone(),
+            )
+        })
+        .collect();
+    (customers, conversations)
+}
+
+fn sorted_errors(env: &TestEnv) -> Vec<(u64, String)> {
+    let mut errors: Vec<(u64, String)> = env
+        .errors()
+        .into_iter()
+        .map(|(_, line, _, reason)| (line, reason))
+        .collect();
+    errors.sort();
+    errors
+}
+
+fn requests_to(env: &TestEnv, route: &str) -> u64 {
+    env.stats()
+        .requests
+        .get(route)
+        .map_or(0, |by_status| by_status.values().sum())
+}
+
+#[test]
+fn a_bulk_import_lands_what_single_mode_lands() {
+    let single = TestEnv::new(org(Duration::from_millis(50)));
+    let bulk = TestEnv::new(org(Duration::from_millis(50)));
+    let mut summaries = Vec::new();
+    for (env, mode) in [(&single, "single"), (&bulk, "bulk")] {
+        env.customer_made_elsewhere("ELSEWHERE", "shared@example.com");
+        let file = env.write("export.jsonl", &mixed_export(140, 3));
+        let run = env.import(&[file.to_str().unwrap(), "--mode", mode, "--json"]);
+        run.assert_code(1);
+        summaries.push(serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap());
+    }
+    // 140 customers + the one made elsewhere; 420 + 1 conversations.
+    single.assert_exactly_once(141, 421);
+    bulk.assert_exactly_once(141, 421);
+    assert_eq!(landed(&single.records()), landed(&bulk.records()));
+    let errors = sorted_errors(&bulk);
+    assert_eq!(errors, sorted_errors(&single));
+    assert_eq!(
+        errors.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [421, 422, 424]
+    );
+    assert!(errors[0].1.contains("/custom/levelStr"), "{errors:?}");
+    assert!(errors[1].1.starts_with("its customer could not be created"));
+    for key in [
+        "rows_read",
+        "rows_done",
+        "rows_failed",
+        "rows_pending",
+        "customers_created",
+        "customers_linked",
+        "conversations_created",
+    ] {
+        assert_eq!(summaries[0][key], summaries[1][key], "{key}: {summaries:?}");
+    }
+    assert_eq!(summaries[1]["customers_linked"], 1);
+    // The same checkpoint: every row done or failed, and a second run sends nothing.
+    assert_eq!(bulk.rows_in_state("done"), 421);
+    assert_eq!(bulk.rows_in_state("failed"), 3);
+    let before = bulk.stats().requests_total;
+    let again = bulk.import(&["export.jsonl", "--mode", "bulk"]);
+    again.assert_code(1);
+    assert!(
+        again.stdout.contains("already done:         421"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(bulk.stats().requests_total, before);
+    // Bulk: 2 customers jobs, 5 conversations jobs, a few polls each; single: ~1.34/row.
+    let bulk_requests = summaries[1]["requests"].as_u64().unwrap();
+    let single_requests = summaries[0]["requests"].as_u64().unwrap();
+    assert!(
+        bulk_requests * 10 < single_requests,
+        "bulk {bulk_requests} vs single {single_requests} requests"
+    );
+    // Only the linked customer's row goes on alone: linking is single mode's path.
+    assert!(requests_to(&bulk, "POST /v1/conversations") <= 1);
+}
+
+#[test]
+fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice() {
+    let env = TestEnv::new(org(Duration::from_secs(3)));
+    let file = env.write("export.csv", &generated_csv(60, 2));
+    let child = env.spawn_import(&[file.to_str().unwrap(), "--mode", "bulk"]);
+    // Killed once the customers job is recorded as queued, before it has run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let queued: i64 = rusqlite::Connection::open_with_flags(
+            env.path("kustomer-import.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|db| {
+            db.query_row(
+                "SELECT count(*) FROM bulk_jobs WHERE state = 'queued'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap_or(0);
+        if queued > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no job was queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(env.stats().customers, 0, "the job ran before the kill");
+    assert_eq!(env.rows_in_state("customer_sent"), 60);
+
+    let run = env.import(&["export.csv", "--mode", "bulk"]);
+    run.assert_code(0);
+    env.assert_exactly_once(60, 120);
+    // The queued job was polled, not submitted again; nothing went through single creates
+    // or lookups.
+    assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 1);
+    assert_eq!(requests_to(&env, "POST /v1/customers"), 0);
+    assert_eq!(requests_to(&env, "GET /v1/customers/{lookup}"), 0);
+    assert!(
+        run.stdout.contains("customers created:      60"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("done now:             120"),
+        "{}",
+        run.stdout
+    );
+    let open: i64 = env
+        .checkpoint()
+        .query_row(
+            "SELECT count(*) FROM bulk_jobs WHERE state IN ('submitting', 'queued')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open, 0);
+}
+
+/// One customer of 150 is refused by the org; every other row lands.
+fn one_bad_item(config: SandboxConfig) -> TestEnv {
+    let env = TestEnv::new(config);
+    let mut text = mixed_export(150, 1);
+    // Only the refused customer's rows stay among the extras.
+    text = text
+        .lines()
+        .filter(|line| !line.contains("\"TX\"") && !line.contains("\"TL\""))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let file = env.write("export.jsonl", &text);
+    env.import(&[file.to_str().unwrap(), "--mode", "bulk"])
+        .assert_code(1);
+    env.assert_exactly_once(150, 150);
+    let errors = sorted_errors(&env);
+    assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), [151, 152]);
+    assert!(errors[0].1.contains("/custom/levelStr"), "{errors:?}");
+    assert_eq!(env.rows_in_state("failed"), 2);
+    env
+}
+
+#[test]
+fn a_job_with_a_bad_item_fails_only_that_row() {
+    let env = one_bad_item(org(Duration::from_millis(20)));
+    // Items fail one by one: two customers jobs, no single create.
+    assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 2);
+    assert_eq!(requests_to(&env, "POST /v1/customers"), 0);
+}
+
+#[test]
+fn a_job_refused_whole_is_split_until_the_bad_item_is_alone() {
+    let env = one_bad_item(SandboxConfig {
+        bulk_refuse_invalid: true,
+        ..org(Duration::from_millis(20))
+    });
+    let refused = env.stats().requests["POST /v1/customers/bulk"]
+        .get(&400)
+        .copied()
+        .unwrap_or(0);
+    // The second job (51 customers, the bad one last) is halved until it stands alone:
+    // 51 -> 26 -> 13 -> 7 -> 4 -> 2 -> 1, each refused once.
+    assert!((2..=8).contains(&refused), "{refused} refusals");
+    assert_eq!(requests_to(&env, "POST /v1/customers"), 0);
+}
+
+#[test]
+fn a_lost_submit_answer_is_reconciled_not_sent_twice() {
+    let env = TestEnv::new(SandboxConfig {
+        faults: FaultConfig {
+            drop_after_write_rate: 0.2,
+            fail_after_write_rate: 0.1,
+            fail_rate: 0.05,
+            seed: Some(7),
+            ..FaultConfig::default()
+        },
+        ..org(Duration::from_millis(50))
+    });
+    let file = env.write("export.csv", &generated_csv(250, 2));
+    let run = env.import(&[
+        file.to_str().unwrap(),
+        "--mode",
+        "bulk",
+        "--bulk-lost-wait",
+        "0.5",
+        "--reconcile-delay",
+        "0.05",
+        "--max-retries",
+        "30",
+    ]);
+    run.assert_code(0);
+    env.assert_exactly_once(250, 500);
+    let faults = env.stats().faults;
+    assert!(
+        faults.drop_after_write + faults.fail_after_write > 0,
+        "no answer was lost"
+    );
+    assert!(requests_to(&env, "POST /v1/customers/bulk") > 0);
+}
+
+#[test]
+fn auto_mode_goes_bulk_only_for_a_few_hundred_rows() {
+    let env = TestEnv::plain();
+    let small = env.write("small.csv", &generated_csv(20, 3));
+    env.import(&[small.to_str().unwrap(), "--checkpoint", "small.sqlite"])
+        .assert_code(0);
+    assert_eq!(
+        env.stats().requests_total,
+        80,
+        "20 customers + 60 conversations"
+    );
+    assert_eq!(requests_to(&env, "POST /v1/conversations/bulk"), 0);
+    // 450 rows, of which the first 20 customers' are known to Kustomer already (made by
+    // the small run): those are linked, and their rows' conversations go on alone.
+    let large = env.write("large.csv", &generated_csv(150, 3));
+    env.import(&[large.to_str().unwrap()]).assert_code(0);
+    assert!(requests_to(&env, "POST /v1/conversations/bulk") > 0);
+    assert!(requests_to(&env, "POST /v1/conversations") <= 60 + 20);
+}
