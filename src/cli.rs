@@ -438,4 +438,8 @@ pub struct SandboxArgs {
     /// API that validates bodies on submit would; by default items fail one by one.
     #[arg(long, env = "KUSTOMER_SANDBOX_BULK_REFUSE_INVALID", value_parser = FalseyValueParser::new())]
     pub bulk_refuse_invalid: bool,
+
+    /// Serve no bulk endpoints, as an API without bulk jobs.
+    #[arg(long, env = "KUSTOMER_SANDBOX_WITHOUT_BULK", value_parser = FalseyValueParser::new())]
+    pub without_bulk: bool,
 }

@@ -320,6 +320,7 @@ pub fn sandbox_config(args: &SandboxArgs) -> Result<(SandboxConfig, u16), Config
         custom_attributes: args.custom_attributes.clone(),
         bulk_delay: Duration::from_millis(args.bulk_delay_ms),
         bulk_refuse_invalid: args.bulk_refuse_invalid,
+        without_bulk: args.without_bulk,
     };
     Ok((config, args.port))
 }

@@ -52,6 +52,18 @@ pub struct CustomerCounts {
     pub unknown: u64,
 }
 
+/// Bulk jobs by state (see migration 004).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BulkJobCounts {
+    pub complete: u64,
+    /// Taken by Kustomer and not yet applied: the next run polls them.
+    pub queued: u64,
+    /// Sent with no answer recorded: the next run waits them out, then looks their rows up.
+    pub submitting: u64,
+    pub refused: u64,
+    pub lost: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunRecord {
     pub id: i64,
@@ -89,6 +101,7 @@ pub struct Status {
     /// Failed rows by reason, quoted values folded so that like reasons count together.
     pub failed_by_reason: Vec<ReasonCount>,
     pub customers: CustomerCounts,
+    pub bulk_jobs: BulkJobCounts,
     /// The latest runs, newest first.
     pub runs: Vec<RunRecord>,
 }
@@ -203,6 +216,7 @@ impl CheckpointReader {
             total,
             failed_by_reason,
             customers: self.customer_counts().map_err(|e| self.sqlite(e))?,
+            bulk_jobs: self.bulk_job_counts().map_err(|e| self.sqlite(e))?,
             runs: self
                 .runs()
                 .map_err(|e| self.sqlite(e))?
@@ -283,6 +297,36 @@ impl CheckpointReader {
                 "linked" => counts.linked = count,
                 "reconciled" => counts.reconciled = count,
                 _ => counts.unknown += count,
+            }
+        }
+        Ok(counts)
+    }
+
+    fn bulk_job_counts(&self) -> rusqlite::Result<BulkJobCounts> {
+        let mut counts = BulkJobCounts::default();
+        // A checkpoint no run of this version has opened has no such table: no jobs.
+        let has_table: bool = self.connection.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'bulk_jobs'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_table {
+            return Ok(counts);
+        }
+        let mut statement = self
+            .connection
+            .prepare("SELECT state, count(*) FROM bulk_jobs GROUP BY state")?;
+        for row in statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })? {
+            let (state, count) = row?;
+            let count = count.max(0) as u64;
+            match state.as_str() {
+                "complete" => counts.complete = count,
+                "queued" => counts.queued = count,
+                "submitting" => counts.submitting = count,
+                "refused" => counts.refused = count,
+                _ => counts.lost += count,
             }
         }
         Ok(counts)

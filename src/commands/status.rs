@@ -97,6 +97,21 @@ fn write_table(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
         "\ncustomers: {} created, {} linked (already in Kustomer), {} reconciled, {} unknown",
         customers.created, customers.linked, customers.reconciled, customers.unknown
     )?;
+    let jobs = &status.bulk_jobs;
+    if jobs != &Default::default() {
+        writeln!(
+            out,
+            "bulk jobs: {} complete, {} queued, {} unanswered, {} refused, {} lost",
+            jobs.complete, jobs.queued, jobs.submitting, jobs.refused, jobs.lost
+        )?;
+        if jobs.queued + jobs.submitting > 0 && status.active_run.is_none() {
+            writeln!(
+                out,
+                "(queued and unanswered jobs are settled by the next run before it sends \
+                 anything)"
+            )?;
+        }
+    }
     if !status.runs.is_empty() {
         writeln!(out, "\nlast runs (newest first):")?;
         for run in &status.runs {

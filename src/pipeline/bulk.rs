@@ -22,10 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{commit_or_halt, conversation_to_send, record_halt};
+use super::worker::{commit_or_halt, conversation_to_send, record_halt, record_or_halt};
 use super::{
-    CustomerStep, Event, Halt, OnExistingCustomer, RowOutcome, Settlement, Shared, StopReason,
-    Work, row_change,
+    CustomerStep, Event, Halt, ImportMode, OnExistingCustomer, RowOutcome, Settlement, Shared,
+    StopReason, Work, row_change,
 };
 use crate::api::{ApiError, BulkKind, ItemOutcome, JobStatus};
 use crate::checkpoint::{
@@ -131,7 +131,7 @@ pub(super) async fn run_customer_job(shared: &Shared, works: Vec<Work>) -> Vec<(
     match end {
         JobEnd::Complete(outcomes) => apply_customer_results(shared, job, works, outcomes).await,
         JobEnd::Refused { status, message } if works.len() > 1 => {
-            split(shared, works, status, &message, BulkKind::Customers).await
+            split_customers(shared, works, status, &message).await
         }
         JobEnd::Refused { status, message } => {
             let halt = Halt::Failed {
@@ -145,20 +145,18 @@ pub(super) async fn run_customer_job(shared: &Shared, works: Vec<Work>) -> Vec<(
         }
         JobEnd::NotTaken(halt) => {
             // Provably not applied: the intents are taken back, the rows stay pending.
-            let mut changes = Vec::new();
-            for work in &works {
-                changes.push(Change::CustomerWithdrawn {
-                    customer_key: work.plan.customer_key.clone(),
-                });
-                changes.push(Change::Row(row_change(
-                    &work.origin,
-                    &work.plan,
-                    RowState::Pending,
-                    None,
-                    None,
-                )));
-            }
+            let changes = withdraw_customers(&works);
             finish_customers_with(shared, works, halt, changes).await
+        }
+        JobEnd::Unsupported => {
+            record_or_halt(shared, withdraw_customers(&works)).await;
+            let step = || CustomerStep::Create {
+                reconcile_first: false,
+            };
+            works
+                .into_iter()
+                .map(|work| (work, Next::Continue(step())))
+                .collect()
         }
         JobEnd::Unknown(after) => works
             .into_iter()
@@ -222,20 +220,16 @@ pub(super) async fn run_conversation_job(
             finish_all(shared, works, halt, Vec::new()).await
         }
         JobEnd::NotTaken(halt) => {
-            let changes = works
-                .iter()
-                .zip(&customer_ids)
-                .map(|(work, customer_id)| {
-                    Change::Row(row_change(
-                        &work.origin,
-                        &work.plan,
-                        RowState::CustomerOk,
-                        Some(customer_id.clone()),
-                        None,
-                    ))
-                })
-                .collect();
+            let changes = withdraw_conversations(&works, &customer_ids);
             finish_all(shared, works, halt, changes).await
+        }
+        JobEnd::Unsupported => {
+            record_or_halt(shared, withdraw_conversations(&works, &customer_ids)).await;
+            works
+                .into_iter()
+                .zip(customer_ids)
+                .map(|(work, customer_id)| (work, Next::Continue(CustomerStep::Known(customer_id))))
+                .collect()
         }
         JobEnd::Unknown(after) => works
             .into_iter()
@@ -249,17 +243,53 @@ pub(super) async fn run_conversation_job(
     }
 }
 
+/// The intents of a customers job that provably never ran, taken back: the customers are
+/// unknown to Kustomer and the rows pending again.
+fn withdraw_customers(works: &[Work]) -> Vec<Change> {
+    let mut changes = Vec::with_capacity(works.len() * 2);
+    for work in works {
+        changes.push(Change::CustomerWithdrawn {
+            customer_key: work.plan.customer_key.clone(),
+        });
+        changes.push(Change::Row(row_change(
+            &work.origin,
+            &work.plan,
+            RowState::Pending,
+            None,
+            None,
+        )));
+    }
+    changes
+}
+
+/// The intents of a conversations job that provably never ran, taken back: the rows are
+/// back at their customer.
+fn withdraw_conversations(works: &[Work], customer_ids: &[String]) -> Vec<Change> {
+    works
+        .iter()
+        .zip(customer_ids)
+        .map(|(work, customer_id)| {
+            Change::Row(row_change(
+                &work.origin,
+                &work.plan,
+                RowState::CustomerOk,
+                Some(customer_id.clone()),
+                None,
+            ))
+        })
+        .collect()
+}
+
 /// A job refused whole: each half goes as a job of its own, until the bad item is alone.
-async fn split(
+async fn split_customers(
     shared: &Shared,
     mut works: Vec<Work>,
     status: u16,
     message: &str,
-    kind: BulkKind,
 ) -> Vec<(Work, Next)> {
     tracing::info!(
-        "a {} bulk job of {} items was refused whole ({status}: {message}); sending it in halves",
-        kind.as_str(),
+        "a customers bulk job of {} items was refused whole ({status}: {message}); \
+         sending it in halves",
         works.len()
     );
     let second = works.split_off(works.len() / 2);
@@ -304,6 +334,9 @@ enum JobEnd {
     /// Never taken, provably (refused key, wrong URL, transient failures that cannot have
     /// applied it): nothing was made.
     NotTaken(Halt),
+    /// `--mode auto` and the API has no bulk endpoint: nothing was made, the rows go on
+    /// one by one.
+    Unsupported,
     /// The submit's answer was lost (the job may exist and may still run: its items are
     /// reconciled by lookup, not before the instant given), or the API does not know the
     /// job (None: at once).
@@ -334,6 +367,17 @@ async fn submit_and_wait(
     let job_id = loop {
         match shared.client.submit_bulk(kind, &bodies).await {
             Ok(job_id) => break job_id,
+            Err(ApiError::Rejected { status, message })
+                if matches!(status, 404 | 405) && shared.settings.mode == ImportMode::Auto =>
+            {
+                tracing::warn!(
+                    "the API has no bulk jobs here ({status}: {message}): this run goes on \
+                     one request per record"
+                );
+                shared.bulk_unavailable.store(true, Ordering::Relaxed);
+                end_job(shared, job, BulkJobState::Refused).await;
+                return JobEnd::Unsupported;
+            }
             Err(ApiError::Rejected { status, message }) if matches!(status, 404 | 405) => {
                 shared.halt_run(StopReason::Endpoint(format!(
                     "submitting a {} bulk job answered {status} ({message}): is the base URL \

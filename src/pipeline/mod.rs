@@ -24,7 +24,7 @@ pub use self::concurrency::Concurrency;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -226,6 +226,8 @@ struct Shared {
     /// The number the next bulk job is recorded under in the checkpoint.
     next_job: AtomicI64,
     job_pace: JobPace,
+    /// `--mode auto` met an API without bulk endpoints: the rest of the run goes single.
+    bulk_unavailable: AtomicBool,
 }
 
 impl Shared {
@@ -259,6 +261,7 @@ pub async fn run_import(
         fatal: Mutex::new(None),
         next_job: AtomicI64::new(checkpoint.next_bulk_job()?),
         job_pace: JobPace::default(),
+        bulk_unavailable: AtomicBool::new(false),
     });
     let earlier = bulk::finish_earlier_jobs(&shared, checkpoint).await?;
     let mut window = settings.concurrency.most() * 4;
@@ -266,7 +269,10 @@ pub async fn run_import(
         // Room for every job in flight to be full, and for the next batches to fill.
         window = window.max(bulk::MAX_ITEMS * bulk::JOBS_IN_FLIGHT * 2);
     }
-    let (rows_tx, rows) = mpsc::channel(window.div_ceil(reader::READ_BATCH).max(2));
+    // Read-ahead: enough to keep the planner fed, no more (a bulk window of rows in
+    // flight needs no read-ahead of the same size).
+    let read_ahead = settings.concurrency.most() * 4;
+    let (rows_tx, rows) = mpsc::channel(read_ahead.div_ceil(reader::READ_BATCH).max(2));
     let reader = start_reader(settings.inputs.clone(), settings.read.clone(), rows_tx);
     let mut planner = Planner {
         shared: Arc::clone(&shared),
@@ -411,11 +417,15 @@ impl Planner<'_> {
         let hard = self.shared.stop.hard.clone();
         let mut grace_ends: Option<tokio::time::Instant> = None;
         loop {
-            if soft.is_cancelled() && grace_ends.is_none() {
-                self.input_open = false;
-                rows.close();
+            if soft.is_cancelled() {
+                if grace_ends.is_none() {
+                    self.input_open = false;
+                    rows.close();
+                    grace_ends = Some(tokio::time::Instant::now() + self.shared.settings.grace);
+                }
+                // Nothing starts after a stop: rows that became ready since (a bulk job's
+                // rows going on to their conversation) stay pending too.
                 self.settle_unstarted_as_pending();
-                grace_ends = Some(tokio::time::Instant::now() + self.shared.settings.grace);
             }
             self.start_ready_work();
             if !self.input_open && self.nothing_in_flight() && self.ready.is_empty() {
@@ -529,7 +539,9 @@ impl Planner<'_> {
         let limit = self.shared.concurrency_limit();
         let mut single = VecDeque::new();
         while let Some((work, step)) = self.ready.pop_front() {
-            let bulk = self.bulk == Some(true) && !work.conversation_unknown;
+            let bulk = self.bulk == Some(true)
+                && !work.conversation_unknown
+                && !self.shared.bulk_unavailable.load(Ordering::Relaxed);
             match step {
                 CustomerStep::Create {
                     reconcile_first: false,

@@ -148,15 +148,19 @@ impl App {
 }
 
 pub(crate) fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/v1/customers", post(create_customer))
         .route("/v1/customers/{lookup}", get(lookup_customer))
         .route("/v1/conversations", post(create_conversation))
-        .route("/v1/conversations/{lookup}", get(lookup_conversation))
-        .route("/v1/customers/bulk", post(submit_customers))
-        .route("/v1/conversations/bulk", post(submit_conversations))
-        .route("/v1/bulk/{id}", get(bulk_status))
-        .route("/v1/bulk/{id}/batches", get(bulk_batches))
+        .route("/v1/conversations/{lookup}", get(lookup_conversation));
+    if !app.config.without_bulk {
+        router = router
+            .route("/v1/customers/bulk", post(submit_customers))
+            .route("/v1/conversations/bulk", post(submit_conversations))
+            .route("/v1/bulk/{id}", get(bulk_status))
+            .route("/v1/bulk/{id}/batches", get(bulk_batches));
+    }
+    router
         .route("/__stats", get(admin_stats))
         .route("/__records", get(admin_records))
         .fallback(not_found)

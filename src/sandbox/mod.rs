@@ -77,6 +77,8 @@ pub struct SandboxConfig {
     /// request (400, naming the item) if one is invalid, as an API that checks bodies up
     /// front would. Off: items are validated when the job runs, each on its own.
     pub bulk_refuse_invalid: bool,
+    /// Serve no bulk routes, as an API without bulk jobs (their paths answer 404 or 405).
+    pub without_bulk: bool,
 }
 
 impl Default for SandboxConfig {
@@ -92,6 +94,7 @@ impl Default for SandboxConfig {
             custom_attributes: None,
             bulk_delay: Duration::from_millis(500),
             bulk_refuse_invalid: false,
+            without_bulk: false,
         }
     }
 }

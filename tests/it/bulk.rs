@@ -316,3 +316,21 @@ fn auto_mode_goes_bulk_only_for_a_few_hundred_rows() {
     assert!(requests_to(&env, "POST /v1/conversations/bulk") > 0);
     assert!(requests_to(&env, "POST /v1/conversations") <= 60 + 20);
 }
+
+#[test]
+fn without_bulk_jobs_auto_goes_single_and_bulk_says_why() {
+    let env = TestEnv::new(SandboxConfig {
+        without_bulk: true,
+        ..org(Duration::from_millis(20))
+    });
+    let file = env.write("export.csv", &generated_csv(150, 3));
+    let run = env.import(&[file.to_str().unwrap(), "--mode", "bulk"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("bulk"), "{}", run.stderr);
+    assert_eq!(env.stats().customers, 0);
+    // --mode auto (the default) tries, then goes on one request per record.
+    env.import(&[file.to_str().unwrap(), "--rpm", "100000"])
+        .assert_code(0);
+    env.assert_exactly_once(150, 450);
+    assert!(requests_to(&env, "POST /v1/customers") >= 150);
+}
