@@ -798,6 +798,86 @@ async fn a_bulk_job_is_queued_then_runs_each_item_as_the_single_endpoint_would()
 }
 
 #[tokio::test]
+async fn a_large_bulk_job_runs_through_running_and_answers_in_batches() {
+    let sandbox = start(SandboxConfig {
+        bulk_delay: Duration::from_millis(600),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let items: Vec<_> = (0..100)
+        .map(|i| json!({"_clientRef": format!("r{i}"), "externalId": format!("big-{i}")}))
+        .collect();
+    let submitted = api.post("/v1/customers/bulk", &json!(items)).await;
+    let id = submitted.body["data"]["id"].as_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.last() != Some(&"complete".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "statuses seen: {seen:?}"
+        );
+        let status = api.get(&format!("/v1/bulk/{id}")).await;
+        let status = status.body["data"]["attributes"]["status"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, ["queued", "running", "complete"]);
+    let batches = api.get(&format!("/v1/bulk/{id}/batches")).await;
+    let batches = batches.body["data"].as_array().unwrap().clone();
+    let sizes: Vec<u64> = batches
+        .iter()
+        .map(|b| b["attributes"]["successCount"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [50, 50]);
+    assert_eq!(batches[1]["attributes"]["results"][49]["_clientRef"], "r99");
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn bulk_requests_can_be_refused_whole_or_not_served() {
+    let strict = start(SandboxConfig {
+        bulk_refuse_invalid: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&strict);
+    let refused = api
+        .post(
+            "/v1/customers/bulk",
+            &json!([{"externalId": "ok"}, {"externalId": "bad", "emails": [{"email": "nope"}]}]),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    let detail = refused.body["errors"][0]["detail"].as_str().unwrap();
+    assert!(detail.starts_with("item 1: /emails/0/email"), "{detail}");
+    assert!(api.records().await.customers.is_empty());
+    strict.shutdown().await;
+
+    let without = start(SandboxConfig {
+        without_bulk: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&without);
+    let answer = api
+        .post("/v1/customers/bulk", &json!([{"externalId": "x"}]))
+        .await;
+    assert!(
+        matches!(answer.status.as_u16(), 404 | 405),
+        "{}",
+        answer.status
+    );
+    assert!(api.records().await.customers.is_empty());
+    without.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_bulk_request_that_is_not_1_to_100_objects_with_unique_refs_is_refused_whole() {
     let sandbox = start(SandboxConfig::default()).await;
     let api = Api::new(&sandbox);

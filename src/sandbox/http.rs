@@ -55,10 +55,12 @@ enum BulkKind {
     Conversations,
 }
 
-/// A bulk job: queued until the configured delay has passed, then run at once.
+/// A bulk job: queued for the first half of the configured delay, running for the second,
+/// then run at once.
 struct BulkJob {
     kind: BulkKind,
     items: Vec<Map<String, Value>>,
+    running: bool,
     /// Filled when the job has run: one result per item, in order.
     results: Option<Vec<ItemResult>>,
 }
@@ -574,6 +576,7 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
                 kind,
                 items: bodies,
                 results: None,
+                running: false,
             },
         );
         (id, count, roll_after(&mut inner))
@@ -581,8 +584,16 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
     let runner = Arc::clone(&app);
     let job = id.clone();
     tokio::spawn(async move {
+        let half = runner.config.bulk_delay / 2;
         tokio::select! {
-            () = tokio::time::sleep(runner.config.bulk_delay) => run_bulk_job(&runner, &job),
+            () = tokio::time::sleep(half) => {}
+            () = runner.shutdown.cancelled() => return,
+        }
+        if let Some(job) = runner.lock().jobs.get_mut(&job) {
+            job.running = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(runner.config.bulk_delay - half) => run_bulk_job(&runner, &job),
             () = runner.shutdown.cancelled() => {}
         }
     });
@@ -661,6 +672,8 @@ async fn bulk_status(
     };
     let status = if job.results.is_some() {
         "complete"
+    } else if job.running {
+        "running"
     } else {
         "queued"
     };
@@ -672,8 +685,12 @@ async fn bulk_status(
     .into_response()
 }
 
-/// `GET /v1/bulk/{id}/batches`: the job's one batch, with counts, the ids made, the errors
-/// and, when every item carried a `_clientRef`, a result per item.
+/// Items per batch of a job's results: a job of more items has several batches.
+const BULK_BATCH_ITEMS: usize = 50;
+
+/// `GET /v1/bulk/{id}/batches`: the job's batches (of [`BULK_BATCH_ITEMS`] items), each with
+/// counts, the ids made, the errors and, when every item of the job carried a `_clientRef`,
+/// a result per item. Empty while the job has not run.
 async fn bulk_batches(
     State(app): State<Arc<App>>,
     axum::extract::Path(id): axum::extract::Path<String>,
@@ -685,37 +702,38 @@ async fn bulk_batches(
     let Some(results) = &job.results else {
         return Json(json!({ "data": [] })).into_response();
     };
-    let object_ids: Vec<&String> = results
-        .iter()
-        .filter_map(|r| r.outcome.as_ref().ok())
+    let with_refs = results.iter().all(|r| r.client_ref.is_some());
+    let batches: Vec<Value> = results
+        .chunks(BULK_BATCH_ITEMS)
+        .enumerate()
+        .map(|(index, batch)| {
+            let object_ids: Vec<&String> =
+                batch.iter().filter_map(|r| r.outcome.as_ref().ok()).collect();
+            let errors: Vec<&Value> =
+                batch.iter().filter_map(|r| r.outcome.as_ref().err()).collect();
+            let mut attributes = json!({
+                "successCount": object_ids.len(),
+                "failureCount": errors.len(),
+                "objectIds": object_ids,
+                "errors": errors,
+            });
+            if with_refs {
+                attributes["results"] = batch
+                    .iter()
+                    .map(|r| match &r.outcome {
+                        Ok(object_id) => json!({
+                            "_clientRef": r.client_ref, "objectId": object_id, "status": "created"
+                        }),
+                        Err(problem) => json!({
+                            "_clientRef": r.client_ref, "status": "error", "error": problem
+                        }),
+                    })
+                    .collect();
+            }
+            json!({ "type": "batch", "id": format!("{id}-{}", index + 1), "attributes": attributes })
+        })
         .collect();
-    let errors: Vec<&Value> = results
-        .iter()
-        .filter_map(|r| r.outcome.as_ref().err())
-        .collect();
-    let mut attributes = json!({
-        "successCount": object_ids.len(),
-        "failureCount": errors.len(),
-        "objectIds": object_ids,
-        "errors": errors,
-    });
-    if results.iter().all(|r| r.client_ref.is_some()) {
-        attributes["results"] = results
-            .iter()
-            .map(|r| match &r.outcome {
-                Ok(object_id) => json!({
-                    "_clientRef": r.client_ref, "objectId": object_id, "status": "created"
-                }),
-                Err(problem) => json!({
-                    "_clientRef": r.client_ref, "status": "error", "error": problem
-                }),
-            })
-            .collect();
-    }
-    Json(json!({
-        "data": [{ "type": "batch", "id": format!("{id}-1"), "attributes": attributes }]
-    }))
-    .into_response()
+    Json(json!({ "data": batches })).into_response()
 }
 
 /// Rolls and counts the after-write fault of a successful create.
