@@ -42,6 +42,8 @@ pub enum JobStatus {
     Waiting(String),
     /// Finished (not necessarily succeeded): its batches hold the outcome of every item.
     Complete,
+    /// Ended without completing (`failed`, `cancelled`): its batches hold what it did.
+    Ended(String),
 }
 
 /// What became of one item of a finished job.
@@ -126,10 +128,11 @@ fn attributes(record: &Value) -> Option<&Value> {
 fn job_status(answer: &[u8]) -> Option<JobStatus> {
     let value: Value = serde_json::from_slice(answer).ok()?;
     let status = attributes(&value)?.get("status")?.as_str()?;
-    Some(if status.eq_ignore_ascii_case("complete") {
-        JobStatus::Complete
-    } else {
-        JobStatus::Waiting(status.to_string())
+    let known = status.to_ascii_lowercase();
+    Some(match known.as_str() {
+        "complete" | "completed" => JobStatus::Complete,
+        "failed" | "error" | "cancelled" | "canceled" => JobStatus::Ended(known),
+        _ => JobStatus::Waiting(status.to_string()),
     })
 }
 
@@ -180,6 +183,11 @@ fn item_error(error: Option<&Value>) -> ApiError {
     match status {
         _ if duplicate => ApiError::Duplicate { message },
         Some(409) => ApiError::Duplicate { message },
+        // Trouble on the way, not a verdict on the item: it may or may not have been made.
+        Some(status @ (408 | 429 | 500..=599)) => ApiError::Transient {
+            reason: format!("item failed ({status}): {message}"),
+            maybe_applied: true,
+        },
         status => ApiError::Rejected {
             status: status.unwrap_or(422),
             message,
@@ -201,6 +209,10 @@ mod tests {
             job_status(br#"{"type":"bulk","id":"b1","attributes":{"status":"complete"}}"#),
             Some(JobStatus::Complete)
         );
+        assert_eq!(
+            job_status(br#"{"data":{"attributes":{"status":"Failed"}}}"#),
+            Some(JobStatus::Ended("failed".into()))
+        );
         assert_eq!(job_status(b"<html>"), None);
     }
 
@@ -214,7 +226,8 @@ mod tests {
             {"type":"batch","id":"b-2","attributes":{"results":[
                 {"_clientRef":"2","status":"error","error":{"status":422,"detail":"bad","source":{"pointer":"/name"}}},
                 {"_clientRef":"3","objectId":"c4","status":"updated"},
-                {"_clientRef":"4","status":"running"}
+                {"_clientRef":"4","status":"running"},
+                {"_clientRef":"5","status":"error","error":{"status":"503","detail":"busy"}}
             ]}}
         ]}"#;
         let outcomes = item_outcomes(answer).unwrap();
@@ -231,6 +244,10 @@ mod tests {
         assert!(
             !outcomes.contains_key("4"),
             "an unknown status is no outcome"
+        );
+        assert!(
+            matches!(&outcomes["5"], ItemOutcome::Failed(error) if error.maybe_applied()),
+            "a 5xx item may have been made"
         );
         assert_eq!(item_outcomes(b"{}"), None);
     }

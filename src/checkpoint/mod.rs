@@ -128,8 +128,9 @@ pub struct StoredBulkJob {
     pub kind: BulkKind,
     /// Kustomer's id; None while the submit's answer is unknown.
     pub job_id: Option<String>,
-    /// When the job was recorded, just before its request left.
-    pub created_at: SystemTime,
+    /// When the job was last heard of: recorded just before its request left, or when its
+    /// answer was lost.
+    pub since: SystemTime,
     pub items: Vec<StoredBulkItem>,
 }
 
@@ -283,7 +284,7 @@ impl Checkpoint {
             let mut statement = self
                 .connection
                 .prepare(
-                    "SELECT id, kind, job_id, created_at FROM bulk_jobs
+                    "SELECT id, kind, job_id, updated_at FROM bulk_jobs
                      WHERE state IN ('submitting', 'queued') ORDER BY id",
                 )
                 .map_err(|e| self.sqlite(e))?;
@@ -294,14 +295,15 @@ impl Checkpoint {
                         "customers" => BulkKind::Customers,
                         _ => BulkKind::Conversations,
                     };
-                    let created_at: String = row.get(3)?;
+                    let since: String = row.get(3)?;
                     Ok(StoredBulkJob {
                         id: row.get(0)?,
                         kind,
                         job_id: row.get(2)?,
-                        // Unreadable would be a bug; the epoch makes the job old, not young.
-                        created_at: humantime::parse_rfc3339(&created_at)
-                            .unwrap_or(SystemTime::UNIX_EPOCH),
+                        // Unreadable would be a bug; now makes the job young, so its rows
+                        // wait the whole time rather than none of it.
+                        since: humantime::parse_rfc3339(&since)
+                            .unwrap_or_else(|_| SystemTime::now()),
                         items: Vec::new(),
                     })
                 };

@@ -45,6 +45,8 @@ pub(super) const FLUSH_AFTER: Duration = Duration::from_secs(2);
 const FIRST_POLL: Duration = Duration::from_secs(1);
 const LEAST_POLL: Duration = Duration::from_millis(100);
 const MOST_POLL: Duration = Duration::from_secs(10);
+/// The longest one run waits for a job; past it the job stays queued for the next run.
+const MOST_JOB_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// What becomes of a row when its job ends.
 #[derive(Debug)]
@@ -337,9 +339,9 @@ enum JobEnd {
     /// `--mode auto` and the API has no bulk endpoint: nothing was made, the rows go on
     /// one by one.
     Unsupported,
-    /// The submit's answer was lost (the job may exist and may still run: its items are
-    /// reconciled by lookup, not before the instant given), or the API does not know the
-    /// job (None: at once).
+    /// The submit's answer was lost, or the API kept saying it does not know the job: it
+    /// may exist and may still run, so its items are reconciled by lookup, not before the
+    /// instant given (None: at once).
     Unknown(Option<tokio::time::Instant>),
     /// Taken, and its outcome not known in this run (polls kept failing, a stop): the job
     /// stays queued in the checkpoint and the next run polls it.
@@ -409,6 +411,7 @@ async fn submit_and_wait(
                     bodies.len(),
                     wait.as_secs_f64()
                 );
+                record_or_halt(shared, vec![Change::BulkJobAnswerLost { job }]).await;
                 return JobEnd::Unknown(Some(tokio::time::Instant::now() + wait));
             }
             Err(error) => {
@@ -431,9 +434,14 @@ async fn submit_and_wait(
     match wait_for_results(shared, &job_id, &shared.stop.hard).await {
         Ok(outcomes) => JobEnd::Complete(outcomes),
         Err(WaitEnd::Vanished(reason)) => {
-            tracing::warn!("bulk job {job_id}: {reason}; its rows are looked up");
-            end_job(shared, job, BulkJobState::Lost).await;
-            JobEnd::Unknown(None)
+            // As for a lost answer: it may be a job the API will know and run after all.
+            let wait = shared.settings.bulk_lost_wait;
+            tracing::warn!(
+                "bulk job {job_id}: {reason}; its rows are looked up in {:.0} s",
+                wait.as_secs_f64()
+            );
+            record_or_halt(shared, vec![Change::BulkJobAnswerLost { job }]).await;
+            JobEnd::Unknown(Some(tokio::time::Instant::now() + wait))
         }
         Err(WaitEnd::Halted(halt)) => JobEnd::Unfinished(halt),
     }
@@ -445,14 +453,16 @@ async fn end_job(shared: &Shared, job: i64, state: BulkJobState) {
 
 /// Why polling a job ended without its results.
 enum WaitEnd {
-    /// The API does not know the job (404).
+    /// The API kept answering 404 for the job: it does not know it.
     Vanished(String),
     Halted(Halt),
 }
 
-/// Polls a job until it is complete, then reads its results. Paced by [`JobPace`] and the
-/// shared rate gate; transient failures back off within the retry budget; `give_up` ends
-/// the wait (the job stays queued for the next run).
+/// Polls a job until it has ended, then reads its results. Paced by [`JobPace`] and the
+/// shared rate gate; transient failures back off within the retry budget, and so do 404s
+/// (a job store may lag behind the submit's answer) until they are all there is; a job
+/// still not done after [`MOST_JOB_WAIT`], or `give_up`, ends the wait with the job left
+/// queued for the next run.
 async fn wait_for_results(
     shared: &Shared,
     job_id: &str,
@@ -472,6 +482,22 @@ async fn wait_for_results(
         polls += 1;
         match shared.client.bulk_status(job_id).await {
             Ok(JobStatus::Complete) => break,
+            Ok(JobStatus::Ended(status)) => {
+                tracing::warn!(
+                    "bulk job {job_id} ended {status}: what it made is read from its results, \
+                     the rest is looked up"
+                );
+                break;
+            }
+            Ok(JobStatus::Waiting(status)) if submitted.elapsed() >= MOST_JOB_WAIT => {
+                tracing::warn!(
+                    "bulk job {job_id} is still {status} after {} min: the next run polls it",
+                    MOST_JOB_WAIT.as_secs() / 60
+                );
+                return Err(WaitEnd::Halted(Halt::Pending(format!(
+                    "its bulk job {job_id} is still {status}"
+                ))));
+            }
             Ok(JobStatus::Waiting(status)) => {
                 tracing::debug!("bulk job {job_id} is {status}");
                 // The first poll was due when the job usually completes: it is likely
@@ -487,6 +513,14 @@ async fn wait_for_results(
     shared.job_pace.learn(submitted.elapsed(), polls);
     loop {
         match shared.client.bulk_results(job_id).await {
+            // An ended job with no result at all may be one whose batches are not written
+            // yet: ask again within the retry budget before taking every item for unknown.
+            Ok(outcomes) if outcomes.is_empty() => {
+                let reason = format!("bulk job {job_id} ended with no results");
+                if retry.backoff(&reason).await.is_err() {
+                    return Ok(outcomes);
+                }
+            }
             Ok(outcomes) => return Ok(outcomes),
             Err(error) => poll_failed(&mut retry, job_id, &error).await?,
         }
@@ -494,18 +528,23 @@ async fn wait_for_results(
 }
 
 async fn poll_failed(retry: &mut Retry<'_>, job_id: &str, error: &ApiError) -> Result<(), WaitEnd> {
-    match error {
-        ApiError::Rejected {
-            status: 404,
-            message,
-        } => Err(WaitEnd::Vanished(format!(
-            "the API does not know it (404: {message})"
-        ))),
-        error => retry.after_failure(error).await.map_err(|halt| {
-            tracing::warn!("bulk job {job_id} could not be polled: {error}; the next run polls it");
-            WaitEnd::Halted(halt)
-        }),
+    if let ApiError::Rejected {
+        status: 404,
+        message,
+    } = error
+    {
+        // A job store may lag behind the submit's answer: 404s are retried like transient
+        // failures, and only when the budget is spent is the job taken for unknown.
+        let reason = format!("the API does not know it (404: {message})");
+        return retry.backoff(&reason).await.map_err(|end| match end {
+            NoRetry::Exhausted(reason) => WaitEnd::Vanished(reason),
+            NoRetry::Stopping => WaitEnd::Halted(Halt::Pending("the run is stopping".into())),
+        });
     }
+    retry.after_failure(error).await.map_err(|halt| {
+        tracing::warn!("bulk job {job_id} could not be polled: {error}; the next run polls it");
+        WaitEnd::Halted(halt)
+    })
 }
 
 /// Applies a customers job's results: customers made (or updated) are recorded and their
@@ -538,11 +577,16 @@ async fn apply_customer_results(
                 nexts.push(Next::Continue(CustomerStep::Link { message }));
                 continue;
             }
-            Some(ItemOutcome::Failed(error)) => Err(item_refused("customer", &error)),
-            None => {
-                nexts.push(Next::Continue(CustomerStep::Create {
+            Some(ItemOutcome::Failed(error)) if !error.maybe_applied() => {
+                Err(item_refused("customer", &error))
+            }
+            // No result, or one that says only that something went wrong on the way:
+            // looked up, after the wait single mode gives a lost answer.
+            Some(ItemOutcome::Failed(_)) | None => {
+                let step = CustomerStep::Create {
                     reconcile_first: true,
-                }));
+                };
+                nexts.push(Next::ContinueAfter(step, reconcile_at(shared)));
                 continue;
             }
         };
@@ -614,9 +658,21 @@ async fn apply_conversation_results(
         let (conversation_id, created) = match outcomes.remove(&index.to_string()) {
             Some(ItemOutcome::Created(id)) => (id, true),
             Some(ItemOutcome::Updated(id)) => (id, false),
-            Some(ItemOutcome::Failed(ApiError::Duplicate { .. })) | None => {
+            Some(ItemOutcome::Failed(ApiError::Duplicate { .. })) => {
                 work.conversation_unknown = true;
                 ended.push((work, Next::Continue(CustomerStep::Known(customer_id))));
+                continue;
+            }
+            Some(ItemOutcome::Failed(error)) if error.maybe_applied() => {
+                work.conversation_unknown = true;
+                let step = CustomerStep::Known(customer_id);
+                ended.push((work, Next::ContinueAfter(step, reconcile_at(shared))));
+                continue;
+            }
+            None => {
+                work.conversation_unknown = true;
+                let step = CustomerStep::Known(customer_id);
+                ended.push((work, Next::ContinueAfter(step, reconcile_at(shared))));
                 continue;
             }
             Some(ItemOutcome::Failed(error)) => {
@@ -649,6 +705,12 @@ async fn apply_conversation_results(
         shared.halt_run(StopReason::Checkpoint(error.to_string()));
     }
     ended
+}
+
+/// When an item whose outcome is unknown may be looked up: single mode's wait after a
+/// lost answer, for a write still in progress (or an index that lags) to show.
+fn reconcile_at(shared: &Shared) -> tokio::time::Instant {
+    tokio::time::Instant::now() + shared.settings.reconcile_delay
 }
 
 /// An item's refusal as the row's failure, in the words a single create's would have.
@@ -687,20 +749,23 @@ fn settlement_of(halt: &Halt) -> Settlement {
 }
 
 /// Ends every row of a customers job the same way: `changes` and each row's halt recorded,
-/// and the rows waiting for these customers told.
+/// then the rows waiting for these customers told (in that order: a row of one of these
+/// customers planned next must find the withdrawal queued before its own intent).
 async fn finish_customers_with(
     shared: &Shared,
     works: Vec<Work>,
     halt: Halt,
     changes: Vec<Change>,
 ) -> Vec<(Work, Next)> {
-    for work in &works {
+    let keys: Vec<String> = works.iter().map(|w| w.plan.customer_key.clone()).collect();
+    let ended = finish_all(shared, works, halt.clone(), changes).await;
+    for customer_key in keys {
         let _ = shared.events.send(Event::CustomerSettled {
-            customer_key: work.plan.customer_key.clone(),
+            customer_key,
             settlement: settlement_of(&halt),
         });
     }
-    finish_all(shared, works, halt, changes).await
+    ended
 }
 
 async fn finish_all(
@@ -709,10 +774,8 @@ async fn finish_all(
     halt: Halt,
     changes: Vec<Change>,
 ) -> Vec<(Work, Next)> {
-    if !changes.is_empty()
-        && let Err(error) = shared.writer.record(changes).await
-    {
-        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+    if !changes.is_empty() {
+        record_or_halt(shared, changes).await;
     }
     let mut ended = Vec::with_capacity(works.len());
     for work in works {
@@ -728,11 +791,35 @@ struct Retry<'a> {
     failures: u32,
 }
 
+/// Why [`Retry::backoff`] says not to try again.
+enum NoRetry {
+    /// The retry budget is spent.
+    Exhausted(String),
+    Stopping,
+}
+
 impl<'a> Retry<'a> {
     fn new(shared: &'a Shared) -> Retry<'a> {
         Retry {
             shared,
             failures: 0,
+        }
+    }
+
+    /// Waits out the backoff after a transient failure, within the budget.
+    async fn backoff(&mut self, reason: &str) -> Result<(), NoRetry> {
+        if self.failures >= self.shared.settings.max_retries {
+            return Err(NoRetry::Exhausted(format!(
+                "gave up after {} attempts: {reason}",
+                self.failures + 1
+            )));
+        }
+        tracing::debug!("bulk job: retrying after: {reason}");
+        let delay = self.shared.settings.backoff.delay(self.failures);
+        self.failures += 1;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = self.shared.stop.hard.cancelled() => Err(NoRetry::Stopping),
         }
     }
 
@@ -744,23 +831,12 @@ impl<'a> Retry<'a> {
                     .halt_run(StopReason::Unauthorized(format!("{status}: {message}")));
                 Err(Halt::Pending(format!("the API refused the key ({status})")))
             }
-            ApiError::Transient { reason, .. }
-                if self.failures < self.shared.settings.max_retries =>
-            {
-                tracing::debug!("bulk job: retrying after: {reason}");
-                let delay = self.shared.settings.backoff.delay(self.failures);
-                self.failures += 1;
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => Ok(()),
-                    () = self.shared.stop.hard.cancelled() => {
-                        Err(Halt::Pending("the run is stopping".into()))
-                    }
-                }
+            ApiError::Transient { reason, .. } => {
+                self.backoff(reason).await.map_err(|end| match end {
+                    NoRetry::Exhausted(reason) => Halt::Pending(reason),
+                    NoRetry::Stopping => Halt::Pending("the run is stopping".into()),
+                })
             }
-            ApiError::Transient { reason, .. } => Err(Halt::Pending(format!(
-                "gave up after {} attempts: {reason}",
-                self.failures + 1
-            ))),
             other => Err(Halt::Pending(format!(
                 "a bulk job poll was refused: {other}"
             ))),
@@ -776,10 +852,13 @@ pub(super) struct EarlierJobs {
     pub held_rows: HashSet<String>,
     /// Customers those jobs create: their other rows wait too.
     pub held_customers: HashSet<String>,
-    /// Rows those jobs settled now: counted as this run's, not as skipped.
-    pub settled_rows: HashSet<String>,
+    /// Rows those jobs settled now, counted as this run's work, not as skipped or failed
+    /// earlier; true for a row whose conversation the job created.
+    pub settled_rows: HashMap<String, bool>,
+    /// Customers those jobs could not create, with the reason: their other rows fail
+    /// without sending the same doomed create again.
+    pub failed_customers: HashMap<String, (Option<String>, String)>,
     pub customers_created: u64,
-    pub jobs_finished: u64,
 }
 
 /// Before any row is planned: polls the jobs earlier runs left queued and applies their
@@ -803,12 +882,10 @@ pub(super) async fn finish_earlier_jobs(
             .await;
     for (job, outcome) in jobs.iter().zip(settled) {
         match outcome {
-            Some(EarlierOutcome::Applied { customers_created }) => {
-                earlier.jobs_finished += 1;
-                earlier.customers_created += customers_created;
-                earlier
-                    .settled_rows
-                    .extend(job.items.iter().map(|i| i.row_key.clone()));
+            Some(EarlierOutcome::Applied(applied)) => {
+                earlier.customers_created += applied.customers_created;
+                earlier.settled_rows.extend(applied.settled_rows);
+                earlier.failed_customers.extend(applied.failed_customers);
             }
             Some(EarlierOutcome::Released) => {}
             None => {
@@ -826,44 +903,57 @@ pub(super) async fn finish_earlier_jobs(
 
 enum EarlierOutcome {
     /// Its results are in the checkpoint.
-    Applied { customers_created: u64 },
+    Applied(Applied),
     /// Lost: its rows are left to reconciliation by lookup.
     Released,
+}
+
+#[derive(Default)]
+struct Applied {
+    customers_created: u64,
+    settled_rows: HashMap<String, bool>,
+    failed_customers: HashMap<String, (Option<String>, String)>,
+}
+
+/// Waits until a job whose answer was lost (`since`) would have run, so that its rows'
+/// lookups find what it made. False: the run is stopping.
+async fn wait_out_lost_job(shared: &Shared, job: i64, since: SystemTime) -> bool {
+    let age = SystemTime::now().duration_since(since).unwrap_or_default();
+    let left = shared.settings.bulk_lost_wait.saturating_sub(age);
+    if !left.is_zero() {
+        tracing::info!(
+            "bulk job {job} of an earlier run never got its answer: waiting {:.0} s before its \
+             rows are looked up",
+            left.as_secs_f64()
+        );
+        tokio::select! {
+            () = tokio::time::sleep(left) => {}
+            () = shared.stop.soft.cancelled() => return false,
+        }
+    }
+    end_job(shared, job, BulkJobState::Lost).await;
+    true
 }
 
 /// One earlier job: polled (queued) or waited out (submitting). None: still unsettled.
 async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<EarlierOutcome> {
     let Some(job_id) = &job.job_id else {
-        let age = SystemTime::now()
-            .duration_since(job.created_at)
-            .unwrap_or_default();
-        let left = shared.settings.bulk_lost_wait.saturating_sub(age);
-        if !left.is_zero() {
-            tracing::info!(
-                "bulk job {} of an earlier run never got its answer: waiting {:.0} s before \
-                 its rows are looked up",
-                job.id,
-                left.as_secs_f64()
-            );
-            tokio::select! {
-                () = tokio::time::sleep(left) => {}
-                () = shared.stop.soft.cancelled() => return None,
-            }
-        }
-        end_job(shared, job.id, BulkJobState::Lost).await;
-        return Some(EarlierOutcome::Released);
+        return wait_out_lost_job(shared, job.id, job.since)
+            .await
+            .then_some(EarlierOutcome::Released);
     };
     let outcomes = match wait_for_results(shared, job_id, &shared.stop.soft).await {
         Ok(outcomes) => outcomes,
         Err(WaitEnd::Vanished(reason)) => {
             tracing::warn!("bulk job {job_id}: {reason}; its rows are looked up");
-            end_job(shared, job.id, BulkJobState::Lost).await;
-            return Some(EarlierOutcome::Released);
+            return wait_out_lost_job(shared, job.id, job.since)
+                .await
+                .then_some(EarlierOutcome::Released);
         }
         Err(WaitEnd::Halted(_)) => return None,
     };
     let mut changes = Vec::new();
-    let mut customers_created = 0;
+    let mut applied = Applied::default();
     for item in &job.items {
         let row = |state: RowState, customer_id: Option<String>, conversation_id| RowChange {
             row_key: item.row_key.clone(),
@@ -879,16 +969,57 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
             error: None,
             outcome_unknown: false,
         };
-        // What cannot be settled here (a duplicate to link, an item with no result) keeps
-        // its intent: planning reconciles it by lookup, as for a lost answer.
-        match (outcomes.get(&item.client_ref), &item.customer_key) {
+        let outcome = outcomes.get(&item.client_ref);
+        // A refusal that fails the row; None for every other outcome.
+        let refusal = match (outcome, &item.customer_key) {
+            (Some(ItemOutcome::Updated(id)), Some(_))
+                if shared.settings.on_existing_customer == OnExistingCustomer::Fail =>
+            {
+                Some(format!(
+                    "the customer already exists in Kustomer as {id} (--on-existing-customer fail)"
+                ))
+            }
+            (Some(ItemOutcome::Failed(error)), customer_key)
+                if !matches!(error, ApiError::Duplicate { .. }) && !error.maybe_applied() =>
+            {
+                let record = if customer_key.is_some() {
+                    "customer"
+                } else {
+                    "conversation"
+                };
+                match item_refused(record, error) {
+                    Halt::Failed { reason, .. } => Some(reason),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            if let Some(customer_key) = &item.customer_key {
+                changes.push(Change::CustomerWithdrawn {
+                    customer_key: customer_key.clone(),
+                });
+                let reason = format!("its customer could not be created: {reason}");
+                applied
+                    .failed_customers
+                    .insert(customer_key.clone(), (None, reason));
+            }
+            let mut failed = row(RowState::Failed, None, None);
+            failed.error = Some(reason);
+            changes.push(Change::Row(failed));
+            applied.settled_rows.insert(item.row_key.clone(), false);
+            continue;
+        }
+        // What cannot be settled here (a duplicate to link, an item with no result or an
+        // uncertain one) keeps its intent: planning reconciles it by lookup, as for a lost
+        // answer.
+        match (outcome, &item.customer_key) {
             (Some(ItemOutcome::Created(id) | ItemOutcome::Updated(id)), Some(customer_key)) => {
-                let origin = match outcomes.get(&item.client_ref) {
-                    Some(ItemOutcome::Created(_)) => {
-                        customers_created += 1;
-                        CustomerOrigin::Created
-                    }
-                    _ => CustomerOrigin::Linked,
+                let origin = if matches!(outcome, Some(ItemOutcome::Created(_))) {
+                    applied.customers_created += 1;
+                    CustomerOrigin::Created
+                } else {
+                    CustomerOrigin::Linked
                 };
                 changes.push(Change::CustomerResolved {
                     customer_key: customer_key.clone(),
@@ -900,6 +1031,7 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
                     Some(id.clone()),
                     None,
                 )));
+                applied.settled_rows.insert(item.row_key.clone(), false);
             }
             (Some(ItemOutcome::Created(id) | ItemOutcome::Updated(id)), None) => {
                 changes.push(Change::Row(row(
@@ -907,25 +1039,8 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
                     item.customer_id.clone(),
                     Some(id.clone()),
                 )));
-            }
-            (Some(ItemOutcome::Failed(error)), customer_key)
-                if !matches!(error, ApiError::Duplicate { .. }) =>
-            {
-                let record = if customer_key.is_some() {
-                    "customer"
-                } else {
-                    "conversation"
-                };
-                if let Some(customer_key) = customer_key {
-                    changes.push(Change::CustomerWithdrawn {
-                        customer_key: customer_key.clone(),
-                    });
-                }
-                let mut failed = row(RowState::Failed, None, None);
-                if let Halt::Failed { reason, .. } = item_refused(record, error) {
-                    failed.error = Some(reason);
-                }
-                changes.push(Change::Row(failed));
+                let created = matches!(outcome, Some(ItemOutcome::Created(_)));
+                applied.settled_rows.insert(item.row_key.clone(), created);
             }
             _ => {}
         }
@@ -935,5 +1050,5 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
         state: BulkJobState::Complete,
     });
     commit_or_halt(shared, changes).await.ok()?;
-    Some(EarlierOutcome::Applied { customers_created })
+    Some(EarlierOutcome::Applied(applied))
 }

@@ -304,6 +304,7 @@ pub async fn run_import(
         deferred: VecDeque::new(),
     };
     planner.summary.customers_created += planner.earlier.customers_created;
+    planner.failed_customers = std::mem::take(&mut planner.earlier.failed_customers);
     planner.run(rows, &mut events).await;
     // Every clone of the writer must be gone before the writer thread can end: abandoned
     // workers hold one, and so does the planner. Workers that report while being shut
@@ -687,13 +688,25 @@ impl Planner<'_> {
             self.summary.rows_pending += 1;
             return;
         }
-        // Settled just now by such a job: this run's work, not an earlier run's.
-        let settled_now = stored.is_some() && self.earlier.settled_rows.remove(&origin.key);
+        // Settled just now by such a job: this run's work, not an earlier run's (and not
+        // retried in this run if it failed).
+        let settled_now = match stored {
+            Some(_) => self.earlier.settled_rows.remove(&origin.key),
+            None => None,
+        };
+        let failed_earlier = failed_earlier
+            || (settled_now.is_some()
+                && matches!(&stored, Some(stored) if stored.state == RowState::Failed));
         let mut plan = match plan {
             Ok(plan) => plan,
             // The same bad row as last night: failed earlier, not a new failure.
             Err(_) if failed_earlier => {
-                self.report_failed_earlier(&origin, &original, stored.as_ref(), settled_now);
+                self.report_failed_earlier(
+                    &origin,
+                    &original,
+                    stored.as_ref(),
+                    settled_now.is_some(),
+                );
                 return;
             }
             Err(error) => {
@@ -704,17 +717,21 @@ impl Planner<'_> {
         };
         let stored_customer_id = match &stored {
             Some(_) if failed_earlier => {
-                self.report_failed_earlier(&origin, &original, stored.as_ref(), settled_now);
+                self.report_failed_earlier(
+                    &origin,
+                    &original,
+                    stored.as_ref(),
+                    settled_now.is_some(),
+                );
                 return;
             }
             Some(stored) if stored.state == RowState::Done => {
-                if settled_now {
-                    self.summary.rows_done += 1;
-                    if stored.conversation_id.is_some() {
-                        self.summary.conversations_created += 1;
+                match settled_now {
+                    Some(created) => {
+                        self.summary.rows_done += 1;
+                        self.summary.conversations_created += u64::from(created);
                     }
-                } else {
-                    self.summary.rows_skipped_done += 1;
+                    None => self.summary.rows_skipped_done += 1,
                 }
                 self.progress.row_finished(false);
                 return;
@@ -756,7 +773,10 @@ impl Planner<'_> {
             conversation_unknown,
         };
         if let Some(customer_id) = stored_customer_id {
-            self.summary.customers_reused += 1;
+            // The row whose job created its customer just now did not reuse it.
+            if settled_now.is_none() {
+                self.summary.customers_reused += 1;
+            }
             self.ready
                 .push_back((work, CustomerStep::Known(customer_id)));
             return;
@@ -885,12 +905,24 @@ impl Planner<'_> {
             }
             Event::BulkJobEnded { kind, rows } => {
                 self.job_ended(kind, rows.len());
+                let mut gave_up = None;
+                let carried = rows.len();
                 for (work, next) in rows {
                     match next {
+                        Next::Finished(RowOutcome::Halted(Halt::Pending(reason))) => {
+                            self.summary.rows_pending += 1;
+                            gave_up = Some(reason);
+                        }
                         Next::Finished(outcome) => self.finish_row(work, outcome),
                         Next::Continue(step) => self.ready.push_back((work, step)),
                         Next::ContinueAfter(step, at) => self.deferred.push_back((at, work, step)),
                     }
+                }
+                // A job left pending counts once towards "the API keeps failing", as a row.
+                if let Some(reason) = gave_up {
+                    self.note_given_up(&format!(
+                        "a bulk job of {carried} rows: left pending for the next run: {reason}"
+                    ));
                 }
             }
             Event::BulkJobPanicked {
@@ -962,21 +994,27 @@ impl Planner<'_> {
             }
             RowOutcome::Halted(Halt::Pending(reason)) => {
                 self.summary.rows_pending += 1;
-                if !self.shared.stop.soft.is_cancelled() {
-                    tracing::warn!(
-                        "{}:{}: left pending for the next run: {reason}",
-                        work.origin.file,
-                        work.origin.line
-                    );
-                    self.given_up_in_a_row += 1;
-                    let limit = (self.shared.concurrency_limit() * 2).max(10);
-                    if self.given_up_in_a_row >= limit {
-                        self.shared.halt_run(StopReason::ApiUnavailable(format!(
-                            "{limit} rows in a row gave up after their retries; last: {reason}"
-                        )));
-                    }
-                }
+                let what = format!(
+                    "{}:{}: left pending for the next run: {reason}",
+                    work.origin.file, work.origin.line
+                );
+                self.note_given_up(&what);
             }
+        }
+    }
+
+    /// A row (or a bulk job) left pending after its retries; too many in a row stop the run.
+    fn note_given_up(&mut self, what: &str) {
+        if self.shared.stop.soft.is_cancelled() {
+            return;
+        }
+        tracing::warn!("{what}");
+        self.given_up_in_a_row += 1;
+        let limit = (self.shared.concurrency_limit() * 2).max(10);
+        if self.given_up_in_a_row >= limit {
+            self.shared.halt_run(StopReason::ApiUnavailable(format!(
+                "{limit} rows in a row gave up after their retries; last: {what}"
+            )));
         }
     }
 

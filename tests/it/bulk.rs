@@ -160,7 +160,13 @@ fn a_bulk_import_lands_what_single_mode_lands() {
 #[test]
 fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice() {
     let env = TestEnv::new(org(Duration::from_secs(3)));
-    let file = env.write("export.csv", &generated_csv(60, 2));
+    // 60 customers with 2 conversations each, then a customer the org refuses (2 rows).
+    let export: String = mixed_export(60, 2)
+        .lines()
+        .filter(|line| !line.contains("\"TX\"") && !line.contains("\"TL\""))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let file = env.write("export.jsonl", &export);
     let child = env.spawn_import(&[file.to_str().unwrap(), "--mode", "bulk"]);
     // Killed once the customers job is recorded as queued, before it has run.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -187,11 +193,20 @@ fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice()
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(env.stats().customers, 0, "the job ran before the kill");
-    assert_eq!(env.rows_in_state("customer_sent"), 60);
+    assert_eq!(env.rows_in_state("customer_sent"), 61);
 
-    let run = env.import(&["export.csv", "--mode", "bulk"]);
-    run.assert_code(0);
+    let run = env.import(&["export.jsonl", "--mode", "bulk"]);
+    run.assert_code(1);
     env.assert_exactly_once(60, 120);
+    // The refused customer's rows fail with the job's words; its second row sends nothing.
+    let errors = sorted_errors(&env);
+    assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), [121, 122]);
+    assert!(errors[0].1.contains("/custom/levelStr"), "{errors:?}");
+    assert!(
+        run.stdout.contains("failed:               2"),
+        "{}",
+        run.stdout
+    );
     // The queued job was polled, not submitted again; nothing went through single creates
     // or lookups.
     assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 1);
@@ -286,6 +301,8 @@ fn a_lost_submit_answer_is_reconciled_not_sent_twice() {
         "0.05",
         "--max-retries",
         "30",
+        "--rpm",
+        "100000",
     ]);
     run.assert_code(0);
     env.assert_exactly_once(250, 500);
