@@ -282,16 +282,24 @@ impl CheckpointReader {
             .collect())
     }
 
+    /// `(state, count)` of a table's lines, by state.
+    fn count_by_state(&self, table: &str) -> rusqlite::Result<Vec<(String, u64)>> {
+        let mut statement = self.connection.prepare(&format!(
+            "SELECT state, count(*) FROM {table} GROUP BY state"
+        ))?;
+        statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })?
+            .collect()
+    }
+
     fn customer_counts(&self) -> rusqlite::Result<CustomerCounts> {
         let mut counts = CustomerCounts::default();
-        let mut statement = self
-            .connection
-            .prepare("SELECT state, count(*) FROM customers GROUP BY state")?;
-        for row in statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-        })? {
-            let (state, count) = row?;
-            let count = count.max(0) as u64;
+        for (state, count) in self.count_by_state("customers")? {
             match state.as_str() {
                 "created" => counts.created = count,
                 "linked" => counts.linked = count,
@@ -313,14 +321,7 @@ impl CheckpointReader {
         if !has_table {
             return Ok(counts);
         }
-        let mut statement = self
-            .connection
-            .prepare("SELECT state, count(*) FROM bulk_jobs GROUP BY state")?;
-        for row in statement.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-        })? {
-            let (state, count) = row?;
-            let count = count.max(0) as u64;
+        for (state, count) in self.count_by_state("bulk_jobs")? {
             match state.as_str() {
                 "complete" => counts.complete = count,
                 "queued" => counts.queued = count,

@@ -55,6 +55,26 @@ pub struct RowChange {
     pub outcome_unknown: bool,
 }
 
+impl RowChange {
+    /// A change to `state` that keeps everything else the checkpoint holds of the row.
+    pub fn new(row_key: String, source_file: String, line: u64, state: RowState) -> RowChange {
+        RowChange {
+            row_key,
+            source_file,
+            line,
+            customer_key: None,
+            conversation_external_id: None,
+            state,
+            customer_id: None,
+            conversation_id: None,
+            attempts: 0,
+            field: None,
+            error: None,
+            outcome_unknown: false,
+        }
+    }
+}
+
 /// One change the writer applies.
 #[derive(Clone, Debug)]
 pub enum Change {

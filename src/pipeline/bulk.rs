@@ -133,7 +133,7 @@ pub(super) async fn run_customer_job(shared: &Shared, works: Vec<Work>) -> Vec<(
     match end {
         JobEnd::Complete(outcomes) => apply_customer_results(shared, job, works, outcomes).await,
         JobEnd::Refused { status, message } if works.len() > 1 => {
-            split_customers(shared, works, status, &message).await
+            split_customers(shared, works, (status, &message)).await
         }
         JobEnd::Refused { status, message } => {
             let halt = Halt::Failed {
@@ -212,7 +212,7 @@ pub(super) async fn run_conversation_job(
         }
         JobEnd::Refused { status, message } if works.len() > 1 => {
             let works = works.into_iter().zip(customer_ids).collect();
-            split_conversations(shared, works, status, &message).await
+            split_conversations(shared, works, (status, &message)).await
         }
         JobEnd::Refused { status, message } => {
             let halt = Halt::Failed {
@@ -283,17 +283,14 @@ fn withdraw_conversations(works: &[Work], customer_ids: &[String]) -> Vec<Change
 }
 
 /// A job refused whole: each half goes as a job of its own, until the bad item is alone.
+/// (Two functions, not one generic: a recursive async fn's `Send` is only inferred when
+/// each recursion names itself.)
 async fn split_customers(
     shared: &Shared,
     mut works: Vec<Work>,
-    status: u16,
-    message: &str,
+    (status, message): (u16, &str),
 ) -> Vec<(Work, Next)> {
-    tracing::info!(
-        "a customers bulk job of {} items was refused whole ({status}: {message}); \
-         sending it in halves",
-        works.len()
-    );
+    log_split(BulkKind::Customers, works.len(), status, message);
     let second = works.split_off(works.len() / 2);
     let mut ended = Box::pin(run_customer_job(shared, works)).await;
     ended.extend(Box::pin(run_customer_job(shared, second)).await);
@@ -303,18 +300,21 @@ async fn split_customers(
 async fn split_conversations(
     shared: &Shared,
     mut works: Vec<(Work, String)>,
-    status: u16,
-    message: &str,
+    (status, message): (u16, &str),
 ) -> Vec<(Work, Next)> {
-    tracing::info!(
-        "a conversations bulk job of {} items was refused whole ({status}: {message}); \
-         sending it in halves",
-        works.len()
-    );
+    log_split(BulkKind::Conversations, works.len(), status, message);
     let second = works.split_off(works.len() / 2);
     let mut ended = Box::pin(run_conversation_job(shared, works)).await;
     ended.extend(Box::pin(run_conversation_job(shared, second)).await);
     ended
+}
+
+fn log_split(kind: BulkKind, items: usize, status: u16, message: &str) {
+    tracing::info!(
+        "a {} bulk job of {items} items was refused whole ({status}: {message}); sending it \
+         in halves",
+        kind.as_str()
+    );
 }
 
 /// A body as a bulk item: the single endpoint's body plus its `_clientRef`.
@@ -956,18 +956,14 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
     let mut applied = Applied::default();
     for item in &job.items {
         let row = |state: RowState, customer_id: Option<String>, conversation_id| RowChange {
-            row_key: item.row_key.clone(),
-            source_file: item.source_file.clone(),
-            line: item.line,
-            customer_key: None,
-            conversation_external_id: None,
-            state,
             customer_id,
             conversation_id,
-            attempts: 0,
-            field: None,
-            error: None,
-            outcome_unknown: false,
+            ..RowChange::new(
+                item.row_key.clone(),
+                item.source_file.clone(),
+                item.line,
+                state,
+            )
         };
         let outcome = outcomes.get(&item.client_ref);
         // A refusal that fails the row; None for every other outcome.

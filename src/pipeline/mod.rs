@@ -1037,20 +1037,12 @@ impl Planner<'_> {
         );
         let mut change = match plan {
             Some(plan) => row_change(origin, plan, RowState::Failed, None, None),
-            None => RowChange {
-                row_key: origin.key.clone(),
-                source_file: origin.file.to_string(),
-                line: origin.line,
-                customer_key: None,
-                conversation_external_id: None,
-                state: RowState::Failed,
-                customer_id: None,
-                conversation_id: None,
-                attempts: 0,
-                field: None,
-                error: None,
-                outcome_unknown: false,
-            },
+            None => RowChange::new(
+                origin.key.clone(),
+                origin.file.to_string(),
+                origin.line,
+                RowState::Failed,
+            ),
         };
         change.field = field;
         change.error = Some(reason);
@@ -1081,20 +1073,18 @@ fn row_change(
     conversation_id: Option<String>,
 ) -> RowChange {
     RowChange {
-        row_key: origin.key.clone(),
-        source_file: origin.file.to_string(),
-        line: origin.line,
         customer_key: Some(plan.customer_key.clone()),
         conversation_external_id: plan
             .conversation
             .as_ref()
             .and_then(|c| c.external_id.clone()),
-        state,
         customer_id,
         conversation_id,
-        attempts: 0,
-        field: None,
-        error: None,
-        outcome_unknown: false,
+        ..RowChange::new(
+            origin.key.clone(),
+            origin.file.to_string(),
+            origin.line,
+            state,
+        )
     }
 }
