@@ -9,6 +9,10 @@
 //! - Workers (one task per row in progress, at most [`Concurrency`]) send the requests, each
 //!   create preceded by its durable intent in the checkpoint; an answer that was lost is
 //!   reconciled by lookup before anything is sent again.
+//! - In bulk mode ([`ImportMode`], [`bulk`]) the planner gathers rows that create their
+//!   customer, and rows whose customer is known, into batches of 100 and gives each batch to
+//!   a job task; what a job cannot settle comes back to the planner for a worker (a link, a
+//!   lookup). A run first settles the jobs an earlier run left unfinished.
 //!
 //! A soft stop (first signal, revoked key, an API that keeps failing) stops taking rows and
 //! lets work in flight finish for the grace period; a hard stop aborts it. Either way the
