@@ -296,6 +296,7 @@ pub async fn run_import(
             ImportMode::Bulk => Some(true),
             ImportMode::Auto => None,
         },
+        for_worker: VecDeque::new(),
         customer_batch: Vec::new(),
         conversation_batch: Vec::new(),
         batch_since: None,
@@ -391,6 +392,8 @@ struct Planner<'a> {
     given_up_in_a_row: usize,
     /// Whether rows go in bulk jobs; None while `--mode auto` has not decided.
     bulk: Option<bool>,
+    /// Bulk mode: rows that take single mode's path, waiting for a worker.
+    for_worker: VecDeque<(Work, CustomerStep)>,
     /// Rows that create their customer, for the next customers job.
     customer_batch: Vec<Work>,
     /// Rows whose customer is known, with its id, for the next conversations job.
@@ -433,7 +436,7 @@ impl Planner<'_> {
                 self.settle_unstarted_as_pending();
             }
             self.start_ready_work();
-            if !self.input_open && self.nothing_in_flight() && self.ready.is_empty() {
+            if !self.input_open && self.nothing_in_flight() {
                 break;
             }
             let take_rows = self.input_open && self.in_progress() < self.window;
@@ -489,6 +492,7 @@ impl Planner<'_> {
     fn in_progress(&self) -> usize {
         self.running
             + self.ready.len()
+            + self.for_worker.len()
             + self.waiting_rows
             + self.customer_batch.len()
             + self.conversation_batch.len()
@@ -498,6 +502,8 @@ impl Planner<'_> {
 
     fn nothing_in_flight(&self) -> bool {
         self.running == 0
+            && self.ready.is_empty()
+            && self.for_worker.is_empty()
             && self.jobs_running == 0
             && self.customer_batch.is_empty()
             && self.conversation_batch.is_empty()
@@ -541,30 +547,46 @@ impl Planner<'_> {
                 self.ready.push_back((work, step));
             }
         }
+        if self.bulk == Some(true) && !self.shared.bulk_unavailable.load(Ordering::Relaxed) {
+            self.divert_to_batches();
+        }
+        // Each row moves once, from `ready` (or, in bulk mode, `for_worker`) to a worker,
+        // not on every event: the rows waiting stay where they are.
         let limit = self.shared.concurrency_limit();
-        let mut single = VecDeque::new();
+        while self.running < limit {
+            let Some((work, step)) = self
+                .for_worker
+                .pop_front()
+                .or_else(|| self.ready.pop_front())
+            else {
+                break;
+            };
+            self.spawn_worker(work, step);
+        }
+        self.start_due_jobs();
+    }
+
+    /// Bulk mode: each ready row joins a batch, or, when it takes single mode's path (a
+    /// link, a lookup, a row with no conversation), the queue for a worker.
+    fn divert_to_batches(&mut self) {
         while let Some((work, step)) = self.ready.pop_front() {
-            let bulk = self.bulk == Some(true)
-                && !work.conversation_unknown
-                && !self.shared.bulk_unavailable.load(Ordering::Relaxed);
             match step {
                 CustomerStep::Create {
                     reconcile_first: false,
-                } if bulk => self.customer_batch.push(work),
-                CustomerStep::Known(id) if bulk && work.plan.conversation.is_some() => {
+                } if !work.conversation_unknown => self.customer_batch.push(work),
+                CustomerStep::Known(id)
+                    if !work.conversation_unknown && work.plan.conversation.is_some() =>
+                {
                     self.conversation_batch.push((work, id));
                 }
-                step if self.running < limit => self.spawn_worker(work, step),
-                step => single.push_back((work, step)),
-            }
-            if self.batch_since.is_none()
-                && !(self.customer_batch.is_empty() && self.conversation_batch.is_empty())
-            {
-                self.batch_since = Some(tokio::time::Instant::now());
+                step => self.for_worker.push_back((work, step)),
             }
         }
-        self.ready = single;
-        self.start_due_jobs();
+        if self.batch_since.is_none()
+            && !(self.customer_batch.is_empty() && self.conversation_batch.is_empty())
+        {
+            self.batch_since = Some(tokio::time::Instant::now());
+        }
     }
 
     fn spawn_worker(&mut self, work: Work, step: CustomerStep) {
@@ -660,12 +682,14 @@ impl Planner<'_> {
     /// Rows read but never started stay pending for the next run.
     fn settle_unstarted_as_pending(&mut self) {
         let unstarted = self.ready.len()
+            + self.for_worker.len()
             + self.waiting_rows
             + self.customer_batch.len()
             + self.conversation_batch.len()
             + self.deferred.len();
         self.summary.rows_pending += unstarted as u64;
         self.ready.clear();
+        self.for_worker.clear();
         self.deferred.clear();
         self.customer_batch.clear();
         self.conversation_batch.clear();
