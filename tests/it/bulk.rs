@@ -194,6 +194,12 @@ fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice()
     child.wait().unwrap();
     assert_eq!(env.stats().customers, 0, "the job ran before the kill");
     assert_eq!(env.rows_in_state("customer_sent"), 61);
+    let status = env.command(&["status"]);
+    assert!(
+        status.stdout.contains("bulk jobs: 0 complete, 1 queued"),
+        "{}",
+        status.stdout
+    );
 
     let run = env.import(&["export.jsonl", "--mode", "bulk"]);
     run.assert_code(1);
@@ -350,4 +356,46 @@ fn without_bulk_jobs_auto_goes_single_and_bulk_says_why() {
         .assert_code(0);
     env.assert_exactly_once(150, 450);
     assert!(requests_to(&env, "POST /v1/customers") >= 150);
+}
+
+#[test]
+fn sigterm_lets_the_jobs_in_flight_finish_and_the_same_command_resumes() {
+    let env = TestEnv::new(org(Duration::from_millis(800)));
+    let file = env.write("export.csv", &generated_csv(300, 3));
+    let args = [file.to_str().unwrap(), "--mode", "bulk", "--rpm", "100000"];
+    let child = env.spawn_import(&args);
+    env.wait_for("a conversations job", |stats| {
+        stats
+            .requests
+            .get("POST /v1/conversations/bulk")
+            .is_some_and(|by_status| !by_status.is_empty())
+    });
+    terminate(&child);
+    let run = finish(child);
+    run.assert_code(4);
+    assert!(
+        env.stats().conversations < 900,
+        "the run finished before the signal"
+    );
+    // What was in flight finished: no row is left with an unanswered request, no job
+    // unfinished.
+    let checkpoint = env.checkpoint();
+    let count = |sql: &str| -> i64 { checkpoint.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT count(*) FROM rows WHERE state LIKE '%_sent'"),
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM bulk_jobs WHERE state IN ('submitting', 'queued')"),
+        0
+    );
+    let status = env.command(&["status", "--json"]);
+    status.assert_code(0);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert!(
+        status["bulk_jobs"]["complete"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    env.import(&args).assert_code(0);
+    env.assert_exactly_once(300, 900);
 }
