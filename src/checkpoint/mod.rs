@@ -128,6 +128,8 @@ pub struct StoredBulkJob {
     pub kind: BulkKind,
     /// Kustomer's id; None while the submit's answer is unknown.
     pub job_id: Option<String>,
+    /// Submitting, queued, or lost not long ago.
+    pub state: BulkJobState,
     /// When the job was last heard of: recorded just before its request left, or when its
     /// answer was lost.
     pub since: SystemTime,
@@ -142,6 +144,8 @@ pub struct StoredBulkItem {
     pub customer_key: Option<String>,
     pub source_file: String,
     pub line: u64,
+    /// The row's state now: a job's result applies only to a row still in its intent.
+    pub state: RowState,
     pub customer_id: Option<String>,
 }
 
@@ -277,18 +281,27 @@ impl Checkpoint {
             .map_err(|e| self.sqlite(e))
     }
 
-    /// The bulk jobs earlier runs left submitting or queued, oldest first, with their items.
-    pub fn unfinished_bulk_jobs(&self) -> Result<Vec<StoredBulkJob>, CheckpointError> {
+    /// The bulk jobs earlier runs left submitting or queued, and those lost since
+    /// `lost_since` (a job whose answer was lost may still run), oldest first, with their
+    /// items.
+    pub fn unfinished_bulk_jobs(
+        &self,
+        lost_since: SystemTime,
+    ) -> Result<Vec<StoredBulkJob>, CheckpointError> {
+        // RFC 3339 in UTC to the second sorts as text in time order.
+        let cutoff = humantime::format_rfc3339_seconds(lost_since).to_string();
         let mut jobs = Vec::new();
         {
             let mut statement = self
                 .connection
                 .prepare(
-                    "SELECT id, kind, job_id, updated_at FROM bulk_jobs
-                     WHERE state IN ('submitting', 'queued') ORDER BY id",
+                    "SELECT id, kind, job_id, updated_at, state FROM bulk_jobs
+                     WHERE state IN ('submitting', 'queued')
+                        OR (state = 'lost' AND updated_at >= ?1)
+                     ORDER BY id",
                 )
                 .map_err(|e| self.sqlite(e))?;
-            let mut rows = statement.query([]).map_err(|e| self.sqlite(e))?;
+            let mut rows = statement.query([&cutoff]).map_err(|e| self.sqlite(e))?;
             while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
                 let read = || -> rusqlite::Result<StoredBulkJob> {
                     let kind = match row.get_ref(1)?.as_str()? {
@@ -296,10 +309,16 @@ impl Checkpoint {
                         _ => BulkKind::Conversations,
                     };
                     let since: String = row.get(3)?;
+                    let state = match row.get_ref(4)?.as_str()? {
+                        "queued" => BulkJobState::Queued,
+                        "lost" => BulkJobState::Lost,
+                        _ => BulkJobState::Submitting,
+                    };
                     Ok(StoredBulkJob {
                         id: row.get(0)?,
                         kind,
                         job_id: row.get(2)?,
+                        state,
                         // Unreadable would be a bug; now makes the job young, so its rows
                         // wait the whole time rather than none of it.
                         since: humantime::parse_rfc3339(&since)
@@ -314,7 +333,7 @@ impl Checkpoint {
             .connection
             .prepare_cached(
                 "SELECT i.client_ref, i.row_key, i.customer_key, r.source_file, r.line,
-                        r.customer_id
+                        r.customer_id, r.state
                  FROM bulk_items i JOIN rows r ON r.row_key = i.row_key
                  WHERE i.job = ?1",
             )
@@ -329,6 +348,8 @@ impl Checkpoint {
                         source_file: row.get(3)?,
                         line: row.get::<_, i64>(4)? as u64,
                         customer_id: row.get(5)?,
+                        state: RowState::parse(row.get_ref(6)?.as_str()?)
+                            .unwrap_or(RowState::Pending),
                     })
                 })
                 .map_err(|e| self.sqlite(e))?;

@@ -108,15 +108,11 @@ pub enum Change {
         job: i64,
         job_id: String,
     },
-    /// The job reached an end: complete, refused or lost.
+    /// The job reached an end: complete, refused or lost (for a lost job, `updated_at` is
+    /// when its answer was lost: the wait before its rows are looked up runs from then).
     BulkJobEnded {
         job: i64,
         state: BulkJobState,
-    },
-    /// The submit's answer was lost (or the API does not know the job): the wait before its
-    /// rows are looked up runs from now, also for a run that resumes it.
-    BulkJobAnswerLost {
-        job: i64,
     },
 }
 
@@ -282,8 +278,7 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
         )?;
         let mut job_ended = transaction
             .prepare_cached("UPDATE bulk_jobs SET state = ?2, updated_at = ?3 WHERE id = ?1")?;
-        let mut job_answer_lost =
-            transaction.prepare_cached("UPDATE bulk_jobs SET updated_at = ?2 WHERE id = ?1")?;
+
         for change in batches.iter().flat_map(|batch| &batch.changes) {
             match change {
                 Change::Row(row) => {
@@ -331,9 +326,7 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                 Change::BulkJobEnded { job, state } => {
                     job_ended.execute(params![job, state.as_str(), now])?;
                 }
-                Change::BulkJobAnswerLost { job } => {
-                    job_answer_lost.execute(params![job, now])?;
-                }
+
                 Change::CustomerResolved {
                     customer_key,
                     customer_id,

@@ -47,6 +47,8 @@ const LEAST_POLL: Duration = Duration::from_millis(100);
 const MOST_POLL: Duration = Duration::from_secs(10);
 /// The longest one run waits for a job; past it the job stays queued for the next run.
 const MOST_JOB_WAIT: Duration = Duration::from_secs(15 * 60);
+/// The same for a job an earlier run left queued, which holds up the start of this run.
+const EARLIER_JOB_WAIT: Duration = Duration::from_secs(2 * 60);
 
 /// What becomes of a row when its job ends.
 #[derive(Debug)]
@@ -401,8 +403,6 @@ async fn submit_and_wait(
                 };
             }
             Err(error) if error.maybe_applied() => {
-                // The job stays `submitting` in the checkpoint: a run that stops before the
-                // lookups waits out the rest of the time when it starts again.
                 let wait = shared.settings.bulk_lost_wait;
                 tracing::warn!(
                     "the answer to a {} bulk job was lost ({error}); its {} rows are looked up \
@@ -411,7 +411,8 @@ async fn submit_and_wait(
                     bodies.len(),
                     wait.as_secs_f64()
                 );
-                record_or_halt(shared, vec![Change::BulkJobAnswerLost { job }]).await;
+                // Lost now: a run that resumes before the lookups waits out the rest.
+                end_job(shared, job, BulkJobState::Lost).await;
                 return JobEnd::Unknown(Some(tokio::time::Instant::now() + wait));
             }
             Err(error) => {
@@ -431,7 +432,7 @@ async fn submit_and_wait(
     if let Err(halt) = commit_or_halt(shared, vec![queued]).await {
         return JobEnd::Unfinished(halt);
     }
-    match wait_for_results(shared, &job_id, &shared.stop.hard).await {
+    match wait_for_results(shared, &job_id, &shared.stop.hard, MOST_JOB_WAIT).await {
         Ok(outcomes) => JobEnd::Complete(outcomes),
         Err(WaitEnd::Vanished(reason)) => {
             // As for a lost answer: it may be a job the API will know and run after all.
@@ -440,7 +441,7 @@ async fn submit_and_wait(
                 "bulk job {job_id}: {reason}; its rows are looked up in {:.0} s",
                 wait.as_secs_f64()
             );
-            record_or_halt(shared, vec![Change::BulkJobAnswerLost { job }]).await;
+            end_job(shared, job, BulkJobState::Lost).await;
             JobEnd::Unknown(Some(tokio::time::Instant::now() + wait))
         }
         Err(WaitEnd::Halted(halt)) => JobEnd::Unfinished(halt),
@@ -467,6 +468,7 @@ async fn wait_for_results(
     shared: &Shared,
     job_id: &str,
     give_up: &CancellationToken,
+    most_wait: Duration,
 ) -> Result<HashMap<String, ItemOutcome>, WaitEnd> {
     let submitted = Instant::now();
     let mut delay = shared.job_pace.expected();
@@ -489,10 +491,11 @@ async fn wait_for_results(
                 );
                 break;
             }
-            Ok(JobStatus::Waiting(status)) if submitted.elapsed() >= MOST_JOB_WAIT => {
+            Ok(JobStatus::Waiting(status)) if submitted.elapsed() >= most_wait => {
                 tracing::warn!(
-                    "bulk job {job_id} is still {status} after {} min: the next run polls it",
-                    MOST_JOB_WAIT.as_secs() / 60
+                    "bulk job {job_id} is still {status} after {} s: the next run polls it, \
+                     and its rows stay pending until then",
+                    most_wait.as_secs()
                 );
                 return Err(WaitEnd::Halted(Halt::Pending(format!(
                     "its bulk job {job_id} is still {status}"
@@ -517,8 +520,12 @@ async fn wait_for_results(
             // yet: ask again within the retry budget before taking every item for unknown.
             Ok(outcomes) if outcomes.is_empty() => {
                 let reason = format!("bulk job {job_id} ended with no results");
-                if retry.backoff(&reason).await.is_err() {
-                    return Ok(outcomes);
+                match retry.backoff(&reason).await {
+                    Ok(()) => {}
+                    Err(NoRetry::Exhausted(_)) => return Ok(outcomes),
+                    Err(NoRetry::Stopping) => {
+                        return Err(WaitEnd::Halted(Halt::Pending("the run is stopping".into())));
+                    }
                 }
             }
             Ok(outcomes) => return Ok(outcomes),
@@ -858,7 +865,11 @@ pub(super) struct EarlierJobs {
     /// Customers those jobs could not create, with the reason: their other rows fail
     /// without sending the same doomed create again.
     pub failed_customers: HashMap<String, (Option<String>, String)>,
+    /// Rows whose customer those jobs refused as a duplicate, with the server's words: they
+    /// are linked as a single create's 409 would be, under `--on-existing-customer`.
+    pub link_rows: HashMap<String, String>,
     pub customers_created: u64,
+    pub customers_linked: u64,
 }
 
 /// Before any row is planned: polls the jobs earlier runs left queued and applies their
@@ -868,7 +879,10 @@ pub(super) async fn finish_earlier_jobs(
     shared: &Shared,
     checkpoint: &Checkpoint,
 ) -> Result<EarlierJobs, CheckpointError> {
-    let jobs = checkpoint.unfinished_bulk_jobs()?;
+    let lost_since = SystemTime::now()
+        .checked_sub(shared.settings.bulk_lost_wait)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let jobs = checkpoint.unfinished_bulk_jobs(lost_since)?;
     let mut earlier = EarlierJobs::default();
     if jobs.is_empty() {
         return Ok(earlier);
@@ -880,12 +894,16 @@ pub(super) async fn finish_earlier_jobs(
     let settled =
         futures_util::future::join_all(jobs.iter().map(|job| finish_earlier_job(shared, job)))
             .await;
+    let mut uncertain = false;
     for (job, outcome) in jobs.iter().zip(settled) {
         match outcome {
             Some(EarlierOutcome::Applied(applied)) => {
+                uncertain |= applied.uncertain;
                 earlier.customers_created += applied.customers_created;
+                earlier.customers_linked += applied.customers_linked;
                 earlier.settled_rows.extend(applied.settled_rows);
                 earlier.failed_customers.extend(applied.failed_customers);
+                earlier.link_rows.extend(applied.link_rows);
             }
             Some(EarlierOutcome::Released) => {}
             None => {
@@ -896,6 +914,14 @@ pub(super) async fn finish_earlier_jobs(
                     .held_customers
                     .extend(job.items.iter().filter_map(|i| i.customer_key.clone()));
             }
+        }
+    }
+    // Items with no result, or an uncertain one, are looked up when their rows are read:
+    // not before single mode's wait after a lost answer.
+    if uncertain {
+        tokio::select! {
+            () = tokio::time::sleep(shared.settings.reconcile_delay) => {}
+            () = shared.stop.soft.cancelled() => {}
         }
     }
     Ok(earlier)
@@ -911,8 +937,12 @@ enum EarlierOutcome {
 #[derive(Default)]
 struct Applied {
     customers_created: u64,
+    customers_linked: u64,
     settled_rows: HashMap<String, bool>,
     failed_customers: HashMap<String, (Option<String>, String)>,
+    link_rows: HashMap<String, String>,
+    /// Some item had no result, or an uncertain one: its row keeps its intent.
+    uncertain: bool,
 }
 
 /// Waits until a job whose answer was lost (`since`) would have run, so that its rows'
@@ -931,22 +961,30 @@ async fn wait_out_lost_job(shared: &Shared, job: i64, since: SystemTime) -> bool
             () = shared.stop.soft.cancelled() => return false,
         }
     }
-    end_job(shared, job, BulkJobState::Lost).await;
     true
 }
 
-/// One earlier job: polled (queued) or waited out (submitting). None: still unsettled.
+/// One earlier job: polled (queued) or waited out (submitting, lost). None: still
+/// unsettled, its rows held.
 async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<EarlierOutcome> {
-    let Some(job_id) = &job.job_id else {
-        return wait_out_lost_job(shared, job.id, job.since)
-            .await
-            .then_some(EarlierOutcome::Released);
+    let job_id = match (&job.job_id, job.state) {
+        (Some(job_id), BulkJobState::Queued) => job_id,
+        (_, state) => {
+            let waited = wait_out_lost_job(shared, job.id, job.since).await;
+            if waited && state == BulkJobState::Submitting {
+                end_job(shared, job.id, BulkJobState::Lost).await;
+            }
+            return waited.then_some(EarlierOutcome::Released);
+        }
     };
-    let outcomes = match wait_for_results(shared, job_id, &shared.stop.soft).await {
+    let outcomes = match wait_for_results(shared, job_id, &shared.stop.soft, EARLIER_JOB_WAIT).await
+    {
         Ok(outcomes) => outcomes,
         Err(WaitEnd::Vanished(reason)) => {
-            tracing::warn!("bulk job {job_id}: {reason}; its rows are looked up");
-            return wait_out_lost_job(shared, job.id, job.since)
+            // Lost from now on: it may be a job the API will know and run after all.
+            tracing::warn!("bulk job {job_id}: {reason}; its rows are looked up later");
+            end_job(shared, job.id, BulkJobState::Lost).await;
+            return wait_out_lost_job(shared, job.id, SystemTime::now())
                 .await
                 .then_some(EarlierOutcome::Released);
         }
@@ -955,6 +993,15 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
     let mut changes = Vec::new();
     let mut applied = Applied::default();
     for item in &job.items {
+        let intent = if item.customer_key.is_some() {
+            RowState::CustomerSent
+        } else {
+            RowState::ConversationSent
+        };
+        // A row that has moved on since (settled by lookup after all) is not touched.
+        if item.state != intent {
+            continue;
+        }
         let row = |state: RowState, customer_id: Option<String>, conversation_id| RowChange {
             customer_id,
             conversation_id,
@@ -1006,15 +1053,13 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
             applied.settled_rows.insert(item.row_key.clone(), false);
             continue;
         }
-        // What cannot be settled here (a duplicate to link, an item with no result or an
-        // uncertain one) keeps its intent: planning reconciles it by lookup, as for a lost
-        // answer.
         match (outcome, &item.customer_key) {
             (Some(ItemOutcome::Created(id) | ItemOutcome::Updated(id)), Some(customer_key)) => {
                 let origin = if matches!(outcome, Some(ItemOutcome::Created(_))) {
                     applied.customers_created += 1;
                     CustomerOrigin::Created
                 } else {
+                    applied.customers_linked += 1;
                     CustomerOrigin::Linked
                 };
                 changes.push(Change::CustomerResolved {
@@ -1038,7 +1083,18 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
                 let created = matches!(outcome, Some(ItemOutcome::Created(_)));
                 applied.settled_rows.insert(item.row_key.clone(), created);
             }
-            _ => {}
+            // A customer that exists: linked when its row is read, under the policy. The
+            // intent stays until then.
+            (Some(ItemOutcome::Failed(ApiError::Duplicate { message })), Some(_)) => {
+                applied
+                    .link_rows
+                    .insert(item.row_key.clone(), message.clone());
+            }
+            // A conversation refused as a duplicate is looked up, as after a 409.
+            (Some(ItemOutcome::Failed(ApiError::Duplicate { .. })), None) => {}
+            // No result, or an uncertain one: the intent stays, and planning looks the
+            // record up, after the wait.
+            _ => applied.uncertain = true,
         }
     }
     changes.push(Change::BulkJobEnded {

@@ -26,7 +26,7 @@ mod worker;
 
 pub use self::concurrency::Concurrency;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -306,9 +306,11 @@ pub async fn run_import(
         input_open: true,
         window,
         earlier,
-        deferred: VecDeque::new(),
+        deferred: BinaryHeap::new(),
+        deferred_count: 0,
     };
     planner.summary.customers_created += planner.earlier.customers_created;
+    planner.summary.customers_linked += planner.earlier.customers_linked;
     planner.failed_customers = std::mem::take(&mut planner.earlier.failed_customers);
     planner.run(rows, &mut events).await;
     // Every clone of the writer must be gone before the writer thread can end: abandoned
@@ -371,6 +373,35 @@ impl Shared {
     }
 }
 
+/// A row waiting until it may be looked up (see [`Planner::deferred`]).
+struct Deferred {
+    at: tokio::time::Instant,
+    arrival: u64,
+    work: Work,
+    step: CustomerStep,
+}
+
+/// The soonest first in a [`BinaryHeap`] (a max-heap), then the first to arrive.
+impl Ord for Deferred {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.arrival).cmp(&(self.at, self.arrival))
+    }
+}
+
+impl PartialOrd for Deferred {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Deferred {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.arrival) == (other.at, other.arrival)
+    }
+}
+
+impl Eq for Deferred {}
+
 struct Planner<'a> {
     shared: Arc<Shared>,
     checkpoint: &'a Checkpoint,
@@ -410,9 +441,11 @@ struct Planner<'a> {
     window: usize,
     /// What the jobs earlier runs left unfinished came to.
     earlier: EarlierJobs,
-    /// Rows of bulk jobs whose answer was lost, each with the instant it may be looked up
-    /// (in order: every job waits the same time).
-    deferred: VecDeque<(tokio::time::Instant, Work, CustomerStep)>,
+    /// Rows whose bulk job's outcome is unknown, each with the instant it may be looked up,
+    /// soonest first (a lost job's rows wait longer than an item with no result).
+    deferred: BinaryHeap<Deferred>,
+    /// Order of arrival, to keep rows due at the same instant in order.
+    deferred_count: u64,
 }
 
 impl Planner<'_> {
@@ -461,7 +494,7 @@ impl Planner<'_> {
                 // A partial batch that has waited long enough, and rows whose lost job has
                 // had its time, are taken up by start_ready_work.
                 _ = sleep_until_option(self.batch_since.map(|since| since + bulk::FLUSH_AFTER)) => {}
-                _ = sleep_until_option(self.deferred.front().map(|(at, _, _)| *at)) => {}
+                _ = sleep_until_option(self.deferred.peek().map(|row| row.at)) => {}
                 batch = rows.recv(), if take_rows => match batch {
                     Some(batch) => {
                         let keys: Vec<&str> =
@@ -542,8 +575,8 @@ impl Planner<'_> {
             }
         }
         let now = tokio::time::Instant::now();
-        while self.deferred.front().is_some_and(|(at, _, _)| *at <= now) {
-            if let Some((_, work, step)) = self.deferred.pop_front() {
+        while self.deferred.peek().is_some_and(|row| row.at <= now) {
+            if let Some(Deferred { work, step, .. }) = self.deferred.pop() {
                 self.ready.push_back((work, step));
             }
         }
@@ -883,8 +916,12 @@ impl Planner<'_> {
     fn create_customer_with(&mut self, work: Work, reconcile_first: bool) {
         self.waiting
             .insert(work.plan.customer_key.clone(), Vec::new());
-        self.ready
-            .push_back((work, CustomerStep::Create { reconcile_first }));
+        // A job of an earlier run found the customer already in Kustomer: link it.
+        let step = match self.earlier.link_rows.remove(&work.origin.key) {
+            Some(message) => CustomerStep::Link { message },
+            None => CustomerStep::Create { reconcile_first },
+        };
+        self.ready.push_back((work, step));
     }
 
     async fn handle_event(&mut self, event: Event) {
@@ -943,7 +980,15 @@ impl Planner<'_> {
                         }
                         Next::Finished(outcome) => self.finish_row(work, outcome),
                         Next::Continue(step) => self.ready.push_back((work, step)),
-                        Next::ContinueAfter(step, at) => self.deferred.push_back((at, work, step)),
+                        Next::ContinueAfter(step, at) => {
+                            self.deferred_count += 1;
+                            self.deferred.push(Deferred {
+                                at,
+                                arrival: self.deferred_count,
+                                work,
+                                step,
+                            });
+                        }
                     }
                 }
                 // A job left pending counts once towards "the API keeps failing", as a row.

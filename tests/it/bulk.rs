@@ -169,29 +169,7 @@ fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice()
     let file = env.write("export.jsonl", &export);
     let child = env.spawn_import(&[file.to_str().unwrap(), "--mode", "bulk"]);
     // Killed once the customers job is recorded as queued, before it has run.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let queued: i64 = rusqlite::Connection::open_with_flags(
-            env.path("kustomer-import.sqlite"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .and_then(|db| {
-            db.query_row(
-                "SELECT count(*) FROM bulk_jobs WHERE state = 'queued'",
-                [],
-                |r| r.get(0),
-            )
-        })
-        .unwrap_or(0);
-        if queued > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no job was queued");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut child = child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once_a_job_is_queued(&env, child);
     assert_eq!(env.stats().customers, 0, "the job ran before the kill");
     assert_eq!(env.rows_in_state("customer_sent"), 61);
     let status = env.command(&["status"]);
@@ -237,6 +215,71 @@ fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice()
         )
         .unwrap();
     assert_eq!(open, 0);
+}
+
+/// Waits (30 s at most) until the checkpoint records a queued bulk job, then kills the run
+/// with SIGKILL.
+fn kill_once_a_job_is_queued(env: &TestEnv, mut child: std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let queued: i64 = rusqlite::Connection::open_with_flags(
+            env.path("kustomer-import.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|db| {
+            db.query_row(
+                "SELECT count(*) FROM bulk_jobs WHERE state = 'queued'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .unwrap_or(0);
+        if queued > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no job was queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_resumed_job_links_its_duplicates_under_the_policy() {
+    let env = TestEnv::new(org(Duration::from_secs(2)));
+    env.customer_made_elsewhere("ELSEWHERE", "shared@example.com");
+    // 20 customers, then one whose email Kustomer already holds under another externalId.
+    let export: String = mixed_export(20, 1)
+        .lines()
+        .filter(|line| !line.contains("BAD") && !line.contains("\"TL\""))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let file = env.write("export.jsonl", &export);
+    let args = [
+        file.to_str().unwrap(),
+        "--mode",
+        "bulk",
+        "--on-existing-customer",
+        "fail",
+    ];
+    kill_once_a_job_is_queued(&env, env.spawn_import(&args));
+    let run = env.import(&args);
+    run.assert_code(1);
+    // The job's 409 for that customer is settled as single mode settles one: by the policy.
+    let errors = sorted_errors(&env);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, 21);
+    assert!(
+        errors[0].1.contains("--on-existing-customer fail"),
+        "{errors:?}"
+    );
+    assert_eq!(env.records().customers.len(), 21);
+    assert_eq!(env.records().conversations.len(), 20);
+    assert!(
+        run.stdout.contains("customers linked:       0"),
+        "{}",
+        run.stdout
+    );
 }
 
 /// One customer of 150 is refused by the org; every other row lands.
