@@ -9,10 +9,11 @@
 -- 'lost': the answer to its submit never came; its rows were handed to reconciliation.
 CREATE TABLE bulk_jobs (
     id         INTEGER PRIMARY KEY,
-    kind       TEXT NOT NULL CHECK (kind IN ('customers', 'conversations')),
+    kind       TEXT NOT NULL CHECK (kind = 'customers' OR kind = 'conversations'),
     job_id     TEXT,
-    state      TEXT NOT NULL CHECK (state IN
-        ('submitting', 'queued', 'complete', 'refused', 'lost')),
+    -- OR chains, not IN lists: see migration 005.
+    state      TEXT NOT NULL CHECK (state = 'submitting' OR state = 'queued'
+        OR state = 'complete' OR state = 'refused' OR state = 'lost'),
     items      INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL

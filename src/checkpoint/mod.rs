@@ -171,6 +171,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/002-rows-by-file/up.sql"),
     include_str!("../../migrations/003-outcome-unknown/up.sql"),
     include_str!("../../migrations/004-bulk-jobs/up.sql"),
+    include_str!("../../migrations/005-checks-without-in/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -453,4 +454,46 @@ fn open_connection(path: &Path) -> Result<Connection, CheckpointError> {
 /// The current time as RFC 3339 (UTC, seconds).
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_of_the_older_schema_keeps_its_rows_and_its_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            // A checkpoint as a version with migrations 001-004 left it.
+            let mut connection = Connection::open(&path).unwrap();
+            Migrations::new(MIGRATIONS[..4].iter().map(|sql| M::up(sql)).collect())
+                .to_latest(&mut connection)
+                .unwrap();
+            connection
+                .execute_batch(
+                    "INSERT INTO rows (row_key, source_file, line, customer_key, state,
+                                       customer_id, conversation_id, updated_at, outcome_unknown)
+                     VALUES ('conv:T1', 'a.csv', 2, 'ext:C1', 'done', 'c1', 'v1', 't', 0),
+                            ('conv:T2', 'a.csv', 3, 'ext:C1', 'failed', NULL, NULL, 't', 1);
+                     INSERT INTO customers (customer_key, state, customer_id, updated_at)
+                     VALUES ('ext:C1', 'created', 'c1', 't');",
+                )
+                .unwrap();
+        }
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        let done = checkpoint.row("conv:T1").unwrap().unwrap();
+        assert_eq!(done.state, RowState::Done);
+        assert_eq!(done.conversation_id.as_deref(), Some("v1"));
+        assert!(checkpoint.row("conv:T2").unwrap().unwrap().outcome_unknown);
+        assert_eq!(
+            checkpoint.customer("ext:C1").unwrap().unwrap().customer_id,
+            Some("c1".into())
+        );
+        let refused = checkpoint.connection.execute(
+            "UPDATE rows SET state = 'nonsense' WHERE row_key = 'conv:T1'",
+            [],
+        );
+        assert!(refused.is_err(), "the state check holds after the rebuild");
+    }
 }
