@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::worker::{commit_or_halt, conversation_to_send, record_halt, record_or_halt};
 use super::{
     CustomerStep, Event, Halt, ImportMode, OnExistingCustomer, RowOutcome, Settlement, Shared,
-    StopReason, Work, row_change,
+    StopReason, Work, conversation_intent, row_change,
 };
 use crate::api::{ApiError, BulkKind, ItemOutcome, JobStatus};
 use crate::checkpoint::{
@@ -189,15 +189,7 @@ pub(super) async fn run_conversation_job(
         let Some(conversation) = &work.plan.conversation else {
             unreachable!("the planner sends only rows with a conversation")
         };
-        let mut intent = row_change(
-            &work.origin,
-            &work.plan,
-            RowState::ConversationSent,
-            Some(customer_id.clone()),
-            None,
-        );
-        intent.attempts = 1;
-        intents.push(Change::Row(intent));
+        intents.push(Change::Row(conversation_intent(work, customer_id, 1)));
         let body = conversation_to_send(shared, conversation, customer_id);
         bodies.push(with_client_ref(&body, &client_ref));
         items.push(BulkItem {

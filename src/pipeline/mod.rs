@@ -1138,6 +1138,20 @@ async fn sleep_until_option(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// The intent recorded, and made durable, before a row's conversation create leaves.
+fn conversation_intent(work: &Work, customer_id: &str, attempts: u32) -> RowChange {
+    RowChange {
+        attempts,
+        ..row_change(
+            &work.origin,
+            &work.plan,
+            RowState::ConversationSent,
+            Some(customer_id.to_string()),
+            None,
+        )
+    }
+}
+
 fn row_change(
     origin: &RowOrigin,
     plan: &Plan,

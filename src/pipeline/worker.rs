@@ -11,7 +11,7 @@ use crate::mapping::{ConversationBody, CustomerBody};
 
 use super::{
     CustomerStep, Event, Halt, OnExistingCustomer, RowOutcome, Settlement, Shared, StopReason,
-    Work, row_change,
+    Work, conversation_intent, row_change,
 };
 
 /// Takes one row from its customer to done, or to the reason it stopped.
@@ -102,14 +102,7 @@ async fn drive_row(
         });
     };
     let body = conversation_to_send(shared, conversation, &customer_id);
-    let mut intent = row_change(
-        &work.origin,
-        &work.plan,
-        RowState::ConversationSent,
-        Some(customer_id.clone()),
-        None,
-    );
-    intent.attempts = attempts.take_requests();
+    let intent = conversation_intent(work, &customer_id, attempts.take_requests());
     // A stop is heeded before the intent, never between the intent and its request: a
     // drained run leaves no intent it did not act on. Between retries, the backoff heeds it.
     attempts.check_stop()?;
