@@ -77,7 +77,6 @@ impl KustomerClient {
 
     /// `GET /v1/bulk/{id}`.
     pub async fn bulk_status(&self, job_id: &str) -> Result<JobStatus, ApiError> {
-        self.stats().bulk_polls.fetch_add(1, Ordering::Relaxed);
         let (status, answer) = self
             .send(Method::GET, self.job_url(job_id, ""), None)
             .await?;
@@ -96,7 +95,6 @@ impl KustomerClient {
         &self,
         job_id: &str,
     ) -> Result<HashMap<String, ItemOutcome>, ApiError> {
-        self.stats().bulk_polls.fetch_add(1, Ordering::Relaxed);
         let (status, answer) = self
             .send(Method::GET, self.job_url(job_id, "/batches"), None)
             .await?;

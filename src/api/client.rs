@@ -40,9 +40,8 @@ pub struct RequestStats {
     pub creates: AtomicU64,
     pub lookups: AtomicU64,
     pub rate_limited: AtomicU64,
-    /// Bulk jobs submitted, and their polls (status and results).
+    /// Bulk jobs submitted.
     pub bulk_jobs: AtomicU64,
-    pub bulk_polls: AtomicU64,
     /// A moving average of answer latencies, in microseconds (0: none yet).
     latency_micros: AtomicU64,
 }

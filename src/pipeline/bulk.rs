@@ -22,10 +22,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{commit_or_halt, conversation_to_send, record_halt, record_or_halt};
+use super::worker::{
+    commit_or_halt, conversation_to_send, halt_change, record_halt, record_or_halt,
+};
 use super::{
-    CustomerStep, Event, Halt, ImportMode, OnExistingCustomer, RowOutcome, Settlement, Shared,
-    StopReason, Work, conversation_intent, row_change,
+    CustomerStep, Event, Halt, ImportMode, RowOutcome, Settlement, Shared, StopReason, Work,
+    conversation_intent, row_change,
 };
 use crate::api::{ApiError, BulkKind, ItemOutcome, JobStatus};
 use crate::checkpoint::{
@@ -562,16 +564,7 @@ async fn apply_customer_results(
         let customer_key = work.plan.customer_key.clone();
         let found = match outcomes.remove(&index.to_string()) {
             Some(ItemOutcome::Created(id)) => Ok((id, CustomerOrigin::Created)),
-            Some(ItemOutcome::Updated(id)) => match shared.settings.on_existing_customer {
-                OnExistingCustomer::Link => Ok((id, CustomerOrigin::Linked)),
-                OnExistingCustomer::Fail => Err(Halt::Failed {
-                    field: None,
-                    reason: format!(
-                        "the customer already exists in Kustomer as {id} \
-                         (--on-existing-customer fail)"
-                    ),
-                }),
-            },
+            Some(ItemOutcome::Updated(id)) => shared.settings.on_existing_customer.settle(id),
             Some(ItemOutcome::Failed(ApiError::Duplicate { message })) => {
                 nexts.push(Next::Continue(CustomerStep::Link { message }));
                 continue;
@@ -619,8 +612,8 @@ async fn apply_customer_results(
                 changes.push(Change::CustomerWithdrawn {
                     customer_key: customer_key.clone(),
                 });
-                changes.push(Change::Row(failed_row(work, &halt)));
-                settlements.push((customer_key, settlement_of(&halt)));
+                changes.extend(halt_change(work, &halt, 0).map(Change::Row));
+                settlements.push((customer_key, Settlement::of_halt(&halt)));
                 nexts.push(Next::Finished(RowOutcome::Halted(halt)));
             }
         }
@@ -676,7 +669,7 @@ async fn apply_conversation_results(
             }
             Some(ItemOutcome::Failed(error)) => {
                 let halt = item_refused("conversation", &error);
-                changes.push(Change::Row(failed_row(&work, &halt)));
+                changes.extend(halt_change(&work, &halt, 0).map(Change::Row));
                 ended.push((work, Next::Finished(RowOutcome::Halted(halt))));
                 continue;
             }
@@ -724,29 +717,6 @@ fn item_refused(record: &str, error: &ApiError) -> Halt {
     }
 }
 
-fn failed_row(work: &Work, halt: &Halt) -> RowChange {
-    let mut row = row_change(&work.origin, &work.plan, RowState::Failed, None, None);
-    if let Halt::Failed { field, reason } = halt {
-        row.field = field.clone();
-        row.error = Some(reason.clone());
-    }
-    row
-}
-
-fn settlement_of(halt: &Halt) -> Settlement {
-    match halt {
-        Halt::Failed { field, reason } => Settlement::Failed {
-            field: field.clone(),
-            reason: reason.clone(),
-        },
-        Halt::Unresolved(reason) => Settlement::Failed {
-            field: None,
-            reason: reason.clone(),
-        },
-        Halt::Pending(_) => Settlement::Unsettled,
-    }
-}
-
 /// Ends every row of a customers job the same way: `changes` and each row's halt recorded,
 /// then the rows waiting for these customers told (in that order: a row of one of these
 /// customers planned next must find the withdrawal queued before its own intent).
@@ -761,7 +731,7 @@ async fn finish_customers_with(
     for customer_key in keys {
         let _ = shared.events.send(Event::CustomerSettled {
             customer_key,
-            settlement: settlement_of(&halt),
+            settlement: Settlement::of_halt(&halt),
         });
     }
     ended
@@ -985,10 +955,9 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
     let mut changes = Vec::new();
     let mut applied = Applied::default();
     for item in &job.items {
-        let intent = if item.customer_key.is_some() {
-            RowState::CustomerSent
-        } else {
-            RowState::ConversationSent
+        let (intent, record) = match job.kind {
+            BulkKind::Customers => (RowState::CustomerSent, "customer"),
+            BulkKind::Conversations => (RowState::ConversationSent, "conversation"),
         };
         // A row that has moved on since (settled by lookup after all) is not touched.
         if item.state != intent {
@@ -1007,26 +976,20 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
         let outcome = outcomes.get(&item.client_ref);
         // A refusal that fails the row; None for every other outcome.
         let refusal = match (outcome, &item.customer_key) {
-            (Some(ItemOutcome::Updated(id)), Some(_))
-                if shared.settings.on_existing_customer == OnExistingCustomer::Fail =>
-            {
-                Some(format!(
-                    "the customer already exists in Kustomer as {id} (--on-existing-customer fail)"
-                ))
-            }
-            (Some(ItemOutcome::Failed(error)), customer_key)
+            (Some(ItemOutcome::Updated(id)), Some(_)) => shared
+                .settings
+                .on_existing_customer
+                .settle(id.clone())
+                .err(),
+            (Some(ItemOutcome::Failed(error)), _)
                 if !matches!(error, ApiError::Duplicate { .. }) && !error.maybe_applied() =>
             {
-                let record = if customer_key.is_some() {
-                    "customer"
-                } else {
-                    "conversation"
-                };
-                match item_refused(record, error) {
-                    Halt::Failed { reason, .. } => Some(reason),
-                    _ => None,
-                }
+                Some(item_refused(record, error))
             }
+            _ => None,
+        };
+        let refusal = match refusal {
+            Some(Halt::Failed { reason, .. }) => Some(reason),
             _ => None,
         };
         if let Some(reason) = refusal {

@@ -59,6 +59,21 @@ pub enum OnExistingCustomer {
     Fail,
 }
 
+impl OnExistingCustomer {
+    /// What becomes of a row whose customer turned out to exist already as `id`.
+    fn settle(self, id: String) -> Result<(String, CustomerOrigin), Halt> {
+        match self {
+            OnExistingCustomer::Link => Ok((id, CustomerOrigin::Linked)),
+            OnExistingCustomer::Fail => Err(Halt::Failed {
+                field: None,
+                reason: format!(
+                    "the customer already exists in Kustomer as {id} (--on-existing-customer fail)"
+                ),
+            }),
+        }
+    }
+}
+
 /// How rows travel to Kustomer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImportMode {
@@ -190,6 +205,23 @@ enum Settlement {
         reason: String,
     },
     Unsettled,
+}
+
+impl Settlement {
+    /// How a customer settles when the row creating it stopped short (`halt`).
+    fn of_halt(halt: &Halt) -> Settlement {
+        match halt {
+            Halt::Failed { field, reason } => Settlement::Failed {
+                field: field.clone(),
+                reason: reason.clone(),
+            },
+            Halt::Unresolved(reason) => Settlement::Failed {
+                field: None,
+                reason: reason.clone(),
+            },
+            Halt::Pending(_) => Settlement::Unsettled,
+        }
+    }
 }
 
 enum Event {
@@ -745,15 +777,20 @@ impl Planner<'_> {
                 && (stored.outcome_unknown || !self.shared.settings.retry_failed));
         // Carried by a job an earlier run left queued and this one could not finish: sent
         // again, it could land twice. The next run polls the job again.
-        if stored.is_some() && self.earlier.held_rows.contains(&origin.key) {
+        if stored.is_some()
+            && !self.earlier.held_rows.is_empty()
+            && self.earlier.held_rows.contains(&origin.key)
+        {
             self.summary.rows_pending += 1;
             return;
         }
         // Settled just now by such a job: this run's work, not an earlier run's (and not
         // retried in this run if it failed).
         let settled_now = match stored {
-            Some(_) => self.earlier.settled_rows.remove(&origin.key),
-            None => None,
+            Some(_) if !self.earlier.settled_rows.is_empty() => {
+                self.earlier.settled_rows.remove(&origin.key)
+            }
+            _ => None,
         };
         let failed_earlier = failed_earlier
             || (settled_now.is_some()

@@ -6,12 +6,12 @@
 //! failures back off and, past the retry budget, leave the row pending.
 
 use crate::api::{ApiError, LookupField};
-use crate::checkpoint::{Change, CustomerOrigin, RowState};
+use crate::checkpoint::{Change, CustomerOrigin, RowChange, RowState};
 use crate::mapping::{ConversationBody, CustomerBody};
 
 use super::{
-    CustomerStep, Event, Halt, OnExistingCustomer, RowOutcome, Settlement, Shared, StopReason,
-    Work, conversation_intent, row_change,
+    CustomerStep, Event, Halt, RowOutcome, Settlement, Shared, StopReason, Work,
+    conversation_intent, row_change,
 };
 
 /// Takes one row from its customer to done, or to the reason it stopped.
@@ -35,6 +35,13 @@ pub(super) async fn process_row(
 /// marked when its create may have landed), or, for a pending row, nothing: it keeps the
 /// state (and intent) it reached.
 pub(super) async fn record_halt(shared: &Shared, work: &Work, halt: &Halt, requests: u32) {
+    if let Some(change) = halt_change(work, halt, requests) {
+        record_or_halt(shared, vec![Change::Row(change)]).await;
+    }
+}
+
+/// The row change a halt is recorded as; None for a pending row.
+pub(super) fn halt_change(work: &Work, halt: &Halt, requests: u32) -> Option<RowChange> {
     let mut change = row_change(&work.origin, &work.plan, RowState::Failed, None, None);
     change.attempts = requests;
     match halt {
@@ -46,9 +53,9 @@ pub(super) async fn record_halt(shared: &Shared, work: &Work, halt: &Halt, reque
             change.error = Some(reason.clone());
             change.outcome_unknown = true;
         }
-        Halt::Pending(_) => return,
+        Halt::Pending(_) => return None,
     }
-    record_or_halt(shared, vec![Change::Row(change)]).await;
+    Some(change)
 }
 
 /// The conversation as it is sent: its customer's id in, and `importedAt` stamped unless
@@ -186,15 +193,7 @@ async fn announce_customer(
 ) -> Result<String, Halt> {
     let settlement = match &settled {
         Ok((id, origin)) => Settlement::Known(id.clone(), *origin),
-        Err(Halt::Failed { field, reason }) => Settlement::Failed {
-            field: field.clone(),
-            reason: reason.clone(),
-        },
-        Err(Halt::Unresolved(reason)) => Settlement::Failed {
-            field: None,
-            reason: reason.clone(),
-        },
-        Err(Halt::Pending(_)) => Settlement::Unsettled,
+        Err(halt) => Settlement::of_halt(halt),
     };
     if let Settlement::Failed { .. } = settlement {
         record_or_halt(
@@ -321,18 +320,7 @@ async fn link_existing(
 ) -> Result<(String, CustomerOrigin), Halt> {
     loop {
         match find_customer(shared, customer, attempts).await {
-            Ok(Some(id)) => {
-                return match shared.settings.on_existing_customer {
-                    OnExistingCustomer::Link => Ok((id, CustomerOrigin::Linked)),
-                    OnExistingCustomer::Fail => Err(Halt::Failed {
-                        field: None,
-                        reason: format!(
-                            "the customer already exists in Kustomer as {id} \
-                             (--on-existing-customer fail)"
-                        ),
-                    }),
-                };
-            }
+            Ok(Some(id)) => return shared.settings.on_existing_customer.settle(id),
             Ok(None) => {
                 return Err(Halt::Failed {
                     field: None,
