@@ -427,6 +427,13 @@ fn create_private(path: &Path) -> Result<(), CheckpointError> {
         })
 }
 
+/// Each connection's page cache, in KiB (SQLite's default is 2,000). The caches fill as the
+/// checkpoint grows, so their size is most of the difference between the peak memory of a
+/// small import and a large one: with the default a 1M-row import peaked 32% above a 100k
+/// one (45.9 against 34.9 MiB), with 1 MiB 17% (39.4 against 33.7). On a large checkpoint
+/// lookups and writes miss either cache, and the operating system's file cache serves them.
+const PAGE_CACHE_KIB: i64 = 1024;
+
 fn open_connection(path: &Path) -> Result<Connection, CheckpointError> {
     let sqlite = |source| CheckpointError::Sqlite {
         path: path.to_path_buf(),
@@ -444,6 +451,9 @@ fn open_connection(path: &Path) -> Result<Connection, CheckpointError> {
         .map_err(sqlite)?;
     connection
         .pragma_update(None, "synchronous", "FULL")
+        .map_err(sqlite)?;
+    connection
+        .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
         .map_err(sqlite)?;
     connection
         .busy_timeout(std::time::Duration::from_secs(10))
