@@ -19,11 +19,18 @@ use std::os::unix::fs::FileExt;
 /// Fingerprints counted in memory before they are written as a new run.
 const FRESH_BEFORE_FLUSH: usize = 32_768;
 
-/// The Bloom filter's size: 8 MiB. With 5 probes it answers "never seen" wrongly for about
-/// 1 in 500,000 fingerprints after 1M, 1 in 25 after 10M; a wrong answer costs one lookup on
-/// disk, never a wrong count.
-const BLOOM_WORDS: usize = 1 << 20;
-const BLOOM_PROBES: u64 = 5;
+/// The Bloom filter's size: 8 MiB, in blocks of one cache line. A fingerprint's 5 probes
+/// all fall in one block, so a sighting costs one cache miss, not five (reading and mapping
+/// 1M JSONL rows went from 290k to 363k rows/s). It answers "never seen" wrongly for about
+/// 1 in 200,000 fingerprints after 1M, 1 in 24 after 10M; a wrong answer costs one lookup
+/// on disk, never a wrong count.
+const BLOOM_BLOCKS: usize = 1 << 17;
+const BLOOM_PROBES: u32 = 5;
+
+/// 512 bits of the Bloom filter, aligned to a cache line.
+#[derive(Clone)]
+#[repr(align(64))]
+struct BloomBlock([u64; 8]);
 
 /// A run's record: the fingerprint (u64) then its count (u32), little-endian.
 const RECORD: usize = 12;
@@ -45,7 +52,7 @@ pub struct TallyError(#[from] io::Error);
 /// hold is looked up on disk. (One database upsert per row made the tally three quarters of
 /// a resume's time: 1M done rows took 5.5 s with it, 2.6 s without.)
 pub struct Tally {
-    bloom: Vec<u64>,
+    bloom: Vec<BloomBlock>,
     /// Counts of fingerprints that no run holds yet.
     fresh: HashMap<u64, u32>,
     fresh_before_flush: usize,
@@ -62,7 +69,7 @@ impl Tally {
 
     fn flushing_after(fresh_before_flush: usize) -> Tally {
         Tally {
-            bloom: vec![0; BLOOM_WORDS],
+            bloom: vec![BloomBlock([0; 8]); BLOOM_BLOCKS],
             fresh: HashMap::with_capacity(fresh_before_flush),
             fresh_before_flush,
             runs: Vec::new(),
@@ -107,15 +114,17 @@ impl Tally {
     }
 
     /// Sets the fingerprint's bits; says whether they were all set already (maybe seen).
+    /// Fingerprints are SHA-256 bits: the low bits pick the block, and the bits of a
+    /// multiplied copy pick the probes, 9 bits each.
     fn bloom_insert(&mut self, fingerprint: u64) -> bool {
-        let bits = (BLOOM_WORDS * 64) as u64;
-        let step = fingerprint.rotate_left(32) | 1;
+        let block = &mut self.bloom[fingerprint as usize % BLOOM_BLOCKS].0;
+        let probes = fingerprint.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let mut all_set = true;
         for probe in 0..BLOOM_PROBES {
-            let bit = fingerprint.wrapping_add(probe.wrapping_mul(step)) % bits;
-            let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
-            all_set &= self.bloom[word] & mask != 0;
-            self.bloom[word] |= mask;
+            let bit = (probes >> (64 - 9 * (probe + 1))) as usize & 511;
+            let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+            all_set &= block[word] & mask != 0;
+            block[word] |= mask;
         }
         all_set
     }
