@@ -54,6 +54,9 @@ pub enum CheckpointError {
 pub enum RowState {
     Pending,
     CustomerSent,
+    /// The customer is known and no conversation intent came with it: a row whose
+    /// conversation waits (a stop, the next bulk job) or that has none. A single create's
+    /// id usually commits with the conversation intent, going straight to ConversationSent.
     CustomerOk,
     ConversationSent,
     Done,
