@@ -23,7 +23,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::worker::{
-    commit_or_halt, conversation_to_send, halt_change, record_halt, record_or_halt,
+    RetryBudget, commit_or_halt, conversation_to_send, halt_change, key_refused, record_halt,
+    record_or_halt,
 };
 use super::{
     CustomerStep, Event, Halt, ImportMode, RowOutcome, Settlement, Shared, StopReason, Work,
@@ -757,7 +758,7 @@ async fn finish_all(
 /// Retries of one job's calls: the same budget and backoff as a row's.
 struct Retry<'a> {
     shared: &'a Shared,
-    failures: u32,
+    budget: RetryBudget,
 }
 
 /// Why [`Retry::backoff`] says not to try again.
@@ -771,21 +772,17 @@ impl<'a> Retry<'a> {
     fn new(shared: &'a Shared) -> Retry<'a> {
         Retry {
             shared,
-            failures: 0,
+            budget: RetryBudget::default(),
         }
     }
 
     /// Waits out the backoff after a transient failure, within the budget.
     async fn backoff(&mut self, reason: &str) -> Result<(), NoRetry> {
-        if self.failures >= self.shared.settings.max_retries {
-            return Err(NoRetry::Exhausted(format!(
-                "gave up after {} attempts: {reason}",
-                self.failures + 1
-            )));
-        }
+        let delay = self
+            .budget
+            .next_delay(&self.shared.settings, reason)
+            .map_err(NoRetry::Exhausted)?;
         tracing::debug!("bulk job: retrying after: {reason}");
-        let delay = self.shared.settings.backoff.delay(self.failures);
-        self.failures += 1;
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
             () = self.shared.stop.hard.cancelled() => Err(NoRetry::Stopping),
@@ -796,9 +793,7 @@ impl<'a> Retry<'a> {
     async fn after_failure(&mut self, error: &ApiError) -> Result<(), Halt> {
         match error {
             ApiError::Unauthorized { status, message } => {
-                self.shared
-                    .halt_run(StopReason::Unauthorized(format!("{status}: {message}")));
-                Err(Halt::Pending(format!("the API refused the key ({status})")))
+                Err(key_refused(self.shared, *status, message))
             }
             ApiError::Transient { reason, .. } => {
                 self.backoff(reason).await.map_err(|end| match end {

@@ -5,12 +5,14 @@
 //! customer links the row to the customer that exists; a 401/403 stops the run; transient
 //! failures back off and, past the retry budget, leave the row pending.
 
+use std::time::Duration;
+
 use crate::api::{ApiError, LookupField};
 use crate::checkpoint::{Change, CustomerOrigin, RowChange, RowState};
 use crate::mapping::{ConversationBody, CustomerBody};
 
 use super::{
-    CustomerStep, Event, Halt, RowOutcome, Settlement, Shared, StopReason, Work,
+    CustomerStep, Event, Halt, ImportSettings, RowOutcome, Settlement, Shared, StopReason, Work,
     conversation_intent, row_change,
 };
 
@@ -392,10 +394,42 @@ async fn find_customer(
     Ok(None)
 }
 
+/// The retry budget of one row or one bulk job: the transient failures met so far.
+#[derive(Default)]
+pub(super) struct RetryBudget {
+    failures: u32,
+}
+
+impl RetryBudget {
+    /// The backoff before the next try after a transient failure, or, with the budget
+    /// spent, why the caller gives up.
+    pub(super) fn next_delay(
+        &mut self,
+        settings: &ImportSettings,
+        reason: &str,
+    ) -> Result<Duration, String> {
+        if self.failures >= settings.max_retries {
+            return Err(format!(
+                "gave up after {} attempts: {reason}",
+                self.failures + 1
+            ));
+        }
+        let delay = settings.backoff.delay(self.failures);
+        self.failures += 1;
+        Ok(delay)
+    }
+}
+
+/// A 401/403: the API refused the key. The run stops; what was in hand stays pending.
+pub(super) fn key_refused(shared: &Shared, status: u16, message: &str) -> Halt {
+    shared.halt_run(StopReason::Unauthorized(format!("{status}: {message}")));
+    Halt::Pending(format!("the API refused the key ({status})"))
+}
+
 /// A row's retry budget and request count.
 struct Attempts<'a> {
     shared: &'a Shared,
-    failures: u32,
+    retries: RetryBudget,
     /// Requests sent for the row and not yet added to the checkpoint's count.
     requests: u32,
 }
@@ -404,7 +438,7 @@ impl<'a> Attempts<'a> {
     fn new(shared: &'a Shared) -> Attempts<'a> {
         Attempts {
             shared,
-            failures: 0,
+            retries: RetryBudget::default(),
             requests: 0,
         }
     }
@@ -425,9 +459,7 @@ impl<'a> Attempts<'a> {
     async fn after_failure(&mut self, error: &ApiError) -> Result<(), Halt> {
         match error {
             ApiError::Unauthorized { status, message } => {
-                self.shared
-                    .halt_run(StopReason::Unauthorized(format!("{status}: {message}")));
-                Err(Halt::Pending(format!("the API refused the key ({status})")))
+                Err(key_refused(self.shared, *status, message))
             }
             // Creates handle their own refusals; what reaches here is a lookup, made to
             // settle an outcome. Refused, it settles nothing: the row keeps its intent and
@@ -439,15 +471,11 @@ impl<'a> Attempts<'a> {
                 "a lookup was refused (409): {message}"
             ))),
             ApiError::Transient { reason, .. } => {
-                self.failures += 1;
-                if self.failures > self.shared.settings.max_retries {
-                    return Err(Halt::Pending(format!(
-                        "gave up after {} attempts: {reason}",
-                        self.failures
-                    )));
-                }
+                let mut delay = self
+                    .retries
+                    .next_delay(&self.shared.settings, reason)
+                    .map_err(Halt::Pending)?;
                 tracing::debug!("retrying after: {reason}");
-                let mut delay = self.shared.settings.backoff.delay(self.failures - 1);
                 if error.maybe_applied() {
                     // The next attempt starts with a lookup: give a write that is still in
                     // progress (or an index that lags) time to show, or it is sent twice.
