@@ -143,7 +143,7 @@ fn read_map(bench: &Bench, rows: usize, table: &mut Table) {
             let input = InputSource::new(path.to_str().unwrap(), None, CsvSettings::default())
                 .expect("the input");
             let started = Instant::now();
-            let reader = RowReader::new(vec![input], ReadSettings::default()).expect("the reader");
+            let reader = RowReader::new(vec![input], ReadSettings::default());
             let mut valid = 0usize;
             for row in reader {
                 valid += usize::from(row.expect("a row").plan.is_ok());

@@ -20,6 +20,7 @@ use crate::tally::{Tally, TallyError};
 pub const DERIVED_ID_PREFIX: &str = "kimp-";
 
 /// Hands out row keys for one run, counting repeated identities (on disk: see [`Tally`]).
+#[derive(Default)]
 pub struct RowKeys {
     occurrences: Tally,
 }
@@ -33,12 +34,6 @@ pub struct RowKey {
 }
 
 impl RowKeys {
-    pub fn new() -> Result<RowKeys, TallyError> {
-        Ok(RowKeys {
-            occurrences: Tally::new()?,
-        })
-    }
-
     /// The key of a mapped row.
     pub fn for_plan(&mut self, plan: &Plan) -> Result<RowKey, TallyError> {
         if let Some(id) = plan
@@ -139,7 +134,7 @@ mod tests {
     #[test]
     fn identical_rows_get_distinct_keys_that_repeat_across_runs() {
         let run = || {
-            let mut keys = RowKeys::new().unwrap();
+            let mut keys = RowKeys::default();
             [plan(None, "a"), plan(None, "a"), plan(None, "b")]
                 .map(|p| keys.for_plan(&p).unwrap().key)
         };
@@ -151,7 +146,7 @@ mod tests {
 
     #[test]
     fn source_ids_win_and_repeats_are_flagged() {
-        let mut keys = RowKeys::new().unwrap();
+        let mut keys = RowKeys::default();
         let first = keys.for_plan(&plan(Some("T-1"), "a")).unwrap();
         assert_eq!(first.key, "conv:T-1");
         assert!(!first.repeats_source_id);

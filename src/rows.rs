@@ -100,15 +100,15 @@ struct OpenInput {
 }
 
 impl RowReader {
-    pub fn new(inputs: Vec<InputSource>, settings: ReadSettings) -> Result<RowReader, ReadError> {
-        Ok(RowReader {
+    pub fn new(inputs: Vec<InputSource>, settings: ReadSettings) -> RowReader {
+        RowReader {
             inputs: inputs.into_iter(),
             settings,
             current: None,
-            keys: RowKeys::new()?,
+            keys: RowKeys::default(),
             valid_rows: 0,
             failed: false,
-        })
+        }
     }
 
     /// Whether reading stopped at `limit` valid rows (the rest is left unread).

@@ -61,12 +61,14 @@ pub struct Tally {
     runs: Vec<Run>,
 }
 
-impl Tally {
-    /// A new, empty tally.
-    pub fn new() -> Result<Tally, TallyError> {
-        Ok(Tally::flushing_after(FRESH_BEFORE_FLUSH))
+impl Default for Tally {
+    /// A new, empty tally. Its files are made as counts are written out.
+    fn default() -> Tally {
+        Tally::flushing_after(FRESH_BEFORE_FLUSH)
     }
+}
 
+impl Tally {
     fn flushing_after(fresh_before_flush: usize) -> Tally {
         Tally {
             bloom: vec![BloomBlock([0; 8]); BLOOM_BLOCKS],
@@ -308,7 +310,7 @@ mod tests {
 
     #[test]
     fn counts_are_exact_in_memory_on_disk_and_across_flushes() {
-        let mut tally = Tally::new().unwrap();
+        let mut tally = Tally::default();
         assert_eq!(tally.bump(7).unwrap(), 0);
         assert_eq!(tally.bump(7).unwrap(), 1, "a repeat still in memory");
         let spread = |n: u64| n.wrapping_mul(0x9e37_79b9_7f4a_7c15);

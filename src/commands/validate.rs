@@ -47,7 +47,7 @@ struct RowsPerCustomer {
 pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
     let mut errors = ErrorsFile::create(&config.errors)
         .with_context(|| format!("cannot create the errors file {}", config.errors.display()))?;
-    let mut customers = Tally::new()?;
+    let mut customers = Tally::default();
     let mut report = ValidationReport {
         errors_file: config.errors.display().to_string(),
         ..ValidationReport::default()
@@ -57,7 +57,7 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
         derive_conversation_ids: false,
         limit: None,
     };
-    for row in RowReader::new(config.inputs, settings)? {
+    for row in RowReader::new(config.inputs, settings) {
         let row = match row {
             Ok(row) => row,
             Err(error) => {

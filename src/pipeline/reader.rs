@@ -20,10 +20,7 @@ pub(super) fn start_reader(
     rows: mpsc::Sender<Vec<ReadRow>>,
 ) -> tokio::task::JoinHandle<Option<ReadError>> {
     tokio::task::spawn_blocking(move || {
-        let mut reader = match RowReader::new(inputs, settings) {
-            Ok(reader) => reader,
-            Err(error) => return Some(error),
-        };
+        let mut reader = RowReader::new(inputs, settings);
         let mut batch = Vec::with_capacity(READ_BATCH);
         let mut failure = None;
         for row in reader.by_ref() {
