@@ -39,10 +39,20 @@ const BLOCK_RECORDS: usize = 256;
 /// Buffer of a run being written or streamed.
 const STREAM_BUFFER: usize = 64 * 1024;
 
-/// The scratch files could not be created, written or read (a full disk, say).
+/// The scratch files could not be created, written or read (a full disk, say). It names
+/// the directory (TMPDIR) and says why, in one line: the cause is in the message, not a
+/// source, so a report of the whole chain does not say it twice.
 #[derive(Debug, thiserror::Error)]
-#[error("a scratch file in the temporary directory failed: {0}")]
-pub struct TallyError(#[from] io::Error);
+#[error("a scratch file in the temporary directory {} failed: {cause} (TMPDIR chooses another)", std::env::temp_dir().display())]
+pub struct TallyError {
+    cause: io::Error,
+}
+
+impl From<io::Error> for TallyError {
+    fn from(cause: io::Error) -> TallyError {
+        TallyError { cause }
+    }
+}
 
 /// Counts of 64-bit fingerprints.
 ///

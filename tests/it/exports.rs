@@ -367,3 +367,33 @@ fn limit_imports_the_first_valid_rows_and_the_next_run_the_rest() {
     env.assert_exactly_once(4, 7);
     assert_eq!(env.rows_in_state("done"), 7);
 }
+
+#[test]
+fn a_temporary_directory_that_cannot_be_written_stops_the_run_and_names_it() {
+    // Past 32,768 distinct rows the tally writes its first run to a scratch file.
+    let env = TestEnv::plain();
+    let mut text = String::from("customer_external_id,email,conversation_id,subject\n");
+    for row in 0..33_000 {
+        text.push_str(&format!("C-{row},c{row}@example.com,T-{row},Order {row}\n"));
+    }
+    let file = env.write("many.csv", &text);
+    let missing = env.path("no-such-directory");
+    let mut command = std::process::Command::new(binary());
+    command
+        .current_dir(env.path(""))
+        .env("TMPDIR", &missing)
+        .args(["validate", file.to_str().unwrap(), "--errors", "errors.csv"]);
+    let run = run(command);
+    run.assert_code(2);
+    let expected = format!(
+        "a scratch file in the temporary directory {} failed",
+        missing.display()
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("No such file or directory").count(),
+        run.stderr.matches(&expected).count(),
+        "the cause is said once per message: {}",
+        run.stderr
+    );
+}
