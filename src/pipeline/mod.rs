@@ -531,7 +531,7 @@ impl Planner<'_> {
                     Some(batch) => {
                         let keys: Vec<&str> =
                             batch.iter().map(|row| row.origin.key.as_str()).collect();
-                        let mut stored = match self.checkpoint.rows(&keys) {
+                        let stored = match self.checkpoint.rows_to_plan(&keys) {
                             Ok(stored) => stored,
                             Err(error) => {
                                 // Nothing of this batch is planned: it stays for next time.
@@ -542,8 +542,7 @@ impl Planner<'_> {
                                 continue;
                             }
                         };
-                        for row in batch {
-                            let known = stored.remove(&row.origin.key);
+                        for (row, known) in batch.into_iter().zip(stored) {
                             self.plan(row, known).await;
                         }
                     }
