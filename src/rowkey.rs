@@ -41,7 +41,7 @@ impl RowKeys {
             .as_ref()
             .and_then(|c| c.external_id.as_ref())
         {
-            let identity = format!("conv:{id}");
+            let identity = ["conv:", id].concat();
             let seen = self.count(&identity)?;
             // A repeat gets a key no source id can produce (`conv:A#1` could be one).
             let key = if seen == 0 {

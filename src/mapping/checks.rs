@@ -298,11 +298,9 @@ pub fn finish_plan(
                 format!("{:?} is not an email address", entry.email),
             ));
         }
-        check_kind(
-            &mut entry.kind,
-            &EMAIL_TYPES,
-            &format!("emails[{index}].type"),
-        )?;
+        check_kind(&mut entry.kind, &EMAIL_TYPES, || {
+            format!("emails[{index}].type")
+        })?;
     }
     for (index, entry) in customer.phones.iter_mut().enumerate() {
         entry.phone = normalize_phone(&entry.phone).ok_or_else(|| {
@@ -312,11 +310,9 @@ pub fn finish_plan(
                 format!("{:?} is not a phone number", entry.phone),
             )
         })?;
-        check_kind(
-            &mut entry.kind,
-            &PHONE_TYPES,
-            &format!("phones[{index}].type"),
-        )?;
+        check_kind(&mut entry.kind, &PHONE_TYPES, || {
+            format!("phones[{index}].type")
+        })?;
     }
     normalize_extra(&mut customer.extra, CUSTOMER_EXTRA_FIELDS, "", "customer")?;
     let customer_key = customer_key(&customer).ok_or_else(|| {
@@ -333,15 +329,20 @@ pub fn finish_plan(
         "conversation.externalId",
     )?;
     if let Some(status) = &mut conversation.status {
-        let lower = status.to_lowercase();
-        if !STATUSES.contains(&lower.as_str()) {
-            return Err(MappingError::new(
-                "conversation.status",
-                "not open, snoozed or done",
-                format!("{status:?} is not one of open, snoozed, done"),
-            ));
+        match STATUSES
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(status))
+        {
+            Some(known) if status != known => *status = known.to_string(),
+            Some(_) => {}
+            None => {
+                return Err(MappingError::new(
+                    "conversation.status",
+                    "not open, snoozed or done",
+                    format!("{status:?} is not one of open, snoozed, done"),
+                ));
+            }
         }
-        *status = lower;
     }
     normalize_extra(
         &mut conversation.extra,
@@ -368,21 +369,27 @@ fn check_length(value: Option<&str>, field: &str) -> Result<(), MappingError> {
     }
 }
 
+/// Lowercases a contact's type if it is one of `allowed`; `field` names it in the error.
 fn check_kind(
     kind: &mut Option<String>,
     allowed: &[&str],
-    field: &str,
+    field: impl FnOnce() -> String,
 ) -> Result<(), MappingError> {
     if let Some(value) = kind {
-        let lower = value.to_lowercase();
-        if !allowed.contains(&lower.as_str()) {
-            return Err(MappingError::new(
-                field,
-                "not a known type",
-                format!("{value:?} is not one of {}", allowed.join(", ")),
-            ));
+        match allowed
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(value))
+        {
+            Some(known) if value != known => *value = known.to_string(),
+            Some(_) => {}
+            None => {
+                return Err(MappingError::new(
+                    &field(),
+                    "not a known type",
+                    format!("{value:?} is not one of {}", allowed.join(", ")),
+                ));
+            }
         }
-        *value = lower;
     }
     Ok(())
 }
@@ -390,15 +397,15 @@ fn check_kind(
 /// The key that identifies a customer across rows and runs.
 pub fn customer_key(customer: &CustomerBody) -> Option<String> {
     if let Some(id) = &customer.external_id {
-        return Some(format!("ext:{id}"));
+        return Some(["ext:", id].concat());
     }
     if let Some(entry) = customer.emails.first() {
-        return Some(format!("email:{}", entry.email.to_lowercase()));
+        return Some(["email:", &entry.email.to_lowercase()].concat());
     }
     customer
         .phones
         .first()
-        .map(|entry| format!("phone:{}", entry.phone))
+        .map(|entry| ["phone:", &entry.phone].concat())
 }
 
 /// A strict email syntax check: at most 254 bytes, `local@domain` with an ASCII dot-atom
@@ -411,25 +418,26 @@ pub fn is_valid_email(address: &str) -> bool {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return false;
     };
-    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
+    let atext = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-".contains(&c);
     let local_ok = !local.is_empty()
         && local.len() <= 64
         && local
             .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(atext));
-    let labels: Vec<&str> = domain.split('.').collect();
+            .all(|part| !part.is_empty() && part.bytes().all(atext));
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+    };
     let domain_ok = domain.len() <= 253
-        && labels.len() >= 2
-        && labels.iter().all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-        && labels.last().is_some_and(|tld| {
+        && domain.split('.').all(label_ok)
+        && domain.rsplit_once('.').is_some_and(|(_, tld)| {
             tld.len() >= 2
-                && (tld.chars().all(|c| c.is_ascii_alphabetic()) || tld.starts_with("xn--"))
+                && (tld.bytes().all(|c| c.is_ascii_alphabetic()) || tld.starts_with("xn--"))
         });
     local_ok && domain_ok
 }
@@ -444,18 +452,23 @@ pub fn normalize_phone(raw: &str) -> Option<String> {
         Some(rest) => (true, rest),
         None => (false, raw),
     };
-    let mut digits = String::with_capacity(rest.len() + 1);
+    // The number as `+` and digits, built in place: a leading `00` becomes the `+`.
+    let mut number = String::with_capacity(rest.len() + 1);
+    if plus {
+        number.push('+');
+    }
     for c in rest.chars() {
         match c {
-            '0'..='9' => digits.push(c),
+            '0'..='9' => number.push(c),
             ' ' | '-' | '.' | '(' | ')' | '/' => {}
             _ => return None,
         }
+        if !plus && number == "00" {
+            number.replace_range(.., "+");
+            plus = true;
+        }
     }
-    if !plus && let Some(international) = digits.strip_prefix("00") {
-        digits = international.to_string();
-        plus = true;
-    }
+    let digits = number.trim_start_matches('+');
     let count = digits.len();
     if plus && (digits.starts_with('0') || !(8..=15).contains(&count)) {
         return None;
@@ -463,7 +476,7 @@ pub fn normalize_phone(raw: &str) -> Option<String> {
     if !(7..=15).contains(&count) {
         return None;
     }
-    Some(if plus { format!("+{digits}") } else { digits })
+    Some(number)
 }
 
 #[cfg(test)]

@@ -198,6 +198,8 @@ pub(super) fn contact_list(
     let mut entries = Vec::new();
     match value {
         None => {}
+        // One address, the common case, keeps its text; a list is split.
+        Some(FlatValue::Text(text)) if !text.contains(';') => entries.push((text, None)),
         Some(FlatValue::Text(text)) => {
             for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
                 entries.push((part.to_string(), None));
