@@ -249,6 +249,23 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  updated_at = excluded.updated_at,
                  outcome_unknown = excluded.outcome_unknown",
         )?;
+        // The same change to a row already recorded at this file and line: most changes
+        // are, and an UPDATE that leaves source_file and line out of its SET does not touch
+        // their index, where the upsert tried an insert, then updated both b-trees.
+        let mut update_row = transaction.prepare_cached(
+            "UPDATE rows SET
+                 customer_key = coalesce(?4, customer_key),
+                 conversation_external_id = coalesce(?5, conversation_external_id),
+                 state = ?6,
+                 customer_id = coalesce(?7, customer_id),
+                 conversation_id = coalesce(?8, conversation_id),
+                 attempts = attempts + ?9,
+                 field = ?10,
+                 last_error = ?11,
+                 updated_at = ?12,
+                 outcome_unknown = ?13
+             WHERE row_key = ?1 AND source_file = ?2 AND line = ?3",
+        )?;
         let mut customer_sent = transaction.prepare_cached(
             "INSERT INTO customers (customer_key, state, external_id, email, phone, updated_at)
              VALUES (?1, 'sent', ?2, ?3, ?4, ?5)
@@ -282,7 +299,7 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
         for change in batches.iter().flat_map(|batch| &batch.changes) {
             match change {
                 Change::Row(row) => {
-                    upsert_row.execute(params![
+                    let values = params![
                         row.row_key,
                         row.source_file,
                         row.line as i64,
@@ -296,7 +313,10 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                         row.error,
                         now,
                         row.outcome_unknown,
-                    ])?;
+                    ];
+                    if update_row.execute(values)? == 0 {
+                        upsert_row.execute(values)?;
+                    }
                 }
                 Change::CustomerSent {
                     customer_key,
