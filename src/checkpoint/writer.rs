@@ -413,6 +413,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_row_found_at_another_file_and_line_moves_there_and_keeps_its_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::open(&dir.path().join("c.sqlite")).unwrap();
+        let (writer, handle) = checkpoint.start_writer().unwrap();
+        let mut moved = row("r1", RowState::CustomerSent);
+        (moved.source_file, moved.line) = ("g.csv".into(), 7);
+        let mut sent = moved.clone();
+        sent.state = RowState::ConversationSent;
+        sent.customer_key = None;
+        writer
+            .commit(vec![
+                Change::Row(row("r1", RowState::Pending)),
+                Change::Row(moved),
+                Change::Row(sent),
+            ])
+            .await
+            .unwrap();
+        drop(writer);
+        handle.finish().unwrap();
+        let (file, line, state, customer_key, attempts): (String, i64, String, String, i64) =
+            checkpoint
+                .connection
+                .query_row(
+                    "SELECT source_file, line, state, customer_key, attempts FROM rows
+                     WHERE row_key = 'r1'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .unwrap();
+        assert_eq!((file.as_str(), line), ("g.csv", 7));
+        assert_eq!(state, "conversation_sent");
+        assert_eq!(
+            customer_key, "ext:1",
+            "a change without a customer key keeps it"
+        );
+        assert_eq!(attempts, 3);
+    }
+
+    #[tokio::test]
     async fn a_customer_intent_never_overwrites_a_known_id() {
         let dir = tempfile::tempdir().unwrap();
         let checkpoint = Checkpoint::open(&dir.path().join("c.sqlite")).unwrap();
