@@ -53,6 +53,9 @@ pub struct RowChange {
     pub error: Option<String>,
     /// With `failed`: the create may have landed all the same (see migration 003).
     pub outcome_unknown: bool,
+    /// The checkpoint has no such row: the first write of a row no run has seen, inserted
+    /// without first trying to update it where it is.
+    pub unseen: bool,
 }
 
 impl RowChange {
@@ -71,6 +74,7 @@ impl RowChange {
             field: None,
             error: None,
             outcome_unknown: false,
+            unseen: false,
         }
     }
 }
@@ -314,7 +318,7 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                         now,
                         row.outcome_unknown,
                     ];
-                    if update_row.execute(values)? == 0 {
+                    if row.unseen || update_row.execute(values)? == 0 {
                         upsert_row.execute(values)?;
                     }
                 }
@@ -384,6 +388,7 @@ mod tests {
             field: None,
             error: None,
             outcome_unknown: false,
+            unseen: false,
         }
     }
 

@@ -854,14 +854,11 @@ impl Planner<'_> {
             _ => false,
         };
         if stored.is_none() {
-            self.record(vec![Change::Row(row_change(
-                &origin,
-                &plan,
-                RowState::Pending,
-                None,
-                None,
-            ))])
-            .await;
+            let pending = RowChange {
+                unseen: true,
+                ..row_change(&origin, &plan, RowState::Pending, None, None)
+            };
+            self.record(vec![Change::Row(pending)]).await;
         }
         let work = Work {
             origin,
