@@ -360,11 +360,14 @@ pub fn finish_plan(
 
 fn check_length(value: Option<&str>, field: &str) -> Result<(), MappingError> {
     match value {
-        Some(text) if text.chars().count() > MAX_TEXT_LEN => Err(MappingError::new(
-            field,
-            "longer than 255 characters",
-            format!("is longer than {MAX_TEXT_LEN} characters"),
-        )),
+        // No more bytes than the limit, no more characters: most texts need no count.
+        Some(text) if text.len() > MAX_TEXT_LEN && text.chars().count() > MAX_TEXT_LEN => {
+            Err(MappingError::new(
+                field,
+                "longer than 255 characters",
+                format!("is longer than {MAX_TEXT_LEN} characters"),
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -483,6 +486,15 @@ pub fn normalize_phone(raw: &str) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_text_is_limited_in_characters_not_bytes() {
+        assert!(check_length(Some(&"é".repeat(255)), "name").is_ok());
+        assert!(check_length(Some(&"x".repeat(255)), "name").is_ok());
+        assert!(check_length(Some(&"x".repeat(256)), "name").is_err());
+        let error = check_length(Some(&"é".repeat(256)), "name").unwrap_err();
+        assert!(error.to_string().contains("longer than 255"), "{error}");
+    }
 
     #[test]
     fn email_syntax() {
