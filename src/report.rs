@@ -192,11 +192,18 @@ pub struct Progress {
     done: AtomicU64,
     failed: AtomicU64,
     started: std::time::Instant,
-    last_line: std::sync::Mutex<std::time::Instant>,
+    /// When the bar's message or the log line is next refreshed, in ms since `started`.
+    next_refresh_ms: AtomicU64,
 }
 
 /// Seconds between progress log lines when stderr is not a terminal.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Time between refreshes of the bar's message.
+const BAR_MESSAGE_EVERY: Duration = Duration::from_millis(100);
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
 impl Progress {
     /// A bar sized to the inputs' estimated rows when stderr is a terminal and `enabled`
@@ -225,32 +232,57 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
+        let bar_shown = bar.is_some();
         Progress {
-            bar,
             estimated_rows,
             requests,
             budget_per_second,
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             started: std::time::Instant::now(),
-            last_line: std::sync::Mutex::new(std::time::Instant::now()),
+            next_refresh_ms: AtomicU64::new(if bar_shown { 0 } else { millis(LOG_EVERY) }),
+            bar,
         }
     }
 
-    /// Counts one settled row (done or skipped, or failed) and refreshes the display.
+    /// Counts one settled row (done or skipped, or failed) and refreshes the display when
+    /// it is due: the bar's message every 100 ms, the log line every 10 s. (Formatting the
+    /// message for every row was 18% of the instructions of a resume with the bar shown.)
     pub fn row_finished(&self, failed: bool) {
         if failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
         } else {
             self.done.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+        let elapsed = self.started.elapsed();
+        let due = self.next_refresh_ms.load(Ordering::Relaxed);
+        let every = if self.bar.is_some() {
+            BAR_MESSAGE_EVERY
+        } else {
+            LOG_EVERY
+        };
+        if millis(elapsed) < due
+            || self
+                .next_refresh_ms
+                .compare_exchange(
+                    due,
+                    millis(elapsed).saturating_add(millis(every)),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
         let done = self.done.load(Ordering::Relaxed);
         let failed = self.failed.load(Ordering::Relaxed);
-        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let elapsed = elapsed.as_secs_f64().max(0.001);
         let rate = (done + failed) as f64 / elapsed;
         match &self.bar {
             Some(bar) => {
-                bar.inc(1);
                 let eta = self
                     .eta(done + failed, elapsed)
                     .map(|eta| format!(", ETA {}", indicatif::HumanDuration(eta)))
@@ -260,11 +292,7 @@ impl Progress {
                 ));
             }
             None => {
-                let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
-                if last.elapsed() >= LOG_EVERY {
-                    *last = std::time::Instant::now();
-                    tracing::info!("progress: {done} rows done, {failed} failed, {rate:.1} rows/s");
-                }
+                tracing::info!("progress: {done} rows done, {failed} failed, {rate:.1} rows/s");
             }
         }
     }
