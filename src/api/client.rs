@@ -103,6 +103,9 @@ pub enum ClientError {
 pub struct KustomerClient {
     http: reqwest::Client,
     base_url: Url,
+    /// The create endpoints, joined once: joining parsed the URL again for every create.
+    customers_url: Url,
+    conversations_url: Url,
     authorization: HeaderValue,
     gate: Arc<RateGate>,
     stats: Arc<RequestStats>,
@@ -142,6 +145,8 @@ impl KustomerClient {
         }
         Ok(KustomerClient {
             http,
+            customers_url: join(&base_url, "v1/customers"),
+            conversations_url: join(&base_url, "v1/conversations"),
             base_url,
             authorization,
             gate,
@@ -157,12 +162,12 @@ impl KustomerClient {
 
     /// `POST /v1/customers`; the new customer's id.
     pub async fn create_customer(&self, body: &CustomerBody) -> Result<String, ApiError> {
-        self.create("v1/customers", body).await
+        self.create(&self.customers_url, body).await
     }
 
     /// `POST /v1/conversations`; the new conversation's id.
     pub async fn create_conversation(&self, body: &ConversationBody) -> Result<String, ApiError> {
-        self.create("v1/conversations", body).await
+        self.create(&self.conversations_url, body).await
     }
 
     /// `GET /v1/customers/{field}={value}`; None when there is no such customer.
@@ -180,14 +185,13 @@ impl KustomerClient {
             .await
     }
 
-    async fn create(&self, path: &str, body: &impl Serialize) -> Result<String, ApiError> {
+    async fn create(&self, url: &Url, body: &impl Serialize) -> Result<String, ApiError> {
         self.stats.creates.fetch_add(1, Ordering::Relaxed);
         let body = serde_json::to_vec(body).map_err(|error| ApiError::Rejected {
             status: 0,
             message: format!("cannot encode the body: {error}"),
         })?;
-        let url = self.url(path);
-        let (status, answer) = self.send(Method::POST, url, Some(body)).await?;
+        let (status, answer) = self.send(Method::POST, url.clone(), Some(body)).await?;
         match status.as_u16() {
             200 | 201 => record_id(&answer).ok_or_else(|| ApiError::Transient {
                 reason: format!("{status} with no id in the answer"),
@@ -228,10 +232,7 @@ impl KustomerClient {
     }
 
     pub(super) fn url(&self, path: &str) -> Url {
-        // Joining a relative path onto a base ending in '/' cannot fail.
-        self.base_url
-            .join(path)
-            .unwrap_or_else(|_| self.base_url.clone())
+        join(&self.base_url, path)
     }
 
     /// Sends one request through the rate gate, sending it again after 429s.
@@ -278,6 +279,11 @@ impl KustomerClient {
             return Ok((status, answer));
         }
     }
+}
+
+/// `path` under `base`, which ends in '/': joining a relative path onto it cannot fail.
+fn join(base: &Url, path: &str) -> Url {
+    base.join(path).unwrap_or_else(|_| base.clone())
 }
 
 /// The id of the record in a create or lookup answer: `data`'s when `data` is an object,
