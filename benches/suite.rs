@@ -182,37 +182,31 @@ fn checkpoint_writes(bench: &Bench, rows: usize, table: &mut Table) {
             unseen: state == RowState::Pending,
         })
     };
+    // Queues one change of `state` for every row, as the workers do, and waits for them all.
+    let record_every_row = |checkpoint: &Checkpoint, state: RowState| {
+        let (writer, handle) = checkpoint.start_writer().expect("the writer");
+        bench.runtime.block_on(async {
+            for row in 0..rows {
+                writer
+                    .record(vec![change(row, state)])
+                    .await
+                    .expect("queued");
+            }
+        });
+        drop(writer);
+        handle.finish().expect("every change written");
+    };
     // A checkpoint holding every row pending, as the planner leaves it before any request.
     let with_pending_rows = |name: &str| {
         let path = bench.path(&format!("{name}-{}.sqlite", unique()));
         let checkpoint = Checkpoint::open(&path).expect("a checkpoint");
-        let (writer, handle) = checkpoint.start_writer().expect("the writer");
-        bench.runtime.block_on(async {
-            for row in 0..rows {
-                writer
-                    .record(vec![change(row, RowState::Pending)])
-                    .await
-                    .expect("queued");
-            }
-        });
-        drop(writer);
-        handle.finish().expect("every row written");
+        record_every_row(&checkpoint, RowState::Pending);
         checkpoint
     };
     let outcomes = median(3, || {
         let checkpoint = with_pending_rows("outcomes");
-        let (writer, handle) = checkpoint.start_writer().expect("the writer");
         let started = Instant::now();
-        bench.runtime.block_on(async {
-            for row in 0..rows {
-                writer
-                    .record(vec![change(row, RowState::Done)])
-                    .await
-                    .expect("queued");
-            }
-        });
-        drop(writer);
-        handle.finish().expect("every outcome written");
+        record_every_row(&checkpoint, RowState::Done);
         rows as f64 / started.elapsed().as_secs_f64()
     });
     table.add(

@@ -255,7 +255,8 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
         )?;
         // The same change to a row already recorded at this file and line: most changes
         // are, and an UPDATE that leaves source_file and line out of its SET does not touch
-        // their index, where the upsert tried an insert, then updated both b-trees.
+        // their index, where the upsert tried an insert, then updated both b-trees. Its SET
+        // is the upsert's DO UPDATE less those two: change one, change both.
         let mut update_row = transaction.prepare_cached(
             "UPDATE rows SET
                  customer_key = coalesce(?4, customer_key),

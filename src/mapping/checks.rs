@@ -328,21 +328,14 @@ pub fn finish_plan(
         conversation.external_id.as_deref(),
         "conversation.externalId",
     )?;
-    if let Some(status) = &mut conversation.status {
-        match STATUSES
-            .iter()
-            .find(|known| known.eq_ignore_ascii_case(status))
-        {
-            Some(known) if status != known => *status = known.to_string(),
-            Some(_) => {}
-            None => {
-                return Err(MappingError::new(
-                    "conversation.status",
-                    "not open, snoozed or done",
-                    format!("{status:?} is not one of open, snoozed, done"),
-                ));
-            }
-        }
+    if let Some(status) = &mut conversation.status
+        && !spell_as_known(status, &STATUSES)
+    {
+        return Err(MappingError::new(
+            "conversation.status",
+            "not open, snoozed or done",
+            format!("{status:?} is not one of open, snoozed, done"),
+        ));
     }
     normalize_extra(
         &mut conversation.extra,
@@ -378,23 +371,30 @@ fn check_kind(
     allowed: &[&str],
     field: impl FnOnce() -> String,
 ) -> Result<(), MappingError> {
-    if let Some(value) = kind {
-        match allowed
-            .iter()
-            .find(|known| known.eq_ignore_ascii_case(value))
-        {
-            Some(known) if value != known => *value = known.to_string(),
-            Some(_) => {}
-            None => {
-                return Err(MappingError::new(
-                    &field(),
-                    "not a known type",
-                    format!("{value:?} is not one of {}", allowed.join(", ")),
-                ));
-            }
-        }
+    if let Some(value) = kind
+        && !spell_as_known(value, allowed)
+    {
+        return Err(MappingError::new(
+            &field(),
+            "not a known type",
+            format!("{value:?} is not one of {}", allowed.join(", ")),
+        ));
     }
     Ok(())
+}
+
+/// Whether `value` is one of `known` in any ASCII case; if so it is spelt as `known` spells
+/// it (lowercase), copied only when it differs.
+fn spell_as_known(value: &mut String, known: &[&str]) -> bool {
+    match known.iter().find(|word| word.eq_ignore_ascii_case(value)) {
+        Some(word) => {
+            if value != word {
+                *value = word.to_string();
+            }
+            true
+        }
+        None => false,
+    }
 }
 
 /// The key that identifies a customer across rows and runs.
