@@ -40,7 +40,7 @@ pub struct RequestStats {
     pub creates: AtomicU64,
     pub lookups: AtomicU64,
     pub rate_limited: AtomicU64,
-    /// Bulk jobs submitted.
+    /// Bulk jobs the API took (answered with a job id).
     pub bulk_jobs: AtomicU64,
     /// A moving average of answer latencies, in microseconds (0: none yet).
     latency_micros: AtomicU64,

@@ -369,11 +369,13 @@ async fn submit_and_wait(
             Err(ApiError::Rejected { status, message })
                 if matches!(status, 404 | 405) && shared.settings.mode == ImportMode::Auto =>
             {
-                tracing::warn!(
-                    "the API has no bulk jobs here ({status}: {message}): this run goes on \
-                     one request per record"
-                );
-                shared.bulk_unavailable.store(true, Ordering::Relaxed);
+                // Said once: the jobs in flight together all meet it.
+                if !shared.bulk_unavailable.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the API has no bulk jobs here ({status}: {message}): this run goes \
+                         on one request per record"
+                    );
+                }
                 end_job(shared, job, BulkJobState::Refused).await;
                 return JobEnd::Unsupported;
             }

@@ -442,3 +442,39 @@ fn sigterm_lets_the_jobs_in_flight_finish_and_the_same_command_resumes() {
     env.import(&args).assert_code(0);
     env.assert_exactly_once(300, 900);
 }
+
+#[test]
+fn an_api_without_bulk_jobs_counts_no_job_and_says_so_once() {
+    let env = TestEnv::new(SandboxConfig {
+        without_bulk: true,
+        ..org(Duration::from_millis(20))
+    });
+    let file = env.write("export.csv", &generated_csv(400, 2));
+    let run = env.import(&[file.to_str().unwrap(), "--rpm", "100000", "--json"]);
+    run.assert_code(0);
+    env.assert_exactly_once(400, 800);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["bulk_jobs"], 0, "a refused submit is no job");
+    let refused_submits: u64 = env
+        .stats()
+        .requests
+        .iter()
+        .filter(|(route, _)| {
+            route.starts_with("POST")
+                && !route.ends_with("customers")
+                && !route.ends_with("conversations")
+        })
+        .map(|(_, by_status)| by_status.values().sum::<u64>())
+        .sum();
+    assert!(
+        refused_submits > 1,
+        "several jobs met the missing endpoint: {:?}",
+        env.stats().requests
+    );
+    assert_eq!(
+        run.stderr.matches("the API has no bulk jobs").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+}
