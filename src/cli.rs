@@ -73,6 +73,18 @@ pub enum Command {
     Man,
 }
 
+impl Command {
+    /// Whether the command asked for its report as one JSON object on stdout.
+    pub fn wants_json(&self) -> bool {
+        match self {
+            Command::Import(args) => args.json,
+            Command::Validate(args) => args.json,
+            Command::Status(args) => args.json,
+            _ => false,
+        }
+    }
+}
+
 /// The checkpoint a read-only command reads.
 #[derive(Debug, Args)]
 pub struct CheckpointToRead {

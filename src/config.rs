@@ -62,21 +62,42 @@ pub enum Target {
     Sandbox,
 }
 
+/// Where `import` reports: the checkpoint and errors file it names, and whether the summary
+/// is one JSON object. Known from the flags before any of them is checked, so that a run
+/// that cannot start reports the same way as one that ran.
+#[derive(Clone, Debug)]
+pub struct ImportOutput {
+    pub checkpoint: PathBuf,
+    pub errors: PathBuf,
+    /// The summary as one JSON object on stdout.
+    pub json: bool,
+}
+
+pub fn import_output(args: &ImportArgs) -> ImportOutput {
+    let errors = args.errors.clone().unwrap_or_else(|| {
+        let mut name = args.checkpoint.as_os_str().to_owned();
+        name.push(".errors.csv");
+        PathBuf::from(name)
+    });
+    ImportOutput {
+        checkpoint: args.checkpoint.clone(),
+        errors,
+        json: args.json,
+    }
+}
+
 /// Everything `import` needs, checked.
 #[derive(Debug)]
 pub struct ImportConfig {
     pub settings: ImportSettings,
     pub target: Target,
-    pub checkpoint: PathBuf,
-    pub errors: PathBuf,
+    pub output: ImportOutput,
     pub rpm: u32,
     /// Use this fraction of the server's reported limit instead of `rpm`.
     pub rate_share: Option<f64>,
     pub rate_window: Duration,
     pub timeout: Duration,
     pub progress: bool,
-    /// The summary as one JSON object on stdout.
-    pub json: bool,
 }
 
 /// Builds the import's settings from its flags and the key from the environment.
@@ -95,6 +116,7 @@ pub fn import_config(
             api_key: SecretString::from(api_key.trim().to_string()),
         }
     };
+    let output = import_output(&args);
     let (inputs, mapping) = input_config(args.input)?;
     if args.limit == Some(0) {
         return Err(ConfigError::BadValue("--limit must be at least 1".into()));
@@ -114,11 +136,6 @@ pub fn import_config(
             requests_per_second: f64::from(args.rpm) / rate_window.as_secs_f64(),
         },
     };
-    let errors = args.errors.unwrap_or_else(|| {
-        let mut name = args.checkpoint.as_os_str().to_owned();
-        name.push(".errors.csv");
-        PathBuf::from(name)
-    });
     Ok(ImportConfig {
         settings: ImportSettings {
             inputs,
@@ -146,8 +163,7 @@ pub fn import_config(
             bulk_lost_wait: Duration::from_secs_f64(args.bulk_lost_wait.max(0.0)),
         },
         target,
-        checkpoint: args.checkpoint,
-        errors,
+        output,
         rpm: args.rpm,
         rate_share: match args.rate_share {
             Some(share) if !(share > 0.0 && share <= 1.0) => {
@@ -160,7 +176,6 @@ pub fn import_config(
         rate_window,
         timeout: positive_seconds(args.timeout, "--timeout")?,
         progress: !args.no_progress,
-        json: args.json,
     })
 }
 

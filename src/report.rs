@@ -134,9 +134,12 @@ impl ErrorsFile {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file: File = options.open(path)?;
-        // The mode above applies to a new file only; an older one is narrowed here.
+        // The mode above applies to a new file only; an older one is narrowed here. Only a
+        // regular file: `--errors /dev/stderr` must not change the mode of the terminal.
         #[cfg(unix)]
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        if file.metadata()?.is_file() {
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        }
         let mut writer = csv::Writer::from_writer(file);
         writer.write_record(["file", "line", "field", "reason", "row"])?;
         Ok(ErrorsFile {

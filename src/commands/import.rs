@@ -16,7 +16,7 @@ use kustomer_import::rows::check_inputs;
 use kustomer_import::sandbox::{Sandbox, SandboxConfig};
 
 use super::Exit;
-use crate::config::{ImportConfig, Target};
+use crate::config::{ImportConfig, ImportOutput, Target};
 
 /// The key used against the in-process sandbox, which accepts any non-empty token.
 const SANDBOX_KEY: &str = "sandbox-key";
@@ -34,40 +34,41 @@ pub fn run(config: ImportConfig) -> anyhow::Result<Exit> {
 
 async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     // Every input must open, and the mapping find its columns, before anything is sent.
+    let output = &config.output;
     if let Err(error) = check_inputs(&config.settings.inputs, &config.settings.read.mapping) {
-        return Ok(stop_early(&config, Exit::Usage, "input", &error));
+        return Ok(not_started(output, Exit::Usage, "input", &error));
     }
-    let checkpoint = match Checkpoint::open(&config.checkpoint) {
+    let checkpoint = match Checkpoint::open(&output.checkpoint) {
         Ok(checkpoint) => checkpoint,
         Err(error @ CheckpointError::Locked { .. }) => {
-            return Ok(stop_early(&config, Exit::Locked, "locked", &error));
+            return Ok(not_started(output, Exit::Locked, "locked", &error));
         }
-        Err(error) => return Ok(stop_early(&config, Exit::Usage, "checkpoint", &error)),
+        Err(error) => return Ok(not_started(output, Exit::Usage, "checkpoint", &error)),
     };
-    let mut errors = match ErrorsFile::create(&config.errors) {
+    let mut errors = match ErrorsFile::create(&output.errors) {
         Ok(errors) => errors,
         Err(error) => {
             let error = format!(
                 "cannot create the errors file {}: {error}",
-                config.errors.display()
+                output.errors.display()
             );
-            return Ok(stop_early(&config, Exit::Usage, "errors_file", &error));
+            return Ok(not_started(output, Exit::Usage, "errors_file", &error));
         }
     };
 
     let (sandbox, base_url, api_key) = match &config.target {
         Target::Remote { base_url, api_key } => (None, base_url.clone(), api_key.clone()),
-        Target::Sandbox => {
-            let sandbox = Sandbox::start(SandboxConfig::default(), 0)
-                .await
-                .context("starting the sandbox")?;
-            tracing::info!(
-                "importing into the built-in sandbox at {}",
-                sandbox.base_url()
-            );
-            let url = url::Url::parse(&sandbox.base_url()).context("the sandbox's address")?;
-            (Some(sandbox), url, SecretString::from(SANDBOX_KEY))
-        }
+        Target::Sandbox => match start_sandbox().await {
+            Ok((sandbox, url)) => (Some(sandbox), url, SecretString::from(SANDBOX_KEY)),
+            Err(error) => {
+                return Ok(not_started(
+                    output,
+                    Exit::Usage,
+                    "sandbox",
+                    &format!("{error:#}"),
+                ));
+            }
+        },
     };
     let stats = Arc::new(RequestStats::default());
     let gate = Arc::new(match config.rate_share {
@@ -83,7 +84,11 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
         },
         gate,
         Arc::clone(&stats),
-    )?;
+    );
+    let client = match client {
+        Ok(client) => client,
+        Err(error) => return Ok(not_started(output, Exit::Usage, "usage", &error)),
+    };
 
     let estimated_rows = config
         .settings
@@ -98,7 +103,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     let run_id = match checkpoint.begin_run(&command_line()) {
         Ok(run_id) => run_id,
         // An unwritable checkpoint: nothing can be recorded, so nothing is sent.
-        Err(error) => return Ok(stop_early(&config, Exit::Stopped, "checkpoint", &error)),
+        Err(error) => return Ok(not_started(output, Exit::Stopped, "checkpoint", &error)),
     };
 
     let outcome = run_import(
@@ -124,9 +129,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     };
     let errors_path = errors.path().to_path_buf();
     let errors_written = errors.rows();
-    if let Err(error) = errors.finish() {
-        tracing::error!("writing the errors file {}: {error}", errors_path.display());
-    }
+    let errors_complete = errors.finish();
 
     let exit = exit_status(&summary, &stop);
     // The run is recorded whatever happens to stdout.
@@ -143,12 +146,26 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     ) {
         tracing::error!("recording the end of the run: {error}");
     }
-    print_summary(&config, exit, stop_words(&stop), &summary);
-    explain(&stop, exit, errors_written, &errors_path, &summary);
+    print_summary(output, exit, stop_words(&stop), stop.message(), &summary);
+    explain(&stop, exit, &summary);
+    explain_errors_file(errors_written, &errors_path, errors_complete);
     if let Some(sandbox) = sandbox {
         sandbox.shutdown().await;
     }
     Ok(exit)
+}
+
+/// The in-process sandbox, on an ephemeral port of 127.0.0.1.
+async fn start_sandbox() -> anyhow::Result<(Sandbox, url::Url)> {
+    let sandbox = Sandbox::start(SandboxConfig::default(), 0)
+        .await
+        .context("starting the sandbox")?;
+    tracing::info!(
+        "importing into the built-in sandbox at {}",
+        sandbox.base_url()
+    );
+    let url = url::Url::parse(&sandbox.base_url()).context("the sandbox's address")?;
+    Ok((sandbox, url))
 }
 
 /// The version of the `--json` summary's shape (README, "Running it from cron").
@@ -160,10 +177,14 @@ struct JsonSummary<'a> {
     version: u32,
     exit_code: i32,
     /// finished, interrupted, unauthorized, api_unavailable, endpoint, input, checkpoint,
-    /// or, for a run that could not start: locked, errors_file.
+    /// or, for a run that could not start: usage, locked, errors_file.
     stopped_because: &'static str,
-    checkpoint: String,
-    errors_file: String,
+    /// Why the run stopped or could not start, in the words the log gives; None when it
+    /// finished.
+    error: Option<String>,
+    /// None only when the command line could not be read at all.
+    checkpoint: Option<String>,
+    errors_file: Option<String>,
     #[serde(flatten)]
     summary: &'a Summary,
 }
@@ -180,44 +201,76 @@ fn stop_words(stop: &StopReason) -> &'static str {
     }
 }
 
-/// Ends a run that could not start: says why (through tracing, so JSON logs stay JSON) and,
-/// with --json, prints the summary object all the same, so a scheduler always gets one.
-fn stop_early(
-    config: &ImportConfig,
+/// Ends a run that could not start: its error, last, on stderr (through tracing, so JSON
+/// logs stay JSON), and with --json the summary object on stdout all the same, so a
+/// scheduler always gets one. No all-zero table is printed after the error.
+pub fn not_started(
+    output: &ImportOutput,
     exit: Exit,
     stopped_because: &'static str,
     error: &dyn std::fmt::Display,
 ) -> Exit {
     tracing::error!("{error}");
-    print_summary(config, exit, stopped_because, &Summary::default());
+    if output.json {
+        print_summary(
+            output,
+            exit,
+            stopped_because,
+            Some(error.to_string()),
+            &Summary::default(),
+        );
+    }
     exit
+}
+
+/// What `import --json` prints when not even the command line could be read (a bad flag
+/// value): the summary's shape, no paths, every count zero.
+pub fn print_unreadable_command_line(error: &str) {
+    write_json(&JsonSummary {
+        version: JSON_SUMMARY_VERSION,
+        exit_code: Exit::Usage as i32,
+        stopped_because: "usage",
+        error: Some(error.to_string()),
+        checkpoint: None,
+        errors_file: None,
+        summary: &Summary::default(),
+    });
 }
 
 /// The summary on stdout: a table, or with --json one object. A stdout that cannot be
 /// written (a closed pipe) does not change the run's exit status.
 fn print_summary(
-    config: &ImportConfig,
+    output: &ImportOutput,
     exit: Exit,
     stopped_because: &'static str,
+    error: Option<String>,
     summary: &Summary,
 ) {
-    let mut out = std::io::stdout().lock();
-    let written = if config.json {
-        let report = JsonSummary {
+    if output.json {
+        write_json(&JsonSummary {
             version: JSON_SUMMARY_VERSION,
             exit_code: exit as i32,
             stopped_because,
-            checkpoint: config.checkpoint.display().to_string(),
-            errors_file: config.errors.display().to_string(),
+            error,
+            checkpoint: Some(output.checkpoint.display().to_string()),
+            errors_file: Some(output.errors.display().to_string()),
             summary,
-        };
-        serde_json::to_writer(&mut out, &report)
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
-    } else {
-        summary.write_human(&mut out)
-    };
-    if let Err(error) = written.and_then(|()| out.flush()) {
+        });
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = summary.write_human(&mut out).and_then(|()| out.flush()) {
+        tracing::warn!("the summary could not be written to stdout: {error}");
+    }
+}
+
+fn write_json(report: &JsonSummary) {
+    let mut out = std::io::stdout().lock();
+    let written = serde_json::to_writer(&mut out, report)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    if let Err(error) = written {
         tracing::warn!("the summary could not be written to stdout: {error}");
     }
 }
@@ -237,13 +290,7 @@ fn exit_status(summary: &Summary, stop: &StopReason) -> Exit {
 }
 
 /// Tells the user, after the summary, what the exit status means for them.
-fn explain(
-    stop: &StopReason,
-    exit: Exit,
-    errors_written: u64,
-    errors_path: &std::path::Path,
-    summary: &Summary,
-) {
+fn explain(stop: &StopReason, exit: Exit, summary: &Summary) {
     // Through tracing, so that with --log-format json every line on stderr is JSON.
     match stop {
         StopReason::Unauthorized(message) => tracing::error!(
@@ -259,18 +306,30 @@ fn explain(
         | StopReason::Checkpoint(message) => tracing::error!("{message}"),
         StopReason::Interrupted | StopReason::Finished => {}
     }
-    if errors_written > 0 {
-        tracing::warn!(
-            "{errors_written} failed rows are in {} (file, line, field, reason, row)",
-            errors_path.display()
-        );
-    }
     if exit == Exit::Stopped || (exit == Exit::Unauthorized && summary.rows_pending > 0) {
         tracing::warn!(
             "{} rows are pending. To resume, run the same command again: {}",
             summary.rows_pending,
             command_line()
         );
+    }
+}
+
+/// Where this run's failed rows are, or, when the errors file could not be written whole
+/// (a full disk), that it is not to be trusted and where the rows are kept all the same.
+fn explain_errors_file(written: u64, path: &std::path::Path, complete: std::io::Result<()>) {
+    match complete {
+        Ok(()) if written > 0 => tracing::warn!(
+            "{written} failed rows are in {} (file, line, field, reason, row)",
+            path.display()
+        ),
+        Ok(()) => {}
+        Err(error) => tracing::error!(
+            "the errors file {} could not be written ({error}): it misses some of this \
+             run's {written} failed rows. The checkpoint has every one: kustomer-import \
+             export --state failed",
+            path.display()
+        ),
     }
 }
 

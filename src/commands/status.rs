@@ -11,10 +11,7 @@ use super::Exit;
 pub fn run(checkpoint: &Path, json: bool) -> anyhow::Result<Exit> {
     let status = match CheckpointReader::open(checkpoint).and_then(|reader| reader.status()) {
         Ok(status) => status,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return Ok(Exit::Usage);
-        }
+        Err(error) => return Ok(super::not_started(json, Exit::Usage, "checkpoint", &error)),
     };
     let mut out = std::io::stdout().lock();
     if json {

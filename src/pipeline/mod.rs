@@ -138,6 +138,20 @@ pub enum StopReason {
     Checkpoint(String),
 }
 
+impl StopReason {
+    /// What stopped the run, in words; None for a run that finished or was interrupted.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            StopReason::Finished | StopReason::Interrupted => None,
+            StopReason::Unauthorized(message)
+            | StopReason::ApiUnavailable(message)
+            | StopReason::Endpoint(message)
+            | StopReason::Input(message)
+            | StopReason::Checkpoint(message) => Some(message.clone()),
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Clone, Debug)]
 pub struct ImportOutcome {

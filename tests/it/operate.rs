@@ -1,6 +1,9 @@
 //! Operating imports: `status` and `export` over a checkpoint with rows in every state.
 
+use std::time::Duration;
+
 use kustomer_import::checkpoint::RunLock;
+use kustomer_import::sandbox::SandboxConfig;
 
 use crate::harness::*;
 
@@ -316,4 +319,121 @@ fn a_run_that_cannot_start_still_prints_its_json_summary_and_json_logs() {
             serde_json::from_str::<serde_json::Value>(line).unwrap();
         }
     }
+}
+
+#[test]
+fn a_command_line_that_cannot_run_still_prints_its_json_object() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(1, 1));
+    let file = file.to_str().unwrap();
+    // (arguments, whether the key is in the environment, what the error must name)
+    let cases: [(Vec<&str>, bool, &str); 4] = [
+        (
+            vec!["--base-url", "http://api.example.com"],
+            true,
+            "clear text",
+        ),
+        (vec!["--rpm", "0"], true, "--rpm"),
+        (vec![], false, "KUSTOMER_API_KEY"),
+        (vec!["--rpm", "many"], true, "many"),
+    ];
+    for (extra, with_key, named) in cases {
+        let mut command = env.import_command(&[file, "--json", "--log-format", "json"]);
+        command.args(&extra);
+        if !with_key {
+            command.env_remove("KUSTOMER_API_KEY");
+        }
+        let run = run(command);
+        run.assert_code(2);
+        let summary: serde_json::Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{extra:?}: {e}: {:?}", run.stdout));
+        assert_eq!(summary["exit_code"], 2, "{extra:?}");
+        assert_eq!(summary["stopped_because"], "usage", "{extra:?}");
+        assert_eq!(summary["rows_read"], 0, "{extra:?}");
+        let error = summary["error"].as_str().unwrap_or_default();
+        assert!(error.contains(named), "{extra:?}: {error}");
+        for line in run.stderr.lines() {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("{extra:?}: a log line is not JSON ({e}): {line}"));
+        }
+    }
+    assert_eq!(env.stats().requests_total, 0);
+    // validate and status too.
+    for args in [
+        vec!["validate", file, "--delimiter", "ab", "--json"],
+        vec!["status", "--checkpoint", "missing.sqlite", "--json"],
+    ] {
+        let run = env.command(&args);
+        run.assert_code(2);
+        let object: serde_json::Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {:?}", run.stdout));
+        assert_eq!(object["exit_code"], 2);
+        assert!(object["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+}
+
+#[test]
+fn a_run_that_cannot_start_prints_its_error_last_and_no_summary() {
+    let env = TestEnv::plain();
+    let run = env.import(&["missing.csv"]);
+    run.assert_code(2);
+    assert_eq!(run.stdout, "", "no all-zero summary after the error");
+    assert!(
+        run.stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains("missing.csv")
+    );
+}
+
+#[test]
+fn the_key_is_not_left_in_the_process_environment() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        latency: Duration::from_millis(300),
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &generated_csv(20, 1));
+    let child = env.spawn_import(&[file.to_str().unwrap(), "--mode", "single"]);
+    env.wait_for("a first request", |stats| stats.requests_total > 0);
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id()));
+    terminate(&child);
+    finish(child);
+    match environ {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains(KEY), "the key is in /proc/<pid>/environ");
+            assert!(
+                text.contains("PATH="),
+                "the rest of the environment is kept"
+            );
+        }
+        // Not root: a non-dumpable process's environ is not ours to read at all.
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied),
+    }
+}
+
+#[test]
+fn an_errors_file_that_cannot_be_written_is_said_so() {
+    let env = TestEnv::plain();
+    let sample = sample("tickets.csv");
+    let run = env.import(&[sample.to_str().unwrap(), "--errors", "/dev/full"]);
+    run.assert_code(1);
+    assert!(
+        !run.stderr.contains("failed rows are in"),
+        "claims the rows are in a file that could not be written: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("could not be written"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("export --state failed"),
+        "{}",
+        run.stderr
+    );
 }
