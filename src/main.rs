@@ -189,7 +189,7 @@ fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(kustomer_import::report::LogWriter)
         .with_target(false);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -4,8 +4,8 @@
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -185,15 +185,30 @@ impl ErrorsFile {
     }
 }
 
+/// How one row settled, as the progress display counts it: the same four counts the
+/// summary gives, so that the bar and the summary agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Taken to done by this run.
+    Done,
+    /// Done by an earlier run: skipped without a request.
+    AlreadyDone,
+    /// Failed in this run.
+    Failed,
+    /// Failed in an earlier run, not sent again.
+    FailedEarlier,
+}
+
 /// Progress while the run goes: an indicatif bar on a terminal, a log line every few
-/// seconds otherwise (cron, CI, a pipe), never escape codes where no one sees them.
+/// seconds otherwise (cron, CI, a pipe), never escape codes where no one sees them. While
+/// the bar is shown, log lines are written around it ([`LogWriter`]).
 pub struct Progress {
     bar: Option<ProgressBar>,
     estimated_rows: Option<u64>,
     requests: Arc<RequestStats>,
     budget_per_second: f64,
-    done: AtomicU64,
-    failed: AtomicU64,
+    /// Rows settled, by [`Settled`] in its order.
+    settled: [AtomicU64; 4],
     started: std::time::Instant,
     /// When the bar's message or the log line is next refreshed, in ms since `started`.
     next_refresh_ms: AtomicU64,
@@ -203,6 +218,9 @@ pub struct Progress {
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Time between refreshes of the bar's message.
 const BAR_MESSAGE_EVERY: Duration = Duration::from_millis(100);
+/// The request rate is shown once the run has gone this long: over a shorter time it would
+/// show the rate limiter's initial burst, not the pace.
+const RATE_AFTER: Duration = Duration::from_secs(5);
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -210,7 +228,7 @@ fn millis(duration: Duration) -> u64 {
 
 impl Progress {
     /// A bar sized to the inputs' estimated rows when stderr is a terminal and `enabled`
-    /// (a spinner when the count is unknown: stdin, gzip).
+    /// (rows counted without a total when it is unknown: stdin, gzip).
     ///
     /// `requests` counts what the run has sent; `budget_per_second` is the rate ceiling.
     /// Together with the rows left they give the ETA: rows left x requests per row so far,
@@ -224,15 +242,16 @@ impl Progress {
         let bar = (enabled && io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(estimated_rows, ProgressDrawTarget::stderr());
             let template = if estimated_rows.is_some() {
-                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}"
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows {msg}"
             } else {
-                "{spinner} [{elapsed_precise}] {msg}"
+                "{spinner} [{elapsed_precise}] {pos} rows {msg}"
             };
             bar.set_style(
                 ProgressStyle::with_template(template)
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
+            show_bar(Some(bar.clone()));
             bar
         });
         let bar_shown = bar.is_some();
@@ -240,23 +259,18 @@ impl Progress {
             estimated_rows,
             requests,
             budget_per_second,
-            done: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            settled: Default::default(),
             started: std::time::Instant::now(),
             next_refresh_ms: AtomicU64::new(if bar_shown { 0 } else { millis(LOG_EVERY) }),
             bar,
         }
     }
 
-    /// Counts one settled row (done or skipped, or failed) and refreshes the display when
-    /// it is due: the bar's message every 100 ms, the log line every 10 s. (Formatting the
-    /// message for every row was 18% of the instructions of a resume with the bar shown.)
-    pub fn row_finished(&self, failed: bool) {
-        if failed {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.done.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Counts one settled row and refreshes the display when it is due: the bar's message
+    /// every 100 ms, the log line every 10 s. (Formatting the message for every row was 18%
+    /// of the instructions of a resume with the bar shown.)
+    pub fn row_finished(&self, settled: Settled) {
+        self.settled[settled as usize].fetch_add(1, Ordering::Relaxed);
         if let Some(bar) = &self.bar {
             bar.inc(1);
         }
@@ -280,24 +294,39 @@ impl Progress {
         {
             return;
         }
-        let done = self.done.load(Ordering::Relaxed);
-        let failed = self.failed.load(Ordering::Relaxed);
-        let elapsed = elapsed.as_secs_f64().max(0.001);
-        let rate = (done + failed) as f64 / elapsed;
+        let words = self.words(elapsed);
         match &self.bar {
-            Some(bar) => {
-                let eta = self
-                    .eta(done + failed, elapsed)
-                    .map(|eta| format!(", ETA {}", indicatif::HumanDuration(eta)))
-                    .unwrap_or_default();
-                bar.set_message(format!(
-                    "{done} done, {failed} failed, {rate:.1} rows/s{eta}"
-                ));
-            }
-            None => {
-                tracing::info!("progress: {done} rows done, {failed} failed, {rate:.1} rows/s");
-            }
+            Some(bar) => bar.set_message(words),
+            None => tracing::info!("progress: {words}"),
         }
+    }
+
+    /// The counts in the summary's words, the request rate against the budget, the ETA.
+    fn words(&self, elapsed: Duration) -> String {
+        let count = |settled: Settled| self.settled[settled as usize].load(Ordering::Relaxed);
+        let (done, already) = (count(Settled::Done), count(Settled::AlreadyDone));
+        let (failed, earlier) = (count(Settled::Failed), count(Settled::FailedEarlier));
+        let mut words = format!("{done} done");
+        if already > 0 {
+            words.push_str(&format!(", {already} already done"));
+        }
+        words.push_str(&format!(", {failed} failed"));
+        if earlier > 0 {
+            words.push_str(&format!(", {earlier} failed earlier"));
+        }
+        let seconds = elapsed.as_secs_f64().max(0.001);
+        if elapsed >= RATE_AFTER {
+            let per_minute = self.requests.requests.load(Ordering::Relaxed) as f64 / seconds;
+            words.push_str(&format!(
+                ", {:.0} of {:.0} requests/min",
+                per_minute * 60.0,
+                self.budget_per_second * 60.0
+            ));
+        }
+        if let Some(eta) = self.eta(done + already + failed + earlier, seconds) {
+            words.push_str(&format!(", ETA {}", indicatif::HumanDuration(eta)));
+        }
+        words
     }
 
     /// Time left: the rows left, at the requests per row seen so far (2 before there is
@@ -322,10 +351,81 @@ impl Progress {
             .then(|| Duration::from_secs_f64(seconds))
     }
 
-    /// Removes the bar before the summary is printed.
+    /// Removes the bar before the summary is printed; log lines go straight to stderr again.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
+            show_bar(None);
             bar.finish_and_clear();
         }
+    }
+}
+
+/// The bar on the terminal now, if any: [`LogWriter`] writes log lines around it.
+static SHOWN_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn show_bar(bar: Option<ProgressBar>) {
+    *SHOWN_BAR.lock().unwrap_or_else(|p| p.into_inner()) = bar;
+}
+
+/// Where log lines go: stderr, with the progress bar (when one is shown) cleared while a
+/// line is written and drawn again below it, so that no line lands on top of the bar and no
+/// stale frame of it is left in the scrollback.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine
+    }
+}
+
+/// One log line's writer (see [`LogWriter`]). The formatter hands it a whole line at once.
+#[derive(Debug)]
+pub struct LogLine;
+
+impl Write for LogLine {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let bar = SHOWN_BAR.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match bar {
+            Some(bar) => bar.suspend(|| io::stderr().write_all(line))?,
+            None => io::stderr().write_all(line)?,
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_words_count_as_the_summary_does() {
+        let progress = Progress::new(false, Some(100), Arc::default(), 10.0);
+        for settled in [
+            Settled::Done,
+            Settled::Done,
+            Settled::AlreadyDone,
+            Settled::Failed,
+            Settled::FailedEarlier,
+        ] {
+            progress.row_finished(settled);
+        }
+        let words = progress.words(Duration::from_secs(1));
+        assert!(
+            words.starts_with("2 done, 1 already done, 1 failed, 1 failed earlier"),
+            "{words}"
+        );
+        assert!(
+            !words.contains("requests/min"),
+            "no rate over the first seconds"
+        );
+        let words = progress.words(Duration::from_secs(60));
+        assert!(words.contains("0 of 600 requests/min"), "{words}");
     }
 }

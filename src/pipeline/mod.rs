@@ -47,7 +47,7 @@ use crate::checkpoint::{
 };
 use crate::input::InputSource;
 use crate::mapping::Plan;
-use crate::report::{ErrorsFile, Progress, Summary};
+use crate::report::{ErrorsFile, Progress, Settled, Summary};
 use crate::rows::{Original, ReadRow, ReadSettings, RowOrigin};
 
 /// What to do with a customer that already exists in Kustomer (the create answers 409).
@@ -837,14 +837,18 @@ impl Planner<'_> {
                 return;
             }
             Some(stored) if stored.state == RowState::Done => {
-                match settled_now {
+                let settled = match settled_now {
                     Some(created) => {
                         self.summary.rows_done += 1;
                         self.summary.conversations_created += u64::from(created);
+                        Settled::Done
                     }
-                    None => self.summary.rows_skipped_done += 1,
-                }
-                self.progress.row_finished(false);
+                    None => {
+                        self.summary.rows_skipped_done += 1;
+                        Settled::AlreadyDone
+                    }
+                };
+                self.progress.row_finished(settled);
                 return;
             }
             Some(stored) => stored.customer_id.clone(),
@@ -941,11 +945,13 @@ impl Planner<'_> {
         stored: Option<&StoredRow>,
         failed_now: bool,
     ) {
-        if failed_now {
+        let settled = if failed_now {
             self.summary.rows_failed += 1;
+            Settled::Failed
         } else {
             self.summary.rows_failed_earlier += 1;
-        }
+            Settled::FailedEarlier
+        };
         let reason = stored
             .and_then(|s| s.last_error.clone())
             .unwrap_or_else(|| "failed in an earlier run".into());
@@ -957,7 +963,7 @@ impl Planner<'_> {
             &reason,
             &original.to_json(),
         );
-        self.progress.row_finished(true);
+        self.progress.row_finished(settled);
     }
 
     fn create_customer_with(&mut self, work: Work, reconcile_first: bool) {
@@ -1094,7 +1100,7 @@ impl Planner<'_> {
                 if conversation_created {
                     self.summary.conversations_created += 1;
                 }
-                self.progress.row_finished(false);
+                self.progress.row_finished(Settled::Done);
             }
             RowOutcome::Halted(halt @ (Halt::Failed { .. } | Halt::Unresolved(_))) => {
                 let (field, reason) = match halt {
@@ -1110,7 +1116,7 @@ impl Planner<'_> {
                     &reason,
                     &work.original.to_json(),
                 );
-                self.progress.row_finished(true);
+                self.progress.row_finished(Settled::Failed);
             }
             RowOutcome::Halted(Halt::Pending(reason)) => {
                 self.summary.rows_pending += 1;
@@ -1167,7 +1173,7 @@ impl Planner<'_> {
         change.field = field;
         change.error = Some(reason);
         self.record(vec![Change::Row(change)]).await;
-        self.progress.row_finished(true);
+        self.progress.row_finished(Settled::Failed);
     }
 
     async fn record(&self, changes: Vec<Change>) {
