@@ -7,6 +7,41 @@ use std::path::PathBuf;
 use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `--version`: the package's version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KIMP_GIT_COMMIT"),
+    ")"
+);
+
+/// The groups `import --help` lists its flags in.
+const INPUT: &str = "Input and mapping";
+const TARGET: &str = "Target and key";
+const RATE: &str = "Rate and concurrency";
+const RECOVERY: &str = "Recovery";
+const OUTPUT: &str = "Output and logs";
+
+/// What `import --help` (the long form) ends with.
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  Rehearse on the built-in sandbox (no account, no key; its own checkpoint):
+    kustomer-import import tickets.csv --sandbox
+
+  Import for real (the key only ever comes from the environment):
+    export KUSTOMER_API_KEY=...          # Settings > Security > API Keys
+    kustomer-import import tickets.csv --base-url https://acme.api.kustomerapp.com
+
+  Resume after Ctrl-C, a crash, or exit 4: run the same command again. Done rows are
+  skipped without a request; rows caught mid-request are looked up before anything is
+  sent again.
+
+  Nightly from cron, with half of the org's rate limit and a JSON summary:
+    15 2 * * * cd /srv/kimp && KUSTOMER_API_KEY=$(cat key) kustomer-import import \\
+      export.csv.gz --checkpoint tickets.sqlite --rate-share 0.5 --json >> runs.jsonl
+
+";
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  every row is done
@@ -20,7 +55,7 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(
     name = "kustomer-import",
-    version,
+    version = VERSION,
     about = "Import customer-service exports (CSV, JSONL) into Kustomer, resumably and exactly once.",
     after_help = EXIT_CODES
 )]
@@ -29,15 +64,15 @@ pub struct Cli {
     pub command: Command,
 
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = OUTPUT)]
     pub verbose: u8,
 
     /// Less log output (-q: warnings and errors only).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = OUTPUT)]
     pub quiet: u8,
 
     /// Log lines for people (text) or for log shippers (json, one object a line).
-    #[arg(long, env = "KUSTOMER_IMPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = "KUSTOMER_IMPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, help_heading = OUTPUT)]
     pub log_format: LogFormat,
 }
 
@@ -50,7 +85,16 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Import export files into Kustomer (or into the built-in sandbox with --sandbox).
-    #[command(after_help = EXIT_CODES)]
+    ///
+    /// Reads CSV or JSONL exports, creates each row's customer (once per customer) and its
+    /// conversation, and records every row's Kustomer ids in a checkpoint, so that a run
+    /// that stops resumes where it stopped and a run that sees the same rows again creates
+    /// nothing twice. The API key is read from the environment variable KUSTOMER_API_KEY,
+    /// never from a flag; --sandbox needs none.
+    #[command(
+        after_help = format!("The key: KUSTOMER_API_KEY. Examples and more: --help.\n\n{EXIT_CODES}"),
+        after_long_help = format!("{IMPORT_EXAMPLES}{EXIT_CODES}"),
+    )]
     Import(ImportArgs),
     /// Check export files without sending anything (no network, no key): every row
     /// through the same mapping and validation as import, invalid rows to the errors file.
@@ -69,8 +113,14 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `kustomer-import man > kustomer-import.1`.
-    Man,
+    /// Print the man page (roff) that holds every command, e.g. `kustomer-import man >
+    /// kustomer-import.1`; with --dir, write one page per command there.
+    Man {
+        /// Write `kustomer-import.1` and a page per command (`kustomer-import-import.1`,
+        /// ...) into this folder instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 impl Command {
@@ -139,6 +189,7 @@ pub enum StateArg {
 
 /// The export files and how to read and map them: the same for import and validate.
 #[derive(Debug, Args)]
+#[command(next_help_heading = INPUT)]
 pub struct InputArgs {
     /// Export files: .csv or .jsonl, optionally .gz; '-' reads stdin (with --format).
     #[arg(required = true, value_name = "FILE")]
@@ -191,20 +242,18 @@ pub struct ImportArgs {
     pub input: InputArgs,
 
     /// Import only the first N valid rows (a trial run); the rest stay for the next run.
-    #[arg(long, env = "KUSTOMER_IMPORT_LIMIT", value_name = "N")]
+    #[arg(help_heading = INPUT, long, env = "KUSTOMER_IMPORT_LIMIT", value_name = "N")]
     pub limit: Option<u64>,
 
-    /// The checkpoint (SQLite) that records every row's outcome; runs with the same
-    /// checkpoint resume and never create a row twice.
-    #[arg(
-        long,
-        env = "KUSTOMER_IMPORT_CHECKPOINT",
-        default_value = "kustomer-import.sqlite"
-    )]
-    pub checkpoint: PathBuf,
+    /// Do not send `importedAt` (the time of the import) with each conversation. With it,
+    /// historical conversations are exempt from Kustomer's limit of 120 new conversations
+    /// per customer per minute.
+    #[arg(help_heading = INPUT, long, env = "KUSTOMER_IMPORT_NO_STAMP_IMPORTED_AT", value_parser = FalseyValueParser::new())]
+    pub no_stamp_imported_at: bool,
 
     /// The API's base URL (the org's own host, or a regional one).
     #[arg(
+        help_heading = TARGET,
         long,
         env = "KUSTOMER_BASE_URL",
         default_value = "https://api.kustomerapp.com"
@@ -212,11 +261,17 @@ pub struct ImportArgs {
     pub base_url: String,
 
     /// Import into a sandbox started in this process on 127.0.0.1 (no account, no key).
-    #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
+    #[arg(help_heading = TARGET, long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
     pub sandbox: bool,
+
+    /// Allow an http:// base URL on a host other than loopback (the key would travel in
+    /// clear text).
+    #[arg(help_heading = TARGET, long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP", value_parser = FalseyValueParser::new())]
+    pub allow_insecure_http: bool,
 
     /// The most requests the run may send in any 60 seconds, lookups included.
     #[arg(
+        help_heading = RATE,
         long,
         env = "KUSTOMER_IMPORT_RPM",
         default_value_t = 900,
@@ -227,11 +282,12 @@ pub struct ImportArgs {
     /// Use at most this fraction (0 < F <= 1) of the org's limit as the server reports it
     /// (x-ratelimit-limit), instead of a fixed --rpm, leaving the rest to the org's live
     /// integrations. --rpm still caps the requests before the first answer.
-    #[arg(long, env = "KUSTOMER_IMPORT_RATE_SHARE", value_name = "F")]
+    #[arg(help_heading = RATE, long, env = "KUSTOMER_IMPORT_RATE_SHARE", value_name = "F")]
     pub rate_share: Option<f64>,
 
     /// The window --rpm counts over, in seconds (tests shorten it).
     #[arg(
+        help_heading = RATE,
         long,
         env = "KUSTOMER_IMPORT_RATE_WINDOW",
         default_value_t = 60.0,
@@ -241,23 +297,12 @@ pub struct ImportArgs {
 
     /// Rows in flight at once [default: what keeps --rpm busy at the latency the API shows
     /// (Little's law), from 4 to 64].
-    #[arg(long, env = "KUSTOMER_IMPORT_CONCURRENCY", value_name = "N")]
+    #[arg(help_heading = RATE, long, env = "KUSTOMER_IMPORT_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
-
-    /// Where failed rows go [default: beside the checkpoint, <checkpoint>.errors.csv].
-    #[arg(long, env = "KUSTOMER_IMPORT_ERRORS", value_name = "PATH")]
-    pub errors: Option<PathBuf>,
-
-    /// Print one JSON summary object on stdout at the end (see README), and nothing else.
-    #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
-    pub json: bool,
-
-    /// No progress bar, even on a terminal.
-    #[arg(long, env = "KUSTOMER_IMPORT_NO_PROGRESS", value_parser = FalseyValueParser::new())]
-    pub no_progress: bool,
 
     /// Seconds before a request without an answer counts as lost.
     #[arg(
+        help_heading = RATE,
         long,
         env = "KUSTOMER_IMPORT_TIMEOUT",
         default_value_t = 30.0,
@@ -265,9 +310,26 @@ pub struct ImportArgs {
     )]
     pub timeout: f64,
 
+    /// How records travel: one request each (single), up to 100 per request through
+    /// Kustomer's bulk jobs (bulk), or bulk once a few hundred rows are waiting to be sent
+    /// (auto).
+    #[arg(help_heading = RATE, long, env = "KUSTOMER_IMPORT_MODE", value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+
+    /// The checkpoint (SQLite) that records every row's outcome; runs with the same
+    /// checkpoint resume and never create a row twice.
+    #[arg(
+        help_heading = RECOVERY,
+        long,
+        env = "KUSTOMER_IMPORT_CHECKPOINT",
+        default_value = "kustomer-import.sqlite"
+    )]
+    pub checkpoint: PathBuf,
+
     /// Transient failures (5xx, timeouts, dropped connections) a row may meet before it is
     /// left pending for the next run.
     #[arg(
+        help_heading = RECOVERY,
         long,
         env = "KUSTOMER_IMPORT_MAX_RETRIES",
         default_value_t = 6,
@@ -277,6 +339,7 @@ pub struct ImportArgs {
 
     /// Seconds that requests in flight may take to finish after Ctrl-C or SIGTERM.
     #[arg(
+        help_heading = RECOVERY,
         long,
         env = "KUSTOMER_IMPORT_GRACE",
         default_value_t = 10.0,
@@ -287,6 +350,7 @@ pub struct ImportArgs {
     /// Seconds to wait after a lost answer before the lookup that tells whether the record
     /// was created, so that a write still in progress shows up first.
     #[arg(
+        help_heading = RECOVERY,
         long,
         env = "KUSTOMER_IMPORT_RECONCILE_DELAY",
         default_value_t = 2.0,
@@ -296,35 +360,24 @@ pub struct ImportArgs {
 
     /// A customer that already exists in Kustomer (same externalId, email or phone):
     /// link the row to it, or fail the row.
-    #[arg(long, env = "KUSTOMER_IMPORT_ON_EXISTING_CUSTOMER", value_enum, default_value_t = OnExistingArg::Link)]
+    #[arg(help_heading = RECOVERY, long, env = "KUSTOMER_IMPORT_ON_EXISTING_CUSTOMER", value_enum, default_value_t = OnExistingArg::Link)]
     pub on_existing_customer: OnExistingArg,
 
     /// Do not give conversations without a source externalId a derived one
     /// (kimp-<hash of the row>). Without it, a conversation whose answer was lost cannot be
     /// looked up: its row fails instead of risking a duplicate.
-    #[arg(long, env = "KUSTOMER_IMPORT_NO_DERIVED_CONVERSATION_IDS", value_parser = FalseyValueParser::new())]
+    #[arg(help_heading = RECOVERY, long, env = "KUSTOMER_IMPORT_NO_DERIVED_CONVERSATION_IDS", value_parser = FalseyValueParser::new())]
     pub no_derived_conversation_ids: bool,
 
     /// Send again the rows that failed in earlier runs (not those whose outcome is unknown),
     /// with the current mapping and flags: after a fix on either side.
-    #[arg(long, env = "KUSTOMER_IMPORT_RETRY_FAILED", value_parser = FalseyValueParser::new())]
+    #[arg(help_heading = RECOVERY, long, env = "KUSTOMER_IMPORT_RETRY_FAILED", value_parser = FalseyValueParser::new())]
     pub retry_failed: bool,
-
-    /// Do not send `importedAt` (the time of the import) with each conversation. With it,
-    /// historical conversations are exempt from Kustomer's limit of 120 new conversations
-    /// per customer per minute.
-    #[arg(long, env = "KUSTOMER_IMPORT_NO_STAMP_IMPORTED_AT", value_parser = FalseyValueParser::new())]
-    pub no_stamp_imported_at: bool,
-
-    /// How records travel: one request each (single), up to 100 per request through
-    /// Kustomer's bulk jobs (bulk), or bulk once a few hundred rows are waiting to be sent
-    /// (auto).
-    #[arg(long, env = "KUSTOMER_IMPORT_MODE", value_enum, default_value_t = ModeArg::Auto)]
-    pub mode: ModeArg,
 
     /// Seconds a bulk job whose submit answer was lost may still run on Kustomer's side:
     /// its rows are looked up only after this, so that a late job is found, not duplicated.
     #[arg(
+        help_heading = RECOVERY,
         long,
         env = "KUSTOMER_IMPORT_BULK_LOST_WAIT",
         default_value_t = 60.0,
@@ -332,10 +385,17 @@ pub struct ImportArgs {
     )]
     pub bulk_lost_wait: f64,
 
-    /// Allow an http:// base URL on a host other than loopback (the key would travel in
-    /// clear text).
-    #[arg(long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP", value_parser = FalseyValueParser::new())]
-    pub allow_insecure_http: bool,
+    /// Where failed rows go [default: beside the checkpoint, <checkpoint>.errors.csv].
+    #[arg(help_heading = OUTPUT, long, env = "KUSTOMER_IMPORT_ERRORS", value_name = "PATH")]
+    pub errors: Option<PathBuf>,
+
+    /// Print one JSON summary object on stdout at the end (see README), and nothing else.
+    #[arg(help_heading = OUTPUT, long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
+    pub json: bool,
+
+    /// No progress bar, even on a terminal.
+    #[arg(help_heading = OUTPUT, long, env = "KUSTOMER_IMPORT_NO_PROGRESS", value_parser = FalseyValueParser::new())]
+    pub no_progress: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -63,7 +63,7 @@ fn run(command: Command, api_key: Option<String>) -> Exit {
         Command::Status(args) => commands::status::run(&args.read.checkpoint, args.json),
         Command::Export(args) => commands::export::run(config::export_config(args)),
         Command::Completions { shell } => commands::docs::completions(shell),
-        Command::Man => commands::docs::man(),
+        Command::Man { dir } => commands::docs::man(dir.as_deref()),
         Command::Sandbox(args) => match config::sandbox_config(&args) {
             Ok((config, port)) => commands::sandbox::run(config, port),
             Err(error) => return commands::not_started(false, Exit::Usage, "usage", &error),

@@ -190,6 +190,54 @@ fn completions_and_the_man_page_come_from_the_command_line_definition() {
     let man = env.command(&["man"]);
     man.assert_code(0);
     assert!(man.stdout.contains(".TH kustomer-import 1"));
+    // One page holds every command with its flags.
+    for part in [
+        "KUSTOMER-IMPORT-IMPORT",
+        "KUSTOMER-IMPORT-STATUS",
+        "retry\\-failed",
+    ] {
+        assert!(man.stdout.contains(part), "the man page lacks {part}");
+    }
+    env.command(&["man", "--dir", "pages"]).assert_code(0);
+    for page in [
+        "kustomer-import.1",
+        "kustomer-import-import.1",
+        "kustomer-import-export.1",
+    ] {
+        assert!(env.path("pages").join(page).exists(), "no {page}");
+    }
+}
+
+#[test]
+fn import_help_names_the_key_groups_its_flags_and_ends_with_examples() {
+    let env = TestEnv::plain();
+    let long = env.command(&["import", "--help"]);
+    long.assert_code(0);
+    let mut at = 0;
+    for heading in [
+        "Input and mapping:",
+        "Target and key:",
+        "Rate and concurrency:",
+        "Recovery:",
+        "Output and logs:",
+        "Examples:",
+        "Exit codes:",
+    ] {
+        let found = long.stdout[at..]
+            .find(heading)
+            .unwrap_or_else(|| panic!("{heading} missing or out of order:\n{}", long.stdout));
+        at += found;
+    }
+    assert!(long.stdout.contains("KUSTOMER_API_KEY"));
+    assert!(long.stdout.contains("--sandbox") && long.stdout.contains("--rate-share 0.5"));
+    let short = env.command(&["import", "-h"]);
+    short.assert_code(0);
+    assert!(short.stdout.contains("KUSTOMER_API_KEY"));
+    assert!(!short.stdout.contains("Examples:"), "-h is the short form");
+    assert!(short.stdout.len() < long.stdout.len());
+    let version = env.command(&["--version"]);
+    version.assert_code(0);
+    assert!(version.stdout.contains("(commit "), "{}", version.stdout);
 }
 
 #[test]
