@@ -108,6 +108,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Run the local sandbox of the Kustomer API until Ctrl-C.
     Sandbox(SandboxArgs),
+    /// Mapping files: `mapping init FILE` writes a starter one from an export's columns.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -133,6 +136,37 @@ impl Command {
             _ => false,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// Write a starter mapping file for a CSV export: every column named, the likely
+    /// matches filled in, the rest commented, for you to edit and check with
+    /// `validate --mapping`.
+    Init(MappingInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MappingInitArgs {
+    /// The CSV export (plain or .gz) whose header to read.
+    #[arg(value_name = "FILE")]
+    pub file: String,
+
+    /// Where to write the mapping [default: beside FILE, <name>.mapping.toml].
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// The CSV delimiter [default: sniffed from the header line].
+    #[arg(long, value_name = "CHAR")]
+    pub delimiter: Option<String>,
+
+    /// The file's text encoding [default: UTF-8, or windows-1252 when it is not UTF-8].
+    #[arg(long, value_name = "LABEL")]
+    pub encoding: Option<String>,
 }
 
 /// The checkpoint a read-only command reads.

@@ -11,9 +11,10 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::cli::{
-    ExportArgs, FormatArg, ImportArgs, InputArgs, ModeArg, OnExistingArg, SandboxArgs, StateArg,
-    ValidateArgs,
+    ExportArgs, FormatArg, ImportArgs, InputArgs, MappingInitArgs, ModeArg, OnExistingArg,
+    SandboxArgs, StateArg, ValidateArgs,
 };
+use crate::commands::mapping::InitConfig;
 use kustomer_import::api::Backoff;
 use kustomer_import::checkpoint::inspect::StateFilter;
 use kustomer_import::input::{
@@ -237,6 +238,39 @@ pub fn validate_config(args: ValidateArgs) -> Result<ValidateConfig, ConfigError
         mapping,
         errors: args.errors,
         json: args.json,
+    })
+}
+
+/// What `mapping init` reads and writes.
+pub fn mapping_init_config(args: MappingInitArgs) -> Result<InitConfig, ConfigError> {
+    let settings = CsvSettings {
+        delimiter: args
+            .delimiter
+            .as_deref()
+            .map(parse_delimiter)
+            .transpose()
+            .map_err(|reason| ConfigError::BadValue(format!("--delimiter: {reason}")))?,
+        encoding: args
+            .encoding
+            .as_deref()
+            .map(parse_encoding)
+            .transpose()
+            .map_err(|reason| ConfigError::BadValue(format!("--encoding: {reason}")))?,
+    };
+    if args.file == "-" {
+        return Err(ConfigError::BadValue(
+            "mapping init reads a file, not stdin: give the export's path".into(),
+        ));
+    }
+    Ok(InitConfig {
+        // A name that says nothing of its format is read as CSV, which is all init reads.
+        input: InputSource::new(
+            &args.file,
+            Some(InputFormat::from_path(&args.file).unwrap_or(InputFormat::Csv)),
+            settings,
+        )?,
+        output: args.output,
+        force: args.force,
     })
 }
 

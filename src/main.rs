@@ -62,6 +62,12 @@ fn run(command: Command, api_key: Option<String>) -> Exit {
         },
         Command::Status(args) => commands::status::run(&args.read.checkpoint, args.json),
         Command::Export(args) => commands::export::run(config::export_config(args)),
+        Command::Mapping(cli::MappingCommand::Init(args)) => {
+            match config::mapping_init_config(args) {
+                Ok(config) => commands::mapping::init(config),
+                Err(error) => return commands::not_started(false, Exit::Usage, "usage", &error),
+            }
+        }
         Command::Completions { shell } => commands::docs::completions(shell),
         Command::Man { dir } => commands::docs::man(dir.as_deref()),
         Command::Sandbox(args) => match config::sandbox_config(&args) {

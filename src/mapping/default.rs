@@ -36,23 +36,68 @@ impl Target {
 
     /// The target a column name feeds under the default mapping.
     fn for_column(name: &str) -> Option<Target> {
-        let normalized: String = name
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '_' | '-'))
-            .flat_map(char::to_lowercase)
-            .collect();
-        Some(match normalized.as_str() {
-            "externalid" | "customerexternalid" | "customerid" => Target::CustomerExternalId,
-            "name" | "customername" => Target::CustomerName,
-            "email" | "emails" => Target::Emails,
-            "phone" | "phones" => Target::Phones,
-            "conversationexternalid" | "conversationid" => Target::ConversationExternalId,
-            "subject" | "conversationname" => Target::ConversationName,
-            "channel" => Target::Channel,
-            "status" => Target::Status,
-            _ => return None,
-        })
+        let normalized = normalize(name);
+        ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == normalized)
+            .map(|(_, target)| *target)
     }
+
+    /// The body field it feeds, as `validate` and `import` name it.
+    fn field(self) -> &'static str {
+        match self {
+            Target::CustomerExternalId => "customer.externalId",
+            Target::CustomerName => "customer.name",
+            Target::Emails => "customer.emails",
+            Target::Phones => "customer.phones",
+            Target::ConversationExternalId => "conversation.externalId",
+            Target::ConversationName => "conversation.name",
+            Target::Channel => "conversation.channel",
+            Target::Status => "conversation.status",
+        }
+    }
+}
+
+/// The default columns, normalised (lowercase, no spaces, `_` or `-`), and what each feeds.
+const ALIASES: [(&str, Target); 15] = [
+    ("externalid", Target::CustomerExternalId),
+    ("customerexternalid", Target::CustomerExternalId),
+    ("customerid", Target::CustomerExternalId),
+    ("name", Target::CustomerName),
+    ("customername", Target::CustomerName),
+    ("email", Target::Emails),
+    ("emails", Target::Emails),
+    ("phone", Target::Phones),
+    ("phones", Target::Phones),
+    ("conversationexternalid", Target::ConversationExternalId),
+    ("conversationid", Target::ConversationExternalId),
+    ("subject", Target::ConversationName),
+    ("conversationname", Target::ConversationName),
+    ("channel", Target::Channel),
+    ("status", Target::Status),
+];
+
+/// A column name as the default mapping compares it: lowercase, without spaces, `_`, `-`.
+pub(super) fn normalize(name: &str) -> String {
+    name.chars()
+        .filter(|c| !matches!(c, ' ' | '_' | '-'))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The body field a column feeds under the default mapping, if any.
+pub(super) fn default_field(column: &str) -> Option<&'static str> {
+    Target::for_column(column).map(Target::field)
+}
+
+/// The default columns a normalised name ends with or starts with (`ticketsubject` ends
+/// with `subject`), with the field each feeds: the close names worth a warning.
+pub(super) fn close_defaults(normalized: &str) -> Option<(&'static str, &'static str)> {
+    ALIASES
+        .iter()
+        .filter(|(alias, _)| alias.len() >= 5 && *alias != normalized)
+        .find(|(alias, _)| normalized.ends_with(alias) || normalized.starts_with(alias))
+        .map(|(alias, target)| (*alias, target.field()))
 }
 
 /// Maps records with the default columns. Column positions are resolved once per CSV

@@ -76,6 +76,23 @@ struct FieldSpec {
     values: Option<Arc<HashMap<String, Value>>>,
 }
 
+impl FieldSpec {
+    /// The columns this field reads: its column, or its template's placeholders.
+    fn columns(&self) -> Vec<&str> {
+        match &self.source {
+            Source::Column(column) => vec![column.as_str()],
+            Source::Template(pieces) => pieces
+                .iter()
+                .filter_map(|piece| match piece {
+                    Piece::Column(column) => Some(column.as_str()),
+                    Piece::Text(_) => None,
+                })
+                .collect(),
+            Source::Constant(_) => Vec::new(),
+        }
+    }
+}
+
 /// One source of an emails or phones list, with the type its entries get.
 #[derive(Clone, Debug)]
 struct ListSpec {
@@ -169,47 +186,62 @@ impl MappingFile {
 
     /// Every column the mapping reads, in the order the file names them.
     fn columns(&self) -> Vec<&str> {
-        let mut fields: Vec<&FieldSpec> = Vec::new();
+        self.fields()
+            .into_iter()
+            .flat_map(|(_, field)| field.columns())
+            .collect()
+    }
+
+    /// Each body field the file sets, by its name in the body (`customer.emails`,
+    /// `conversation.extra.priority`), with the columns it reads, in the file's order.
+    pub fn field_columns(&self) -> Vec<(String, Vec<&str>)> {
+        self.fields()
+            .into_iter()
+            .map(|(name, field)| (name, field.columns()))
+            .collect()
+    }
+
+    fn fields(&self) -> Vec<(String, &FieldSpec)> {
+        let named = |prefix: &str, name: &str| format!("{prefix}.{name}");
+        let mut fields: Vec<(String, &FieldSpec)> = Vec::new();
         let customer = &self.customer;
-        fields.extend(customer.external_id.iter().chain(&customer.name));
-        fields.extend(
-            customer
-                .emails
-                .iter()
-                .chain(&customer.phones)
-                .map(|l| &l.field),
-        );
+        for (name, field) in [
+            ("externalId", &customer.external_id),
+            ("name", &customer.name),
+        ] {
+            fields.extend(field.as_ref().map(|f| (named("customer", name), f)));
+        }
+        for (name, list) in [("emails", &customer.emails), ("phones", &customer.phones)] {
+            fields.extend(list.iter().map(|l| (named("customer", name), &l.field)));
+        }
         fields.extend(
             customer
                 .extra
                 .iter()
-                .chain(&customer.custom)
-                .map(|(_, f)| f),
+                .map(|(n, f)| (named("customer", n), f)),
+        );
+        fields.extend(
+            customer
+                .custom
+                .iter()
+                .map(|(n, f)| (named("customer.custom", n), f)),
         );
         let conversation = &self.conversation;
+        for (name, field) in [
+            ("externalId", &conversation.external_id),
+            ("name", &conversation.name),
+            ("channel", &conversation.channel),
+            ("status", &conversation.status),
+        ] {
+            fields.extend(field.as_ref().map(|f| (named("conversation", name), f)));
+        }
         fields.extend(
             conversation
-                .external_id
+                .extra
                 .iter()
-                .chain(&conversation.name)
-                .chain(&conversation.channel)
-                .chain(&conversation.status),
+                .map(|(n, f)| (named("conversation", n), f)),
         );
-        fields.extend(conversation.extra.iter().map(|(_, f)| f));
-        let mut columns = Vec::new();
-        for field in fields {
-            match &field.source {
-                Source::Column(column) => columns.push(column.as_str()),
-                Source::Template(pieces) => {
-                    columns.extend(pieces.iter().filter_map(|piece| match piece {
-                        Piece::Column(column) => Some(column.as_str()),
-                        Piece::Text(_) => None,
-                    }))
-                }
-                Source::Constant(_) => {}
-            }
-        }
-        columns
+        fields
     }
 
     /// The mapping for one input: for CSV, finds every column in the header once.

@@ -8,6 +8,7 @@
 //! record always gives the same plan (row keys and derived ids depend on that).
 
 pub mod checks;
+pub mod columns;
 mod default;
 pub mod file;
 

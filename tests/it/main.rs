@@ -7,6 +7,7 @@ mod harness;
 mod bulk;
 mod exports;
 mod faults;
+mod first_hour;
 mod foreign;
 mod import;
 mod operate;

@@ -1,0 +1,61 @@
+//! A newcomer's first hour (issue 14): the columns a file's mapping reads are shown, a file
+//! whose columns mean nothing to the default mapping is refused before any request, and
+//! `mapping init` writes a mapping that `validate` takes once edited.
+
+use crate::harness::*;
+
+#[test]
+fn mapping_init_writes_a_mapping_that_validate_takes_after_the_users_edits() {
+    let env = TestEnv::plain();
+    let export = env.path("helpdesk.csv");
+    std::fs::copy(sample("helpdesk.csv"), &export).unwrap();
+    let init = env.command(&["mapping", "init", "helpdesk.csv"]);
+    init.assert_code(0);
+    assert!(
+        init.stdout.contains("helpdesk.mapping.toml"),
+        "{}",
+        init.stdout
+    );
+    let written = std::fs::read_to_string(env.path("helpdesk.mapping.toml")).unwrap();
+    assert!(written.contains("encoding = \"windows-1252\""), "{written}");
+    // A second init does not overwrite the user's file.
+    env.command(&["mapping", "init", "helpdesk.csv"])
+        .assert_code(2);
+
+    // The user's edits: the export's statuses, its priorities and its dates.
+    let edited = written
+        .replace("# solved = \"done\"", "solved = \"done\"")
+        .replace("# closed = \"done\"", "closed = \"done\"")
+        .replace(
+            "# pending = \"snoozed\"",
+            "pending = \"snoozed\"\nhold = \"snoozed\"",
+        )
+        .replace("# new = \"open\"", "new = \"open\"")
+        + "\n[conversation.extra]\nimportedAt = \"{Created At}\"\npriority = \"Priority\"\n\
+           \n[conversation.values.priority]\nlow = 1\nnormal = 2\nhigh = 4\nurgent = 5\n";
+    // TOML wants each table once: the [csv] table moves after the extra ones.
+    let (before_csv, csv) = edited.split_once("\n[csv]\n").unwrap();
+    let (csv, rest) = csv.split_once("\n\n").unwrap_or((csv, ""));
+    let edited = format!("{before_csv}\n{rest}\n[csv]\n{csv}\n");
+    std::fs::write(env.path("helpdesk.mapping.toml"), edited).unwrap();
+
+    let mine = env.command(&[
+        "validate",
+        "helpdesk.csv",
+        "--mapping",
+        "helpdesk.mapping.toml",
+        "--json",
+    ]);
+    let theirs = env.command(&[
+        "validate",
+        "helpdesk.csv",
+        "--mapping",
+        sample("helpdesk.mapping.toml").to_str().unwrap(),
+        "--json",
+    ]);
+    let mine: serde_json::Value = serde_json::from_str(&mine.stdout).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&theirs.stdout).unwrap();
+    assert_eq!(mine["valid"], 27, "{mine}");
+    assert_eq!(mine["invalid"], theirs["invalid"]);
+    assert_eq!(mine["customers"], theirs["customers"]);
+}
