@@ -162,8 +162,8 @@ enum CustomerStep {
     Known(String),
     /// This row creates it; `reconcile_first` when an earlier run's create is unanswered.
     Create { reconcile_first: bool },
-    /// A bulk job refused it as a duplicate (`message`): find the customer that exists and
-    /// link the row to it.
+    /// A bulk job refused it as a duplicate, or in words with no status (`message`): find
+    /// the customer that exists and link the row to it, or send it alone if none is found.
     Link { message: String },
 }
 
