@@ -4,7 +4,8 @@
 //! It accepts both shapes the API is seen in: the spec's (200, bare `{type, id,
 //! attributes}`) and the live API's (201, `{"data": {...}}`). Every request passes the
 //! shared [`RateGate`]; a 429 pauses every worker and the request is sent again here, so
-//! callers never see one. The key lives in a [`SecretString`] and goes out only in a
+//! callers never see one. A redirect is never followed: any 3xx, on any call, is
+//! [`ApiError::WrongBaseUrl`]. The key lives in a [`SecretString`] and goes out only in a
 //! header marked sensitive; no error or log line built here can contain it.
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use url::Url;
 
-use super::error::{ApiError, server_message};
+use super::error::{ApiError, server_message, trimmed};
 use super::ratelimit::RateGate;
 use crate::mapping::{ConversationBody, CustomerBody};
 
@@ -263,6 +264,9 @@ impl KustomerClient {
             })?;
             let status = response.status();
             self.gate.observe(status.as_u16(), response.headers());
+            if status.is_redirection() {
+                return Err(wrong_base_url(status, response.headers()));
+            }
             let answer = response.bytes().await.map_err(transport_error)?;
             self.stats.record_latency(sent.elapsed());
             if status == StatusCode::TOO_MANY_REQUESTS {
@@ -441,6 +445,19 @@ pub(super) fn classify_failure(code: u16, answer: &[u8]) -> ApiError {
     }
 }
 
+/// What any 3xx means, for every call: the base URL is wrong. The Location is kept as the
+/// server gave it (trimmed: it is shown to the user), so that the user can see where the
+/// host sends requests.
+fn wrong_base_url(status: StatusCode, headers: &reqwest::header::HeaderMap) -> ApiError {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .map(|location| trimmed(&String::from_utf8_lossy(location.as_bytes())));
+    ApiError::WrongBaseUrl {
+        status: status.as_u16(),
+        location,
+    }
+}
+
 /// A request that got no HTTP answer. Only a failure to connect proves the server never
 /// saw it; a timeout or a connection dropped after sending may hide a write.
 fn transport_error(error: reqwest::Error) -> ApiError {
@@ -528,6 +545,23 @@ mod tests {
             classify_failure(422, b"{}"),
             ApiError::Rejected { status: 422, .. }
         ));
+    }
+
+    #[test]
+    fn a_redirect_says_the_base_url_is_wrong_and_where_it_points() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::LOCATION,
+            HeaderValue::from_static("https://acme.api.kustomerapp.com/v1/customers"),
+        );
+        let error = wrong_base_url(StatusCode::MOVED_PERMANENTLY, &headers);
+        let words = error.to_string();
+        assert!(words.contains("301"), "{words}");
+        assert!(words.contains("https://acme.api.kustomerapp.com/v1/customers"));
+        assert!(words.contains("base URL is wrong"), "{words}");
+        assert!(!error.is_retriable() && !error.maybe_applied());
+        let bare = wrong_base_url(StatusCode::TEMPORARY_REDIRECT, &Default::default());
+        assert!(bare.to_string().contains("no Location"), "{bare}");
     }
 
     #[test]

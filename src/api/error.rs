@@ -10,6 +10,19 @@ pub enum ApiError {
     /// 401/403: the key is wrong, revoked or lacks a role. Stop the run; fail no row.
     #[error("the API refused the key ({status}): {message}")]
     Unauthorized { status: u16, message: String },
+    /// 3xx: the API does not redirect, so the base URL is wrong (an old host, a proxy, a
+    /// login page). The redirect is not followed: the key would go with it, to a host the
+    /// user never named, in a request the rate gate never saw. Nothing was made. Stop the
+    /// run; fail no row.
+    #[error(
+        "the API answered {status}, a redirect to {}: the base URL is wrong (the redirect \
+         was not followed, so the key went nowhere else); fix --base-url",
+        location.as_deref().unwrap_or("nowhere (no Location header)")
+    )]
+    WrongBaseUrl {
+        status: u16,
+        location: Option<String>,
+    },
     /// 409: a record with the same externalId, email or phone exists.
     #[error("duplicate (409): {message}")]
     Duplicate { message: String },

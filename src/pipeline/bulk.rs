@@ -23,8 +23,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::worker::{
-    RetryBudget, commit_or_halt, conversation_to_send, halt_change, key_refused, record_halt,
-    record_or_halt,
+    RetryBudget, base_url_wrong, commit_or_halt, conversation_to_send, halt_change, key_refused,
+    record_halt, record_or_halt,
 };
 use super::{
     CustomerStep, Event, Halt, ImportMode, RowOutcome, Settlement, Shared, StopReason, Work,
@@ -827,6 +827,7 @@ impl<'a> Retry<'a> {
             ApiError::Unauthorized { status, message } => {
                 Err(key_refused(self.shared, *status, message))
             }
+            ApiError::WrongBaseUrl { .. } => Err(base_url_wrong(self.shared, error)),
             ApiError::Transient { reason, .. } => {
                 self.backoff(reason).await.map_err(|end| match end {
                     NoRetry::Exhausted(reason) => Halt::Pending(reason),

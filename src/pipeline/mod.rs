@@ -130,7 +130,8 @@ pub enum StopReason {
     Unauthorized(String),
     /// The API kept failing: rows in a row gave up after their retries.
     ApiUnavailable(String),
-    /// The API answered as if the base URL were wrong (404/405 on a create).
+    /// The API answered as if the base URL were wrong (404/405 on a create, a redirect on
+    /// any call).
     Endpoint(String),
     /// An input could not be read to its end.
     Input(String),

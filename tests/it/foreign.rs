@@ -1,10 +1,12 @@
 //! The binary against servers that are not our sandbox: one answering the spec's way (200,
-//! a bare object) and one answering the live API's way (201, wrapped in "data").
+//! a bare object), one answering the live API's way (201, wrapped in "data"), and one that
+//! redirects every request (a wrong base URL).
 
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, Uri, header::LOCATION};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -49,12 +51,17 @@ fn start_foreign(
             }),
         )
         .with_state(Arc::clone(&received));
+    (serve(runtime, app), received)
+}
+
+/// Serves `app` on 127.0.0.1; its base URL.
+fn serve(runtime: &tokio::runtime::Runtime, app: Router) -> String {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let address = listener.local_addr().unwrap();
     runtime.spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{address}"), received)
+    format!("http://{address}")
 }
 
 fn import_into_foreign(wrapped: bool) {
@@ -91,4 +98,71 @@ fn a_server_answering_the_specs_way_200_bare() {
 #[test]
 fn a_server_answering_the_live_apis_way_201_wrapped() {
     import_into_foreign(true);
+}
+
+/// The host a redirecting server sends every request to. Never reached: the client does
+/// not follow redirects.
+const MOVED_TO: &str = "http://127.0.0.1:9/moved";
+
+/// A server that answers every request with `status` and a Location under [`MOVED_TO`].
+fn start_redirecting(runtime: &tokio::runtime::Runtime, status: StatusCode) -> String {
+    let app = Router::new().fallback(move |uri: Uri| async move {
+        let location = format!("{MOVED_TO}{}", uri.path());
+        let mut answer = status.into_response();
+        answer
+            .headers_mut()
+            .insert(LOCATION, HeaderValue::from_str(&location).unwrap());
+        answer
+    });
+    serve(runtime, app)
+}
+
+/// Asserts that a run stopped on a redirect: exit 2, the Location named, no row failed,
+/// every row pending.
+fn assert_stopped_on_redirect(env: &TestEnv, run: &Run, rows: u64) {
+    run.assert_code(2);
+    assert!(run.stderr.contains(MOVED_TO), "{}", run.stderr);
+    assert!(run.stderr.contains("base URL"), "{}", run.stderr);
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["stopped_because"], "endpoint", "{summary}");
+    assert_eq!(summary["rows_failed"], 0, "{summary}");
+    assert_eq!(summary["rows_pending"], rows, "{summary}");
+    assert_eq!(env.rows_in_state("failed"), 0);
+    assert_eq!(env.rows_in_state("done"), 0);
+}
+
+#[test]
+fn a_redirect_stops_the_run_as_a_wrong_base_url_and_the_fixed_url_imports_every_row() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(3, 2));
+    let file = file.to_str().unwrap();
+    // Creates meet a 301; the next run's lookups (of the customers whose creates left)
+    // meet a 307.
+    for status in [
+        StatusCode::MOVED_PERMANENTLY,
+        StatusCode::TEMPORARY_REDIRECT,
+    ] {
+        let mut command = env.import_command(&[file, "--json"]);
+        command.env("KUSTOMER_BASE_URL", start_redirecting(&env.runtime, status));
+        assert_stopped_on_redirect(&env, &run(command), 6);
+    }
+    assert_eq!(env.stats().requests_total, 0);
+    // The same command with the base URL fixed.
+    env.import(&[file]).assert_code(0);
+    env.assert_exactly_once(3, 6);
+}
+
+#[test]
+fn a_redirect_stops_a_bulk_run_with_every_row_pending() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(150, 2));
+    let file = file.to_str().unwrap();
+    let mut command = env.import_command(&[file, "--mode", "bulk", "--json"]);
+    command.env(
+        "KUSTOMER_BASE_URL",
+        start_redirecting(&env.runtime, StatusCode::PERMANENT_REDIRECT),
+    );
+    assert_stopped_on_redirect(&env, &run(command), 300);
+    env.import(&[file, "--mode", "bulk"]).assert_code(0);
+    env.assert_exactly_once(150, 300);
 }
