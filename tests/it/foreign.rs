@@ -1,6 +1,6 @@
 //! The binary against servers that are not our sandbox: one answering the spec's way (200,
-//! a bare object), one answering the live API's way (201, wrapped in "data"), and one that
-//! redirects every request (a wrong base URL).
+//! a bare object), one answering the live API's way (201, wrapped in "data"), one that
+//! redirects every request (a wrong base URL), and one whose create answers never end.
 
 use std::sync::{Arc, Mutex};
 
@@ -165,4 +165,119 @@ fn a_redirect_stops_a_bulk_run_with_every_row_pending() {
     assert_stopped_on_redirect(&env, &run(command), 300);
     env.import(&[file, "--mode", "bulk"]).assert_code(0);
     env.assert_exactly_once(150, 300);
+}
+
+/// Records by externalId, as a server that pads its create answers holds them.
+#[derive(Default)]
+struct Padded {
+    customers: std::collections::HashMap<String, String>,
+    conversations: std::collections::HashMap<String, String>,
+    creates: usize,
+}
+
+/// More padding than the client reads of an answer (a few MiB).
+const PADDING: usize = 6 * 1024 * 1024;
+
+/// A create answer: the record's id first, as JSON, then [`PADDING`] bytes of whitespace,
+/// which leaves it valid JSON. Customers' answers are streamed with no length, the
+/// conversations' say their length up front.
+fn padded_answer(kind: &str, id: &str) -> axum::response::Response {
+    let head = serde_json::to_vec(&json!({"data": {"type": kind, "id": id}})).unwrap();
+    if kind == "customer" {
+        let chunks = std::iter::once(head)
+            .chain(std::iter::repeat_n(
+                vec![b' '; 64 * 1024],
+                PADDING / (64 * 1024),
+            ))
+            .map(Ok::<_, std::io::Error>);
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+        (StatusCode::CREATED, body).into_response()
+    } else {
+        let mut body = head;
+        body.resize(body.len() + PADDING, b' ');
+        (StatusCode::CREATED, body).into_response()
+    }
+}
+
+/// A foreign API whose creates make the record and answer [`padded_answer`]s; its lookups
+/// by externalId answer as the docs say.
+fn start_padding(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Padded>>) {
+    use axum::extract::Path;
+    use axum::routing::get;
+    type Shared = State<Arc<Mutex<Padded>>>;
+    let create = |kind: &'static str| {
+        move |State(state): Shared, Json(body): Json<Value>| async move {
+            let mut state = state.lock().unwrap();
+            state.creates += 1;
+            let id = format!("{kind}{}", state.creates);
+            let external_id = body["externalId"].as_str().unwrap().to_string();
+            let records = match kind {
+                "customer" => &mut state.customers,
+                _ => &mut state.conversations,
+            };
+            records.insert(external_id, id.clone());
+            padded_answer(kind, &id)
+        }
+    };
+    let lookup = |kind: &'static str| {
+        move |State(state): Shared, Path(lookup): Path<String>| async move {
+            let state = state.lock().unwrap();
+            let records = match kind {
+                "customer" => &state.customers,
+                _ => &state.conversations,
+            };
+            let found = lookup
+                .strip_prefix("externalId=")
+                .and_then(|external_id| records.get(external_id));
+            match found {
+                Some(id) => Json(json!({"data": {"type": kind, "id": id}})).into_response(),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    };
+    let padded = Arc::new(Mutex::new(Padded::default()));
+    let app = Router::new()
+        .route("/v1/customers", post(create("customer")))
+        .route("/v1/customers/{lookup}", get(lookup("customer")))
+        .route("/v1/conversations", post(create("conversation")))
+        .route("/v1/conversations/{lookup}", get(lookup("conversation")))
+        .with_state(Arc::clone(&padded));
+    (serve(runtime, app), padded)
+}
+
+#[test]
+fn a_create_answer_longer_than_the_cap_is_reconciled_by_lookup_not_read_whole() {
+    let env = TestEnv::plain();
+    let (base_url, padded) = start_padding(&env.runtime);
+    let file = env.write("export.csv", &generated_csv(3, 2));
+    let mut command = env.import_command(&[
+        file.to_str().unwrap(),
+        "--json",
+        "--reconcile-delay",
+        "0.05",
+    ]);
+    command.env("KUSTOMER_BASE_URL", &base_url);
+    let run = run(command);
+    run.assert_code(0);
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    // Each answer was cut off at the cap: a lost answer, so each record was found by
+    // lookup, and none was created twice.
+    assert_eq!(summary["customers_reconciled"], 3, "{summary}");
+    assert_eq!(summary["customers_created"], 0, "{summary}");
+    assert_eq!(summary["rows_done"], 6, "{summary}");
+    let padded = padded.lock().unwrap();
+    assert_eq!(padded.creates, 3 + 6);
+    assert_eq!(padded.customers.len(), 3);
+    assert_eq!(padded.conversations.len(), 6);
+    let mut made: Vec<&String> = padded.conversations.values().collect();
+    made.sort();
+    let checkpoint_ids: Vec<String> = env
+        .checkpoint()
+        .prepare("SELECT conversation_id FROM rows WHERE state = 'done' ORDER BY conversation_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(checkpoint_ids.iter().collect::<Vec<_>>(), made);
 }
