@@ -79,15 +79,21 @@ fn import_into_foreign(wrapped: bool) {
         let customer = conversation["customer"].as_str().unwrap();
         assert!(customer.starts_with("cus"), "{conversation}");
     }
-    let ids: Vec<String> = env
-        .checkpoint()
-        .prepare("SELECT conversation_id FROM rows ORDER BY conversation_id")
+    assert_eq!(
+        conversation_ids(&env),
+        ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6"]
+    );
+}
+
+/// The conversation ids of the checkpoint's done rows, in order.
+fn conversation_ids(env: &TestEnv) -> Vec<String> {
+    env.checkpoint()
+        .prepare("SELECT conversation_id FROM rows WHERE state = 'done' ORDER BY conversation_id")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
-        .collect();
-    assert_eq!(ids, ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6"]);
+        .collect()
 }
 
 #[test]
@@ -269,15 +275,7 @@ fn a_create_answer_longer_than_the_cap_is_reconciled_by_lookup_not_read_whole() 
     assert_eq!(padded.creates, 3 + 6);
     assert_eq!(padded.customers.len(), 3);
     assert_eq!(padded.conversations.len(), 6);
-    let mut made: Vec<&String> = padded.conversations.values().collect();
+    let mut made: Vec<String> = padded.conversations.values().cloned().collect();
     made.sort();
-    let checkpoint_ids: Vec<String> = env
-        .checkpoint()
-        .prepare("SELECT conversation_id FROM rows WHERE state = 'done' ORDER BY conversation_id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(checkpoint_ids.iter().collect::<Vec<_>>(), made);
+    assert_eq!(conversation_ids(&env), made);
 }
