@@ -4,8 +4,10 @@
 //! through the same rate gate as the single endpoints.
 //!
 //! Like the single endpoints, both shapes are accepted: 200 or 201, bare or in `data`.
-//! An item's error becomes the [`ApiError`] its single create would have given (409 a
-//! duplicate, any other status a refusal), so callers treat both paths alike.
+//! An item's error may be a text (Kustomer's reference shows `"error": "duplicate
+//! detected"`), an object or a list. One that states a status becomes the [`ApiError`] its
+//! single create would have given (409 a duplicate, any other status a refusal), so
+//! callers treat both paths alike; one that states none is [`ItemOutcome::Unexplained`].
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,7 +16,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::client::{KustomerClient, classify_failure, record_id};
-use super::error::{ApiError, server_message};
+use super::error::{ApiError, error_says_duplicate, error_status, error_words, trimmed};
 
 /// Most bodies one bulk request takes.
 pub const MAX_ITEMS: usize = 100;
@@ -52,8 +54,14 @@ pub enum ItemOutcome {
     Created(String),
     /// The record existed and the job updated it.
     Updated(String),
-    /// Refused: [`ApiError::Duplicate`] or [`ApiError::Rejected`], as the single create.
+    /// Refused with a status (or a `duplicate` code): [`ApiError::Duplicate`],
+    /// [`ApiError::Rejected`] or, for trouble on the way, [`ApiError::Transient`], as the
+    /// single create would have answered.
     Failed(ApiError),
+    /// Refused in words only, with no status (`"duplicate detected"`): the item was not
+    /// made, and whether the record exists or the body is bad is not said. The single
+    /// endpoint's answer, which has a status, is what settles it.
+    Unexplained(String),
 }
 
 impl KustomerClient {
@@ -159,7 +167,7 @@ fn item_outcomes(answer: &[u8]) -> Option<HashMap<String, ItemOutcome>> {
             let outcome = match (result.get("status").and_then(|s| s.as_str()), object_id) {
                 (Some("created"), Some(id)) => ItemOutcome::Created(id.to_string()),
                 (Some("updated"), Some(id)) => ItemOutcome::Updated(id.to_string()),
-                (Some("error"), _) => ItemOutcome::Failed(item_error(result.get("error"))),
+                (Some("error"), _) => item_failure(result.get("error").unwrap_or(&Value::Null)),
                 // Anything else says nothing we can act on: the outcome stays unknown.
                 _ => continue,
             };
@@ -169,38 +177,106 @@ fn item_outcomes(answer: &[u8]) -> Option<HashMap<String, ItemOutcome>> {
     Some(outcomes)
 }
 
-/// An item's error object as the error its single create would have answered.
-fn item_error(error: Option<&Value>) -> ApiError {
-    let error = error.cloned().unwrap_or(Value::Null);
-    let status = match error.get("status") {
-        Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Some(Value::String(s)) => s.parse().ok(),
-        _ => None,
-    };
-    let duplicate = error.get("code").and_then(|c| c.as_str()) == Some("duplicate");
-    let message = server_message(
-        serde_json::to_vec(&serde_json::json!({ "errors": [error] }))
-            .unwrap_or_default()
-            .as_slice(),
-    );
-    match status {
-        _ if duplicate => ApiError::Duplicate { message },
-        Some(409) => ApiError::Duplicate { message },
+/// What an item's `error` (a text, an object or a list) says: the one place that decides
+/// how a bulk item's error is read, statuses stated or not.
+fn item_failure(error: &Value) -> ItemOutcome {
+    let message = trimmed(&error_words(error).unwrap_or_default());
+    let status = error_status(error);
+    if status == Some(409) || error_says_duplicate(error) {
+        return ItemOutcome::Failed(ApiError::Duplicate { message });
+    }
+    ItemOutcome::Failed(match status {
+        None => return ItemOutcome::Unexplained(message),
         // Trouble on the way, not a verdict on the item: it may or may not have been made.
         Some(status @ (408 | 429 | 500..=599)) => ApiError::Transient {
             reason: format!("item failed ({status}): {message}"),
             maybe_applied: true,
         },
-        status => ApiError::Rejected {
-            status: status.unwrap_or(422),
-            message,
-        },
-    }
+        Some(status) => ApiError::Rejected { status, message },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::documented;
+
+    #[test]
+    fn the_documented_bulk_answers_are_read() {
+        assert_eq!(
+            record_id(&documented("bulk-submitted.json")).as_deref(),
+            Some("6a1f0c2e9b3d4e5f60718293")
+        );
+        assert_eq!(
+            job_status(&documented("bulk-submitted.json")),
+            Some(JobStatus::Waiting("queued".into()))
+        );
+        assert_eq!(
+            job_status(&documented("bulk-complete.json")),
+            Some(JobStatus::Complete)
+        );
+        let outcomes = item_outcomes(&documented("bulk-batches.json")).unwrap();
+        assert_eq!(
+            outcomes["crm-001"],
+            ItemOutcome::Created("6a1f0c2e9b3d4e5f607182a1".into())
+        );
+        assert_eq!(
+            outcomes["crm-003"],
+            ItemOutcome::Updated("6a1f0c2e9b3d4e5f607182a3".into())
+        );
+        // The reference's failed item: an error in words, with no status. Read as a
+        // refusal (422, "no message") it failed every row of a customer that existed.
+        assert_eq!(
+            outcomes["crm-002"],
+            ItemOutcome::Unexplained("duplicate detected".into())
+        );
+    }
+
+    #[test]
+    fn an_items_error_is_read_as_a_text_an_object_or_a_list() {
+        let read = |error: &str| item_failure(&serde_json::from_str(error).unwrap());
+        assert_eq!(
+            read(r#""duplicate detected""#),
+            ItemOutcome::Unexplained("duplicate detected".into())
+        );
+        assert_eq!(read("null"), ItemOutcome::Unexplained("no message".into()));
+        assert!(matches!(
+            read(r#"{"status": 409, "detail": "email taken"}"#),
+            ItemOutcome::Failed(ApiError::Duplicate { message }) if message == "email taken"
+        ));
+        assert!(matches!(
+            read(r#"{"code": "duplicate", "title": "Duplicate"}"#),
+            ItemOutcome::Failed(ApiError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            read(r#"[{"status": "422", "detail": "bad", "source": {"pointer": "/name"}}, "also this"]"#),
+            ItemOutcome::Failed(ApiError::Rejected { status: 422, message })
+                if message == "/name: bad; also this"
+        ));
+        assert!(matches!(
+            read(r#"["one", {"message": "two"}]"#),
+            ItemOutcome::Unexplained(message) if message == "one; two"
+        ));
+        assert!(matches!(
+            read(r#"{"status": "503", "message": "busy"}"#),
+            ItemOutcome::Failed(error) if error.maybe_applied()
+        ));
+        // An object that states no status says no more than a text.
+        assert!(matches!(
+            read(r#"{"code": "invalid", "detail": "bad"}"#),
+            ItemOutcome::Unexplained(message) if message == "bad"
+        ));
+    }
+
+    #[test]
+    fn batches_are_read_bare_or_in_data() {
+        let bare = br#"[{"successCount": 1, "failureCount": 0, "objectIds": ["c1"],
+            "errors": [], "results": [{"_clientRef": "a", "objectId": "c1", "status": "created"}]}]"#;
+        assert_eq!(
+            item_outcomes(bare).unwrap()["a"],
+            ItemOutcome::Created("c1".into())
+        );
+    }
 
     #[test]
     fn job_status_is_read_wrapped_or_bare() {

@@ -4,7 +4,8 @@
 //! It accepts both shapes the API is seen in: the spec's (200, bare `{type, id,
 //! attributes}`) and the live API's (201, `{"data": {...}}`). Every request passes the
 //! shared [`RateGate`]; a 429 pauses every worker and the request is sent again here, so
-//! callers never see one. The key lives in a [`SecretString`] and goes out only in a
+//! callers never see one. A redirect is never followed: any 3xx, on any call, is
+//! [`ApiError::WrongBaseUrl`]. The key lives in a [`SecretString`] and goes out only in a
 //! header marked sensitive; no error or log line built here can contain it.
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use url::Url;
 
-use super::error::{ApiError, server_message};
+use super::error::{ApiError, server_message, trimmed};
 use super::ratelimit::RateGate;
 use crate::mapping::{ConversationBody, CustomerBody};
 
@@ -263,7 +264,10 @@ impl KustomerClient {
             })?;
             let status = response.status();
             self.gate.observe(status.as_u16(), response.headers());
-            let answer = response.bytes().await.map_err(transport_error)?;
+            if status.is_redirection() {
+                return Err(wrong_base_url(status, response.headers()));
+            }
+            let answer = read_answer(response, &method).await?;
             self.stats.record_latency(sent.elapsed());
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -279,6 +283,48 @@ impl KustomerClient {
             return Ok((status, answer));
         }
     }
+}
+
+/// The most of an answer the client reads. Every answer it needs is small: a create's or a
+/// lookup's record (its id comes first), a bulk job's status, its batches of at most 100
+/// results (tens of KiB). 4 MiB leaves a record with many attributes room and bounds what
+/// one answer can cost: read whole, a 50 MB create answer cost 588 MB of RSS, and a
+/// 1.5 GB one 3.1 GB, at any concurrency.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads an answer's body, chunk by chunk, up to [`MAX_ANSWER_BYTES`]. A longer one is
+/// not an answer this client can use: a protocol error for this request, which for a
+/// request that writes may have been applied, so it goes the way of a lost answer
+/// (reconciled by lookup), never that of a refusal.
+async fn read_answer(
+    mut response: reqwest::Response,
+    method: &Method,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_long = || ApiError::Transient {
+        reason: format!(
+            "the answer is longer than {} MiB: not read",
+            MAX_ANSWER_BYTES / (1024 * 1024)
+        ),
+        maybe_applied: method != Method::GET,
+    };
+    let announced = response.content_length().unwrap_or(0);
+    if announced > MAX_ANSWER_BYTES as u64 {
+        return Err(too_long());
+    }
+    let mut chunks = Vec::new();
+    let mut length = 0;
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        length += chunk.len();
+        if length > MAX_ANSWER_BYTES {
+            return Err(too_long());
+        }
+        chunks.push(chunk);
+    }
+    // Most answers come in one chunk: that one is kept as it is, with no copy.
+    Ok(match chunks.len() {
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
+    })
 }
 
 /// `path` under `base`, which ends in '/': joining a relative path onto it cannot fail.
@@ -441,6 +487,19 @@ pub(super) fn classify_failure(code: u16, answer: &[u8]) -> ApiError {
     }
 }
 
+/// What any 3xx means, for every call: the base URL is wrong. The Location is kept as the
+/// server gave it (trimmed: it is shown to the user), so that the user can see where the
+/// host sends requests.
+fn wrong_base_url(status: StatusCode, headers: &reqwest::header::HeaderMap) -> ApiError {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .map(|location| trimmed(&String::from_utf8_lossy(location.as_bytes())));
+    ApiError::WrongBaseUrl {
+        status: status.as_u16(),
+        location,
+    }
+}
+
 /// A request that got no HTTP answer. Only a failure to connect proves the server never
 /// saw it; a timeout or a connection dropped after sending may hide a write.
 fn transport_error(error: reqwest::Error) -> ApiError {
@@ -528,6 +587,23 @@ mod tests {
             classify_failure(422, b"{}"),
             ApiError::Rejected { status: 422, .. }
         ));
+    }
+
+    #[test]
+    fn a_redirect_says_the_base_url_is_wrong_and_where_it_points() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::LOCATION,
+            HeaderValue::from_static("https://acme.api.kustomerapp.com/v1/customers"),
+        );
+        let error = wrong_base_url(StatusCode::MOVED_PERMANENTLY, &headers);
+        let words = error.to_string();
+        assert!(words.contains("301"), "{words}");
+        assert!(words.contains("https://acme.api.kustomerapp.com/v1/customers"));
+        assert!(words.contains("base URL is wrong"), "{words}");
+        assert!(!error.is_retriable() && !error.maybe_applied());
+        let bare = wrong_base_url(StatusCode::TEMPORARY_REDIRECT, &Default::default());
+        assert!(bare.to_string().contains("no Location"), "{bare}");
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! What can go wrong with one API call, sorted by what the caller must do about it.
+//! What can go wrong with one API call, sorted by what the caller must do about it, and
+//! the server's words read from an error in whichever shape it comes.
+
+use serde_json::Value;
 
 /// The outcome of a failed call, classified. 429s never reach callers: the client pauses
 /// every worker and sends again.
@@ -7,6 +10,19 @@ pub enum ApiError {
     /// 401/403: the key is wrong, revoked or lacks a role. Stop the run; fail no row.
     #[error("the API refused the key ({status}): {message}")]
     Unauthorized { status: u16, message: String },
+    /// 3xx: the API does not redirect, so the base URL is wrong (an old host, a proxy, a
+    /// login page). The redirect is not followed: the key would go with it, to a host the
+    /// user never named, in a request the rate gate never saw. Nothing was made. Stop the
+    /// run; fail no row.
+    #[error(
+        "the API answered {status}, a redirect to {}: the base URL is wrong (the redirect \
+         was not followed, so the key went nowhere else); fix --base-url",
+        location.as_deref().unwrap_or("nowhere (no Location header)")
+    )]
+    WrongBaseUrl {
+        status: u16,
+        location: Option<String>,
+    },
     /// 409: a record with the same externalId, email or phone exists.
     #[error("duplicate (409): {message}")]
     Duplicate { message: String },
@@ -38,58 +54,92 @@ impl ApiError {
     }
 }
 
-/// The server's own words from an error body (`{"errors": [{detail|title|message, source}]}`),
-/// or the start of the body when it is not JSON.
+/// The server's own words from an error body, in any shape it comes in: `{"errors":
+/// [objects or texts]}`, `{"errors": "text"}`, `{"error": "text" | {...}}`, `{"message":
+/// "..."}`; the start of the body when it is not JSON.
 pub fn server_message(body: &[u8]) -> String {
-    const MAX: usize = 300;
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(value) => {
-            let errors = value.get("errors").and_then(|e| e.as_array());
-            let messages: Vec<String> = errors
-                .into_iter()
-                .flatten()
-                .map(|error| {
-                    let words = ["detail", "title", "message"]
-                        .iter()
-                        .find_map(|key| error.get(*key).and_then(|v| v.as_str()))
-                        .unwrap_or("no message");
-                    match error.pointer("/source/pointer").and_then(|p| p.as_str()) {
-                        Some(pointer) => format!("{pointer}: {words}"),
-                        None => words.to_string(),
-                    }
-                })
-                .collect();
-            if messages.is_empty() {
-                value
-                    .get("message")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-                    .unwrap_or_else(|| value.to_string())
-            } else {
-                messages.join("; ")
-            }
-        }
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    let text = match serde_json::from_slice::<Value>(body) {
+        Ok(value) => ["errors", "error"]
+            .iter()
+            .find_map(|key| value.get(*key).and_then(error_words))
+            .or_else(|| error_words(&value))
+            .unwrap_or_else(|| value.to_string()),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
-    let mut text = text.trim().to_string();
-    if text.len() > MAX {
-        let mut cut = MAX;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
+    trimmed(&text)
+}
+
+/// The words of one error, whatever its shape: a text; an object's `detail`, `title` or
+/// `message` (else its `code`), after its `source.pointer`; a list of either, joined.
+/// None when it holds no words.
+pub(super) fn error_words(error: &Value) -> Option<String> {
+    match error {
+        Value::String(text) => Some(text.trim().to_string()).filter(|text| !text.is_empty()),
+        Value::Array(errors) => {
+            let words: Vec<String> = errors.iter().filter_map(error_words).collect();
+            (!words.is_empty()).then(|| words.join("; "))
         }
-        text.truncate(cut);
-        text.push('…');
+        Value::Object(fields) => {
+            let words = ["detail", "title", "message", "code"]
+                .iter()
+                .find_map(|key| fields.get(*key).and_then(Value::as_str))
+                .map(str::trim)
+                .filter(|words| !words.is_empty())?;
+            Some(
+                match error.pointer("/source/pointer").and_then(Value::as_str) {
+                    Some(pointer) => format!("{pointer}: {words}"),
+                    None => words.to_string(),
+                },
+            )
+        }
+        _ => None,
     }
+}
+
+/// The HTTP status an error states (`status`, as a number or a text), or, for a list, its
+/// first error's that states one. A text states none.
+pub(super) fn error_status(error: &Value) -> Option<u16> {
+    match error {
+        Value::Array(errors) => errors.iter().find_map(error_status),
+        Value::Object(fields) => match fields.get("status")? {
+            Value::Number(status) => status.as_u64().and_then(|s| u16::try_from(s).ok()),
+            Value::String(status) => status.trim().parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether an error's `code` (or, for a list, any error's) names a duplicate.
+pub(super) fn error_says_duplicate(error: &Value) -> bool {
+    match error {
+        Value::Array(errors) => errors.iter().any(error_says_duplicate),
+        Value::Object(fields) => fields.get("code").and_then(Value::as_str) == Some("duplicate"),
+        _ => false,
+    }
+}
+
+/// The server's words as shown to the user: trimmed, at most 300 bytes, never empty.
+pub(super) fn trimmed(text: &str) -> String {
+    const MAX: usize = 300;
+    let text = text.trim();
     if text.is_empty() {
-        "no message".to_string()
-    } else {
-        text
+        return "no message".to_string();
     }
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut cut = MAX;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::documented;
 
     #[test]
     fn both_spellings_of_error_bodies_are_read() {
@@ -99,5 +149,55 @@ mod tests {
         assert_eq!(server_message(other), "exists");
         assert_eq!(server_message(b"  Bad Gateway \n"), "Bad Gateway");
         assert_eq!(server_message(b""), "no message");
+    }
+
+    #[test]
+    fn the_documented_error_bodies_are_read() {
+        assert_eq!(
+            server_message(&documented("errors-live.json")),
+            "/emails/0/email: email is invalid"
+        );
+        assert_eq!(
+            server_message(&documented("errors-other.json")),
+            "a customer with this email exists"
+        );
+    }
+
+    #[test]
+    fn errors_are_read_as_texts_objects_or_lists_wherever_they_appear() {
+        assert_eq!(
+            server_message(
+                br#"{"errors": ["taken", {"detail": "bad", "source": {"pointer": "/name"}}]}"#
+            ),
+            "taken; /name: bad"
+        );
+        assert_eq!(
+            server_message(br#"{"errors": "duplicate detected"}"#),
+            "duplicate detected"
+        );
+        assert_eq!(
+            server_message(br#"{"error": "not allowed"}"#),
+            "not allowed"
+        );
+        assert_eq!(
+            server_message(br#"{"error": {"status": 400, "message": "bad body"}}"#),
+            "bad body"
+        );
+        assert_eq!(server_message(br#"{"message": "Not Found"}"#), "Not Found");
+        // Words nowhere: the body itself, rather than nothing.
+        assert_eq!(server_message(br#"{"errors": [{}]}"#), r#"{"errors":[{}]}"#);
+        let long = format!(r#"{{"error": "{}"}}"#, "é".repeat(400));
+        assert!(server_message(long.as_bytes()).ends_with('…'));
+        assert!(server_message(long.as_bytes()).len() <= 303);
+    }
+
+    #[test]
+    fn a_status_is_read_from_an_object_or_a_list_never_from_a_text() {
+        let status = |error: &str| error_status(&serde_json::from_str(error).unwrap());
+        assert_eq!(status(r#"{"status": "409"}"#), Some(409));
+        assert_eq!(status(r#"{"status": 422}"#), Some(422));
+        assert_eq!(status(r#"["x", {"status": 500}]"#), Some(500));
+        assert_eq!(status(r#""duplicate detected""#), None);
+        assert_eq!(status(r#"{"status": "error"}"#), None);
     }
 }

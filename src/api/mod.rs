@@ -13,3 +13,14 @@ pub use client::{ClientSettings, KustomerClient, LookupField, RequestStats};
 pub use error::ApiError;
 pub use ratelimit::RateGate;
 pub use retry::Backoff;
+
+/// An answer body as Kustomer's docs show it (`tests/fixtures/kustomer-docs/`), for the
+/// parsers' tests.
+#[cfg(test)]
+pub(crate) fn documented(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/kustomer-docs/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
+}

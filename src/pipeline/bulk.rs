@@ -23,8 +23,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::worker::{
-    RetryBudget, commit_or_halt, conversation_to_send, halt_change, key_refused, record_halt,
-    record_or_halt,
+    RetryBudget, base_url_wrong, commit_or_halt, conversation_to_send, halt_change, key_refused,
+    record_halt, record_or_halt,
 };
 use super::{
     CustomerStep, Event, Halt, ImportMode, RowOutcome, Settlement, Shared, StopReason, Work,
@@ -568,7 +568,12 @@ async fn apply_customer_results(
         let found = match outcomes.remove(&index.to_string()) {
             Some(ItemOutcome::Created(id)) => Ok((id, CustomerOrigin::Created)),
             Some(ItemOutcome::Updated(id)) => shared.settings.on_existing_customer.settle(id),
-            Some(ItemOutcome::Failed(ApiError::Duplicate { message })) => {
+            // Kustomer says it exists, or only says no in words: single mode's linking,
+            // which looks the customer up before anything fails.
+            Some(
+                ItemOutcome::Failed(ApiError::Duplicate { message })
+                | ItemOutcome::Unexplained(message),
+            ) => {
                 nexts.push(Next::Continue(CustomerStep::Link { message }));
                 continue;
             }
@@ -664,10 +669,29 @@ async fn apply_conversation_results(
                 ended.push((work, Next::ContinueAfter(step, reconcile_at(shared))));
                 continue;
             }
+            // Refused in words only, which may hide trouble on the way after a write: looked
+            // up by its externalId, then sent alone for the single endpoint's verdict.
+            Some(ItemOutcome::Unexplained(message)) if has_external_id(&work) => {
+                tracing::debug!("a bulk job refused a conversation ({message}): looked up");
+                work.conversation_unknown = true;
+                let step = CustomerStep::Known(customer_id);
+                ended.push((work, Next::ContinueAfter(step, reconcile_at(shared))));
+                continue;
+            }
             None => {
                 work.conversation_unknown = true;
                 let step = CustomerStep::Known(customer_id);
                 ended.push((work, Next::ContinueAfter(step, reconcile_at(shared))));
+                continue;
+            }
+            // With nothing to look it up by, sending it again could make it twice.
+            Some(ItemOutcome::Unexplained(message)) => {
+                let halt = Halt::Failed {
+                    field: None,
+                    reason: format!("conversation refused: {message}"),
+                };
+                changes.extend(halt_change(&work, &halt, 0).map(Change::Row));
+                ended.push((work, Next::Finished(RowOutcome::Halted(halt))));
                 continue;
             }
             Some(ItemOutcome::Failed(error)) => {
@@ -700,6 +724,14 @@ async fn apply_conversation_results(
         shared.halt_run(StopReason::Checkpoint(error.to_string()));
     }
     ended
+}
+
+/// Whether a row's conversation can be looked up (by its externalId).
+fn has_external_id(work: &Work) -> bool {
+    work.plan
+        .conversation
+        .as_ref()
+        .is_some_and(|conversation| conversation.external_id.is_some())
 }
 
 /// When an item whose outcome is unknown may be looked up: single mode's wait after a
@@ -797,6 +829,7 @@ impl<'a> Retry<'a> {
             ApiError::Unauthorized { status, message } => {
                 Err(key_refused(self.shared, *status, message))
             }
+            ApiError::WrongBaseUrl { .. } => Err(base_url_wrong(self.shared, error)),
             ApiError::Transient { reason, .. } => {
                 self.backoff(reason).await.map_err(|end| match end {
                     NoRetry::Exhausted(reason) => Halt::Pending(reason),
@@ -1035,9 +1068,16 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
                 let created = matches!(outcome, Some(ItemOutcome::Created(_)));
                 applied.settled_rows.insert(item.row_key.clone(), created);
             }
-            // A customer that exists: linked when its row is read, under the policy. The
-            // intent stays until then.
-            (Some(ItemOutcome::Failed(ApiError::Duplicate { message })), Some(_)) => {
+            // A customer that exists (or refused in words only): linked when its row is
+            // read, under the policy, or sent alone if no lookup finds it. The intent stays
+            // until then.
+            (
+                Some(
+                    ItemOutcome::Failed(ApiError::Duplicate { message })
+                    | ItemOutcome::Unexplained(message),
+                ),
+                Some(_),
+            ) => {
                 applied
                     .link_rows
                     .insert(item.row_key.clone(), message.clone());

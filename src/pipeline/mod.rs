@@ -130,7 +130,8 @@ pub enum StopReason {
     Unauthorized(String),
     /// The API kept failing: rows in a row gave up after their retries.
     ApiUnavailable(String),
-    /// The API answered as if the base URL were wrong (404/405 on a create).
+    /// The API answered as if the base URL were wrong (404/405 on a create, a redirect on
+    /// any call).
     Endpoint(String),
     /// An input could not be read to its end.
     Input(String),
@@ -176,8 +177,8 @@ enum CustomerStep {
     Known(String),
     /// This row creates it; `reconcile_first` when an earlier run's create is unanswered.
     Create { reconcile_first: bool },
-    /// A bulk job refused it as a duplicate (`message`): find the customer that exists and
-    /// link the row to it.
+    /// A bulk job refused it as a duplicate, or in words with no status (`message`): find
+    /// the customer that exists and link the row to it, or send it alone if none is found.
     Link { message: String },
 }
 

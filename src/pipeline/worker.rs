@@ -243,11 +243,23 @@ async fn settle_customer(
         ],
     )
     .await?;
+    let (id, origin) = send_customer(shared, customer, reconcile_first, attempts).await?;
+    record_customer(shared, work, id, origin, attempts).await
+}
+
+/// Creates a customer whose intent is recorded (looking it up first when an earlier answer
+/// was lost), or finds the one that already existed.
+async fn send_customer(
+    shared: &Shared,
+    customer: &CustomerBody,
+    reconcile_first: bool,
+    attempts: &mut Attempts<'_>,
+) -> Result<(String, CustomerOrigin), Halt> {
     let mut unknown = reconcile_first;
-    let (id, origin) = loop {
+    loop {
         if unknown {
             match find_customer(shared, customer, attempts).await {
-                Ok(Some(id)) => break (id, CustomerOrigin::Reconciled),
+                Ok(Some(id)) => return Ok((id, CustomerOrigin::Reconciled)),
                 Ok(None) => unknown = false,
                 Err(error) => {
                     attempts.after_failure(&error).await?;
@@ -257,9 +269,9 @@ async fn settle_customer(
         }
         attempts.requests += 1;
         match shared.client.create_customer(customer).await {
-            Ok(id) => break (id, CustomerOrigin::Created),
+            Ok(id) => return Ok((id, CustomerOrigin::Created)),
             Err(ApiError::Duplicate { message }) => {
-                break link_existing(shared, customer, &message, attempts).await?;
+                return link_existing(shared, customer, &message, attempts).await;
             }
             Err(ApiError::Rejected { status, message }) => {
                 return Err(refusal(shared, "customer", status, message));
@@ -269,19 +281,34 @@ async fn settle_customer(
                 attempts.after_failure(&error).await?;
             }
         }
-    };
-    record_customer(shared, work, id, origin, attempts).await
+    }
 }
 
-/// A customer a bulk job refused as a duplicate: its intent is recorded already; find the
-/// customer that exists and link the row to it, as a single create's 409 would.
+/// A customer a bulk job refused as a duplicate, or in words with no status: its intent is
+/// recorded already. The customer that exists is found and the row linked to it, as a
+/// single create's 409 would; when no lookup finds one, the customer is sent alone, and the
+/// single endpoint's answer, which has a status, settles it (created, linked or refused in
+/// the words single mode would give), rather than the row failing on words.
 async fn link_after_bulk(
     shared: &Shared,
     work: &Work,
     message: &str,
     attempts: &mut Attempts<'_>,
 ) -> Result<Resolved, Halt> {
-    let (id, origin) = link_existing(shared, &work.plan.customer, message, attempts).await?;
+    let customer = &work.plan.customer;
+    let found = loop {
+        match find_customer(shared, customer, attempts).await {
+            Ok(found) => break found,
+            Err(error) => attempts.after_failure(&error).await?,
+        }
+    };
+    let (id, origin) = match found {
+        Some(id) => shared.settings.on_existing_customer.settle(id)?,
+        None => {
+            tracing::debug!("a bulk job refused a customer ({message}) that no lookup finds");
+            send_customer(shared, customer, false, attempts).await?
+        }
+    };
     record_customer(shared, work, id, origin, attempts).await
 }
 
@@ -426,6 +453,14 @@ pub(super) fn key_refused(shared: &Shared, status: u16, message: &str) -> Halt {
     Halt::Pending(format!("the API refused the key ({status})"))
 }
 
+/// A redirect (on a create, a lookup or a bulk call): the base URL is wrong. The run stops
+/// as for a wrong endpoint (exit 2); what was in hand stays pending, any intent kept for
+/// the next run to look up.
+pub(super) fn base_url_wrong(shared: &Shared, error: &ApiError) -> Halt {
+    shared.halt_run(StopReason::Endpoint(error.to_string()));
+    Halt::Pending(error.to_string())
+}
+
 /// A row's retry budget and request count.
 struct Attempts<'a> {
     shared: &'a Shared,
@@ -461,6 +496,7 @@ impl<'a> Attempts<'a> {
             ApiError::Unauthorized { status, message } => {
                 Err(key_refused(self.shared, *status, message))
             }
+            ApiError::WrongBaseUrl { .. } => Err(base_url_wrong(self.shared, error)),
             // Creates handle their own refusals; what reaches here is a lookup, made to
             // settle an outcome. Refused, it settles nothing: the row keeps its intent and
             // the next run looks again. Failing it would invite a blind re-send.

@@ -68,8 +68,17 @@ struct BulkJob {
 /// What became of one item of a bulk job.
 struct ItemResult {
     client_ref: Option<String>,
-    /// The id made, or the error object the single endpoint would have answered with.
-    outcome: Result<String, Value>,
+    /// The id made, or the error in words, as Kustomer's bulk reference shows it: a text
+    /// with no status (`"duplicate detected"`), not the single endpoint's error object.
+    outcome: Result<String, String>,
+}
+
+/// A bulk item refused as a duplicate, in the words of Kustomer's bulk reference.
+const BULK_DUPLICATE: &str = "duplicate detected";
+
+/// A bulk item refused for its body: the problem in words, with no status.
+fn bulk_refusal(problem: FieldError) -> String {
+    format!("{}: {}", problem.pointer, problem.detail)
 }
 
 /// The sandbox's shared state.
@@ -624,13 +633,11 @@ fn run_bulk_job(app: &App, id: &str) {
             BulkKind::Customers => {
                 let errors = customer_errors(app, &body);
                 if let Some(first) = errors.into_iter().next() {
-                    Err(error_object(StatusCode::UNPROCESSABLE_ENTITY, first.into()))
+                    Err(bulk_refusal(first))
                 } else {
                     match inner.store.insert_customer(&body) {
                         Ok(record) => Ok(record.id.clone()),
-                        Err(conflicts) => {
-                            Err(error_object(StatusCode::CONFLICT, (&conflicts[0]).into()))
-                        }
+                        Err(_) => Err(BULK_DUPLICATE.to_string()),
                     }
                 }
             }
@@ -640,13 +647,13 @@ fn run_bulk_job(app: &App, id: &str) {
                     errors.extend(inner.store.missing_customer(&body));
                 }
                 if let Some(first) = errors.into_iter().next() {
-                    Err(error_object(StatusCode::UNPROCESSABLE_ENTITY, first.into()))
+                    Err(bulk_refusal(first))
                 } else {
                     inner
                         .store
                         .insert_conversation(&body)
                         .map(|record| record.id.clone())
-                        .map_err(|e| error_object(StatusCode::UNPROCESSABLE_ENTITY, e.into()))
+                        .map_err(bulk_refusal)
                 }
             }
         };
@@ -689,8 +696,9 @@ async fn bulk_status(
 const BULK_BATCH_ITEMS: usize = 50;
 
 /// `GET /v1/bulk/{id}/batches`: the job's batches (of [`BULK_BATCH_ITEMS`] items), each with
-/// counts, the ids made, the errors and, when every item of the job carried a `_clientRef`,
-/// a result per item. Empty while the job has not run.
+/// counts, the ids made, the errors (in words, as the reference shows a result's) and, when
+/// every item of the job carried a `_clientRef`, a result per item. Empty while the job has
+/// not run.
 async fn bulk_batches(
     State(app): State<Arc<App>>,
     axum::extract::Path(id): axum::extract::Path<String>,
@@ -709,7 +717,7 @@ async fn bulk_batches(
         .map(|(index, batch)| {
             let object_ids: Vec<&String> =
                 batch.iter().filter_map(|r| r.outcome.as_ref().ok()).collect();
-            let errors: Vec<&Value> =
+            let errors: Vec<&String> =
                 batch.iter().filter_map(|r| r.outcome.as_ref().err()).collect();
             let mut attributes = json!({
                 "successCount": object_ids.len(),

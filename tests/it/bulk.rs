@@ -182,20 +182,27 @@ fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice()
     let run = env.import(&["export.jsonl", "--mode", "bulk"]);
     run.assert_code(1);
     env.assert_exactly_once(60, 120);
-    // The refused customer's rows fail with the job's words; its second row sends nothing.
+    // The refused customer's rows fail with the server's words; its second row sends
+    // nothing.
     let errors = sorted_errors(&env);
     assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), [121, 122]);
-    assert!(errors[0].1.contains("/custom/levelStr"), "{errors:?}");
+    assert!(
+        errors[0]
+            .1
+            .starts_with("customer refused (422): /custom/levelStr"),
+        "{errors:?}"
+    );
     assert!(
         run.stdout.contains("failed:               2"),
         "{}",
         run.stdout
     );
-    // The queued job was polled, not submitted again; nothing went through single creates
-    // or lookups.
+    // The queued job was polled, not submitted again. Only the refused customer went
+    // through single mode's path: the job refused it in words with no status, so it was
+    // looked up (absent) and sent alone for a verdict, which has one.
     assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 1);
-    assert_eq!(requests_to(&env, "POST /v1/customers"), 0);
-    assert_eq!(requests_to(&env, "GET /v1/customers/{lookup}"), 0);
+    assert_eq!(requests_to(&env, "POST /v1/customers"), 1);
+    assert_eq!(requests_to(&env, "GET /v1/customers/{lookup}"), 1);
     assert!(
         run.stdout.contains("customers created:      60"),
         "{}",
@@ -242,6 +249,57 @@ fn kill_once_a_job_is_queued(env: &TestEnv, mut child: std::process::Child) {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn customers_already_in_kustomer_are_linked_in_bulk_as_in_single_mode() {
+    // The hardening report's case: Kustomer answers an existing customer's bulk item as its
+    // reference shows, `"error": "duplicate detected"` (words, no status). Every fourth of
+    // 120 customers exists already.
+    let env = TestEnv::new(org(Duration::from_millis(20)));
+    let existing: String = (0..120)
+        .step_by(4)
+        .map(|c| format!("C{c},c{c}@example.com\n"))
+        .collect();
+    let elsewhere = env.write("elsewhere.csv", &format!("external_id,email\n{existing}"));
+    env.import(&[
+        elsewhere.to_str().unwrap(),
+        "--checkpoint",
+        "elsewhere.sqlite",
+    ])
+    .assert_code(0);
+    let single_creates = requests_to(&env, "POST /v1/customers");
+    let file = env.write("export.csv", &generated_csv(120, 3));
+    let run = env.import(&[file.to_str().unwrap(), "--mode", "bulk", "--json"]);
+    run.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_done"], 360, "{summary}");
+    assert_eq!(summary["rows_failed"], 0, "{summary}");
+    assert_eq!(summary["customers_linked"], 30, "{summary}");
+    assert_eq!(summary["customers_created"], 90, "{summary}");
+    env.assert_exactly_once(120, 360);
+    // Each linked row names the customer that was there before.
+    let records = env.records();
+    let by_external_id: BTreeMap<String, String> = records
+        .customers
+        .iter()
+        .map(|c| (c.external_id.clone().unwrap(), c.id.clone()))
+        .collect();
+    let checkpoint = env.checkpoint();
+    let mut linked = checkpoint
+        .prepare("SELECT external_id, customer_id FROM customers WHERE state = 'linked'")
+        .unwrap();
+    let linked: Vec<(String, String)> = linked
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(linked.len(), 30);
+    for (external_id, customer_id) in linked {
+        assert_eq!(by_external_id[&external_id], customer_id);
+    }
+    // Linking is lookups, not single creates.
+    assert_eq!(requests_to(&env, "POST /v1/customers"), single_creates);
 }
 
 #[test]
@@ -306,9 +364,16 @@ fn one_bad_item(config: SandboxConfig) -> TestEnv {
 #[test]
 fn a_job_with_a_bad_item_fails_only_that_row() {
     let env = one_bad_item(org(Duration::from_millis(20)));
-    // Items fail one by one: two customers jobs, no single create.
+    // Items fail one by one: two customers jobs. The bad item, refused in words with no
+    // status, is sent alone once for the single endpoint's verdict (a 422).
     assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 2);
-    assert_eq!(requests_to(&env, "POST /v1/customers"), 0);
+    assert_eq!(
+        env.stats().requests["POST /v1/customers"]
+            .get(&422)
+            .copied(),
+        Some(1)
+    );
+    assert_eq!(requests_to(&env, "POST /v1/customers"), 1);
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! The binary against servers that are not our sandbox: one answering the spec's way (200,
-//! a bare object) and one answering the live API's way (201, wrapped in "data").
+//! a bare object), one answering the live API's way (201, wrapped in "data"), one that
+//! redirects every request (a wrong base URL), and one whose create answers never end.
 
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, Uri, header::LOCATION};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -49,12 +51,17 @@ fn start_foreign(
             }),
         )
         .with_state(Arc::clone(&received));
+    (serve(runtime, app), received)
+}
+
+/// Serves `app` on 127.0.0.1; its base URL.
+fn serve(runtime: &tokio::runtime::Runtime, app: Router) -> String {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let address = listener.local_addr().unwrap();
     runtime.spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{address}"), received)
+    format!("http://{address}")
 }
 
 fn import_into_foreign(wrapped: bool) {
@@ -72,15 +79,21 @@ fn import_into_foreign(wrapped: bool) {
         let customer = conversation["customer"].as_str().unwrap();
         assert!(customer.starts_with("cus"), "{conversation}");
     }
-    let ids: Vec<String> = env
-        .checkpoint()
-        .prepare("SELECT conversation_id FROM rows ORDER BY conversation_id")
+    assert_eq!(
+        conversation_ids(&env),
+        ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6"]
+    );
+}
+
+/// The conversation ids of the checkpoint's done rows, in order.
+fn conversation_ids(env: &TestEnv) -> Vec<String> {
+    env.checkpoint()
+        .prepare("SELECT conversation_id FROM rows WHERE state = 'done' ORDER BY conversation_id")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
-        .collect();
-    assert_eq!(ids, ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6"]);
+        .collect()
 }
 
 #[test]
@@ -91,4 +104,178 @@ fn a_server_answering_the_specs_way_200_bare() {
 #[test]
 fn a_server_answering_the_live_apis_way_201_wrapped() {
     import_into_foreign(true);
+}
+
+/// The host a redirecting server sends every request to. Never reached: the client does
+/// not follow redirects.
+const MOVED_TO: &str = "http://127.0.0.1:9/moved";
+
+/// A server that answers every request with `status` and a Location under [`MOVED_TO`].
+fn start_redirecting(runtime: &tokio::runtime::Runtime, status: StatusCode) -> String {
+    let app = Router::new().fallback(move |uri: Uri| async move {
+        let location = format!("{MOVED_TO}{}", uri.path());
+        let mut answer = status.into_response();
+        answer
+            .headers_mut()
+            .insert(LOCATION, HeaderValue::from_str(&location).unwrap());
+        answer
+    });
+    serve(runtime, app)
+}
+
+/// Asserts that a run stopped on a redirect: exit 2, the Location named, no row failed,
+/// every row pending.
+fn assert_stopped_on_redirect(env: &TestEnv, run: &Run, rows: u64) {
+    run.assert_code(2);
+    assert!(run.stderr.contains(MOVED_TO), "{}", run.stderr);
+    assert!(run.stderr.contains("base URL"), "{}", run.stderr);
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["stopped_because"], "endpoint", "{summary}");
+    assert_eq!(summary["rows_failed"], 0, "{summary}");
+    assert_eq!(summary["rows_pending"], rows, "{summary}");
+    assert_eq!(env.rows_in_state("failed"), 0);
+    assert_eq!(env.rows_in_state("done"), 0);
+}
+
+#[test]
+fn a_redirect_stops_the_run_as_a_wrong_base_url_and_the_fixed_url_imports_every_row() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(3, 2));
+    let file = file.to_str().unwrap();
+    // Creates meet a 301; the next run's lookups (of the customers whose creates left)
+    // meet a 307.
+    for status in [
+        StatusCode::MOVED_PERMANENTLY,
+        StatusCode::TEMPORARY_REDIRECT,
+    ] {
+        let mut command = env.import_command(&[file, "--json"]);
+        command.env("KUSTOMER_BASE_URL", start_redirecting(&env.runtime, status));
+        assert_stopped_on_redirect(&env, &run(command), 6);
+    }
+    assert_eq!(env.stats().requests_total, 0);
+    // The same command with the base URL fixed.
+    env.import(&[file]).assert_code(0);
+    env.assert_exactly_once(3, 6);
+}
+
+#[test]
+fn a_redirect_stops_a_bulk_run_with_every_row_pending() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(150, 2));
+    let file = file.to_str().unwrap();
+    let mut command = env.import_command(&[file, "--mode", "bulk", "--json"]);
+    command.env(
+        "KUSTOMER_BASE_URL",
+        start_redirecting(&env.runtime, StatusCode::PERMANENT_REDIRECT),
+    );
+    assert_stopped_on_redirect(&env, &run(command), 300);
+    env.import(&[file, "--mode", "bulk"]).assert_code(0);
+    env.assert_exactly_once(150, 300);
+}
+
+/// Records by externalId, as a server that pads its create answers holds them.
+#[derive(Default)]
+struct Padded {
+    customers: std::collections::HashMap<String, String>,
+    conversations: std::collections::HashMap<String, String>,
+    creates: usize,
+}
+
+/// More padding than the client reads of an answer (a few MiB).
+const PADDING: usize = 6 * 1024 * 1024;
+
+/// A create answer: the record's id first, as JSON, then [`PADDING`] bytes of whitespace,
+/// which leaves it valid JSON. Customers' answers are streamed with no length, the
+/// conversations' say their length up front.
+fn padded_answer(kind: &str, id: &str) -> axum::response::Response {
+    let head = serde_json::to_vec(&json!({"data": {"type": kind, "id": id}})).unwrap();
+    if kind == "customer" {
+        let chunks = std::iter::once(head)
+            .chain(std::iter::repeat_n(
+                vec![b' '; 64 * 1024],
+                PADDING / (64 * 1024),
+            ))
+            .map(Ok::<_, std::io::Error>);
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+        (StatusCode::CREATED, body).into_response()
+    } else {
+        let mut body = head;
+        body.resize(body.len() + PADDING, b' ');
+        (StatusCode::CREATED, body).into_response()
+    }
+}
+
+/// A foreign API whose creates make the record and answer [`padded_answer`]s; its lookups
+/// by externalId answer as the docs say.
+fn start_padding(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<Padded>>) {
+    use axum::extract::Path;
+    use axum::routing::get;
+    type Shared = State<Arc<Mutex<Padded>>>;
+    let create = |kind: &'static str| {
+        move |State(state): Shared, Json(body): Json<Value>| async move {
+            let mut state = state.lock().unwrap();
+            state.creates += 1;
+            let id = format!("{kind}{}", state.creates);
+            let external_id = body["externalId"].as_str().unwrap().to_string();
+            let records = match kind {
+                "customer" => &mut state.customers,
+                _ => &mut state.conversations,
+            };
+            records.insert(external_id, id.clone());
+            padded_answer(kind, &id)
+        }
+    };
+    let lookup = |kind: &'static str| {
+        move |State(state): Shared, Path(lookup): Path<String>| async move {
+            let state = state.lock().unwrap();
+            let records = match kind {
+                "customer" => &state.customers,
+                _ => &state.conversations,
+            };
+            let found = lookup
+                .strip_prefix("externalId=")
+                .and_then(|external_id| records.get(external_id));
+            match found {
+                Some(id) => Json(json!({"data": {"type": kind, "id": id}})).into_response(),
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+    };
+    let padded = Arc::new(Mutex::new(Padded::default()));
+    let app = Router::new()
+        .route("/v1/customers", post(create("customer")))
+        .route("/v1/customers/{lookup}", get(lookup("customer")))
+        .route("/v1/conversations", post(create("conversation")))
+        .route("/v1/conversations/{lookup}", get(lookup("conversation")))
+        .with_state(Arc::clone(&padded));
+    (serve(runtime, app), padded)
+}
+
+#[test]
+fn a_create_answer_longer_than_the_cap_is_reconciled_by_lookup_not_read_whole() {
+    let env = TestEnv::plain();
+    let (base_url, padded) = start_padding(&env.runtime);
+    let file = env.write("export.csv", &generated_csv(3, 2));
+    let mut command = env.import_command(&[
+        file.to_str().unwrap(),
+        "--json",
+        "--reconcile-delay",
+        "0.05",
+    ]);
+    command.env("KUSTOMER_BASE_URL", &base_url);
+    let run = run(command);
+    run.assert_code(0);
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    // Each answer was cut off at the cap: a lost answer, so each record was found by
+    // lookup, and none was created twice.
+    assert_eq!(summary["customers_reconciled"], 3, "{summary}");
+    assert_eq!(summary["customers_created"], 0, "{summary}");
+    assert_eq!(summary["rows_done"], 6, "{summary}");
+    let padded = padded.lock().unwrap();
+    assert_eq!(padded.creates, 3 + 6);
+    assert_eq!(padded.customers.len(), 3);
+    assert_eq!(padded.conversations.len(), 6);
+    let mut made: Vec<String> = padded.conversations.values().cloned().collect();
+    made.sort();
+    assert_eq!(conversation_ids(&env), made);
 }
