@@ -55,6 +55,14 @@ pub enum ReadError {
     },
     #[error(transparent)]
     Scratch(#[from] TallyError),
+    #[error(
+        "{input}: the default mapping reads no customer from its columns ({}): it knows \
+         external_id, name, email and phone (see README \"Input\"). Give a mapping file with \
+         --mapping; `kustomer-import mapping init {input}` writes a starter one from these \
+         columns",
+        quoted(columns)
+    )]
+    NoCustomerColumns { input: String, columns: Vec<String> },
 }
 
 /// How rows are read.
@@ -67,8 +75,9 @@ pub struct ReadSettings {
     pub limit: Option<u64>,
 }
 
-/// Checks, before anything is sent, that every input opens and that the mapping finds its
-/// columns in every CSV header. Stdin is left alone: it can be read only once.
+/// Checks, before anything is sent, that every input opens, that the mapping finds its
+/// columns in every CSV header, and that the default mapping reads a customer from it; and
+/// tells which column feeds which field. Stdin is left alone: it can be read only once.
 pub fn check_inputs(inputs: &[InputSource], mapping: &Mapping) -> Result<(), ReadError> {
     for input in inputs.iter().filter(|input| input.name != "-") {
         let records = input.records()?;
@@ -78,8 +87,54 @@ pub fn check_inputs(inputs: &[InputSource], mapping: &Mapping) -> Result<(), Rea
                 input: input.name.clone(),
                 source,
             })?;
+        if let Some(headers) = records.csv_headers() {
+            tell_columns(&input.name, mapping, headers)?;
+        }
     }
     Ok(())
+}
+
+/// Says which column of a CSV input feeds which field, which columns nothing reads, and
+/// which of those look like a default column; refuses an input from which the default
+/// mapping reads no customer (every row would fail for it).
+fn tell_columns(input: &str, mapping: &Mapping, headers: &[String]) -> Result<(), ReadError> {
+    let used = mapping.column_use(headers);
+    if matches!(mapping, Mapping::Default) && !used.feeds_a_customer() {
+        return Err(ReadError::NoCustomerColumns {
+            input: input.to_string(),
+            columns: headers.to_vec(),
+        });
+    }
+    let width = used
+        .fed
+        .iter()
+        .map(|(c, _)| c.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut lines = format!("{input}: which column feeds which field");
+    for (column, field) in &used.fed {
+        lines.push_str(&format!("\n  {column:<width$}  -> {field}"));
+    }
+    if !used.unused.is_empty() {
+        lines.push_str(&format!("\n  not read: {}", quoted(&used.unused)));
+    }
+    tracing::info!("{lines}");
+    for (column, alias, field) in &used.close {
+        tracing::warn!(
+            "{input}: the column {column:?} is not read, and looks like `{alias}` ({field}): \
+             rename it, or map it in a mapping file (--mapping; `kustomer-import mapping \
+             init {input}` writes a starter one)"
+        );
+    }
+    Ok(())
+}
+
+fn quoted(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|column| format!("{column:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The rows of every input, in order. After an error it yields nothing more.

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use kustomer_import::report::ErrorsFile;
 use kustomer_import::rowkey::fingerprint;
-use kustomer_import::rows::{ReadSettings, RowReader};
+use kustomer_import::rows::{ReadSettings, RowReader, check_inputs};
 use kustomer_import::tally::Tally;
 
 use super::Exit;
@@ -52,6 +52,14 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
         errors_file: config.errors.display().to_string(),
         ..ValidationReport::default()
     };
+    if let Err(error) = check_inputs(&config.inputs, &config.mapping) {
+        return Ok(super::not_started(
+            config.json,
+            Exit::Usage,
+            "input",
+            &error,
+        ));
+    }
     let settings = ReadSettings {
         mapping: config.mapping,
         derive_conversation_ids: false,

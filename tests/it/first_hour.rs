@@ -59,3 +59,67 @@ fn mapping_init_writes_a_mapping_that_validate_takes_after_the_users_edits() {
     assert_eq!(mine["invalid"], theirs["invalid"]);
     assert_eq!(mine["customers"], theirs["customers"]);
 }
+
+#[test]
+fn an_export_whose_columns_the_default_mapping_does_not_know_is_refused_before_any_request() {
+    let env = TestEnv::plain();
+    let file = env.write(
+        "zendesk.csv",
+        "Ticket ID;Requester;Requester Email;Subject\n1;Ann Lee;ann@example.com;Help\n",
+    );
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(2);
+    assert_eq!(env.stats().requests_total, 0);
+    for named in [
+        "\"Ticket ID\"",
+        "\"Requester Email\"",
+        "--mapping",
+        "mapping init",
+    ] {
+        assert!(
+            run.stderr.contains(named),
+            "{named} missing: {}",
+            run.stderr
+        );
+    }
+    assert!(
+        !env.path("kustomer-import.sqlite").exists(),
+        "refused before the checkpoint was made"
+    );
+    let validate = env.command(&["validate", file.to_str().unwrap()]);
+    validate.assert_code(2);
+    assert!(
+        validate.stderr.contains("mapping init"),
+        "{}",
+        validate.stderr
+    );
+}
+
+#[test]
+fn the_columns_are_shown_before_the_rows_and_a_close_name_is_warned_of() {
+    let env = TestEnv::plain();
+    let file = env.write(
+        "export.csv",
+        "email,Ticket Subject,Status,Agent\nann@example.com,Help,open,Bo\n",
+    );
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(0);
+    let shown = run
+        .stderr
+        .find("which column feeds which field")
+        .expect("the columns are shown");
+    assert!(shown < run.stderr.find("rows read").unwrap_or(usize::MAX));
+    for line in [
+        "  email   -> customer.emails",
+        "  Status  -> conversation.status",
+        "  not read: \"Ticket Subject\", \"Agent\"",
+    ] {
+        assert!(run.stderr.contains(line), "{line} missing: {}", run.stderr);
+    }
+    assert!(
+        run.stderr
+            .contains("\"Ticket Subject\" is not read, and looks like `subject`"),
+        "{}",
+        run.stderr
+    );
+}
