@@ -1,5 +1,7 @@
 //! What can go wrong with one API call, sorted by what the caller must do about it.
 
+use super::ratelimit::Held;
+
 /// The outcome of a failed call, classified. 429s never reach callers: the client pauses
 /// every worker and sends again.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +20,9 @@ pub enum ApiError {
     /// lost, so a create must be reconciled by lookup before it is sent again.
     #[error("{reason}")]
     Transient { reason: String, maybe_applied: bool },
+    /// The rate gate held the request back and it was not sent (see [`Held`]).
+    #[error(transparent)]
+    NotSent(#[from] Held),
 }
 
 impl ApiError {

@@ -9,7 +9,13 @@
 //!   each worker retrying on its own and burning the budget;
 //! - slowing before zero: the `x-ratelimit-remaining` / `-reset` headers spread what is
 //!   left of the server's budget over the time to its reset, so a server limit below ours,
-//!   or other integrations sharing the org's budget, cost few 429s.
+//!   or other integrations sharing the org's budget, cost few 429s;
+//! - a stop ends every wait for the server at once: once the run's stop (handed over with
+//!   [`RateGate::stop_on`]) is cancelled, a request the server holds back (a pause, the
+//!   probe's answer, the pacing of a low budget) is not sent but refused with
+//!   [`Held::Stopping`], so its row stays pending. A request that can leave at once still
+//!   does (our own ceiling's wait, one slot of `rpm`, is not the server's), so that work in
+//!   flight, such as a bulk job's polls, finishes within the grace.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +26,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::HeaderMap;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Longest pause a server's headers may impose at once.
 const MAX_PAUSE: Duration = Duration::from_secs(300);
@@ -34,6 +41,16 @@ pub struct RateGate {
     /// Requests per second our own ceiling allows (None: no ceiling of our own).
     own_pace: Mutex<Option<f64>>,
     state: Mutex<GateState>,
+    /// The run's stop: when it is cancelled, no request waits for the server any more.
+    stop: Mutex<CancellationToken>,
+}
+
+/// Why the gate let a request go no further. The request was not sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Held {
+    /// The run is stopping, and the server held the request back.
+    #[error("not sent: the run is stopping")]
+    Stopping,
 }
 
 /// A rate share: the fraction of the server's `x-ratelimit-limit` to use.
@@ -80,7 +97,14 @@ impl RateGate {
                 next_slot: now,
                 spacing: Duration::ZERO,
             }),
+            stop: Mutex::new(CancellationToken::new()),
         }
+    }
+
+    /// Hands the gate the run's stop: once `stop` is cancelled, every wait for the server
+    /// ends at once with [`Held::Stopping`].
+    pub fn stop_on(&self, stop: CancellationToken) {
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = stop;
     }
 
     /// A gate for `share` (0 < share <= 1) of the limit the server reports in
@@ -98,21 +122,24 @@ impl RateGate {
         }
     }
 
-    /// Waits until one more request may leave; the caller sends at once.
+    /// Waits until one more request may leave; the caller sends at once. After the run's
+    /// stop, a request that would have to wait for the server is refused instead.
     ///
     /// The pause and the pacing slot are waited out first and the ceiling's token is taken
     /// last, so nothing waits between the token and the send: requests that queued during
     /// a pause cannot leave together on top of the limiter's burst when it ends.
-    pub async fn acquire(&self) {
+    pub async fn acquire(&self) -> Result<(), Held> {
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(share) = &self.share
             && !*share.answered.borrow()
             && share.probe_sent.swap(true, Ordering::SeqCst)
         {
-            let _ = share
-                .answered
-                .subscribe()
-                .wait_for(|answered| *answered)
-                .await;
+            let mut answered = share.answered.subscribe();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Err(Held::Stopping),
+                _ = answered.wait_for(|answered| *answered) => {}
+            }
         }
         loop {
             let ready_at = {
@@ -120,7 +147,11 @@ impl RateGate {
                 state.paused_until.max(state.next_slot)
             };
             if ready_at > Instant::now() {
-                tokio::time::sleep_until(ready_at).await;
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Err(Held::Stopping),
+                    () = tokio::time::sleep_until(ready_at) => {}
+                }
             }
             let limiter = self
                 .limiter
@@ -136,7 +167,7 @@ impl RateGate {
             let now = Instant::now();
             if state.paused_until <= now && state.next_slot <= now {
                 state.next_slot = now + state.spacing;
-                return;
+                return Ok(());
             }
         }
     }
@@ -338,7 +369,7 @@ mod tests {
         let start = std::time::Instant::now();
         let mut times = Vec::new();
         for _ in 0..60 {
-            gate.acquire().await;
+            gate.acquire().await.unwrap();
             times.push(start.elapsed());
         }
         for (index, at) in times.iter().enumerate() {
@@ -361,7 +392,7 @@ mod tests {
             let (gate, times) = (gate.clone(), times.clone());
             workers.push(tokio::spawn(async move {
                 for _ in 0..4 {
-                    gate.acquire().await;
+                    gate.acquire().await.unwrap();
                     times.lock().unwrap().push(start.elapsed());
                 }
             }));
@@ -422,7 +453,31 @@ mod tests {
         let gate = RateGate::new(0, Duration::from_secs(60));
         gate.observe(429, &headers(&[("retry-after", "2".into())]));
         let start = Instant::now();
-        gate.acquire().await;
+        gate.acquire().await.unwrap();
         assert!(Instant::now() - start >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_a_pause_at_once_and_the_request_is_not_sent() {
+        let gate = std::sync::Arc::new(RateGate::new(0, Duration::from_secs(60)));
+        let stop = CancellationToken::new();
+        gate.stop_on(stop.clone());
+        gate.observe(429, &headers(&[("retry-after", "300".into())]));
+        let start = Instant::now();
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire().await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.cancel();
+        assert_eq!(waiting.await.unwrap(), Err(Held::Stopping));
+        assert!(Instant::now() - start < Duration::from_secs(6));
+        // After the stop, a request the server would hold back is refused at once...
+        assert_eq!(gate.acquire().await, Err(Held::Stopping));
+        assert!(Instant::now() - start < Duration::from_secs(6));
+        // ...and one it lets through still leaves (a bulk job's poll within the grace).
+        let open = RateGate::new(0, Duration::from_secs(60));
+        open.stop_on(stop);
+        assert_eq!(open.acquire().await, Ok(()));
     }
 }

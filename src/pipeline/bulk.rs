@@ -23,8 +23,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::worker::{
-    RetryBudget, commit_or_halt, conversation_to_send, halt_change, key_refused, record_halt,
-    record_or_halt,
+    RetryBudget, commit_or_halt, conversation_to_send, halt_change, key_refused, not_sent,
+    record_halt, record_or_halt,
 };
 use super::{
     CustomerStep, Event, Halt, ImportMode, RowOutcome, Settlement, Shared, StopReason, Work,
@@ -795,6 +795,7 @@ impl<'a> Retry<'a> {
             ApiError::Unauthorized { status, message } => {
                 Err(key_refused(self.shared, *status, message))
             }
+            ApiError::NotSent(held) => Err(not_sent(held)),
             ApiError::Transient { reason, .. } => {
                 self.backoff(reason).await.map_err(|end| match end {
                     NoRetry::Exhausted(reason) => Halt::Pending(reason),

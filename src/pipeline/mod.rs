@@ -299,6 +299,8 @@ pub async fn run_import(
         job_pace: JobPace::default(),
         bulk_unavailable: AtomicBool::new(false),
     });
+    // From the stop on, no request waits for the server: not here, not in the planner.
+    shared.client.gate().stop_on(stop.soft.clone());
     let earlier = bulk::finish_earlier_jobs(&shared, checkpoint).await?;
     let mut window = settings.concurrency.most() * 4;
     if settings.mode != ImportMode::Single {
@@ -522,7 +524,9 @@ impl Planner<'_> {
                 }
                 Some(event) = events.recv() => self.handle_event(event).await,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                _ = soft.cancelled(), if self.input_open => {}
+                // The stop starts the grace timer even when every row has been read
+                // already and nothing but the workers is left to wake the loop.
+                _ = soft.cancelled(), if grace_ends.is_none() => {}
                 // A partial batch that has waited long enough, and rows whose lost job has
                 // had its time, are taken up by start_ready_work.
                 _ = sleep_until_option(self.batch_since.map(|since| since + bulk::FLUSH_AFTER)) => {}
