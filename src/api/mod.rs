@@ -11,5 +11,5 @@ pub mod retry;
 pub use bulk::{BulkKind, ItemOutcome, JobStatus};
 pub use client::{ClientSettings, KustomerClient, LookupField, RequestStats};
 pub use error::ApiError;
-pub use ratelimit::{Held, RateGate};
+pub use ratelimit::{DEFAULT_MAX_STALL, Held, RateGate};
 pub use retry::Backoff;

@@ -795,7 +795,7 @@ impl<'a> Retry<'a> {
             ApiError::Unauthorized { status, message } => {
                 Err(key_refused(self.shared, *status, message))
             }
-            ApiError::NotSent(held) => Err(not_sent(held)),
+            ApiError::NotSent(held) => Err(not_sent(self.shared, held)),
             ApiError::Transient { reason, .. } => {
                 self.backoff(reason).await.map_err(|end| match end {
                     NoRetry::Exhausted(reason) => Halt::Pending(reason),

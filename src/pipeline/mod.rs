@@ -130,6 +130,8 @@ pub enum StopReason {
     Unauthorized(String),
     /// The API kept failing: rows in a row gave up after their retries.
     ApiUnavailable(String),
+    /// The API let no request through (429s, a spent budget) for the longest a run waits.
+    Stalled(String),
     /// The API answered as if the base URL were wrong (404/405 on a create).
     Endpoint(String),
     /// An input could not be read to its end.
