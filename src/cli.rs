@@ -371,6 +371,16 @@ pub struct ImportArgs {
     )]
     pub max_retries: u32,
 
+    /// Seconds the API may let no request through (429s, or a budget it says is spent)
+    /// before the run stops with exit 4 rather than wait on.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_MAX_STALL",
+        default_value_t = kustomer_import::api::DEFAULT_MAX_STALL.as_secs_f64(),
+        value_name = "SECS"
+    )]
+    pub max_stall: f64,
+
     /// Seconds that requests in flight may take to finish after Ctrl-C or SIGTERM.
     #[arg(
         help_heading = RECOVERY,

@@ -97,6 +97,8 @@ pub struct ImportConfig {
     /// Use this fraction of the server's reported limit instead of `rpm`.
     pub rate_share: Option<f64>,
     pub rate_window: Duration,
+    /// How long the API may let no request through before the run stops.
+    pub max_stall: Duration,
     pub timeout: Duration,
     pub progress: bool,
 }
@@ -175,6 +177,7 @@ pub fn import_config(
             share => share,
         },
         rate_window,
+        max_stall: positive_seconds(args.max_stall, "--max-stall")?,
         timeout: positive_seconds(args.timeout, "--timeout")?,
         progress: !args.no_progress,
     })

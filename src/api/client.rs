@@ -161,6 +161,11 @@ impl KustomerClient {
         &self.stats
     }
 
+    /// The rate gate every request of this client passes.
+    pub fn gate(&self) -> &RateGate {
+        &self.gate
+    }
+
     /// `POST /v1/customers`; the new customer's id.
     pub async fn create_customer(&self, body: &CustomerBody) -> Result<String, ApiError> {
         self.create(&self.customers_url, body).await
@@ -246,7 +251,7 @@ impl KustomerClient {
         let body = body.map(bytes::Bytes::from);
         let mut rate_limited = 0;
         loop {
-            self.gate.acquire().await;
+            self.gate.acquire().await?;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let sent = std::time::Instant::now();
             let mut request = self

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use super::ratelimit::Held;
+
 /// The outcome of a failed call, classified. 429s never reach callers: the client pauses
 /// every worker and sends again.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +36,9 @@ pub enum ApiError {
     /// lost, so a create must be reconciled by lookup before it is sent again.
     #[error("{reason}")]
     Transient { reason: String, maybe_applied: bool },
+    /// The rate gate held the request back and it was not sent (see [`Held`]).
+    #[error(transparent)]
+    NotSent(#[from] Held),
 }
 
 impl ApiError {

@@ -1,5 +1,5 @@
 //! The rate gate: every request of the process, lookups included, passes through one
-//! [`RateGate`] before it leaves. It keeps three promises:
+//! [`RateGate`] before it leaves. It keeps these promises:
 //!
 //! - a hard ceiling of `rpm` requests in any window (a governor GCRA limiter with a burst of
 //!   2 and a steady rate of rpm - 2 per window, so no window ever holds more than rpm);
@@ -9,7 +9,20 @@
 //!   each worker retrying on its own and burning the budget;
 //! - slowing before zero: the `x-ratelimit-remaining` / `-reset` headers spread what is
 //!   left of the server's budget over the time to its reset, so a server limit below ours,
-//!   or other integrations sharing the org's budget, cost few 429s.
+//!   or other integrations sharing the org's budget, cost few 429s;
+//! - a stop ends every wait for the server at once: once the run's stop (handed over with
+//!   [`RateGate::stop_on`]) is cancelled, a request the server holds back (a pause, the
+//!   probe's answer, the pacing of a low budget) is not sent but refused with
+//!   [`Held::Stopping`], so its row stays pending. A request that can leave at once still
+//!   does (our own ceiling's wait, one slot of `rpm`, is not the server's), so that work in
+//!   flight, such as a bulk job's polls, finishes within the grace;
+//! - no silent stall ([`hold`]): a pause longer than a few seconds is logged when it
+//!   starts, with its cause and length, and an API that lets no request through for
+//!   [`DEFAULT_MAX_STALL`] (or the limit given) stops the run with [`Held::Stalled`].
+
+mod hold;
+
+pub use self::hold::DEFAULT_MAX_STALL;
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +33,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::HeaderMap;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::hold::{Holds, spoken};
 
 /// Longest pause a server's headers may impose at once.
 const MAX_PAUSE: Duration = Duration::from_secs(300);
@@ -34,6 +50,19 @@ pub struct RateGate {
     /// Requests per second our own ceiling allows (None: no ceiling of our own).
     own_pace: Mutex<Option<f64>>,
     state: Mutex<GateState>,
+    /// The run's stop: when it is cancelled, no request waits for the server any more.
+    stop: Mutex<CancellationToken>,
+}
+
+/// Why the gate let a request go no further. The request was not sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Held {
+    /// The run is stopping, and the server held the request back.
+    #[error("not sent: the run is stopping")]
+    Stopping,
+    /// The API let no request through for the longest the run waits: the run stops.
+    #[error("{0}")]
+    Stalled(String),
 }
 
 /// A rate share: the fraction of the server's `x-ratelimit-limit` to use.
@@ -54,6 +83,8 @@ struct GateState {
     /// spacing between requests while the server's budget runs low.
     next_slot: Instant,
     spacing: Duration,
+    /// How long the server has let nothing through, against the limit.
+    holds: Holds,
 }
 
 /// What the server said of its budget in one response.
@@ -79,8 +110,23 @@ impl RateGate {
                 paused_until: now,
                 next_slot: now,
                 spacing: Duration::ZERO,
+                holds: Holds::new(DEFAULT_MAX_STALL),
             }),
+            stop: Mutex::new(CancellationToken::new()),
         }
+    }
+
+    /// The same gate, stopping the run once the API has let no request through for
+    /// `limit` (instead of [`DEFAULT_MAX_STALL`]).
+    pub fn with_max_stall(self, limit: Duration) -> RateGate {
+        self.lock().holds.set_limit(limit);
+        self
+    }
+
+    /// Hands the gate the run's stop: once `stop` is cancelled, every wait for the server
+    /// ends at once with [`Held::Stopping`].
+    pub fn stop_on(&self, stop: CancellationToken) {
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = stop;
     }
 
     /// A gate for `share` (0 < share <= 1) of the limit the server reports in
@@ -98,29 +144,47 @@ impl RateGate {
         }
     }
 
-    /// Waits until one more request may leave; the caller sends at once.
+    /// Waits until one more request may leave; the caller sends at once. After the run's
+    /// stop, a request that would have to wait for the server is refused instead, and so is
+    /// every request once the API has let nothing through for the stall limit.
     ///
     /// The pause and the pacing slot are waited out first and the ceiling's token is taken
     /// last, so nothing waits between the token and the send: requests that queued during
     /// a pause cannot leave together on top of the limiter's burst when it ends.
-    pub async fn acquire(&self) {
+    pub async fn acquire(&self) -> Result<(), Held> {
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(share) = &self.share
             && !*share.answered.borrow()
             && share.probe_sent.swap(true, Ordering::SeqCst)
         {
-            let _ = share
-                .answered
-                .subscribe()
-                .wait_for(|answered| *answered)
-                .await;
+            let mut answered = share.answered.subscribe();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Err(Held::Stopping),
+                _ = answered.wait_for(|answered| *answered) => {}
+            }
         }
         loop {
-            let ready_at = {
+            let (ready_at, stalls_at) = {
                 let state = self.lock();
-                state.paused_until.max(state.next_slot)
+                (
+                    state.paused_until.max(state.next_slot),
+                    state.holds.deadline(),
+                )
             };
-            if ready_at > Instant::now() {
-                tokio::time::sleep_until(ready_at).await;
+            let now = Instant::now();
+            if stalls_at.is_some_and(|at| at <= now) {
+                return Err(self.lock().holds.stalled());
+            }
+            if ready_at > now {
+                let wake = stalls_at.map_or(ready_at, |at| at.min(ready_at));
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Err(Held::Stopping),
+                    () = tokio::time::sleep_until(wake) => {}
+                }
+                // The pause may have grown meanwhile, or the stall limit come.
+                continue;
             }
             let limiter = self
                 .limiter
@@ -136,7 +200,7 @@ impl RateGate {
             let now = Instant::now();
             if state.paused_until <= now && state.next_slot <= now {
                 state.next_slot = now + state.spacing;
-                return;
+                return Ok(());
             }
         }
     }
@@ -149,11 +213,18 @@ impl RateGate {
         }
     }
 
-    /// Stops every worker for `wait`.
-    pub fn pause_for(&self, wait: Duration) {
-        let until = Instant::now() + wait.min(MAX_PAUSE);
+    /// Stops every worker for `wait` (at most [`MAX_PAUSE`]), for `cause`; a pause worth
+    /// it is logged when it starts.
+    fn pause(&self, wait: Duration, cause: String) {
+        let now = Instant::now();
+        let wait = wait.min(MAX_PAUSE);
+        let until = now + wait;
         let mut state = self.lock();
+        let extending = until.saturating_duration_since(state.paused_until.max(now));
         state.paused_until = state.paused_until.max(until);
+        if let Some(line) = state.holds.pause(now, wait, extending, cause) {
+            tracing::warn!("{line}");
+        }
     }
 
     /// Learns from a response's headers. For a 429, pauses everyone until the reset
@@ -186,19 +257,22 @@ impl RateGate {
                 .or(budget.reset_in)
                 .unwrap_or(Duration::from_secs(1))
                 .max(Duration::from_millis(50));
-            self.pause_for(wait);
+            self.pause(wait, budget.cause_of_429(headers));
             return;
         }
         let (Some(remaining), Some(reset_in)) = (budget.remaining, budget.reset_in) else {
+            self.lock().holds.release();
             return;
         };
         if remaining == 0 {
             // Nothing left until the reset: wait for it. Spacing from an empty budget would
             // add a whole reset per request after the pause; the next answer sets it anew.
-            self.pause_for(reset_in);
+            self.pause(reset_in, budget.cause_of_spent(headers));
             self.lock().spacing = Duration::ZERO;
             return;
         }
+        self.lock().holds.release();
+        let reset_in = reset_in.min(MAX_PAUSE);
         // While the server has more left than our own ceiling would send before its reset,
         // spacing by its headers would only put a second pacer in series with ours, and two
         // pacers at the same rate lose a few percent of it (measured: 98.0% of a 2,000/min
@@ -213,7 +287,7 @@ impl RateGate {
         let spacing = if ours_fits {
             Duration::ZERO
         } else {
-            reset_in.min(MAX_PAUSE) / u32::try_from(remaining + 1).unwrap_or(u32::MAX)
+            reset_in / u32::try_from(remaining + 1).unwrap_or(u32::MAX)
         };
         self.lock().spacing = spacing;
     }
@@ -228,7 +302,8 @@ impl RateGate {
 impl BudgetHeaders {
     /// Reads `x-ratelimit-*` and `Retry-After`. The unit of `x-ratelimit-reset` is not
     /// documented: a value above 1e12 is taken as epoch milliseconds, above 1e9 as epoch
-    /// seconds, anything else as seconds from now.
+    /// seconds, anything else as seconds from now. Waits are read as given, however long
+    /// (the gate pauses [`MAX_PAUSE`] at most, and says when a header asked for more).
     pub fn parse(headers: &HeaderMap) -> BudgetHeaders {
         let text = |name: &str| {
             headers
@@ -245,9 +320,7 @@ impl BudgetHeaders {
         let whole = |name: &str| number(name).map(|v| v.min(f64::from(u32::MAX)) as u64);
         let reset_in = number("x-ratelimit-reset").map(seconds_until);
         let retry_after = text("retry-after").and_then(|value| match value.parse::<f64>() {
-            Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
-                Some(Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)))
-            }
+            Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Some(saturating(seconds)),
             Ok(_) => None,
             Err(_) => httpdate::parse_http_date(value)
                 .ok()
@@ -259,6 +332,50 @@ impl BudgetHeaders {
             reset_in,
             retry_after,
         }
+    }
+}
+
+impl BudgetHeaders {
+    /// Why a 429 pauses the gate, in words for the log.
+    fn cause_of_429(&self, headers: &HeaderMap) -> String {
+        if self.retry_after.is_some() {
+            format!(
+                "429 with Retry-After: {}",
+                header_text(headers, "retry-after")
+            ) + &beyond_the_longest_pause(self.retry_after)
+        } else if self.reset_in.is_some() {
+            format!(
+                "429 with x-ratelimit-reset: {}",
+                header_text(headers, "x-ratelimit-reset")
+            ) + &beyond_the_longest_pause(self.reset_in)
+        } else {
+            "429 with neither Retry-After nor x-ratelimit-reset (a pause of 1 s each)".into()
+        }
+    }
+
+    /// Why a spent budget pauses the gate, in words for the log.
+    fn cause_of_spent(&self, headers: &HeaderMap) -> String {
+        format!(
+            "its budget is spent (x-ratelimit-remaining: 0) until its reset (x-ratelimit-reset: {})",
+            header_text(headers, "x-ratelimit-reset")
+        ) + &beyond_the_longest_pause(self.reset_in)
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map_or("", str::trim)
+}
+
+/// What is said of a wait longer than the gate takes: an absurd reset, cut short.
+fn beyond_the_longest_pause(wait: Option<Duration>) -> String {
+    match wait {
+        Some(wait) if wait > MAX_PAUSE => {
+            format!(", which is absurd (more than {} away)", spoken(MAX_PAUSE))
+        }
+        _ => String::new(),
     }
 }
 
@@ -284,6 +401,11 @@ fn pace(requests: u32, window: Duration) -> Option<f64> {
     (requests > 0).then(|| f64::from(requests) / window.as_secs_f64())
 }
 
+/// Seconds as a Duration, the longest one for more than it holds.
+fn saturating(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
+}
+
 fn seconds_until(reset: f64) -> Duration {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -296,7 +418,7 @@ fn seconds_until(reset: f64) -> Duration {
     } else {
         reset
     };
-    Duration::from_secs_f64(seconds.clamp(0.0, MAX_PAUSE.as_secs_f64()))
+    saturating(seconds.max(0.0))
 }
 
 #[cfg(test)]
@@ -338,7 +460,7 @@ mod tests {
         let start = std::time::Instant::now();
         let mut times = Vec::new();
         for _ in 0..60 {
-            gate.acquire().await;
+            gate.acquire().await.unwrap();
             times.push(start.elapsed());
         }
         for (index, at) in times.iter().enumerate() {
@@ -361,13 +483,13 @@ mod tests {
             let (gate, times) = (gate.clone(), times.clone());
             workers.push(tokio::spawn(async move {
                 for _ in 0..4 {
-                    gate.acquire().await;
+                    gate.acquire().await.unwrap();
                     times.lock().unwrap().push(start.elapsed());
                 }
             }));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        gate.pause_for(Duration::from_millis(1500));
+        gate.pause(Duration::from_millis(1500), "a test".into());
         for worker in workers {
             worker.await.unwrap();
         }
@@ -422,7 +544,101 @@ mod tests {
         let gate = RateGate::new(0, Duration::from_secs(60));
         gate.observe(429, &headers(&[("retry-after", "2".into())]));
         let start = Instant::now();
-        gate.acquire().await;
+        gate.acquire().await.unwrap();
         assert!(Instant::now() - start >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_a_pause_at_once_and_the_request_is_not_sent() {
+        let gate = std::sync::Arc::new(RateGate::new(0, Duration::from_secs(60)));
+        let stop = CancellationToken::new();
+        gate.stop_on(stop.clone());
+        gate.observe(429, &headers(&[("retry-after", "300".into())]));
+        let start = Instant::now();
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire().await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.cancel();
+        assert_eq!(waiting.await.unwrap(), Err(Held::Stopping));
+        assert!(Instant::now() - start < Duration::from_secs(6));
+        // After the stop, a request the server would hold back is refused at once...
+        assert_eq!(gate.acquire().await, Err(Held::Stopping));
+        assert!(Instant::now() - start < Duration::from_secs(6));
+        // ...and one it lets through still leaves (a bulk job's poll within the grace).
+        let open = RateGate::new(0, Duration::from_secs(60));
+        open.stop_on(stop);
+        assert_eq!(open.acquire().await, Ok(()));
+    }
+
+    /// Sends through `gate` until it refuses, each request answered `status` with
+    /// `answer`; how long that took and why it ended.
+    async fn held_until_refused(
+        gate: &RateGate,
+        status: u16,
+        answer: &[(&'static str, String)],
+    ) -> (Duration, Held) {
+        let start = Instant::now();
+        loop {
+            match gate.acquire().await {
+                Ok(()) => gate.observe(status, &headers(answer)),
+                Err(held) => return (Instant::now() - start, held),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_api_that_lets_nothing_through_stops_the_run_after_the_stall_limit() {
+        let ten_minutes = Duration::from_secs(600);
+        let absurd = [
+            ("x-ratelimit-remaining", "0".to_string()),
+            ("x-ratelimit-reset", "1e300".to_string()),
+        ];
+        for (status, answer, cause) in [
+            (
+                429,
+                vec![],
+                "429 with neither Retry-After nor x-ratelimit-reset",
+            ),
+            (
+                429,
+                vec![("retry-after", "300".into())],
+                "429 with Retry-After: 300",
+            ),
+            (
+                200,
+                absurd.to_vec(),
+                "x-ratelimit-reset: 1e300), which is absurd",
+            ),
+        ] {
+            let gate = RateGate::new(0, Duration::from_secs(60));
+            let (waited, held) = held_until_refused(&gate, status, &answer).await;
+            assert!(
+                waited >= ten_minutes && waited < ten_minutes + Duration::from_secs(2),
+                "{cause}: {waited:?}"
+            );
+            let Held::Stalled(reason) = held else {
+                panic!("{cause}: {held:?}")
+            };
+            assert!(reason.contains("for 10 minutes"), "{reason}");
+            assert!(reason.contains(cause), "{reason}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_let_through_with_budget_to_spare_ends_the_hold() {
+        let gate =
+            RateGate::new(0, Duration::from_secs(60)).with_max_stall(Duration::from_secs(30));
+        let start = Instant::now();
+        for _ in 0..60 {
+            gate.acquire().await.unwrap();
+            gate.observe(429, &headers(&[("retry-after", "1".into())]));
+            gate.acquire().await.unwrap();
+            gate.observe(200, &headers(&[]));
+        }
+        assert!(Instant::now() - start >= Duration::from_secs(60));
+        let (waited, _) = held_until_refused(&gate, 429, &[]).await;
+        assert!(waited >= Duration::from_secs(30), "{waited:?}");
     }
 }

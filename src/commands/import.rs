@@ -71,10 +71,13 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
         },
     };
     let stats = Arc::new(RequestStats::default());
-    let gate = Arc::new(match config.rate_share {
-        Some(share) => RateGate::with_share(share, config.rpm, config.rate_window),
-        None => RateGate::new(config.rpm, config.rate_window),
-    });
+    let gate = Arc::new(
+        match config.rate_share {
+            Some(share) => RateGate::with_share(share, config.rpm, config.rate_window),
+            None => RateGate::new(config.rpm, config.rate_window),
+        }
+        .with_max_stall(config.max_stall),
+    );
     let client = KustomerClient::new(
         ClientSettings {
             base_url,
@@ -194,7 +197,8 @@ fn stop_words(stop: &StopReason) -> &'static str {
         StopReason::Finished => "finished",
         StopReason::Interrupted => "interrupted",
         StopReason::Unauthorized(_) => "unauthorized",
-        StopReason::ApiUnavailable(_) => "api_unavailable",
+        // A stalled API is unavailable to the run: the JSON keeps its documented words.
+        StopReason::ApiUnavailable(_) | StopReason::Stalled(_) => "api_unavailable",
         StopReason::Endpoint(_) => "endpoint",
         StopReason::Input(_) => "input",
         StopReason::Checkpoint(_) => "checkpoint",
@@ -280,9 +284,10 @@ fn exit_status(summary: &Summary, stop: &StopReason) -> Exit {
     match stop {
         StopReason::Unauthorized(_) => Exit::Unauthorized,
         StopReason::Input(_) | StopReason::Endpoint(_) => Exit::Usage,
-        StopReason::Interrupted | StopReason::ApiUnavailable(_) | StopReason::Checkpoint(_) => {
-            Exit::Stopped
-        }
+        StopReason::Interrupted
+        | StopReason::ApiUnavailable(_)
+        | StopReason::Stalled(_)
+        | StopReason::Checkpoint(_) => Exit::Stopped,
         StopReason::Finished if summary.rows_pending > 0 => Exit::Stopped,
         StopReason::Finished if summary.all_failed() > 0 => Exit::RowsFailed,
         StopReason::Finished => Exit::Success,
@@ -301,6 +306,10 @@ fn explain(stop: &StopReason, exit: Exit, summary: &Summary) {
         StopReason::ApiUnavailable(message) => {
             tracing::error!("stopped because the API keeps failing: {message}")
         }
+        StopReason::Stalled(message) => tracing::error!(
+            "stopped: {message}. No row was marked failed for it; run the same command again \
+             later, or give the API longer with --max-stall."
+        ),
         StopReason::Input(message)
         | StopReason::Endpoint(message)
         | StopReason::Checkpoint(message) => tracing::error!("{message}"),

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::worker::{
     RetryBudget, base_url_wrong, commit_or_halt, conversation_to_send, halt_change, key_refused,
+    not_sent,
     record_halt, record_or_halt,
 };
 use super::{
@@ -830,6 +831,7 @@ impl<'a> Retry<'a> {
                 Err(key_refused(self.shared, *status, message))
             }
             ApiError::WrongBaseUrl { .. } => Err(base_url_wrong(self.shared, error)),
+            ApiError::NotSent(held) => Err(not_sent(self.shared, held)),
             ApiError::Transient { reason, .. } => {
                 self.backoff(reason).await.map_err(|end| match end {
                     NoRetry::Exhausted(reason) => Halt::Pending(reason),

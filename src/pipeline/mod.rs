@@ -130,6 +130,8 @@ pub enum StopReason {
     Unauthorized(String),
     /// The API kept failing: rows in a row gave up after their retries.
     ApiUnavailable(String),
+    /// The API let no request through (429s, a spent budget) for the longest a run waits.
+    Stalled(String),
     /// The API answered as if the base URL were wrong (404/405 on a create, a redirect on
     /// any call).
     Endpoint(String),
@@ -146,6 +148,7 @@ impl StopReason {
             StopReason::Finished | StopReason::Interrupted => None,
             StopReason::Unauthorized(message)
             | StopReason::ApiUnavailable(message)
+            | StopReason::Stalled(message)
             | StopReason::Endpoint(message)
             | StopReason::Input(message)
             | StopReason::Checkpoint(message) => Some(message.clone()),
@@ -314,6 +317,8 @@ pub async fn run_import(
         job_pace: JobPace::default(),
         bulk_unavailable: AtomicBool::new(false),
     });
+    // From the stop on, no request waits for the server: not here, not in the planner.
+    shared.client.gate().stop_on(stop.soft.clone());
     let earlier = bulk::finish_earlier_jobs(&shared, checkpoint).await?;
     let mut window = settings.concurrency.most() * 4;
     if settings.mode != ImportMode::Single {
@@ -537,7 +542,9 @@ impl Planner<'_> {
                 }
                 Some(event) = events.recv() => self.handle_event(event).await,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                _ = soft.cancelled(), if self.input_open => {}
+                // The stop starts the grace timer even when every row has been read
+                // already and nothing but the workers is left to wake the loop.
+                _ = soft.cancelled(), if grace_ends.is_none() => {}
                 // A partial batch that has waited long enough, and rows whose lost job has
                 // had its time, are taken up by start_ready_work.
                 _ = sleep_until_option(self.batch_since.map(|since| since + bulk::FLUSH_AFTER)) => {}

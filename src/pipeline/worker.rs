@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::api::{ApiError, LookupField};
+use crate::api::{ApiError, Held, LookupField};
 use crate::checkpoint::{Change, CustomerOrigin, RowChange, RowState};
 use crate::mapping::{ConversationBody, CustomerBody};
 
@@ -506,6 +506,7 @@ impl<'a> Attempts<'a> {
             ApiError::Duplicate { message } => Err(Halt::Pending(format!(
                 "a lookup was refused (409): {message}"
             ))),
+            ApiError::NotSent(held) => Err(not_sent(self.shared, held)),
             ApiError::Transient { reason, .. } => {
                 let mut delay = self
                     .retries
@@ -524,6 +525,19 @@ impl<'a> Attempts<'a> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A request the rate gate did not send: the row keeps the state (and intent) it reached,
+/// pending, and the next run takes it from there. An API that let nothing through for too
+/// long stops the run.
+pub(super) fn not_sent(shared: &Shared, held: &Held) -> Halt {
+    match held {
+        Held::Stopping => Halt::Pending("the run is stopping".into()),
+        Held::Stalled(reason) => {
+            shared.halt_run(StopReason::Stalled(reason.clone()));
+            Halt::Pending(reason.clone())
         }
     }
 }

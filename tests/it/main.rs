@@ -11,3 +11,4 @@ mod first_hour;
 mod foreign;
 mod import;
 mod operate;
+mod pauses;
