@@ -9,6 +9,7 @@
 
 pub mod inspect;
 pub mod lock;
+pub mod private;
 pub mod writer;
 
 use std::fs::OpenOptions;
@@ -466,20 +467,24 @@ impl Checkpoint {
     }
 }
 
-/// Creates the database file with mode 0600 before SQLite sees it; SQLite gives its `-wal`
-/// and `-shm` files the same mode.
+/// Creates the database file with mode 0600 before SQLite sees it, or narrows it and the
+/// `-wal` and `-shm` files an earlier run left to 0600; SQLite gives the `-wal` and `-shm`
+/// files it makes the database's mode.
 fn create_private(path: &Path) -> Result<(), CheckpointError> {
     let mut options = OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .map(drop)
-        .map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Io { path, source }
+    };
+    let file = options.open(path).map_err(io(path))?;
+    private::narrow_file(&file).map_err(io(path))?;
+    for companion in private::sqlite_companions(path) {
+        private::narrow_path(&companion).map_err(io(&companion))?;
+    }
+    Ok(())
 }
 
 /// Each connection's page cache, in KiB (SQLite's default is 2,000). The caches fill as the
