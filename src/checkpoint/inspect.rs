@@ -1,11 +1,13 @@
 //! Reading a checkpoint without importing: the counts `status` shows and the rows `export`
 //! streams. It opens the file read-only and takes no lock, so it works while a run goes on
-//! (a WAL reader sees the last commit).
+//! (a WAL reader sees the last commit). Where the checkpoint's directory cannot be written
+//! (a read-only filesystem), a WAL reader cannot make the shared-memory file it needs, and
+//! the file is read as immutable instead: as it is on disk, without the WAL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Serialize;
 
 use super::CheckpointError;
@@ -94,6 +96,8 @@ pub struct ActiveRun {
 pub struct Status {
     pub version: u32,
     pub checkpoint: String,
+    /// Read as immutable (see [`CheckpointReader::immutable_note`]).
+    pub immutable: bool,
     /// The run holding the checkpoint now, if any.
     pub active_run: Option<ActiveRun>,
     pub files: Vec<FileCounts>,
@@ -135,6 +139,8 @@ pub enum StateFilter {
 pub struct CheckpointReader {
     path: PathBuf,
     connection: Connection,
+    /// Opened with `immutable=1`: see [`CheckpointReader::immutable_note`].
+    immutable: bool,
 }
 
 /// How many runs `status` lists.
@@ -154,18 +160,48 @@ impl CheckpointReader {
                 ),
             });
         }
-        let connection = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| CheckpointError::Sqlite {
+        let sqlite = |source| CheckpointError::Sqlite {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let (connection, immutable) = match open_read_only(path) {
+            Ok(connection) => (connection, false),
+            Err(error) if error.sqlite_error_code() == Some(ErrorCode::CannotOpen) => {
+                // The file exists; what cannot be opened is the shared-memory file beside
+                // it, which a read-only filesystem does not let SQLite create.
+                (open_immutable(path).map_err(sqlite)?, true)
+            }
+            Err(error) => return Err(sqlite(error)),
+        };
         Ok(CheckpointReader {
             path: path.to_path_buf(),
             connection,
+            immutable,
         })
+    }
+
+    /// What reading the checkpoint as immutable means, when it was: said to the user beside
+    /// what is read.
+    pub fn immutable_note(&self) -> Option<String> {
+        if !self.immutable {
+            return None;
+        }
+        let [wal, _] = super::private::sqlite_companions(&self.path);
+        let unseen = std::fs::metadata(&wal).is_ok_and(|wal| wal.len() > 0);
+        let mut note = format!(
+            "read as immutable (the directory of {} cannot be written, as on a read-only \
+             filesystem): the file as it is on disk, without what a run going on elsewhere \
+             writes",
+            self.path.display()
+        );
+        if unseen {
+            note.push_str(&format!(
+                "; the changes the last run left in {} are not seen either (copy the \
+                 checkpoint and that file to a writable directory to read them)",
+                wal.display()
+            ));
+        }
+        Some(note)
     }
 
     fn sqlite(&self, source: rusqlite::Error) -> CheckpointError {
@@ -211,6 +247,7 @@ impl CheckpointReader {
         Ok(Status {
             version: SCHEMA_VERSION,
             checkpoint: self.path.display().to_string(),
+            immutable: self.immutable,
             active_run,
             files,
             total,
@@ -409,6 +446,35 @@ impl CheckpointReader {
         }
         Ok(Ok(written))
     }
+}
+
+/// Opens `path` read-only, and reads it once: SQLite opens lazily, and the first read is what
+/// needs a WAL database's shared-memory file.
+fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
+    Ok(connection)
+}
+
+/// Opens `path` with `immutable=1`: SQLite then takes no lock, needs no shared memory, and
+/// ignores the WAL, reading the file as it is on disk.
+fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
+    let absolute = std::path::absolute(path)
+        .map_err(|error| rusqlite::Error::InvalidPath(PathBuf::from(error.to_string())))?;
+    let mut uri = url::Url::from_file_path(&absolute)
+        .map_err(|()| rusqlite::Error::InvalidPath(absolute.clone()))?;
+    uri.set_query(Some("immutable=1"));
+    let connection = Connection::open_with_flags(
+        uri.as_str(),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
+    Ok(connection)
 }
 
 /// Adds up reasons that are the same once quoted values are folded, most rows first.

@@ -41,6 +41,9 @@ pub fn run(config: ExportConfig) -> anyhow::Result<Exit> {
             return Ok(Exit::Usage);
         }
     };
+    if let Some(note) = reader.immutable_note() {
+        eprintln!("note: {note}");
+    }
     if let Some(path) = &config.output
         && is_checkpoint_file(&config.checkpoint, path)
     {
