@@ -11,6 +11,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Serialize;
 
 use super::CheckpointError;
+use super::integrity;
 use super::lock::{LockHolder, current_holder};
 
 /// The version of the `status --json` and `export --format jsonl` shapes.
@@ -160,10 +161,7 @@ impl CheckpointReader {
                 ),
             });
         }
-        let sqlite = |source| CheckpointError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
+        let sqlite = |source| CheckpointError::of_sqlite(path, source);
         let (connection, immutable) = match open_read_only(path) {
             Ok(connection) => (connection, false),
             Err(error) if error.sqlite_error_code() == Some(ErrorCode::CannotOpen) => {
@@ -173,6 +171,8 @@ impl CheckpointReader {
             }
             Err(error) => return Err(sqlite(error)),
         };
+        // A checkpoint made before the marker is read as it is; a run adopts it.
+        integrity::identify(path, &connection)?;
         Ok(CheckpointReader {
             path: path.to_path_buf(),
             connection,
@@ -187,14 +187,13 @@ impl CheckpointReader {
             return None;
         }
         let [wal, _] = super::private::sqlite_companions(&self.path);
-        let unseen = std::fs::metadata(&wal).is_ok_and(|wal| wal.len() > 0);
         let mut note = format!(
             "read as immutable (the directory of {} cannot be written, as on a read-only \
              filesystem): the file as it is on disk, without what a run going on elsewhere \
              writes",
             self.path.display()
         );
-        if unseen {
+        if integrity::has_hot_wal(&self.path) {
             note.push_str(&format!(
                 "; the changes the last run left in {} are not seen either (copy the \
                  checkpoint and that file to a writable directory to read them)",
@@ -205,10 +204,7 @@ impl CheckpointReader {
     }
 
     fn sqlite(&self, source: rusqlite::Error) -> CheckpointError {
-        CheckpointError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        CheckpointError::of_sqlite(&self.path, source)
     }
 
     /// The counts `status` shows.
@@ -275,17 +271,26 @@ impl CheckpointReader {
         statement
             .query_map([], |row| {
                 let count = |index| row.get::<_, i64>(index).map(|n| n.max(0) as u64);
+                let file: String = row.get(0)?;
+                let counts = RowCounts {
+                    rows: count(1)?,
+                    done: count(2)?,
+                    failed: count(3)?,
+                    pending: count(4)?,
+                    unknown: count(5)?,
+                    unresolved: count(6)?,
+                };
+                let in_a_state = counts.done + counts.failed + counts.pending + counts.unknown;
+                if in_a_state != counts.rows {
+                    return Err(integrity::damaged_value(format!(
+                        "rows of {file} in a state no version of kustomer-import writes: {}",
+                        counts.rows - in_a_state
+                    )));
+                }
                 Ok(FileCounts {
                     failed_by_reason: Vec::new(),
-                    file: row.get(0)?,
-                    counts: RowCounts {
-                        rows: count(1)?,
-                        done: count(2)?,
-                        failed: count(3)?,
-                        pending: count(4)?,
-                        unknown: count(5)?,
-                        unresolved: count(6)?,
-                    },
+                    file,
+                    counts,
                 })
             })?
             .collect()
@@ -341,7 +346,8 @@ impl CheckpointReader {
                 "created" => counts.created = count,
                 "linked" => counts.linked = count,
                 "reconciled" => counts.reconciled = count,
-                _ => counts.unknown += count,
+                "sent" => counts.unknown = count,
+                other => return Err(unwritten_state("customers", other, count)),
             }
         }
         Ok(counts)
@@ -364,7 +370,8 @@ impl CheckpointReader {
                 "queued" => counts.queued = count,
                 "submitting" => counts.submitting = count,
                 "refused" => counts.refused = count,
-                _ => counts.lost += count,
+                "lost" => counts.lost = count,
+                other => return Err(unwritten_state("bulk_jobs", other, count)),
             }
         }
         Ok(counts)
@@ -446,6 +453,14 @@ impl CheckpointReader {
         }
         Ok(Ok(written))
     }
+}
+
+/// Lines of a table in a state no version writes: damage, not a count to show as another.
+fn unwritten_state(table: &str, state: &str, count: u64) -> rusqlite::Error {
+    integrity::damaged_value(format!(
+        "{count} lines of its {table} table are in the state {state:?}, which no version of \
+         kustomer-import writes"
+    ))
 }
 
 /// Opens `path` read-only, and reads it once: SQLite opens lazily, and the first read is what

@@ -42,7 +42,10 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
         Err(error @ CheckpointError::Locked { .. }) => {
             return Ok(stop_early(&config, Exit::Locked, "locked", &error));
         }
-        Err(error) => return Ok(stop_early(&config, Exit::Usage, "checkpoint", &error)),
+        Err(error) => {
+            let stop = StopReason::of_checkpoint(&error);
+            return Ok(stop_early(&config, Exit::Usage, stop_words(&stop), &error));
+        }
     };
     let mut errors = match ErrorsFile::create(&config.errors) {
         Ok(errors) => errors,
@@ -98,7 +101,11 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     let run_id = match checkpoint.begin_run(&command_line()) {
         Ok(run_id) => run_id,
         // An unwritable checkpoint: nothing can be recorded, so nothing is sent.
-        Err(error) => return Ok(stop_early(&config, Exit::Stopped, "checkpoint", &error)),
+        Err(error) => {
+            let stop = StopReason::of_checkpoint(&error);
+            let exit = exit_status(&Summary::default(), &stop);
+            return Ok(stop_early(&config, exit, stop_words(&stop), &error));
+        }
     };
 
     let outcome = run_import(
@@ -118,7 +125,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
             tracing::error!("{error}");
             ImportOutcome {
                 summary: Summary::default(),
-                stop: StopReason::Checkpoint(error.to_string()),
+                stop: StopReason::of_checkpoint(&error),
             }
         }
     };
@@ -129,8 +136,11 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     }
 
     let exit = exit_status(&summary, &stop);
-    // The run is recorded whatever happens to stdout.
-    if let Err(error) = checkpoint.end_run(
+    if matches!(stop, StopReason::CheckpointDamaged(_)) {
+        // Nothing more is written to a damaged file, and a run without an end makes the next
+        // one check the checkpoint whole before it uses it.
+        tracing::warn!("the end of this run is not recorded in the damaged checkpoint");
+    } else if let Err(error) = checkpoint.end_run(
         run_id,
         exit as i32,
         RunCounts {
@@ -160,7 +170,7 @@ struct JsonSummary<'a> {
     version: u32,
     exit_code: i32,
     /// finished, interrupted, unauthorized, api_unavailable, endpoint, input, checkpoint,
-    /// or, for a run that could not start: locked, errors_file.
+    /// checkpoint_damaged, or, for a run that could not start: locked, errors_file.
     stopped_because: &'static str,
     checkpoint: String,
     errors_file: String,
@@ -177,6 +187,7 @@ fn stop_words(stop: &StopReason) -> &'static str {
         StopReason::Endpoint(_) => "endpoint",
         StopReason::Input(_) => "input",
         StopReason::Checkpoint(_) => "checkpoint",
+        StopReason::CheckpointDamaged(_) => "checkpoint_damaged",
     }
 }
 
@@ -226,7 +237,9 @@ fn print_summary(
 fn exit_status(summary: &Summary, stop: &StopReason) -> Exit {
     match stop {
         StopReason::Unauthorized(_) => Exit::Unauthorized,
-        StopReason::Input(_) | StopReason::Endpoint(_) => Exit::Usage,
+        StopReason::Input(_) | StopReason::Endpoint(_) | StopReason::CheckpointDamaged(_) => {
+            Exit::Usage
+        }
         StopReason::Interrupted | StopReason::ApiUnavailable(_) | StopReason::Checkpoint(_) => {
             Exit::Stopped
         }
@@ -256,7 +269,8 @@ fn explain(
         }
         StopReason::Input(message)
         | StopReason::Endpoint(message)
-        | StopReason::Checkpoint(message) => tracing::error!("{message}"),
+        | StopReason::Checkpoint(message)
+        | StopReason::CheckpointDamaged(message) => tracing::error!("{message}"),
         StopReason::Interrupted | StopReason::Finished => {}
     }
     if errors_written > 0 {

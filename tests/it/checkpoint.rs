@@ -133,3 +133,218 @@ fn status_and_export_read_a_checkpoint_on_a_read_only_filesystem() {
         "the file as it is on disk"
     );
 }
+
+/// Replaces every `from` in the file's bytes by `to` (as long), returning how many.
+fn overwrite_bytes(path: &Path, from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut found = 0;
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].windows(from.len()).position(|w| w == from) {
+        let start = at + offset;
+        bytes[start..start + to.len()].copy_from_slice(to);
+        found += 1;
+        at = start + to.len();
+    }
+    std::fs::write(path, bytes).unwrap();
+    found
+}
+
+/// A finished import of three rows (C0 to C2, conversations T0-0 to T2-0) into the
+/// default checkpoint; returns the export's path.
+fn finished_checkpoint(env: &TestEnv) -> String {
+    let file = env.write("export.csv", &generated_csv(3, 1));
+    let file = file.to_str().unwrap().to_string();
+    env.import(&[&file]).assert_code(0);
+    file
+}
+
+/// Asserts that an import was refused for a damaged checkpoint, the way the user is told,
+/// and sent nothing.
+fn assert_refused_as_damaged(env: &TestEnv, requests_before: u64, run: &Run) {
+    run.assert_code(2);
+    assert_eq!(
+        env.stats().requests_total,
+        requests_before,
+        "no request with a damaged checkpoint"
+    );
+    for words in ["is damaged", "backup", "export"] {
+        assert!(run.stderr.contains(words), "{words}: {}", run.stderr);
+    }
+    assert!(
+        !run.stderr.contains("run the same command again"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_checkpoint_with_a_stored_state_overwritten_is_refused_not_read_as_pending() {
+    let env = TestEnv::plain();
+    let file = finished_checkpoint(&env);
+    let before = env.stats().requests_total;
+    // The row's record holds its conversation externalId, then its state.
+    let checkpoint = env.path("kustomer-import.sqlite");
+    assert_eq!(overwrite_bytes(&checkpoint, b"T1-0done", b"T1-0gone"), 1);
+    let run = env.import(&[&file]);
+    assert_refused_as_damaged(&env, before, &run);
+    assert!(
+        run.stderr.contains("gone"),
+        "names what it found: {}",
+        run.stderr
+    );
+    // Met mid-run, the damage leaves the run without an end: the next run checks the whole
+    // file before it reads a row (the state's CHECK constraint fails).
+    let run = env.import(&[&file]);
+    assert_refused_as_damaged(&env, before, &run);
+    assert!(run.stderr.contains("integrity check"), "{}", run.stderr);
+    assert!(run.stderr.contains("CHECK constraint"), "{}", run.stderr);
+}
+
+#[test]
+fn a_checkpoint_with_a_damaged_b_tree_page_is_refused_mid_run_with_exit_2() {
+    let env = TestEnv::plain();
+    let file = finished_checkpoint(&env);
+    let before = env.stats().requests_total;
+    let checkpoint = env.path("kustomer-import.sqlite");
+    let (root, page_size): (i64, i64) = {
+        let connection = env.checkpoint();
+        (
+            connection
+                .query_row(
+                    "SELECT rootpage FROM sqlite_master WHERE name = 'rows'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap(),
+            connection
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap(),
+        )
+    };
+    // The rows table's root page gets a header no b-tree page has.
+    let mut bytes = std::fs::read(&checkpoint).unwrap();
+    let start = ((root - 1) * page_size) as usize;
+    bytes[start..start + 16].fill(0xff);
+    std::fs::write(&checkpoint, bytes).unwrap();
+    let run = env.import(&[&file]);
+    assert_refused_as_damaged(&env, before, &run);
+    assert!(
+        !run.stderr.contains("integrity check"),
+        "found by the planner's read, mid-run: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn an_empty_file_or_a_file_of_another_program_is_refused_as_a_checkpoint() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(2, 1));
+    let file = file.to_str().unwrap();
+    let checkpoint = env.path("kustomer-import.sqlite");
+
+    std::fs::write(&checkpoint, "").unwrap();
+    let run = env.import(&[file]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("empty"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::metadata(&checkpoint).unwrap().len(),
+        0,
+        "left as it is"
+    );
+
+    std::fs::write(&checkpoint, "name,notes\nnot,sqlite\n").unwrap();
+    let run = env.import(&[file]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("not a kustomer-import checkpoint"),
+        "{}",
+        run.stderr
+    );
+
+    std::fs::remove_file(&checkpoint).unwrap();
+    {
+        let foreign = rusqlite::Connection::open(&checkpoint).unwrap();
+        foreign
+            .execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+    }
+    let run = env.import(&[file]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("not a kustomer-import checkpoint"),
+        "{}",
+        run.stderr
+    );
+    let status = env.command(&["status"]);
+    status.assert_code(2);
+    assert!(
+        status.stderr.contains("not a kustomer-import checkpoint"),
+        "{}",
+        status.stderr
+    );
+    let tables: Vec<String> = rusqlite::Connection::open(&checkpoint)
+        .unwrap()
+        .prepare("SELECT name FROM sqlite_master ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(tables, ["notes"], "the foreign file is left as it is");
+    assert_eq!(env.stats().requests_total, 0);
+}
+
+#[test]
+fn a_checkpoint_made_before_the_marker_is_adopted_once() {
+    let env = TestEnv::plain();
+    let file = finished_checkpoint(&env);
+    let application_id = || -> i64 {
+        env.checkpoint()
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_ne!(application_id(), 0, "a new checkpoint carries the marker");
+    // As a version before the marker left it: the same tables, application id 0.
+    rusqlite::Connection::open(env.path("kustomer-import.sqlite"))
+        .unwrap()
+        .pragma_update(None, "application_id", 0)
+        .unwrap();
+    let run = env.import(&[&file]);
+    run.assert_code(0);
+    assert_eq!(
+        run.stderr.matches("adopted").count(),
+        1,
+        "said once: {}",
+        run.stderr
+    );
+    assert_ne!(application_id(), 0);
+    let run = env.import(&[&file]);
+    run.assert_code(0);
+    assert!(!run.stderr.contains("adopted"), "{}", run.stderr);
+    env.assert_exactly_once(3, 3);
+}
+
+#[test]
+fn after_a_run_that_did_not_end_the_checkpoint_is_checked_whole_before_it_is_used() {
+    let env = TestEnv::plain();
+    let file = finished_checkpoint(&env);
+    let before = env.stats().requests_total;
+    let checkpoint = env.path("kustomer-import.sqlite");
+    // As a run killed before its end leaves it.
+    rusqlite::Connection::open(&checkpoint)
+        .unwrap()
+        .execute("UPDATE runs SET ended_at = NULL, exit_code = NULL", [])
+        .unwrap();
+    // One byte of a row's key in the table changes, not in the index that holds the key
+    // too (there it comes last, not before the file's name): no read sees anything wrong,
+    // and the row's key is no longer found, so without the check it would be sent again.
+    let mut table_key = b"conv:T1-0".to_vec();
+    table_key.extend_from_slice(file.as_bytes());
+    let mut changed = table_key.clone();
+    changed[8] = b'5';
+    assert_eq!(overwrite_bytes(&checkpoint, &table_key, &changed), 1);
+    let run = env.import(&[&file]);
+    assert_refused_as_damaged(&env, before, &run);
+    assert!(run.stderr.contains("integrity check"), "{}", run.stderr);
+}
