@@ -1,14 +1,17 @@
 //! Reading a checkpoint without importing: the counts `status` shows and the rows `export`
 //! streams. It opens the file read-only and takes no lock, so it works while a run goes on
-//! (a WAL reader sees the last commit).
+//! (a WAL reader sees the last commit). Where the checkpoint's directory cannot be written
+//! (a read-only filesystem), a WAL reader cannot make the shared-memory file it needs, and
+//! the file is read as immutable instead: as it is on disk, without the WAL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Serialize;
 
 use super::CheckpointError;
+use super::integrity;
 use super::lock::{LockHolder, current_holder};
 
 /// The version of the `status --json` and `export --format jsonl` shapes.
@@ -94,6 +97,8 @@ pub struct ActiveRun {
 pub struct Status {
     pub version: u32,
     pub checkpoint: String,
+    /// Read as immutable (see [`CheckpointReader::immutable_note`]).
+    pub immutable: bool,
     /// The run holding the checkpoint now, if any.
     pub active_run: Option<ActiveRun>,
     pub files: Vec<FileCounts>,
@@ -135,6 +140,8 @@ pub enum StateFilter {
 pub struct CheckpointReader {
     path: PathBuf,
     connection: Connection,
+    /// Opened with `immutable=1`: see [`CheckpointReader::immutable_note`].
+    immutable: bool,
 }
 
 /// How many runs `status` lists.
@@ -154,25 +161,50 @@ impl CheckpointReader {
                 ),
             });
         }
-        let connection = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| CheckpointError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let sqlite = |source| CheckpointError::of_sqlite(path, source);
+        let (connection, immutable) = match open_read_only(path) {
+            Ok(connection) => (connection, false),
+            Err(error) if error.sqlite_error_code() == Some(ErrorCode::CannotOpen) => {
+                // The file exists; what cannot be opened is the shared-memory file beside
+                // it, which a read-only filesystem does not let SQLite create.
+                (open_immutable(path).map_err(sqlite)?, true)
+            }
+            Err(error) => return Err(sqlite(error)),
+        };
+        // A checkpoint made before the marker is read as it is; a run adopts it.
+        integrity::identify(path, &connection)?;
         Ok(CheckpointReader {
             path: path.to_path_buf(),
             connection,
+            immutable,
         })
     }
 
-    fn sqlite(&self, source: rusqlite::Error) -> CheckpointError {
-        CheckpointError::Sqlite {
-            path: self.path.clone(),
-            source,
+    /// What reading the checkpoint as immutable means, when it was: said to the user beside
+    /// what is read.
+    pub fn immutable_note(&self) -> Option<String> {
+        if !self.immutable {
+            return None;
         }
+        let [wal, _] = super::private::sqlite_companions(&self.path);
+        let mut note = format!(
+            "read as immutable (the directory of {} cannot be written, as on a read-only \
+             filesystem): the file as it is on disk, without what a run going on elsewhere \
+             writes",
+            self.path.display()
+        );
+        if integrity::has_hot_wal(&self.path) {
+            note.push_str(&format!(
+                "; the changes the last run left in {} are not seen either (copy the \
+                 checkpoint and that file to a writable directory to read them)",
+                wal.display()
+            ));
+        }
+        Some(note)
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> CheckpointError {
+        CheckpointError::of_sqlite(&self.path, source)
     }
 
     /// The counts `status` shows.
@@ -211,6 +243,7 @@ impl CheckpointReader {
         Ok(Status {
             version: SCHEMA_VERSION,
             checkpoint: self.path.display().to_string(),
+            immutable: self.immutable,
             active_run,
             files,
             total,
@@ -238,17 +271,26 @@ impl CheckpointReader {
         statement
             .query_map([], |row| {
                 let count = |index| row.get::<_, i64>(index).map(|n| n.max(0) as u64);
+                let file: String = row.get(0)?;
+                let counts = RowCounts {
+                    rows: count(1)?,
+                    done: count(2)?,
+                    failed: count(3)?,
+                    pending: count(4)?,
+                    unknown: count(5)?,
+                    unresolved: count(6)?,
+                };
+                let in_a_state = counts.done + counts.failed + counts.pending + counts.unknown;
+                if in_a_state != counts.rows {
+                    return Err(integrity::damaged_value(format!(
+                        "rows of {file} in a state no version of kustomer-import writes: {}",
+                        counts.rows - in_a_state
+                    )));
+                }
                 Ok(FileCounts {
                     failed_by_reason: Vec::new(),
-                    file: row.get(0)?,
-                    counts: RowCounts {
-                        rows: count(1)?,
-                        done: count(2)?,
-                        failed: count(3)?,
-                        pending: count(4)?,
-                        unknown: count(5)?,
-                        unresolved: count(6)?,
-                    },
+                    file,
+                    counts,
                 })
             })?
             .collect()
@@ -304,7 +346,8 @@ impl CheckpointReader {
                 "created" => counts.created = count,
                 "linked" => counts.linked = count,
                 "reconciled" => counts.reconciled = count,
-                _ => counts.unknown += count,
+                "sent" => counts.unknown = count,
+                other => return Err(unwritten_state("customers", other, count)),
             }
         }
         Ok(counts)
@@ -327,7 +370,8 @@ impl CheckpointReader {
                 "queued" => counts.queued = count,
                 "submitting" => counts.submitting = count,
                 "refused" => counts.refused = count,
-                _ => counts.lost += count,
+                "lost" => counts.lost = count,
+                other => return Err(unwritten_state("bulk_jobs", other, count)),
             }
         }
         Ok(counts)
@@ -409,6 +453,43 @@ impl CheckpointReader {
         }
         Ok(Ok(written))
     }
+}
+
+/// Lines of a table in a state no version writes: damage, not a count to show as another.
+fn unwritten_state(table: &str, state: &str, count: u64) -> rusqlite::Error {
+    integrity::damaged_value(format!(
+        "{count} lines of its {table} table are in the state {state:?}, which no version of \
+         kustomer-import writes"
+    ))
+}
+
+/// Opens `path` read-only, and reads it once: SQLite opens lazily, and the first read is what
+/// needs a WAL database's shared-memory file.
+fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
+    Ok(connection)
+}
+
+/// Opens `path` with `immutable=1`: SQLite then takes no lock, needs no shared memory, and
+/// ignores the WAL, reading the file as it is on disk.
+fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
+    let absolute = std::path::absolute(path)
+        .map_err(|error| rusqlite::Error::InvalidPath(PathBuf::from(error.to_string())))?;
+    let mut uri = url::Url::from_file_path(&absolute)
+        .map_err(|()| rusqlite::Error::InvalidPath(absolute.clone()))?;
+    uri.set_query(Some("immutable=1"));
+    let connection = Connection::open_with_flags(
+        uri.as_str(),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
+    Ok(connection)
 }
 
 /// Adds up reasons that are the same once quoted values are folded, most rows first.

@@ -55,6 +55,7 @@ impl RunLock {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&path).map_err(io)?;
+        super::private::narrow_file(&file).map_err(io)?;
         // `status` takes a shared lock for an instant to see whether a run is going on: a
         // run starting at that instant tries again for a moment before it gives up.
         let mut attempt = 0;

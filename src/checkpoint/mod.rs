@@ -3,19 +3,21 @@
 //! a re-run free: the pipeline asks it what is already done and tells it, through the one
 //! [`writer`], what happens.
 //!
-//! Opening a checkpoint takes the run lock (one run per checkpoint at a time), creates the
-//! file readable by its owner only (it holds customers' emails and phones), and applies the
-//! migrations in `migrations/`.
+//! Opening a checkpoint takes the run lock (one run per checkpoint at a time), makes the
+//! file readable by its owner only (it holds customers' emails and phones), refuses a file
+//! that is not a checkpoint or is damaged ([`integrity`]), and applies the migrations in
+//! `migrations/`.
 
 pub mod inspect;
+pub mod integrity;
 pub mod lock;
+pub mod private;
 pub mod writer;
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
 pub use self::inspect::{CheckpointReader, ExportRow, Status};
@@ -46,6 +48,40 @@ pub enum CheckpointError {
     Migrate { path: PathBuf, reason: String },
     #[error("checkpoint write failed: {0}")]
     Write(String),
+    /// The file at the checkpoint's path is not a checkpoint; `reason` says what to do.
+    #[error("{path} is not a kustomer-import checkpoint: {reason}")]
+    NotACheckpoint { path: PathBuf, reason: String },
+    /// The checkpoint is damaged: what it says can no longer be trusted, and a run that went
+    /// on would send again what it recorded as done.
+    #[error(
+        "checkpoint {path} is damaged ({reason}). Restore it from your backup, then run the \
+         import again; `kustomer-import export --checkpoint {path} --state all -o \
+         readable.csv` writes out the rows that can still be read. Do not start over with a \
+         new checkpoint: the rows it recorded as done would be created again"
+    )]
+    Damaged { path: PathBuf, reason: String },
+}
+
+impl CheckpointError {
+    /// An SQLite error met on the checkpoint at `path`: damage when it means damage.
+    pub fn of_sqlite(path: &Path, source: rusqlite::Error) -> CheckpointError {
+        if integrity::is_damage(&source) {
+            CheckpointError::Damaged {
+                path: path.to_path_buf(),
+                reason: integrity::damage_reason(&source),
+            }
+        } else {
+            CheckpointError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+
+    /// Whether the checkpoint is damaged: no run of the same command gets past that.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, CheckpointError::Damaged { .. })
+    }
 }
 
 /// A row's state in the checkpoint.
@@ -120,9 +156,26 @@ impl StoredRow {
     }
 }
 
-/// The state of a row read with [`STORED_ROW_COLUMNS`].
+/// The state of a row read with [`STORED_ROW_COLUMNS`]. A state no version writes is damage,
+/// never a default: read as pending, a done row would be sent again.
 fn read_state(row: &rusqlite::Row) -> rusqlite::Result<RowState> {
-    Ok(RowState::parse(row.get_ref(1)?.as_str()?).unwrap_or(RowState::Pending))
+    read_row_state(row, 1, 0)
+}
+
+/// The row state in column `state` of `row`, whose key is in column `key`.
+fn read_row_state(row: &rusqlite::Row, state: usize, key: usize) -> rusqlite::Result<RowState> {
+    let value = row.get_ref(state)?;
+    value
+        .as_str()
+        .ok()
+        .and_then(RowState::parse)
+        .ok_or_else(|| {
+            integrity::damaged_value(format!(
+                "the row {} is in the state {}, which no version of kustomer-import writes",
+                row.get_ref(key).map_or("?".into(), integrity::shown),
+                integrity::shown(value)
+            ))
+        })
 }
 
 /// A row read with [`STORED_ROW_COLUMNS`], whose state is `state`.
@@ -223,18 +276,36 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Locks, creates (mode 0600) or opens, and migrates the checkpoint at `path`.
+    /// Locks the checkpoint at `path`, makes it (see [`create_new`]) or opens it, refuses it
+    /// when it is not a checkpoint or is damaged, narrows it to its owner, and migrates it.
     pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
         let lock = RunLock::acquire(path)?;
-        create_private(path)?;
-        let mut connection = open_connection(path)?;
-        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
-        migrations
-            .to_latest(&mut connection)
-            .map_err(|error| CheckpointError::Migrate {
-                path: path.to_path_buf(),
-                reason: error.to_string(),
-            })?;
+        let existed = path.try_exists().map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !existed {
+            create_new(path)?;
+        }
+        // Before SQLite opens the file: opening does not remove the -wal, closing does.
+        let hot_wal = integrity::has_hot_wal(path);
+        let sqlite = |source| CheckpointError::of_sqlite(path, source);
+        let mut connection = open_existing(path).map_err(sqlite)?;
+        let identity = integrity::identify(path, &connection)?;
+        narrow_to_owner(path)?;
+        check_if_in_doubt(path, &connection, identity, hot_wal)?;
+        configure(&connection).map_err(sqlite)?;
+        migrate(path, &mut connection)?;
+        if identity == integrity::Identity::Unmarked {
+            connection
+                .pragma_update(None, "application_id", integrity::APPLICATION_ID)
+                .map_err(sqlite)?;
+            tracing::info!(
+                "adopted {}, a checkpoint of an earlier version: it was checked whole and is \
+                 now marked as a kustomer-import checkpoint",
+                path.display()
+            );
+        }
         Ok(Checkpoint {
             path: path.to_path_buf(),
             connection,
@@ -247,16 +318,15 @@ impl Checkpoint {
     }
 
     fn sqlite(&self, source: rusqlite::Error) -> CheckpointError {
-        CheckpointError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        CheckpointError::of_sqlite(&self.path, source)
     }
 
     /// Starts the single writer thread, on a connection of its own.
     pub fn start_writer(&self) -> Result<(CheckpointWriter, WriterHandle), CheckpointError> {
-        let connection = open_connection(&self.path)?;
-        Ok(writer::start(connection))
+        let connection = open_existing(&self.path)
+            .and_then(|connection| configure(&connection).map(|()| connection))
+            .map_err(|e| self.sqlite(e))?;
+        Ok(writer::start(connection, self.path.clone()))
     }
 
     /// What the checkpoint holds of one row, if it has seen it, ids and all.
@@ -360,25 +430,34 @@ impl Checkpoint {
             let mut rows = statement.query([&cutoff]).map_err(|e| self.sqlite(e))?;
             while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
                 let read = || -> rusqlite::Result<StoredBulkJob> {
+                    let id: i64 = row.get(0)?;
+                    // Values no version writes are damage, never a default: read as another
+                    // kind, a job's results would be applied to the wrong records.
+                    let damaged = |what: &str, value: &str| {
+                        integrity::damaged_value(format!(
+                            "the bulk job {id} has the {what} {value:?}, which no version of \
+                             kustomer-import writes"
+                        ))
+                    };
                     let kind = match row.get_ref(1)?.as_str()? {
                         "customers" => BulkKind::Customers,
-                        _ => BulkKind::Conversations,
+                        "conversations" => BulkKind::Conversations,
+                        other => return Err(damaged("kind", other)),
                     };
                     let since: String = row.get(3)?;
                     let state = match row.get_ref(4)?.as_str()? {
+                        "submitting" => BulkJobState::Submitting,
                         "queued" => BulkJobState::Queued,
                         "lost" => BulkJobState::Lost,
-                        _ => BulkJobState::Submitting,
+                        other => return Err(damaged("state", other)),
                     };
                     Ok(StoredBulkJob {
-                        id: row.get(0)?,
+                        id,
                         kind,
                         job_id: row.get(2)?,
                         state,
-                        // Unreadable would be a bug; now makes the job young, so its rows
-                        // wait the whole time rather than none of it.
                         since: humantime::parse_rfc3339(&since)
-                            .unwrap_or_else(|_| SystemTime::now()),
+                            .map_err(|_| damaged("time", &since))?,
                         items: Vec::new(),
                     })
                 };
@@ -404,8 +483,7 @@ impl Checkpoint {
                         source_file: row.get(3)?,
                         line: row.get::<_, i64>(4)? as u64,
                         customer_id: row.get(5)?,
-                        state: RowState::parse(row.get_ref(6)?.as_str()?)
-                            .unwrap_or(RowState::Pending),
+                        state: read_row_state(row, 6, 1)?,
                     })
                 })
                 .map_err(|e| self.sqlite(e))?;
@@ -466,19 +544,92 @@ impl Checkpoint {
     }
 }
 
-/// Creates the database file with mode 0600 before SQLite sees it; SQLite gives its `-wal`
-/// and `-shm` files the same mode.
-fn create_private(path: &Path) -> Result<(), CheckpointError> {
-    let mut options = OpenOptions::new();
-    options.create(true).append(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .map(drop)
-        .map_err(|source| CheckpointError::Io {
+/// Runs the integrity check when there is a reason to doubt the checkpoint (see
+/// [`integrity::reason_to_check`]), and refuses it when the check finds damage.
+fn check_if_in_doubt(
+    path: &Path,
+    connection: &Connection,
+    identity: integrity::Identity,
+    hot_wal: bool,
+) -> Result<(), CheckpointError> {
+    let sqlite = |source| CheckpointError::of_sqlite(path, source);
+    let Some(why) = integrity::reason_to_check(connection, identity, hot_wal).map_err(sqlite)?
+    else {
+        return Ok(());
+    };
+    tracing::info!("checking the checkpoint {} whole: {why}", path.display());
+    match integrity::integrity_problems(connection).map_err(sqlite)? {
+        None => Ok(()),
+        Some(problems) => Err(CheckpointError::Damaged {
             path: path.to_path_buf(),
+            reason: format!("the integrity check, run because {why}, found: {problems}"),
+        }),
+    }
+}
+
+/// Makes a new checkpoint at `path`, where there is no file: under a temporary name in the
+/// same directory (mode 0600), with its schema and marker, then renamed into place. A file
+/// at `path` is thus a whole checkpoint or not one of ours, never one half made: an empty
+/// file there is refused, not taken for a new checkpoint.
+fn create_new(path: &Path) -> Result<(), CheckpointError> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let temporary = tempfile::Builder::new()
+        .prefix(".kustomer-import-new-")
+        .suffix(".sqlite")
+        .tempfile_in(directory)
+        .map_err(io)?;
+    {
+        let sqlite = |source| CheckpointError::of_sqlite(temporary.path(), source);
+        let mut connection = Connection::open(temporary.path()).map_err(sqlite)?;
+        migrate(temporary.path(), &mut connection)?;
+        connection
+            .pragma_update(None, "application_id", integrity::APPLICATION_ID)
+            .map_err(sqlite)?;
+    }
+    // A rename that is not durable could leave no checkpoint after a power loss, and the
+    // next run would start a new one while Kustomer has the records.
+    temporary.as_file().sync_all().map_err(io)?;
+    temporary
+        .persist_noclobber(path)
+        .map_err(|error| io(error.error))?;
+    std::fs::File::open(directory)
+        .and_then(|directory| directory.sync_all())
+        .map_err(io)
+}
+
+/// Narrows the checkpoint and the `-wal` and `-shm` files beside it to their owner: they may
+/// be left wider by an earlier version or by hand. SQLite gives the `-wal` and `-shm` files
+/// it makes the database's mode.
+fn narrow_to_owner(path: &Path) -> Result<(), CheckpointError> {
+    let [wal, shm] = private::sqlite_companions(path);
+    for file in [path, &wal, &shm] {
+        private::narrow_path(file).map_err(|source| CheckpointError::Io {
+            path: file.to_path_buf(),
             source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Applies the migrations a checkpoint lacks.
+fn migrate(path: &Path, connection: &mut Connection) -> Result<(), CheckpointError> {
+    Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
+        .to_latest(connection)
+        .map_err(|error| match error {
+            rusqlite_migration::Error::RusqliteError { err, .. } if integrity::is_damage(&err) => {
+                CheckpointError::of_sqlite(path, err)
+            }
+            error => CheckpointError::Migrate {
+                path: path.to_path_buf(),
+                reason: error.to_string(),
+            },
         })
 }
 
@@ -489,31 +640,27 @@ fn create_private(path: &Path) -> Result<(), CheckpointError> {
 /// lookups and writes miss either cache, and the operating system's file cache serves them.
 const PAGE_CACHE_KIB: i64 = 1024;
 
-fn open_connection(path: &Path) -> Result<Connection, CheckpointError> {
-    let sqlite = |source| CheckpointError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    };
-    let connection = Connection::open(path).map_err(sqlite)?;
+/// Opens the checkpoint at `path`, which must exist: a checkpoint removed during a run is
+/// not made again empty.
+fn open_existing(path: &Path) -> rusqlite::Result<Connection> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+/// Sets a connection up for the run (see below).
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
     // WAL: the writer commits without blocking readers (the planner, `status` while a run
     // goes on), and a commit is one sequential append. synchronous=FULL: each commit is
     // fsynced before it returns, so an intent that was acknowledged survives a power loss,
     // not only a killed process. NORMAL would be enough against kill -9 but may lose the
     // last commits on power loss, and a lost intent is a request we would send twice. The
     // writer batches many changes per commit, so the fsync cost is paid per batch.
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(sqlite)?;
-    connection
-        .pragma_update(None, "synchronous", "FULL")
-        .map_err(sqlite)?;
-    connection
-        .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
-        .map_err(sqlite)?;
-    connection
-        .busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(sqlite)?;
-    Ok(connection)
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))
 }
 
 /// The current time as RFC 3339 (UTC, seconds).
@@ -550,6 +697,26 @@ mod tests {
         // One row alone is read whole, done or not.
         let done = checkpoint.row("conv:b").unwrap().unwrap();
         assert_eq!(done.conversation_id.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn a_bulk_job_of_a_kind_no_version_writes_is_damage_not_a_conversations_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::open(&dir.path().join("c.sqlite")).unwrap();
+        checkpoint
+            .connection
+            .execute_batch(
+                "PRAGMA ignore_check_constraints = ON;
+                 INSERT INTO bulk_jobs (id, kind, state, items, created_at, updated_at)
+                 VALUES (1, 'cust0mers', 'queued', 0, 't', '2026-12-01T10:00:00Z');",
+            )
+            .unwrap();
+        match checkpoint.unfinished_bulk_jobs(SystemTime::UNIX_EPOCH) {
+            Err(CheckpointError::Damaged { reason, .. }) => {
+                assert!(reason.contains("\"cust0mers\""), "{reason}");
+            }
+            other => panic!("expected damage, got {:?}", other.map(|jobs| jobs.len())),
+        }
     }
 
     #[test]

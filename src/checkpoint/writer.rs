@@ -8,10 +8,12 @@
 //! queues changes and returns: outcomes go this way, because losing one only means the
 //! next run reconciles that row by lookup.
 
+use std::path::PathBuf;
+
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BulkJobState, CheckpointError, RowState, now_rfc3339};
+use super::{BulkJobState, CheckpointError, RowState, integrity, now_rfc3339};
 use crate::api::BulkKind;
 
 /// How a customer of the import came to have its id.
@@ -131,7 +133,36 @@ pub struct BulkItem {
 
 struct Batch {
     changes: Vec<Change>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: Option<oneshot::Sender<Result<(), Failure>>>,
+}
+
+/// Why the writer stopped writing: told to every change that waits on it, and at the end.
+#[derive(Clone, Debug)]
+enum Failure {
+    Damaged { path: PathBuf, reason: String },
+    Write(String),
+}
+
+impl Failure {
+    fn of(path: &std::path::Path, error: rusqlite::Error) -> Failure {
+        if integrity::is_damage(&error) {
+            Failure::Damaged {
+                path: path.to_path_buf(),
+                reason: integrity::damage_reason(&error),
+            }
+        } else {
+            Failure::Write(error.to_string())
+        }
+    }
+}
+
+impl From<Failure> for CheckpointError {
+    fn from(failure: Failure) -> CheckpointError {
+        match failure {
+            Failure::Damaged { path, reason } => CheckpointError::Damaged { path, reason },
+            Failure::Write(message) => CheckpointError::Write(message),
+        }
+    }
 }
 
 /// The sending side of the writer; cheap to clone, one per worker.
@@ -142,14 +173,14 @@ pub struct CheckpointWriter {
 
 /// Joins the writer thread once every [`CheckpointWriter`] is dropped.
 pub struct WriterHandle {
-    thread: std::thread::JoinHandle<Result<(), String>>,
+    thread: std::thread::JoinHandle<Result<(), Failure>>,
 }
 
 impl WriterHandle {
     /// Waits for the writer to drain its queue; says whether every change was written.
     pub fn finish(self) -> Result<(), CheckpointError> {
         match self.thread.join() {
-            Ok(result) => result.map_err(CheckpointError::Write),
+            Ok(result) => result.map_err(CheckpointError::from),
             Err(_) => Err(CheckpointError::Write("the writer thread panicked".into())),
         }
     }
@@ -158,12 +189,12 @@ impl WriterHandle {
 /// Most changes applied in one transaction.
 const MAX_BATCH: usize = 4096;
 
-pub(super) fn start(mut connection: Connection) -> (CheckpointWriter, WriterHandle) {
+pub(super) fn start(mut connection: Connection, path: PathBuf) -> (CheckpointWriter, WriterHandle) {
     let (sender, mut receiver) = mpsc::channel::<Batch>(8192);
     let thread = std::thread::Builder::new()
         .name("checkpoint-writer".into())
         .spawn(move || {
-            let mut failure: Option<String> = None;
+            let mut failure: Option<Failure> = None;
             let mut pending: Vec<Batch> = Vec::new();
             while let Some(first) = receiver.blocking_recv() {
                 pending.push(first);
@@ -180,7 +211,7 @@ pub(super) fn start(mut connection: Connection) -> (CheckpointWriter, WriterHand
                 if failure.is_none()
                     && let Err(error) = apply(&mut connection, &pending)
                 {
-                    failure = Some(error.to_string());
+                    failure = Some(Failure::of(&path, error));
                 }
                 for batch in pending.drain(..) {
                     if let Some(done) = batch.done {
@@ -191,10 +222,7 @@ pub(super) fn start(mut connection: Connection) -> (CheckpointWriter, WriterHand
                     }
                 }
             }
-            match failure {
-                None => Ok(()),
-                Some(error) => Err(error),
-            }
+            failure.map_or(Ok(()), Err)
         })
         .expect("spawning the checkpoint writer thread");
     (CheckpointWriter { sender }, WriterHandle { thread })
@@ -212,7 +240,7 @@ impl CheckpointWriter {
             .await
             .map_err(|_| CheckpointError::Write("the writer has stopped".into()))?;
         match wait.await {
-            Ok(result) => result.map_err(CheckpointError::Write),
+            Ok(result) => result.map_err(CheckpointError::from),
             Err(_) => Err(CheckpointError::Write("the writer has stopped".into())),
         }
     }
@@ -455,6 +483,55 @@ mod tests {
             "a change without a customer key keeps it"
         );
         assert_eq!(attempts, 3);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_meets_a_damaged_page_is_damage_not_a_write_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        {
+            let checkpoint = Checkpoint::open(&path).unwrap();
+            let (writer, handle) = checkpoint.start_writer().unwrap();
+            writer
+                .commit(vec![Change::Row(row("r1", RowState::Pending))])
+                .await
+                .unwrap();
+            drop(writer);
+            handle.finish().unwrap();
+        }
+        // The rows table's root page gets a header no b-tree page has.
+        let (root, page_size): (i64, i64) = {
+            let connection = Connection::open(&path).unwrap();
+            let root = connection
+                .query_row(
+                    "SELECT rootpage FROM sqlite_master WHERE name = 'rows'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let page_size = connection
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap();
+            (root, page_size)
+        };
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[((root - 1) * page_size) as usize..][..16].fill(0xff);
+        std::fs::write(&path, bytes).unwrap();
+
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        let (writer, handle) = checkpoint.start_writer().unwrap();
+        let written = writer
+            .commit(vec![Change::Row(row("r1", RowState::CustomerSent))])
+            .await;
+        assert!(
+            matches!(written, Err(CheckpointError::Damaged { .. })),
+            "{written:?}"
+        );
+        drop(writer);
+        assert!(matches!(
+            handle.finish(),
+            Err(CheckpointError::Damaged { .. })
+        ));
     }
 
     #[tokio::test]

@@ -2,12 +2,11 @@
 //! externalId, customer id, conversation id, state, how the customer came to be, error), as
 //! CSV or JSONL, streamed from the checkpoint in constant memory.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 
 use std::path::{Path, PathBuf};
 
-use kustomer_import::checkpoint::{CheckpointReader, ExportRow, lock_path};
+use kustomer_import::checkpoint::{CheckpointReader, ExportRow, lock_path, private};
 
 use super::Exit;
 use crate::config::ExportConfig;
@@ -34,16 +33,6 @@ fn is_checkpoint_file(checkpoint: &Path, output: &Path) -> bool {
     companions.contains(&output)
 }
 
-/// Creates the output readable by its owner only: the id map names customers, and failed
-/// rows carry their reasons.
-fn create_private(path: &Path) -> std::io::Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
-}
-
 pub fn run(config: ExportConfig) -> anyhow::Result<Exit> {
     let reader = match CheckpointReader::open(&config.checkpoint) {
         Ok(reader) => reader,
@@ -52,6 +41,9 @@ pub fn run(config: ExportConfig) -> anyhow::Result<Exit> {
             return Ok(Exit::Usage);
         }
     };
+    if let Some(note) = reader.immutable_note() {
+        eprintln!("note: {note}");
+    }
     if let Some(path) = &config.output
         && is_checkpoint_file(&config.checkpoint, path)
     {
@@ -62,7 +54,9 @@ pub fn run(config: ExportConfig) -> anyhow::Result<Exit> {
         return Ok(Exit::Usage);
     }
     let out: Box<dyn Write> = match &config.output {
-        Some(path) => match create_private(path) {
+        // Readable by its owner only: the id map names customers, and failed rows carry
+        // their reasons.
+        Some(path) => match private::create_truncated(path) {
             Ok(file) => Box::new(file),
             Err(error) => {
                 eprintln!("error: cannot create {}: {error}", path.display());

@@ -43,7 +43,10 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
         Err(error @ CheckpointError::Locked { .. }) => {
             return Ok(not_started(output, Exit::Locked, "locked", &error));
         }
-        Err(error) => return Ok(not_started(output, Exit::Usage, "checkpoint", &error)),
+        Err(error) => {
+            let stop = StopReason::of_checkpoint(&error);
+            return Ok(not_started(output, Exit::Usage, stop_words(&stop), &error));
+        }
     };
     let mut errors = match ErrorsFile::create(&output.errors) {
         Ok(errors) => errors,
@@ -106,7 +109,11 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     let run_id = match checkpoint.begin_run(&command_line()) {
         Ok(run_id) => run_id,
         // An unwritable checkpoint: nothing can be recorded, so nothing is sent.
-        Err(error) => return Ok(not_started(output, Exit::Stopped, "checkpoint", &error)),
+        Err(error) => {
+            let stop = StopReason::of_checkpoint(&error);
+            let exit = exit_status(&Summary::default(), &stop);
+            return Ok(not_started(output, exit, stop_words(&stop), &error));
+        }
     };
 
     let outcome = run_import(
@@ -126,7 +133,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
             tracing::error!("{error}");
             ImportOutcome {
                 summary: Summary::default(),
-                stop: StopReason::Checkpoint(error.to_string()),
+                stop: StopReason::of_checkpoint(&error),
             }
         }
     };
@@ -135,8 +142,11 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     let errors_complete = errors.finish();
 
     let exit = exit_status(&summary, &stop);
-    // The run is recorded whatever happens to stdout.
-    if let Err(error) = checkpoint.end_run(
+    if matches!(stop, StopReason::CheckpointDamaged(_)) {
+        // Nothing more is written to a damaged file, and a run without an end makes the next
+        // one check the checkpoint whole before it uses it.
+        tracing::warn!("the end of this run is not recorded in the damaged checkpoint");
+    } else if let Err(error) = checkpoint.end_run(
         run_id,
         exit as i32,
         RunCounts {
@@ -180,7 +190,8 @@ struct JsonSummary<'a> {
     version: u32,
     exit_code: i32,
     /// finished, interrupted, unauthorized, api_unavailable, endpoint, input, checkpoint,
-    /// or, for a run that could not start: usage, locked, errors_file.
+    /// checkpoint_damaged, or, for a run that could not start: usage, locked, errors_file,
+    /// sandbox.
     stopped_because: &'static str,
     /// Why the run stopped or could not start, in the words the log gives; None when it
     /// finished.
@@ -202,6 +213,7 @@ fn stop_words(stop: &StopReason) -> &'static str {
         StopReason::Endpoint(_) => "endpoint",
         StopReason::Input(_) => "input",
         StopReason::Checkpoint(_) => "checkpoint",
+        StopReason::CheckpointDamaged(_) => "checkpoint_damaged",
     }
 }
 
@@ -283,7 +295,9 @@ fn write_json(report: &JsonSummary) {
 fn exit_status(summary: &Summary, stop: &StopReason) -> Exit {
     match stop {
         StopReason::Unauthorized(_) => Exit::Unauthorized,
-        StopReason::Input(_) | StopReason::Endpoint(_) => Exit::Usage,
+        StopReason::Input(_) | StopReason::Endpoint(_) | StopReason::CheckpointDamaged(_) => {
+            Exit::Usage
+        }
         StopReason::Interrupted
         | StopReason::ApiUnavailable(_)
         | StopReason::Stalled(_)
@@ -312,7 +326,8 @@ fn explain(stop: &StopReason, exit: Exit, summary: &Summary) {
         ),
         StopReason::Input(message)
         | StopReason::Endpoint(message)
-        | StopReason::Checkpoint(message) => tracing::error!("{message}"),
+        | StopReason::Checkpoint(message)
+        | StopReason::CheckpointDamaged(message) => tracing::error!("{message}"),
         StopReason::Interrupted | StopReason::Finished => {}
     }
     if exit == Exit::Stopped || (exit == Exit::Unauthorized && summary.rows_pending > 0) {

@@ -9,8 +9,10 @@ use kustomer_import::checkpoint::{CheckpointReader, Status};
 use super::Exit;
 
 pub fn run(checkpoint: &Path, json: bool) -> anyhow::Result<Exit> {
-    let status = match CheckpointReader::open(checkpoint).and_then(|reader| reader.status()) {
-        Ok(status) => status,
+    let read = CheckpointReader::open(checkpoint)
+        .and_then(|reader| Ok((reader.status()?, reader.immutable_note())));
+    let (status, note) = match read {
+        Ok(read) => read,
         Err(error) => return Ok(super::not_started(json, Exit::Usage, "checkpoint", &error)),
     };
     let mut out = std::io::stdout().lock();
@@ -18,13 +20,13 @@ pub fn run(checkpoint: &Path, json: bool) -> anyhow::Result<Exit> {
         serde_json::to_writer(&mut out, &status)?;
         writeln!(out)?;
     } else {
-        write_table(&mut out, &status)?;
+        write_table(&mut out, &status, note.as_deref())?;
     }
     out.flush()?;
     Ok(Exit::Success)
 }
 
-fn write_table(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
+fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std::io::Result<()> {
     writeln!(out, "checkpoint: {}", status.checkpoint)?;
     match &status.active_run {
         Some(run) => writeln!(
@@ -35,6 +37,9 @@ fn write_table(out: &mut impl Write, status: &Status) -> std::io::Result<()> {
             run.started_at.as_deref().unwrap_or("?"),
         )?,
         None => writeln!(out, "no run is going on now")?,
+    }
+    if let Some(note) = note {
+        writeln!(out, "({note})")?;
     }
     writeln!(out)?;
     let width = status

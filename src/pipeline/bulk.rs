@@ -722,7 +722,7 @@ async fn apply_conversation_results(
     });
     // Outcomes: losing them only means the next run polls the job again.
     if let Err(error) = shared.writer.record(changes).await {
-        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+        shared.halt_run(StopReason::of_checkpoint(&error));
     }
     ended
 }

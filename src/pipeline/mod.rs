@@ -139,6 +139,19 @@ pub enum StopReason {
     Input(String),
     /// The checkpoint could not be written.
     Checkpoint(String),
+    /// The checkpoint is damaged: no run of the same command gets past it.
+    CheckpointDamaged(String),
+}
+
+impl StopReason {
+    /// How a checkpoint error stops the run.
+    pub fn of_checkpoint(error: &CheckpointError) -> StopReason {
+        if error.is_damage() {
+            StopReason::CheckpointDamaged(error.to_string())
+        } else {
+            StopReason::Checkpoint(error.to_string())
+        }
+    }
 }
 
 impl StopReason {
@@ -151,7 +164,8 @@ impl StopReason {
             | StopReason::Stalled(message)
             | StopReason::Endpoint(message)
             | StopReason::Input(message)
-            | StopReason::Checkpoint(message) => Some(message.clone()),
+            | StopReason::Checkpoint(message)
+            | StopReason::CheckpointDamaged(message) => Some(message.clone()),
         }
     }
 }
@@ -391,16 +405,23 @@ pub async fn run_import(
                 "the writer could not be joined".into(),
             ))
         });
-    let stop_reason = if let Err(error) = writer_result {
-        StopReason::Checkpoint(error.to_string())
-    } else if let Some(reason) = fatal {
-        reason
-    } else if let Some(error) = reader_error {
-        StopReason::Input(error.to_string())
-    } else if stop.soft.is_cancelled() {
-        StopReason::Interrupted
-    } else {
-        StopReason::Finished
+    let writer_stop = writer_result
+        .err()
+        .map(|error| StopReason::of_checkpoint(&error));
+    let stop_reason = match (writer_stop, fatal) {
+        // Damage outranks the write failure it may have caused: running again won't help.
+        (_, Some(damage @ StopReason::CheckpointDamaged(_))) => damage,
+        (Some(writer), _) => writer,
+        (None, Some(fatal)) => fatal,
+        (None, None) => {
+            if let Some(error) = reader_error {
+                StopReason::Input(error.to_string())
+            } else if stop.soft.is_cancelled() {
+                StopReason::Interrupted
+            } else {
+                StopReason::Finished
+            }
+        }
     };
     Ok(ImportOutcome {
         summary,
@@ -560,7 +581,7 @@ impl Planner<'_> {
                                 self.summary.rows_read += batch.len() as u64;
                                 self.summary.rows_pending += batch.len() as u64;
                                 self.shared
-                                    .halt_run(StopReason::Checkpoint(error.to_string()));
+                                    .halt_run(StopReason::of_checkpoint(&error));
                                 continue;
                             }
                         };
@@ -927,8 +948,7 @@ impl Planner<'_> {
             Ok(stored_customer) => stored_customer,
             Err(error) => {
                 self.summary.rows_pending += 1;
-                self.shared
-                    .halt_run(StopReason::Checkpoint(error.to_string()));
+                self.shared.halt_run(StopReason::of_checkpoint(&error));
                 return;
             }
         };
@@ -1186,8 +1206,7 @@ impl Planner<'_> {
 
     async fn record(&self, changes: Vec<Change>) {
         if let Err(error) = self.shared.writer.record(changes).await {
-            self.shared
-                .halt_run(StopReason::Checkpoint(error.to_string()));
+            self.shared.halt_run(StopReason::of_checkpoint(&error));
         }
     }
 }

@@ -560,13 +560,13 @@ fn refusal(shared: &Shared, record: &str, status: u16, message: String) -> Halt 
 
 pub(super) async fn commit_or_halt(shared: &Shared, changes: Vec<Change>) -> Result<(), Halt> {
     shared.writer.commit(changes).await.map_err(|error| {
-        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+        shared.halt_run(StopReason::of_checkpoint(&error));
         Halt::Pending(format!("the checkpoint could not be written: {error}"))
     })
 }
 
 pub(super) async fn record_or_halt(shared: &Shared, changes: Vec<Change>) {
     if let Err(error) = shared.writer.record(changes).await {
-        shared.halt_run(StopReason::Checkpoint(error.to_string()));
+        shared.halt_run(StopReason::of_checkpoint(&error));
     }
 }

@@ -5,6 +5,7 @@
 mod harness;
 
 mod bulk;
+mod checkpoint;
 mod exports;
 mod faults;
 mod first_hour;
