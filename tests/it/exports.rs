@@ -105,9 +105,11 @@ fn quoted_delimiters_are_kept_and_the_delimiter_is_sniffed_or_given() {
     env.import(&[pipes.to_str().unwrap()]).assert_code(0);
     let names = sorted(env.records().conversations.into_iter().map(|c| c.name));
     assert_eq!(names, ["four, five", "one; two", "six|seven", "three"]);
-    // A delimiter the file does not use: one column, so the columns are not found.
+    // A delimiter the file does not use: one column the default mapping does not know, so
+    // the file is refused whole (issue 14), naming the column it saw.
     let (run, _) = validate(&env, &semicolons, &["--delimiter", ","]);
-    run.assert_code(1);
+    run.assert_code(2);
+    assert!(run.stderr.contains("(\"email;subject\")"), "{}", run.stderr);
 }
 
 #[test]
