@@ -132,7 +132,9 @@ fn assert_stopped_on_redirect(env: &TestEnv, run: &Run, rows: u64) {
     let summary: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(summary["stopped_because"], "endpoint", "{summary}");
     assert_eq!(summary["rows_failed"], 0, "{summary}");
-    assert_eq!(summary["rows_pending"], rows, "{summary}");
+    // Every row read is pending; a stop may come before the reader has read them all.
+    assert_eq!(summary["rows_pending"], summary["rows_read"], "{summary}");
+    assert!(summary["rows_read"].as_u64().unwrap() <= rows, "{summary}");
     assert_eq!(env.rows_in_state("failed"), 0);
     assert_eq!(env.rows_in_state("done"), 0);
 }
