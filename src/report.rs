@@ -36,6 +36,11 @@ pub struct Summary {
     /// Rows that used a customer already known to the checkpoint, with no request.
     pub customers_reused: u64,
     pub conversations_created: u64,
+    /// Conversations that were in Kustomer already (a 409 on their externalId, or a bulk
+    /// job's `updated`) and were used.
+    pub conversations_linked: u64,
+    /// Conversations whose create answer was lost and a lookup found.
+    pub conversations_reconciled: u64,
     pub requests: u64,
     /// Bulk jobs submitted (each one request, carrying up to 100 records).
     pub bulk_jobs: u64,
@@ -102,6 +107,20 @@ impl Summary {
             "conversations created:  {}",
             self.conversations_created
         )?;
+        if self.conversations_linked > 0 {
+            writeln!(
+                out,
+                "conversations linked:   {} (already in Kustomer)",
+                self.conversations_linked
+            )?;
+        }
+        if self.conversations_reconciled > 0 {
+            writeln!(
+                out,
+                "conversations reconciled: {} (found after a lost answer)",
+                self.conversations_reconciled
+            )?;
+        }
         writeln!(out, "requests sent:          {}{rate}", self.requests)?;
         if self.bulk_jobs > 0 {
             writeln!(

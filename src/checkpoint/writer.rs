@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{BulkJobState, CheckpointError, RowState, integrity, now_rfc3339};
 use crate::api::BulkKind;
 
-/// How a customer of the import came to have its id.
+/// How a customer of the import came to have its id (and, in the pipeline's counts, a
+/// conversation: created, found already there, or found after a lost answer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CustomerOrigin {
     /// This import created it.

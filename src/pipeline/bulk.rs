@@ -24,8 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::worker::{
     RetryBudget, base_url_wrong, commit_or_halt, conversation_to_send, halt_change, key_refused,
-    not_sent,
-    record_halt, record_or_halt,
+    not_sent, record_halt, record_or_halt,
 };
 use super::{
     CustomerStep, Event, Halt, ImportMode, RowOutcome, Settlement, Shared, StopReason, Work,
@@ -612,9 +611,7 @@ async fn apply_customer_results(
                 } else {
                     let row = row_change(&work.origin, &work.plan, RowState::Done, Some(id), None);
                     changes.push(Change::Row(row));
-                    nexts.push(Next::Finished(RowOutcome::Done {
-                        conversation_created: false,
-                    }));
+                    nexts.push(Next::Finished(RowOutcome::Done { conversation: None }));
                 }
             }
             Err(halt) => {
@@ -712,7 +709,12 @@ async fn apply_conversation_results(
         ended.push((
             work,
             Next::Finished(RowOutcome::Done {
-                conversation_created: created,
+                // An item the job updated was there already: linked, as after a 409.
+                conversation: Some(if created {
+                    CustomerOrigin::Created
+                } else {
+                    CustomerOrigin::Linked
+                }),
             }),
         ));
     }

@@ -224,7 +224,10 @@ enum Halt {
 /// What a worker reports about a row it finished with.
 #[derive(Debug)]
 enum RowOutcome {
-    Done { conversation_created: bool },
+    /// With how its conversation came to have its id (None: the row has none).
+    Done {
+        conversation: Option<CustomerOrigin>,
+    },
     Halted(Halt),
 }
 
@@ -1120,13 +1123,16 @@ impl Planner<'_> {
 
     fn finish_row(&mut self, work: Work, outcome: RowOutcome) {
         match outcome {
-            RowOutcome::Done {
-                conversation_created,
-            } => {
+            RowOutcome::Done { conversation } => {
                 self.given_up_in_a_row = 0;
                 self.summary.rows_done += 1;
-                if conversation_created {
-                    self.summary.conversations_created += 1;
+                match conversation {
+                    Some(CustomerOrigin::Created) => self.summary.conversations_created += 1,
+                    Some(CustomerOrigin::Linked) => self.summary.conversations_linked += 1,
+                    Some(CustomerOrigin::Reconciled) => {
+                        self.summary.conversations_reconciled += 1;
+                    }
+                    None => {}
                 }
                 self.progress.row_finished(Settled::Done);
             }

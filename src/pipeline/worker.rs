@@ -108,9 +108,7 @@ async fn drive_row(
         );
         done.attempts = attempts.take_requests();
         record_or_halt(shared, vec![Change::Row(done)]).await;
-        return Ok(RowOutcome::Done {
-            conversation_created: false,
-        });
+        return Ok(RowOutcome::Done { conversation: None });
     };
     let body = conversation_to_send(shared, conversation, &customer_id);
     // A stop is heeded before the intent, never between the intent and its request: a
@@ -121,8 +119,11 @@ async fn drive_row(
         commit_or_halt(shared, vec![Change::Row(intent)]).await?;
     }
     let mut unknown = work.conversation_unknown;
+    // Whether a create of this row (in this run or an earlier one) may have made it: a
+    // conversation found after a 409 is then ours, reconciled, not one that was there.
+    let mut ours_may_exist = work.conversation_unknown;
     let mut refused_as_duplicate = false;
-    let conversation_id = loop {
+    let (conversation_id, origin) = loop {
         if unknown {
             let Some(external_id) = &body.external_id else {
                 return Err(Halt::Unresolved(
@@ -134,7 +135,10 @@ async fn drive_row(
             };
             attempts.requests += 1;
             match shared.client.find_conversation(external_id).await {
-                Ok(Some(id)) => break id,
+                Ok(Some(id)) if refused_as_duplicate && !ours_may_exist => {
+                    break (id, CustomerOrigin::Linked);
+                }
+                Ok(Some(id)) => break (id, CustomerOrigin::Reconciled),
                 Ok(None) if refused_as_duplicate => {
                     return Err(Halt::Failed {
                         field: Some("conversation.externalId".into()),
@@ -153,7 +157,7 @@ async fn drive_row(
         }
         attempts.requests += 1;
         match shared.client.create_conversation(&body).await {
-            Ok(id) => break id,
+            Ok(id) => break (id, CustomerOrigin::Created),
             Err(ApiError::Rejected { status, message }) => {
                 return Err(refusal(shared, "conversation", status, message));
             }
@@ -172,6 +176,7 @@ async fn drive_row(
             }
             Err(error) => {
                 unknown |= error.maybe_applied();
+                ours_may_exist |= error.maybe_applied();
                 attempts.after_failure(&error).await?;
             }
         }
@@ -186,7 +191,7 @@ async fn drive_row(
     done.attempts = attempts.take_requests();
     record_or_halt(shared, vec![Change::Row(done)]).await;
     Ok(RowOutcome::Done {
-        conversation_created: true,
+        conversation: Some(origin),
     })
 }
 

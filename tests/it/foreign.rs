@@ -281,3 +281,51 @@ fn a_create_answer_longer_than_the_cap_is_reconciled_by_lookup_not_read_whole() 
     made.sort();
     assert_eq!(conversation_ids(&env), made);
 }
+
+/// An org that holds every customer and conversation already, and refuses a repeated
+/// externalId (409) for both, as the docs allow: every create is refused, every lookup
+/// finds the record.
+fn start_org_with_everything(runtime: &tokio::runtime::Runtime) -> String {
+    use axum::extract::Path;
+    use axum::routing::get;
+    let duplicate = || {
+        (
+            StatusCode::CONFLICT,
+            Json(json!({"errors": [{"status": "409", "detail": "duplicate detected"}]})),
+        )
+    };
+    let found = |kind: &'static str, lookup: String| {
+        Json(json!({"data": {"type": kind, "id": format!("{kind}-{lookup}")}}))
+    };
+    let app = Router::new()
+        .route("/v1/customers", post(move || async move { duplicate() }))
+        .route(
+            "/v1/conversations",
+            post(move || async move { duplicate() }),
+        )
+        .route(
+            "/v1/customers/{lookup}",
+            get(move |Path(lookup): Path<String>| async move { found("customer", lookup) }),
+        )
+        .route(
+            "/v1/conversations/{lookup}",
+            get(move |Path(lookup): Path<String>| async move { found("conversation", lookup) }),
+        );
+    serve(runtime, app)
+}
+
+#[test]
+fn conversations_that_were_there_already_are_counted_as_linked_not_created() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(3, 2));
+    let mut command = env.import_command(&[file.to_str().unwrap(), "--json", "--mode", "single"]);
+    command.env("KUSTOMER_BASE_URL", start_org_with_everything(&env.runtime));
+    let run = run(command);
+    run.assert_code(0);
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_done"], 6, "{summary}");
+    assert_eq!(summary["customers_created"], 0, "{summary}");
+    assert_eq!(summary["customers_linked"], 3, "{summary}");
+    assert_eq!(summary["conversations_created"], 0, "{summary}");
+    assert_eq!(summary["conversations_linked"], 6, "{summary}");
+}
