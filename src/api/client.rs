@@ -9,7 +9,7 @@
 //! header marked sensitive; no error or log line built here can contain it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -111,6 +111,9 @@ pub struct KustomerClient {
     gate: Arc<RateGate>,
     stats: Arc<RequestStats>,
     max_rate_limited: u32,
+    /// Whether any request has had an HTTP answer: until one has, a failure to connect
+    /// says the target is wrong, not that the network hiccupped.
+    answered: AtomicBool,
 }
 
 impl std::fmt::Debug for KustomerClient {
@@ -153,6 +156,7 @@ impl KustomerClient {
             gate,
             stats,
             max_rate_limited: settings.max_rate_limited.max(1),
+            answered: AtomicBool::new(false),
         })
     }
 
@@ -265,8 +269,9 @@ impl KustomerClient {
             }
             let response = request.send().await.map_err(|error| {
                 self.gate.answer_settled();
-                transport_error(error)
+                self.not_answered(error)
             })?;
+            self.answered.store(true, Ordering::Relaxed);
             let status = response.status();
             self.gate.observe(status.as_u16(), response.headers());
             if status.is_redirection() {
@@ -330,6 +335,23 @@ async fn read_answer(
         1 => chunks.swap_remove(0),
         _ => chunks.concat().into(),
     })
+}
+
+impl KustomerClient {
+    /// A request that got no HTTP answer. A failure to connect (refused, no such host, a
+    /// TLS handshake that failed) before the API has ever answered says the target cannot
+    /// work: [`ApiError::Unreachable`], and the run stops rather than retry. Once an answer
+    /// has come, the same failure is a network hiccup like any other.
+    fn not_answered(&self, error: reqwest::Error) -> ApiError {
+        let unreachable = error.is_connect() && !self.answered.load(Ordering::Relaxed);
+        match transport_error(error) {
+            ApiError::Transient { reason, .. } if unreachable => ApiError::Unreachable {
+                base_url: self.base_url.as_str().trim_end_matches('/').to_string(),
+                reason,
+            },
+            other => other,
+        }
+    }
 }
 
 /// `path` under `base`, which ends in '/': joining a relative path onto it cannot fail.

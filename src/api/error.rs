@@ -25,6 +25,14 @@ pub enum ApiError {
         status: u16,
         location: Option<String>,
     },
+    /// No request has had an answer yet, and this one could not connect (refused, no such
+    /// host, TLS failed): the base URL names no API that can be reached. Nothing was sent.
+    /// Stop the run; fail no row.
+    #[error(
+        "cannot reach the API at {base_url} ({reason}): check --base-url (and, for a real \
+         org, the network); no request was answered, so nothing was sent"
+    )]
+    Unreachable { base_url: String, reason: String },
     /// 409: a record with the same externalId, email or phone exists.
     #[error("duplicate (409): {message}")]
     Duplicate { message: String },

@@ -832,7 +832,9 @@ impl<'a> Retry<'a> {
             ApiError::Unauthorized { status, message } => {
                 Err(key_refused(self.shared, *status, message))
             }
-            ApiError::WrongBaseUrl { .. } => Err(base_url_wrong(self.shared, error)),
+            ApiError::WrongBaseUrl { .. } | ApiError::Unreachable { .. } => {
+                Err(base_url_wrong(self.shared, error))
+            }
             ApiError::NotSent(held) => Err(not_sent(self.shared, held)),
             ApiError::Transient { reason, .. } => {
                 self.backoff(reason).await.map_err(|end| match end {

@@ -458,7 +458,8 @@ pub(super) fn key_refused(shared: &Shared, status: u16, message: &str) -> Halt {
     Halt::Pending(format!("the API refused the key ({status})"))
 }
 
-/// A redirect (on a create, a lookup or a bulk call): the base URL is wrong. The run stops
+/// A redirect (on a create, a lookup or a bulk call), or no answer ever because nothing
+/// listens there: the base URL is wrong. The run stops
 /// as for a wrong endpoint (exit 2); what was in hand stays pending, any intent kept for
 /// the next run to look up.
 pub(super) fn base_url_wrong(shared: &Shared, error: &ApiError) -> Halt {
@@ -501,7 +502,9 @@ impl<'a> Attempts<'a> {
             ApiError::Unauthorized { status, message } => {
                 Err(key_refused(self.shared, *status, message))
             }
-            ApiError::WrongBaseUrl { .. } => Err(base_url_wrong(self.shared, error)),
+            ApiError::WrongBaseUrl { .. } | ApiError::Unreachable { .. } => {
+                Err(base_url_wrong(self.shared, error))
+            }
             // Creates handle their own refusals; what reaches here is a lookup, made to
             // settle an outcome. Refused, it settles nothing: the row keeps its intent and
             // the next run looks again. Failing it would invite a blind re-send.

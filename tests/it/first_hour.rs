@@ -123,3 +123,39 @@ fn the_columns_are_shown_before_the_rows_and_a_close_name_is_warned_of() {
         run.stderr
     );
 }
+
+#[test]
+fn an_unreachable_base_url_stops_at_once_with_one_line_and_every_row_pending() {
+    let env = TestEnv::plain();
+    let file = env.write("export.csv", &generated_csv(20, 2));
+    for mode in ["single", "bulk"] {
+        let mut command = env.import_command(&[file.to_str().unwrap(), "--mode", mode, "--json"]);
+        // Nothing listens on port 1 of loopback: every connection is refused.
+        command.env("KUSTOMER_BASE_URL", "http://127.0.0.1:1");
+        let started = std::time::Instant::now();
+        let run = run(command);
+        let took = started.elapsed();
+        run.assert_code(2);
+        // A generous bound: retries would take 20 s and more.
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "{mode}: took {took:?}"
+        );
+        let errors: Vec<&str> = run.stderr.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{mode}: {}", run.stderr);
+        assert!(errors[0].contains("http://127.0.0.1:1") && errors[0].contains("--base-url"));
+        assert!(
+            !run.stderr.contains("WARN"),
+            "{mode}: no storm of warnings: {}",
+            run.stderr
+        );
+        let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(summary["stopped_because"], "endpoint", "{summary}");
+        assert_eq!(summary["rows_failed"], 0, "{summary}");
+        assert_eq!(summary["rows_pending"], summary["rows_read"], "{summary}");
+        assert_eq!(env.rows_in_state("failed") + env.rows_in_state("done"), 0);
+    }
+    // The same command pointed at the API imports every row, once.
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    env.assert_exactly_once(20, 40);
+}
