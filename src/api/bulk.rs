@@ -59,20 +59,23 @@ pub enum ItemOutcome {
 impl KustomerClient {
     /// `POST /v1/{kind}/bulk` with up to [`MAX_ITEMS`] bodies; the job's id.
     pub async fn submit_bulk(&self, kind: BulkKind, items: &[Value]) -> Result<String, ApiError> {
-        self.stats().bulk_jobs.fetch_add(1, Ordering::Relaxed);
         let body = serde_json::to_vec(items).map_err(|error| ApiError::Rejected {
             status: 0,
             message: format!("cannot encode the body: {error}"),
         })?;
         let url = self.url(&format!("v1/{}/bulk", kind.as_str()));
         let (status, answer) = self.send(Method::POST, url, Some(body)).await?;
-        match status.as_u16() {
-            200..=202 => record_id(&answer).ok_or_else(|| ApiError::Transient {
-                reason: format!("bulk submit answered {status} with no job id"),
-                maybe_applied: true,
-            }),
-            code => Err(classify_failure(code, &answer)),
+        let code = status.as_u16();
+        if !(200..=202).contains(&code) {
+            return Err(classify_failure(code, &answer));
         }
+        let id = record_id(&answer).ok_or_else(|| ApiError::Transient {
+            reason: format!("bulk submit answered {status} with no job id"),
+            maybe_applied: true,
+        })?;
+        // Counted once taken: a submit sent again after a 503 is one job, not two.
+        self.stats().bulk_jobs.fetch_add(1, Ordering::Relaxed);
+        Ok(id)
     }
 
     /// `GET /v1/bulk/{id}`.
