@@ -73,19 +73,17 @@ impl KustomerClient {
         })?;
         let url = self.url(&format!("v1/{}/bulk", kind.as_str()));
         let (status, answer) = self.send(Method::POST, url, Some(body)).await?;
-        match status.as_u16() {
-            200..=202 => {
-                let job_id = record_id(&answer).ok_or_else(|| ApiError::Transient {
-                    reason: format!("bulk submit answered {status} with no job id"),
-                    maybe_applied: true,
-                })?;
-                // Counted once the API has taken the job: a submit an API without bulk
-                // jobs refused is no job.
-                self.stats().bulk_jobs.fetch_add(1, Ordering::Relaxed);
-                Ok(job_id)
-            }
-            code => Err(classify_failure(code, &answer)),
+        let code = status.as_u16();
+        if !(200..=202).contains(&code) {
+            return Err(classify_failure(code, &answer));
         }
+        let id = record_id(&answer).ok_or_else(|| ApiError::Transient {
+            reason: format!("bulk submit answered {status} with no job id"),
+            maybe_applied: true,
+        })?;
+        // Counted once taken: a submit sent again after a 503 is one job, not two.
+        self.stats().bulk_jobs.fetch_add(1, Ordering::Relaxed);
+        Ok(id)
     }
 
     /// `GET /v1/bulk/{id}`.

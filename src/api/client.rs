@@ -41,7 +41,7 @@ pub struct RequestStats {
     pub creates: AtomicU64,
     pub lookups: AtomicU64,
     pub rate_limited: AtomicU64,
-    /// Bulk jobs the API took (answered with a job id).
+    /// Bulk jobs the API took (a submit answered with the job's id).
     pub bulk_jobs: AtomicU64,
     /// A moving average of answer latencies, in microseconds (0: none yet).
     latency_micros: AtomicU64,
@@ -494,6 +494,11 @@ fn found_id(answer: &[u8]) -> Found {
     }
 }
 
+/// What an HTTP answer other than success means for the caller. This and
+/// [`transport_error`] are where the client decides which failures prove that the request
+/// was not taken (`maybe_applied: false`: sent again as it is, with no lookup first): a 503,
+/// a refused connection, and 429s (which reach callers only as "still rate limited").
+/// Every other failure on the way may hide a write.
 pub(super) fn classify_failure(code: u16, answer: &[u8]) -> ApiError {
     let message = server_message(answer);
     match code {
@@ -501,8 +506,16 @@ pub(super) fn classify_failure(code: u16, answer: &[u8]) -> ApiError {
             status: code,
             message,
         },
-        // 408: the server gave up reading; 5xx: the server or a proxy failed, perhaps after
-        // the write. Either may have applied the request.
+        // 503 Service Unavailable: the server says it cannot handle the request now
+        // (overload, maintenance), so it did not: nothing was made. A proxy that forwarded
+        // the request and lost the answer says 502 or 504, not 503. The live API's docs say
+        // no more than "5xx server trouble": README states this assumption.
+        503 => ApiError::Transient {
+            reason: format!("server unavailable (503): {message}"),
+            maybe_applied: false,
+        },
+        // 408: the server gave up reading; 500, 502, 504: the server or a proxy failed,
+        // perhaps after the write. Either may have applied the request.
         408 | 500..=599 => ApiError::Transient {
             reason: format!("server error {code}: {message}"),
             maybe_applied: true,
@@ -609,7 +622,14 @@ mod tests {
             classify_failure(403, b""),
             ApiError::Unauthorized { .. }
         ));
-        assert!(classify_failure(502, b"").maybe_applied());
+        for maybe in [408, 500, 502, 504] {
+            let error = classify_failure(maybe, b"");
+            assert!(error.is_retriable() && error.maybe_applied(), "{maybe}");
+        }
+        // The server says it did not handle the request: sent again, nothing looked up.
+        let busy = classify_failure(503, br#"{"errors":[{"status":"503","detail":"busy"}]}"#);
+        assert!(busy.is_retriable() && !busy.maybe_applied());
+        assert!(busy.to_string().contains("busy"), "{busy}");
         assert!(matches!(
             classify_failure(422, b"{}"),
             ApiError::Rejected { status: 422, .. }

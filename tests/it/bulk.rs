@@ -429,6 +429,49 @@ fn a_lost_submit_answer_is_reconciled_not_sent_twice() {
 }
 
 #[test]
+fn a_bulk_submit_the_api_did_not_take_is_sent_again_not_looked_up() {
+    // A 503 is the API saying it did not handle the request: no job was made, so the job
+    // is submitted again, and none of its rows waits for a lost job or goes one by one.
+    let env = TestEnv::new(SandboxConfig {
+        faults: FaultConfig {
+            busy_rate: 0.2,
+            seed: Some(16),
+            ..FaultConfig::default()
+        },
+        ..org(Duration::from_millis(50))
+    });
+    let file = env.write("export.csv", &generated_csv(250, 2));
+    env.import(&[
+        file.to_str().unwrap(),
+        "--mode",
+        "bulk",
+        "--bulk-lost-wait",
+        "0.5",
+        "--reconcile-delay",
+        "0.05",
+        "--max-retries",
+        "12",
+        "--rpm",
+        "100000",
+    ])
+    .assert_code(0);
+    env.assert_exactly_once(250, 500);
+    let busy_submits: u64 = ["POST /v1/customers/bulk", "POST /v1/conversations/bulk"]
+        .iter()
+        .filter_map(|route| env.stats().requests.get(*route)?.get(&503).copied())
+        .sum();
+    assert!(busy_submits > 0, "no submit was answered 503");
+    for route in [
+        "POST /v1/customers",
+        "POST /v1/conversations",
+        "GET /v1/customers/{lookup}",
+        "GET /v1/conversations/{lookup}",
+    ] {
+        assert_eq!(requests_to(&env, route), 0, "{route}");
+    }
+}
+
+#[test]
 fn auto_mode_goes_bulk_only_for_a_few_hundred_rows() {
     let env = TestEnv::plain();
     let small = env.write("small.csv", &generated_csv(20, 3));

@@ -39,6 +39,44 @@ fn lost_answers_are_reconciled_not_sent_twice() {
 }
 
 #[test]
+fn a_create_the_api_did_not_take_is_sent_again_without_a_lookup() {
+    // 503: the API did not handle the request, so nothing was made and nothing needs to be
+    // looked up before the create goes again.
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        faults: FaultConfig {
+            busy_rate: 0.3,
+            seed: Some(16),
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &generated_csv(40, 3));
+    env.import(&[
+        file.to_str().unwrap(),
+        "--mode",
+        "single",
+        "--max-retries",
+        "20",
+        "--reconcile-delay",
+        "0.05",
+    ])
+    .assert_code(0);
+    env.assert_exactly_once(40, 120);
+    let stats = env.stats();
+    assert!(stats.faults.busy > 0, "no 503 was answered");
+    let lookups: u64 = [
+        "GET /v1/customers/{lookup}",
+        "GET /v1/conversations/{lookup}",
+    ]
+    .iter()
+    .filter_map(|route| stats.requests.get(*route))
+    .flat_map(|by_status| by_status.values())
+    .sum();
+    assert_eq!(lookups, 0, "{:?}", stats.requests);
+}
+
+#[test]
 fn an_existing_customer_is_linked_not_duplicated() {
     let env = TestEnv::plain();
     let first = env.write(
