@@ -454,4 +454,10 @@ pub struct SandboxArgs {
     /// Serve no bulk endpoints, as an API without bulk jobs.
     #[arg(long, env = "KUSTOMER_SANDBOX_WITHOUT_BULK", value_parser = FalseyValueParser::new())]
     pub without_bulk: bool,
+
+    /// Keep the records in this file (JSON Lines, appended as they are made) and start
+    /// with the records it holds, so that the sandbox outlives a restart [default: in
+    /// memory only].
+    #[arg(long, value_name = "FILE", env = "KUSTOMER_SANDBOX_RECORDS")]
+    pub records: Option<PathBuf>,
 }

@@ -336,6 +336,7 @@ pub fn sandbox_config(args: &SandboxArgs) -> Result<(SandboxConfig, u16), Config
         bulk_delay: Duration::from_millis(args.bulk_delay_ms),
         bulk_refuse_invalid: args.bulk_refuse_invalid,
         without_bulk: args.without_bulk,
+        records: args.records.clone(),
     };
     Ok((config, args.port))
 }
