@@ -11,7 +11,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  every row is done
   1  the run finished, some rows failed (see the errors file)
-  2  usage, configuration or unreadable input
+  2  usage, configuration or unreadable input, or a checkpoint written
+     against another API (see --retarget)
   3  the API refused the key (401/403); nothing was marked failed for it
   4  stopped before the end (a signal, or errors that outlasted the retries):
      run the same command again to resume
@@ -88,13 +89,14 @@ impl Command {
 /// The checkpoint a read-only command reads.
 #[derive(Debug, Args)]
 pub struct CheckpointToRead {
-    /// The checkpoint to read.
-    #[arg(
-        long,
-        env = "KUSTOMER_IMPORT_CHECKPOINT",
-        default_value = "kustomer-import.sqlite"
-    )]
-    pub checkpoint: PathBuf,
+    /// The checkpoint to read [default: kustomer-import.sqlite, with --sandbox
+    /// kustomer-import.sandbox.sqlite].
+    #[arg(long, env = "KUSTOMER_IMPORT_CHECKPOINT")]
+    pub checkpoint: Option<PathBuf>,
+
+    /// Read the rehearsal's checkpoint (the one `import --sandbox` uses by default).
+    #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Args)]
@@ -195,13 +197,17 @@ pub struct ImportArgs {
     pub limit: Option<u64>,
 
     /// The checkpoint (SQLite) that records every row's outcome; runs with the same
-    /// checkpoint resume and never create a row twice.
-    #[arg(
-        long,
-        env = "KUSTOMER_IMPORT_CHECKPOINT",
-        default_value = "kustomer-import.sqlite"
-    )]
-    pub checkpoint: PathBuf,
+    /// checkpoint resume and never create a row twice. It belongs to the API it was made
+    /// against [default: kustomer-import.sqlite, with --sandbox
+    /// kustomer-import.sandbox.sqlite].
+    #[arg(long, env = "KUSTOMER_IMPORT_CHECKPOINT")]
+    pub checkpoint: Option<PathBuf>,
+
+    /// Let a checkpoint made against another base URL go on against this one (the org's
+    /// host changed name): its done rows are taken as made here. Without it such a run is
+    /// refused before any request.
+    #[arg(long, env = "KUSTOMER_IMPORT_RETARGET", value_parser = FalseyValueParser::new())]
+    pub retarget: bool,
 
     /// The API's base URL (the org's own host, or a regional one).
     #[arg(
@@ -211,7 +217,9 @@ pub struct ImportArgs {
     )]
     pub base_url: String,
 
-    /// Import into a sandbox started in this process on 127.0.0.1 (no account, no key).
+    /// Rehearse: import into a sandbox started in this process on 127.0.0.1 (no account,
+    /// no key), with a checkpoint of its own; the sandbox's records are kept beside it
+    /// (<checkpoint>.sandbox.jsonl), so an interrupted rehearsal resumes.
     #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
     pub sandbox: bool,
 

@@ -9,6 +9,7 @@
 
 pub mod inspect;
 pub mod lock;
+pub mod target;
 pub mod writer;
 
 use std::fs::OpenOptions;
@@ -21,6 +22,7 @@ use rusqlite_migration::{M, Migrations};
 pub use self::inspect::{CheckpointReader, ExportRow, Status};
 pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
+pub use self::target::{ApiTarget, OtherTarget, TargetClaim};
 pub use self::writer::{
     BulkItem, Change, CheckpointWriter, CustomerOrigin, RowChange, WriterHandle,
 };
@@ -46,6 +48,8 @@ pub enum CheckpointError {
     Migrate { path: PathBuf, reason: String },
     #[error("checkpoint write failed: {0}")]
     Write(String),
+    #[error(transparent)]
+    OtherTarget(Box<OtherTarget>),
 }
 
 /// A row's state in the checkpoint.
@@ -212,6 +216,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/004-bulk-jobs/up.sql"),
     include_str!("../../migrations/005-checks-without-in/up.sql"),
     include_str!("../../migrations/006-failed-rows-index/up.sql"),
+    include_str!("../../migrations/008-checkpoint-target/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -427,12 +432,30 @@ impl Checkpoint {
             .map_err(|e| self.sqlite(e))
     }
 
-    /// Records the start of a run; `args` must not hold the API key.
-    pub fn begin_run(&self, args: &str) -> Result<i64, CheckpointError> {
+    /// Makes sure the checkpoint belongs to `target` before anything is sent: records it in
+    /// a new checkpoint (or one made before targets were recorded), refuses another one
+    /// unless `retarget` says the user means it (then records the new one).
+    pub fn claim_target(
+        &self,
+        target: &ApiTarget,
+        retarget: bool,
+    ) -> Result<TargetClaim, CheckpointError> {
+        target::claim(&self.connection, &self.path, target, retarget)
+    }
+
+    /// Records the start of a run against `target`; `args` must not hold the API key.
+    pub fn begin_run(&self, args: &str, target: &ApiTarget) -> Result<i64, CheckpointError> {
         self.connection
             .execute(
-                "INSERT INTO runs (started_at, pid, host, args) VALUES (?1, ?2, ?3, ?4)",
-                params![now_rfc3339(), std::process::id(), lock::host_name(), args],
+                "INSERT INTO runs (started_at, pid, host, args, target)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    now_rfc3339(),
+                    std::process::id(),
+                    lock::host_name(),
+                    args,
+                    target.as_str()
+                ],
             )
             .map_err(|e| self.sqlite(e))?;
         Ok(self.connection.last_insert_rowid())
