@@ -46,7 +46,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  every row is done
   1  the run finished, some rows failed (see the errors file)
-  2  usage, configuration or unreadable input
+  2  usage, configuration or unreadable input, or a checkpoint written
+     against another API (see --retarget)
   3  the API refused the key (401/403); nothing was marked failed for it
   4  stopped before the end (a signal, or errors that outlasted the retries):
      run the same command again to resume
@@ -172,13 +173,14 @@ pub struct MappingInitArgs {
 /// The checkpoint a read-only command reads.
 #[derive(Debug, Args)]
 pub struct CheckpointToRead {
-    /// The checkpoint to read.
-    #[arg(
-        long,
-        env = "KUSTOMER_IMPORT_CHECKPOINT",
-        default_value = "kustomer-import.sqlite"
-    )]
-    pub checkpoint: PathBuf,
+    /// The checkpoint to read [default: kustomer-import.sqlite, with --sandbox
+    /// kustomer-import.sandbox.sqlite].
+    #[arg(long, env = "KUSTOMER_IMPORT_CHECKPOINT")]
+    pub checkpoint: Option<PathBuf>,
+
+    /// Read the rehearsal's checkpoint (the one `import --sandbox` uses by default).
+    #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Args)]
@@ -294,7 +296,9 @@ pub struct ImportArgs {
     )]
     pub base_url: String,
 
-    /// Import into a sandbox started in this process on 127.0.0.1 (no account, no key).
+    /// Rehearse: import into a sandbox started in this process on 127.0.0.1 (no account,
+    /// no key), with a checkpoint of its own; the sandbox's records are kept beside it
+    /// (<checkpoint>.sandbox.jsonl), so an interrupted rehearsal resumes.
     #[arg(help_heading = TARGET, long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
     pub sandbox: bool,
 
@@ -302,6 +306,12 @@ pub struct ImportArgs {
     /// clear text).
     #[arg(help_heading = TARGET, long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP", value_parser = FalseyValueParser::new())]
     pub allow_insecure_http: bool,
+
+    /// Let a checkpoint made against another base URL go on against this one (the org's
+    /// host changed name): its done rows are taken as made here. Without it such a run is
+    /// refused before any request.
+    #[arg(help_heading = TARGET, long, env = "KUSTOMER_IMPORT_RETARGET", value_parser = FalseyValueParser::new())]
+    pub retarget: bool,
 
     /// The most requests the run may send in any 60 seconds, lookups included.
     #[arg(
@@ -351,14 +361,11 @@ pub struct ImportArgs {
     pub mode: ModeArg,
 
     /// The checkpoint (SQLite) that records every row's outcome; runs with the same
-    /// checkpoint resume and never create a row twice.
-    #[arg(
-        help_heading = RECOVERY,
-        long,
-        env = "KUSTOMER_IMPORT_CHECKPOINT",
-        default_value = "kustomer-import.sqlite"
-    )]
-    pub checkpoint: PathBuf,
+    /// checkpoint resume and never create a row twice. It belongs to the API it was made
+    /// against [default: kustomer-import.sqlite, with --sandbox
+    /// kustomer-import.sandbox.sqlite].
+    #[arg(help_heading = RECOVERY, long, env = "KUSTOMER_IMPORT_CHECKPOINT")]
+    pub checkpoint: Option<PathBuf>,
 
     /// Transient failures (5xx, timeouts, dropped connections) a row may meet before it is
     /// left pending for the next run.
@@ -558,4 +565,10 @@ pub struct SandboxArgs {
     /// Serve no bulk endpoints, as an API without bulk jobs.
     #[arg(long, env = "KUSTOMER_SANDBOX_WITHOUT_BULK", value_parser = FalseyValueParser::new())]
     pub without_bulk: bool,
+
+    /// Keep the records in this file (JSON Lines, appended as they are made) and start
+    /// with the records it holds, so that the sandbox outlives a restart [default: in
+    /// memory only].
+    #[arg(long, value_name = "FILE", env = "KUSTOMER_SANDBOX_RECORDS")]
+    pub records: Option<PathBuf>,
 }

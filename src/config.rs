@@ -3,7 +3,7 @@
 //! This is the only module besides `cli.rs` and `main.rs` that knows clap exists.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::cli::{
 };
 use crate::commands::mapping::InitConfig;
 use kustomer_import::api::Backoff;
+use kustomer_import::checkpoint::ApiTarget;
 use kustomer_import::checkpoint::inspect::StateFilter;
 use kustomer_import::input::{
     CsvSettings, InputError, InputFormat, InputSource, parse_delimiter, parse_encoding,
@@ -63,6 +64,39 @@ pub enum Target {
     Sandbox,
 }
 
+impl Target {
+    /// The API a checkpoint written by this run belongs to.
+    pub fn api_target(&self) -> ApiTarget {
+        match self {
+            Target::Remote { base_url, .. } => ApiTarget::of_base_url(base_url),
+            Target::Sandbox => ApiTarget::sandbox(),
+        }
+    }
+}
+
+/// The checkpoint of a real import, when no `--checkpoint` names one.
+pub const DEFAULT_CHECKPOINT: &str = "kustomer-import.sqlite";
+/// The checkpoint of a rehearsal (`--sandbox`), when no `--checkpoint` names one: a
+/// rehearsal never records its sandbox's ids where a real run would take them as done.
+pub const DEFAULT_SANDBOX_CHECKPOINT: &str = "kustomer-import.sandbox.sqlite";
+
+/// The checkpoint a command uses: the one named, else the default of a real import or of
+/// a rehearsal.
+pub fn checkpoint_path(named: Option<&Path>, sandbox: bool) -> PathBuf {
+    match named {
+        Some(path) => path.to_path_buf(),
+        None if sandbox => PathBuf::from(DEFAULT_SANDBOX_CHECKPOINT),
+        None => PathBuf::from(DEFAULT_CHECKPOINT),
+    }
+}
+
+/// A file beside the checkpoint: its path with `suffix` appended.
+fn beside_checkpoint(checkpoint: &Path, suffix: &str) -> PathBuf {
+    let mut name = checkpoint.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// Where `import` reports: the checkpoint and errors file it names, and whether the summary
 /// is one JSON object. Known from the flags before any of them is checked, so that a run
 /// that cannot start reports the same way as one that ran.
@@ -72,18 +106,25 @@ pub struct ImportOutput {
     pub errors: PathBuf,
     /// The summary as one JSON object on stdout.
     pub json: bool,
+    /// A rehearsal: where the sandbox keeps its records, to say that nothing reached
+    /// Kustomer and where the rehearsal's state is.
+    pub sandbox_records: Option<PathBuf>,
 }
 
 pub fn import_output(args: &ImportArgs) -> ImportOutput {
-    let errors = args.errors.clone().unwrap_or_else(|| {
-        let mut name = args.checkpoint.as_os_str().to_owned();
-        name.push(".errors.csv");
-        PathBuf::from(name)
-    });
+    let checkpoint = checkpoint_path(args.checkpoint.as_deref(), args.sandbox);
+    let errors = args
+        .errors
+        .clone()
+        .unwrap_or_else(|| beside_checkpoint(&checkpoint, ".errors.csv"));
+    let sandbox_records = args
+        .sandbox
+        .then(|| beside_checkpoint(&checkpoint, ".sandbox.jsonl"));
     ImportOutput {
-        checkpoint: args.checkpoint.clone(),
+        checkpoint,
         errors,
         json: args.json,
+        sandbox_records,
     }
 }
 
@@ -92,6 +133,8 @@ pub fn import_output(args: &ImportArgs) -> ImportOutput {
 pub struct ImportConfig {
     pub settings: ImportSettings,
     pub target: Target,
+    /// Let a checkpoint of another target go on against this one.
+    pub retarget: bool,
     pub output: ImportOutput,
     pub rpm: u32,
     /// Use this fraction of the server's reported limit instead of `rpm`.
@@ -166,6 +209,7 @@ pub fn import_config(
             bulk_lost_wait: Duration::from_secs_f64(args.bulk_lost_wait.max(0.0)),
         },
         target,
+        retarget: args.retarget,
         output,
         rpm: args.rpm,
         rate_share: match args.rate_share {
@@ -327,7 +371,7 @@ pub struct ExportConfig {
 
 pub fn export_config(args: ExportArgs) -> ExportConfig {
     ExportConfig {
-        checkpoint: args.read.checkpoint,
+        checkpoint: checkpoint_path(args.read.checkpoint.as_deref(), args.read.sandbox),
         jsonl: args.format == FormatArg::Jsonl,
         filter: match args.state {
             StateArg::Done => StateFilter::Done,
@@ -373,6 +417,7 @@ pub fn sandbox_config(args: &SandboxArgs) -> Result<(SandboxConfig, u16), Config
         bulk_delay: Duration::from_millis(args.bulk_delay_ms),
         bulk_refuse_invalid: args.bulk_refuse_invalid,
         without_bulk: args.without_bulk,
+        records: args.records.clone(),
     };
     Ok((config, args.port))
 }
@@ -403,6 +448,40 @@ mod tests {
             crate::cli::Command::Import(args) => args,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn a_rehearsal_has_a_checkpoint_of_its_own_unless_one_is_named() {
+        let real = import_output(&import_args(&[]));
+        assert_eq!(real.checkpoint, PathBuf::from("kustomer-import.sqlite"));
+        assert_eq!(real.sandbox_records, None);
+        let rehearsal = import_output(&import_args(&["--sandbox"]));
+        assert_eq!(
+            rehearsal.checkpoint,
+            PathBuf::from("kustomer-import.sandbox.sqlite")
+        );
+        assert_eq!(
+            rehearsal.errors,
+            PathBuf::from("kustomer-import.sandbox.sqlite.errors.csv")
+        );
+        assert_eq!(
+            rehearsal.sandbox_records,
+            Some(PathBuf::from(
+                "kustomer-import.sandbox.sqlite.sandbox.jsonl"
+            ))
+        );
+        let named = import_output(&import_args(&["--sandbox", "--checkpoint", "r.sqlite"]));
+        assert_eq!(named.checkpoint, PathBuf::from("r.sqlite"));
+        assert_eq!(
+            named.sandbox_records,
+            Some(PathBuf::from("r.sqlite.sandbox.jsonl"))
+        );
+        let config = import_config(import_args(&["--retarget"]), Some("k".into())).unwrap();
+        assert!(config.retarget);
+        assert_eq!(
+            config.target.api_target().as_str(),
+            "https://api.kustomerapp.com:443"
+        );
     }
 
     #[test]

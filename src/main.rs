@@ -60,7 +60,10 @@ fn run(command: Command, api_key: Option<String>) -> Exit {
             Ok(config) => commands::validate::run(config),
             Err(error) => return commands::not_started(json, Exit::Usage, "usage", &error),
         },
-        Command::Status(args) => commands::status::run(&args.read.checkpoint, args.json),
+        Command::Status(args) => commands::status::run(
+            &config::checkpoint_path(args.read.checkpoint.as_deref(), args.read.sandbox),
+            args.json,
+        ),
         Command::Export(args) => commands::export::run(config::export_config(args)),
         Command::Mapping(cli::MappingCommand::Init(args)) => {
             match config::mapping_init_config(args) {

@@ -81,6 +81,9 @@ pub struct RunRecord {
     pub rows_failed: Option<i64>,
     pub rows_pending: Option<i64>,
     pub requests: Option<i64>,
+    /// The API the run sent to (see [`super::ApiTarget`]); None for runs of a version that
+    /// did not record it.
+    pub target: Option<String>,
     /// Requests per minute over the run, when it ended and lasted a minute or more.
     pub requests_per_minute: Option<f64>,
 }
@@ -99,6 +102,10 @@ pub struct Status {
     pub checkpoint: String,
     /// Read as immutable (see [`CheckpointReader::immutable_note`]).
     pub immutable: bool,
+    /// The API the checkpoint belongs to: a normalised base URL or `sandbox`. None for a
+    /// checkpoint of an older version that no run has opened since (its next run adopts
+    /// its own).
+    pub target: Option<String>,
     /// The run holding the checkpoint now, if any.
     pub active_run: Option<ActiveRun>,
     pub files: Vec<FileCounts>,
@@ -156,8 +163,8 @@ impl CheckpointReader {
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no such checkpoint (give the one the import used with --checkpoint or \
-                     KUSTOMER_IMPORT_CHECKPOINT; the default is relative to the directory the \
-                     import ran in)",
+                     KUSTOMER_IMPORT_CHECKPOINT, or --sandbox for a rehearsal's; the default \
+                     is relative to the directory the import ran in)",
                 ),
             });
         }
@@ -244,6 +251,9 @@ impl CheckpointReader {
             version: SCHEMA_VERSION,
             checkpoint: self.path.display().to_string(),
             immutable: self.immutable,
+            target: super::target::recorded_target(&self.connection)
+                .map_err(|e| self.sqlite(e))?
+                .map(|target| target.to_string()),
             active_run,
             files,
             total,
@@ -378,11 +388,18 @@ impl CheckpointReader {
     }
 
     fn runs(&self) -> rusqlite::Result<Vec<RunRecord>> {
-        let mut statement = self.connection.prepare(
-            "SELECT id, started_at, ended_at, exit_code, pid, host, args, rows_read, rows_done,
-                    rows_failed, rows_pending, requests
-             FROM runs ORDER BY id DESC LIMIT ?1",
+        // A checkpoint no run of this version has opened has no target column.
+        let has_target: bool = self.connection.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('runs') WHERE name = 'target'",
+            [],
+            |row| row.get(0),
         )?;
+        let target = if has_target { "target" } else { "NULL" };
+        let mut statement = self.connection.prepare(&format!(
+            "SELECT id, started_at, ended_at, exit_code, pid, host, args, rows_read, rows_done,
+                    rows_failed, rows_pending, requests, {target}
+             FROM runs ORDER BY id DESC LIMIT ?1"
+        ))?;
         statement
             .query_map([RUNS_LISTED as i64], |row| {
                 Ok(RunRecord {
@@ -398,6 +415,7 @@ impl CheckpointReader {
                     rows_failed: row.get(9)?,
                     rows_pending: row.get(10)?,
                     requests: row.get(11)?,
+                    target: row.get(12)?,
                     requests_per_minute: None,
                 })
             })?

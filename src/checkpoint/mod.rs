@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod integrity;
 pub mod lock;
 pub mod private;
+pub mod target;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use rusqlite_migration::{M, Migrations};
 pub use self::inspect::{CheckpointReader, ExportRow, Status};
 pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
+pub use self::target::{ApiTarget, OtherTarget, TargetClaim};
 pub use self::writer::{
     BulkItem, Change, CheckpointWriter, CustomerOrigin, RowChange, WriterHandle,
 };
@@ -48,6 +50,8 @@ pub enum CheckpointError {
     Migrate { path: PathBuf, reason: String },
     #[error("checkpoint write failed: {0}")]
     Write(String),
+    #[error(transparent)]
+    OtherTarget(Box<OtherTarget>),
     /// The file at the checkpoint's path is not a checkpoint; `reason` says what to do.
     #[error("{path} is not a kustomer-import checkpoint: {reason}")]
     NotACheckpoint { path: PathBuf, reason: String },
@@ -265,6 +269,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/004-bulk-jobs/up.sql"),
     include_str!("../../migrations/005-checks-without-in/up.sql"),
     include_str!("../../migrations/006-failed-rows-index/up.sql"),
+    include_str!("../../migrations/008-checkpoint-target/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -505,12 +510,30 @@ impl Checkpoint {
             .map_err(|e| self.sqlite(e))
     }
 
-    /// Records the start of a run; `args` must not hold the API key.
-    pub fn begin_run(&self, args: &str) -> Result<i64, CheckpointError> {
+    /// Makes sure the checkpoint belongs to `target` before anything is sent: records it in
+    /// a new checkpoint (or one made before targets were recorded), refuses another one
+    /// unless `retarget` says the user means it (then records the new one).
+    pub fn claim_target(
+        &self,
+        target: &ApiTarget,
+        retarget: bool,
+    ) -> Result<TargetClaim, CheckpointError> {
+        target::claim(&self.connection, &self.path, target, retarget)
+    }
+
+    /// Records the start of a run against `target`; `args` must not hold the API key.
+    pub fn begin_run(&self, args: &str, target: &ApiTarget) -> Result<i64, CheckpointError> {
         self.connection
             .execute(
-                "INSERT INTO runs (started_at, pid, host, args) VALUES (?1, ?2, ?3, ?4)",
-                params![now_rfc3339(), std::process::id(), lock::host_name(), args],
+                "INSERT INTO runs (started_at, pid, host, args, target)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    now_rfc3339(),
+                    std::process::id(),
+                    lock::host_name(),
+                    args,
+                    target.as_str()
+                ],
             )
             .map_err(|e| self.sqlite(e))?;
         Ok(self.connection.last_insert_rowid())

@@ -3,13 +3,14 @@
 //! status.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use secrecy::SecretString;
 
 use kustomer_import::api::{ClientSettings, KustomerClient, RateGate, RequestStats};
-use kustomer_import::checkpoint::{Checkpoint, CheckpointError, RunCounts};
+use kustomer_import::checkpoint::{ApiTarget, Checkpoint, CheckpointError, RunCounts, TargetClaim};
 use kustomer_import::pipeline::{ImportOutcome, StopReason, StopSignals, run_import};
 use kustomer_import::report::{ErrorsFile, Progress, Summary};
 use kustomer_import::rows::check_inputs;
@@ -48,6 +49,16 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
             return Ok(not_started(output, Exit::Usage, stop_words(&stop), &error));
         }
     };
+    // Before the errors file is truncated and before any request: a checkpoint of another
+    // API would have every done row skipped and nothing sent.
+    let api_target = config.target.api_target();
+    match checkpoint.claim_target(&api_target, config.retarget) {
+        Ok(claim) => explain_claim(&claim, &api_target, &output.checkpoint),
+        Err(error @ CheckpointError::OtherTarget(_)) => {
+            return Ok(not_started(output, Exit::Usage, "target", &error));
+        }
+        Err(error) => return Ok(not_started(output, Exit::Usage, "checkpoint", &error)),
+    }
     let mut errors = match ErrorsFile::create(&output.errors) {
         Ok(errors) => errors,
         Err(error) => {
@@ -61,7 +72,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
 
     let (sandbox, base_url, api_key) = match &config.target {
         Target::Remote { base_url, api_key } => (None, base_url.clone(), api_key.clone()),
-        Target::Sandbox => match start_sandbox().await {
+        Target::Sandbox => match start_sandbox(output.sandbox_records.clone()).await {
             Ok((sandbox, url)) => (Some(sandbox), url, SecretString::from(SANDBOX_KEY)),
             Err(error) => {
                 return Ok(not_started(
@@ -106,7 +117,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     let progress = Progress::new(config.progress, estimated_rows, stats, budget_per_second);
     let signals = StopSignals::default();
     let signal_task = tokio::spawn(watch_signals(signals.clone(), config.settings.grace));
-    let run_id = match checkpoint.begin_run(&command_line()) {
+    let run_id = match checkpoint.begin_run(&command_line(), &api_target) {
         Ok(run_id) => run_id,
         // An unwritable checkpoint: nothing can be recorded, so nothing is sent.
         Err(error) => {
@@ -168,14 +179,59 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
     Ok(exit)
 }
 
-/// The in-process sandbox, on an ephemeral port of 127.0.0.1.
-async fn start_sandbox() -> anyhow::Result<(Sandbox, url::Url)> {
-    let sandbox = Sandbox::start(SandboxConfig::default(), 0)
+/// Says what a run's target did to the checkpoint, when it changed anything the user
+/// should know: a new checkpoint is simply recorded.
+fn explain_claim(claim: &TargetClaim, target: &ApiTarget, checkpoint: &std::path::Path) {
+    let checkpoint = checkpoint.display();
+    match claim {
+        TargetClaim::Same => {}
+        TargetClaim::New => tracing::debug!("the checkpoint {checkpoint} belongs to {target}"),
+        TargetClaim::Adopted => tracing::warn!(
+            "the checkpoint {checkpoint} was made by an older version, which did not record \
+             the API it was written against: it now belongs to {target}, and a run against \
+             another API will be refused"
+        ),
+        TargetClaim::Unused { from } => tracing::warn!(
+            "the checkpoint {checkpoint} was written against {from} but holds nothing made \
+             there: it now belongs to {target}"
+        ),
+        TargetClaim::Retargeted { from } => tracing::warn!(
+            "--retarget: the checkpoint {checkpoint} moves from {from} to {target}; its done \
+             rows are taken as made in {target}"
+        ),
+    }
+}
+
+/// The in-process sandbox, on an ephemeral port of 127.0.0.1, holding the records the
+/// rehearsal's earlier runs made (kept in `records`, beside the checkpoint).
+async fn start_sandbox(records: Option<PathBuf>) -> anyhow::Result<(Sandbox, url::Url)> {
+    let config = SandboxConfig {
+        records: records.clone(),
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::start(config, 0)
         .await
-        .context("starting the sandbox")?;
+        .with_context(|| match &records {
+            Some(path) => format!(
+                "starting the sandbox on its records file {}",
+                path.display()
+            ),
+            None => "starting the sandbox".to_string(),
+        })?;
+    let held = sandbox.stats();
+    let earlier = match &records {
+        Some(path) if held.customers + held.conversations > 0 => format!(
+            "; it holds the {} customers and {} conversations of this rehearsal's earlier \
+             runs, from {}",
+            held.customers,
+            held.conversations,
+            path.display()
+        ),
+        _ => String::new(),
+    };
     tracing::info!(
-        "importing into the built-in sandbox at {}",
-        sandbox.base_url()
+        "rehearsing in the built-in sandbox at {} (nothing reaches Kustomer){earlier}",
+        sandbox.base_url(),
     );
     let url = url::Url::parse(&sandbox.base_url()).context("the sandbox's address")?;
     Ok((sandbox, url))
@@ -190,8 +246,8 @@ struct JsonSummary<'a> {
     version: u32,
     exit_code: i32,
     /// finished, interrupted, unauthorized, api_unavailable, endpoint, input, checkpoint,
-    /// checkpoint_damaged, or, for a run that could not start: usage, locked, errors_file,
-    /// sandbox.
+    /// checkpoint_damaged, or, for a run that could not start: usage, locked, target,
+    /// errors_file, sandbox.
     stopped_because: &'static str,
     /// Why the run stopped or could not start, in the words the log gives; None when it
     /// finished.
@@ -275,9 +331,28 @@ fn print_summary(
         return;
     }
     let mut out = std::io::stdout().lock();
-    if let Err(error) = summary.write_human(&mut out).and_then(|()| out.flush()) {
+    let written = summary
+        .write_human(&mut out)
+        .and_then(|()| write_rehearsal_note(&mut out, output))
+        .and_then(|()| out.flush());
+    if let Err(error) = written {
         tracing::warn!("the summary could not be written to stdout: {error}");
     }
+}
+
+/// After a rehearsal's summary: that nothing reached Kustomer, and where its state is.
+fn write_rehearsal_note(out: &mut impl Write, output: &ImportOutput) -> std::io::Result<()> {
+    let Some(records) = &output.sandbox_records else {
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "rehearsal: nothing reached Kustomer. The built-in sandbox keeps its records in {} \
+         and the rehearsal's checkpoint is {}; the real import (without --sandbox, with \
+         KUSTOMER_API_KEY) uses a checkpoint of its own.",
+        records.display(),
+        output.checkpoint.display()
+    )
 }
 
 fn write_json(report: &JsonSummary) {

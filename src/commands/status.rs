@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use kustomer_import::checkpoint::{CheckpointReader, Status};
+use kustomer_import::checkpoint::{ApiTarget, CheckpointReader, Status};
 
 use super::Exit;
 
@@ -28,6 +28,17 @@ pub fn run(checkpoint: &Path, json: bool) -> anyhow::Result<Exit> {
 
 fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std::io::Result<()> {
     writeln!(out, "checkpoint: {}", status.checkpoint)?;
+    match &status.target {
+        Some(target) if ApiTarget::recorded(target.clone()).is_sandbox() => writeln!(
+            out,
+            "target: sandbox (a rehearsal: nothing in it reached Kustomer)"
+        )?,
+        Some(target) => writeln!(out, "target: {target}")?,
+        None => writeln!(
+            out,
+            "target: not recorded (an older checkpoint; its next import adopts its own)"
+        )?,
+    }
     match &status.active_run {
         Some(run) => writeln!(
             out,
@@ -126,9 +137,14 @@ fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std
                 .requests_per_minute
                 .map(|rate| format!(" ({rate:.0}/min)"))
                 .unwrap_or_default();
+            let target = run
+                .target
+                .as_deref()
+                .map(|target| format!(", to {target}"))
+                .unwrap_or_default();
             writeln!(
                 out,
-                "  #{} started {}, {ended}: read {}, done {}, failed {}, pending {}, requests {}{rate}",
+                "  #{} started {}, {ended}: read {}, done {}, failed {}, pending {}, requests {}{rate}{target}",
                 run.id,
                 run.started_at,
                 count(run.rows_read),

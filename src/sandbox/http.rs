@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::SandboxConfig;
 use super::faults::{AfterWrite, BeforeWrite, FaultConfig, Faults, RateLimiter, RateVerdict};
 use super::stats::{Counters, Stats};
-use super::store::{Conflict, LookupError, Records, Store, attributes, parse_lookup};
+use super::store::{Conflict, InsertError, LookupError, Records, Store, attributes, parse_lookup};
 use super::validate::{FieldError, validate_conversation, validate_customer};
 
 /// How long a hanging answer hangs.
@@ -45,7 +45,6 @@ struct Inner {
     faults: Faults,
     rate: RateLimiter,
     jobs: std::collections::HashMap<String, BulkJob>,
-    next_job: u64,
 }
 
 /// Which endpoint a bulk job came through.
@@ -90,14 +89,13 @@ pub(crate) struct App {
 }
 
 impl App {
-    pub fn new(config: SandboxConfig, shutdown: CancellationToken) -> Self {
+    pub fn new(config: SandboxConfig, store: Store, shutdown: CancellationToken) -> Self {
         let inner = Inner {
-            store: Store::new(),
+            store,
             counters: Counters::new(config.rate_window),
             faults: Faults::new(config.faults.clone()),
             rate: RateLimiter::new(config.rpm, config.rate_window),
             jobs: std::collections::HashMap::new(),
-            next_job: 0,
         };
         App {
             config,
@@ -200,6 +198,40 @@ impl From<&Conflict> for ApiError {
         ApiError {
             detail: c.detail(),
             pointer: Some(c.pointer.clone()),
+        }
+    }
+}
+
+/// Why a create made no record, as its answer's status and problems: the first problem is
+/// what a bulk item's result says.
+fn refused_insert(refusal: InsertError) -> (StatusCode, Vec<ApiError>) {
+    match refusal {
+        InsertError::Conflicts(conflicts) => (
+            StatusCode::CONFLICT,
+            conflicts.iter().map(ApiError::from).collect(),
+        ),
+        InsertError::MissingCustomer(problem) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, vec![problem.into()])
+        }
+        // Nothing was made: to the client it is a failure before the write, to retry.
+        InsertError::Unrecorded(cause) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            vec![ApiError {
+                detail: format!("the sandbox could not write its records file: {cause}"),
+                pointer: None,
+            }],
+        ),
+    }
+}
+
+/// A bulk item's error for a create that made no record, in words with no status, as
+/// Kustomer's reference shows them (`"duplicate detected"`).
+fn refused_item(refusal: InsertError) -> String {
+    match refusal {
+        InsertError::Conflicts(_) => BULK_DUPLICATE.to_string(),
+        InsertError::MissingCustomer(problem) => bulk_refusal(problem),
+        InsertError::Unrecorded(cause) => {
+            format!("the sandbox could not write its records file: {cause}")
         }
     }
 }
@@ -461,10 +493,10 @@ async fn create_customer(State(app): State<Arc<App>>, req: Request) -> Response 
             let response = (app.created_status(), Json(answer)).into_response();
             after_write(&app, conn, fault, response).await
         }
-        Err(conflicts) => errors_response(
-            StatusCode::CONFLICT,
-            conflicts.iter().map(ApiError::from).collect(),
-        ),
+        Err(refusal) => {
+            let (status, problems) = refused_insert(refusal);
+            errors_response(status, problems)
+        }
     }
 }
 
@@ -492,7 +524,10 @@ async fn create_conversation(State(app): State<Arc<App>>, req: Request) -> Respo
     };
     match outcome {
         None => invalid(errors),
-        Some(Err(error)) => invalid(vec![error]),
+        Some(Err(refusal)) => {
+            let (status, problems) = refused_insert(refusal);
+            errors_response(status, problems)
+        }
         Some(Ok((answer, fault))) => {
             let response = (app.created_status(), Json(answer)).into_response();
             after_write(&app, conn, fault, response).await
@@ -576,8 +611,9 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
     }
     let (id, count, fault) = {
         let mut inner = app.lock();
-        inner.next_job += 1;
-        let id = format!("bulk{:08}", inner.next_job);
+        // An id like a record's: unique across sandboxes, so that a resumed rehearsal
+        // that polls a job of the sandbox before never finds another job under its id.
+        let id = inner.store.new_id();
         let count = bodies.len();
         inner.jobs.insert(
             id.clone(),
@@ -635,10 +671,11 @@ fn run_bulk_job(app: &App, id: &str) {
                 if let Some(first) = errors.into_iter().next() {
                     Err(bulk_refusal(first))
                 } else {
-                    match inner.store.insert_customer(&body) {
-                        Ok(record) => Ok(record.id.clone()),
-                        Err(_) => Err(BULK_DUPLICATE.to_string()),
-                    }
+                    inner
+                        .store
+                        .insert_customer(&body)
+                        .map(|record| record.id.clone())
+                        .map_err(refused_item)
                 }
             }
             BulkKind::Conversations => {
@@ -653,7 +690,7 @@ fn run_bulk_job(app: &App, id: &str) {
                         .store
                         .insert_conversation(&body)
                         .map(|record| record.id.clone())
-                        .map_err(bulk_refusal)
+                        .map_err(refused_item)
                 }
             }
         };

@@ -4,7 +4,7 @@
 //! org-wide rate limit with its headers, duplicates refused with 409, validation with 422,
 //! and injectable faults (5xx before or after the write, a connection dropped or left hanging
 //! after the write, a revoked key). `GET /__stats` and `GET /__records` let tests see what
-//! the server saw and holds. This file owns the public API, server start and stop, and the
+//! the server saw and holds; a records file keeps the records across runs of a rehearsal. This file owns the public API, server start and stop, and the
 //! accept loop (custom, so that a connection can be closed without any answer).
 //!
 //! ```no_run
@@ -18,11 +18,13 @@
 
 mod faults;
 mod http;
+mod journal;
 mod stats;
 mod store;
 mod validate;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +51,7 @@ pub use validate::{
 };
 
 use http::{App, ConnCtx};
+use store::Store;
 
 /// How the sandbox behaves.
 #[derive(Clone, Debug)]
@@ -79,6 +82,12 @@ pub struct SandboxConfig {
     pub bulk_refuse_invalid: bool,
     /// Serve no bulk routes, as an API without bulk jobs (their paths answer 404 or 405).
     pub without_bulk: bool,
+    /// The records file (see `journal.rs`): every record is written there before its
+    /// create answers, and a sandbox started on the file holds the records it kept, so a
+    /// rehearsal resumes. None: the records live in memory only. Bulk jobs are not kept: a
+    /// resumed run that asks for a job of the sandbox before gets 404 and looks its rows
+    /// up.
+    pub records: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -95,6 +104,7 @@ impl Default for SandboxConfig {
             bulk_delay: Duration::from_millis(500),
             bulk_refuse_invalid: false,
             without_bulk: false,
+            records: None,
         }
     }
 }
@@ -118,10 +128,14 @@ impl Sandbox {
     /// Binds 127.0.0.1:port (0 = ephemeral) and serves in a background tokio task. Must be
     /// called inside a tokio runtime.
     pub async fn start(config: SandboxConfig, port: u16) -> std::io::Result<Sandbox> {
+        let store = match &config.records {
+            Some(path) => Store::with_journal(path)?,
+            None => Store::new(),
+        };
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let app = Arc::new(App::new(config, shutdown.clone()));
+        let app = Arc::new(App::new(config, store, shutdown.clone()));
         let router = http::router(app.clone());
         let task = tokio::spawn(accept_loop(listener, router, shutdown.clone()));
         tracing::debug!(target: "sandbox", %addr, "sandbox listening");

@@ -6,12 +6,14 @@
 //! and never panic.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::journal::{Entry, EntryRef, Journal};
 use super::validate::{FieldError, phone_digits};
 
 /// One email of a customer.
@@ -171,6 +173,18 @@ impl IdGen {
     }
 }
 
+/// Why a create made no record.
+#[derive(Debug)]
+pub enum InsertError {
+    /// A customer body reuses keys other customers hold (409).
+    Conflicts(Vec<Conflict>),
+    /// A conversation names no customer held here (422).
+    MissingCustomer(FieldError),
+    /// The records file could not be written: the record is not made, as if the request
+    /// had failed before the write (503).
+    Unrecorded(std::io::Error),
+}
+
 /// The records and their indexes.
 #[derive(Debug)]
 pub struct Store {
@@ -187,6 +201,8 @@ pub struct Store {
     /// Conversation externalId, exact: not unique, creation order.
     conversations_by_external_id: HashMap<String, Vec<usize>>,
     ids: IdGen,
+    /// Where every record is written before it counts as made, if anywhere.
+    journal: Option<Journal>,
 }
 
 impl Default for Store {
@@ -207,7 +223,23 @@ impl Store {
             by_phone: HashMap::new(),
             conversations_by_external_id: HashMap::new(),
             ids: IdGen::new(),
+            journal: None,
         }
+    }
+
+    /// A store that keeps its records in the log at `path`, with the records it already
+    /// holds, ids and all.
+    pub fn with_journal(path: &Path) -> std::io::Result<Store> {
+        let (journal, entries) = Journal::open(path)?;
+        let mut store = Store::new();
+        for entry in entries {
+            match entry {
+                Entry::Customer(record) => store.index_customer(record),
+                Entry::Conversation(record) => store.index_conversation(record),
+            };
+        }
+        store.journal = Some(journal);
+        Ok(store)
     }
 
     pub fn customer_count(&self) -> usize {
@@ -225,7 +257,8 @@ impl Store {
         }
     }
 
-    fn new_id(&mut self) -> String {
+    /// A new id, unique among the records (bulk jobs take theirs from here too).
+    pub fn new_id(&mut self) -> String {
         loop {
             let id = self.ids.next();
             if !self.customer_by_id.contains_key(&id) && !self.conversation_by_id.contains_key(&id)
@@ -272,13 +305,27 @@ impl Store {
     pub fn insert_customer(
         &mut self,
         body: &Map<String, Value>,
-    ) -> Result<&CustomerRecord, Vec<Conflict>> {
+    ) -> Result<&CustomerRecord, InsertError> {
         let conflicts = self.customer_conflicts(body);
         if !conflicts.is_empty() {
-            return Err(conflicts);
+            return Err(InsertError::Conflicts(conflicts));
         }
-        let id = self.new_id();
-        let record = customer_from_body(id.clone(), body);
+        let record = customer_from_body(self.new_id(), body);
+        self.record(EntryRef::Customer(&record))?;
+        let index = self.index_customer(record);
+        Ok(&self.customers[index])
+    }
+
+    /// Writes a record to the log, if the store keeps one, before it counts as made.
+    fn record(&mut self, entry: EntryRef) -> Result<(), InsertError> {
+        match &mut self.journal {
+            Some(journal) => journal.append(entry).map_err(InsertError::Unrecorded),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a customer to the records and the indexes; returns its position.
+    fn index_customer(&mut self, record: CustomerRecord) -> usize {
         let index = self.customers.len();
         if let Some(external_id) = &record.external_id {
             self.by_external_id.insert(external_id.clone(), index);
@@ -289,9 +336,9 @@ impl Store {
         for entry in &record.phones {
             self.by_phone.insert(phone_digits(&entry.phone), index);
         }
-        self.customer_by_id.insert(id, index);
+        self.customer_by_id.insert(record.id.clone(), index);
         self.customers.push(record);
-        Ok(&self.customers[index])
+        index
     }
 
     /// The problem with a conversation body's `customer`, if it names no customer held here.
@@ -307,12 +354,18 @@ impl Store {
     pub fn insert_conversation(
         &mut self,
         body: &Map<String, Value>,
-    ) -> Result<&ConversationRecord, FieldError> {
+    ) -> Result<&ConversationRecord, InsertError> {
         if let Some(error) = self.missing_customer(body) {
-            return Err(error);
+            return Err(InsertError::MissingCustomer(error));
         }
-        let id = self.new_id();
-        let record = conversation_from_body(id.clone(), body);
+        let record = conversation_from_body(self.new_id(), body);
+        self.record(EntryRef::Conversation(&record))?;
+        let index = self.index_conversation(record);
+        Ok(&self.conversations[index])
+    }
+
+    /// Adds a conversation to the records and the index; returns its position.
+    fn index_conversation(&mut self, record: ConversationRecord) -> usize {
         let index = self.conversations.len();
         if let Some(external_id) = &record.external_id {
             self.conversations_by_external_id
@@ -320,9 +373,9 @@ impl Store {
                 .or_default()
                 .push(index);
         }
-        self.conversation_by_id.insert(id, index);
+        self.conversation_by_id.insert(record.id.clone(), index);
         self.conversations.push(record);
-        Ok(&self.conversations[index])
+        index
     }
 
     /// Finds a customer; emails compare case-insensitively, phones by their digits.
@@ -436,6 +489,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn conflicts_of(error: InsertError) -> Vec<Conflict> {
+        match error {
+            InsertError::Conflicts(conflicts) => conflicts,
+            _ => Vec::new(),
+        }
+    }
+
     fn obj(value: Value) -> Map<String, Value> {
         match value {
             Value::Object(map) => map,
@@ -477,6 +537,7 @@ mod tests {
                 json!({"emails": [{"email": "x@y.co"}, {"email": "ada@EXAMPLE.com"}]}),
             ))
             .err()
+            .map(conflicts_of)
             .unwrap_or_default();
         assert_eq!(conflicts.len(), 1);
         assert_eq!(conflicts[0].pointer, "/emails/1/email");
@@ -490,6 +551,7 @@ mod tests {
                 json!({"externalId": "c-1", "phones": [{"phone": "15551234567"}]}),
             ))
             .err()
+            .map(conflicts_of)
             .unwrap_or_default();
         let fields: Vec<_> = conflicts.iter().map(|c| c.field).collect();
         assert_eq!(fields, vec!["externalId", "phone"]);
@@ -512,21 +574,67 @@ mod tests {
     fn conversations_need_a_customer_and_repeat_external_ids() {
         let mut store = Store::new();
         let missing = store.insert_conversation(&obj(json!({"customer": "nobody"})));
-        assert_eq!(missing.err().map(|e| e.pointer), Some("/customer".into()));
+        let pointer = match missing {
+            Err(InsertError::MissingCustomer(error)) => Some(error.pointer),
+            _ => None,
+        };
+        assert_eq!(pointer, Some("/customer".into()));
         let customer = store
             .insert_customer(&obj(json!({"name": "A"})))
             .map(|r| r.id.clone())
             .unwrap_or_default();
         let body = obj(json!({"customer": customer, "externalId": "t-1", "priority": 2}));
-        let a = store.insert_conversation(&body).map(|r| r.id.clone());
-        let b = store.insert_conversation(&body).map(|r| r.id.clone());
-        assert!(a.is_ok() && b.is_ok() && a != b);
+        let a = store.insert_conversation(&body).map(|r| r.id.clone()).ok();
+        let b = store.insert_conversation(&body).map(|r| r.id.clone()).ok();
+        assert!(a.is_some() && b.is_some() && a != b);
         assert_eq!(store.conversation_count(), 2);
         let found = store.find_conversation(&Lookup::ExternalId("t-1".into()));
-        assert_eq!(found.map(|r| r.id.clone()), a.ok());
+        assert_eq!(found.map(|r| r.id.clone()), a);
         let record = &store.records().conversations[1];
         assert_eq!(record.status.as_deref(), Some("open"));
         assert_eq!(record.extra.get("priority"), Some(&json!(2)));
+    }
+
+    #[test]
+    fn a_store_on_a_records_file_holds_what_an_earlier_store_made_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.jsonl");
+        let (customer, conversation) = {
+            let mut store = Store::with_journal(&path).unwrap();
+            let body = json!({"externalId": "c-1", "emails": [{"email": "a@b.co"}]});
+            let customer = store.insert_customer(&obj(body)).unwrap().id.clone();
+            let body = json!({"customer": customer, "externalId": "t-1"});
+            let conversation = store.insert_conversation(&obj(body)).unwrap().id.clone();
+            let refused = store.insert_customer(&obj(json!({"externalId": "c-1"})));
+            assert!(matches!(refused, Err(InsertError::Conflicts(_))));
+            (customer, conversation)
+        };
+        let mut store = Store::with_journal(&path).unwrap();
+        assert_eq!(store.customer_count(), 1, "a refused body was not kept");
+        let found = store.find_customer(&Lookup::Email("A@B.co".into()));
+        assert_eq!(found.map(|r| r.id.clone()), Some(customer.clone()));
+        let found = store.find_conversation(&Lookup::ExternalId("t-1".into()));
+        assert_eq!(found.map(|r| r.id.clone()), Some(conversation));
+        let again = store.insert_customer(&obj(json!({"emails": [{"email": "a@B.co"}]})));
+        assert!(matches!(again, Err(InsertError::Conflicts(_))));
+        let body = json!({"customer": customer, "externalId": "t-2"});
+        assert!(store.insert_conversation(&obj(body)).is_ok());
+        assert_eq!(Store::with_journal(&path).unwrap().conversation_count(), 2);
+    }
+
+    #[test]
+    fn a_record_the_file_cannot_keep_is_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::new();
+        store.journal = Some(Journal::unwritable(&dir.path().join("r.jsonl")).unwrap());
+        let refused = store.insert_customer(&obj(json!({"externalId": "c-1"})));
+        assert!(matches!(refused, Err(InsertError::Unrecorded(_))));
+        assert_eq!(store.customer_count(), 0);
+        assert!(
+            store
+                .find_customer(&Lookup::ExternalId("c-1".into()))
+                .is_none()
+        );
     }
 
     #[test]

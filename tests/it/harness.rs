@@ -141,8 +141,13 @@ impl TestEnv {
 
     /// Opens the checkpoint read-only.
     pub fn checkpoint(&self) -> rusqlite::Connection {
+        self.checkpoint_at("kustomer-import.sqlite")
+    }
+
+    /// Opens the checkpoint `name` of the working directory read-only.
+    pub fn checkpoint_at(&self, name: &str) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
-            self.path("kustomer-import.sqlite"),
+            self.path(name),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .unwrap()
@@ -150,10 +155,29 @@ impl TestEnv {
 
     /// Rows of the checkpoint in one state.
     pub fn rows_in_state(&self, state: &str) -> i64 {
-        self.checkpoint()
+        self.rows_in_state_at("kustomer-import.sqlite", state)
+    }
+
+    /// Rows of the checkpoint `name` in one state.
+    pub fn rows_in_state_at(&self, name: &str, state: &str) -> i64 {
+        self.checkpoint_at(name)
             .query_row("SELECT count(*) FROM rows WHERE state = ?1", [state], |r| {
                 r.get(0)
             })
+            .unwrap()
+    }
+
+    /// Another sandbox with the harness's KEY, on a port of its own (another org, or the
+    /// same org under another address).
+    pub fn other_sandbox(&self) -> Sandbox {
+        self.runtime
+            .block_on(Sandbox::start(
+                SandboxConfig {
+                    token: Some(KEY.to_string()),
+                    ..SandboxConfig::default()
+                },
+                0,
+            ))
             .unwrap()
     }
 

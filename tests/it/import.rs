@@ -209,7 +209,14 @@ fn the_built_in_sandbox_runs_the_sample_with_no_account() {
         .env_remove("KUSTOMER_API_KEY")
         .env_remove("KUSTOMER_BASE_URL");
     run(command).assert_code(1);
-    assert_eq!(env.rows_in_state("done"), 51);
+    assert_eq!(
+        env.rows_in_state_at("kustomer-import.sandbox.sqlite", "done"),
+        51
+    );
+    assert!(
+        !env.path("kustomer-import.sqlite").exists(),
+        "a rehearsal never writes the real import's default checkpoint"
+    );
     assert_eq!(
         env.stats().requests_total,
         0,

@@ -13,3 +13,4 @@ mod foreign;
 mod import;
 mod operate;
 mod pauses;
+mod target;
