@@ -343,7 +343,8 @@ fn after_a_run_that_did_not_end_the_checkpoint_is_checked_whole_before_it_is_use
     table_key.extend_from_slice(file.as_bytes());
     let mut changed = table_key.clone();
     changed[8] = b'5';
-    assert_eq!(overwrite_bytes(&checkpoint, &table_key, &changed), 1);
+    // A freed page may still hold an older copy of the row: changed too, which is no harm.
+    assert!(overwrite_bytes(&checkpoint, &table_key, &changed) >= 1);
     let run = env.import(&[&file]);
     assert_refused_as_damaged(&env, before, &run);
     assert!(run.stderr.contains("integrity check"), "{}", run.stderr);
