@@ -255,6 +255,8 @@ struct JsonSummary<'a> {
     /// None only when the command line could not be read at all.
     checkpoint: Option<String>,
     errors_file: Option<String>,
+    /// A rehearsal (--sandbox): nothing reached Kustomer.
+    rehearsal: bool,
     #[serde(flatten)]
     summary: &'a Summary,
 }
@@ -305,6 +307,7 @@ pub fn print_unreadable_command_line(error: &str) {
         error: Some(error.to_string()),
         checkpoint: None,
         errors_file: None,
+        rehearsal: false,
         summary: &Summary::default(),
     });
 }
@@ -326,6 +329,7 @@ fn print_summary(
             error,
             checkpoint: Some(output.checkpoint.display().to_string()),
             errors_file: Some(output.errors.display().to_string()),
+            rehearsal: output.sandbox_records.is_some(),
             summary,
         });
         return;

@@ -32,6 +32,12 @@ fn a_rehearsal_then_the_real_run_with_the_default_checkpoint_sends_every_row() {
     );
     assert_eq!(env.stats().requests_total, 0);
     assert_eq!(env.rows_in_state_at(REHEARSAL, "done"), 51);
+    let again = env.import(&[sample, "--sandbox", "--json"]);
+    again.assert_code(1);
+    let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(again["rehearsal"], true);
+    assert_eq!(again["requests"], 0, "a second rehearsal sends nothing");
+    assert_eq!(again["rows_skipped_done"], 51);
 
     let real = env.import(&[sample]);
     real.assert_code(1);
@@ -80,6 +86,7 @@ fn a_checkpoint_pointed_at_another_base_url_exits_2_with_zero_requests_until_ret
     }
     let summary: serde_json::Value = serde_json::from_str(&refused.stdout).unwrap();
     assert_eq!(summary["stopped_because"], "target");
+    assert_eq!(summary["rehearsal"], false);
     // A rehearsal pointed at the real checkpoint is refused the same way.
     env.import(&[file, "--sandbox", "--checkpoint", "kustomer-import.sqlite"])
         .assert_code(2);
