@@ -269,7 +269,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/004-bulk-jobs/up.sql"),
     include_str!("../../migrations/005-checks-without-in/up.sql"),
     include_str!("../../migrations/006-failed-rows-index/up.sql"),
-    include_str!("../../migrations/008-checkpoint-target/up.sql"),
+    include_str!("../../migrations/007-checkpoint-target/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
