@@ -2,7 +2,7 @@
 //! one rehearsal sandbox) only: a run against another API that trusted them would skip
 //! every done row and send nothing. The target is the base URL normalised once here
 //! (scheme, host, port, path; never credentials) or `sandbox`; it is recorded in the
-//! checkpoint's `meta` table (migration 008) when the checkpoint is created and compared
+//! checkpoint's `meta` table (migration 007) when the checkpoint is created and compared
 //! by every `import` before anything is sent.
 
 use std::fmt;
