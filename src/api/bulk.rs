@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::client::{KustomerClient, classify_failure, record_id};
+use super::client::{KustomerClient, Turn, classify_failure, record_id};
 use super::error::{ApiError, error_says_duplicate, error_status, error_words, trimmed};
 
 /// Most bodies one bulk request takes.
@@ -65,14 +65,22 @@ pub enum ItemOutcome {
 }
 
 impl KustomerClient {
-    /// `POST /v1/{kind}/bulk` with up to [`MAX_ITEMS`] bodies; the job's id.
-    pub async fn submit_bulk(&self, kind: BulkKind, items: &[Value]) -> Result<String, ApiError> {
+    /// `POST /v1/{kind}/bulk` with up to [`MAX_ITEMS`] bodies, sent in `turn` (see
+    /// [`KustomerClient::turn`]); the job's id.
+    pub async fn submit_bulk(
+        &self,
+        kind: BulkKind,
+        items: &[Value],
+        turn: Turn,
+    ) -> Result<String, ApiError> {
         let body = serde_json::to_vec(items).map_err(|error| ApiError::Rejected {
             status: 0,
             message: format!("cannot encode the body: {error}"),
         })?;
         let url = self.url(&format!("v1/{}/bulk", kind.as_str()));
-        let (status, answer) = self.send(Method::POST, url, Some(body)).await?;
+        let (status, answer) = self
+            .send_in(Some(turn), Method::POST, url, Some(body))
+            .await?;
         let code = status.as_u16();
         if !(200..=202).contains(&code) {
             return Err(classify_failure(code, &answer));

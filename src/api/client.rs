@@ -245,6 +245,15 @@ impl KustomerClient {
         join(&self.base_url, path)
     }
 
+    /// Waits until the rate gate lets one request go, for a caller that must act between
+    /// its turn and the request's departure (a bulk job is recorded as one that may exist
+    /// only then: see `pipeline::bulk`). The request sent in the turn spends it; a turn
+    /// dropped unused is a slot of the budget left unused.
+    pub async fn turn(&self) -> Result<Turn, ApiError> {
+        self.gate.acquire().await?;
+        Ok(Turn(()))
+    }
+
     /// Sends one request through the rate gate, sending it again after 429s.
     pub(super) async fn send(
         &self,
@@ -252,10 +261,23 @@ impl KustomerClient {
         url: Url,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, bytes::Bytes), ApiError> {
+        self.send_in(None, method, url, body).await
+    }
+
+    /// [`KustomerClient::send`], its first try in `turn` when the caller took one.
+    pub(super) async fn send_in(
+        &self,
+        mut turn: Option<Turn>,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, bytes::Bytes), ApiError> {
         let body = body.map(bytes::Bytes::from);
         let mut rate_limited = 0;
         loop {
-            self.gate.acquire().await?;
+            if turn.take().is_none() {
+                self.gate.acquire().await?;
+            }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let sent = std::time::Instant::now();
             let mut request = self
@@ -353,6 +375,11 @@ impl KustomerClient {
         }
     }
 }
+
+/// A request's turn at the rate gate, taken ahead with [`KustomerClient::turn`].
+#[derive(Debug)]
+#[must_use = "a turn is a slot of the rate budget: send a request in it"]
+pub struct Turn(());
 
 /// `path` under `base`, which ends in '/': joining a relative path onto it cannot fail.
 fn join(base: &Url, path: &str) -> Url {

@@ -9,7 +9,7 @@ pub mod ratelimit;
 pub mod retry;
 
 pub use bulk::{BulkKind, ItemOutcome, JobStatus};
-pub use client::{ClientSettings, KustomerClient, LookupField, RequestStats};
+pub use client::{ClientSettings, KustomerClient, LookupField, RequestStats, Turn};
 pub use error::ApiError;
 pub use ratelimit::{DEFAULT_MAX_STALL, Held, RateGate};
 pub use retry::Backoff;

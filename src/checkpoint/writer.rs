@@ -121,6 +121,12 @@ pub enum Change {
         job: i64,
         state: BulkJobState,
     },
+    /// A job an earlier run left without its submit's answer, waited out: lost as of when
+    /// its request left (its `updated_at` is kept), so that a run soon after waits out only
+    /// what is left of that time, not all of it again.
+    BulkJobWaitedOut {
+        job: i64,
+    },
 }
 
 /// One item of a bulk job: the `_clientRef` it goes out with and what it stands for.
@@ -329,6 +335,9 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
         )?;
         let mut job_ended = transaction
             .prepare_cached("UPDATE bulk_jobs SET state = ?2, updated_at = ?3 WHERE id = ?1")?;
+        let mut job_waited_out = transaction.prepare_cached(
+            "UPDATE bulk_jobs SET state = 'lost' WHERE id = ?1 AND state = 'submitting'",
+        )?;
 
         for change in batches.iter().flat_map(|batch| &batch.changes) {
             match change {
@@ -379,6 +388,9 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                 }
                 Change::BulkJobEnded { job, state } => {
                     job_ended.execute(params![job, state.as_str(), now])?;
+                }
+                Change::BulkJobWaitedOut { job } => {
+                    job_waited_out.execute([job])?;
                 }
 
                 Change::CustomerResolved {

@@ -1,10 +1,13 @@
 //! Bulk mode: rows travel to Kustomer 100 at a time through bulk jobs, with every promise
 //! of single mode kept (exactly once, resume, the same checkpoint, summary and errors).
 //!
-//! A job's life: the rows' intents and the job with its items are committed (state
-//! `submitting`), the request leaves, the job's id is committed (`queued`) before anything
-//! else happens with it, the job is polled within the shared rate budget until complete,
-//! and its results are applied item by item (`complete`). What cannot be settled from a
+//! A job's life: once the rate gate lets its request go, the rows' intents and the job with
+//! its items are committed (state `submitting`) and the request leaves at once, the job's id
+//! is committed (`queued`) before anything else happens with it, the job is polled within
+//! the shared rate budget until complete, and its results are applied item by item
+//! (`complete`). So a job the checkpoint holds unanswered is one whose request may have
+//! left: a job that never left (the run stopped, or the checkpoint could not be written,
+//! while it waited for its turn) is never recorded, and no run waits for it. What cannot be settled from a
 //! job goes back to the planner for single mode's path: a duplicate customer is linked, an
 //! item whose outcome is unknown is reconciled by lookup. A job refused whole is split in
 //! halves until the bad item alone is refused.
@@ -150,6 +153,7 @@ pub(super) async fn run_customer_job(shared: &Shared, works: Vec<Work>) -> Vec<(
             }];
             finish_customers_with(shared, works, halt, changes).await
         }
+        JobEnd::NotSent(halt) => finish_customers_with(shared, works, halt, Vec::new()).await,
         JobEnd::NotTaken(halt) => {
             // Provably not applied: the intents are taken back, the rows stay pending.
             let changes = withdraw_customers(&works);
@@ -218,6 +222,7 @@ pub(super) async fn run_conversation_job(
             };
             finish_all(shared, works, halt, Vec::new()).await
         }
+        JobEnd::NotSent(halt) => finish_all(shared, works, halt, Vec::new()).await,
         JobEnd::NotTaken(halt) => {
             let changes = withdraw_conversations(&works, &customer_ids);
             finish_all(shared, works, halt, changes).await
@@ -330,8 +335,11 @@ enum JobEnd {
     Complete(HashMap<String, ItemOutcome>),
     /// Refused whole with a 4xx: nothing was made.
     Refused { status: u16, message: String },
-    /// Never taken, provably (refused key, wrong URL, transient failures that cannot have
-    /// applied it): nothing was made.
+    /// Neither recorded nor sent (a stop while it waited for its turn, a checkpoint that
+    /// could not record it): the rows stay as the checkpoint has them.
+    NotSent(Halt),
+    /// Sent and never taken, provably (refused key, wrong URL, transient failures that
+    /// cannot have applied it): nothing was made, and the rows' intents are taken back.
     NotTaken(Halt),
     /// `--mode auto` and the API has no bulk endpoint: nothing was made, the rows go on
     /// one by one.
@@ -345,8 +353,15 @@ enum JobEnd {
     Unfinished(Halt),
 }
 
-/// Records the job and the rows' intents, submits it, records its id, polls it to the end
-/// and reads its results.
+/// Submits the job, recording it with the rows' intents first, records its id, polls it to
+/// the end and reads its results.
+///
+/// The job is recorded only once the rate gate lets its request go, and the request leaves
+/// right after: a job the checkpoint holds without an answer is one whose request may have
+/// left, and that is the only kind a later run waits out. A stop is heeded before the
+/// record (and before a resend), never between the record and its request: a job still
+/// waiting for its turn when the run stops, or whose record cannot be written (a full
+/// disk), is neither recorded nor sent.
 async fn submit_and_wait(
     shared: &Shared,
     job: i64,
@@ -355,67 +370,47 @@ async fn submit_and_wait(
     items: Vec<BulkItem>,
     mut intents: Vec<Change>,
 ) -> JobEnd {
-    if shared.stop.soft.is_cancelled() {
-        return JobEnd::NotTaken(Halt::Pending("the run is stopping".into()));
-    }
     intents.push(Change::BulkJobSubmitting { job, kind, items });
-    if let Err(halt) = commit_or_halt(shared, intents).await {
-        return JobEnd::NotTaken(halt);
-    }
-    let mut retry = Retry::new(shared);
+    let mut unrecorded = Some(intents);
+    let mut retry = Retry::new(shared, &shared.stop.soft);
     let job_id = loop {
-        match shared.client.submit_bulk(kind, &bodies).await {
-            Ok(job_id) => break job_id,
-            Err(ApiError::Rejected { status, message })
-                if matches!(status, 404 | 405) && shared.settings.mode == ImportMode::Auto =>
-            {
-                // Said once: the jobs in flight together all meet it.
-                if !shared.bulk_unavailable.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "the API has no bulk jobs here ({status}: {message}): this run goes \
-                         on one request per record"
-                    );
+        let turn = tokio::select! {
+            biased;
+            () = shared.stop.soft.cancelled() => {
+                let halt = Halt::Pending("the run is stopping".into());
+                if unrecorded.is_some() {
+                    return JobEnd::NotSent(halt);
                 }
                 end_job(shared, job, BulkJobState::Refused).await;
-                return JobEnd::Unsupported;
+                return JobEnd::NotTaken(halt);
             }
-            Err(ApiError::Rejected { status, message }) if matches!(status, 404 | 405) => {
-                shared.halt_run(StopReason::Endpoint(format!(
-                    "submitting a {} bulk job answered {status} ({message}): is the base URL \
-                     right, and does the org have bulk jobs?",
-                    kind.as_str()
-                )));
-                end_job(shared, job, BulkJobState::Refused).await;
-                return JobEnd::NotTaken(Halt::Pending(format!("the API answered {status}")));
-            }
-            Err(ApiError::Rejected { status, message }) => {
-                end_job(shared, job, BulkJobState::Refused).await;
-                return JobEnd::Refused { status, message };
-            }
-            Err(ApiError::Duplicate { message }) => {
-                end_job(shared, job, BulkJobState::Refused).await;
-                return JobEnd::Refused {
-                    status: 409,
-                    message,
-                };
-            }
-            Err(error) if error.maybe_applied() => {
-                let wait = shared.settings.bulk_lost_wait;
-                tracing::warn!(
-                    "the answer to a {} bulk job was lost ({error}); its {} rows are looked up \
-                     in {:.0} s, once a job still queued would have run",
-                    kind.as_str(),
-                    bodies.len(),
-                    wait.as_secs_f64()
-                );
-                // Lost now: a run that resumes before the lookups waits out the rest.
-                end_job(shared, job, BulkJobState::Lost).await;
-                return JobEnd::Unknown(Some(tokio::time::Instant::now() + wait));
-            }
-            Err(error) => {
-                if let Err(halt) = retry.after_failure(&error).await {
+            turn = shared.client.turn() => match turn {
+                Ok(turn) => turn,
+                // The gate let nothing through (a stop, a stall): the request never left.
+                Err(error) => {
+                    let halt = match &error {
+                        ApiError::NotSent(held) => not_sent(shared, held),
+                        other => Halt::Pending(other.to_string()),
+                    };
+                    if unrecorded.is_some() {
+                        return JobEnd::NotSent(halt);
+                    }
                     end_job(shared, job, BulkJobState::Refused).await;
                     return JobEnd::NotTaken(halt);
+                }
+            },
+        };
+        if let Some(record) = unrecorded.take()
+            && let Err(halt) = commit_or_halt(shared, record).await
+        {
+            return JobEnd::NotSent(halt);
+        }
+        match shared.client.submit_bulk(kind, &bodies, turn).await {
+            Ok(job_id) => break job_id,
+            Err(error) => {
+                let rows = bodies.len();
+                if let Some(end) = submit_failed(shared, job, kind, rows, error, &mut retry).await {
+                    return end;
                 }
             }
         }
@@ -445,6 +440,75 @@ async fn submit_and_wait(
     }
 }
 
+/// What a failed submit means for its job: how the job ends, or None when it goes again
+/// (after the backoff).
+async fn submit_failed(
+    shared: &Shared,
+    job: i64,
+    kind: BulkKind,
+    rows: usize,
+    error: ApiError,
+    retry: &mut Retry<'_>,
+) -> Option<JobEnd> {
+    let end = match error {
+        ApiError::Rejected { status, message }
+            if matches!(status, 404 | 405) && shared.settings.mode == ImportMode::Auto =>
+        {
+            // Said once: the jobs in flight together all meet it.
+            if !shared.bulk_unavailable.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the API has no bulk jobs here ({status}: {message}): this run goes on \
+                     one request per record"
+                );
+            }
+            end_job(shared, job, BulkJobState::Refused).await;
+            JobEnd::Unsupported
+        }
+        ApiError::Rejected { status, message } if matches!(status, 404 | 405) => {
+            shared.halt_run(StopReason::Endpoint(format!(
+                "submitting a {} bulk job answered {status} ({message}): is the base URL \
+                 right, and does the org have bulk jobs?",
+                kind.as_str()
+            )));
+            end_job(shared, job, BulkJobState::Refused).await;
+            JobEnd::NotTaken(Halt::Pending(format!("the API answered {status}")))
+        }
+        ApiError::Rejected { status, message } => {
+            end_job(shared, job, BulkJobState::Refused).await;
+            JobEnd::Refused { status, message }
+        }
+        ApiError::Duplicate { message } => {
+            end_job(shared, job, BulkJobState::Refused).await;
+            JobEnd::Refused {
+                status: 409,
+                message,
+            }
+        }
+        error if error.maybe_applied() => {
+            let wait = shared.settings.bulk_lost_wait;
+            tracing::warn!(
+                "the answer to a {} bulk job was lost ({error}); its {rows} rows are looked up \
+                 in {:.0} s, once a job still queued would have run",
+                kind.as_str(),
+                wait.as_secs_f64()
+            );
+            // Lost now: a run that resumes before the lookups waits out the rest.
+            end_job(shared, job, BulkJobState::Lost).await;
+            JobEnd::Unknown(Some(tokio::time::Instant::now() + wait))
+        }
+        // Not taken (a 503, a refused connection): no job was made, so the same job goes
+        // again after the backoff, within the job's retry budget.
+        error => match retry.after_failure(&error).await {
+            Ok(()) => return None,
+            Err(halt) => {
+                end_job(shared, job, BulkJobState::Refused).await;
+                JobEnd::NotTaken(halt)
+            }
+        },
+    };
+    Some(end)
+}
+
 async fn end_job(shared: &Shared, job: i64, state: BulkJobState) {
     let _ = commit_or_halt(shared, vec![Change::BulkJobEnded { job, state }]).await;
 }
@@ -470,7 +534,7 @@ async fn wait_for_results(
     let submitted = Instant::now();
     let mut delay = shared.job_pace.expected();
     let mut polls = 0;
-    let mut retry = Retry::new(shared);
+    let mut retry = Retry::new(shared, give_up);
     loop {
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -792,10 +856,12 @@ async fn finish_all(
     ended
 }
 
-/// Retries of one job's calls: the same budget and backoff as a row's.
+/// Retries of one job's calls: the same budget and backoff as a row's, cut short by
+/// `stop`.
 struct Retry<'a> {
     shared: &'a Shared,
     budget: RetryBudget,
+    stop: &'a CancellationToken,
 }
 
 /// Why [`Retry::backoff`] says not to try again.
@@ -806,10 +872,11 @@ enum NoRetry {
 }
 
 impl<'a> Retry<'a> {
-    fn new(shared: &'a Shared) -> Retry<'a> {
+    fn new(shared: &'a Shared, stop: &'a CancellationToken) -> Retry<'a> {
         Retry {
             shared,
             budget: RetryBudget::default(),
+            stop,
         }
     }
 
@@ -822,7 +889,7 @@ impl<'a> Retry<'a> {
         tracing::debug!("bulk job: retrying after: {reason}");
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
-            () = self.shared.stop.hard.cancelled() => Err(NoRetry::Stopping),
+            () = self.stop.cancelled() => Err(NoRetry::Stopping),
         }
     }
 
@@ -970,7 +1037,8 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
         (_, state) => {
             let waited = wait_out_lost_job(shared, job.id, job.since).await;
             if waited && state == BulkJobState::Submitting {
-                end_job(shared, job.id, BulkJobState::Lost).await;
+                let waited_out = Change::BulkJobWaitedOut { job: job.id };
+                let _ = commit_or_halt(shared, vec![waited_out]).await;
             }
             return waited.then_some(EarlierOutcome::Released);
         }

@@ -428,6 +428,116 @@ fn a_lost_submit_answer_is_reconciled_not_sent_twice() {
     assert!(requests_to(&env, "POST /v1/customers/bulk") > 0);
 }
 
+/// Takes the checkpoint's SQLite write lock from another connection and holds it: the
+/// importer's next write waits out its busy timeout (10 s), then fails, as on a full disk.
+fn cut_the_writer_off(env: &TestEnv) -> rusqlite::Connection {
+    let lock = rusqlite::Connection::open(env.path("kustomer-import.sqlite")).unwrap();
+    lock.busy_timeout(Duration::from_secs(5)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    lock
+}
+
+#[test]
+fn a_job_that_never_left_is_neither_waited_out_nor_looked_up() {
+    // Answers come a second late, so that the writer can be cut off while jobs are out.
+    let env = TestEnv::new(SandboxConfig {
+        latency: Duration::from_secs(1),
+        ..org(Duration::from_millis(50))
+    });
+    let file = env.write("export.csv", &generated_csv(300, 1));
+    // --rpm 3: two of the three customers jobs leave at once, the third waits a minute for
+    // its turn.
+    let child = env.spawn_import(&[
+        file.to_str().unwrap(),
+        "--mode",
+        "bulk",
+        "--rpm",
+        "3",
+        "--grace",
+        "1",
+    ]);
+    env.wait_for("two submits", |stats| stats.requests_total >= 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let lock = cut_the_writer_off(&env);
+    // The two jobs' ids cannot be recorded: the run stops while the third still waits.
+    std::thread::sleep(Duration::from_secs(13));
+    drop(lock);
+    let run = finish_within(child, Duration::from_secs(60));
+    run.assert_code(4);
+    assert!(run.stderr.contains("database is locked"), "{}", run.stderr);
+    assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 2);
+    // The checkpoint holds the two jobs that may exist, not the one that never left.
+    let jobs: i64 = env
+        .checkpoint()
+        .query_row("SELECT count(*) FROM bulk_jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jobs, 2);
+
+    let run = env.import(&[
+        "export.csv",
+        "--mode",
+        "bulk",
+        "--rpm",
+        "100000",
+        "--bulk-lost-wait",
+        "1",
+        "--reconcile-delay",
+        "0.05",
+    ]);
+    run.assert_code(0);
+    env.assert_exactly_once(300, 300);
+    // The two jobs ran: their customers are found by one lookup each. The third job's rows
+    // go in a job of their own, not looked up and created one by one.
+    assert_eq!(requests_to(&env, "GET /v1/customers/{lookup}"), 200);
+    assert_eq!(requests_to(&env, "POST /v1/customers"), 0);
+    assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 3);
+}
+
+#[test]
+fn a_lost_job_waited_out_once_is_not_waited_out_again() {
+    let env = TestEnv::new(SandboxConfig {
+        latency: Duration::from_millis(500),
+        ..org(Duration::from_millis(50))
+    });
+    let file = env.write("export.csv", &generated_csv(100, 1));
+    // Killed while its one job is out: the job may exist.
+    let mut child = env.spawn_import(&[file.to_str().unwrap(), "--mode", "bulk"]);
+    env.wait_for("the submit", |stats| stats.requests_total >= 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let args = [
+        "export.csv",
+        "--mode",
+        "bulk",
+        "--bulk-lost-wait",
+        "8",
+        "--reconcile-delay",
+        "0.05",
+        "--rpm",
+        "100000",
+    ];
+    // The next run waits for it, then looks its rows up.
+    let run = env.import(&args);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("never got its answer"),
+        "{}",
+        run.stderr
+    );
+    env.assert_exactly_once(100, 100);
+    // The same command again at once: nothing to send, and that job is not waited for
+    // again.
+    let before = env.stats().requests_total;
+    let again = env.import(&args);
+    again.assert_code(0);
+    assert!(
+        !again.stderr.contains("never got its answer"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(env.stats().requests_total, before);
+}
+
 #[test]
 fn a_bulk_submit_the_api_did_not_take_is_sent_again_not_looked_up() {
     // A 503 is the API saying it did not handle the request: no job was made, so the job

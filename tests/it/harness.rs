@@ -300,15 +300,20 @@ pub fn finish(child: std::process::Child) -> Run {
 /// Runs a command to its end, killing it after two minutes so a hang fails the test.
 pub fn run(mut command: Command) -> Run {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    finish_within(command.spawn().unwrap(), Duration::from_secs(120))
+}
+
+/// Waits for a child started with its output piped and returns what it printed, killing it
+/// after `most` so a hang fails the test.
+pub fn finish_within(mut child: std::process::Child, most: Duration) -> Run {
+    let deadline = Instant::now() + most;
     loop {
         if child.try_wait().unwrap().is_some() {
             break;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("the command did not finish within two minutes");
+            panic!("the command did not finish within {} s", most.as_secs());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
