@@ -397,3 +397,89 @@ fn a_temporary_directory_that_cannot_be_written_stops_the_run_and_names_it() {
         run.stderr
     );
 }
+
+#[test]
+fn a_jsonl_line_over_the_size_limit_is_refused_with_its_line_and_size_and_the_rest_lands() {
+    let env = TestEnv::plain();
+    // Valid JSON of a good row, only longer than the default limit of 4 MiB.
+    let long = format!(
+        "{{\"email\":\"long@x.io\",\"subject\":\"Hi\",\"notes\":\"{}\"}}",
+        "x".repeat(5 << 20)
+    );
+    let file = env.write(
+        "export.jsonl",
+        &format!(
+            "{{\"email\":\"a@x.io\",\"subject\":\"One\"}}\n{long}\n{{\"email\":\"b@x.io\",\"subject\":\"Two\"}}\n"
+        ),
+    );
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(1);
+    env.assert_exactly_once(2, 2);
+    let errors = env.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (_, line, field, reason) = &errors[0];
+    assert_eq!((*line, field.as_str()), (2, ""));
+    assert_eq!(
+        reason,
+        "the record is longer than the limit of 4 MiB: raise --max-record-size to read it"
+    );
+    assert!(
+        run.stderr.contains("line 2: a record longer than 4 MiB"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("(line 2) was {} bytes long", long.len())),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_csv_record_over_the_size_limit_across_quoted_lines_is_refused_and_the_rest_lands() {
+    let env = TestEnv::plain();
+    // The third record's subject holds 40 lines inside quotes: 2,000 bytes over 6 lines.
+    let long_subject = vec!["y".repeat(49); 40].join("\n");
+    let file = env.write(
+        "export.csv",
+        &format!("email,subject\na@x.io,One\n\"b@x.io\",\"{long_subject}\"\nc@x.io,Two\n"),
+    );
+    let (run, errors) = validate(&env, &file, &["--max-record-size", "1KiB"]);
+    run.assert_code(1);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, 3);
+    assert!(
+        errors[0].2
+            == "the record is longer than the limit of 1 KiB: raise --max-record-size to read it",
+        "{errors:?}"
+    );
+    assert!(
+        run.stderr.contains("(lines 3 to 42) was 2010 bytes long"),
+        "{}",
+        run.stderr
+    );
+    // The same limit from the environment, for import.
+    let mut command = env.import_command(&[file.to_str().unwrap()]);
+    command.env("KUSTOMER_IMPORT_MAX_RECORD_SIZE", "1KiB");
+    crate::harness::run(command).assert_code(1);
+    env.assert_exactly_once(2, 2);
+    let lines: Vec<u64> = env.errors().iter().map(|e| e.1).collect();
+    assert_eq!(lines, [3]);
+}
+
+#[test]
+fn a_csv_header_over_the_size_limit_is_an_unreadable_input() {
+    let env = TestEnv::plain();
+    let header = (0..200).map(|i| format!("column {i}")).collect::<Vec<_>>();
+    let file = env.write("export.csv", &format!("{}\nx\n", header.join(",")));
+    let run = env.import(&[file.to_str().unwrap(), "--max-record-size", "1KiB"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("cannot read the CSV header: the header row is longer than 1 KiB"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.stats().requests_total, 0);
+}
