@@ -211,10 +211,10 @@ fn read_row(
                     line: bad.line,
                     key: keys.for_unmapped(&bad.raw)?,
                 },
-                plan: Err(MappingError::record(
-                    "unreadable record",
-                    format!("the record {}", bad.reason),
-                )),
+                plan: Err(match bad.field {
+                    Some(field) => MappingError::new(&field, bad.rule, bad.reason),
+                    None => MappingError::record(bad.rule, format!("the record {}", bad.reason)),
+                }),
                 original: Original::Raw(bad.raw),
             });
         }

@@ -99,6 +99,13 @@ impl CsvRecords {
         };
         let mut headers = Vec::with_capacity(count);
         for (index, header) in records.split(len, count).enumerate() {
+            if header.contains(&0) {
+                return Err(header_error(format!(
+                    "column {} holds a NUL character: is the file UTF-16 without a byte-order \
+                     mark? (see --encoding)",
+                    index + 1
+                )));
+            }
             let header = std::str::from_utf8(header)
                 .map_err(|_| header_error(format!("column {} is not valid UTF-8", index + 1)))?;
             headers.push(header.trim_start_matches('\u{feff}').trim().to_string());
@@ -247,11 +254,26 @@ impl CsvRecords {
     /// The record just read as a row of the header's columns, or why it is not one.
     fn convert(&mut self, line: u64, len: usize, count: usize) -> RecordResult {
         if count != self.headers.len() {
-            return Err(RecordError {
+            return Err(RecordError::whole(
                 line,
-                reason: format!("has {count} fields, the header has {}", self.headers.len()),
-                raw: self.lossy(len, count),
-            });
+                format!("has {count} fields, the header has {}", self.headers.len()),
+                self.lossy(len, count),
+            ));
+        }
+        // A NUL would reach Kustomer as it is; one search of the whole record finds it.
+        if let Some(at) = memchr::memchr(0, &self.fields[..len]) {
+            let column = self.ends[..count].partition_point(|&end| end <= at);
+            let name = match self.headers[column].as_str() {
+                "" => format!("column {}", column + 1),
+                name => name.to_string(),
+            };
+            return Err(RecordError::in_field(
+                line,
+                name,
+                "holds a NUL character",
+                format!("holds a NUL character (column {})", column + 1),
+                self.lossy(len, count),
+            ));
         }
         // One allocation for the whole record, not one per field: rows are many. The
         // fields are gathered in a record kept for it, then copied: a record made to size
@@ -271,15 +293,15 @@ impl CsvRecords {
                     values,
                 },
             }),
-            Err(error) => Err(RecordError {
+            Err(error) => Err(RecordError::whole(
                 line,
-                reason: format!(
+                format!(
                     "field {:?} is not valid UTF-8: is the file in another encoding? (see \
                      --encoding)",
                     self.headers[error.utf8_error().field()]
                 ),
-                raw: self.lossy(len, count),
-            }),
+                self.lossy(len, count),
+            )),
         }
     }
 

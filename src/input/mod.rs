@@ -315,9 +315,43 @@ pub struct SourceRecord {
 #[derive(Clone, Debug)]
 pub struct RecordError {
     pub line: u64,
+    /// The source field at fault (a CSV column, a JSON key path), when one is.
+    pub field: Option<String>,
+    /// The rule it broke, a short phrase to count refusals by.
+    pub rule: &'static str,
     pub reason: String,
     /// What was read of it, kept for the errors file.
     pub raw: Value,
+}
+
+impl RecordError {
+    /// A record that is not a record as a whole (`reason` follows "the record").
+    fn whole(line: u64, reason: String, raw: Value) -> RecordError {
+        RecordError {
+            line,
+            field: None,
+            rule: "unreadable record",
+            reason,
+            raw,
+        }
+    }
+
+    /// A record refused for what one of its fields holds.
+    fn in_field(
+        line: u64,
+        field: String,
+        rule: &'static str,
+        reason: String,
+        raw: Value,
+    ) -> RecordError {
+        RecordError {
+            line,
+            field: Some(field),
+            rule,
+            reason,
+            raw,
+        }
+    }
 }
 
 /// A record that passed the size limit: where it starts, how long it was found to be, and
@@ -352,11 +386,11 @@ impl Oversized {
         } else {
             "longer than".to_string()
         };
-        RecordError {
-            line: self.line,
-            reason: format!("is {size} the limit of {limit}: raise --max-record-size to read it"),
-            raw: self.preview.clone(),
-        }
+        RecordError::whole(
+            self.line,
+            format!("is {size} the limit of {limit}: raise --max-record-size to read it"),
+            self.preview.clone(),
+        )
     }
 
     /// Says how long the refused record turned out to be.
