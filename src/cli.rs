@@ -249,6 +249,17 @@ pub struct InputArgs {
     /// [default: the mapping's, else UTF-8; a byte-order mark wins].
     #[arg(long, env = "KUSTOMER_IMPORT_ENCODING", value_name = "LABEL")]
     pub encoding: Option<String>,
+
+    /// The longest record read: a CSV record (quoted newlines included) or a JSONL line.
+    /// A longer one is refused (in the errors file with its line and size) and skipped.
+    /// Bytes, or with a suffix: KiB, MiB, GiB (K, M, G are the same), KB, MB, GB.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_MAX_RECORD_SIZE",
+        value_name = "SIZE",
+        default_value = "4MiB"
+    )]
+    pub max_record_size: String,
 }
 
 #[derive(Debug, Args)]

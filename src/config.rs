@@ -261,12 +261,45 @@ fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping), ConfigEr
             (Mapping::File(Arc::new(file)), settings)
         }
     };
+    let max_record_size = parse_size(&args.max_record_size)
+        .map_err(|reason| ConfigError::BadValue(format!("--max-record-size: {reason}")))?;
     let inputs = args
         .files
         .iter()
-        .map(|name| InputSource::new(name, format, settings))
+        .map(|name| {
+            InputSource::new(name, format, settings)
+                .map(|input| input.with_max_record_size(max_record_size))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((inputs, mapping))
+}
+
+/// A size in bytes as people write it: `4194304`, `4MiB`, `4M`, `512 KiB`, `10MB`. Binary
+/// suffixes (KiB, MiB, GiB, and K, M, G alone) count in 1024s, decimal ones (KB, MB, GB)
+/// in 1000s; case does not matter, nor a space before the suffix.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits);
+    let unit: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(format!("{text:?} is not a size: give bytes, or e.g. 16MiB")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(unit))
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .filter(|&bytes| bytes > 0)
+        .ok_or_else(|| format!("{text:?} is not a size of at least one byte"))
 }
 
 /// What `validate` reads and where its report goes.
@@ -496,6 +529,33 @@ mod tests {
         let config =
             import_config(import_args(&["--rate-share", "0.25"]), Some("k".into())).unwrap();
         assert_eq!(config.rate_share, Some(0.25));
+    }
+
+    #[test]
+    fn sizes_take_the_usual_suffixes() {
+        assert_eq!(parse_size("4194304"), Ok(4 << 20));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("4 m"), Ok(4 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        for bad in [
+            "",
+            "0",
+            "MiB",
+            "4 MeB",
+            "-1",
+            "1.5M",
+            "99999999999999999999G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        let config = import_config(
+            import_args(&["--sandbox", "--max-record-size", "64KiB"]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(config.settings.inputs[0].max_record_size, 64 << 10);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! is the one path from a file to a row, shared by `import` (which sends the rows) and
 //! `validate` (which only counts them), so the two can never disagree on what a row is.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -27,10 +28,12 @@ pub enum Original {
 }
 
 impl Original {
-    pub fn to_json(&self) -> Value {
+    /// The record as one JSON value; what was read raw is lent, not copied (a refused
+    /// record may be megabytes).
+    pub fn to_json(&self) -> Cow<'_, Value> {
         match self {
-            Original::Fields(fields) => fields.to_json(),
-            Original::Raw(value) => value.clone(),
+            Original::Fields(fields) => Cow::Owned(fields.to_json()),
+            Original::Raw(value) => Cow::Borrowed(value),
         }
     }
 }
@@ -263,10 +266,10 @@ fn read_row(
                     line: bad.line,
                     key: keys.for_unmapped(&bad.raw)?,
                 },
-                plan: Err(MappingError::record(
-                    "unreadable record",
-                    format!("the record {}", bad.reason),
-                )),
+                plan: Err(match bad.field {
+                    Some(field) => MappingError::new(&field, bad.rule, bad.reason),
+                    None => MappingError::record(bad.rule, format!("the record {}", bad.reason)),
+                }),
                 original: Original::Raw(bad.raw),
             });
         }

@@ -4,7 +4,10 @@
 //!
 //! Nothing here knows about Kustomer: a record is a set of named source fields
 //! ([`SourceRecord`]) or a reason it could not be read ([`RecordError`]). Readers never
-//! hold more than the record being parsed, so a file of any size uses the same memory.
+//! hold more than the record being parsed, and never more of it than the size limit
+//! ([`DEFAULT_MAX_RECORD_SIZE`], `--max-record-size`): a longer record is refused as soon
+//! as it passes the limit and the rest of it read and dropped, so an input of any size, or
+//! one that never ends, uses the same memory.
 
 mod csv;
 mod jsonl;
@@ -61,6 +64,18 @@ impl CsvSettings {
     }
 }
 
+/// The longest record read by default, in bytes: a CSV record (which may span lines inside
+/// quotes) or a JSONL line. Rows of a help-desk export are a few hundred bytes; a record of
+/// megabytes is a broken quote or not an export at all.
+pub const DEFAULT_MAX_RECORD_SIZE: usize = 4 << 20;
+
+/// A reader's buffer larger than this after a long record is given back, not kept for the
+/// rest of the input.
+const KEPT_BUFFER: usize = 1 << 20;
+
+/// How much of a record refused for its size is kept for the errors file.
+const PREVIEW_BYTES: usize = 256;
+
 /// The delimiters sniffed from a header line, in order of preference on a tie.
 const SNIFFED_DELIMITERS: [u8; 4] = [b',', b';', b'\t', b'|'];
 
@@ -114,6 +129,8 @@ pub struct InputSource {
     pub name: String,
     pub format: InputFormat,
     pub settings: CsvSettings,
+    /// The longest record read, in bytes; a longer one is refused.
+    pub max_record_size: usize,
 }
 
 /// Why an input could not be opened at all (the run stops with exit 2).
@@ -149,7 +166,16 @@ impl InputSource {
             name: name.to_string(),
             format,
             settings,
+            max_record_size: DEFAULT_MAX_RECORD_SIZE,
         })
+    }
+
+    /// The same input with another size limit (at least one byte).
+    pub fn with_max_record_size(self, max_record_size: usize) -> InputSource {
+        InputSource {
+            max_record_size: max_record_size.max(1),
+            ..self
+        }
     }
 
     /// Opens the text stream, as UTF-8: stdin for `-`, else the file; gzip (all members)
@@ -214,29 +240,33 @@ impl InputSource {
     /// Opens the input and returns its records in order.
     pub fn records(&self) -> Result<Records, InputError> {
         let mut reader = self.open()?;
+        let max = self.max_record_size;
         Ok(match self.format {
             InputFormat::Csv => {
                 let delimiter = match self.settings.delimiter {
                     Some(delimiter) => delimiter,
                     None => {
                         // The header line is read whole (a decoder may hand over its first
-                        // bytes alone), sniffed, then put back in front of the rest.
+                        // bytes alone), sniffed, then put back in front of the rest. No
+                        // further than the size limit: the header is a record too.
                         let mut header = Vec::new();
-                        reader.read_until(b'\n', &mut header).map_err(|source| {
-                            InputError::Read {
+                        let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+                        (&mut reader)
+                            .take(limit)
+                            .read_until(b'\n', &mut header)
+                            .map_err(|source| InputError::Read {
                                 name: self.name.clone(),
                                 line: 1,
                                 source,
-                            }
-                        })?;
+                            })?;
                         let delimiter = sniff_delimiter(&header);
                         reader = Box::new(io::Cursor::new(header).chain(reader));
                         delimiter
                     }
                 };
-                Records::Csv(CsvRecords::new(&self.name, reader, delimiter)?)
+                Records::Csv(CsvRecords::new(&self.name, reader, delimiter, max)?)
             }
-            InputFormat::Jsonl => Records::Jsonl(JsonlRecords::new(&self.name, reader)),
+            InputFormat::Jsonl => Records::Jsonl(JsonlRecords::new(&self.name, reader, max)),
         })
     }
 }
@@ -285,9 +315,117 @@ pub struct SourceRecord {
 #[derive(Clone, Debug)]
 pub struct RecordError {
     pub line: u64,
+    /// The source field at fault (a CSV column, a JSON key path), when one is.
+    pub field: Option<String>,
+    /// The rule it broke, a short phrase to count refusals by.
+    pub rule: &'static str,
     pub reason: String,
     /// What was read of it, kept for the errors file.
     pub raw: Value,
+}
+
+impl RecordError {
+    /// A record that is not a record as a whole (`reason` follows "the record").
+    fn whole(line: u64, reason: String, raw: Value) -> RecordError {
+        RecordError {
+            line,
+            field: None,
+            rule: "unreadable record",
+            reason,
+            raw,
+        }
+    }
+
+    /// A record refused for what one of its fields holds.
+    fn in_field(
+        line: u64,
+        field: String,
+        rule: &'static str,
+        reason: String,
+        raw: Value,
+    ) -> RecordError {
+        RecordError {
+            line,
+            field: Some(field),
+            rule,
+            reason,
+            raw,
+        }
+    }
+}
+
+/// A record that passed the size limit: where it starts, how long it was found to be, and
+/// its first bytes. Both readers refuse it as soon as it passes the limit, then read the
+/// rest of it into nothing.
+#[derive(Clone, Debug)]
+struct Oversized {
+    line: u64,
+    /// Bytes read of it so far (the whole record once it has been skipped to its end).
+    size: u64,
+    /// Whether it had ended when it was refused (else its rest is skipped).
+    ended: bool,
+    preview: Value,
+}
+
+impl Oversized {
+    /// The record error, said at once in the log too: the record may never end.
+    fn refusal(&self, name: &str, max_record: usize) -> RecordError {
+        if !self.ended {
+            tracing::warn!(
+                "{name}: line {}: a record longer than {} (--max-record-size) is refused; \
+                 reading on to its end",
+                self.line,
+                size_text(max_record as u64)
+            );
+        }
+        let limit = size_text(max_record as u64);
+        // A record refused before its end has no known size yet (it may never end): the
+        // log says it once the rest has been read.
+        let size = if self.ended {
+            format!("{} bytes long, over", self.size)
+        } else {
+            "longer than".to_string()
+        };
+        RecordError::whole(
+            self.line,
+            format!("is {size} the limit of {limit}: raise --max-record-size to read it"),
+            self.preview.clone(),
+        )
+    }
+
+    /// Says how long the refused record turned out to be.
+    fn log_end(&self, name: &str, last_line: u64) {
+        let lines = if last_line > self.line {
+            format!("lines {} to {last_line}", self.line)
+        } else {
+            format!("line {}", self.line)
+        };
+        tracing::warn!(
+            "{name}: the record refused for its size ({lines}) was {} bytes long",
+            self.size
+        );
+    }
+}
+
+/// The first bytes of a record, as text, for the errors file.
+fn preview(bytes: &[u8]) -> Value {
+    let cut = bytes.len().min(PREVIEW_BYTES);
+    let mut text = String::from_utf8_lossy(&bytes[..cut]).into_owned();
+    if cut < bytes.len() {
+        text.push('…');
+    }
+    Value::String(text)
+}
+
+/// A size as people write it: `4 MiB`, `512 KiB`, or bytes.
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        0 => "0 bytes".into(),
+        _ if bytes.is_multiple_of(1 << 30) => format!("{} GiB", bytes >> 30),
+        _ if bytes.is_multiple_of(1 << 20) => format!("{} MiB", bytes >> 20),
+        _ if bytes.is_multiple_of(1 << 10) => format!("{} KiB", bytes >> 10),
+        _ => format!("{bytes} bytes"),
+    }
 }
 
 /// What a reader yields for each record.
@@ -372,6 +510,67 @@ mod tests {
         );
         assert!(matches!(&records[2], Err((4, reason)) if reason.starts_with("is not valid JSON")));
         assert_eq!(records[3].clone().unwrap().0, 5);
+    }
+
+    /// One line of `x` that never ends.
+    struct Endless;
+
+    impl Read for Endless {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            buffer.fill(b'x');
+            Ok(buffer.len())
+        }
+    }
+
+    #[test]
+    fn an_endless_record_is_refused_as_soon_as_it_passes_the_limit() {
+        let stream = |start: &'static [u8]| -> Box<dyn BufRead + Send> {
+            Box::new(BufReader::new(io::Cursor::new(start).chain(Endless)))
+        };
+        let limit = 1 << 20;
+        let csv = CsvRecords::new("endless.csv", stream(b"a,b\n1,2\n"), b',', limit).unwrap();
+        let jsonl = JsonlRecords::new("endless.jsonl", stream(b"{\"a\":1}\n"), limit);
+        for mut records in [Records::Csv(csv), Records::Jsonl(jsonl)] {
+            let first = records.next().unwrap().unwrap().unwrap();
+            let refused = records.next().unwrap().unwrap().unwrap_err();
+            let expected_line = first.line + 1;
+            assert_eq!(refused.line, expected_line);
+            assert_eq!(
+                refused.reason,
+                "is longer than the limit of 1 MiB: raise --max-record-size to read it"
+            );
+            // What is kept of it for the errors file is its start, not the megabyte.
+            assert_eq!(refused.raw, Value::String(format!("{}…", "x".repeat(256))));
+        }
+        let header = CsvRecords::new("endless.csv", stream(b""), b',', limit);
+        assert!(
+            matches!(header, Err(InputError::Header { reason, .. }) if reason.contains("longer than 1 MiB"))
+        );
+    }
+
+    #[test]
+    fn a_record_that_ends_past_the_limit_is_refused_with_its_size_and_reading_goes_on() {
+        let long = format!("{{\"subject\":\"{}\"}}", "x".repeat(3000));
+        let text = format!("{{\"a\":1}}\n{long}\n{{\"a\":2}}\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(&path, &text).unwrap();
+        let source = InputSource::new(path.to_str().unwrap(), None, CsvSettings::default())
+            .unwrap()
+            .with_max_record_size(2048);
+        let records: Vec<_> = source.records().unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(records.len(), 3);
+        // The whole file is in the reader's buffer, so the long line's end is seen at once.
+        let refused = records[1].as_ref().unwrap_err();
+        assert_eq!(refused.line, 2);
+        assert_eq!(
+            refused.reason,
+            format!(
+                "is {} bytes long, over the limit of 2 KiB: raise --max-record-size to read it",
+                long.len()
+            )
+        );
+        assert_eq!(records[2].as_ref().unwrap().line, 3);
     }
 
     #[test]

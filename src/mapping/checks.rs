@@ -295,7 +295,7 @@ pub fn finish_plan(
             return Err(MappingError::new(
                 &format!("emails[{index}].email"),
                 "not an email address",
-                format!("{:?} is not an email address", entry.email),
+                format!("{} is not an email address", quoted(&entry.email)),
             ));
         }
         check_kind(&mut entry.kind, &EMAIL_TYPES, || {
@@ -307,7 +307,7 @@ pub fn finish_plan(
             MappingError::new(
                 &format!("phones[{index}].phone"),
                 "not a phone number",
-                format!("{:?} is not a phone number", entry.phone),
+                format!("{} is not a phone number", quoted(&entry.phone)),
             )
         })?;
         check_kind(&mut entry.kind, &PHONE_TYPES, || {
@@ -334,7 +334,7 @@ pub fn finish_plan(
         return Err(MappingError::new(
             "conversation.status",
             "not open, snoozed or done",
-            format!("{status:?} is not one of open, snoozed, done"),
+            format!("{} is not one of open, snoozed, done", quoted(status)),
         ));
     }
     normalize_extra(
@@ -349,6 +349,18 @@ pub fn finish_plan(
         customer,
         conversation: has_conversation.then_some(conversation),
     })
+}
+
+/// Characters of a refused value a reason quotes; the row itself is in the errors file.
+const QUOTED_CHARS: usize = 100;
+
+/// A refused value, quoted for a reason, its middle left out when it is long: a reason is
+/// kept in the checkpoint for every failed row, and a value may be megabytes.
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
 }
 
 fn check_length(value: Option<&str>, field: &str) -> Result<(), MappingError> {
@@ -377,7 +389,7 @@ fn check_kind(
         return Err(MappingError::new(
             &field(),
             "not a known type",
-            format!("{value:?} is not one of {}", allowed.join(", ")),
+            format!("{} is not one of {}", quoted(value), allowed.join(", ")),
         ));
     }
     Ok(())
@@ -494,6 +506,31 @@ mod tests {
         assert!(check_length(Some(&"x".repeat(256)), "name").is_err());
         let error = check_length(Some(&"é".repeat(256)), "name").unwrap_err();
         assert!(error.to_string().contains("longer than 255"), "{error}");
+    }
+
+    #[test]
+    fn a_reason_quotes_a_long_value_in_part() {
+        assert_eq!(quoted("a\"b"), r#""a\"b""#);
+        let long = format!("{}@x.io", "é".repeat(1_000_000));
+        let error = finish_plan(
+            CustomerBody {
+                emails: vec![crate::mapping::EmailEntry {
+                    email: long.clone(),
+                    kind: None,
+                }],
+                ..CustomerBody::default()
+            },
+            ConversationBody::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.reason,
+            format!(
+                "\"{}\"… ({} bytes) is not an email address",
+                "é".repeat(100),
+                long.len()
+            )
+        );
     }
 
     #[test]

@@ -399,3 +399,189 @@ fn a_temporary_directory_that_cannot_be_written_stops_the_run_and_names_it() {
         run.stderr
     );
 }
+
+#[test]
+fn a_jsonl_line_over_the_size_limit_is_refused_with_its_line_and_size_and_the_rest_lands() {
+    let env = TestEnv::plain();
+    // Valid JSON of a good row, only longer than the default limit of 4 MiB.
+    let long = format!(
+        "{{\"email\":\"long@x.io\",\"subject\":\"Hi\",\"notes\":\"{}\"}}",
+        "x".repeat(5 << 20)
+    );
+    let file = env.write(
+        "export.jsonl",
+        &format!(
+            "{{\"email\":\"a@x.io\",\"subject\":\"One\"}}\n{long}\n{{\"email\":\"b@x.io\",\"subject\":\"Two\"}}\n"
+        ),
+    );
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(1);
+    env.assert_exactly_once(2, 2);
+    let errors = env.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (_, line, field, reason) = &errors[0];
+    assert_eq!((*line, field.as_str()), (2, ""));
+    assert_eq!(
+        reason,
+        "the record is longer than the limit of 4 MiB: raise --max-record-size to read it"
+    );
+    assert!(
+        run.stderr.contains("line 2: a record longer than 4 MiB"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("(line 2) was {} bytes long", long.len())),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_csv_record_over_the_size_limit_across_quoted_lines_is_refused_and_the_rest_lands() {
+    let env = TestEnv::plain();
+    // The third record's subject holds 40 lines inside quotes: 2,000 bytes over 6 lines.
+    let long_subject = vec!["y".repeat(49); 40].join("\n");
+    let file = env.write(
+        "export.csv",
+        &format!("email,subject\na@x.io,One\n\"b@x.io\",\"{long_subject}\"\nc@x.io,Two\n"),
+    );
+    let (run, errors) = validate(&env, &file, &["--max-record-size", "1KiB"]);
+    run.assert_code(1);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, 3);
+    assert!(
+        errors[0].2
+            == "the record is longer than the limit of 1 KiB: raise --max-record-size to read it",
+        "{errors:?}"
+    );
+    assert!(
+        run.stderr.contains("(lines 3 to 42) was 2010 bytes long"),
+        "{}",
+        run.stderr
+    );
+    // The same limit from the environment, for import.
+    let mut command = env.import_command(&[file.to_str().unwrap()]);
+    command.env("KUSTOMER_IMPORT_MAX_RECORD_SIZE", "1KiB");
+    crate::harness::run(command).assert_code(1);
+    env.assert_exactly_once(2, 2);
+    let lines: Vec<u64> = env.errors().iter().map(|e| e.1).collect();
+    assert_eq!(lines, [3]);
+}
+
+#[test]
+fn a_csv_header_over_the_size_limit_is_an_unreadable_input() {
+    let env = TestEnv::plain();
+    let header = (0..200).map(|i| format!("column {i}")).collect::<Vec<_>>();
+    let file = env.write("export.csv", &format!("{}\nx\n", header.join(",")));
+    let run = env.import(&[file.to_str().unwrap(), "--max-record-size", "1KiB"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("cannot read the CSV header: the header row is longer than 1 KiB"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.stats().requests_total, 0);
+}
+
+#[test]
+fn a_nul_in_a_csv_cell_refuses_the_row_naming_its_column_and_sends_nothing_of_it() {
+    let env = TestEnv::plain();
+    let file = env.write(
+        "export.csv",
+        "email,subject,notes\na@x.io,Hi,fine\nb@x.io,Hello\0there,x\nc@x.io,Bye,\0\n",
+    );
+    let (run, errors) = validate(&env, &file, &[]);
+    run.assert_code(1);
+    assert_eq!(
+        errors,
+        owned(&[
+            (3, "subject", "holds a NUL character (column 2)"),
+            (4, "notes", "holds a NUL character (column 3)"),
+        ])
+    );
+    env.import(&[file.to_str().unwrap()]).assert_code(1);
+    env.assert_exactly_once(1, 1);
+    let records = env.records();
+    assert!(
+        records
+            .conversations
+            .iter()
+            .all(|c| c.name.as_deref() == Some("Hi")),
+        "{:?}",
+        records.conversations
+    );
+}
+
+#[test]
+fn a_nul_in_a_csv_header_makes_the_file_unreadable_naming_the_column() {
+    let env = TestEnv::plain();
+    // UTF-16 without a byte-order mark, read as UTF-8: every other byte is a NUL.
+    let text: Vec<u8> = "email,subject\na@x.io,Hi\n"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let file = env.path("utf16.csv");
+    std::fs::write(&file, text).unwrap();
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(
+            "cannot read the CSV header: column 1 holds a NUL character: is the file UTF-16 \
+             without a byte-order mark? (see --encoding)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.stats().requests_total, 0);
+    env.import(&[file.to_str().unwrap(), "--encoding", "utf-16le"])
+        .assert_code(0);
+    env.assert_exactly_once(1, 1);
+}
+
+#[test]
+fn a_jsonl_nul_or_repeated_key_refuses_the_row_naming_the_key() {
+    let env = TestEnv::plain();
+    let file = env.write(
+        "export.jsonl",
+        concat!(
+            r#"{"email":"a@x.io","subject":"Hi"}"#,
+            "\n",
+            r#"{"email":"b@x.io","subject":"Hello\u0000there"}"#,
+            "\n",
+            r#"{"email":"c@x.io","subject":"One","subject":"Two"}"#,
+            "\n",
+            r#"{"customer":{"externalId":"D","tags":["x","y\u0000"]},"conversation":{"name":"Hi"}}"#,
+            "\n",
+            r#"{"customer":{"externalId":"E","externalId":"F"},"conversation":{"name":"Hi"}}"#,
+            "\n",
+            r#"{"email":"g@x.io","subject":"not a NUL: \\u0000"}"#,
+            "\n",
+        ),
+    );
+    let (run, errors) = validate(&env, &file, &[]);
+    run.assert_code(1);
+    assert_eq!(
+        errors,
+        owned(&[
+            (2, "subject", "holds a NUL character"),
+            (
+                3,
+                "subject",
+                "is given twice in one object: which value is meant cannot be told"
+            ),
+            (4, "customer.tags[1]", "holds a NUL character"),
+            (
+                5,
+                "customer.externalId",
+                "is given twice in one object: which value is meant cannot be told"
+            ),
+        ])
+    );
+    env.import(&[file.to_str().unwrap()]).assert_code(1);
+    env.assert_exactly_once(2, 2);
+    let names = sorted(env.records().conversations.into_iter().map(|c| c.name));
+    assert_eq!(names, ["Hi", "not a NUL: \\u0000"]);
+}
