@@ -64,15 +64,23 @@ pub enum ItemOutcome {
     Unexplained(String),
 }
 
+/// A job the API took: its id, and where it stood when the submit was answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubmittedJob {
+    pub id: String,
+    /// `queued` as the docs show it; a job that says `complete` already needs no poll.
+    pub status: JobStatus,
+}
+
 impl KustomerClient {
     /// `POST /v1/{kind}/bulk` with up to [`MAX_ITEMS`] bodies, sent in `turn` (see
-    /// [`KustomerClient::turn`]); the job's id.
+    /// [`KustomerClient::turn`]).
     pub async fn submit_bulk(
         &self,
         kind: BulkKind,
         items: &[Value],
         turn: Turn,
-    ) -> Result<String, ApiError> {
+    ) -> Result<SubmittedJob, ApiError> {
         let body = serde_json::to_vec(items).map_err(|error| ApiError::Rejected {
             status: 0,
             message: format!("cannot encode the body: {error}"),
@@ -91,7 +99,9 @@ impl KustomerClient {
         })?;
         // Counted once taken: a submit sent again after a 503 is one job, not two.
         self.stats().bulk_jobs.fetch_add(1, Ordering::Relaxed);
-        Ok(id)
+        // An answer without a status is the docs' answer, which says queued.
+        let status = job_status(&answer).unwrap_or_else(|| JobStatus::Waiting("queued".into()));
+        Ok(SubmittedJob { id, status })
     }
 
     /// `GET /v1/bulk/{id}`.

@@ -8,7 +8,7 @@ pub mod error;
 pub mod ratelimit;
 pub mod retry;
 
-pub use bulk::{BulkKind, ItemOutcome, JobStatus};
+pub use bulk::{BulkKind, ItemOutcome, JobStatus, SubmittedJob};
 pub use client::{ClientSettings, KustomerClient, LookupField, RequestStats, Turn};
 pub use error::ApiError;
 pub use ratelimit::{DEFAULT_MAX_STALL, Held, RateGate};

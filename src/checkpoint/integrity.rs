@@ -195,13 +195,17 @@ mod tests {
         };
         {
             let checkpoint = Checkpoint::open(&path).unwrap();
-            let run = checkpoint.begin_run("import", &super::super::target::ApiTarget::sandbox()).unwrap();
+            let run = checkpoint
+                .begin_run("import", &super::super::target::ApiTarget::sandbox())
+                .unwrap();
             checkpoint.end_run(run, 0, RunCounts::default()).unwrap();
         }
         assert_eq!(reason(), None, "its last run ended, and it was closed");
         {
             let checkpoint = Checkpoint::open(&path).unwrap();
-            checkpoint.begin_run("import", &super::super::target::ApiTarget::sandbox()).unwrap();
+            checkpoint
+                .begin_run("import", &super::super::target::ApiTarget::sandbox())
+                .unwrap();
         }
         assert_eq!(reason(), Some("its last run did not end"));
         // A process that wrote and never closed (killed) leaves its -wal behind.

@@ -4,13 +4,13 @@
 //! A job's life: once the rate gate lets its request go, the rows' intents and the job with
 //! its items are committed (state `submitting`) and the request leaves at once, the job's id
 //! is committed (`queued`) before anything else happens with it, the job is polled within
-//! the shared rate budget until complete, and its results are applied item by item
-//! (`complete`). So a job the checkpoint holds unanswered is one whose request may have
-//! left: a job that never left (the run stopped, or the checkpoint could not be written,
-//! while it waited for its turn) is never recorded, and no run waits for it. What cannot be settled from a
-//! job goes back to the planner for single mode's path: a duplicate customer is linked, an
-//! item whose outcome is unknown is reconciled by lookup. A job refused whole is split in
-//! halves until the bad item alone is refused.
+//! the shared rate budget until complete (when: [`pace`]), and its results are applied item
+//! by item (`complete`). So a job the checkpoint holds unanswered is one whose request may
+//! have left: a job that never left (the run stopped, or the checkpoint could not be
+//! written, while it waited for its turn) is never recorded, and no run waits for it. What
+//! cannot be settled from a job goes back to the planner for single mode's path: a
+//! duplicate customer is linked, an item whose outcome is unknown is reconciled by lookup.
+//! A job refused whole is split in halves until the bad item alone is refused.
 //!
 //! A job whose submit answer was lost may exist and may still run: its rows wait
 //! `bulk_lost_wait` before they are looked up, so that a late job shows first. A run that
@@ -18,13 +18,16 @@
 //! it plans any row ([`finish_earlier_jobs`]), and the rows of a job it cannot finish are
 //! held back, pending, rather than sent again.
 
+mod pace;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use self::pace::{FIRST_POLL, LEAST_POLL, MOST_POLL, Seen};
 use super::worker::{
     RetryBudget, base_url_wrong, commit_or_halt, conversation_to_send, halt_change, key_refused,
     not_sent, record_halt, record_or_halt,
@@ -33,12 +36,13 @@ use super::{
     CustomerStep, Event, Halt, ImportMode, RowOutcome, Settlement, Shared, StopReason, Work,
     conversation_intent, row_change,
 };
-use crate::api::{ApiError, BulkKind, ItemOutcome, JobStatus};
+use crate::api::{ApiError, BulkKind, ItemOutcome, JobStatus, SubmittedJob};
 use crate::checkpoint::{
     BulkItem, BulkJobState, Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange,
     RowState, StoredBulkJob,
 };
 
+pub(super) use self::pace::JobPace;
 pub use crate::api::bulk::MAX_ITEMS;
 
 /// Bulk jobs in flight at once (submitted and not yet applied).
@@ -47,10 +51,6 @@ pub(super) const JOBS_IN_FLIGHT: usize = 8;
 pub(super) const AUTO_BULK_ROWS: usize = 300;
 /// A partial batch goes out once its oldest row has waited this long (a slow input).
 pub(super) const FLUSH_AFTER: Duration = Duration::from_secs(2);
-/// The first poll of the first job; later jobs start from what earlier jobs took.
-const FIRST_POLL: Duration = Duration::from_secs(1);
-const LEAST_POLL: Duration = Duration::from_millis(100);
-const MOST_POLL: Duration = Duration::from_secs(10);
 /// The longest one run waits for a job; past it the job stays queued for the next run.
 const MOST_JOB_WAIT: Duration = Duration::from_secs(15 * 60);
 /// The same for a job an earlier run left queued, which holds up the start of this run.
@@ -74,41 +74,6 @@ impl Next {
             Some(at) => Next::ContinueAfter(step, at),
             None => Next::Continue(step),
         }
-    }
-}
-
-/// How long jobs take to complete, learnt from the jobs of this run, so that the first
-/// poll of a job usually finds it complete: one poll per job, not one per interval.
-#[derive(Debug)]
-pub(super) struct JobPace {
-    expected: std::sync::Mutex<Duration>,
-}
-
-impl Default for JobPace {
-    fn default() -> JobPace {
-        JobPace {
-            expected: std::sync::Mutex::new(FIRST_POLL),
-        }
-    }
-}
-
-impl JobPace {
-    fn expected(&self) -> Duration {
-        *self.expected.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A job was found complete `took` after its submit was answered, at poll `polls`.
-    /// Found at the first poll: the next job is polled a little sooner, in case jobs got
-    /// faster (slowly: the jobs in flight together all learn from each other, and a probe
-    /// too early costs every one of them a poll); later: no sooner than this one took.
-    fn learn(&self, took: Duration, polls: u32) {
-        let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
-        let next = if polls <= 1 {
-            expected.mul_f64(0.99)
-        } else {
-            took
-        };
-        *expected = next.clamp(LEAST_POLL, MOST_POLL);
     }
 }
 
@@ -373,7 +338,7 @@ async fn submit_and_wait(
     intents.push(Change::BulkJobSubmitting { job, kind, items });
     let mut unrecorded = Some(intents);
     let mut retry = Retry::new(shared, &shared.stop.soft);
-    let job_id = loop {
+    let submitted = loop {
         let turn = tokio::select! {
             biased;
             () = shared.stop.soft.cancelled() => {
@@ -406,7 +371,7 @@ async fn submit_and_wait(
             return JobEnd::NotSent(halt);
         }
         match shared.client.submit_bulk(kind, &bodies, turn).await {
-            Ok(job_id) => break job_id,
+            Ok(submitted) => break submitted,
             Err(error) => {
                 let rows = bodies.len();
                 if let Some(end) = submit_failed(shared, job, kind, rows, error, &mut retry).await {
@@ -415,6 +380,8 @@ async fn submit_and_wait(
             }
         }
     };
+    let answered = tokio::time::Instant::now();
+    let SubmittedJob { id: job_id, status } = submitted;
     // Before anything else: a run killed from here on polls this job instead of sending
     // its rows again.
     let queued = Change::BulkJobQueued {
@@ -424,7 +391,8 @@ async fn submit_and_wait(
     if let Err(halt) = commit_or_halt(shared, vec![queued]).await {
         return JobEnd::Unfinished(halt);
     }
-    match wait_for_results(shared, &job_id, &shared.stop.hard, MOST_JOB_WAIT).await {
+    let started = Started::Submitted { answered, status };
+    match wait_for_results(shared, &job_id, started, &shared.stop.hard, MOST_JOB_WAIT).await {
         Ok(outcomes) => JobEnd::Complete(outcomes),
         Err(WaitEnd::Vanished(reason)) => {
             // As for a lost answer: it may be a job the API will know and run after all.
@@ -520,61 +488,32 @@ enum WaitEnd {
     Halted(Halt),
 }
 
-/// Polls a job until it has ended, then reads its results. Paced by [`JobPace`] and the
-/// shared rate gate; transient failures back off within the retry budget, and so do 404s
-/// (a job store may lag behind the submit's answer) until they are all there is; a job
-/// still not done after [`MOST_JOB_WAIT`], or `give_up`, ends the wait with the job left
-/// queued for the next run.
+/// Where a job stood when the wait for its results began.
+enum Started {
+    /// Submitted in this run: its submit was answered then, saying this. Paced by
+    /// [`JobPace`], and taught to it.
+    Submitted {
+        answered: tokio::time::Instant,
+        status: JobStatus,
+    },
+    /// Left by an earlier run, most likely done: polled at once, and not taught to the
+    /// pace (the time since its submit says nothing of how long jobs take).
+    Earlier,
+}
+
+/// Waits until a job has ended (see [`poll_until_ended`]), then reads its results. Transient
+/// failures back off within the retry budget, and so do 404s (a job store may lag behind the
+/// submit's answer) until they are all there is; a job still not done after `most_wait`, or
+/// `give_up`, ends the wait with the job left queued for the next run.
 async fn wait_for_results(
     shared: &Shared,
     job_id: &str,
+    started: Started,
     give_up: &CancellationToken,
     most_wait: Duration,
 ) -> Result<HashMap<String, ItemOutcome>, WaitEnd> {
-    let submitted = Instant::now();
-    let mut delay = shared.job_pace.expected();
-    let mut polls = 0;
     let mut retry = Retry::new(shared, give_up);
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = give_up.cancelled() => {
-                return Err(WaitEnd::Halted(Halt::Pending("the run is stopping".into())));
-            }
-        }
-        polls += 1;
-        match shared.client.bulk_status(job_id).await {
-            Ok(JobStatus::Complete) => break,
-            Ok(JobStatus::Ended(status)) => {
-                tracing::warn!(
-                    "bulk job {job_id} ended {status}: what it made is read from its results, \
-                     the rest is looked up"
-                );
-                break;
-            }
-            Ok(JobStatus::Waiting(status)) if submitted.elapsed() >= most_wait => {
-                tracing::warn!(
-                    "bulk job {job_id} is still {status} after {} s: the next run polls it, \
-                     and its rows stay pending until then",
-                    most_wait.as_secs()
-                );
-                return Err(WaitEnd::Halted(Halt::Pending(format!(
-                    "its bulk job {job_id} is still {status}"
-                ))));
-            }
-            Ok(JobStatus::Waiting(status)) => {
-                tracing::debug!("bulk job {job_id} is {status}");
-                // The first poll was due when the job usually completes: it is likely
-                // close, so look again soon; after that, back off.
-                delay = if polls == 1 { delay / 4 } else { delay * 2 }.clamp(LEAST_POLL, MOST_POLL);
-            }
-            Err(error) => {
-                poll_failed(&mut retry, job_id, &error).await?;
-                delay = Duration::ZERO;
-            }
-        }
-    }
-    shared.job_pace.learn(submitted.elapsed(), polls);
+    poll_until_ended(shared, job_id, started, &mut retry, give_up, most_wait).await?;
     loop {
         match shared.client.bulk_results(job_id).await {
             // An ended job with no result at all may be one whose batches are not written
@@ -593,6 +532,98 @@ async fn wait_for_results(
             Err(error) => poll_failed(&mut retry, job_id, &error).await?,
         }
     }
+}
+
+/// Polls a job until it has ended: not at all when its submit's answer said so already,
+/// first when [`JobPace`] says it is due, then, while it is unfinished, a quarter of that
+/// later and doubling (a probe looks again when the other jobs are due).
+async fn poll_until_ended(
+    shared: &Shared,
+    job_id: &str,
+    started: Started,
+    retry: &mut Retry<'_>,
+    give_up: &CancellationToken,
+    most_wait: Duration,
+) -> Result<(), WaitEnd> {
+    let stopping = || WaitEnd::Halted(Halt::Pending("the run is stopping".into()));
+    let (answered, paced) = match started {
+        Started::Submitted {
+            status: JobStatus::Complete | JobStatus::Ended(_),
+            ..
+        } => return Ok(()),
+        Started::Submitted { answered, .. } => (answered, true),
+        Started::Earlier => (tokio::time::Instant::now(), false),
+    };
+    let (mut next, probe) = if paced {
+        let pace = &shared.job_pace;
+        pace.first_poll(answered, give_up)
+            .await
+            .ok_or_else(stopping)?
+    } else {
+        (answered, None)
+    };
+    let first_wait = if paced {
+        next.saturating_duration_since(answered)
+    } else {
+        FIRST_POLL
+    };
+    let mut interval = first_wait / 4;
+    let mut last_unfinished = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = give_up.cancelled() => return Err(stopping()),
+        }
+        let asked = answered.elapsed();
+        match shared.client.bulk_status(job_id).await {
+            Ok(JobStatus::Complete) => break,
+            Ok(JobStatus::Ended(status)) => {
+                tracing::warn!(
+                    "bulk job {job_id} ended {status}: what it made is read from its results, \
+                     the rest is looked up"
+                );
+                break;
+            }
+            Ok(JobStatus::Waiting(status)) if answered.elapsed() >= most_wait => {
+                tracing::warn!(
+                    "bulk job {job_id} is still {status} after {} s: the next run polls it, \
+                     and its rows stay pending until then",
+                    most_wait.as_secs()
+                );
+                return Err(WaitEnd::Halted(Halt::Pending(format!(
+                    "its bulk job {job_id} is still {status}"
+                ))));
+            }
+            Ok(JobStatus::Waiting(status)) => {
+                tracing::debug!("bulk job {job_id} is {status}");
+                let first_miss = last_unfinished.is_none();
+                last_unfinished = Some(asked);
+                let now = tokio::time::Instant::now();
+                next = match shared.job_pace.due() {
+                    Some(due) if probe.is_some() && first_miss && answered + due > now => {
+                        answered + due
+                    }
+                    _ => {
+                        let wait = interval.clamp(LEAST_POLL, MOST_POLL);
+                        interval = wait * 2;
+                        now + wait
+                    }
+                };
+            }
+            Err(error) => {
+                poll_failed(retry, job_id, &error).await?;
+                next = tokio::time::Instant::now();
+            }
+        }
+    }
+    if paced {
+        shared.job_pace.learn(Seen {
+            complete_at: answered.elapsed(),
+            last_unfinished,
+            probed: probe.is_some(),
+        });
+    }
+    Ok(())
 }
 
 async fn poll_failed(retry: &mut Retry<'_>, job_id: &str, error: &ApiError) -> Result<(), WaitEnd> {
@@ -1043,7 +1074,9 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
             return waited.then_some(EarlierOutcome::Released);
         }
     };
-    let outcomes = match wait_for_results(shared, job_id, &shared.stop.soft, EARLIER_JOB_WAIT).await
+    let started = Started::Earlier;
+    let give_up = &shared.stop.soft;
+    let outcomes = match wait_for_results(shared, job_id, started, give_up, EARLIER_JOB_WAIT).await
     {
         Ok(outcomes) => outcomes,
         Err(WaitEnd::Vanished(reason)) => {

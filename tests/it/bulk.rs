@@ -582,6 +582,24 @@ fn a_bulk_submit_the_api_did_not_take_is_sent_again_not_looked_up() {
 }
 
 #[test]
+fn jobs_slower_than_the_first_poll_cost_extra_polls_of_one_job_only() {
+    // Jobs take 1.5 s, longer than the first poll (1 s): the first eight jobs leave
+    // together, before any of them can have taught the run how long jobs take.
+    let env = TestEnv::new(org(Duration::from_millis(1500)));
+    let file = env.write("export.csv", &generated_csv(800, 1));
+    env.import(&[file.to_str().unwrap(), "--mode", "bulk", "--rpm", "100000"])
+        .assert_code(0);
+    env.assert_exactly_once(800, 800);
+    let jobs = requests_to(&env, "POST /v1/customers/bulk")
+        + requests_to(&env, "POST /v1/conversations/bulk");
+    let polls = requests_to(&env, "GET /v1/bulk/{id}");
+    // One poll a job, and the few of the one job that finds out how long jobs take (and
+    // later of the one that checks whether they got faster).
+    assert!(polls <= jobs + 6, "{polls} polls for {jobs} jobs");
+    assert_eq!(requests_to(&env, "GET /v1/bulk/{id}/batches"), jobs);
+}
+
+#[test]
 fn auto_mode_goes_bulk_only_for_a_few_hundred_rows() {
     let env = TestEnv::plain();
     let small = env.write("small.csv", &generated_csv(20, 3));

@@ -1,6 +1,8 @@
 //! The binary against servers that are not our sandbox: one answering the spec's way (200,
 //! a bare object), one answering the live API's way (201, wrapped in "data"), one that
-//! redirects every request (a wrong base URL), and one whose create answers never end.
+//! redirects every request (a wrong base URL), one whose create answers never end, an org
+//! that holds every record already, and a bulk API whose jobs are complete when their
+//! submit is answered.
 
 use std::sync::{Arc, Mutex};
 
@@ -54,7 +56,7 @@ fn start_foreign(
     (serve(runtime, app), received)
 }
 
-/// Serves `app` on 127.0.0.1; its base URL.
+/// Serves `app` on an ephemeral port of 127.0.0.1; its base URL.
 fn serve(runtime: &tokio::runtime::Runtime, app: Router) -> String {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -328,4 +330,82 @@ fn conversations_that_were_there_already_are_counted_as_linked_not_created() {
     assert_eq!(summary["customers_linked"], 3, "{summary}");
     assert_eq!(summary["conversations_created"], 0, "{summary}");
     assert_eq!(summary["conversations_linked"], 6, "{summary}");
+}
+
+/// What a bulk API that finishes jobs while it answers their submit saw.
+#[derive(Default)]
+struct BulkSeen {
+    /// Each job's items, by job id.
+    jobs: Vec<Vec<Value>>,
+    polls: u64,
+}
+
+/// A bulk API whose jobs are complete when their submit is answered, as an API that runs
+/// small jobs at once may answer (the docs show `queued`; nothing says it must be).
+fn start_bulk_foreign(runtime: &tokio::runtime::Runtime) -> (String, Arc<Mutex<BulkSeen>>) {
+    use axum::extract::Path;
+    use axum::routing::get;
+    let seen = Arc::new(Mutex::new(BulkSeen::default()));
+    let app = Router::new()
+        .route(
+            "/v1/customers/bulk",
+            post(
+                |State(seen): State<Arc<Mutex<BulkSeen>>>, Json(items): Json<Vec<Value>>| async move {
+                    let mut seen = seen.lock().unwrap();
+                    seen.jobs.push(items);
+                    let id = format!("job{}", seen.jobs.len() - 1);
+                    let job = json!({"type": "bulk", "id": id, "attributes": {"status": "complete"}});
+                    (StatusCode::CREATED, Json(json!({ "data": job })))
+                },
+            ),
+        )
+        .route(
+            "/v1/bulk/{id}",
+            get(|State(seen): State<Arc<Mutex<BulkSeen>>>, Path(id): Path<String>| async move {
+                seen.lock().unwrap().polls += 1;
+                let job = json!({"type": "bulk", "id": id, "attributes": {"status": "complete"}});
+                Json(json!({ "data": job }))
+            }),
+        )
+        .route(
+            "/v1/bulk/{id}/batches",
+            get(|State(seen): State<Arc<Mutex<BulkSeen>>>, Path(id): Path<String>| async move {
+                let seen = seen.lock().unwrap();
+                let job: usize = id.trim_start_matches("job").parse().unwrap();
+                let results: Vec<Value> = seen.jobs[job]
+                    .iter()
+                    .map(|item| {
+                        let client_ref = item["_clientRef"].as_str().unwrap();
+                        json!({
+                            "_clientRef": client_ref,
+                            "objectId": format!("cus-{job}-{client_ref}"),
+                            "status": "created",
+                        })
+                    })
+                    .collect();
+                let batch = json!({"type": "batch", "id": "b", "attributes": {"results": results}});
+                Json(json!({ "data": [batch] }))
+            }),
+        )
+        .with_state(Arc::clone(&seen));
+    (serve(runtime, app), seen)
+}
+
+#[test]
+fn a_job_already_complete_when_submitted_is_read_without_a_poll() {
+    let env = TestEnv::plain();
+    let (base_url, seen) = start_bulk_foreign(&env.runtime);
+    // 150 customers and no conversations: two customers jobs.
+    let mut export = String::from("external_id,email\n");
+    for customer in 0..150 {
+        export.push_str(&format!("C{customer},c{customer}@example.com\n"));
+    }
+    let file = env.write("export.csv", &export);
+    let mut command = env.import_command(&[file.to_str().unwrap(), "--mode", "bulk"]);
+    command.env("KUSTOMER_BASE_URL", &base_url);
+    run(command).assert_code(0);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.jobs.len(), 2);
+    assert_eq!(seen.polls, 0, "a job the submit said complete was polled");
+    assert_eq!(env.rows_in_state("done"), 150);
 }
