@@ -65,6 +65,7 @@ pub enum Target {
 /// Everything `import` needs, checked.
 #[derive(Debug)]
 pub struct ImportConfig {
+    pub inputs: Vec<InputSource>,
     pub settings: ImportSettings,
     pub target: Target,
     pub checkpoint: PathBuf,
@@ -120,8 +121,8 @@ pub fn import_config(
         PathBuf::from(name)
     });
     Ok(ImportConfig {
+        inputs,
         settings: ImportSettings {
-            inputs,
             concurrency,
             max_retries: args.max_retries,
             backoff: Backoff::default(),
@@ -424,7 +425,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(config.settings.inputs[0].max_record_size, 64 << 10);
+        assert_eq!(config.inputs[0].max_record_size, 64 << 10);
     }
 
     #[test]

@@ -10,3 +10,4 @@ mod faults;
 mod foreign;
 mod import;
 mod operate;
+mod streams;
