@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use kustomer_import::checkpoint::{Change, Checkpoint, RowChange, RowState};
 use kustomer_import::input::{CsvSettings, InputSource};
-use kustomer_import::rows::{ReadSettings, RowReader};
+use kustomer_import::rows::{ReadSettings, RowReader, open_inputs};
 use kustomer_import::sandbox::{Sandbox, SandboxConfig};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_kustomer-import");
@@ -143,7 +143,9 @@ fn read_map(bench: &Bench, rows: usize, table: &mut Table) {
             let input = InputSource::new(path.to_str().unwrap(), None, CsvSettings::default())
                 .expect("the input");
             let started = Instant::now();
-            let reader = RowReader::new(vec![input], ReadSettings::default());
+            let settings = ReadSettings::default();
+            let inputs = open_inputs(vec![input], &settings.mapping).expect("the input opens");
+            let reader = RowReader::new(inputs, settings);
             let mut valid = 0usize;
             for row in reader {
                 valid += usize::from(row.expect("a row").plan.is_ok());

@@ -131,6 +131,7 @@ pub fn import_output(args: &ImportArgs) -> ImportOutput {
 /// Everything `import` needs, checked.
 #[derive(Debug)]
 pub struct ImportConfig {
+    pub inputs: Vec<InputSource>,
     pub settings: ImportSettings,
     pub target: Target,
     /// Let a checkpoint of another target go on against this one.
@@ -183,8 +184,8 @@ pub fn import_config(
         },
     };
     Ok(ImportConfig {
+        inputs,
         settings: ImportSettings {
-            inputs,
             concurrency,
             max_retries: args.max_retries,
             backoff: Backoff::default(),
@@ -555,7 +556,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(config.settings.inputs[0].max_record_size, 64 << 10);
+        assert_eq!(config.inputs[0].max_record_size, 64 << 10);
     }
 
     #[test]

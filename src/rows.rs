@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::input::{InputError, InputSource, RecordResult, Records, SourceFields};
+use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
 use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, Plan};
 use crate::rowkey::{RowKeys, derived_conversation_id};
 use crate::tally::TallyError;
@@ -78,23 +78,30 @@ pub struct ReadSettings {
     pub limit: Option<u64>,
 }
 
-/// Checks, before anything is sent, that every input opens, that the mapping finds its
-/// columns in every CSV header, and that the default mapping reads a customer from it; and
-/// tells which column feeds which field. Stdin is left alone: it can be read only once.
-pub fn check_inputs(inputs: &[InputSource], mapping: &Mapping) -> Result<(), ReadError> {
-    for input in inputs.iter().filter(|input| input.name != "-") {
-        let records = input.records()?;
-        mapping
-            .for_input(records.csv_headers())
-            .map_err(|source| ReadError::Mapping {
-                input: input.name.clone(),
-                source,
-            })?;
-        if let Some(headers) = records.csv_headers() {
-            tell_columns(&input.name, mapping, headers)?;
-        }
-    }
-    Ok(())
+/// Opens every input, once, checks that the mapping finds its columns in every CSV header
+/// and that the default mapping reads a customer from it, and tells which column feeds
+/// which field: all before anything is sent. The inputs opened go on to the [`RowReader`]
+/// as they are, since some can be read only once (stdin, a FIFO, `<(...)`).
+pub fn open_inputs(
+    inputs: Vec<InputSource>,
+    mapping: &Mapping,
+) -> Result<Vec<OpenInput>, ReadError> {
+    inputs
+        .into_iter()
+        .map(|input| {
+            let input = input.open()?;
+            mapping
+                .for_input(input.csv_headers())
+                .map_err(|source| ReadError::Mapping {
+                    input: input.name().to_string(),
+                    source,
+                })?;
+            if let Some(headers) = input.csv_headers() {
+                tell_columns(input.name(), mapping, headers)?;
+            }
+            Ok(input)
+        })
+        .collect()
 }
 
 /// Says which column of a CSV input feeds which field, which columns nothing reads, and
@@ -142,23 +149,23 @@ fn quoted(columns: &[String]) -> String {
 
 /// The rows of every input, in order. After an error it yields nothing more.
 pub struct RowReader {
-    inputs: std::vec::IntoIter<InputSource>,
+    inputs: std::vec::IntoIter<OpenInput>,
     settings: ReadSettings,
-    current: Option<OpenInput>,
+    current: Option<InputRows>,
     keys: RowKeys,
     valid_rows: u64,
     failed: bool,
 }
 
 /// The input being read.
-struct OpenInput {
+struct InputRows {
     file: Arc<str>,
     records: Records,
     mapping: InputMapping,
 }
 
 impl RowReader {
-    pub fn new(inputs: Vec<InputSource>, settings: ReadSettings) -> RowReader {
+    pub fn new(inputs: Vec<OpenInput>, settings: ReadSettings) -> RowReader {
         RowReader {
             inputs: inputs.into_iter(),
             settings,
@@ -177,20 +184,21 @@ impl RowReader {
     }
 
     /// Opens the next input; None when every input has been read.
-    fn open_next(&mut self) -> Option<Result<OpenInput, ReadError>> {
+    fn open_next(&mut self) -> Option<Result<InputRows, ReadError>> {
         let input = self.inputs.next()?;
-        let open = || -> Result<OpenInput, ReadError> {
-            let records = input.records()?;
+        let file: Arc<str> = Arc::from(input.name());
+        let open = || -> Result<InputRows, ReadError> {
+            let records = input.into_records()?;
             let mapping = self
                 .settings
                 .mapping
                 .for_input(records.csv_headers())
                 .map_err(|source| ReadError::Mapping {
-                    input: input.name.clone(),
+                    input: file.to_string(),
                     source,
                 })?;
-            Ok(OpenInput {
-                file: Arc::from(input.name.as_str()),
+            Ok(InputRows {
+                file: Arc::clone(&file),
                 records,
                 mapping,
             })

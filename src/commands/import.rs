@@ -11,9 +11,10 @@ use secrecy::SecretString;
 
 use kustomer_import::api::{ClientSettings, KustomerClient, RateGate, RequestStats};
 use kustomer_import::checkpoint::{ApiTarget, Checkpoint, CheckpointError, RunCounts, TargetClaim};
+use kustomer_import::input::OpenInput;
 use kustomer_import::pipeline::{ImportOutcome, StopReason, StopSignals, run_import};
 use kustomer_import::report::{ErrorsFile, Progress, Summary};
-use kustomer_import::rows::check_inputs;
+use kustomer_import::rows::{ReadError, open_inputs};
 use kustomer_import::sandbox::{Sandbox, SandboxConfig};
 
 use super::Exit;
@@ -30,15 +31,29 @@ pub fn run(config: ImportConfig) -> anyhow::Result<Exit> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(import(config))
+    let exit = runtime.block_on(import(config));
+    // Not waiting for blocking threads still at work: after a stop, the reader (or an
+    // input's open) may be blocked on a FIFO that sends nothing, and nothing it holds
+    // needs finishing.
+    runtime.shutdown_background();
+    exit
 }
 
-async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
+async fn import(mut config: ImportConfig) -> anyhow::Result<Exit> {
+    // Signals are watched from the start: opening a FIFO waits for its writer, and a
+    // signal must end that wait as it ends a run.
+    let signals = StopSignals::default();
+    let signal_task = tokio::spawn(watch_signals(
+        SignalStreams::install(),
+        signals.clone(),
+        config.settings.grace,
+    ));
     // Every input must open, and the mapping find its columns, before anything is sent.
+    let (inputs, estimated_rows) = match open_inputs_until_stopped(&mut config, &signals).await {
+        Ok(opened) => opened,
+        Err(exit) => return Ok(exit),
+    };
     let output = &config.output;
-    if let Err(error) = check_inputs(&config.settings.inputs, &config.settings.read.mapping) {
-        return Ok(not_started(output, Exit::Usage, "input", &error));
-    }
     let checkpoint = match Checkpoint::open(&output.checkpoint) {
         Ok(checkpoint) => checkpoint,
         Err(error @ CheckpointError::Locked { .. }) => {
@@ -107,16 +122,8 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
         Err(error) => return Ok(not_started(output, Exit::Usage, "usage", &error)),
     };
 
-    let estimated_rows = config
-        .settings
-        .inputs
-        .iter()
-        .map(|input| input.estimate_records())
-        .sum::<Option<u64>>();
     let budget_per_second = f64::from(config.rpm) / config.rate_window.as_secs_f64();
     let progress = Progress::new(config.progress, estimated_rows, stats, budget_per_second);
-    let signals = StopSignals::default();
-    let signal_task = tokio::spawn(watch_signals(signals.clone(), config.settings.grace));
     let run_id = match checkpoint.begin_run(&command_line(), &api_target) {
         Ok(run_id) => run_id,
         // An unwritable checkpoint: nothing can be recorded, so nothing is sent.
@@ -129,6 +136,7 @@ async fn import(config: ImportConfig) -> anyhow::Result<Exit> {
 
     let outcome = run_import(
         config.settings.clone(),
+        inputs,
         &checkpoint,
         Arc::new(client),
         &mut errors,
@@ -235,6 +243,37 @@ async fn start_sandbox(records: Option<PathBuf>) -> anyhow::Result<(Sandbox, url
     );
     let url = url::Url::parse(&sandbox.base_url()).context("the sandbox's address")?;
     Ok((sandbox, url))
+}
+
+/// Opens every input once and checks its header against the mapping (before anything is
+/// sent), with the progress bar's estimate of the rows, on a blocking thread: opening a
+/// FIFO waits for its writer. A signal that comes first ends the run (exit 4); an input
+/// that cannot be used ends it with exit 2. Either way nothing was sent.
+async fn open_inputs_until_stopped(
+    config: &mut ImportConfig,
+    signals: &StopSignals,
+) -> Result<(Vec<OpenInput>, Option<u64>), Exit> {
+    let sources = std::mem::take(&mut config.inputs);
+    let mapping = config.settings.read.mapping.clone();
+    let opening = tokio::task::spawn_blocking(move || {
+        let inputs = open_inputs(sources, &mapping)?;
+        let estimate = inputs.iter().map(OpenInput::estimate_records).sum();
+        Ok::<_, ReadError>((inputs, estimate))
+    });
+    tokio::select! {
+        opened = opening => match opened {
+            Ok(Ok(opened)) => Ok(opened),
+            Ok(Err(error)) => Err(not_started(&config.output, Exit::Usage, "input", &error)),
+            Err(panic) => Err(not_started(&config.output, Exit::Usage, "input", &panic)),
+        },
+        () = signals.soft.cancelled() => Err(not_started(
+            &config.output,
+            Exit::Stopped,
+            "interrupted",
+            &"stopped by a signal while opening the inputs (a FIFO waits for its writer); \
+              nothing was sent",
+        )),
+    }
 }
 
 /// The version of the `--json` summary's shape (README, "Running it from cron").
@@ -436,14 +475,36 @@ fn explain_errors_file(written: u64, path: &std::path::Path, complete: std::io::
     }
 }
 
+/// Ctrl-C and SIGTERM, caught from the moment they are installed.
+struct SignalStreams {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl SignalStreams {
+    /// Installs the handlers now (not when a task first runs): a signal that comes while
+    /// the inputs open must find them. None if the OS refuses.
+    fn install() -> Option<SignalStreams> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(SignalStreams {
+            interrupt: signal(SignalKind::interrupt()).ok()?,
+            terminate: signal(SignalKind::terminate()).ok()?,
+        })
+    }
+}
+
 /// First signal: stop taking rows and let requests in flight finish for the grace period.
 /// Second signal: stop at once.
-async fn watch_signals(signals: StopSignals, grace: std::time::Duration) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+async fn watch_signals(
+    streams: Option<SignalStreams>,
+    signals: StopSignals,
+    grace: std::time::Duration,
+) {
+    let Some(SignalStreams {
+        mut interrupt,
+        mut terminate,
+    }) = streams
+    else {
         tracing::warn!("cannot watch for signals; Ctrl-C will stop the run abruptly");
         return;
     };

@@ -54,8 +54,8 @@ pub fn init(config: InitConfig) -> anyhow::Result<Exit> {
         .delimiter
         .unwrap_or_else(|| sniff_delimiter(header_line));
     let source = InputSource::new(&input.name, Some(InputFormat::Csv), settings)?;
-    let records = source.records()?;
-    let Some(headers) = records.csv_headers().cloned() else {
+    let opened = source.open()?;
+    let Some(headers) = opened.csv_headers().cloned() else {
         anyhow::bail!("{}: no CSV header", input.name);
     };
     let output = config.output.clone().unwrap_or_else(|| beside(&input.name));

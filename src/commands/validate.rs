@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use kustomer_import::report::ErrorsFile;
 use kustomer_import::rowkey::fingerprint;
-use kustomer_import::rows::{ReadSettings, RowReader, check_inputs};
+use kustomer_import::rows::{ReadSettings, RowReader, open_inputs};
 use kustomer_import::tally::Tally;
 
 use super::Exit;
@@ -52,20 +52,21 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
         errors_file: config.errors.display().to_string(),
         ..ValidationReport::default()
     };
-    if let Err(error) = check_inputs(&config.inputs, &config.mapping) {
-        return Ok(super::not_started(
-            config.json,
-            Exit::Usage,
-            "input",
-            &error,
-        ));
-    }
     let settings = ReadSettings {
         mapping: config.mapping,
         derive_conversation_ids: false,
         limit: None,
     };
-    for row in RowReader::new(config.inputs, settings) {
+    // Every input opens, and its header fits the mapping, before a row is read.
+    let rows = match open_inputs(config.inputs, &settings.mapping) {
+        Ok(inputs) => Some(RowReader::new(inputs, settings)),
+        Err(error) => {
+            tracing::error!("{error}");
+            report.stopped = Some(error.to_string());
+            None
+        }
+    };
+    for row in rows.into_iter().flatten() {
         let row = match row {
             Ok(row) => row,
             Err(error) => {

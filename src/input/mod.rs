@@ -1,6 +1,8 @@
-//! Reading export files: opens a path or stdin, undoes gzip, decodes the text encoding
-//! (UTF-8 by default, a byte-order mark skipped), picks CSV or JSONL and the CSV delimiter,
-//! and streams records one at a time with the physical line each one starts on.
+//! Reading export files: opens a path or stdin, once ([`InputSource::open`]: a regular file
+//! is then read by position, anything else kept as the stream it is), undoes gzip, decodes
+//! the text encoding (UTF-8 by default, a byte-order mark skipped), picks CSV or JSONL and
+//! the CSV delimiter, and streams records one at a time with the physical line each one
+//! starts on.
 //!
 //! Nothing here knows about Kustomer: a record is a set of named source fields
 //! ([`SourceRecord`]) or a reason it could not be read ([`RecordError`]). Readers never
@@ -14,6 +16,7 @@ mod jsonl;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
 use std::sync::Arc;
@@ -178,68 +181,77 @@ impl InputSource {
         }
     }
 
-    /// Opens the text stream, as UTF-8: stdin for `-`, else the file; gzip (all members)
-    /// when the name ends in `.gz`; decoded from the encoding of the settings, or from
-    /// UTF-16 when a byte-order mark says so. A UTF-8 byte-order mark is dropped; bytes
-    /// that are not UTF-8 in a UTF-8 input pass through, for the reader to report.
-    pub fn open(&self) -> Result<Box<dyn BufRead + Send>, InputError> {
-        let bytes = self.open_bytes()?;
+    /// Opens the input: the one time a run opens it. A regular file is read by position
+    /// from then on, so reading its header here (and counting its lines for the progress
+    /// bar) leaves it unread; anything else (stdin for `-`, a pipe such as `<(...)`'s
+    /// `/dev/fd/N`, a FIFO, a device) can be read once only, so its stream is kept, past
+    /// its CSV header. Opening a FIFO waits for a writer.
+    pub fn open(self) -> Result<OpenInput, InputError> {
+        if self.name == "-" {
+            return self.streamed(Box::new(io::stdin()));
+        }
+        let path = Path::new(&self.name);
+        if std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_fifo()) {
+            tracing::info!(
+                "{}: a FIFO or a pipe: waiting for a writer if it has none",
+                self.name
+            );
+        }
+        let file = File::open(path).map_err(|source| InputError::Open {
+            name: self.name.clone(),
+            source,
+        })?;
+        if !file.metadata().is_ok_and(|meta| meta.is_file()) {
+            return self.streamed(Box::new(file));
+        }
+        let file = Arc::new(file);
+        let headers = match self.format {
+            InputFormat::Csv => self
+                .records_from(Box::new(ReadAt::start(&file)))?
+                .csv_headers()
+                .cloned(),
+            InputFormat::Jsonl => None,
+        };
+        Ok(OpenInput {
+            source: self,
+            headers,
+            body: Body::File(file),
+        })
+    }
+
+    /// An input read as a stream, once: its records from now on.
+    fn streamed(self, raw: Box<dyn Read + Send>) -> Result<OpenInput, InputError> {
+        let records = self.records_from(raw)?;
+        Ok(OpenInput {
+            headers: records.csv_headers().cloned(),
+            source: self,
+            body: Body::Stream(records),
+        })
+    }
+
+    /// The text of the raw bytes, as UTF-8: gunzipped (all members) when the name ends in
+    /// `.gz`; decoded from the encoding of the settings, or from UTF-16 when a byte-order
+    /// mark says so. A UTF-8 byte-order mark is dropped; bytes that are not UTF-8 in a
+    /// UTF-8 input pass through, for the reader to report.
+    fn decoded(&self, raw: Box<dyn Read + Send>) -> Box<dyn BufRead + Send> {
+        let raw = BufReader::with_capacity(256 * 1024, raw);
+        let bytes: Box<dyn Read + Send> = if self.name.to_ascii_lowercase().ends_with(".gz") {
+            Box::new(flate2::bufread::MultiGzDecoder::new(raw))
+        } else {
+            Box::new(raw)
+        };
         let decoded = encoding_rs_io::DecodeReaderBytesBuilder::new()
             .encoding(self.settings.encoding)
             .utf8_passthru(true)
             .strip_bom(true)
             .bom_override(true)
             .build(bytes);
-        Ok(Box::new(BufReader::with_capacity(256 * 1024, decoded)))
+        Box::new(BufReader::with_capacity(256 * 1024, decoded))
     }
 
-    /// The raw bytes: the file or stdin, gunzipped.
-    fn open_bytes(&self) -> Result<Box<dyn Read + Send>, InputError> {
-        let raw: Box<dyn Read + Send> = if self.name == "-" {
-            Box::new(io::stdin())
-        } else {
-            let file = File::open(Path::new(&self.name)).map_err(|source| InputError::Open {
-                name: self.name.clone(),
-                source,
-            })?;
-            Box::new(file)
-        };
-        let raw = BufReader::with_capacity(256 * 1024, raw);
-        if self.name.to_ascii_lowercase().ends_with(".gz") {
-            Ok(Box::new(flate2::bufread::MultiGzDecoder::new(raw)))
-        } else {
-            Ok(Box::new(raw))
-        }
-    }
-
-    /// About how many records a plain file holds (its line count, less the CSV header),
-    /// for the progress bar; None for stdin and gzip, which cannot be read twice cheaply.
-    /// A quoted field with newlines makes it an overestimate.
-    pub fn estimate_records(&self) -> Option<u64> {
-        if self.name == "-" || self.name.to_ascii_lowercase().ends_with(".gz") {
-            return None;
-        }
-        let mut file = File::open(&self.name).ok()?;
-        let mut buffer = vec![0; 1 << 20];
-        let (mut lines, mut last) = (0u64, b'\n');
-        loop {
-            let read = file.read(&mut buffer).ok()?;
-            if read == 0 {
-                break;
-            }
-            lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64;
-            last = buffer[read - 1];
-        }
-        lines += u64::from(last != b'\n');
-        Some(match self.format {
-            InputFormat::Csv => lines.saturating_sub(1),
-            InputFormat::Jsonl => lines,
-        })
-    }
-
-    /// Opens the input and returns its records in order.
-    pub fn records(&self) -> Result<Records, InputError> {
-        let mut reader = self.open()?;
+    /// The records of the raw bytes, in order (a CSV input's header read).
+    fn records_from(&self, raw: Box<dyn Read + Send>) -> Result<Records, InputError> {
+        let mut reader = self.decoded(raw);
         let max = self.max_record_size;
         Ok(match self.format {
             InputFormat::Csv => {
@@ -268,6 +280,95 @@ impl InputSource {
             }
             InputFormat::Jsonl => Records::Jsonl(JsonlRecords::new(&self.name, reader, max)),
         })
+    }
+}
+
+/// An input opened (see [`InputSource::open`]), waiting for its turn to be read.
+pub struct OpenInput {
+    source: InputSource,
+    /// The CSV header, as read when the input was opened; None for JSONL.
+    headers: Option<Arc<Vec<String>>>,
+    body: Body,
+}
+
+/// What an opened input reads from.
+enum Body {
+    /// A regular file, read by position: nothing has moved its offset.
+    File(Arc<File>),
+    /// A stream that can be read once, its CSV header read.
+    Stream(Records),
+}
+
+impl OpenInput {
+    /// The name the user gave it.
+    pub fn name(&self) -> &str {
+        &self.source.name
+    }
+
+    /// The CSV header row (trimmed); None for JSONL.
+    pub fn csv_headers(&self) -> Option<&Arc<Vec<String>>> {
+        self.headers.as_ref()
+    }
+
+    /// About how many records a plain file holds (its line count, less the CSV header),
+    /// for the progress bar, counted by position in the same open file; None for a stream
+    /// and for gzip, which cannot be read twice cheaply. A quoted field with newlines
+    /// makes it an overestimate.
+    pub fn estimate_records(&self) -> Option<u64> {
+        let Body::File(file) = &self.body else {
+            return None;
+        };
+        if self.source.name.to_ascii_lowercase().ends_with(".gz") {
+            return None;
+        }
+        let mut file = ReadAt::start(file);
+        let mut buffer = vec![0; 1 << 20];
+        let (mut lines, mut last) = (0u64, b'\n');
+        loop {
+            let read = file.read(&mut buffer).ok()?;
+            if read == 0 {
+                break;
+            }
+            lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64;
+            last = buffer[read - 1];
+        }
+        lines += u64::from(last != b'\n');
+        Some(match self.source.format {
+            InputFormat::Csv => lines.saturating_sub(1),
+            InputFormat::Jsonl => lines,
+        })
+    }
+
+    /// Its records, in order: a file's from its start, a stream's from after its header.
+    pub fn into_records(self) -> Result<Records, InputError> {
+        match self.body {
+            Body::File(file) => self.source.records_from(Box::new(ReadAt::start(&file))),
+            Body::Stream(records) => Ok(records),
+        }
+    }
+}
+
+/// Reads a file by position (pread), from the start, leaving its descriptor's offset
+/// alone: the header check, the line count and the records each read the one open file.
+struct ReadAt {
+    file: Arc<File>,
+    offset: u64,
+}
+
+impl ReadAt {
+    fn start(file: &Arc<File>) -> ReadAt {
+        ReadAt {
+            file: Arc::clone(file),
+            offset: 0,
+        }
+    }
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let read = self.file.read_at(buffer, self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
     }
 }
 
@@ -471,7 +572,8 @@ mod tests {
         let source =
             InputSource::new(path.to_str().unwrap(), None, CsvSettings::default()).unwrap();
         source
-            .records()
+            .open()
+            .and_then(OpenInput::into_records)
             .unwrap()
             .map(|record| match record.unwrap() {
                 Ok(record) => Ok((record.line, record.fields.to_json())),
@@ -558,7 +660,12 @@ mod tests {
         let source = InputSource::new(path.to_str().unwrap(), None, CsvSettings::default())
             .unwrap()
             .with_max_record_size(2048);
-        let records: Vec<_> = source.records().unwrap().map(|r| r.unwrap()).collect();
+        let records: Vec<_> = source
+            .open()
+            .and_then(OpenInput::into_records)
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
         assert_eq!(records.len(), 3);
         // The whole file is in the reader's buffer, so the long line's end is seen at once.
         let refused = records[1].as_ref().unwrap_err();

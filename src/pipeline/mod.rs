@@ -45,7 +45,7 @@ use crate::checkpoint::{
     Change, Checkpoint, CheckpointError, CheckpointWriter, CustomerOrigin, RowChange, RowState,
     StoredRow,
 };
-use crate::input::InputSource;
+use crate::input::OpenInput;
 use crate::mapping::Plan;
 use crate::report::{ErrorsFile, Progress, Settled, Summary};
 use crate::rows::{Original, ReadRow, ReadSettings, RowOrigin};
@@ -88,7 +88,6 @@ pub enum ImportMode {
 /// Settings of one import, validated (see `config.rs`).
 #[derive(Clone, Debug)]
 pub struct ImportSettings {
-    pub inputs: Vec<InputSource>,
     pub concurrency: Concurrency,
     /// Transient failures one row may meet before it is left pending.
     pub max_retries: u32,
@@ -311,9 +310,11 @@ impl Shared {
     }
 }
 
-/// Runs one import to its end or to a stop. Errors only when the checkpoint cannot be read.
+/// Runs one import of the inputs (opened by [`crate::rows::open_inputs`]) to its end or to
+/// a stop. Errors only when the checkpoint cannot be read.
 pub async fn run_import(
     settings: ImportSettings,
+    inputs: Vec<OpenInput>,
     checkpoint: &Checkpoint,
     client: Arc<KustomerClient>,
     errors: &mut ErrorsFile,
@@ -346,7 +347,7 @@ pub async fn run_import(
     // flight needs no read-ahead of the same size).
     let read_ahead = settings.concurrency.most() * 4;
     let (rows_tx, rows) = mpsc::channel(read_ahead.div_ceil(reader::READ_BATCH).max(2));
-    let reader = start_reader(settings.inputs.clone(), settings.read.clone(), rows_tx);
+    let reader = start_reader(inputs, settings.read.clone(), rows_tx);
     let mut planner = Planner {
         shared: Arc::clone(&shared),
         checkpoint,
@@ -389,7 +390,13 @@ pub async fn run_import(
     planner.settle_the_rest(&mut events).await;
     let mut summary = std::mem::take(&mut planner.summary);
     drop(planner);
-    let reader_error = reader.await.unwrap_or(None);
+    // A run told to stop does not wait for a reader still at work: it may be blocked on an
+    // input that sends nothing (a FIFO whose writer is idle), and its rows are not wanted.
+    let reader_error = if stop.soft.is_cancelled() && !reader.is_finished() {
+        None
+    } else {
+        reader.await.unwrap_or(None)
+    };
     let stats = shared.client_stats();
     summary.requests = stats.0;
     summary.rate_limited = stats.1;

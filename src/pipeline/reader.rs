@@ -6,7 +6,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::input::InputSource;
+use crate::input::OpenInput;
 use crate::rows::{ReadError, ReadRow, ReadSettings, RowReader};
 
 /// Rows handed to the planner at once.
@@ -15,7 +15,7 @@ pub(super) const READ_BATCH: usize = 64;
 /// Streams every input's rows on a blocking thread. Returns the error that ended reading
 /// early, if any.
 pub(super) fn start_reader(
-    inputs: Vec<InputSource>,
+    inputs: Vec<OpenInput>,
     settings: ReadSettings,
     rows: mpsc::Sender<Vec<ReadRow>>,
 ) -> tokio::task::JoinHandle<Option<ReadError>> {

@@ -13,4 +13,5 @@ mod foreign;
 mod import;
 mod operate;
 mod pauses;
+mod streams;
 mod target;
