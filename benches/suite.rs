@@ -1,6 +1,7 @@
-//! The performance suite of issues 6, 7 (bulk mode) and 15 (bulk polls): every figure README's
-//! "Performance" section quotes, each printed beside its target. `cargo bench` runs it all
-//! (about ten minutes on two cores); `cargo bench -- budget` runs the benchmarks whose name contains "budget";
+//! The performance suite of issues 6, 7 (bulk mode) and 15 (bulk polls): every figure
+//! `benches/README.md` quotes, each printed beside its target. `cargo bench` runs it all
+//! (about ten minutes on two cores); `cargo bench -- budget` runs the benchmarks whose name
+//! contains "budget";
 //! `KIMP_BENCH_SCALE=0.1 cargo bench` shrinks the inputs (and the budget runs to 20 s) for
 //! a quick look. Timed figures are the median of several runs; nothing here asserts: the
 //! machines are shared and noisy, so the table says what was measured and leaves the verdict
