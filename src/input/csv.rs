@@ -17,7 +17,8 @@ use csv_core::ReadRecordResult;
 use serde_json::{Map, Value};
 
 use super::{
-    InputError, Oversized, RecordError, RecordResult, SourceFields, SourceRecord, preview,
+    CsvValues, InputError, Oversized, RecordError, RecordResult, SourceFields, SourceRecord,
+    preview,
 };
 
 /// Streams the records of one CSV input.
@@ -32,8 +33,6 @@ pub struct CsvRecords {
     /// The fields of the record being read, end to end, and where each one ends.
     fields: Vec<u8>,
     ends: Vec<usize>,
-    /// The record's fields gathered for the copy a row takes (one allocation per buffer).
-    record: csv::ByteRecord,
     /// A record refused for its size whose rest is still to be read and dropped.
     skipping: Option<Oversized>,
 }
@@ -69,7 +68,6 @@ impl CsvRecords {
             max_record,
             fields: vec![0; 1024.min(max_record + 1)],
             ends: vec![0; 32],
-            record: csv::ByteRecord::new(),
             skipping: None,
         };
         let header_error = |reason: String| InputError::Header {
@@ -275,17 +273,7 @@ impl CsvRecords {
                 self.lossy(len, count),
             ));
         }
-        // One allocation for the whole record, not one per field: rows are many. The
-        // fields are gathered in a record kept for it, then copied: a record made to size
-        // costs more (its buffers are zeroed, by calloc).
-        let mut gathered = std::mem::take(&mut self.record);
-        gathered.clear();
-        for field in self.split(len, count) {
-            gathered.push_field(field);
-        }
-        let copied = gathered.clone();
-        self.record = gathered;
-        match csv::StringRecord::from_byte_record(copied) {
+        match CsvValues::from_parts(&self.fields[..len], &self.ends[..count]) {
             Ok(values) => Ok(SourceRecord {
                 line,
                 fields: SourceFields::Csv {
@@ -298,7 +286,7 @@ impl CsvRecords {
                 format!(
                     "field {:?} is not valid UTF-8: is the file in another encoding? (see \
                      --encoding)",
-                    self.headers[error.utf8_error().field()]
+                    self.headers[error]
                 ),
                 self.lossy(len, count),
             )),
@@ -370,6 +358,18 @@ mod tests {
         assert_eq!(lines("a,b\r\n1,2\r\n3,4"), [2, 3]);
         assert_eq!(lines("\"a\nx\",b\n1,2\n\n\n3,4\n"), [3, 6]);
         assert_eq!(lines("a,b\r\n\"1\r\n\r\n\",2\r\n\r\n3,4\r\n"), [2, 6]);
+    }
+
+    #[test]
+    fn values_are_utf8_one_by_one() {
+        let values = CsvValues::from_parts("aéb".as_bytes(), &[1, 3, 4]).unwrap();
+        assert_eq!(values.iter().collect::<Vec<_>>(), ["a", "é", "b"]);
+        assert_eq!((values.get(1), values.get(3)), (Some("é"), None));
+        // Valid as a whole, but "é" split between the first two values.
+        assert_eq!(CsvValues::from_parts("aéb".as_bytes(), &[2, 4]), Err(0));
+        assert_eq!(CsvValues::from_parts(b"ab\xff", &[1, 3]), Err(1));
+        let empty = CsvValues::from_parts(b"", &[0, 0]).unwrap();
+        assert_eq!(empty.iter().collect::<Vec<_>>(), ["", ""]);
     }
 
     #[test]

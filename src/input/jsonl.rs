@@ -32,6 +32,8 @@ pub struct JsonlRecords {
     buffer: Vec<u8>,
     /// A line refused for its size whose rest is still to be read and dropped.
     skipping: Option<Oversized>,
+    /// Finds [`ESCAPED_NUL`]; made once, its searcher's set-up costs more than a line.
+    nul: memchr::memmem::Finder<'static>,
 }
 
 /// What reading one line came to.
@@ -51,6 +53,7 @@ impl JsonlRecords {
             line: 0,
             buffer: Vec::with_capacity(4096),
             skipping: None,
+            nul: memchr::memmem::Finder::new(ESCAPED_NUL),
         }
     }
 
@@ -145,7 +148,7 @@ impl JsonlRecords {
         let line = self.line;
         let text = &self.buffer[start..end];
         // Strings are searched for a NUL only on the rare line that may hold one.
-        let may_hold_nul = memchr::memmem::find(text, ESCAPED_NUL).is_some();
+        let may_hold_nul = self.nul.find(text).is_some();
         let error = match parse_strict(text, may_hold_nul) {
             Ok(Value::Object(object)) => {
                 return Some(Ok(SourceRecord {

@@ -378,7 +378,7 @@ pub enum SourceFields {
     /// A CSV record: values in the order of the file's header, in one buffer.
     Csv {
         headers: Arc<Vec<String>>,
-        values: ::csv::StringRecord,
+        values: CsvValues,
     },
     /// A JSONL object, as parsed.
     Json(Map<String, Value>),
@@ -401,6 +401,71 @@ impl SourceFields {
             }
             SourceFields::Json(object) => Value::Object(object.clone()),
         }
+    }
+}
+
+/// The values of one CSV record: their text end to end, checked UTF-8 once, and where
+/// each one ends. Two allocations a record, whatever its width (rows are many).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CsvValues {
+    text: String,
+    ends: Box<[usize]>,
+}
+
+impl CsvValues {
+    /// The values whose bytes are `bytes`, ending at `ends`; else the index of the first
+    /// value that is not UTF-8.
+    fn from_parts(bytes: &[u8], ends: &[usize]) -> Result<CsvValues, usize> {
+        let first_bad = |at: usize| ends.partition_point(|&end| end <= at);
+        let text = std::str::from_utf8(bytes).map_err(|error| first_bad(error.valid_up_to()))?;
+        // Valid as a whole, a record may still split a character between two values.
+        if let Some(&end) = ends.iter().find(|&&end| !text.is_char_boundary(end)) {
+            return Err(first_bad(end - 1));
+        }
+        Ok(CsvValues {
+            text: text.to_string(),
+            ends: ends.into(),
+        })
+    }
+
+    /// The value at `index`, if the record has one there.
+    pub fn get(&self, index: usize) -> Option<&str> {
+        let end = *self.ends.get(index)?;
+        let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
+        Some(&self.text[start..end])
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The values in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).filter_map(|index| self.get(index))
+    }
+}
+
+impl<T: AsRef<str>> FromIterator<T> for CsvValues {
+    fn from_iter<I: IntoIterator<Item = T>>(values: I) -> CsvValues {
+        let (mut text, mut ends) = (String::new(), Vec::new());
+        for value in values {
+            text.push_str(value.as_ref());
+            ends.push(text.len());
+        }
+        CsvValues {
+            text,
+            ends: ends.into(),
+        }
+    }
+}
+
+impl<T: AsRef<str>> From<Vec<T>> for CsvValues {
+    fn from(values: Vec<T>) -> CsvValues {
+        values.into_iter().collect()
     }
 }
 
