@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kustomer_import::checkpoint::integrity::integrity_problems;
 use kustomer_import::checkpoint::{Change, Checkpoint, RowChange, RowState};
 use kustomer_import::input::{CsvSettings, InputSource};
 use kustomer_import::rows::{ReadSettings, RowReader, open_inputs};
@@ -56,7 +57,7 @@ fn main() {
         budget(&bench, 600, (50, 150), &mut table);
         budget(&bench, 2000, (400, 100), &mut table);
     }
-    if wanted("memory") || wanted("resume") {
+    if wanted("memory") || wanted("resume") || wanted("integrity") {
         memory_and_resume(&bench, rows(100_000), rows(1_000_000), &mut table);
     }
     if wanted("bulk") {
@@ -427,7 +428,8 @@ fn budget(bench: &Bench, rpm: u32, (latency, jitter): (u64, u64), table: &mut Ta
 }
 
 /// Figures 4 and 5: Peak RSS importing `small` and `large` rows, then the time to skip `large`
-/// rows that are all done.
+/// rows that are all done; then what the integrity check costs on that checkpoint, alone and
+/// in a resume after a run that did not end (issue 15).
 fn memory_and_resume(bench: &Bench, small: usize, large: usize, table: &mut Table) {
     let mut peaks = Vec::new();
     for rows in [small, large] {
@@ -467,12 +469,66 @@ fn memory_and_resume(bench: &Bench, small: usize, large: usize, table: &mut Tabl
         assert_eq!(run.summary["requests"], 0);
         run.elapsed
     });
-    bench.runtime.block_on(sandbox.shutdown());
     table.add(
         &format!("resume: skip {large} done rows"),
         format!("{seconds:.2} s"),
         "<= 3 s (for 1M)",
         seconds * 1_000_000.0 / large as f64 <= 3.0,
+    );
+    integrity_check(bench, &sandbox, large, &checkpoint, table);
+    bench.runtime.block_on(sandbox.shutdown());
+}
+
+/// The integrity check of the checkpoint of `rows` done rows at `checkpoint`: alone, as a
+/// run makes it before using a checkpoint whose last run did not end, then in such a resume.
+fn integrity_check(
+    bench: &Bench,
+    sandbox: &Sandbox,
+    rows: usize,
+    checkpoint: &Path,
+    table: &mut Table,
+) {
+    let alone = median(3, || {
+        let connection = rusqlite::Connection::open(checkpoint).expect("the checkpoint");
+        let started = Instant::now();
+        let problems = integrity_problems(&connection).expect("the check runs");
+        assert_eq!(problems, None);
+        started.elapsed().as_secs_f64()
+    });
+    let megabytes = std::fs::metadata(checkpoint).map_or(0, |file| file.len()) >> 20;
+    table.add(
+        &format!("checkpoint: integrity check, {rows} rows ({megabytes} MiB)"),
+        format!("{alone:.2} s"),
+        "(reference)",
+        true,
+    );
+    let mut peak_kib = 0;
+    let resume = median(3, || {
+        rusqlite::Connection::open(checkpoint)
+            .and_then(|connection| {
+                connection.execute(
+                    "UPDATE runs SET ended_at = NULL WHERE id = (SELECT max(id) FROM runs)",
+                    [],
+                )
+            })
+            .expect("the last run made unfinished");
+        let run = import(sandbox, &bench.csv(rows), checkpoint, &[]);
+        assert_eq!(
+            run.summary["rows_skipped_done"], rows as u64,
+            "{}",
+            run.summary
+        );
+        peak_kib = peak_kib.max(run.peak_rss_kib);
+        run.elapsed
+    });
+    table.add(
+        &format!("resume after a run that did not end: skip {rows} done rows"),
+        format!(
+            "{resume:.2} s, peak RSS {:.1} MiB",
+            peak_kib as f64 / 1024.0
+        ),
+        "(reference)",
+        true,
     );
 }
 

@@ -134,7 +134,9 @@ fn status_and_export_read_a_checkpoint_on_a_read_only_filesystem() {
     );
 }
 
-/// Replaces every `from` in the file's bytes by `to` (as long), returning how many.
+/// Replaces every `from` in the file's bytes by `to` (as long), returning how many. The
+/// live record is among them; others are old copies in a page's free space, which SQLite
+/// leaves as they were when a record is rewritten, and which no read sees.
 fn overwrite_bytes(path: &Path, from: &[u8], to: &[u8]) -> usize {
     assert_eq!(from.len(), to.len());
     let mut bytes = std::fs::read(path).unwrap();
@@ -185,7 +187,7 @@ fn a_checkpoint_with_a_stored_state_overwritten_is_refused_not_read_as_pending()
     let before = env.stats().requests_total;
     // The row's record holds its conversation externalId, then its state.
     let checkpoint = env.path("kustomer-import.sqlite");
-    assert_eq!(overwrite_bytes(&checkpoint, b"T1-0done", b"T1-0gone"), 1);
+    assert!(overwrite_bytes(&checkpoint, b"T1-0done", b"T1-0gone") >= 1);
     let run = env.import(&[&file]);
     assert_refused_as_damaged(&env, before, &run);
     assert!(
