@@ -6,9 +6,10 @@
 //! csv-core, not the csv crate's reader: the reader grows a record's buffer without bound
 //! and cannot drop the rest of a record it has started, while csv-core parses into buffers
 //! we give it, so a record past the limit is refused at once and the rest of it read into
-//! the same buffers and dropped. Counting the line breaks of the bytes we hand to the
-//! parser gives the physical lines (the csv crate's own count drifts: a CRLF counts late,
-//! blank lines not at all).
+//! the same buffers and dropped. csv-core counts the line breaks it reads, in quotes or
+//! not, and we add those we skip before a record: that gives the physical line a record
+//! starts on (the csv crate's record positions drift: a CRLF counts late, blank lines not
+//! at all).
 
 use std::io::{self, BufRead};
 use std::sync::Arc;
@@ -144,13 +145,21 @@ impl CsvRecords {
         if self.ends.len() > super::KEPT_BUFFER / size_of::<usize>() {
             self.ends = vec![0; 32];
         }
-        // Line breaks before a record are skipped here, as the parser would skip them, so
-        // that the record's line is the line of its first byte. The parser counts the line
-        // breaks it reads, in quotes or not: its count is the physical line.
+        if !self.skip_line_breaks()? {
+            return Ok(Raw::End);
+        }
+        self.read_fields()
+    }
+
+    /// Skips the line breaks before a record, as the parser would skip them, so that the
+    /// record's line is the line of its first byte; false at the end of the input. The
+    /// parser counts the line breaks it reads, in quotes or not: its count is the physical
+    /// line.
+    fn skip_line_breaks(&mut self) -> io::Result<bool> {
         loop {
             let available = self.input.fill_buf()?;
             if available.is_empty() {
-                return Ok(Raw::End);
+                return Ok(false);
             }
             let breaks = available
                 .iter()
@@ -163,9 +172,14 @@ impl CsvRecords {
             self.parser.set_line(self.parser.line() + newlines as u64);
             self.input.consume(skip);
             if breaks.is_some() {
-                break;
+                return Ok(true);
             }
         }
+    }
+
+    /// Parses the record that starts here into `fields` and `ends`, growing them up to the
+    /// size limit; a record that passes it is refused at once, its rest left to skip.
+    fn read_fields(&mut self) -> io::Result<Raw> {
         let line = self.parser.line();
         let (mut size, mut len, mut count) = (0usize, 0usize, 0usize);
         loop {
@@ -250,7 +264,7 @@ impl CsvRecords {
     }
 
     /// The record just read as a row of the header's columns, or why it is not one.
-    fn convert(&mut self, line: u64, len: usize, count: usize) -> RecordResult {
+    fn convert(&self, line: u64, len: usize, count: usize) -> RecordResult {
         if count != self.headers.len() {
             return Err(RecordError::whole(
                 line,

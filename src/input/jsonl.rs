@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, BufRead};
+use std::sync::LazyLock;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
@@ -32,9 +33,11 @@ pub struct JsonlRecords {
     buffer: Vec<u8>,
     /// A line refused for its size whose rest is still to be read and dropped.
     skipping: Option<Oversized>,
-    /// Finds [`ESCAPED_NUL`]; made once, its searcher's set-up costs more than a line.
-    nul: memchr::memmem::Finder<'static>,
 }
+
+/// Finds [`ESCAPED_NUL`]; made once, as its searcher's set-up costs more than a line.
+static NUL_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(ESCAPED_NUL));
 
 /// What reading one line came to.
 enum Line {
@@ -53,7 +56,6 @@ impl JsonlRecords {
             line: 0,
             buffer: Vec::with_capacity(4096),
             skipping: None,
-            nul: memchr::memmem::Finder::new(ESCAPED_NUL),
         }
     }
 
@@ -148,7 +150,7 @@ impl JsonlRecords {
         let line = self.line;
         let text = &self.buffer[start..end];
         // Strings are searched for a NUL only on the rare line that may hold one.
-        let may_hold_nul = self.nul.find(text).is_some();
+        let may_hold_nul = NUL_FINDER.find(text).is_some();
         let error = match parse_strict(text, may_hold_nul) {
             Ok(Value::Object(object)) => {
                 return Some(Ok(SourceRecord {

@@ -225,7 +225,7 @@ impl InputSource {
         Ok(OpenInput {
             headers: records.csv_headers().cloned(),
             source: self,
-            body: Body::Stream(records),
+            body: Body::Stream(Box::new(records)),
         })
     }
 
@@ -295,8 +295,9 @@ pub struct OpenInput {
 enum Body {
     /// A regular file, read by position: nothing has moved its offset.
     File(Arc<File>),
-    /// A stream that can be read once, its CSV header read.
-    Stream(Records),
+    /// A stream that can be read once, its CSV header read. Boxed: readers are large,
+    /// and a run holds an open input for each of its files.
+    Stream(Box<Records>),
 }
 
 impl OpenInput {
@@ -343,7 +344,7 @@ impl OpenInput {
     pub fn into_records(self) -> Result<Records, InputError> {
         match self.body {
             Body::File(file) => self.source.records_from(Box::new(ReadAt::start(&file))),
-            Body::Stream(records) => Ok(records),
+            Body::Stream(records) => Ok(*records),
         }
     }
 }
