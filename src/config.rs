@@ -240,20 +240,7 @@ fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping), ConfigEr
             "stdin ('-') can be read only once".into(),
         ));
     }
-    let flags = CsvSettings {
-        delimiter: args
-            .delimiter
-            .as_deref()
-            .map(parse_delimiter)
-            .transpose()
-            .map_err(|reason| ConfigError::BadValue(format!("--delimiter: {reason}")))?,
-        encoding: args
-            .encoding
-            .as_deref()
-            .map(parse_encoding)
-            .transpose()
-            .map_err(|reason| ConfigError::BadValue(format!("--encoding: {reason}")))?,
-    };
+    let flags = csv_flags(args.delimiter.as_deref(), args.encoding.as_deref())?;
     let (mapping, settings) = match &args.mapping {
         None => (Mapping::Default, flags),
         Some(path) => {
@@ -322,22 +309,24 @@ pub fn validate_config(args: ValidateArgs) -> Result<ValidateConfig, ConfigError
     })
 }
 
-/// What `mapping init` reads and writes.
-pub fn mapping_init_config(args: MappingInitArgs) -> Result<InitConfig, ConfigError> {
-    let settings = CsvSettings {
-        delimiter: args
-            .delimiter
-            .as_deref()
+/// `--delimiter` and `--encoding`, checked: the same flags for import, validate and
+/// mapping init.
+fn csv_flags(delimiter: Option<&str>, encoding: Option<&str>) -> Result<CsvSettings, ConfigError> {
+    Ok(CsvSettings {
+        delimiter: delimiter
             .map(parse_delimiter)
             .transpose()
             .map_err(|reason| ConfigError::BadValue(format!("--delimiter: {reason}")))?,
-        encoding: args
-            .encoding
-            .as_deref()
+        encoding: encoding
             .map(parse_encoding)
             .transpose()
             .map_err(|reason| ConfigError::BadValue(format!("--encoding: {reason}")))?,
-    };
+    })
+}
+
+/// What `mapping init` reads and writes.
+pub fn mapping_init_config(args: MappingInitArgs) -> Result<InitConfig, ConfigError> {
+    let settings = csv_flags(args.delimiter.as_deref(), args.encoding.as_deref())?;
     if args.file == "-" {
         return Err(ConfigError::BadValue(
             "mapping init reads a file, not stdin: give the export's path".into(),
