@@ -1,6 +1,6 @@
 //! The performance suite of issues 6, 7 (bulk mode) and 15 (bulk polls): every figure
 //! `benches/README.md` quotes, each printed beside its target. `cargo bench` runs it all
-//! (about ten minutes on two cores); `cargo bench -- budget` runs the benchmarks whose name
+//! (about seventeen minutes on two cores); `cargo bench -- budget` runs the benchmarks whose name
 //! contains "budget";
 //! `KIMP_BENCH_SCALE=0.1 cargo bench` shrinks the inputs (and the budget runs to 20 s) for
 //! a quick look. Timed figures are the median of several runs; nothing here asserts: the
@@ -54,8 +54,28 @@ fn main() {
         unlimited(&bench, rows(100_000), &mut table);
     }
     if wanted("budget") {
-        budget(&bench, 600, (50, 150), &mut table);
-        budget(&bench, 2000, (400, 100), &mut table);
+        // --rpm at the server's limit: our own ceiling binds.
+        budget(
+            &bench,
+            Org::per_minute(600, (50, 150)),
+            Some(600),
+            &mut table,
+        );
+        budget(
+            &bench,
+            Org::per_minute(2000, (400, 100)),
+            Some(2000),
+            &mut table,
+        );
+        // --rpm left at its default, above the server's limit: the server's headers bind
+        // (issue 15: a short window, its reset in whole seconds rounded up).
+        let short = Org {
+            limit: 100,
+            window: 10,
+            latency: (150, 0),
+        };
+        budget(&bench, short, None, &mut table);
+        budget(&bench, Org::per_minute(600, (150, 0)), None, &mut table);
     }
     if wanted("memory") || wanted("resume") || wanted("integrity") {
         memory_and_resume(&bench, rows(100_000), rows(1_000_000), &mut table);
@@ -334,45 +354,67 @@ async fn load_loop(sandbox: &Sandbox, length: Duration, connections: usize) -> f
     answered as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Figure 3: Budget use: a sandbox with a limit of `rpm` per 60 s and latency `base + jitter` ms,
-/// the importer with default settings and --rpm at the same limit. Steady state is the 60 s
-/// after the first 10 s (20 s at a scale below 1).
-fn budget(bench: &Bench, rpm: u32, (latency, jitter): (u64, u64), table: &mut Table) {
+/// A sandbox's org: `limit` requests per fixed window of `window` seconds, answers after
+/// `latency` = (base, jitter) ms.
+#[derive(Clone, Copy)]
+struct Org {
+    limit: u32,
+    window: u64,
+    latency: (u64, u64),
+}
+
+impl Org {
+    fn per_minute(limit: u32, latency: (u64, u64)) -> Org {
+        Org {
+            limit,
+            window: 60,
+            latency,
+        }
+    }
+}
+
+/// Figure 3: Budget use: a sandbox with `org`'s limit and latency, the importer with default
+/// settings but `--rpm` (None: its default). Budget use is what the sandbox let through in
+/// whole windows of steady state (from the first window that starts 10 s or more after it,
+/// for 60 s, 20 s at a scale below 1, and one window at least) over their limit: a fixed
+/// window's budget is spent or lost within it.
+fn budget(bench: &Bench, org: Org, rpm: Option<u32>, table: &mut Table) {
     let steady = if bench.scale < 1.0 { 20 } else { 60 };
-    let warm_up = Duration::from_secs(10);
+    let first = 10_u64.div_ceil(org.window);
+    let windows = (steady / org.window).max(1);
+    let (latency, jitter) = org.latency;
     let sandbox = bench.sandbox(SandboxConfig {
-        rpm: Some(rpm),
-        rate_window: Duration::from_secs(60),
+        rpm: Some(org.limit),
+        rate_window: Duration::from_secs(org.window),
         latency: Duration::from_millis(latency),
         jitter: Duration::from_millis(jitter),
         ..SandboxConfig::default()
     });
-    // More rows than the run can send.
-    let export = bench.csv((rpm as usize) * 3);
-    let checkpoint = bench.path(&format!("budget-{}.sqlite", unique()));
     let started = Instant::now();
-    let child = spawn_import(
-        &sandbox,
-        &export,
-        &checkpoint,
-        &["--rpm", &rpm.to_string(), "--mode", "single"],
-    );
+    let per_minute = f64::from(org.limit) * 60.0 / org.window as f64;
+    // More rows than the run can send.
+    let export = bench.csv(per_minute as usize * 3);
+    let checkpoint = bench.path(&format!("budget-{}.sqlite", unique()));
+    let rpm_flag = rpm.map(|rpm| rpm.to_string());
+    let mut flags = vec!["--mode", "single"];
+    if let Some(rpm) = &rpm_flag {
+        flags.extend(["--rpm", rpm]);
+    }
+    let child = spawn_import_as_given(&sandbox, &export, &checkpoint, &flags);
     let accepted = |sandbox: &Sandbox| {
         let stats = sandbox.stats();
         stats.requests_total - stats.rate_limited
     };
-    // Accepted requests every 250 ms through the warm-up and a little beyond, to see when
-    // the pace reaches the budget's.
+    // Accepted requests every 250 ms through the first 10 s, to see when the pace reaches
+    // the budget's.
     let mut samples = Vec::new();
-    while started.elapsed() < warm_up {
+    while started.elapsed() < Duration::from_secs(10) {
         samples.push((started.elapsed().as_secs_f64(), accepted(&sandbox)));
         std::thread::sleep(Duration::from_millis(250));
     }
-    let at_warm_up = accepted(&sandbox);
-    let warm_up_ended = started.elapsed();
-    std::thread::sleep(Duration::from_secs(steady));
-    let at_end = accepted(&sandbox);
-    let steady_length = (started.elapsed() - warm_up_ended).as_secs_f64();
+    // To the end of the last window measured, and the answers of its last requests.
+    let end = Duration::from_secs((first + windows) * org.window) + Duration::from_millis(500);
+    std::thread::sleep(end.saturating_sub(started.elapsed()));
     // SIGINT: the import stops taking rows and prints its summary.
     // SAFETY: kill(2) on the pid of a child we spawned and have not waited for.
     unsafe {
@@ -380,19 +422,34 @@ fn budget(bench: &Bench, rpm: u32, (latency, jitter): (u64, u64), table: &mut Ta
     }
     let run = finish(child, started);
     let stats = sandbox.stats();
+    let let_through: u64 = sandbox
+        .allowed_by_window()
+        .range(first..first + windows)
+        .map(|(_, allowed)| allowed)
+        .sum();
     bench.runtime.block_on(sandbox.shutdown());
-    let budget = f64::from(rpm) * steady_length / 60.0;
-    let used = (at_end - at_warm_up) as f64 / budget;
-    let label = format!("{rpm}/min, {latency}-{} ms", latency + jitter);
+    let budget = u64::from(org.limit) * windows;
+    let used = let_through as f64 / budget as f64;
+    let binds = match rpm {
+        Some(rpm) => format!("--rpm {rpm}"),
+        None => "headers bind".into(),
+    };
+    let label = format!(
+        "{} per {} s, {latency}-{} ms, {binds}",
+        org.limit,
+        org.window,
+        latency + jitter
+    );
+    let target = if org.window < 60 { 0.98 } else { 0.995 };
     table.add(
-        &format!("budget use, steady {steady} s, {label}"),
-        format!(
-            "{:.1}% ({} of {budget:.0})",
-            used * 100.0,
-            at_end - at_warm_up
+        &format!(
+            "budget use, {windows} {} from {} s, {label}",
+            if windows == 1 { "window" } else { "windows" },
+            first * org.window
         ),
-        ">= 98%",
-        used >= 0.98,
+        format!("{:.1}% ({let_through} of {budget})", used * 100.0),
+        &format!(">= {:.1}%", target * 100.0),
+        used >= target,
     );
     let share_429 = stats.rate_limited as f64 / stats.requests_total.max(1) as f64;
     table.add(
@@ -412,9 +469,15 @@ fn budget(bench: &Bench, rpm: u32, (latency, jitter): (u64, u64), table: &mut Ta
         &format!("{expected:.3} (2 per new customer, 1 per known)"),
         requests <= rows_done + customers,
     );
-    // Steady: the end of the first 4 s in which the pace is 95% of the budget's or more
-    // (4 s: at 10 requests/s one request is 2.5% of the window).
-    let pace = f64::from(rpm) / 60.0;
+    if rpm.is_some() {
+        cold_start(&samples, per_minute / 60.0, &label, table);
+    }
+}
+
+/// Steady: the end of the first 4 s in which the pace of `samples` (instant, accepted) is
+/// 95% of `pace` or more (4 s: at 10 requests/s one request is 2.5% of the span). Only
+/// where our own ceiling binds: where the server's headers do, its windows set the pace.
+fn cold_start(samples: &[(f64, u64)], pace: f64, label: &str, table: &mut Table) {
     let steady_from = samples.iter().enumerate().find_map(|(index, (at, count))| {
         let (later_at, later) = samples.get(index + 16)?;
         ((later - count) as f64 / (later_at - at) >= 0.95 * pace).then_some(*later_at)
@@ -634,19 +697,31 @@ struct Run {
     peak_rss_kib: i64,
 }
 
+/// Starts an import of `export` into the sandbox with `extra` flags, and no ceiling of its
+/// own unless `extra` gives `--rpm`.
 fn spawn_import(sandbox: &Sandbox, export: &Path, checkpoint: &Path, extra: &[&str]) -> Child {
+    let lifted: &[&str] = if extra.contains(&"--rpm") {
+        &[]
+    } else {
+        &["--rpm", "100000000"]
+    };
+    spawn_import_as_given(sandbox, export, checkpoint, &[lifted, extra].concat())
+}
+
+/// Starts an import of `export` into the sandbox with `flags`, and the defaults for the rest.
+fn spawn_import_as_given(
+    sandbox: &Sandbox,
+    export: &Path,
+    checkpoint: &Path,
+    flags: &[&str],
+) -> Child {
     Command::new(BINARY)
         .arg("import")
         .arg(export)
         .arg("--checkpoint")
         .arg(checkpoint)
         .args(["--base-url", &sandbox.base_url(), "--json", "--no-progress"])
-        .args(if extra.contains(&"--rpm") {
-            &[][..]
-        } else {
-            &["--rpm", "100000000"][..]
-        })
-        .args(extra)
+        .args(flags)
         .env("KUSTOMER_API_KEY", "bench")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -49,8 +49,8 @@ Exit codes:
   2  usage, configuration or unreadable input, or a checkpoint written
      against another API (see --retarget)
   3  the API refused the key (401/403); nothing was marked failed for it
-  4  stopped before the end (a signal, or errors that outlasted the retries):
-     run the same command again to resume
+  4  stopped before the end (a signal, errors that outlasted the retries, an API
+     that let nothing through for --max-stall): run the same command again to resume
   5  another run holds the checkpoint";
 
 #[derive(Debug, Parser)]

@@ -19,7 +19,7 @@ use serde::Serialize;
 use url::Url;
 
 use super::error::{ApiError, server_message, trimmed};
-use super::ratelimit::RateGate;
+use super::ratelimit::{Pass, RateGate};
 use crate::mapping::{ConversationBody, CustomerBody};
 
 /// How to reach the API.
@@ -250,8 +250,7 @@ impl KustomerClient {
     /// only then: see `pipeline::bulk`). The request sent in the turn spends it; a turn
     /// dropped unused is a slot of the budget left unused.
     pub async fn turn(&self) -> Result<Turn, ApiError> {
-        self.gate.acquire().await?;
-        Ok(Turn(()))
+        Ok(Turn(self.gate.acquire().await?))
     }
 
     /// Sends one request through the rate gate, sending it again after 429s.
@@ -275,9 +274,12 @@ impl KustomerClient {
         let body = body.map(bytes::Bytes::from);
         let mut rate_limited = 0;
         loop {
-            if turn.take().is_none() {
-                self.gate.acquire().await?;
-            }
+            // A turn taken ahead left the gate earlier: its pass is dated now, when its
+            // request leaves.
+            let pass = match turn.take() {
+                Some(Turn(pass)) => pass.leaving_now(),
+                None => self.gate.acquire().await?,
+            };
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let sent = std::time::Instant::now();
             let mut request = self
@@ -295,7 +297,8 @@ impl KustomerClient {
             })?;
             self.answered.store(true, Ordering::Relaxed);
             let status = response.status();
-            self.gate.observe(status.as_u16(), response.headers());
+            self.gate
+                .observe(&pass, status.as_u16(), response.headers());
             if status.is_redirection() {
                 return Err(wrong_base_url(status, response.headers()));
             }
@@ -379,7 +382,7 @@ impl KustomerClient {
 /// A request's turn at the rate gate, taken ahead with [`KustomerClient::turn`].
 #[derive(Debug)]
 #[must_use = "a turn is a slot of the rate budget: send a request in it"]
-pub struct Turn(());
+pub struct Turn(Pass);
 
 /// `path` under `base`, which ends in '/': joining a relative path onto it cannot fail.
 fn join(base: &Url, path: &str) -> Url {

@@ -11,7 +11,7 @@ pub mod retry;
 pub use bulk::{BulkKind, ItemOutcome, JobStatus, SubmittedJob};
 pub use client::{ClientSettings, KustomerClient, LookupField, RequestStats, Turn};
 pub use error::ApiError;
-pub use ratelimit::{DEFAULT_MAX_STALL, Held, RateGate};
+pub use ratelimit::{DEFAULT_MAX_STALL, Held, Pass, RateGate};
 pub use retry::Backoff;
 
 /// An answer body as Kustomer's docs show it (`tests/fixtures/kustomer-docs/`), for the

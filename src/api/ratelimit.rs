@@ -8,8 +8,11 @@
 //! - one shared pause: a 429 stops every worker until the reset the server gave, instead of
 //!   each worker retrying on its own and burning the budget;
 //! - slowing before zero: the `x-ratelimit-remaining` / `-reset` headers spread what is
-//!   left of the server's budget over the time to its reset, so a server limit below ours,
-//!   or other integrations sharing the org's budget, cost few 429s;
+//!   left of the server's budget (less the requests sent since) over the time to its reset,
+//!   so a server limit below ours, or other integrations sharing the org's budget, cost few
+//!   429s; a reset given in whole seconds is narrowed, answer by answer, to about the
+//!   spacing of the requests ([`window`]), so that a short window's end is not waited out
+//!   a second too long;
 //! - a stop ends every wait for the server at once: once the run's stop (handed over with
 //!   [`RateGate::stop_on`]) is cancelled, a request the server holds back (a pause, the
 //!   probe's answer, the pacing of a low budget) is not sent but refused with
@@ -21,6 +24,7 @@
 //!   [`DEFAULT_MAX_STALL`] (or the limit given) stops the run with [`Held::Stalled`].
 
 mod hold;
+mod window;
 
 pub use self::hold::DEFAULT_MAX_STALL;
 
@@ -36,6 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::hold::{Holds, spoken};
+use self::window::WindowClock;
 
 /// Longest pause a server's headers may impose at once.
 const MAX_PAUSE: Duration = Duration::from_secs(300);
@@ -85,6 +90,38 @@ struct GateState {
     spacing: Duration,
     /// How long the server has let nothing through, against the limit.
     holds: Holds,
+    /// Requests let out so far: a request's number tells how many left after it.
+    let_out: u64,
+    /// Where the server's window ends, when its reset comes in whole seconds.
+    clock: WindowClock,
+    /// What the server's latest answer says is left of its window, less the requests let
+    /// out since: none left, nothing leaves before the window's end.
+    left: Option<Left>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Left {
+    requests: u64,
+    until: Instant,
+}
+
+/// A request the gate let out: when, and how many left before it. Its answer goes back to
+/// the gate with it ([`RateGate::observe`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Pass {
+    sent: Instant,
+    number: u64,
+}
+
+impl Pass {
+    /// The same pass, for a request that leaves later than the gate let it out (its
+    /// caller records something first): the window clock learns from when requests leave.
+    pub fn leaving_now(self) -> Pass {
+        Pass {
+            sent: Instant::now().max(self.sent),
+            ..self
+        }
+    }
 }
 
 /// What the server said of its budget in one response.
@@ -93,6 +130,8 @@ pub struct BudgetHeaders {
     pub limit: Option<u64>,
     pub remaining: Option<u64>,
     pub reset_in: Option<Duration>,
+    /// The reset as whole seconds from now, when it was given so.
+    pub reset_whole: Option<u64>,
     pub retry_after: Option<Duration>,
 }
 
@@ -111,6 +150,9 @@ impl RateGate {
                 next_slot: now,
                 spacing: Duration::ZERO,
                 holds: Holds::new(DEFAULT_MAX_STALL),
+                let_out: 0,
+                clock: WindowClock::new(),
+                left: None,
             }),
             stop: Mutex::new(CancellationToken::new()),
         }
@@ -151,7 +193,7 @@ impl RateGate {
     /// The pause and the pacing slot are waited out first and the ceiling's token is taken
     /// last, so nothing waits between the token and the send: requests that queued during
     /// a pause cannot leave together on top of the limiter's burst when it ends.
-    pub async fn acquire(&self) -> Result<(), Held> {
+    pub async fn acquire(&self) -> Result<Pass, Held> {
         let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(share) = &self.share
             && !*share.answered.borrow()
@@ -167,10 +209,7 @@ impl RateGate {
         loop {
             let (ready_at, stalls_at) = {
                 let state = self.lock();
-                (
-                    state.paused_until.max(state.next_slot),
-                    state.holds.deadline(),
-                )
+                (state.ready_at(), state.holds.deadline())
             };
             let now = Instant::now();
             if stalls_at.is_some_and(|at| at <= now) {
@@ -198,9 +237,9 @@ impl RateGate {
             // then spent unused, which can only lower the rate.
             let mut state = self.lock();
             let now = Instant::now();
-            if state.paused_until <= now && state.next_slot <= now {
+            if state.ready_at() <= now {
                 state.next_slot = now + state.spacing;
-                return Ok(());
+                return Ok(state.let_out(now));
             }
         }
     }
@@ -213,89 +252,169 @@ impl RateGate {
         }
     }
 
-    /// Stops every worker for `wait` (at most [`MAX_PAUSE`]), for `cause`; a pause worth
-    /// it is logged when it starts.
-    fn pause(&self, wait: Duration, cause: String) {
-        let now = Instant::now();
-        let wait = wait.min(MAX_PAUSE);
-        let until = now + wait;
-        let mut state = self.lock();
-        let extending = until.saturating_duration_since(state.paused_until.max(now));
-        state.paused_until = state.paused_until.max(until);
-        if let Some(line) = state.holds.pause(now, wait, extending, cause) {
+    /// Learns from the answer to the request let out as `pass`. For a 429, pauses everyone
+    /// until the reset (`Retry-After`, else `x-ratelimit-reset`, else one second); a pause
+    /// worth it is logged when it starts.
+    pub fn observe(&self, pass: &Pass, status: u16, headers: &HeaderMap) {
+        let budget = BudgetHeaders::parse(headers);
+        if let (Some(share), Some(limit)) = (&self.share, budget.limit) {
+            self.follow_limit(share, limit);
+        }
+        self.answer_settled();
+        let own_pace = *self.own_pace.lock().unwrap_or_else(|p| p.into_inner());
+        let line = self
+            .lock()
+            .answer(pass, Instant::now(), status, &budget, headers, own_pace);
+        if let Some(line) = line {
             tracing::warn!("{line}");
         }
     }
 
-    /// Learns from a response's headers. For a 429, pauses everyone until the reset
-    /// (`Retry-After`, else `x-ratelimit-reset`, else one second).
-    pub fn observe(&self, status: u16, headers: &HeaderMap) {
-        let budget = BudgetHeaders::parse(headers);
-        if let (Some(share), Some(limit)) = (&self.share, budget.limit) {
-            let mut applied = share.applied.lock().unwrap_or_else(|p| p.into_inner());
-            if *applied != Some(limit) {
-                *applied = Some(limit);
-                let requests = ((limit as f64) * share.fraction).floor().max(1.0) as u32;
-                tracing::info!(
-                    "the org's limit is {limit} requests per window: using {requests} ({:.0}%)",
-                    share.fraction * 100.0
-                );
-                let limiter = ceiling(requests, self.window);
-                *self.own_pace.lock().unwrap_or_else(|p| p.into_inner()) =
-                    pace(requests, self.window);
-                if let Some(limiter) = &limiter {
-                    // Charge it for the probe, already sent in this window.
-                    let _ = limiter.check();
-                }
-                *self.limiter.lock().unwrap_or_else(|p| p.into_inner()) = limiter;
-            }
-        }
-        self.answer_settled();
-        if status == 429 {
-            let wait = budget
-                .retry_after
-                .or(budget.reset_in)
-                .unwrap_or(Duration::from_secs(1))
-                .max(Duration::from_millis(50));
-            self.pause(wait, budget.cause_of_429(headers));
+    /// With a rate share: the ceiling follows the limit the server reports.
+    fn follow_limit(&self, share: &Share, limit: u64) {
+        let mut applied = share.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if *applied == Some(limit) {
             return;
         }
-        let (Some(remaining), Some(reset_in)) = (budget.remaining, budget.reset_in) else {
-            self.lock().holds.release();
-            return;
-        };
-        if remaining == 0 {
-            // Nothing left until the reset: wait for it. Spacing from an empty budget would
-            // add a whole reset per request after the pause; the next answer sets it anew.
-            self.pause(reset_in, budget.cause_of_spent(headers));
-            self.lock().spacing = Duration::ZERO;
-            return;
+        *applied = Some(limit);
+        let requests = ((limit as f64) * share.fraction).floor().max(1.0) as u32;
+        tracing::info!(
+            "the org's limit is {limit} requests per window: using {requests} ({:.0}%)",
+            share.fraction * 100.0
+        );
+        let limiter = ceiling(requests, self.window);
+        *self.own_pace.lock().unwrap_or_else(|p| p.into_inner()) = pace(requests, self.window);
+        if let Some(limiter) = &limiter {
+            // Charge it for the probe, already sent in this window.
+            let _ = limiter.check();
         }
-        self.lock().holds.release();
-        let reset_in = reset_in.min(MAX_PAUSE);
-        // While the server has more left than our own ceiling would send before its reset,
-        // spacing by its headers would only put a second pacer in series with ours, and two
-        // pacers at the same rate lose a few percent of it (measured: 98.0% of a 2,000/min
-        // budget with it, at 400-500 ms). It slows us when others share the budget.
-        // The reset is often given in whole seconds, rounded up: a second of tolerance keeps
-        // that rounding from reading as a budget tighter than ours.
-        let own_pace = *self.own_pace.lock().unwrap_or_else(|p| p.into_inner());
-        let before_reset = reset_in
-            .saturating_sub(Duration::from_secs(1))
-            .as_secs_f64();
-        let ours_fits = own_pace.is_some_and(|pace| remaining as f64 >= pace * before_reset);
-        let spacing = if ours_fits {
-            Duration::ZERO
-        } else {
-            reset_in / u32::try_from(remaining + 1).unwrap_or(u32::MAX)
-        };
-        self.lock().spacing = spacing;
+        *self.limiter.lock().unwrap_or_else(|p| p.into_inner()) = limiter;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl GateState {
+    /// When the next request may leave: after the pause, its pacing slot, and the end of a
+    /// window with nothing left.
+    fn ready_at(&self) -> Instant {
+        let ready = self.paused_until.max(self.next_slot);
+        match self.left {
+            Some(left) if left.requests == 0 => ready.max(left.until),
+            _ => ready,
+        }
+    }
+
+    /// Lets a request out now.
+    fn let_out(&mut self, now: Instant) -> Pass {
+        self.left = self.left.filter(|left| left.until > now).map(|left| Left {
+            requests: left.requests.saturating_sub(1),
+            ..left
+        });
+        let pass = Pass {
+            sent: now,
+            number: self.let_out,
+        };
+        self.let_out += 1;
+        pass
+    }
+
+    /// What an answer means for the requests not yet sent: a pause, a pace, or nothing
+    /// (`own_pace`: our own ceiling's, per second). The line to log, if any.
+    fn answer(
+        &mut self,
+        pass: &Pass,
+        now: Instant,
+        status: u16,
+        budget: &BudgetHeaders,
+        headers: &HeaderMap,
+        own_pace: Option<f64>,
+    ) -> Option<String> {
+        if let (Some(remaining), Some(reset)) = (budget.remaining, budget.reset_whole) {
+            self.clock.learn(pass.sent, remaining, reset, budget.limit);
+        }
+        if status == 429 {
+            self.clock.refused();
+            let wait = budget
+                .retry_after
+                .or(budget.reset_in)
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_millis(50));
+            return self.pause(now, wait, budget.cause_of_429(headers));
+        }
+        let (Some(remaining), Some(reset_in)) = (budget.remaining, budget.reset_in) else {
+            self.holds.release();
+            return None;
+        };
+        // Where the answer's window ends: as the clock knows it, else the reset as given,
+        // from now (later than from the server's reading of the request: it errs late).
+        let known_end = budget.reset_whole.and(self.clock.end_of(pass.sent));
+        let end = known_end.unwrap_or(now + reset_in.min(MAX_PAUSE));
+        if remaining > 0 {
+            self.holds.release();
+        }
+        if end <= now {
+            // A window that is over says nothing of the one in progress.
+            return None;
+        }
+        if remaining == 0 {
+            // Nothing left until the end: wait for it. Spacing from an empty budget would
+            // add a whole window per request after the pause; the next answer sets it anew.
+            self.spacing = Duration::ZERO;
+            self.left = None;
+            return self.pause(now, end - now, budget.cause_of_spent(headers));
+        }
+        // The requests let out since this one was counted take from what is left too, and
+        // so does every request let out from now on, until the next answer says anew. It is
+        // counted down only against an end the clock knows: against one known to the next
+        // whole second, the last answers of a window, read after it ended, held the next
+        // requests for up to a second (measured: 1.5% of a 2,000/min budget).
+        let requests = remaining.saturating_sub(self.let_out - pass.number - 1);
+        self.left = known_end.map(|until| Left { requests, until });
+        self.spacing = match (requests, known_end) {
+            (0, Some(_)) => Duration::ZERO,
+            (left, _) => spacing(remaining, left, end - now, own_pace),
+        };
+        None
+    }
+
+    /// Stops every request for `wait` (at most [`MAX_PAUSE`]) from `now`, for `cause`: the
+    /// line to log, if the pause is worth one.
+    fn pause(&mut self, now: Instant, wait: Duration, cause: String) -> Option<String> {
+        let wait = wait.min(MAX_PAUSE);
+        let until = now + wait;
+        let extending = until.saturating_duration_since(self.paused_until.max(now));
+        self.paused_until = self.paused_until.max(until);
+        self.holds.pause(now, wait, extending, cause)
+    }
+}
+
+/// The spacing that spreads `left` requests (what the server says `remaining`, less the
+/// requests sent since) over the `until_end` of its window (with none left, a wait for the
+/// end), or none while our own ceiling (`own_pace`, per second) would not spend its
+/// `remaining` before the end.
+///
+/// While the server has more left than our ceiling would send before its reset, spacing by
+/// its headers would only put a second pacer in series with ours, and two pacers at the
+/// same rate lose a few percent of it (measured: 98.0% of a 2,000/min budget with it, at
+/// 400-500 ms). It slows us when others share the budget, or the server's limit is below
+/// ours. A second of tolerance keeps a reset rounded up to whole seconds from reading as a
+/// budget tighter than ours; the requests in flight are part of our pace, so that test
+/// leaves them in (taken off, they put the second pacer in at the start of a 2,000/min
+/// window: 6 s to the budget's pace instead of 4, measured). What our ceiling spends early
+/// is only a wait at the end, where the count of what is left holds the next request.
+fn spacing(remaining: u64, left: u64, until_end: Duration, own_pace: Option<f64>) -> Duration {
+    let before_end = until_end
+        .saturating_sub(Duration::from_secs(1))
+        .as_secs_f64();
+    if own_pace.is_some_and(|pace| remaining as f64 >= pace * before_end) {
+        Duration::ZERO
+    } else {
+        until_end / u32::try_from(left + 1).unwrap_or(u32::MAX)
     }
 }
 
@@ -318,7 +437,12 @@ impl BudgetHeaders {
                 .filter(|v| v.is_finite() && *v >= 0.0)
         };
         let whole = |name: &str| number(name).map(|v| v.min(f64::from(u32::MAX)) as u64);
-        let reset_in = number("x-ratelimit-reset").map(seconds_until);
+        let reset = number("x-ratelimit-reset");
+        let reset_in = reset.map(seconds_until);
+        // Whole seconds from now, not an epoch: what the window clock learns from.
+        let reset_whole = reset
+            .filter(|reset| reset.fract() == 0.0 && *reset <= 1e9)
+            .map(|reset| reset as u64);
         let retry_after = text("retry-after").and_then(|value| match value.parse::<f64>() {
             Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Some(saturating(seconds)),
             Ok(_) => None,
@@ -330,6 +454,7 @@ impl BudgetHeaders {
             limit: whole("x-ratelimit-limit"),
             remaining: whole("x-ratelimit-remaining"),
             reset_in,
+            reset_whole,
             retry_after,
         }
     }
@@ -426,6 +551,13 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
 
+    impl RateGate {
+        /// A request let out now, whatever the gate would say: to give answers to.
+        fn pass(&self) -> Pass {
+            self.lock().let_out(Instant::now())
+        }
+    }
+
     fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
@@ -489,7 +621,8 @@ mod tests {
             }));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        gate.pause(Duration::from_millis(1500), "a test".into());
+        gate.lock()
+            .pause(Instant::now(), Duration::from_millis(1500), "a test".into());
         for worker in workers {
             worker.await.unwrap();
         }
@@ -516,6 +649,7 @@ mod tests {
         }
         let gate = RateGate::new(0, Duration::from_secs(60));
         gate.observe(
+            &gate.pass(),
             200,
             &headers(&[
                 ("x-ratelimit-remaining", "1e20".into()),
@@ -533,16 +667,16 @@ mod tests {
                 ("x-ratelimit-reset", reset.to_string()),
             ])
         };
-        gate.observe(200, &budget(100, 60));
+        gate.observe(&gate.pass(), 200, &budget(100, 60));
         assert_eq!(gate.lock().spacing, Duration::ZERO);
-        gate.observe(200, &budget(9, 60));
+        gate.observe(&gate.pass(), 200, &budget(9, 60));
         assert_eq!(gate.lock().spacing, Duration::from_secs(6));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_429_pauses_everyone_until_the_reset() {
         let gate = RateGate::new(0, Duration::from_secs(60));
-        gate.observe(429, &headers(&[("retry-after", "2".into())]));
+        gate.observe(&gate.pass(), 429, &headers(&[("retry-after", "2".into())]));
         let start = Instant::now();
         gate.acquire().await.unwrap();
         assert!(Instant::now() - start >= Duration::from_secs(2));
@@ -553,7 +687,11 @@ mod tests {
         let gate = std::sync::Arc::new(RateGate::new(0, Duration::from_secs(60)));
         let stop = CancellationToken::new();
         gate.stop_on(stop.clone());
-        gate.observe(429, &headers(&[("retry-after", "300".into())]));
+        gate.observe(
+            &gate.pass(),
+            429,
+            &headers(&[("retry-after", "300".into())]),
+        );
         let start = Instant::now();
         let waiting = tokio::spawn({
             let gate = gate.clone();
@@ -561,15 +699,15 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_secs(5)).await;
         stop.cancel();
-        assert_eq!(waiting.await.unwrap(), Err(Held::Stopping));
+        assert_eq!(waiting.await.unwrap().unwrap_err(), Held::Stopping);
         assert!(Instant::now() - start < Duration::from_secs(6));
         // After the stop, a request the server would hold back is refused at once...
-        assert_eq!(gate.acquire().await, Err(Held::Stopping));
+        assert_eq!(gate.acquire().await.unwrap_err(), Held::Stopping);
         assert!(Instant::now() - start < Duration::from_secs(6));
         // ...and one it lets through still leaves (a bulk job's poll within the grace).
         let open = RateGate::new(0, Duration::from_secs(60));
         open.stop_on(stop);
-        assert_eq!(open.acquire().await, Ok(()));
+        assert!(open.acquire().await.is_ok());
     }
 
     /// Sends through `gate` until it refuses, each request answered `status` with
@@ -582,7 +720,7 @@ mod tests {
         let start = Instant::now();
         loop {
             match gate.acquire().await {
-                Ok(()) => gate.observe(status, &headers(answer)),
+                Ok(pass) => gate.observe(&pass, status, &headers(answer)),
                 Err(held) => return (Instant::now() - start, held),
             }
         }
@@ -632,13 +770,94 @@ mod tests {
             RateGate::new(0, Duration::from_secs(60)).with_max_stall(Duration::from_secs(30));
         let start = Instant::now();
         for _ in 0..60 {
-            gate.acquire().await.unwrap();
-            gate.observe(429, &headers(&[("retry-after", "1".into())]));
-            gate.acquire().await.unwrap();
-            gate.observe(200, &headers(&[]));
+            let pass = gate.acquire().await.unwrap();
+            gate.observe(&pass, 429, &headers(&[("retry-after", "1".into())]));
+            let pass = gate.acquire().await.unwrap();
+            gate.observe(&pass, 200, &headers(&[]));
         }
         assert!(Instant::now() - start >= Duration::from_secs(60));
         let (waited, _) = held_until_refused(&gate, 429, &[]).await;
         assert!(waited >= Duration::from_secs(30), "{waited:?}");
+    }
+
+    /// The sandbox's fixed windows (100 requests per 10 s, resets in whole seconds rounded
+    /// up) behind 150 ms of latency (`jitter`: 50 to 250 ms, and 1 to 6 ms to reach the
+    /// server), four workers sending through `gate` on tokio's paused clock: the requests it
+    /// accepted from 10 s to 70 s, over its budget for those 60 s, and the share of 429s.
+    async fn budget_used_against_short_windows(gate: RateGate, jitter: bool) -> (f64, f64) {
+        use crate::sandbox::RateLimiter;
+        use rand::{Rng, SeedableRng};
+        let start = Instant::now();
+        let gate = Arc::new(gate);
+        let server = Arc::new(Mutex::new(RateLimiter::new(
+            Some(100),
+            Duration::from_secs(10),
+        )));
+        let counts = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
+        let mut workers = Vec::new();
+        for worker in 0..4 {
+            let (gate, server, counts) = (gate.clone(), server.clone(), counts.clone());
+            let mut dice = rand::rngs::StdRng::seed_from_u64(worker);
+            workers.push(tokio::spawn(async move {
+                while Instant::now() - start < Duration::from_secs(70) {
+                    let pass = gate.acquire().await.unwrap();
+                    let (to_server, latency) = if jitter {
+                        (dice.random_range(1..=6), dice.random_range(50..=250))
+                    } else {
+                        (1, 150)
+                    };
+                    let arrived = Instant::now() - start + Duration::from_millis(to_server);
+                    let verdict = server.lock().unwrap().check(arrived).unwrap();
+                    tokio::time::sleep(Duration::from_millis(latency)).await;
+                    let mut answer = vec![
+                        ("x-ratelimit-limit", verdict.limit.to_string()),
+                        ("x-ratelimit-remaining", verdict.remaining.to_string()),
+                        ("x-ratelimit-reset", verdict.reset_secs.to_string()),
+                    ];
+                    let mut counts = counts.lock().unwrap();
+                    let steady =
+                        arrived >= Duration::from_secs(10) && arrived < Duration::from_secs(70);
+                    counts.0 += 1;
+                    if !verdict.allowed {
+                        counts.1 += 1;
+                        answer.push(("retry-after", verdict.reset_secs.to_string()));
+                    } else if steady {
+                        counts.2 += 1;
+                    }
+                    drop(counts);
+                    let status = if verdict.allowed { 200 } else { 429 };
+                    gate.observe(&pass, status, &headers(&answer));
+                }
+            }));
+        }
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let (requests, refused, accepted) = *counts.lock().unwrap();
+        (accepted as f64 / 600.0, refused as f64 / requests as f64)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_windows_end_is_learnt_and_its_budget_used_to_the_last_percent() {
+        for jitter in [false, true] {
+            let gate = RateGate::new(0, Duration::from_secs(60));
+            let (used, refused) = budget_used_against_short_windows(gate, jitter).await;
+            assert!(used >= 0.98, "{:.1}% of the budget used", used * 100.0);
+            assert!(
+                refused <= 0.005,
+                "{:.2}% of requests refused",
+                refused * 100.0
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_dated_when_its_request_leaves_keeps_its_place() {
+        let gate = RateGate::new(0, Duration::from_secs(60));
+        let pass = gate.acquire().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let leaving = pass.leaving_now();
+        assert_eq!(leaving.number, pass.number);
+        assert_eq!(leaving.sent - pass.sent, Duration::from_millis(40));
     }
 }

@@ -4,6 +4,7 @@
 //! revoked-key fault; [`RateLimiter`] is Kustomer's fixed-window budget. The counters of
 //! what was injected live in `stats.rs`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -140,13 +141,15 @@ pub struct RateVerdict {
 }
 
 /// Fixed windows of `window` starting at server start; every request counts, refused ones
-/// included; beyond `limit` in the current window a request is refused.
+/// included; beyond `limit` in the current window a request is refused. It keeps how many
+/// each window let through, for the budget benchmark.
 #[derive(Debug)]
 pub struct RateLimiter {
     limit: Option<u32>,
     window: Duration,
     current: u128,
     count: u64,
+    allowed: BTreeMap<u64, u64>,
 }
 
 impl RateLimiter {
@@ -156,7 +159,14 @@ impl RateLimiter {
             window: window.max(Duration::from_millis(1)),
             current: 0,
             count: 0,
+            allowed: BTreeMap::new(),
         }
+    }
+
+    /// Requests let through, by window (0: the one the server started in); windows that
+    /// let none through are left out.
+    pub fn allowed_by_window(&self) -> BTreeMap<u64, u64> {
+        self.allowed.clone()
     }
 
     /// Counts a request arriving `elapsed` after server start. `None` when unlimited.
@@ -173,8 +183,15 @@ impl RateLimiter {
         let reset_secs = u64::try_from(until_reset.div_ceil(1_000_000_000))
             .unwrap_or(u64::MAX)
             .max(1);
+        let allowed = self.count <= u64::from(limit);
+        if allowed {
+            *self
+                .allowed
+                .entry(u64::try_from(index).unwrap_or(u64::MAX))
+                .or_default() += 1;
+        }
         Some(RateVerdict {
-            allowed: self.count <= u64::from(limit),
+            allowed,
             limit,
             remaining: u32::try_from(u64::from(limit).saturating_sub(self.count)).unwrap_or(0),
             reset_secs,
@@ -275,5 +292,9 @@ mod tests {
             Some((true, 1, 60))
         );
         assert_eq!(RateLimiter::new(None, at(1)).check(at(5)), None);
+        assert_eq!(
+            limiter.allowed_by_window().into_iter().collect::<Vec<_>>(),
+            [(0, 2), (1, 1)]
+        );
     }
 }

@@ -121,6 +121,10 @@ impl App {
         self.lock().store.records()
     }
 
+    pub fn allowed_by_window(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.lock().rate.allowed_by_window()
+    }
+
     pub fn set_faults(&self, faults: FaultConfig) {
         self.lock().faults.set(faults);
     }

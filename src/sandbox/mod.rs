@@ -40,6 +40,9 @@ use tower::Layer;
 use tower::util::MapRequestLayer;
 
 pub use faults::FaultConfig;
+// The rate gate's tests send against the same windows as the sandbox's clients.
+#[cfg(test)]
+pub(crate) use faults::RateLimiter;
 pub use stats::{FaultCounts, Stats};
 pub use store::{
     ConversationRecord, CustomerRecord, EmailEntry, Lookup, LookupError, PhoneEntry, Records,
@@ -164,6 +167,12 @@ impl Sandbox {
     /// Same content as `GET /__records`.
     pub fn records(&self) -> Records {
         self.app.records()
+    }
+
+    /// Requests the org's limit let through, by fixed window (0: the one the sandbox
+    /// started in; windows that let none through are left out). Empty without a limit.
+    pub fn allowed_by_window(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.app.allowed_by_window()
     }
 
     /// Changes faults at run time (tests turn faults on/off between runs). Re-seeds the
