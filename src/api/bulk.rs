@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::client::{KustomerClient, Turn, classify_failure, record_id};
+use super::client::{Call, KustomerClient, Turn, classify_failure, record_id};
 use super::error::{ApiError, error_says_duplicate, error_status, error_words, trimmed};
 
 /// Most bodies one bulk request takes.
@@ -91,7 +91,7 @@ impl KustomerClient {
             .await?;
         let code = status.as_u16();
         if !(200..=202).contains(&code) {
-            return Err(classify_failure(code, &answer));
+            return Err(classify_failure(Call::Write, code, &answer));
         }
         let id = record_id(&answer).ok_or_else(|| ApiError::Transient {
             reason: format!("bulk submit answered {status} with no job id"),
@@ -110,7 +110,7 @@ impl KustomerClient {
             .send(Method::GET, self.job_url(job_id, ""), None)
             .await?;
         if !matches!(status.as_u16(), 200 | 201) {
-            return Err(classify_failure(status.as_u16(), &answer));
+            return Err(classify_failure(Call::Job, status.as_u16(), &answer));
         }
         job_status(&answer).ok_or_else(|| ApiError::Transient {
             reason: format!("bulk job poll answered {status} with no status"),
@@ -128,7 +128,7 @@ impl KustomerClient {
             .send(Method::GET, self.job_url(job_id, "/batches"), None)
             .await?;
         if !matches!(status.as_u16(), 200 | 201) {
-            return Err(classify_failure(status.as_u16(), &answer));
+            return Err(classify_failure(Call::Job, status.as_u16(), &answer));
         }
         item_outcomes(&answer).ok_or_else(|| ApiError::Transient {
             reason: format!("bulk job batches answered {status} with no batches"),

@@ -210,7 +210,7 @@ impl KustomerClient {
             409 => Err(ApiError::Duplicate {
                 message: server_message(&answer),
             }),
-            code => Err(classify_failure(code, &answer)),
+            code => Err(classify_failure(Call::Write, code, &answer)),
         }
     }
 
@@ -237,7 +237,7 @@ impl KustomerClient {
                 }),
             },
             404 => Ok(None),
-            code => Err(classify_failure(code, &answer)),
+            code => Err(classify_failure(Call::Lookup, code, &answer)),
         }
     }
 
@@ -529,8 +529,31 @@ fn found_id(answer: &[u8]) -> Found {
 /// was not taken (`maybe_applied: false`: sent again as it is, with no lookup first): a 503,
 /// a refused connection, and 429s (which reach callers only as "still rate limited").
 /// Every other failure on the way may hide a write.
-pub(super) fn classify_failure(code: u16, answer: &[u8]) -> ApiError {
+pub(super) fn classify_failure(call: Call, code: u16, answer: &[u8]) -> ApiError {
     let message = server_message(answer);
+    match (call, code) {
+        (Call::Write, 404 | 405) => ApiError::NoSuchEndpoint {
+            status: code,
+            message,
+        },
+        (Call::Job, 404) => ApiError::UnknownJob { message },
+        (_, code) => classify_status(code, message),
+    }
+}
+
+/// Which kind of call an answer came to: what a 404 means depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Call {
+    /// A create or a bulk submit: its route is fixed, so a 404/405 means no such route.
+    Write,
+    /// A lookup: a 404 is an answer ("no such record"), read by the caller before this.
+    Lookup,
+    /// A bulk job's status or results: a 404 means no such job (yet).
+    Job,
+}
+
+/// What a status says, whatever the call.
+fn classify_status(code: u16, message: String) -> ApiError {
     match code {
         401 | 403 => ApiError::Unauthorized {
             status: code,
@@ -645,24 +668,42 @@ mod tests {
     #[test]
     fn failures_are_classified_by_what_the_caller_must_do() {
         assert!(matches!(
-            classify_failure(401, b""),
+            classify_failure(Call::Lookup, 401, b""),
             ApiError::Unauthorized { .. }
         ));
         assert!(matches!(
-            classify_failure(403, b""),
+            classify_failure(Call::Lookup, 403, b""),
             ApiError::Unauthorized { .. }
         ));
         for maybe in [408, 500, 502, 504] {
-            let error = classify_failure(maybe, b"");
+            let error = classify_failure(Call::Write, maybe, b"");
             assert!(error.is_retriable() && error.maybe_applied(), "{maybe}");
         }
         // The server says it did not handle the request: sent again, nothing looked up.
-        let busy = classify_failure(503, br#"{"errors":[{"status":"503","detail":"busy"}]}"#);
+        let busy = classify_failure(
+            Call::Write,
+            503,
+            br#"{"errors":[{"status":"503","detail":"busy"}]}"#,
+        );
         assert!(busy.is_retriable() && !busy.maybe_applied());
         assert!(busy.to_string().contains("busy"), "{busy}");
         assert!(matches!(
-            classify_failure(422, b"{}"),
+            classify_failure(Call::Write, 422, b"{}"),
             ApiError::Rejected { status: 422, .. }
+        ));
+        // What a 404 means depends on the call: no route, no job, or (read before this) no
+        // such record.
+        assert!(matches!(
+            classify_failure(Call::Write, 405, b""),
+            ApiError::NoSuchEndpoint { status: 405, .. }
+        ));
+        assert!(matches!(
+            classify_failure(Call::Job, 404, b""),
+            ApiError::UnknownJob { .. }
+        ));
+        assert!(matches!(
+            classify_failure(Call::Lookup, 405, b""),
+            ApiError::Rejected { status: 405, .. }
         ));
     }
 

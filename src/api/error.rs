@@ -33,6 +33,16 @@ pub enum ApiError {
          org, the network); no request was answered, so nothing was sent"
     )]
     Unreachable { base_url: String, reason: String },
+    /// 404/405 on a create or a bulk submit: the API has no such route here, so the base URL
+    /// is wrong (or, for a bulk submit, the org has no bulk jobs). Nothing was made. Stop the
+    /// run, or go on one request per record; fail no row.
+    #[error("the API has no such endpoint ({status}): {message}")]
+    NoSuchEndpoint { status: u16, message: String },
+    /// 404 on a bulk job's status or results: the API does not know the job, or not yet (a
+    /// job store may lag behind the submit's answer). Ask again; past the retries, the job
+    /// may or may not exist.
+    #[error("the API does not know it (404: {message})")]
+    UnknownJob { message: String },
     /// 409: a record with the same externalId, email or phone exists.
     #[error("duplicate (409): {message}")]
     Duplicate { message: String },

@@ -5,23 +5,20 @@
 //! customer links the row to the customer that exists; a 401/403 stops the run; transient
 //! failures back off and, past the retry budget, leave the row pending.
 
-use std::time::Duration;
-
-use crate::api::{ApiError, Held, LookupField};
-use crate::checkpoint::{Change, CustomerOrigin, RowChange, RowState};
-use crate::mapping::{ConversationBody, CustomerBody};
-
-use super::{
-    CustomerStep, Event, Halt, ImportSettings, RowOutcome, Settlement, Shared, StopReason, Work,
-    conversation_intent, row_change,
-};
+use super::failure::{Call, Retries, create_refused};
+use super::planner::Event;
+use super::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, Step};
+use super::{Shared, StopReason};
+use crate::api::ApiError;
+use crate::checkpoint::{Change, CustomerOrigin};
+use crate::mapping::ConversationBody;
 
 /// Takes one row from its customer to done, or to the reason it stopped.
 pub(super) async fn process_row(
     shared: &Shared,
-    work: Work,
+    work: PlannedRow,
     step: CustomerStep,
-) -> (Work, RowOutcome) {
+) -> (PlannedRow, RowOutcome) {
     let mut attempts = Attempts::new(shared);
     let outcome = match drive_row(shared, &work, step, &mut attempts).await {
         Ok(outcome) => outcome,
@@ -33,31 +30,11 @@ pub(super) async fn process_row(
     (work, outcome)
 }
 
-/// Records in the checkpoint why a row stopped short of done: failed (with the reason, and
-/// marked when its create may have landed), or, for a pending row, nothing: it keeps the
-/// state (and intent) it reached.
-pub(super) async fn record_halt(shared: &Shared, work: &Work, halt: &Halt, requests: u32) {
-    if let Some(change) = halt_change(work, halt, requests) {
+/// Records in the checkpoint why a row stopped short of done (see [`PlannedRow::halted`]).
+pub(super) async fn record_halt(shared: &Shared, work: &PlannedRow, halt: &Halt, requests: u32) {
+    if let Some(change) = work.halted(halt, requests) {
         record_or_halt(shared, vec![Change::Row(change)]).await;
     }
-}
-
-/// The row change a halt is recorded as; None for a pending row.
-pub(super) fn halt_change(work: &Work, halt: &Halt, requests: u32) -> Option<RowChange> {
-    let mut change = row_change(&work.origin, &work.plan, RowState::Failed, None, None);
-    change.attempts = requests;
-    match halt {
-        Halt::Failed { field, reason } => {
-            change.field = field.clone();
-            change.error = Some(reason.clone());
-        }
-        Halt::Unresolved(reason) => {
-            change.error = Some(reason.clone());
-            change.outcome_unknown = true;
-        }
-        Halt::Pending(_) => return None,
-    }
-    Some(change)
 }
 
 /// The conversation as it is sent: its customer's id in, and `importedAt` stamped unless
@@ -81,7 +58,7 @@ pub(super) fn conversation_to_send(
 
 async fn drive_row(
     shared: &Shared,
-    work: &Work,
+    work: &PlannedRow,
     step: CustomerStep,
     attempts: &mut Attempts<'_>,
 ) -> Result<RowOutcome, Halt> {
@@ -99,14 +76,7 @@ async fn drive_row(
         }
     };
     let Some(conversation) = &work.plan.conversation else {
-        let mut done = row_change(
-            &work.origin,
-            &work.plan,
-            RowState::Done,
-            Some(customer_id),
-            None,
-        );
-        done.attempts = attempts.take_requests();
+        let done = work.done(customer_id, None, attempts.take_requests());
         record_or_halt(shared, vec![Change::Row(done)]).await;
         return Ok(RowOutcome::Done { conversation: None });
     };
@@ -114,7 +84,7 @@ async fn drive_row(
     // A stop is heeded before the intent, never between the intent and its request: a
     // drained run leaves no intent it did not act on. Between retries, the backoff heeds it.
     if !intent_committed {
-        let intent = conversation_intent(work, &customer_id, attempts.take_requests());
+        let intent = work.conversation_intent(&customer_id, attempts.take_requests());
         attempts.check_stop()?;
         commit_or_halt(shared, vec![Change::Row(intent)]).await?;
     }
@@ -158,8 +128,8 @@ async fn drive_row(
         attempts.requests += 1;
         match shared.client.create_conversation(&body).await {
             Ok(id) => break (id, CustomerOrigin::Created),
-            Err(ApiError::Rejected { status, message }) => {
-                return Err(refusal(shared, "conversation", status, message));
+            Err(error @ (ApiError::Rejected { .. } | ApiError::NoSuchEndpoint { .. })) => {
+                return Err(create_refused(shared, Step::Conversation, &error));
             }
             // An API that refuses repeated conversation externalIds says the conversation
             // exists: an earlier attempt's answer was lost after all. Find it.
@@ -181,14 +151,7 @@ async fn drive_row(
             }
         }
     };
-    let mut done = row_change(
-        &work.origin,
-        &work.plan,
-        RowState::Done,
-        Some(customer_id),
-        Some(conversation_id),
-    );
-    done.attempts = attempts.take_requests();
+    let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
     record_or_halt(shared, vec![Change::Row(done)]).await;
     Ok(RowOutcome::Done {
         conversation: Some(origin),
@@ -199,7 +162,7 @@ async fn drive_row(
 /// fail), withdrawing the intent of a customer that will not be made.
 async fn announce_customer(
     shared: &Shared,
-    work: &Work,
+    work: &PlannedRow,
     settled: Result<Resolved, Halt>,
 ) -> Result<Resolved, Halt> {
     let settlement = match &settled {
@@ -207,13 +170,7 @@ async fn announce_customer(
         Err(halt) => Settlement::of_halt(halt),
     };
     if let Settlement::Failed { .. } = settlement {
-        record_or_halt(
-            shared,
-            vec![Change::CustomerWithdrawn {
-                customer_key: work.plan.customer_key.clone(),
-            }],
-        )
-        .await;
+        record_or_halt(shared, vec![work.customer_withdrawn()]).await;
     }
     let _ = shared.events.send(Event::CustomerSettled {
         customer_key: work.plan.customer_key.clone(),
@@ -226,29 +183,14 @@ async fn announce_customer(
 /// that already existed), recording the intent first and the id after.
 async fn settle_customer(
     shared: &Shared,
-    work: &Work,
+    work: &PlannedRow,
     reconcile_first: bool,
     attempts: &mut Attempts<'_>,
 ) -> Result<Resolved, Halt> {
-    let plan = &work.plan;
-    let customer = &plan.customer;
-    let mut intent = row_change(&work.origin, plan, RowState::CustomerSent, None, None);
-    intent.attempts = attempts.take_requests();
+    let intent = work.customer_intent(attempts.take_requests());
     attempts.check_stop()?;
-    commit_or_halt(
-        shared,
-        vec![
-            Change::CustomerSent {
-                customer_key: plan.customer_key.clone(),
-                external_id: customer.external_id.clone(),
-                email: customer.emails.first().map(|e| e.email.clone()),
-                phone: customer.phones.first().map(|p| p.phone.clone()),
-            },
-            Change::Row(intent),
-        ],
-    )
-    .await?;
-    let (id, origin) = send_customer(shared, customer, reconcile_first, attempts).await?;
+    commit_or_halt(shared, intent.into()).await?;
+    let (id, origin) = send_customer(shared, work, reconcile_first, attempts).await?;
     record_customer(shared, work, id, origin, attempts).await
 }
 
@@ -256,14 +198,14 @@ async fn settle_customer(
 /// was lost), or finds the one that already existed.
 async fn send_customer(
     shared: &Shared,
-    customer: &CustomerBody,
+    work: &PlannedRow,
     reconcile_first: bool,
     attempts: &mut Attempts<'_>,
 ) -> Result<(String, CustomerOrigin), Halt> {
     let mut unknown = reconcile_first;
     loop {
         if unknown {
-            match find_customer(shared, customer, attempts).await {
+            match find_customer(shared, work, attempts).await {
                 Ok(Some(id)) => return Ok((id, CustomerOrigin::Reconciled)),
                 Ok(None) => unknown = false,
                 Err(error) => {
@@ -273,13 +215,13 @@ async fn send_customer(
             }
         }
         attempts.requests += 1;
-        match shared.client.create_customer(customer).await {
+        match shared.client.create_customer(&work.plan.customer).await {
             Ok(id) => return Ok((id, CustomerOrigin::Created)),
             Err(ApiError::Duplicate { message }) => {
-                return link_existing(shared, customer, &message, attempts).await;
+                return link_existing(shared, work, &message, attempts).await;
             }
-            Err(ApiError::Rejected { status, message }) => {
-                return Err(refusal(shared, "customer", status, message));
+            Err(error @ (ApiError::Rejected { .. } | ApiError::NoSuchEndpoint { .. })) => {
+                return Err(create_refused(shared, Step::Customer, &error));
             }
             Err(error) => {
                 unknown |= error.maybe_applied();
@@ -296,13 +238,12 @@ async fn send_customer(
 /// the words single mode would give), rather than the row failing on words.
 async fn link_after_bulk(
     shared: &Shared,
-    work: &Work,
+    work: &PlannedRow,
     message: &str,
     attempts: &mut Attempts<'_>,
 ) -> Result<Resolved, Halt> {
-    let customer = &work.plan.customer;
     let found = loop {
-        match find_customer(shared, customer, attempts).await {
+        match find_customer(shared, work, attempts).await {
             Ok(found) => break found,
             Err(error) => attempts.after_failure(&error).await?,
         }
@@ -311,7 +252,7 @@ async fn link_after_bulk(
         Some(id) => shared.settings.on_existing_customer.settle(id)?,
         None => {
             tracing::debug!("a bulk job refused a customer ({message}) that no lookup finds");
-            send_customer(shared, customer, false, attempts).await?
+            send_customer(shared, work, false, attempts).await?
         }
     };
     record_customer(shared, work, id, origin, attempts).await
@@ -324,7 +265,7 @@ async fn link_after_bulk(
 /// crash leaves the same states as before, since the two land together or not at all.
 async fn record_customer(
     shared: &Shared,
-    work: &Work,
+    work: &PlannedRow,
     id: String,
     origin: CustomerOrigin,
     attempts: &mut Attempts<'_>,
@@ -332,28 +273,13 @@ async fn record_customer(
     // A stop is heeded before an intent: a stopping run records only the customer.
     let with_intent = work.plan.conversation.is_some() && attempts.check_stop().is_ok();
     let row = if with_intent {
-        conversation_intent(work, &id, attempts.take_requests())
+        work.conversation_intent(&id, attempts.take_requests())
     } else {
-        let mut resolved = row_change(
-            &work.origin,
-            &work.plan,
-            RowState::CustomerOk,
-            Some(id.clone()),
-            None,
-        );
-        resolved.attempts = attempts.take_requests();
-        resolved
+        work.customer_known(&id, attempts.take_requests())
     };
     commit_or_halt(
         shared,
-        vec![
-            Change::CustomerResolved {
-                customer_key: work.plan.customer_key.clone(),
-                customer_id: id.clone(),
-                origin,
-            },
-            Change::Row(row),
-        ],
+        vec![work.customer_resolved(&id, origin), Change::Row(row)],
     )
     .await?;
     Ok(Resolved {
@@ -374,12 +300,12 @@ struct Resolved {
 /// After a 409: finds the customer that holds the row's externalId, email or phone.
 async fn link_existing(
     shared: &Shared,
-    customer: &CustomerBody,
+    work: &PlannedRow,
     message: &str,
     attempts: &mut Attempts<'_>,
 ) -> Result<(String, CustomerOrigin), Halt> {
     loop {
-        match find_customer(shared, customer, attempts).await {
+        match find_customer(shared, work, attempts).await {
             Ok(Some(id)) => return shared.settings.on_existing_customer.settle(id),
             Ok(None) => {
                 return Err(Halt::Failed {
@@ -395,29 +321,13 @@ async fn link_existing(
     }
 }
 
-/// Looks a customer up by externalId, then each email, then each phone.
+/// Looks the row's customer up by each of its keys in turn (see [`Step::lookup_keys`]).
 async fn find_customer(
     shared: &Shared,
-    customer: &CustomerBody,
+    work: &PlannedRow,
     attempts: &mut Attempts<'_>,
 ) -> Result<Option<String>, ApiError> {
-    let keys = customer
-        .external_id
-        .iter()
-        .map(|id| (LookupField::ExternalId, id.as_str()))
-        .chain(
-            customer
-                .emails
-                .iter()
-                .map(|e| (LookupField::Email, e.email.as_str())),
-        )
-        .chain(
-            customer
-                .phones
-                .iter()
-                .map(|p| (LookupField::Phone, p.phone.as_str())),
-        );
-    for (field, value) in keys {
+    for (field, value) in Step::Customer.lookup_keys(&work.plan) {
         attempts.requests += 1;
         if let Some(id) = shared.client.find_customer(field, value).await? {
             return Ok(Some(id));
@@ -426,51 +336,10 @@ async fn find_customer(
     Ok(None)
 }
 
-/// The retry budget of one row or one bulk job: the transient failures met so far.
-#[derive(Default)]
-pub(super) struct RetryBudget {
-    failures: u32,
-}
-
-impl RetryBudget {
-    /// The backoff before the next try after a transient failure, or, with the budget
-    /// spent, why the caller gives up.
-    pub(super) fn next_delay(
-        &mut self,
-        settings: &ImportSettings,
-        reason: &str,
-    ) -> Result<Duration, String> {
-        if self.failures >= settings.max_retries {
-            return Err(format!(
-                "gave up after {} attempts: {reason}",
-                self.failures + 1
-            ));
-        }
-        let delay = settings.backoff.delay(self.failures);
-        self.failures += 1;
-        Ok(delay)
-    }
-}
-
-/// A 401/403: the API refused the key. The run stops; what was in hand stays pending.
-pub(super) fn key_refused(shared: &Shared, status: u16, message: &str) -> Halt {
-    shared.halt_run(StopReason::Unauthorized(format!("{status}: {message}")));
-    Halt::Pending(format!("the API refused the key ({status})"))
-}
-
-/// A redirect (on a create, a lookup or a bulk call), or no answer ever because nothing
-/// listens there: the base URL is wrong. The run stops
-/// as for a wrong endpoint (exit 2); what was in hand stays pending, any intent kept for
-/// the next run to look up.
-pub(super) fn base_url_wrong(shared: &Shared, error: &ApiError) -> Halt {
-    shared.halt_run(StopReason::Endpoint(error.to_string()));
-    Halt::Pending(error.to_string())
-}
-
-/// A row's retry budget and request count.
+/// A row's retries and request count.
 struct Attempts<'a> {
     shared: &'a Shared,
-    retries: RetryBudget,
+    retries: Retries<'a>,
     /// Requests sent for the row and not yet added to the checkpoint's count.
     requests: u32,
 }
@@ -479,7 +348,7 @@ impl<'a> Attempts<'a> {
     fn new(shared: &'a Shared) -> Attempts<'a> {
         Attempts {
             shared,
-            retries: RetryBudget::default(),
+            retries: Retries::new(shared, &shared.stop.soft),
             requests: 0,
         }
     }
@@ -490,79 +359,16 @@ impl<'a> Attempts<'a> {
 
     fn check_stop(&self) -> Result<(), Halt> {
         if self.shared.stop.soft.is_cancelled() {
-            Err(Halt::Pending("the run is stopping".into()))
+            Err(Halt::stopping())
         } else {
             Ok(())
         }
     }
 
-    /// After a failed call: waits out the backoff and says to try again, or stops the row.
+    /// After a failed call that is not a create's verdict on its record (see
+    /// [`Retries::after_failure`]).
     async fn after_failure(&mut self, error: &ApiError) -> Result<(), Halt> {
-        match error {
-            ApiError::Unauthorized { status, message } => {
-                Err(key_refused(self.shared, *status, message))
-            }
-            ApiError::WrongBaseUrl { .. } | ApiError::Unreachable { .. } => {
-                Err(base_url_wrong(self.shared, error))
-            }
-            // Creates handle their own refusals; what reaches here is a lookup, made to
-            // settle an outcome. Refused, it settles nothing: the row keeps its intent and
-            // the next run looks again. Failing it would invite a blind re-send.
-            ApiError::Rejected { status, message } => Err(Halt::Pending(format!(
-                "a lookup was refused ({status}): {message}"
-            ))),
-            ApiError::Duplicate { message } => Err(Halt::Pending(format!(
-                "a lookup was refused (409): {message}"
-            ))),
-            ApiError::NotSent(held) => Err(not_sent(self.shared, held)),
-            ApiError::Transient { reason, .. } => {
-                let mut delay = self
-                    .retries
-                    .next_delay(&self.shared.settings, reason)
-                    .map_err(Halt::Pending)?;
-                tracing::debug!("retrying after: {reason}");
-                if error.maybe_applied() {
-                    // The next attempt starts with a lookup: give a write that is still in
-                    // progress (or an index that lags) time to show, or it is sent twice.
-                    delay = delay.max(self.shared.settings.reconcile_delay);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => Ok(()),
-                    _ = self.shared.stop.soft.cancelled() => {
-                        Err(Halt::Pending("the run is stopping".into()))
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A request the rate gate did not send: the row keeps the state (and intent) it reached,
-/// pending, and the next run takes it from there. An API that let nothing through for too
-/// long stops the run.
-pub(super) fn not_sent(shared: &Shared, held: &Held) -> Halt {
-    match held {
-        Held::Stopping => Halt::Pending("the run is stopping".into()),
-        Held::Stalled(reason) => {
-            shared.halt_run(StopReason::Stalled(reason.clone()));
-            Halt::Pending(reason.clone())
-        }
-    }
-}
-
-/// What a 4xx refusal of a create means. 404 and 405 say the URL is wrong, not the row:
-/// the run stops (configuration) with the row pending, rather than failing every row.
-fn refusal(shared: &Shared, record: &str, status: u16, message: String) -> Halt {
-    if matches!(status, 404 | 405) {
-        shared.halt_run(StopReason::Endpoint(format!(
-            "creating a {record} answered {status} ({message}): is the base URL right?"
-        )));
-        Halt::Pending(format!("the API answered {status}"))
-    } else {
-        Halt::Failed {
-            field: None,
-            reason: format!("{record} refused ({status}): {message}"),
-        }
+        self.retries.after_failure(error, Call::Row).await
     }
 }
 

@@ -1,0 +1,71 @@
+//! Bulk mode: rows travel to Kustomer 100 at a time through bulk jobs, with every promise
+//! of single mode kept (exactly once, resume, the same checkpoint, summary and errors).
+//!
+//! A job's life: once the rate gate lets its request go, the rows' intents and the job with
+//! its items are committed (state `submitting`) and the request leaves at once, the job's id
+//! is committed (`queued`) before anything else happens with it, the job is polled within
+//! the shared rate budget until complete (when: [`pace`]), and its results are applied item
+//! by item (`complete`). So a job the checkpoint holds unanswered is one whose request may
+//! have left: a job that never left (the run stopped, or the checkpoint could not be
+//! written, while it waited for its turn) is never recorded, and no run waits for it. What
+//! cannot be settled from a job goes back to the planner for single mode's path: a
+//! duplicate customer is linked, an item whose outcome is unknown is reconciled by lookup.
+//! A job refused whole is split in halves until the bad item alone is refused.
+//!
+//! A job whose submit answer was lost may exist and may still run: its rows wait
+//! `bulk_lost_wait` before they are looked up, so that a late job shows first. A run that
+//! starts with jobs an earlier run left (killed while they were queued) polls them before
+//! it plans any row ([`finish_earlier_jobs`]), and the rows of a job it cannot finish are
+//! held back, pending, rather than sent again.
+//!
+//! Four rooms: [`submit`] builds a job from rows, records it and sends it; [`poll`] waits
+//! for its end within the shared budget, paced by [`pace`]; [`results`] reads each item's
+//! outcome (the one interpreter of item results, for this run's jobs and earlier ones) and
+//! applies it; [`recover`] settles the jobs earlier runs left unfinished.
+
+mod pace;
+mod poll;
+mod recover;
+mod results;
+mod submit;
+
+use std::time::Duration;
+
+use super::row::{CustomerStep, RowOutcome};
+
+pub(super) use self::pace::JobPace;
+pub(super) use self::recover::{EarlierJobs, finish_earlier_jobs};
+pub(super) use self::submit::{run_conversation_job, run_customer_job};
+pub use crate::api::bulk::MAX_ITEMS;
+
+/// Bulk jobs in flight at once (submitted and not yet applied).
+pub(super) const JOBS_IN_FLIGHT: usize = 8;
+/// `--mode auto` goes bulk once this many rows are waiting to be sent.
+pub(super) const AUTO_BULK_ROWS: usize = 300;
+/// A partial batch goes out once its oldest row has waited this long (a slow input).
+pub(super) const FLUSH_AFTER: Duration = Duration::from_secs(2);
+/// The longest one run waits for a job; past it the job stays queued for the next run.
+pub(super) const MOST_JOB_WAIT: Duration = Duration::from_secs(15 * 60);
+/// The same for a job an earlier run left queued, which holds up the start of this run.
+pub(super) const EARLIER_JOB_WAIT: Duration = Duration::from_secs(2 * 60);
+
+/// What becomes of a row when its job ends.
+#[derive(Debug)]
+pub(super) enum AfterJob {
+    /// Settled (and recorded): done, failed or pending.
+    Finished(RowOutcome),
+    /// Back to the planner with this step: its conversation next, or single mode's path.
+    Continue(CustomerStep),
+    /// The same, once the job whose answer was lost would have run (`bulk_lost_wait`):
+    /// the step looks the record up first.
+    ContinueAfter(CustomerStep, tokio::time::Instant),
+}
+
+impl AfterJob {
+    fn after(step: CustomerStep, at: Option<tokio::time::Instant>) -> AfterJob {
+        match at {
+            Some(at) => AfterJob::ContinueAfter(step, at),
+            None => AfterJob::Continue(step),
+        }
+    }
+}

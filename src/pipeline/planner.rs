@@ -1,0 +1,848 @@
+//! The planner: the run's scheduler. It takes rows from the reader, asks the checkpoint what
+//! each still needs ([`super::resume`] decides), holds the rows of a customer being created
+//! behind the one row that creates it, gives rows to workers up to the concurrency or, in
+//! bulk mode, gathers them into jobs, and counts what every row came to. It is the only
+//! owner of the run's queues; workers and jobs report to it through [`Event`]s.
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::bulk::{self, AfterJob, EarlierJobs};
+use super::resume::{
+    CustomerFacts, CustomerRoute, EarlierJobFacts, RowResume, SendFrom, resume_row, route_customer,
+};
+use super::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, failed_unplanned};
+use super::worker::process_row;
+use super::{ImportMode, Shared, StopReason};
+use crate::api::BulkKind;
+use crate::checkpoint::{
+    Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange, StoredCustomer, StoredRow,
+};
+use crate::mapping::Plan;
+use crate::report::{ErrorsFile, Progress, Settled, Summary};
+use crate::rows::{Original, ReadRow, RowOrigin};
+
+pub(super) enum Event {
+    CustomerSettled {
+        customer_key: String,
+        settlement: Settlement,
+    },
+    RowFinished {
+        work: Box<PlannedRow>,
+        outcome: RowOutcome,
+    },
+    /// A worker panicked (a bug): its row stays as the checkpoint has it, pending, and the
+    /// rows waiting for the customer it was creating are released as pending too.
+    WorkerPanicked { creating: Option<String> },
+    /// A bulk job ended: what becomes of each of its rows.
+    BulkJobEnded {
+        kind: BulkKind,
+        rows: Vec<(PlannedRow, AfterJob)>,
+    },
+    /// A bulk job's task panicked (a bug): its rows are left pending, as the checkpoint
+    /// has them, and so are the rows waiting for the customers it was creating.
+    BulkJobPanicked {
+        kind: BulkKind,
+        rows: usize,
+        creating: Vec<String>,
+    },
+}
+
+/// A row waiting until it may be looked up (see [`Planner::deferred`]).
+struct Deferred {
+    at: tokio::time::Instant,
+    arrival: u64,
+    work: PlannedRow,
+    step: CustomerStep,
+}
+
+/// The soonest first in a [`BinaryHeap`] (a max-heap), then the first to arrive.
+impl Ord for Deferred {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.arrival).cmp(&(self.at, self.arrival))
+    }
+}
+
+impl PartialOrd for Deferred {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Deferred {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.arrival) == (other.at, other.arrival)
+    }
+}
+
+impl Eq for Deferred {}
+
+pub(super) struct Planner<'a> {
+    shared: Arc<Shared>,
+    checkpoint: &'a Checkpoint,
+    errors: &'a mut ErrorsFile,
+    progress: &'a Progress,
+    summary: Summary,
+    /// Rows whose customer step is decided, waiting for a worker.
+    ready: VecDeque<(PlannedRow, CustomerStep)>,
+    /// Customers being created, with the rows waiting for their id.
+    waiting: HashMap<String, Vec<PlannedRow>>,
+    waiting_rows: usize,
+    /// Customers this run could not create, with the reason, so their other rows fail
+    /// without sending the same doomed request again.
+    failed_customers: HashMap<String, (Option<String>, String)>,
+    tasks: JoinSet<()>,
+    /// Rows given to a worker that has not reported yet.
+    running: usize,
+    /// Rows in a row that gave up after their retries; too many means the API is down.
+    given_up_in_a_row: usize,
+    /// Whether rows go in bulk jobs; None while `--mode auto` has not decided.
+    bulk: Option<bool>,
+    /// Bulk mode: rows that take single mode's path, waiting for a worker.
+    for_worker: VecDeque<(PlannedRow, CustomerStep)>,
+    /// Rows that create their customer, for the next customers job.
+    customer_batch: Vec<PlannedRow>,
+    /// Rows whose customer is known, with its id, for the next conversations job.
+    conversation_batch: Vec<(PlannedRow, String)>,
+    /// When the oldest row of either batch joined it.
+    batch_since: Option<tokio::time::Instant>,
+    jobs_running: usize,
+    customer_jobs_running: usize,
+    /// Rows carried by the jobs running.
+    rows_in_jobs: usize,
+    /// Whether more rows may come from the reader.
+    input_open: bool,
+    /// The most rows read and not yet settled.
+    window: usize,
+    /// What the jobs earlier runs left unfinished came to.
+    earlier: EarlierJobs,
+    /// Rows whose bulk job's outcome is unknown, each with the instant it may be looked up,
+    /// soonest first (a lost job's rows wait longer than an item with no result).
+    deferred: BinaryHeap<Deferred>,
+    /// Order of arrival, to keep rows due at the same instant in order.
+    deferred_count: u64,
+}
+
+impl<'a> Planner<'a> {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        checkpoint: &'a Checkpoint,
+        errors: &'a mut ErrorsFile,
+        progress: &'a Progress,
+        window: usize,
+        mut earlier: EarlierJobs,
+    ) -> Planner<'a> {
+        let mut summary = Summary::default();
+        summary.customers_created += earlier.customers_created;
+        summary.customers_linked += earlier.customers_linked;
+        let failed_customers = std::mem::take(&mut earlier.failed_customers);
+        let bulk = match shared.settings.mode {
+            ImportMode::Single => Some(false),
+            ImportMode::Bulk => Some(true),
+            ImportMode::Auto => None,
+        };
+        Planner {
+            shared,
+            checkpoint,
+            errors,
+            progress,
+            summary,
+            ready: VecDeque::new(),
+            waiting: HashMap::new(),
+            waiting_rows: 0,
+            failed_customers,
+            tasks: JoinSet::new(),
+            running: 0,
+            given_up_in_a_row: 0,
+            bulk,
+            for_worker: VecDeque::new(),
+            customer_batch: Vec::new(),
+            conversation_batch: Vec::new(),
+            batch_since: None,
+            jobs_running: 0,
+            customer_jobs_running: 0,
+            rows_in_jobs: 0,
+            input_open: true,
+            window,
+            earlier,
+            deferred: BinaryHeap::new(),
+            deferred_count: 0,
+        }
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        mut rows: mpsc::Receiver<Vec<ReadRow>>,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+    ) {
+        let soft = self.shared.stop.soft.clone();
+        let hard = self.shared.stop.hard.clone();
+        let mut grace_ends: Option<tokio::time::Instant> = None;
+        loop {
+            if soft.is_cancelled() {
+                if grace_ends.is_none() {
+                    self.input_open = false;
+                    rows.close();
+                    grace_ends = Some(tokio::time::Instant::now() + self.shared.settings.grace);
+                }
+                // Nothing starts after a stop: rows that became ready since (a bulk job's
+                // rows going on to their conversation) stay pending too.
+                self.settle_unstarted_as_pending();
+            }
+            self.start_ready_work();
+            if !self.input_open && self.nothing_in_flight() {
+                break;
+            }
+            let take_rows = self.input_open && self.in_progress() < self.window;
+            tokio::select! {
+                biased;
+                _ = hard.cancelled() => {
+                    self.tasks.abort_all();
+                    break;
+                }
+                _ = sleep_until_option(grace_ends) => {
+                    tracing::warn!(
+                        "the grace period is over: {} rows still in flight are left to the \
+                         next run, which reconciles them",
+                        self.running + self.rows_in_jobs
+                    );
+                    self.tasks.abort_all();
+                    break;
+                }
+                Some(event) = events.recv() => self.handle_event(event).await,
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                // The stop starts the grace timer even when every row has been read
+                // already and nothing but the workers is left to wake the loop.
+                _ = soft.cancelled(), if grace_ends.is_none() => {}
+                // A partial batch that has waited long enough, and rows whose lost job has
+                // had its time, are taken up by start_ready_work.
+                _ = sleep_until_option(self.batch_since.map(|since| since + bulk::FLUSH_AFTER)) => {}
+                _ = sleep_until_option(self.deferred.peek().map(|row| row.at)) => {}
+                batch = rows.recv(), if take_rows => match batch {
+                    Some(batch) => {
+                        let keys: Vec<&str> =
+                            batch.iter().map(|row| row.origin.key.as_str()).collect();
+                        let stored = match self.checkpoint.rows_to_plan(&keys) {
+                            Ok(stored) => stored,
+                            Err(error) => {
+                                // Nothing of this batch is planned: it stays for next time.
+                                self.summary.rows_read += batch.len() as u64;
+                                self.summary.rows_pending += batch.len() as u64;
+                                self.shared
+                                    .halt_run(StopReason::of_checkpoint(&error));
+                                continue;
+                            }
+                        };
+                        for (row, known) in batch.into_iter().zip(stored) {
+                            self.plan(row, known).await;
+                        }
+                    }
+                    None => self.input_open = false,
+                },
+            }
+        }
+    }
+
+    /// Rows read and not yet settled: the reader waits while this is at the window.
+    fn in_progress(&self) -> usize {
+        self.running
+            + self.ready.len()
+            + self.for_worker.len()
+            + self.waiting_rows
+            + self.customer_batch.len()
+            + self.conversation_batch.len()
+            + self.rows_in_jobs
+            + self.deferred.len()
+    }
+
+    fn nothing_in_flight(&self) -> bool {
+        self.running == 0
+            && self.ready.is_empty()
+            && self.for_worker.is_empty()
+            && self.jobs_running == 0
+            && self.customer_batch.is_empty()
+            && self.conversation_batch.is_empty()
+            && self.deferred.is_empty()
+    }
+
+    /// Ends the planner once its loop is over: shuts the workers down (every clone of the
+    /// writer must be gone before the writer thread can end), counts what they reported
+    /// last, and gives the run's counts.
+    pub(super) async fn finish(mut self, events: &mut mpsc::UnboundedReceiver<Event>) -> Summary {
+        self.tasks.shutdown().await;
+        self.settle_the_rest(events).await;
+        std::mem::take(&mut self.summary)
+    }
+
+    /// After the workers are gone: counts what they reported last, and leaves every row
+    /// not settled pending. Abandoned rows keep their last state (and intent) for next time.
+    async fn settle_the_rest(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+        while let Ok(event) = events.try_recv() {
+            self.handle_event(event).await;
+        }
+        self.settle_unstarted_as_pending();
+        self.summary.rows_pending += (self.running + self.rows_in_jobs) as u64;
+        self.running = 0;
+        self.rows_in_jobs = 0;
+    }
+
+    /// Gives ready rows to workers, up to the concurrency, or, in bulk mode, to the next
+    /// batches, and sends the batches that are due as jobs.
+    fn start_ready_work(&mut self) {
+        if self.shared.stop.soft.is_cancelled() {
+            return;
+        }
+        if self.bulk.is_none() {
+            // --mode auto: enough rows waiting to be sent makes bulk worth it; an input
+            // that ends with fewer goes single.
+            let waiting = self.ready.len() + self.waiting_rows;
+            if waiting >= bulk::AUTO_BULK_ROWS {
+                tracing::info!("{waiting} rows or more to send: bulk mode");
+                self.bulk = Some(true);
+            } else if !self.input_open || self.in_progress() >= self.window {
+                self.bulk = Some(false);
+            } else {
+                return;
+            }
+        }
+        let now = tokio::time::Instant::now();
+        while self.deferred.peek().is_some_and(|row| row.at <= now) {
+            if let Some(Deferred { work, step, .. }) = self.deferred.pop() {
+                self.ready.push_back((work, step));
+            }
+        }
+        if self.bulk == Some(true) && !self.shared.bulk_unavailable.load(Ordering::Relaxed) {
+            self.divert_to_batches();
+        }
+        // Each row moves once, from `ready` (or, in bulk mode, `for_worker`) to a worker,
+        // not on every event: the rows waiting stay where they are.
+        let limit = self.shared.concurrency_limit();
+        while self.running < limit {
+            let Some((work, step)) = self
+                .for_worker
+                .pop_front()
+                .or_else(|| self.ready.pop_front())
+            else {
+                break;
+            };
+            self.spawn_worker(work, step);
+        }
+        self.start_due_jobs();
+    }
+
+    /// Bulk mode: each ready row joins a batch, or, when it takes single mode's path (a
+    /// link, a lookup, a row with no conversation), the queue for a worker.
+    fn divert_to_batches(&mut self) {
+        while let Some((work, step)) = self.ready.pop_front() {
+            match step {
+                CustomerStep::Create {
+                    reconcile_first: false,
+                } if !work.conversation_unknown => self.customer_batch.push(work),
+                CustomerStep::Known(id)
+                    if !work.conversation_unknown && work.plan.conversation.is_some() =>
+                {
+                    self.conversation_batch.push((work, id));
+                }
+                step => self.for_worker.push_back((work, step)),
+            }
+        }
+        if self.batch_since.is_none()
+            && !(self.customer_batch.is_empty() && self.conversation_batch.is_empty())
+        {
+            self.batch_since = Some(tokio::time::Instant::now());
+        }
+    }
+
+    fn spawn_worker(&mut self, work: PlannedRow, step: CustomerStep) {
+        self.running += 1;
+        let shared = Arc::clone(&self.shared);
+        let creating = step
+            .settles_customer()
+            .then(|| work.plan.customer_key.clone());
+        self.tasks.spawn(async move {
+            let processed = AssertUnwindSafe(process_row(&shared, work, step))
+                .catch_unwind()
+                .await;
+            let event = match processed {
+                Ok((work, outcome)) => Event::RowFinished {
+                    work: Box::new(work),
+                    outcome,
+                },
+                Err(_) => Event::WorkerPanicked { creating },
+            };
+            let _ = shared.events.send(event);
+        });
+    }
+
+    /// Sends full batches as jobs, and partial ones when waiting cannot fill them: the
+    /// input is over or the window is full, or the oldest row waited [`bulk::FLUSH_AFTER`].
+    /// Conversations also wait for customers jobs in flight, which add to their batch.
+    fn start_due_jobs(&mut self) {
+        let stalled = !self.input_open
+            || self.in_progress() >= self.window
+            || self
+                .batch_since
+                .is_some_and(|since| since.elapsed() >= bulk::FLUSH_AFTER);
+        while self.jobs_running < bulk::JOBS_IN_FLIGHT {
+            let customers = self.customer_batch.len();
+            let conversations = self.conversation_batch.len();
+            if customers >= bulk::MAX_ITEMS || (customers > 0 && stalled) {
+                let take = customers.min(bulk::MAX_ITEMS);
+                let works: Vec<PlannedRow> = self.customer_batch.drain(..take).collect();
+                let creating = works.iter().map(|w| w.plan.customer_key.clone()).collect();
+                self.spawn_job(BulkKind::Customers, works.len(), creating, |shared| {
+                    Box::pin(async move { bulk::run_customer_job(&shared, works).await })
+                });
+            } else if conversations >= bulk::MAX_ITEMS
+                || (conversations > 0 && stalled && self.customer_jobs_running == 0)
+            {
+                let take = conversations.min(bulk::MAX_ITEMS);
+                let works: Vec<(PlannedRow, String)> =
+                    self.conversation_batch.drain(..take).collect();
+                self.spawn_job(BulkKind::Conversations, works.len(), Vec::new(), |shared| {
+                    Box::pin(async move { bulk::run_conversation_job(&shared, works).await })
+                });
+            } else {
+                break;
+            }
+        }
+        if self.customer_batch.is_empty() && self.conversation_batch.is_empty() {
+            self.batch_since = None;
+        } else if stalled {
+            // What is left waits for a job slot or for customers: restart its clock.
+            self.batch_since = Some(tokio::time::Instant::now());
+        }
+    }
+
+    fn spawn_job(
+        &mut self,
+        kind: BulkKind,
+        rows: usize,
+        creating: Vec<String>,
+        job: impl FnOnce(
+            Arc<Shared>,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Vec<(PlannedRow, AfterJob)>> + Send>>,
+    ) {
+        self.jobs_running += 1;
+        self.rows_in_jobs += rows;
+        if kind == BulkKind::Customers {
+            self.customer_jobs_running += 1;
+        }
+        let shared = Arc::clone(&self.shared);
+        let events = shared.events.clone();
+        let job = job(shared);
+        self.tasks.spawn(async move {
+            let event = match AssertUnwindSafe(job).catch_unwind().await {
+                Ok(rows) => Event::BulkJobEnded { kind, rows },
+                Err(_) => Event::BulkJobPanicked {
+                    kind,
+                    rows,
+                    creating,
+                },
+            };
+            let _ = events.send(event);
+        });
+    }
+
+    /// Rows read but never started stay pending for the next run.
+    fn settle_unstarted_as_pending(&mut self) {
+        let unstarted = self.ready.len()
+            + self.for_worker.len()
+            + self.waiting_rows
+            + self.customer_batch.len()
+            + self.conversation_batch.len()
+            + self.deferred.len();
+        self.summary.rows_pending += unstarted as u64;
+        self.ready.clear();
+        self.for_worker.clear();
+        self.deferred.clear();
+        self.customer_batch.clear();
+        self.conversation_batch.clear();
+        self.batch_since = None;
+        self.waiting.clear();
+        self.waiting_rows = 0;
+    }
+
+    /// Decides what one row needs (see [`resume_row`]), from `stored`: what the checkpoint
+    /// holds of it, read with its batch (a checkpoint that cannot be read stops the run, the
+    /// batch left pending).
+    async fn plan(&mut self, row: ReadRow, stored: Option<StoredRow>) {
+        self.summary.rows_read += 1;
+        let ReadRow {
+            origin,
+            original,
+            plan,
+        } = row;
+        let facts = self.earlier_job_facts(&origin.key, stored.is_some());
+        let retry_failed = self.shared.settings.retry_failed;
+        match resume_row(stored.as_ref(), plan, retry_failed, facts) {
+            RowResume::Held => self.summary.rows_pending += 1,
+            RowResume::FailedEarlier { now } => {
+                self.report_failed_earlier(&origin, &original, stored.as_ref(), now);
+            }
+            RowResume::Invalid(error) => {
+                let change = failed_unplanned(&origin, error.field.clone(), error.reason.clone());
+                self.fail(&origin, &original, error.field, error.reason, change)
+                    .await;
+            }
+            RowResume::Done { settled_now } => {
+                let settled = match settled_now {
+                    Some(created) => {
+                        self.summary.rows_done += 1;
+                        self.summary.conversations_created += u64::from(created);
+                        Settled::Done
+                    }
+                    None => {
+                        self.summary.rows_skipped_done += 1;
+                        Settled::AlreadyDone
+                    }
+                };
+                self.progress.row_finished(settled);
+            }
+            RowResume::Send(plan, from) => self.plan_send(origin, original, plan, from).await,
+        }
+    }
+
+    /// What this run learnt of a row from earlier runs' jobs (asked only of a row the
+    /// checkpoint holds: a job's rows are recorded before it is sent). A row those jobs
+    /// settled is taken from them: counted once.
+    fn earlier_job_facts(&mut self, row_key: &str, stored: bool) -> EarlierJobFacts {
+        let earlier = &mut self.earlier;
+        if !stored || (earlier.held_rows.is_empty() && earlier.settled_rows.is_empty()) {
+            return EarlierJobFacts::default();
+        }
+        EarlierJobFacts {
+            held: earlier.held_rows.contains(row_key),
+            settled_now: earlier.settled_rows.remove(row_key),
+        }
+    }
+
+    /// A row to send: to a worker's queue with its customer known, or to the rules for its
+    /// customer ([`route_customer`]).
+    async fn plan_send(
+        &mut self,
+        origin: RowOrigin,
+        original: Original,
+        mut plan: Plan,
+        from: SendFrom,
+    ) {
+        if let Some(external_id) = &from.reconcile_conversation
+            && let Some(conversation) = &mut plan.conversation
+        {
+            conversation.external_id = external_id.clone();
+        }
+        let work = PlannedRow {
+            origin,
+            original,
+            plan,
+            conversation_unknown: from.reconcile_conversation.is_some(),
+        };
+        if from.first_seen {
+            self.record(vec![Change::Row(work.first_seen())]).await;
+        }
+        if let Some(customer_id) = from.customer_id {
+            self.summary.customers_reused += u64::from(from.customer_reused);
+            self.ready
+                .push_back((work, CustomerStep::Known(customer_id)));
+            return;
+        }
+        let customer_key = work.plan.customer_key.clone();
+        let step = match route_customer(self, &customer_key, &work.origin.key) {
+            CustomerRoute::Fail(field, reason) => {
+                let change = work.failed(field.clone(), reason.clone());
+                self.fail(&work.origin, &work.original, field, reason, change)
+                    .await;
+                return;
+            }
+            CustomerRoute::WaitBehind => {
+                self.waiting.entry(customer_key).or_default().push(work);
+                self.waiting_rows += 1;
+                return;
+            }
+            CustomerRoute::Held => {
+                self.summary.rows_pending += 1;
+                return;
+            }
+            CustomerRoute::Unreadable(error) => {
+                self.summary.rows_pending += 1;
+                self.shared.halt_run(StopReason::of_checkpoint(&error));
+                return;
+            }
+            CustomerRoute::Known(id) => {
+                self.summary.customers_reused += 1;
+                self.ready.push_back((work, CustomerStep::Known(id)));
+                return;
+            }
+            CustomerRoute::Create { reconcile_first } => CustomerStep::Create { reconcile_first },
+            CustomerRoute::Link(message) => CustomerStep::Link { message },
+        };
+        // The rows of this customer read next wait behind this one.
+        self.waiting.insert(customer_key, Vec::new());
+        self.ready.push_back((work, step));
+    }
+
+    /// A row an earlier run failed, not sent again: counted, and in the errors file again
+    /// with the reason recorded then.
+    fn report_failed_earlier(
+        &mut self,
+        origin: &RowOrigin,
+        original: &Original,
+        stored: Option<&StoredRow>,
+        failed_now: bool,
+    ) {
+        let settled = if failed_now {
+            self.summary.rows_failed += 1;
+            Settled::Failed
+        } else {
+            self.summary.rows_failed_earlier += 1;
+            Settled::FailedEarlier
+        };
+        let reason = stored
+            .and_then(|s| s.last_error.clone())
+            .unwrap_or_else(|| "failed in an earlier run".into());
+        let field = stored.and_then(|s| s.field.as_deref());
+        self.errors.write(
+            &origin.file,
+            origin.line,
+            field,
+            &reason,
+            &original.to_json(),
+        );
+        self.progress.row_finished(settled);
+    }
+
+    async fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::CustomerSettled {
+                customer_key,
+                settlement,
+            } => {
+                let waiting = self.waiting.remove(&customer_key).unwrap_or_default();
+                self.waiting_rows -= waiting.len();
+                match settlement {
+                    Settlement::Known(id, origin) => {
+                        match origin {
+                            CustomerOrigin::Created => self.summary.customers_created += 1,
+                            CustomerOrigin::Linked => self.summary.customers_linked += 1,
+                            CustomerOrigin::Reconciled => self.summary.customers_reconciled += 1,
+                        }
+                        self.summary.customers_reused += waiting.len() as u64;
+                        for work in waiting {
+                            self.ready
+                                .push_back((work, CustomerStep::Known(id.clone())));
+                        }
+                    }
+                    Settlement::Failed { field, reason } => {
+                        let reason = format!("its customer could not be created: {reason}");
+                        for work in &waiting {
+                            let change = work.failed(field.clone(), reason.clone());
+                            self.fail(
+                                &work.origin,
+                                &work.original,
+                                field.clone(),
+                                reason.clone(),
+                                change,
+                            )
+                            .await;
+                        }
+                        self.failed_customers.insert(customer_key, (field, reason));
+                    }
+                    Settlement::Unsettled => {
+                        self.summary.rows_pending += waiting.len() as u64;
+                    }
+                }
+            }
+            Event::RowFinished { work, outcome } => {
+                self.running -= 1;
+                self.finish_row(*work, outcome);
+            }
+            Event::BulkJobEnded { kind, rows } => {
+                self.job_ended(kind, rows.len());
+                let mut gave_up = None;
+                let carried = rows.len();
+                for (work, next) in rows {
+                    match next {
+                        AfterJob::Finished(RowOutcome::Halted(Halt::Pending(reason))) => {
+                            self.summary.rows_pending += 1;
+                            gave_up = Some(reason);
+                        }
+                        AfterJob::Finished(outcome) => self.finish_row(work, outcome),
+                        AfterJob::Continue(step) => self.ready.push_back((work, step)),
+                        AfterJob::ContinueAfter(step, at) => {
+                            self.deferred_count += 1;
+                            self.deferred.push(Deferred {
+                                at,
+                                arrival: self.deferred_count,
+                                work,
+                                step,
+                            });
+                        }
+                    }
+                }
+                // A job left pending counts once towards "the API keeps failing", as a row.
+                if let Some(reason) = gave_up {
+                    self.note_given_up(&format!(
+                        "a bulk job of {carried} rows: left pending for the next run: {reason}"
+                    ));
+                }
+            }
+            Event::BulkJobPanicked {
+                kind,
+                rows,
+                creating,
+            } => {
+                tracing::error!("a bulk job's task panicked (a bug); its rows are left pending");
+                self.job_ended(kind, rows);
+                self.summary.rows_pending += rows as u64;
+                for customer_key in creating {
+                    Box::pin(self.handle_event(Event::CustomerSettled {
+                        customer_key,
+                        settlement: Settlement::Unsettled,
+                    }))
+                    .await;
+                }
+            }
+            Event::WorkerPanicked { creating } => {
+                tracing::error!("a worker panicked (a bug); its row is left pending");
+                self.running -= 1;
+                self.summary.rows_pending += 1;
+                if let Some(customer_key) = creating {
+                    Box::pin(self.handle_event(Event::CustomerSettled {
+                        customer_key,
+                        settlement: Settlement::Unsettled,
+                    }))
+                    .await;
+                }
+            }
+        }
+    }
+
+    fn job_ended(&mut self, kind: BulkKind, rows: usize) {
+        self.jobs_running -= 1;
+        self.rows_in_jobs -= rows;
+        if kind == BulkKind::Customers {
+            self.customer_jobs_running -= 1;
+        }
+    }
+
+    fn finish_row(&mut self, work: PlannedRow, outcome: RowOutcome) {
+        match outcome {
+            RowOutcome::Done { conversation } => {
+                self.given_up_in_a_row = 0;
+                self.summary.rows_done += 1;
+                match conversation {
+                    Some(CustomerOrigin::Created) => self.summary.conversations_created += 1,
+                    Some(CustomerOrigin::Linked) => self.summary.conversations_linked += 1,
+                    Some(CustomerOrigin::Reconciled) => {
+                        self.summary.conversations_reconciled += 1;
+                    }
+                    None => {}
+                }
+                self.progress.row_finished(Settled::Done);
+            }
+            RowOutcome::Halted(halt @ (Halt::Failed { .. } | Halt::Unresolved(_))) => {
+                let (field, reason) = match halt {
+                    Halt::Failed { field, reason } => (field, reason),
+                    Halt::Unresolved(reason) | Halt::Pending(reason) => (None, reason),
+                };
+                self.given_up_in_a_row = 0;
+                self.summary.rows_failed += 1;
+                self.errors.write(
+                    &work.origin.file,
+                    work.origin.line,
+                    field.as_deref(),
+                    &reason,
+                    &work.original.to_json(),
+                );
+                self.progress.row_finished(Settled::Failed);
+            }
+            RowOutcome::Halted(Halt::Pending(reason)) => {
+                self.summary.rows_pending += 1;
+                let what = format!(
+                    "{}:{}: left pending for the next run: {reason}",
+                    work.origin.file, work.origin.line
+                );
+                self.note_given_up(&what);
+            }
+        }
+    }
+
+    /// A row (or a bulk job) left pending after its retries; too many in a row stop the run.
+    fn note_given_up(&mut self, what: &str) {
+        if self.shared.stop.soft.is_cancelled() {
+            return;
+        }
+        tracing::warn!("{what}");
+        self.given_up_in_a_row += 1;
+        let limit = (self.shared.concurrency_limit() * 2).max(10);
+        if self.given_up_in_a_row >= limit {
+            self.shared.halt_run(StopReason::ApiUnavailable(format!(
+                "{limit} rows in a row gave up after their retries; last: {what}"
+            )));
+        }
+    }
+
+    /// Records a row as failed (`change`), in the checkpoint and the errors file.
+    async fn fail(
+        &mut self,
+        origin: &RowOrigin,
+        original: &Original,
+        field: Option<String>,
+        reason: String,
+        change: RowChange,
+    ) {
+        self.summary.rows_failed += 1;
+        self.errors.write(
+            &origin.file,
+            origin.line,
+            field.as_deref(),
+            &reason,
+            &original.to_json(),
+        );
+        self.record(vec![Change::Row(change)]).await;
+        self.progress.row_finished(Settled::Failed);
+    }
+
+    async fn record(&self, changes: Vec<Change>) {
+        if let Err(error) = self.shared.writer.record(changes).await {
+            self.shared.halt_run(StopReason::of_checkpoint(&error));
+        }
+    }
+}
+
+/// The planner's own knowledge of customers, for [`route_customer`].
+impl CustomerFacts for Planner<'_> {
+    fn failed(&self, customer_key: &str) -> Option<(Option<String>, String)> {
+        self.failed_customers.get(customer_key).cloned()
+    }
+
+    fn being_created(&self, customer_key: &str) -> bool {
+        self.waiting.contains_key(customer_key)
+    }
+
+    fn held_by_earlier_job(&self, customer_key: &str) -> bool {
+        self.earlier.held_customers.contains(customer_key)
+    }
+
+    fn stored(&self, customer_key: &str) -> Result<Option<StoredCustomer>, CheckpointError> {
+        self.checkpoint.customer(customer_key)
+    }
+
+    fn take_link(&mut self, row_key: &str) -> Option<String> {
+        self.earlier.link_rows.remove(row_key)
+    }
+}
+
+async fn sleep_until_option(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

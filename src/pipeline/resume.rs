@@ -1,0 +1,468 @@
+//! The resume rules: from what the checkpoint holds of a row (and what this run learnt from
+//! the bulk jobs earlier runs left) to what this run does with it. Pure functions, so that
+//! every rule has a unit test that needs no server; the planner carries the decisions out.
+//!
+//! A row is decided in two steps: [`resume_row`] (skip it, report it failed again, hold it
+//! for an earlier job, or send it, from which step), then, for a row whose customer is not
+//! known, [`route_customer`] (which row creates the customer, and what the others wait for).
+
+use crate::checkpoint::{CheckpointError, RowState, StoredCustomer, StoredRow};
+
+/// What this run learnt of one row from the jobs earlier runs left unfinished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct EarlierJobFacts {
+    /// Carried by a job this run could not finish: sent again, it could land twice.
+    pub held: bool,
+    /// Settled by such a job in this run; true when the job created its conversation.
+    pub settled_now: Option<bool>,
+}
+
+/// What a run does with a row it reads, whose plan (what the mapping made of it) is a `P`,
+/// or the mapping's refusal an `E`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum RowResume<P, E> {
+    /// Held for an earlier run's job that is still unfinished: pending, not sent.
+    Held,
+    /// Failed in an earlier run and not sent again: reported with the reason recorded then.
+    /// `now`: an earlier run's job failed it in this run, so it counts as this run's.
+    FailedEarlier { now: bool },
+    /// A row the mapping refuses: it fails now.
+    Invalid(E),
+    /// Done: nothing to send. `settled_now` as in [`EarlierJobFacts`].
+    Done { settled_now: Option<bool> },
+    /// To send, from the first step not done.
+    Send(P, SendFrom),
+}
+
+/// Where a row to send takes up its chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct SendFrom {
+    /// No run has seen it: recorded pending before anything else.
+    pub first_seen: bool,
+    /// Its customer step is done, with this id: it goes on to its conversation.
+    pub customer_id: Option<String>,
+    /// Its conversation step may have been sent (sent, or failed after an intent): looked
+    /// up before it is sent again, by the externalId it went out with.
+    pub reconcile_conversation: Option<Option<String>>,
+    /// Its customer counts as reused (known, and not made by an earlier job in this run).
+    pub customer_reused: bool,
+}
+
+/// The rules of resume for one row: `stored` is what the checkpoint holds of it (None: never
+/// seen), `plan` what the mapping made of the row as read now.
+pub(super) fn resume_row<P, E>(
+    stored: Option<&StoredRow>,
+    plan: Result<P, E>,
+    retry_failed: bool,
+    earlier: EarlierJobFacts,
+) -> RowResume<P, E> {
+    let Some(stored) = stored else {
+        return match plan {
+            Ok(plan) => RowResume::Send(
+                plan,
+                SendFrom {
+                    first_seen: true,
+                    ..SendFrom::default()
+                },
+            ),
+            Err(error) => RowResume::Invalid(error),
+        };
+    };
+    if earlier.held {
+        return RowResume::Held;
+    }
+    let failed = stored.state == RowState::Failed;
+    // A failed row whose create may have landed is never retried blindly; one that failed
+    // just now, by an earlier job, is not retried in the same run.
+    let failed_earlier =
+        failed && (stored.outcome_unknown || !retry_failed || earlier.settled_now.is_some());
+    if failed_earlier {
+        return RowResume::FailedEarlier {
+            now: earlier.settled_now.is_some(),
+        };
+    }
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(error) => return RowResume::Invalid(error),
+    };
+    if stored.state == RowState::Done {
+        return RowResume::Done {
+            settled_now: earlier.settled_now,
+        };
+    }
+    // A conversation create left (or, for a failed row retried now, may have left).
+    // Reconciled with the externalId that went out with the request, whatever this run
+    // derives: the flags or the mapping may have changed since.
+    let conversation_sent = stored.state == RowState::ConversationSent
+        || (failed && stored.conversation_external_id.is_some());
+    let from = SendFrom {
+        first_seen: false,
+        customer_id: stored.customer_id.clone(),
+        reconcile_conversation: conversation_sent.then(|| stored.conversation_external_id.clone()),
+        customer_reused: stored.customer_id.is_some() && earlier.settled_now.is_none(),
+    };
+    RowResume::Send(plan, from)
+}
+
+/// What the planner knows of a customer key, asked in the order of the rules (each only
+/// when the ones before it did not decide).
+pub(super) trait CustomerFacts {
+    /// This run could not create it: the field and reason its rows fail with.
+    fn failed(&self, customer_key: &str) -> Option<(Option<String>, String)>;
+    /// A row of this run is creating it now.
+    fn being_created(&self, customer_key: &str) -> bool;
+    /// A job an earlier run left unfinished is creating it.
+    fn held_by_earlier_job(&self, customer_key: &str) -> bool;
+    /// What the checkpoint holds of it.
+    fn stored(&self, customer_key: &str) -> Result<Option<StoredCustomer>, CheckpointError>;
+    /// The server's words, when an earlier run's job refused this row's customer as a
+    /// duplicate (taken: asked once per row).
+    fn take_link(&mut self, row_key: &str) -> Option<String>;
+}
+
+/// How a row whose customer is not known to it gets one.
+#[derive(Debug)]
+pub(super) enum CustomerRoute {
+    /// Failed for the reason its customer did.
+    Fail(Option<String>, String),
+    /// Waits behind the row creating it.
+    WaitBehind,
+    /// Pending: a job an earlier run left is creating it.
+    Held,
+    /// Known to the checkpoint: reused.
+    Known(String),
+    /// This row creates it; `reconcile_first` when an earlier create's answer was lost.
+    Create { reconcile_first: bool },
+    /// This row links the customer an earlier job found existing.
+    Link(String),
+    /// The checkpoint could not be read: the run stops, the row pending.
+    Unreadable(CheckpointError),
+}
+
+/// The rules for a row's customer, when the row does not know it.
+pub(super) fn route_customer(
+    facts: &mut impl CustomerFacts,
+    customer_key: &str,
+    row_key: &str,
+) -> CustomerRoute {
+    if let Some((field, reason)) = facts.failed(customer_key) {
+        return CustomerRoute::Fail(field, reason);
+    }
+    if facts.being_created(customer_key) {
+        return CustomerRoute::WaitBehind;
+    }
+    if facts.held_by_earlier_job(customer_key) {
+        return CustomerRoute::Held;
+    }
+    let reconcile_first = match facts.stored(customer_key) {
+        Err(error) => return CustomerRoute::Unreadable(error),
+        Ok(Some(StoredCustomer {
+            customer_id: Some(id),
+        })) => return CustomerRoute::Known(id),
+        // Only its intent: a create left and its answer was not recorded.
+        Ok(Some(StoredCustomer { customer_id: None })) => true,
+        Ok(None) => false,
+    };
+    match facts.take_link(row_key) {
+        Some(message) => CustomerRoute::Link(message),
+        None => CustomerRoute::Create { reconcile_first },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(state: RowState) -> StoredRow {
+        StoredRow {
+            state,
+            customer_id: None,
+            conversation_id: None,
+            conversation_external_id: None,
+            field: None,
+            last_error: None,
+            outcome_unknown: false,
+        }
+    }
+
+    fn with_customer(state: RowState, id: &str) -> StoredRow {
+        StoredRow {
+            customer_id: Some(id.into()),
+            ..stored(state)
+        }
+    }
+
+    const NONE: EarlierJobFacts = EarlierJobFacts {
+        held: false,
+        settled_now: None,
+    };
+
+    /// A row as the mapping accepts it, or refuses it.
+    const PLANNED: Result<(), ()> = Ok(());
+    const REFUSED: Result<(), ()> = Err(());
+
+    fn send(resume: RowResume<(), ()>) -> SendFrom {
+        match resume {
+            RowResume::Send((), send) => send,
+            other => panic!("expected a send, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_row_never_seen_is_recorded_first_and_sent_from_its_customer() {
+        let from = send(resume_row(None, PLANNED, false, NONE));
+        assert!(from.first_seen);
+        assert_eq!(from.customer_id, None);
+        assert_eq!(from.reconcile_conversation, None);
+    }
+
+    #[test]
+    fn a_bad_row_never_seen_fails_now() {
+        assert_eq!(
+            resume_row(None, REFUSED, false, NONE),
+            RowResume::Invalid(())
+        );
+    }
+
+    #[test]
+    fn a_done_row_is_skipped_with_no_request() {
+        let done = stored(RowState::Done);
+        assert_eq!(
+            resume_row(Some(&done), PLANNED, false, NONE),
+            RowResume::Done { settled_now: None }
+        );
+    }
+
+    #[test]
+    fn a_row_an_earlier_job_finished_in_this_run_counts_as_this_runs() {
+        let done = stored(RowState::Done);
+        let facts = EarlierJobFacts {
+            held: false,
+            settled_now: Some(true),
+        };
+        assert_eq!(
+            resume_row(Some(&done), PLANNED, false, facts),
+            RowResume::Done {
+                settled_now: Some(true)
+            }
+        );
+    }
+
+    #[test]
+    fn a_row_an_unfinished_earlier_job_carries_is_held_whatever_its_state() {
+        let facts = EarlierJobFacts {
+            held: true,
+            settled_now: None,
+        };
+        for state in [
+            RowState::CustomerSent,
+            RowState::ConversationSent,
+            RowState::Done,
+        ] {
+            assert_eq!(
+                resume_row(Some(&stored(state)), PLANNED, false, facts),
+                RowResume::Held
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_row_is_reported_again_unless_retried() {
+        let failed = stored(RowState::Failed);
+        assert_eq!(
+            resume_row(Some(&failed), PLANNED, false, NONE),
+            RowResume::FailedEarlier { now: false }
+        );
+        assert!(matches!(
+            resume_row(Some(&failed), PLANNED, true, NONE),
+            RowResume::Send(..)
+        ));
+    }
+
+    #[test]
+    fn a_failed_row_of_the_same_bad_input_is_failed_earlier_not_a_new_failure() {
+        let failed = stored(RowState::Failed);
+        assert_eq!(
+            resume_row(Some(&failed), REFUSED, false, NONE),
+            RowResume::FailedEarlier { now: false }
+        );
+    }
+
+    #[test]
+    fn a_failed_row_whose_create_may_have_landed_is_never_retried() {
+        let unknown = StoredRow {
+            outcome_unknown: true,
+            ..stored(RowState::Failed)
+        };
+        assert_eq!(
+            resume_row(Some(&unknown), PLANNED, true, NONE),
+            RowResume::FailedEarlier { now: false }
+        );
+    }
+
+    #[test]
+    fn a_row_an_earlier_job_failed_in_this_run_is_not_retried_in_it() {
+        let failed = stored(RowState::Failed);
+        let facts = EarlierJobFacts {
+            held: false,
+            settled_now: Some(false),
+        };
+        assert_eq!(
+            resume_row(Some(&failed), PLANNED, true, facts),
+            RowResume::FailedEarlier { now: true }
+        );
+    }
+
+    #[test]
+    fn a_row_whose_customer_is_known_goes_on_to_its_conversation() {
+        let from = send(resume_row(
+            Some(&with_customer(RowState::CustomerOk, "c1")),
+            PLANNED,
+            false,
+            NONE,
+        ));
+        assert_eq!(from.customer_id.as_deref(), Some("c1"));
+        assert!(from.customer_reused && !from.first_seen);
+        assert_eq!(from.reconcile_conversation, None);
+    }
+
+    #[test]
+    fn a_sent_conversation_is_looked_up_by_the_externalid_it_went_out_with() {
+        let sent = StoredRow {
+            conversation_external_id: Some("T-1".into()),
+            ..with_customer(RowState::ConversationSent, "c1")
+        };
+        let from = send(resume_row(Some(&sent), PLANNED, false, NONE));
+        assert_eq!(from.reconcile_conversation, Some(Some("T-1".into())));
+        // One sent with no externalId is still reconciled: it fails as unresolved, never
+        // sent blindly again.
+        let bare = with_customer(RowState::ConversationSent, "c1");
+        let from = send(resume_row(Some(&bare), PLANNED, false, NONE));
+        assert_eq!(from.reconcile_conversation, Some(None));
+    }
+
+    #[test]
+    fn a_failed_row_retried_after_its_conversation_intent_is_looked_up_first() {
+        let failed = StoredRow {
+            conversation_external_id: Some("T-1".into()),
+            ..with_customer(RowState::Failed, "c1")
+        };
+        let from = send(resume_row(Some(&failed), PLANNED, true, NONE));
+        assert_eq!(from.reconcile_conversation, Some(Some("T-1".into())));
+    }
+
+    #[test]
+    fn a_row_whose_customer_was_sent_starts_from_its_customer() {
+        let from = send(resume_row(
+            Some(&stored(RowState::CustomerSent)),
+            PLANNED,
+            false,
+            NONE,
+        ));
+        assert_eq!(from.customer_id, None);
+        assert!(!from.first_seen && !from.customer_reused);
+    }
+
+    #[derive(Default)]
+    struct Facts {
+        failed: Option<(Option<String>, String)>,
+        being_created: bool,
+        held: bool,
+        stored: Option<StoredCustomer>,
+        link: Option<String>,
+    }
+
+    impl CustomerFacts for Facts {
+        fn failed(&self, _: &str) -> Option<(Option<String>, String)> {
+            self.failed.clone()
+        }
+        fn being_created(&self, _: &str) -> bool {
+            self.being_created
+        }
+        fn held_by_earlier_job(&self, _: &str) -> bool {
+            self.held
+        }
+        fn stored(&self, _: &str) -> Result<Option<StoredCustomer>, CheckpointError> {
+            Ok(self.stored.clone())
+        }
+        fn take_link(&mut self, _: &str) -> Option<String> {
+            self.link.take()
+        }
+    }
+
+    fn route(mut facts: Facts) -> CustomerRoute {
+        route_customer(&mut facts, "ext:C1", "conv:T1")
+    }
+
+    #[test]
+    fn a_customer_that_could_not_be_made_fails_its_other_rows_without_a_request() {
+        let facts = Facts {
+            failed: Some((None, "refused".into())),
+            being_created: true,
+            ..Facts::default()
+        };
+        assert!(matches!(route(facts), CustomerRoute::Fail(None, reason) if reason == "refused"));
+    }
+
+    #[test]
+    fn rows_of_a_customer_being_created_wait_behind_the_row_creating_it() {
+        let facts = Facts {
+            being_created: true,
+            ..Facts::default()
+        };
+        assert!(matches!(route(facts), CustomerRoute::WaitBehind));
+    }
+
+    #[test]
+    fn a_customer_an_earlier_job_is_creating_holds_its_rows() {
+        let facts = Facts {
+            held: true,
+            ..Facts::default()
+        };
+        assert!(matches!(route(facts), CustomerRoute::Held));
+    }
+
+    #[test]
+    fn a_customer_the_checkpoint_knows_is_reused() {
+        let facts = Facts {
+            stored: Some(StoredCustomer {
+                customer_id: Some("c1".into()),
+            }),
+            link: Some("words".into()),
+            ..Facts::default()
+        };
+        assert!(matches!(route(facts), CustomerRoute::Known(id) if id == "c1"));
+    }
+
+    #[test]
+    fn a_customer_whose_create_was_unanswered_is_looked_up_before_it_is_sent() {
+        let facts = Facts {
+            stored: Some(StoredCustomer { customer_id: None }),
+            ..Facts::default()
+        };
+        assert!(matches!(
+            route(facts),
+            CustomerRoute::Create {
+                reconcile_first: true
+            }
+        ));
+        assert!(matches!(
+            route(Facts::default()),
+            CustomerRoute::Create {
+                reconcile_first: false
+            }
+        ));
+    }
+
+    #[test]
+    fn a_customer_an_earlier_job_found_existing_is_linked() {
+        let facts = Facts {
+            stored: Some(StoredCustomer { customer_id: None }),
+            link: Some("duplicate detected".into()),
+            ..Facts::default()
+        };
+        assert!(
+            matches!(route(facts), CustomerRoute::Link(words) if words == "duplicate detected")
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! What a row is: an ordered chain of records ([`Step`]: its customer, then its
+//! conversation; later each message and note), and every transition of a row's state, with
+//! what each writes to the checkpoint. Single mode ([`super::worker`]) and bulk mode
+//! ([`super::bulk`]) move rows only through the transitions here, so the states a row can be
+//! left in after a crash are decided in one place.
+//!
+//! A step goes `pending -> sent (its intent, durable before the request leaves) -> done(id)
+//! | failed(reason) | unknown`. A sent step whose answer was lost is settled by looking the
+//! record up by its key ([`Step::lookup_keys`]) before anything is sent again; a step that
+//! has no key to be found by is never sent twice blindly: it fails as unresolved. Today the
+//! chain's states live in the row's one `state` column (see `RowState`): `customer_sent` is
+//! the customer step sent, `customer_ok` the customer done and the conversation pending,
+//! `conversation_sent` the conversation sent, `done` every step done.
+//!
+//! To add a record kind: a [`Step`] variant (its place in the chain, the state its intent
+//! is recorded as, its lookup keys), its body in the plan, and its transitions here.
+//! See `docs/architecture.md`.
+
+use crate::api::{BulkKind, LookupField};
+use crate::checkpoint::{Change, CustomerOrigin, RowChange, RowState};
+use crate::mapping::Plan;
+use crate::rows::{Original, RowOrigin};
+
+/// One record of a row's chain, in the order they are made: a step depends on the ones
+/// before it (a conversation needs its customer's id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    Customer,
+    Conversation,
+}
+
+impl Step {
+    /// The step a bulk job of `kind` makes.
+    pub(super) fn of_job(kind: BulkKind) -> Step {
+        match kind {
+            BulkKind::Customers => Step::Customer,
+            BulkKind::Conversations => Step::Conversation,
+        }
+    }
+
+    /// The state a row is in while this step's create is unanswered (its intent).
+    pub(super) fn intent(self) -> RowState {
+        match self {
+            Step::Customer => RowState::CustomerSent,
+            Step::Conversation => RowState::ConversationSent,
+        }
+    }
+
+    /// The record's name in messages ("customer refused (422): ...").
+    pub(super) fn noun(self) -> &'static str {
+        match self {
+            Step::Customer => "customer",
+            Step::Conversation => "conversation",
+        }
+    }
+
+    /// What a lookup finds this step's record by, in the order they are tried: a customer by
+    /// its externalId, then each email, then each phone; a conversation by its externalId.
+    /// Empty: a lost answer cannot be settled, and the step is not sent again.
+    pub(super) fn lookup_keys(self, plan: &Plan) -> Vec<(LookupField, &str)> {
+        match self {
+            Step::Customer => {
+                let customer = &plan.customer;
+                let external = customer
+                    .external_id
+                    .iter()
+                    .map(|id| (LookupField::ExternalId, id.as_str()));
+                let emails = customer
+                    .emails
+                    .iter()
+                    .map(|e| (LookupField::Email, e.email.as_str()));
+                let phones = customer
+                    .phones
+                    .iter()
+                    .map(|p| (LookupField::Phone, p.phone.as_str()));
+                external.chain(emails).chain(phones).collect()
+            }
+            Step::Conversation => plan
+                .conversation
+                .as_ref()
+                .and_then(|conversation| conversation.external_id.as_deref())
+                .map(|id| (LookupField::ExternalId, id))
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+/// A row read and planned, on its way to Kustomer.
+#[derive(Debug)]
+pub(super) struct PlannedRow {
+    pub origin: RowOrigin,
+    pub original: Original,
+    pub plan: Plan,
+    /// The checkpoint says a conversation create left and its answer was not recorded.
+    pub conversation_unknown: bool,
+}
+
+/// How a worker gets the row's customer id.
+#[derive(Clone, Debug)]
+pub(super) enum CustomerStep {
+    /// Already known (this run or an earlier one).
+    Known(String),
+    /// This row creates it; `reconcile_first` when an earlier run's create is unanswered.
+    Create { reconcile_first: bool },
+    /// A bulk job refused it as a duplicate, or in words with no status (`message`): find
+    /// the customer that exists and link the row to it, or send it alone if none is found.
+    Link { message: String },
+}
+
+impl CustomerStep {
+    /// Whether the row that takes this step settles its customer for the rows waiting.
+    pub(super) fn settles_customer(&self) -> bool {
+        !matches!(self, CustomerStep::Known(_))
+    }
+}
+
+/// Why a row stopped short of done.
+#[derive(Clone, Debug)]
+pub(super) enum Halt {
+    /// Permanent for this data: recorded as failed.
+    Failed {
+        field: Option<String>,
+        reason: String,
+    },
+    /// Left for the next run.
+    Pending(String),
+    /// A create's answer was lost and nothing can look the record up: recorded as failed,
+    /// marked so that no later run sends it again. A person must check Kustomer.
+    Unresolved(String),
+}
+
+impl Halt {
+    /// A run that is stopping: the row keeps the state (and intent) it reached.
+    pub(super) fn stopping() -> Halt {
+        Halt::Pending("the run is stopping".into())
+    }
+
+    /// A refusal of a step's record, in the words a single create gives ("customer
+    /// refused" and `words`).
+    pub(super) fn refused(step: Step, words: impl std::fmt::Display) -> Halt {
+        Halt::Failed {
+            field: None,
+            reason: format!("{} refused{words}", step.noun()),
+        }
+    }
+}
+
+/// What a worker reports about a row it finished with.
+#[derive(Debug)]
+pub(super) enum RowOutcome {
+    /// With how its conversation came to have its id (None: the row has none).
+    Done {
+        conversation: Option<CustomerOrigin>,
+    },
+    Halted(Halt),
+}
+
+/// A customer created or found by a worker, or why not.
+#[derive(Clone, Debug)]
+pub(super) enum Settlement {
+    Known(String, CustomerOrigin),
+    Failed {
+        field: Option<String>,
+        reason: String,
+    },
+    Unsettled,
+}
+
+impl Settlement {
+    /// How a customer settles when the row creating it stopped short (`halt`).
+    pub(super) fn of_halt(halt: &Halt) -> Settlement {
+        match halt {
+            Halt::Failed { field, reason } => Settlement::Failed {
+                field: field.clone(),
+                reason: reason.clone(),
+            },
+            Halt::Unresolved(reason) => Settlement::Failed {
+                field: None,
+                reason: reason.clone(),
+            },
+            Halt::Pending(_) => Settlement::Unsettled,
+        }
+    }
+}
+
+/// The transitions: each returns what the checkpoint records for it.
+impl PlannedRow {
+    /// A row no run has seen: recorded pending before anything is sent for it.
+    pub(super) fn first_seen(&self) -> RowChange {
+        RowChange {
+            unseen: true,
+            ..self.change(RowState::Pending, None, None)
+        }
+    }
+
+    /// The customer step sent: the customer's intent, with the values a lookup would find
+    /// it by, and the row's. Committed before the create leaves.
+    pub(super) fn customer_intent(&self, attempts: u32) -> [Change; 2] {
+        let plan = &self.plan;
+        let customer = &plan.customer;
+        [
+            Change::CustomerSent {
+                customer_key: plan.customer_key.clone(),
+                external_id: customer.external_id.clone(),
+                email: customer.emails.first().map(|e| e.email.clone()),
+                phone: customer.phones.first().map(|p| p.phone.clone()),
+            },
+            Change::Row(RowChange {
+                attempts,
+                ..self.change(Step::Customer.intent(), None, None)
+            }),
+        ]
+    }
+
+    /// The customer step done: its id, under the row's customer key for the other rows.
+    pub(super) fn customer_resolved(&self, id: &str, origin: CustomerOrigin) -> Change {
+        Change::CustomerResolved {
+            customer_key: self.plan.customer_key.clone(),
+            customer_id: id.to_string(),
+            origin,
+        }
+    }
+
+    /// The customer step done and the conversation step still pending (it waits, or the run
+    /// stops).
+    pub(super) fn customer_known(&self, customer_id: &str, attempts: u32) -> RowChange {
+        RowChange {
+            attempts,
+            ..self.change(RowState::CustomerOk, Some(customer_id.to_string()), None)
+        }
+    }
+
+    /// The conversation step sent, to the customer `customer_id`. Committed before the
+    /// create leaves.
+    pub(super) fn conversation_intent(&self, customer_id: &str, attempts: u32) -> RowChange {
+        RowChange {
+            attempts,
+            ..self.change(
+                Step::Conversation.intent(),
+                Some(customer_id.to_string()),
+                None,
+            )
+        }
+    }
+
+    /// Every step done (`conversation_id` None: the row has no conversation).
+    pub(super) fn done(
+        &self,
+        customer_id: String,
+        conversation_id: Option<String>,
+        attempts: u32,
+    ) -> RowChange {
+        RowChange {
+            attempts,
+            ..self.change(RowState::Done, Some(customer_id), conversation_id)
+        }
+    }
+
+    /// A row that failed before any step was sent (it could not be planned or its customer
+    /// could not be made).
+    pub(super) fn failed(&self, field: Option<String>, reason: String) -> RowChange {
+        RowChange {
+            field,
+            error: Some(reason),
+            ..self.change(RowState::Failed, None, None)
+        }
+    }
+
+    /// Why a row stopped short of done, as recorded: failed (with the reason, and marked
+    /// when its create may have landed), or, for a pending row, nothing: it keeps the state
+    /// (and intent) it reached.
+    pub(super) fn halted(&self, halt: &Halt, attempts: u32) -> Option<RowChange> {
+        let mut change = self.change(RowState::Failed, None, None);
+        change.attempts = attempts;
+        match halt {
+            Halt::Failed { field, reason } => {
+                change.field = field.clone();
+                change.error = Some(reason.clone());
+            }
+            Halt::Unresolved(reason) => {
+                change.error = Some(reason.clone());
+                change.outcome_unknown = true;
+            }
+            Halt::Pending(_) => return None,
+        }
+        Some(change)
+    }
+
+    /// The customer's intent dropped: its create was refused for good (nothing was made).
+    pub(super) fn customer_withdrawn(&self) -> Change {
+        Change::CustomerWithdrawn {
+            customer_key: self.plan.customer_key.clone(),
+        }
+    }
+
+    /// The customer step taken back to pending: its create provably never ran.
+    pub(super) fn customer_intent_taken_back(&self) -> [Change; 2] {
+        [
+            self.customer_withdrawn(),
+            Change::Row(self.change(RowState::Pending, None, None)),
+        ]
+    }
+
+    /// The conversation step taken back to pending: its create provably never ran.
+    pub(super) fn conversation_intent_taken_back(&self, customer_id: &str) -> RowChange {
+        self.customer_known(customer_id, 0)
+    }
+
+    fn change(
+        &self,
+        state: RowState,
+        customer_id: Option<String>,
+        conversation_id: Option<String>,
+    ) -> RowChange {
+        let plan = &self.plan;
+        RowChange {
+            customer_key: Some(plan.customer_key.clone()),
+            conversation_external_id: plan
+                .conversation
+                .as_ref()
+                .and_then(|c| c.external_id.clone()),
+            customer_id,
+            conversation_id,
+            ..RowChange::new(
+                self.origin.key.clone(),
+                self.origin.file.to_string(),
+                self.origin.line,
+                state,
+            )
+        }
+    }
+}
+
+/// A row that failed before it could be planned (bad input): recorded with its place alone.
+pub(super) fn failed_unplanned(
+    origin: &RowOrigin,
+    field: Option<String>,
+    reason: String,
+) -> RowChange {
+    RowChange {
+        field,
+        error: Some(reason),
+        ..RowChange::new(
+            origin.key.clone(),
+            origin.file.to_string(),
+            origin.line,
+            RowState::Failed,
+        )
+    }
+}
