@@ -274,28 +274,34 @@ pub async fn run_import(
                 "the writer could not be joined".into(),
             ))
         });
-    let writer_stop = writer_result
-        .err()
-        .map(|error| StopReason::of_checkpoint(&error));
-    let stop_reason = match (writer_stop, fatal) {
-        // Damage outranks the write failure it may have caused: running again won't help.
-        (_, Some(damage @ StopReason::CheckpointDamaged(_))) => damage,
-        (Some(writer), _) => writer,
-        (None, Some(fatal)) => fatal,
-        (None, None) => {
-            if let Some(error) = reader_error {
-                StopReason::Input(error.to_string())
-            } else if stop.soft.is_cancelled() {
-                StopReason::Interrupted
-            } else {
-                StopReason::Finished
-            }
-        }
-    };
+    let reader_error = reader_error.map(|error| error.to_string());
+    let stop_reason = why_it_ended(writer_result, fatal, reader_error, stop.soft.is_cancelled());
     Ok(ImportOutcome {
         summary,
         stop: stop_reason,
     })
+}
+
+/// Why a run ended, from the writer's end, the first reason a part of the run gave to
+/// halt it, the reader's error and whether it was told to stop.
+fn why_it_ended(
+    writer: Result<(), CheckpointError>,
+    fatal: Option<StopReason>,
+    reader_error: Option<String>,
+    stopped: bool,
+) -> StopReason {
+    let writer_stop = writer.err().map(|error| StopReason::of_checkpoint(&error));
+    match (writer_stop, fatal) {
+        // Damage outranks the write failure it may have caused: running again won't help.
+        (_, Some(damage @ StopReason::CheckpointDamaged(_))) => damage,
+        (Some(writer), _) => writer,
+        (None, Some(fatal)) => fatal,
+        (None, None) => match reader_error {
+            Some(error) => StopReason::Input(error),
+            None if stopped => StopReason::Interrupted,
+            None => StopReason::Finished,
+        },
+    }
 }
 
 impl Shared {

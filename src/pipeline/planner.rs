@@ -623,76 +623,12 @@ impl<'a> Planner<'a> {
             Event::CustomerSettled {
                 customer_key,
                 settlement,
-            } => {
-                let waiting = self.waiting.remove(&customer_key).unwrap_or_default();
-                self.waiting_rows -= waiting.len();
-                match settlement {
-                    Settlement::Known(id, origin) => {
-                        match origin {
-                            CustomerOrigin::Created => self.summary.customers_created += 1,
-                            CustomerOrigin::Linked => self.summary.customers_linked += 1,
-                            CustomerOrigin::Reconciled => self.summary.customers_reconciled += 1,
-                        }
-                        self.summary.customers_reused += waiting.len() as u64;
-                        for work in waiting {
-                            self.ready
-                                .push_back((work, CustomerStep::Known(id.clone())));
-                        }
-                    }
-                    Settlement::Failed { field, reason } => {
-                        let reason = format!("its customer could not be created: {reason}");
-                        for work in &waiting {
-                            let change = work.failed(field.clone(), reason.clone());
-                            self.fail(
-                                &work.origin,
-                                &work.original,
-                                field.clone(),
-                                reason.clone(),
-                                change,
-                            )
-                            .await;
-                        }
-                        self.failed_customers.insert(customer_key, (field, reason));
-                    }
-                    Settlement::Unsettled => {
-                        self.summary.rows_pending += waiting.len() as u64;
-                    }
-                }
-            }
+            } => self.customer_settled(customer_key, settlement).await,
             Event::RowFinished { work, outcome } => {
                 self.running -= 1;
                 self.finish_row(*work, outcome);
             }
-            Event::BulkJobEnded { kind, rows } => {
-                self.job_ended(kind, rows.len());
-                let mut gave_up = None;
-                let carried = rows.len();
-                for (work, next) in rows {
-                    match next {
-                        AfterJob::Finished(RowOutcome::Halted(Halt::Pending(reason))) => {
-                            self.summary.rows_pending += 1;
-                            gave_up = Some(reason);
-                        }
-                        AfterJob::Finished(outcome) => self.finish_row(work, outcome),
-                        AfterJob::Continue(step) => self.ready.push_back((work, step)),
-                        AfterJob::ContinueAfter(step, at) => {
-                            self.deferred_count += 1;
-                            self.deferred.push(Deferred {
-                                at,
-                                arrival: self.deferred_count,
-                                work,
-                                step,
-                            });
-                        }
-                    }
-                }
-                // A job left pending counts once towards "the API keeps failing", as a row.
-                if let Some(reason) = gave_up {
-                    self.note_given_up(&format!(
-                        "a bulk job of {carried} rows: left pending for the next run: {reason}"
-                    ));
-                }
-            }
+            Event::BulkJobEnded { kind, rows } => self.bulk_job_ended(kind, rows),
             Event::BulkJobPanicked {
                 kind,
                 rows,
@@ -702,11 +638,8 @@ impl<'a> Planner<'a> {
                 self.job_ended(kind, rows);
                 self.summary.rows_pending += rows as u64;
                 for customer_key in creating {
-                    Box::pin(self.handle_event(Event::CustomerSettled {
-                        customer_key,
-                        settlement: Settlement::Unsettled,
-                    }))
-                    .await;
+                    self.customer_settled(customer_key, Settlement::Unsettled)
+                        .await;
                 }
             }
             Event::WorkerPanicked { creating } => {
@@ -714,13 +647,77 @@ impl<'a> Planner<'a> {
                 self.running -= 1;
                 self.summary.rows_pending += 1;
                 if let Some(customer_key) = creating {
-                    Box::pin(self.handle_event(Event::CustomerSettled {
-                        customer_key,
-                        settlement: Settlement::Unsettled,
-                    }))
-                    .await;
+                    self.customer_settled(customer_key, Settlement::Unsettled)
+                        .await;
                 }
             }
+        }
+    }
+
+    /// A customer settled: the rows waiting for it go on with its id, fail with its reason,
+    /// or (unsettled) stay pending.
+    async fn customer_settled(&mut self, customer_key: String, settlement: Settlement) {
+        let waiting = self.waiting.remove(&customer_key).unwrap_or_default();
+        self.waiting_rows -= waiting.len();
+        match settlement {
+            Settlement::Known(id, origin) => {
+                match origin {
+                    CustomerOrigin::Created => self.summary.customers_created += 1,
+                    CustomerOrigin::Linked => self.summary.customers_linked += 1,
+                    CustomerOrigin::Reconciled => self.summary.customers_reconciled += 1,
+                }
+                self.summary.customers_reused += waiting.len() as u64;
+                for work in waiting {
+                    self.ready
+                        .push_back((work, CustomerStep::Known(id.clone())));
+                }
+            }
+            Settlement::Failed { field, reason } => {
+                let reason = format!("its customer could not be created: {reason}");
+                for work in &waiting {
+                    let change = work.failed(field.clone(), reason.clone());
+                    let (origin, original) = (&work.origin, &work.original);
+                    self.fail(origin, original, field.clone(), reason.clone(), change)
+                        .await;
+                }
+                self.failed_customers.insert(customer_key, (field, reason));
+            }
+            Settlement::Unsettled => {
+                self.summary.rows_pending += waiting.len() as u64;
+            }
+        }
+    }
+
+    /// A bulk job ended: each of its rows is finished, goes on, or waits until it may be
+    /// looked up.
+    fn bulk_job_ended(&mut self, kind: BulkKind, rows: Vec<(PlannedRow, AfterJob)>) {
+        self.job_ended(kind, rows.len());
+        let mut gave_up = None;
+        let carried = rows.len();
+        for (work, next) in rows {
+            match next {
+                AfterJob::Finished(RowOutcome::Halted(Halt::Pending(reason))) => {
+                    self.summary.rows_pending += 1;
+                    gave_up = Some(reason);
+                }
+                AfterJob::Finished(outcome) => self.finish_row(work, outcome),
+                AfterJob::Continue(step) => self.ready.push_back((work, step)),
+                AfterJob::ContinueAfter(step, at) => {
+                    self.deferred_count += 1;
+                    self.deferred.push(Deferred {
+                        at,
+                        arrival: self.deferred_count,
+                        work,
+                        step,
+                    });
+                }
+            }
+        }
+        // A job left pending counts once towards "the API keeps failing", as a row.
+        if let Some(reason) = gave_up {
+            self.note_given_up(&format!(
+                "a bulk job of {carried} rows: left pending for the next run: {reason}"
+            ));
         }
     }
 

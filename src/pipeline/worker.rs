@@ -88,12 +88,28 @@ async fn drive_row(
         attempts.check_stop()?;
         commit_or_halt(shared, vec![Change::Row(intent)]).await?;
     }
+    let (conversation_id, origin) = send_conversation(shared, work, &body, attempts).await?;
+    let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
+    record_or_halt(shared, vec![Change::Row(done)]).await;
+    Ok(RowOutcome::Done {
+        conversation: Some(origin),
+    })
+}
+
+/// Creates the row's conversation, whose intent is recorded: looks it up first when an
+/// earlier answer was lost, and after a 409, which says an earlier attempt made it.
+async fn send_conversation(
+    shared: &Shared,
+    work: &PlannedRow,
+    body: &ConversationBody,
+    attempts: &mut Attempts<'_>,
+) -> Result<(String, CustomerOrigin), Halt> {
     let mut unknown = work.conversation_unknown;
     // Whether a create of this row (in this run or an earlier one) may have made it: a
     // conversation found after a 409 is then ours, reconciled, not one that was there.
     let mut ours_may_exist = work.conversation_unknown;
     let mut refused_as_duplicate = false;
-    let (conversation_id, origin) = loop {
+    loop {
         if unknown {
             let Some(external_id) = &body.external_id else {
                 return Err(Halt::Unresolved(
@@ -106,9 +122,9 @@ async fn drive_row(
             attempts.requests += 1;
             match shared.client.find_conversation(external_id).await {
                 Ok(Some(id)) if refused_as_duplicate && !ours_may_exist => {
-                    break (id, CustomerOrigin::Linked);
+                    return Ok((id, CustomerOrigin::Linked));
                 }
-                Ok(Some(id)) => break (id, CustomerOrigin::Reconciled),
+                Ok(Some(id)) => return Ok((id, CustomerOrigin::Reconciled)),
                 Ok(None) if refused_as_duplicate => {
                     return Err(Halt::Failed {
                         field: Some("conversation.externalId".into()),
@@ -126,8 +142,8 @@ async fn drive_row(
             }
         }
         attempts.requests += 1;
-        match shared.client.create_conversation(&body).await {
-            Ok(id) => break (id, CustomerOrigin::Created),
+        match shared.client.create_conversation(body).await {
+            Ok(id) => return Ok((id, CustomerOrigin::Created)),
             Err(error @ (ApiError::Rejected { .. } | ApiError::NoSuchEndpoint { .. })) => {
                 return Err(create_refused(shared, Step::Conversation, &error));
             }
@@ -150,12 +166,7 @@ async fn drive_row(
                 attempts.after_failure(&error).await?;
             }
         }
-    };
-    let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
-    record_or_halt(shared, vec![Change::Row(done)]).await;
-    Ok(RowOutcome::Done {
-        conversation: Some(origin),
-    })
+    }
 }
 
 /// Tells the planner how the row's customer settled (the rows waiting for it go on or

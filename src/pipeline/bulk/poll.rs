@@ -85,18 +85,17 @@ async fn poll_until_ended(
         Started::Submitted { answered, .. } => (answered, true),
         Started::Earlier => (tokio::time::Instant::now(), false),
     };
-    let (mut next, probe) = if paced {
-        let pace = &shared.job_pace;
-        pace.first_poll(answered, give_up)
+    // When the first poll is due, and whether it is a probe: paced by what jobs took so far;
+    // an earlier run's job, most likely done, at once.
+    let (mut next, probe, first_wait) = if paced {
+        let (next, probe) = shared
+            .job_pace
+            .first_poll(answered, give_up)
             .await
-            .ok_or_else(stopping)?
+            .ok_or_else(stopping)?;
+        (next, probe, next.saturating_duration_since(answered))
     } else {
-        (answered, None)
-    };
-    let first_wait = if paced {
-        next.saturating_duration_since(answered)
-    } else {
-        FIRST_POLL
+        (answered, None, FIRST_POLL)
     };
     let mut interval = first_wait / 4;
     let mut last_unfinished = None;
@@ -116,14 +115,7 @@ async fn poll_until_ended(
                 break;
             }
             Ok(JobStatus::Waiting(status)) if answered.elapsed() >= most_wait => {
-                tracing::warn!(
-                    "bulk job {job_id} is still {status} after {} s: the next run polls it, \
-                     and its rows stay pending until then",
-                    most_wait.as_secs()
-                );
-                return Err(WaitEnd::Halted(Halt::Pending(format!(
-                    "its bulk job {job_id} is still {status}"
-                ))));
+                return Err(waited_too_long(job_id, &status, most_wait));
             }
             Ok(JobStatus::Waiting(status)) => {
                 tracing::debug!("bulk job {job_id} is {status}");
@@ -155,6 +147,18 @@ async fn poll_until_ended(
         });
     }
     Ok(())
+}
+
+/// A job still not done after the most a run waits: queued for the next run to poll.
+fn waited_too_long(job_id: &str, status: &str, most_wait: Duration) -> WaitEnd {
+    tracing::warn!(
+        "bulk job {job_id} is still {status} after {} s: the next run polls it, and its rows \
+         stay pending until then",
+        most_wait.as_secs()
+    );
+    WaitEnd::Halted(Halt::Pending(format!(
+        "its bulk job {job_id} is still {status}"
+    )))
 }
 
 async fn poll_failed(
