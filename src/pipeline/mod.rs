@@ -2,7 +2,7 @@
 //!
 //! - The reader (a blocking thread) streams records from every input, maps each to a plan
 //!   and gives it its row key. It never holds more than the channel's few hundred rows.
-//! - The planner (this module's loop) asks the checkpoint what each row still needs: a done
+//! - The planner ([`planner`]) asks the checkpoint what each row still needs: a done
 //!   row is skipped without a request, a customer already known is reused, and rows of a
 //!   customer being created wait behind the one row that creates it, so two rows never race
 //!   to create the same customer.
@@ -13,6 +13,10 @@
 //!   customer, and rows whose customer is known, into batches of 100 and gives each batch to
 //!   a job task; what a job cannot settle comes back to the planner for a worker (a link, a
 //!   lookup). A run first settles the jobs an earlier run left unfinished.
+//!
+//! What a row is and how it moves lives in [`row`], the resume rules in [`resume`], the
+//! scheduler in [`planner`], what a failed call means in [`failure`]; `docs/architecture.md`
+//! draws the data flow and the row's state machine, and says where to add a record kind.
 //!
 //! A soft stop (first signal, revoked key, an API that keeps failing) stops taking rows and
 //! lets work in flight finish for the grace period; a hard stop aborts it. Either way the

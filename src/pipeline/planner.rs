@@ -102,8 +102,8 @@ pub(super) struct Planner<'a> {
     running: usize,
     /// Rows in a row that gave up after their retries; too many means the API is down.
     given_up_in_a_row: usize,
-    /// Whether rows go in bulk jobs; None while `--mode auto` has not decided.
-    bulk: Option<bool>,
+    /// How rows travel: `Undecided` while `--mode auto` has not seen enough rows.
+    sending: Sending,
     /// Bulk mode: rows that take single mode's path, waiting for a worker.
     for_worker: VecDeque<(PlannedRow, CustomerStep)>,
     /// Rows that create their customer, for the next customers job.
@@ -142,10 +142,10 @@ impl<'a> Planner<'a> {
         summary.customers_created += earlier.customers_created;
         summary.customers_linked += earlier.customers_linked;
         let failed_customers = std::mem::take(&mut earlier.failed_customers);
-        let bulk = match shared.settings.mode {
-            ImportMode::Single => Some(false),
-            ImportMode::Bulk => Some(true),
-            ImportMode::Auto => None,
+        let sending = match shared.settings.mode {
+            ImportMode::Single => Sending::OneByOne,
+            ImportMode::Bulk => Sending::InJobs,
+            ImportMode::Auto => Sending::Undecided,
         };
         Planner {
             shared,
@@ -160,7 +160,7 @@ impl<'a> Planner<'a> {
             tasks: JoinSet::new(),
             running: 0,
             given_up_in_a_row: 0,
-            bulk,
+            sending,
             for_worker: VecDeque::new(),
             customer_batch: Vec::new(),
             conversation_batch: Vec::new(),
@@ -298,15 +298,15 @@ impl<'a> Planner<'a> {
         if self.shared.stop.soft.is_cancelled() {
             return;
         }
-        if self.bulk.is_none() {
+        if self.sending == Sending::Undecided {
             // --mode auto: enough rows waiting to be sent makes bulk worth it; an input
             // that ends with fewer goes single.
             let waiting = self.ready.len() + self.waiting_rows;
             if waiting >= bulk::AUTO_BULK_ROWS {
                 tracing::info!("{waiting} rows or more to send: bulk mode");
-                self.bulk = Some(true);
+                self.sending = Sending::InJobs;
             } else if !self.input_open || self.in_progress() >= self.window {
-                self.bulk = Some(false);
+                self.sending = Sending::OneByOne;
             } else {
                 return;
             }
@@ -317,7 +317,8 @@ impl<'a> Planner<'a> {
                 self.ready.push_back((work, step));
             }
         }
-        if self.bulk == Some(true) && !self.shared.bulk_unavailable.load(Ordering::Relaxed) {
+        if self.sending == Sending::InJobs && !self.shared.bulk_unavailable.load(Ordering::Relaxed)
+        {
             self.divert_to_batches();
         }
         // Each row moves once, from `ready` (or, in bulk mode, `for_worker`) to a worker,
@@ -812,6 +813,17 @@ impl<'a> Planner<'a> {
             self.shared.halt_run(StopReason::of_checkpoint(&error));
         }
     }
+}
+
+/// How a run's rows travel to Kustomer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sending {
+    /// `--mode auto`, until enough rows wait (bulk) or the input ends first (single).
+    Undecided,
+    /// One request per record, by workers.
+    OneByOne,
+    /// In bulk jobs, with workers for what a job cannot settle.
+    InJobs,
 }
 
 /// The planner's own knowledge of customers, for [`route_customer`].
