@@ -230,11 +230,7 @@ pub async fn run_import(
     // From the stop on, no request waits for the server: not here, not in the planner.
     shared.client.gate().stop_on(stop.soft.clone());
     let earlier = bulk::finish_earlier_jobs(&shared, checkpoint).await?;
-    let mut window = settings.concurrency.most() * 4;
-    if settings.mode != ImportMode::Single {
-        // Room for every job in flight to be full, and for the next batches to fill.
-        window = window.max(bulk::MAX_ITEMS * bulk::JOBS_IN_FLIGHT * 2);
-    }
+    let window = rows_in_flight(&settings);
     // Read-ahead: enough to keep the planner fed, no more (a bulk window of rows in
     // flight needs no read-ahead of the same size).
     let read_ahead = settings.concurrency.most() * 4;
@@ -284,6 +280,18 @@ pub async fn run_import(
         summary,
         stop: stop_reason,
     })
+}
+
+/// The most rows read and not yet settled: the reader waits while the planner holds this
+/// many.
+fn rows_in_flight(settings: &ImportSettings) -> usize {
+    let window = settings.concurrency.most() * 4;
+    if settings.mode == ImportMode::Single {
+        window
+    } else {
+        // Room for every job in flight to be full, and for the next batches to fill.
+        window.max(bulk::MAX_ITEMS * bulk::JOBS_IN_FLIGHT * 2)
+    }
 }
 
 /// Why a run ended, from the writer's end, the first reason a part of the run gave to
