@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::StopReason;
+use super::handles::Tools;
 use super::row::{Halt, Step};
-use super::{Shared, StopReason};
 use crate::api::{ApiError, Held};
 
 /// The call a failure came from, for what a refusal of it means and what the next attempt
@@ -35,15 +36,15 @@ pub(super) enum NoRetry {
 /// The retries of one row or one bulk job: its transient failures so far, against the
 /// budget, with a stop that cuts a backoff short.
 pub(super) struct Retries<'a> {
-    shared: &'a Shared,
+    tools: &'a Tools,
     stop: &'a CancellationToken,
     failures: u32,
 }
 
 impl<'a> Retries<'a> {
-    pub(super) fn new(shared: &'a Shared, stop: &'a CancellationToken) -> Retries<'a> {
+    pub(super) fn new(tools: &'a Tools, stop: &'a CancellationToken) -> Retries<'a> {
         Retries {
-            shared,
+            tools,
             stop,
             failures: 0,
         }
@@ -52,14 +53,14 @@ impl<'a> Retries<'a> {
     /// Waits out the backoff after a transient failure (at least `least`), within the
     /// budget.
     pub(super) async fn backoff(&mut self, reason: &str, least: Duration) -> Result<(), NoRetry> {
-        let settings = &self.shared.settings;
-        if self.failures >= settings.max_retries {
+        let policy = &self.tools.retry;
+        if self.failures >= policy.max_retries {
             return Err(NoRetry::Exhausted(format!(
                 "gave up after {} attempts: {reason}",
                 self.failures + 1
             )));
         }
-        let delay = settings.backoff.delay(self.failures).max(least);
+        let delay = policy.backoff.delay(self.failures).max(least);
         self.failures += 1;
         tracing::debug!("retrying after: {reason}");
         tokio::select! {
@@ -71,7 +72,7 @@ impl<'a> Retries<'a> {
     /// After a failed call: waits out the backoff and says to try again, or why the row or
     /// job stops here.
     pub(super) async fn after_failure(&mut self, error: &ApiError, call: Call) -> Result<(), Halt> {
-        if let Some(halt) = stops_the_run(self.shared, error) {
+        if let Some(halt) = stops_the_run(self.tools, error) {
             return Err(halt);
         }
         let ApiError::Transient { reason, .. } = error else {
@@ -80,7 +81,7 @@ impl<'a> Retries<'a> {
         // A row whose write may have landed starts its next attempt with a lookup: give a
         // write still in progress (or an index that lags) time to show, or it is sent twice.
         let least = if call == Call::Row && error.maybe_applied() {
-            self.shared.settings.reconcile_delay
+            self.tools.retry.reconcile_delay
         } else {
             Duration::ZERO
         };
@@ -93,7 +94,7 @@ impl<'a> Retries<'a> {
 
 /// The failures that stop the run whatever call met them, as the halt of the row or job in
 /// hand (pending, its intent kept for the next run); None for the others.
-pub(super) fn stops_the_run(shared: &Shared, error: &ApiError) -> Option<Halt> {
+pub(super) fn stops_the_run(tools: &Tools, error: &ApiError) -> Option<Halt> {
     let (stop, halt) = match error {
         ApiError::Unauthorized { status, message } => (
             StopReason::Unauthorized(format!("{status}: {message}")),
@@ -110,18 +111,18 @@ pub(super) fn stops_the_run(shared: &Shared, error: &ApiError) -> Option<Halt> {
         }
         _ => return None,
     };
-    shared.halt_run(stop);
+    tools.control.halt(stop);
     Some(Halt::Pending(halt))
 }
 
 /// A create or a bulk submit answered that its endpoint does not exist: the URL is wrong,
 /// not the row. The run stops (configuration, exit 2) with the row pending, rather than
 /// failing every row. `what` names the call, `hint` what to check.
-pub(super) fn endpoint_missing(shared: &Shared, what: &str, error: &ApiError, hint: &str) -> Halt {
+pub(super) fn endpoint_missing(tools: &Tools, what: &str, error: &ApiError, hint: &str) -> Halt {
     let ApiError::NoSuchEndpoint { status, message } = error else {
         unreachable!("endpoint_missing is given NoSuchEndpoint only")
     };
-    shared.halt_run(StopReason::Endpoint(format!(
+    tools.control.halt(StopReason::Endpoint(format!(
         "{what} answered {status} ({message}): {hint}"
     )));
     Halt::Pending(format!("the API answered {status}"))
@@ -129,10 +130,10 @@ pub(super) fn endpoint_missing(shared: &Shared, what: &str, error: &ApiError, hi
 
 /// What a create's own refusal of its record means for the row: the run stops for a
 /// missing endpoint; the row fails for a refusal of its data.
-pub(super) fn create_refused(shared: &Shared, step: Step, error: &ApiError) -> Halt {
+pub(super) fn create_refused(tools: &Tools, step: Step, error: &ApiError) -> Halt {
     match error {
         ApiError::NoSuchEndpoint { .. } => endpoint_missing(
-            shared,
+            tools,
             &format!("creating a {}", step.noun()),
             error,
             "is the base URL right?",

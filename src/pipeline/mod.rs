@@ -26,6 +26,7 @@
 mod bulk;
 mod concurrency;
 mod failure;
+mod handles;
 mod planner;
 mod reader;
 mod resume;
@@ -34,19 +35,20 @@ mod worker;
 
 pub use self::concurrency::Concurrency;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::bulk::JobPace;
-use self::planner::{Event, Planner};
+use self::bulk::Jobs;
+use self::handles::{Journal, RunControl, Tools};
+use self::planner::{Dispatch, Planner};
 use self::reader::start_reader;
 use self::row::Halt;
 use crate::api::{Backoff, KustomerClient};
-use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointWriter, CustomerOrigin};
+use crate::checkpoint::{Checkpoint, CheckpointError, CustomerOrigin};
 use crate::input::OpenInput;
 use crate::report::{ErrorsFile, Progress, Summary};
 use crate::rows::ReadSettings;
@@ -176,31 +178,6 @@ pub struct ImportOutcome {
     pub summary: Summary,
     pub stop: StopReason,
 }
-/// Shared by the workers of a run.
-struct Shared {
-    client: Arc<KustomerClient>,
-    writer: CheckpointWriter,
-    settings: ImportSettings,
-    stop: StopSignals,
-    events: mpsc::UnboundedSender<Event>,
-    /// Set once, by whichever worker first hears of it.
-    fatal: Mutex<Option<StopReason>>,
-    /// The number the next bulk job is recorded under in the checkpoint.
-    next_job: AtomicI64,
-    job_pace: JobPace,
-    /// `--mode auto` met an API without bulk endpoints: the rest of the run goes single.
-    bulk_unavailable: AtomicBool,
-}
-
-impl Shared {
-    fn halt_run(&self, reason: StopReason) {
-        let mut fatal = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
-        if fatal.is_none() {
-            *fatal = Some(reason);
-        }
-        self.stop.soft.cancel();
-    }
-}
 
 /// Runs one import of the inputs (opened by [`crate::rows::open_inputs`]) to its end or to
 /// a stop. Errors only when the checkpoint cannot be read.
@@ -216,34 +193,37 @@ pub async fn run_import(
     let started = Instant::now();
     let (writer, writer_handle) = checkpoint.start_writer()?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
+    let control = Arc::new(RunControl::new(stop.clone()));
+    let journal = Journal::new(writer, Arc::clone(&control));
+    let tools = Arc::new(Tools::new(
+        &settings,
         client,
-        writer,
-        settings: settings.clone(),
-        stop: stop.clone(),
-        events: events_tx,
-        fatal: Mutex::new(None),
-        next_job: AtomicI64::new(checkpoint.next_bulk_job()?),
-        job_pace: JobPace::default(),
-        bulk_unavailable: AtomicBool::new(false),
-    });
+        journal,
+        Arc::clone(&control),
+        events_tx,
+    ));
+    let auto = settings.mode == ImportMode::Auto;
+    let jobs = Arc::new(Jobs::new(
+        checkpoint.next_bulk_job()?,
+        auto,
+        settings.bulk_lost_wait,
+    ));
     // From the stop on, no request waits for the server: not here, not in the planner.
-    shared.client.gate().stop_on(stop.soft.clone());
-    let earlier = bulk::finish_earlier_jobs(&shared, checkpoint).await?;
+    tools.client.gate().stop_on(stop.soft.clone());
+    let earlier = bulk::finish_earlier_jobs(&tools, &jobs, checkpoint).await?;
     let window = rows_in_flight(&settings);
     // Read-ahead: enough to keep the planner fed, no more (a bulk window of rows in
     // flight needs no read-ahead of the same size).
     let read_ahead = settings.concurrency.most() * 4;
     let (rows_tx, rows) = mpsc::channel(read_ahead.div_ceil(reader::READ_BATCH).max(2));
     let reader = start_reader(inputs, settings.read.clone(), rows_tx);
-    let mut planner = Planner::new(
-        Arc::clone(&shared),
-        checkpoint,
-        errors,
-        progress,
+    let dispatch = Dispatch {
+        tools: Arc::clone(&tools),
+        jobs,
+        settings,
         window,
-        earlier,
-    );
+    };
+    let mut planner = Planner::new(dispatch, checkpoint, errors, progress, earlier);
     planner.run(rows, &mut events).await;
     // Every clone of the writer must be gone before the writer thread can end: abandoned
     // workers hold one, and so does the planner. Workers that report while being shut
@@ -256,17 +236,14 @@ pub async fn run_import(
     } else {
         reader.await.unwrap_or(None)
     };
-    let stats = shared.client_stats();
-    summary.requests = stats.0;
-    summary.rate_limited = stats.1;
-    summary.bulk_jobs = shared.client.stats().bulk_jobs.load(Ordering::Relaxed);
+    let stats = tools.client.stats();
+    summary.requests = stats.requests.load(Ordering::Relaxed);
+    summary.rate_limited = stats.rate_limited.load(Ordering::Relaxed);
+    summary.bulk_jobs = stats.bulk_jobs.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
-    let fatal = shared
-        .fatal
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    drop(shared);
+    let fatal = control.take_reason();
+    // The last clone of the writer: the writer thread ends once it has drained its queue.
+    drop(tools);
     let writer_result = tokio::task::spawn_blocking(move || writer_handle.finish())
         .await
         .unwrap_or_else(|_| {
@@ -313,22 +290,5 @@ fn why_it_ended(
             None if stopped => StopReason::Interrupted,
             None => StopReason::Finished,
         },
-    }
-}
-
-impl Shared {
-    /// The most rows in flight now (it follows the latency seen unless fixed).
-    fn concurrency_limit(&self) -> usize {
-        self.settings
-            .concurrency
-            .limit(self.client.stats().typical_latency())
-    }
-
-    fn client_stats(&self) -> (u64, u64) {
-        let stats = self.client.stats();
-        (
-            stats.requests.load(Ordering::Relaxed),
-            stats.rate_limited.load(Ordering::Relaxed),
-        )
     }
 }

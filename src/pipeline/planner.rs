@@ -7,19 +7,20 @@
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::bulk::Jobs;
 use super::bulk::{self, AfterJob, EarlierJobs};
+use super::handles::Tools;
 use super::resume::{
     CustomerFacts, CustomerRoute, EarlierJobFacts, RowResume, SendFrom, resume_row, route_customer,
 };
 use super::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, failed_unplanned};
 use super::worker::process_row;
-use super::{ImportMode, Shared, StopReason};
+use super::{ImportMode, ImportSettings, StopReason};
 use crate::api::BulkKind;
 use crate::checkpoint::{
     Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange, StoredCustomer, StoredRow,
@@ -83,8 +84,19 @@ impl PartialEq for Deferred {
 
 impl Eq for Deferred {}
 
+/// What the planner dispatches work with: the tools it hands to workers and jobs, the
+/// jobs' shared book, the run's settings, and the most rows read and not yet settled.
+pub(super) struct Dispatch {
+    pub tools: Arc<Tools>,
+    pub jobs: Arc<Jobs>,
+    pub settings: ImportSettings,
+    pub window: usize,
+}
+
 pub(super) struct Planner<'a> {
-    shared: Arc<Shared>,
+    tools: Arc<Tools>,
+    jobs: Arc<Jobs>,
+    settings: ImportSettings,
     checkpoint: &'a Checkpoint,
     errors: &'a mut ErrorsFile,
     progress: &'a Progress,
@@ -131,24 +143,31 @@ pub(super) struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     pub(super) fn new(
-        shared: Arc<Shared>,
+        dispatch: Dispatch,
         checkpoint: &'a Checkpoint,
         errors: &'a mut ErrorsFile,
         progress: &'a Progress,
-        window: usize,
         mut earlier: EarlierJobs,
     ) -> Planner<'a> {
         let mut summary = Summary::default();
         summary.customers_created += earlier.customers_created;
         summary.customers_linked += earlier.customers_linked;
         let failed_customers = std::mem::take(&mut earlier.failed_customers);
-        let sending = match shared.settings.mode {
+        let Dispatch {
+            tools,
+            jobs,
+            settings,
+            window,
+        } = dispatch;
+        let sending = match settings.mode {
             ImportMode::Single => Sending::OneByOne,
             ImportMode::Bulk => Sending::InJobs,
             ImportMode::Auto => Sending::Undecided,
         };
         Planner {
-            shared,
+            tools,
+            jobs,
+            settings,
             checkpoint,
             errors,
             progress,
@@ -181,15 +200,15 @@ impl<'a> Planner<'a> {
         mut rows: mpsc::Receiver<Vec<ReadRow>>,
         events: &mut mpsc::UnboundedReceiver<Event>,
     ) {
-        let soft = self.shared.stop.soft.clone();
-        let hard = self.shared.stop.hard.clone();
+        let soft = self.tools.control.soft().clone();
+        let hard = self.tools.control.hard().clone();
         let mut grace_ends: Option<tokio::time::Instant> = None;
         loop {
             if soft.is_cancelled() {
                 if grace_ends.is_none() {
                     self.input_open = false;
                     rows.close();
-                    grace_ends = Some(tokio::time::Instant::now() + self.shared.settings.grace);
+                    grace_ends = Some(tokio::time::Instant::now() + self.settings.grace);
                 }
                 // Nothing starts after a stop: rows that became ready since (a bulk job's
                 // rows going on to their conversation) stay pending too.
@@ -234,8 +253,9 @@ impl<'a> Planner<'a> {
                                 // Nothing of this batch is planned: it stays for next time.
                                 self.summary.rows_read += batch.len() as u64;
                                 self.summary.rows_pending += batch.len() as u64;
-                                self.shared
-                                    .halt_run(StopReason::of_checkpoint(&error));
+                                self.tools
+                                    .control
+                                    .halt(StopReason::of_checkpoint(&error));
                                 continue;
                             }
                         };
@@ -295,7 +315,7 @@ impl<'a> Planner<'a> {
     /// Gives ready rows to workers, up to the concurrency, or, in bulk mode, to the next
     /// batches, and sends the batches that are due as jobs.
     fn start_ready_work(&mut self) {
-        if self.shared.stop.soft.is_cancelled() {
+        if self.tools.control.is_stopping() {
             return;
         }
         if self.sending == Sending::Undecided {
@@ -317,13 +337,12 @@ impl<'a> Planner<'a> {
                 self.ready.push_back((work, step));
             }
         }
-        if self.sending == Sending::InJobs && !self.shared.bulk_unavailable.load(Ordering::Relaxed)
-        {
+        if self.sending == Sending::InJobs && !self.jobs.unavailable() {
             self.divert_to_batches();
         }
         // Each row moves once, from `ready` (or, in bulk mode, `for_worker`) to a worker,
         // not on every event: the rows waiting stay where they are.
-        let limit = self.shared.concurrency_limit();
+        let limit = self.concurrency_limit();
         while self.running < limit {
             let Some((work, step)) = self
                 .for_worker
@@ -362,12 +381,12 @@ impl<'a> Planner<'a> {
 
     fn spawn_worker(&mut self, work: PlannedRow, step: CustomerStep) {
         self.running += 1;
-        let shared = Arc::clone(&self.shared);
+        let tools = Arc::clone(&self.tools);
         let creating = step
             .settles_customer()
             .then(|| work.plan.customer_key.clone());
         self.tasks.spawn(async move {
-            let processed = AssertUnwindSafe(process_row(&shared, work, step))
+            let processed = AssertUnwindSafe(process_row(&tools, work, step))
                 .catch_unwind()
                 .await;
             let event = match processed {
@@ -377,7 +396,7 @@ impl<'a> Planner<'a> {
                 },
                 Err(_) => Event::WorkerPanicked { creating },
             };
-            let _ = shared.events.send(event);
+            let _ = tools.events.send(event);
         });
     }
 
@@ -397,8 +416,8 @@ impl<'a> Planner<'a> {
                 let take = customers.min(bulk::MAX_ITEMS);
                 let works: Vec<PlannedRow> = self.customer_batch.drain(..take).collect();
                 let creating = works.iter().map(|w| w.plan.customer_key.clone()).collect();
-                self.spawn_job(BulkKind::Customers, works.len(), creating, |shared| {
-                    Box::pin(async move { bulk::run_customer_job(&shared, works).await })
+                self.spawn_job(BulkKind::Customers, works.len(), creating, |tools, jobs| {
+                    Box::pin(async move { bulk::run_customer_job(&tools, &jobs, works).await })
                 });
             } else if conversations >= bulk::MAX_ITEMS
                 || (conversations > 0 && stalled && self.customer_jobs_running == 0)
@@ -406,9 +425,16 @@ impl<'a> Planner<'a> {
                 let take = conversations.min(bulk::MAX_ITEMS);
                 let works: Vec<(PlannedRow, String)> =
                     self.conversation_batch.drain(..take).collect();
-                self.spawn_job(BulkKind::Conversations, works.len(), Vec::new(), |shared| {
-                    Box::pin(async move { bulk::run_conversation_job(&shared, works).await })
-                });
+                self.spawn_job(
+                    BulkKind::Conversations,
+                    works.len(),
+                    Vec::new(),
+                    |tools, jobs| {
+                        Box::pin(
+                            async move { bulk::run_conversation_job(&tools, &jobs, works).await },
+                        )
+                    },
+                );
             } else {
                 break;
             }
@@ -427,7 +453,8 @@ impl<'a> Planner<'a> {
         rows: usize,
         creating: Vec<String>,
         job: impl FnOnce(
-            Arc<Shared>,
+            Arc<Tools>,
+            Arc<Jobs>,
         )
             -> std::pin::Pin<Box<dyn Future<Output = Vec<(PlannedRow, AfterJob)>> + Send>>,
     ) {
@@ -436,9 +463,8 @@ impl<'a> Planner<'a> {
         if kind == BulkKind::Customers {
             self.customer_jobs_running += 1;
         }
-        let shared = Arc::clone(&self.shared);
-        let events = shared.events.clone();
-        let job = job(shared);
+        let events = self.tools.events.clone();
+        let job = job(Arc::clone(&self.tools), Arc::clone(&self.jobs));
         self.tasks.spawn(async move {
             let event = match AssertUnwindSafe(job).catch_unwind().await {
                 Ok(rows) => Event::BulkJobEnded { kind, rows },
@@ -482,7 +508,7 @@ impl<'a> Planner<'a> {
             plan,
         } = row;
         let facts = self.earlier_job_facts(&origin.key, stored.is_some());
-        let retry_failed = self.shared.settings.retry_failed;
+        let retry_failed = self.settings.retry_failed;
         match resume_row(stored.as_ref(), plan, retry_failed, facts) {
             RowResume::Held => self.summary.rows_pending += 1,
             RowResume::FailedEarlier { now } => {
@@ -573,7 +599,7 @@ impl<'a> Planner<'a> {
             }
             CustomerRoute::Unreadable(error) => {
                 self.summary.rows_pending += 1;
-                self.shared.halt_run(StopReason::of_checkpoint(&error));
+                self.tools.control.halt(StopReason::of_checkpoint(&error));
                 return;
             }
             CustomerRoute::Known(id) => {
@@ -774,14 +800,14 @@ impl<'a> Planner<'a> {
 
     /// A row (or a bulk job) left pending after its retries; too many in a row stop the run.
     fn note_given_up(&mut self, what: &str) {
-        if self.shared.stop.soft.is_cancelled() {
+        if self.tools.control.is_stopping() {
             return;
         }
         tracing::warn!("{what}");
         self.given_up_in_a_row += 1;
-        let limit = (self.shared.concurrency_limit() * 2).max(10);
+        let limit = (self.concurrency_limit() * 2).max(10);
         if self.given_up_in_a_row >= limit {
-            self.shared.halt_run(StopReason::ApiUnavailable(format!(
+            self.tools.control.halt(StopReason::ApiUnavailable(format!(
                 "{limit} rows in a row gave up after their retries; last: {what}"
             )));
         }
@@ -809,9 +835,14 @@ impl<'a> Planner<'a> {
     }
 
     async fn record(&self, changes: Vec<Change>) {
-        if let Err(error) = self.shared.writer.record(changes).await {
-            self.shared.halt_run(StopReason::of_checkpoint(&error));
-        }
+        self.tools.journal.record(changes).await;
+    }
+
+    /// The most rows in flight now (it follows the latency seen unless fixed).
+    fn concurrency_limit(&self) -> usize {
+        self.settings
+            .concurrency
+            .limit(self.tools.client.stats().typical_latency())
     }
 }
 

@@ -18,7 +18,7 @@
 
 use crate::api::{BulkKind, LookupField};
 use crate::checkpoint::{Change, CustomerOrigin, RowChange, RowState};
-use crate::mapping::Plan;
+use crate::mapping::{ConversationBody, Plan};
 use crate::rows::{Original, RowOrigin};
 
 /// One record of a row's chain, in the order they are made: a step depends on the ones
@@ -186,6 +186,25 @@ impl Settlement {
 
 /// The transitions: each returns what the checkpoint records for it.
 impl PlannedRow {
+    /// The row's conversation as it is sent (None: the row has none): its customer's id in,
+    /// and `importedAt` stamped (`stamp`) unless the row has one (added here, not in the
+    /// plan: the row's key must not change with the clock).
+    pub(super) fn conversation_to_send(
+        &self,
+        customer_id: &str,
+        stamp: bool,
+    ) -> Option<ConversationBody> {
+        let mut body = self.plan.conversation.clone()?;
+        body.customer = Some(customer_id.to_string());
+        if stamp && !body.extra.contains_key("importedAt") {
+            body.extra.insert(
+                "importedAt".into(),
+                serde_json::Value::String(crate::checkpoint::now_rfc3339()),
+            );
+        }
+        Some(body)
+    }
+
     /// A row no run has seen: recorded pending before anything is sent for it.
     pub(super) fn first_seen(&self) -> RowChange {
         RowChange {
@@ -347,5 +366,175 @@ pub(super) fn failed_unplanned(
             origin.line,
             RowState::Failed,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::{CustomerBody, EmailEntry, PhoneEntry};
+
+    fn row(conversation_external_id: Option<&str>) -> PlannedRow {
+        PlannedRow {
+            origin: RowOrigin {
+                file: "a.csv".into(),
+                line: 7,
+                key: "conv:T1".into(),
+            },
+            original: Original::Raw(serde_json::Value::Null),
+            plan: Plan {
+                customer_key: "ext:C1".into(),
+                customer: CustomerBody {
+                    external_id: Some("C1".into()),
+                    emails: vec![EmailEntry {
+                        email: "a@example.com".into(),
+                        kind: None,
+                    }],
+                    phones: vec![PhoneEntry {
+                        phone: "+15550001".into(),
+                        kind: None,
+                    }],
+                    ..CustomerBody::default()
+                },
+                conversation: Some(ConversationBody {
+                    external_id: conversation_external_id.map(str::to_string),
+                    ..ConversationBody::default()
+                }),
+            },
+            conversation_unknown: false,
+        }
+    }
+
+    fn only_row(change: &Change) -> &RowChange {
+        match change {
+            Change::Row(row) => row,
+            other => panic!("expected a row change, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_customer_intent_records_what_a_lookup_finds_it_by_and_the_row_as_sent() {
+        let [customer, row_change] = row(Some("T1")).customer_intent(2);
+        match customer {
+            Change::CustomerSent {
+                customer_key,
+                external_id,
+                email,
+                phone,
+            } => {
+                assert_eq!(customer_key, "ext:C1");
+                assert_eq!(external_id.as_deref(), Some("C1"));
+                assert_eq!(email.as_deref(), Some("a@example.com"));
+                assert_eq!(phone.as_deref(), Some("+15550001"));
+            }
+            other => panic!("expected the customer's intent, got {other:?}"),
+        }
+        let change = only_row(&row_change);
+        assert_eq!(change.state, RowState::CustomerSent);
+        assert_eq!(change.attempts, 2);
+        assert_eq!(change.conversation_external_id.as_deref(), Some("T1"));
+        assert_eq!((change.source_file.as_str(), change.line), ("a.csv", 7));
+    }
+
+    #[test]
+    fn a_conversation_intent_carries_its_customer_and_the_externalid_it_goes_out_with() {
+        let change = row(Some("T1")).conversation_intent("c1", 1);
+        assert_eq!(change.state, RowState::ConversationSent);
+        assert_eq!(change.customer_id.as_deref(), Some("c1"));
+        assert_eq!(change.conversation_external_id.as_deref(), Some("T1"));
+        assert_eq!(change.conversation_id, None);
+    }
+
+    #[test]
+    fn done_records_both_ids() {
+        let change = row(None).done("c1".into(), Some("v1".into()), 3);
+        assert_eq!(change.state, RowState::Done);
+        assert_eq!(change.customer_id.as_deref(), Some("c1"));
+        assert_eq!(change.conversation_id.as_deref(), Some("v1"));
+        assert_eq!(change.attempts, 3);
+    }
+
+    #[test]
+    fn a_halt_is_recorded_as_failed_marked_when_unresolved_and_not_at_all_when_pending() {
+        let work = row(Some("T1"));
+        let failed = work
+            .halted(
+                &Halt::Failed {
+                    field: Some("email".into()),
+                    reason: "bad".into(),
+                },
+                1,
+            )
+            .unwrap();
+        assert_eq!(failed.state, RowState::Failed);
+        assert_eq!(
+            (failed.field.as_deref(), failed.error.as_deref()),
+            (Some("email"), Some("bad"))
+        );
+        assert!(!failed.outcome_unknown);
+        let unresolved = work.halted(&Halt::Unresolved("lost".into()), 0).unwrap();
+        assert!(unresolved.outcome_unknown, "never sent again");
+        assert!(
+            work.halted(&Halt::stopping(), 0).is_none(),
+            "keeps its intent"
+        );
+    }
+
+    #[test]
+    fn intents_that_provably_never_ran_are_taken_back_a_step() {
+        let work = row(None);
+        let [withdrawn, back] = work.customer_intent_taken_back();
+        assert!(
+            matches!(withdrawn, Change::CustomerWithdrawn { customer_key } if customer_key == "ext:C1")
+        );
+        assert_eq!(only_row(&back).state, RowState::Pending);
+        let back = work.conversation_intent_taken_back("c1");
+        assert_eq!(back.state, RowState::CustomerOk);
+        assert_eq!(back.customer_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn a_row_first_seen_is_inserted_pending_without_trying_an_update() {
+        let change = row(None).first_seen();
+        assert_eq!(change.state, RowState::Pending);
+        assert!(change.unseen);
+    }
+
+    #[test]
+    fn lookups_try_a_customers_externalid_then_emails_then_phones() {
+        let work = row(Some("T1"));
+        let keys: Vec<(LookupField, &str)> = Step::Customer.lookup_keys(&work.plan);
+        assert_eq!(
+            keys,
+            vec![
+                (LookupField::ExternalId, "C1"),
+                (LookupField::Email, "a@example.com"),
+                (LookupField::Phone, "+15550001"),
+            ]
+        );
+        assert_eq!(
+            Step::Conversation.lookup_keys(&work.plan),
+            vec![(LookupField::ExternalId, "T1")]
+        );
+        // No key: a lost answer cannot be settled, and the row is not sent again.
+        assert!(Step::Conversation.lookup_keys(&row(None).plan).is_empty());
+    }
+
+    #[test]
+    fn a_conversation_goes_out_with_its_customer_and_a_stamp_unless_it_has_one() {
+        let work = row(Some("T1"));
+        let body = work.conversation_to_send("c1", true).unwrap();
+        assert_eq!(body.customer.as_deref(), Some("c1"));
+        assert!(body.extra.contains_key("importedAt"));
+        let unstamped = work.conversation_to_send("c1", false).unwrap();
+        assert!(!unstamped.extra.contains_key("importedAt"));
+    }
+
+    #[test]
+    fn a_step_is_sent_in_the_state_of_its_intent() {
+        assert_eq!(Step::Customer.intent(), RowState::CustomerSent);
+        assert_eq!(Step::Conversation.intent(), RowState::ConversationSent);
+        assert_eq!(Step::of_job(BulkKind::Customers), Step::Customer);
+        assert_eq!(Step::of_job(BulkKind::Conversations), Step::Conversation);
     }
 }

@@ -6,24 +6,24 @@
 //! failures back off and, past the retry budget, leave the row pending.
 
 use super::failure::{Call, Retries, create_refused};
+use super::handles::Tools;
 use super::planner::Event;
 use super::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, Step};
-use super::{Shared, StopReason};
-use crate::api::ApiError;
+use crate::api::{ApiError, KustomerClient};
 use crate::checkpoint::{Change, CustomerOrigin};
 use crate::mapping::ConversationBody;
 
 /// Takes one row from its customer to done, or to the reason it stopped.
 pub(super) async fn process_row(
-    shared: &Shared,
+    tools: &Tools,
     work: PlannedRow,
     step: CustomerStep,
 ) -> (PlannedRow, RowOutcome) {
-    let mut attempts = Attempts::new(shared);
-    let outcome = match drive_row(shared, &work, step, &mut attempts).await {
+    let mut attempts = Attempts::new(tools);
+    let outcome = match drive_row(tools, &work, step, &mut attempts).await {
         Ok(outcome) => outcome,
         Err(halt) => {
-            record_halt(shared, &work, &halt, attempts.requests).await;
+            record_halt(tools, &work, &halt, attempts.requests).await;
             RowOutcome::Halted(halt)
         }
     };
@@ -31,33 +31,14 @@ pub(super) async fn process_row(
 }
 
 /// Records in the checkpoint why a row stopped short of done (see [`PlannedRow::halted`]).
-pub(super) async fn record_halt(shared: &Shared, work: &PlannedRow, halt: &Halt, requests: u32) {
+pub(super) async fn record_halt(tools: &Tools, work: &PlannedRow, halt: &Halt, requests: u32) {
     if let Some(change) = work.halted(halt, requests) {
-        record_or_halt(shared, vec![Change::Row(change)]).await;
+        tools.journal.record(vec![Change::Row(change)]).await;
     }
-}
-
-/// The conversation as it is sent: its customer's id in, and `importedAt` stamped unless
-/// the row has one or the user said not to (added here, not in the plan: the row's key must
-/// not change with the clock).
-pub(super) fn conversation_to_send(
-    shared: &Shared,
-    conversation: &ConversationBody,
-    customer_id: &str,
-) -> ConversationBody {
-    let mut body = conversation.clone();
-    body.customer = Some(customer_id.to_string());
-    if shared.settings.stamp_imported_at && !body.extra.contains_key("importedAt") {
-        body.extra.insert(
-            "importedAt".into(),
-            serde_json::Value::String(crate::checkpoint::now_rfc3339()),
-        );
-    }
-    body
 }
 
 async fn drive_row(
-    shared: &Shared,
+    tools: &Tools,
     work: &PlannedRow,
     step: CustomerStep,
     attempts: &mut Attempts<'_>,
@@ -65,32 +46,32 @@ async fn drive_row(
     let (customer_id, intent_committed) = match step {
         CustomerStep::Known(id) => (id, false),
         CustomerStep::Create { reconcile_first } => {
-            let settled = settle_customer(shared, work, reconcile_first, attempts).await;
-            let resolved = announce_customer(shared, work, settled).await?;
+            let settled = settle_customer(tools, work, reconcile_first, attempts).await;
+            let resolved = announce_customer(tools, work, settled).await?;
             (resolved.id, resolved.intent_committed)
         }
         CustomerStep::Link { message } => {
-            let settled = link_after_bulk(shared, work, &message, attempts).await;
-            let resolved = announce_customer(shared, work, settled).await?;
+            let settled = link_after_bulk(tools, work, &message, attempts).await;
+            let resolved = announce_customer(tools, work, settled).await?;
             (resolved.id, resolved.intent_committed)
         }
     };
-    let Some(conversation) = &work.plan.conversation else {
+    let stamp = tools.rules.stamp_imported_at;
+    let Some(body) = work.conversation_to_send(&customer_id, stamp) else {
         let done = work.done(customer_id, None, attempts.take_requests());
-        record_or_halt(shared, vec![Change::Row(done)]).await;
+        tools.journal.record(vec![Change::Row(done)]).await;
         return Ok(RowOutcome::Done { conversation: None });
     };
-    let body = conversation_to_send(shared, conversation, &customer_id);
     // A stop is heeded before the intent, never between the intent and its request: a
     // drained run leaves no intent it did not act on. Between retries, the backoff heeds it.
     if !intent_committed {
         let intent = work.conversation_intent(&customer_id, attempts.take_requests());
         attempts.check_stop()?;
-        commit_or_halt(shared, vec![Change::Row(intent)]).await?;
+        tools.journal.commit(vec![Change::Row(intent)]).await?;
     }
-    let (conversation_id, origin) = send_conversation(shared, work, &body, attempts).await?;
+    let (conversation_id, origin) = send_conversation(tools, work, &body, attempts).await?;
     let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
-    record_or_halt(shared, vec![Change::Row(done)]).await;
+    tools.journal.record(vec![Change::Row(done)]).await;
     Ok(RowOutcome::Done {
         conversation: Some(origin),
     })
@@ -99,7 +80,7 @@ async fn drive_row(
 /// Creates the row's conversation, whose intent is recorded: looks it up first when an
 /// earlier answer was lost, and after a 409, which says an earlier attempt made it.
 async fn send_conversation(
-    shared: &Shared,
+    tools: &Tools,
     work: &PlannedRow,
     body: &ConversationBody,
     attempts: &mut Attempts<'_>,
@@ -120,7 +101,7 @@ async fn send_conversation(
                 ));
             };
             attempts.requests += 1;
-            match shared.client.find_conversation(external_id).await {
+            match tools.client.find_conversation(external_id).await {
                 Ok(Some(id)) if refused_as_duplicate && !ours_may_exist => {
                     return Ok((id, CustomerOrigin::Linked));
                 }
@@ -142,10 +123,10 @@ async fn send_conversation(
             }
         }
         attempts.requests += 1;
-        match shared.client.create_conversation(body).await {
+        match tools.client.create_conversation(body).await {
             Ok(id) => return Ok((id, CustomerOrigin::Created)),
             Err(error @ (ApiError::Rejected { .. } | ApiError::NoSuchEndpoint { .. })) => {
-                return Err(create_refused(shared, Step::Conversation, &error));
+                return Err(create_refused(tools, Step::Conversation, &error));
             }
             // An API that refuses repeated conversation externalIds says the conversation
             // exists: an earlier attempt's answer was lost after all. Find it.
@@ -172,7 +153,7 @@ async fn send_conversation(
 /// Tells the planner how the row's customer settled (the rows waiting for it go on or
 /// fail), withdrawing the intent of a customer that will not be made.
 async fn announce_customer(
-    shared: &Shared,
+    tools: &Tools,
     work: &PlannedRow,
     settled: Result<Resolved, Halt>,
 ) -> Result<Resolved, Halt> {
@@ -181,9 +162,9 @@ async fn announce_customer(
         Err(halt) => Settlement::of_halt(halt),
     };
     if let Settlement::Failed { .. } = settlement {
-        record_or_halt(shared, vec![work.customer_withdrawn()]).await;
+        tools.journal.record(vec![work.customer_withdrawn()]).await;
     }
-    let _ = shared.events.send(Event::CustomerSettled {
+    let _ = tools.events.send(Event::CustomerSettled {
         customer_key: work.plan.customer_key.clone(),
         settlement,
     });
@@ -193,22 +174,22 @@ async fn announce_customer(
 /// Creates the row's customer (or finds the one an earlier lost answer created, or the one
 /// that already existed), recording the intent first and the id after.
 async fn settle_customer(
-    shared: &Shared,
+    tools: &Tools,
     work: &PlannedRow,
     reconcile_first: bool,
     attempts: &mut Attempts<'_>,
 ) -> Result<Resolved, Halt> {
     let intent = work.customer_intent(attempts.take_requests());
     attempts.check_stop()?;
-    commit_or_halt(shared, intent.into()).await?;
-    let (id, origin) = send_customer(shared, work, reconcile_first, attempts).await?;
-    record_customer(shared, work, id, origin, attempts).await
+    tools.journal.commit(intent.into()).await?;
+    let (id, origin) = send_customer(tools, work, reconcile_first, attempts).await?;
+    record_customer(tools, work, id, origin, attempts).await
 }
 
 /// Creates a customer whose intent is recorded (looking it up first when an earlier answer
 /// was lost), or finds the one that already existed.
 async fn send_customer(
-    shared: &Shared,
+    tools: &Tools,
     work: &PlannedRow,
     reconcile_first: bool,
     attempts: &mut Attempts<'_>,
@@ -216,7 +197,7 @@ async fn send_customer(
     let mut unknown = reconcile_first;
     loop {
         if unknown {
-            match find_customer(shared, work, attempts).await {
+            match find_customer(&tools.client, work, attempts).await {
                 Ok(Some(id)) => return Ok((id, CustomerOrigin::Reconciled)),
                 Ok(None) => unknown = false,
                 Err(error) => {
@@ -226,13 +207,13 @@ async fn send_customer(
             }
         }
         attempts.requests += 1;
-        match shared.client.create_customer(&work.plan.customer).await {
+        match tools.client.create_customer(&work.plan.customer).await {
             Ok(id) => return Ok((id, CustomerOrigin::Created)),
             Err(ApiError::Duplicate { message }) => {
-                return link_existing(shared, work, &message, attempts).await;
+                return link_existing(tools, work, &message, attempts).await;
             }
             Err(error @ (ApiError::Rejected { .. } | ApiError::NoSuchEndpoint { .. })) => {
-                return Err(create_refused(shared, Step::Customer, &error));
+                return Err(create_refused(tools, Step::Customer, &error));
             }
             Err(error) => {
                 unknown |= error.maybe_applied();
@@ -248,25 +229,25 @@ async fn send_customer(
 /// single endpoint's answer, which has a status, settles it (created, linked or refused in
 /// the words single mode would give), rather than the row failing on words.
 async fn link_after_bulk(
-    shared: &Shared,
+    tools: &Tools,
     work: &PlannedRow,
     message: &str,
     attempts: &mut Attempts<'_>,
 ) -> Result<Resolved, Halt> {
     let found = loop {
-        match find_customer(shared, work, attempts).await {
+        match find_customer(&tools.client, work, attempts).await {
             Ok(found) => break found,
             Err(error) => attempts.after_failure(&error).await?,
         }
     };
     let (id, origin) = match found {
-        Some(id) => shared.settings.on_existing_customer.settle(id)?,
+        Some(id) => tools.rules.on_existing_customer.settle(id)?,
         None => {
             tracing::debug!("a bulk job refused a customer ({message}) that no lookup finds");
-            send_customer(shared, work, false, attempts).await?
+            send_customer(tools, work, false, attempts).await?
         }
     };
-    record_customer(shared, work, id, origin, attempts).await
+    record_customer(tools, work, id, origin, attempts).await
 }
 
 /// Records the row's customer id, waited for: rows of this customer read next look its id
@@ -275,7 +256,7 @@ async fn link_after_bulk(
 /// group less per new customer than a `customer_ok` state committed on its own, and a
 /// crash leaves the same states as before, since the two land together or not at all.
 async fn record_customer(
-    shared: &Shared,
+    tools: &Tools,
     work: &PlannedRow,
     id: String,
     origin: CustomerOrigin,
@@ -288,11 +269,10 @@ async fn record_customer(
     } else {
         work.customer_known(&id, attempts.take_requests())
     };
-    commit_or_halt(
-        shared,
-        vec![work.customer_resolved(&id, origin), Change::Row(row)],
-    )
-    .await?;
+    tools
+        .journal
+        .commit(vec![work.customer_resolved(&id, origin), Change::Row(row)])
+        .await?;
     Ok(Resolved {
         id,
         origin,
@@ -310,14 +290,14 @@ struct Resolved {
 
 /// After a 409: finds the customer that holds the row's externalId, email or phone.
 async fn link_existing(
-    shared: &Shared,
+    tools: &Tools,
     work: &PlannedRow,
     message: &str,
     attempts: &mut Attempts<'_>,
 ) -> Result<(String, CustomerOrigin), Halt> {
     loop {
-        match find_customer(shared, work, attempts).await {
-            Ok(Some(id)) => return shared.settings.on_existing_customer.settle(id),
+        match find_customer(&tools.client, work, attempts).await {
+            Ok(Some(id)) => return tools.rules.on_existing_customer.settle(id),
             Ok(None) => {
                 return Err(Halt::Failed {
                     field: None,
@@ -334,13 +314,13 @@ async fn link_existing(
 
 /// Looks the row's customer up by each of its keys in turn (see [`Step::lookup_keys`]).
 async fn find_customer(
-    shared: &Shared,
+    client: &KustomerClient,
     work: &PlannedRow,
     attempts: &mut Attempts<'_>,
 ) -> Result<Option<String>, ApiError> {
     for (field, value) in Step::Customer.lookup_keys(&work.plan) {
         attempts.requests += 1;
-        if let Some(id) = shared.client.find_customer(field, value).await? {
+        if let Some(id) = client.find_customer(field, value).await? {
             return Ok(Some(id));
         }
     }
@@ -349,17 +329,17 @@ async fn find_customer(
 
 /// A row's retries and request count.
 struct Attempts<'a> {
-    shared: &'a Shared,
+    tools: &'a Tools,
     retries: Retries<'a>,
     /// Requests sent for the row and not yet added to the checkpoint's count.
     requests: u32,
 }
 
 impl<'a> Attempts<'a> {
-    fn new(shared: &'a Shared) -> Attempts<'a> {
+    fn new(tools: &'a Tools) -> Attempts<'a> {
         Attempts {
-            shared,
-            retries: Retries::new(shared, &shared.stop.soft),
+            tools,
+            retries: Retries::new(tools, tools.control.soft()),
             requests: 0,
         }
     }
@@ -369,7 +349,7 @@ impl<'a> Attempts<'a> {
     }
 
     fn check_stop(&self) -> Result<(), Halt> {
-        if self.shared.stop.soft.is_cancelled() {
+        if self.tools.control.is_stopping() {
             Err(Halt::stopping())
         } else {
             Ok(())
@@ -380,18 +360,5 @@ impl<'a> Attempts<'a> {
     /// [`Retries::after_failure`]).
     async fn after_failure(&mut self, error: &ApiError) -> Result<(), Halt> {
         self.retries.after_failure(error, Call::Row).await
-    }
-}
-
-pub(super) async fn commit_or_halt(shared: &Shared, changes: Vec<Change>) -> Result<(), Halt> {
-    shared.writer.commit(changes).await.map_err(|error| {
-        shared.halt_run(StopReason::of_checkpoint(&error));
-        Halt::Pending(format!("the checkpoint could not be written: {error}"))
-    })
-}
-
-pub(super) async fn record_or_halt(shared: &Shared, changes: Vec<Change>) {
-    if let Err(error) = shared.writer.record(changes).await {
-        shared.halt_run(StopReason::of_checkpoint(&error));
     }
 }

@@ -29,6 +29,7 @@ mod recover;
 mod results;
 mod submit;
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use super::row::{CustomerStep, RowOutcome};
@@ -48,6 +49,42 @@ pub(super) const FLUSH_AFTER: Duration = Duration::from_secs(2);
 pub(super) const MOST_JOB_WAIT: Duration = Duration::from_secs(15 * 60);
 /// The same for a job an earlier run left queued, which holds up the start of this run.
 pub(super) const EARLIER_JOB_WAIT: Duration = Duration::from_secs(2 * 60);
+
+/// What the bulk jobs of one run share: their numbers in the checkpoint, their pace, and
+/// whether the API has them at all.
+pub(in crate::pipeline) struct Jobs {
+    /// The number the next job is recorded under.
+    next: AtomicI64,
+    pace: JobPace,
+    /// `--mode auto` met an API without bulk endpoints: the rest of the run goes single.
+    unavailable: AtomicBool,
+    /// `--mode auto`: an API without bulk jobs sends the rows one by one, rather than
+    /// stopping the run.
+    auto: bool,
+    /// How long a job whose submit answer was lost may still run (`--bulk-lost-wait`).
+    lost_wait: Duration,
+}
+
+impl Jobs {
+    pub(in crate::pipeline) fn new(first_number: i64, auto: bool, lost_wait: Duration) -> Jobs {
+        Jobs {
+            next: AtomicI64::new(first_number),
+            pace: JobPace::default(),
+            unavailable: AtomicBool::new(false),
+            auto,
+            lost_wait,
+        }
+    }
+
+    fn next_number(&self) -> i64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `--mode auto` found the API has no bulk jobs.
+    pub(in crate::pipeline) fn unavailable(&self) -> bool {
+        self.unavailable.load(Ordering::Relaxed)
+    }
+}
 
 /// What becomes of a row when its job ends.
 #[derive(Debug)]

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::Jobs;
 use super::pace::{FIRST_POLL, LEAST_POLL, MOST_POLL, Seen};
 use crate::api::{ApiError, ItemOutcome, JobStatus};
-use crate::pipeline::Shared;
 use crate::pipeline::failure::{Call, NoRetry, Retries};
+use crate::pipeline::handles::Tools;
 use crate::pipeline::row::Halt;
 
 /// Why polling a job ended without its results.
@@ -39,16 +40,17 @@ pub(super) enum Started {
 /// submit's answer) until they are all there is; a job still not done after `most_wait`, or
 /// `give_up`, ends the wait with the job left queued for the next run.
 pub(super) async fn wait_for_results(
-    shared: &Shared,
+    tools: &Tools,
+    jobs: &Jobs,
     job_id: &str,
     started: Started,
     give_up: &CancellationToken,
     most_wait: Duration,
 ) -> Result<HashMap<String, ItemOutcome>, WaitEnd> {
-    let mut retry = Retries::new(shared, give_up);
-    poll_until_ended(shared, job_id, started, &mut retry, give_up, most_wait).await?;
+    let mut retry = Retries::new(tools, give_up);
+    poll_until_ended(tools, jobs, job_id, started, &mut retry, give_up, most_wait).await?;
     loop {
-        match shared.client.bulk_results(job_id).await {
+        match tools.client.bulk_results(job_id).await {
             // An ended job with no result at all may be one whose batches are not written
             // yet: ask again within the retry budget before taking every item for unknown.
             Ok(outcomes) if outcomes.is_empty() => {
@@ -69,7 +71,8 @@ pub(super) async fn wait_for_results(
 /// first when [`JobPace`] says it is due, then, while it is unfinished, a quarter of that
 /// later and doubling (a probe looks again when the other jobs are due).
 async fn poll_until_ended(
-    shared: &Shared,
+    tools: &Tools,
+    jobs: &Jobs,
     job_id: &str,
     started: Started,
     retry: &mut Retries<'_>,
@@ -88,8 +91,8 @@ async fn poll_until_ended(
     // When the first poll is due, and whether it is a probe: paced by what jobs took so far;
     // an earlier run's job, most likely done, at once.
     let (mut next, probe, first_wait) = if paced {
-        let (next, probe) = shared
-            .job_pace
+        let (next, probe) = jobs
+            .pace
             .first_poll(answered, give_up)
             .await
             .ok_or_else(stopping)?;
@@ -105,7 +108,7 @@ async fn poll_until_ended(
             () = give_up.cancelled() => return Err(stopping()),
         }
         let asked = answered.elapsed();
-        match shared.client.bulk_status(job_id).await {
+        match tools.client.bulk_status(job_id).await {
             Ok(JobStatus::Complete) => break,
             Ok(JobStatus::Ended(status)) => {
                 tracing::warn!(
@@ -122,7 +125,7 @@ async fn poll_until_ended(
                 let first_miss = last_unfinished.is_none();
                 last_unfinished = Some(asked);
                 let now = tokio::time::Instant::now();
-                next = match shared.job_pace.due() {
+                next = match jobs.pace.due() {
                     Some(due) if probe.is_some() && first_miss && answered + due > now => {
                         answered + due
                     }
@@ -140,7 +143,7 @@ async fn poll_until_ended(
         }
     }
     if paced {
-        shared.job_pace.learn(Seen {
+        jobs.pace.learn(Seen {
             complete_at: answered.elapsed(),
             last_unfinished,
             probed: probe.is_some(),

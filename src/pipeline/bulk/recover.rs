@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use super::EARLIER_JOB_WAIT;
+use super::Jobs;
 use super::poll::{Started, WaitEnd, wait_for_results};
 use super::results::{ItemVerdict, job_complete, read_item};
 use super::submit::end_job;
@@ -15,9 +16,8 @@ use crate::checkpoint::{
     BulkJobState, Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange, RowState,
     StoredBulkItem, StoredBulkJob,
 };
-use crate::pipeline::Shared;
+use crate::pipeline::handles::Tools;
 use crate::pipeline::row::{Halt, Step};
-use crate::pipeline::worker::commit_or_halt;
 
 /// What a run learnt from the jobs earlier runs left unfinished.
 #[derive(Debug, Default)]
@@ -44,26 +44,30 @@ pub(in crate::pipeline) struct EarlierJobs {
 /// results; waits out jobs whose submit answer was lost (their rows are then reconciled by
 /// lookup when they are read). A stop, or a job that cannot be polled, leaves its rows held.
 pub(in crate::pipeline) async fn finish_earlier_jobs(
-    shared: &Shared,
+    tools: &Tools,
+    jobs: &Jobs,
     checkpoint: &Checkpoint,
 ) -> Result<EarlierJobs, CheckpointError> {
     let lost_since = SystemTime::now()
-        .checked_sub(shared.settings.bulk_lost_wait)
+        .checked_sub(jobs.lost_wait)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let jobs = checkpoint.unfinished_bulk_jobs(lost_since)?;
+    let unfinished = checkpoint.unfinished_bulk_jobs(lost_since)?;
     let mut earlier = EarlierJobs::default();
-    if jobs.is_empty() {
+    if unfinished.is_empty() {
         return Ok(earlier);
     }
     tracing::info!(
         "{} bulk jobs of an earlier run are unfinished: settling them first",
-        jobs.len()
+        unfinished.len()
     );
-    let settled =
-        futures_util::future::join_all(jobs.iter().map(|job| finish_earlier_job(shared, job)))
-            .await;
+    let settled = futures_util::future::join_all(
+        unfinished
+            .iter()
+            .map(|job| finish_earlier_job(tools, jobs, job)),
+    )
+    .await;
     let mut uncertain = false;
-    for (job, outcome) in jobs.iter().zip(settled) {
+    for (job, outcome) in unfinished.iter().zip(settled) {
         match outcome {
             Some(EarlierOutcome::Applied(results)) => {
                 uncertain |= results.uncertain;
@@ -88,8 +92,8 @@ pub(in crate::pipeline) async fn finish_earlier_jobs(
     // not before single mode's wait after a lost answer.
     if uncertain {
         tokio::select! {
-            () = tokio::time::sleep(shared.settings.reconcile_delay) => {}
-            () = shared.stop.soft.cancelled() => {}
+            () = tokio::time::sleep(tools.retry.reconcile_delay) => {}
+            () = tools.control.soft().cancelled() => {}
         }
     }
     Ok(earlier)
@@ -116,9 +120,9 @@ struct EarlierResults {
 
 /// Waits until a job whose answer was lost (`since`) would have run, so that its rows'
 /// lookups find what it made. False: the run is stopping.
-async fn wait_out_lost_job(shared: &Shared, job: i64, since: SystemTime) -> bool {
+async fn wait_out_lost_job(tools: &Tools, jobs: &Jobs, job: i64, since: SystemTime) -> bool {
     let age = SystemTime::now().duration_since(since).unwrap_or_default();
-    let left = shared.settings.bulk_lost_wait.saturating_sub(age);
+    let left = jobs.lost_wait.saturating_sub(age);
     if !left.is_zero() {
         tracing::info!(
             "bulk job {job} of an earlier run never got its answer: waiting {:.0} s before its \
@@ -127,7 +131,7 @@ async fn wait_out_lost_job(shared: &Shared, job: i64, since: SystemTime) -> bool
         );
         tokio::select! {
             () = tokio::time::sleep(left) => {}
-            () = shared.stop.soft.cancelled() => return false,
+            () = tools.control.soft().cancelled() => return false,
         }
     }
     true
@@ -135,37 +139,41 @@ async fn wait_out_lost_job(shared: &Shared, job: i64, since: SystemTime) -> bool
 
 /// One earlier job: polled (queued) or waited out (submitting, lost). None: still
 /// unsettled, its rows held.
-async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<EarlierOutcome> {
+async fn finish_earlier_job(
+    tools: &Tools,
+    jobs: &Jobs,
+    job: &StoredBulkJob,
+) -> Option<EarlierOutcome> {
     let job_id = match (&job.job_id, job.state) {
         (Some(job_id), BulkJobState::Queued) => job_id,
         (_, state) => {
-            let waited = wait_out_lost_job(shared, job.id, job.since).await;
+            let waited = wait_out_lost_job(tools, jobs, job.id, job.since).await;
             if waited && state == BulkJobState::Submitting {
                 let waited_out = Change::BulkJobWaitedOut { job: job.id };
-                let _ = commit_or_halt(shared, vec![waited_out]).await;
+                let _ = tools.journal.commit(vec![waited_out]).await;
             }
             return waited.then_some(EarlierOutcome::Released);
         }
     };
     let started = Started::Earlier;
-    let give_up = &shared.stop.soft;
-    let outcomes = match wait_for_results(shared, job_id, started, give_up, EARLIER_JOB_WAIT).await
-    {
-        Ok(outcomes) => outcomes,
-        Err(WaitEnd::Vanished(reason)) => {
-            // Lost from now on: it may be a job the API will know and run after all.
-            tracing::warn!("bulk job {job_id}: {reason}; its rows are looked up later");
-            end_job(shared, job.id, BulkJobState::Lost).await;
-            return wait_out_lost_job(shared, job.id, SystemTime::now())
-                .await
-                .then_some(EarlierOutcome::Released);
-        }
-        Err(WaitEnd::Halted(_)) => return None,
-    };
+    let give_up = tools.control.soft();
+    let outcomes =
+        match wait_for_results(tools, jobs, job_id, started, give_up, EARLIER_JOB_WAIT).await {
+            Ok(outcomes) => outcomes,
+            Err(WaitEnd::Vanished(reason)) => {
+                // Lost from now on: it may be a job the API will know and run after all.
+                tracing::warn!("bulk job {job_id}: {reason}; its rows are looked up later");
+                end_job(tools, job.id, BulkJobState::Lost).await;
+                return wait_out_lost_job(tools, jobs, job.id, SystemTime::now())
+                    .await
+                    .then_some(EarlierOutcome::Released);
+            }
+            Err(WaitEnd::Halted(_)) => return None,
+        };
     let mut results = EarlierResults::default();
     let mut changes = Vec::new();
     let step = Step::of_job(job.kind);
-    let policy = shared.settings.on_existing_customer;
+    let policy = tools.rules.on_existing_customer;
     for item in &job.items {
         // A row that has moved on since (settled by lookup after all) is not touched.
         if item.state != step.intent() {
@@ -175,7 +183,7 @@ async fn finish_earlier_job(shared: &Shared, job: &StoredBulkJob) -> Option<Earl
         changes.extend(results.apply(item, verdict));
     }
     changes.push(job_complete(job.id));
-    commit_or_halt(shared, changes).await.ok()?;
+    tools.journal.commit(changes).await.ok()?;
     Some(EarlierOutcome::Applied(results))
 }
 

@@ -9,11 +9,11 @@ use super::AfterJob;
 use super::submit::finish_customers_with;
 use crate::api::{ApiError, ItemOutcome};
 use crate::checkpoint::{BulkJobState, Change, CustomerOrigin};
+use crate::pipeline::OnExistingCustomer;
 use crate::pipeline::failure::refusal;
+use crate::pipeline::handles::Tools;
 use crate::pipeline::planner::Event;
 use crate::pipeline::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, Step};
-use crate::pipeline::worker::commit_or_halt;
-use crate::pipeline::{OnExistingCustomer, Shared, StopReason};
 
 /// What one item's outcome says of its record.
 #[derive(Debug)]
@@ -57,12 +57,12 @@ pub(super) fn read_item(
 /// Applies a customers job's results: customers made are recorded and their rows go on;
 /// refused ones fail; duplicates go to single mode's linking; the unknown to lookup.
 pub(super) async fn apply_customer_results(
-    shared: &Shared,
+    tools: &Tools,
     job: i64,
     works: Vec<PlannedRow>,
     mut outcomes: HashMap<String, ItemOutcome>,
 ) -> Vec<(PlannedRow, AfterJob)> {
-    let policy = shared.settings.on_existing_customer;
+    let policy = tools.rules.on_existing_customer;
     let mut changes = Vec::new();
     let mut settlements = Vec::new();
     let mut nexts = Vec::with_capacity(works.len());
@@ -96,7 +96,7 @@ pub(super) async fn apply_customer_results(
                 CustomerStep::Create {
                     reconcile_first: true,
                 },
-                reconcile_at(shared),
+                reconcile_at(tools),
             ),
         };
         nexts.push(next);
@@ -107,11 +107,11 @@ pub(super) async fn apply_customer_results(
         .collect();
     changes.push(job_complete(job));
     // Waited for: rows of these customers read next look their ids up in the checkpoint.
-    if let Err(halt) = commit_or_halt(shared, changes).await {
-        return finish_customers_with(shared, works, halt, Vec::new()).await;
+    if let Err(halt) = tools.journal.commit(changes).await {
+        return finish_customers_with(tools, works, halt, Vec::new()).await;
     }
     for (customer_key, settlement) in settlements {
-        let _ = shared.events.send(Event::CustomerSettled {
+        let _ = tools.events.send(Event::CustomerSettled {
             customer_key,
             settlement,
         });
@@ -122,13 +122,13 @@ pub(super) async fn apply_customer_results(
 /// Applies a conversations job's results: done, failed with the item's error, or (a
 /// duplicate, or no result) looked up by externalId through single mode's path.
 pub(super) async fn apply_conversation_results(
-    shared: &Shared,
+    tools: &Tools,
     job: i64,
     works: Vec<PlannedRow>,
     customer_ids: Vec<String>,
     mut outcomes: HashMap<String, ItemOutcome>,
 ) -> Vec<(PlannedRow, AfterJob)> {
-    let policy = shared.settings.on_existing_customer;
+    let policy = tools.rules.on_existing_customer;
     let mut changes = Vec::new();
     let mut ended = Vec::with_capacity(works.len());
     for (index, (mut work, customer_id)) in works.into_iter().zip(customer_ids).enumerate() {
@@ -167,16 +167,14 @@ pub(super) async fn apply_conversation_results(
             ItemVerdict::InWordsOnly(_) | ItemVerdict::Unknown => {
                 work.conversation_unknown = true;
                 let step = CustomerStep::Known(customer_id);
-                AfterJob::ContinueAfter(step, reconcile_at(shared))
+                AfterJob::ContinueAfter(step, reconcile_at(tools))
             }
         };
         ended.push((work, next));
     }
     changes.push(job_complete(job));
     // Outcomes: losing them only means the next run polls the job again.
-    if let Err(error) = shared.writer.record(changes).await {
-        shared.halt_run(StopReason::of_checkpoint(&error));
-    }
+    tools.journal.record(changes).await;
     ended
 }
 
@@ -190,6 +188,6 @@ pub(super) fn job_complete(job: i64) -> Change {
 
 /// When an item whose outcome is unknown may be looked up: single mode's wait after a
 /// lost answer, for a write still in progress (or an index that lags) to show.
-fn reconcile_at(shared: &Shared) -> tokio::time::Instant {
-    tokio::time::Instant::now() + shared.settings.reconcile_delay
+fn reconcile_at(tools: &Tools) -> tokio::time::Instant {
+    tokio::time::Instant::now() + tools.retry.reconcile_delay
 }

@@ -8,24 +8,25 @@ use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
-use super::AfterJob;
 use super::MOST_JOB_WAIT;
 use super::poll::{Started, WaitEnd, wait_for_results};
 use super::results::{apply_conversation_results, apply_customer_results};
+use super::{AfterJob, Jobs};
 use crate::api::{ApiError, BulkKind, ItemOutcome, SubmittedJob};
 use crate::checkpoint::{BulkItem, BulkJobState, Change};
 use crate::pipeline::failure::{Call, Retries, endpoint_missing, refusal, stops_the_run};
+use crate::pipeline::handles::Tools;
 use crate::pipeline::planner::Event;
 use crate::pipeline::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, Step};
-use crate::pipeline::worker::{commit_or_halt, conversation_to_send, record_halt, record_or_halt};
-use crate::pipeline::{ImportMode, Shared};
+use crate::pipeline::worker::record_halt;
 
 /// A customers job: each work creates its row's customer.
 pub(in crate::pipeline) async fn run_customer_job(
-    shared: &Shared,
+    tools: &Tools,
+    jobs: &Jobs,
     works: Vec<PlannedRow>,
 ) -> Vec<(PlannedRow, AfterJob)> {
-    let job = shared.next_job.fetch_add(1, Ordering::Relaxed);
+    let job = jobs.next_number();
     let mut intents = Vec::with_capacity(works.len() * 2 + 1);
     let mut bodies = Vec::with_capacity(works.len());
     let mut items = Vec::with_capacity(works.len());
@@ -40,23 +41,34 @@ pub(in crate::pipeline) async fn run_customer_job(
             customer_key: Some(plan.customer_key.clone()),
         });
     }
-    let end = submit_and_wait(shared, job, BulkKind::Customers, bodies, items, intents).await;
+    let end = submit_and_wait(
+        tools,
+        jobs,
+        job,
+        BulkKind::Customers,
+        bodies,
+        items,
+        intents,
+    )
+    .await;
     match end {
-        JobEnd::Complete(outcomes) => apply_customer_results(shared, job, works, outcomes).await,
-        JobEnd::Refused(error) if works.len() > 1 => split_customers(shared, works, &error).await,
+        JobEnd::Complete(outcomes) => apply_customer_results(tools, job, works, outcomes).await,
+        JobEnd::Refused(error) if works.len() > 1 => {
+            split_customers(tools, jobs, works, &error).await
+        }
         JobEnd::Refused(error) => {
             let halt = refusal(Step::Customer, &error);
             let changes = vec![works[0].customer_withdrawn()];
-            finish_customers_with(shared, works, halt, changes).await
+            finish_customers_with(tools, works, halt, changes).await
         }
-        JobEnd::NotSent(halt) => finish_customers_with(shared, works, halt, Vec::new()).await,
+        JobEnd::NotSent(halt) => finish_customers_with(tools, works, halt, Vec::new()).await,
         JobEnd::NotTaken(halt) => {
             // Provably not applied: the intents are taken back, the rows stay pending.
             let changes = withdraw_customers(&works);
-            finish_customers_with(shared, works, halt, changes).await
+            finish_customers_with(tools, works, halt, changes).await
         }
         JobEnd::Unsupported => {
-            record_or_halt(shared, withdraw_customers(&works)).await;
+            tools.journal.record(withdraw_customers(&works)).await;
             let step = || CustomerStep::Create {
                 reconcile_first: false,
             };
@@ -74,26 +86,27 @@ pub(in crate::pipeline) async fn run_customer_job(
                 (work, AfterJob::after(step, after))
             })
             .collect(),
-        JobEnd::Unfinished(halt) => finish_customers_with(shared, works, halt, Vec::new()).await,
+        JobEnd::Unfinished(halt) => finish_customers_with(tools, works, halt, Vec::new()).await,
     }
 }
 
 /// A conversations job: each work's customer is known (`customer_id`).
 pub(in crate::pipeline) async fn run_conversation_job(
-    shared: &Shared,
+    tools: &Tools,
+    jobs: &Jobs,
     works: Vec<(PlannedRow, String)>,
 ) -> Vec<(PlannedRow, AfterJob)> {
-    let job = shared.next_job.fetch_add(1, Ordering::Relaxed);
+    let job = jobs.next_number();
     let mut intents = Vec::with_capacity(works.len());
     let mut bodies = Vec::with_capacity(works.len());
     let mut items = Vec::with_capacity(works.len());
     for (index, (work, customer_id)) in works.iter().enumerate() {
         let client_ref = index.to_string();
-        let Some(conversation) = &work.plan.conversation else {
+        let stamp = tools.rules.stamp_imported_at;
+        let Some(body) = work.conversation_to_send(customer_id, stamp) else {
             unreachable!("the planner sends only rows with a conversation")
         };
         intents.push(Change::Row(work.conversation_intent(customer_id, 1)));
-        let body = conversation_to_send(shared, conversation, customer_id);
         bodies.push(with_client_ref(&body, &client_ref));
         items.push(BulkItem {
             client_ref,
@@ -101,27 +114,39 @@ pub(in crate::pipeline) async fn run_conversation_job(
             customer_key: None,
         });
     }
-    let end = submit_and_wait(shared, job, BulkKind::Conversations, bodies, items, intents).await;
+    let end = submit_and_wait(
+        tools,
+        jobs,
+        job,
+        BulkKind::Conversations,
+        bodies,
+        items,
+        intents,
+    )
+    .await;
     let (works, customer_ids): (Vec<PlannedRow>, Vec<String>) = works.into_iter().unzip();
     match end {
         JobEnd::Complete(outcomes) => {
-            apply_conversation_results(shared, job, works, customer_ids, outcomes).await
+            apply_conversation_results(tools, job, works, customer_ids, outcomes).await
         }
         JobEnd::Refused(error) if works.len() > 1 => {
             let works = works.into_iter().zip(customer_ids).collect();
-            split_conversations(shared, works, &error).await
+            split_conversations(tools, jobs, works, &error).await
         }
         JobEnd::Refused(error) => {
             let halt = refusal(Step::Conversation, &error);
-            finish_all(shared, works, halt, Vec::new()).await
+            finish_all(tools, works, halt, Vec::new()).await
         }
-        JobEnd::NotSent(halt) => finish_all(shared, works, halt, Vec::new()).await,
+        JobEnd::NotSent(halt) => finish_all(tools, works, halt, Vec::new()).await,
         JobEnd::NotTaken(halt) => {
             let changes = withdraw_conversations(&works, &customer_ids);
-            finish_all(shared, works, halt, changes).await
+            finish_all(tools, works, halt, changes).await
         }
         JobEnd::Unsupported => {
-            record_or_halt(shared, withdraw_conversations(&works, &customer_ids)).await;
+            tools
+                .journal
+                .record(withdraw_conversations(&works, &customer_ids))
+                .await;
             works
                 .into_iter()
                 .zip(customer_ids)
@@ -141,7 +166,7 @@ pub(in crate::pipeline) async fn run_conversation_job(
                 )
             })
             .collect(),
-        JobEnd::Unfinished(halt) => finish_all(shared, works, halt, Vec::new()).await,
+        JobEnd::Unfinished(halt) => finish_all(tools, works, halt, Vec::new()).await,
     }
 }
 
@@ -168,26 +193,28 @@ fn withdraw_conversations(works: &[PlannedRow], customer_ids: &[String]) -> Vec<
 /// (Two functions, not one generic: a recursive async fn's `Send` is only inferred when
 /// each recursion names itself.)
 async fn split_customers(
-    shared: &Shared,
+    tools: &Tools,
+    jobs: &Jobs,
     mut works: Vec<PlannedRow>,
     error: &ApiError,
 ) -> Vec<(PlannedRow, AfterJob)> {
     log_split(BulkKind::Customers, works.len(), error);
     let second = works.split_off(works.len() / 2);
-    let mut ended = Box::pin(run_customer_job(shared, works)).await;
-    ended.extend(Box::pin(run_customer_job(shared, second)).await);
+    let mut ended = Box::pin(run_customer_job(tools, jobs, works)).await;
+    ended.extend(Box::pin(run_customer_job(tools, jobs, second)).await);
     ended
 }
 
 async fn split_conversations(
-    shared: &Shared,
+    tools: &Tools,
+    jobs: &Jobs,
     mut works: Vec<(PlannedRow, String)>,
     error: &ApiError,
 ) -> Vec<(PlannedRow, AfterJob)> {
     log_split(BulkKind::Conversations, works.len(), error);
     let second = works.split_off(works.len() / 2);
-    let mut ended = Box::pin(run_conversation_job(shared, works)).await;
-    ended.extend(Box::pin(run_conversation_job(shared, second)).await);
+    let mut ended = Box::pin(run_conversation_job(tools, jobs, works)).await;
+    ended.extend(Box::pin(run_conversation_job(tools, jobs, second)).await);
     ended
 }
 
@@ -242,7 +269,8 @@ enum JobEnd {
 /// waiting for its turn when the run stops, or whose record cannot be written (a full
 /// disk), is neither recorded nor sent.
 async fn submit_and_wait(
-    shared: &Shared,
+    tools: &Tools,
+    jobs: &Jobs,
     job: i64,
     kind: BulkKind,
     bodies: Vec<Value>,
@@ -251,42 +279,44 @@ async fn submit_and_wait(
 ) -> JobEnd {
     intents.push(Change::BulkJobSubmitting { job, kind, items });
     let mut unrecorded = Some(intents);
-    let mut retry = Retries::new(shared, &shared.stop.soft);
+    let mut retry = Retries::new(tools, tools.control.soft());
     let submitted = loop {
         let turn = tokio::select! {
             biased;
-            () = shared.stop.soft.cancelled() => {
+            () = tools.control.soft().cancelled() => {
                 let halt = Halt::stopping();
                 if unrecorded.is_some() {
                     return JobEnd::NotSent(halt);
                 }
-                end_job(shared, job, BulkJobState::Refused).await;
+                end_job(tools, job, BulkJobState::Refused).await;
                 return JobEnd::NotTaken(halt);
             }
-            turn = shared.client.turn() => match turn {
+            turn = tools.client.turn() => match turn {
                 Ok(turn) => turn,
                 // The gate let nothing through (a stop, a stall): the request never left.
                 Err(error) => {
-                    let halt = stops_the_run(shared, &error)
+                    let halt = stops_the_run(tools, &error)
                         .unwrap_or_else(|| Halt::Pending(error.to_string()));
                     if unrecorded.is_some() {
                         return JobEnd::NotSent(halt);
                     }
-                    end_job(shared, job, BulkJobState::Refused).await;
+                    end_job(tools, job, BulkJobState::Refused).await;
                     return JobEnd::NotTaken(halt);
                 }
             },
         };
         if let Some(record) = unrecorded.take()
-            && let Err(halt) = commit_or_halt(shared, record).await
+            && let Err(halt) = tools.journal.commit(record).await
         {
             return JobEnd::NotSent(halt);
         }
-        match shared.client.submit_bulk(kind, &bodies, turn).await {
+        match tools.client.submit_bulk(kind, &bodies, turn).await {
             Ok(submitted) => break submitted,
             Err(error) => {
                 let rows = bodies.len();
-                if let Some(end) = submit_failed(shared, job, kind, rows, error, &mut retry).await {
+                if let Some(end) =
+                    submit_failed(tools, jobs, job, kind, rows, error, &mut retry).await
+                {
                     return end;
                 }
             }
@@ -300,20 +330,29 @@ async fn submit_and_wait(
         job,
         job_id: job_id.clone(),
     };
-    if let Err(halt) = commit_or_halt(shared, vec![queued]).await {
+    if let Err(halt) = tools.journal.commit(vec![queued]).await {
         return JobEnd::Unfinished(halt);
     }
     let started = Started::Submitted { answered, status };
-    match wait_for_results(shared, &job_id, started, &shared.stop.hard, MOST_JOB_WAIT).await {
+    match wait_for_results(
+        tools,
+        jobs,
+        &job_id,
+        started,
+        tools.control.hard(),
+        MOST_JOB_WAIT,
+    )
+    .await
+    {
         Ok(outcomes) => JobEnd::Complete(outcomes),
         Err(WaitEnd::Vanished(reason)) => {
             // As for a lost answer: it may be a job the API will know and run after all.
-            let wait = shared.settings.bulk_lost_wait;
+            let wait = jobs.lost_wait;
             tracing::warn!(
                 "bulk job {job_id}: {reason}; its rows are looked up in {:.0} s",
                 wait.as_secs_f64()
             );
-            end_job(shared, job, BulkJobState::Lost).await;
+            end_job(tools, job, BulkJobState::Lost).await;
             JobEnd::Unknown(Some(tokio::time::Instant::now() + wait))
         }
         Err(WaitEnd::Halted(halt)) => JobEnd::Unfinished(halt),
@@ -323,7 +362,8 @@ async fn submit_and_wait(
 /// What a failed submit means for its job: how the job ends, or None when it goes again
 /// (after the backoff).
 async fn submit_failed(
-    shared: &Shared,
+    tools: &Tools,
+    jobs: &Jobs,
     job: i64,
     kind: BulkKind,
     rows: usize,
@@ -331,30 +371,30 @@ async fn submit_failed(
     retry: &mut Retries<'_>,
 ) -> Option<JobEnd> {
     let end = match error {
-        ApiError::NoSuchEndpoint { .. } if shared.settings.mode == ImportMode::Auto => {
+        ApiError::NoSuchEndpoint { .. } if jobs.auto => {
             // Said once: the jobs in flight together all meet it.
-            if !shared.bulk_unavailable.swap(true, Ordering::Relaxed) {
+            if !jobs.unavailable.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "the API has no bulk jobs here ({error}): this run goes on one request \
                      per record"
                 );
             }
-            end_job(shared, job, BulkJobState::Refused).await;
+            end_job(tools, job, BulkJobState::Refused).await;
             JobEnd::Unsupported
         }
         ApiError::NoSuchEndpoint { .. } => {
             let what = format!("submitting a {} bulk job", kind.as_str());
             let hint = "is the base URL right, and does the org have bulk jobs?";
-            let halt = endpoint_missing(shared, &what, &error, hint);
-            end_job(shared, job, BulkJobState::Refused).await;
+            let halt = endpoint_missing(tools, &what, &error, hint);
+            end_job(tools, job, BulkJobState::Refused).await;
             JobEnd::NotTaken(halt)
         }
         ApiError::Rejected { .. } | ApiError::Duplicate { .. } => {
-            end_job(shared, job, BulkJobState::Refused).await;
+            end_job(tools, job, BulkJobState::Refused).await;
             JobEnd::Refused(error)
         }
         error if error.maybe_applied() => {
-            let wait = shared.settings.bulk_lost_wait;
+            let wait = jobs.lost_wait;
             tracing::warn!(
                 "the answer to a {} bulk job was lost ({error}); its {rows} rows are looked up \
                  in {:.0} s, once a job still queued would have run",
@@ -362,7 +402,7 @@ async fn submit_failed(
                 wait.as_secs_f64()
             );
             // Lost now: a run that resumes before the lookups waits out the rest.
-            end_job(shared, job, BulkJobState::Lost).await;
+            end_job(tools, job, BulkJobState::Lost).await;
             JobEnd::Unknown(Some(tokio::time::Instant::now() + wait))
         }
         // Not taken (a 503, a refused connection): no job was made, so the same job goes
@@ -370,7 +410,7 @@ async fn submit_failed(
         error => match retry.after_failure(&error, Call::Job).await {
             Ok(()) => return None,
             Err(halt) => {
-                end_job(shared, job, BulkJobState::Refused).await;
+                end_job(tools, job, BulkJobState::Refused).await;
                 JobEnd::NotTaken(halt)
             }
         },
@@ -378,23 +418,26 @@ async fn submit_failed(
     Some(end)
 }
 
-pub(super) async fn end_job(shared: &Shared, job: i64, state: BulkJobState) {
-    let _ = commit_or_halt(shared, vec![Change::BulkJobEnded { job, state }]).await;
+pub(super) async fn end_job(tools: &Tools, job: i64, state: BulkJobState) {
+    let _ = tools
+        .journal
+        .commit(vec![Change::BulkJobEnded { job, state }])
+        .await;
 }
 
 /// Ends every row of a customers job the same way: `changes` and each row's halt recorded,
 /// then the rows waiting for these customers told (in that order: a row of one of these
 /// customers planned next must find the withdrawal queued before its own intent).
 pub(super) async fn finish_customers_with(
-    shared: &Shared,
+    tools: &Tools,
     works: Vec<PlannedRow>,
     halt: Halt,
     changes: Vec<Change>,
 ) -> Vec<(PlannedRow, AfterJob)> {
     let keys: Vec<String> = works.iter().map(|w| w.plan.customer_key.clone()).collect();
-    let ended = finish_all(shared, works, halt.clone(), changes).await;
+    let ended = finish_all(tools, works, halt.clone(), changes).await;
     for customer_key in keys {
-        let _ = shared.events.send(Event::CustomerSettled {
+        let _ = tools.events.send(Event::CustomerSettled {
             customer_key,
             settlement: Settlement::of_halt(&halt),
         });
@@ -403,17 +446,17 @@ pub(super) async fn finish_customers_with(
 }
 
 async fn finish_all(
-    shared: &Shared,
+    tools: &Tools,
     works: Vec<PlannedRow>,
     halt: Halt,
     changes: Vec<Change>,
 ) -> Vec<(PlannedRow, AfterJob)> {
     if !changes.is_empty() {
-        record_or_halt(shared, changes).await;
+        tools.journal.record(changes).await;
     }
     let mut ended = Vec::with_capacity(works.len());
     for work in works {
-        record_halt(shared, &work, &halt, 0).await;
+        record_halt(tools, &work, &halt, 0).await;
         ended.push((work, AfterJob::Finished(RowOutcome::Halted(halt.clone()))));
     }
     ended
