@@ -34,9 +34,10 @@
 #
 # A fixture directory holds checkpoint.sqlite (its WAL checkpointed into it: the same
 # content the killed run left, in one file), sandbox.jsonl (the sandbox's records file),
-# export.csv (the input) and README.md (how it was made, what it holds). Needs git and cargo
-# (unless --binary), sqlite3 (with its JSON functions) and curl. Everything runs on
-# 127.0.0.1; every process it starts it stops by its pid.
+# export.csv (the input) and README.md (how it was made, what it holds). Needs Linux (it
+# reads /proc to know a pid is the binary's), git and cargo (unless --binary), sqlite3 (with
+# its JSON functions) and curl. Everything runs on 127.0.0.1; every process it starts it
+# stops by its pid. A failed making keeps its runs' logs and says where.
 
 set -euo pipefail
 
