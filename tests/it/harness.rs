@@ -32,6 +32,12 @@ pub struct TestEnv {
 impl TestEnv {
     /// A working directory and a sandbox with this configuration.
     pub fn new(config: SandboxConfig) -> TestEnv {
+        TestEnv::in_dir(tempfile::tempdir().unwrap(), config)
+    }
+
+    /// A sandbox with this configuration, working in `dir`: files the sandbox reads at its
+    /// start (a records file) can be put there first.
+    pub fn in_dir(dir: tempfile::TempDir, config: SandboxConfig) -> TestEnv {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -39,7 +45,7 @@ impl TestEnv {
             .unwrap();
         let sandbox = runtime.block_on(Sandbox::start(config, 0)).unwrap();
         TestEnv {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             runtime,
             sandbox: Some(sandbox),
         }
@@ -202,7 +208,24 @@ impl TestEnv {
     /// Asserts that the sandbox holds each customer and each conversation externalId once,
     /// and that the checkpoint's ids are the sandbox's.
     pub fn assert_exactly_once(&self, customers: usize, conversations: usize) {
-        let records = self.records();
+        self.assert_exactly_once_in(
+            &self.records(),
+            "kustomer-import.sqlite",
+            customers,
+            conversations,
+        );
+    }
+
+    /// [`TestEnv::assert_exactly_once`] for these records (another sandbox's: a
+    /// rehearsal's, read back from its file) and the checkpoint `name` of the working
+    /// directory.
+    pub fn assert_exactly_once_in(
+        &self,
+        records: &Records,
+        name: &str,
+        customers: usize,
+        conversations: usize,
+    ) {
         assert_eq!(
             records.customers.len(),
             customers,
@@ -231,7 +254,7 @@ impl TestEnv {
         );
         let sandbox_ids: std::collections::BTreeSet<String> =
             records.conversations.iter().map(|c| c.id.clone()).collect();
-        let checkpoint = self.checkpoint();
+        let checkpoint = self.checkpoint_at(name);
         let mut statement = checkpoint
             .prepare("SELECT conversation_id FROM rows WHERE state = 'done' AND conversation_id IS NOT NULL")
             .unwrap();

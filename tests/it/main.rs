@@ -6,6 +6,7 @@ mod harness;
 
 mod bulk;
 mod checkpoint;
+mod earlier_release;
 mod exports;
 mod faults;
 mod first_hour;
