@@ -5,7 +5,9 @@
 //! the benchmarks use the same modules. The pipeline reads as the modules do:
 //! [`input`] -> [`mapping`] (+ [`rowkey`]), joined in [`rows`] -> [`pipeline`] (reader,
 //! planner, worker) -> [`api`] -> [`checkpoint`], with [`report`] telling the user what
-//! happened. `validate` runs [`rows`] alone.
+//! happened. `validate` runs [`rows`] alone. [`vocabulary`] holds the words [`api`] and
+//! [`checkpoint`] both use (record kinds, origins, step states), so neither depends on the
+//! other.
 
 pub mod api;
 pub mod checkpoint;
@@ -17,3 +19,4 @@ pub mod rowkey;
 pub mod rows;
 pub mod sandbox;
 pub mod tally;
+pub mod vocabulary;

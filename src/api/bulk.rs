@@ -21,21 +21,9 @@ use super::error::{ApiError, error_says_duplicate, error_status, error_words, tr
 /// Most bodies one bulk request takes.
 pub const MAX_ITEMS: usize = 100;
 
-/// What a bulk job creates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BulkKind {
-    Customers,
-    Conversations,
-}
-
-impl BulkKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BulkKind::Customers => "customers",
-            BulkKind::Conversations => "conversations",
-        }
-    }
-}
+/// What a bulk job creates: a word the checkpoint stores too, so it is defined with the
+/// checkpoint's vocabulary.
+pub use crate::vocabulary::BulkKind;
 
 /// Where a job stands on Kustomer's side.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Serialize;
 
-use super::CheckpointError;
-use super::integrity;
+use super::integrity::{self, Stored};
 use super::lock::{LockHolder, current_holder};
+use super::{BulkJobState, CheckpointError, RecordOrigin, RowState};
+
+/// `customers.state` while only a customer's intent is recorded; once its id is known, its
+/// [`RecordOrigin`].
+const CUSTOMER_SENT: &str = "sent";
 
 /// The version of the `status --json` and `export --format jsonl` shapes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -262,10 +266,8 @@ impl CheckpointReader {
             bulk_jobs: self.bulk_job_counts().map_err(|e| self.sqlite(e))?,
             runs: self
                 .runs()
-                .map_err(|e| self.sqlite(e))?
-                .into_iter()
-                .map(with_rate)
-                .collect(),
+                .and_then(|runs| runs.into_iter().map(with_rate).collect())
+                .map_err(|e| self.sqlite(e))?,
         })
     }
 
@@ -275,10 +277,11 @@ impl CheckpointReader {
                     sum(state = 'done'), sum(state = 'failed'),
                     sum(state IN ('pending', 'customer_ok')),
                     sum(state IN ('customer_sent', 'conversation_sent')),
-                    sum(state = 'failed' AND outcome_unknown)
+                    sum(state = 'failed' AND outcome_unknown),
+                    sum(outcome_unknown <> 0 AND outcome_unknown <> 1)
              FROM rows GROUP BY source_file ORDER BY source_file",
         )?;
-        statement
+        let counted = statement
             .query_map([], |row| {
                 let count = |index| row.get::<_, i64>(index).map(|n| n.max(0) as u64);
                 let file: String = row.get(0)?;
@@ -291,19 +294,52 @@ impl CheckpointReader {
                     unresolved: count(6)?,
                 };
                 let in_a_state = counts.done + counts.failed + counts.pending + counts.unknown;
-                if in_a_state != counts.rows {
-                    return Err(integrity::damaged_value(format!(
-                        "rows of {file} in a state no version of kustomer-import writes: {}",
-                        counts.rows - in_a_state
-                    )));
-                }
-                Ok(FileCounts {
-                    failed_by_reason: Vec::new(),
-                    file,
-                    counts,
-                })
+                let whole = in_a_state == counts.rows && count(7)? == 0;
+                Ok((whole, file, counts))
             })?
-            .collect()
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut files = Vec::with_capacity(counted.len());
+        for (whole, file, counts) in counted {
+            if !whole {
+                return Err(self.unwritten_in_rows(&file));
+            }
+            files.push(FileCounts {
+                failed_by_reason: Vec::new(),
+                file,
+                counts,
+            });
+        }
+        Ok(files)
+    }
+
+    /// The damage in the rows of `file` that [`Self::file_counts`] could not count: the
+    /// first state or flag there that no version writes, named.
+    fn unwritten_in_rows(&self, file: &str) -> rusqlite::Error {
+        let found = self.connection.query_row(
+            "SELECT state, outcome_unknown <> 0 AND outcome_unknown <> 1, count(*) FROM rows
+             WHERE source_file = ?1
+               AND NOT (state = 'pending' OR state = 'customer_sent' OR state = 'customer_ok'
+                        OR state = 'conversation_sent' OR state = 'done' OR state = 'failed')
+                OR (source_file = ?1 AND outcome_unknown <> 0 AND outcome_unknown <> 1)
+             GROUP BY 1, 2 LIMIT 1",
+            [file],
+            |row| {
+                let state = integrity::shown(row.get_ref(0)?);
+                let flag: bool = row.get(1)?;
+                let count: i64 = row.get(2)?;
+                Ok(if flag {
+                    format!("outcome_unknown is neither 0 nor 1 in {count} rows of {file}")
+                } else {
+                    format!("state is {state} in {count} rows of {file}")
+                })
+            },
+        );
+        match found {
+            Ok(what) => integrity::damaged_value(format!(
+                "in its rows table, {what}, which no version of kustomer-import writes"
+            )),
+            Err(error) => error,
+        }
     }
 
     /// Failed rows by file, then by reason.
@@ -352,12 +388,12 @@ impl CheckpointReader {
     fn customer_counts(&self) -> rusqlite::Result<CustomerCounts> {
         let mut counts = CustomerCounts::default();
         for (state, count) in self.count_by_state("customers")? {
-            match state.as_str() {
-                "created" => counts.created = count,
-                "linked" => counts.linked = count,
-                "reconciled" => counts.reconciled = count,
-                "sent" => counts.unknown = count,
-                other => return Err(unwritten_state("customers", other, count)),
+            match (state.as_str(), RecordOrigin::parse(&state)) {
+                (_, Some(RecordOrigin::Created)) => counts.created = count,
+                (_, Some(RecordOrigin::Linked)) => counts.linked = count,
+                (_, Some(RecordOrigin::Reconciled)) => counts.reconciled = count,
+                (CUSTOMER_SENT, None) => counts.unknown = count,
+                (other, None) => return Err(unwritten_state("customers", other, count)),
             }
         }
         Ok(counts)
@@ -375,14 +411,15 @@ impl CheckpointReader {
             return Ok(counts);
         }
         for (state, count) in self.count_by_state("bulk_jobs")? {
-            match state.as_str() {
-                "complete" => counts.complete = count,
-                "queued" => counts.queued = count,
-                "submitting" => counts.submitting = count,
-                "refused" => counts.refused = count,
-                "lost" => counts.lost = count,
-                other => return Err(unwritten_state("bulk_jobs", other, count)),
-            }
+            let counted = match BulkJobState::parse(&state) {
+                Some(BulkJobState::Complete) => &mut counts.complete,
+                Some(BulkJobState::Queued) => &mut counts.queued,
+                Some(BulkJobState::Submitting) => &mut counts.submitting,
+                Some(BulkJobState::Refused) => &mut counts.refused,
+                Some(BulkJobState::Lost) => &mut counts.lost,
+                None => return Err(unwritten_state("bulk_jobs", &state, count)),
+            };
+            *counted = count;
         }
         Ok(counts)
     }
@@ -439,7 +476,8 @@ impl CheckpointReader {
             .prepare(
                 "SELECT r.source_file, r.line, r.row_key, c.external_id, r.customer_id,
                         r.conversation_id, r.state, c.state,
-                        coalesce(r.field || ': ', '') || r.last_error, r.outcome_unknown
+                        coalesce(r.field || ': ', '') || r.last_error, r.outcome_unknown,
+                        r.customer_key
                  FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
                  WHERE ?1 = '' OR r.state = ?1
                  ORDER BY r.source_file, r.line",
@@ -448,22 +486,7 @@ impl CheckpointReader {
         let mut rows = statement.query([state]).map_err(|e| self.sqlite(e))?;
         let mut written = 0;
         while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
-            let read = || -> rusqlite::Result<ExportRow> {
-                let customer_state: Option<String> = row.get(7)?;
-                Ok(ExportRow {
-                    file: row.get(0)?,
-                    line: row.get(1)?,
-                    row_key: row.get(2)?,
-                    customer_external_id: row.get(3)?,
-                    customer_id: row.get(4)?,
-                    conversation_id: row.get(5)?,
-                    state: row.get(6)?,
-                    customer: customer_state.filter(|state| state != "sent"),
-                    error: row.get(8)?,
-                    outcome_unknown: row.get(9)?,
-                })
-            };
-            let export_row = read().map_err(|e| self.sqlite(e))?;
+            let export_row = export_row(row).map_err(|e| self.sqlite(e))?;
             if let Err(error) = write(&export_row) {
                 return Ok(Err(error));
             }
@@ -473,11 +496,56 @@ impl CheckpointReader {
     }
 }
 
+/// One line of `export`, from a row of its query. A state or flag no version writes is
+/// damage, never written out as it is.
+fn export_row(row: &rusqlite::Row) -> rusqlite::Result<ExportRow> {
+    let in_rows = |column| Stored {
+        table: "rows",
+        column,
+        whose: || {
+            format!(
+                "the row {}",
+                row.get_ref(2).map_or("?".into(), integrity::shown)
+            )
+        },
+    };
+    let customer = match row.get_ref(7)?.as_str_or_null()? {
+        None | Some(CUSTOMER_SENT) => None,
+        Some(_) => {
+            let in_customers = Stored {
+                table: "customers",
+                column: "state",
+                whose: || {
+                    let key = row.get_ref(10).map_or("?".into(), integrity::shown);
+                    format!("the customer {key}")
+                },
+            };
+            let origin = in_customers.word(row, 7, RecordOrigin::parse)?;
+            Some(origin.as_str().to_string())
+        }
+    };
+    Ok(ExportRow {
+        file: row.get(0)?,
+        line: row.get(1)?,
+        row_key: row.get(2)?,
+        customer_external_id: row.get(3)?,
+        customer_id: row.get(4)?,
+        conversation_id: row.get(5)?,
+        state: in_rows("state")
+            .word(row, 6, RowState::parse)?
+            .as_str()
+            .to_string(),
+        customer,
+        error: row.get(8)?,
+        outcome_unknown: in_rows("outcome_unknown").flag(row, 9)?,
+    })
+}
+
 /// Lines of a table in a state no version writes: damage, not a count to show as another.
 fn unwritten_state(table: &str, state: &str, count: u64) -> rusqlite::Error {
     integrity::damaged_value(format!(
-        "{count} lines of its {table} table are in the state {state:?}, which no version of \
-         kustomer-import writes"
+        "{table}.state is {state:?} in {count} lines of its {table} table, which no version \
+         of kustomer-import writes"
     ))
 }
 
@@ -524,15 +592,22 @@ fn fold_reasons(reasons: impl IntoIterator<Item = ReasonCount>) -> Vec<ReasonCou
     reasons
 }
 
-/// Fills in a finished run's request rate.
-fn with_rate(mut run: RunRecord) -> RunRecord {
-    let seconds = run.ended_at.as_deref().and_then(|ended| {
-        let started = humantime::parse_rfc3339(&run.started_at).ok()?;
-        humantime::parse_rfc3339(ended)
-            .ok()?
-            .duration_since(started)
-            .ok()
-    });
+/// Fills in a finished run's request rate. A time no version writes is damage, not a run
+/// without a rate.
+fn with_rate(mut run: RunRecord) -> rusqlite::Result<RunRecord> {
+    let time = |column, text: &str| {
+        humantime::parse_rfc3339(text).map_err(|_| {
+            let value = rusqlite::types::ValueRef::Text(text.as_bytes());
+            integrity::unwritten_value("runs", column, &format!("the run {}", run.id), value)
+        })
+    };
+    let started = time("started_at", &run.started_at)?;
+    let ended = match &run.ended_at {
+        Some(ended) => Some(time("ended_at", ended)?),
+        None => None,
+    };
+    // A run that ended before it started (a clock set back) has no rate.
+    let seconds = ended.and_then(|ended| ended.duration_since(started).ok());
     run.requests_per_minute = match (seconds, run.requests) {
         // Over less than a minute the rate would extrapolate the limiter's burst.
         (Some(seconds), Some(requests)) if seconds.as_secs() >= 60 => {
@@ -540,7 +615,7 @@ fn with_rate(mut run: RunRecord) -> RunRecord {
         }
         _ => None,
     };
-    run
+    Ok(run)
 }
 
 /// Replaces each quoted value in a reason by `"…"`, so `"a@" is not an email address` and
@@ -564,6 +639,107 @@ fn fold_quoted(reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader of a checkpoint holding what `sql` writes (CHECK constraints off: values no
+    /// version writes, as damage or a hand's edit would leave them).
+    fn reader_of(dir: &tempfile::TempDir, sql: &str) -> CheckpointReader {
+        let path = dir.path().join("c.sqlite");
+        super::super::Checkpoint::open(&path)
+            .unwrap()
+            .connection
+            .execute_batch(&format!("PRAGMA ignore_check_constraints = ON; {sql}"))
+            .unwrap();
+        CheckpointReader::open(&path).unwrap()
+    }
+
+    fn damage<T>(result: Result<T, CheckpointError>) -> String {
+        match result {
+            Err(CheckpointError::Damaged { reason, .. }) => reason,
+            Err(other) => panic!("expected damage, got {other}"),
+            Ok(_) => panic!("expected damage, got an answer"),
+        }
+    }
+
+    /// What `status` and `export` say of a checkpoint holding what `sql` writes.
+    fn damage_told(sql: &str) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = reader_of(&dir, sql);
+        let status = damage(reader.status());
+        let export = damage(reader.export(StateFilter::All, |_| Ok::<_, ()>(())));
+        (status, export)
+    }
+
+    /// What `status` says of a checkpoint holding what `sql` writes.
+    fn status_damage(sql: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        damage(reader_of(&dir, sql).status())
+    }
+
+    const ROW: &str = "INSERT INTO rows (row_key, source_file, line, customer_key, state,
+                                         updated_at, outcome_unknown)";
+
+    #[test]
+    fn a_row_state_or_flag_no_version_writes_is_damage_in_status_and_export() {
+        let (status, export) = damage_told(&format!(
+            "{ROW} VALUES ('conv:A', 'a.csv', 2, NULL, 'gone', 't', 0)"
+        ));
+        assert!(
+            status.contains("state is \"gone\" in 1 rows of a.csv"),
+            "{status}"
+        );
+        assert!(
+            export.contains("rows.state of the row \"conv:A\" is \"gone\""),
+            "{export}"
+        );
+        let (status, export) = damage_told(&format!(
+            "{ROW} VALUES ('conv:A', 'a.csv', 2, NULL, 'failed', 't', 7)"
+        ));
+        assert!(
+            status.contains("outcome_unknown is neither 0 nor 1 in 1 rows of a.csv"),
+            "{status}"
+        );
+        assert!(
+            export.contains("rows.outcome_unknown of the row \"conv:A\" is Integer(7)"),
+            "{export}"
+        );
+    }
+
+    #[test]
+    fn a_customer_origin_no_version_writes_is_damage_in_status_and_export() {
+        let (status, export) = damage_told(&format!(
+            "{ROW} VALUES ('conv:A', 'a.csv', 2, 'ext:C1', 'done', 't', 0);
+             INSERT INTO customers (customer_key, state, customer_id, updated_at)
+             VALUES ('ext:C1', 'borrowed', 'c1', 't');"
+        ));
+        assert!(
+            status.contains("customers.state is \"borrowed\" in 1 lines"),
+            "{status}"
+        );
+        assert!(
+            export.contains("customers.state of the customer \"ext:C1\" is \"borrowed\""),
+            "{export}"
+        );
+    }
+
+    #[test]
+    fn a_bulk_job_state_or_a_run_time_no_version_writes_is_damage_in_status() {
+        let status = status_damage(
+            "INSERT INTO bulk_jobs (id, kind, state, items, created_at, updated_at)
+             VALUES (1, 'customers', 'qeued', 0, 't', 't');",
+        );
+        assert!(
+            status.contains("bulk_jobs.state is \"qeued\" in 1 lines"),
+            "{status}"
+        );
+        let status = status_damage(
+            "INSERT INTO runs (id, started_at, ended_at, pid, host, args)
+             VALUES (4, '2026-12-01T10:00:00Z', 'teatime', 1, 'h', 'import');",
+        );
+        assert!(
+            status.contains("runs.ended_at of the run 4 is \"teatime\""),
+            "{status}"
+        );
+    }
 
     #[test]
     fn quoted_values_fold_together() {

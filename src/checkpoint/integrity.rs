@@ -14,9 +14,10 @@
 //! it did not close it, or this version opens it for the first time.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ErrorCode, OptionalExtension};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
 
 use super::CheckpointError;
 
@@ -163,6 +164,75 @@ pub(super) fn damaged_value(what: String) -> rusqlite::Error {
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
         Some(what),
     )
+}
+
+/// A value no version of this tool writes in `table.column`, in the line `whose` ("the row
+/// \"conv:T1\"", "the bulk job 3"): damage, named so that the user can find it.
+pub(super) fn unwritten_value(
+    table: &str,
+    column: &str,
+    whose: &str,
+    value: ValueRef,
+) -> rusqlite::Error {
+    damaged_value(format!(
+        "{table}.{column} of {whose} is {}, which no version of kustomer-import writes",
+        shown(value)
+    ))
+}
+
+/// Where a stored value is: its table and column, and the line it is in (told only when the
+/// value cannot be read back).
+pub(super) struct Stored<'a, W: FnOnce() -> String> {
+    pub table: &'a str,
+    pub column: &'a str,
+    pub whose: W,
+}
+
+impl<W: FnOnce() -> String> Stored<'_, W> {
+    fn unwritten(self, value: ValueRef) -> rusqlite::Error {
+        unwritten_value(self.table, self.column, &(self.whose)(), value)
+    }
+
+    /// The word in column `index` of `row`, read back by `parse` (a vocabulary's `parse`).
+    pub fn word<T>(
+        self,
+        row: &Row,
+        index: usize,
+        parse: fn(&str) -> Option<T>,
+    ) -> rusqlite::Result<T> {
+        let value = row.get_ref(index)?;
+        match value.as_str().ok().and_then(parse) {
+            Some(word) => Ok(word),
+            None => Err(self.unwritten(value)),
+        }
+    }
+
+    /// The flag (0 or 1) in column `index` of `row`.
+    pub fn flag(self, row: &Row, index: usize) -> rusqlite::Result<bool> {
+        match row.get_ref(index)? {
+            ValueRef::Integer(0) => Ok(false),
+            ValueRef::Integer(1) => Ok(true),
+            value => Err(self.unwritten(value)),
+        }
+    }
+
+    /// The count or line number (an integer from 0) in column `index` of `row`.
+    pub fn count(self, row: &Row, index: usize) -> rusqlite::Result<u64> {
+        let value = row.get_ref(index)?;
+        match value {
+            ValueRef::Integer(number) if number >= 0 => Ok(number as u64),
+            value => Err(self.unwritten(value)),
+        }
+    }
+
+    /// The time (RFC 3339, as [`super::now_rfc3339`] writes it) in column `index` of `row`.
+    pub fn time(self, row: &Row, index: usize) -> rusqlite::Result<SystemTime> {
+        let value = row.get_ref(index)?;
+        match value.as_str().ok().map(humantime::parse_rfc3339) {
+            Some(Ok(time)) => Ok(time),
+            _ => Err(self.unwritten(value)),
+        }
+    }
 }
 
 /// A stored value as the user is told it.

@@ -25,11 +25,13 @@ pub use self::inspect::{CheckpointReader, ExportRow, Status};
 pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
 pub use self::target::{ApiTarget, OtherTarget, TargetClaim};
-pub use self::writer::{
-    BulkItem, Change, CheckpointWriter, CustomerOrigin, RowChange, WriterHandle,
-};
+pub use self::writer::{BulkItem, Change, CheckpointWriter, RowChange, WriterHandle};
+/// The name [`RecordOrigin`] had when only customers were counted by it, kept for the
+/// pipeline's code.
+pub use crate::vocabulary::RecordOrigin as CustomerOrigin;
+pub use crate::vocabulary::{BulkKind, RecordKind, RecordOrigin, StepState};
 
-use crate::api::BulkKind;
+use crate::vocabulary::stored_words;
 
 /// Why the checkpoint could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -88,42 +90,19 @@ impl CheckpointError {
     }
 }
 
-/// A row's state in the checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RowState {
-    Pending,
-    CustomerSent,
-    /// The customer is known and no conversation intent came with it: a row whose
-    /// conversation waits (a stop, the next bulk job) or that has none. A single create's
-    /// id usually commits with the conversation intent, going straight to ConversationSent.
-    CustomerOk,
-    ConversationSent,
-    Done,
-    Failed,
-}
-
-impl RowState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RowState::Pending => "pending",
-            RowState::CustomerSent => "customer_sent",
-            RowState::CustomerOk => "customer_ok",
-            RowState::ConversationSent => "conversation_sent",
-            RowState::Done => "done",
-            RowState::Failed => "failed",
-        }
-    }
-
-    fn parse(text: &str) -> Option<RowState> {
-        Some(match text {
-            "pending" => RowState::Pending,
-            "customer_sent" => RowState::CustomerSent,
-            "customer_ok" => RowState::CustomerOk,
-            "conversation_sent" => RowState::ConversationSent,
-            "done" => RowState::Done,
-            "failed" => RowState::Failed,
-            _ => return None,
-        })
+stored_words! {
+    /// A row's state in the checkpoint (`rows.state`).
+    pub enum RowState {
+        Pending = "pending",
+        CustomerSent = "customer_sent",
+        /// The customer is known and no conversation intent came with it: a row whose
+        /// conversation waits (a stop, the next bulk job) or that has none. A single
+        /// create's id usually commits with the conversation intent, going straight to
+        /// ConversationSent.
+        CustomerOk = "customer_ok",
+        ConversationSent = "conversation_sent",
+        Done = "done",
+        Failed = "failed",
     }
 }
 
@@ -168,18 +147,24 @@ fn read_state(row: &rusqlite::Row) -> rusqlite::Result<RowState> {
 
 /// The row state in column `state` of `row`, whose key is in column `key`.
 fn read_row_state(row: &rusqlite::Row, state: usize, key: usize) -> rusqlite::Result<RowState> {
-    let value = row.get_ref(state)?;
-    value
-        .as_str()
-        .ok()
-        .and_then(RowState::parse)
-        .ok_or_else(|| {
-            integrity::damaged_value(format!(
-                "the row {} is in the state {}, which no version of kustomer-import writes",
-                row.get_ref(key).map_or("?".into(), integrity::shown),
-                integrity::shown(value)
-            ))
-        })
+    in_rows(row, "state", key).word(row, state, RowState::parse)
+}
+
+/// A value of `column` in the `rows` table, in the line of `row` whose key is in column
+/// `key`: what a read says of it when it cannot be read back.
+fn in_rows<'a>(
+    row: &'a rusqlite::Row,
+    column: &'a str,
+    key: usize,
+) -> integrity::Stored<'a, impl FnOnce() -> String + 'a> {
+    integrity::Stored {
+        table: "rows",
+        column,
+        whose: move || {
+            let key = row.get_ref(key).map_or("?".into(), integrity::shown);
+            format!("the row {key}")
+        },
+    }
 }
 
 /// A row read with [`STORED_ROW_COLUMNS`], whose state is `state`.
@@ -191,29 +176,18 @@ fn stored_row(row: &rusqlite::Row, state: RowState) -> rusqlite::Result<StoredRo
         field: row.get(4)?,
         last_error: row.get(5)?,
         conversation_external_id: row.get(6)?,
-        outcome_unknown: row.get(7)?,
+        outcome_unknown: in_rows(row, "outcome_unknown", 0).flag(row, 7)?,
     })
 }
 
-/// Where a bulk job stands (see migration 004).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BulkJobState {
-    Submitting,
-    Queued,
-    Complete,
-    Refused,
-    Lost,
-}
-
-impl BulkJobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BulkJobState::Submitting => "submitting",
-            BulkJobState::Queued => "queued",
-            BulkJobState::Complete => "complete",
-            BulkJobState::Refused => "refused",
-            BulkJobState::Lost => "lost",
-        }
+stored_words! {
+    /// Where a bulk job stands (`bulk_jobs.state`, see migration 004).
+    pub enum BulkJobState {
+        Submitting = "submitting",
+        Queued = "queued",
+        Complete = "complete",
+        Refused = "refused",
+        Lost = "lost",
     }
 }
 
@@ -243,6 +217,26 @@ pub struct StoredBulkItem {
     /// The row's state now: a job's result applies only to a row still in its intent.
     pub state: RowState,
     pub customer_id: Option<String>,
+}
+
+/// A bulk job read as [`Checkpoint::unfinished_bulk_jobs`] selects it, without its items.
+/// Values no version writes are damage, never a default: read as another kind, a job's
+/// results would be applied to the wrong records.
+fn stored_bulk_job(row: &rusqlite::Row) -> rusqlite::Result<StoredBulkJob> {
+    let id: i64 = row.get(0)?;
+    let in_jobs = |column| integrity::Stored {
+        table: "bulk_jobs",
+        column,
+        whose: move || format!("the bulk job {id}"),
+    };
+    Ok(StoredBulkJob {
+        id,
+        kind: in_jobs("kind").word(row, 1, BulkKind::parse)?,
+        job_id: row.get(2)?,
+        since: in_jobs("updated_at").time(row, 3)?,
+        state: in_jobs("state").word(row, 4, BulkJobState::parse)?,
+        items: Vec::new(),
+    })
 }
 
 /// What the checkpoint holds of one customer key.
@@ -419,7 +413,8 @@ impl Checkpoint {
         &self,
         lost_since: SystemTime,
     ) -> Result<Vec<StoredBulkJob>, CheckpointError> {
-        // RFC 3339 in UTC to the second sorts as text in time order.
+        // RFC 3339 in UTC to the second sorts as text in time order. Every job but those
+        // known to be over: one in a state no version writes is read, and is damage.
         let cutoff = humantime::format_rfc3339_seconds(lost_since).to_string();
         let mut jobs = Vec::new();
         {
@@ -427,46 +422,14 @@ impl Checkpoint {
                 .connection
                 .prepare(
                     "SELECT id, kind, job_id, updated_at, state FROM bulk_jobs
-                     WHERE state IN ('submitting', 'queued')
-                        OR (state = 'lost' AND updated_at >= ?1)
+                     WHERE NOT (state = 'complete' OR state = 'refused'
+                                OR (state = 'lost' AND updated_at < ?1))
                      ORDER BY id",
                 )
                 .map_err(|e| self.sqlite(e))?;
             let mut rows = statement.query([&cutoff]).map_err(|e| self.sqlite(e))?;
             while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
-                let read = || -> rusqlite::Result<StoredBulkJob> {
-                    let id: i64 = row.get(0)?;
-                    // Values no version writes are damage, never a default: read as another
-                    // kind, a job's results would be applied to the wrong records.
-                    let damaged = |what: &str, value: &str| {
-                        integrity::damaged_value(format!(
-                            "the bulk job {id} has the {what} {value:?}, which no version of \
-                             kustomer-import writes"
-                        ))
-                    };
-                    let kind = match row.get_ref(1)?.as_str()? {
-                        "customers" => BulkKind::Customers,
-                        "conversations" => BulkKind::Conversations,
-                        other => return Err(damaged("kind", other)),
-                    };
-                    let since: String = row.get(3)?;
-                    let state = match row.get_ref(4)?.as_str()? {
-                        "submitting" => BulkJobState::Submitting,
-                        "queued" => BulkJobState::Queued,
-                        "lost" => BulkJobState::Lost,
-                        other => return Err(damaged("state", other)),
-                    };
-                    Ok(StoredBulkJob {
-                        id,
-                        kind,
-                        job_id: row.get(2)?,
-                        state,
-                        since: humantime::parse_rfc3339(&since)
-                            .map_err(|_| damaged("time", &since))?,
-                        items: Vec::new(),
-                    })
-                };
-                jobs.push(read().map_err(|e| self.sqlite(e))?);
+                jobs.push(stored_bulk_job(row).map_err(|e| self.sqlite(e))?);
             }
         }
         let mut statement = self
@@ -486,7 +449,7 @@ impl Checkpoint {
                         row_key: row.get(1)?,
                         customer_key: row.get(2)?,
                         source_file: row.get(3)?,
-                        line: row.get::<_, i64>(4)? as u64,
+                        line: in_rows(row, "line", 1).count(row, 4)?,
                         customer_id: row.get(5)?,
                         state: read_row_state(row, 6, 1)?,
                     })
@@ -740,6 +703,85 @@ mod tests {
             }
             other => panic!("expected damage, got {:?}", other.map(|jobs| jobs.len())),
         }
+    }
+
+    /// A checkpoint at `dir` holding what `sql` writes, CHECK constraints off: values no
+    /// version writes, as damage or a hand's edit would leave them.
+    fn with_unwritten_values(dir: &tempfile::TempDir, sql: &str) -> Checkpoint {
+        let checkpoint = Checkpoint::open(&dir.path().join("c.sqlite")).unwrap();
+        checkpoint
+            .connection
+            .execute_batch(&format!("PRAGMA ignore_check_constraints = ON; {sql}"))
+            .unwrap();
+        checkpoint
+    }
+
+    /// The reason of a damage error, or a panic naming what came instead.
+    fn damage<T: std::fmt::Debug>(result: Result<T, CheckpointError>) -> String {
+        match result {
+            Err(CheckpointError::Damaged { reason, .. }) => reason,
+            other => panic!("expected damage, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_row_state_or_flag_no_version_writes_is_damage_naming_table_column_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = with_unwritten_values(
+            &dir,
+            "INSERT INTO rows (row_key, source_file, line, state, updated_at, outcome_unknown)
+             VALUES ('conv:A', 'a.csv', 2, 'gone', 't', 0),
+                    ('conv:B', 'a.csv', 3, 'failed', 't', 2);",
+        );
+        let reason = damage(checkpoint.row("conv:A"));
+        assert!(
+            reason.contains("rows.state of the row \"conv:A\" is \"gone\""),
+            "{reason}"
+        );
+        let reason = damage(checkpoint.rows_to_plan(&["conv:A"]));
+        assert!(reason.contains("\"gone\""), "{reason}");
+        let reason = damage(checkpoint.row("conv:B"));
+        assert!(
+            reason.contains("rows.outcome_unknown of the row \"conv:B\" is Integer(2)"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_bulk_job_state_time_or_item_line_no_version_writes_is_damage_not_a_finished_job() {
+        let unfinished = |sql: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let checkpoint = with_unwritten_values(&dir, sql);
+            damage(checkpoint.unfinished_bulk_jobs(SystemTime::UNIX_EPOCH))
+        };
+        // Read as over (complete, refused), the job's rows would be sent again.
+        let reason = unfinished(
+            "INSERT INTO bulk_jobs (id, kind, state, items, created_at, updated_at)
+             VALUES (1, 'customers', 'qeued', 0, 't', '2026-12-01T10:00:00Z');",
+        );
+        assert!(
+            reason.contains("bulk_jobs.state of the bulk job 1 is \"qeued\""),
+            "{reason}"
+        );
+        let reason = unfinished(
+            "INSERT INTO bulk_jobs (id, kind, state, items, created_at, updated_at)
+             VALUES (2, 'customers', 'queued', 0, 't', 'yesterday');",
+        );
+        assert!(
+            reason.contains("bulk_jobs.updated_at of the bulk job 2 is \"yesterday\""),
+            "{reason}"
+        );
+        let reason = unfinished(
+            "INSERT INTO bulk_jobs (id, kind, state, items, created_at, updated_at)
+             VALUES (3, 'customers', 'queued', 1, 't', '2026-12-01T10:00:00Z');
+             INSERT INTO bulk_items (job, client_ref, row_key) VALUES (3, 'r0', 'conv:A');
+             INSERT INTO rows (row_key, source_file, line, state, updated_at)
+             VALUES ('conv:A', 'a.csv', -2, 'customer_sent', 't');",
+        );
+        assert!(
+            reason.contains("rows.line of the row \"conv:A\" is Integer(-2)"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -127,10 +127,7 @@ pub(super) fn claim(
     wanted: &ApiTarget,
     retarget: bool,
 ) -> Result<TargetClaim, CheckpointError> {
-    let sqlite = |source| CheckpointError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    };
+    let sqlite = |source| CheckpointError::of_sqlite(path, source);
     let transaction = connection.unchecked_transaction().map_err(sqlite)?;
     let claim = match recorded_target(&transaction).map_err(sqlite)? {
         Some(recorded) if &recorded == wanted => return Ok(TargetClaim::Same),

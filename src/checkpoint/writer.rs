@@ -14,29 +14,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BulkJobState, CheckpointError, RowState, integrity, now_rfc3339};
-use crate::api::BulkKind;
-
-/// How a customer of the import came to have its id (and, in the pipeline's counts, a
-/// conversation: created, found already there, or found after a lost answer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CustomerOrigin {
-    /// This import created it.
-    Created,
-    /// It was already in Kustomer (the create answered 409); the row uses it.
-    Linked,
-    /// A create's answer was lost and a lookup found it.
-    Reconciled,
-}
-
-impl CustomerOrigin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CustomerOrigin::Created => "created",
-            CustomerOrigin::Linked => "linked",
-            CustomerOrigin::Reconciled => "reconciled",
-        }
-    }
-}
+use crate::vocabulary::{BulkKind, RecordOrigin};
 
 /// A change to one row. `None` fields keep what the checkpoint has.
 #[derive(Clone, Debug)]
@@ -96,7 +74,7 @@ pub enum Change {
     CustomerResolved {
         customer_key: String,
         customer_id: String,
-        origin: CustomerOrigin,
+        origin: RecordOrigin,
     },
     /// The create was refused for good (4xx, or the policy for existing customers): nothing
     /// was made, so the intent is dropped and the customer is no longer "unknown".
@@ -568,7 +546,7 @@ mod tests {
                 Change::CustomerResolved {
                     customer_key: "ext:1".into(),
                     customer_id: "c1".into(),
-                    origin: CustomerOrigin::Created,
+                    origin: RecordOrigin::Created,
                 },
                 sent(),
             ])

@@ -1,0 +1,139 @@
+//! The words the checkpoint stores and the API client speaks in: what a bulk job creates
+//! ([`BulkKind`]), what a record of a row is ([`RecordKind`]), how a record came to have its
+//! Kustomer id ([`RecordOrigin`]), and where one step of a row's chain of records stands
+//! ([`StepState`]). Both `api` and `checkpoint` use them, so they live here, where neither
+//! depends on the other for them.
+//!
+//! Each word has one spelling, `as_str`: the text sent and stored. `parse` reads a stored
+//! text back and answers None for one no version of kustomer-import writes; the checkpoint
+//! reports that as damage naming the table, the column and the value, never as a default
+//! (read as another kind or state, a stored value would have a record sent again or a
+//! result applied to the wrong record).
+
+/// Defines an enum of stored words: its variants with their texts, `as_str`, `parse` and
+/// `ALL` (every word, in order: for the tests that every word reads back).
+macro_rules! stored_words {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every word, in the order of the definition.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The text sent and stored.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The word a stored text spells; None for a text no version writes.
+            pub fn parse(text: &str) -> Option<$name> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use stored_words;
+
+stored_words! {
+    /// What a bulk job creates: the path of its endpoint (`/v1/{kind}/bulk`) and the
+    /// checkpoint's `bulk_jobs.kind`.
+    pub enum BulkKind {
+        Customers = "customers",
+        Conversations = "conversations",
+    }
+}
+
+stored_words! {
+    /// What one record of a row's chain is (`records.kind`, migration 008). Today a row has a
+    /// customer, then a conversation; a conversation's messages and notes come later.
+    pub enum RecordKind {
+        Customer = "customer",
+        Conversation = "conversation",
+    }
+}
+
+stored_words! {
+    /// How a record came to have its Kustomer id: stored as a customer's state in the
+    /// checkpoint (`customers.state`, beside `sent` while only the intent is recorded), and
+    /// counted for conversations in a run's summary.
+    pub enum RecordOrigin {
+        /// This import created it.
+        Created = "created",
+        /// It was in Kustomer already (a create answered 409, or a bulk job updated it): the
+        /// row uses it as it is.
+        Linked = "linked",
+        /// A create's answer was lost and a lookup found it.
+        Reconciled = "reconciled",
+    }
+}
+
+stored_words! {
+    /// Where one step of a row's chain stands (`records.state`, migration 008):
+    /// `pending -> sent -> done | failed | unknown`.
+    pub enum StepState {
+        /// Not sent yet.
+        Pending = "pending",
+        /// The intent: its create left, or is about to, and no answer is recorded. The next
+        /// run looks the record up before sending it again.
+        Sent = "sent",
+        /// Its Kustomer id is known.
+        Done = "done",
+        /// Refused, or not sent for a reason recorded with it.
+        Failed = "failed",
+        /// Failed, and its create may have landed all the same: nothing can look it up, so no
+        /// run sends it again; a person must check Kustomer.
+        Unknown = "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_word_reads_back_and_a_word_no_version_writes_does_not() {
+        for kind in BulkKind::ALL {
+            assert_eq!(BulkKind::parse(kind.as_str()), Some(*kind));
+        }
+        for kind in RecordKind::ALL {
+            assert_eq!(RecordKind::parse(kind.as_str()), Some(*kind));
+        }
+        for origin in RecordOrigin::ALL {
+            assert_eq!(RecordOrigin::parse(origin.as_str()), Some(*origin));
+        }
+        for state in StepState::ALL {
+            assert_eq!(StepState::parse(state.as_str()), Some(*state));
+        }
+        assert_eq!(
+            BulkKind::parse("Customers"),
+            None,
+            "spelt as stored, exactly"
+        );
+        assert_eq!(
+            RecordKind::parse("message"),
+            None,
+            "no version writes it yet"
+        );
+        assert_eq!(
+            RecordOrigin::parse("sent"),
+            None,
+            "an intent, not an origin"
+        );
+        assert_eq!(StepState::parse(""), None);
+    }
+}
