@@ -380,62 +380,50 @@ conversation intents (conversation_sent) the sandbox made: 0 of 0
 bulk jobs: customers queued (10 items, its job id)
 the sandbox holds: 10 customers, 0 conversations"
 
-# Bulk mode; the sandbox takes every create and never answers it. The customers job's
-# submit is taken, and the job runs 0.1 s later; the run waits for the answer
-# (--timeout 600). Killed with the job `submitting`, after it ran.
+# Bulk mode; the customers job's submit is taken and its answer never comes. With the
+# sandbox holding the connection open (a hang), the run keeps the job `submitting` while it
+# waits out --timeout 600; with the connection dropped, it records the job `lost` and waits
+# --bulk-lost-wait 600 before it looks its rows up. Killed during either wait, after the job
+# ran (0.1 s after the submit).
+make_bulk_unanswered() {
+    local dir=$1 fault=$2 state=$3
+    shift 3
+    write_export "$dir" $(two_each 10)
+    start_sandbox "$dir" "$fault" 1 --bulk-delay-ms 100 || return 1
+    start_import "$dir" export.csv --checkpoint checkpoint.sqlite --base-url "$sandbox_url" \
+        --no-progress --mode bulk "$@" || return 1
+    wait_until 60 "a $state customers job that has run" bulk_job_reached "$dir" "$state" ||
+        return 1
+    kill_import "the customers job is $state in the checkpoint and the sandbox has run it"
+    stop_sandbox
+}
+
 make_bulk_submitting() {
-    local dir=$1
-    write_export "$dir" $(two_each 10)
-    start_sandbox "$dir" --hang-after-write-rate 1 --bulk-delay-ms 100 || return 1
-    start_import "$dir" export.csv --checkpoint checkpoint.sqlite --base-url "$sandbox_url" \
-        --no-progress --mode bulk --timeout 600 || return 1
-    wait_until 60 "a submitting customers job that has run" bulk_submitting_reached "$dir" || return 1
-    kill_import "the customers job is submitting in the checkpoint and the sandbox has run it"
-    stop_sandbox
+    make_bulk_unanswered "$1" --hang-after-write-rate submitting --timeout 600
 }
 
-bulk_submitting_reached() {
-    [[ $(q "$1" "SELECT count(*) FROM bulk_jobs WHERE state = 'submitting'") == 1 &&
-        $(records "$1/sandbox.jsonl" customer) == 10 ]]
-}
-
-expected_bulk_submitting="target: a standalone sandbox's URL
-runs: 1, 1 not ended
-rows: customer_sent 10, failed 1, pending 10
-customers: sent 10
-customer intents (sent) the sandbox made: 10 of 10
-conversation intents (conversation_sent) the sandbox made: 0 of 0
-bulk jobs: customers submitting (10 items, no job id)
-the sandbox holds: 10 customers, 0 conversations"
-
-# Bulk mode; the sandbox takes every create and closes the connection unanswered. The
-# customers job's submit answer is lost: the run records the job lost and waits
-# --bulk-lost-wait (600 s) before it looks its rows up. Killed during that wait, after the
-# job ran (0.1 s after the submit).
 make_bulk_lost() {
-    local dir=$1
-    write_export "$dir" $(two_each 10)
-    start_sandbox "$dir" --drop-after-write-rate 1 --bulk-delay-ms 100 || return 1
-    start_import "$dir" export.csv --checkpoint checkpoint.sqlite --base-url "$sandbox_url" \
-        --no-progress --mode bulk --bulk-lost-wait 600 || return 1
-    wait_until 60 "a lost customers job that has run" bulk_lost_reached "$dir" || return 1
-    kill_import "the customers job is lost in the checkpoint, its rows waiting, and the sandbox has run it"
-    stop_sandbox
+    make_bulk_unanswered "$1" --drop-after-write-rate lost --bulk-lost-wait 600
 }
 
-bulk_lost_reached() {
-    [[ $(q "$1" "SELECT count(*) FROM bulk_jobs WHERE state = 'lost'") == 1 &&
+bulk_job_reached() {
+    [[ $(q "$1" "SELECT count(*) FROM bulk_jobs WHERE state = '$2'") == 1 &&
         $(records "$1/sandbox.jsonl" customer) == 10 ]]
 }
 
-expected_bulk_lost="target: a standalone sandbox's URL
+# What the two unanswered submits leave: the same, but for the job's state.
+expected_unanswered() {
+    echo "target: a standalone sandbox's URL
 runs: 1, 1 not ended
 rows: customer_sent 10, failed 1, pending 10
 customers: sent 10
 customer intents (sent) the sandbox made: 10 of 10
 conversation intents (conversation_sent) the sandbox made: 0 of 0
-bulk jobs: customers lost (10 items, no job id)
+bulk jobs: customers $1 (10 items, no job id)
 the sandbox holds: 10 customers, 0 conversations"
+}
+expected_bulk_submitting=$(expected_unanswered submitting)
+expected_bulk_lost=$(expected_unanswered lost)
 
 # --- making, checking, writing ------------------------------------------------------------
 

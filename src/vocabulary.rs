@@ -59,8 +59,10 @@ stored_words! {
 }
 
 stored_words! {
-    /// What one record of a row's chain is (`records.kind`, migration 008). Today a row has a
-    /// customer, then a conversation; a conversation's messages and notes come later.
+    /// What one record of a row's chain is (the pipeline's `Step`s name themselves by it).
+    /// Today a row has a customer, then a conversation; a conversation's messages and notes
+    /// come later. Not stored yet: a table of records is a proposal
+    /// (`docs/proposals/008-records-mirrored.patch`).
     pub enum RecordKind {
         Customer = "customer",
         Conversation = "conversation",
@@ -83,8 +85,10 @@ stored_words! {
 }
 
 stored_words! {
-    /// Where one step of a row's chain stands (`records.state`, migration 008):
-    /// `pending -> sent -> done | failed | unknown`.
+    /// Where one step of a row's chain stands: `pending -> sent -> done | failed | unknown`.
+    /// Today a row's one `state` column holds its steps' states (see `pipeline::row`); a
+    /// table of records that stores each is a proposal
+    /// (`docs/proposals/008-records-mirrored.patch`).
     pub enum StepState {
         /// Not sent yet.
         Pending = "pending",

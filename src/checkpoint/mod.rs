@@ -125,10 +125,10 @@ const STORED_ROW_COLUMNS: &str = "row_key, state, customer_id, conversation_id, 
      last_error, conversation_external_id, outcome_unknown";
 
 impl StoredRow {
-    /// A done row as the planner sees it: done, nothing more to know.
-    fn done() -> StoredRow {
+    /// A row in `state` and nothing more known of it.
+    pub fn in_state(state: RowState) -> StoredRow {
         StoredRow {
-            state: RowState::Done,
+            state,
             customer_id: None,
             conversation_id: None,
             conversation_external_id: None,
@@ -136,6 +136,11 @@ impl StoredRow {
             last_error: None,
             outcome_unknown: false,
         }
+    }
+
+    /// A done row as the planner sees it: done, nothing more to know.
+    fn done() -> StoredRow {
+        StoredRow::in_state(RowState::Done)
     }
 }
 

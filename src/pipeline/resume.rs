@@ -174,15 +174,7 @@ mod tests {
     use super::*;
 
     fn stored(state: RowState) -> StoredRow {
-        StoredRow {
-            state,
-            customer_id: None,
-            conversation_id: None,
-            conversation_external_id: None,
-            field: None,
-            last_error: None,
-            outcome_unknown: false,
-        }
+        StoredRow::in_state(state)
     }
 
     fn with_customer(state: RowState, id: &str) -> StoredRow {

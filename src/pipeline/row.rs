@@ -17,7 +17,7 @@
 //! See `docs/architecture.md`.
 
 use crate::api::{BulkKind, LookupField};
-use crate::checkpoint::{Change, CustomerOrigin, RowChange, RowState};
+use crate::checkpoint::{Change, CustomerOrigin, RecordKind, RowChange, RowState};
 use crate::mapping::{ConversationBody, Plan};
 use crate::rows::{Original, RowOrigin};
 
@@ -46,12 +46,17 @@ impl Step {
         }
     }
 
+    /// What this step makes.
+    pub(super) fn kind(self) -> RecordKind {
+        match self {
+            Step::Customer => RecordKind::Customer,
+            Step::Conversation => RecordKind::Conversation,
+        }
+    }
+
     /// The record's name in messages ("customer refused (422): ...").
     pub(super) fn noun(self) -> &'static str {
-        match self {
-            Step::Customer => "customer",
-            Step::Conversation => "conversation",
-        }
+        self.kind().as_str()
     }
 
     /// What a lookup finds this step's record by, in the order they are tried: a customer by

@@ -371,12 +371,15 @@ async fn submit_failed(
     retry: &mut Retries<'_>,
 ) -> Option<JobEnd> {
     let end = match error {
-        ApiError::NoSuchEndpoint { .. } if jobs.auto => {
+        ApiError::NoSuchEndpoint {
+            ref status,
+            ref message,
+        } if jobs.auto => {
             // Said once: the jobs in flight together all meet it.
             if !jobs.unavailable.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
-                    "the API has no bulk jobs here ({error}): this run goes on one request \
-                     per record"
+                    "the API has no bulk jobs here ({status}: {message}): this run goes on \
+                     one request per record"
                 );
             }
             end_job(tools, job, BulkJobState::Refused).await;
