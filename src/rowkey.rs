@@ -146,6 +146,7 @@ mod tests {
                 name: Some(subject.into()),
                 ..Default::default()
             }),
+            thread: Vec::new(),
         }
     }
 

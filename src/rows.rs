@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::history::store::ThreadSize;
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
 use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, Plan};
 use crate::rowkey::{RowKeys, derived_conversation_id};
@@ -44,6 +45,9 @@ pub struct ReadRow {
     pub origin: RowOrigin,
     pub original: Original,
     pub plan: Result<Plan, MappingError>,
+    /// The row's thread as staged in the run's thread store, under the row's key (none for
+    /// a row without history).
+    pub thread: ThreadSize,
 }
 
 /// Why reading stopped before the end (the run stops with exit 2).
@@ -279,6 +283,7 @@ fn read_row(
                     None => MappingError::record(bad.rule, format!("the record {}", bad.reason)),
                 }),
                 original: Original::Raw(bad.raw),
+                thread: ThreadSize::default(),
             });
         }
     };
@@ -314,5 +319,6 @@ fn read_row(
         },
         original,
         plan,
+        thread: ThreadSize::default(),
     })
 }

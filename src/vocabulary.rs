@@ -59,13 +59,16 @@ stored_words! {
 }
 
 stored_words! {
-    /// What one record of a row's chain is (the pipeline's `Step`s name themselves by it).
-    /// Today a row has a customer, then a conversation; a conversation's messages and notes
-    /// come later. Not stored yet: a table of records is a proposal
-    /// (`docs/proposals/008-records-mirrored.patch`).
+    /// What one record of a row's chain is (the pipeline's `Step`s name themselves by it): a
+    /// row has a customer, then a conversation, then the conversation's history in order.
+    /// The checkpoint's `records.kind` (migration 008) holds the history's two kinds.
     pub enum RecordKind {
         Customer = "customer",
         Conversation = "conversation",
+        /// A message of the conversation (the customer's or an agent's).
+        Message = "message",
+        /// An internal note, never shown to the customer.
+        Note = "note",
     }
 }
 
@@ -128,11 +131,7 @@ mod tests {
             None,
             "spelt as stored, exactly"
         );
-        assert_eq!(
-            RecordKind::parse("message"),
-            None,
-            "no version writes it yet"
-        );
+        assert_eq!(RecordKind::parse("messages"), None, "singular, as stored");
         assert_eq!(
             RecordOrigin::parse("sent"),
             None,

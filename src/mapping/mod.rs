@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::history::ThreadItem;
 use crate::input::SourceFields;
 
 pub use self::checks::{MAX_TEXT_LEN, STATUSES, is_valid_email, normalize_phone};
@@ -32,6 +33,11 @@ pub struct Plan {
     pub customer: CustomerBody,
     /// None when the row has no conversation field: the row imports only its customer.
     pub conversation: Option<ConversationBody>,
+    /// The conversation's history read with the row (a thread nested in its line, or the
+    /// row's own message when an export has one row per message), in source order. The
+    /// reader stages it in the run's thread store (`history::store`) and leaves this empty:
+    /// the row travels through the pipeline without it.
+    pub thread: Vec<ThreadItem>,
 }
 
 /// The body of `POST /v1/customers`.

@@ -506,6 +506,7 @@ impl<'a> Planner<'a> {
             origin,
             original,
             plan,
+            thread: _,
         } = row;
         let facts = self.earlier_job_facts(&origin.key, stored.is_some());
         let retry_failed = self.settings.retry_failed;

@@ -405,6 +405,7 @@ mod tests {
                     external_id: conversation_external_id.map(str::to_string),
                     ..ConversationBody::default()
                 }),
+                thread: Vec::new(),
             },
             conversation_unknown: false,
         }
