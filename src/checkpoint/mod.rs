@@ -25,7 +25,7 @@ pub use self::inspect::{CheckpointReader, ExportRow, Status};
 pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
 pub use self::target::{ApiTarget, OtherTarget, TargetClaim};
-pub use self::writer::{BulkItem, Change, CheckpointWriter, RowChange, WriterHandle};
+pub use self::writer::{BulkItem, Change, CheckpointWriter, RecordChange, RowChange, WriterHandle};
 /// The name [`RecordOrigin`] had when only customers were counted by it, kept for the
 /// pipeline's code.
 pub use crate::vocabulary::RecordOrigin as CustomerOrigin;
@@ -101,9 +101,22 @@ stored_words! {
         /// ConversationSent.
         CustomerOk = "customer_ok",
         ConversationSent = "conversation_sent",
+        /// The conversation is made and its history (messages, notes: `records`) is still
+        /// being written; the row is done once the whole thread is.
+        ConversationOk = "conversation_ok",
         Done = "done",
         Failed = "failed",
     }
+}
+
+/// What the checkpoint holds of one message or note of a row's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub kind: RecordKind,
+    pub external_id: String,
+    /// Sent (its answer is not recorded), done or failed.
+    pub state: StepState,
+    pub kustomer_id: Option<String>,
 }
 
 /// What the checkpoint holds of one row.
@@ -269,6 +282,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/005-checks-without-in/up.sql"),
     include_str!("../../migrations/006-failed-rows-index/up.sql"),
     include_str!("../../migrations/007-checkpoint-target/up.sql"),
+    include_str!("../../migrations/008-records/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -393,6 +407,35 @@ impl Checkpoint {
             }
         }
         Ok(found)
+    }
+
+    /// The messages and notes of one row's history the checkpoint holds (those it does not
+    /// hold are pending), in chain order.
+    pub fn records_of(&self, row_key: &str) -> Result<Vec<StoredRecord>, CheckpointError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT kind, external_id, state, kustomer_id FROM records
+                 WHERE row_key = ?1 ORDER BY position",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let read = |row: &rusqlite::Row| -> rusqlite::Result<StoredRecord> {
+            let whose = |column| integrity::Stored {
+                table: "records",
+                column,
+                whose: move || format!("a record of the row {row_key}"),
+            };
+            Ok(StoredRecord {
+                kind: whose("kind").word(row, 0, RecordKind::parse)?,
+                external_id: row.get(1)?,
+                state: whose("state").word(row, 2, StepState::parse)?,
+                kustomer_id: row.get(3)?,
+            })
+        };
+        statement
+            .query_map([row_key], read)
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sqlite(e))
     }
 
     /// The customer recorded under a customer key, if any.

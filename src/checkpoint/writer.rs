@@ -14,7 +14,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BulkJobState, CheckpointError, RowState, integrity, now_rfc3339};
-use crate::vocabulary::{BulkKind, RecordOrigin};
+use crate::vocabulary::{BulkKind, RecordKind, RecordOrigin, StepState};
 
 /// A change to one row. `None` fields keep what the checkpoint has.
 #[derive(Clone, Debug)]
@@ -60,10 +60,31 @@ impl RowChange {
     }
 }
 
+/// A change to one record of a conversation's history (a message or a note, see
+/// migration 008): its intent (`Sent`), its id (`Done`) or its refusal (`Failed`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordChange {
+    pub row_key: String,
+    pub kind: RecordKind,
+    pub external_id: String,
+    /// Its place in the row's chain (0 and 1 are the customer and the conversation).
+    pub position: u64,
+    pub state: StepState,
+    pub kustomer_id: Option<String>,
+    pub origin: Option<RecordOrigin>,
+    /// Requests sent for it since the last change, added to its count.
+    pub attempts: u32,
+    pub source_file: String,
+    pub line: u64,
+    /// With `Failed`: why (cleared otherwise).
+    pub error: Option<String>,
+}
+
 /// One change the writer applies.
 #[derive(Clone, Debug)]
 pub enum Change {
     Row(RowChange),
+    Record(RecordChange),
     /// The intent to create a customer, with the values a lookup would find it by.
     CustomerSent {
         customer_key: String,
@@ -284,6 +305,21 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  outcome_unknown = ?13
              WHERE row_key = ?1 AND source_file = ?2 AND line = ?3",
         )?;
+        let mut record = transaction.prepare_cached(
+            "INSERT INTO records (row_key, kind, external_id, position, state, kustomer_id,
+                                  origin, attempts, source_file, line, last_error, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (row_key, kind, external_id) DO UPDATE SET
+                 position = excluded.position,
+                 state = excluded.state,
+                 kustomer_id = coalesce(excluded.kustomer_id, kustomer_id),
+                 origin = coalesce(excluded.origin, origin),
+                 attempts = attempts + excluded.attempts,
+                 source_file = excluded.source_file,
+                 line = excluded.line,
+                 last_error = excluded.last_error,
+                 updated_at = excluded.updated_at",
+        )?;
         let mut customer_sent = transaction.prepare_cached(
             "INSERT INTO customers (customer_key, state, external_id, email, phone, updated_at)
              VALUES (?1, 'sent', ?2, ?3, ?4, ?5)
@@ -338,6 +374,22 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                     if row.unseen || update_row.execute(values)? == 0 {
                         upsert_row.execute(values)?;
                     }
+                }
+                Change::Record(change) => {
+                    record.execute(params![
+                        change.row_key,
+                        change.kind.as_str(),
+                        change.external_id,
+                        change.position as i64,
+                        change.state.as_str(),
+                        change.kustomer_id,
+                        change.origin.map(RecordOrigin::as_str),
+                        change.attempts,
+                        change.source_file,
+                        change.line as i64,
+                        change.error,
+                        now,
+                    ])?;
                 }
                 Change::CustomerSent {
                     customer_key,
@@ -562,6 +614,79 @@ mod tests {
                 .customer_id
                 .as_deref(),
             Some("c1")
+        );
+    }
+
+    fn record(external_id: &str, position: u64, state: StepState) -> Change {
+        Change::Record(RecordChange {
+            row_key: "r1".into(),
+            kind: RecordKind::Message,
+            external_id: external_id.into(),
+            position,
+            state,
+            kustomer_id: (state == StepState::Done).then(|| format!("id-{external_id}")),
+            origin: (state == StepState::Done).then_some(RecordOrigin::Created),
+            attempts: 1,
+            source_file: "f.jsonl".into(),
+            line: 2,
+            error: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_history_record_goes_from_intent_to_id_and_every_step_shows_in_one_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::open(&dir.path().join("c.sqlite")).unwrap();
+        let (writer, handle) = checkpoint.start_writer().unwrap();
+        let mut made = row("r1", RowState::ConversationOk);
+        made.customer_id = Some("c1".into());
+        made.conversation_id = Some("v1".into());
+        made.conversation_external_id = Some("T-1".into());
+        writer
+            .commit(vec![
+                Change::Row(made),
+                record("m1", 2, StepState::Sent),
+                record("m2", 3, StepState::Sent),
+            ])
+            .await
+            .unwrap();
+        writer
+            .commit(vec![record("m1", 2, StepState::Done)])
+            .await
+            .unwrap();
+        let records = checkpoint.records_of("r1").unwrap();
+        let states: Vec<(&str, StepState, Option<&str>)> = records
+            .iter()
+            .map(|r| (r.external_id.as_str(), r.state, r.kustomer_id.as_deref()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("m1", StepState::Done, Some("id-m1")),
+                ("m2", StepState::Sent, None)
+            ]
+        );
+        drop(writer);
+        handle.finish().unwrap();
+        let connection = rusqlite::Connection::open(checkpoint.path()).unwrap();
+        let steps: Vec<(i64, String, String)> = connection
+            .prepare(
+                "SELECT position, kind, state FROM steps WHERE row_key = 'r1' ORDER BY position",
+            )
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let expected = [
+            (0, "customer", "done"),
+            (1, "conversation", "done"),
+            (2, "message", "done"),
+            (3, "message", "sent"),
+        ];
+        assert_eq!(
+            steps,
+            expected.map(|(p, k, s)| (p, k.to_string(), s.to_string()))
         );
     }
 }
