@@ -29,7 +29,9 @@ impl KustomerClient {
     ) -> Result<String, ApiError> {
         self.stats().message_creates.fetch_add(1, Ordering::Relaxed);
         let url = self.thread_url(conversation_id, "messages", None);
-        self.create(&url, body).await
+        self.create(&url, body)
+            .await
+            .map_err(conversation_not_found)
     }
 
     /// `POST /v1/conversations/{id}/notes`; the new note's id.
@@ -40,7 +42,9 @@ impl KustomerClient {
     ) -> Result<String, ApiError> {
         self.stats().note_creates.fetch_add(1, Ordering::Relaxed);
         let url = self.thread_url(conversation_id, "notes", None);
-        self.create(&url, body).await
+        self.create(&url, body)
+            .await
+            .map_err(conversation_not_found)
     }
 
     /// `GET /v1/messages/externalid={x}`; None when absent (404 or an empty list).
@@ -98,6 +102,23 @@ impl KustomerClient {
             url.set_query(Some(&format!("page={page}&pageSize={NOTES_PAGE_SIZE}")));
         }
         url
+    }
+}
+
+/// A 404 to a create under `/v1/conversations/{id}/`: the path names a record, so the 404
+/// says that conversation is not found (this message or note fails, with the server's
+/// words), not that the route is missing, as it says for the fixed routes (a wrong base URL
+/// is caught by the customers and conversations before any history is sent).
+fn conversation_not_found(error: ApiError) -> ApiError {
+    match error {
+        ApiError::NoSuchEndpoint {
+            status: 404,
+            message,
+        } => ApiError::Rejected {
+            status: 404,
+            message,
+        },
+        other => other,
     }
 }
 
