@@ -41,6 +41,12 @@ pub struct Summary {
     pub conversations_linked: u64,
     /// Conversations whose create answer was lost and a lookup found.
     pub conversations_reconciled: u64,
+    /// The conversations' history: messages and notes this run created, found after a lost
+    /// answer, or saw refused.
+    pub messages_created: u64,
+    pub notes_created: u64,
+    pub history_reconciled: u64,
+    pub history_failed: u64,
     pub requests: u64,
     /// Bulk jobs submitted (each one request, carrying up to 100 records).
     pub bulk_jobs: u64,
@@ -121,6 +127,7 @@ impl Summary {
                 self.conversations_reconciled
             )?;
         }
+        self.write_history(out)?;
         writeln!(out, "requests sent:          {}{rate}", self.requests)?;
         if self.bulk_jobs > 0 {
             writeln!(
@@ -131,6 +138,34 @@ impl Summary {
         }
         writeln!(out, "429s seen:              {}", self.rate_limited)?;
         writeln!(out, "elapsed:                {elapsed:.1} s")?;
+        Ok(())
+    }
+}
+
+impl Summary {
+    /// The history lines, for a run that wrote any.
+    fn write_history(&self, out: &mut impl Write) -> io::Result<()> {
+        let items = self.messages_created + self.notes_created + self.history_reconciled;
+        if items + self.history_failed == 0 {
+            return Ok(());
+        }
+        writeln!(out, "messages created:       {}", self.messages_created)?;
+        writeln!(out, "notes created:          {}", self.notes_created)?;
+        if self.history_reconciled > 0 {
+            writeln!(
+                out,
+                "history reconciled:     {} (found after a lost answer)",
+                self.history_reconciled
+            )?;
+        }
+        writeln!(out, "history refused:        {}", self.history_failed)?;
+        if items > 0 {
+            writeln!(
+                out,
+                "requests per item:      {:.3} (messages and notes, all requests of the run)",
+                self.requests as f64 / items as f64
+            )?;
+        }
         Ok(())
     }
 }

@@ -117,6 +117,7 @@ pub struct Status {
     /// Failed rows by reason, quoted values folded so that like reasons count together.
     pub failed_by_reason: Vec<ReasonCount>,
     pub customers: CustomerCounts,
+    pub history: HistoryCounts,
     pub bulk_jobs: BulkJobCounts,
     /// The latest runs, newest first.
     pub runs: Vec<RunRecord>,
@@ -137,6 +138,21 @@ pub struct ExportRow {
     pub error: Option<String>,
     /// A failed row whose create may have landed: check Kustomer by hand.
     pub outcome_unknown: bool,
+    /// Messages and notes of the row's history with their Kustomer ids.
+    pub messages: i64,
+    pub notes: i64,
+}
+
+/// Where the conversations' history stands: steps by kind and state (migration 008's
+/// `records`; all zero in a checkpoint older than it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HistoryCounts {
+    pub messages_done: u64,
+    pub notes_done: u64,
+    /// Sent, their answers not recorded: the next run looks them up.
+    pub sent: u64,
+    /// Refused by the API.
+    pub failed: u64,
 }
 
 /// Which rows `export` writes.
@@ -263,6 +279,7 @@ impl CheckpointReader {
             total,
             failed_by_reason,
             customers: self.customer_counts().map_err(|e| self.sqlite(e))?,
+            history: self.history_counts().map_err(|e| self.sqlite(e))?,
             bulk_jobs: self.bulk_job_counts().map_err(|e| self.sqlite(e))?,
             runs: self
                 .runs()
@@ -459,6 +476,41 @@ impl CheckpointReader {
             .collect()
     }
 
+    /// Whether the checkpoint has migration 008's `records` (one older than it, read as it
+    /// is, has no history).
+    fn has_records(&self) -> rusqlite::Result<bool> {
+        self.connection.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'records'",
+            [],
+            |row| row.get(0),
+        )
+    }
+
+    /// Steps of the history by kind and state.
+    fn history_counts(&self) -> rusqlite::Result<HistoryCounts> {
+        let mut counts = HistoryCounts::default();
+        if !self.has_records()? {
+            return Ok(counts);
+        }
+        let mut statement = self
+            .connection
+            .prepare("SELECT kind, state, count(*) FROM records GROUP BY kind, state")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let kind: String = row.get(0)?;
+            let state: String = row.get(1)?;
+            let count = row.get::<_, i64>(2)? as u64;
+            match (kind.as_str(), state.as_str()) {
+                ("message", "done") => counts.messages_done += count,
+                ("note", "done") => counts.notes_done += count,
+                (_, "sent") => counts.sent += count,
+                (_, "failed") => counts.failed += count,
+                _ => return Err(unwritten_state("records", &state, count)),
+            }
+        }
+        Ok(counts)
+    }
+
     /// Calls `write` for every row in the filter, file by file in line order, one row in
     /// memory at a time. Returns how many rows were written.
     pub fn export<E>(
@@ -471,17 +523,25 @@ impl CheckpointReader {
             StateFilter::Failed => "failed",
             StateFilter::All => "",
         };
+        let history = if self.has_records().map_err(|e| self.sqlite(e))? {
+            "(SELECT count(*) FROM records x WHERE x.row_key = r.row_key
+                  AND x.kind = 'message' AND x.state = 'done'),
+             (SELECT count(*) FROM records x WHERE x.row_key = r.row_key
+                  AND x.kind = 'note' AND x.state = 'done')"
+        } else {
+            "0, 0"
+        };
         let mut statement = self
             .connection
-            .prepare(
+            .prepare(&format!(
                 "SELECT r.source_file, r.line, r.row_key, c.external_id, r.customer_id,
                         r.conversation_id, r.state, c.state,
                         coalesce(r.field || ': ', '') || r.last_error, r.outcome_unknown,
-                        r.customer_key
+                        r.customer_key, {history}
                  FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
                  WHERE ?1 = '' OR r.state = ?1
                  ORDER BY r.source_file, r.line",
-            )
+            ))
             .map_err(|e| self.sqlite(e))?;
         let mut rows = statement.query([state]).map_err(|e| self.sqlite(e))?;
         let mut written = 0;
@@ -538,6 +598,8 @@ fn export_row(row: &rusqlite::Row) -> rusqlite::Result<ExportRow> {
         customer,
         error: row.get(8)?,
         outcome_unknown: in_rows("outcome_unknown").flag(row, 9)?,
+        messages: row.get(11)?,
+        notes: row.get(12)?,
     })
 }
 

@@ -110,6 +110,15 @@ fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std
         "\ncustomers: {} created, {} linked (already in Kustomer), {} reconciled, {} unknown",
         customers.created, customers.linked, customers.reconciled, customers.unknown
     )?;
+    let history = &status.history;
+    if history != &Default::default() {
+        writeln!(
+            out,
+            "history: {} messages, {} notes made; {} sent and unanswered (looked up next run), \
+             {} refused",
+            history.messages_done, history.notes_done, history.sent, history.failed
+        )?;
+    }
     let jobs = &status.bulk_jobs;
     if jobs != &Default::default() {
         writeln!(

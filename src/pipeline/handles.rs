@@ -5,6 +5,7 @@
 //! the control and the way back to the planner. The planner keeps the settings and the
 //! queues; nothing here can touch them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::planner::Event;
 use super::row::Halt;
+use super::thread::ThreadOutcome;
 use super::{ImportSettings, OnExistingCustomer, StopReason, StopSignals};
 use crate::api::{Backoff, KustomerClient};
 use crate::checkpoint::{Change, CheckpointWriter};
+use crate::history::store::Pages;
 
 /// What stops a run: its two signals, and the first reason a part of the run gave to stop
 /// it (a refused key, a wrong base URL, a checkpoint that cannot be written).
@@ -118,6 +121,32 @@ pub(super) struct Tools {
     pub rules: RowRules,
     /// Back to the planner: a customer settled, a row or a job ended.
     pub events: mpsc::UnboundedSender<Event>,
+    /// The run's staged threads, read back a page at a time (None: no input has history).
+    pub threads: Option<Arc<Mutex<Pages>>>,
+    /// What the rows' histories came to, for the summary.
+    pub history: HistoryCounts,
+}
+
+/// Counts of the history steps this run settled, added by every worker.
+#[derive(Debug, Default)]
+pub(super) struct HistoryCounts {
+    pub messages_created: AtomicU64,
+    pub notes_created: AtomicU64,
+    pub reconciled: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl HistoryCounts {
+    pub(super) fn add(&self, thread: &ThreadOutcome) {
+        for (count, value) in [
+            (&self.messages_created, thread.messages_created),
+            (&self.notes_created, thread.notes_created),
+            (&self.reconciled, thread.reconciled),
+            (&self.failed, thread.failed),
+        ] {
+            count.fetch_add(value, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Tools {
@@ -142,6 +171,8 @@ impl Tools {
                 stamp_imported_at: settings.stamp_imported_at,
             },
             events,
+            threads: None,
+            history: HistoryCounts::default(),
         }
     }
 }

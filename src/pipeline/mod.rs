@@ -31,6 +31,7 @@ mod planner;
 mod reader;
 mod resume;
 mod row;
+mod thread;
 mod worker;
 
 pub use self::concurrency::Concurrency;

@@ -16,16 +16,19 @@ use super::bulk::Jobs;
 use super::bulk::{self, AfterJob, EarlierJobs};
 use super::handles::Tools;
 use super::resume::{
-    CustomerFacts, CustomerRoute, EarlierJobFacts, RowResume, SendFrom, resume_row, route_customer,
+    CustomerFacts, CustomerRoute, EarlierJobFacts, RowResume, SendFrom, reopened_for_history,
+    resume_row, route_customer,
 };
-use super::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, failed_unplanned};
+use super::row::{
+    CustomerStep, EarlierRecords, Halt, PlannedRow, RowOutcome, Settlement, failed_unplanned,
+};
 use super::worker::process_row;
 use super::{ImportMode, ImportSettings, StopReason};
 use crate::api::BulkKind;
 use crate::checkpoint::{
     Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange, StoredCustomer, StoredRow,
 };
-use crate::mapping::Plan;
+use crate::history::store::ThreadSize;
 use crate::report::{ErrorsFile, Progress, Settled, Summary};
 use crate::rows::{Original, ReadRow, RowOrigin};
 
@@ -297,6 +300,13 @@ impl<'a> Planner<'a> {
     pub(super) async fn finish(mut self, events: &mut mpsc::UnboundedReceiver<Event>) -> Summary {
         self.tasks.shutdown().await;
         self.settle_the_rest(events).await;
+        let history = &self.tools.history;
+        let count =
+            |value: &std::sync::atomic::AtomicU64| value.load(std::sync::atomic::Ordering::Relaxed);
+        self.summary.messages_created = count(&history.messages_created);
+        self.summary.notes_created = count(&history.notes_created);
+        self.summary.history_reconciled = count(&history.reconciled);
+        self.summary.history_failed = count(&history.failed);
         std::mem::take(&mut self.summary)
     }
 
@@ -357,7 +367,8 @@ impl<'a> Planner<'a> {
     }
 
     /// Bulk mode: each ready row joins a batch, or, when it takes single mode's path (a
-    /// link, a lookup, a row with no conversation), the queue for a worker.
+    /// link, a lookup, a row with no conversation, a row whose conversation is made and
+    /// whose history is to write), the queue for a worker.
     fn divert_to_batches(&mut self) {
         while let Some((work, step)) = self.ready.pop_front() {
             match step {
@@ -365,7 +376,9 @@ impl<'a> Planner<'a> {
                     reconcile_first: false,
                 } if !work.conversation_unknown => self.customer_batch.push(work),
                 CustomerStep::Known(id)
-                    if !work.conversation_unknown && work.plan.conversation.is_some() =>
+                    if !work.conversation_unknown
+                        && work.conversation_id.is_none()
+                        && work.plan.conversation.is_some() =>
                 {
                     self.conversation_batch.push((work, id));
                 }
@@ -506,8 +519,16 @@ impl<'a> Planner<'a> {
             origin,
             original,
             plan,
-            thread: _,
+            thread,
         } = row;
+        let (stored, earlier_records) = match self.with_history(&origin.key, stored, thread) {
+            Ok(known) => known,
+            Err(error) => {
+                self.summary.rows_pending += 1;
+                self.tools.control.halt(StopReason::of_checkpoint(&error));
+                return;
+            }
+        };
         let facts = self.earlier_job_facts(&origin.key, stored.is_some());
         let retry_failed = self.settings.retry_failed;
         match resume_row(stored.as_ref(), plan, retry_failed, facts) {
@@ -534,8 +555,41 @@ impl<'a> Planner<'a> {
                 };
                 self.progress.row_finished(settled);
             }
-            RowResume::Send(plan, from) => self.plan_send(origin, original, plan, from).await,
+            RowResume::Send(plan, from) => {
+                let work = PlannedRow {
+                    origin,
+                    original,
+                    plan,
+                    conversation_unknown: from.reconcile_conversation.is_some(),
+                    conversation_id: from.conversation_id.clone(),
+                    conversation_origin: None,
+                    thread,
+                    earlier_records,
+                };
+                self.plan_send(work, from).await
+            }
         }
+    }
+
+    /// For a row with history that a run has seen: the row read whole, reopened when its
+    /// thread has items not done (see [`reopened_for_history`]), and what the checkpoint
+    /// holds of its thread. A row without history keeps what `rows_to_plan` read.
+    fn with_history(
+        &self,
+        row_key: &str,
+        stored: Option<StoredRow>,
+        thread: ThreadSize,
+    ) -> Result<(Option<StoredRow>, EarlierRecords), CheckpointError> {
+        if thread.items() == 0 || stored.is_none() {
+            return Ok((stored, EarlierRecords::default()));
+        }
+        let records = EarlierRecords::new(self.checkpoint.records_of(row_key)?);
+        let whole = self.checkpoint.row(row_key)?;
+        let unfinished = records.done() < thread.items();
+        Ok((
+            whole.map(|row| reopened_for_history(row, unfinished)),
+            records,
+        ))
     }
 
     /// What this run learnt of a row from earlier runs' jobs (asked only of a row the
@@ -554,24 +608,12 @@ impl<'a> Planner<'a> {
 
     /// A row to send: to a worker's queue with its customer known, or to the rules for its
     /// customer ([`route_customer`]).
-    async fn plan_send(
-        &mut self,
-        origin: RowOrigin,
-        original: Original,
-        mut plan: Plan,
-        from: SendFrom,
-    ) {
+    async fn plan_send(&mut self, mut work: PlannedRow, from: SendFrom) {
         if let Some(external_id) = &from.reconcile_conversation
-            && let Some(conversation) = &mut plan.conversation
+            && let Some(conversation) = &mut work.plan.conversation
         {
             conversation.external_id = external_id.clone();
         }
-        let work = PlannedRow {
-            origin,
-            original,
-            plan,
-            conversation_unknown: from.reconcile_conversation.is_some(),
-        };
         if from.first_seen {
             self.record(vec![Change::Row(work.first_seen())]).await;
         }

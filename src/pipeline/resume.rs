@@ -6,7 +6,7 @@
 //! for an earlier job, or send it, from which step), then, for a row whose customer is not
 //! known, [`route_customer`] (which row creates the customer, and what the others wait for).
 
-use crate::checkpoint::{CheckpointError, RowState, StoredCustomer, StoredRow};
+use crate::checkpoint::{CheckpointError, RowState, StepState, StoredCustomer, StoredRow};
 
 /// What this run learnt of one row from the jobs earlier runs left unfinished.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,6 +46,20 @@ pub(super) struct SendFrom {
     pub reconcile_conversation: Option<Option<String>>,
     /// Its customer counts as reused (known, and not made by an earlier job in this run).
     pub customer_reused: bool,
+    /// Its conversation step is done, with this id: it goes on to its history.
+    pub conversation_id: Option<String>,
+}
+
+/// A done row read again with history the checkpoint has not recorded done (tomorrow's
+/// export, with new messages on an old conversation): its conversation is made and its
+/// thread is not, so it is taken up at its history, as `conversation_ok`. `stored` is the
+/// row read whole (`Checkpoint::row`), `unfinished` whether its thread has items the
+/// checkpoint does not hold as done.
+pub(super) fn reopened_for_history(mut stored: StoredRow, unfinished: bool) -> StoredRow {
+    if stored.state == RowState::Done && unfinished && stored.conversation_id.is_some() {
+        stored.state = RowState::ConversationOk;
+    }
+    stored
 }
 
 /// The rules of resume for one row: `stored` is what the checkpoint holds of it (None: never
@@ -93,15 +107,43 @@ pub(super) fn resume_row<P, E>(
     // A conversation create left (or, for a failed row retried now, may have left).
     // Reconciled with the externalId that went out with the request, whatever this run
     // derives: the flags or the mapping may have changed since.
-    let conversation_sent = stored.state == RowState::ConversationSent
-        || (failed && stored.conversation_external_id.is_some());
+    let conversation_sent = stored.conversation_id.is_none()
+        && (stored.state == RowState::ConversationSent
+            || (failed && stored.conversation_external_id.is_some()));
     let from = SendFrom {
         first_seen: false,
         customer_id: stored.customer_id.clone(),
         reconcile_conversation: conversation_sent.then(|| stored.conversation_external_id.clone()),
         customer_reused: stored.customer_id.is_some() && earlier.settled_now.is_none(),
+        // Made, and its history unfinished (or, for a row failed partly imported and
+        // retried now, some of it refused).
+        conversation_id: stored.conversation_id.clone(),
     };
     RowResume::Send(plan, from)
+}
+
+/// What a run does with one message or note of a row's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ItemResume {
+    /// Done in an earlier run.
+    Skip,
+    /// To send; `reconcile_first` when an earlier run sent it and its answer was lost.
+    Send { reconcile_first: bool },
+}
+
+/// The rule for one item, from what the checkpoint holds of it (None: never sent). A
+/// refused item is sent again: its row is retried only with `--retry-failed`, and a refusal
+/// made nothing.
+pub(super) fn resume_item(stored: Option<StepState>) -> ItemResume {
+    match stored {
+        Some(StepState::Done) => ItemResume::Skip,
+        Some(StepState::Sent | StepState::Unknown) => ItemResume::Send {
+            reconcile_first: true,
+        },
+        Some(StepState::Failed | StepState::Pending) | None => ItemResume::Send {
+            reconcile_first: false,
+        },
+    }
 }
 
 /// What the planner knows of a customer key, asked in the order of the rules (each only
@@ -198,6 +240,74 @@ mod tests {
             RowResume::Send((), send) => send,
             other => panic!("expected a send, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_item_done_is_skipped_one_sent_is_looked_up_first_and_the_others_are_sent() {
+        assert_eq!(resume_item(Some(StepState::Done)), ItemResume::Skip);
+        assert_eq!(
+            resume_item(Some(StepState::Sent)),
+            ItemResume::Send {
+                reconcile_first: true
+            }
+        );
+        for fresh in [None, Some(StepState::Failed)] {
+            assert_eq!(
+                resume_item(fresh),
+                ItemResume::Send {
+                    reconcile_first: false
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_row_whose_conversation_is_made_goes_on_with_its_history() {
+        let stored = StoredRow {
+            conversation_id: Some("v1".into()),
+            ..with_customer(RowState::ConversationOk, "c1")
+        };
+        let from = send(resume_row(Some(&stored), PLANNED, false, NONE));
+        assert_eq!(from.customer_id.as_deref(), Some("c1"));
+        assert_eq!(from.conversation_id.as_deref(), Some("v1"));
+        assert_eq!(from.reconcile_conversation, None);
+    }
+
+    #[test]
+    fn a_done_row_with_new_history_is_taken_up_at_its_history_and_one_without_is_done() {
+        let done = StoredRow {
+            conversation_id: Some("v1".into()),
+            ..with_customer(RowState::Done, "c1")
+        };
+        let reopened = reopened_for_history(done.clone(), true);
+        assert_eq!(reopened.state, RowState::ConversationOk);
+        let from = send(resume_row(Some(&reopened), PLANNED, false, NONE));
+        assert_eq!(from.conversation_id.as_deref(), Some("v1"));
+        assert_eq!(reopened_for_history(done.clone(), false), done);
+        let no_conversation = with_customer(RowState::Done, "c1");
+        assert_eq!(
+            reopened_for_history(no_conversation.clone(), true),
+            no_conversation,
+            "a row with no conversation has no history to go on with"
+        );
+    }
+
+    #[test]
+    fn a_row_partly_imported_is_retried_at_its_history_only_when_asked() {
+        let partly = StoredRow {
+            conversation_id: Some("v1".into()),
+            ..with_customer(RowState::Failed, "c1")
+        };
+        assert_eq!(
+            resume_row(Some(&partly), PLANNED, false, NONE),
+            RowResume::FailedEarlier { now: false }
+        );
+        let from = send(resume_row(Some(&partly), PLANNED, true, NONE));
+        assert_eq!(from.conversation_id.as_deref(), Some("v1"));
+        assert_eq!(
+            from.reconcile_conversation, None,
+            "its conversation is made"
+        );
     }
 
     #[test]

@@ -17,7 +17,13 @@
 //! See `docs/architecture.md`.
 
 use crate::api::{BulkKind, LookupField};
-use crate::checkpoint::{Change, CustomerOrigin, RecordKind, RowChange, RowState};
+use std::collections::HashMap;
+
+use crate::checkpoint::{
+    Change, CustomerOrigin, RecordChange, RecordKind, RowChange, RowState, StepState, StoredRecord,
+};
+use crate::history::ItemKind;
+use crate::history::store::{StagedItem, ThreadSize};
 use crate::mapping::{ConversationBody, Plan};
 use crate::rows::{Original, RowOrigin};
 
@@ -101,6 +107,46 @@ pub(super) struct PlannedRow {
     pub plan: Plan,
     /// The checkpoint says a conversation create left and its answer was not recorded.
     pub conversation_unknown: bool,
+    /// The conversation an earlier run (or a bulk job of this one) made: the row goes on
+    /// with its history.
+    pub conversation_id: Option<String>,
+    /// How that conversation came to be, when a bulk job of this run made it (counted
+    /// once the row is done).
+    pub conversation_origin: Option<CustomerOrigin>,
+    /// The row's history as staged (see `history::store`): its steps after the conversation.
+    pub thread: ThreadSize,
+    /// What earlier runs recorded of those steps (empty for a row no run has seen).
+    pub earlier_records: EarlierRecords,
+}
+
+/// What the checkpoint holds of a row's history, by record: an item it lacks is pending.
+#[derive(Debug, Default)]
+pub(super) struct EarlierRecords(HashMap<(ItemKind, String), StoredRecord>);
+
+impl EarlierRecords {
+    pub(super) fn new(records: Vec<StoredRecord>) -> EarlierRecords {
+        EarlierRecords(
+            records
+                .into_iter()
+                .filter_map(|record| {
+                    let kind = ItemKind::parse(record.kind.as_str())?;
+                    Some(((kind, record.external_id.clone()), record))
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn of(&self, item: &StagedItem) -> Option<&StoredRecord> {
+        self.0.get(&(item.kind, item.external_id.clone()))
+    }
+
+    /// How many are done.
+    pub(super) fn done(&self) -> u64 {
+        self.0
+            .values()
+            .filter(|record| record.state == StepState::Done)
+            .count() as u64
+    }
 }
 
 /// How a worker gets the row's customer id.
@@ -283,6 +329,71 @@ impl PlannedRow {
         }
     }
 
+    /// The conversation step done and the row's history still to write: the conversation's
+    /// id is recorded before the first message's intent.
+    pub(super) fn conversation_made(
+        &self,
+        customer_id: &str,
+        conversation_id: &str,
+        attempts: u32,
+    ) -> RowChange {
+        RowChange {
+            attempts,
+            ..self.change(
+                RowState::ConversationOk,
+                Some(customer_id.to_string()),
+                Some(conversation_id.to_string()),
+            )
+        }
+    }
+
+    /// Its history written, but not all of it: `failed` items were refused (`first` says
+    /// why the first was). The row fails, its ids kept: the conversation is partly
+    /// imported, never reported complete; `--retry-failed` sends the refused items again.
+    pub(super) fn partly_imported(
+        &self,
+        customer_id: &str,
+        conversation_id: &str,
+        failed: u64,
+        first: &str,
+    ) -> RowChange {
+        let items = if failed == 1 { "item" } else { "items" };
+        RowChange {
+            field: Some("history".into()),
+            error: Some(format!(
+                "partly imported: {failed} {items} of its history refused; first: {first}"
+            )),
+            ..self.change(
+                RowState::Failed,
+                Some(customer_id.to_string()),
+                Some(conversation_id.to_string()),
+            )
+        }
+    }
+
+    /// A step of the history, `position` in the chain, moved to `state`.
+    pub(super) fn item_change(
+        &self,
+        item: &StagedItem,
+        position: u64,
+        state: StepState,
+        attempts: u32,
+    ) -> RecordChange {
+        RecordChange {
+            row_key: self.origin.key.clone(),
+            kind: item.kind.record_kind(),
+            external_id: item.external_id.clone(),
+            position,
+            state,
+            kustomer_id: None,
+            origin: None,
+            attempts,
+            source_file: item.file.to_string(),
+            line: item.line,
+            error: None,
+        }
+    }
+
     /// A row that failed before any step was sent (it could not be planned or its customer
     /// could not be made).
     pub(super) fn failed(&self, field: Option<String>, reason: String) -> RowChange {
@@ -410,6 +521,10 @@ mod tests {
                 thread: Vec::new(),
             },
             conversation_unknown: false,
+            conversation_id: None,
+            conversation_origin: None,
+            thread: ThreadSize::default(),
+            earlier_records: EarlierRecords::default(),
         }
     }
 

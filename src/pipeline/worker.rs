@@ -9,6 +9,7 @@ use super::failure::{Call, Retries, create_refused};
 use super::handles::Tools;
 use super::planner::Event;
 use super::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, Step};
+use super::thread::send_thread;
 use crate::api::{ApiError, KustomerClient};
 use crate::checkpoint::{Change, CustomerOrigin};
 use crate::mapping::ConversationBody;
@@ -56,25 +57,66 @@ async fn drive_row(
             (resolved.id, resolved.intent_committed)
         }
     };
+    let (conversation_id, origin) = match &work.conversation_id {
+        Some(id) => (id.clone(), work.conversation_origin),
+        None => {
+            match conversation_step(tools, work, &customer_id, intent_committed, attempts).await? {
+                Some((id, origin)) => (id, Some(origin)),
+                None => {
+                    let done = work.done(customer_id, None, attempts.take_requests());
+                    tools.journal.record(vec![Change::Row(done)]).await;
+                    return Ok(RowOutcome::Done { conversation: None });
+                }
+            }
+        }
+    };
+    if work.thread.items() > 0 {
+        if origin.is_some() && work.conversation_origin.is_none() {
+            let made =
+                work.conversation_made(&customer_id, &conversation_id, attempts.take_requests());
+            tools.journal.record(vec![Change::Row(made)]).await;
+        }
+        let thread = send_thread(tools, work, &conversation_id, attempts).await?;
+        tools.history.add(&thread);
+        if let Some(first) = &thread.first_failure {
+            let partly = work.partly_imported(&customer_id, &conversation_id, thread.failed, first);
+            let halt = Halt::Failed {
+                field: partly.field.clone(),
+                reason: partly.error.clone().unwrap_or_default(),
+            };
+            tools.journal.record(vec![Change::Row(partly)]).await;
+            return Ok(RowOutcome::Halted(halt));
+        }
+    }
+    let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
+    tools.journal.record(vec![Change::Row(done)]).await;
+    Ok(RowOutcome::Done {
+        conversation: origin,
+    })
+}
+
+/// The row's conversation, made (None: the row has none).
+async fn conversation_step(
+    tools: &Tools,
+    work: &PlannedRow,
+    customer_id: &str,
+    intent_committed: bool,
+    attempts: &mut Attempts<'_>,
+) -> Result<Option<(String, CustomerOrigin)>, Halt> {
     let stamp = tools.rules.stamp_imported_at;
-    let Some(body) = work.conversation_to_send(&customer_id, stamp) else {
-        let done = work.done(customer_id, None, attempts.take_requests());
-        tools.journal.record(vec![Change::Row(done)]).await;
-        return Ok(RowOutcome::Done { conversation: None });
+    let Some(body) = work.conversation_to_send(customer_id, stamp) else {
+        return Ok(None);
     };
     // A stop is heeded before the intent, never between the intent and its request: a
     // drained run leaves no intent it did not act on. Between retries, the backoff heeds it.
     if !intent_committed {
-        let intent = work.conversation_intent(&customer_id, attempts.take_requests());
+        let intent = work.conversation_intent(customer_id, attempts.take_requests());
         attempts.check_stop()?;
         tools.journal.commit(vec![Change::Row(intent)]).await?;
     }
-    let (conversation_id, origin) = send_conversation(tools, work, &body, attempts).await?;
-    let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
-    tools.journal.record(vec![Change::Row(done)]).await;
-    Ok(RowOutcome::Done {
-        conversation: Some(origin),
-    })
+    send_conversation(tools, work, &body, attempts)
+        .await
+        .map(Some)
 }
 
 /// Creates the row's conversation, whose intent is recorded: looks it up first when an
@@ -328,11 +370,11 @@ async fn find_customer(
 }
 
 /// A row's retries and request count.
-struct Attempts<'a> {
+pub(super) struct Attempts<'a> {
     tools: &'a Tools,
     retries: Retries<'a>,
     /// Requests sent for the row and not yet added to the checkpoint's count.
-    requests: u32,
+    pub(super) requests: u32,
 }
 
 impl<'a> Attempts<'a> {
@@ -344,11 +386,11 @@ impl<'a> Attempts<'a> {
         }
     }
 
-    fn take_requests(&mut self) -> u32 {
+    pub(super) fn take_requests(&mut self) -> u32 {
         std::mem::take(&mut self.requests)
     }
 
-    fn check_stop(&self) -> Result<(), Halt> {
+    pub(super) fn check_stop(&self) -> Result<(), Halt> {
         if self.tools.control.is_stopping() {
             Err(Halt::stopping())
         } else {
@@ -358,7 +400,7 @@ impl<'a> Attempts<'a> {
 
     /// After a failed call that is not a create's verdict on its record (see
     /// [`Retries::after_failure`]).
-    async fn after_failure(&mut self, error: &ApiError) -> Result<(), Halt> {
+    pub(super) async fn after_failure(&mut self, error: &ApiError) -> Result<(), Halt> {
         self.retries.after_failure(error, Call::Row).await
     }
 }

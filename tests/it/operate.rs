@@ -106,7 +106,9 @@ fn export_writes_every_row_once_with_its_ids() {
             "state",
             "customer",
             "error",
-            "outcome_unknown"
+            "outcome_unknown",
+            "messages",
+            "notes"
         ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();

@@ -138,6 +138,13 @@ pub(super) async fn apply_conversation_results(
             policy,
         );
         let next = match verdict {
+            // A row with history goes on to a worker, which writes its thread.
+            ItemVerdict::Made(id, origin) if work.thread.items() > 0 => {
+                changes.push(Change::Row(work.conversation_made(&customer_id, &id, 0)));
+                work.conversation_id = Some(id);
+                work.conversation_origin = Some(origin);
+                AfterJob::Continue(CustomerStep::Known(customer_id))
+            }
             ItemVerdict::Made(id, origin) => {
                 changes.push(Change::Row(work.done(customer_id, Some(id), 0)));
                 // An item the job updated was there already: linked, as after a 409.

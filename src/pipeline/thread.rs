@@ -1,0 +1,260 @@
+//! A row's history in single mode: once its conversation is made, each message and note of
+//! its thread, in order, as a step of its own. The thread is read from the run's thread
+//! store a page at a time (never whole); each item's intent is durable before its create
+//! leaves, its id recorded after; an item an earlier run sent without an answer is looked up
+//! (a message by `GET /v1/messages/externalid=`, a note by listing the conversation's notes)
+//! and sent again only when not found. An item the API refuses fails alone, with the
+//! server's words; the row then ends partly imported (see `PlannedRow::partly_imported`).
+
+use serde_json::{Map, Value};
+
+use super::failure::endpoint_missing;
+use super::handles::Tools;
+use super::resume::{ItemResume, resume_item};
+use super::row::{Halt, PlannedRow};
+use super::worker::Attempts;
+use crate::api::ApiError;
+use crate::checkpoint::{Change, RecordOrigin, StepState};
+use crate::history::ItemKind;
+use crate::history::store::{PAGE, StagedItem};
+
+/// Position of the first history step in a row's chain (0: customer, 1: conversation).
+const FIRST_POSITION: u64 = 2;
+
+/// What writing a row's thread came to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct ThreadOutcome {
+    pub messages_created: u64,
+    pub notes_created: u64,
+    /// Found by lookup after an earlier answer was lost.
+    pub reconciled: u64,
+    /// Done in an earlier run.
+    pub already_done: u64,
+    pub failed: u64,
+    /// Why the first refused item was refused, naming it.
+    pub first_failure: Option<String>,
+}
+
+/// How one item settled.
+enum ItemVerdict {
+    Made(String, RecordOrigin),
+    Refused(String),
+}
+
+/// Writes the row's thread to the conversation `conversation_id`, in order.
+pub(super) async fn send_thread(
+    tools: &Tools,
+    work: &PlannedRow,
+    conversation_id: &str,
+    attempts: &mut Attempts<'_>,
+) -> Result<ThreadOutcome, Halt> {
+    let mut outcome = ThreadOutcome::default();
+    let mut cursor = None;
+    let mut position = FIRST_POSITION;
+    loop {
+        let page = read_page(tools, &work.origin.key, cursor)?;
+        let Some(last) = page.last() else {
+            return Ok(outcome);
+        };
+        cursor = Some(last.cursor);
+        for item in &page {
+            let earlier = work.earlier_records.of(item).map(|record| record.state);
+            match resume_item(earlier) {
+                ItemResume::Skip => outcome.already_done += 1,
+                ItemResume::Send { reconcile_first } => {
+                    let verdict = send_item(
+                        tools,
+                        work,
+                        conversation_id,
+                        item,
+                        position,
+                        reconcile_first,
+                        attempts,
+                    )
+                    .await?;
+                    tally(&mut outcome, item, &verdict);
+                    record_verdict(tools, work, item, position, verdict, attempts).await;
+                }
+            }
+            position += 1;
+        }
+    }
+}
+
+fn read_page(
+    tools: &Tools,
+    thread: &str,
+    cursor: Option<crate::history::store::Cursor>,
+) -> Result<Vec<StagedItem>, Halt> {
+    let Some(pages) = &tools.threads else {
+        return Ok(Vec::new());
+    };
+    let pages = pages
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    pages.page(thread, cursor, PAGE).map_err(|error| {
+        tools
+            .control
+            .halt(super::StopReason::Input(error.to_string()));
+        Halt::Pending(error.to_string())
+    })
+}
+
+fn tally(outcome: &mut ThreadOutcome, item: &StagedItem, verdict: &ItemVerdict) {
+    match verdict {
+        ItemVerdict::Made(_, RecordOrigin::Created) => match item.kind {
+            ItemKind::Message => outcome.messages_created += 1,
+            ItemKind::Note => outcome.notes_created += 1,
+        },
+        ItemVerdict::Made(..) => outcome.reconciled += 1,
+        ItemVerdict::Refused(reason) => {
+            outcome.failed += 1;
+            outcome.first_failure.get_or_insert_with(|| {
+                format!(
+                    "{} {:?} ({} line {}): {reason}",
+                    item.kind.as_str(),
+                    item.external_id,
+                    item.file,
+                    item.line
+                )
+            });
+        }
+    }
+}
+
+/// Records how an item settled (an outcome: not waited for).
+async fn record_verdict(
+    tools: &Tools,
+    work: &PlannedRow,
+    item: &StagedItem,
+    position: u64,
+    verdict: ItemVerdict,
+    attempts: &mut Attempts<'_>,
+) {
+    let mut change = work.item_change(item, position, StepState::Done, attempts.take_requests());
+    match verdict {
+        ItemVerdict::Made(id, origin) => {
+            change.kustomer_id = Some(id);
+            change.origin = Some(origin);
+        }
+        ItemVerdict::Refused(reason) => {
+            change.state = StepState::Failed;
+            change.error = Some(reason);
+        }
+    }
+    tools.journal.record(vec![Change::Record(change)]).await;
+}
+
+/// Sends one item whose intent it records first: looked up first when an earlier answer was
+/// lost, and after a 409.
+async fn send_item(
+    tools: &Tools,
+    work: &PlannedRow,
+    conversation_id: &str,
+    item: &StagedItem,
+    position: u64,
+    reconcile_first: bool,
+    attempts: &mut Attempts<'_>,
+) -> Result<ItemVerdict, Halt> {
+    let body = item_body(item, tools.rules.stamp_imported_at)?;
+    attempts.check_stop()?;
+    let intent = work.item_change(item, position, StepState::Sent, attempts.take_requests());
+    tools.journal.commit(vec![Change::Record(intent)]).await?;
+    let mut unknown = reconcile_first;
+    let mut refused_as_duplicate = false;
+    loop {
+        if unknown {
+            attempts.requests += 1;
+            match find_item(tools, conversation_id, item).await {
+                Ok(Some(id)) => return Ok(ItemVerdict::Made(id, RecordOrigin::Reconciled)),
+                Ok(None) if refused_as_duplicate => {
+                    return Ok(ItemVerdict::Refused(format!(
+                        "refused as a duplicate of {:?}, which no lookup finds",
+                        item.external_id
+                    )));
+                }
+                Ok(None) => unknown = false,
+                Err(error) => {
+                    attempts.after_failure(&error).await?;
+                    continue;
+                }
+            }
+        }
+        attempts.requests += 1;
+        match create_item(tools, conversation_id, item.kind, &body).await {
+            Ok(id) => return Ok(ItemVerdict::Made(id, RecordOrigin::Created)),
+            Err(error @ ApiError::NoSuchEndpoint { .. }) => {
+                let what = format!("creating a {}", item.kind.as_str());
+                return Err(endpoint_missing(
+                    tools,
+                    &what,
+                    &error,
+                    "does this API have the conversation history endpoints?",
+                ));
+            }
+            Err(ApiError::Rejected { status, message }) => {
+                return Ok(ItemVerdict::Refused(format!(
+                    "refused ({status}): {message}"
+                )));
+            }
+            Err(ApiError::Duplicate { message }) => {
+                tracing::debug!(
+                    "{} create answered 409 ({message}); looking it up",
+                    item.kind.as_str()
+                );
+                unknown = true;
+                refused_as_duplicate = true;
+            }
+            Err(error) => {
+                unknown |= error.maybe_applied();
+                attempts.after_failure(&error).await?;
+            }
+        }
+    }
+}
+
+/// The item's body as sent: its externalId in, and `importedAt` stamped unless the source
+/// gave one (a message with it is exempt from the per-customer limit).
+fn item_body(item: &StagedItem, stamp: bool) -> Result<Map<String, Value>, Halt> {
+    let mut body: Map<String, Value> =
+        serde_json::from_str(&item.body).map_err(|error| Halt::Failed {
+            field: Some(item.kind.as_str().into()),
+            reason: format!("its staged body cannot be read back: {error}"),
+        })?;
+    body.insert("externalId".into(), Value::String(item.external_id.clone()));
+    if stamp && !body.contains_key("importedAt") {
+        body.insert(
+            "importedAt".into(),
+            Value::String(crate::checkpoint::now_rfc3339()),
+        );
+    }
+    Ok(body)
+}
+
+async fn create_item(
+    tools: &Tools,
+    conversation_id: &str,
+    kind: ItemKind,
+    body: &Map<String, Value>,
+) -> Result<String, ApiError> {
+    match kind {
+        ItemKind::Message => tools.client.create_message(conversation_id, body).await,
+        ItemKind::Note => tools.client.create_note(conversation_id, body).await,
+    }
+}
+
+async fn find_item(
+    tools: &Tools,
+    conversation_id: &str,
+    item: &StagedItem,
+) -> Result<Option<String>, ApiError> {
+    match item.kind {
+        ItemKind::Message => tools.client.find_message(&item.external_id).await,
+        ItemKind::Note => {
+            tools
+                .client
+                .find_note(conversation_id, &item.external_id)
+                .await
+        }
+    }
+}
