@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::history::store::ThreadSize;
+use crate::history::store::{Staged, Stager, StoreError, ThreadSize, ThreadStore};
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
 use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, Plan};
 use crate::rowkey::{RowKeys, derived_conversation_id};
@@ -62,6 +62,8 @@ pub enum ReadError {
     },
     #[error(transparent)]
     Scratch(#[from] TallyError),
+    #[error(transparent)]
+    History(#[from] StoreError),
     #[error(
         "{input}: the default mapping reads no customer from its columns ({}): it knows \
          external_id, name, email and phone (see README \"Input\"). Give a mapping file with \
@@ -80,6 +82,8 @@ pub struct ReadSettings {
     pub derive_conversation_ids: bool,
     /// Stop after this many rows with a valid plan (`import --limit`).
     pub limit: Option<u64>,
+    /// Where the rows' histories are staged (None: they are not read).
+    pub threads: Option<Arc<ThreadStore>>,
 }
 
 /// Opens every input, once, checks that the mapping finds its columns in every CSV header
@@ -155,6 +159,8 @@ fn quoted(columns: &[String]) -> String {
 pub struct RowReader {
     inputs: std::vec::IntoIter<OpenInput>,
     settings: ReadSettings,
+    /// Stages each row's history under its key (see `history::store`).
+    stager: Option<Stager>,
     current: Option<InputRows>,
     keys: RowKeys,
     valid_rows: u64,
@@ -169,14 +175,28 @@ struct InputRows {
 }
 
 impl RowReader {
-    pub fn new(inputs: Vec<OpenInput>, settings: ReadSettings) -> RowReader {
-        RowReader {
+    pub fn new(inputs: Vec<OpenInput>, settings: ReadSettings) -> Result<RowReader, ReadError> {
+        let stager = match &settings.threads {
+            Some(store) => Some(store.stager()?),
+            None => None,
+        };
+        Ok(RowReader {
             inputs: inputs.into_iter(),
+            stager,
             settings,
             current: None,
             keys: RowKeys::default(),
             valid_rows: 0,
             failed: false,
+        })
+    }
+
+    /// Makes what was staged so far visible to the pipeline: called before each batch of
+    /// rows is handed on.
+    pub fn publish(&mut self) -> Result<(), ReadError> {
+        match &mut self.stager {
+            Some(stager) => Ok(stager.publish()?),
+            None => Ok(()),
         }
     }
 
@@ -248,17 +268,43 @@ impl Iterator for RowReader {
                         file,
                         record,
                         &mut open.mapping,
-                    );
+                    )
+                    .map_err(ReadError::from)
+                    .and_then(|row| stage_thread(self.stager.as_mut(), row));
                     match &row {
                         Ok(row) if row.plan.is_ok() => self.valid_rows += 1,
                         Ok(_) => {}
                         Err(_) => self.failed = true,
                     }
-                    return Some(row.map_err(ReadError::from));
+                    return Some(row);
                 }
             }
         }
     }
+}
+
+/// Stages the row's history under its key, so that the row travels on without it, and
+/// tells the row how much it has. A thread that repeats an item's source id fails the row.
+fn stage_thread(stager: Option<&mut Stager>, mut row: ReadRow) -> Result<ReadRow, ReadError> {
+    let Some(stager) = stager else {
+        return Ok(row);
+    };
+    let Ok(plan) = &mut row.plan else {
+        return Ok(row);
+    };
+    let thread = std::mem::take(&mut plan.thread);
+    for (index, item) in thread.iter().enumerate() {
+        if let Staged::Repeated(repeated) = stager.stage(&row.origin.key, item)? {
+            let field = format!("{}s[{index}].externalId", item.kind.as_str());
+            let reason = repeated.to_string();
+            row.plan = Err(MappingError::new(&field, "repeats an item id", reason));
+            return Ok(row);
+        }
+    }
+    if plan.conversation.is_some() && stager.holds_any() {
+        row.thread = stager.claim(&row.origin.key)?.unwrap_or_default();
+    }
+    Ok(row)
 }
 
 /// Maps one record and gives it its key (and, when asked, its derived conversation id).

@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
 
+use kustomer_import::history::store::ThreadStore;
 use kustomer_import::report::ErrorsFile;
 use kustomer_import::rowkey::fingerprint;
 use kustomer_import::rows::{ReadSettings, RowReader, open_inputs};
@@ -56,10 +58,19 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
         mapping: config.mapping,
         derive_conversation_ids: false,
         limit: None,
+        // Staged as an import stages them: a thread's repeated ids are found here too.
+        threads: Some(Arc::new(ThreadStore::create()?)),
     };
     // Every input opens, and its header fits the mapping, before a row is read.
     let rows = match open_inputs(config.inputs, &settings.mapping) {
-        Ok(inputs) => Some(RowReader::new(inputs, settings)),
+        Ok(inputs) => match RowReader::new(inputs, settings) {
+            Ok(reader) => Some(reader),
+            Err(error) => {
+                tracing::error!("{error}");
+                report.stopped = Some(error.to_string());
+                None
+            }
+        },
         Err(error) => {
             tracing::error!("{error}");
             report.stopped = Some(error.to_string());

@@ -54,6 +54,7 @@ pub enum Staged {
 }
 
 /// The scratch file; every [`Stager`] and [`Pages`] opens its own connection to it.
+#[derive(Debug)]
 pub struct ThreadStore {
     /// Removed with the store.
     _dir: tempfile::TempDir,
@@ -136,8 +137,19 @@ impl ThreadStore {
     /// A connection that stages items (the input side holds one).
     pub fn stager(&self) -> Result<Stager, StoreError> {
         let connection = self.open()?;
+        let held_before =
+            connection.query_row("SELECT EXISTS (SELECT 1 FROM threads)", [], |row| {
+                row.get(0)
+            })?;
+        let seq = connection.query_row("SELECT coalesce(max(seq), 0) FROM items", [], |row| {
+            row.get(0)
+        })?;
         connection.execute_batch("BEGIN")?;
-        Ok(Stager { connection, seq: 0 })
+        Ok(Stager {
+            connection,
+            seq,
+            held_before,
+        })
     }
 
     /// A connection that reads threads back (the pipeline holds one per reader).
@@ -160,6 +172,8 @@ pub struct Stager {
     connection: Connection,
     /// Source order across every thread of the run.
     seq: i64,
+    /// The store held threads when this stager was made (a child file staged first).
+    held_before: bool,
 }
 
 impl Stager {
@@ -249,6 +263,11 @@ impl Stager {
             )?
             .query_row([thread], read_size)
             .optional()?)
+    }
+
+    /// Whether any thread is staged: when none is, no row has one to claim.
+    pub fn holds_any(&self) -> bool {
+        self.held_before || self.seq > 0
     }
 
     /// Commits what was staged, so that [`Pages`] see it.

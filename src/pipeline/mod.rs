@@ -50,6 +50,7 @@ use self::reader::start_reader;
 use self::row::Halt;
 use crate::api::{Backoff, KustomerClient};
 use crate::checkpoint::{Checkpoint, CheckpointError, CustomerOrigin};
+use crate::history::store::{Pages, StoreError, ThreadStore};
 use crate::input::OpenInput;
 use crate::report::{ErrorsFile, Progress, Summary};
 use crate::rows::ReadSettings;
@@ -173,6 +174,13 @@ impl StopReason {
     }
 }
 
+/// The run's thread store (see `history::store`), and the pipeline's way to read it back.
+fn stage_threads() -> Result<(Arc<ThreadStore>, Pages), StoreError> {
+    let store = Arc::new(ThreadStore::create()?);
+    let pages = store.pages()?;
+    Ok((store, pages))
+}
+
 /// What a run did.
 #[derive(Clone, Debug)]
 pub struct ImportOutcome {
@@ -183,7 +191,7 @@ pub struct ImportOutcome {
 /// Runs one import of the inputs (opened by [`crate::rows::open_inputs`]) to its end or to
 /// a stop. Errors only when the checkpoint cannot be read.
 pub async fn run_import(
-    settings: ImportSettings,
+    mut settings: ImportSettings,
     inputs: Vec<OpenInput>,
     checkpoint: &Checkpoint,
     client: Arc<KustomerClient>,
@@ -196,13 +204,16 @@ pub async fn run_import(
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let control = Arc::new(RunControl::new(stop.clone()));
     let journal = Journal::new(writer, Arc::clone(&control));
-    let tools = Arc::new(Tools::new(
-        &settings,
-        client,
-        journal,
-        Arc::clone(&control),
-        events_tx,
-    ));
+    let mut tools = Tools::new(&settings, client, journal, Arc::clone(&control), events_tx);
+    match stage_threads() {
+        Ok((store, pages)) => {
+            settings.read.threads = Some(store);
+            tools.threads = Some(Arc::new(std::sync::Mutex::new(pages)));
+        }
+        // Nothing is read: every row stays pending for a run that can stage them.
+        Err(error) => control.halt(StopReason::Input(error.to_string())),
+    }
+    let tools = Arc::new(tools);
     let auto = settings.mode == ImportMode::Auto;
     let jobs = Arc::new(Jobs::new(
         checkpoint.next_bulk_job()?,

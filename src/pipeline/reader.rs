@@ -20,10 +20,13 @@ pub(super) fn start_reader(
     rows: mpsc::Sender<Vec<ReadRow>>,
 ) -> tokio::task::JoinHandle<Option<ReadError>> {
     tokio::task::spawn_blocking(move || {
-        let mut reader = RowReader::new(inputs, settings);
+        let mut reader = match RowReader::new(inputs, settings) {
+            Ok(reader) => reader,
+            Err(error) => return Some(error),
+        };
         let mut batch = Vec::with_capacity(READ_BATCH);
         let mut failure = None;
-        for row in reader.by_ref() {
+        while let Some(row) = reader.next() {
             match row {
                 Ok(row) => batch.push(row),
                 Err(error) => {
@@ -32,13 +35,21 @@ pub(super) fn start_reader(
                 }
             }
             if batch.len() == READ_BATCH {
+                if let Err(error) = reader.publish() {
+                    failure = Some(error);
+                    break;
+                }
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
                 if rows.blocking_send(full).is_err() {
                     return None; // the planner stopped taking rows
                 }
             }
         }
-        // The rows read before a failure are sent too: they are good rows.
+        // The rows read before a failure are sent too: they are good rows. What they
+        // staged is published first: the planner reads their threads back.
+        if let Err(error) = reader.publish() {
+            return Some(error);
+        }
         if !batch.is_empty() && rows.blocking_send(batch).is_err() {
             return None;
         }
