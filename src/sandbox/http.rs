@@ -346,11 +346,7 @@ async fn api_gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Resp
         Some(path) => format!("{} {}", req.method(), path.as_str()),
         None => "other".to_owned(),
     };
-    let path = req.uri().path();
-    let is_create = req.method() == Method::POST
-        && (matches!(path, "/v1/customers" | "/v1/conversations" | "/v1/messages")
-            || (path.starts_with("/v1/conversations/")
-                && (path.ends_with("/messages") || path.ends_with("/notes"))));
+    let is_create = req.method() == Method::POST && is_create_path(req.uri().path());
     let authorized = authorized(app.config.token.as_deref(), req.headers());
 
     let (gate, rate) = {
@@ -428,6 +424,13 @@ async fn api_gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Resp
     app.lock().counters.answered(&route, status);
     tracing::debug!(target: "sandbox", %route, status, "answered");
     response
+}
+
+/// Whether a POST to `path` is a single create (counted in `creates_total`).
+fn is_create_path(path: &str) -> bool {
+    matches!(path, "/v1/customers" | "/v1/conversations" | "/v1/messages")
+        || (path.starts_with("/v1/conversations/")
+            && (path.ends_with("/messages") || path.ends_with("/notes")))
 }
 
 fn add_rate_headers(headers: &mut HeaderMap, rate: RateVerdict) {
@@ -586,34 +589,35 @@ async fn submit_notes(State(app): State<Arc<App>>, req: Request) -> Response {
     submit_bulk(app, req, BulkKind::Notes).await
 }
 
-/// Queues a bulk job: an array of 1 to 100 bodies, each with an optional `_clientRef`
-/// (unique in the request, at most 255 characters). Items are validated when the job runs,
-/// each on its own; only a request that is not such an array is refused whole (400). The
-/// job runs after the configured delay whether or not anyone polls. After-write faults
-/// strike after the job is queued, as for a single create.
-async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
-    let conn = req.extensions().get::<ConnCtx>().cloned();
-    let items = match to_bytes(req.into_body(), MAX_BODY).await {
+/// A bulk request's items: 1 to 100 objects, each `_clientRef` a text of 1 to 255
+/// characters unique in the request; or the 400 that refuses the request whole.
+async fn bulk_items(body: Body) -> Result<Vec<Map<String, Value>>, Response> {
+    let items = match to_bytes(body, MAX_BODY).await {
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Array(items)) => items,
-            _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON array"),
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "the body must be a JSON array",
+                ));
+            }
         },
-        Err(_) => return error(StatusCode::BAD_REQUEST, "the body could not be read"),
+        Err(_) => return Err(error(StatusCode::BAD_REQUEST, "the body could not be read")),
     };
     if items.is_empty() || items.len() > BULK_MAX_ITEMS {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             format!("a bulk request takes 1 to {BULK_MAX_ITEMS} items"),
-        );
+        ));
     }
     let mut bodies = Vec::with_capacity(items.len());
     let mut refs = std::collections::HashSet::new();
     for (index, item) in items.into_iter().enumerate() {
         let Value::Object(body) = item else {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 format!("item {index} must be a JSON object"),
-            );
+            ));
         };
         match body.get("_clientRef") {
             None => {}
@@ -622,17 +626,31 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
                     && reference.chars().count() <= 255
                     && refs.insert(reference.clone()) => {}
             Some(_) => {
-                return error(
+                return Err(error(
                     StatusCode::BAD_REQUEST,
                     format!(
                         "item {index}: _clientRef must be a text of 1 to 255 characters, \
                          unique in the request"
                     ),
-                );
+                ));
             }
         }
         bodies.push(body);
     }
+    Ok(bodies)
+}
+
+/// Queues a bulk job: an array of 1 to 100 bodies, each with an optional `_clientRef`
+/// (unique in the request, at most 255 characters). Items are validated when the job runs,
+/// each on its own; only a request that is not such an array is refused whole (400). The
+/// job runs after the configured delay whether or not anyone polls. After-write faults
+/// strike after the job is queued, as for a single create.
+async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
+    let conn = req.extensions().get::<ConnCtx>().cloned();
+    let bodies = match bulk_items(req.into_body()).await {
+        Ok(bodies) => bodies,
+        Err(response) => return response,
+    };
     if app.config.bulk_refuse_invalid
         && let Some((index, problem)) = bodies.iter().enumerate().find_map(|(index, body)| {
             let mut body = body.clone();

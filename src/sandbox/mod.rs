@@ -1,6 +1,7 @@
 //! A local fake of the Kustomer API, faithful to `shared/docs/kustomer-api.md` and the
 //! OpenAPI contract, to rehearse imports against: `POST /v1/customers`,
-//! `POST /v1/conversations`, lookups by externalId, email and phone, bearer auth, the
+//! `POST /v1/conversations`, a conversation's messages and notes (`history.rs`, held in
+//! `thread.rs`), bulk jobs of each, lookups by externalId, email and phone, bearer auth, the
 //! org-wide rate limit with its headers, duplicates refused with 409, validation with 422,
 //! and injectable faults (5xx before or after the write, a connection dropped or left hanging
 //! after the write, a revoked key). `GET /__stats` and `GET /__records` let tests see what

@@ -1,4 +1,5 @@
-//! The sandbox's records and their indexes: customers and conversations in creation order,
+//! The sandbox's records and their indexes: customers and conversations in creation order
+//! (their messages and notes in `thread.rs`, held here and kept in the same records file),
 //! the uniqueness indexes that make a reused customer externalId, email (case-insensitive)
 //! or phone (digits only) a duplicate, the lookups the API offers (`externalId=`, `email=`,
 //! `phone=`, or a bare id), and id generation (24 lowercase hex characters, unique). Bodies
@@ -268,13 +269,16 @@ impl Store {
         let mut store = Store::new();
         for entry in entries {
             match entry {
-                Entry::Customer(record) => store.index_customer(record),
-                Entry::Conversation(record) => store.index_conversation(record),
+                Entry::Customer(record) => {
+                    store.index_customer(record);
+                }
+                Entry::Conversation(record) => {
+                    store.index_conversation(record);
+                }
                 Entry::Thread(record) => {
                     store.threads.add(record);
-                    0
                 }
-            };
+            }
         }
         store.journal = Some(journal);
         Ok(store)

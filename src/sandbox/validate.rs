@@ -753,6 +753,37 @@ mod tests {
     }
 
     #[test]
+    fn message_and_note_rules() {
+        let ok = json!({"channel": "whatsapp", "app": "kustomer-import", "auto": true,
+            "meta": {"from": "a@b.co"}, "attachments": [], "status": "error"});
+        assert_eq!(
+            validate_message(&ok, ThreadRoute::UnderConversation),
+            vec![]
+        );
+        let errors = validate_message(&ok, ThreadRoute::Standalone);
+        let mut got = pointers(&errors);
+        got.sort_unstable();
+        assert_eq!(got, vec!["/conversation", "/direction"]);
+        let note = json!({"body": "ok", "userMentions": ["u1", {"team": "t1"}]});
+        assert_eq!(validate_note(&note, ThreadRoute::UnderConversation), vec![]);
+        let bad = json!({"body": "   ", "userMentions": [{"user": "u", "team": "t"}, 3, ""]});
+        assert_eq!(
+            pointers(&validate_note(&bad, ThreadRoute::UnderConversation)),
+            vec![
+                "/body",
+                "/userMentions/0",
+                "/userMentions/1",
+                "/userMentions/2"
+            ]
+        );
+        let many = json!({"body": "b", "userMentions": vec!["u"; MAX_MENTIONS + 1]});
+        assert_eq!(
+            pointers(&validate_note(&many, ThreadRoute::UnderConversation)),
+            vec!["/userMentions"]
+        );
+    }
+
+    #[test]
     fn emails() {
         for good in [
             "a@b.co",
