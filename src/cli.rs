@@ -298,6 +298,12 @@ pub struct ImportArgs {
     #[arg(help_heading = INPUT, long, env = "KUSTOMER_IMPORT_NO_STAMP_IMPORTED_AT", value_parser = FalseyValueParser::new())]
     pub no_stamp_imported_at: bool,
 
+    /// The API key's user holds `org.admin`: send messages' and notes' `createdAt` and
+    /// `createdBy` from the source. Without it they are left out (Kustomer would use the
+    /// key's user and the time of the import); `sentAt` keeps a message's date.
+    #[arg(help_heading = INPUT, long, env = "KUSTOMER_IMPORT_ORG_ADMIN", value_parser = FalseyValueParser::new())]
+    pub org_admin: bool,
+
     /// The API's base URL (the org's own host, or a regional one).
     #[arg(
         help_heading = TARGET,

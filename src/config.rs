@@ -203,6 +203,7 @@ pub fn import_config(
             reconcile_delay: Duration::from_secs_f64(args.reconcile_delay.max(0.0)),
             retry_failed: args.retry_failed,
             stamp_imported_at: !args.no_stamp_imported_at,
+            org_admin: args.org_admin,
             mode: match args.mode {
                 ModeArg::Single => ImportMode::Single,
                 ModeArg::Bulk => ImportMode::Bulk,

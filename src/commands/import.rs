@@ -87,17 +87,19 @@ async fn import(mut config: ImportConfig) -> anyhow::Result<Exit> {
 
     let (sandbox, base_url, api_key) = match &config.target {
         Target::Remote { base_url, api_key } => (None, base_url.clone(), api_key.clone()),
-        Target::Sandbox => match start_sandbox(output.sandbox_records.clone()).await {
-            Ok((sandbox, url)) => (Some(sandbox), url, SecretString::from(SANDBOX_KEY)),
-            Err(error) => {
-                return Ok(not_started(
-                    output,
-                    Exit::Usage,
-                    "sandbox",
-                    &format!("{error:#}"),
-                ));
+        Target::Sandbox => {
+            match start_sandbox(output.sandbox_records.clone(), config.settings.org_admin).await {
+                Ok((sandbox, url)) => (Some(sandbox), url, SecretString::from(SANDBOX_KEY)),
+                Err(error) => {
+                    return Ok(not_started(
+                        output,
+                        Exit::Usage,
+                        "sandbox",
+                        &format!("{error:#}"),
+                    ));
+                }
             }
-        },
+        }
     };
     let stats = Arc::new(RequestStats::default());
     let gate = Arc::new(
@@ -211,10 +213,15 @@ fn explain_claim(claim: &TargetClaim, target: &ApiTarget, checkpoint: &std::path
 }
 
 /// The in-process sandbox, on an ephemeral port of 127.0.0.1, holding the records the
-/// rehearsal's earlier runs made (kept in `records`, beside the checkpoint).
-async fn start_sandbox(records: Option<PathBuf>) -> anyhow::Result<(Sandbox, url::Url)> {
+/// rehearsal's earlier runs made (kept in `records`, beside the checkpoint). Its key holds
+/// `org.admin` when the import says the real one does.
+async fn start_sandbox(
+    records: Option<PathBuf>,
+    org_admin: bool,
+) -> anyhow::Result<(Sandbox, url::Url)> {
     let config = SandboxConfig {
         records: records.clone(),
+        org_admin,
         ..SandboxConfig::default()
     };
     let sandbox = Sandbox::start(config, 0)

@@ -110,6 +110,8 @@ pub(super) struct RowRules {
     pub on_existing_customer: OnExistingCustomer,
     /// Send `importedAt` with each conversation that has none.
     pub stamp_imported_at: bool,
+    /// Send the history's `createdAt`/`createdBy` (the key holds `org.admin`).
+    pub org_admin: bool,
 }
 
 /// What a worker or a bulk job works with.
@@ -169,6 +171,7 @@ impl Tools {
             rules: RowRules {
                 on_existing_customer: settings.on_existing_customer,
                 stamp_imported_at: settings.stamp_imported_at,
+                org_admin: settings.org_admin,
             },
             events,
             threads: None,

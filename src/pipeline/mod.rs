@@ -108,6 +108,8 @@ pub struct ImportSettings {
     pub retry_failed: bool,
     /// Send `importedAt` with each conversation that has none.
     pub stamp_imported_at: bool,
+    /// The key holds `org.admin`: history keeps its `createdAt`/`createdBy`.
+    pub org_admin: bool,
     pub mode: ImportMode,
     /// How long a bulk job whose submit answer was lost may still run: its rows are looked
     /// up only after this, so that a late job shows first.

@@ -9,7 +9,7 @@
 use serde_json::{Map, Value};
 
 use super::failure::endpoint_missing;
-use super::handles::Tools;
+use super::handles::{RowRules, Tools};
 use super::resume::{ItemResume, resume_item};
 use super::row::{Halt, PlannedRow};
 use super::worker::Attempts;
@@ -156,7 +156,7 @@ async fn send_item(
     reconcile_first: bool,
     attempts: &mut Attempts<'_>,
 ) -> Result<ItemVerdict, Halt> {
-    let body = item_body(item, tools.rules.stamp_imported_at)?;
+    let body = item_body(item, tools.rules)?;
     attempts.check_stop()?;
     let intent = work.item_change(item, position, StepState::Sent, attempts.take_requests());
     tools.journal.commit(vec![Change::Record(intent)]).await?;
@@ -213,16 +213,25 @@ async fn send_item(
     }
 }
 
-/// The item's body as sent: its externalId in, and `importedAt` stamped unless the source
-/// gave one (a message with it is exempt from the per-customer limit).
-fn item_body(item: &StagedItem, stamp: bool) -> Result<Map<String, Value>, Halt> {
+/// Fields only a key holding `org.admin` may set (see the docs' "Messages and notes").
+const ADMIN_FIELDS: [&str; 4] = ["createdAt", "createdBy", "modifiedAt", "modifiedBy"];
+
+/// The item's body as sent: its externalId in, `importedAt` stamped unless the source gave
+/// one (a message with it is exempt from the per-customer limit), and the fields only an
+/// `org.admin` key may set left out unless the key holds it.
+fn item_body(item: &StagedItem, rules: RowRules) -> Result<Map<String, Value>, Halt> {
     let mut body: Map<String, Value> =
         serde_json::from_str(&item.body).map_err(|error| Halt::Failed {
             field: Some(item.kind.as_str().into()),
             reason: format!("its staged body cannot be read back: {error}"),
         })?;
     body.insert("externalId".into(), Value::String(item.external_id.clone()));
-    if stamp && !body.contains_key("importedAt") {
+    if !rules.org_admin {
+        for field in ADMIN_FIELDS {
+            body.remove(field);
+        }
+    }
+    if rules.stamp_imported_at && !body.contains_key("importedAt") {
         body.insert(
             "importedAt".into(),
             Value::String(crate::checkpoint::now_rfc3339()),

@@ -11,6 +11,7 @@ mod exports;
 mod faults;
 mod first_hour;
 mod foreign;
+mod history;
 mod import;
 mod operate;
 mod pauses;
