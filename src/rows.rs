@@ -261,6 +261,25 @@ impl Iterator for RowReader {
     }
 }
 
+/// What the original kept for the errors file holds in place of a thread once the thread
+/// is in the plan: the thread travels as staged items, and a row with a 5,000-item thread
+/// must cost the pipeline what a row without one costs. A row that fails later goes to the
+/// errors file with this marker; its items are in the errors file on their own when they
+/// fail, and the source line is named.
+pub const THREAD_MARKER: &str = "(staged: see the source line)";
+
+fn drop_thread(fields: &mut SourceFields) {
+    if let SourceFields::Json(object) = fields {
+        for key in ["messages", "notes"] {
+            if let Some(value) = object.get_mut(key)
+                && value.is_array()
+            {
+                *value = Value::String(THREAD_MARKER.to_string());
+            }
+        }
+    }
+}
+
 /// Maps one record and gives it its key (and, when asked, its derived conversation id).
 fn read_row(
     keys: &mut RowKeys,
@@ -287,8 +306,18 @@ fn read_row(
             });
         }
     };
-    let plan = mapping.map(&record.fields);
-    let original = Original::Fields(record.fields);
+    let mut plan = mapping.map(&record.fields);
+    let mut fields = record.fields;
+    if let Ok(plan) = &mut plan
+        && !plan.thread.is_empty()
+    {
+        for item in &mut plan.thread {
+            item.file = Arc::clone(&file);
+            item.line = record.line;
+        }
+        drop_thread(&mut fields);
+    }
+    let original = Original::Fields(fields);
     let (key, plan) = match plan {
         Ok(mut plan) => {
             let key = keys.for_plan(&plan)?;
@@ -321,4 +350,75 @@ fn read_row(
         plan,
         thread: ThreadSize::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::SourceRecord;
+    use serde_json::json;
+
+    fn read(value: Value) -> ReadRow {
+        let Value::Object(object) = value else {
+            unreachable!("a test row is an object")
+        };
+        let settings = ReadSettings {
+            mapping: Mapping::Default,
+            derive_conversation_ids: true,
+            limit: None,
+        };
+        let mut mapping = settings.mapping.for_input(None).unwrap();
+        let record = Ok(SourceRecord {
+            line: 3,
+            fields: SourceFields::Json(object),
+        });
+        let file: Arc<str> = Arc::from("threads.jsonl");
+        read_row(
+            &mut RowKeys::default(),
+            &settings,
+            file,
+            record,
+            &mut mapping,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_original_kept_for_the_errors_file_no_longer_holds_the_thread() {
+        let messages: Vec<Value> = (0..50)
+            .map(|n| json!({"externalId": format!("m-{n}"), "channel": "chat", "direction": "in"}))
+            .collect();
+        let row = read(json!({
+            "customer": {"externalId": "c-1"},
+            "conversation": {"externalId": "t-1"},
+            "messages": messages,
+            "notes": [{"body": "internal"}]
+        }));
+        let plan = row.plan.as_ref().unwrap();
+        assert_eq!(plan.thread.len(), 51);
+        assert!(
+            plan.thread
+                .iter()
+                .all(|item| (item.file.as_ref(), item.line) == ("threads.jsonl", 3))
+        );
+        let original = row.original.to_json();
+        assert_eq!(original["messages"], THREAD_MARKER);
+        assert_eq!(original["notes"], THREAD_MARKER);
+        assert_eq!(original["conversation"]["externalId"], "t-1");
+    }
+
+    #[test]
+    fn a_row_whose_thread_is_refused_keeps_it_for_the_errors_file() {
+        let row = read(json!({
+            "customer": {"externalId": "c-1"},
+            "conversation": {"externalId": "t-1"},
+            "messages": [{"channel": "chat", "direction": "sideways"}]
+        }));
+        let error = row.plan.unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("messages[0].direction"));
+        assert_eq!(
+            row.original.to_json()["messages"][0]["direction"],
+            "sideways"
+        );
+    }
 }
