@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::history::store::ThreadSize;
+use crate::history::ItemKind;
+use crate::history::store::{Staged, Stager, StoreError, ThreadSize, ThreadStore};
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
 use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, Plan};
 use crate::rowkey::{RowKeys, derived_conversation_id};
@@ -55,6 +56,8 @@ pub struct ReadRow {
 pub enum ReadError {
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    History(#[from] StoreError),
     #[error("{input}: {source}")]
     Mapping {
         input: String,
@@ -80,6 +83,11 @@ pub struct ReadSettings {
     pub derive_conversation_ids: bool,
     /// Stop after this many rows with a valid plan (`import --limit`).
     pub limit: Option<u64>,
+    /// The run's thread store, which every row's thread is staged in. The run's setup
+    /// creates it when it will read threads back (`import`: `ThreadStore::create()`, and its
+    /// `pages()` for the pipeline); None lets the reader create one on the first item it
+    /// must stage (`validate`, which only counts), with no claims before it.
+    pub history: Option<Arc<ThreadStore>>,
 }
 
 /// Opens every input, once, checks that the mapping finds its columns in every CSV header
@@ -159,6 +167,8 @@ pub struct RowReader {
     keys: RowKeys,
     valid_rows: u64,
     failed: bool,
+    /// Stages threads in `settings.history`; opened on the first row that needs it.
+    stager: Option<Stager>,
 }
 
 /// The input being read.
@@ -177,6 +187,7 @@ impl RowReader {
             keys: RowKeys::default(),
             valid_rows: 0,
             failed: false,
+            stager: None,
         }
     }
 
@@ -185,6 +196,76 @@ impl RowReader {
         self.settings
             .limit
             .is_some_and(|limit| self.valid_rows >= limit)
+    }
+
+    /// The run's thread store, once there is one.
+    pub fn history(&self) -> Option<&Arc<ThreadStore>> {
+        self.settings.history.as_ref()
+    }
+
+    /// Commits what was staged so the pipeline's `Pages` see it: call before handing rows
+    /// over (the planner reads their threads back).
+    pub fn publish(&mut self) -> Result<(), StoreError> {
+        match &mut self.stager {
+            Some(stager) => stager.publish(),
+            None => Ok(()),
+        }
+    }
+
+    fn stager(&mut self) -> Result<&mut Stager, StoreError> {
+        if self.stager.is_none() {
+            let store = match &self.settings.history {
+                Some(store) => Arc::clone(store),
+                None => Arc::clone(
+                    self.settings
+                        .history
+                        .insert(Arc::new(ThreadStore::create()?)),
+                ),
+            };
+            self.stager = Some(store.stager()?);
+        }
+        Ok(self.stager.as_mut().expect("opened above"))
+    }
+
+    /// Stages a row's thread under its key, empties `plan.thread`, and claims the key for
+    /// every row with a conversation (a child file's items may be staged under it already):
+    /// `row.thread` is the size of all of it. An item whose id repeats one of its thread
+    /// fails the row, naming it by its kind's list and its position there among the row's
+    /// items of that kind (`messages[4].externalId`); the row's thread stays claimed, so it
+    /// is not reported as an orphan.
+    fn stage_thread(&mut self, row: &mut ReadRow) -> Result<(), StoreError> {
+        let Ok(plan) = &mut row.plan else {
+            return Ok(());
+        };
+        let thread = std::mem::take(&mut plan.thread);
+        if plan.conversation.is_none() || (thread.is_empty() && self.settings.history.is_none()) {
+            return Ok(());
+        }
+        let key = row.origin.key.as_str();
+        let stager = self.stager()?;
+        let mut positions = [0usize; 2];
+        let mut refusal = None;
+        for item in &thread {
+            let (list, position) = match item.kind {
+                ItemKind::Message => ("messages", &mut positions[0]),
+                ItemKind::Note => ("notes", &mut positions[1]),
+            };
+            let index = *position;
+            *position += 1;
+            if let Staged::Repeated(repeated) = stager.stage(key, item)? {
+                refusal = Some(MappingError::new(
+                    &format!("{list}[{index}].externalId"),
+                    "repeats an id of its thread",
+                    repeated.to_string(),
+                ));
+                break;
+            }
+        }
+        row.thread = stager.claim(key)?.unwrap_or_default();
+        if let Some(error) = refusal {
+            row.plan = Err(error);
+        }
+        Ok(())
     }
 
     /// Opens the next input; None when every input has been read.
@@ -242,19 +323,25 @@ impl Iterator for RowReader {
                 }
                 Some(Ok(record)) => {
                     let file = Arc::clone(&open.file);
-                    let row = read_row(
+                    let mut row = read_row(
                         &mut self.keys,
                         &self.settings,
                         file,
                         record,
                         &mut open.mapping,
-                    );
+                    )
+                    .map_err(ReadError::from);
+                    if let Ok(read) = &mut row
+                        && let Err(error) = self.stage_thread(read)
+                    {
+                        row = Err(error.into());
+                    }
                     match &row {
                         Ok(row) if row.plan.is_ok() => self.valid_rows += 1,
                         Ok(_) => {}
                         Err(_) => self.failed = true,
                     }
-                    return Some(row.map_err(ReadError::from));
+                    return Some(row);
                 }
             }
         }
@@ -366,6 +453,7 @@ mod tests {
             mapping: Mapping::Default,
             derive_conversation_ids: true,
             limit: None,
+            history: None,
         };
         let mut mapping = settings.mapping.for_input(None).unwrap();
         let record = Ok(SourceRecord {
@@ -381,6 +469,82 @@ mod tests {
             &mut mapping,
         )
         .unwrap()
+    }
+
+    /// Reads a JSONL file of these rows through a reader staging in a store of its own.
+    fn read_all(rows: &[Value]) -> (Vec<ReadRow>, Arc<ThreadStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("threads.jsonl");
+        let text: Vec<String> = rows.iter().map(Value::to_string).collect();
+        std::fs::write(&path, text.join("\n")).unwrap();
+        let source = crate::input::InputSource::new(
+            path.to_str().unwrap(),
+            None,
+            crate::input::CsvSettings::default(),
+        )
+        .unwrap();
+        let store = Arc::new(ThreadStore::create().unwrap());
+        let settings = ReadSettings {
+            mapping: Mapping::Default,
+            derive_conversation_ids: true,
+            limit: None,
+            history: Some(Arc::clone(&store)),
+        };
+        let inputs = open_inputs(vec![source], &settings.mapping).unwrap();
+        let mut reader = RowReader::new(inputs, settings);
+        let read: Vec<ReadRow> = reader.by_ref().map(Result::unwrap).collect();
+        reader.publish().unwrap();
+        (read, store)
+    }
+
+    #[test]
+    fn the_reader_stages_each_thread_under_its_row_key() {
+        let (rows, store) = read_all(&[
+            json!({
+                "customer": {"externalId": "c-1"}, "conversation": {"externalId": "t-1"},
+                "messages": [
+                    {"externalId": "m-1", "channel": "chat", "direction": "in"},
+                    {"externalId": "m-2", "channel": "chat", "direction": "out"}
+                ],
+                "notes": [{"body": "internal"}]
+            }),
+            json!({"customer": {"externalId": "c-2"}, "conversation": {"externalId": "t-2"}}),
+        ]);
+        let first = &rows[0];
+        assert!(first.plan.as_ref().unwrap().thread.is_empty());
+        assert_eq!(
+            first.thread,
+            ThreadSize {
+                messages: 2,
+                notes: 1
+            }
+        );
+        assert_eq!(rows[1].thread, ThreadSize::default());
+        let pages = store.pages().unwrap();
+        assert_eq!(pages.size(&first.origin.key).unwrap(), first.thread);
+        let staged = pages.page(&first.origin.key, None, 10).unwrap();
+        let ids: Vec<&str> = staged
+            .iter()
+            .map(|item| item.external_id.as_str())
+            .collect();
+        assert_eq!(&ids[..2], ["m-1", "m-2"]);
+        assert_eq!((staged[2].kind, staged[2].line), (ItemKind::Note, 1));
+        assert!(pages.orphans().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_id_repeated_in_a_thread_fails_its_row_naming_the_item() {
+        let (rows, _store) = read_all(&[json!({
+            "customer": {"externalId": "c-1"}, "conversation": {"externalId": "t-1"},
+            "messages": [
+                {"externalId": "m-1", "channel": "chat", "direction": "in"},
+                {"externalId": "m-2", "channel": "chat", "direction": "in"},
+                {"externalId": "m-1", "channel": "chat", "direction": "out"}
+            ]
+        })]);
+        let error = rows[0].plan.as_ref().unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("messages[2].externalId"));
+        assert!(error.reason.contains("line 1"), "{error}");
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
         mapping: config.mapping,
         derive_conversation_ids: false,
         limit: None,
+        history: None,
     };
     // Every input opens, and its header fits the mapping, before a row is read.
     let rows = match open_inputs(config.inputs, &settings.mapping) {

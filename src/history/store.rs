@@ -54,6 +54,7 @@ pub enum Staged {
 }
 
 /// The scratch file; every [`Stager`] and [`Pages`] opens its own connection to it.
+#[derive(Debug)]
 pub struct ThreadStore {
     /// Removed with the store.
     _dir: tempfile::TempDir,

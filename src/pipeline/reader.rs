@@ -23,7 +23,8 @@ pub(super) fn start_reader(
         let mut reader = RowReader::new(inputs, settings);
         let mut batch = Vec::with_capacity(READ_BATCH);
         let mut failure = None;
-        for row in reader.by_ref() {
+        // Not `for`: the loop publishes through the reader between rows.
+        while let Some(row) = reader.next() {
             match row {
                 Ok(row) => batch.push(row),
                 Err(error) => {
@@ -32,6 +33,11 @@ pub(super) fn start_reader(
                 }
             }
             if batch.len() == READ_BATCH {
+                // The planner reads these rows' threads back: they must be visible first.
+                if let Err(error) = reader.publish() {
+                    failure = Some(error.into());
+                    break;
+                }
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
                 if rows.blocking_send(full).is_err() {
                     return None; // the planner stopped taking rows
@@ -39,6 +45,10 @@ pub(super) fn start_reader(
             }
         }
         // The rows read before a failure are sent too: they are good rows.
+        if let Err(error) = reader.publish() {
+            failure.get_or_insert(error.into());
+            batch.clear();
+        }
         if !batch.is_empty() && rows.blocking_send(batch).is_err() {
             return None;
         }
