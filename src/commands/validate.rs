@@ -29,6 +29,11 @@ struct ValidationReport {
     invalid_by_reason: BTreeMap<String, u64>,
     /// Valid rows that carry a conversation.
     conversations: u64,
+    /// Messages and notes of the valid rows' threads (listed only when there are some).
+    #[serde(skip_serializing_if = "is_zero")]
+    messages: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    notes: u64,
     /// Distinct customers among the valid rows.
     customers: u64,
     rows_per_customer: RowsPerCustomer,
@@ -81,6 +86,8 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
             Ok(plan) => {
                 report.valid += 1;
                 report.conversations += u64::from(plan.conversation.is_some());
+                report.messages += row.thread.messages;
+                report.notes += row.thread.notes;
                 customers.bump(fingerprint(&plan.customer_key))?;
             }
             Err(error) => {
@@ -147,6 +154,13 @@ fn write_human(report: &ValidationReport, out: &mut impl Write) -> std::io::Resu
         writeln!(out, "  invalid:          0")?;
     }
     writeln!(out, "conversations:      {}", report.conversations)?;
+    if report.messages + report.notes > 0 {
+        writeln!(
+            out,
+            "history:            {} messages, {} notes",
+            report.messages, report.notes
+        )?;
+    }
     writeln!(
         out,
         "customers:          {} (rows per customer: {:.2} on average, {} at most)",
@@ -156,4 +170,8 @@ fn write_human(report: &ValidationReport, out: &mut impl Write) -> std::io::Resu
         writeln!(out, "stopped early:      {stopped}")?;
     }
     Ok(())
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
