@@ -167,7 +167,7 @@ fn read_map(bench: &Bench, rows: usize, table: &mut Table) {
             let started = Instant::now();
             let settings = ReadSettings::default();
             let inputs = open_inputs(vec![input], &settings.mapping).expect("the input opens");
-            let reader = RowReader::new(inputs, settings).expect("the reader");
+            let reader = RowReader::new(inputs, settings);
             let mut valid = 0usize;
             for row in reader {
                 valid += usize::from(row.expect("a row").plan.is_ok());

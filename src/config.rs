@@ -197,7 +197,7 @@ pub fn import_config(
                 mapping,
                 derive_conversation_ids: !args.no_derived_conversation_ids,
                 limit: args.limit,
-                threads: None,
+                history: None,
             },
             grace: Duration::from_secs_f64(args.grace.max(0.0)),
             reconcile_delay: Duration::from_secs_f64(args.reconcile_delay.max(0.0)),

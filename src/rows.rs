@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::history::ItemKind;
 use crate::history::store::{Staged, Stager, StoreError, ThreadSize, ThreadStore};
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
 use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, Plan};
@@ -55,6 +56,8 @@ pub struct ReadRow {
 pub enum ReadError {
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    History(#[from] StoreError),
     #[error("{input}: {source}")]
     Mapping {
         input: String,
@@ -62,8 +65,6 @@ pub enum ReadError {
     },
     #[error(transparent)]
     Scratch(#[from] TallyError),
-    #[error(transparent)]
-    History(#[from] StoreError),
     #[error(
         "{input}: the default mapping reads no customer from its columns ({}): it knows \
          external_id, name, email and phone (see README \"Input\"). Give a mapping file with \
@@ -82,8 +83,11 @@ pub struct ReadSettings {
     pub derive_conversation_ids: bool,
     /// Stop after this many rows with a valid plan (`import --limit`).
     pub limit: Option<u64>,
-    /// Where the rows' histories are staged (None: they are not read).
-    pub threads: Option<Arc<ThreadStore>>,
+    /// The run's thread store, which every row's thread is staged in. The run's setup
+    /// creates it when it will read threads back (`import`: `ThreadStore::create()`, and its
+    /// `pages()` for the pipeline); None lets the reader create one on the first item it
+    /// must stage (`validate`, which only counts), with no claims before it.
+    pub history: Option<Arc<ThreadStore>>,
 }
 
 /// Opens every input, once, checks that the mapping finds its columns in every CSV header
@@ -159,12 +163,12 @@ fn quoted(columns: &[String]) -> String {
 pub struct RowReader {
     inputs: std::vec::IntoIter<OpenInput>,
     settings: ReadSettings,
-    /// Stages each row's history under its key (see `history::store`).
-    stager: Option<Stager>,
     current: Option<InputRows>,
     keys: RowKeys,
     valid_rows: u64,
     failed: bool,
+    /// Stages threads in `settings.history`; opened on the first row that needs it.
+    stager: Option<Stager>,
 }
 
 /// The input being read.
@@ -175,28 +179,15 @@ struct InputRows {
 }
 
 impl RowReader {
-    pub fn new(inputs: Vec<OpenInput>, settings: ReadSettings) -> Result<RowReader, ReadError> {
-        let stager = match &settings.threads {
-            Some(store) => Some(store.stager()?),
-            None => None,
-        };
-        Ok(RowReader {
+    pub fn new(inputs: Vec<OpenInput>, settings: ReadSettings) -> RowReader {
+        RowReader {
             inputs: inputs.into_iter(),
-            stager,
             settings,
             current: None,
             keys: RowKeys::default(),
             valid_rows: 0,
             failed: false,
-        })
-    }
-
-    /// Makes what was staged so far visible to the pipeline: called before each batch of
-    /// rows is handed on.
-    pub fn publish(&mut self) -> Result<(), ReadError> {
-        match &mut self.stager {
-            Some(stager) => Ok(stager.publish()?),
-            None => Ok(()),
+            stager: None,
         }
     }
 
@@ -205,6 +196,76 @@ impl RowReader {
         self.settings
             .limit
             .is_some_and(|limit| self.valid_rows >= limit)
+    }
+
+    /// The run's thread store, once there is one.
+    pub fn history(&self) -> Option<&Arc<ThreadStore>> {
+        self.settings.history.as_ref()
+    }
+
+    /// Commits what was staged so the pipeline's `Pages` see it: call before handing rows
+    /// over (the planner reads their threads back).
+    pub fn publish(&mut self) -> Result<(), StoreError> {
+        match &mut self.stager {
+            Some(stager) => stager.publish(),
+            None => Ok(()),
+        }
+    }
+
+    fn stager(&mut self) -> Result<&mut Stager, StoreError> {
+        if self.stager.is_none() {
+            let store = match &self.settings.history {
+                Some(store) => Arc::clone(store),
+                None => Arc::clone(
+                    self.settings
+                        .history
+                        .insert(Arc::new(ThreadStore::create()?)),
+                ),
+            };
+            self.stager = Some(store.stager()?);
+        }
+        Ok(self.stager.as_mut().expect("opened above"))
+    }
+
+    /// Stages a row's thread under its key, empties `plan.thread`, and claims the key for
+    /// every row with a conversation (a child file's items may be staged under it already):
+    /// `row.thread` is the size of all of it. An item whose id repeats one of its thread
+    /// fails the row, naming it by its kind's list and its position there among the row's
+    /// items of that kind (`messages[4].externalId`); the row's thread stays claimed, so it
+    /// is not reported as an orphan.
+    fn stage_thread(&mut self, row: &mut ReadRow) -> Result<(), StoreError> {
+        let Ok(plan) = &mut row.plan else {
+            return Ok(());
+        };
+        let thread = std::mem::take(&mut plan.thread);
+        if plan.conversation.is_none() || (thread.is_empty() && self.settings.history.is_none()) {
+            return Ok(());
+        }
+        let key = row.origin.key.as_str();
+        let stager = self.stager()?;
+        let mut positions = [0usize; 2];
+        let mut refusal = None;
+        for item in &thread {
+            let (list, position) = match item.kind {
+                ItemKind::Message => ("messages", &mut positions[0]),
+                ItemKind::Note => ("notes", &mut positions[1]),
+            };
+            let index = *position;
+            *position += 1;
+            if let Staged::Repeated(repeated) = stager.stage(key, item)? {
+                refusal = Some(MappingError::new(
+                    &format!("{list}[{index}].externalId"),
+                    "repeats an id of its thread",
+                    repeated.to_string(),
+                ));
+                break;
+            }
+        }
+        row.thread = stager.claim(key)?.unwrap_or_default();
+        if let Some(error) = refusal {
+            row.plan = Err(error);
+        }
+        Ok(())
     }
 
     /// Opens the next input; None when every input has been read.
@@ -262,15 +323,19 @@ impl Iterator for RowReader {
                 }
                 Some(Ok(record)) => {
                     let file = Arc::clone(&open.file);
-                    let row = read_row(
+                    let mut row = read_row(
                         &mut self.keys,
                         &self.settings,
                         file,
                         record,
                         &mut open.mapping,
                     )
-                    .map_err(ReadError::from)
-                    .and_then(|row| stage_thread(self.stager.as_mut(), row));
+                    .map_err(ReadError::from);
+                    if let Ok(read) = &mut row
+                        && let Err(error) = self.stage_thread(read)
+                    {
+                        row = Err(error.into());
+                    }
                     match &row {
                         Ok(row) if row.plan.is_ok() => self.valid_rows += 1,
                         Ok(_) => {}
@@ -283,28 +348,23 @@ impl Iterator for RowReader {
     }
 }
 
-/// Stages the row's history under its key, so that the row travels on without it, and
-/// tells the row how much it has. A thread that repeats an item's source id fails the row.
-fn stage_thread(stager: Option<&mut Stager>, mut row: ReadRow) -> Result<ReadRow, ReadError> {
-    let Some(stager) = stager else {
-        return Ok(row);
-    };
-    let Ok(plan) = &mut row.plan else {
-        return Ok(row);
-    };
-    let thread = std::mem::take(&mut plan.thread);
-    for (index, item) in thread.iter().enumerate() {
-        if let Staged::Repeated(repeated) = stager.stage(&row.origin.key, item)? {
-            let field = format!("{}s[{index}].externalId", item.kind.as_str());
-            let reason = repeated.to_string();
-            row.plan = Err(MappingError::new(&field, "repeats an item id", reason));
-            return Ok(row);
+/// What the original kept for the errors file holds in place of a thread once the thread
+/// is in the plan: the thread travels as staged items, and a row with a 5,000-item thread
+/// must cost the pipeline what a row without one costs. A row that fails later goes to the
+/// errors file with this marker; its items are in the errors file on their own when they
+/// fail, and the source line is named.
+pub const THREAD_MARKER: &str = "(staged: see the source line)";
+
+fn drop_thread(fields: &mut SourceFields) {
+    if let SourceFields::Json(object) = fields {
+        for key in ["messages", "notes"] {
+            if let Some(value) = object.get_mut(key)
+                && value.is_array()
+            {
+                *value = Value::String(THREAD_MARKER.to_string());
+            }
         }
     }
-    if plan.conversation.is_some() && stager.holds_any() {
-        row.thread = stager.claim(&row.origin.key)?.unwrap_or_default();
-    }
-    Ok(row)
 }
 
 /// Maps one record and gives it its key (and, when asked, its derived conversation id).
@@ -333,8 +393,18 @@ fn read_row(
             });
         }
     };
-    let plan = mapping.map(&record.fields);
-    let original = Original::Fields(record.fields);
+    let mut plan = mapping.map(&record.fields);
+    let mut fields = record.fields;
+    if let Ok(plan) = &mut plan
+        && !plan.thread.is_empty()
+    {
+        for item in &mut plan.thread {
+            item.file = Arc::clone(&file);
+            item.line = record.line;
+        }
+        drop_thread(&mut fields);
+    }
+    let original = Original::Fields(fields);
     let (key, plan) = match plan {
         Ok(mut plan) => {
             let key = keys.for_plan(&plan)?;
@@ -367,4 +437,152 @@ fn read_row(
         plan,
         thread: ThreadSize::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::SourceRecord;
+    use serde_json::json;
+
+    fn read(value: Value) -> ReadRow {
+        let Value::Object(object) = value else {
+            unreachable!("a test row is an object")
+        };
+        let settings = ReadSettings {
+            mapping: Mapping::Default,
+            derive_conversation_ids: true,
+            limit: None,
+            history: None,
+        };
+        let mut mapping = settings.mapping.for_input(None).unwrap();
+        let record = Ok(SourceRecord {
+            line: 3,
+            fields: SourceFields::Json(object),
+        });
+        let file: Arc<str> = Arc::from("threads.jsonl");
+        read_row(
+            &mut RowKeys::default(),
+            &settings,
+            file,
+            record,
+            &mut mapping,
+        )
+        .unwrap()
+    }
+
+    /// Reads a JSONL file of these rows through a reader staging in a store of its own.
+    fn read_all(rows: &[Value]) -> (Vec<ReadRow>, Arc<ThreadStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("threads.jsonl");
+        let text: Vec<String> = rows.iter().map(Value::to_string).collect();
+        std::fs::write(&path, text.join("\n")).unwrap();
+        let source = crate::input::InputSource::new(
+            path.to_str().unwrap(),
+            None,
+            crate::input::CsvSettings::default(),
+        )
+        .unwrap();
+        let store = Arc::new(ThreadStore::create().unwrap());
+        let settings = ReadSettings {
+            mapping: Mapping::Default,
+            derive_conversation_ids: true,
+            limit: None,
+            history: Some(Arc::clone(&store)),
+        };
+        let inputs = open_inputs(vec![source], &settings.mapping).unwrap();
+        let mut reader = RowReader::new(inputs, settings);
+        let read: Vec<ReadRow> = reader.by_ref().map(Result::unwrap).collect();
+        reader.publish().unwrap();
+        (read, store)
+    }
+
+    #[test]
+    fn the_reader_stages_each_thread_under_its_row_key() {
+        let (rows, store) = read_all(&[
+            json!({
+                "customer": {"externalId": "c-1"}, "conversation": {"externalId": "t-1"},
+                "messages": [
+                    {"externalId": "m-1", "channel": "chat", "direction": "in"},
+                    {"externalId": "m-2", "channel": "chat", "direction": "out"}
+                ],
+                "notes": [{"body": "internal"}]
+            }),
+            json!({"customer": {"externalId": "c-2"}, "conversation": {"externalId": "t-2"}}),
+        ]);
+        let first = &rows[0];
+        assert!(first.plan.as_ref().unwrap().thread.is_empty());
+        assert_eq!(
+            first.thread,
+            ThreadSize {
+                messages: 2,
+                notes: 1
+            }
+        );
+        assert_eq!(rows[1].thread, ThreadSize::default());
+        let pages = store.pages().unwrap();
+        assert_eq!(pages.size(&first.origin.key).unwrap(), first.thread);
+        let staged = pages.page(&first.origin.key, None, 10).unwrap();
+        let ids: Vec<&str> = staged
+            .iter()
+            .map(|item| item.external_id.as_str())
+            .collect();
+        assert_eq!(&ids[..2], ["m-1", "m-2"]);
+        assert_eq!((staged[2].kind, staged[2].line), (ItemKind::Note, 1));
+        assert!(pages.orphans().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_id_repeated_in_a_thread_fails_its_row_naming_the_item() {
+        let (rows, _store) = read_all(&[json!({
+            "customer": {"externalId": "c-1"}, "conversation": {"externalId": "t-1"},
+            "messages": [
+                {"externalId": "m-1", "channel": "chat", "direction": "in"},
+                {"externalId": "m-2", "channel": "chat", "direction": "in"},
+                {"externalId": "m-1", "channel": "chat", "direction": "out"}
+            ]
+        })]);
+        let error = rows[0].plan.as_ref().unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("messages[2].externalId"));
+        assert!(error.reason.contains("line 1"), "{error}");
+    }
+
+    #[test]
+    fn the_original_kept_for_the_errors_file_no_longer_holds_the_thread() {
+        let messages: Vec<Value> = (0..50)
+            .map(|n| json!({"externalId": format!("m-{n}"), "channel": "chat", "direction": "in"}))
+            .collect();
+        let row = read(json!({
+            "customer": {"externalId": "c-1"},
+            "conversation": {"externalId": "t-1"},
+            "messages": messages,
+            "notes": [{"body": "internal"}]
+        }));
+        let plan = row.plan.as_ref().unwrap();
+        assert_eq!(plan.thread.len(), 51);
+        assert!(
+            plan.thread
+                .iter()
+                .all(|item| (item.file.as_ref(), item.line) == ("threads.jsonl", 3))
+        );
+        let original = row.original.to_json();
+        assert_eq!(original["messages"], THREAD_MARKER);
+        assert_eq!(original["notes"], THREAD_MARKER);
+        assert_eq!(original["conversation"]["externalId"], "t-1");
+    }
+
+    #[test]
+    fn a_row_whose_thread_is_refused_keeps_it_for_the_errors_file() {
+        let row = read(json!({
+            "customer": {"externalId": "c-1"},
+            "conversation": {"externalId": "t-1"},
+            "messages": [{"channel": "chat", "direction": "sideways"}]
+        }));
+        let error = row.plan.unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("messages[0].direction"));
+        assert_eq!(
+            row.original.to_json()["messages"][0]["direction"],
+            "sideways"
+        );
+    }
 }

@@ -7,12 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
 
-use kustomer_import::history::store::ThreadStore;
 use kustomer_import::report::ErrorsFile;
 use kustomer_import::rowkey::fingerprint;
 use kustomer_import::rows::{ReadSettings, RowReader, open_inputs};
@@ -31,6 +29,11 @@ struct ValidationReport {
     invalid_by_reason: BTreeMap<String, u64>,
     /// Valid rows that carry a conversation.
     conversations: u64,
+    /// Messages and notes of the valid rows' threads (listed only when there are some).
+    #[serde(skip_serializing_if = "is_zero")]
+    messages: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    notes: u64,
     /// Distinct customers among the valid rows.
     customers: u64,
     rows_per_customer: RowsPerCustomer,
@@ -58,19 +61,11 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
         mapping: config.mapping,
         derive_conversation_ids: false,
         limit: None,
-        // Staged as an import stages them: a thread's repeated ids are found here too.
-        threads: Some(Arc::new(ThreadStore::create()?)),
+        history: None,
     };
     // Every input opens, and its header fits the mapping, before a row is read.
     let rows = match open_inputs(config.inputs, &settings.mapping) {
-        Ok(inputs) => match RowReader::new(inputs, settings) {
-            Ok(reader) => Some(reader),
-            Err(error) => {
-                tracing::error!("{error}");
-                report.stopped = Some(error.to_string());
-                None
-            }
-        },
+        Ok(inputs) => Some(RowReader::new(inputs, settings)),
         Err(error) => {
             tracing::error!("{error}");
             report.stopped = Some(error.to_string());
@@ -91,6 +86,8 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
             Ok(plan) => {
                 report.valid += 1;
                 report.conversations += u64::from(plan.conversation.is_some());
+                report.messages += row.thread.messages;
+                report.notes += row.thread.notes;
                 customers.bump(fingerprint(&plan.customer_key))?;
             }
             Err(error) => {
@@ -157,6 +154,13 @@ fn write_human(report: &ValidationReport, out: &mut impl Write) -> std::io::Resu
         writeln!(out, "  invalid:          0")?;
     }
     writeln!(out, "conversations:      {}", report.conversations)?;
+    if report.messages + report.notes > 0 {
+        writeln!(
+            out,
+            "history:            {} messages, {} notes",
+            report.messages, report.notes
+        )?;
+    }
     writeln!(
         out,
         "customers:          {} (rows per customer: {:.2} on average, {} at most)",
@@ -166,4 +170,8 @@ fn write_human(report: &ValidationReport, out: &mut impl Write) -> std::io::Resu
         writeln!(out, "stopped early:      {stopped}")?;
     }
     Ok(())
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }

@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 
 use super::checks::finish_plan;
 use super::{ConversationBody, CustomerBody, EmailEntry, MappingError, PhoneEntry, Plan};
+use crate::history::checks::finish_item;
+use crate::history::{ItemKind, ThreadItem};
 use crate::input::SourceFields;
 
 /// The default columns and what they feed.
@@ -135,7 +137,17 @@ impl DefaultMapping {
             SourceFields::Json(object) => {
                 match (object.get("customer"), object.get("conversation")) {
                     (Some(Value::Object(customer)), conversation) => {
-                        plan_from_api_shape(customer, conversation)
+                        let mut plan = plan_from_api_shape(customer, conversation)?;
+                        plan.thread = api_thread(object)?;
+                        if !plan.thread.is_empty() && plan.conversation.is_none() {
+                            return Err(MappingError::new(
+                                "conversation",
+                                "history without a conversation",
+                                "is missing: the row has messages or notes, and history needs \
+                                 its conversation",
+                            ));
+                        }
+                        Ok(plan)
                     }
                     _ => {
                         let mut found: [Option<&Value>; TARGET_COUNT] = [None; TARGET_COUNT];
@@ -297,6 +309,37 @@ pub(super) fn contact_list(
     Ok(entries)
 }
 
+/// The keys of an API-shaped row that hold its thread, and the kind of their items.
+pub(crate) const THREAD_KEYS: [(&str, ItemKind); 2] =
+    [("messages", ItemKind::Message), ("notes", ItemKind::Note)];
+
+/// The thread nested in an API-shaped row: `"messages": [...]` then `"notes": [...]`, each
+/// element an API-shaped body checked by [`finish_item`] under its path (`messages[3]`).
+/// Mapping knows no file: the items' `file` and `line` are stamped by the reader.
+fn api_thread(object: &Map<String, Value>) -> Result<Vec<ThreadItem>, MappingError> {
+    let nowhere: Arc<str> = Arc::from("");
+    let mut thread = Vec::new();
+    for (key, kind) in THREAD_KEYS {
+        let items = match object.get(key) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(MappingError::new(key, "not a list", "must be a list")),
+        };
+        for (index, item) in items.iter().enumerate() {
+            let path = format!("{key}[{index}]");
+            let Value::Object(body) = item else {
+                return Err(MappingError::new(
+                    &path,
+                    "not an object",
+                    "must be an object",
+                ));
+            };
+            thread.push(finish_item(kind, body.clone(), &path, &nowhere, 0)?);
+        }
+    }
+    Ok(thread)
+}
+
 /// A JSONL row shaped like the API bodies: `{"customer": {...}, "conversation": {...}}`.
 fn plan_from_api_shape(
     customer: &Map<String, Value>,
@@ -393,6 +436,78 @@ mod tests {
             Value::Object(object) => SourceFields::Json(object),
             _ => unreachable!(),
         }
+    }
+
+    fn nested(thread: Value) -> Result<Plan, MappingError> {
+        let mut row = json!({
+            "customer": {"externalId": "c-1"},
+            "conversation": {"externalId": "t-1", "name": "Late order"}
+        });
+        for (key, value) in thread.as_object().unwrap() {
+            row[key] = value.clone();
+        }
+        DefaultMapping::new().map(&json_row(row))
+    }
+
+    #[test]
+    fn a_nested_thread_is_mapped_in_source_order() {
+        let plan = nested(json!({
+            "messages": [
+                {"externalId": "m-1", "channel": "email", "direction": "in",
+                 "createdAt": "2024-01-01T10:00:00+01:00", "preview": "Where is it?"},
+                {"channel": "email", "direction": "out"}
+            ],
+            "notes": [{"externalId": 7, "body": "Courier called"}]
+        }))
+        .unwrap();
+        let kinds: Vec<(ItemKind, Option<&str>)> = plan
+            .thread
+            .iter()
+            .map(|item| (item.kind, item.source_id.as_deref()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (ItemKind::Message, Some("m-1")),
+                (ItemKind::Message, None),
+                (ItemKind::Note, Some("7")),
+            ]
+        );
+        assert_eq!(plan.thread[0].body["createdAt"], "2024-01-01T09:00:00Z");
+        assert_eq!(plan.thread[1].body["app"], "kustomer-import");
+        assert!(plan.conversation.is_some());
+    }
+
+    #[test]
+    fn a_bad_thread_element_fails_the_row_naming_its_path() {
+        let error = nested(json!({"messages": [
+            {"channel": "email", "direction": "in"},
+            {"channel": "email", "direction": "sideways"}
+        ]}))
+        .unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("messages[1].direction"));
+        let error = nested(json!({"notes": [{"body": ""}]})).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("notes[0].body"));
+        let error = nested(json!({"messages": {"channel": "email"}})).unwrap_err();
+        assert_eq!(
+            (error.field.as_deref(), error.rule),
+            (Some("messages"), "not a list")
+        );
+        let error = nested(json!({"messages": ["hello"]})).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("messages[0]"));
+    }
+
+    #[test]
+    fn a_thread_without_its_conversation_is_refused() {
+        let row = json!({
+            "customer": {"externalId": "c-1"},
+            "notes": [{"body": "no conversation to hold me"}]
+        });
+        let error = DefaultMapping::new().map(&json_row(row)).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("conversation"));
+        assert_eq!(error.rule, "history without a conversation");
+        let empty = json!({"customer": {"externalId": "c-1"}, "messages": []});
+        assert!(DefaultMapping::new().map(&json_row(empty)).is_ok());
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub async fn run_import(
     let mut tools = Tools::new(&settings, client, journal, Arc::clone(&control), events_tx);
     match stage_threads() {
         Ok((store, pages)) => {
-            settings.read.threads = Some(store);
+            settings.read.history = Some(store);
             tools.threads = Some(Arc::new(std::sync::Mutex::new(pages)));
         }
         // Nothing is read: every row stays pending for a run that can stage them.

@@ -20,12 +20,10 @@ pub(super) fn start_reader(
     rows: mpsc::Sender<Vec<ReadRow>>,
 ) -> tokio::task::JoinHandle<Option<ReadError>> {
     tokio::task::spawn_blocking(move || {
-        let mut reader = match RowReader::new(inputs, settings) {
-            Ok(reader) => reader,
-            Err(error) => return Some(error),
-        };
+        let mut reader = RowReader::new(inputs, settings);
         let mut batch = Vec::with_capacity(READ_BATCH);
         let mut failure = None;
+        // Not `for`: the loop publishes through the reader between rows.
         while let Some(row) = reader.next() {
             match row {
                 Ok(row) => batch.push(row),
@@ -35,8 +33,9 @@ pub(super) fn start_reader(
                 }
             }
             if batch.len() == READ_BATCH {
+                // The planner reads these rows' threads back: they must be visible first.
                 if let Err(error) = reader.publish() {
-                    failure = Some(error);
+                    failure = Some(error.into());
                     break;
                 }
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
@@ -45,10 +44,10 @@ pub(super) fn start_reader(
                 }
             }
         }
-        // The rows read before a failure are sent too: they are good rows. What they
-        // staged is published first: the planner reads their threads back.
+        // The rows read before a failure are sent too: they are good rows.
         if let Err(error) = reader.publish() {
-            return Some(error);
+            failure.get_or_insert(error.into());
+            batch.clear();
         }
         if !batch.is_empty() && rows.blocking_send(batch).is_err() {
             return None;

@@ -24,7 +24,7 @@ mod journal;
 mod stats;
 mod store;
 mod thread;
-mod validate;
+pub mod validate;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
