@@ -219,32 +219,38 @@ fn bulk_mode_lands_the_threads_of_the_conversations_its_jobs_make() {
 }
 
 #[test]
-fn a_refused_message_fails_only_itself_and_its_conversation_is_reported_partly_imported() {
+fn refused_messages_fail_alone_and_their_conversation_is_reported_partly_imported() {
+    // Yesterday's conversations, made without their thread; today the thread arrives and
+    // the API refuses its items (the conversations are gone: each create answers 404).
     let env = TestEnv::plain();
-    let mut lines: Vec<serde_json::Value> = nested(2, 3)
+    let bare: String = nested(2, 3)
         .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
+        .map(|line| {
+            let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+            row.as_object_mut().unwrap().remove("messages");
+            row.as_object_mut().unwrap().remove("notes");
+            format!("{row}\n")
+        })
         .collect();
-    // Valid to our checks, refused by the API: a language tag longer than it takes.
-    lines[0]["messages"][1]["lang"] = json!("x".repeat(200));
-    let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
-    let file = env.write("threads.jsonl", &text);
-    let run = env.import(&[file.to_str().unwrap()]);
+    let file = env.write("threads.jsonl", &bare);
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let elsewhere = env.other_sandbox();
+    let file = env.write("threads.jsonl", &nested(2, 3));
+    let mut command = env.import_command(&[file.to_str().unwrap(), "--retarget"]);
+    command.env("KUSTOMER_BASE_URL", elsewhere.base_url());
+    let run = run(command);
     run.assert_code(1);
-    let threads = threads(&env.records());
-    assert_eq!(
-        threads["t-0"].len(),
-        3,
-        "the other two messages and the note landed"
-    );
-    assert_eq!(threads["t-1"].len(), 4);
-    let errors = env.errors();
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    let (_, line, field, reason) = &errors[0];
-    assert_eq!(*line, 1);
-    assert_eq!(field, "history");
     assert!(
-        reason.contains("partly imported") && reason.contains("m-0-1"),
+        run.stdout.contains("history refused:        8"),
+        "{}",
+        run.stdout
+    );
+    let errors = env.errors();
+    assert_eq!(errors.len(), 2, "one line a conversation: {errors:?}");
+    let (_, line, field, reason) = &errors[0];
+    assert_eq!((*line, field.as_str()), (1, "history"));
+    assert!(
+        reason.contains("partly imported: 4 items") && reason.contains("m-0-0"),
         "{reason}"
     );
     let failed: i64 = env
@@ -255,5 +261,6 @@ fn a_refused_message_fails_only_itself_and_its_conversation_is_reported_partly_i
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(failed, 1);
+    assert_eq!(failed, 8, "each item failed on its own");
+    assert_eq!(env.rows_in_state("failed"), 2);
 }
