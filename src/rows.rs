@@ -287,7 +287,7 @@ fn read_row(
             });
         }
     };
-    let plan = mapping.map(&record.fields);
+    let plan = mapping.map(&record.fields, &file, record.line);
     let original = Original::Fields(record.fields);
     let (key, plan) = match plan {
         Ok(mut plan) => {
