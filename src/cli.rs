@@ -604,4 +604,9 @@ pub struct SandboxArgs {
     /// memory only].
     #[arg(long, value_name = "FILE", env = "KUSTOMER_SANDBOX_RECORDS")]
     pub records: Option<PathBuf>,
+
+    /// Act as if the key's user holds org.admin: messages and notes may then set createdAt
+    /// and createdBy [default: refused with 403].
+    #[arg(long, env = "KUSTOMER_SANDBOX_ORG_ADMIN", value_parser = FalseyValueParser::new())]
+    pub org_admin: bool,
 }

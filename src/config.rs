@@ -483,6 +483,8 @@ pub fn sandbox_config(args: &SandboxArgs) -> Result<(SandboxConfig, u16), Config
         bulk_refuse_invalid: args.bulk_refuse_invalid,
         without_bulk: args.without_bulk,
         records: args.records.clone(),
+        org_admin: args.org_admin,
+        ..SandboxConfig::default()
     };
     Ok((config, args.port))
 }

@@ -55,6 +55,10 @@ stored_words! {
     pub enum BulkKind {
         Customers = "customers",
         Conversations = "conversations",
+        /// `/v1/messages/bulk`, which answers 200 (its spec says so).
+        Messages = "messages",
+        /// `/v1/notes/bulk`.
+        Notes = "notes",
     }
 }
 

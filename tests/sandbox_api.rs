@@ -1016,3 +1016,495 @@ async fn bulk_answers_have_the_shapes_kustomers_docs_show() {
     );
     sandbox.shutdown().await;
 }
+
+/// A customer and a conversation of it; the conversation's id.
+async fn conversation(api: &Api, key: &str) -> String {
+    let customer = api
+        .post(
+            "/v1/customers",
+            &json!({"externalId": format!("cust-{key}")}),
+        )
+        .await;
+    let customer = customer.body["data"]["id"].as_str().unwrap().to_string();
+    let answer = api
+        .post(
+            "/v1/conversations",
+            &json!({"customer": customer, "externalId": format!("conv-{key}")}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    answer.body["data"]["id"].as_str().unwrap().to_string()
+}
+
+/// A message as the docs' "Messages and notes" describe one.
+fn message(external_id: &str) -> Value {
+    json!({
+        "channel": "email", "app": "kustomer-import", "direction": "in",
+        "preview": "Where is my order?", "subject": "Order 1001", "externalId": external_id,
+        "sentAt": "2024-01-31T12:00:00Z", "importedAt": "2024-06-01T00:00:00Z",
+        "status": "received", "meta": {"from": "ada@example.com", "to": ["help@acme.com"]},
+        "lang": "en", "attachments": [], "auto": false
+    })
+}
+
+#[tokio::test]
+async fn a_message_is_made_on_its_conversation_and_found_by_its_externalid() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let id = conversation(&api, "1").await;
+    let made = api
+        .post(
+            &format!("/v1/conversations/{id}/messages"),
+            &message("z-1/a b"),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED);
+    let data = &made.body["data"];
+    assert_eq!(data["type"], "message");
+    assert!(is_object_id(&data["id"]));
+    assert_eq!(data["attributes"]["externalId"], "z-1/a b");
+    assert_eq!(
+        data["relationships"]["conversation"]["data"]["id"],
+        id.as_str()
+    );
+
+    // The lookup decodes the path; the spec's lower-case `externalid` only.
+    let found = api.get("/v1/messages/externalid=z-1%2Fa%20b").await;
+    assert_eq!(found.status, StatusCode::OK);
+    assert_eq!(found.body["data"]["id"], data["id"]);
+    for absent in [
+        "/v1/messages/externalid=z-2",
+        "/v1/messages/externalId=z-1%2Fa%20b",
+    ] {
+        assert_eq!(
+            api.get(absent).await.status,
+            StatusCode::NOT_FOUND,
+            "{absent}"
+        );
+    }
+    // A repeated externalId is not refused: a blind re-send duplicates.
+    let again = api
+        .post(
+            &format!("/v1/conversations/{id}/messages"),
+            &message("z-1/a b"),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    let found = api.get("/v1/messages/externalid=z-1%2Fa%20b").await;
+    assert_eq!(
+        found.body["data"]["id"], data["id"],
+        "the first one is found"
+    );
+
+    // POST /v1/messages needs its conversation and a direction.
+    let mut body = message("z-3");
+    body["conversation"] = json!(id);
+    assert_eq!(
+        api.post("/v1/messages", &body).await.status,
+        StatusCode::CREATED
+    );
+    let refused = api
+        .post("/v1/messages", &json!({"channel": "sms", "app": "x"}))
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let mut pointers: Vec<_> = refused.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["source"]["pointer"].as_str().unwrap().to_string())
+        .collect();
+    pointers.sort();
+    assert_eq!(pointers, ["/conversation", "/direction"]);
+
+    let records = sandbox.records();
+    let thread = records.thread(&id);
+    assert_eq!(thread.len(), 3);
+    assert_eq!(thread[0].external_id.as_deref(), Some("z-1/a b"));
+    assert_eq!(thread[0].text(), Some("Where is my order?"));
+    assert_eq!(thread[2].external_id.as_deref(), Some("z-3"));
+    assert_eq!(
+        api.records().await,
+        records,
+        "/__records shows the same threads"
+    );
+    assert_eq!(api.stats().await.messages, 3);
+}
+
+#[tokio::test]
+async fn a_message_for_a_missing_conversation_is_404_and_bad_fields_are_422() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let missing = api
+        .post(
+            "/v1/conversations/0123456789abcdef01234567/messages",
+            &message("m"),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let mut body = message("m");
+    body["conversation"] = json!("0123456789abcdef01234567");
+    let missing = api.post("/v1/messages", &body).await;
+    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(first_error(&missing)["source"]["pointer"], "/conversation");
+
+    let id = conversation(&api, "1").await;
+    let path = format!("/v1/conversations/{id}/messages");
+    for (field, bad) in [
+        ("channel", json!("pigeon")),
+        ("direction", json!("sideways")),
+        ("status", json!("read")),
+        ("sentAt", json!("2024-01-31 12:00")),
+        ("importedAt", json!("2024-01-31T12:00:00")),
+        ("auto", json!("yes")),
+        ("meta", json!([])),
+        ("externalId", json!("")),
+        ("colour", json!("red")),
+    ] {
+        let mut body = message("m");
+        body[field] = bad;
+        let answer = api.post(&path, &body).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        assert_eq!(
+            first_error(&answer)["source"]["pointer"],
+            format!("/{field}")
+        );
+    }
+    let answer = api
+        .post(&path, &json!({"preview": "no channel, no app"}))
+        .await;
+    assert_eq!(answer.body["errors"].as_array().map(Vec::len), Some(2));
+    // A note needs a body that says something.
+    for body in [
+        json!({}),
+        json!({"body": ""}),
+        json!({"body": "x".repeat(10_241)}),
+    ] {
+        let answer = api
+            .post(&format!("/v1/conversations/{id}/notes"), &body)
+            .await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(first_error(&answer)["source"]["pointer"], "/body");
+    }
+    assert!(sandbox.records().thread(&id).is_empty());
+}
+
+#[tokio::test]
+async fn created_at_and_created_by_need_org_admin() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let id = conversation(&api, "1").await;
+    let mut body = message("m");
+    body["createdAt"] = json!("2024-01-31T12:00:00Z");
+    let path = format!("/v1/conversations/{id}/messages");
+    let refused = api.post(&path, &body).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let words = first_error(&refused)["detail"].as_str().unwrap();
+    assert!(words.contains("org.admin"), "{words}");
+    let note = json!({"body": "checked", "createdBy": "0123456789abcdef01234567"});
+    let refused = api
+        .post(&format!("/v1/conversations/{id}/notes"), &note)
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(sandbox.records().thread(&id).is_empty());
+    sandbox.shutdown().await;
+
+    let admin = start(SandboxConfig {
+        org_admin: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&admin);
+    let id = conversation(&api, "1").await;
+    let path = format!("/v1/conversations/{id}/messages");
+    assert_eq!(api.post(&path, &body).await.status, StatusCode::CREATED);
+    let made = api
+        .post(&format!("/v1/conversations/{id}/notes"), &note)
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn notes_are_listed_page_by_page_with_their_external_ids() {
+    let sandbox = start(SandboxConfig {
+        per_customer_limit: None,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let id = conversation(&api, "1").await;
+    let other = conversation(&api, "2").await;
+    for i in 0..5 {
+        let note = json!({"body": format!("note {i}"), "externalId": format!("n-{i}"),
+            "userMentions": [{"user": "0123456789abcdef01234567"}], "attachments": [],
+            "importedAt": "2024-06-01T00:00:00Z"});
+        let made = api
+            .post(&format!("/v1/conversations/{id}/notes"), &note)
+            .await;
+        assert_eq!(made.status, StatusCode::CREATED);
+        assert_eq!(made.body["data"]["type"], "note");
+    }
+    api.post(
+        &format!("/v1/conversations/{other}/notes"),
+        &json!({"body": "elsewhere"}),
+    )
+    .await;
+    api.post(&format!("/v1/conversations/{id}/messages"), &message("m"))
+        .await;
+
+    let all = api.get(&format!("/v1/conversations/{id}/notes")).await;
+    assert_eq!(all.status, StatusCode::OK);
+    let listed: Vec<_> = all.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["attributes"]["externalId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        ["n-0", "n-1", "n-2", "n-3", "n-4"],
+        "notes only, oldest first"
+    );
+    assert_eq!(all.body["links"]["next"], Value::Null);
+
+    let first = api
+        .get(&format!("/v1/conversations/{id}/notes?pageSize=2"))
+        .await;
+    assert_eq!(first.body["data"].as_array().map(Vec::len), Some(2));
+    let next = first.body["links"]["next"].as_str().unwrap().to_string();
+    assert_eq!(
+        next,
+        format!("/v1/conversations/{id}/notes?page=2&pageSize=2")
+    );
+    let last = api
+        .get(&format!("/v1/conversations/{id}/notes?page=3&pageSize=2"))
+        .await;
+    assert_eq!(last.body["data"][0]["attributes"]["externalId"], "n-4");
+    assert_eq!(last.body["links"]["next"], Value::Null);
+    assert_eq!(
+        api.get(&format!("/v1/conversations/{id}/notes?pageSize=500"))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.get("/v1/conversations/0123456789abcdef01234567/notes")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let thread = sandbox.records().thread(&id).to_vec();
+    let kinds: Vec<_> = thread.iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds.last(),
+        Some(&kustomer_import::sandbox::ThreadKind::Message)
+    );
+    assert_eq!(thread[0].text(), Some("note 0"));
+}
+
+#[tokio::test]
+async fn a_customer_gets_120_messages_a_window_unless_imported_and_120_notes_in_any_case() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let id = conversation(&api, "1").await;
+    let messages = format!("/v1/conversations/{id}/messages");
+    let notes = format!("/v1/conversations/{id}/notes");
+    let mut live = message("m");
+    live.as_object_mut().unwrap().remove("importedAt");
+    for i in 0..120 {
+        let answer = api.post(&messages, &live).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "message {i}");
+    }
+    let limited = api.post(&messages, &live).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(header_num(&limited, "retry-after").is_some_and(|s| s >= 1));
+    // Imported messages are exempt; notes are counted on their own, with no exemption.
+    assert_eq!(
+        api.post(&messages, &message("old")).await.status,
+        StatusCode::CREATED
+    );
+    let note = json!({"body": "n", "importedAt": "2024-06-01T00:00:00Z"});
+    for i in 0..120 {
+        assert_eq!(
+            api.post(&notes, &note).await.status,
+            StatusCode::CREATED,
+            "note {i}"
+        );
+    }
+    assert_eq!(
+        api.post(&notes, &note).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another customer has a budget of its own.
+    let other = conversation(&api, "2").await;
+    let answer = api
+        .post(&format!("/v1/conversations/{other}/messages"), &live)
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let stats = api.stats().await;
+    assert_eq!(
+        (stats.messages, stats.notes, stats.customer_limited),
+        (122, 120, 2)
+    );
+    assert_eq!(stats.rate_limited, 2);
+}
+
+#[tokio::test]
+async fn bulk_messages_and_notes_answer_by_client_ref_with_errors_in_words() {
+    let sandbox = start(SandboxConfig {
+        bulk_delay: Duration::from_millis(50),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let id = conversation(&api, "1").await;
+    let item = |reference: &str, external_id: &str| {
+        let mut body = message(external_id);
+        body["conversation"] = json!(id);
+        body["_clientRef"] = json!(reference);
+        body
+    };
+    let mut lost = item("r-3", "m-3");
+    lost["conversation"] = json!("0123456789abcdef01234567");
+    let mut bad = item("r-2", "m-2");
+    bad["channel"] = json!("pigeon");
+    let submitted = api
+        .post("/v1/messages/bulk", &json!([item("r-1", "m-1"), bad, lost]))
+        .await;
+    assert_eq!(
+        submitted.status,
+        StatusCode::OK,
+        "the message bulk spec says 200"
+    );
+    assert_eq!(
+        shape_differs(&submitted.body, &documented("bulk-submitted.json"), ""),
+        None
+    );
+    let job = submitted.body["data"]["id"].as_str().unwrap().to_string();
+    let batches = completed(&api, &job).await;
+    assert_eq!(
+        shape_differs(&batches.body, &documented("bulk-batches.json"), ""),
+        None
+    );
+    let results = &batches.body["data"][0]["attributes"]["results"];
+    assert_eq!(results[0]["_clientRef"], "r-1");
+    assert_eq!(results[0]["status"], "created");
+    for (index, pointer) in [(1, "/channel: "), (2, "/conversation: ")] {
+        assert_eq!(results[index]["status"], "error");
+        let words = results[index]["error"].as_str().expect("an error in words");
+        assert!(words.starts_with(pointer), "{words}");
+    }
+    let thread = sandbox.records().thread(&id).to_vec();
+    assert_eq!(thread.len(), 1);
+    assert_eq!(results[0]["objectId"], thread[0].id.as_str());
+    assert!(!thread[0].body.contains_key("_clientRef"));
+
+    let notes = json!([
+        {"_clientRef": "a", "conversation": id, "body": "first", "externalId": "n-1"},
+        {"_clientRef": "b", "conversation": id, "body": ""}
+    ]);
+    let submitted = api.post("/v1/notes/bulk", &notes).await;
+    assert_eq!(submitted.status, StatusCode::CREATED);
+    let job = submitted.body["data"]["id"].as_str().unwrap().to_string();
+    let batches = completed(&api, &job).await;
+    let batch = &batches.body["data"][0]["attributes"];
+    assert_eq!(
+        (batch["successCount"].clone(), batch["failureCount"].clone()),
+        (json!(1), json!(1))
+    );
+    assert!(
+        batch["results"][1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("/body: ")
+    );
+    let thread = sandbox.records().thread(&id).to_vec();
+    assert_eq!(thread.len(), 2);
+    assert_eq!(thread[1].external_id.as_deref(), Some("n-1"));
+}
+
+#[tokio::test]
+async fn faults_strike_message_and_note_creates_as_they_do_conversations() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let id = conversation(&api, "1").await;
+    sandbox.set_faults(FaultConfig {
+        fail_after_write_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let answer = api
+        .post(&format!("/v1/conversations/{id}/messages"), &message("m"))
+        .await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let answer = api
+        .post(
+            &format!("/v1/conversations/{id}/notes"),
+            &json!({"body": "n"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        sandbox.records().thread(&id).len(),
+        2,
+        "written before the 500"
+    );
+    sandbox.set_faults(FaultConfig {
+        busy_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let answer = api
+        .post(
+            &format!("/v1/conversations/{id}/notes"),
+            &json!({"body": "n"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        sandbox.records().thread(&id).len(),
+        2,
+        "nothing written before a 503"
+    );
+    sandbox.set_faults(FaultConfig {
+        drop_after_write_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let dropped = api
+        .try_post(
+            &format!("/v1/conversations/{id}/messages"),
+            &message("lost"),
+        )
+        .await;
+    assert!(dropped.is_err(), "no answer at all");
+    assert_eq!(sandbox.records().thread(&id).len(), 3);
+    let stats = api.stats().await;
+    assert_eq!(stats.faults.fail_after_write, 2);
+    assert_eq!(stats.faults.drop_after_write, 1);
+}
+
+#[tokio::test]
+async fn threads_survive_a_restart_on_the_records_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || SandboxConfig {
+        records: Some(dir.path().join("records.jsonl")),
+        ..SandboxConfig::default()
+    };
+    let sandbox = start(config()).await;
+    let api = Api::new(&sandbox);
+    let id = conversation(&api, "1").await;
+    api.post(&format!("/v1/conversations/{id}/messages"), &message("m-1"))
+        .await;
+    api.post(
+        &format!("/v1/conversations/{id}/notes"),
+        &json!({"body": "n", "externalId": "n-1"}),
+    )
+    .await;
+    let before = sandbox.records();
+    sandbox.shutdown().await;
+
+    let sandbox = start(config()).await;
+    let api = Api::new(&sandbox);
+    assert_eq!(sandbox.records(), before);
+    let found = api.get("/v1/messages/externalid=m-1").await;
+    assert_eq!(found.body["data"]["id"], before.thread(&id)[0].id.as_str());
+    let listed = api.get(&format!("/v1/conversations/{id}/notes")).await;
+    assert_eq!(listed.body["data"][0]["attributes"]["externalId"], "n-1");
+}

@@ -43,6 +43,13 @@ pub struct RequestStats {
     pub rate_limited: AtomicU64,
     /// Bulk jobs the API took (a submit answered with the job's id).
     pub bulk_jobs: AtomicU64,
+    /// Single message creates sent (each also in `creates`).
+    pub message_creates: AtomicU64,
+    /// Single note creates sent (each also in `creates`).
+    pub note_creates: AtomicU64,
+    /// Requests that looked a message or a note up: message lookups and pages of notes
+    /// listings (each also in `lookups`).
+    pub thread_lookups: AtomicU64,
     /// A moving average of answer latencies, in microseconds (0: none yet).
     latency_micros: AtomicU64,
 }
@@ -195,7 +202,11 @@ impl KustomerClient {
             .await
     }
 
-    async fn create(&self, url: &Url, body: &impl Serialize) -> Result<String, ApiError> {
+    pub(super) async fn create(
+        &self,
+        url: &Url,
+        body: &impl Serialize,
+    ) -> Result<String, ApiError> {
         self.stats.creates.fetch_add(1, Ordering::Relaxed);
         let body = serde_json::to_vec(body).map_err(|error| ApiError::Rejected {
             status: 0,
@@ -214,7 +225,7 @@ impl KustomerClient {
         }
     }
 
-    async fn lookup(
+    pub(super) async fn lookup(
         &self,
         collection: &str,
         field: &str,

@@ -5,6 +5,7 @@
 pub mod bulk;
 pub mod client;
 pub mod error;
+pub mod history;
 pub mod ratelimit;
 pub mod retry;
 

@@ -357,7 +357,7 @@ const QUOTED_CHARS: usize = 100;
 
 /// A refused value, quoted for a reason, its middle left out when it is long: a reason is
 /// kept in the checkpoint for every failed row, and a value may be megabytes.
-fn quoted(value: &str) -> String {
+pub(crate) fn quoted(value: &str) -> String {
     match value.char_indices().nth(QUOTED_CHARS) {
         None => format!("{value:?}"),
         Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
@@ -398,7 +398,7 @@ fn check_kind(
 
 /// Whether `value` is one of `known` in any ASCII case; if so it is spelt as `known` spells
 /// it (lowercase), copied only when it differs.
-fn spell_as_known(value: &mut String, known: &[&str]) -> bool {
+pub(crate) fn spell_as_known(value: &mut String, known: &[&str]) -> bool {
     match known.iter().find(|word| word.eq_ignore_ascii_case(value)) {
         Some(word) => {
             if value != word {

@@ -30,11 +30,13 @@ pub(super) enum Step {
 }
 
 impl Step {
-    /// The step a bulk job of `kind` makes.
-    pub(super) fn of_job(kind: BulkKind) -> Step {
+    /// The step a bulk job of `kind` makes; None for messages and notes, which have no
+    /// step yet (issue 17 adds them).
+    pub(super) fn of_job(kind: BulkKind) -> Option<Step> {
         match kind {
-            BulkKind::Customers => Step::Customer,
-            BulkKind::Conversations => Step::Conversation,
+            BulkKind::Customers => Some(Step::Customer),
+            BulkKind::Conversations => Some(Step::Conversation),
+            BulkKind::Messages | BulkKind::Notes => None,
         }
     }
 
@@ -540,7 +542,10 @@ mod tests {
     fn a_step_is_sent_in_the_state_of_its_intent() {
         assert_eq!(Step::Customer.intent(), RowState::CustomerSent);
         assert_eq!(Step::Conversation.intent(), RowState::ConversationSent);
-        assert_eq!(Step::of_job(BulkKind::Customers), Step::Customer);
-        assert_eq!(Step::of_job(BulkKind::Conversations), Step::Conversation);
+        assert_eq!(Step::of_job(BulkKind::Customers), Some(Step::Customer));
+        assert_eq!(
+            Step::of_job(BulkKind::Conversations),
+            Some(Step::Conversation)
+        );
     }
 }

@@ -199,6 +199,53 @@ impl RateLimiter {
     }
 }
 
+/// Kustomer's per-customer limits on messages and notes: at most `limit` of one kind for
+/// one customer in a fixed window (the org limit's length, from server start). Every
+/// attempt that reaches the check counts, refused ones included, as for the org's limit.
+#[derive(Debug)]
+pub struct CustomerLimiter {
+    limit: Option<u32>,
+    window: Duration,
+    /// (kind, customer) -> (window index, attempts in it).
+    counts: std::collections::HashMap<(u8, String), (u128, u64)>,
+}
+
+impl CustomerLimiter {
+    pub fn new(limit: Option<u32>, window: Duration) -> Self {
+        CustomerLimiter {
+            limit,
+            window: window.max(Duration::from_millis(1)),
+            counts: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Counts one create of `kind` (any small number naming it) for `customer`, `elapsed`
+    /// after server start. `Err(secs)`: over the limit, with whole seconds until the window
+    /// resets (at least 1).
+    pub fn check(&mut self, kind: u8, customer: &str, elapsed: Duration) -> Result<(), u64> {
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
+        let window_nanos = self.window.as_nanos();
+        let index = elapsed.as_nanos() / window_nanos;
+        let entry = self
+            .counts
+            .entry((kind, customer.to_owned()))
+            .or_insert((index, 0));
+        if entry.0 != index {
+            *entry = (index, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        if entry.1 <= u64::from(limit) {
+            return Ok(());
+        }
+        let until_reset = (index + 1) * window_nanos - elapsed.as_nanos();
+        Err(u64::try_from(until_reset.div_ceil(1_000_000_000))
+            .unwrap_or(u64::MAX)
+            .max(1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +310,20 @@ mod tests {
         assert!(!faults.revoked());
         faults.arrive();
         assert!(faults.revoked());
+    }
+
+    #[test]
+    fn per_customer_limits_count_each_kind_and_customer_apart() {
+        let mut limiter = CustomerLimiter::new(Some(2), Duration::from_secs(60));
+        let at = Duration::from_secs;
+        assert_eq!(limiter.check(0, "a", at(1)), Ok(()));
+        assert_eq!(limiter.check(0, "a", at(2)), Ok(()));
+        assert_eq!(limiter.check(0, "a", at(3)), Err(57));
+        assert_eq!(limiter.check(1, "a", at(3)), Ok(()), "another kind");
+        assert_eq!(limiter.check(0, "b", at(3)), Ok(()), "another customer");
+        assert_eq!(limiter.check(0, "a", at(60)), Ok(()), "a new window");
+        let mut unlimited = CustomerLimiter::new(None, Duration::from_secs(60));
+        assert!((0..500).all(|_| unlimited.check(0, "a", at(1)).is_ok()));
     }
 
     #[test]

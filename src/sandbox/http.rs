@@ -4,6 +4,7 @@
 //! jobs) and the two admin routes, the after-write faults, and the shape of every answer
 //! (envelopes and `errors` bodies).
 //! The shared state [`App`] sits behind one `std::sync::Mutex`, never held across an await.
+//! Messages and notes have their handlers in `history.rs`, on the helpers here.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,7 +22,10 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::SandboxConfig;
-use super::faults::{AfterWrite, BeforeWrite, FaultConfig, Faults, RateLimiter, RateVerdict};
+use super::faults::{
+    AfterWrite, BeforeWrite, CustomerLimiter, FaultConfig, Faults, RateLimiter, RateVerdict,
+};
+use super::history;
 use super::stats::{Counters, Stats};
 use super::store::{Conflict, InsertError, LookupError, Records, Store, attributes, parse_lookup};
 use super::validate::{FieldError, validate_conversation, validate_customer};
@@ -39,19 +43,23 @@ pub(crate) struct ConnCtx {
 }
 
 /// Everything behind the mutex.
-struct Inner {
-    store: Store,
-    counters: Counters,
+pub(super) struct Inner {
+    pub store: Store,
+    pub counters: Counters,
     faults: Faults,
     rate: RateLimiter,
+    /// The per-customer limits on messages and notes.
+    pub per_customer: CustomerLimiter,
     jobs: std::collections::HashMap<String, BulkJob>,
 }
 
 /// Which endpoint a bulk job came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BulkKind {
+pub(super) enum BulkKind {
     Customers,
     Conversations,
+    Messages,
+    Notes,
 }
 
 /// A bulk job: queued for the first half of the configured delay, running for the second,
@@ -76,14 +84,14 @@ struct ItemResult {
 const BULK_DUPLICATE: &str = "duplicate detected";
 
 /// A bulk item refused for its body: the problem in words, with no status.
-fn bulk_refusal(problem: FieldError) -> String {
+pub(super) fn bulk_refusal(problem: FieldError) -> String {
     format!("{}: {}", problem.pointer, problem.detail)
 }
 
 /// The sandbox's shared state.
 pub(crate) struct App {
-    config: SandboxConfig,
-    started: Instant,
+    pub(super) config: SandboxConfig,
+    pub(super) started: Instant,
     pub shutdown: CancellationToken,
     inner: Mutex<Inner>,
 }
@@ -95,6 +103,7 @@ impl App {
             counters: Counters::new(config.rate_window),
             faults: Faults::new(config.faults.clone()),
             rate: RateLimiter::new(config.rpm, config.rate_window),
+            per_customer: CustomerLimiter::new(config.per_customer_limit, config.rate_window),
             jobs: std::collections::HashMap::new(),
         };
         App {
@@ -105,16 +114,19 @@ impl App {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn stats(&self) -> Stats {
         let inner = self.lock();
-        inner.counters.snapshot(
+        let threads = inner.store.threads();
+        inner.counters.snapshot([
             inner.store.customer_count(),
             inner.store.conversation_count(),
-        )
+            threads.message_count(),
+            threads.note_count(),
+        ])
     }
 
     pub fn records(&self) -> Records {
@@ -143,7 +155,7 @@ impl App {
     }
 
     /// A record in the envelope of the configured style.
-    fn envelope(&self, object: Value) -> Value {
+    pub(super) fn envelope(&self, object: Value) -> Value {
         if self.config.spec_style {
             object
         } else {
@@ -151,7 +163,7 @@ impl App {
         }
     }
 
-    fn created_status(&self) -> StatusCode {
+    pub(super) fn created_status(&self) -> StatusCode {
         if self.config.spec_style {
             StatusCode::OK
         } else {
@@ -165,11 +177,23 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/customers", post(create_customer))
         .route("/v1/customers/{lookup}", get(lookup_customer))
         .route("/v1/conversations", post(create_conversation))
-        .route("/v1/conversations/{lookup}", get(lookup_conversation));
+        .route("/v1/conversations/{lookup}", get(lookup_conversation))
+        .route(
+            "/v1/conversations/{id}/messages",
+            post(history::create_message_under),
+        )
+        .route(
+            "/v1/conversations/{id}/notes",
+            post(history::create_note_under).get(history::list_notes),
+        )
+        .route("/v1/messages", post(history::create_message))
+        .route("/v1/messages/{lookup}", get(history::lookup_message));
     if !app.config.without_bulk {
         router = router
             .route("/v1/customers/bulk", post(submit_customers))
             .route("/v1/conversations/bulk", post(submit_conversations))
+            .route("/v1/messages/bulk", post(submit_messages))
+            .route("/v1/notes/bulk", post(submit_notes))
             .route("/v1/bulk/{id}", get(bulk_status))
             .route("/v1/bulk/{id}/batches", get(bulk_batches));
     }
@@ -183,9 +207,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
 }
 
 /// One problem in an `errors` body.
-struct ApiError {
-    detail: String,
-    pointer: Option<String>,
+pub(super) struct ApiError {
+    pub detail: String,
+    pub pointer: Option<String>,
 }
 
 impl From<FieldError> for ApiError {
@@ -208,7 +232,7 @@ impl From<&Conflict> for ApiError {
 
 /// Why a create made no record, as its answer's status and problems: the first problem is
 /// what a bulk item's result says.
-fn refused_insert(refusal: InsertError) -> (StatusCode, Vec<ApiError>) {
+pub(super) fn refused_insert(refusal: InsertError) -> (StatusCode, Vec<ApiError>) {
     match refusal {
         InsertError::Conflicts(conflicts) => (
             StatusCode::CONFLICT,
@@ -230,7 +254,7 @@ fn refused_insert(refusal: InsertError) -> (StatusCode, Vec<ApiError>) {
 
 /// A bulk item's error for a create that made no record, in words with no status, as
 /// Kustomer's reference shows them (`"duplicate detected"`).
-fn refused_item(refusal: InsertError) -> String {
+pub(super) fn refused_item(refusal: InsertError) -> String {
     match refusal {
         InsertError::Conflicts(_) => BULK_DUPLICATE.to_string(),
         InsertError::MissingCustomer(problem) => bulk_refusal(problem),
@@ -241,7 +265,7 @@ fn refused_item(refusal: InsertError) -> String {
 }
 
 /// `{"errors": [{status, code, title, detail, source?}, ...]}`.
-fn errors_response(status: StatusCode, items: Vec<ApiError>) -> Response {
+pub(super) fn errors_response(status: StatusCode, items: Vec<ApiError>) -> Response {
     let errors: Vec<Value> = items
         .into_iter()
         .map(|item| error_object(status, item))
@@ -254,6 +278,7 @@ fn error_object(status: StatusCode, item: ApiError) -> Value {
     let (code, title) = match status {
         StatusCode::BAD_REQUEST => ("bad_request", "Bad Request"),
         StatusCode::UNAUTHORIZED => ("unauthorized", "Unauthorized"),
+        StatusCode::FORBIDDEN => ("forbidden", "Forbidden"),
         StatusCode::NOT_FOUND => ("not_found", "Not Found"),
         StatusCode::CONFLICT => ("duplicate", "Duplicate"),
         StatusCode::UNPROCESSABLE_ENTITY => ("invalid", "Validation failed"),
@@ -273,7 +298,7 @@ fn error_object(status: StatusCode, item: ApiError) -> Value {
     error
 }
 
-fn error(status: StatusCode, detail: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, detail: impl Into<String>) -> Response {
     errors_response(
         status,
         vec![ApiError {
@@ -321,8 +346,11 @@ async fn api_gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Resp
         Some(path) => format!("{} {}", req.method(), path.as_str()),
         None => "other".to_owned(),
     };
+    let path = req.uri().path();
     let is_create = req.method() == Method::POST
-        && matches!(req.uri().path(), "/v1/customers" | "/v1/conversations");
+        && (matches!(path, "/v1/customers" | "/v1/conversations" | "/v1/messages")
+            || (path.starts_with("/v1/conversations/")
+                && (path.ends_with("/messages") || path.ends_with("/notes"))));
     let authorized = authorized(app.config.token.as_deref(), req.headers());
 
     let (gate, rate) = {
@@ -418,7 +446,7 @@ fn add_rate_headers(headers: &mut HeaderMap, rate: RateVerdict) {
 }
 
 /// Reads the body as a JSON object, or answers 400.
-async fn read_object(body: Body) -> Result<Map<String, Value>, Response> {
+pub(super) async fn read_object(body: Body) -> Result<Map<String, Value>, Response> {
     let bytes = to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| error(StatusCode::BAD_REQUEST, "the body could not be read"))?;
@@ -435,7 +463,7 @@ async fn read_object(body: Body) -> Result<Map<String, Value>, Response> {
     }
 }
 
-fn invalid(errors: Vec<FieldError>) -> Response {
+pub(super) fn invalid(errors: Vec<FieldError>) -> Response {
     errors_response(
         StatusCode::UNPROCESSABLE_ENTITY,
         errors.into_iter().map(ApiError::from).collect(),
@@ -550,6 +578,14 @@ async fn submit_conversations(State(app): State<Arc<App>>, req: Request) -> Resp
     submit_bulk(app, req, BulkKind::Conversations).await
 }
 
+async fn submit_messages(State(app): State<Arc<App>>, req: Request) -> Response {
+    submit_bulk(app, req, BulkKind::Messages).await
+}
+
+async fn submit_notes(State(app): State<Arc<App>>, req: Request) -> Response {
+    submit_bulk(app, req, BulkKind::Notes).await
+}
+
 /// Queues a bulk job: an array of 1 to 100 bodies, each with an optional `_clientRef`
 /// (unique in the request, at most 255 characters). Items are validated when the job runs,
 /// each on its own; only a request that is not such an array is refused whole (400). The
@@ -604,6 +640,7 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
             let problems = match kind {
                 BulkKind::Customers => customer_errors(&app, &body),
                 BulkKind::Conversations => validate_conversation(&Value::Object(body)),
+                BulkKind::Messages | BulkKind::Notes => history::item_errors(kind, &body),
             };
             problems.into_iter().next().map(|problem| (index, problem))
         })
@@ -651,7 +688,13 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
         "id": id,
         "attributes": { "status": "queued", "count": count },
     }));
-    let response = (app.created_status(), Json(answer)).into_response();
+    // The message bulk endpoint's spec says 200 where the other bulk creates say 201.
+    let status = if kind == BulkKind::Messages {
+        StatusCode::OK
+    } else {
+        app.created_status()
+    };
+    let response = (status, Json(answer)).into_response();
     after_write(&app, conn, fault, response).await
 }
 
@@ -670,6 +713,7 @@ fn run_bulk_job(app: &App, id: &str) {
             _ => None,
         };
         let outcome = match kind {
+            BulkKind::Messages | BulkKind::Notes => history::run_item(app, &mut inner, kind, &body),
             BulkKind::Customers => {
                 let errors = customer_errors(app, &body);
                 if let Some(first) = errors.into_iter().next() {
@@ -786,7 +830,7 @@ async fn bulk_batches(
 }
 
 /// Rolls and counts the after-write fault of a successful create.
-fn roll_after(inner: &mut Inner) -> AfterWrite {
+pub(super) fn roll_after(inner: &mut Inner) -> AfterWrite {
     let fault = inner.faults.roll_after();
     let counts = &mut inner.counters.faults;
     match fault {
@@ -798,7 +842,7 @@ fn roll_after(inner: &mut Inner) -> AfterWrite {
     fault
 }
 
-async fn after_write(
+pub(super) async fn after_write(
     app: &App,
     conn: Option<ConnCtx>,
     fault: AfterWrite,
@@ -829,7 +873,7 @@ async fn drop_connection(app: &App, conn: Option<ConnCtx>) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
-fn lookup_error(e: LookupError, what: &str) -> Response {
+pub(super) fn lookup_error(e: LookupError, what: &str) -> Response {
     match e {
         LookupError::BadEncoding => error(
             StatusCode::BAD_REQUEST,

@@ -17,6 +17,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::store::{ConversationRecord, CustomerRecord};
+use super::thread::ThreadRecord;
 
 /// One line of the log.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -24,6 +25,8 @@ use super::store::{ConversationRecord, CustomerRecord};
 pub enum Entry {
     Customer(CustomerRecord),
     Conversation(ConversationRecord),
+    /// A message or a note (its `kind` says which).
+    Thread(ThreadRecord),
 }
 
 /// One line of the log, borrowed to be written.
@@ -32,6 +35,7 @@ pub enum Entry {
 pub enum EntryRef<'a> {
     Customer(&'a CustomerRecord),
     Conversation(&'a ConversationRecord),
+    Thread(&'a ThreadRecord),
 }
 
 /// The log, open for appending.

@@ -17,11 +17,13 @@
 //! ```
 
 mod faults;
+mod history;
 mod http;
 mod journal;
 mod stats;
 mod store;
-mod validate;
+mod thread;
+pub mod validate;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -48,9 +50,10 @@ pub use store::{
     ConversationRecord, CustomerRecord, EmailEntry, Lookup, LookupError, PhoneEntry, Records,
     parse_lookup, percent_decode,
 };
+pub use thread::{Thread, ThreadKind, ThreadRecord};
 pub use validate::{
-    FieldError, is_rfc3339, is_valid_email, is_valid_phone, phone_digits, validate_conversation,
-    validate_customer,
+    FieldError, ThreadRoute, is_rfc3339, is_valid_email, is_valid_phone, phone_digits,
+    validate_conversation, validate_customer, validate_message, validate_note,
 };
 
 use http::{App, ConnCtx};
@@ -91,6 +94,16 @@ pub struct SandboxConfig {
     /// resumed run that asks for a job of the sandbox before gets 404 and looks its rows
     /// up.
     pub records: Option<PathBuf>,
+    /// Whether the key's user holds `org.admin`, the role Kustomer requires to set a
+    /// message's or note's `createdAt` or `createdBy`. Off (the default): a message or
+    /// note carrying either is refused with 403. The live API is documented to use the
+    /// key's user and the current time instead; the sandbox refuses, strictest, so that
+    /// an importer never believes it set dates it did not.
+    pub org_admin: bool,
+    /// Messages (without `importedAt`) and notes (any) one customer may have created per
+    /// rate window, each kind counted apart; beyond, 429 (a bulk item: an error). Kustomer:
+    /// 120 a minute. None: no such limit.
+    pub per_customer_limit: Option<u32>,
 }
 
 impl Default for SandboxConfig {
@@ -108,6 +121,8 @@ impl Default for SandboxConfig {
             bulk_refuse_invalid: false,
             without_bulk: false,
             records: None,
+            org_admin: false,
+            per_customer_limit: Some(120),
         }
     }
 }

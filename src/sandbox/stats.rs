@@ -35,6 +35,16 @@ pub struct Stats {
     pub customers: u64,
     /// Conversations held.
     pub conversations: u64,
+    /// Messages held.
+    #[serde(default)]
+    pub messages: u64,
+    /// Notes held.
+    #[serde(default)]
+    pub notes: u64,
+    /// 429 answers (and bulk items refused) for a customer's message or note limit; the
+    /// answers are in `rate_limited` too.
+    #[serde(default)]
+    pub customer_limited: u64,
     /// 429 answers sent.
     pub rate_limited: u64,
     /// The most API requests that arrived within any sliding window of the rate-window
@@ -50,6 +60,7 @@ pub struct Counters {
     requests_total: u64,
     creates_total: u64,
     rate_limited: u64,
+    pub customer_limited: u64,
     pub faults: FaultCounts,
     window: Duration,
     /// Arrivals within the last `window`, oldest first.
@@ -64,6 +75,7 @@ impl Counters {
             requests_total: 0,
             creates_total: 0,
             rate_limited: 0,
+            customer_limited: 0,
             faults: FaultCounts::default(),
             window,
             arrivals: VecDeque::new(),
@@ -104,14 +116,21 @@ impl Counters {
             .or_default() += 1;
     }
 
-    pub fn snapshot(&self, customers: usize, conversations: usize) -> Stats {
+    /// What the counters say, with how many records of each kind are held (customers,
+    /// conversations, messages, notes).
+    pub fn snapshot(&self, held: [usize; 4]) -> Stats {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let [customers, conversations, messages, notes] = held;
         Stats {
             requests: self.requests.clone(),
             requests_total: self.requests_total,
             creates_total: self.creates_total,
-            customers: u64::try_from(customers).unwrap_or(u64::MAX),
-            conversations: u64::try_from(conversations).unwrap_or(u64::MAX),
+            customers: count(customers),
+            conversations: count(conversations),
+            messages: count(messages),
+            notes: count(notes),
             rate_limited: self.rate_limited,
+            customer_limited: self.customer_limited,
             max_requests_in_window: self.max_in_window,
             faults: self.faults.clone(),
         }
@@ -132,10 +151,10 @@ mod tests {
         for ms in [0, 700, 900, 1400, 1500] {
             counters.arrive(at(ms), false);
         }
-        assert_eq!(counters.snapshot(0, 0).max_requests_in_window, 4);
+        assert_eq!(counters.snapshot([0; 4]).max_requests_in_window, 4);
         // Exactly one window later the oldest no longer counts.
         counters.arrive(at(2400), true);
-        let stats = counters.snapshot(0, 0);
+        let stats = counters.snapshot([0; 4]);
         assert_eq!(stats.max_requests_in_window, 4);
         assert_eq!(stats.requests_total, 6);
         assert_eq!(stats.creates_total, 1);
@@ -148,7 +167,7 @@ mod tests {
         counters.answered("POST /v1/customers", 201);
         counters.answered("POST /v1/customers", 409);
         counters.faults.busy = 3;
-        let stats = counters.snapshot(2, 1);
+        let stats = counters.snapshot([2, 1, 0, 0]);
         let json = serde_json::to_value(&stats).unwrap_or_default();
         assert_eq!(json["requests"]["POST /v1/customers"]["201"], 2);
         assert_eq!(json["faults"]["busy"], 3);

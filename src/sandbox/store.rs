@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::journal::{Entry, EntryRef, Journal};
+use super::thread::{Thread, ThreadKind, ThreadRecord, Threads};
 use super::validate::{FieldError, phone_digits};
 
 /// One email of a customer.
@@ -76,6 +77,36 @@ pub struct ConversationRecord {
 pub struct Records {
     pub customers: Vec<CustomerRecord>,
     pub conversations: Vec<ConversationRecord>,
+    /// Each conversation's messages and notes in the order they were made, conversations
+    /// in creation order; a conversation with neither is left out.
+    #[serde(default)]
+    pub threads: Vec<Thread>,
+}
+
+impl Records {
+    /// A conversation's messages and notes, in the order they were made (empty when it has
+    /// none, or is not held).
+    pub fn thread(&self, conversation_id: &str) -> &[ThreadRecord] {
+        self.threads
+            .iter()
+            .find(|t| t.conversation == conversation_id)
+            .map_or(&[], |t| t.items.as_slice())
+    }
+
+    /// Messages held, in all threads.
+    pub fn message_count(&self) -> usize {
+        self.count(ThreadKind::Message)
+    }
+
+    /// Notes held, in all threads.
+    pub fn note_count(&self) -> usize {
+        self.count(ThreadKind::Note)
+    }
+
+    fn count(&self, kind: ThreadKind) -> usize {
+        let items = self.threads.iter().flat_map(|t| &t.items);
+        items.filter(|r| r.kind == kind).count()
+    }
 }
 
 /// A customer body that reuses a key another customer holds.
@@ -200,6 +231,8 @@ pub struct Store {
     by_phone: HashMap<String, usize>,
     /// Conversation externalId, exact: not unique, creation order.
     conversations_by_external_id: HashMap<String, Vec<usize>>,
+    /// Messages and notes.
+    threads: Threads,
     ids: IdGen,
     /// Where every record is written before it counts as made, if anywhere.
     journal: Option<Journal>,
@@ -222,6 +255,7 @@ impl Store {
             by_email: HashMap::new(),
             by_phone: HashMap::new(),
             conversations_by_external_id: HashMap::new(),
+            threads: Threads::default(),
             ids: IdGen::new(),
             journal: None,
         }
@@ -236,6 +270,10 @@ impl Store {
             match entry {
                 Entry::Customer(record) => store.index_customer(record),
                 Entry::Conversation(record) => store.index_conversation(record),
+                Entry::Thread(record) => {
+                    store.threads.add(record);
+                    0
+                }
             };
         }
         store.journal = Some(journal);
@@ -254,6 +292,9 @@ impl Store {
         Records {
             customers: self.customers.clone(),
             conversations: self.conversations.clone(),
+            threads: self
+                .threads
+                .threads(self.conversations.iter().map(|c| c.id.as_str())),
         }
     }
 
@@ -261,7 +302,9 @@ impl Store {
     pub fn new_id(&mut self) -> String {
         loop {
             let id = self.ids.next();
-            if !self.customer_by_id.contains_key(&id) && !self.conversation_by_id.contains_key(&id)
+            if !self.customer_by_id.contains_key(&id)
+                && !self.conversation_by_id.contains_key(&id)
+                && !self.threads.holds_id(&id)
             {
                 return id;
             }
@@ -376,6 +419,34 @@ impl Store {
         self.conversation_by_id.insert(record.id.clone(), index);
         self.conversations.push(record);
         index
+    }
+
+    /// The customer of a conversation held here; None when there is no such conversation.
+    pub fn conversation_customer(&self, conversation_id: &str) -> Option<&str> {
+        let index = self.conversation_by_id.get(conversation_id)?;
+        self.conversations.get(*index).map(|c| c.customer.as_str())
+    }
+
+    /// Creates a message or note of a conversation held here (the caller checked that it
+    /// is), from a checked body.
+    pub fn insert_thread_item(
+        &mut self,
+        kind: ThreadKind,
+        conversation_id: &str,
+        body: &Map<String, Value>,
+    ) -> Result<&ThreadRecord, InsertError> {
+        let customer = self
+            .conversation_customer(conversation_id)
+            .unwrap_or_default()
+            .to_owned();
+        let record = ThreadRecord::new(self.new_id(), kind, conversation_id, &customer, body);
+        self.record(EntryRef::Thread(&record))?;
+        Ok(self.threads.add(record))
+    }
+
+    /// Messages and notes.
+    pub fn threads(&self) -> &Threads {
+        &self.threads
     }
 
     /// Finds a customer; emails compare case-insensitively, phones by their digits.

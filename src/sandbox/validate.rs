@@ -80,6 +80,16 @@ enum Rule {
     OneOf(&'static [&'static str]),
     /// An integer in 1..=5.
     Priority,
+    /// Any JSON object (a message's `meta`).
+    Object,
+    /// Any JSON array (`attachments`).
+    Array,
+    /// `true` or `false`.
+    Bool,
+    /// A note's text: a non-empty string of at most [`MAX_NOTE_BODY`] characters.
+    NoteBody,
+    /// At most 20 mentions, each a user id or `{user}` / `{team}`.
+    Mentions,
 }
 
 const CUSTOMER_FIELDS: &[(&str, Rule)] = &[
@@ -107,6 +117,88 @@ const CONVERSATION_FIELDS: &[(&str, Rule)] = &[
     ("priority", Rule::Priority),
     ("direction", Rule::OneOf(DIRECTIONS)),
 ];
+
+/// Message `channel` values.
+pub const CHANNELS: &[&str] = &[
+    "email",
+    "sms",
+    "chat",
+    "facebook",
+    "twitter-dm",
+    "twitter-tweet",
+    "voice",
+    "instagram",
+    "whatsapp",
+];
+/// Message `status` values.
+pub const MESSAGE_STATUSES: &[&str] = &["sent", "received", "error"];
+/// Longest note text, in characters (Kustomer's reference: 1 to 10,240).
+pub const MAX_NOTE_BODY: usize = 10_240;
+/// Most `userMentions` a note takes.
+pub const MAX_MENTIONS: usize = 20;
+
+const MESSAGE_FIELDS: &[(&str, Rule)] = &[
+    ("conversation", Rule::Key),
+    ("channel", Rule::OneOf(CHANNELS)),
+    ("app", Rule::Key),
+    ("direction", Rule::OneOf(DIRECTIONS)),
+    ("status", Rule::OneOf(MESSAGE_STATUSES)),
+    ("externalId", Rule::Key),
+    ("sentAt", Rule::Timestamp),
+    ("createdAt", Rule::Timestamp),
+    ("importedAt", Rule::Timestamp),
+    ("createdBy", Rule::Key),
+    ("preview", Rule::AnyString),
+    ("subject", Rule::AnyString),
+    ("meta", Rule::Object),
+    ("custom", Rule::Custom),
+    ("lang", Rule::ShortString),
+    ("attachments", Rule::Array),
+    ("auto", Rule::Bool),
+];
+
+const NOTE_FIELDS: &[(&str, Rule)] = &[
+    ("conversation", Rule::Key),
+    ("body", Rule::NoteBody),
+    ("externalId", Rule::Key),
+    ("userMentions", Rule::Mentions),
+    ("attachments", Rule::Array),
+    ("createdAt", Rule::Timestamp),
+    ("createdBy", Rule::Key),
+    ("importedAt", Rule::Timestamp),
+];
+
+/// Where a message or note body came: what it must carry besides its own fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadRoute {
+    /// `POST /v1/conversations/{id}/...`: the conversation is the path's.
+    UnderConversation,
+    /// `POST /v1/messages`, or an item of a bulk request: the body names its
+    /// `conversation` (and a message its `direction`, which `/v1/messages` requires; a bulk
+    /// item is held to the same body, strictest).
+    Standalone,
+}
+
+/// Checks a message body: `channel` and `app` always required; `conversation` and
+/// `direction` too when it is not posted under its conversation. Unknown fields are refused,
+/// as for conversations.
+pub fn validate_message(body: &Value, route: ThreadRoute) -> Vec<FieldError> {
+    let required: &[&str] = match route {
+        ThreadRoute::UnderConversation => &["channel", "app"],
+        ThreadRoute::Standalone => &["conversation", "direction", "channel", "app"],
+    };
+    validate_object(body, MESSAGE_FIELDS, required)
+}
+
+/// Checks a note body: `body` always required, `conversation` too when it is not posted
+/// under its conversation.
+pub fn validate_note(body: &Value, route: ThreadRoute) -> Vec<FieldError> {
+    let required: &[&str] = match route {
+        ThreadRoute::UnderConversation => &["body"],
+        ThreadRoute::Standalone => &["conversation", "body"],
+    };
+    validate_object(body, NOTE_FIELDS, required)
+}
 
 /// Checks a `POST /v1/customers` body. Empty when the body is acceptable (duplicates aside).
 pub fn validate_customer(body: &Value) -> Vec<FieldError> {
@@ -177,6 +269,72 @@ fn check_rule(rule: Rule, name: &str, value: &Value, path: &str, errors: &mut Ve
                 "priority must be an integer from 1 to 5",
             )),
         },
+        Rule::Object if !value.is_object() => {
+            errors.push(FieldError::new(
+                path.into(),
+                format!("{name} must be an object"),
+            ));
+        }
+        Rule::Array if !value.is_array() => {
+            errors.push(FieldError::new(
+                path.into(),
+                format!("{name} must be an array"),
+            ));
+        }
+        Rule::Bool if !value.is_boolean() => {
+            errors.push(FieldError::new(
+                path.into(),
+                format!("{name} must be true or false"),
+            ));
+        }
+        Rule::NoteBody => match value.as_str() {
+            Some(s) if !s.trim().is_empty() && s.chars().count() <= MAX_NOTE_BODY => {}
+            _ => errors.push(FieldError::new(
+                path.into(),
+                format!("body must be a non-empty string of at most {MAX_NOTE_BODY} characters"),
+            )),
+        },
+        Rule::Mentions => check_mentions(value, path, errors),
+        Rule::Object | Rule::Array | Rule::Bool => {}
+    }
+}
+
+/// `userMentions`: at most [`MAX_MENTIONS`] entries, each a user id or an object naming
+/// one `user` or `team` (the reference shows both spellings).
+fn check_mentions(value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(items) = value.as_array() else {
+        errors.push(FieldError::new(
+            path.into(),
+            "userMentions must be an array",
+        ));
+        return;
+    };
+    if items.len() > MAX_MENTIONS {
+        errors.push(FieldError::new(
+            path.into(),
+            format!("userMentions takes at most {MAX_MENTIONS} entries"),
+        ));
+    }
+    for (i, item) in items.iter().enumerate() {
+        let ok = match item {
+            Value::String(id) => !id.is_empty(),
+            Value::Object(entry) => {
+                entry.len() == 1
+                    && ["user", "team"].iter().any(|k| {
+                        entry
+                            .get(*k)
+                            .and_then(Value::as_str)
+                            .is_some_and(|v| !v.is_empty())
+                    })
+            }
+            _ => false,
+        };
+        if !ok {
+            errors.push(FieldError::new(
+                format!("{path}/{i}"),
+                "a mention must be a user id or {\"user\": id} or {\"team\": id}",
+            ));
+        }
     }
 }
 

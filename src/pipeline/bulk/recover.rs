@@ -144,6 +144,15 @@ async fn finish_earlier_job(
     jobs: &Jobs,
     job: &StoredBulkJob,
 ) -> Option<EarlierOutcome> {
+    let Some(step) = Step::of_job(job.kind) else {
+        tracing::warn!(
+            "bulk job {} of an earlier run made {}, which this version cannot settle: its \
+             rows are held",
+            job.id,
+            job.kind.as_str()
+        );
+        return None;
+    };
     let job_id = match (&job.job_id, job.state) {
         (Some(job_id), BulkJobState::Queued) => job_id,
         (_, state) => {
@@ -172,7 +181,6 @@ async fn finish_earlier_job(
         };
     let mut results = EarlierResults::default();
     let mut changes = Vec::new();
-    let step = Step::of_job(job.kind);
     let policy = tools.rules.on_existing_customer;
     for item in &job.items {
         // A row that has moved on since (settled by lookup after all) is not touched.
