@@ -12,13 +12,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::checks::{finish_plan, normalize_timestamp};
+use super::checks::finish_plan;
 use super::{ConversationBody, CustomerBody, EmailEntry, MappingError, PhoneEntry, Plan};
+use crate::history::checks::{DEFAULT_APP, finish_item};
 use crate::history::{ItemKind, ThreadItem};
 use crate::input::SourceFields;
-
-/// The `app` every imported message names.
-const APP: &str = "kustomer-import";
 
 /// A Zendesk user's role: end-users write inbound messages, agents and admins outbound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,7 +315,7 @@ impl ZendeskMapping {
                 .map(kustomer_channel)
                 .unwrap_or(context.channel);
             body.insert("channel".into(), json!(channel));
-            body.insert("app".into(), json!(APP));
+            body.insert("app".into(), json!(DEFAULT_APP));
             body.insert("direction".into(), json!(direction));
             if let Some(created_at) = created_at {
                 body.insert("sentAt".into(), created_at.clone());
@@ -331,7 +329,10 @@ impl ZendeskMapping {
             }
             ItemKind::Message
         } else {
-            body.insert("body".into(), plain.map_or(Value::Null, |text| json!(text)));
+            // No text at all is left to finish_item to refuse, naming `comments[i].body`.
+            if let Some(plain) = plain {
+                body.insert("body".into(), json!(plain));
+            }
             ItemKind::Note
         };
         finish_item(kind, body, &path, context.file, context.line)
@@ -443,60 +444,6 @@ fn conversation_of(ticket: &Map<String, Value>) -> Result<ConversationBody, Mapp
         channel: channel.map(String::from),
         status: status.map(String::from),
         extra,
-    })
-}
-
-/// Makes a comment's body a [`ThreadItem`]: its externalId as the source id, its dates
-/// checked (RFC 3339 with an offset, as Zendesk writes them) and normalised to UTC, a
-/// note's body required. The same signature as `history::checks::finish_item` (branch
-/// h17-nested), which replaces it once merged; until then it checks what this preset
-/// writes (channel, app and direction come from fixed tables above).
-fn finish_item(
-    kind: ItemKind,
-    mut body: Map<String, Value>,
-    path: &str,
-    file: &Arc<str>,
-    line: u64,
-) -> Result<ThreadItem, MappingError> {
-    let source_id = match body.remove("externalId") {
-        Some(Value::String(id)) => Some(id),
-        _ => None,
-    };
-    let mut at = None;
-    for field in ["createdAt", "sentAt"] {
-        let Some(value) = body.get_mut(field) else {
-            continue;
-        };
-        let normal = value
-            .as_str()
-            .and_then(normalize_timestamp)
-            .ok_or_else(|| {
-                MappingError::new(
-                    &format!("{path}.{field}"),
-                    "not an RFC 3339 timestamp",
-                    format!(
-                        "{value} is not an RFC 3339 timestamp with a UTC offset, such as \
-                         2024-01-31T12:00:00Z"
-                    ),
-                )
-            })?;
-        at = normal.parse::<jiff::Timestamp>().ok().or(at);
-        *value = Value::String(normal);
-    }
-    if kind == ItemKind::Note && !body.get("body").is_some_and(Value::is_string) {
-        return Err(MappingError::new(
-            &format!("{path}.body"),
-            "a note with no body",
-            "is an internal note with no plain_body or body",
-        ));
-    }
-    Ok(ThreadItem {
-        kind,
-        source_id,
-        at,
-        body,
-        file: Arc::clone(file),
-        line,
     })
 }
 
