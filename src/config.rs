@@ -517,6 +517,43 @@ mod tests {
         }
     }
 
+    fn validate_args(argv: &[&str]) -> ValidateArgs {
+        use clap::Parser;
+        let argv = [&["kustomer-import", "validate"], argv].concat();
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Validate(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    fn refusal(argv: &[&str]) -> String {
+        validate_config(validate_args(argv))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_zendesk_preset_needs_its_users_and_json_tickets() {
+        let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/zendesk");
+        let tickets = format!("{samples}/tickets.json");
+        let users = format!("{samples}/users.json");
+        let preset = ["--preset", "zendesk-json"];
+        let config = validate_config(validate_args(
+            &[&preset[..], &[&tickets, "--users", &users]].concat(),
+        ))
+        .unwrap();
+        assert!(matches!(&config.mapping, Mapping::Zendesk(users) if users.len() == 6));
+        assert!(refusal(&[&preset[..], &[&tickets]].concat()).contains("needs --users"));
+        assert!(
+            refusal(&[&preset[..], &[&tickets, "--users", "/no/users.json"]].concat())
+                .starts_with("--users /no/users.json:")
+        );
+        assert!(
+            refusal(&[&preset[..], &["t.csv", "--users", &users]].concat()).contains("not CSV")
+        );
+        assert!(refusal(&[&tickets, "--users", &users]).contains("give --preset"));
+    }
+
     #[test]
     fn a_rehearsal_has_a_checkpoint_of_its_own_unless_one_is_named() {
         let real = import_output(&import_args(&[]));
