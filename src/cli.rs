@@ -240,6 +240,22 @@ pub struct InputArgs {
     #[arg(long, env = "KUSTOMER_IMPORT_MAPPING", value_name = "FILE")]
     pub mapping: Option<PathBuf>,
 
+    /// A built-in mapping for a help desk's own export instead of the default columns or
+    /// a mapping file. zendesk-json: Zendesk's full JSON export, tickets.json (one ticket a
+    /// line, its comments inside) as FILE, with its users.json as --users.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_PRESET",
+        value_enum,
+        conflicts_with = "mapping"
+    )]
+    pub preset: Option<PresetArg>,
+
+    /// The users file a preset reads people from (zendesk-json: users.json, one user a
+    /// line; requesters become customers, and a comment's author tells its direction).
+    #[arg(long, env = "KUSTOMER_IMPORT_USERS", value_name = "FILE")]
+    pub users: Option<PathBuf>,
+
     /// The CSV delimiter: one character, or 'tab' [default: the mapping's, else sniffed
     /// from the header line among , ; tab |].
     #[arg(long, env = "KUSTOMER_IMPORT_DELIMITER", value_name = "CHAR")]
@@ -464,6 +480,12 @@ pub struct ImportArgs {
     /// No progress bar, even on a terminal.
     #[arg(help_heading = OUTPUT, long, env = "KUSTOMER_IMPORT_NO_PROGRESS", value_parser = FalseyValueParser::new())]
     pub no_progress: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PresetArg {
+    /// Zendesk's full JSON export (tickets.json with users.json).
+    ZendeskJson,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

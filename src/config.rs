@@ -12,7 +12,7 @@ use url::Url;
 
 use crate::cli::{
     ExportArgs, FormatArg, ImportArgs, InputArgs, MappingInitArgs, ModeArg, OnExistingArg,
-    SandboxArgs, StateArg, ValidateArgs,
+    PresetArg, SandboxArgs, StateArg, ValidateArgs,
 };
 use crate::commands::mapping::InitConfig;
 use kustomer_import::api::Backoff;
@@ -21,7 +21,9 @@ use kustomer_import::checkpoint::inspect::StateFilter;
 use kustomer_import::input::{
     CsvSettings, InputError, InputFormat, InputSource, parse_delimiter, parse_encoding,
 };
-use kustomer_import::mapping::{Mapping, MappingConfigError, MappingFile};
+use kustomer_import::mapping::{
+    Mapping, MappingConfigError, MappingFile, ZendeskUsers, ZendeskUsersError,
+};
 use kustomer_import::pipeline::{Concurrency, ImportMode, ImportSettings, OnExistingCustomer};
 use kustomer_import::rows::ReadSettings;
 use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
@@ -50,6 +52,8 @@ pub enum ConfigError {
     Input(#[from] InputError),
     #[error(transparent)]
     Mapping(#[from] MappingConfigError),
+    #[error(transparent)]
+    Users(#[from] ZendeskUsersError),
 }
 
 /// Where the import sends its requests.
@@ -233,19 +237,29 @@ pub fn import_config(
 /// The inputs and the mapping: the mapping file read and checked, and the CSV settings
 /// from the flags, else from the mapping's `[csv]` section.
 fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping), ConfigError> {
-    let format = args.format.map(|format| match format {
-        FormatArg::Csv => InputFormat::Csv,
-        FormatArg::Jsonl => InputFormat::Jsonl,
-    });
+    let format = args
+        .format
+        .map(|format| match format {
+            FormatArg::Csv => InputFormat::Csv,
+            FormatArg::Jsonl => InputFormat::Jsonl,
+        })
+        // A preset's tickets are JSON lines whatever the file is called.
+        .or(args.preset.map(|_| InputFormat::Jsonl));
     if args.files.iter().filter(|name| *name == "-").count() > 1 {
         return Err(ConfigError::BadValue(
             "stdin ('-') can be read only once".into(),
         ));
     }
     let flags = csv_flags(args.delimiter.as_deref(), args.encoding.as_deref())?;
-    let (mapping, settings) = match &args.mapping {
-        None => (Mapping::Default, flags),
-        Some(path) => {
+    let (mapping, settings) = match (&args.preset, &args.mapping) {
+        (Some(preset), _) => (preset_mapping(*preset, &args)?, flags),
+        (None, None) if args.users.is_some() => {
+            return Err(ConfigError::BadValue(
+                "--users is read by a preset: give --preset zendesk-json with it".into(),
+            ));
+        }
+        (None, None) => (Mapping::Default, flags),
+        (None, Some(path)) => {
             let file = MappingFile::load(path)?;
             let settings = flags.or(file.csv);
             (Mapping::File(Arc::new(file)), settings)
@@ -262,6 +276,34 @@ fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping), ConfigEr
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((inputs, mapping))
+}
+
+/// A preset's mapping: zendesk-json reads JSON tickets only, with the users file given by
+/// --users, read (and checked) here once.
+fn preset_mapping(preset: PresetArg, args: &InputArgs) -> Result<Mapping, ConfigError> {
+    match preset {
+        PresetArg::ZendeskJson => {
+            if matches!(args.format, Some(FormatArg::Csv))
+                || args
+                    .files
+                    .iter()
+                    .any(|name| InputFormat::from_path(name) == Some(InputFormat::Csv))
+            {
+                return Err(ConfigError::BadValue(
+                    "--preset zendesk-json reads tickets.json (JSON, one ticket a line), not CSV"
+                        .into(),
+                ));
+            }
+            let users = args.users.as_ref().ok_or_else(|| {
+                ConfigError::BadValue(
+                    "--preset zendesk-json needs --users users.json: requesters and comment \
+                     authors are found there by id"
+                        .into(),
+                )
+            })?;
+            Ok(Mapping::Zendesk(Arc::new(ZendeskUsers::load(users)?)))
+        }
+    }
 }
 
 /// A size in bytes as people write it: `4194304`, `4MiB`, `4M`, `512 KiB`, `10MB`. Binary
@@ -475,6 +517,43 @@ mod tests {
             crate::cli::Command::Import(args) => args,
             _ => unreachable!(),
         }
+    }
+
+    fn validate_args(argv: &[&str]) -> ValidateArgs {
+        use clap::Parser;
+        let argv = [&["kustomer-import", "validate"], argv].concat();
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Validate(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    fn refusal(argv: &[&str]) -> String {
+        validate_config(validate_args(argv))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_zendesk_preset_needs_its_users_and_json_tickets() {
+        let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/zendesk");
+        let tickets = format!("{samples}/tickets.json");
+        let users = format!("{samples}/users.json");
+        let preset = ["--preset", "zendesk-json"];
+        let config = validate_config(validate_args(
+            &[&preset[..], &[&tickets, "--users", &users]].concat(),
+        ))
+        .unwrap();
+        assert!(matches!(&config.mapping, Mapping::Zendesk(users) if users.len() == 6));
+        assert!(refusal(&[&preset[..], &[&tickets]].concat()).contains("needs --users"));
+        assert!(
+            refusal(&[&preset[..], &[&tickets, "--users", "/no/users.json"]].concat())
+                .starts_with("--users /no/users.json:")
+        );
+        assert!(
+            refusal(&[&preset[..], &["t.csv", "--users", &users]].concat()).contains("not CSV")
+        );
+        assert!(refusal(&[&tickets, "--users", &users]).contains("give --preset"));
     }
 
     #[test]

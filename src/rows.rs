@@ -357,7 +357,8 @@ pub const THREAD_MARKER: &str = "(staged: see the source line)";
 
 fn drop_thread(fields: &mut SourceFields) {
     if let SourceFields::Json(object) = fields {
-        for key in ["messages", "notes"] {
+        // `comments`: a Zendesk ticket's thread.
+        for key in ["messages", "notes", "comments"] {
             if let Some(value) = object.get_mut(key)
                 && value.is_array()
             {
@@ -393,7 +394,7 @@ fn read_row(
             });
         }
     };
-    let mut plan = mapping.map(&record.fields);
+    let mut plan = mapping.map(&record.fields, &file, record.line);
     let mut fields = record.fields;
     if let Ok(plan) = &mut plan
         && !plan.thread.is_empty()

@@ -44,6 +44,11 @@ impl Mapping {
         match self {
             Mapping::Default => default_use(headers),
             Mapping::File(file) => file_use(file, headers),
+            // The preset reads JSON tickets, never a CSV header (config refuses CSV inputs).
+            Mapping::Zendesk(_) => ColumnUse {
+                unused: headers.to_vec(),
+                ..ColumnUse::default()
+            },
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Mapping: turns one source record into a [`Plan`] (the customer body, the conversation
 //! body, the customer's key) or into a [`MappingError`] that names the field and the reason.
 //!
-//! Two mappings exist: the default columns ([`default`], described in README.md) and a
-//! mapping file ([`file`], TOML, `--mapping`). Both end in the same local validation
+//! Three mappings exist: the default columns ([`default`], described in README.md), a
+//! mapping file ([`file`], TOML, `--mapping`) and the Zendesk preset ([`zendesk`],
+//! `--preset zendesk-json`). All end in the same local validation
 //! ([`checks`]), so a row refused here costs no request and `validate` refuses exactly
 //! what `import` would. Mapping is pure: no I/O, no clock, no randomness, so the same
 //! record always gives the same plan (row keys and derived ids depend on that).
@@ -11,6 +12,7 @@ pub mod checks;
 pub mod columns;
 mod default;
 pub mod file;
+pub mod zendesk;
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use crate::input::SourceFields;
 pub use self::checks::{MAX_TEXT_LEN, STATUSES, is_valid_email, normalize_phone};
 pub use self::default::DefaultMapping;
 pub use self::file::{MappingConfigError, MappingFile};
+pub use self::zendesk::{ZendeskMapping, ZendeskUsers, ZendeskUsersError};
 
 /// What one row asks of Kustomer.
 #[derive(Clone, Debug, PartialEq)]
@@ -150,12 +153,14 @@ impl std::fmt::Display for MappingError {
     }
 }
 
-/// The mapping a run uses: the default columns, or a mapping file.
+/// The mapping a run uses: the default columns, a mapping file, or the Zendesk preset
+/// with its users.
 #[derive(Clone, Debug, Default)]
 pub enum Mapping {
     #[default]
     Default,
     File(Arc<MappingFile>),
+    Zendesk(Arc<ZendeskUsers>),
 }
 
 impl Mapping {
@@ -168,6 +173,9 @@ impl Mapping {
         Ok(match self {
             Mapping::Default => InputMapping::Default(DefaultMapping::new()),
             Mapping::File(file) => InputMapping::File(file.bind(csv_headers)?),
+            Mapping::Zendesk(users) => {
+                InputMapping::Zendesk(ZendeskMapping::new(Arc::clone(users)))
+            }
         })
     }
 }
@@ -176,14 +184,22 @@ impl Mapping {
 pub enum InputMapping {
     Default(DefaultMapping),
     File(file::BoundMapping),
+    Zendesk(ZendeskMapping),
 }
 
 impl InputMapping {
-    /// Maps and validates one record.
-    pub fn map(&mut self, fields: &SourceFields) -> Result<Plan, MappingError> {
+    /// Maps and validates one record, read at `line` of `file` (what its thread's items
+    /// are named by in the errors file).
+    pub fn map(
+        &mut self,
+        fields: &SourceFields,
+        file: &Arc<str>,
+        line: u64,
+    ) -> Result<Plan, MappingError> {
         match self {
             InputMapping::Default(mapping) => mapping.map(fields),
             InputMapping::File(mapping) => mapping.map(fields),
+            InputMapping::Zendesk(mapping) => mapping.map(fields, file, line),
         }
     }
 }
