@@ -264,3 +264,39 @@ fn refused_messages_fail_alone_and_their_conversation_is_reported_partly_importe
     assert_eq!(failed, 8, "each item failed on its own");
     assert_eq!(env.rows_in_state("failed"), 2);
 }
+
+#[test]
+fn the_zendesk_sample_lands_its_comments_as_messages_and_its_private_ones_as_notes() {
+    let env = TestEnv::plain();
+    let tickets = sample("zendesk/tickets.json");
+    let users = sample("zendesk/users.json");
+    let args = [
+        "--preset",
+        "zendesk-json",
+        tickets.to_str().unwrap(),
+        "--users",
+        users.to_str().unwrap(),
+    ];
+    env.import(&args).assert_code(0);
+    let records = env.records();
+    assert_eq!(records.conversations.len(), 5);
+    assert_eq!((records.message_count(), records.note_count()), (40, 2));
+    // Every comment once, under the ticket it belongs to.
+    for conversation in &records.conversations {
+        let ids: Vec<String> = records
+            .thread(&conversation.id)
+            .iter()
+            .map(|item| item.external_id.clone().unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "no comment twice");
+        assert!(ids.iter().all(|id| id.starts_with("zendesk-comment-")));
+    }
+    let before = env.stats().requests_total;
+    env.import(&args).assert_code(0);
+    assert_eq!(
+        env.stats().requests_total,
+        before,
+        "a second run sends nothing"
+    );
+}
