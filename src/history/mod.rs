@@ -10,6 +10,7 @@
 //! was read; the pipeline reads the thread back in order (`createdAt`/`sentAt` when the
 //! mapping has it, else source order) once the conversation is made.
 
+pub mod child;
 pub mod store;
 
 use std::sync::Arc;
