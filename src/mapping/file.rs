@@ -234,6 +234,12 @@ impl MappingFile {
         Ok(mapping)
     }
 
+    /// Whether `[history]` names the column a child file's records give their
+    /// conversation's source id in.
+    pub fn has_parent_column(&self) -> bool {
+        self.history.conversation.is_some()
+    }
+
     /// Whether the file maps history (a `[message]` or `[note]` section).
     pub fn has_history(&self) -> bool {
         self.message.is_some() || self.note.is_some()
