@@ -276,6 +276,18 @@ pub struct InputArgs {
         default_value = "4MiB"
     )]
     pub max_record_size: String,
+
+    /// A messages file (CSV or JSONL, optionally .gz) whose records are messages and notes
+    /// of the conversations in FILE, joined by the mapping's `history.conversation` column;
+    /// needs --mapping with [message] or [note]. See README "Mapping files".
+    #[arg(long, env = "KUSTOMER_IMPORT_MESSAGES", value_name = "FILE")]
+    pub messages: Option<String>,
+
+    /// Each input row is one message (or note) with its conversation's columns repeated
+    /// (Intercom-style): rows are grouped into conversations by the conversation's id, in
+    /// any order. Needs --mapping with [message] or [note].
+    #[arg(long, env = "KUSTOMER_IMPORT_ROWS_ARE_MESSAGES")]
+    pub rows_are_messages: bool,
 }
 
 #[derive(Debug, Args)]

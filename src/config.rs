@@ -136,6 +136,8 @@ pub fn import_output(args: &ImportArgs) -> ImportOutput {
 #[derive(Debug)]
 pub struct ImportConfig {
     pub inputs: Vec<InputSource>,
+    /// The child file or rows-are-messages, when the run has either.
+    pub history: HistoryInput,
     pub settings: ImportSettings,
     pub target: Target,
     /// Let a checkpoint of another target go on against this one.
@@ -168,7 +170,7 @@ pub fn import_config(
         }
     };
     let output = import_output(&args);
-    let (inputs, mapping) = input_config(args.input)?;
+    let (inputs, mapping, history) = input_config(args.input)?;
     if args.limit == Some(0) {
         return Err(ConfigError::BadValue("--limit must be at least 1".into()));
     }
@@ -187,7 +189,9 @@ pub fn import_config(
             requests_per_second: f64::from(args.rpm) / rate_window.as_secs_f64(),
         },
     };
+    let child = history.messages.clone();
     Ok(ImportConfig {
+        history,
         inputs,
         settings: ImportSettings {
             concurrency,
@@ -202,6 +206,7 @@ pub fn import_config(
                 derive_conversation_ids: !args.no_derived_conversation_ids,
                 limit: args.limit,
                 history: None,
+                child,
             },
             grace: Duration::from_secs_f64(args.grace.max(0.0)),
             reconcile_delay: Duration::from_secs_f64(args.reconcile_delay.max(0.0)),
@@ -236,7 +241,7 @@ pub fn import_config(
 
 /// The inputs and the mapping: the mapping file read and checked, and the CSV settings
 /// from the flags, else from the mapping's `[csv]` section.
-fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping), ConfigError> {
+fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping, HistoryInput), ConfigError> {
     let format = args
         .format
         .map(|format| match format {
@@ -275,7 +280,67 @@ fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping), ConfigEr
                 .map(|input| input.with_max_record_size(max_record_size))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((inputs, mapping))
+    let history = history_input(&args, &mapping, format, settings, max_record_size)?;
+    Ok((inputs, mapping, history))
+}
+
+/// Where a run's history comes from besides the rows themselves (issue 17's shapes 2 and
+/// 3): a child file of messages and notes, or rows that are messages.
+#[derive(Debug, Default)]
+pub struct HistoryInput {
+    /// `--messages FILE`: read once, before any row is sent, into the thread store.
+    pub messages: Option<InputSource>,
+    /// `--rows-are-messages`: each row is one item, its conversation's columns repeated.
+    pub rows_are_messages: bool,
+}
+
+/// `--messages` and `--rows-are-messages`, checked against each other and the mapping.
+fn history_input(
+    args: &InputArgs,
+    mapping: &Mapping,
+    format: Option<InputFormat>,
+    settings: CsvSettings,
+    max_record_size: usize,
+) -> Result<HistoryInput, ConfigError> {
+    let bad = |text: &str| Err(ConfigError::BadValue(text.into()));
+    let file = match mapping {
+        Mapping::File(file) => Some(file),
+        Mapping::Default | Mapping::Zendesk(_) => None,
+    };
+    let maps_history = file.is_some_and(|file| file.has_history());
+    if args.rows_are_messages && !maps_history {
+        return bad("--rows-are-messages needs --mapping with a [message] or [note] section");
+    }
+    let Some(name) = &args.messages else {
+        return Ok(HistoryInput {
+            messages: None,
+            rows_are_messages: args.rows_are_messages,
+        });
+    };
+    if args.rows_are_messages {
+        return bad("--messages and --rows-are-messages are two shapes of history: give one");
+    }
+    if !maps_history || !file.is_some_and(|file| file.has_parent_column()) {
+        return bad(
+            "--messages needs --mapping with a [message] or [note] section and \
+             history.conversation (the column naming each record's conversation)",
+        );
+    }
+    if name == "-" {
+        return bad("--messages reads a file, not stdin");
+    }
+    if let Err(error) = std::fs::File::open(name) {
+        return Err(ConfigError::BadValue(format!(
+            "--messages {name}: cannot read it: {error}"
+        )));
+    }
+    // --format names the conversation file's format; the messages file's is its name's.
+    let format = InputFormat::from_path(name).or(format);
+    let source = InputSource::new(name, format, settings)?.with_max_record_size(max_record_size);
+    Ok(HistoryInput {
+        messages: Some(source),
+        rows_are_messages: false,
+    })
 }
 
 /// A preset's mapping: zendesk-json reads JSON tickets only, with the users file given by
@@ -338,15 +403,17 @@ fn parse_size(text: &str) -> Result<usize, String> {
 #[derive(Debug)]
 pub struct ValidateConfig {
     pub inputs: Vec<InputSource>,
+    pub history: HistoryInput,
     pub mapping: Mapping,
     pub errors: PathBuf,
     pub json: bool,
 }
 
 pub fn validate_config(args: ValidateArgs) -> Result<ValidateConfig, ConfigError> {
-    let (inputs, mapping) = input_config(args.input)?;
+    let (inputs, mapping, history) = input_config(args.input)?;
     Ok(ValidateConfig {
         inputs,
+        history,
         mapping,
         errors: args.errors,
         json: args.json,
@@ -642,5 +709,66 @@ mod tests {
             Err(ConfigError::MissingKey)
         ));
         assert!(import_config(import_args(&["--sandbox"]), None).is_ok());
+    }
+
+    #[test]
+    fn history_flags_are_checked_against_the_mapping_and_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapping = dir.path().join("m.toml");
+        std::fs::write(
+            &mapping,
+            "[customer]\nexternalId = \"c\"\n[history]\nconversation = \"p\"\n\
+             [note]\nbody = \"b\"\n",
+        )
+        .unwrap();
+        let plain = dir.path().join("plain.toml");
+        std::fs::write(&plain, "[customer]\nexternalId = \"c\"\n").unwrap();
+        let messages = dir.path().join("messages.csv");
+        std::fs::write(&messages, "p,b\n").unwrap();
+        let (mapping, plain, messages) = (
+            mapping.to_str().unwrap(),
+            plain.to_str().unwrap(),
+            messages.to_str().unwrap(),
+        );
+        let history = |extra: &[&str]| -> Result<HistoryInput, String> {
+            input_config(import_args(extra).input)
+                .map(|(_, _, history)| history)
+                .map_err(|error| error.to_string())
+        };
+        let given = history(&["--mapping", mapping, "--messages", messages]).unwrap();
+        assert_eq!(given.messages.unwrap().name, messages);
+        assert!(
+            history(&["--mapping", mapping, "--rows-are-messages"])
+                .unwrap()
+                .rows_are_messages
+        );
+        for (extra, expected) in [
+            (vec!["--messages", messages], "needs --mapping"),
+            (
+                vec!["--mapping", plain, "--messages", messages],
+                "needs --mapping",
+            ),
+            (
+                vec!["--mapping", plain, "--rows-are-messages"],
+                "needs --mapping",
+            ),
+            (
+                vec![
+                    "--mapping",
+                    mapping,
+                    "--messages",
+                    messages,
+                    "--rows-are-messages",
+                ],
+                "give one",
+            ),
+            (
+                vec!["--mapping", mapping, "--messages", "/nonexistent/m.csv"],
+                "cannot read it",
+            ),
+        ] {
+            let error = history(&extra).err().unwrap();
+            assert!(error.contains(expected), "{extra:?}: {error}");
+        }
     }
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::history::ItemKind;
-use crate::history::store::{Staged, Stager, StoreError, ThreadSize, ThreadStore};
+use crate::history::checks::finish_item;
+use crate::history::child::{ChildCounts, ChildError, stage_child_file};
+use crate::history::store::{Orphan, Staged, Stager, StoreError, ThreadSize, ThreadStore};
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
 use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, Plan};
 use crate::rowkey::{RowKeys, derived_conversation_id};
@@ -88,6 +90,9 @@ pub struct ReadSettings {
     /// `pages()` for the pipeline); None lets the reader create one on the first item it
     /// must stage (`validate`, which only counts), with no claims before it.
     pub history: Option<Arc<ThreadStore>>,
+    /// `--messages FILE`: a child file of messages and notes, staged before the rows
+    /// ([`RowReader::stage_child_file`]).
+    pub child: Option<InputSource>,
 }
 
 /// Opens every input, once, checks that the mapping finds its columns in every CSV header
@@ -203,6 +208,18 @@ impl RowReader {
         self.settings.history.as_ref()
     }
 
+    /// Once every input is read: the staged threads no row claimed (a messages file's
+    /// records whose conversation is in no input), each as a failed row at its first item's
+    /// file and line, so they reach the errors file and the checkpoint like any bad row.
+    pub fn orphans(&mut self) -> Result<Vec<ReadRow>, ReadError> {
+        let Some(store) = self.settings.history.clone() else {
+            return Ok(Vec::new());
+        };
+        self.publish()?;
+        let orphans = store.pages()?.orphans()?;
+        Ok(orphans.into_iter().map(orphan_row).collect())
+    }
+
     /// Commits what was staged so the pipeline's `Pages` see it: call before handing rows
     /// over (the planner reads their threads back).
     pub fn publish(&mut self) -> Result<(), StoreError> {
@@ -243,6 +260,11 @@ impl RowReader {
         }
         let key = row.origin.key.as_str();
         let stager = self.stager()?;
+        // With nothing staged (no child file, no thread yet) there is nothing to claim: a
+        // claim a row costs a write, which a million rows without history need not pay.
+        if thread.is_empty() && !stager.holds_any() {
+            return Ok(());
+        }
         let mut positions = [0usize; 2];
         let mut refusal = None;
         for item in &thread {
@@ -261,11 +283,54 @@ impl RowReader {
                 break;
             }
         }
-        row.thread = stager.claim(key)?.unwrap_or_default();
+        let claimed = stager.claim(key)?;
+        row.thread = claimed.unwrap_or_default();
         if let Some(error) = refusal {
             row.plan = Err(error);
+        } else if claimed.is_some()
+            && let Some(failure) = stager.failure(key)?
+        {
+            // A record of a child file that failed its checks: the conversation must not
+            // be reported complete without it.
+            row.plan = Err(MappingError::new(
+                "history",
+                "a record of its history is refused",
+                format!("{} line {}: {}", failure.file, failure.line, failure.reason),
+            ));
         }
         Ok(())
+    }
+
+    /// Stages the child file of messages and notes (`--messages`), whole, before any row is
+    /// read: its records may name the conversations in any order. Each is staged under
+    /// `conv:<its conversation's source id>`, which the conversation rows then claim.
+    pub fn stage_child_file(&mut self) -> Result<Option<ChildCounts>, ReadError> {
+        let Some(source) = self.settings.child.take() else {
+            return Ok(None);
+        };
+        let Mapping::File(file) = &self.settings.mapping else {
+            return Ok(None);
+        };
+        let file = Arc::clone(file);
+        let input = source.open()?;
+        let name: Arc<str> = Arc::from(input.name());
+        let records = input.into_records()?;
+        let bound = file
+            .bind_items(records.csv_headers(), false)
+            .map_err(|source| ReadError::Mapping {
+                input: name.to_string(),
+                source,
+            })?;
+        let stager = self.stager()?;
+        let counts =
+            stage_child_file(records, &name, &bound, finish_item, stager).map_err(|error| {
+                match error {
+                    ChildError::Input(error) => ReadError::Input(error),
+                    ChildError::Store(error) => ReadError::History(error),
+                }
+            })?;
+        self.publish()?;
+        Ok(Some(counts))
     }
 
     /// Opens the next input; None when every input has been read.
@@ -368,6 +433,33 @@ fn drop_thread(fields: &mut SourceFields) {
     }
 }
 
+/// A thread no row claimed, as a row that failed for it.
+fn orphan_row(orphan: Orphan) -> ReadRow {
+    let conversation = orphan
+        .thread
+        .strip_prefix("conv:")
+        .unwrap_or(&orphan.thread);
+    let reason = format!(
+        "{} messages and {} notes name the conversation {conversation:?}, which no \
+         conversation row of the run has",
+        orphan.size.messages, orphan.size.notes
+    );
+    ReadRow {
+        origin: RowOrigin {
+            file: Arc::from(orphan.file.as_str()),
+            line: orphan.line,
+            key: format!("orphan:{}", orphan.thread),
+        },
+        original: Original::Raw(serde_json::json!({ "conversation": conversation })),
+        plan: Err(MappingError::new(
+            "history.conversation",
+            "names no conversation of the run",
+            reason,
+        )),
+        thread: ThreadSize::default(),
+    }
+}
+
 /// Maps one record and gives it its key (and, when asked, its derived conversation id).
 fn read_row(
     keys: &mut RowKeys,
@@ -451,6 +543,7 @@ mod tests {
             unreachable!("a test row is an object")
         };
         let settings = ReadSettings {
+            child: None,
             mapping: Mapping::Default,
             derive_conversation_ids: true,
             limit: None,
@@ -486,6 +579,7 @@ mod tests {
         .unwrap();
         let store = Arc::new(ThreadStore::create().unwrap());
         let settings = ReadSettings {
+            child: None,
             mapping: Mapping::Default,
             derive_conversation_ids: true,
             limit: None,

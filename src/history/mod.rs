@@ -11,6 +11,7 @@
 //! mapping has it, else source order) once the conversation is made.
 
 pub mod checks;
+pub mod child;
 pub mod store;
 
 use std::sync::Arc;

@@ -116,7 +116,12 @@ const SCHEMA: &str = "
         thread   TEXT PRIMARY KEY,
         messages INTEGER NOT NULL DEFAULT 0,
         notes    INTEGER NOT NULL DEFAULT 0,
-        claimed  INTEGER NOT NULL DEFAULT 0
+        claimed  INTEGER NOT NULL DEFAULT 0,
+        -- The first item of the thread that failed its checks (a child file's bad row):
+        -- where it was read and why. The claiming row fails with it.
+        error      TEXT,
+        error_file TEXT,
+        error_line INTEGER
     ) WITHOUT ROWID;
 ";
 
@@ -270,6 +275,47 @@ impl Stager {
         self.held_before || self.seq > 0
     }
 
+    /// Records that an item of `thread` failed its checks (read at `file` `line`, for
+    /// `reason`, which names the field): the thread's conversation must not be reported
+    /// complete. The first failure of a thread is kept.
+    pub fn poison(
+        &mut self,
+        thread: &str,
+        file: &str,
+        line: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.connection
+            .prepare_cached(
+                "INSERT INTO threads (thread, error, error_file, error_line)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (thread) DO UPDATE SET
+                     error = coalesce(error, excluded.error),
+                     error_file = coalesce(error_file, excluded.error_file),
+                     error_line = coalesce(error_line, excluded.error_line)",
+            )?
+            .execute(params![thread, reason, file, line as i64])?;
+        Ok(())
+    }
+
+    /// The first failure recorded against `thread` ([`Stager::poison`]), if any.
+    pub fn failure(&self, thread: &str) -> Result<Option<ThreadFailure>, StoreError> {
+        Ok(self
+            .connection
+            .prepare_cached(
+                "SELECT error, error_file, error_line FROM threads
+                 WHERE thread = ?1 AND error IS NOT NULL",
+            )?
+            .query_row([thread], |row| {
+                Ok(ThreadFailure {
+                    reason: row.get(0)?,
+                    file: row.get(1)?,
+                    line: row.get::<_, i64>(2)? as u64,
+                })
+            })
+            .optional()?)
+    }
+
     /// Commits what was staged, so that [`Pages`] see it.
     pub fn publish(&mut self) -> Result<(), StoreError> {
         self.connection.execute_batch("COMMIT; BEGIN")?;
@@ -288,6 +334,15 @@ fn read_size(row: &rusqlite::Row) -> rusqlite::Result<ThreadSize> {
         messages: row.get::<_, i64>(0)? as u64,
         notes: row.get::<_, i64>(1)? as u64,
     })
+}
+
+/// Why a thread cannot be complete: an item of it failed its checks where it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadFailure {
+    /// What was wrong, naming the field (`message.direction: ...`).
+    pub reason: String,
+    pub file: String,
+    pub line: u64,
 }
 
 /// Reads threads back, in order, a page at a time.
@@ -361,10 +416,12 @@ impl Pages {
     pub fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
         let mut statement = self.connection.prepare(
             "SELECT t.thread, t.messages, t.notes,
-                    (SELECT file FROM items i WHERE i.thread = t.thread ORDER BY seq LIMIT 1),
+                    coalesce((SELECT file FROM items i WHERE i.thread = t.thread
+                              ORDER BY seq LIMIT 1), t.error_file),
                     (SELECT min(seq) FROM items i WHERE i.thread = t.thread) AS first,
-                    (SELECT line FROM items i WHERE i.thread = t.thread ORDER BY seq LIMIT 1)
-             FROM threads t WHERE NOT claimed ORDER BY first",
+                    coalesce((SELECT line FROM items i WHERE i.thread = t.thread
+                              ORDER BY seq LIMIT 1), t.error_line)
+             FROM threads t WHERE NOT claimed ORDER BY first IS NULL, first, t.error_line",
         )?;
         let orphans = statement
             .query_map([], |row| {
@@ -547,5 +604,49 @@ mod tests {
             .map(|orphan| (orphan.thread.as_str(), orphan.line))
             .collect();
         assert_eq!(found, [("conv:Z", 2), ("conv:Y", 4)]);
+    }
+
+    #[test]
+    fn a_poisoned_thread_keeps_its_first_failure_and_an_unclaimed_one_is_an_orphan() {
+        let store = ThreadStore::create().unwrap();
+        let mut stager = store.stager().unwrap();
+        stager
+            .stage("conv:T-1", &item(ItemKind::Message, Some("a"), None, 2))
+            .unwrap();
+        stager
+            .poison(
+                "conv:T-1",
+                "messages.csv",
+                3,
+                "message.direction: \"sideways\"",
+            )
+            .unwrap();
+        stager
+            .poison("conv:T-1", "messages.csv", 7, "note.body: is missing")
+            .unwrap();
+        stager
+            .poison("conv:T-9", "messages.csv", 5, "message.channel: is missing")
+            .unwrap();
+        assert_eq!(stager.failure("conv:T-2").unwrap(), None);
+        let failure = stager.failure("conv:T-1").unwrap().unwrap();
+        assert_eq!(
+            (failure.file.as_str(), failure.line, failure.reason.as_str()),
+            ("messages.csv", 3, "message.direction: \"sideways\"")
+        );
+        // The good item before the bad one is still staged and counted.
+        let size = stager.claim("conv:T-1").unwrap().unwrap();
+        assert_eq!(size.items(), 1);
+        stager.publish().unwrap();
+        let orphans = store.pages().unwrap().orphans().unwrap();
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(
+            (
+                orphans[0].thread.as_str(),
+                orphans[0].file.as_str(),
+                orphans[0].line
+            ),
+            ("conv:T-9", "messages.csv", 5)
+        );
+        assert_eq!(orphans[0].size.items(), 0);
     }
 }

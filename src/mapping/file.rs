@@ -20,6 +20,7 @@ use super::checks::{
 };
 use super::default::{FlatValue, contact_list};
 use super::{ConversationBody, CustomerBody, EmailEntry, MappingError, PhoneEntry, Plan};
+use crate::history::ItemKind;
 use crate::input::{CsvSettings, SourceFields, parse_delimiter, parse_encoding};
 
 /// A mapping file that cannot be used (exit 2).
@@ -119,11 +120,53 @@ struct ConversationSpec {
     extra: Vec<(String, FieldSpec)>,
 }
 
+/// The fields a `[message]` section may set, as the API names them.
+const MESSAGE_FIELDS: [&str; 9] = [
+    "externalId",
+    "channel",
+    "app",
+    "direction",
+    "preview",
+    "subject",
+    "sentAt",
+    "createdAt",
+    "status",
+];
+/// The fields a `[note]` section may set.
+const NOTE_FIELDS: [&str; 3] = ["externalId", "body", "createdAt"];
+
+/// A `[message]` or `[note]` section: each field's source, in the file's order.
+#[derive(Clone, Debug, Default)]
+struct ItemSpec {
+    fields: Vec<(String, FieldSpec)>,
+}
+
+/// The `[history]` section: which kind a row is, and (for a child file) which column holds
+/// its conversation's source id.
+#[derive(Clone, Debug, Default)]
+struct HistorySpec {
+    kind: Option<FieldSpec>,
+    conversation: Option<FieldSpec>,
+}
+
+/// Which parts of a mapping an input's records feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Parts {
+    /// Conversation rows: `[customer]`, `[conversation]`.
+    Rows,
+    /// Messages and notes: `[message]`, `[note]`, `[history]`.
+    Items,
+    Both,
+}
+
 /// A mapping file, read and checked.
 #[derive(Clone, Debug)]
 pub struct MappingFile {
     customer: CustomerSpec,
     conversation: ConversationSpec,
+    message: Option<ItemSpec>,
+    note: Option<ItemSpec>,
+    history: HistorySpec,
     /// The `[csv]` section: delimiter and encoding of the export.
     pub csv: CsvSettings,
 }
@@ -153,6 +196,9 @@ impl MappingFile {
         let mut mapping = MappingFile {
             customer: CustomerSpec::default(),
             conversation: ConversationSpec::default(),
+            message: None,
+            note: None,
+            history: HistorySpec::default(),
             csv: CsvSettings::default(),
         };
         for (section, value) in &table {
@@ -163,10 +209,13 @@ impl MappingFile {
                 "customer" => mapping.customer = parse_customer(body)?,
                 "conversation" => mapping.conversation = parse_conversation(body)?,
                 "csv" => mapping.csv = parse_csv(body)?,
+                "message" => mapping.message = Some(parse_item(body, "message", &MESSAGE_FIELDS)?),
+                "note" => mapping.note = Some(parse_item(body, "note", &NOTE_FIELDS)?),
+                "history" => mapping.history = parse_history(body)?,
                 other => {
                     return Err(format!(
-                        "unknown section [{other}]: a mapping has [customer], [conversation] \
-                         and [csv]"
+                        "unknown section [{other}]: a mapping has [customer], [conversation], \
+                         [message], [note], [history] and [csv]"
                     ));
                 }
             }
@@ -181,13 +230,32 @@ impl MappingFile {
                     .into(),
             );
         }
+        check_history(&mapping)?;
         Ok(mapping)
     }
 
-    /// Every column the mapping reads, in the order the file names them.
-    fn columns(&self) -> Vec<&str> {
+    /// Whether `[history]` names the column a child file's records give their
+    /// conversation's source id in.
+    pub fn has_parent_column(&self) -> bool {
+        self.history.conversation.is_some()
+    }
+
+    /// Whether the file maps history (a `[message]` or `[note]` section).
+    pub fn has_history(&self) -> bool {
+        self.message.is_some() || self.note.is_some()
+    }
+
+    /// Every column the given parts of the mapping read, in the order the file names them.
+    fn columns(&self, parts: Parts) -> Vec<&str> {
         self.fields()
             .into_iter()
+            .filter(|(name, _)| {
+                let body = name.split('.').next().unwrap_or_default();
+                match body {
+                    "customer" | "conversation" => parts != Parts::Items,
+                    _ => parts != Parts::Rows,
+                }
+            })
             .flat_map(|(_, field)| field.columns())
             .collect()
     }
@@ -241,13 +309,45 @@ impl MappingFile {
                 .iter()
                 .map(|(n, f)| (named("conversation", n), f)),
         );
+        for (body, spec) in [("message", &self.message), ("note", &self.note)] {
+            if let Some(spec) = spec {
+                fields.extend(spec.fields.iter().map(|(n, f)| (named(body, n), f)));
+            }
+        }
+        for (name, field) in [
+            ("kind", &self.history.kind),
+            ("conversation", &self.history.conversation),
+        ] {
+            fields.extend(field.as_ref().map(|f| (named("history", name), f)));
+        }
         fields
     }
 
-    /// The mapping for one input: for CSV, finds every column in the header once.
+    /// The mapping for one input of conversation rows: for CSV, finds every column of
+    /// `[customer]` and `[conversation]` in the header once.
     pub fn bind(
         self: &Arc<Self>,
         csv_headers: Option<&Arc<Vec<String>>>,
+    ) -> Result<BoundMapping, MappingConfigError> {
+        self.bind_parts(csv_headers, Parts::Rows)
+    }
+
+    /// [`MappingFile::bind`] for an input whose records are messages or notes (a child
+    /// file: `[message]`, `[note]`, `[history]` columns), or, with `rows_too`, both
+    /// (one row per message, the conversation's columns repeated).
+    pub fn bind_items(
+        self: &Arc<Self>,
+        csv_headers: Option<&Arc<Vec<String>>>,
+        rows_too: bool,
+    ) -> Result<BoundMapping, MappingConfigError> {
+        let parts = if rows_too { Parts::Both } else { Parts::Items };
+        self.bind_parts(csv_headers, parts)
+    }
+
+    fn bind_parts(
+        self: &Arc<Self>,
+        csv_headers: Option<&Arc<Vec<String>>>,
+        parts: Parts,
     ) -> Result<BoundMapping, MappingConfigError> {
         let positions = match csv_headers {
             None => None,
@@ -257,7 +357,7 @@ impl MappingFile {
                     positions.entry(header.trim().to_string()).or_insert(index);
                 }
                 let mut missing: Vec<String> = Vec::new();
-                for column in self.columns() {
+                for column in self.columns(parts) {
                     if !positions.contains_key(column) && !missing.iter().any(|m| m == column) {
                         missing.push(column.to_string());
                     }
@@ -345,6 +445,96 @@ fn parse_conversation(section: &toml::Table) -> Result<ConversationSpec, String>
         }
     }
     Ok(spec)
+}
+
+/// A `[message]` or `[note]` section: each key one of `allowed`, plus `values`.
+fn parse_item(section: &toml::Table, body: &str, allowed: &[&str]) -> Result<ItemSpec, String> {
+    let values = parse_value_maps(section, body)?;
+    let mut spec = ItemSpec::default();
+    for (key, value) in section {
+        if key == "values" {
+            continue;
+        }
+        if !allowed.contains(&key.as_str()) {
+            return Err(format!(
+                "{body}.{key} is not a field of a {body}: [{body}] takes {}",
+                allowed.join(", ")
+            ));
+        }
+        let at = format!("{body}.{key}");
+        spec.fields.push((
+            key.clone(),
+            field_or_constant(value, &at, values.get(key.as_str()))?,
+        ));
+    }
+    Ok(spec)
+}
+
+/// `[history]`: `kind` (a row's kind through `[history.values.kind]`) and `conversation`
+/// (the column of a child file holding its conversation's source id).
+fn parse_history(section: &toml::Table) -> Result<HistorySpec, String> {
+    let values = parse_value_maps(section, "history")?;
+    let mut spec = HistorySpec::default();
+    for (key, value) in section {
+        let at = format!("history.{key}");
+        let field = |value: &toml::Value| parse_field(value, &at, values.get(key.as_str()));
+        match key.as_str() {
+            "kind" => spec.kind = Some(field(value)?),
+            "conversation" => spec.conversation = Some(field(value)?),
+            "values" => {}
+            other => {
+                return Err(format!(
+                    "history.{other} is not a setting: [history] takes kind and conversation"
+                ));
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// The sections fit together: a kind's map names only kinds the file has sections for,
+/// and a file with both `[message]` and `[note]` says which a row is.
+fn check_history(mapping: &MappingFile) -> Result<(), String> {
+    let history = &mapping.history;
+    if !mapping.has_history() {
+        if history.kind.is_some() || history.conversation.is_some() {
+            return Err("[history] is set but the file has no [message] or [note] section".into());
+        }
+        return Ok(());
+    }
+    let Some(kind) = &history.kind else {
+        if mapping.message.is_some() && mapping.note.is_some() {
+            return Err(
+                "[message] and [note] are both set: say which a row is with \
+                        history.kind (a column) and [history.values.kind]"
+                    .into(),
+            );
+        }
+        return Ok(());
+    };
+    let mut kinds: Vec<&Value> = kind.values.iter().flat_map(|map| map.values()).collect();
+    if let Source::Constant(value) = &kind.source {
+        kinds.push(value);
+    }
+    for value in kinds {
+        let named = value.as_str().and_then(ItemKind::parse);
+        let has = match named {
+            Some(ItemKind::Message) => mapping.message.is_some(),
+            Some(ItemKind::Note) => mapping.note.is_some(),
+            None => {
+                return Err(format!(
+                    "history.kind: {value} is not a kind: a row is \"message\" or \"note\""
+                ));
+            }
+        };
+        if !has {
+            return Err(format!(
+                "history.kind maps a row to {value}, but the file has no [{}] section",
+                value.as_str().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn unknown_field(key: &str, body: &str, core: &[&str], extra: &[(&str, FieldType)]) -> String {
@@ -744,6 +934,78 @@ impl BoundMapping {
         finish_plan(customer, conversation)
     }
 
+    /// The kind and raw API body of the message or note one record is, per `[history]`
+    /// and the record's `[message]`/`[note]` section. Errors name the field
+    /// (`message.direction`, `history.kind`). The caller makes it a `ThreadItem` with
+    /// `history::checks::finish_item(kind, body, kind.as_str(), file, line)`, which
+    /// validates and normalises the body.
+    pub fn item(
+        &self,
+        fields: &SourceFields,
+    ) -> Result<(ItemKind, Map<String, Value>), MappingError> {
+        let file = &self.file;
+        let kind = match &file.history.kind {
+            Some(spec) => {
+                let value = self.value(spec, fields, "history.kind")?;
+                let named = value
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .and_then(ItemKind::parse);
+                named.ok_or_else(|| {
+                    MappingError::new(
+                        "history.kind",
+                        "unknown kind",
+                        match &value {
+                            None => "is empty: a row must be a message or a note".to_string(),
+                            Some(value) => format!(
+                                "{value} is neither message nor note: map it in \
+                                 [history.values.kind]"
+                            ),
+                        },
+                    )
+                })?
+            }
+            None if file.message.is_some() => ItemKind::Message,
+            None if file.note.is_some() => ItemKind::Note,
+            None => {
+                return Err(MappingError::new(
+                    "message",
+                    "no history",
+                    "the mapping file has no [message] or [note] section",
+                ));
+            }
+        };
+        let spec = match kind {
+            ItemKind::Message => file.message.as_ref(),
+            ItemKind::Note => file.note.as_ref(),
+        };
+        let Some(spec) = spec else {
+            return Err(MappingError::new(
+                "history.kind",
+                "no section",
+                format!(
+                    "the row is a {} but the file has no [{0}] section",
+                    kind.as_str()
+                ),
+            ));
+        };
+        let body = self.extra(&spec.fields, fields, &format!("{}.", kind.as_str()))?;
+        Ok((kind, body))
+    }
+
+    /// The source id of the conversation a child file's record belongs to (`history.
+    /// conversation`); None when the mapping has no such column or the record's is empty.
+    pub fn parent_conversation(
+        &self,
+        fields: &SourceFields,
+    ) -> Result<Option<String>, MappingError> {
+        self.text(
+            self.file.history.conversation.as_ref(),
+            fields,
+            "history.conversation",
+        )
+    }
+
     fn cell<'a>(&self, fields: &'a SourceFields, column: &str) -> Option<Cell<'a>> {
         match fields {
             SourceFields::Csv { values, .. } => {
@@ -1130,5 +1392,183 @@ encoding = "windows-1252"
             .map(&row(["", "", "", "", "", "R", "", "", "", "", ""]))
             .unwrap();
         assert_eq!(plan.customer.name, None);
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+    use serde_json::json;
+
+    const COMMENTS: &str = r#"
+[customer]
+externalId = "requester"
+
+[conversation]
+externalId = "ticket"
+
+[history]
+conversation = "ticket_id"
+kind = "public"
+
+[history.values.kind]
+true = "message"
+false = "note"
+
+[message]
+externalId = "id"
+channel = { value = "email" }
+direction = "author_type"
+createdAt = "created"
+preview = "text"
+
+[message.values.direction]
+agent = "out"
+end-user = "in"
+
+[note]
+externalId = "id"
+body = "text"
+createdAt = "created"
+"#;
+
+    const CHILD: [&str; 6] = [
+        "ticket_id",
+        "id",
+        "public",
+        "author_type",
+        "created",
+        "text",
+    ];
+
+    fn child(values: [&str; 6]) -> SourceFields {
+        SourceFields::Csv {
+            headers: Arc::new(CHILD.iter().map(|h| h.to_string()).collect()),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    fn bound_child() -> BoundMapping {
+        let file = Arc::new(MappingFile::parse(COMMENTS).unwrap());
+        let headers = Arc::new(CHILD.iter().map(|h| h.to_string()).collect());
+        file.bind_items(Some(&headers), false).unwrap()
+    }
+
+    #[test]
+    fn a_child_row_maps_to_a_message_or_a_note_by_its_kind_column() {
+        let mapping = bound_child();
+        let message = child(["T-1", "c1", "true", "Agent", "2024-03-01T10:00:00Z", "Hi"]);
+        let (kind, body) = mapping.item(&message).unwrap();
+        assert_eq!(kind, ItemKind::Message);
+        assert_eq!(
+            Value::Object(body),
+            json!({"externalId": "c1", "channel": "email", "direction": "out",
+                   "createdAt": "2024-03-01T10:00:00Z", "preview": "Hi"})
+        );
+        assert_eq!(
+            mapping.parent_conversation(&message).unwrap().as_deref(),
+            Some("T-1")
+        );
+        let note = child([
+            "T-1",
+            "c2",
+            "FALSE",
+            "agent",
+            "2024-03-01T11:00:00Z",
+            "Call back",
+        ]);
+        let (kind, body) = mapping.item(&note).unwrap();
+        assert_eq!(kind, ItemKind::Note);
+        assert_eq!(
+            Value::Object(body),
+            json!({"externalId": "c2", "body": "Call back", "createdAt": "2024-03-01T11:00:00Z"})
+        );
+    }
+
+    #[test]
+    fn a_kind_the_map_does_not_know_names_the_field() {
+        let row = child(["T-1", "c1", "maybe", "agent", "", "Hi"]);
+        let error = bound_child().item(&row).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("history.kind") && text.contains("maybe"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_child_file_binds_only_the_item_columns_and_a_row_file_only_its_own() {
+        let file = Arc::new(MappingFile::parse(COMMENTS).unwrap());
+        let rows = Arc::new(vec!["requester".to_string(), "ticket".to_string()]);
+        assert!(file.bind(Some(&rows)).is_ok());
+        let error = file
+            .bind_items(Some(&rows), true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("\"ticket_id\""), "{error}");
+        let error = file
+            .bind_items(Some(&rows), false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("\"author_type\""), "{error}");
+    }
+
+    #[test]
+    fn mistakes_in_the_history_sections_are_named() {
+        let base = "[customer]\nexternalId = \"c\"\n";
+        for (extra, expected) in [
+            (
+                "[message]\nbody = \"x\"\n",
+                "message.body is not a field of a message",
+            ),
+            (
+                "[note]\ndirection = \"x\"\n",
+                "note.direction is not a field of a note",
+            ),
+            (
+                "[message]\nchannel = \"c\"\n[note]\nbody = \"b\"\n",
+                "both set",
+            ),
+            (
+                "[history]\nconversation = \"p\"\n",
+                "no [message] or [note]",
+            ),
+            (
+                "[history]\nfoo = \"p\"\n[note]\nbody = \"b\"\n",
+                "history.foo is not a setting",
+            ),
+            (
+                "[note]\nbody = \"b\"\n[history]\nkind = \"k\"\n[history.values.kind]\nx = \"message\"\n",
+                "no [message] section",
+            ),
+            (
+                "[note]\nbody = \"b\"\n[history]\nkind = \"k\"\n[history.values.kind]\nx = \"mail\"\n",
+                "is not a kind",
+            ),
+            (
+                "[message]\nchannel = \"c\"\n[message.values.direction]\nx = \"in\"\n",
+                "message.values.direction maps the values of direction",
+            ),
+        ] {
+            let error = MappingFile::parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(error.contains(expected), "{extra}: {error}");
+        }
+    }
+
+    #[test]
+    fn one_section_alone_needs_no_kind() {
+        let text = "[customer]\nexternalId = \"c\"\n[note]\nbody = \"text\"\n";
+        let file = Arc::new(MappingFile::parse(text).unwrap());
+        let headers = Arc::new(vec!["text".to_string()]);
+        let mapping = file.bind_items(Some(&headers), false).unwrap();
+        let row = SourceFields::Csv {
+            headers,
+            values: ["hello"].iter().map(|v| v.to_string()).collect(),
+        };
+        let (kind, body) = mapping.item(&row).unwrap();
+        assert_eq!(kind, ItemKind::Note);
+        assert_eq!(Value::Object(body), json!({"body": "hello"}));
     }
 }

@@ -21,6 +21,16 @@ pub(super) fn start_reader(
 ) -> tokio::task::JoinHandle<Option<ReadError>> {
     tokio::task::spawn_blocking(move || {
         let mut reader = RowReader::new(inputs, settings);
+        match reader.stage_child_file() {
+            Ok(Some(counts)) => tracing::info!(
+                "the messages file: {} records staged, {} refused, {} naming no conversation",
+                counts.staged,
+                counts.failed,
+                counts.unplaced
+            ),
+            Ok(None) => {}
+            Err(error) => return Some(error),
+        }
         let mut batch = Vec::with_capacity(READ_BATCH);
         let mut failure = None;
         // Not `for`: the loop publishes through the reader between rows.
@@ -54,6 +64,17 @@ pub(super) fn start_reader(
         }
         if failure.is_some() {
             return failure;
+        }
+        if !reader.limit_reached() {
+            match reader.orphans() {
+                Ok(orphans) if orphans.is_empty() => {}
+                Ok(orphans) => {
+                    if rows.blocking_send(orphans).is_err() {
+                        return None;
+                    }
+                }
+                Err(error) => return Some(error),
+            }
         }
         if reader.limit_reached() {
             tracing::info!(

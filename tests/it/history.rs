@@ -300,3 +300,40 @@ fn the_zendesk_sample_lands_its_comments_as_messages_and_its_private_ones_as_not
         "a second run sends nothing"
     );
 }
+
+#[test]
+fn a_child_file_of_comments_joins_its_conversations_in_any_order_and_its_orphan_is_reported() {
+    let env = TestEnv::plain();
+    let mapping = sample("child/tickets.mapping.toml");
+    let messages = sample("child/messages.csv");
+    let tickets = sample("child/tickets.csv");
+    let args = [
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--messages",
+        messages.to_str().unwrap(),
+        tickets.to_str().unwrap(),
+    ];
+    env.import(&args).assert_code(1);
+    let threads = threads(&env.records());
+    // In time order, notes (public = false) among the messages; C-8's ticket is not there.
+    assert_eq!(threads["T-1"], ["C-1", "C-2", "C-3"]);
+    assert_eq!(threads["T-2"], ["C-4", "C-5", "C-6"]);
+    assert_eq!(threads["T-3"], ["C-7"]);
+    let records = env.records();
+    assert_eq!((records.message_count(), records.note_count()), (5, 2));
+    let errors = env.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (file, line, field, reason) = &errors[0];
+    assert!(file.ends_with("messages.csv"), "{file}");
+    assert_eq!((*line, field.as_str()), (9, "history.conversation"));
+    assert!(reason.contains("\"T-9\""), "{reason}");
+    assert_eq!(env.rows_in_state("done"), 3);
+    let before = env.stats().requests_total;
+    env.import(&args).assert_code(1);
+    assert_eq!(
+        env.stats().requests_total,
+        before,
+        "a second run sends nothing"
+    );
+}

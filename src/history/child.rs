@@ -1,0 +1,242 @@
+//! The child file's pre-pass (`--messages FILE`): before any row of the conversation file is
+//! sent, every record of the child file is mapped through the mapping's `[message]`/`[note]`
+//! sections, checked, and staged in the run's thread store under its conversation's row key
+//! (`conv:<history.conversation>`), so the join with the conversation rows is on disk, in
+//! whatever order either file is in. A record that fails its checks poisons its thread
+//! ([`Stager::poison`]): the conversation row that claims it fails with the record's file,
+//! line and field. A record whose conversation cannot be told is counted and logged.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::store::{Staged, Stager, StoreError};
+use super::{ItemKind, ThreadItem};
+use crate::input::{InputError, RecordResult};
+use crate::mapping::MappingError;
+use crate::mapping::file::BoundMapping;
+
+/// How a mapped body becomes a checked item: `history::checks::finish_item`.
+pub type Finish =
+    fn(ItemKind, Map<String, Value>, &str, &Arc<str>, u64) -> Result<ThreadItem, MappingError>;
+
+/// What the pre-pass of one child file came to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChildCounts {
+    /// Items staged.
+    pub staged: u64,
+    /// Records that failed their checks; each poisons its conversation's thread.
+    pub failed: u64,
+    /// Records that name no conversation (empty `history.conversation`, or unreadable):
+    /// logged with their line, belonging to no thread.
+    pub unplaced: u64,
+}
+
+/// The pre-pass stopped: the child file or the store failed as a whole (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Stages every record of a child file (read as `file`) and publishes them.
+pub fn stage_child_file(
+    records: impl Iterator<Item = Result<RecordResult, InputError>>,
+    file: &Arc<str>,
+    mapping: &BoundMapping,
+    finish: Finish,
+    stager: &mut Stager,
+) -> Result<ChildCounts, ChildError> {
+    let mut counts = ChildCounts::default();
+    for record in records {
+        let record = match record? {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!("{file} line {}: {}", error.line, error.reason);
+                counts.unplaced += 1;
+                continue;
+            }
+        };
+        let parent = match mapping.parent_conversation(&record.fields) {
+            Ok(Some(parent)) => parent,
+            Ok(None) => {
+                tracing::warn!(
+                    "{file} line {}: history.conversation is empty: the record belongs to \
+                     no conversation",
+                    record.line
+                );
+                counts.unplaced += 1;
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!("{file} line {}: {error}", record.line);
+                counts.unplaced += 1;
+                continue;
+            }
+        };
+        let thread = ["conv:", &parent].concat();
+        let item = mapping
+            .item(&record.fields)
+            .and_then(|(kind, body)| finish(kind, body, kind.as_str(), file, record.line));
+        let refusal = match item {
+            Err(error) => Some(error.to_string()),
+            Ok(item) => match stager.stage(&thread, &item)? {
+                Staged::Kept => None,
+                Staged::Repeated(repeated) => {
+                    Some(format!("{}.externalId: {repeated}", item.kind.as_str()))
+                }
+            },
+        };
+        match refusal {
+            None => counts.staged += 1,
+            Some(reason) => {
+                stager.poison(&thread, file, record.line, &reason)?;
+                counts.failed += 1;
+            }
+        }
+    }
+    stager.publish()?;
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::store::ThreadStore;
+    use crate::input::{SourceFields, SourceRecord};
+    use crate::mapping::file::MappingFile;
+
+    const MAPPING: &str = r#"
+[customer]
+externalId = "requester"
+[history]
+conversation = "parent"
+kind = "public"
+[history.values.kind]
+true = "message"
+false = "note"
+[message]
+externalId = "id"
+channel = { value = "email" }
+direction = "dir"
+[note]
+externalId = "id"
+body = "text"
+"#;
+    const HEADERS: [&str; 5] = ["parent", "id", "public", "dir", "text"];
+
+    /// Stands in for the checks: the id leaves the body; a message's direction is in|out.
+    fn finish(
+        kind: ItemKind,
+        mut body: Map<String, Value>,
+        path: &str,
+        file: &Arc<str>,
+        line: u64,
+    ) -> Result<ThreadItem, MappingError> {
+        let source_id = body
+            .remove("externalId")
+            .and_then(|id| id.as_str().map(str::to_string));
+        if kind == ItemKind::Message
+            && !matches!(
+                body.get("direction").and_then(Value::as_str),
+                Some("in" | "out")
+            )
+        {
+            return Err(MappingError::new(
+                &format!("{path}.direction"),
+                "direction",
+                "is not in or out",
+            ));
+        }
+        Ok(ThreadItem {
+            kind,
+            source_id,
+            at: None,
+            body,
+            file: Arc::clone(file),
+            line,
+        })
+    }
+
+    fn records(rows: &[[&str; 5]]) -> Vec<Result<RecordResult, InputError>> {
+        let headers = Arc::new(HEADERS.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+        rows.iter()
+            .enumerate()
+            .map(|(index, row)| {
+                Ok(Ok(SourceRecord {
+                    line: index as u64 + 2,
+                    fields: SourceFields::Csv {
+                        headers: Arc::clone(&headers),
+                        values: row.iter().map(|v| v.to_string()).collect(),
+                    },
+                }))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn child_records_are_staged_under_their_conversation_in_order_and_bad_ones_poison_it() {
+        let file = Arc::new(MappingFile::parse(MAPPING).unwrap());
+        let headers = Arc::new(HEADERS.iter().map(|h| h.to_string()).collect());
+        let mapping = file.bind_items(Some(&headers), false).unwrap();
+        let store = ThreadStore::create().unwrap();
+        let mut stager = store.stager().unwrap();
+        let name: Arc<str> = Arc::from("messages.csv");
+        let rows = [
+            ["B", "b1", "true", "in", ""],
+            ["A", "a1", "true", "out", ""],
+            ["B", "b2", "false", "", "a note"],
+            ["A", "a2", "true", "sideways", ""],
+            ["Z", "z1", "false", "", "lost"],
+            ["", "x", "true", "in", ""],
+            ["B", "b1", "true", "in", ""],
+        ];
+        let counts = stage_child_file(
+            records(&rows).into_iter(),
+            &name,
+            &mapping,
+            finish,
+            &mut stager,
+        )
+        .unwrap();
+        assert_eq!(
+            counts,
+            ChildCounts {
+                staged: 4,
+                failed: 2,
+                unplaced: 1
+            }
+        );
+        let pages = store.pages().unwrap();
+        let b: Vec<(ItemKind, String, u64)> = pages
+            .page("conv:B", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|item| (item.kind, item.external_id, item.line))
+            .collect();
+        assert_eq!(
+            b,
+            [
+                (ItemKind::Message, "b1".to_string(), 2),
+                (ItemKind::Note, "b2".to_string(), 4)
+            ]
+        );
+        let failure = stager.failure("conv:A").unwrap().unwrap();
+        assert_eq!((failure.file.as_str(), failure.line), ("messages.csv", 5));
+        assert!(
+            failure.reason.starts_with("message.direction"),
+            "{failure:?}"
+        );
+        let repeat = stager.failure("conv:B").unwrap().unwrap();
+        assert_eq!(repeat.line, 8);
+        assert!(repeat.reason.contains("line 2"), "{repeat:?}");
+        stager.claim("conv:A").unwrap();
+        stager.claim("conv:B").unwrap();
+        stager.publish().unwrap();
+        let orphans = pages.orphans().unwrap();
+        assert_eq!(orphans.len(), 1);
+        assert_eq!((orphans[0].thread.as_str(), orphans[0].line), ("conv:Z", 6));
+    }
+}
