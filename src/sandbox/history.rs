@@ -7,7 +7,9 @@
 //! sandbox"): a repeated message externalId is taken (a blind re-send duplicates); 120
 //! messages a window per customer unless the body carries `importedAt`, and 120 notes with
 //! no exemption, beyond which a create is 429 (a bulk item an error); `createdAt` and
-//! `createdBy` refused with 403 unless the sandbox is told the key holds `org.admin`; the
+//! `createdBy` kept only when the sandbox is told the key holds `org.admin` (otherwise,
+//! as the docs say of Kustomer, the key's user and the time of the create are used: the
+//! fields are dropped from what is stored); the
 //! message lookup answers only to the lower-case `externalid=` the spec writes. Notes are
 //! listed oldest first, [`DEFAULT_PAGE_SIZE`] a page unless `pageSize` (1 to
 //! [`MAX_PAGE_SIZE`]) says otherwise, `links.next` naming the next page while there is one.
@@ -37,10 +39,23 @@ pub const MAX_PAGE_SIZE: usize = 100;
 
 /// Why a checked message or note is not made.
 enum Refusal {
-    /// 403: `createdAt`/`createdBy` without `org.admin`.
-    Forbidden(String),
     /// 429: the customer's limit; seconds until its window resets.
     Limited(u64, String),
+}
+
+/// The fields only a key whose user holds `org.admin` may set.
+const ADMIN_FIELDS: [&str; 2] = ["createdAt", "createdBy"];
+
+/// The body as stored: without `org.admin`, Kustomer sets `createdAt` and `createdBy`
+/// itself (the time of the create, the key's user), so what the body said is not kept.
+fn as_stored(app: &App, body: &Map<String, Value>) -> Map<String, Value> {
+    let mut kept = body.clone();
+    if !app.config.org_admin {
+        for field in ADMIN_FIELDS {
+            kept.remove(field);
+        }
+    }
+    kept
 }
 
 fn validate(kind: ThreadKind, body: &Map<String, Value>, route: ThreadRoute) -> Vec<FieldError> {
@@ -67,17 +82,6 @@ fn admit(
     customer: &str,
     body: &Map<String, Value>,
 ) -> Result<(), Refusal> {
-    if !app.config.org_admin
-        && let Some(field) = ["createdAt", "createdBy"]
-            .into_iter()
-            .find(|f| body.contains_key(*f))
-    {
-        return Err(Refusal::Forbidden(format!(
-            "/{field}: setting createdAt or createdBy on a {} needs a key whose user holds \
-             org.admin (start the sandbox with --org-admin); leave it out, or send sentAt",
-            noun(kind)
-        )));
-    }
     let exempt = kind == ThreadKind::Message && body.contains_key("importedAt");
     if exempt {
         return Ok(());
@@ -210,7 +214,6 @@ fn decide(
         return Verdict::Refused(invalid(errors));
     };
     match admit(app, inner, kind, &customer, body) {
-        Err(Refusal::Forbidden(words)) => Verdict::Refused(error(StatusCode::FORBIDDEN, words)),
         Err(Refusal::Limited(secs, words)) => {
             inner.counters.rate_limited();
             let mut response = error(StatusCode::TOO_MANY_REQUESTS, words);
@@ -219,7 +222,10 @@ fn decide(
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
             Verdict::Refused(response)
         }
-        Ok(()) => match inner.store.insert_thread_item(kind, conversation, body) {
+        Ok(()) => match inner
+            .store
+            .insert_thread_item(kind, conversation, &as_stored(app, body))
+        {
             Ok(record) => {
                 let answer = app.envelope(thread_object(record));
                 Verdict::Made(answer, roll_after(inner))
@@ -270,10 +276,10 @@ pub(super) fn run_item(
     };
     let customer = customer.to_owned();
     match admit(app, inner, kind, &customer, body) {
-        Err(Refusal::Forbidden(words) | Refusal::Limited(_, words)) => Err(words),
+        Err(Refusal::Limited(_, words)) => Err(words),
         Ok(()) => inner
             .store
-            .insert_thread_item(kind, conversation, body)
+            .insert_thread_item(kind, conversation, &as_stored(app, body))
             .map(|record| record.id.clone())
             .map_err(refused_item),
     }
