@@ -8,7 +8,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::history::ItemKind;
-use crate::history::checks::finish_item;
 use crate::history::child::{ChildCounts, ChildError, stage_child_file};
 use crate::history::store::{Orphan, Staged, Stager, StoreError, ThreadSize, ThreadStore};
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
@@ -323,11 +322,9 @@ impl RowReader {
             })?;
         let stager = self.stager()?;
         let counts =
-            stage_child_file(records, &name, &bound, finish_item, stager).map_err(|error| {
-                match error {
-                    ChildError::Input(error) => ReadError::Input(error),
-                    ChildError::Store(error) => ReadError::History(error),
-                }
+            stage_child_file(records, &name, &bound, stager).map_err(|error| match error {
+                ChildError::Input(error) => ReadError::Input(error),
+                ChildError::Store(error) => ReadError::History(error),
             })?;
         self.publish()?;
         Ok(Some(counts))

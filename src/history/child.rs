@@ -8,17 +8,10 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
+use super::checks::finish_item;
 use super::store::{Staged, Stager, StoreError};
-use super::{ItemKind, ThreadItem};
 use crate::input::{InputError, RecordResult};
-use crate::mapping::MappingError;
 use crate::mapping::file::BoundMapping;
-
-/// How a mapped body becomes a checked item: `history::checks::finish_item`.
-pub type Finish =
-    fn(ItemKind, Map<String, Value>, &str, &Arc<str>, u64) -> Result<ThreadItem, MappingError>;
 
 /// What the pre-pass of one child file came to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,7 +39,6 @@ pub fn stage_child_file(
     records: impl Iterator<Item = Result<RecordResult, InputError>>,
     file: &Arc<str>,
     mapping: &BoundMapping,
-    finish: Finish,
     stager: &mut Stager,
 ) -> Result<ChildCounts, ChildError> {
     let mut counts = ChildCounts::default();
@@ -79,7 +71,7 @@ pub fn stage_child_file(
         let thread = ["conv:", &parent].concat();
         let item = mapping
             .item(&record.fields)
-            .and_then(|(kind, body)| finish(kind, body, kind.as_str(), file, record.line));
+            .and_then(|(kind, body)| finish_item(kind, body, kind.as_str(), file, record.line));
         let refusal = match item {
             Err(error) => Some(error.to_string()),
             Ok(item) => match stager.stage(&thread, &item)? {
@@ -104,6 +96,7 @@ pub fn stage_child_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::ItemKind;
     use crate::history::store::ThreadStore;
     use crate::input::{SourceFields, SourceRecord};
     use crate::mapping::file::MappingFile;
@@ -126,39 +119,6 @@ externalId = "id"
 body = "text"
 "#;
     const HEADERS: [&str; 5] = ["parent", "id", "public", "dir", "text"];
-
-    /// Stands in for the checks: the id leaves the body; a message's direction is in|out.
-    fn finish(
-        kind: ItemKind,
-        mut body: Map<String, Value>,
-        path: &str,
-        file: &Arc<str>,
-        line: u64,
-    ) -> Result<ThreadItem, MappingError> {
-        let source_id = body
-            .remove("externalId")
-            .and_then(|id| id.as_str().map(str::to_string));
-        if kind == ItemKind::Message
-            && !matches!(
-                body.get("direction").and_then(Value::as_str),
-                Some("in" | "out")
-            )
-        {
-            return Err(MappingError::new(
-                &format!("{path}.direction"),
-                "direction",
-                "is not in or out",
-            ));
-        }
-        Ok(ThreadItem {
-            kind,
-            source_id,
-            at: None,
-            body,
-            file: Arc::clone(file),
-            line,
-        })
-    }
 
     fn records(rows: &[[&str; 5]]) -> Vec<Result<RecordResult, InputError>> {
         let headers = Arc::new(HEADERS.iter().map(|h| h.to_string()).collect::<Vec<_>>());
@@ -193,14 +153,8 @@ body = "text"
             ["", "x", "true", "in", ""],
             ["B", "b1", "true", "in", ""],
         ];
-        let counts = stage_child_file(
-            records(&rows).into_iter(),
-            &name,
-            &mapping,
-            finish,
-            &mut stager,
-        )
-        .unwrap();
+        let counts =
+            stage_child_file(records(&rows).into_iter(), &name, &mapping, &mut stager).unwrap();
         assert_eq!(
             counts,
             ChildCounts {
