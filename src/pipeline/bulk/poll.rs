@@ -35,6 +35,13 @@ pub(super) enum Started {
     Earlier,
 }
 
+/// A job to wait for: Kustomer's id for it, and how many items it carries.
+#[derive(Clone, Copy)]
+pub(super) struct JobRef<'a> {
+    pub id: &'a str,
+    pub items: usize,
+}
+
 /// Waits until a job has ended (see [`poll_until_ended`]), then reads its results. Transient
 /// failures back off within the retry budget, and so do 404s (a job store may lag behind the
 /// submit's answer) until they are all there is; a job still not done after `most_wait`, or
@@ -42,13 +49,17 @@ pub(super) enum Started {
 pub(super) async fn wait_for_results(
     tools: &Tools,
     jobs: &Jobs,
-    job_id: &str,
+    job: JobRef<'_>,
     started: Started,
     give_up: &CancellationToken,
     most_wait: Duration,
 ) -> Result<HashMap<String, ItemOutcome>, WaitEnd> {
     let mut retry = Retries::new(tools, give_up);
-    poll_until_ended(tools, jobs, job_id, started, &mut retry, give_up, most_wait).await?;
+    let job_id = job.id;
+    let read = poll_until_ended(tools, jobs, job, started, &mut retry, give_up, most_wait).await?;
+    if let Some(outcomes) = read {
+        return Ok(outcomes);
+    }
     loop {
         match tools.client.bulk_results(job_id).await {
             // An ended job with no result at all may be one whose batches are not written
@@ -70,21 +81,27 @@ pub(super) async fn wait_for_results(
 /// Polls a job until it has ended: not at all when its submit's answer said so already,
 /// first when [`JobPace`] says it is due, then, while it is unfinished, a quarter of that
 /// later and doubling (a probe looks again when the other jobs are due).
+///
+/// Each poll reads the job's results first: when they hold an outcome for every item, the
+/// job is done and they are its results (one request, where asking its status and then
+/// reading them takes two). Only when some are missing is its status asked, which tells
+/// a job still running from one that ended without them. Some(results): read on the way.
 async fn poll_until_ended(
     tools: &Tools,
     jobs: &Jobs,
-    job_id: &str,
+    job: JobRef<'_>,
     started: Started,
     retry: &mut Retries<'_>,
     give_up: &CancellationToken,
     most_wait: Duration,
-) -> Result<(), WaitEnd> {
+) -> Result<Option<HashMap<String, ItemOutcome>>, WaitEnd> {
+    let job_id = job.id;
     let stopping = || WaitEnd::Halted(Halt::stopping());
     let (answered, paced) = match started {
         Started::Submitted {
             status: JobStatus::Complete | JobStatus::Ended(_),
             ..
-        } => return Ok(()),
+        } => return Ok(None),
         Started::Submitted { answered, .. } => (answered, true),
         Started::Earlier => (tokio::time::Instant::now(), false),
     };
@@ -102,12 +119,17 @@ async fn poll_until_ended(
     };
     let mut interval = first_wait / 4;
     let mut last_unfinished = None;
+    let mut read = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
             () = give_up.cancelled() => return Err(stopping()),
         }
         let asked = answered.elapsed();
+        if let Some(outcomes) = all_results(tools, job).await {
+            read = Some(outcomes);
+            break;
+        }
         match tools.client.bulk_status(job_id).await {
             Ok(JobStatus::Complete) => break,
             Ok(JobStatus::Ended(status)) => {
@@ -149,7 +171,24 @@ async fn poll_until_ended(
             probed: probe.is_some(),
         });
     }
-    Ok(())
+    Ok(read)
+}
+
+/// The job's results when they hold an outcome for every item; None when some are missing
+/// (the job may still be running) or they could not be read (its status is asked next,
+/// whose failure is the one handled).
+async fn all_results(tools: &Tools, job: JobRef<'_>) -> Option<HashMap<String, ItemOutcome>> {
+    match tools.client.bulk_results(job.id).await {
+        Ok(outcomes) if job.items > 0 && outcomes.len() >= job.items => Some(outcomes),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::debug!(
+                "bulk job {}: its results could not be read: {error}",
+                job.id
+            );
+            None
+        }
+    }
 }
 
 /// A job still not done after the most a run waits: queued for the next run to poll.

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use super::EARLIER_JOB_WAIT;
 use super::Jobs;
 use super::history::{RunVerdict, read_run_item, settled_change};
-use super::poll::{Started, WaitEnd, wait_for_results};
+use super::poll::{JobRef, Started, WaitEnd, wait_for_results};
 use super::results::{ItemVerdict, job_complete, read_item};
 use super::submit::end_job;
 use crate::checkpoint::{
@@ -159,8 +159,12 @@ async fn finish_earlier_job(
     };
     let started = Started::Earlier;
     let give_up = tools.control.soft();
+    let waited = JobRef {
+        id: job_id,
+        items: job.items.len(),
+    };
     let outcomes =
-        match wait_for_results(tools, jobs, job_id, started, give_up, EARLIER_JOB_WAIT).await {
+        match wait_for_results(tools, jobs, waited, started, give_up, EARLIER_JOB_WAIT).await {
             Ok(outcomes) => outcomes,
             Err(WaitEnd::Vanished(reason)) => {
                 // Lost from now on: it may be a job the API will know and run after all.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use serde_json::Value;
 
 use super::MOST_JOB_WAIT;
-use super::poll::{Started, WaitEnd, wait_for_results};
+use super::poll::{JobRef, Started, WaitEnd, wait_for_results};
 use super::results::{apply_conversation_results, apply_customer_results};
 use super::{AfterJob, Jobs};
 use crate::api::{ApiError, BulkKind, ItemOutcome, SubmittedJob};
@@ -336,10 +336,14 @@ pub(super) async fn submit_and_wait(
         return JobEnd::Unfinished(halt);
     }
     let started = Started::Submitted { answered, status };
+    let waited = JobRef {
+        id: &job_id,
+        items: bodies.len(),
+    };
     match wait_for_results(
         tools,
         jobs,
-        &job_id,
+        waited,
         started,
         tools.control.hard(),
         MOST_JOB_WAIT,
