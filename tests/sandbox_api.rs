@@ -1189,12 +1189,15 @@ async fn a_message_for_a_missing_conversation_is_404_and_bad_fields_are_422() {
 }
 
 #[tokio::test]
-async fn created_at_and_created_by_are_kept_only_for_an_org_admin_key() {
-    // The docs: setting createdAt/createdBy needs org.admin; "otherwise the key's machine
-    // user and the current time are used": taken, the body's values not kept.
+async fn created_and_modified_fields_are_kept_only_for_an_org_admin_key() {
+    // The docs: setting createdAt/createdBy/modifiedAt/modifiedBy needs org.admin;
+    // "otherwise the key's machine user and the current time are used": taken, the body's
+    // values not kept.
     let mut body = message("m");
     body["createdAt"] = json!("2024-01-31T12:00:00Z");
-    let note = json!({"body": "checked", "createdBy": "0123456789abcdef01234567"});
+    body["modifiedAt"] = json!("2024-02-01T12:00:00Z");
+    let note = json!({"body": "checked", "createdBy": "0123456789abcdef01234567",
+                      "modifiedBy": "0123456789abcdef01234567"});
     for org_admin in [false, true] {
         let sandbox = start(SandboxConfig {
             org_admin,
@@ -1213,9 +1216,35 @@ async fn created_at_and_created_by_are_kept_only_for_an_org_admin_key() {
         let thread = records.thread(&id);
         assert_eq!(thread.len(), 2);
         assert_eq!(thread[0].body.contains_key("createdAt"), org_admin);
+        assert_eq!(thread[0].body.contains_key("modifiedAt"), org_admin);
         assert_eq!(thread[1].body.contains_key("createdBy"), org_admin);
+        assert_eq!(thread[1].body.contains_key("modifiedBy"), org_admin);
         sandbox.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_message_with_a_custom_attribute_the_org_does_not_define_is_refused() {
+    let sandbox = start(SandboxConfig {
+        custom_attributes: Some(vec!["tierStr".into()]),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let id = conversation(&api, "1").await;
+    let path = format!("/v1/conversations/{id}/messages");
+    let mut body = message("m1");
+    body["custom"] = json!({"tierStr": "gold"});
+    assert_eq!(api.post(&path, &body).await.status, StatusCode::CREATED);
+    let mut body = message("m2");
+    body["custom"] = json!({"levelStr": "gold"});
+    let answer = api.post(&path, &body).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        first_error(&answer)["source"]["pointer"],
+        "/custom/levelStr"
+    );
+    assert_eq!(sandbox.records().thread(&id).len(), 1);
 }
 
 #[tokio::test]

@@ -63,6 +63,7 @@ const MESSAGE_FIELDS: &[(&str, Rule)] = &[
     ("modifiedAt", Rule::Timestamp),
     ("importedAt", Rule::Timestamp),
     ("createdBy", Rule::NonEmptyText(MAX_TEXT_LEN)),
+    ("modifiedBy", Rule::NonEmptyText(MAX_TEXT_LEN)),
     ("preview", Rule::Text(MAX_PREVIEW)),
     ("subject", Rule::Typed(FieldType::Text)),
     ("meta", Rule::Object),
@@ -81,6 +82,7 @@ const NOTE_FIELDS: &[(&str, Rule)] = &[
     ("modifiedAt", Rule::Timestamp),
     ("importedAt", Rule::Timestamp),
     ("createdBy", Rule::NonEmptyText(MAX_TEXT_LEN)),
+    ("modifiedBy", Rule::NonEmptyText(MAX_TEXT_LEN)),
 ];
 
 /// Validates and normalises one message or note body read from a source and makes it a

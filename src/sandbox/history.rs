@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 
 use super::http::{
     App, BulkKind, ConnCtx, Inner, after_write, bulk_refusal, error, errors_response, invalid,
-    read_object, refused_insert, refused_item, roll_after,
+    read_object, refused_insert, refused_item, roll_after, undefined_custom,
 };
 use super::store::percent_decode;
 use super::thread::{ThreadKind, ThreadRecord};
@@ -44,10 +44,11 @@ enum Refusal {
 }
 
 /// The fields only a key whose user holds `org.admin` may set.
-const ADMIN_FIELDS: [&str; 2] = ["createdAt", "createdBy"];
+const ADMIN_FIELDS: [&str; 4] = ["createdAt", "createdBy", "modifiedAt", "modifiedBy"];
 
-/// The body as stored: without `org.admin`, Kustomer sets `createdAt` and `createdBy`
-/// itself (the time of the create, the key's user), so what the body said is not kept.
+/// The body as stored: without `org.admin`, Kustomer sets `createdAt`, `createdBy`,
+/// `modifiedAt` and `modifiedBy` itself (the time of the create, the key's user), so what
+/// the body said is not kept.
 fn as_stored(app: &App, body: &Map<String, Value>) -> Map<String, Value> {
     let mut kept = body.clone();
     if !app.config.org_admin {
@@ -58,11 +59,22 @@ fn as_stored(app: &App, body: &Map<String, Value>) -> Map<String, Value> {
     kept
 }
 
-fn validate(kind: ThreadKind, body: &Map<String, Value>, route: ThreadRoute) -> Vec<FieldError> {
-    let body = Value::Object(body.clone());
+/// What the API refuses in a message or note body: its shape, and a message's custom
+/// attributes the org has not defined (strictest plausible: the docs do not say).
+fn validate(
+    app: &App,
+    kind: ThreadKind,
+    body: &Map<String, Value>,
+    route: ThreadRoute,
+) -> Vec<FieldError> {
+    let object = Value::Object(body.clone());
     match kind {
-        ThreadKind::Message => validate_message(&body, route),
-        ThreadKind::Note => validate_note(&body, route),
+        ThreadKind::Message => {
+            let mut errors = validate_message(&object, route);
+            errors.extend(undefined_custom(app, body));
+            errors
+        }
+        ThreadKind::Note => validate_note(&object, route),
     }
 }
 
@@ -164,7 +176,7 @@ async fn create(app: Arc<App>, req: Request, kind: ThreadKind, under: Option<Str
         Some(_) => ThreadRoute::UnderConversation,
         None => ThreadRoute::Standalone,
     };
-    let mut errors = validate(kind, &body, route);
+    let mut errors = validate(&app, kind, &body, route);
     let named = body.get("conversation").and_then(Value::as_str);
     if let (Some(path), Some(named)) = (&under, named)
         && path != named
@@ -239,12 +251,12 @@ fn decide(
 }
 
 /// What a bulk request refused whole (`bulk_refuse_invalid`) finds in an item.
-pub(super) fn item_errors(kind: BulkKind, body: &Map<String, Value>) -> Vec<FieldError> {
+pub(super) fn item_errors(app: &App, kind: BulkKind, body: &Map<String, Value>) -> Vec<FieldError> {
     let kind = match kind {
         BulkKind::Notes => ThreadKind::Note,
         _ => ThreadKind::Message,
     };
-    validate(kind, body, ThreadRoute::Standalone)
+    validate(app, kind, body, ThreadRoute::Standalone)
 }
 
 /// One item of a bulk job of messages or notes, as `POST /v1/messages` would take it: the
@@ -259,7 +271,7 @@ pub(super) fn run_item(
         BulkKind::Notes => ThreadKind::Note,
         _ => ThreadKind::Message,
     };
-    if let Some(first) = validate(kind, body, ThreadRoute::Standalone)
+    if let Some(first) = validate(app, kind, body, ThreadRoute::Standalone)
         .into_iter()
         .next()
     {

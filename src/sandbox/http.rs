@@ -492,17 +492,28 @@ fn conversation_object(record: &super::store::ConversationRecord) -> Value {
 /// not defined.
 fn customer_errors(app: &App, body: &Map<String, Value>) -> Vec<FieldError> {
     let mut errors = validate_customer(&Value::Object(body.clone()));
-    if let (Some(known), Some(Value::Object(custom))) =
+    errors.extend(undefined_custom(app, body));
+    errors
+}
+
+/// Custom attributes of a body that the org has not defined (when it defines a list):
+/// customers, and messages, whose `custom` is the org's as well.
+pub(super) fn undefined_custom(app: &App, body: &Map<String, Value>) -> Vec<FieldError> {
+    let (Some(known), Some(Value::Object(custom))) =
         (&app.config.custom_attributes, body.get("custom"))
-    {
-        for name in custom.keys().filter(|name| !known.contains(name)) {
-            errors.push(FieldError::new(
+    else {
+        return Vec::new();
+    };
+    custom
+        .keys()
+        .filter(|name| !known.contains(name))
+        .map(|name| {
+            FieldError::new(
                 format!("/custom/{}", super::validate::escape_pointer(name)),
                 format!("custom attribute {name} is not defined for this org"),
-            ));
-        }
-    }
-    errors
+            )
+        })
+        .collect()
 }
 
 async fn create_customer(State(app): State<Arc<App>>, req: Request) -> Response {
@@ -658,7 +669,7 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
             let problems = match kind {
                 BulkKind::Customers => customer_errors(&app, &body),
                 BulkKind::Conversations => validate_conversation(&Value::Object(body)),
-                BulkKind::Messages | BulkKind::Notes => history::item_errors(kind, &body),
+                BulkKind::Messages | BulkKind::Notes => history::item_errors(&app, kind, &body),
             };
             problems.into_iter().next().map(|problem| (index, problem))
         })

@@ -148,6 +148,10 @@ const MESSAGE_FIELDS: &[(&str, Rule)] = &[
     ("createdAt", Rule::Timestamp),
     ("importedAt", Rule::Timestamp),
     ("createdBy", Rule::Key),
+    // The docs list modifiedAt and modifiedBy with createdAt/createdBy as what org.admin
+    // may set.
+    ("modifiedAt", Rule::Timestamp),
+    ("modifiedBy", Rule::Key),
     ("preview", Rule::AnyString),
     ("subject", Rule::AnyString),
     ("meta", Rule::Object),
@@ -165,6 +169,8 @@ const NOTE_FIELDS: &[(&str, Rule)] = &[
     ("attachments", Rule::Array),
     ("createdAt", Rule::Timestamp),
     ("createdBy", Rule::Key),
+    ("modifiedAt", Rule::Timestamp),
+    ("modifiedBy", Rule::Key),
     ("importedAt", Rule::Timestamp),
 ];
 
