@@ -387,6 +387,56 @@ fn a_run_killed_while_a_job_of_messages_is_queued_polls_it_and_sends_nothing_twi
 }
 
 #[test]
+fn a_history_job_refused_whole_is_halved_until_the_run_with_the_bad_item_goes_alone() {
+    // The org defines one custom attribute; one message of 40 threads sets another, which
+    // no local check can know of. The API refuses a job with it whole.
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        custom_attributes: Some(vec!["tierStr".into()]),
+        bulk_refuse_invalid: true,
+        bulk_delay: Duration::from_millis(20),
+        ..SandboxConfig::default()
+    });
+    let mut lines: Vec<serde_json::Value> = nested(40, 5)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    lines[23]["messages"][2]["custom"] = json!({"levelStr": "gold"});
+    let export: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let file = env.write("threads.jsonl", &export);
+    env.import(&[file.to_str().unwrap(), "--mode", "bulk"])
+        .assert_code(1);
+    // Every other item lands, in order; the bad one fails alone, with the server's words,
+    // and its conversation is reported partly imported.
+    let threads = threads(&env.records());
+    for t in (0..40).filter(|t| *t != 23) {
+        let mut expected = vec![format!("m-{t}-0"), format!("n-{t}")];
+        expected.extend((1..5).map(|m| format!("m-{t}-{m}")));
+        assert_eq!(threads[&format!("t-{t}")], expected, "the thread of t-{t}");
+    }
+    assert_eq!(
+        threads["t-23"],
+        ["m-23-0", "n-23", "m-23-1", "m-23-3", "m-23-4"]
+    );
+    let errors = env.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (_, line, field, reason) = &errors[0];
+    assert_eq!((*line, field.as_str()), (24, "history"));
+    assert!(
+        reason.contains("partly imported: 1 item") && reason.contains("/custom/levelStr"),
+        "{reason}"
+    );
+    // Halved down to the bad run: a few refusals, and only its items (the four messages
+    // after the note) sent alone.
+    let refused = env.stats().requests["POST /v1/messages/bulk"]
+        .get(&400)
+        .copied()
+        .unwrap_or(0);
+    assert!((2..=8).contains(&refused), "{refused} refusals");
+    assert_eq!(requests_to(&env, "POST /v1/conversations/{id}/messages"), 4);
+}
+
+#[test]
 fn refused_messages_fail_alone_and_their_conversation_is_reported_partly_imported() {
     // Yesterday's conversations, made without their thread; today the thread arrives and
     // the API refuses its items (the conversations are gone: each create answers 404).

@@ -238,8 +238,10 @@ fn cut_job(runs: &mut VecDeque<WaitingRun>) -> Vec<WaitingRun> {
     job
 }
 
-/// Sends one job of runs and tells each run how it ended.
-async fn run_history_job(tools: &Tools, jobs: &Jobs, kind: ItemKind, runs: Vec<WaitingRun>) {
+/// Sends one job of runs and tells each run how it ended. A job of several runs refused
+/// whole is sent again in halves, until the run with the bad item is alone; its items are
+/// then sent one by one, whose answers say which is bad.
+async fn run_history_job(tools: &Tools, jobs: &Jobs, kind: ItemKind, mut runs: Vec<WaitingRun>) {
     let bulk_kind = match kind {
         ItemKind::Message => BulkKind::Messages,
         ItemKind::Note => BulkKind::Notes,
@@ -263,6 +265,17 @@ async fn run_history_job(tools: &Tools, jobs: &Jobs, kind: ItemKind, runs: Vec<W
     }
     let end = submit_and_wait(tools, jobs, job, bulk_kind, bodies, items, intents).await;
     let ends = match end {
+        JobEnd::Refused(error) if runs.len() > 1 => {
+            tracing::info!(
+                "a {} bulk job of {} runs was refused whole ({error}); sending it in halves",
+                bulk_kind.as_str(),
+                runs.len()
+            );
+            let second = runs.split_off(runs.len() / 2);
+            Box::pin(run_history_job(tools, jobs, kind, runs)).await;
+            Box::pin(run_history_job(tools, jobs, kind, second)).await;
+            return;
+        }
         JobEnd::Complete(mut outcomes) => {
             let mut changes = Vec::new();
             let mut index = 0usize;
