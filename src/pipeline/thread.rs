@@ -72,29 +72,22 @@ pub(super) async fn send_thread(
             let earlier = work.earlier_records.of(item).map(|record| record.state);
             match (resume_item(earlier), bulk) {
                 (ItemResume::Skip, _) => writer.outcome.already_done += 1,
-                (
-                    ItemResume::Send {
-                        reconcile_first: false,
-                    },
-                    Some(bulk),
-                ) => {
-                    if run
-                        .first()
-                        .is_some_and(|(first, _)| first.kind != item.kind)
-                    {
-                        writer
-                            .send_run(bulk, std::mem::take(&mut run), attempts)
-                            .await?;
+                (ItemResume::Send { reconcile_first }, Some(bulk)) => {
+                    // An earlier answer was lost: looked up alone, and if it is not there,
+                    // sent with the others.
+                    if !(reconcile_first && writer.found(item, position, attempts).await?) {
+                        if run
+                            .first()
+                            .is_some_and(|(first, _)| first.kind != item.kind)
+                        {
+                            writer
+                                .send_run(bulk, std::mem::take(&mut run), attempts)
+                                .await?;
+                        }
+                        run.push((item, position));
                     }
-                    run.push((item, position));
                 }
-                (ItemResume::Send { reconcile_first }, _) => {
-                    // In order: the run gathered so far goes first.
-                    if let Some(bulk) = bulk.filter(|_| !run.is_empty()) {
-                        writer
-                            .send_run(bulk, std::mem::take(&mut run), attempts)
-                            .await?;
-                    }
+                (ItemResume::Send { reconcile_first }, None) => {
                     writer
                         .send_alone(item, position, reconcile_first, attempts)
                         .await?;
@@ -117,6 +110,29 @@ struct ThreadWriter<'a> {
 }
 
 impl ThreadWriter<'_> {
+    /// Looks up an item an earlier attempt may have made; true when found (and recorded).
+    async fn found(
+        &mut self,
+        item: &StagedItem,
+        position: u64,
+        attempts: &mut Attempts<'_>,
+    ) -> Result<bool, Halt> {
+        let id = loop {
+            attempts.requests += 1;
+            match find_item(self.tools, self.conversation_id, item).await {
+                Ok(id) => break id,
+                Err(error) => attempts.after_failure(&error).await?,
+            }
+        };
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        let verdict = ItemVerdict::Made(id, RecordOrigin::Reconciled);
+        tally(&mut self.outcome, item, &verdict);
+        record_verdict(self.tools, self.work, item, position, verdict, attempts).await;
+        Ok(true)
+    }
+
     /// Sends one item by itself (its intent first) and records how it settled.
     async fn send_alone(
         &mut self,
