@@ -186,26 +186,50 @@ fn lost_answers_on_message_and_note_creates_are_reconciled_not_sent_twice() {
     );
 }
 
-#[test]
-fn a_run_killed_in_the_middle_of_its_threads_resumes_and_lands_each_item_once() {
+/// Kills a run of `nested(conversations, 8)` with SIGKILL once the sandbox holds each of
+/// `kills` messages, then lets a last run finish: every item lands once.
+fn kill_during_threads_and_resume(mode: &str, conversations: usize, kills: [u64; 2]) {
     let env = TestEnv::new(SandboxConfig {
         token: Some(KEY.to_string()),
         latency: Duration::from_millis(5),
         jitter: Duration::from_millis(10),
+        bulk_delay: Duration::from_millis(100),
         ..SandboxConfig::default()
     });
-    let file = env.write("threads.jsonl", &nested(10, 8));
-    for kill_at in [15, 45] {
-        let mut child = env.spawn_import(&[file.to_str().unwrap(), "--concurrency", "4"]);
+    let file = env.write("threads.jsonl", &nested(conversations, 8));
+    // A job killed before its submit's answer was recorded is waited out by the next
+    // run: a second is plenty for the sandbox's jobs.
+    let args = [
+        file.to_str().unwrap(),
+        "--concurrency",
+        "4",
+        "--mode",
+        mode,
+        "--bulk-lost-wait",
+        "1",
+    ];
+    for kill_at in kills {
+        let mut child = env.spawn_import(&args);
         env.wait_for(&format!("{kill_at} messages"), |stats| {
             stats.messages >= kill_at
         });
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
-    assert_threads_exact(&env, 10, 8);
-    assert_eq!(done_records(&env), 90);
+    env.import(&args).assert_code(0);
+    assert_threads_exact(&env, conversations, 8);
+    assert_threads_in_order(&env, conversations, 8);
+    assert_eq!(done_records(&env), conversations as i64 * 9);
+}
+
+#[test]
+fn a_run_killed_in_the_middle_of_its_threads_resumes_and_lands_each_item_once() {
+    kill_during_threads_and_resume("single", 10, [15, 45]);
+}
+
+#[test]
+fn a_bulk_run_killed_in_the_middle_of_its_threads_resumes_and_lands_each_item_once() {
+    kill_during_threads_and_resume("bulk", 60, [100, 300]);
 }
 
 fn requests_to(env: &TestEnv, route: &str) -> u64 {
