@@ -202,4 +202,14 @@ impl InputMapping {
             InputMapping::Zendesk(mapping) => mapping.map(fields, file, line),
         }
     }
+
+    /// The record's conversation's source id, as a mapping file's `conversation.externalId`
+    /// reads it (what `--rows-are-messages` groups rows by); None when it is empty, and for
+    /// the default columns and the preset, which group no rows.
+    pub fn conversation_id(&self, fields: &SourceFields) -> Result<Option<String>, MappingError> {
+        match self {
+            InputMapping::File(mapping) => mapping.conversation_id(fields),
+            InputMapping::Default(_) | InputMapping::Zendesk(_) => Ok(None),
+        }
+    }
 }
