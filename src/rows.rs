@@ -832,4 +832,161 @@ mod tests {
             "sideways"
         );
     }
+
+    /// One row per message: a mapping grouping lines by `conv`, a message or a note by
+    /// `kind`, sent in time order (`at`).
+    const GROUPED: &str = r#"
+[customer]
+externalId = "user"
+emails = ["email"]
+[conversation]
+externalId = "conv"
+name = "title"
+[history]
+kind = "kind"
+[message]
+externalId = "part"
+channel = { value = "chat" }
+direction = "dir"
+sentAt = "at"
+[note]
+externalId = "part"
+body = "text"
+createdAt = "at"
+"#;
+    const HEADER: &str = "conv,part,kind,dir,at,text,user,email,title";
+
+    /// Reads these CSV lines (after the header) as rows that are messages, each input of
+    /// `files` in turn; returns the rows, the lines grouped, and the store.
+    fn read_grouped(files: &[&[&str]]) -> (Vec<ReadRow>, u64, Arc<ThreadStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mapping = Mapping::File(Arc::new(MappingFile::parse(GROUPED).unwrap()));
+        let sources = files
+            .iter()
+            .enumerate()
+            .map(|(index, lines)| {
+                let path = dir.path().join(format!("parts{index}.csv"));
+                let text: Vec<&str> = std::iter::once(HEADER)
+                    .chain(lines.iter().copied())
+                    .collect();
+                std::fs::write(&path, text.join("\n")).unwrap();
+                crate::input::InputSource::new(
+                    path.to_str().unwrap(),
+                    None,
+                    crate::input::CsvSettings::default(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let store = Arc::new(ThreadStore::create().unwrap());
+        let settings = ReadSettings {
+            child: None,
+            mapping,
+            derive_conversation_ids: true,
+            limit: None,
+            history: Some(Arc::clone(&store)),
+            rows_are_messages: true,
+        };
+        let inputs = open_inputs(sources, &settings).unwrap();
+        let mut reader = RowReader::new(inputs, settings);
+        reader.stage_history().unwrap();
+        let mut read: Vec<ReadRow> = reader.by_ref().map(Result::unwrap).collect();
+        read.extend(reader.orphans().unwrap());
+        (read, reader.grouped_lines(), store)
+    }
+
+    fn thread_ids(store: &ThreadStore, key: &str) -> Vec<String> {
+        let pages = store.pages().unwrap();
+        let items = pages.page(key, None, 100).unwrap();
+        items.into_iter().map(|item| item.external_id).collect()
+    }
+
+    #[test]
+    fn each_conversations_first_line_is_its_row_and_the_others_are_its_thread_in_time_order() {
+        let (rows, grouped, store) = read_grouped(&[&[
+            "B,b2,message,out,2024-01-02T10:05:00Z,,u2,b@example.com,Refund",
+            "A,a1,message,in,2024-01-01T09:00:00Z,,u1,a@example.com,Parcel",
+            "B,b1,message,in,2024-01-02T10:00:00Z,,u2,b@example.com,Refund (edited)",
+            "A,a2,note,,2024-01-01T09:05:00Z,called the carrier,u1,a@example.com,Parcel",
+            "B,b3,note,,2024-01-02T10:10:00Z,refunded,u9,other@example.com,Other",
+        ]]);
+        let keys: Vec<(&str, u64)> = rows
+            .iter()
+            .map(|row| (row.origin.key.as_str(), row.origin.line))
+            .collect();
+        assert_eq!(keys, [("conv:B", 2), ("conv:A", 3)]);
+        assert_eq!(grouped, 3);
+        // The first line wins where lines of one conversation disagree.
+        let b = rows[0].plan.as_ref().unwrap();
+        assert_eq!(
+            b.conversation.as_ref().unwrap().name.as_deref(),
+            Some("Refund")
+        );
+        assert_eq!(b.customer.external_id.as_deref(), Some("u2"));
+        assert_eq!(
+            rows[0].thread,
+            ThreadSize {
+                messages: 2,
+                notes: 1
+            }
+        );
+        assert_eq!(thread_ids(&store, "conv:B"), ["b1", "b2", "b3"]);
+        assert_eq!(thread_ids(&store, "conv:A"), ["a1", "a2"]);
+    }
+
+    #[test]
+    fn a_conversations_key_is_its_id_whichever_line_comes_first() {
+        let first = "A,a1,message,in,2024-01-01T09:00:00Z,,u1,a@example.com,Parcel";
+        let second = "A,a2,message,out,2024-01-01T09:10:00Z,,u1,a@example.com,Parcel again";
+        let (one, _, _) = read_grouped(&[&[first, second]]);
+        let (other, _, store) = read_grouped(&[&[second, first]]);
+        assert_eq!(one[0].origin.key, "conv:A");
+        assert_eq!(other[0].origin.key, "conv:A");
+        // Nor which input: the lines of one conversation may be split across files.
+        let (split, grouped, _) = read_grouped(&[&[second], &[first]]);
+        assert_eq!(
+            (split.len(), split[0].origin.key.as_str(), grouped),
+            (1, "conv:A", 1)
+        );
+        assert_eq!(thread_ids(&store, "conv:A"), ["a1", "a2"]);
+    }
+
+    #[test]
+    fn a_bad_line_fails_its_conversation_naming_its_line_and_field_and_a_line_without_an_id_fails_alone()
+     {
+        let (rows, grouped, _) = read_grouped(&[&[
+            "A,a1,message,in,2024-01-01T09:00:00Z,,u1,a@example.com,Parcel",
+            ",x1,message,in,2024-01-01T09:01:00Z,,u1,a@example.com,Parcel",
+            "A,a2,message,sideways,2024-01-01T09:02:00Z,,u1,a@example.com,Parcel",
+            "C,c1,message,in,2024-01-03T09:00:00Z,,u3,not-an-email,Bad",
+            "C,c2,note,,2024-01-03T09:01:00Z,fine,u3,c@example.com,Bad",
+        ]]);
+        assert_eq!(
+            rows.len(),
+            3,
+            "A, the line without an id, C; no orphan: {rows:?}"
+        );
+        assert_eq!(grouped, 2);
+        let a = rows[0].plan.as_ref().unwrap_err();
+        assert_eq!(
+            (rows[0].origin.line, a.field.as_deref()),
+            (2, Some("history"))
+        );
+        assert!(
+            a.reason.contains("parts0.csv line 4: message.direction"),
+            "{a}"
+        );
+        let unplaced = rows[1].plan.as_ref().unwrap_err();
+        assert_eq!(rows[1].origin.line, 3);
+        assert_eq!(unplaced.field.as_deref(), Some("conversation.externalId"));
+        assert!(
+            rows[1].origin.key.starts_with("bad:"),
+            "{}",
+            rows[1].origin.key
+        );
+        // A first line that fails keeps its conversation's key, and its thread is its own.
+        let c = rows[2].plan.as_ref().unwrap_err();
+        assert_eq!(rows[2].origin.key, "conv:C");
+        assert_eq!(c.field.as_deref(), Some("emails[0].email"));
+    }
 }
