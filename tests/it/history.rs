@@ -537,3 +537,47 @@ fn rows_that_are_messages_read_from_stdin_land_the_same_and_validate_refuses_wha
         .collect();
     assert_eq!(refused, imported, "validate refuses what import refused");
 }
+
+#[test]
+fn validate_reads_the_messages_file_and_refuses_its_orphan_as_import_does() {
+    let env = TestEnv::plain();
+    let mapping = sample("child/tickets.mapping.toml");
+    let messages = sample("child/messages.csv");
+    let tickets = sample("child/tickets.csv");
+    let run = env.command(&[
+        "validate",
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--messages",
+        messages.to_str().unwrap(),
+        tickets.to_str().unwrap(),
+        "--json",
+    ]);
+    run.assert_code(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    // The three tickets and the orphan; the tickets' 5 messages and 2 notes.
+    assert_eq!((&report["rows"], &report["valid"]), (&json!(4), &json!(3)));
+    assert_eq!(
+        (&report["messages"], &report["notes"]),
+        (&json!(5), &json!(2))
+    );
+    let mut reader =
+        csv::Reader::from_path(env.path("kustomer-import.validate-errors.csv")).unwrap();
+    let refused: Vec<(String, u64, String)> = reader
+        .records()
+        .map(|record| {
+            let record = record.unwrap();
+            (
+                record[0].to_string(),
+                record[1].parse().unwrap(),
+                record[2].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].0.ends_with("messages.csv"), "{refused:?}");
+    assert_eq!(
+        (refused[0].1, refused[0].2.as_str()),
+        (9, "history.conversation")
+    );
+}
