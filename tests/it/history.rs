@@ -581,3 +581,38 @@ fn validate_reads_the_messages_file_and_refuses_its_orphan_as_import_does() {
         (9, "history.conversation")
     );
 }
+
+#[test]
+fn tomorrows_intercom_export_with_two_new_lines_on_an_old_conversation_sends_exactly_two_creates() {
+    let env = TestEnv::plain();
+    let mapping = sample("intercom/mapping.toml");
+    let today = std::fs::read_to_string(sample("intercom/conversations.csv")).unwrap();
+    let file = env.write("conversations.csv", &today);
+    let args = [
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--rows-are-messages",
+        file.to_str().unwrap(),
+    ];
+    env.import(&args).assert_code(1);
+    // Tomorrow's export: two new parts of 216, one of them before its old lines.
+    let mut lines: Vec<&str> = today.lines().collect();
+    lines.insert(
+        1,
+        "216,p-21,comment,user,2024-03-06T08:00:00Z,It has not arrived,U-2,Grace Hopper,grace@example.com,Refund for order 1002,open",
+    );
+    lines.push(
+        "216,p-22,note,admin,2024-03-06T08:05:00Z,Checked with the bank,U-2,Grace Hopper,grace@example.com,Refund for order 1002,open",
+    );
+    env.write("conversations.csv", &format!("{}\n", lines.join("\n")));
+    let before = env.stats();
+    env.import(&args).assert_code(1);
+    let after = env.stats();
+    assert_eq!(after.creates_total - before.creates_total, 2, "two creates");
+    assert_eq!(
+        (after.messages - before.messages, after.notes - before.notes),
+        (1, 1)
+    );
+    let held = threads(&env.records());
+    assert_eq!(held["216"], ["p-5", "p-6", "p-7", "p-21", "p-22"]);
+}
