@@ -1,6 +1,9 @@
 //! Rows: every input, read record by record, mapped to a plan and given its row key. This
 //! is the one path from a file to a row, shared by `import` (which sends the rows) and
 //! `validate` (which only counts them), so the two can never disagree on what a row is.
+//! That includes the history's pre-pass ([`RowReader::stage_history`]: a messages file, or
+//! rows that are messages read once as items) and, for rows that are messages, which line
+//! of a conversation is its row ([`GroupKey`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;

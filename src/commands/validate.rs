@@ -123,7 +123,7 @@ fn read_rows(
     customers: &mut Tally,
 ) -> Result<(), ReadError> {
     reader.stage_history()?;
-    while let Some(row) = reader.next() {
+    for row in reader.by_ref() {
         count_row(row?, report, errors, customers)?;
     }
     for orphan in reader.orphans()? {
