@@ -3,7 +3,7 @@
 //! `validate` (which only counts them), so the two can never disagree on what a row is.
 //! That includes the history's pre-pass ([`RowReader::stage_history`]: a messages file, or
 //! rows that are messages read once as items) and, for rows that are messages, which line
-//! of a conversation is its row ([`GroupKey`]).
+//! of a conversation is its row (`GroupKey`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -102,7 +102,7 @@ pub struct ReadSettings {
     pub child: Option<InputSource>,
     /// `--rows-are-messages`: each input row is one message or note, its conversation's
     /// columns repeated. Every input is read twice: first as its own child file, then as
-    /// rows, of which only each conversation's first line is one ([`GroupKey`]).
+    /// rows, of which only each conversation's first line is one (`GroupKey`).
     pub rows_are_messages: bool,
 }
 
