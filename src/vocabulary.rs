@@ -62,6 +62,18 @@ stored_words! {
     }
 }
 
+impl BulkKind {
+    /// The kind of record a job of this kind creates, when it is one of a row's history
+    /// (whose items are `records`, not `rows`).
+    pub fn record_kind(self) -> Option<RecordKind> {
+        match self {
+            BulkKind::Customers | BulkKind::Conversations => None,
+            BulkKind::Messages => Some(RecordKind::Message),
+            BulkKind::Notes => Some(RecordKind::Note),
+        }
+    }
+}
+
 stored_words! {
     /// What one record of a row's chain is (the pipeline's `Step`s name themselves by it): a
     /// row has a customer, then a conversation, then the conversation's history in order.

@@ -27,7 +27,8 @@ pub struct RowCounts {
     pub rows: u64,
     pub done: u64,
     pub failed: u64,
-    /// Not started, or the customer is known and the conversation not yet sent.
+    /// Not started, or the customer is known and the conversation not yet sent, or the
+    /// conversation is made and its history not all written.
     pub pending: u64,
     /// A create left and its answer was never recorded: the next run looks it up.
     pub unknown: u64,
@@ -292,7 +293,7 @@ impl CheckpointReader {
         let mut statement = self.connection.prepare(
             "SELECT source_file, count(*),
                     sum(state = 'done'), sum(state = 'failed'),
-                    sum(state IN ('pending', 'customer_ok')),
+                    sum(state IN ('pending', 'customer_ok', 'conversation_ok')),
                     sum(state IN ('customer_sent', 'conversation_sent')),
                     sum(state = 'failed' AND outcome_unknown),
                     sum(outcome_unknown <> 0 AND outcome_unknown <> 1)
@@ -336,7 +337,8 @@ impl CheckpointReader {
             "SELECT state, outcome_unknown <> 0 AND outcome_unknown <> 1, count(*) FROM rows
              WHERE source_file = ?1
                AND NOT (state = 'pending' OR state = 'customer_sent' OR state = 'customer_ok'
-                        OR state = 'conversation_sent' OR state = 'done' OR state = 'failed')
+                        OR state = 'conversation_sent' OR state = 'conversation_ok'
+                        OR state = 'done' OR state = 'failed')
                 OR (source_file = ?1 AND outcome_unknown <> 0 AND outcome_unknown <> 1)
              GROUP BY 1, 2 LIMIT 1",
             [file],

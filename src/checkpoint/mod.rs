@@ -117,6 +117,10 @@ pub struct StoredRecord {
     /// Sent (its answer is not recorded), done or failed.
     pub state: StepState,
     pub kustomer_id: Option<String>,
+    /// Its place in the row's chain, and where it was read.
+    pub position: u64,
+    pub source_file: String,
+    pub line: u64,
 }
 
 /// What the checkpoint holds of one row.
@@ -235,6 +239,9 @@ pub struct StoredBulkItem {
     /// The row's state now: a job's result applies only to a row still in its intent.
     pub state: RowState,
     pub customer_id: Option<String>,
+    /// In a job of messages or notes: the record the item creates, as the checkpoint holds
+    /// it now (None when the record line is gone).
+    pub record: Option<StoredRecord>,
 }
 
 /// A bulk job read as [`Checkpoint::unfinished_bulk_jobs`] selects it, without its items.
@@ -254,6 +261,26 @@ fn stored_bulk_job(row: &rusqlite::Row) -> rusqlite::Result<StoredBulkJob> {
         since: in_jobs("updated_at").time(row, 3)?,
         state: in_jobs("state").word(row, 4, BulkJobState::parse)?,
         items: Vec::new(),
+    })
+}
+
+/// The columns of `records` a [`StoredRecord`] is read from, in [`stored_record`]'s order.
+const RECORD_COLUMNS: &str = "kind, external_id, state, kustomer_id, position, source_file, line";
+
+fn stored_record(row: &rusqlite::Row, row_key: &str) -> rusqlite::Result<StoredRecord> {
+    let whose = |column| integrity::Stored {
+        table: "records",
+        column,
+        whose: move || format!("a record of the row {row_key}"),
+    };
+    Ok(StoredRecord {
+        kind: whose("kind").word(row, 0, RecordKind::parse)?,
+        external_id: row.get(1)?,
+        state: whose("state").word(row, 2, StepState::parse)?,
+        kustomer_id: row.get(3)?,
+        position: whose("position").count(row, 4)?,
+        source_file: row.get(5)?,
+        line: whose("line").count(row, 6)?,
     })
 }
 
@@ -283,6 +310,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/006-failed-rows-index/up.sql"),
     include_str!("../../migrations/007-checkpoint-target/up.sql"),
     include_str!("../../migrations/008-records/up.sql"),
+    include_str!("../../migrations/009-history-jobs/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -414,27 +442,35 @@ impl Checkpoint {
     pub fn records_of(&self, row_key: &str) -> Result<Vec<StoredRecord>, CheckpointError> {
         let mut statement = self
             .connection
-            .prepare_cached(
-                "SELECT kind, external_id, state, kustomer_id FROM records
-                 WHERE row_key = ?1 ORDER BY position",
-            )
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records WHERE row_key = ?1 ORDER BY position"
+            ))
             .map_err(|e| self.sqlite(e))?;
-        let read = |row: &rusqlite::Row| -> rusqlite::Result<StoredRecord> {
-            let whose = |column| integrity::Stored {
-                table: "records",
-                column,
-                whose: move || format!("a record of the row {row_key}"),
-            };
-            Ok(StoredRecord {
-                kind: whose("kind").word(row, 0, RecordKind::parse)?,
-                external_id: row.get(1)?,
-                state: whose("state").word(row, 2, StepState::parse)?,
-                kustomer_id: row.get(3)?,
-            })
-        };
         statement
-            .query_map([row_key], read)
+            .query_map([row_key], |row| stored_record(row, row_key))
             .and_then(|rows| rows.collect())
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// One message or note of a row's history, if the checkpoint holds it.
+    pub fn record(
+        &self,
+        row_key: &str,
+        kind: RecordKind,
+        external_id: &str,
+    ) -> Result<Option<StoredRecord>, CheckpointError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM records
+                 WHERE row_key = ?1 AND kind = ?2 AND external_id = ?3"
+            ))
+            .map_err(|e| self.sqlite(e))?;
+        statement
+            .query_row(params![row_key, kind.as_str(), external_id], |row| {
+                stored_record(row, row_key)
+            })
+            .optional()
             .map_err(|e| self.sqlite(e))
     }
 
@@ -484,7 +520,7 @@ impl Checkpoint {
             .connection
             .prepare_cached(
                 "SELECT i.client_ref, i.row_key, i.customer_key, r.source_file, r.line,
-                        r.customer_id, r.state
+                        r.customer_id, r.state, i.record
                  FROM bulk_items i JOIN rows r ON r.row_key = i.row_key
                  WHERE i.job = ?1",
             )
@@ -492,20 +528,32 @@ impl Checkpoint {
         for job in &mut jobs {
             let items = statement
                 .query_map([job.id], |row| {
-                    Ok(StoredBulkItem {
-                        client_ref: row.get(0)?,
-                        row_key: row.get(1)?,
-                        customer_key: row.get(2)?,
-                        source_file: row.get(3)?,
-                        line: in_rows(row, "line", 1).count(row, 4)?,
-                        customer_id: row.get(5)?,
-                        state: read_row_state(row, 6, 1)?,
-                    })
+                    Ok((
+                        StoredBulkItem {
+                            client_ref: row.get(0)?,
+                            row_key: row.get(1)?,
+                            customer_key: row.get(2)?,
+                            source_file: row.get(3)?,
+                            line: in_rows(row, "line", 1).count(row, 4)?,
+                            customer_id: row.get(5)?,
+                            state: read_row_state(row, 6, 1)?,
+                            record: None,
+                        },
+                        row.get::<_, Option<String>>(7)?,
+                    ))
                 })
                 .map_err(|e| self.sqlite(e))?;
-            for item in items {
-                job.items.push(item.map_err(|e| self.sqlite(e))?);
+            let mut items = items
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| self.sqlite(e))?;
+            if let Some(kind) = job.kind.record_kind() {
+                for (item, record) in &mut items {
+                    if let Some(external_id) = record.take() {
+                        item.record = self.record(&item.row_key, kind, &external_id)?;
+                    }
+                }
             }
+            job.items.extend(items.into_iter().map(|(item, _)| item));
         }
         Ok(jobs)
     }

@@ -135,6 +135,8 @@ pub struct BulkItem {
     pub row_key: String,
     /// In a customers job: the customer key the item creates.
     pub customer_key: Option<String>,
+    /// In a job of messages or notes: the externalId of the record the item creates.
+    pub record: Option<String>,
 }
 
 struct Batch {
@@ -341,8 +343,8 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
              VALUES (?1, ?2, 'submitting', ?3, ?4, ?4)",
         )?;
         let mut job_item = transaction.prepare_cached(
-            "INSERT INTO bulk_items (job, client_ref, row_key, customer_key)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO bulk_items (job, client_ref, row_key, customer_key, record)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         let mut job_queued = transaction.prepare_cached(
             "UPDATE bulk_jobs SET job_id = ?2, state = 'queued', updated_at = ?3 WHERE id = ?1",
@@ -409,7 +411,8 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                             job,
                             item.client_ref,
                             item.row_key,
-                            item.customer_key
+                            item.customer_key,
+                            item.record
                         ])?;
                     }
                 }

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::bulk::Jobs;
+use self::bulk::{HistoryJobs, Jobs};
 use self::handles::{Journal, RunControl, Tools};
 use self::planner::{Dispatch, Planner};
 use self::reader::start_reader;
@@ -231,18 +231,31 @@ pub async fn run_import(
     let read_ahead = settings.concurrency.most() * 4;
     let (rows_tx, rows) = mpsc::channel(read_ahead.div_ceil(reader::READ_BATCH).max(2));
     let reader = start_reader(inputs, settings.read.clone(), rows_tx);
+    // Bulk jobs of history gather the runs of every row's thread (see `bulk::history`).
+    let (history_jobs, batcher) = match settings.mode {
+        ImportMode::Single => (None, None),
+        ImportMode::Bulk | ImportMode::Auto => {
+            let (handle, batcher) = HistoryJobs::start(Arc::clone(&tools), Arc::clone(&jobs));
+            (Some(handle), Some(batcher))
+        }
+    };
     let dispatch = Dispatch {
         tools: Arc::clone(&tools),
         jobs,
         settings,
         window,
+        history_jobs,
     };
     let mut planner = Planner::new(dispatch, checkpoint, errors, progress, earlier);
     planner.run(rows, &mut events).await;
     // Every clone of the writer must be gone before the writer thread can end: abandoned
-    // workers hold one, and so does the planner. Workers that report while being shut
-    // down are still counted.
+    // workers hold one, and so do the planner and the batcher of history jobs, which ends
+    // once the planner's handle on it is gone. Workers that report while being shut down
+    // are still counted.
     let mut summary = planner.finish(&mut events).await;
+    if let Some(batcher) = batcher {
+        let _ = batcher.await;
+    }
     // A run told to stop does not wait for a reader still at work: it may be blocked on an
     // input that sends nothing (a FIFO whose writer is idle), and its rows are not wanted.
     let read = if stop.soft.is_cancelled() && !reader.is_finished() {

@@ -40,10 +40,15 @@ pub(super) enum Event {
     RowFinished {
         work: Box<PlannedRow>,
         outcome: RowOutcome,
+        /// The worker was one of bulk mode's history writers.
+        wrote_history: bool,
     },
     /// A worker panicked (a bug): its row stays as the checkpoint has it, pending, and the
     /// rows waiting for the customer it was creating are released as pending too.
-    WorkerPanicked { creating: Option<String> },
+    WorkerPanicked {
+        creating: Option<String>,
+        wrote_history: bool,
+    },
     /// A bulk job ended: what becomes of each of its rows.
     BulkJobEnded {
         kind: BulkKind,
@@ -94,6 +99,8 @@ pub(super) struct Dispatch {
     pub jobs: Arc<Jobs>,
     pub settings: ImportSettings,
     pub window: usize,
+    /// Bulk mode's batcher of history jobs (None in single mode).
+    pub history_jobs: Option<bulk::HistoryJobs>,
 }
 
 pub(super) struct Planner<'a> {
@@ -121,6 +128,14 @@ pub(super) struct Planner<'a> {
     sending: Sending,
     /// Bulk mode: rows that take single mode's path, waiting for a worker.
     for_worker: VecDeque<(PlannedRow, CustomerStep)>,
+    /// Bulk mode: rows whose conversation is made, waiting for a worker to write their
+    /// history in bulk jobs (see `bulk::HistoryJobs`).
+    for_history: VecDeque<(PlannedRow, CustomerStep)>,
+    /// Of the workers running, those writing history in bulk: they wait on jobs most of
+    /// the time, and [`bulk::HISTORY_WRITERS`] of them may run besides the others.
+    writing_history: usize,
+    /// Bulk mode's batcher of history jobs.
+    history_jobs: Option<bulk::HistoryJobs>,
     /// Rows that create their customer, for the next customers job.
     customer_batch: Vec<PlannedRow>,
     /// Rows whose customer is known, with its id, for the next conversations job.
@@ -161,6 +176,7 @@ impl<'a> Planner<'a> {
             jobs,
             settings,
             window,
+            history_jobs,
         } = dispatch;
         let sending = match settings.mode {
             ImportMode::Single => Sending::OneByOne,
@@ -184,6 +200,9 @@ impl<'a> Planner<'a> {
             given_up_in_a_row: 0,
             sending,
             for_worker: VecDeque::new(),
+            for_history: VecDeque::new(),
+            writing_history: 0,
+            history_jobs,
             customer_batch: Vec::new(),
             conversation_batch: Vec::new(),
             batch_since: None,
@@ -277,6 +296,7 @@ impl<'a> Planner<'a> {
         self.running
             + self.ready.len()
             + self.for_worker.len()
+            + self.for_history.len()
             + self.waiting_rows
             + self.customer_batch.len()
             + self.conversation_batch.len()
@@ -288,6 +308,7 @@ impl<'a> Planner<'a> {
         self.running == 0
             && self.ready.is_empty()
             && self.for_worker.is_empty()
+            && self.for_history.is_empty()
             && self.jobs_running == 0
             && self.customer_batch.is_empty()
             && self.conversation_batch.is_empty()
@@ -319,6 +340,7 @@ impl<'a> Planner<'a> {
         self.settle_unstarted_as_pending();
         self.summary.rows_pending += (self.running + self.rows_in_jobs) as u64;
         self.running = 0;
+        self.writing_history = 0;
         self.rows_in_jobs = 0;
     }
 
@@ -353,7 +375,7 @@ impl<'a> Planner<'a> {
         // Each row moves once, from `ready` (or, in bulk mode, `for_worker`) to a worker,
         // not on every event: the rows waiting stay where they are.
         let limit = self.concurrency_limit();
-        while self.running < limit {
+        while self.running - self.writing_history < limit {
             let Some((work, step)) = self
                 .for_worker
                 .pop_front()
@@ -361,7 +383,14 @@ impl<'a> Planner<'a> {
             else {
                 break;
             };
-            self.spawn_worker(work, step);
+            self.spawn_worker(work, step, None);
+        }
+        while self.writing_history < bulk::HISTORY_WRITERS {
+            let Some((work, step)) = self.for_history.pop_front() else {
+                break;
+            };
+            let history_jobs = self.history_jobs.clone();
+            self.spawn_worker(work, step, history_jobs);
         }
         self.start_due_jobs();
     }
@@ -382,6 +411,9 @@ impl<'a> Planner<'a> {
                 {
                     self.conversation_batch.push((work, id));
                 }
+                step if work.conversation_id.is_some() && self.history_jobs.is_some() => {
+                    self.for_history.push_back((work, step));
+                }
                 step => self.for_worker.push_back((work, step)),
             }
         }
@@ -392,22 +424,36 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn spawn_worker(&mut self, work: PlannedRow, step: CustomerStep) {
+    /// Starts a worker on a row; with `history_jobs`, one that writes the row's history in
+    /// bulk jobs.
+    fn spawn_worker(
+        &mut self,
+        work: PlannedRow,
+        step: CustomerStep,
+        history_jobs: Option<bulk::HistoryJobs>,
+    ) {
         self.running += 1;
+        let wrote_history = history_jobs.is_some();
+        self.writing_history += usize::from(wrote_history);
         let tools = Arc::clone(&self.tools);
         let creating = step
             .settles_customer()
             .then(|| work.plan.customer_key.clone());
         self.tasks.spawn(async move {
-            let processed = AssertUnwindSafe(process_row(&tools, work, step))
-                .catch_unwind()
-                .await;
+            let processed =
+                AssertUnwindSafe(process_row(&tools, work, step, history_jobs.as_ref()))
+                    .catch_unwind()
+                    .await;
             let event = match processed {
                 Ok((work, outcome)) => Event::RowFinished {
                     work: Box::new(work),
                     outcome,
+                    wrote_history,
                 },
-                Err(_) => Event::WorkerPanicked { creating },
+                Err(_) => Event::WorkerPanicked {
+                    creating,
+                    wrote_history,
+                },
             };
             let _ = tools.events.send(event);
         });
@@ -495,6 +541,7 @@ impl<'a> Planner<'a> {
     fn settle_unstarted_as_pending(&mut self) {
         let unstarted = self.ready.len()
             + self.for_worker.len()
+            + self.for_history.len()
             + self.waiting_rows
             + self.customer_batch.len()
             + self.conversation_batch.len()
@@ -502,6 +549,7 @@ impl<'a> Planner<'a> {
         self.summary.rows_pending += unstarted as u64;
         self.ready.clear();
         self.for_worker.clear();
+        self.for_history.clear();
         self.deferred.clear();
         self.customer_batch.clear();
         self.conversation_batch.clear();
@@ -694,8 +742,13 @@ impl<'a> Planner<'a> {
                 customer_key,
                 settlement,
             } => self.customer_settled(customer_key, settlement).await,
-            Event::RowFinished { work, outcome } => {
+            Event::RowFinished {
+                work,
+                outcome,
+                wrote_history,
+            } => {
                 self.running -= 1;
+                self.writing_history -= usize::from(wrote_history);
                 self.finish_row(*work, outcome);
             }
             Event::BulkJobEnded { kind, rows } => self.bulk_job_ended(kind, rows),
@@ -712,9 +765,13 @@ impl<'a> Planner<'a> {
                         .await;
                 }
             }
-            Event::WorkerPanicked { creating } => {
+            Event::WorkerPanicked {
+                creating,
+                wrote_history,
+            } => {
                 tracing::error!("a worker panicked (a bug); its row is left pending");
                 self.running -= 1;
+                self.writing_history -= usize::from(wrote_history);
                 self.summary.rows_pending += 1;
                 if let Some(customer_key) = creating {
                     self.customer_settled(customer_key, Settlement::Unsettled)

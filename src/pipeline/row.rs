@@ -36,8 +36,8 @@ pub(super) enum Step {
 }
 
 impl Step {
-    /// The step a bulk job of `kind` makes; None for messages and notes, which have no
-    /// step yet (issue 17 adds them).
+    /// The step of a row a bulk job of `kind` makes; None for messages and notes, whose
+    /// jobs make records of the row's history (`records`), not a step of `rows`.
     pub(super) fn of_job(kind: BulkKind) -> Option<Step> {
         match kind {
             BulkKind::Customers => Some(Step::Customer),

@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value};
 
+use super::bulk::{HistoryJobs, RunEnd, RunItem, RunVerdict};
 use super::failure::endpoint_missing;
 use super::handles::{RowRules, Tools};
 use super::resume::{ItemResume, resume_item};
@@ -41,43 +42,161 @@ enum ItemVerdict {
     Refused(String),
 }
 
-/// Writes the row's thread to the conversation `conversation_id`, in order.
+/// Writes the row's thread to the conversation `conversation_id`, in order: one request per
+/// item, or, with `bulk`, in runs that go in bulk jobs (see [`crate::pipeline::bulk`]'s
+/// history), an item whose earlier answer was lost still looked up alone first.
 pub(super) async fn send_thread(
     tools: &Tools,
     work: &PlannedRow,
     conversation_id: &str,
     attempts: &mut Attempts<'_>,
+    bulk: Option<&HistoryJobs>,
 ) -> Result<ThreadOutcome, Halt> {
-    let mut outcome = ThreadOutcome::default();
+    let _writing = bulk.map(HistoryJobs::writing);
+    let mut writer = ThreadWriter {
+        tools,
+        work,
+        conversation_id,
+        outcome: ThreadOutcome::default(),
+    };
     let mut cursor = None;
     let mut position = FIRST_POSITION;
     loop {
         let page = read_page(tools, &work.origin.key, cursor)?;
         let Some(last) = page.last() else {
-            return Ok(outcome);
+            return Ok(writer.outcome);
         };
         cursor = Some(last.cursor);
+        let mut run: Vec<(&StagedItem, u64)> = Vec::new();
         for item in &page {
             let earlier = work.earlier_records.of(item).map(|record| record.state);
-            match resume_item(earlier) {
-                ItemResume::Skip => outcome.already_done += 1,
-                ItemResume::Send { reconcile_first } => {
-                    let verdict = send_item(
-                        tools,
-                        work,
-                        conversation_id,
-                        item,
-                        position,
-                        reconcile_first,
-                        attempts,
-                    )
-                    .await?;
-                    tally(&mut outcome, item, &verdict);
-                    record_verdict(tools, work, item, position, verdict, attempts).await;
+            match (resume_item(earlier), bulk) {
+                (ItemResume::Skip, _) => writer.outcome.already_done += 1,
+                (
+                    ItemResume::Send {
+                        reconcile_first: false,
+                    },
+                    Some(bulk),
+                ) => {
+                    if run
+                        .first()
+                        .is_some_and(|(first, _)| first.kind != item.kind)
+                    {
+                        writer
+                            .send_run(bulk, std::mem::take(&mut run), attempts)
+                            .await?;
+                    }
+                    run.push((item, position));
+                }
+                (ItemResume::Send { reconcile_first }, _) => {
+                    // In order: the run gathered so far goes first.
+                    if let Some(bulk) = bulk.filter(|_| !run.is_empty()) {
+                        writer
+                            .send_run(bulk, std::mem::take(&mut run), attempts)
+                            .await?;
+                    }
+                    writer
+                        .send_alone(item, position, reconcile_first, attempts)
+                        .await?;
                 }
             }
             position += 1;
         }
+        if let Some(bulk) = bulk.filter(|_| !run.is_empty()) {
+            writer.send_run(bulk, run, attempts).await?;
+        }
+    }
+}
+
+/// One row's thread being written, and what it has come to so far.
+struct ThreadWriter<'a> {
+    tools: &'a Tools,
+    work: &'a PlannedRow,
+    conversation_id: &'a str,
+    outcome: ThreadOutcome,
+}
+
+impl ThreadWriter<'_> {
+    /// Sends one item by itself (its intent first) and records how it settled.
+    async fn send_alone(
+        &mut self,
+        item: &StagedItem,
+        position: u64,
+        reconcile_first: bool,
+        attempts: &mut Attempts<'_>,
+    ) -> Result<(), Halt> {
+        let (tools, work) = (self.tools, self.work);
+        let verdict = send_item(
+            tools,
+            work,
+            self.conversation_id,
+            item,
+            position,
+            reconcile_first,
+            attempts,
+        )
+        .await?;
+        tally(&mut self.outcome, item, &verdict);
+        record_verdict(tools, work, item, position, verdict, attempts).await;
+        Ok(())
+    }
+
+    /// Sends a run of items of one kind in a bulk job and settles each item: recorded by
+    /// the job when its result says, else looked up and sent alone as its job's end allows.
+    async fn send_run(
+        &mut self,
+        bulk: &HistoryJobs,
+        run: Vec<(&StagedItem, u64)>,
+        attempts: &mut Attempts<'_>,
+    ) -> Result<(), Halt> {
+        let Some((first, _)) = run.first() else {
+            return Ok(());
+        };
+        let kind = first.kind;
+        let mut items = Vec::with_capacity(run.len());
+        for (item, position) in &run {
+            let mut body = item_body(item, self.tools.rules)?;
+            body.insert(
+                "conversation".into(),
+                Value::String(self.conversation_id.to_string()),
+            );
+            let intent = self.work.item_change(item, *position, StepState::Sent, 1);
+            items.push(RunItem { body, intent });
+        }
+        attempts.check_stop()?;
+        match bulk.send(kind, items).await {
+            RunEnd::Settled(verdicts) => {
+                for ((item, position), verdict) in run.into_iter().zip(verdicts) {
+                    let settled = match verdict {
+                        RunVerdict::Made(id, origin) => ItemVerdict::Made(id, origin),
+                        RunVerdict::Refused(reason) => ItemVerdict::Refused(reason),
+                        RunVerdict::Unknown => {
+                            self.send_alone(item, position, true, attempts).await?;
+                            continue;
+                        }
+                    };
+                    tally(&mut self.outcome, item, &settled);
+                }
+            }
+            RunEnd::SendAlone => {
+                for (item, position) in run {
+                    self.send_alone(item, position, false, attempts).await?;
+                }
+            }
+            RunEnd::LookUpAfter(at) => {
+                if let Some(at) = at {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = self.tools.control.soft().cancelled() => return Err(Halt::stopping()),
+                    }
+                }
+                for (item, position) in run {
+                    self.send_alone(item, position, true, attempts).await?;
+                }
+            }
+            RunEnd::Halted(halt) => return Err(halt),
+        }
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 //! customer links the row to the customer that exists; a 401/403 stops the run; transient
 //! failures back off and, past the retry budget, leave the row pending.
 
+use super::bulk::HistoryJobs;
 use super::failure::{Call, Retries, create_refused};
 use super::handles::Tools;
 use super::planner::Event;
@@ -15,13 +16,15 @@ use crate::checkpoint::{Change, CustomerOrigin};
 use crate::mapping::ConversationBody;
 
 /// Takes one row from its customer to done, or to the reason it stopped.
+/// With `history_jobs`, the row's history goes in bulk jobs.
 pub(super) async fn process_row(
     tools: &Tools,
     work: PlannedRow,
     step: CustomerStep,
+    history_jobs: Option<&HistoryJobs>,
 ) -> (PlannedRow, RowOutcome) {
     let mut attempts = Attempts::new(tools);
-    let outcome = match drive_row(tools, &work, step, &mut attempts).await {
+    let outcome = match drive_row(tools, &work, step, &mut attempts, history_jobs).await {
         Ok(outcome) => outcome,
         Err(halt) => {
             record_halt(tools, &work, &halt, attempts.requests).await;
@@ -43,6 +46,7 @@ async fn drive_row(
     work: &PlannedRow,
     step: CustomerStep,
     attempts: &mut Attempts<'_>,
+    history_jobs: Option<&HistoryJobs>,
 ) -> Result<RowOutcome, Halt> {
     let (customer_id, intent_committed) = match step {
         CustomerStep::Known(id) => (id, false),
@@ -76,7 +80,7 @@ async fn drive_row(
                 work.conversation_made(&customer_id, &conversation_id, attempts.take_requests());
             tools.journal.record(vec![Change::Row(made)]).await;
         }
-        let thread = send_thread(tools, work, &conversation_id, attempts).await?;
+        let thread = send_thread(tools, work, &conversation_id, attempts, history_jobs).await?;
         tools.history.add(&thread);
         if let Some(first) = &thread.first_failure {
             let partly = work.partly_imported(&customer_id, &conversation_id, thread.failed, first);

@@ -209,14 +209,182 @@ fn a_run_killed_in_the_middle_of_its_threads_resumes_and_lands_each_item_once() 
     assert_eq!(done_records(&env), 90);
 }
 
+fn requests_to(env: &TestEnv, route: &str) -> u64 {
+    env.stats()
+        .requests
+        .get(route)
+        .map_or(0, |by_status| by_status.values().sum())
+}
+
+/// Every thread of `nested(conversations, messages)` in time order: the first message
+/// (00:00), the note (00:00:30), then the other messages.
+fn assert_threads_in_order(env: &TestEnv, conversations: usize, messages: usize) {
+    let threads = threads(&env.records());
+    for t in 0..conversations {
+        let mut expected = vec![format!("m-{t}-0"), format!("n-{t}")];
+        expected.extend((1..messages).map(|m| format!("m-{t}-{m}")));
+        assert_eq!(threads[&format!("t-{t}")], expected, "the thread of t-{t}");
+    }
+}
+
+/// The single endpoints of history: in bulk mode only what a job could not settle goes
+/// through them.
+const SINGLE_HISTORY_ROUTES: [&str; 3] = [
+    "POST /v1/conversations/{id}/messages",
+    "POST /v1/conversations/{id}/notes",
+    "GET /v1/messages/{lookup}",
+];
+
 #[test]
-fn bulk_mode_lands_the_threads_of_the_conversations_its_jobs_make() {
+fn bulk_mode_sends_the_threads_in_jobs_of_many_conversations_each_in_its_order() {
     let env = TestEnv::plain();
-    let file = env.write("threads.jsonl", &nested(12, 3));
+    let file = env.write("threads.jsonl", &nested(40, 5));
+    let run = env.import(&[file.to_str().unwrap(), "--mode", "bulk"]);
+    run.assert_code(0);
+    assert_threads_exact(&env, 40, 5);
+    assert_threads_in_order(&env, 40, 5);
+    assert_eq!(env.rows_in_state("done"), 40);
+    assert_eq!(done_records(&env), 240);
+    for route in SINGLE_HISTORY_ROUTES {
+        assert_eq!(requests_to(&env, route), 0, "{route}");
+    }
+    // Each thread goes in three runs (its first message, its note, the rest), and each job
+    // carries the runs of many threads: 40 threads' 200 messages and 40 notes take a few
+    // jobs, not one request per item.
+    let message_jobs = requests_to(&env, "POST /v1/messages/bulk");
+    let note_jobs = requests_to(&env, "POST /v1/notes/bulk");
+    assert!(
+        (2..=6).contains(&message_jobs) && (1..=3).contains(&note_jobs),
+        "{message_jobs} jobs of messages, {note_jobs} of notes"
+    );
+    assert!(
+        run.stdout.contains("messages created:       200"),
+        "{}",
+        run.stdout
+    );
+    let before = env.stats().requests_total;
     env.import(&[file.to_str().unwrap(), "--mode", "bulk"])
         .assert_code(0);
-    assert_threads_exact(&env, 12, 3);
-    assert_eq!(env.rows_in_state("done"), 12);
+    assert_eq!(
+        env.stats().requests_total,
+        before,
+        "a second run sends nothing"
+    );
+}
+
+#[test]
+fn lost_answers_on_history_jobs_are_reconciled_not_sent_twice() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        faults: FaultConfig {
+            fail_after_write_rate: 0.1,
+            drop_after_write_rate: 0.15,
+            fail_rate: 0.05,
+            busy_rate: 0.05,
+            seed: Some(29),
+            ..FaultConfig::default()
+        },
+        // Jobs run well within --bulk-lost-wait: a job whose answer was lost has run
+        // before its items are looked up (the wait is what keeps a late job from making
+        // an item twice).
+        bulk_delay: Duration::from_millis(50),
+        ..SandboxConfig::default()
+    });
+    let file = env.write("threads.jsonl", &nested(30, 6));
+    env.import(&[
+        file.to_str().unwrap(),
+        "--mode",
+        "bulk",
+        "--bulk-lost-wait",
+        "0.5",
+        "--reconcile-delay",
+        "0.05",
+        "--max-retries",
+        "30",
+    ])
+    .assert_code(0);
+    assert_threads_exact(&env, 30, 6);
+    assert_threads_in_order(&env, 30, 6);
+    assert_eq!(done_records(&env), 210);
+    let faults = env.stats().faults;
+    assert!(
+        faults.fail_after_write + faults.drop_after_write > 0,
+        "no answer was lost"
+    );
+    assert!(requests_to(&env, "POST /v1/messages/bulk") > 0);
+}
+
+/// Waits (30 s at most) until the checkpoint records a job of `kind` as queued, then kills
+/// the run with SIGKILL.
+fn kill_once_queued(env: &TestEnv, kind: &str, mut child: std::process::Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let sql = format!("SELECT count(*) FROM bulk_jobs WHERE state = 'queued' AND kind = '{kind}'");
+    loop {
+        let queued: i64 = rusqlite::Connection::open_with_flags(
+            env.path("kustomer-import.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|db| db.query_row(&sql, [], |r| r.get(0)))
+        .unwrap_or(0);
+        if queued > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no job of {kind} was queued"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_run_killed_while_a_job_of_messages_is_queued_polls_it_and_sends_nothing_twice() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        bulk_delay: Duration::from_secs(2),
+        ..SandboxConfig::default()
+    });
+    let file = env.write("threads.jsonl", &nested(20, 4));
+    let child = env.spawn_import(&[file.to_str().unwrap(), "--mode", "bulk"]);
+    kill_once_queued(&env, "messages", child);
+    let sent: i64 = env
+        .checkpoint()
+        .query_row(
+            "SELECT count(*) FROM records WHERE state = 'sent'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sent > 0, "the queued job's items are recorded as sent");
+    let status = env.command(&["status"]);
+    assert!(
+        status.stdout.contains("queued"),
+        "{}{}",
+        status.stdout,
+        status.stderr
+    );
+
+    env.import(&[file.to_str().unwrap(), "--mode", "bulk"])
+        .assert_code(0);
+    assert_threads_exact(&env, 20, 4);
+    assert_threads_in_order(&env, 20, 4);
+    assert_eq!(done_records(&env), 100);
+    // The queued job was polled and its results applied: none of its items was looked up
+    // or sent again.
+    for route in SINGLE_HISTORY_ROUTES {
+        assert_eq!(requests_to(&env, route), 0, "{route}");
+    }
+    let open: i64 = env
+        .checkpoint()
+        .query_row(
+            "SELECT count(*) FROM bulk_jobs WHERE state IN ('submitting', 'queued')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(open, 0);
 }
 
 #[test]
@@ -247,7 +415,7 @@ fn refused_messages_fail_alone_and_their_conversation_is_reported_partly_importe
         run.stdout
     );
     let mut errors = env.errors();
-    // The two rows settle concurrently: the errors file holds them in the order they did.
+    // The two rows are written in parallel: their lines come in either order.
     errors.sort_by_key(|error| error.1);
     assert_eq!(errors.len(), 2, "one line a conversation: {errors:?}");
     let (_, line, field, reason) = &errors[0];

@@ -18,11 +18,13 @@
 //! it plans any row ([`finish_earlier_jobs`]), and the rows of a job it cannot finish are
 //! held back, pending, rather than sent again.
 //!
-//! Four rooms: [`submit`] builds a job from rows, records it and sends it; [`poll`] waits
+//! Five rooms: [`submit`] builds a job from rows, records it and sends it; [`poll`] waits
 //! for its end within the shared budget, paced by [`pace`]; [`results`] reads each item's
 //! outcome (the one interpreter of item results, for this run's jobs and earlier ones) and
-//! applies it; [`recover`] settles the jobs earlier runs left unfinished.
+//! applies it; [`history`] gathers the messages and notes of many rows' threads into jobs
+//! of their own; [`recover`] settles the jobs earlier runs left unfinished.
 
+mod history;
 mod pace;
 mod poll;
 mod recover;
@@ -34,6 +36,7 @@ use std::time::Duration;
 
 use super::row::{CustomerStep, RowOutcome};
 
+pub(super) use self::history::{HistoryJobs, RunEnd, RunItem, RunVerdict};
 pub(super) use self::pace::JobPace;
 pub(super) use self::recover::{EarlierJobs, finish_earlier_jobs};
 pub(super) use self::submit::{run_conversation_job, run_customer_job};
@@ -41,6 +44,9 @@ pub use crate::api::bulk::MAX_ITEMS;
 
 /// Bulk jobs in flight at once (submitted and not yet applied).
 pub(super) const JOBS_IN_FLIGHT: usize = 8;
+/// Workers that may write history in bulk jobs at once, besides the others: enough runs to
+/// fill the jobs in flight from short threads, each holding at most a page of its thread.
+pub(super) const HISTORY_WRITERS: usize = 200;
 /// `--mode auto` goes bulk once this many rows are waiting to be sent.
 pub(super) const AUTO_BULK_ROWS: usize = 300;
 /// A partial batch goes out once its oldest row has waited this long (a slow input).

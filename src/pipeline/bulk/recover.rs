@@ -1,5 +1,6 @@
 //! The jobs earlier runs left unfinished, settled before this run plans any row: a queued
-//! job is polled and its results applied to rows still in its intent; a job whose submit
+//! job is polled and its results applied to rows still in its intent (to messages and notes
+//! still in theirs, for a job of history); a job whose submit
 //! answer was lost is waited out until it would have run, and its rows left to lookup when
 //! they are read. A job this run cannot settle holds its rows back, pending, so that nothing
 //! it carries is sent again.
@@ -9,12 +10,13 @@ use std::time::SystemTime;
 
 use super::EARLIER_JOB_WAIT;
 use super::Jobs;
+use super::history::{RunVerdict, read_run_item, settled_change};
 use super::poll::{Started, WaitEnd, wait_for_results};
 use super::results::{ItemVerdict, job_complete, read_item};
 use super::submit::end_job;
 use crate::checkpoint::{
-    BulkJobState, Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange, RowState,
-    StoredBulkItem, StoredBulkJob,
+    BulkJobState, Change, Checkpoint, CheckpointError, CustomerOrigin, RecordChange, RowChange,
+    RowState, StepState, StoredBulkItem, StoredBulkJob, StoredRecord,
 };
 use crate::pipeline::handles::Tools;
 use crate::pipeline::row::{Halt, Step};
@@ -144,15 +146,6 @@ async fn finish_earlier_job(
     jobs: &Jobs,
     job: &StoredBulkJob,
 ) -> Option<EarlierOutcome> {
-    let Some(step) = Step::of_job(job.kind) else {
-        tracing::warn!(
-            "bulk job {} of an earlier run made {}, which this version cannot settle: its \
-             rows are held",
-            job.id,
-            job.kind.as_str()
-        );
-        return None;
-    };
     let job_id = match (&job.job_id, job.state) {
         (Some(job_id), BulkJobState::Queued) => job_id,
         (_, state) => {
@@ -181,6 +174,20 @@ async fn finish_earlier_job(
         };
     let mut results = EarlierResults::default();
     let mut changes = Vec::new();
+    let Some(step) = Step::of_job(job.kind) else {
+        // Messages or notes: each record still in its intent takes its item's result.
+        for item in &job.items {
+            let Some(record) = item.record.as_ref().filter(|r| r.state == StepState::Sent) else {
+                continue;
+            };
+            let verdict = read_run_item(outcomes.get(&item.client_ref).cloned());
+            results.uncertain |= matches!(verdict, RunVerdict::Unknown);
+            changes.extend(settled_change(&intent_of(item, record), &verdict));
+        }
+        changes.push(job_complete(job.id));
+        tools.journal.commit(changes).await.ok()?;
+        return Some(EarlierOutcome::Applied(results));
+    };
     let policy = tools.rules.on_existing_customer;
     for item in &job.items {
         // A row that has moved on since (settled by lookup after all) is not touched.
@@ -193,6 +200,23 @@ async fn finish_earlier_job(
     changes.push(job_complete(job.id));
     tools.journal.commit(changes).await.ok()?;
     Some(EarlierOutcome::Applied(results))
+}
+
+/// The intent a record of an earlier job's item went out with, as the checkpoint holds it.
+fn intent_of(item: &StoredBulkItem, record: &StoredRecord) -> RecordChange {
+    RecordChange {
+        row_key: item.row_key.clone(),
+        kind: record.kind,
+        external_id: record.external_id.clone(),
+        position: record.position,
+        state: record.state,
+        kustomer_id: None,
+        origin: None,
+        attempts: 0,
+        source_file: record.source_file.clone(),
+        line: record.line,
+        error: None,
+    }
 }
 
 impl EarlierResults {

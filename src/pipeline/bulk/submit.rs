@@ -39,6 +39,7 @@ pub(in crate::pipeline) async fn run_customer_job(
             client_ref,
             row_key: work.origin.key.clone(),
             customer_key: Some(plan.customer_key.clone()),
+            record: None,
         });
     }
     let end = submit_and_wait(
@@ -112,6 +113,7 @@ pub(in crate::pipeline) async fn run_conversation_job(
             client_ref,
             row_key: work.origin.key.clone(),
             customer_key: None,
+            record: None,
         });
     }
     let end = submit_and_wait(
@@ -236,7 +238,7 @@ fn with_client_ref(body: &impl serde::Serialize, client_ref: &str) -> Value {
 }
 
 /// How a job ended, as far as this run can tell.
-enum JobEnd {
+pub(super) enum JobEnd {
     /// Complete: each item's outcome by `_clientRef` (an item absent is unknown).
     Complete(HashMap<String, ItemOutcome>),
     /// Refused whole with a 4xx (a refusal or a duplicate): nothing was made.
@@ -268,7 +270,7 @@ enum JobEnd {
 /// record (and before a resend), never between the record and its request: a job still
 /// waiting for its turn when the run stops, or whose record cannot be written (a full
 /// disk), is neither recorded nor sent.
-async fn submit_and_wait(
+pub(super) async fn submit_and_wait(
     tools: &Tools,
     jobs: &Jobs,
     job: i64,
