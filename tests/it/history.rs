@@ -592,44 +592,50 @@ fn assert_intercom_errors(errors: &[(String, u64, String, String)], file: &str) 
 
 #[test]
 fn rows_that_are_messages_are_grouped_into_their_conversations_each_item_once_in_order() {
-    let env = TestEnv::plain();
-    let mapping = sample("intercom/mapping.toml");
-    let parts = sample("intercom/conversations.csv");
-    let args = [
-        "--mapping",
-        mapping.to_str().unwrap(),
-        "--rows-are-messages",
-        parts.to_str().unwrap(),
-        "--json",
-    ];
-    let run = env.import(&args);
-    run.assert_code(1);
-    assert_intercom_landed(&env);
-    assert_intercom_errors(&env.errors(), "conversations.csv");
-    // One checkpoint row a conversation, none for the lines grouped into them.
-    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(
-        (&summary["rows_read"], &summary["lines_grouped"]),
-        (&json!(4), &json!(8))
-    );
-    assert_eq!(
-        (&summary["rows_done"], &summary["rows_failed"]),
-        (&json!(3), &json!(1))
-    );
-    let rows: i64 = env
-        .checkpoint()
-        .query_row("SELECT count(*) FROM rows", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(rows, 4);
-    assert_eq!(done_records(&env), 9);
+    for mode in ["single", "bulk"] {
+        let env = TestEnv::plain();
+        let mapping = sample("intercom/mapping.toml");
+        let parts = sample("intercom/conversations.csv");
+        let args = [
+            "--mapping",
+            mapping.to_str().unwrap(),
+            "--rows-are-messages",
+            parts.to_str().unwrap(),
+            "--json",
+            "--mode",
+            mode,
+        ];
+        let run = env.import(&args);
+        run.assert_code(1);
+        assert_intercom_landed(&env);
+        assert_intercom_errors(&env.errors(), "conversations.csv");
+        // One checkpoint row a conversation, none for the lines grouped into them.
+        let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(
+            (&summary["rows_read"], &summary["lines_grouped"]),
+            (&json!(4), &json!(8)),
+            "{mode}"
+        );
+        assert_eq!(
+            (&summary["rows_done"], &summary["rows_failed"]),
+            (&json!(3), &json!(1)),
+            "{mode}"
+        );
+        let rows: i64 = env
+            .checkpoint()
+            .query_row("SELECT count(*) FROM rows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 4, "{mode}");
+        assert_eq!(done_records(&env), 9, "{mode}");
 
-    let before = env.stats().requests_total;
-    env.import(&args).assert_code(1);
-    assert_eq!(
-        env.stats().requests_total,
-        before,
-        "a second run sends nothing"
-    );
+        let before = env.stats().requests_total;
+        env.import(&args).assert_code(1);
+        assert_eq!(
+            env.stats().requests_total,
+            before,
+            "{mode}: a second run sends nothing"
+        );
+    }
 }
 
 #[test]
