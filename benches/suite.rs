@@ -166,7 +166,7 @@ fn read_map(bench: &Bench, rows: usize, table: &mut Table) {
                 .expect("the input");
             let started = Instant::now();
             let settings = ReadSettings::default();
-            let inputs = open_inputs(vec![input], &settings.mapping).expect("the input opens");
+            let inputs = open_inputs(vec![input], &settings).expect("the input opens");
             let reader = RowReader::new(inputs, settings);
             let mut valid = 0usize;
             for row in reader {

@@ -136,8 +136,6 @@ pub fn import_output(args: &ImportArgs) -> ImportOutput {
 #[derive(Debug)]
 pub struct ImportConfig {
     pub inputs: Vec<InputSource>,
-    /// The child file or rows-are-messages, when the run has either.
-    pub history: HistoryInput,
     pub settings: ImportSettings,
     pub target: Target,
     /// Let a checkpoint of another target go on against this one.
@@ -189,9 +187,12 @@ pub fn import_config(
             requests_per_second: f64::from(args.rpm) / rate_window.as_secs_f64(),
         },
     };
-    let child = history.messages.clone();
+    // The child file or rows-are-messages go on in the read settings.
+    let HistoryInput {
+        messages: child,
+        rows_are_messages,
+    } = history;
     Ok(ImportConfig {
-        history,
         inputs,
         settings: ImportSettings {
             concurrency,
@@ -207,6 +208,7 @@ pub fn import_config(
                 limit: args.limit,
                 history: None,
                 child,
+                rows_are_messages,
             },
             grace: Duration::from_secs_f64(args.grace.max(0.0)),
             reconcile_delay: Duration::from_secs_f64(args.reconcile_delay.max(0.0)),
@@ -312,6 +314,12 @@ fn history_input(
         return bad("--rows-are-messages needs --mapping with a [message] or [note] section");
     }
     let Some(name) = &args.messages else {
+        if args.rows_are_messages
+            && let Some(file) = file
+        {
+            file.check_rows_are_messages()
+                .map_err(ConfigError::BadValue)?;
+        }
         return Ok(HistoryInput {
             messages: None,
             rows_are_messages: args.rows_are_messages,
@@ -725,6 +733,21 @@ mod tests {
         std::fs::write(&plain, "[customer]\nexternalId = \"c\"\n").unwrap();
         let messages = dir.path().join("messages.csv");
         std::fs::write(&messages, "p,b\n").unwrap();
+        // Rows that are messages, grouped by conversation.externalId: from p (and
+        // history.conversation reading the same column), or from q (which it does not).
+        let grouped = |name: &str, conversation: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                format!(
+                    "[customer]\nexternalId = \"c\"\n[conversation]\nexternalId = \
+                     \"{conversation}\"\n[history]\nconversation = \"p\"\n[note]\nbody = \"b\"\n"
+                ),
+            )
+            .unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let (by_p, by_q) = (grouped("by_p.toml", "p"), grouped("by_q.toml", "q"));
         let (mapping, plain, messages) = (
             mapping.to_str().unwrap(),
             plain.to_str().unwrap(),
@@ -738,7 +761,7 @@ mod tests {
         let given = history(&["--mapping", mapping, "--messages", messages]).unwrap();
         assert_eq!(given.messages.unwrap().name, messages);
         assert!(
-            history(&["--mapping", mapping, "--rows-are-messages"])
+            history(&["--mapping", &by_p, "--rows-are-messages"])
                 .unwrap()
                 .rows_are_messages
         );
@@ -765,6 +788,14 @@ mod tests {
             (
                 vec!["--mapping", mapping, "--messages", "/nonexistent/m.csv"],
                 "cannot read it",
+            ),
+            (
+                vec!["--mapping", mapping, "--rows-are-messages"],
+                "map conversation.externalId",
+            ),
+            (
+                vec!["--mapping", &by_q, "--rows-are-messages"],
+                "history.conversation reads other columns (p)",
             ),
         ] {
             let error = history(&extra).err().unwrap();

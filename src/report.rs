@@ -18,6 +18,9 @@ use crate::api::RequestStats;
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
     pub rows_read: u64,
+    /// Lines of rows that are messages (`--rows-are-messages`) that are not rows: each a
+    /// later message or note of a conversation whose first line is its row.
+    pub lines_grouped: u64,
     /// Rows this run took to done.
     pub rows_done: u64,
     /// Rows an earlier run had already done: skipped without a request.
@@ -90,6 +93,14 @@ impl Summary {
             )?;
         }
         writeln!(out, "  pending:              {}", self.rows_pending)?;
+        if self.lines_grouped > 0 {
+            writeln!(
+                out,
+                "lines grouped:          {} (later lines of a conversation: items of its \
+                 thread, not rows)",
+                self.lines_grouped
+            )?;
+        }
         writeln!(out, "customers created:      {}", self.customers_created)?;
         writeln!(
             out,

@@ -69,6 +69,15 @@ impl RowKeys {
         })
     }
 
+    /// The key of a conversation read as one row per message (`--rows-are-messages`), by
+    /// its source id: `conv:<id>` for the first line of the run that names it, whichever
+    /// that is, so the key is the one the same conversation gets from a conversation file;
+    /// None for every later line, which is an item of its thread, not a row.
+    pub fn for_grouped(&mut self, conversation_id: &str) -> Result<Option<String>, TallyError> {
+        let identity = ["conv:", conversation_id].concat();
+        Ok((self.count(&identity)? == 0).then_some(identity))
+    }
+
     /// The key of a row that could not be read or mapped, from what was read of it.
     pub fn for_unmapped(&mut self, raw: &Value) -> Result<String, TallyError> {
         let mut hasher = Sha256::new();
@@ -173,6 +182,27 @@ mod tests {
             keys.for_plan(&plan(Some("T-1"), "other"))
                 .unwrap()
                 .repeats_source_id
+        );
+    }
+
+    #[test]
+    fn a_grouped_conversation_is_keyed_by_its_id_on_its_first_line_only() {
+        let mut keys = RowKeys::default();
+        assert_eq!(
+            keys.for_grouped("T-2").unwrap().as_deref(),
+            Some("conv:T-2")
+        );
+        assert_eq!(
+            keys.for_grouped("T-1").unwrap().as_deref(),
+            Some("conv:T-1")
+        );
+        assert_eq!(keys.for_grouped("T-2").unwrap(), None);
+        assert_eq!(keys.for_grouped("T-1").unwrap(), None);
+        // The key a conversation file gives the same conversation.
+        let mut file = RowKeys::default();
+        assert_eq!(
+            file.for_plan(&plan(Some("T-2"), "a")).unwrap().key,
+            "conv:T-2"
         );
     }
 

@@ -1,6 +1,9 @@
 //! Rows: every input, read record by record, mapped to a plan and given its row key. This
 //! is the one path from a file to a row, shared by `import` (which sends the rows) and
 //! `validate` (which only counts them), so the two can never disagree on what a row is.
+//! That includes the history's pre-pass ([`RowReader::stage_history`]: a messages file, or
+//! rows that are messages read once as items) and, for rows that are messages, which line
+//! of a conversation is its row (`GroupKey`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use crate::history::ItemKind;
 use crate::history::child::{ChildCounts, ChildError, stage_child_file};
 use crate::history::store::{Orphan, Staged, Stager, StoreError, ThreadSize, ThreadStore};
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
-use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, Plan};
+use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, MappingFile, Plan};
 use crate::rowkey::{RowKeys, derived_conversation_id};
 use crate::tally::TallyError;
 
@@ -67,6 +70,11 @@ pub enum ReadError {
     #[error(transparent)]
     Scratch(#[from] TallyError),
     #[error(
+        "{input}: --rows-are-messages reads an input twice, and this one was opened to be \
+         read once"
+    )]
+    ReadOnce { input: String },
+    #[error(
         "{input}: the default mapping reads no customer from its columns ({}): it knows \
          external_id, name, email and phone (see README \"Input\"). Give a mapping file with \
          --mapping; `kustomer-import mapping init {input}` writes a starter one from these \
@@ -90,28 +98,46 @@ pub struct ReadSettings {
     /// must stage (`validate`, which only counts), with no claims before it.
     pub history: Option<Arc<ThreadStore>>,
     /// `--messages FILE`: a child file of messages and notes, staged before the rows
-    /// ([`RowReader::stage_child_file`]).
+    /// ([`RowReader::stage_history`]).
     pub child: Option<InputSource>,
+    /// `--rows-are-messages`: each input row is one message or note, its conversation's
+    /// columns repeated. Every input is read twice: first as its own child file, then as
+    /// rows, of which only each conversation's first line is one (`GroupKey`).
+    pub rows_are_messages: bool,
 }
 
 /// Opens every input, once, checks that the mapping finds its columns in every CSV header
 /// and that the default mapping reads a customer from it, and tells which column feeds
 /// which field: all before anything is sent. The inputs opened go on to the [`RowReader`]
-/// as they are, since some can be read only once (stdin, a FIFO, `<(...)`).
+/// as they are, since some can be read only once (stdin, a FIFO, `<(...)`); with
+/// `rows_are_messages` each is read twice, so such a stream is first copied to TMPDIR
+/// ([`InputSource::open_rereadable`]) and a header must hold the items' columns too.
 pub fn open_inputs(
     inputs: Vec<InputSource>,
-    mapping: &Mapping,
+    settings: &ReadSettings,
 ) -> Result<Vec<OpenInput>, ReadError> {
+    let mapping = &settings.mapping;
     inputs
         .into_iter()
         .map(|input| {
-            let input = input.open()?;
+            let input = if settings.rows_are_messages {
+                input.open_rereadable()?
+            } else {
+                input.open()?
+            };
+            let mapping_error = |source| ReadError::Mapping {
+                input: input.name().to_string(),
+                source,
+            };
             mapping
                 .for_input(input.csv_headers())
-                .map_err(|source| ReadError::Mapping {
-                    input: input.name().to_string(),
-                    source,
-                })?;
+                .map_err(mapping_error)?;
+            if settings.rows_are_messages
+                && let Mapping::File(file) = mapping
+            {
+                file.bind_items(input.csv_headers(), true)
+                    .map_err(mapping_error)?;
+            }
             if let Some(headers) = input.csv_headers() {
                 tell_columns(input.name(), mapping, headers)?;
             }
@@ -173,6 +199,9 @@ pub struct RowReader {
     failed: bool,
     /// Stages threads in `settings.history`; opened on the first row that needs it.
     stager: Option<Stager>,
+    /// Lines of rows that are messages which were not rows: the later lines of a
+    /// conversation, items of its thread.
+    grouped_lines: u64,
 }
 
 /// The input being read.
@@ -192,7 +221,14 @@ impl RowReader {
             valid_rows: 0,
             failed: false,
             stager: None,
+            grouped_lines: 0,
         }
+    }
+
+    /// Lines read so far that were items of a conversation read earlier, not rows of their
+    /// own (`--rows-are-messages`).
+    pub fn grouped_lines(&self) -> u64 {
+        self.grouped_lines
     }
 
     /// Whether reading stopped at `limit` valid rows (the rest is left unread).
@@ -249,7 +285,15 @@ impl RowReader {
     /// fails the row, naming it by its kind's list and its position there among the row's
     /// items of that kind (`messages[4].externalId`); the row's thread stays claimed, so it
     /// is not reported as an orphan.
-    fn stage_thread(&mut self, row: &mut ReadRow) -> Result<(), StoreError> {
+    ///
+    /// The first line of a conversation grouped from rows that are messages (`grouped`)
+    /// claims its thread even when the line fails: the thread is its conversation's, which
+    /// is reported failed, not an orphan's.
+    fn stage_thread(&mut self, row: &mut ReadRow, grouped: bool) -> Result<(), StoreError> {
+        if grouped && row.plan.is_err() {
+            self.stager()?.claim(&row.origin.key)?;
+            return Ok(());
+        }
         let Ok(plan) = &mut row.plan else {
             return Ok(());
         };
@@ -300,34 +344,78 @@ impl RowReader {
         Ok(())
     }
 
-    /// Stages the child file of messages and notes (`--messages`), whole, before any row is
-    /// read: its records may name the conversations in any order. Each is staged under
-    /// `conv:<its conversation's source id>`, which the conversation rows then claim.
-    pub fn stage_child_file(&mut self) -> Result<Option<ChildCounts>, ReadError> {
-        let Some(source) = self.settings.child.take() else {
-            return Ok(None);
-        };
+    /// The history's pre-pass, before any row is read: the child file of messages and notes
+    /// (`--messages`), or with `rows_are_messages` every input read once as its own child
+    /// file. Either way each item is staged under `conv:<its conversation's source id>`,
+    /// whole, since its records may name the conversations in any order; the conversation
+    /// rows then claim their threads. None when the run has neither.
+    pub fn stage_history(&mut self) -> Result<Option<ChildCounts>, ReadError> {
         let Mapping::File(file) = &self.settings.mapping else {
             return Ok(None);
         };
         let file = Arc::clone(file);
-        let input = source.open()?;
-        let name: Arc<str> = Arc::from(input.name());
-        let records = input.into_records()?;
+        let (what, counts) = if let Some(source) = self.settings.child.take() {
+            let input = source.open()?;
+            let name: Arc<str> = Arc::from(input.name());
+            let records = input.into_records()?;
+            let counts = self.stage_items(&file, records, &name, false)?;
+            ("the messages file", counts)
+        } else if self.settings.rows_are_messages {
+            ("the rows' messages and notes", self.stage_own_lines(&file)?)
+        } else {
+            return Ok(None);
+        };
+        tracing::info!(
+            "{what}: {} records staged, {} refused, {} naming no conversation",
+            counts.staged,
+            counts.failed,
+            counts.unplaced
+        );
+        Ok(Some(counts))
+    }
+
+    /// `--rows-are-messages`' first reading: every input, each line an item.
+    fn stage_own_lines(&mut self, file: &Arc<MappingFile>) -> Result<ChildCounts, ReadError> {
+        // Out of `self` while they are read, since staging borrows it: put back after.
+        let inputs = std::mem::take(&mut self.inputs);
+        let mut read = || {
+            let mut total = ChildCounts::default();
+            for input in inputs.as_slice() {
+                let records = input.records_again().ok_or_else(|| ReadError::ReadOnce {
+                    input: input.name().to_string(),
+                })??;
+                let name: Arc<str> = Arc::from(input.name());
+                let counts = self.stage_items(file, records, &name, true)?;
+                total.staged += counts.staged;
+                total.failed += counts.failed;
+                total.unplaced += counts.unplaced;
+            }
+            Ok(total)
+        };
+        let total = read();
+        self.inputs = inputs;
+        total
+    }
+
+    /// Stages the records of one input as items ([`stage_child_file`]) and publishes them.
+    fn stage_items(
+        &mut self,
+        file: &Arc<MappingFile>,
+        records: Records,
+        name: &Arc<str>,
+        rows_too: bool,
+    ) -> Result<ChildCounts, ReadError> {
         let bound = file
-            .bind_items(records.csv_headers(), false)
+            .bind_items(records.csv_headers(), rows_too)
             .map_err(|source| ReadError::Mapping {
                 input: name.to_string(),
                 source,
             })?;
         let stager = self.stager()?;
-        let counts =
-            stage_child_file(records, &name, &bound, stager).map_err(|error| match error {
-                ChildError::Input(error) => ReadError::Input(error),
-                ChildError::Store(error) => ReadError::History(error),
-            })?;
-        self.publish()?;
-        Ok(Some(counts))
+        stage_child_file(records, name, &bound, stager).map_err(|error| match error {
+            ChildError::Input(error) => ReadError::Input(error),
+            ChildError::Store(error) => ReadError::History(error),
+        })
     }
 
     /// Opens the next input; None when every input has been read.
@@ -384,6 +472,22 @@ impl Iterator for RowReader {
                     return Some(Err(error.into()));
                 }
                 Some(Ok(record)) => {
+                    let group = if self.settings.rows_are_messages {
+                        match GroupKey::of(&mut self.keys, &open.mapping, &record) {
+                            Ok(Some(group)) => group,
+                            Ok(None) => {
+                                self.grouped_lines += 1;
+                                continue;
+                            }
+                            Err(error) => {
+                                self.failed = true;
+                                return Some(Err(error.into()));
+                            }
+                        }
+                    } else {
+                        GroupKey::Ungrouped
+                    };
+                    let grouped = matches!(group, GroupKey::First(_));
                     let file = Arc::clone(&open.file);
                     let mut row = read_row(
                         &mut self.keys,
@@ -391,10 +495,11 @@ impl Iterator for RowReader {
                         file,
                         record,
                         &mut open.mapping,
+                        group,
                     )
                     .map_err(ReadError::from);
                     if let Ok(read) = &mut row
-                        && let Err(error) = self.stage_thread(read)
+                        && let Err(error) = self.stage_thread(read, grouped)
                     {
                         row = Err(error.into());
                     }
@@ -457,13 +562,57 @@ fn orphan_row(orphan: Orphan) -> ReadRow {
     }
 }
 
-/// Maps one record and gives it its key (and, when asked, its derived conversation id).
+/// What a line of rows that are messages (`--rows-are-messages`) is as a row, once every
+/// line's item is staged: its conversation's first line in the run is the conversation's
+/// row, keyed `conv:<conversation.externalId>` whichever line that is; a later line is not
+/// a row (its item is in the thread already); a line without a conversation id cannot be
+/// grouped and fails as a row of its own. Its conversation's and customer's columns are
+/// read from the first line only: where lines disagree, the first wins.
+#[derive(Debug, PartialEq)]
+enum GroupKey {
+    /// Not grouped: rows are conversations, or the line cannot be read at all (it fails).
+    Ungrouped,
+    /// The first line of its conversation, which is a row under this key.
+    First(String),
+    /// No conversation id: the line fails for it.
+    Unplaced(MappingError),
+}
+
+impl GroupKey {
+    /// The line's part; None for a later line of a conversation seen before.
+    fn of(
+        keys: &mut RowKeys,
+        mapping: &InputMapping,
+        record: &RecordResult,
+    ) -> Result<Option<GroupKey>, TallyError> {
+        let Ok(record) = record else {
+            return Ok(Some(GroupKey::Ungrouped));
+        };
+        let id = match mapping.conversation_id(&record.fields) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                return Ok(Some(GroupKey::Unplaced(MappingError::new(
+                    "conversation.externalId",
+                    "no conversation id",
+                    "is empty: with --rows-are-messages a row is a message of the \
+                     conversation this id names, and without it the row belongs to none",
+                ))));
+            }
+            Err(error) => return Ok(Some(GroupKey::Unplaced(error))),
+        };
+        Ok(keys.for_grouped(&id)?.map(GroupKey::First))
+    }
+}
+
+/// Maps one record and gives it its key (and, when asked, its derived conversation id);
+/// `group` is what it is as a line of rows that are messages.
 fn read_row(
     keys: &mut RowKeys,
     settings: &ReadSettings,
     file: Arc<str>,
     record: RecordResult,
     mapping: &mut InputMapping,
+    group: GroupKey,
 ) -> Result<ReadRow, TallyError> {
     let record = match record {
         Ok(record) => record,
@@ -483,7 +632,11 @@ fn read_row(
             });
         }
     };
-    let mut plan = mapping.map(&record.fields, &file, record.line);
+    let (mut plan, key) = match group {
+        GroupKey::Ungrouped => (mapping.map(&record.fields, &file, record.line), None),
+        GroupKey::First(key) => (mapping.map(&record.fields, &file, record.line), Some(key)),
+        GroupKey::Unplaced(error) => (Err(error), None),
+    };
     let mut fields = record.fields;
     if let Ok(plan) = &mut plan
         && !plan.thread.is_empty()
@@ -495,8 +648,10 @@ fn read_row(
         drop_thread(&mut fields);
     }
     let original = Original::Fields(fields);
-    let (key, plan) = match plan {
-        Ok(mut plan) => {
+    let (key, plan) = match (key, plan) {
+        // A grouped conversation's key is its id, whether its first line maps or fails.
+        (Some(key), plan) => (key, plan),
+        (None, Ok(mut plan)) => {
             let key = keys.for_plan(&plan)?;
             let plan = if key.repeats_source_id {
                 Err(MappingError::new(
@@ -515,7 +670,7 @@ fn read_row(
             };
             (key.key, plan)
         }
-        Err(error) => (keys.for_unmapped(&original.to_json())?, Err(error)),
+        (None, Err(error)) => (keys.for_unmapped(&original.to_json())?, Err(error)),
     };
     Ok(ReadRow {
         origin: RowOrigin {
@@ -545,6 +700,7 @@ mod tests {
             derive_conversation_ids: true,
             limit: None,
             history: None,
+            rows_are_messages: false,
         };
         let mut mapping = settings.mapping.for_input(None).unwrap();
         let record = Ok(SourceRecord {
@@ -558,6 +714,7 @@ mod tests {
             file,
             record,
             &mut mapping,
+            GroupKey::Ungrouped,
         )
         .unwrap()
     }
@@ -581,8 +738,9 @@ mod tests {
             derive_conversation_ids: true,
             limit: None,
             history: Some(Arc::clone(&store)),
+            rows_are_messages: false,
         };
-        let inputs = open_inputs(vec![source], &settings.mapping).unwrap();
+        let inputs = open_inputs(vec![source], &settings).unwrap();
         let mut reader = RowReader::new(inputs, settings);
         let read: Vec<ReadRow> = reader.by_ref().map(Result::unwrap).collect();
         reader.publish().unwrap();
@@ -676,5 +834,162 @@ mod tests {
             row.original.to_json()["messages"][0]["direction"],
             "sideways"
         );
+    }
+
+    /// One row per message: a mapping grouping lines by `conv`, a message or a note by
+    /// `kind`, sent in time order (`at`).
+    const GROUPED: &str = r#"
+[customer]
+externalId = "user"
+emails = ["email"]
+[conversation]
+externalId = "conv"
+name = "title"
+[history]
+kind = "kind"
+[message]
+externalId = "part"
+channel = { value = "chat" }
+direction = "dir"
+sentAt = "at"
+[note]
+externalId = "part"
+body = "text"
+createdAt = "at"
+"#;
+    const HEADER: &str = "conv,part,kind,dir,at,text,user,email,title";
+
+    /// Reads these CSV lines (after the header) as rows that are messages, each input of
+    /// `files` in turn; returns the rows, the lines grouped, and the store.
+    fn read_grouped(files: &[&[&str]]) -> (Vec<ReadRow>, u64, Arc<ThreadStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mapping = Mapping::File(Arc::new(MappingFile::parse(GROUPED).unwrap()));
+        let sources = files
+            .iter()
+            .enumerate()
+            .map(|(index, lines)| {
+                let path = dir.path().join(format!("parts{index}.csv"));
+                let text: Vec<&str> = std::iter::once(HEADER)
+                    .chain(lines.iter().copied())
+                    .collect();
+                std::fs::write(&path, text.join("\n")).unwrap();
+                crate::input::InputSource::new(
+                    path.to_str().unwrap(),
+                    None,
+                    crate::input::CsvSettings::default(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let store = Arc::new(ThreadStore::create().unwrap());
+        let settings = ReadSettings {
+            child: None,
+            mapping,
+            derive_conversation_ids: true,
+            limit: None,
+            history: Some(Arc::clone(&store)),
+            rows_are_messages: true,
+        };
+        let inputs = open_inputs(sources, &settings).unwrap();
+        let mut reader = RowReader::new(inputs, settings);
+        reader.stage_history().unwrap();
+        let mut read: Vec<ReadRow> = reader.by_ref().map(Result::unwrap).collect();
+        read.extend(reader.orphans().unwrap());
+        (read, reader.grouped_lines(), store)
+    }
+
+    fn thread_ids(store: &ThreadStore, key: &str) -> Vec<String> {
+        let pages = store.pages().unwrap();
+        let items = pages.page(key, None, 100).unwrap();
+        items.into_iter().map(|item| item.external_id).collect()
+    }
+
+    #[test]
+    fn each_conversations_first_line_is_its_row_and_the_others_are_its_thread_in_time_order() {
+        let (rows, grouped, store) = read_grouped(&[&[
+            "B,b2,message,out,2024-01-02T10:05:00Z,,u2,b@example.com,Refund",
+            "A,a1,message,in,2024-01-01T09:00:00Z,,u1,a@example.com,Parcel",
+            "B,b1,message,in,2024-01-02T10:00:00Z,,u2,b@example.com,Refund (edited)",
+            "A,a2,note,,2024-01-01T09:05:00Z,called the carrier,u1,a@example.com,Parcel",
+            "B,b3,note,,2024-01-02T10:10:00Z,refunded,u9,other@example.com,Other",
+        ]]);
+        let keys: Vec<(&str, u64)> = rows
+            .iter()
+            .map(|row| (row.origin.key.as_str(), row.origin.line))
+            .collect();
+        assert_eq!(keys, [("conv:B", 2), ("conv:A", 3)]);
+        assert_eq!(grouped, 3);
+        // The first line wins where lines of one conversation disagree.
+        let b = rows[0].plan.as_ref().unwrap();
+        assert_eq!(
+            b.conversation.as_ref().unwrap().name.as_deref(),
+            Some("Refund")
+        );
+        assert_eq!(b.customer.external_id.as_deref(), Some("u2"));
+        assert_eq!(
+            rows[0].thread,
+            ThreadSize {
+                messages: 2,
+                notes: 1
+            }
+        );
+        assert_eq!(thread_ids(&store, "conv:B"), ["b1", "b2", "b3"]);
+        assert_eq!(thread_ids(&store, "conv:A"), ["a1", "a2"]);
+    }
+
+    #[test]
+    fn a_conversations_key_is_its_id_whichever_line_comes_first() {
+        let first = "A,a1,message,in,2024-01-01T09:00:00Z,,u1,a@example.com,Parcel";
+        let second = "A,a2,message,out,2024-01-01T09:10:00Z,,u1,a@example.com,Parcel again";
+        let (one, _, _) = read_grouped(&[&[first, second]]);
+        let (other, _, store) = read_grouped(&[&[second, first]]);
+        assert_eq!(one[0].origin.key, "conv:A");
+        assert_eq!(other[0].origin.key, "conv:A");
+        // Nor which input: the lines of one conversation may be split across files.
+        let (split, grouped, _) = read_grouped(&[&[second], &[first]]);
+        assert_eq!(
+            (split.len(), split[0].origin.key.as_str(), grouped),
+            (1, "conv:A", 1)
+        );
+        assert_eq!(thread_ids(&store, "conv:A"), ["a1", "a2"]);
+    }
+
+    #[test]
+    fn a_bad_line_fails_its_conversation_naming_its_line_and_field_and_a_line_without_an_id_fails_alone()
+     {
+        let (rows, grouped, _) = read_grouped(&[&[
+            "A,a1,message,in,2024-01-01T09:00:00Z,,u1,a@example.com,Parcel",
+            ",x1,message,in,2024-01-01T09:01:00Z,,u1,a@example.com,Parcel",
+            "A,a2,message,sideways,2024-01-01T09:02:00Z,,u1,a@example.com,Parcel",
+            "C,c1,message,in,2024-01-03T09:00:00Z,,u3,not-an-email,Bad",
+            "C,c2,note,,2024-01-03T09:01:00Z,fine,u3,c@example.com,Bad",
+        ]]);
+        assert_eq!(
+            rows.len(),
+            3,
+            "A, the line without an id, C; no orphan: {rows:?}"
+        );
+        assert_eq!(grouped, 2);
+        let a = rows[0].plan.as_ref().unwrap_err();
+        assert_eq!(
+            (rows[0].origin.line, a.field.as_deref()),
+            (2, Some("history"))
+        );
+        assert!(
+            a.reason.contains("parts0.csv line 4: message.direction"),
+            "{a}"
+        );
+        let unplaced = rows[1].plan.as_ref().unwrap_err();
+        assert_eq!(rows[1].origin.line, 3);
+        assert_eq!(unplaced.field.as_deref(), Some("conversation.externalId"));
+        assert!(
+            rows[1].origin.key.starts_with("bad:"),
+            "{}",
+            rows[1].origin.key
+        );
+        // A first line that fails keeps its conversation's key, and its thread is its own.
+        let c = rows[2].plan.as_ref().unwrap_err();
+        assert_eq!(rows[2].origin.key, "conv:C");
+        assert_eq!(c.field.as_deref(), Some("emails[0].email"));
     }
 }

@@ -40,13 +40,6 @@ pub fn run(config: ImportConfig) -> anyhow::Result<Exit> {
 }
 
 async fn import(mut config: ImportConfig) -> anyhow::Result<Exit> {
-    // One row per message (its grouping pre-pass) is not built: refused, rather than
-    // import conversations without the history the user asked for.
-    if config.history.rows_are_messages {
-        anyhow::bail!(
-            "--rows-are-messages: this build checks the flag but does not group rows yet"
-        );
-    }
     // Signals are watched from the start: opening a FIFO waits for its writer, and a
     // signal must end that wait as it ends a run.
     let signals = StopSignals::default();
@@ -268,10 +261,15 @@ async fn open_inputs_until_stopped(
     signals: &StopSignals,
 ) -> Result<(Vec<OpenInput>, Option<u64>), Exit> {
     let sources = std::mem::take(&mut config.inputs);
-    let mapping = config.settings.read.mapping.clone();
+    let read = config.settings.read.clone();
     let opening = tokio::task::spawn_blocking(move || {
-        let inputs = open_inputs(sources, &mapping)?;
-        let estimate = inputs.iter().map(OpenInput::estimate_records).sum();
+        let inputs = open_inputs(sources, &read)?;
+        // Lines are not rows when rows are messages: no estimate rather than a wrong one.
+        let estimate = if read.rows_are_messages {
+            None
+        } else {
+            inputs.iter().map(OpenInput::estimate_records).sum()
+        };
         Ok::<_, ReadError>((inputs, estimate))
     });
     tokio::select! {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use kustomer_import::report::ErrorsFile;
 use kustomer_import::rowkey::fingerprint;
-use kustomer_import::rows::{ReadSettings, RowReader, open_inputs};
+use kustomer_import::rows::{ReadError, ReadRow, ReadSettings, RowReader, open_inputs};
 use kustomer_import::tally::Tally;
 
 use super::Exit;
@@ -23,6 +23,10 @@ use crate::config::ValidateConfig;
 #[derive(Debug, Default, Serialize)]
 struct ValidationReport {
     rows: u64,
+    /// Lines of rows that are messages that are not rows: later lines of a conversation
+    /// (listed only when there are some).
+    #[serde(skip_serializing_if = "is_zero")]
+    lines_grouped: u64,
     valid: u64,
     invalid: u64,
     /// `field: rule` -> rows, list positions left out (`emails[].email: not an email address`).
@@ -50,13 +54,6 @@ struct RowsPerCustomer {
 }
 
 pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
-    // One row per message (its grouping pre-pass) is not built: refused, rather than
-    // import conversations without the history the user asked for.
-    if config.history.rows_are_messages {
-        anyhow::bail!(
-            "--rows-are-messages: this build checks the flag but does not group rows yet"
-        );
-    }
     let mut errors = ErrorsFile::create(&config.errors)
         .with_context(|| format!("cannot create the errors file {}", config.errors.display()))?;
     let mut customers = Tally::default();
@@ -70,48 +67,21 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
         limit: None,
         history: None,
         child: config.history.messages.clone(),
+        rows_are_messages: config.history.rows_are_messages,
     };
     // Every input opens, and its header fits the mapping, before a row is read.
-    let rows = match open_inputs(config.inputs, &settings.mapping) {
-        Ok(inputs) => Some(RowReader::new(inputs, settings)),
+    match open_inputs(config.inputs, &settings) {
+        Ok(inputs) => {
+            let mut reader = RowReader::new(inputs, settings);
+            if let Err(error) = read_rows(&mut reader, &mut report, &mut errors, &mut customers) {
+                tracing::error!("{error}");
+                report.stopped = Some(error.to_string());
+            }
+            report.lines_grouped = reader.grouped_lines();
+        }
         Err(error) => {
             tracing::error!("{error}");
             report.stopped = Some(error.to_string());
-            None
-        }
-    };
-    for row in rows.into_iter().flatten() {
-        let row = match row {
-            Ok(row) => row,
-            Err(error) => {
-                tracing::error!("{error}");
-                report.stopped = Some(error.to_string());
-                break;
-            }
-        };
-        report.rows += 1;
-        match &row.plan {
-            Ok(plan) => {
-                report.valid += 1;
-                report.conversations += u64::from(plan.conversation.is_some());
-                report.messages += row.thread.messages;
-                report.notes += row.thread.notes;
-                customers.bump(fingerprint(&plan.customer_key))?;
-            }
-            Err(error) => {
-                report.invalid += 1;
-                *report
-                    .invalid_by_reason
-                    .entry(error.category())
-                    .or_default() += 1;
-                errors.write(
-                    &row.origin.file,
-                    row.origin.line,
-                    error.field.as_deref(),
-                    &error.reason,
-                    &row.original.to_json(),
-                );
-            }
         }
     }
     errors
@@ -144,6 +114,58 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
     })
 }
 
+/// Counts every row as import would read it: the history's pre-pass first (a messages
+/// file, or rows that are messages), then the rows, then the threads no row claimed.
+fn read_rows(
+    reader: &mut RowReader,
+    report: &mut ValidationReport,
+    errors: &mut ErrorsFile,
+    customers: &mut Tally,
+) -> Result<(), ReadError> {
+    reader.stage_history()?;
+    for row in reader.by_ref() {
+        count_row(row?, report, errors, customers)?;
+    }
+    for orphan in reader.orphans()? {
+        count_row(orphan, report, errors, customers)?;
+    }
+    Ok(())
+}
+
+/// Counts one row, and writes it to the errors file when it is invalid.
+fn count_row(
+    row: ReadRow,
+    report: &mut ValidationReport,
+    errors: &mut ErrorsFile,
+    customers: &mut Tally,
+) -> Result<(), ReadError> {
+    report.rows += 1;
+    match &row.plan {
+        Ok(plan) => {
+            report.valid += 1;
+            report.conversations += u64::from(plan.conversation.is_some());
+            report.messages += row.thread.messages;
+            report.notes += row.thread.notes;
+            customers.bump(fingerprint(&plan.customer_key))?;
+        }
+        Err(error) => {
+            report.invalid += 1;
+            *report
+                .invalid_by_reason
+                .entry(error.category())
+                .or_default() += 1;
+            errors.write(
+                &row.origin.file,
+                row.origin.line,
+                error.field.as_deref(),
+                &error.reason,
+                &row.original.to_json(),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn write_human(report: &ValidationReport, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "rows read:          {}", report.rows)?;
     writeln!(out, "  valid:            {}", report.valid)?;
@@ -160,6 +182,13 @@ fn write_human(report: &ValidationReport, out: &mut impl Write) -> std::io::Resu
         }
     } else {
         writeln!(out, "  invalid:          0")?;
+    }
+    if report.lines_grouped > 0 {
+        writeln!(
+            out,
+            "lines grouped:      {} (later lines of a conversation: items of its thread)",
+            report.lines_grouped
+        )?;
     }
     writeln!(out, "conversations:      {}", report.conversations)?;
     if report.messages + report.notes > 0 {

@@ -5,6 +5,10 @@
 //! whatever order either file is in. A record that fails its checks poisons its thread
 //! ([`Stager::poison`]): the conversation row that claims it fails with the record's file,
 //! line and field. A record whose conversation cannot be told is counted and logged.
+//!
+//! Rows that are messages (`--rows-are-messages`) go through this same pre-pass, each input
+//! read as its own child file: their conversation is the one `conversation.externalId`
+//! names ([`BoundMapping::parent_conversation`]), whose row key is `conv:<that id>`.
 
 use std::sync::Arc;
 
@@ -42,11 +46,20 @@ pub fn stage_child_file(
     stager: &mut Stager,
 ) -> Result<ChildCounts, ChildError> {
     let mut counts = ChildCounts::default();
+    // Rows that are messages are read again as rows, and one that belongs to no
+    // conversation fails there, in the errors file: said once, there.
+    let unplaced = |line: u64, why: &dyn std::fmt::Display| {
+        if mapping.groups_rows() {
+            tracing::debug!("{file} line {line}: {why}");
+        } else {
+            tracing::warn!("{file} line {line}: {why}");
+        }
+    };
     for record in records {
         let record = match record? {
             Ok(record) => record,
             Err(error) => {
-                tracing::warn!("{file} line {}: {}", error.line, error.reason);
+                unplaced(error.line, &error.reason);
                 counts.unplaced += 1;
                 continue;
             }
@@ -54,16 +67,16 @@ pub fn stage_child_file(
         let parent = match mapping.parent_conversation(&record.fields) {
             Ok(Some(parent)) => parent,
             Ok(None) => {
-                tracing::warn!(
-                    "{file} line {}: history.conversation is empty: the record belongs to \
-                     no conversation",
-                    record.line
+                let why = format!(
+                    "{} is empty: the record belongs to no conversation",
+                    mapping.parent_field()
                 );
+                unplaced(record.line, &why);
                 counts.unplaced += 1;
                 continue;
             }
             Err(error) => {
-                tracing::warn!("{file} line {}: {error}", record.line);
+                unplaced(record.line, &error);
                 counts.unplaced += 1;
                 continue;
             }

@@ -145,6 +145,11 @@ pub enum InputError {
     UnknownFormat { name: String },
     #[error("{name}: cannot read the CSV header: {reason}")]
     Header { name: String, reason: String },
+    #[error(
+        "{name}: cannot copy it to TMPDIR (TMPDIR chooses another place), where a stream \
+         is kept to be read twice: {source}"
+    )]
+    Spool { name: String, source: io::Error },
     #[error("{name}: read failed at line {line}: {source}")]
     Read {
         name: String,
@@ -204,6 +209,42 @@ impl InputSource {
         if !file.metadata().is_ok_and(|meta| meta.is_file()) {
             return self.streamed(Box::new(file));
         }
+        self.positioned(file)
+    }
+
+    /// Opens the input so that it can be read more than once ([`OpenInput::records_again`]):
+    /// a regular file as [`InputSource::open`] opens it; anything else (stdin, a pipe, a
+    /// FIFO) is first copied whole, as its raw bytes, to an unnamed file in TMPDIR (gone
+    /// when the run ends), which is then read by position under the input's own name.
+    pub fn open_rereadable(self) -> Result<OpenInput, InputError> {
+        let regular = self.name != "-"
+            && std::fs::metadata(&self.name).is_ok_and(|meta| meta.file_type().is_file());
+        if regular {
+            return self.open();
+        }
+        let spool = |source: io::Error| InputError::Spool {
+            name: self.name.clone(),
+            source,
+        };
+        let mut copy = tempfile::tempfile().map_err(spool)?;
+        if self.name == "-" {
+            io::copy(&mut io::stdin().lock(), &mut copy).map_err(spool)?;
+        } else {
+            let mut stream = File::open(&self.name).map_err(|source| InputError::Open {
+                name: self.name.clone(),
+                source,
+            })?;
+            io::copy(&mut stream, &mut copy).map_err(spool)?;
+        }
+        tracing::info!(
+            "{}: read whole into TMPDIR first, since a stream can be read only once",
+            self.name
+        );
+        self.positioned(copy)
+    }
+
+    /// A regular file, read by position from now on (its CSV header read here).
+    fn positioned(self, file: File) -> Result<OpenInput, InputError> {
         let file = Arc::new(file);
         let headers = match self.format {
             InputFormat::Csv => self
@@ -338,6 +379,15 @@ impl OpenInput {
             InputFormat::Csv => lines.saturating_sub(1),
             InputFormat::Jsonl => lines,
         })
+    }
+
+    /// Its records from its start, leaving it to be read again; None for a stream, which
+    /// can be read once only (see [`InputSource::open_rereadable`]).
+    pub fn records_again(&self) -> Option<Result<Records, InputError>> {
+        match &self.body {
+            Body::File(file) => Some(self.source.records_from(Box::new(ReadAt::start(file)))),
+            Body::Stream(_) => None,
+        }
     }
 
     /// Its records, in order: a file's from its start, a stream's from after its header.

@@ -240,6 +240,39 @@ impl MappingFile {
         self.history.conversation.is_some()
     }
 
+    /// Whether the file can group rows that are messages (`--rows-are-messages`) into
+    /// their conversations: by the source id `conversation.externalId` reads, which is also
+    /// the row key of the conversation (`conv:<id>`). `history.conversation`, a child
+    /// file's column, has no part then; given anyway, it must read the same columns, so
+    /// that a mapping shared with a child file means one thing.
+    pub fn check_rows_are_messages(&self) -> Result<(), String> {
+        let columns = self
+            .conversation
+            .external_id
+            .as_ref()
+            .map(FieldSpec::columns)
+            .unwrap_or_default();
+        if columns.is_empty() {
+            return Err(
+                "--rows-are-messages groups rows by the conversation's source id: map \
+                 conversation.externalId from its column in [conversation]"
+                    .into(),
+            );
+        }
+        if let Some(parent) = &self.history.conversation
+            && parent.columns() != columns
+        {
+            return Err(format!(
+                "--rows-are-messages groups rows by conversation.externalId ({}), and \
+                 history.conversation reads other columns ({}): it names a child file's \
+                 column, so drop it, or make it read the same column",
+                columns.join(", "),
+                parent.columns().join(", ")
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the file maps history (a `[message]` or `[note]` section).
     pub fn has_history(&self) -> bool {
         self.message.is_some() || self.note.is_some()
@@ -374,6 +407,7 @@ impl MappingFile {
         Ok(BoundMapping {
             file: Arc::clone(self),
             positions,
+            parts,
         })
     }
 }
@@ -889,6 +923,8 @@ pub struct BoundMapping {
     file: Arc<MappingFile>,
     /// For CSV: each header's position.
     positions: Option<HashMap<String, usize>>,
+    /// What the input's records are: conversation rows, items, or both.
+    parts: Parts,
 }
 
 /// One source value as read: CSV text, or a JSON value.
@@ -925,7 +961,7 @@ impl BoundMapping {
         let spec = &self.file.conversation;
         let conversation = ConversationBody {
             customer: None,
-            external_id: self.text(spec.external_id.as_ref(), fields, "conversation.externalId")?,
+            external_id: self.conversation_id(fields)?,
             name: self.text(spec.name.as_ref(), fields, "conversation.name")?,
             channel: self.text(spec.channel.as_ref(), fields, "conversation.channel")?,
             status: self.text(spec.status.as_ref(), fields, "conversation.status")?,
@@ -993,16 +1029,46 @@ impl BoundMapping {
         Ok((kind, body))
     }
 
-    /// The source id of the conversation a child file's record belongs to (`history.
-    /// conversation`); None when the mapping has no such column or the record's is empty.
+    /// The source id of the conversation an item record belongs to: for a child file's
+    /// record, `history.conversation`; for a row that is a message (bound with `rows_too`),
+    /// its conversation's own id, `conversation.externalId`. None when the mapping has no
+    /// such column or the record's is empty.
     pub fn parent_conversation(
         &self,
         fields: &SourceFields,
     ) -> Result<Option<String>, MappingError> {
+        match self.parts {
+            Parts::Both => self.conversation_id(fields),
+            Parts::Rows | Parts::Items => self.text(
+                self.file.history.conversation.as_ref(),
+                fields,
+                "history.conversation",
+            ),
+        }
+    }
+
+    /// The field that [`BoundMapping::parent_conversation`] reads, as errors name it.
+    pub fn parent_field(&self) -> &'static str {
+        if self.groups_rows() {
+            "conversation.externalId"
+        } else {
+            "history.conversation"
+        }
+    }
+
+    /// Whether the records are rows that are messages, their conversation's columns
+    /// repeated (bound with `rows_too`).
+    pub fn groups_rows(&self) -> bool {
+        self.parts == Parts::Both
+    }
+
+    /// The record's conversation's source id (`conversation.externalId`), read as
+    /// [`BoundMapping::map`] reads it; None when it is empty.
+    pub fn conversation_id(&self, fields: &SourceFields) -> Result<Option<String>, MappingError> {
         self.text(
-            self.file.history.conversation.as_ref(),
+            self.file.conversation.external_id.as_ref(),
             fields,
-            "history.conversation",
+            "conversation.externalId",
         )
     }
 

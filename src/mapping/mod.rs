@@ -36,8 +36,9 @@ pub struct Plan {
     pub customer: CustomerBody,
     /// None when the row has no conversation field: the row imports only its customer.
     pub conversation: Option<ConversationBody>,
-    /// The conversation's history read with the row (a thread nested in its line, or the
-    /// row's own message when an export has one row per message), in source order. The
+    /// The conversation's history read with the row (a thread nested in its line), in
+    /// source order; a child file's items and rows that are messages are staged by the
+    /// history's pre-pass instead (`RowReader::stage_history`). The
     /// reader stages it in the run's thread store (`history::store`) and leaves this empty:
     /// the row travels through the pipeline without it.
     pub thread: Vec<ThreadItem>,
@@ -200,6 +201,16 @@ impl InputMapping {
             InputMapping::Default(mapping) => mapping.map(fields),
             InputMapping::File(mapping) => mapping.map(fields),
             InputMapping::Zendesk(mapping) => mapping.map(fields, file, line),
+        }
+    }
+
+    /// The record's conversation's source id, as a mapping file's `conversation.externalId`
+    /// reads it (what `--rows-are-messages` groups rows by); None when it is empty, and for
+    /// the default columns and the preset, which group no rows.
+    pub fn conversation_id(&self, fields: &SourceFields) -> Result<Option<String>, MappingError> {
+        match self {
+            InputMapping::File(mapping) => mapping.conversation_id(fields),
+            InputMapping::Default(_) | InputMapping::Zendesk(_) => Ok(None),
         }
     }
 }

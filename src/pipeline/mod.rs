@@ -258,11 +258,13 @@ pub async fn run_import(
     }
     // A run told to stop does not wait for a reader still at work: it may be blocked on an
     // input that sends nothing (a FIFO whose writer is idle), and its rows are not wanted.
-    let reader_error = if stop.soft.is_cancelled() && !reader.is_finished() {
-        None
+    let read = if stop.soft.is_cancelled() && !reader.is_finished() {
+        reader::ReaderEnd::default()
     } else {
-        reader.await.unwrap_or(None)
+        reader.await.unwrap_or_default()
     };
+    summary.lines_grouped = read.grouped_lines;
+    let reader_error = read.error;
     let stats = tools.client.stats();
     summary.requests = stats.requests.load(Ordering::Relaxed);
     summary.rate_limited = stats.rate_limited.load(Ordering::Relaxed);

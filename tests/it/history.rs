@@ -4,6 +4,7 @@
 //! reported partly imported.
 
 use std::collections::HashMap;
+use std::process::Stdio;
 use std::time::Duration;
 
 use kustomer_import::sandbox::{FaultConfig, Records, SandboxConfig};
@@ -580,4 +581,286 @@ fn a_child_file_of_comments_joins_its_conversations_in_any_order_and_its_orphan_
         before,
         "a second run sends nothing"
     );
+}
+
+/// Each conversation's thread as (externalId, kind) in the order the sandbox holds it.
+fn kinds(records: &Records) -> HashMap<String, Vec<(String, &'static str)>> {
+    records
+        .conversations
+        .iter()
+        .map(|conversation| {
+            let items = records
+                .thread(&conversation.id)
+                .iter()
+                .map(|item| {
+                    let kind = match item.kind {
+                        kustomer_import::sandbox::ThreadKind::Message => "message",
+                        kustomer_import::sandbox::ThreadKind::Note => "note",
+                    };
+                    (item.external_id.clone().unwrap_or_default(), kind)
+                })
+                .collect();
+            (conversation.external_id.clone().unwrap_or_default(), items)
+        })
+        .collect()
+}
+
+/// The samples/intercom export, as the sandbox holds it after an import: three of its four
+/// conversations (218's line 9 has an author type the mapping cannot make a direction),
+/// each message and note once, in time order, whatever the lines' order.
+fn assert_intercom_landed(env: &TestEnv) {
+    let records = env.records();
+    let held = kinds(&records);
+    let owned = |items: &[(&str, &'static str)]| -> Vec<(String, &'static str)> {
+        items
+            .iter()
+            .map(|(id, kind)| (id.to_string(), *kind))
+            .collect()
+    };
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert_eq!(
+        held["215"],
+        owned(&[
+            ("p-1", "message"),
+            ("p-2", "note"),
+            ("p-3", "message"),
+            ("p-4", "message")
+        ])
+    );
+    assert_eq!(
+        held["216"],
+        owned(&[("p-5", "message"), ("p-6", "message"), ("p-7", "note")])
+    );
+    assert_eq!(
+        held["217"],
+        owned(&[("p-8", "message"), ("p-9", "message")])
+    );
+    assert_eq!((records.message_count(), records.note_count()), (7, 2));
+    // The first line of 216 (line 2) made it: its customer, its subject.
+    let refund = records
+        .conversations
+        .iter()
+        .find(|c| c.external_id.as_deref() == Some("216"))
+        .unwrap();
+    assert_eq!(refund.name.as_deref(), Some("Refund for order 1002"));
+    assert_eq!(refund.status.as_deref(), Some("done"));
+    assert_eq!(
+        records.customers.len(),
+        2,
+        "Ada and Grace; Alan's row failed first"
+    );
+}
+
+/// The errors file holds conversation 218 once, at its first line (4), naming the bad line
+/// (9) and its field.
+fn assert_intercom_errors(errors: &[(String, u64, String, String)], file: &str) {
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (at, line, field, reason) = &errors[0];
+    assert!(at.ends_with(file), "{at}");
+    assert_eq!((*line, field.as_str()), (4, "history"));
+    assert!(
+        reason.contains("line 9: message.direction: \"bot\" is not one of in, out"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn rows_that_are_messages_are_grouped_into_their_conversations_each_item_once_in_order() {
+    for mode in ["single", "bulk"] {
+        let env = TestEnv::plain();
+        let mapping = sample("intercom/mapping.toml");
+        let parts = sample("intercom/conversations.csv");
+        let args = [
+            "--mapping",
+            mapping.to_str().unwrap(),
+            "--rows-are-messages",
+            parts.to_str().unwrap(),
+            "--json",
+            "--mode",
+            mode,
+        ];
+        let run = env.import(&args);
+        run.assert_code(1);
+        assert_intercom_landed(&env);
+        assert_intercom_errors(&env.errors(), "conversations.csv");
+        // One checkpoint row a conversation, none for the lines grouped into them.
+        let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(
+            (&summary["rows_read"], &summary["lines_grouped"]),
+            (&json!(4), &json!(8)),
+            "{mode}"
+        );
+        assert_eq!(
+            (&summary["rows_done"], &summary["rows_failed"]),
+            (&json!(3), &json!(1)),
+            "{mode}"
+        );
+        let rows: i64 = env
+            .checkpoint()
+            .query_row("SELECT count(*) FROM rows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 4, "{mode}");
+        assert_eq!(done_records(&env), 9, "{mode}");
+
+        let before = env.stats().requests_total;
+        env.import(&args).assert_code(1);
+        assert_eq!(
+            env.stats().requests_total,
+            before,
+            "{mode}: a second run sends nothing"
+        );
+    }
+}
+
+#[test]
+fn rows_that_are_messages_read_from_stdin_land_the_same_and_validate_refuses_what_import_does() {
+    let env = TestEnv::plain();
+    let mapping = sample("intercom/mapping.toml");
+    let mapping = mapping.to_str().unwrap();
+    // The sample, and a line that names no conversation: it fails alone, at its line (14).
+    let mut csv = std::fs::read_to_string(sample("intercom/conversations.csv")).unwrap();
+    csv.push_str(
+        ",p-13,comment,user,2024-03-05T08:00:00Z,Hello?,U-1,Ada Lovelace,ada@example.com,,open\n",
+    );
+    let with_stdin = |command: &mut std::process::Command| {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), csv.as_bytes()).unwrap();
+        finish(child)
+    };
+    let flags = [
+        "--mapping",
+        mapping,
+        "--rows-are-messages",
+        "-",
+        "--format",
+        "csv",
+    ];
+    with_stdin(&mut env.import_command(&flags)).assert_code(1);
+    assert_intercom_landed(&env);
+    let errors = env.errors();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_intercom_errors(&errors[..1], "-");
+    let (_, line, field, reason) = &errors[1];
+    assert_eq!((*line, field.as_str()), (14, "conversation.externalId"));
+    assert!(reason.contains("is empty"), "{reason}");
+
+    let mut validate = std::process::Command::new(binary());
+    validate
+        .current_dir(env.dir.path())
+        .arg("validate")
+        .args(flags)
+        .arg("--json");
+    let run = with_stdin(&mut validate);
+    run.assert_code(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        (&report["rows"], &report["valid"], &report["lines_grouped"]),
+        (&json!(5), &json!(3), &json!(8))
+    );
+    assert_eq!(
+        (&report["messages"], &report["notes"]),
+        (&json!(7), &json!(2))
+    );
+    let mut reader =
+        csv::Reader::from_path(env.path("kustomer-import.validate-errors.csv")).unwrap();
+    let refused: Vec<(u64, String, String)> = reader
+        .records()
+        .map(|record| {
+            let record = record.unwrap();
+            (
+                record[1].parse().unwrap(),
+                record[2].to_string(),
+                record[3].to_string(),
+            )
+        })
+        .collect();
+    let imported: Vec<(u64, String, String)> = errors
+        .into_iter()
+        .map(|(_, line, field, reason)| (line, field, reason))
+        .collect();
+    assert_eq!(refused, imported, "validate refuses what import refused");
+}
+
+#[test]
+fn validate_reads_the_messages_file_and_refuses_its_orphan_as_import_does() {
+    let env = TestEnv::plain();
+    let mapping = sample("child/tickets.mapping.toml");
+    let messages = sample("child/messages.csv");
+    let tickets = sample("child/tickets.csv");
+    let run = env.command(&[
+        "validate",
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--messages",
+        messages.to_str().unwrap(),
+        tickets.to_str().unwrap(),
+        "--json",
+    ]);
+    run.assert_code(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    // The three tickets and the orphan; the tickets' 5 messages and 2 notes.
+    assert_eq!((&report["rows"], &report["valid"]), (&json!(4), &json!(3)));
+    assert_eq!(
+        (&report["messages"], &report["notes"]),
+        (&json!(5), &json!(2))
+    );
+    let mut reader =
+        csv::Reader::from_path(env.path("kustomer-import.validate-errors.csv")).unwrap();
+    let refused: Vec<(String, u64, String)> = reader
+        .records()
+        .map(|record| {
+            let record = record.unwrap();
+            (
+                record[0].to_string(),
+                record[1].parse().unwrap(),
+                record[2].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].0.ends_with("messages.csv"), "{refused:?}");
+    assert_eq!(
+        (refused[0].1, refused[0].2.as_str()),
+        (9, "history.conversation")
+    );
+}
+
+#[test]
+fn tomorrows_intercom_export_with_two_new_lines_on_an_old_conversation_sends_exactly_two_creates() {
+    let env = TestEnv::plain();
+    let mapping = sample("intercom/mapping.toml");
+    let today = std::fs::read_to_string(sample("intercom/conversations.csv")).unwrap();
+    let file = env.write("conversations.csv", &today);
+    let args = [
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--rows-are-messages",
+        file.to_str().unwrap(),
+    ];
+    env.import(&args).assert_code(1);
+    // Tomorrow's export: two new parts of 216, one of them before its old lines.
+    let mut lines: Vec<&str> = today.lines().collect();
+    lines.insert(
+        1,
+        "216,p-21,comment,user,2024-03-06T08:00:00Z,It has not arrived,U-2,Grace Hopper,grace@example.com,Refund for order 1002,open",
+    );
+    lines.push(
+        "216,p-22,note,admin,2024-03-06T08:05:00Z,Checked with the bank,U-2,Grace Hopper,grace@example.com,Refund for order 1002,open",
+    );
+    env.write("conversations.csv", &format!("{}\n", lines.join("\n")));
+    let before = env.stats();
+    env.import(&args).assert_code(1);
+    let after = env.stats();
+    assert_eq!(after.creates_total - before.creates_total, 2, "two creates");
+    assert_eq!(
+        (after.messages - before.messages, after.notes - before.notes),
+        (1, 1)
+    );
+    let held = threads(&env.records());
+    assert_eq!(held["216"], ["p-5", "p-6", "p-7", "p-21", "p-22"]);
 }
