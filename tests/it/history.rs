@@ -301,8 +301,10 @@ fn lost_answers_on_history_jobs_are_reconciled_not_sent_twice() {
     let env = TestEnv::new(SandboxConfig {
         token: Some(KEY.to_string()),
         faults: FaultConfig {
-            fail_after_write_rate: 0.1,
-            drop_after_write_rate: 0.15,
+            // A run of 30 threads makes only a score of jobs: faults this frequent make
+            // sure some of their answers are lost.
+            fail_after_write_rate: 0.2,
+            drop_after_write_rate: 0.3,
             fail_rate: 0.05,
             busy_rate: 0.05,
             seed: Some(29),
