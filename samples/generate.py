@@ -31,7 +31,7 @@ rows.append(["C-2000", "Customer Only", "customer.only@example.com", "", "", "",
 bad = [
     ["C-3001", "Bad Email", "not-an-email", "", "T-9001", "Hello", "email", "open"],
     ["C-3002", "Bad Status", "bad.status@example.com", "", "T-9002", "Hello", "email", "pending"],
-    ["", "Nobody Known", "", "", "T-9003", "No way to find this customer again", "chat", "open"],
+    ["", "", "", "", "T-9003", "A ticket with no customer at all", "chat", "open"],
     ["C-1000", "Ada Lovelace", "ada.lovelace@example.com", "", rows[0][4], "Repeats an earlier ticket id", "email", "open"],
 ]
 out = rows[:20] + [bad[0]] + rows[20:35] + [bad[1], bad[2]] + rows[35:] + [bad[3]]

@@ -288,6 +288,16 @@ pub struct InputArgs {
     /// any order. Needs --mapping with [message] or [note].
     #[arg(long, env = "KUSTOMER_IMPORT_ROWS_ARE_MESSAGES")]
     pub rows_are_messages: bool,
+
+    /// Refuse customers with a name and no externalId, email or phone, as before, rather
+    /// than give each an externalId derived from its row (kimp-cust-<hash of the row key>),
+    /// by which a lost answer on its create is looked up.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_NO_DERIVED_CUSTOMER_IDS",
+        value_parser = FalseyValueParser::new()
+    )]
+    pub no_derived_customer_ids: bool,
 }
 
 #[derive(Debug, Args)]

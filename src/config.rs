@@ -168,6 +168,7 @@ pub fn import_config(
         }
     };
     let output = import_output(&args);
+    let derive_customer_ids = !args.input.no_derived_customer_ids;
     let (inputs, mapping, history) = input_config(args.input)?;
     if args.limit == Some(0) {
         return Err(ConfigError::BadValue("--limit must be at least 1".into()));
@@ -205,6 +206,7 @@ pub fn import_config(
             read: ReadSettings {
                 mapping,
                 derive_conversation_ids: !args.no_derived_conversation_ids,
+                derive_customer_ids,
                 limit: args.limit,
                 history: None,
                 child,
@@ -413,16 +415,20 @@ pub struct ValidateConfig {
     pub inputs: Vec<InputSource>,
     pub history: HistoryInput,
     pub mapping: Mapping,
+    /// Name-only customers get a derived externalId (`ReadSettings::derive_customer_ids`).
+    pub derive_customer_ids: bool,
     pub errors: PathBuf,
     pub json: bool,
 }
 
 pub fn validate_config(args: ValidateArgs) -> Result<ValidateConfig, ConfigError> {
+    let derive_customer_ids = !args.input.no_derived_customer_ids;
     let (inputs, mapping, history) = input_config(args.input)?;
     Ok(ValidateConfig {
         inputs,
         history,
         mapping,
+        derive_customer_ids,
         errors: args.errors,
         json: args.json,
     })

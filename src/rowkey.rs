@@ -130,6 +130,14 @@ pub fn derived_conversation_id(row_key: &str) -> String {
     format!("{DERIVED_ID_PREFIX}{}", hex(&digest[..12]))
 }
 
+/// The customer externalId given to a customer with a name and nothing to find it by (an
+/// anonymous visitor): a function of its row's key only, as for a conversation, so a
+/// resumed run looks it up by the same one. Each such row is a customer of its own.
+pub fn derived_customer_id(row_key: &str) -> String {
+    let digest = Sha256::digest(["customer:", row_key].concat().as_bytes());
+    format!("{DERIVED_ID_PREFIX}cust-{}", hex(&digest[..12]))
+}
+
 fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
@@ -222,5 +230,18 @@ mod tests {
         let id = derived_conversation_id("row:abc");
         assert_eq!(id, derived_conversation_id("row:abc"));
         assert!(id.starts_with(DERIVED_ID_PREFIX) && id.len() < 40);
+    }
+
+    #[test]
+    fn a_derived_customer_id_follows_the_row_key_alone_and_is_not_the_conversations() {
+        let id = derived_customer_id("conv:T-1");
+        assert_eq!(
+            id,
+            derived_customer_id("conv:T-1"),
+            "a resumed run derives the same"
+        );
+        assert!(id.starts_with("kimp-cust-") && id.len() == "kimp-cust-".len() + 24);
+        assert_ne!(id, derived_customer_id("conv:T-2"));
+        assert_ne!(id[10..], derived_conversation_id("conv:T-1")[5..]);
     }
 }

@@ -15,7 +15,7 @@ use crate::history::child::{ChildCounts, ChildError, stage_child_file};
 use crate::history::store::{Orphan, Staged, Stager, StoreError, ThreadSize, ThreadStore};
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
 use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, MappingFile, Plan};
-use crate::rowkey::{RowKeys, derived_conversation_id};
+use crate::rowkey::{RowKeys, derived_conversation_id, derived_customer_id};
 use crate::tally::TallyError;
 
 /// Where a row comes from, as the checkpoint and the errors file name it.
@@ -90,6 +90,9 @@ pub struct ReadSettings {
     pub mapping: Mapping,
     /// Give conversations without a source externalId one derived from the row key.
     pub derive_conversation_ids: bool,
+    /// Give customers with a name and no externalId, email or phone one derived from the
+    /// row key (`--no-derived-customer-ids` refuses them instead).
+    pub derive_customer_ids: bool,
     /// Stop after this many rows with a valid plan (`import --limit`).
     pub limit: Option<u64>,
     /// The run's thread store, which every row's thread is staged in. The run's setup
@@ -666,7 +669,7 @@ fn read_row(
                 {
                     conversation.external_id = Some(derived_conversation_id(&key.key));
                 }
-                Ok(plan)
+                give_customer_a_key(plan, &key.key, settings.derive_customer_ids)
             };
             (key.key, plan)
         }
@@ -684,6 +687,24 @@ fn read_row(
     })
 }
 
+/// A plan whose customer has only a name (see [`Plan::needs_derived_customer_id`]) gets
+/// the externalId derived from its row's key, and its customer key from that; or, when
+/// derived customer ids are off, is refused as a customer nothing can find again.
+fn give_customer_a_key(mut plan: Plan, row_key: &str, derive: bool) -> Result<Plan, MappingError> {
+    if !plan.needs_derived_customer_id() {
+        return Ok(plan);
+    }
+    if !derive {
+        return Err(crate::mapping::checks::no_customer_key(
+            " (--no-derived-customer-ids is set)",
+        ));
+    }
+    plan.customer.external_id = Some(derived_customer_id(row_key));
+    plan.customer_key = crate::mapping::checks::customer_key(&plan.customer)
+        .unwrap_or_else(|| unreachable!("a customer with an externalId has a key"));
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,6 +719,7 @@ mod tests {
             child: None,
             mapping: Mapping::Default,
             derive_conversation_ids: true,
+            derive_customer_ids: true,
             limit: None,
             history: None,
             rows_are_messages: false,
@@ -736,6 +758,7 @@ mod tests {
             child: None,
             mapping: Mapping::Default,
             derive_conversation_ids: true,
+            derive_customer_ids: true,
             limit: None,
             history: Some(Arc::clone(&store)),
             rows_are_messages: false,
@@ -886,6 +909,7 @@ createdAt = "at"
             child: None,
             mapping,
             derive_conversation_ids: true,
+            derive_customer_ids: true,
             limit: None,
             history: Some(Arc::clone(&store)),
             rows_are_messages: true,

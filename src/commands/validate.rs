@@ -64,6 +64,7 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
     let settings = ReadSettings {
         mapping: config.mapping,
         derive_conversation_ids: false,
+        derive_customer_ids: config.derive_customer_ids,
         limit: None,
         history: None,
         child: config.history.messages.clone(),

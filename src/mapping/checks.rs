@@ -315,13 +315,19 @@ pub fn finish_plan(
         })?;
     }
     normalize_extra(&mut customer.extra, CUSTOMER_EXTRA_FIELDS, "", "customer")?;
-    let customer_key = customer_key(&customer).ok_or_else(|| {
-        MappingError::new(
-            "customer",
-            "no externalId, email or phone",
-            "has no externalId, email or phone: the importer needs one to find the customer again",
-        )
-    })?;
+    let customer_key = match customer_key(&customer) {
+        Some(key) => key,
+        // A name and nothing to find it by: its externalId is derived from its row's key
+        // once the row has one (`rows`), unless that is turned off.
+        None if customer
+            .name
+            .as_deref()
+            .is_some_and(|name| !name.trim().is_empty()) =>
+        {
+            String::new()
+        }
+        None => return Err(no_customer_key("")),
+    };
 
     check_length(conversation.name.as_deref(), "conversation.name")?;
     check_length(
@@ -408,6 +414,18 @@ pub(crate) fn spell_as_known(value: &mut String, known: &[&str]) -> bool {
         }
         None => false,
     }
+}
+
+/// The refusal of a customer nothing can find again (`why` says more, or is empty).
+pub fn no_customer_key(why: &str) -> MappingError {
+    MappingError::new(
+        "customer",
+        "no externalId, email or phone",
+        format!(
+            "has no externalId, email or phone{why}: the importer needs one to find the \
+             customer again"
+        ),
+    )
 }
 
 /// The key that identifies a customer across rows and runs.

@@ -31,7 +31,9 @@ pub use self::zendesk::{ZendeskMapping, ZendeskUsers, ZendeskUsersError};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// Identifies the customer across rows and runs: `ext:<externalId>`, else
-    /// `email:<first email, lowercased>`, else `phone:<first phone>`.
+    /// `email:<first email, lowercased>`, else `phone:<first phone>`. Empty, as mapped, for a
+    /// customer with only a name, until the reader gives it a derived externalId
+    /// ([`Plan::needs_derived_customer_id`]).
     pub customer_key: String,
     pub customer: CustomerBody,
     /// None when the row has no conversation field: the row imports only its customer.
@@ -42,6 +44,14 @@ pub struct Plan {
     /// reader stages it in the run's thread store (`history::store`) and leaves this empty:
     /// the row travels through the pipeline without it.
     pub thread: Vec<ThreadItem>,
+}
+
+impl Plan {
+    /// Its customer has a name and no externalId, email or phone: the reader derives an
+    /// externalId from the row's key, or refuses the row.
+    pub fn needs_derived_customer_id(&self) -> bool {
+        self.customer_key.is_empty()
+    }
 }
 
 /// The body of `POST /v1/customers`.

@@ -16,4 +16,5 @@ mod import;
 mod operate;
 mod pauses;
 mod streams;
+mod sync;
 mod target;
