@@ -107,6 +107,11 @@ pub enum Command {
     Status(StatusArgs),
     /// Write the id map: one line per row with its Kustomer customer and conversation ids.
     Export(ExportArgs),
+    /// Record what you found in Kustomer for a row whose outcome is unknown (a create whose
+    /// answer was lost, with nothing to look it up by): the conversation is there
+    /// (--conversation-id, the row is done) or not (--absent, the next run sends it). Such
+    /// a row is never sent again on its own, and keeps a run exiting 1 until resolved.
+    Resolve(ResolveArgs),
     /// Run the local sandbox of the Kustomer API until Ctrl-C.
     Sandbox(SandboxArgs),
     /// Mapping files: `mapping init FILE` writes a starter one from an export's columns.
@@ -191,6 +196,29 @@ pub struct StatusArgs {
     /// One JSON object on stdout instead of the table.
     #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    pub read: CheckpointToRead,
+
+    /// The row's key, as `export --state failed` lists it.
+    #[arg(long, value_name = "KEY")]
+    pub row_key: String,
+
+    /// The conversation is in Kustomer, with this id: the row is done.
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with = "absent",
+        required_unless_present = "absent"
+    )]
+    pub conversation_id: Option<String>,
+
+    /// There is no such conversation in Kustomer: the next run sends it.
+    #[arg(long)]
+    pub absent: bool,
 }
 
 #[derive(Debug, Args)]

@@ -12,12 +12,13 @@ use url::Url;
 
 use crate::cli::{
     ExportArgs, FormatArg, ImportArgs, InputArgs, MappingInitArgs, ModeArg, OnExistingArg,
-    PresetArg, SandboxArgs, StateArg, ValidateArgs,
+    PresetArg, ResolveArgs, SandboxArgs, StateArg, ValidateArgs,
 };
 use crate::commands::mapping::InitConfig;
 use kustomer_import::api::Backoff;
 use kustomer_import::checkpoint::ApiTarget;
 use kustomer_import::checkpoint::inspect::StateFilter;
+use kustomer_import::checkpoint::resolve::Resolution;
 use kustomer_import::input::{
     CsvSettings, InputError, InputFormat, InputSource, parse_delimiter, parse_encoding,
 };
@@ -515,6 +516,31 @@ pub struct ExportConfig {
     pub filter: StateFilter,
     /// None: stdout.
     pub output: Option<PathBuf>,
+}
+
+/// `resolve`: the checkpoint, the row and what was found.
+#[derive(Debug)]
+pub struct ResolveConfig {
+    pub checkpoint: PathBuf,
+    pub row_key: String,
+    pub resolution: Resolution,
+}
+
+pub fn resolve_config(args: ResolveArgs) -> Result<ResolveConfig, ConfigError> {
+    let resolution = match args.conversation_id {
+        Some(id) if id.trim().is_empty() || id.trim() != id => {
+            return Err(ConfigError::BadValue(format!(
+                "--conversation-id {id:?}: a Kustomer id has no spaces"
+            )));
+        }
+        Some(conversation_id) => Resolution::Found { conversation_id },
+        None => Resolution::Absent,
+    };
+    Ok(ResolveConfig {
+        checkpoint: checkpoint_path(args.read.checkpoint.as_deref(), args.read.sandbox),
+        row_key: args.row_key,
+        resolution,
+    })
 }
 
 pub fn export_config(args: ExportArgs) -> ExportConfig {

@@ -65,6 +65,10 @@ fn run(command: Command, api_key: Option<String>) -> Exit {
             args.json,
         ),
         Command::Export(args) => commands::export::run(config::export_config(args)),
+        Command::Resolve(args) => match config::resolve_config(args) {
+            Ok(config) => commands::resolve::run(&config),
+            Err(error) => return commands::not_started(false, Exit::Usage, "usage", &error),
+        },
         Command::Mapping(cli::MappingCommand::Init(args)) => {
             match config::mapping_init_config(args) {
                 Ok(config) => commands::mapping::init(config),

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod integrity;
 pub mod lock;
 pub mod private;
+pub mod resolve;
 pub mod target;
 pub mod writer;
 

@@ -5,6 +5,7 @@ pub mod docs;
 pub mod export;
 pub mod import;
 pub mod mapping;
+pub mod resolve;
 pub mod sandbox;
 pub mod status;
 pub mod validate;

@@ -117,3 +117,114 @@ fn without_derived_customer_ids_a_name_only_customer_is_refused_as_before() {
     env.command(&["validate", file.to_str().unwrap()])
         .assert_code(0);
 }
+
+fn unknown_row_of(env: &TestEnv, file: &str) -> String {
+    env.checkpoint()
+        .query_row(
+            "SELECT row_key FROM rows WHERE state = 'failed' AND outcome_unknown = 1
+             AND source_file LIKE ?1",
+            [format!("%{file}")],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn conversations_named(env: &TestEnv, name: &str) -> Vec<String> {
+    env.records()
+        .conversations
+        .iter()
+        .filter(|c| c.name.as_deref() == Some(name))
+        .map(|c| c.id.clone())
+        .collect()
+}
+
+#[test]
+fn resolve_settles_a_row_whose_outcome_only_a_person_can_know() {
+    let env = TestEnv::plain();
+    let day1 = env.write(
+        "day1.csv",
+        &format!("{HEADER}C-1,One,one@example.com,,T-1,First,email,open\nC-2,Two,two@example.com,,T-2,First,email,open\n"),
+    );
+    env.import(&[day1.to_str().unwrap()]).assert_code(0);
+    // Without conversation ids, and without derived ones, a create whose answer is lost
+    // cannot be looked up: one never made (a 500 before the write), one made (the
+    // connection dropped after it).
+    let lost = env.write(
+        "lost.csv",
+        &format!("{HEADER}C-1,One,one@example.com,,,Lost one,email,open\n"),
+    );
+    let made = env.write(
+        "made.csv",
+        &format!("{HEADER}C-2,Two,two@example.com,,,Made one,email,open\n"),
+    );
+    let no_ids = "--no-derived-conversation-ids";
+    for (file, faults) in [
+        (
+            &lost,
+            FaultConfig {
+                fail_rate: 1.0,
+                ..FaultConfig::default()
+            },
+        ),
+        (
+            &made,
+            FaultConfig {
+                drop_after_write_rate: 1.0,
+                ..FaultConfig::default()
+            },
+        ),
+    ] {
+        env.sandbox().set_faults(faults);
+        env.import(&[file.to_str().unwrap(), no_ids]).assert_code(1);
+        // Never sent again on its own: the next run still exits 1.
+        env.import(&[file.to_str().unwrap(), no_ids]).assert_code(1);
+    }
+    env.sandbox().set_faults(FaultConfig::default());
+    assert!(conversations_named(&env, "Lost one").is_empty());
+    let made_id = conversations_named(&env, "Made one");
+    assert_eq!(made_id.len(), 1);
+
+    let lost_key = unknown_row_of(&env, "lost.csv");
+    let made_key = unknown_row_of(&env, "made.csv");
+    let absent = env.command(&["resolve", "--row-key", &lost_key, "--absent"]);
+    absent.assert_code(0);
+    assert!(
+        absent.stdout.contains("line 2) goes back"),
+        "{}",
+        absent.stdout
+    );
+    let found = env.command(&[
+        "resolve",
+        "--row-key",
+        &made_key,
+        "--conversation-id",
+        &made_id[0],
+    ]);
+    found.assert_code(0);
+    assert!(
+        found
+            .stdout
+            .contains(&format!("is done, with conversation {}", made_id[0]))
+    );
+
+    // The row found is done: nothing is sent. The row absent is sent, once.
+    let before = env.stats().requests_total;
+    env.import(&[made.to_str().unwrap(), no_ids]).assert_code(0);
+    assert_eq!(env.stats().requests_total, before);
+    env.import(&[lost.to_str().unwrap(), no_ids]).assert_code(0);
+    assert_eq!(conversations_named(&env, "Lost one").len(), 1);
+    assert_eq!(conversations_named(&env, "Made one").len(), 1);
+
+    // Only a row whose outcome is unknown can be resolved.
+    let again = env.command(&["resolve", "--row-key", &made_key, "--absent"]);
+    again.assert_code(2);
+    assert!(
+        again
+            .stderr
+            .contains("is done, not a row whose outcome is unknown"),
+        "{}",
+        again.stderr
+    );
+    env.command(&["resolve", "--row-key", "row:nothing", "--absent"])
+        .assert_code(2);
+}
