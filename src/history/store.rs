@@ -56,10 +56,19 @@ pub enum Staged {
 /// The scratch file; every [`Stager`] and [`Pages`] opens its own connection to it.
 #[derive(Debug)]
 pub struct ThreadStore {
+    /// Held locked while the store lives: a store whose lock another process can take
+    /// belongs to a process that is gone (see [`sweep_abandoned_stores`]). Declared first, so
+    /// dropped before the folder is removed.
+    _owner: std::fs::File,
     /// Removed with the store.
     _dir: tempfile::TempDir,
     path: PathBuf,
 }
+
+/// How the scratch folders in TMPDIR are named.
+const SCRATCH_PREFIX: &str = "kustomer-import-history";
+/// The file in a scratch folder its store holds locked.
+const OWNER_LOCK: &str = "owner.lock";
 
 /// How many messages and notes a thread holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,17 +135,29 @@ const SCHEMA: &str = "
 ";
 
 impl ThreadStore {
-    /// A new, empty store in TMPDIR.
+    /// A new, empty store in TMPDIR (first removing those that killed runs left there).
     pub fn create() -> Result<ThreadStore, StoreError> {
+        let temp = std::env::temp_dir();
+        sweep_abandoned_stores(&temp);
+        let io = |error: std::io::Error| StoreError {
+            cause: error.to_string(),
+        };
         let dir = tempfile::Builder::new()
-            .prefix("kustomer-import-history")
-            .tempdir()
-            .map_err(|error| StoreError {
-                cause: error.to_string(),
-            })?;
+            .prefix(SCRATCH_PREFIX)
+            .tempdir_in(&temp)
+            .map_err(io)?;
+        // Locked before it takes its name, so that no sweep ever finds it unlocked.
+        let unnamed = dir.path().join("owner.lock.new");
+        let owner = std::fs::File::create(&unnamed).map_err(io)?;
+        owner.lock().map_err(io)?;
+        std::fs::rename(&unnamed, dir.path().join(OWNER_LOCK)).map_err(io)?;
         let path = dir.path().join("threads.sqlite");
         Connection::open(&path)?.execute_batch(SCHEMA)?;
-        Ok(ThreadStore { _dir: dir, path })
+        Ok(ThreadStore {
+            _owner: owner,
+            _dir: dir,
+            path,
+        })
     }
 
     /// A connection that stages items (the input side holds one).
@@ -326,6 +347,41 @@ impl Stager {
 impl Drop for Stager {
     fn drop(&mut self) {
         let _ = self.connection.execute_batch("COMMIT");
+    }
+}
+
+/// Removes the scratch folders in `temp` whose store's process is gone: a run killed (kill
+/// -9, a crash, a power cut) cannot remove its own, and a thread store holds every message
+/// a run read. A folder is abandoned when the lock its store held can be taken: the kernel
+/// drops a lock when its process dies, however it dies, and a lock is seen across
+/// containers sharing the folder, which process ids are not. A folder without the lock
+/// file (being made right now, or left by an earlier version) is left alone.
+fn sweep_abandoned_stores(temp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SCRATCH_PREFIX)
+        {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(entry.path().join(OWNER_LOCK)) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            drop(lock);
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::debug!("removed {}, left by a run killed", entry.path().display())
+                }
+                Err(error) => {
+                    tracing::debug!("could not remove {}: {error}", entry.path().display())
+                }
+            }
+        }
     }
 }
 
@@ -648,5 +704,32 @@ mod tests {
             ("conv:T-9", "messages.csv", 5)
         );
         assert_eq!(orphans[0].size.items(), 0);
+    }
+
+    #[test]
+    fn a_store_left_by_a_process_gone_is_swept_and_a_live_one_is_not() {
+        let temp = tempfile::tempdir().unwrap();
+        let folder = |name: &str| {
+            let path = temp.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            std::fs::write(path.join("threads.sqlite"), b"items").unwrap();
+            path
+        };
+        let abandoned = folder("kustomer-import-historyAAAA");
+        std::fs::File::create(abandoned.join(OWNER_LOCK)).unwrap();
+        let live = folder("kustomer-import-historyBBBB");
+        let held = std::fs::File::create(live.join(OWNER_LOCK)).unwrap();
+        held.lock().unwrap();
+        let unlocked_yet = folder("kustomer-import-historyCCCC");
+        let other = folder("someone-elses");
+        std::fs::File::create(other.join(OWNER_LOCK)).unwrap();
+
+        sweep_abandoned_stores(temp.path());
+        assert!(
+            !abandoned.exists(),
+            "its lock could be taken: its process is gone"
+        );
+        assert!(live.exists() && unlocked_yet.exists() && other.exists());
+        drop(held);
     }
 }
