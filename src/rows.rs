@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::history::ItemKind;
-use crate::history::child::{ChildCounts, ChildError, stage_child_file};
+use crate::history::child::{ChildCounts, ChildError, UNPLACED, stage_child_file};
 use crate::history::store::{Orphan, Staged, Stager, StoreError, ThreadSize, ThreadStore};
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
 use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, MappingFile, Plan};
@@ -540,6 +540,23 @@ fn drop_thread(fields: &mut SourceFields) {
 
 /// A thread no row claimed, as a row that failed for it.
 fn orphan_row(orphan: Orphan) -> ReadRow {
+    if orphan.thread.starts_with(UNPLACED) {
+        let reason = orphan.error.unwrap_or_default();
+        return ReadRow {
+            origin: RowOrigin {
+                file: Arc::from(orphan.file.as_str()),
+                line: orphan.line,
+                key: format!("orphan:{}", orphan.thread),
+            },
+            original: Original::Raw(serde_json::json!({ "conversation": null })),
+            plan: Err(MappingError::new(
+                "history.conversation",
+                "names no conversation",
+                reason,
+            )),
+            thread: ThreadSize::default(),
+        };
+    }
     let conversation = orphan
         .thread
         .strip_prefix("conv:")

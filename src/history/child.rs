@@ -4,7 +4,8 @@
 //! (`conv:<history.conversation>`), so the join with the conversation rows is on disk, in
 //! whatever order either file is in. A record that fails its checks poisons its thread
 //! ([`Stager::poison`]): the conversation row that claims it fails with the record's file,
-//! line and field. A record whose conversation cannot be told is counted and logged.
+//! line and field. A record whose conversation cannot be told (no id, or unreadable) is a
+//! failed row of its own, at its file and line, reported with the orphans.
 //!
 //! Rows that are messages (`--rows-are-messages`) go through this same pre-pass, each input
 //! read as its own child file: their conversation is the one `conversation.externalId`
@@ -17,6 +18,10 @@ use super::store::{Staged, Stager, StoreError};
 use crate::input::{InputError, RecordResult};
 use crate::mapping::file::BoundMapping;
 
+/// The prefix of the thread a child file's record that names no conversation is poisoned
+/// under, alone: no row claims it, so it is reported as a failed row at its line.
+pub const UNPLACED: &str = "unplaced:";
+
 /// What the pre-pass of one child file came to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChildCounts {
@@ -25,7 +30,8 @@ pub struct ChildCounts {
     /// Records that failed their checks; each poisons its conversation's thread.
     pub failed: u64,
     /// Records that name no conversation (empty `history.conversation`, or unreadable):
-    /// logged with their line, belonging to no thread.
+    /// each a failed row at its line (with rows that are messages: failed when read as
+    /// rows).
     pub unplaced: u64,
 }
 
@@ -48,18 +54,11 @@ pub fn stage_child_file(
     let mut counts = ChildCounts::default();
     // Rows that are messages are read again as rows, and one that belongs to no
     // conversation fails there, in the errors file: said once, there.
-    let unplaced = |line: u64, why: &dyn std::fmt::Display| {
-        if mapping.groups_rows() {
-            tracing::debug!("{file} line {line}: {why}");
-        } else {
-            tracing::warn!("{file} line {line}: {why}");
-        }
-    };
     for record in records {
         let record = match record? {
             Ok(record) => record,
             Err(error) => {
-                unplaced(error.line, &error.reason);
+                unplaced(stager, mapping, file, error.line, &error.reason)?;
                 counts.unplaced += 1;
                 continue;
             }
@@ -71,12 +70,12 @@ pub fn stage_child_file(
                     "{} is empty: the record belongs to no conversation",
                     mapping.parent_field()
                 );
-                unplaced(record.line, &why);
+                unplaced(stager, mapping, file, record.line, &why)?;
                 counts.unplaced += 1;
                 continue;
             }
             Err(error) => {
-                unplaced(record.line, &error);
+                unplaced(stager, mapping, file, record.line, &error)?;
                 counts.unplaced += 1;
                 continue;
             }
@@ -104,6 +103,25 @@ pub fn stage_child_file(
     }
     stager.publish()?;
     Ok(counts)
+}
+
+/// A record that belongs to no conversation. A child file's is a failed row of its own (a
+/// thread of its own that no row claims, reported with the orphans), so that it reaches the
+/// errors file and the checkpoint; a row that is a message is read again as a row, and fails
+/// there.
+fn unplaced(
+    stager: &mut Stager,
+    mapping: &BoundMapping,
+    file: &str,
+    line: u64,
+    why: &dyn std::fmt::Display,
+) -> Result<(), StoreError> {
+    if mapping.groups_rows() {
+        tracing::debug!("{file} line {line}: {why}");
+        return Ok(());
+    }
+    let thread = format!("{UNPLACED}{file}:{line}");
+    stager.poison(&thread, file, line, &why.to_string())
 }
 
 #[cfg(test)]
@@ -202,8 +220,20 @@ body = "text"
         stager.claim("conv:A").unwrap();
         stager.claim("conv:B").unwrap();
         stager.publish().unwrap();
+        // The orphan thread, then the record that named no conversation: a failed row of
+        // its own at its line.
         let orphans = pages.orphans().unwrap();
-        assert_eq!(orphans.len(), 1);
-        assert_eq!((orphans[0].thread.as_str(), orphans[0].line), ("conv:Z", 6));
+        let seen: Vec<(&str, u64)> = orphans
+            .iter()
+            .map(|orphan| (orphan.thread.as_str(), orphan.line))
+            .collect();
+        assert_eq!(seen, [("conv:Z", 6), ("unplaced:messages.csv:7", 7)]);
+        assert!(
+            orphans[1]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("is empty")),
+            "{orphans:?}"
+        );
     }
 }

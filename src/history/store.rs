@@ -413,6 +413,8 @@ pub struct Orphan {
     pub size: ThreadSize,
     pub file: String,
     pub line: u64,
+    /// The first failure recorded against it ([`Stager::poison`]), if any.
+    pub error: Option<String>,
 }
 
 impl Pages {
@@ -476,7 +478,8 @@ impl Pages {
                               ORDER BY seq LIMIT 1), t.error_file),
                     (SELECT min(seq) FROM items i WHERE i.thread = t.thread) AS first,
                     coalesce((SELECT line FROM items i WHERE i.thread = t.thread
-                              ORDER BY seq LIMIT 1), t.error_line)
+                              ORDER BY seq LIMIT 1), t.error_line),
+                    t.error
              FROM threads t WHERE NOT claimed ORDER BY first IS NULL, first, t.error_line",
         )?;
         let orphans = statement
@@ -489,6 +492,7 @@ impl Pages {
                     },
                     file: row.get(3)?,
                     line: row.get::<_, i64>(5)? as u64,
+                    error: row.get(6)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

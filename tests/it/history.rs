@@ -585,6 +585,41 @@ fn a_child_file_of_comments_joins_its_conversations_in_any_order_and_its_orphan_
     );
 }
 
+#[test]
+fn a_child_record_that_names_no_conversation_is_a_failed_row_at_its_line() {
+    let env = TestEnv::plain();
+    let mapping = sample("child/tickets.mapping.toml");
+    let tickets = sample("child/tickets.csv");
+    let mut messages = std::fs::read_to_string(sample("child/messages.csv")).unwrap();
+    messages.push_str("C-10,,true,end-user,2024-03-05T08:00:00Z,Which ticket was this?\n");
+    let messages = env.write("messages.csv", &messages);
+    let args = [
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--messages",
+        messages.to_str().unwrap(),
+        tickets.to_str().unwrap(),
+    ];
+    env.import(&args).assert_code(1);
+    let mut errors = env.errors();
+    errors.sort_by_key(|error| error.1);
+    let lines: Vec<(u64, &str)> = errors
+        .iter()
+        .map(|(_, line, field, _)| (*line, field.as_str()))
+        .collect();
+    assert_eq!(
+        lines,
+        [(9, "history.conversation"), (10, "history.conversation")]
+    );
+    assert!(errors[1].3.contains("is empty"), "{errors:?}");
+    assert!(errors[1].0.ends_with("messages.csv"));
+    assert_eq!(
+        env.rows_in_state("failed"),
+        2,
+        "both are rows of the checkpoint"
+    );
+}
+
 /// Each conversation's thread as (externalId, kind) in the order the sandbox holds it.
 fn kinds(records: &Records) -> HashMap<String, Vec<(String, &'static str)>> {
     records
