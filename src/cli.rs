@@ -497,6 +497,17 @@ pub struct ImportArgs {
     #[arg(help_heading = RECOVERY, long, env = "KUSTOMER_IMPORT_ON_EXISTING_CUSTOMER", value_enum, default_value_t = OnExistingArg::Link)]
     pub on_existing_customer: OnExistingArg,
 
+    /// A row done earlier whose customer or conversation changed in the export since:
+    /// update only the fields that changed (PATCH); skip (send nothing, as before); or
+    /// fail (report it, send nothing).
+    #[arg(help_heading = RECOVERY, long, env = "KUSTOMER_IMPORT_ON_CHANGE", value_enum, default_value_t = OnChangeArg::Update)]
+    pub on_change: OnChangeArg,
+
+    /// The only fields an update may set, comma-separated (e.g. status,tags, so that
+    /// agents' edits to names are kept) [default: any field the mapping sets].
+    #[arg(help_heading = RECOVERY, long, env = "KUSTOMER_IMPORT_UPDATE_FIELDS", value_name = "FIELDS", value_delimiter = ',')]
+    pub update_fields: Option<Vec<String>>,
+
     /// Do not give conversations without a source externalId a derived one
     /// (kimp-<hash of the row>). Without it, a conversation whose answer was lost cannot be
     /// looked up: its row fails instead of risking a duplicate.
@@ -549,6 +560,13 @@ pub enum ModeArg {
     Single,
     Bulk,
     Auto,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnChangeArg {
+    Update,
+    Skip,
+    Fail,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -11,8 +11,8 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::cli::{
-    ExportArgs, FormatArg, ImportArgs, InputArgs, MappingInitArgs, ModeArg, OnExistingArg,
-    PresetArg, ResolveArgs, SandboxArgs, StateArg, ValidateArgs,
+    ExportArgs, FormatArg, ImportArgs, InputArgs, MappingInitArgs, ModeArg, OnChangeArg,
+    OnExistingArg, PresetArg, ResolveArgs, SandboxArgs, StateArg, ValidateArgs,
 };
 use crate::commands::mapping::InitConfig;
 use kustomer_import::api::Backoff;
@@ -25,7 +25,9 @@ use kustomer_import::input::{
 use kustomer_import::mapping::{
     Mapping, MappingConfigError, MappingFile, ZendeskUsers, ZendeskUsersError,
 };
-use kustomer_import::pipeline::{Concurrency, ImportMode, ImportSettings, OnExistingCustomer};
+use kustomer_import::pipeline::{
+    Concurrency, ImportMode, ImportSettings, OnChange, OnExistingCustomer, SyncRules,
+};
 use kustomer_import::rows::ReadSettings;
 use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
 
@@ -224,6 +226,7 @@ pub fn import_config(
                 ModeArg::Auto => ImportMode::Auto,
             },
             bulk_lost_wait: Duration::from_secs_f64(args.bulk_lost_wait.max(0.0)),
+            sync: sync_rules(args.on_change, args.update_fields.as_deref())?,
         },
         target,
         retarget: args.retarget,
@@ -516,6 +519,35 @@ pub struct ExportConfig {
     pub filter: StateFilter,
     /// None: stdout.
     pub output: Option<PathBuf>,
+}
+
+/// `--on-change` and `--update-fields`, checked: a field named must be one a body can have.
+fn sync_rules(on_change: OnChangeArg, fields: Option<&[String]>) -> Result<SyncRules, ConfigError> {
+    let update_fields = match fields {
+        None => None,
+        Some(fields) => {
+            let fields: std::collections::BTreeSet<String> =
+                fields.iter().map(|f| f.trim().to_string()).collect();
+            if let Some(bad) = fields
+                .iter()
+                .find(|f| f.is_empty() || !f.chars().all(|c| c.is_ascii_alphanumeric()))
+            {
+                return Err(ConfigError::BadValue(format!(
+                    "--update-fields: {bad:?} is not a field name (as the API spells it, e.g. \
+                     status,tags,name)"
+                )));
+            }
+            Some(fields)
+        }
+    };
+    Ok(SyncRules {
+        on_change: match on_change {
+            OnChangeArg::Update => OnChange::Update,
+            OnChangeArg::Skip => OnChange::Skip,
+            OnChangeArg::Fail => OnChange::Fail,
+        },
+        update_fields,
+    })
 }
 
 /// `resolve`: the checkpoint, the row and what was found.

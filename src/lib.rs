@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod fingerprint;
 pub mod history;
 pub mod input;
 pub mod mapping;

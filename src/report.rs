@@ -23,8 +23,12 @@ pub struct Summary {
     pub lines_grouped: u64,
     /// Rows this run took to done.
     pub rows_done: u64,
-    /// Rows an earlier run had already done: skipped without a request.
+    /// Rows an earlier run had already done, and unchanged since: skipped without a request.
     pub rows_skipped_done: u64,
+    /// Rows an earlier run had done whose records changed in the source since: updated.
+    pub rows_updated: u64,
+    pub customers_updated: u64,
+    pub conversations_updated: u64,
     /// Rows this run failed (local validation or the API's refusal).
     pub rows_failed: u64,
     /// Rows an earlier run had failed: not sent again.
@@ -84,6 +88,14 @@ impl Summary {
             "  already done:         {} (skipped, no request)",
             self.rows_skipped_done
         )?;
+        if self.rows_updated > 0 {
+            writeln!(
+                out,
+                "  updated:              {} (done earlier, changed since: {} customers, {} \
+                 conversations)",
+                self.rows_updated, self.customers_updated, self.conversations_updated
+            )?;
+        }
         writeln!(out, "  failed:               {}", self.rows_failed)?;
         if self.rows_failed_earlier > 0 {
             writeln!(

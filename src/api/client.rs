@@ -543,7 +543,7 @@ fn found_id(answer: &[u8]) -> Found {
 pub(super) fn classify_failure(call: Call, code: u16, answer: &[u8]) -> ApiError {
     let message = server_message(answer);
     match (call, code) {
-        (Call::Write, 404 | 405) => ApiError::NoSuchEndpoint {
+        (Call::Write, 404 | 405) | (Call::Update, 405) => ApiError::NoSuchEndpoint {
             status: code,
             message,
         },
@@ -561,6 +561,9 @@ pub(super) enum Call {
     Lookup,
     /// A bulk job's status or results: a 404 means no such job (yet).
     Job,
+    /// An update of one record: a 404 means no such record (deleted since), a 405 no such
+    /// route.
+    Update,
 }
 
 /// What a status says, whatever the call.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod history;
 pub mod ratelimit;
 pub mod retry;
+pub mod update;
 
 pub use bulk::{BulkKind, ItemOutcome, JobStatus, SubmittedJob};
 pub use client::{ClientSettings, KustomerClient, LookupField, RequestStats, Turn};

@@ -136,11 +136,16 @@ pub struct StoredRow {
     pub last_error: Option<String>,
     /// A failed row whose create may have landed all the same: never retried blindly.
     pub outcome_unknown: bool,
+    /// What its conversation was last sent as (`crate::fingerprint`); None when no run of
+    /// this version recorded it.
+    pub fingerprint: Option<String>,
+    /// What its customer was last sent as; read by [`Checkpoint::rows_to_plan`] only.
+    pub customer_fingerprint: Option<String>,
 }
 
 /// The columns [`stored_row`] reads, in its order.
 const STORED_ROW_COLUMNS: &str = "row_key, state, customer_id, conversation_id, field, \
-     last_error, conversation_external_id, outcome_unknown";
+     last_error, conversation_external_id, outcome_unknown, fingerprint";
 
 impl StoredRow {
     /// A row in `state` and nothing more known of it.
@@ -153,6 +158,8 @@ impl StoredRow {
             field: None,
             last_error: None,
             outcome_unknown: false,
+            fingerprint: None,
+            customer_fingerprint: None,
         }
     }
 
@@ -200,6 +207,8 @@ fn stored_row(row: &rusqlite::Row, state: RowState) -> rusqlite::Result<StoredRo
         last_error: row.get(5)?,
         conversation_external_id: row.get(6)?,
         outcome_unknown: in_rows(row, "outcome_unknown", 0).flag(row, 7)?,
+        fingerprint: row.get(8)?,
+        customer_fingerprint: None,
     })
 }
 
@@ -290,6 +299,8 @@ fn stored_record(row: &rusqlite::Row, row_key: &str) -> rusqlite::Result<StoredR
 pub struct StoredCustomer {
     /// None while only the intent (`sent`) is recorded.
     pub customer_id: Option<String>,
+    /// What it was last sent as (`crate::fingerprint`), if recorded.
+    pub fingerprint: Option<String>,
 }
 
 /// Counts a run ends with, kept in the `runs` table.
@@ -312,6 +323,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/007-checkpoint-target/up.sql"),
     include_str!("../../migrations/008-records/up.sql"),
     include_str!("../../migrations/009-history-jobs/up.sql"),
+    include_str!("../../migrations/010-fingerprints/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -407,10 +419,16 @@ impl Checkpoint {
         let mut by_key: Vec<usize> = (0..row_keys.len()).collect();
         by_key.sort_unstable_by_key(|&index| row_keys[index]);
         let placeholders = vec!["?"; row_keys.len()].join(",");
+        // With what each row's customer was last sent as: a done row read again is compared
+        // with what it maps to now (a customer's key is recorded with its row).
         let mut statement = self
             .connection
             .prepare_cached(&format!(
-                "SELECT {STORED_ROW_COLUMNS} FROM rows WHERE row_key IN ({placeholders})"
+                "SELECT r.row_key, r.state, r.customer_id, r.conversation_id, r.field,
+                        r.last_error, r.conversation_external_id, r.outcome_unknown,
+                        r.fingerprint, c.fingerprint
+                 FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
+                 WHERE r.row_key IN ({placeholders})"
             ))
             .map_err(|e| self.sqlite(e))?;
         let mut rows = statement
@@ -424,11 +442,15 @@ impl Checkpoint {
                     return Ok(None);
                 };
                 let state = read_state(row)?;
-                let stored = if state == RowState::Done {
-                    StoredRow::done()
+                let mut stored = if state == RowState::Done {
+                    StoredRow {
+                        fingerprint: row.get(8)?,
+                        ..StoredRow::done()
+                    }
                 } else {
                     stored_row(row, state)?
                 };
+                stored.customer_fingerprint = row.get(9)?;
                 Ok(Some((index, stored)))
             };
             if let Some((index, stored)) = read().map_err(|e| self.sqlite(e))? {
@@ -479,12 +501,15 @@ impl Checkpoint {
     pub fn customer(&self, customer_key: &str) -> Result<Option<StoredCustomer>, CheckpointError> {
         let mut statement = self
             .connection
-            .prepare_cached("SELECT customer_id FROM customers WHERE customer_key = ?1")
+            .prepare_cached(
+                "SELECT customer_id, fingerprint FROM customers WHERE customer_key = ?1",
+            )
             .map_err(|e| self.sqlite(e))?;
         statement
             .query_row([customer_key], |row| {
                 Ok(StoredCustomer {
                     customer_id: row.get(0)?,
+                    fingerprint: row.get(1)?,
                 })
             })
             .optional()

@@ -114,6 +114,14 @@ pub enum Change {
         job: i64,
         job_id: String,
     },
+    /// What a row's conversation and customer were sent as (see `crate::fingerprint`),
+    /// recorded when the row is done or updated; None leaves what is recorded.
+    Fingerprints {
+        row_key: String,
+        customer_key: String,
+        conversation: Option<String>,
+        customer: Option<String>,
+    },
     /// The job reached an end: complete, refused or lost (for a lost job, `updated_at` is
     /// when its answer was lost: the wait before its rows are looked up runs from then).
     BulkJobEnded {
@@ -335,6 +343,13 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  state = excluded.state, customer_id = excluded.customer_id,
                  updated_at = excluded.updated_at",
         )?;
+        let mut row_fingerprint = transaction.prepare_cached(
+            "UPDATE rows SET fingerprint = coalesce(?2, fingerprint),
+                 customer_key = coalesce(customer_key, ?3)
+             WHERE row_key = ?1",
+        )?;
+        let mut customer_fingerprint = transaction
+            .prepare_cached("UPDATE customers SET fingerprint = ?2 WHERE customer_key = ?1")?;
         let mut customer_withdrawn = transaction.prepare_cached(
             "DELETE FROM customers WHERE customer_key = ?1 AND customer_id IS NULL",
         )?;
@@ -414,6 +429,17 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                             item.customer_key,
                             item.record
                         ])?;
+                    }
+                }
+                Change::Fingerprints {
+                    row_key,
+                    customer_key,
+                    conversation,
+                    customer,
+                } => {
+                    row_fingerprint.execute(params![row_key, conversation, customer_key])?;
+                    if let Some(customer) = customer {
+                        customer_fingerprint.execute(params![customer_key, customer])?;
                     }
                 }
                 Change::BulkJobQueued { job, job_id } => {

@@ -565,7 +565,12 @@ mod tests {
             .map(&csv(&["email", "status"], &["a@x.io", "pending"]))
             .unwrap_err();
         assert_eq!(error.field.as_deref(), Some("conversation.status"));
-        let error = mapping.map(&csv(&["name"], &["Nobody"])).unwrap_err();
+        // A name alone maps, its key left for the reader to derive from the row's key.
+        let plan = mapping.map(&csv(&["name"], &["Somebody"])).unwrap();
+        assert!(plan.needs_derived_customer_id());
+        let error = mapping
+            .map(&csv(&["name", "status"], &["", "open"]))
+            .unwrap_err();
         assert_eq!(error.field.as_deref(), Some("customer"));
     }
 

@@ -32,9 +32,11 @@ mod reader;
 mod resume;
 mod row;
 mod thread;
+mod update;
 mod worker;
 
 pub use self::concurrency::Concurrency;
+pub use self::resume::{OnChange, SyncRules};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -114,6 +116,9 @@ pub struct ImportSettings {
     /// How long a bulk job whose submit answer was lost may still run: its rows are looked
     /// up only after this, so that a late job shows first.
     pub bulk_lost_wait: Duration,
+    /// What a done row whose records changed in the source gets (`--on-change`,
+    /// `--update-fields`).
+    pub sync: SyncRules,
 }
 
 /// The two ways a run is told to stop.

@@ -16,18 +16,20 @@ use super::bulk::Jobs;
 use super::bulk::{self, AfterJob, EarlierJobs};
 use super::handles::Tools;
 use super::resume::{
-    CustomerFacts, CustomerRoute, EarlierJobFacts, RowResume, SendFrom, reopened_for_history,
-    resume_row, route_customer,
+    CustomerFacts, CustomerRoute, EarlierJobFacts, OnChange, RowResume, SendFrom, Sync,
+    reopened_for_history, resume_row, route_customer, sync_done_row,
 };
 use super::row::{
     CustomerStep, EarlierRecords, Halt, PlannedRow, RowOutcome, Settlement, failed_unplanned,
 };
+use super::update::{RowUpdate, update_row};
 use super::worker::process_row;
 use super::{ImportMode, ImportSettings, StopReason};
 use crate::api::BulkKind;
 use crate::checkpoint::{
     Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange, StoredCustomer, StoredRow,
 };
+use crate::fingerprint::Fingerprint;
 use crate::history::store::ThreadSize;
 use crate::report::{ErrorsFile, Progress, Settled, Summary};
 use crate::rows::{Original, ReadRow, RowOrigin};
@@ -589,19 +591,29 @@ impl<'a> Planner<'a> {
                 self.fail(&origin, &original, error.field, error.reason, change)
                     .await;
             }
-            RowResume::Done { settled_now } => {
-                let settled = match settled_now {
-                    Some(created) => {
-                        self.summary.rows_done += 1;
-                        self.summary.conversations_created += u64::from(created);
-                        Settled::Done
-                    }
-                    None => {
-                        self.summary.rows_skipped_done += 1;
-                        Settled::AlreadyDone
-                    }
+            RowResume::Done {
+                settled_now: Some(created),
+                ..
+            } => {
+                self.summary.rows_done += 1;
+                self.summary.conversations_created += u64::from(created);
+                self.progress.row_finished(Settled::Done);
+            }
+            RowResume::Done {
+                settled_now: None,
+                plan,
+            } => {
+                let work = PlannedRow {
+                    origin,
+                    original,
+                    plan,
+                    conversation_unknown: false,
+                    conversation_id: None,
+                    conversation_origin: None,
+                    thread,
+                    earlier_records,
                 };
-                self.progress.row_finished(settled);
+                self.sync_done(work, stored.as_ref()).await;
             }
             RowResume::Send(plan, from) => {
                 let work = PlannedRow {
@@ -617,6 +629,92 @@ impl<'a> Planner<'a> {
                 self.plan_send(work, from).await
             }
         }
+    }
+
+    /// A done row read again: compared with what was sent (see [`sync_done_row`]), it is
+    /// skipped, adopted, reported, or given to a worker that updates what changed.
+    async fn sync_done(&mut self, work: PlannedRow, stored: Option<&StoredRow>) {
+        let customer_now = Fingerprint::of(&work.plan.customer);
+        let conversation_now = work.plan.conversation.as_ref().map(Fingerprint::of);
+        let sync = sync_done_row(
+            stored.and_then(|row| row.customer_fingerprint.as_deref()),
+            stored.and_then(|row| row.fingerprint.as_deref()),
+            &customer_now,
+            conversation_now.as_ref(),
+            &self.settings.sync,
+        );
+        let (customer_fields, conversation_fields) = match sync {
+            Sync::Unchanged | Sync::Adopt => {
+                if sync == Sync::Adopt {
+                    self.record(vec![work.sent_as()]).await;
+                }
+                self.summary.rows_skipped_done += 1;
+                self.progress.row_finished(Settled::AlreadyDone);
+                return;
+            }
+            Sync::Changed {
+                customer,
+                conversation,
+            } => (customer, conversation),
+        };
+        if self.settings.sync.on_change == OnChange::Fail {
+            let fields: Vec<String> = (customer_fields.iter().map(|f| format!("customer.{f}")))
+                .chain(
+                    conversation_fields
+                        .iter()
+                        .map(|f| format!("conversation.{f}")),
+                )
+                .collect();
+            let halt = Halt::Failed {
+                field: fields.first().cloned(),
+                reason: format!(
+                    "changed since it was imported ({}); not updated (--on-change fail)",
+                    fields.join(", ")
+                ),
+            };
+            // Reported only: the checkpoint keeps the row done, as it is in Kustomer.
+            self.finish_row(work, RowOutcome::Halted(halt));
+            return;
+        }
+        let whole = match self.checkpoint.row(&work.origin.key) {
+            Ok(Some(whole)) => whole,
+            Ok(None) => return,
+            Err(error) => {
+                self.summary.rows_pending += 1;
+                self.tools.control.halt(StopReason::of_checkpoint(&error));
+                return;
+            }
+        };
+        let Some(customer_id) = whole.customer_id else {
+            // Done without a customer id: no version writes that; nothing to update.
+            self.summary.rows_skipped_done += 1;
+            return;
+        };
+        let update = RowUpdate {
+            customer_id,
+            conversation_id: whole.conversation_id,
+            customer_fields,
+            conversation_fields,
+        };
+        self.running += 1;
+        let tools = Arc::clone(&self.tools);
+        self.tasks.spawn(async move {
+            let processed = AssertUnwindSafe(update_row(&tools, work, update))
+                .catch_unwind()
+                .await;
+            let event = match processed {
+                Ok((work, outcome)) => Event::RowFinished {
+                    work: Box::new(work),
+                    outcome,
+                    wrote_history: false,
+                },
+                Err(_) => Event::WorkerPanicked {
+                    creating: None,
+                    wrote_history: false,
+                },
+            };
+            let _ = tools.events.send(event);
+        });
     }
 
     /// For a row with history that a run has seen: the row read whole, reopened when its
@@ -858,6 +956,16 @@ impl<'a> Planner<'a> {
 
     fn finish_row(&mut self, work: PlannedRow, outcome: RowOutcome) {
         match outcome {
+            RowOutcome::Updated {
+                customer,
+                conversation,
+            } => {
+                self.given_up_in_a_row = 0;
+                self.summary.rows_updated += 1;
+                self.summary.customers_updated += u64::from(customer);
+                self.summary.conversations_updated += u64::from(conversation);
+                self.progress.row_finished(Settled::Done);
+            }
             RowOutcome::Done { conversation } => {
                 self.given_up_in_a_row = 0;
                 self.summary.rows_done += 1;

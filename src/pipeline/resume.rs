@@ -7,6 +7,7 @@
 //! known, [`route_customer`] (which row creates the customer, and what the others wait for).
 
 use crate::checkpoint::{CheckpointError, RowState, StepState, StoredCustomer, StoredRow};
+use crate::fingerprint::Fingerprint;
 
 /// What this run learnt of one row from the jobs earlier runs left unfinished.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,8 +29,9 @@ pub(super) enum RowResume<P, E> {
     FailedEarlier { now: bool },
     /// A row the mapping refuses: it fails now.
     Invalid(E),
-    /// Done: nothing to send. `settled_now` as in [`EarlierJobFacts`].
-    Done { settled_now: Option<bool> },
+    /// Done: nothing to create. `settled_now` as in [`EarlierJobFacts`]; `plan`, what the
+    /// row maps to now, which [`sync_done_row`] compares with what was sent.
+    Done { settled_now: Option<bool>, plan: P },
     /// To send, from the first step not done.
     Send(P, SendFrom),
 }
@@ -102,6 +104,7 @@ pub(super) fn resume_row<P, E>(
     if stored.state == RowState::Done {
         return RowResume::Done {
             settled_now: earlier.settled_now,
+            plan,
         };
     }
     // A conversation create left (or, for a failed row retried now, may have left).
@@ -120,6 +123,78 @@ pub(super) fn resume_row<P, E>(
         conversation_id: stored.conversation_id.clone(),
     };
     RowResume::Send(plan, from)
+}
+
+/// What a run does when a done row's record changed in the source (`--on-change`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnChange {
+    /// Update the fields that changed (PATCH), and nothing else.
+    #[default]
+    Update,
+    /// Send nothing: a done row stays as it was made.
+    Skip,
+    /// Report the row failed (the checkpoint keeps it done): a person decides.
+    Fail,
+}
+
+/// The rules a nightly run syncs done rows by.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncRules {
+    pub on_change: OnChange,
+    /// `--update-fields`: the only fields an update may set (None: any).
+    pub update_fields: Option<std::collections::BTreeSet<String>>,
+}
+
+/// What a done row read again needs, its records compared with what was last sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Sync {
+    /// Nothing changed (or `--on-change skip`): no request.
+    Unchanged,
+    /// No fingerprint was recorded for a record (a version before this one made it): what
+    /// it maps to now is taken as what was sent, and nothing is sent.
+    Adopt,
+    /// Fields changed; under `--on-change update` they are sent, under `fail` reported.
+    Changed {
+        customer: Vec<String>,
+        conversation: Vec<String>,
+    },
+}
+
+/// Compares a done row's records as last sent (`stored_*`, the checkpoint's texts) with
+/// what they map to now, under `rules`. A field `--update-fields` leaves out does not count
+/// as changed.
+pub(super) fn sync_done_row(
+    stored_customer: Option<&str>,
+    stored_conversation: Option<&str>,
+    customer_now: &Fingerprint,
+    conversation_now: Option<&Fingerprint>,
+    rules: &SyncRules,
+) -> Sync {
+    if rules.on_change == OnChange::Skip {
+        return Sync::Unchanged;
+    }
+    let changed = |stored: Option<&str>, now: Option<&Fingerprint>| -> Option<Vec<String>> {
+        let now = now?;
+        let before = Fingerprint::parse(stored?)?;
+        let mut fields = before.changed_in(now);
+        if let Some(allowed) = &rules.update_fields {
+            fields.retain(|field| allowed.contains(field));
+        }
+        Some(fields)
+    };
+    let customer = changed(stored_customer, Some(customer_now));
+    let conversation = changed(stored_conversation, conversation_now);
+    let unrecorded = customer.is_none() || (conversation.is_none() && conversation_now.is_some());
+    let customer = customer.unwrap_or_default();
+    let conversation = conversation.unwrap_or_default();
+    match (customer.is_empty() && conversation.is_empty(), unrecorded) {
+        (true, false) => Sync::Unchanged,
+        (true, true) => Sync::Adopt,
+        (false, _) => Sync::Changed {
+            customer,
+            conversation,
+        },
+    }
 }
 
 /// What a run does with one message or note of a row's history.
@@ -200,9 +275,12 @@ pub(super) fn route_customer(
         Err(error) => return CustomerRoute::Unreadable(error),
         Ok(Some(StoredCustomer {
             customer_id: Some(id),
+            ..
         })) => return CustomerRoute::Known(id),
         // Only its intent: a create left and its answer was not recorded.
-        Ok(Some(StoredCustomer { customer_id: None })) => true,
+        Ok(Some(StoredCustomer {
+            customer_id: None, ..
+        })) => true,
         Ok(None) => false,
     };
     match facts.take_link(row_key) {
@@ -331,7 +409,10 @@ mod tests {
         let done = stored(RowState::Done);
         assert_eq!(
             resume_row(Some(&done), PLANNED, false, NONE),
-            RowResume::Done { settled_now: None }
+            RowResume::Done {
+                settled_now: None,
+                plan: ()
+            }
         );
     }
 
@@ -345,7 +426,8 @@ mod tests {
         assert_eq!(
             resume_row(Some(&done), PLANNED, false, facts),
             RowResume::Done {
-                settled_now: Some(true)
+                settled_now: Some(true),
+                plan: ()
             }
         );
     }
@@ -529,6 +611,7 @@ mod tests {
         let facts = Facts {
             stored: Some(StoredCustomer {
                 customer_id: Some("c1".into()),
+                fingerprint: None,
             }),
             link: Some("words".into()),
             ..Facts::default()
@@ -539,7 +622,10 @@ mod tests {
     #[test]
     fn a_customer_whose_create_was_unanswered_is_looked_up_before_it_is_sent() {
         let facts = Facts {
-            stored: Some(StoredCustomer { customer_id: None }),
+            stored: Some(StoredCustomer {
+                customer_id: None,
+                fingerprint: None,
+            }),
             ..Facts::default()
         };
         assert!(matches!(
@@ -559,12 +645,91 @@ mod tests {
     #[test]
     fn a_customer_an_earlier_job_found_existing_is_linked() {
         let facts = Facts {
-            stored: Some(StoredCustomer { customer_id: None }),
+            stored: Some(StoredCustomer {
+                customer_id: None,
+                fingerprint: None,
+            }),
             link: Some("duplicate detected".into()),
             ..Facts::default()
         };
         assert!(
             matches!(route(facts), CustomerRoute::Link(words) if words == "duplicate detected")
+        );
+    }
+
+    fn print(body: serde_json::Value) -> Fingerprint {
+        Fingerprint::of(&body)
+    }
+
+    #[test]
+    fn a_done_row_whose_records_map_as_they_were_sent_sends_nothing() {
+        let customer = print(serde_json::json!({"name": "Ann"}));
+        let conversation = print(serde_json::json!({"status": "open"}));
+        let rules = SyncRules::default();
+        let (c, v) = (customer.to_text(), conversation.to_text());
+        let sync = sync_done_row(Some(&c), Some(&v), &customer, Some(&conversation), &rules);
+        assert_eq!(sync, Sync::Unchanged);
+    }
+
+    #[test]
+    fn the_fields_that_changed_are_named_and_update_fields_narrows_them() {
+        let before_customer = print(serde_json::json!({"name": "Ann"})).to_text();
+        let before = print(serde_json::json!({"status": "open", "name": "T"})).to_text();
+        let customer = print(serde_json::json!({"name": "Ann B"}));
+        let conversation = print(serde_json::json!({"status": "done", "name": "T"}));
+        let mut rules = SyncRules::default();
+        let sync = |rules: &SyncRules| {
+            sync_done_row(
+                Some(&before_customer),
+                Some(&before),
+                &customer,
+                Some(&conversation),
+                rules,
+            )
+        };
+        assert_eq!(
+            sync(&rules),
+            Sync::Changed {
+                customer: vec!["name".into()],
+                conversation: vec!["status".into()]
+            }
+        );
+        rules.update_fields = Some(["status".to_string()].into());
+        assert_eq!(
+            sync(&rules),
+            Sync::Changed {
+                customer: vec![],
+                conversation: vec!["status".into()]
+            }
+        );
+        rules.update_fields = Some(["tags".to_string()].into());
+        assert_eq!(sync(&rules), Sync::Unchanged);
+        rules.on_change = OnChange::Skip;
+        rules.update_fields = None;
+        assert_eq!(
+            sync(&rules),
+            Sync::Unchanged,
+            "--on-change skip sends nothing"
+        );
+    }
+
+    #[test]
+    fn a_record_made_before_fingerprints_were_kept_is_adopted_not_updated() {
+        let customer = print(serde_json::json!({"name": "Ann"}));
+        let conversation = print(serde_json::json!({"status": "open"}));
+        let rules = SyncRules::default();
+        assert_eq!(
+            sync_done_row(None, None, &customer, Some(&conversation), &rules),
+            Sync::Adopt
+        );
+        // One record recorded and changed: updated; the other adopted with it.
+        let before = print(serde_json::json!({"status": "done"})).to_text();
+        assert_eq!(
+            sync_done_row(None, Some(&before), &customer, Some(&conversation), &rules),
+            Sync::Changed {
+                customer: vec![],
+                conversation: vec!["status".into()]
+            }
         );
     }
 }

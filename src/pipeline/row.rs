@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use crate::checkpoint::{
     Change, CustomerOrigin, RecordChange, RecordKind, RowChange, RowState, StepState, StoredRecord,
 };
+use crate::fingerprint::Fingerprint;
 use crate::history::ItemKind;
 use crate::history::store::{StagedItem, ThreadSize};
 use crate::mapping::{ConversationBody, Plan};
@@ -206,6 +207,11 @@ pub(super) enum RowOutcome {
     Done {
         conversation: Option<CustomerOrigin>,
     },
+    /// Done earlier, and updated now: which of its records were.
+    Updated {
+        customer: bool,
+        conversation: bool,
+    },
     Halted(Halt),
 }
 
@@ -326,6 +332,35 @@ impl PlannedRow {
         RowChange {
             attempts,
             ..self.change(RowState::Done, Some(customer_id), conversation_id)
+        }
+    }
+
+    /// Done, and what its conversation and customer were sent as, so that a run that reads
+    /// the row again can tell what changed since (see `crate::fingerprint`).
+    pub(super) fn done_and_sent(
+        &self,
+        customer_id: String,
+        conversation_id: Option<String>,
+        attempts: u32,
+    ) -> [Change; 2] {
+        [
+            Change::Row(self.done(customer_id, conversation_id, attempts)),
+            self.sent_as(),
+        ]
+    }
+
+    /// What the row's conversation and customer are, as the checkpoint keeps them to tell
+    /// tomorrow's changes by.
+    pub(super) fn sent_as(&self) -> Change {
+        Change::Fingerprints {
+            row_key: self.origin.key.clone(),
+            customer_key: self.plan.customer_key.clone(),
+            conversation: self
+                .plan
+                .conversation
+                .as_ref()
+                .map(|conversation| Fingerprint::of(conversation).to_text()),
+            customer: Some(Fingerprint::of(&self.plan.customer).to_text()),
         }
     }
 

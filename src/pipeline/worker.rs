@@ -67,8 +67,8 @@ async fn drive_row(
             match conversation_step(tools, work, &customer_id, intent_committed, attempts).await? {
                 Some((id, origin)) => (id, Some(origin)),
                 None => {
-                    let done = work.done(customer_id, None, attempts.take_requests());
-                    tools.journal.record(vec![Change::Row(done)]).await;
+                    let done = work.done_and_sent(customer_id, None, attempts.take_requests());
+                    tools.journal.record(done.into()).await;
                     return Ok(RowOutcome::Done { conversation: None });
                 }
             }
@@ -92,8 +92,8 @@ async fn drive_row(
             return Ok(RowOutcome::Halted(halt));
         }
     }
-    let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
-    tools.journal.record(vec![Change::Row(done)]).await;
+    let done = work.done_and_sent(customer_id, Some(conversation_id), attempts.take_requests());
+    tools.journal.record(done.into()).await;
     Ok(RowOutcome::Done {
         conversation: origin,
     })
@@ -382,7 +382,7 @@ pub(super) struct Attempts<'a> {
 }
 
 impl<'a> Attempts<'a> {
-    fn new(tools: &'a Tools) -> Attempts<'a> {
+    pub(super) fn new(tools: &'a Tools) -> Attempts<'a> {
         Attempts {
             tools,
             retries: Retries::new(tools, tools.control.soft()),

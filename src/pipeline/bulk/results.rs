@@ -76,7 +76,7 @@ pub(super) async fn apply_customer_results(
                     changes.push(Change::Row(work.customer_known(&id, 0)));
                     AfterJob::Continue(CustomerStep::Known(id))
                 } else {
-                    changes.push(Change::Row(work.done(id, None, 0)));
+                    changes.extend(work.done_and_sent(id, None, 0));
                     AfterJob::Finished(RowOutcome::Done { conversation: None })
                 }
             }
@@ -146,7 +146,7 @@ pub(super) async fn apply_conversation_results(
                 AfterJob::Continue(CustomerStep::Known(customer_id))
             }
             ItemVerdict::Made(id, origin) => {
-                changes.push(Change::Row(work.done(customer_id, Some(id), 0)));
+                changes.extend(work.done_and_sent(customer_id, Some(id), 0));
                 // An item the job updated was there already: linked, as after a 409.
                 AfterJob::Finished(RowOutcome::Done {
                     conversation: Some(origin),

@@ -1,0 +1,59 @@
+//! Updates of records made earlier (a nightly sync, see `pipeline::update`):
+//! `PATCH /v1/customers/{id}` and `PATCH /v1/conversations/{id}` with only the fields that
+//! changed. An update is idempotent: a lost answer is simply sent again. A 404 says the
+//! record is gone (deleted in Kustomer since), a 409 that a value is another record's (an
+//! email); both are refusals of this update, read as every other answer is (`client.rs`).
+
+use reqwest::Method;
+use serde_json::{Map, Value};
+
+use super::client::{Call, KustomerClient, classify_failure, record_id};
+use super::error::ApiError;
+
+impl KustomerClient {
+    /// `PATCH /v1/customers/{id}` with `fields`.
+    pub async fn update_customer(
+        &self,
+        id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        self.update("v1/customers", id, fields).await
+    }
+
+    /// `PATCH /v1/conversations/{id}` with `fields`.
+    pub async fn update_conversation(
+        &self,
+        id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        self.update("v1/conversations", id, fields).await
+    }
+
+    async fn update(
+        &self,
+        collection: &str,
+        id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        let encoded = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+        let url = self.url(&format!("{collection}/{encoded}"));
+        let body = serde_json::to_vec(fields).map_err(|error| ApiError::Rejected {
+            status: 0,
+            message: format!("cannot encode the body: {error}"),
+        })?;
+        let (status, answer) = self.send(Method::PATCH, url, Some(body)).await?;
+        match status.as_u16() {
+            // The record as updated, bare or in `data`; an empty 204 is taken too.
+            200 | 201 | 204 => {
+                if status.as_u16() != 204 && !answer.is_empty() && record_id(&answer).is_none() {
+                    tracing::debug!("an update of {collection}/{id} answered {status} with no id");
+                }
+                Ok(())
+            }
+            409 => Err(ApiError::Duplicate {
+                message: super::error::server_message(&answer),
+            }),
+            code => Err(classify_failure(Call::Update, code, &answer)),
+        }
+    }
+}
