@@ -948,6 +948,126 @@ mod tests {
     }
 
     #[test]
+    fn an_update_moves_the_customers_keys_with_it() {
+        let mut store = Store::new();
+        let body = json!({"externalId": "c-1", "emails": [{"email": "old@x.co"}]});
+        let id = store.insert_customer(&obj(body)).unwrap().id.clone();
+        let other = json!({"externalId": "c-2"});
+        let other = store.insert_customer(&obj(other)).unwrap().id.clone();
+        let body = obj(json!({"emails": [{"email": "New@x.co"}]}));
+        let updated = store
+            .update_customer(&id, &body, UpdateMode::Merge)
+            .unwrap();
+        assert_eq!(updated.external_id.as_deref(), Some("c-1"), "kept");
+        let first = updated.updated_at.clone().unwrap();
+        // The old email is free again, the new one is taken, the externalId still is.
+        assert!(
+            store
+                .find_customer(&Lookup::Email("old@x.co".into()))
+                .is_none()
+        );
+        let found = store.find_customer(&Lookup::Email("new@X.co".into()));
+        assert_eq!(found.map(|r| r.id.clone()), Some(id.clone()));
+        let taken = store.update_customer(&other, &body, UpdateMode::Merge);
+        let conflicts = taken.err().map(conflicts_of).unwrap_or_default();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].existing_id, id);
+        // A record's own keys are no conflict; a replace drops what it does not give.
+        let again = obj(json!({"externalId": "c-1"}));
+        let replaced = store
+            .update_customer(&id, &again, UpdateMode::Replace)
+            .unwrap();
+        assert!(replaced.emails.is_empty());
+        assert!(
+            replaced.updated_at.clone().unwrap() > first,
+            "updatedAt advances"
+        );
+        assert!(
+            store
+                .find_customer(&Lookup::Email("new@x.co".into()))
+                .is_none()
+        );
+        let missing = store.update_customer("nobody", &again, UpdateMode::Merge);
+        assert!(matches!(missing, Err(WriteError::NotFound(_))));
+        assert_eq!(store.customer_count(), 2);
+    }
+
+    #[test]
+    fn updates_are_kept_in_the_records_file_in_the_records_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.jsonl");
+        let (customer, conversation) = {
+            let mut store = Store::with_journal(&path).unwrap();
+            let customer = obj(json!({"externalId": "c-1", "company": "co-1"}));
+            let customer = store.insert_customer(&customer).unwrap().id.clone();
+            let body = json!({"customer": customer, "externalId": "t-1", "tags": ["a", "b"]});
+            let conversation = store.insert_conversation(&obj(body)).unwrap().id.clone();
+            let body = json!({"customer": customer, "externalId": "t-2"});
+            store.insert_conversation(&obj(body)).unwrap();
+            let body = obj(json!({"externalId": "t-9", "tags": ["c"]}));
+            let mode = UpdateMode::Merge;
+            store
+                .update_conversation(&conversation, &body, mode)
+                .unwrap();
+            let body = obj(json!({"name": "Ada"}));
+            store.update_customer(&customer, &body, mode).unwrap();
+            (customer, conversation)
+        };
+        let store = Store::with_journal(&path).unwrap();
+        let records = store.records();
+        assert_eq!(
+            (records.customers.len(), records.conversations.len()),
+            (1, 2)
+        );
+        let held = &records.customers[0];
+        assert_eq!(
+            (held.id.as_str(), held.name.as_deref()),
+            (customer.as_str(), Some("Ada"))
+        );
+        assert!(
+            !held.extra.contains_key("company"),
+            "omitting company unlinked it"
+        );
+        let first = &records.conversations[0];
+        assert_eq!(first.id, conversation, "in its place");
+        assert_eq!(first.extra.get("tags"), Some(&json!(["c"])));
+        assert!(first.updated_at.is_some());
+        assert!(
+            store
+                .find_conversation(&Lookup::ExternalId("t-1".into()))
+                .is_none()
+        );
+        let found = store.find_conversation(&Lookup::ExternalId("t-9".into()));
+        assert_eq!(found.map(|r| r.id.clone()), Some(conversation));
+    }
+
+    #[test]
+    fn an_update_keeps_created_at_and_the_conversations_customer() {
+        let mut store = Store::new();
+        let customer = store.insert_customer(&obj(json!({}))).unwrap().id.clone();
+        let body = json!({"customer": customer, "createdAt": "2024-01-01T00:00:00Z"});
+        let id = store.insert_conversation(&obj(body)).unwrap().id.clone();
+        let same = obj(json!({"customer": customer, "createdAt": "2024-01-01T00:00:00+00:00"}));
+        let replaced = store.update_conversation(&id, &same, UpdateMode::Replace);
+        assert_eq!(replaced.unwrap().status.as_deref(), Some("open"));
+        let mut refused =
+            |body: Value| match store.update_conversation(&id, &obj(body), UpdateMode::Merge) {
+                Err(WriteError::Invalid(problem)) => problem.pointer,
+                _ => String::new(),
+            };
+        assert_eq!(
+            refused(json!({"createdAt": "2023-01-01T00:00:00Z"})),
+            "/createdAt"
+        );
+        assert_eq!(refused(json!({"customer": "someone-else"})), "/customer");
+        let kept = store.find_conversation(&Lookup::Id(id)).unwrap();
+        assert_eq!(
+            kept.extra.get("createdAt"),
+            Some(&json!("2024-01-01T00:00:00+00:00"))
+        );
+    }
+
+    #[test]
     fn lookups() {
         let mut store = Store::new();
         let id = store

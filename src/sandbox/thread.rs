@@ -240,6 +240,21 @@ mod tests {
     }
 
     #[test]
+    fn an_item_added_again_under_its_id_takes_its_place_and_its_new_external_id() {
+        let mut threads = Threads::default();
+        threads.add(record("m0", ThreadKind::Message, "c1", "x"));
+        threads.add(record("m1", ThreadKind::Message, "c1", "y"));
+        threads.add(record("m0", ThreadKind::Message, "c1", "y"));
+        assert_eq!(threads.message_count(), 2);
+        assert!(threads.find_message(None, Some("x")).is_none());
+        let first = threads.find_message(None, Some("y"));
+        assert_eq!(first.map(|r| r.id.as_str()), Some("m0"), "the first made");
+        let all = threads.threads(["c1"].into_iter());
+        let ids: Vec<_> = all[0].items.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["m0", "m1"]);
+    }
+
+    #[test]
     fn notes_are_paged_oldest_first_and_messages_found_by_their_first_external_id() {
         let mut threads = Threads::default();
         for i in 0..5 {
