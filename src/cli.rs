@@ -624,7 +624,7 @@ pub struct SandboxArgs {
     pub records: Option<PathBuf>,
 
     /// Act as if the key's user holds org.admin: messages and notes may then set createdAt
-    /// and createdBy [default: refused with 403].
+    /// and createdBy [default: taken and not kept, as the live API does].
     #[arg(long, env = "KUSTOMER_SANDBOX_ORG_ADMIN", value_parser = FalseyValueParser::new())]
     pub org_admin: bool,
     /// Updates of one record per rate window, answered with 429 beyond (Retry-After, and

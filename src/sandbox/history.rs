@@ -161,7 +161,7 @@ enum Verdict {
 }
 
 /// One message or note through the single endpoints: 404 when the path's conversation is
-/// not held, 422 for the body (or a `conversation` naming none), 403, 429, then made.
+/// not held, 422 for the body (or a `conversation` naming none), 429, then made.
 async fn create(app: Arc<App>, req: Request, kind: ThreadKind, under: Option<String>) -> Response {
     let conn = req.extensions().get::<ConnCtx>().cloned();
     let body = match read_object(req.into_body()).await {

@@ -98,10 +98,10 @@ pub struct SandboxConfig {
     /// up.
     pub records: Option<PathBuf>,
     /// Whether the key's user holds `org.admin`, the role Kustomer requires to set a
-    /// message's or note's `createdAt` or `createdBy`. Off (the default): a message or
-    /// note carrying either is refused with 403. The live API is documented to use the
-    /// key's user and the current time instead; the sandbox refuses, strictest, so that
-    /// an importer never believes it set dates it did not.
+    /// message's or note's `createdAt` or `createdBy` (and `modifiedAt`, `modifiedBy`).
+    /// Off (the default): a message or note carrying them is taken, and they are not kept,
+    /// as the docs say of the live API (the key's user and the current time stand
+    /// instead): `GET /__records` shows the item without them.
     pub org_admin: bool,
     /// Messages (without `importedAt`) and notes (any) one customer may have created per
     /// rate window, each kind counted apart; beyond, 429 (a bulk item: an error). Kustomer:
