@@ -13,6 +13,7 @@
 //! bulk `PUT` without `?replace=false`; a `replace` on a `PATCH` is refused (400); a field
 //! given replaces the record's whole, lists and `custom` too.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -22,15 +23,13 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use std::sync::Arc;
-
 use super::history;
 use super::http::{
     App, ConnCtx, Inner, after_write, bulk_refusal, conversation_object, customer_errors,
     customer_object, error, errors_response, invalid, read_object, refused_item, refused_write,
     roll_after, undefined_custom,
 };
-use super::store::{UpdateMode, WriteError};
+use super::store::{Lookup, UpdateMode, WriteError};
 use super::thread::ThreadKind;
 use super::validate::{
     FieldError, validate_conversation_update, validate_message_update, validate_note_update,
@@ -132,12 +131,10 @@ fn apply(
 ) -> Result<Value, Refusal> {
     let noun = target.noun();
     let held = match target {
-        Target::Customer => inner
-            .store
-            .find_customer(&super::Lookup::Id(id.into()))
-            .is_some(),
+        Target::Customer => inner.store.find_customer(&Lookup::Id(id.into())).is_some(),
         Target::Conversation => inner.store.conversation_customer(id).is_some(),
-        Target::Message | Target::Note => inner.store.threads().get(id).is_some(),
+        Target::Message => thread_item_held(inner, id, ThreadKind::Message),
+        Target::Note => thread_item_held(inner, id, ThreadKind::Note),
     };
     if !held {
         return Err(Refusal::Write(WriteError::NotFound(format!(
@@ -181,6 +178,15 @@ fn apply(
             }),
     };
     object.map_err(Refusal::Write)
+}
+
+/// Whether a message or note of `kind` has the id (a message's id is no note's).
+fn thread_item_held(inner: &Inner, id: &str, kind: ThreadKind) -> bool {
+    inner
+        .store
+        .threads()
+        .get(id)
+        .is_some_and(|r| r.kind == kind)
 }
 
 pub(super) async fn customer(
