@@ -680,7 +680,16 @@ pub struct SandboxArgs {
     pub records: Option<PathBuf>,
 
     /// Act as if the key's user holds org.admin: messages and notes may then set createdAt
-    /// and createdBy [default: refused with 403].
+    /// and createdBy [default: taken and not kept, as the live API does].
     #[arg(long, env = "KUSTOMER_SANDBOX_ORG_ADMIN", value_parser = FalseyValueParser::new())]
     pub org_admin: bool,
+    /// Updates of one record per rate window, answered with 429 beyond (Retry-After, and
+    /// the org's x-ratelimit-* headers showing its budget not spent), as Kustomer's
+    /// unpublished per-object limits are [default: no limit].
+    #[arg(
+        long,
+        value_name = "N",
+        env = "KUSTOMER_SANDBOX_PER_OBJECT_UPDATE_LIMIT"
+    )]
+    pub per_object_update_limit: Option<u32>,
 }

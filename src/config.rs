@@ -625,6 +625,7 @@ pub fn sandbox_config(args: &SandboxArgs) -> Result<(SandboxConfig, u16), Config
         without_bulk: args.without_bulk,
         records: args.records.clone(),
         org_admin: args.org_admin,
+        per_object_update_limit: args.per_object_update_limit,
         ..SandboxConfig::default()
     };
     Ok((config, args.port))
@@ -865,5 +866,20 @@ mod tests {
             let error = history(&extra).err().unwrap();
             assert!(error.contains(expected), "{extra:?}: {error}");
         }
+    }
+
+    #[test]
+    fn the_sandbox_takes_a_per_object_update_limit() {
+        use clap::Parser;
+        let config = |extra: &[&str]| {
+            let argv = [&["kustomer-import", "sandbox"], extra].concat();
+            match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+                crate::cli::Command::Sandbox(args) => sandbox_config(&args).unwrap().0,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(config(&[]).per_object_update_limit, None);
+        let limited = config(&["--per-object-update-limit", "3"]);
+        assert_eq!(limited.per_object_update_limit, Some(3));
     }
 }

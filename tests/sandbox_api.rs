@@ -67,6 +67,26 @@ impl Api {
         self.try_post(path, body).await.expect("POST answered")
     }
 
+    async fn try_update(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Answer, reqwest::Error> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.client.request(method, url).json(body)).await
+    }
+
+    async fn patch(&self, path: &str, body: &Value) -> Answer {
+        let answer = self.try_update(reqwest::Method::PATCH, path, body).await;
+        answer.expect("PATCH answered")
+    }
+
+    async fn put(&self, path: &str, body: &Value) -> Answer {
+        let answer = self.try_update(reqwest::Method::PUT, path, body).await;
+        answer.expect("PUT answered")
+    }
+
     async fn get(&self, path: &str) -> Answer {
         let url = format!("{}{path}", self.base);
         self.send(self.client.get(url)).await.expect("GET answered")
@@ -1531,4 +1551,639 @@ async fn threads_survive_a_restart_on_the_records_file() {
     assert_eq!(found.body["data"]["id"], before.thread(&id)[0].id.as_str());
     let listed = api.get(&format!("/v1/conversations/{id}/notes")).await;
     assert_eq!(listed.body["data"][0]["attributes"]["externalId"], "n-1");
+}
+
+/// A customer as the docs' "Customers" section describes one (a company id, typed emails
+/// and phones in E.164, externalIds, tags, a custom attribute with its type suffix).
+fn documented_customer(key: &str) -> Value {
+    json!({
+        "name": "Ada Lovelace", "externalId": format!("crm-{key}"),
+        "emails": [{"email": format!("ada-{key}@example.com"), "type": "work"}],
+        "phones": [{"phone": "+15551234567", "type": "mobile"}],
+        "company": "5f2a0c2e9b3d4e5f60718200",
+        "externalIds": [{"externalId": format!("zd-{key}")}],
+        "importedAt": "2024-06-01T00:00:00Z", "createdAt": "2019-03-04T10:00:00Z",
+        "tags": ["vip"], "custom": {"tierStr": "gold"}
+    })
+}
+
+/// Creates a customer from `body`; its id.
+async fn customer_id(api: &Api, body: &Value) -> String {
+    let answer = api.post("/v1/customers", body).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    answer.body["data"]["id"].as_str().unwrap().to_string()
+}
+
+/// The customer held under `id`, as `/__records` shows it, as one JSON object (its `extra`
+/// fields at the top, as the API's attributes show them).
+async fn held_customer(api: &Api, id: &str) -> Value {
+    let records = api.records().await;
+    let record = records.customers.iter().find(|c| c.id == id);
+    let mut held = serde_json::to_value(record.expect("held")).unwrap();
+    if let Some(Value::Object(extra)) = held.as_object_mut().and_then(|h| h.remove("extra")) {
+        held.as_object_mut().unwrap().extend(extra);
+    }
+    held
+}
+
+#[tokio::test]
+async fn a_patch_merges_the_fields_it_gives_and_omitting_company_unlinks_it() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let id = customer_id(&api, &documented_customer("1")).await;
+    let path = format!("/v1/customers/{id}");
+    let company = "5f2a0c2e9b3d4e5f60718200";
+    let answer = api
+        .patch(&path, &json!({"name": "Ada King", "company": company}))
+        .await;
+    // Answered as a create is, but 200: the live API's wrapped object.
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let data = &answer.body["data"];
+    assert_eq!(
+        (data["type"].clone(), data["id"].clone()),
+        (json!("customer"), json!(id))
+    );
+    assert_eq!(data["attributes"]["name"], "Ada King");
+    assert_eq!(
+        data["attributes"]["emails"][0]["email"],
+        "ada-1@example.com"
+    );
+    let updated_at = data["attributes"]["updatedAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let held = held_customer(&api, &id).await;
+    assert_eq!(held["name"], "Ada King");
+    assert_eq!(held["company"], company);
+    assert_eq!(held["createdAt"], "2019-03-04T10:00:00Z", "createdAt kept");
+    assert_eq!(
+        held["tags"],
+        json!(["vip"]),
+        "what the patch did not give is kept"
+    );
+
+    // An update that omits company unlinks the customer from it (the docs, "Updates").
+    let answer = api.patch(&path, &json!({"tags": ["vip", "late"]})).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let held = held_customer(&api, &id).await;
+    assert!(held.get("company").is_none(), "{held}");
+    assert_eq!(held["name"], "Ada King");
+    assert_eq!(held["tags"], json!(["vip", "late"]));
+    assert!(
+        held["updatedAt"].as_str().unwrap() > updated_at.as_str(),
+        "advanced"
+    );
+    let stats = api.stats().await;
+    assert_eq!((stats.customers_updated, stats.updates_total), (2, 2));
+    assert_eq!(stat(&stats, "PATCH /v1/customers/{lookup}", 200), 2);
+    assert_eq!((stats.creates_total, stats.customers), (1, 1));
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_put_merges_with_replace_false_and_replaces_with_replace_true_or_without_replace() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let id = customer_id(&api, &documented_customer("1")).await;
+    let path = format!("/v1/customers/{id}");
+    let merged = api
+        .put(
+            &format!("{path}?replace=false"),
+            &json!({"name": "Ada King", "company": "c-2"}),
+        )
+        .await;
+    assert_eq!(merged.status, StatusCode::OK, "{}", merged.body);
+    let held = held_customer(&api, &id).await;
+    assert_eq!(
+        (held["name"].clone(), held["company"].clone()),
+        (json!("Ada King"), json!("c-2"))
+    );
+    assert_eq!(held["externalId"], "crm-1");
+    assert_eq!(held["phones"][0]["phone"], "+15551234567");
+
+    let replaced = api
+        .put(
+            &format!("{path}?replace=true"),
+            &json!({"externalId": "crm-1", "name": "A. K."}),
+        )
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK);
+    let held = held_customer(&api, &id).await;
+    assert_eq!(held["name"], "A. K.");
+    assert_eq!(
+        held["emails"],
+        json!([]),
+        "a replace drops what it does not give"
+    );
+    assert!(
+        held.get("tags").is_none() && held.get("custom").is_none(),
+        "{held}"
+    );
+    assert_eq!(
+        held["createdAt"], "2019-03-04T10:00:00Z",
+        "but keeps createdAt"
+    );
+    // Its old email is free for another customer now.
+    customer_id(&api, &json!({"emails": [{"email": "ada-1@example.com"}]})).await;
+
+    // A PUT that does not say replace replaces (the strict reading: the docs do not say).
+    let bare = api.put(&path, &json!({"name": "Only a name"})).await;
+    assert_eq!(bare.status, StatusCode::OK);
+    let held = held_customer(&api, &id).await;
+    assert_eq!(held["name"], "Only a name");
+    assert!(held.get("externalId").is_none(), "{held}");
+    assert_eq!(
+        api.get("/v1/customers/externalId=crm-1").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let bad = api.put(&format!("{path}?replace=yes"), &json!({})).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let patch_with_replace = api
+        .patch(&format!("{path}?replace=false"), &json!({}))
+        .await;
+    assert_eq!(patch_with_replace.status, StatusCode::BAD_REQUEST);
+    assert_eq!(api.stats().await.customers_updated, 3);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spec_style_sandbox_answers_an_update_200_bare() {
+    let sandbox = start(SandboxConfig {
+        spec_style: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let created = api.post("/v1/customers", &json!({"name": "Ada"})).await;
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let answer = api
+        .patch(&format!("/v1/customers/{id}"), &json!({"name": "Ada King"}))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["type"], "customer");
+    assert_eq!(answer.body["id"], id.as_str());
+    assert_eq!(answer.body["attributes"]["name"], "Ada King");
+    assert!(answer.body.get("data").is_none());
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_conversation_update_replaces_tags_whole_and_keeps_its_customer() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let customer = customer_id(&api, &json!({"externalId": "c-1"})).await;
+    let body = json!({
+        "customer": customer, "name": "Order 1001", "channel": "email", "status": "open",
+        "externalId": "T-1", "importedAt": "2024-06-01T00:00:00Z",
+        "createdAt": "2024-01-31T12:00:00Z", "tags": ["tag-a", "tag-b"], "priority": 2,
+        "direction": "in"
+    });
+    let id = api.post("/v1/conversations", &body).await.body["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v1/conversations/{id}");
+    let answer = api
+        .patch(&path, &json!({"status": "done", "tags": ["tag-c"]}))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["data"]["type"], "conversation");
+    assert_eq!(
+        answer.body["data"]["relationships"]["customer"]["data"]["id"],
+        customer.as_str()
+    );
+    let held = &api.records().await.conversations[0];
+    assert_eq!(held.status.as_deref(), Some("done"));
+    assert_eq!(
+        held.extra["tags"],
+        json!(["tag-c"]),
+        "tags replace the whole list"
+    );
+    assert_eq!(held.name.as_deref(), Some("Order 1001"));
+    assert_eq!(held.extra["priority"], 2);
+    assert!(held.updated_at.is_some());
+
+    let merged = api
+        .put(&format!("{path}?replace=false"), &json!({"priority": 4}))
+        .await;
+    assert_eq!(merged.status, StatusCode::OK);
+    assert_eq!(
+        api.records().await.conversations[0].status.as_deref(),
+        Some("done")
+    );
+    // A replace is a whole record: it names its customer, as a create does.
+    let without_customer = api.put(&path, &json!({"name": "Order 1001"})).await;
+    assert_eq!(without_customer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        first_error(&without_customer)["source"]["pointer"],
+        "/customer"
+    );
+    let replaced = api
+        .put(&path, &json!({"customer": customer, "name": "Again"}))
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK);
+    let held = &api.records().await.conversations[0];
+    assert_eq!(
+        held.status.as_deref(),
+        Some("open"),
+        "as a create without status"
+    );
+    assert!(held.external_id.is_none() && !held.extra.contains_key("tags"));
+    assert_eq!(held.extra["createdAt"], "2024-01-31T12:00:00Z");
+    // An update does not move a conversation to another customer, nor change createdAt.
+    let other = customer_id(&api, &json!({"externalId": "c-2"})).await;
+    let moved = api.patch(&path, &json!({"customer": other})).await;
+    assert_eq!(moved.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(first_error(&moved)["source"]["pointer"], "/customer");
+    let redated = api
+        .patch(&path, &json!({"createdAt": "2020-01-01T00:00:00Z"}))
+        .await;
+    assert_eq!(first_error(&redated)["source"]["pointer"], "/createdAt");
+    let stats = api.stats().await;
+    assert_eq!((stats.conversations_updated, stats.updates_total), (3, 6));
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn updates_are_404_for_an_unknown_id_409_for_a_taken_email_and_422_for_a_bad_field() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let ada = customer_id(&api, &documented_customer("1")).await;
+    // Bob as Ada, without her phone (it is unique too).
+    let mut bob = documented_customer("2");
+    bob.as_object_mut().unwrap().remove("phones");
+    let bob = customer_id(&api, &bob).await;
+    let before = api.records().await;
+    for path in [
+        "/v1/customers/5f2a0c2e9b3d4e5f60718299",
+        "/v1/conversations/5f2a0c2e9b3d4e5f60718299",
+        "/v1/messages/5f2a0c2e9b3d4e5f60718299",
+        "/v1/notes/5f2a0c2e9b3d4e5f60718299",
+    ] {
+        let answer = api.patch(path, &json!({})).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(first_error(&answer)["status"], "404");
+    }
+    // Uniqueness holds on update: Bob may not take Ada's email, whatever its case.
+    let taken = json!({"emails": [{"email": "other@example.com"}, {"email": "ADA-1@example.com"}]});
+    let answer = api.patch(&format!("/v1/customers/{bob}"), &taken).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert_eq!(first_error(&answer)["source"]["pointer"], "/emails/1/email");
+    let detail = first_error(&answer)["detail"].as_str().unwrap();
+    assert!(detail.contains(&ada), "{detail}");
+    // Nor her phone, by a PUT that merges.
+    let phone = json!({"phones": [{"phone": "+1 555 123 4567"}]});
+    let answer = api
+        .put(&format!("/v1/customers/{bob}?replace=false"), &phone)
+        .await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    // Ada keeping her own keys is no conflict.
+    let own = json!({"emails": [{"email": "ada-1@example.com", "type": "home"}]});
+    assert_eq!(
+        api.patch(&format!("/v1/customers/{ada}"), &own)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // The create's rules, pointer by pointer.
+    let bad = json!({"emails": [{"email": "ada@example.com", "type": "office"}], "nickname": "A"});
+    let answer = api.patch(&format!("/v1/customers/{bob}"), &bad).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let pointers: Vec<&Value> = answer.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["source"]["pointer"])
+        .collect();
+    assert_eq!(pointers, [&json!("/emails/0/type"), &json!("/nickname")]);
+    let after = api.records().await;
+    let bob_before = before.customers.iter().find(|c| c.id == bob);
+    assert_eq!(
+        after.customers.iter().find(|c| c.id == bob),
+        bob_before,
+        "Bob untouched"
+    );
+    assert_eq!(api.stats().await.customers_updated, 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_and_notes_are_patched_in_their_place_in_the_thread() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let conversation_id = conversation(&api, "1").await;
+    let made = api
+        .post(
+            &format!("/v1/conversations/{conversation_id}/messages"),
+            &message("m-1"),
+        )
+        .await;
+    let message_id = made.body["data"]["id"].as_str().unwrap().to_string();
+    let note = json!({"body": "Called the customer", "externalId": "n-1"});
+    let made = api
+        .post(&format!("/v1/conversations/{conversation_id}/notes"), &note)
+        .await;
+    let note_id = made.body["data"]["id"].as_str().unwrap().to_string();
+
+    let answer = api
+        .patch(
+            &format!("/v1/messages/{message_id}"),
+            &json!({"preview": "Where is order 1001?", "externalId": "m-1b"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["data"]["type"], "message");
+    assert_eq!(
+        answer.body["data"]["attributes"]["subject"], "Order 1001",
+        "kept"
+    );
+    assert!(answer.body["data"]["attributes"]["updatedAt"].is_string());
+    let found = api.get("/v1/messages/externalid=m-1b").await;
+    assert_eq!(found.body["data"]["id"], message_id.as_str());
+    assert_eq!(
+        api.get("/v1/messages/externalid=m-1").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let answer = api
+        .patch(
+            &format!("/v1/notes/{note_id}"),
+            &json!({"body": "Called twice"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let empty = api
+        .patch(&format!("/v1/notes/{note_id}"), &json!({"body": ""}))
+        .await;
+    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(first_error(&empty)["source"]["pointer"], "/body");
+    // A message's id is no note's.
+    let crossed = api
+        .patch(&format!("/v1/notes/{message_id}"), &json!({"body": "x"}))
+        .await;
+    assert_eq!(crossed.status, StatusCode::NOT_FOUND);
+
+    let records = api.records().await;
+    let thread = records.thread(&conversation_id);
+    assert_eq!(thread.len(), 2);
+    assert_eq!(
+        (thread[0].id.as_str(), thread[0].text()),
+        (message_id.as_str(), Some("Where is order 1001?"))
+    );
+    assert_eq!(
+        (thread[1].id.as_str(), thread[1].text()),
+        (note_id.as_str(), Some("Called twice"))
+    );
+    assert_eq!(thread[1].external_id.as_deref(), Some("n-1"));
+    let stats = api.stats().await;
+    assert_eq!((stats.messages_updated, stats.notes_updated), (1, 1));
+    assert_eq!((stats.messages, stats.notes), (1, 1));
+    assert_eq!(stat(&stats, "PATCH /v1/notes/{id}", 200), 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn bulk_update_jobs_answer_updated_per_item_with_errors_in_words() {
+    let sandbox = start(SandboxConfig {
+        bulk_delay: Duration::from_millis(50),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let ada = customer_id(&api, &documented_customer("1")).await;
+    let bob = customer_id(&api, &json!({"externalId": "crm-2", "name": "Bob"})).await;
+    let items = json!([
+        {"_clientRef": "crm-001", "id": ada, "name": "Ada King", "company": "5f2a0c2e9b3d4e5f60718200"},
+        {"_clientRef": "crm-002", "id": bob, "externalId": "crm-1"},
+        {"_clientRef": "crm-003", "id": "5f2a0c2e9b3d4e5f60718299", "name": "Nobody"},
+        {"_clientRef": "crm-004", "name": "No id"},
+        {"_clientRef": "crm-005", "id": bob, "emails": [{"email": "bob"}]}
+    ]);
+    let submitted = api.put("/v1/customers/bulk?replace=false", &items).await;
+    assert_eq!(submitted.status, StatusCode::CREATED, "{}", submitted.body);
+    assert_eq!(
+        shape_differs(&submitted.body, &documented("bulk-submitted.json"), ""),
+        None
+    );
+    let job = submitted.body["data"]["id"].as_str().unwrap().to_string();
+    let batches = completed(&api, &job).await;
+    assert_eq!(
+        shape_differs(&batches.body, &documented("bulk-batches.json"), ""),
+        None
+    );
+    let batch = &batches.body["data"][0]["attributes"];
+    assert_eq!(
+        (batch["successCount"].clone(), batch["failureCount"].clone()),
+        (json!(1), json!(4))
+    );
+    let results = batch["results"].as_array().unwrap();
+    assert_eq!(
+        results[0],
+        json!({"_clientRef": "crm-001", "objectId": ada, "status": "updated"})
+    );
+    assert_eq!(
+        results[1],
+        json!({"_clientRef": "crm-002", "status": "error", "error": "duplicate detected"})
+    );
+    let words = |i: usize| results[i]["error"].as_str().unwrap_or_default().to_string();
+    assert!(words(2).contains("not found"), "{}", words(2));
+    assert!(words(3).starts_with("/id: "), "{}", words(3));
+    assert!(words(4).starts_with("/emails/0/email: "), "{}", words(4));
+    let held = held_customer(&api, &ada).await;
+    assert_eq!(
+        (held["name"].clone(), held["tags"].clone()),
+        (json!("Ada King"), json!(["vip"]))
+    );
+    assert_eq!(held_customer(&api, &bob).await["name"], "Bob");
+
+    // Conversations in bulk; a bulk PUT without replace=false replaces, as a single one.
+    let body = json!({"customer": bob, "name": "Hi", "tags": ["a"], "status": "open"});
+    let conv = api.post("/v1/conversations", &body).await.body["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let items = json!([{"_clientRef": "t-1", "id": conv, "customer": bob, "status": "done"}]);
+    let submitted = api.put("/v1/conversations/bulk", &items).await;
+    let batches = completed(&api, submitted.body["data"]["id"].as_str().unwrap()).await;
+    let result = &batches.body["data"][0]["attributes"]["results"][0];
+    assert_eq!(result["status"], "updated", "{result}");
+    let held = &api.records().await.conversations[0];
+    assert_eq!(
+        (held.status.as_deref(), held.name.as_deref()),
+        (Some("done"), None)
+    );
+    assert!(!held.extra.contains_key("tags"));
+    let stats = api.stats().await;
+    assert_eq!(
+        (stats.customers_updated, stats.conversations_updated),
+        (1, 1)
+    );
+    // A bulk request is one request against the budget, and no single update.
+    assert_eq!(stat(&stats, "PUT /v1/customers/bulk", 201), 1);
+    assert_eq!(stat(&stats, "PUT /v1/conversations/bulk", 201), 1);
+    assert_eq!(stats.updates_total, 0);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bulk_update_with_an_item_without_id_is_refused_whole_when_the_sandbox_checks_up_front() {
+    let sandbox = start(SandboxConfig {
+        bulk_refuse_invalid: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let ada = customer_id(&api, &json!({"name": "Ada"})).await;
+    let items = json!([{"id": ada, "name": "Ada King"}, {"name": "No id"}]);
+    let refused = api.put("/v1/customers/bulk?replace=false", &items).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    let detail = first_error(&refused)["detail"].as_str().unwrap();
+    assert!(detail.starts_with("item 1: /id"), "{detail}");
+    assert_eq!(held_customer(&api, &ada).await["name"], "Ada");
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_records_update_limit_is_429_with_the_orgs_budget_not_spent() {
+    let sandbox = start(SandboxConfig {
+        rpm: Some(1000),
+        per_object_update_limit: Some(2),
+        bulk_delay: Duration::from_millis(50),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let ada = customer_id(&api, &json!({"name": "Ada"})).await;
+    let bob = customer_id(&api, &json!({"name": "Bob"})).await;
+    let path = format!("/v1/customers/{ada}");
+    for name in ["Ada 1", "Ada 2"] {
+        assert_eq!(
+            api.patch(&path, &json!({"name": name})).await.status,
+            StatusCode::OK
+        );
+    }
+    let limited = api.patch(&path, &json!({"name": "Ada 3"})).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(header_num(&limited, "retry-after").is_some_and(|s| (1..=60).contains(&s)));
+    // The org's budget is not spent: that is how a client tells the two 429s apart.
+    assert_eq!(header_num(&limited, "x-ratelimit-limit"), Some(1000));
+    assert!(header_num(&limited, "x-ratelimit-remaining").is_some_and(|r| r > 0));
+    assert_eq!(first_error(&limited)["status"], "429");
+    assert_eq!(held_customer(&api, &ada).await["name"], "Ada 2");
+    // Another record is not held back, nor are reads of this one.
+    assert_eq!(
+        api.patch(&format!("/v1/customers/{bob}"), &json!({"name": "Bob 1"}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get(&format!("/v1/customers/{ada}")).await.status,
+        StatusCode::OK
+    );
+    // A bulk item over the limit is an error in words; the others go through.
+    let items = json!([
+        {"_clientRef": "a", "id": ada, "name": "Ada 4"},
+        {"_clientRef": "b", "id": bob, "name": "Bob 2"}
+    ]);
+    let submitted = api.put("/v1/customers/bulk?replace=false", &items).await;
+    let batches = completed(&api, submitted.body["data"]["id"].as_str().unwrap()).await;
+    let results = &batches.body["data"][0]["attributes"]["results"];
+    assert_eq!(results[0]["status"], "error");
+    assert!(
+        results[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("updates of customer")
+    );
+    assert_eq!(results[1]["status"], "updated");
+    let stats = api.stats().await;
+    assert_eq!((stats.object_limited, stats.rate_limited), (2, 1));
+    assert_eq!(stats.customers_updated, 4);
+    assert_eq!(stat(&stats, "PATCH /v1/customers/{lookup}", 429), 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn faults_strike_updates_as_they_do_creates() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let api = Api::new(&sandbox);
+    let ada = customer_id(&api, &json!({"name": "Ada", "externalId": "c-1"})).await;
+    let path = format!("/v1/customers/{ada}");
+    sandbox.set_faults(FaultConfig {
+        fail_after_write_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let answer = api.patch(&path, &json!({"name": "Ada King"})).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        held_customer(&api, &ada).await["name"],
+        "Ada King",
+        "written all the same"
+    );
+
+    sandbox.set_faults(FaultConfig {
+        drop_after_write_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let sent = api
+        .try_update(reqwest::Method::PATCH, &path, &json!({"name": "Ada K."}))
+        .await;
+    assert!(
+        sent.err().is_some_and(|e| e.status().is_none()),
+        "no answer at all"
+    );
+    assert_eq!(held_customer(&api, &ada).await["name"], "Ada K.");
+
+    sandbox.set_faults(FaultConfig {
+        busy_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    let answer = api.patch(&path, &json!({"name": "Never"})).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        held_customer(&api, &ada).await["name"],
+        "Ada K.",
+        "nothing written"
+    );
+
+    // An update is idempotent: sent again once the faults are off, it lands the same.
+    sandbox.set_faults(FaultConfig::default());
+    let again = api.patch(&path, &json!({"name": "Ada K."})).await;
+    assert_eq!(again.status, StatusCode::OK);
+    let stats = api.stats().await;
+    assert_eq!(
+        (stats.faults.fail_after_write, stats.faults.drop_after_write),
+        (1, 1)
+    );
+    assert_eq!(stats.faults.busy, 1);
+    assert_eq!((stats.customers_updated, stats.updates_total), (3, 4));
+    assert_eq!(stats.customers, 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn updates_survive_a_restart_on_the_records_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || SandboxConfig {
+        records: Some(dir.path().join("records.jsonl")),
+        ..SandboxConfig::default()
+    };
+    let sandbox = start(config()).await;
+    let api = Api::new(&sandbox);
+    let ada = customer_id(&api, &documented_customer("1")).await;
+    api.patch(
+        &format!("/v1/customers/{ada}"),
+        &json!({"name": "Ada King"}),
+    )
+    .await;
+    let before = sandbox.records();
+    sandbox.shutdown().await;
+
+    let sandbox = start(config()).await;
+    let api = Api::new(&sandbox);
+    assert_eq!(sandbox.records(), before);
+    assert_eq!(held_customer(&api, &ada).await["name"], "Ada King");
+    assert_eq!(api.stats().await.customers, 1);
+    sandbox.shutdown().await;
 }

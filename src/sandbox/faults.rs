@@ -1,7 +1,8 @@
 //! Fault injection and the org-wide rate limit: the misbehaviours the sandbox can put
 //! between a client and its records. [`FaultConfig`] says how often each fault strikes;
 //! [`Faults`] rolls the dice (seeded for reproducible runs) and keeps the count behind the
-//! revoked-key fault; [`RateLimiter`] is Kustomer's fixed-window budget. The counters of
+//! revoked-key fault; [`RateLimiter`] is Kustomer's fixed-window budget, [`WindowLimiter`]
+//! its limits per customer and per record. The counters of
 //! what was injected live in `stats.rs`.
 
 use std::collections::BTreeMap;
@@ -199,30 +200,32 @@ impl RateLimiter {
     }
 }
 
-/// Kustomer's per-customer limits on messages and notes: at most `limit` of one kind for
-/// one customer in a fixed window (the org limit's length, from server start). Every
-/// attempt that reaches the check counts, refused ones included, as for the org's limit.
+/// A limit per key in fixed windows (the org limit's length, from server start): at most
+/// `limit` attempts of one kind for one key in a window. Kustomer's per-customer limits on
+/// messages and notes (the key a customer id, the kind message or note), and its
+/// per-object limits on updates (the key the record's id). Every attempt that reaches the
+/// check counts, refused ones included, as for the org's limit.
 #[derive(Debug)]
-pub struct CustomerLimiter {
+pub struct WindowLimiter {
     limit: Option<u32>,
     window: Duration,
-    /// (kind, customer) -> (window index, attempts in it).
+    /// (kind, key) -> (window index, attempts in it).
     counts: std::collections::HashMap<(u8, String), (u128, u64)>,
 }
 
-impl CustomerLimiter {
+impl WindowLimiter {
     pub fn new(limit: Option<u32>, window: Duration) -> Self {
-        CustomerLimiter {
+        WindowLimiter {
             limit,
             window: window.max(Duration::from_millis(1)),
             counts: std::collections::HashMap::new(),
         }
     }
 
-    /// Counts one create of `kind` (any small number naming it) for `customer`, `elapsed`
-    /// after server start. `Err(secs)`: over the limit, with whole seconds until the window
+    /// Counts one attempt of `kind` (any small number naming it) for `key`, `elapsed` after
+    /// server start. `Err(secs)`: over the limit, with whole seconds until the window
     /// resets (at least 1).
-    pub fn check(&mut self, kind: u8, customer: &str, elapsed: Duration) -> Result<(), u64> {
+    pub fn check(&mut self, kind: u8, key: &str, elapsed: Duration) -> Result<(), u64> {
         let Some(limit) = self.limit else {
             return Ok(());
         };
@@ -230,7 +233,7 @@ impl CustomerLimiter {
         let index = elapsed.as_nanos() / window_nanos;
         let entry = self
             .counts
-            .entry((kind, customer.to_owned()))
+            .entry((kind, key.to_owned()))
             .or_insert((index, 0));
         if entry.0 != index {
             *entry = (index, 0);
@@ -314,7 +317,7 @@ mod tests {
 
     #[test]
     fn per_customer_limits_count_each_kind_and_customer_apart() {
-        let mut limiter = CustomerLimiter::new(Some(2), Duration::from_secs(60));
+        let mut limiter = WindowLimiter::new(Some(2), Duration::from_secs(60));
         let at = Duration::from_secs;
         assert_eq!(limiter.check(0, "a", at(1)), Ok(()));
         assert_eq!(limiter.check(0, "a", at(2)), Ok(()));
@@ -322,7 +325,7 @@ mod tests {
         assert_eq!(limiter.check(1, "a", at(3)), Ok(()), "another kind");
         assert_eq!(limiter.check(0, "b", at(3)), Ok(()), "another customer");
         assert_eq!(limiter.check(0, "a", at(60)), Ok(()), "a new window");
-        let mut unlimited = CustomerLimiter::new(None, Duration::from_secs(60));
+        let mut unlimited = WindowLimiter::new(None, Duration::from_secs(60));
         assert!((0..500).all(|_| unlimited.check(0, "a", at(1)).is_ok()));
     }
 

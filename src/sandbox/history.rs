@@ -25,8 +25,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::http::{
-    App, BulkKind, ConnCtx, Inner, after_write, bulk_refusal, error, errors_response, invalid,
-    read_object, refused_insert, refused_item, roll_after, undefined_custom,
+    App, ConnCtx, Inner, after_write, bulk_refusal, error, errors_response, invalid, read_object,
+    refused_item, refused_write, roll_after, undefined_custom,
 };
 use super::store::percent_decode;
 use super::thread::{ThreadKind, ThreadRecord};
@@ -49,7 +49,7 @@ const ADMIN_FIELDS: [&str; 4] = ["createdAt", "createdBy", "modifiedAt", "modifi
 /// The body as stored: without `org.admin`, Kustomer sets `createdAt`, `createdBy`,
 /// `modifiedAt` and `modifiedBy` itself (the time of the create, the key's user), so what
 /// the body said is not kept.
-fn as_stored(app: &App, body: &Map<String, Value>) -> Map<String, Value> {
+pub(super) fn as_stored(app: &App, body: &Map<String, Value>) -> Map<String, Value> {
     let mut kept = body.clone();
     if !app.config.org_admin {
         for field in ADMIN_FIELDS {
@@ -75,13 +75,6 @@ fn validate(
             errors
         }
         ThreadKind::Note => validate_note(&object, route),
-    }
-}
-
-fn noun(kind: ThreadKind) -> &'static str {
-    match kind {
-        ThreadKind::Message => "message",
-        ThreadKind::Note => "note",
     }
 }
 
@@ -115,19 +108,22 @@ fn admit(
                 format!(
                     "more than {limit} {}s{exemption} for customer {customer} in this \
                      window; retry after it resets",
-                    noun(kind)
+                    kind.noun()
                 ),
             )
         })
 }
 
-fn thread_object(record: &ThreadRecord) -> Value {
+pub(super) fn thread_object(record: &ThreadRecord) -> Value {
     let mut attributes = record.body.clone();
     if let Some(external_id) = &record.external_id {
         attributes.insert("externalId".into(), json!(external_id));
     }
+    if let Some(updated_at) = &record.updated_at {
+        attributes.insert("updatedAt".into(), json!(updated_at));
+    }
     json!({
-        "type": noun(record.kind),
+        "type": record.kind.noun(),
         "id": record.id,
         "attributes": attributes,
         "relationships": {
@@ -165,7 +161,7 @@ enum Verdict {
 }
 
 /// One message or note through the single endpoints: 404 when the path's conversation is
-/// not held, 422 for the body (or a `conversation` naming none), 403, 429, then made.
+/// not held, 422 for the body (or a `conversation` naming none), 429, then made.
 async fn create(app: Arc<App>, req: Request, kind: ThreadKind, under: Option<String>) -> Response {
     let conn = req.extensions().get::<ConnCtx>().cloned();
     let body = match read_object(req.into_body()).await {
@@ -243,7 +239,7 @@ fn decide(
                 Verdict::Made(answer, roll_after(inner))
             }
             Err(refusal) => {
-                let (status, problems) = refused_insert(refusal);
+                let (status, problems) = refused_write(refusal);
                 Verdict::Refused(errors_response(status, problems))
             }
         },
@@ -251,11 +247,11 @@ fn decide(
 }
 
 /// What a bulk request refused whole (`bulk_refuse_invalid`) finds in an item.
-pub(super) fn item_errors(app: &App, kind: BulkKind, body: &Map<String, Value>) -> Vec<FieldError> {
-    let kind = match kind {
-        BulkKind::Notes => ThreadKind::Note,
-        _ => ThreadKind::Message,
-    };
+pub(super) fn item_errors(
+    app: &App,
+    kind: ThreadKind,
+    body: &Map<String, Value>,
+) -> Vec<FieldError> {
     validate(app, kind, body, ThreadRoute::Standalone)
 }
 
@@ -264,13 +260,9 @@ pub(super) fn item_errors(app: &App, kind: BulkKind, body: &Map<String, Value>) 
 pub(super) fn run_item(
     app: &App,
     inner: &mut Inner,
-    kind: BulkKind,
+    kind: ThreadKind,
     body: &Map<String, Value>,
 ) -> Result<String, String> {
-    let kind = match kind {
-        BulkKind::Notes => ThreadKind::Note,
-        _ => ThreadKind::Message,
-    };
     if let Some(first) = validate(app, kind, body, ThreadRoute::Standalone)
         .into_iter()
         .next()

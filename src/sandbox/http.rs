@@ -1,10 +1,11 @@
 //! The sandbox's HTTP face: the axum router, the gate every API request passes (arrival
 //! count, rate limit, revoked key, auth, latency, before-write faults, answer counting,
 //! `x-ratelimit-*` headers), the handlers of the API routes (single creates, lookups, bulk
-//! jobs) and the two admin routes, the after-write faults, and the shape of every answer
-//! (envelopes and `errors` bodies).
+//! jobs of creates and of updates) and the two admin routes, the after-write faults, and
+//! the shape of every answer (envelopes and `errors` bodies).
 //! The shared state [`App`] sits behind one `std::sync::Mutex`, never held across an await.
-//! Messages and notes have their handlers in `history.rs`, on the helpers here.
+//! Messages and notes have their handlers in `history.rs`, updates (single, and the items
+//! of bulk update jobs) in `update.rs`, on the helpers here.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use axum::http::header::{AUTHORIZATION, HeaderName, HeaderValue, RETRY_AFTER};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use rand::Rng;
 use serde_json::{Map, Value, json};
@@ -23,11 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::SandboxConfig;
 use super::faults::{
-    AfterWrite, BeforeWrite, CustomerLimiter, FaultConfig, Faults, RateLimiter, RateVerdict,
+    AfterWrite, BeforeWrite, FaultConfig, Faults, RateLimiter, RateVerdict, WindowLimiter,
 };
 use super::history;
-use super::stats::{Counters, Stats};
-use super::store::{Conflict, InsertError, LookupError, Records, Store, attributes, parse_lookup};
+use super::stats::{Arrival, Counters, Stats};
+use super::store::UpdateMode;
+use super::store::{Conflict, LookupError, Records, Store, WriteError, attributes, parse_lookup};
+use super::thread::ThreadKind;
+use super::update::{self, Target};
 use super::validate::{FieldError, validate_conversation, validate_customer};
 
 /// How long a hanging answer hangs.
@@ -49,7 +53,9 @@ pub(super) struct Inner {
     faults: Faults,
     rate: RateLimiter,
     /// The per-customer limits on messages and notes.
-    pub per_customer: CustomerLimiter,
+    pub per_customer: WindowLimiter,
+    /// The per-object limits on updates, by record id.
+    pub per_object: WindowLimiter,
     jobs: std::collections::HashMap<String, BulkJob>,
 }
 
@@ -60,6 +66,22 @@ pub(super) enum BulkKind {
     Conversations,
     Messages,
     Notes,
+    /// `PUT /v1/customers/bulk` or `PUT /v1/conversations/bulk`: items name their record
+    /// by `id`, and its results say `updated`.
+    Update(Target, UpdateMode),
+}
+
+impl BulkKind {
+    /// What a bulk result says of an item that succeeded.
+    fn done_status(self) -> &'static str {
+        match self {
+            BulkKind::Update(..) => "updated",
+            BulkKind::Customers
+            | BulkKind::Conversations
+            | BulkKind::Messages
+            | BulkKind::Notes => "created",
+        }
+    }
 }
 
 /// A bulk job: queued for the first half of the configured delay, running for the second,
@@ -103,7 +125,8 @@ impl App {
             counters: Counters::new(config.rate_window),
             faults: Faults::new(config.faults.clone()),
             rate: RateLimiter::new(config.rpm, config.rate_window),
-            per_customer: CustomerLimiter::new(config.per_customer_limit, config.rate_window),
+            per_customer: WindowLimiter::new(config.per_customer_limit, config.rate_window),
+            per_object: WindowLimiter::new(config.per_object_update_limit, config.rate_window),
             jobs: std::collections::HashMap::new(),
         };
         App {
@@ -175,9 +198,19 @@ impl App {
 pub(crate) fn router(app: Arc<App>) -> Router {
     let mut router = Router::new()
         .route("/v1/customers", post(create_customer))
-        .route("/v1/customers/{lookup}", get(lookup_customer))
+        .route(
+            "/v1/customers/{lookup}",
+            get(lookup_customer)
+                .patch(update::customer)
+                .put(update::customer),
+        )
         .route("/v1/conversations", post(create_conversation))
-        .route("/v1/conversations/{lookup}", get(lookup_conversation))
+        .route(
+            "/v1/conversations/{lookup}",
+            get(lookup_conversation)
+                .patch(update::conversation)
+                .put(update::conversation),
+        )
         .route(
             "/v1/conversations/{id}/messages",
             post(history::create_message_under),
@@ -187,11 +220,21 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             post(history::create_note_under).get(history::list_notes),
         )
         .route("/v1/messages", post(history::create_message))
-        .route("/v1/messages/{lookup}", get(history::lookup_message));
+        .route(
+            "/v1/messages/{lookup}",
+            get(history::lookup_message).patch(update::message),
+        )
+        .route("/v1/notes/{id}", patch(update::note));
     if !app.config.without_bulk {
         router = router
-            .route("/v1/customers/bulk", post(submit_customers))
-            .route("/v1/conversations/bulk", post(submit_conversations))
+            .route(
+                "/v1/customers/bulk",
+                post(submit_customers).put(update_customers),
+            )
+            .route(
+                "/v1/conversations/bulk",
+                post(submit_conversations).put(update_conversations),
+            )
             .route("/v1/messages/bulk", post(submit_messages))
             .route("/v1/notes/bulk", post(submit_notes))
             .route("/v1/bulk/{id}", get(bulk_status))
@@ -232,17 +275,22 @@ impl From<&Conflict> for ApiError {
 
 /// Why a create made no record, as its answer's status and problems: the first problem is
 /// what a bulk item's result says.
-pub(super) fn refused_insert(refusal: InsertError) -> (StatusCode, Vec<ApiError>) {
+pub(super) fn refused_write(refusal: WriteError) -> (StatusCode, Vec<ApiError>) {
     match refusal {
-        InsertError::Conflicts(conflicts) => (
+        WriteError::Conflicts(conflicts) => (
             StatusCode::CONFLICT,
             conflicts.iter().map(ApiError::from).collect(),
         ),
-        InsertError::MissingCustomer(problem) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, vec![problem.into()])
-        }
+        WriteError::Invalid(problem) => (StatusCode::UNPROCESSABLE_ENTITY, vec![problem.into()]),
         // Nothing was made: to the client it is a failure before the write, to retry.
-        InsertError::Unrecorded(cause) => (
+        WriteError::NotFound(words) => (
+            StatusCode::NOT_FOUND,
+            vec![ApiError {
+                detail: words,
+                pointer: None,
+            }],
+        ),
+        WriteError::Unrecorded(cause) => (
             StatusCode::SERVICE_UNAVAILABLE,
             vec![ApiError {
                 detail: format!("the sandbox could not write its records file: {cause}"),
@@ -254,11 +302,12 @@ pub(super) fn refused_insert(refusal: InsertError) -> (StatusCode, Vec<ApiError>
 
 /// A bulk item's error for a create that made no record, in words with no status, as
 /// Kustomer's reference shows them (`"duplicate detected"`).
-pub(super) fn refused_item(refusal: InsertError) -> String {
+pub(super) fn refused_item(refusal: WriteError) -> String {
     match refusal {
-        InsertError::Conflicts(_) => BULK_DUPLICATE.to_string(),
-        InsertError::MissingCustomer(problem) => bulk_refusal(problem),
-        InsertError::Unrecorded(cause) => {
+        WriteError::Conflicts(_) => BULK_DUPLICATE.to_string(),
+        WriteError::Invalid(problem) => bulk_refusal(problem),
+        WriteError::NotFound(words) => words,
+        WriteError::Unrecorded(cause) => {
             format!("the sandbox could not write its records file: {cause}")
         }
     }
@@ -346,13 +395,20 @@ async fn api_gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Resp
         Some(path) => format!("{} {}", req.method(), path.as_str()),
         None => "other".to_owned(),
     };
-    let is_create = req.method() == Method::POST && is_create_path(req.uri().path());
+    let path = req.uri().path();
+    let arrival = if req.method() == Method::POST && is_create_path(path) {
+        Arrival::Create
+    } else if update::is_update(req.method(), path) {
+        Arrival::Update
+    } else {
+        Arrival::Other
+    };
     let authorized = authorized(app.config.token.as_deref(), req.headers());
 
     let (gate, rate) = {
         let mut inner = app.lock();
         let now = Instant::now();
-        inner.counters.arrive(now, is_create);
+        inner.counters.arrive(now, arrival);
         inner.faults.arrive();
         let rate = inner.rate.check(now.saturating_duration_since(app.started));
         let gate = if rate.is_some_and(|r| !r.allowed) {
@@ -473,11 +529,11 @@ pub(super) fn invalid(errors: Vec<FieldError>) -> Response {
     )
 }
 
-fn customer_object(record: &super::store::CustomerRecord) -> Value {
+pub(super) fn customer_object(record: &super::store::CustomerRecord) -> Value {
     json!({ "type": "customer", "id": record.id, "attributes": attributes(record) })
 }
 
-fn conversation_object(record: &super::store::ConversationRecord) -> Value {
+pub(super) fn conversation_object(record: &super::store::ConversationRecord) -> Value {
     json!({
         "type": "conversation",
         "id": record.id,
@@ -490,7 +546,7 @@ fn conversation_object(record: &super::store::ConversationRecord) -> Value {
 
 /// What the API refuses in a customer body: its shape, and custom attributes the org has
 /// not defined.
-fn customer_errors(app: &App, body: &Map<String, Value>) -> Vec<FieldError> {
+pub(super) fn customer_errors(app: &App, body: &Map<String, Value>) -> Vec<FieldError> {
     let mut errors = validate_customer(&Value::Object(body.clone()));
     errors.extend(undefined_custom(app, body));
     errors
@@ -540,7 +596,7 @@ async fn create_customer(State(app): State<Arc<App>>, req: Request) -> Response 
             after_write(&app, conn, fault, response).await
         }
         Err(refusal) => {
-            let (status, problems) = refused_insert(refusal);
+            let (status, problems) = refused_write(refusal);
             errors_response(status, problems)
         }
     }
@@ -571,7 +627,7 @@ async fn create_conversation(State(app): State<Arc<App>>, req: Request) -> Respo
     match outcome {
         None => invalid(errors),
         Some(Err(refusal)) => {
-            let (status, problems) = refused_insert(refusal);
+            let (status, problems) = refused_write(refusal);
             errors_response(status, problems)
         }
         Some(Ok((answer, fault))) => {
@@ -598,6 +654,22 @@ async fn submit_messages(State(app): State<Arc<App>>, req: Request) -> Response 
 
 async fn submit_notes(State(app): State<Arc<App>>, req: Request) -> Response {
     submit_bulk(app, req, BulkKind::Notes).await
+}
+
+async fn update_customers(State(app): State<Arc<App>>, req: Request) -> Response {
+    submit_updates(app, req, Target::Customer).await
+}
+
+async fn update_conversations(State(app): State<Arc<App>>, req: Request) -> Response {
+    submit_updates(app, req, Target::Conversation).await
+}
+
+/// Queues a bulk update job, in the mode its query asks for (as a single `PUT`'s).
+async fn submit_updates(app: Arc<App>, req: Request, target: Target) -> Response {
+    match update::mode(req.method(), req.uri().query()) {
+        Ok(mode) => submit_bulk(app, req, BulkKind::Update(target, mode)).await,
+        Err(words) => error(StatusCode::BAD_REQUEST, words),
+    }
 }
 
 /// A bulk request's items: 1 to 100 objects, each `_clientRef` a text of 1 to 255
@@ -669,7 +741,9 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
             let problems = match kind {
                 BulkKind::Customers => customer_errors(&app, &body),
                 BulkKind::Conversations => validate_conversation(&Value::Object(body)),
-                BulkKind::Messages | BulkKind::Notes => history::item_errors(&app, kind, &body),
+                BulkKind::Messages => history::item_errors(&app, ThreadKind::Message, &body),
+                BulkKind::Notes => history::item_errors(&app, ThreadKind::Note, &body),
+                BulkKind::Update(target, mode) => update::item_errors(&app, target, mode, &body).1,
             };
             problems.into_iter().next().map(|problem| (index, problem))
         })
@@ -742,7 +816,11 @@ fn run_bulk_job(app: &App, id: &str) {
             _ => None,
         };
         let outcome = match kind {
-            BulkKind::Messages | BulkKind::Notes => history::run_item(app, &mut inner, kind, &body),
+            BulkKind::Messages => history::run_item(app, &mut inner, ThreadKind::Message, &body),
+            BulkKind::Notes => history::run_item(app, &mut inner, ThreadKind::Note, &body),
+            BulkKind::Update(target, mode) => {
+                update::run_item(app, &mut inner, (target, mode), &body)
+            }
             BulkKind::Customers => {
                 let errors = customer_errors(app, &body);
                 if let Some(first) = errors.into_iter().next() {
@@ -825,6 +903,7 @@ async fn bulk_batches(
         return Json(json!({ "data": [] })).into_response();
     };
     let with_refs = results.iter().all(|r| r.client_ref.is_some());
+    let done = job.kind.done_status();
     let batches: Vec<Value> = results
         .chunks(BULK_BATCH_ITEMS)
         .enumerate()
@@ -844,7 +923,7 @@ async fn bulk_batches(
                     .iter()
                     .map(|r| match &r.outcome {
                         Ok(object_id) => json!({
-                            "_clientRef": r.client_ref, "objectId": object_id, "status": "created"
+                            "_clientRef": r.client_ref, "objectId": object_id, "status": done
                         }),
                         Err(problem) => json!({
                             "_clientRef": r.client_ref, "status": "error", "error": problem

@@ -1,6 +1,7 @@
 //! The sandbox's records kept on disk, so that a rehearsal resumes as a real import does:
-//! an append-only log (JSON Lines), one line per record made, written before the create's
-//! answer leaves and replayed when a sandbox starts on the same file.
+//! an append-only log (JSON Lines), one line per record made or updated (the record as it
+//! then is: a later line of an id held replaces the earlier), written before the answer
+//! leaves and replayed when a sandbox starts on the same file.
 //!
 //! Each line is one `write(2)` on a file opened for appending, with no buffer in this
 //! process: once it returns, the line is the kernel's, so a rehearsal killed with SIGKILL
@@ -122,6 +123,7 @@ mod tests {
             emails: vec![],
             phones: vec![],
             extra: Default::default(),
+            updated_at: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! A local fake of the Kustomer API, faithful to `shared/docs/kustomer-api.md` and the
 //! OpenAPI contract, to rehearse imports against: `POST /v1/customers`,
 //! `POST /v1/conversations`, a conversation's messages and notes (`history.rs`, held in
-//! `thread.rs`), bulk jobs of each, lookups by externalId, email and phone, bearer auth, the
+//! `thread.rs`), bulk jobs of each, updates of each (`PATCH`/`PUT`, bulk `PUT`s, with a
+//! per-object limit: `update.rs`), lookups by externalId, email and phone, bearer auth, the
 //! org-wide rate limit with its headers, duplicates refused with 409, validation with 422,
 //! and injectable faults (5xx before or after the write, a connection dropped or left hanging
 //! after the write, a revoked key). `GET /__stats` and `GET /__records` let tests see what
@@ -24,6 +25,7 @@ mod journal;
 mod stats;
 mod store;
 mod thread;
+mod update;
 pub mod validate;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -49,7 +51,7 @@ pub(crate) use faults::RateLimiter;
 pub use stats::{FaultCounts, Stats};
 pub use store::{
     ConversationRecord, CustomerRecord, EmailEntry, Lookup, LookupError, PhoneEntry, Records,
-    parse_lookup, percent_decode,
+    UpdateMode, parse_lookup, percent_decode,
 };
 pub use thread::{Thread, ThreadKind, ThreadRecord};
 pub use validate::{
@@ -96,15 +98,21 @@ pub struct SandboxConfig {
     /// up.
     pub records: Option<PathBuf>,
     /// Whether the key's user holds `org.admin`, the role Kustomer requires to set a
-    /// message's or note's `createdAt` or `createdBy`. Off (the default): a message or
-    /// note carrying either is refused with 403. The live API is documented to use the
-    /// key's user and the current time instead; the sandbox refuses, strictest, so that
-    /// an importer never believes it set dates it did not.
+    /// message's or note's `createdAt` or `createdBy` (and `modifiedAt`, `modifiedBy`).
+    /// Off (the default): a message or note carrying them is taken, and they are not kept,
+    /// as the docs say of the live API (the key's user and the current time stand
+    /// instead): `GET /__records` shows the item without them.
     pub org_admin: bool,
     /// Messages (without `importedAt`) and notes (any) one customer may have created per
     /// rate window, each kind counted apart; beyond, 429 (a bulk item: an error). Kustomer:
     /// 120 a minute. None: no such limit.
     pub per_customer_limit: Option<u32>,
+    /// Updates of one record (customer, conversation, message or note, by id) per rate
+    /// window, single updates and bulk items alike; beyond, 429 with `Retry-After` and the
+    /// org's `x-ratelimit-*` headers showing its budget not spent, which is how a client
+    /// tells a record's limit from the org's (a bulk item: an error). Kustomer has such
+    /// limits and does not publish them. None: no such limit.
+    pub per_object_update_limit: Option<u32>,
 }
 
 impl Default for SandboxConfig {
@@ -124,6 +132,7 @@ impl Default for SandboxConfig {
             records: None,
             org_admin: false,
             per_customer_limit: Some(120),
+            per_object_update_limit: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Counters of what the sandbox saw and did, for tests and benchmarks to assert on: answers
-//! per route template and status, creates attempted, 429s sent, faults injected, and the
+//! per route template and status, creates and updates attempted, records updated, 429s
+//! sent (the org's, a customer's, a record's), faults injected, and the
 //! most requests that arrived within any sliding window of the rate-limit length (the
 //! number that tells whether a client kept under its budget). [`Stats`] is the snapshot
 //! served by `GET /__stats`; [`Counters`] is the live state behind the sandbox's mutex.
@@ -31,6 +32,26 @@ pub struct Stats {
     pub requests_total: u64,
     /// POST requests to the create endpoints, whatever their outcome.
     pub creates_total: u64,
+    /// PATCH and PUT requests to the single update endpoints (`/v1/customers/{id}`, ...),
+    /// whatever their outcome (bulk update jobs are in `requests`).
+    #[serde(default)]
+    pub updates_total: u64,
+    /// Customers updated, by single updates and bulk update items.
+    #[serde(default)]
+    pub customers_updated: u64,
+    /// Conversations updated, by single updates and bulk update items.
+    #[serde(default)]
+    pub conversations_updated: u64,
+    /// Messages updated.
+    #[serde(default)]
+    pub messages_updated: u64,
+    /// Notes updated.
+    #[serde(default)]
+    pub notes_updated: u64,
+    /// 429 answers (and bulk items refused) for a record's per-object update limit; the
+    /// answers are in `rate_limited` too.
+    #[serde(default)]
+    pub object_limited: u64,
     /// Customers held.
     pub customers: u64,
     /// Conversations held.
@@ -53,14 +74,37 @@ pub struct Stats {
     pub faults: FaultCounts,
 }
 
+/// What an arriving request is, for the totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// A single create (`creates_total`).
+    Create,
+    /// A single update (`updates_total`).
+    Update,
+    /// Anything else.
+    Other,
+}
+
+/// Records updated, by kind.
+#[derive(Debug, Default)]
+pub struct Updated {
+    pub customers: u64,
+    pub conversations: u64,
+    pub messages: u64,
+    pub notes: u64,
+}
+
 /// The live counters.
 #[derive(Debug)]
 pub struct Counters {
     requests: BTreeMap<String, BTreeMap<u16, u64>>,
     requests_total: u64,
     creates_total: u64,
+    updates_total: u64,
     rate_limited: u64,
     pub customer_limited: u64,
+    pub object_limited: u64,
+    pub updated: Updated,
     pub faults: FaultCounts,
     window: Duration,
     /// Arrivals within the last `window`, oldest first.
@@ -74,8 +118,11 @@ impl Counters {
             requests: BTreeMap::new(),
             requests_total: 0,
             creates_total: 0,
+            updates_total: 0,
             rate_limited: 0,
             customer_limited: 0,
+            object_limited: 0,
+            updated: Updated::default(),
             faults: FaultCounts::default(),
             window,
             arrivals: VecDeque::new(),
@@ -84,10 +131,12 @@ impl Counters {
     }
 
     /// Counts an API request arriving at `now` (monotonic, non-decreasing).
-    pub fn arrive(&mut self, now: Instant, is_create: bool) {
+    pub fn arrive(&mut self, now: Instant, arrival: Arrival) {
         self.requests_total += 1;
-        if is_create {
-            self.creates_total += 1;
+        match arrival {
+            Arrival::Create => self.creates_total += 1,
+            Arrival::Update => self.updates_total += 1,
+            Arrival::Other => {}
         }
         // The window ending at `now` is (now - window, now].
         while let Some(&oldest) = self.arrivals.front() {
@@ -125,6 +174,12 @@ impl Counters {
             requests: self.requests.clone(),
             requests_total: self.requests_total,
             creates_total: self.creates_total,
+            updates_total: self.updates_total,
+            customers_updated: self.updated.customers,
+            conversations_updated: self.updated.conversations,
+            messages_updated: self.updated.messages,
+            notes_updated: self.updated.notes,
+            object_limited: self.object_limited,
             customers: count(customers),
             conversations: count(conversations),
             messages: count(messages),
@@ -149,15 +204,16 @@ mod tests {
         // Three in the first 900 ms, then two more: at 1500 ms the window (500, 1500] holds
         // 700, 900, 1400, 1500 = 4.
         for ms in [0, 700, 900, 1400, 1500] {
-            counters.arrive(at(ms), false);
+            counters.arrive(at(ms), Arrival::Other);
         }
         assert_eq!(counters.snapshot([0; 4]).max_requests_in_window, 4);
         // Exactly one window later the oldest no longer counts.
-        counters.arrive(at(2400), true);
+        counters.arrive(at(2400), Arrival::Create);
+        counters.arrive(at(2400), Arrival::Update);
         let stats = counters.snapshot([0; 4]);
         assert_eq!(stats.max_requests_in_window, 4);
-        assert_eq!(stats.requests_total, 6);
-        assert_eq!(stats.creates_total, 1);
+        assert_eq!(stats.requests_total, 7);
+        assert_eq!((stats.creates_total, stats.updates_total), (1, 1));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! (their messages and notes in `thread.rs`, held here and kept in the same records file),
 //! the uniqueness indexes that make a reused customer externalId, email (case-insensitive)
 //! or phone (digits only) a duplicate, the lookups the API offers (`externalId=`, `email=`,
-//! `phone=`, or a bare id), and id generation (24 lowercase hex characters, unique). Bodies
-//! reaching this module have already passed `validate.rs`; conversions are tolerant anyway
-//! and never panic.
+//! `phone=`, or a bare id), id generation (24 lowercase hex characters, unique), and
+//! updates: a record merged with or replaced by an update's body ([`UpdateMode`]), its
+//! indexes moved with it, `createdAt` kept and `updatedAt` advanced. Bodies reaching this
+//! module have already passed `validate.rs`; conversions are tolerant anyway and never
+//! panic.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,6 +52,9 @@ pub struct CustomerRecord {
     /// Every other accepted field (company, externalIds, importedAt, createdAt, tags, custom).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
+    /// When the last update wrote it (RFC 3339, milliseconds); None until one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
 }
 
 /// A conversation as the sandbox holds it.
@@ -71,6 +76,9 @@ pub struct ConversationRecord {
     /// Every other accepted field (importedAt, createdAt, tags, priority, direction).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub extra: Map<String, Value>,
+    /// When the last update wrote it (RFC 3339, milliseconds); None until one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
 }
 
 /// Everything the sandbox holds, in creation order (`GET /__records`).
@@ -205,13 +213,28 @@ impl IdGen {
     }
 }
 
-/// Why a create made no record.
+/// How an update treats the fields its body leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// `PATCH`, and `PUT ?replace=false`: each field the body gives replaces the record's
+    /// whole (a list, `tags`, `custom` too); the others are kept, but for a customer's
+    /// `company`, which an update that omits it unlinks (the docs, "Updates").
+    Merge,
+    /// `PUT ?replace=true`, and a `PUT` without `replace`: the body is the whole record, as
+    /// a create's is; only the id and `createdAt` are kept.
+    Replace,
+}
+
+/// Why a create or an update wrote nothing.
 #[derive(Debug)]
-pub enum InsertError {
+pub enum WriteError {
     /// A customer body reuses keys other customers hold (409).
     Conflicts(Vec<Conflict>),
-    /// A conversation names no customer held here (422).
-    MissingCustomer(FieldError),
+    /// A conversation names no customer held here, or an update would change what cannot
+    /// change (422).
+    Invalid(FieldError),
+    /// An update names no record held here (404); the words say which.
+    NotFound(String),
     /// The records file could not be written: the record is not made, as if the request
     /// had failed before the write (503).
     Unrecorded(std::io::Error),
@@ -269,11 +292,12 @@ impl Store {
         let mut store = Store::new();
         for entry in entries {
             match entry {
+                // A later line of a record held is the record as an update left it.
                 Entry::Customer(record) => {
-                    store.index_customer(record);
+                    store.place_customer(record);
                 }
                 Entry::Conversation(record) => {
-                    store.index_conversation(record);
+                    store.place_conversation(record);
                 }
                 Entry::Thread(record) => {
                     store.threads.add(record);
@@ -317,10 +341,16 @@ impl Store {
 
     /// The keys of a customer body that another customer already holds.
     pub fn customer_conflicts(&self, body: &Map<String, Value>) -> Vec<Conflict> {
+        self.conflicts_with(body, None)
+    }
+
+    /// The keys of a customer body that a customer other than the one at `except` holds.
+    fn conflicts_with(&self, body: &Map<String, Value>, except: Option<usize>) -> Vec<Conflict> {
         let record = customer_from_body(String::new(), body);
         let mut conflicts = Vec::new();
         let mut push = |field, value: &str, pointer: String, index: Option<&usize>| {
-            if let Some(existing) = index.and_then(|&i| self.customers.get(i)) {
+            let other = index.filter(|&&i| Some(i) != except);
+            if let Some(existing) = other.and_then(|&i| self.customers.get(i)) {
                 conflicts.push(Conflict {
                     field,
                     value: value.to_owned(),
@@ -352,40 +382,89 @@ impl Store {
     pub fn insert_customer(
         &mut self,
         body: &Map<String, Value>,
-    ) -> Result<&CustomerRecord, InsertError> {
+    ) -> Result<&CustomerRecord, WriteError> {
         let conflicts = self.customer_conflicts(body);
         if !conflicts.is_empty() {
-            return Err(InsertError::Conflicts(conflicts));
+            return Err(WriteError::Conflicts(conflicts));
         }
         let record = customer_from_body(self.new_id(), body);
         self.record(EntryRef::Customer(&record))?;
-        let index = self.index_customer(record);
+        let index = self.place_customer(record);
         Ok(&self.customers[index])
     }
 
     /// Writes a record to the log, if the store keeps one, before it counts as made.
-    fn record(&mut self, entry: EntryRef) -> Result<(), InsertError> {
+    fn record(&mut self, entry: EntryRef) -> Result<(), WriteError> {
         match &mut self.journal {
-            Some(journal) => journal.append(entry).map_err(InsertError::Unrecorded),
+            Some(journal) => journal.append(entry).map_err(WriteError::Unrecorded),
             None => Ok(()),
         }
     }
 
-    /// Adds a customer to the records and the indexes; returns its position.
-    fn index_customer(&mut self, record: CustomerRecord) -> usize {
-        let index = self.customers.len();
-        if let Some(external_id) = &record.external_id {
-            self.by_external_id.insert(external_id.clone(), index);
+    /// Puts a customer in the records and the indexes (in its old place when one with its
+    /// id is held: an update, or a later line of the records file); returns its position.
+    fn place_customer(&mut self, record: CustomerRecord) -> usize {
+        let index = match self.customer_by_id.get(&record.id) {
+            Some(&index) => {
+                self.index_keys(index, false);
+                self.customers[index] = record;
+                index
+            }
+            None => {
+                self.customer_by_id
+                    .insert(record.id.clone(), self.customers.len());
+                self.customers.push(record);
+                self.customers.len() - 1
+            }
+        };
+        self.index_keys(index, true);
+        index
+    }
+
+    /// Adds (`on`) or removes the uniqueness keys of the customer at `index`.
+    fn index_keys(&mut self, index: usize, on: bool) {
+        let record = &self.customers[index];
+        let toggle = |map: &mut HashMap<String, usize>, key: String| {
+            if on {
+                map.insert(key, index);
+            } else if map.get(&key) == Some(&index) {
+                map.remove(&key);
+            }
+        };
+        for key in record.external_id.iter().cloned() {
+            toggle(&mut self.by_external_id, key);
         }
         for entry in &record.emails {
-            self.by_email.insert(entry.email.to_lowercase(), index);
+            toggle(&mut self.by_email, entry.email.to_lowercase());
         }
         for entry in &record.phones {
-            self.by_phone.insert(phone_digits(&entry.phone), index);
+            toggle(&mut self.by_phone, phone_digits(&entry.phone));
         }
-        self.customer_by_id.insert(record.id.clone(), index);
-        self.customers.push(record);
-        index
+    }
+
+    /// Updates a customer from a validated body: 404 when it is not held, 409 when the
+    /// record it would become holds a key another customer holds, 422 for `createdAt`.
+    pub fn update_customer(
+        &mut self,
+        id: &str,
+        body: &Map<String, Value>,
+        mode: UpdateMode,
+    ) -> Result<&CustomerRecord, WriteError> {
+        let index = *self
+            .customer_by_id
+            .get(id)
+            .ok_or_else(|| WriteError::NotFound(format!("customer {id} not found")))?;
+        let current = &self.customers[index];
+        let merged = updated_body(as_body(current), body, mode, &["company"])?;
+        let conflicts = self.conflicts_with(&merged, Some(index));
+        if !conflicts.is_empty() {
+            return Err(WriteError::Conflicts(conflicts));
+        }
+        let mut record = customer_from_body(id.to_owned(), &merged);
+        record.updated_at = Some(next_stamp(current.updated_at.as_deref()));
+        self.record(EntryRef::Customer(&record))?;
+        let index = self.place_customer(record);
+        Ok(&self.customers[index])
     }
 
     /// The problem with a conversation body's `customer`, if it names no customer held here.
@@ -401,28 +480,71 @@ impl Store {
     pub fn insert_conversation(
         &mut self,
         body: &Map<String, Value>,
-    ) -> Result<&ConversationRecord, InsertError> {
+    ) -> Result<&ConversationRecord, WriteError> {
         if let Some(error) = self.missing_customer(body) {
-            return Err(InsertError::MissingCustomer(error));
+            return Err(WriteError::Invalid(error));
         }
         let record = conversation_from_body(self.new_id(), body);
         self.record(EntryRef::Conversation(&record))?;
-        let index = self.index_conversation(record);
+        let index = self.place_conversation(record);
         Ok(&self.conversations[index])
     }
 
-    /// Adds a conversation to the records and the index; returns its position.
-    fn index_conversation(&mut self, record: ConversationRecord) -> usize {
-        let index = self.conversations.len();
-        if let Some(external_id) = &record.external_id {
-            self.conversations_by_external_id
+    /// Puts a conversation in the records and the index (in its old place when one with
+    /// its id is held); returns its position.
+    fn place_conversation(&mut self, record: ConversationRecord) -> usize {
+        let index = match self.conversation_by_id.get(&record.id) {
+            Some(&index) => {
+                let old = std::mem::replace(&mut self.conversations[index], record);
+                if let Some(all) = old
+                    .external_id
+                    .and_then(|x| self.conversations_by_external_id.get_mut(&x))
+                {
+                    all.retain(|&i| i != index);
+                }
+                index
+            }
+            None => {
+                self.conversation_by_id
+                    .insert(record.id.clone(), self.conversations.len());
+                self.conversations.push(record);
+                self.conversations.len() - 1
+            }
+        };
+        if let Some(external_id) = &self.conversations[index].external_id {
+            let all = self
+                .conversations_by_external_id
                 .entry(external_id.clone())
-                .or_default()
-                .push(index);
+                .or_default();
+            // Creation order, so that a lookup finds the first one made.
+            if let Err(at) = all.binary_search(&index) {
+                all.insert(at, index);
+            }
         }
-        self.conversation_by_id.insert(record.id.clone(), index);
-        self.conversations.push(record);
         index
+    }
+
+    /// Updates a conversation from a validated body: 404 when it is not held, 422 when the
+    /// body names another customer (a conversation is not moved by an update) or changes
+    /// `createdAt`.
+    pub fn update_conversation(
+        &mut self,
+        id: &str,
+        body: &Map<String, Value>,
+        mode: UpdateMode,
+    ) -> Result<&ConversationRecord, WriteError> {
+        let index = *self
+            .conversation_by_id
+            .get(id)
+            .ok_or_else(|| WriteError::NotFound(format!("conversation {id} not found")))?;
+        let current = &self.conversations[index];
+        check_same(body, "customer", &current.customer, "conversation", id)?;
+        let merged = updated_body(as_body(current), body, mode, &[])?;
+        let mut record = conversation_from_body(id.to_owned(), &merged);
+        record.updated_at = Some(next_stamp(current.updated_at.as_deref()));
+        self.record(EntryRef::Conversation(&record))?;
+        let index = self.place_conversation(record);
+        Ok(&self.conversations[index])
     }
 
     /// The customer of a conversation held here; None when there is no such conversation.
@@ -438,12 +560,40 @@ impl Store {
         kind: ThreadKind,
         conversation_id: &str,
         body: &Map<String, Value>,
-    ) -> Result<&ThreadRecord, InsertError> {
+    ) -> Result<&ThreadRecord, WriteError> {
         let customer = self
             .conversation_customer(conversation_id)
             .unwrap_or_default()
             .to_owned();
         let record = ThreadRecord::new(self.new_id(), kind, conversation_id, &customer, body);
+        self.record(EntryRef::Thread(&record))?;
+        Ok(self.threads.add(record))
+    }
+
+    /// Updates a message or note from a checked body (a merge: the API offers only
+    /// `PATCH`): 404 when no item of that kind has the id, 422 when the body names another
+    /// conversation or changes `createdAt`.
+    pub fn update_thread_item(
+        &mut self,
+        kind: ThreadKind,
+        id: &str,
+        body: &Map<String, Value>,
+    ) -> Result<&ThreadRecord, WriteError> {
+        let noun = kind.noun();
+        let current = self
+            .threads
+            .get(id)
+            .filter(|r| r.kind == kind)
+            .ok_or_else(|| WriteError::NotFound(format!("{noun} {id} not found")))?;
+        check_same(body, "conversation", &current.conversation, noun, id)?;
+        let mut fields = current.body.clone();
+        if let Some(external_id) = &current.external_id {
+            fields.insert("externalId".into(), Value::String(external_id.clone()));
+        }
+        let merged = updated_body(fields, body, UpdateMode::Merge, &[])?;
+        let (conversation, customer) = (&current.conversation, &current.customer);
+        let mut record = ThreadRecord::new(id.to_owned(), kind, conversation, customer, &merged);
+        record.updated_at = Some(next_stamp(current.updated_at.as_deref()));
         self.record(EntryRef::Thread(&record))?;
         Ok(self.threads.add(record))
     }
@@ -526,6 +676,7 @@ fn customer_from_body(id: String, body: &Map<String, Value>) -> CustomerRecord {
             .map(|(phone, kind)| PhoneEntry { phone, kind })
             .collect(),
         extra: rest(body, &["name", "externalId", "emails", "phones"]),
+        updated_at: None,
     }
 }
 
@@ -541,7 +692,91 @@ fn conversation_from_body(id: String, body: &Map<String, Value>) -> Conversation
             body,
             &["customer", "name", "channel", "status", "externalId"],
         ),
+        updated_at: None,
     }
+}
+
+/// A record's fields as a body (without its id and `updatedAt`): what a merge starts from.
+fn as_body<T: Serialize>(record: &T) -> Map<String, Value> {
+    match attributes(record) {
+        Value::Object(mut fields) => {
+            fields.remove("updatedAt");
+            fields
+        }
+        _ => Map::new(),
+    }
+}
+
+/// Refuses (422) an update body whose `field` names another record than the one `held`.
+fn check_same(
+    body: &Map<String, Value>,
+    field: &str,
+    held: &str,
+    noun: &str,
+    id: &str,
+) -> Result<(), WriteError> {
+    match body.get(field).and_then(Value::as_str) {
+        Some(named) if named != held => Err(WriteError::Invalid(FieldError::new(
+            format!("/{field}"),
+            format!("{noun} {id} belongs to {field} {held}; an update cannot move it to {named}"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The fields a record takes from an update: `current` merged with `body` (less the
+/// `unlink` fields the body omits), or `body` alone with `current`'s `createdAt`. A body
+/// whose `createdAt` is not the record's is refused: it is set when the record is made.
+fn updated_body(
+    current: Map<String, Value>,
+    body: &Map<String, Value>,
+    mode: UpdateMode,
+    unlink: &[&str],
+) -> Result<Map<String, Value>, WriteError> {
+    let created = current.get("createdAt").cloned();
+    if let Some(given) = body.get("createdAt")
+        && !created
+            .as_ref()
+            .is_some_and(|held| same_instant(held, given))
+    {
+        return Err(WriteError::Invalid(FieldError::new(
+            "/createdAt".into(),
+            "createdAt is set when the record is made; an update cannot change it",
+        )));
+    }
+    let mut fields = match mode {
+        UpdateMode::Merge => {
+            let mut fields = current;
+            for field in unlink.iter().filter(|f| !body.contains_key(**f)) {
+                fields.remove(*field);
+            }
+            fields
+        }
+        UpdateMode::Replace => created
+            .map(|at| Map::from_iter([("createdAt".to_owned(), at)]))
+            .unwrap_or_default(),
+    };
+    fields.extend(body.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(fields)
+}
+
+/// Whether two timestamps name the same instant (`...Z` and `...+00:00` alike).
+fn same_instant(a: &Value, b: &Value) -> bool {
+    let instant = |v: &Value| v.as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok());
+    a == b || matches!((instant(a), instant(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// An `updatedAt` for now (RFC 3339, milliseconds), later than `previous` even when the
+/// clock has not moved a millisecond since.
+fn next_stamp(previous: Option<&str>) -> String {
+    let millisecond = jiff::SignedDuration::from_millis(1);
+    let now = jiff::Timestamp::now();
+    let now = now.round(jiff::Unit::Millisecond).unwrap_or(now);
+    let floor = previous
+        .and_then(|p| p.parse::<jiff::Timestamp>().ok())
+        .and_then(|p| p.checked_add(millisecond).ok());
+    let at = floor.map_or(now, |floor| now.max(floor));
+    format!("{at:.3}")
 }
 
 /// The `attributes` of a record in an API answer: its fields without the id, `extra` merged
@@ -564,9 +799,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn conflicts_of(error: InsertError) -> Vec<Conflict> {
+    fn conflicts_of(error: WriteError) -> Vec<Conflict> {
         match error {
-            InsertError::Conflicts(conflicts) => conflicts,
+            WriteError::Conflicts(conflicts) => conflicts,
             _ => Vec::new(),
         }
     }
@@ -650,7 +885,7 @@ mod tests {
         let mut store = Store::new();
         let missing = store.insert_conversation(&obj(json!({"customer": "nobody"})));
         let pointer = match missing {
-            Err(InsertError::MissingCustomer(error)) => Some(error.pointer),
+            Err(WriteError::Invalid(error)) => Some(error.pointer),
             _ => None,
         };
         assert_eq!(pointer, Some("/customer".into()));
@@ -681,7 +916,7 @@ mod tests {
             let body = json!({"customer": customer, "externalId": "t-1"});
             let conversation = store.insert_conversation(&obj(body)).unwrap().id.clone();
             let refused = store.insert_customer(&obj(json!({"externalId": "c-1"})));
-            assert!(matches!(refused, Err(InsertError::Conflicts(_))));
+            assert!(matches!(refused, Err(WriteError::Conflicts(_))));
             (customer, conversation)
         };
         let mut store = Store::with_journal(&path).unwrap();
@@ -691,7 +926,7 @@ mod tests {
         let found = store.find_conversation(&Lookup::ExternalId("t-1".into()));
         assert_eq!(found.map(|r| r.id.clone()), Some(conversation));
         let again = store.insert_customer(&obj(json!({"emails": [{"email": "a@B.co"}]})));
-        assert!(matches!(again, Err(InsertError::Conflicts(_))));
+        assert!(matches!(again, Err(WriteError::Conflicts(_))));
         let body = json!({"customer": customer, "externalId": "t-2"});
         assert!(store.insert_conversation(&obj(body)).is_ok());
         assert_eq!(Store::with_journal(&path).unwrap().conversation_count(), 2);
@@ -703,12 +938,132 @@ mod tests {
         let mut store = Store::new();
         store.journal = Some(Journal::unwritable(&dir.path().join("r.jsonl")).unwrap());
         let refused = store.insert_customer(&obj(json!({"externalId": "c-1"})));
-        assert!(matches!(refused, Err(InsertError::Unrecorded(_))));
+        assert!(matches!(refused, Err(WriteError::Unrecorded(_))));
         assert_eq!(store.customer_count(), 0);
         assert!(
             store
                 .find_customer(&Lookup::ExternalId("c-1".into()))
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn an_update_moves_the_customers_keys_with_it() {
+        let mut store = Store::new();
+        let body = json!({"externalId": "c-1", "emails": [{"email": "old@x.co"}]});
+        let id = store.insert_customer(&obj(body)).unwrap().id.clone();
+        let other = json!({"externalId": "c-2"});
+        let other = store.insert_customer(&obj(other)).unwrap().id.clone();
+        let body = obj(json!({"emails": [{"email": "New@x.co"}]}));
+        let updated = store
+            .update_customer(&id, &body, UpdateMode::Merge)
+            .unwrap();
+        assert_eq!(updated.external_id.as_deref(), Some("c-1"), "kept");
+        let first = updated.updated_at.clone().unwrap();
+        // The old email is free again, the new one is taken, the externalId still is.
+        assert!(
+            store
+                .find_customer(&Lookup::Email("old@x.co".into()))
+                .is_none()
+        );
+        let found = store.find_customer(&Lookup::Email("new@X.co".into()));
+        assert_eq!(found.map(|r| r.id.clone()), Some(id.clone()));
+        let taken = store.update_customer(&other, &body, UpdateMode::Merge);
+        let conflicts = taken.err().map(conflicts_of).unwrap_or_default();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].existing_id, id);
+        // A record's own keys are no conflict; a replace drops what it does not give.
+        let again = obj(json!({"externalId": "c-1"}));
+        let replaced = store
+            .update_customer(&id, &again, UpdateMode::Replace)
+            .unwrap();
+        assert!(replaced.emails.is_empty());
+        assert!(
+            replaced.updated_at.clone().unwrap() > first,
+            "updatedAt advances"
+        );
+        assert!(
+            store
+                .find_customer(&Lookup::Email("new@x.co".into()))
+                .is_none()
+        );
+        let missing = store.update_customer("nobody", &again, UpdateMode::Merge);
+        assert!(matches!(missing, Err(WriteError::NotFound(_))));
+        assert_eq!(store.customer_count(), 2);
+    }
+
+    #[test]
+    fn updates_are_kept_in_the_records_file_in_the_records_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.jsonl");
+        let (customer, conversation) = {
+            let mut store = Store::with_journal(&path).unwrap();
+            let customer = obj(json!({"externalId": "c-1", "company": "co-1"}));
+            let customer = store.insert_customer(&customer).unwrap().id.clone();
+            let body = json!({"customer": customer, "externalId": "t-1", "tags": ["a", "b"]});
+            let conversation = store.insert_conversation(&obj(body)).unwrap().id.clone();
+            let body = json!({"customer": customer, "externalId": "t-2"});
+            store.insert_conversation(&obj(body)).unwrap();
+            let body = obj(json!({"externalId": "t-9", "tags": ["c"]}));
+            let mode = UpdateMode::Merge;
+            store
+                .update_conversation(&conversation, &body, mode)
+                .unwrap();
+            let body = obj(json!({"name": "Ada"}));
+            store.update_customer(&customer, &body, mode).unwrap();
+            (customer, conversation)
+        };
+        let store = Store::with_journal(&path).unwrap();
+        let records = store.records();
+        assert_eq!(
+            (records.customers.len(), records.conversations.len()),
+            (1, 2)
+        );
+        let held = &records.customers[0];
+        assert_eq!(
+            (held.id.as_str(), held.name.as_deref()),
+            (customer.as_str(), Some("Ada"))
+        );
+        assert!(
+            !held.extra.contains_key("company"),
+            "omitting company unlinked it"
+        );
+        let first = &records.conversations[0];
+        assert_eq!(first.id, conversation, "in its place");
+        assert_eq!(first.extra.get("tags"), Some(&json!(["c"])));
+        assert!(first.updated_at.is_some());
+        assert!(
+            store
+                .find_conversation(&Lookup::ExternalId("t-1".into()))
+                .is_none()
+        );
+        let found = store.find_conversation(&Lookup::ExternalId("t-9".into()));
+        assert_eq!(found.map(|r| r.id.clone()), Some(conversation));
+    }
+
+    #[test]
+    fn an_update_keeps_created_at_and_the_conversations_customer() {
+        let mut store = Store::new();
+        let customer = store.insert_customer(&obj(json!({}))).unwrap().id.clone();
+        let body = json!({"customer": customer, "createdAt": "2024-01-01T00:00:00Z"});
+        let id = store.insert_conversation(&obj(body)).unwrap().id.clone();
+        let same = obj(json!({"customer": customer, "createdAt": "2024-01-01T00:00:00+00:00"}));
+        let replaced = store.update_conversation(&id, &same, UpdateMode::Replace);
+        assert_eq!(replaced.unwrap().status.as_deref(), Some("open"));
+        let mut refused =
+            |body: Value| match store.update_conversation(&id, &obj(body), UpdateMode::Merge) {
+                Err(WriteError::Invalid(problem)) => problem.pointer,
+                _ => String::new(),
+            };
+        assert_eq!(
+            refused(json!({"createdAt": "2023-01-01T00:00:00Z"})),
+            "/createdAt"
+        );
+        assert_eq!(refused(json!({"customer": "someone-else"})), "/customer");
+        let kept = store.find_conversation(&Lookup::Id(id)).unwrap();
+        assert_eq!(
+            kept.extra.get("createdAt"),
+            Some(&json!("2024-01-01T00:00:00+00:00"))
         );
     }
 
@@ -789,6 +1144,7 @@ mod tests {
             emails: vec![],
             phones: vec![],
             extra: obj(json!({"company": "C"})),
+            updated_at: None,
         };
         assert_eq!(
             attributes(&record),

@@ -17,6 +17,16 @@ pub enum ThreadKind {
     Note,
 }
 
+impl ThreadKind {
+    /// `message` or `note`, as the API's `type` says.
+    pub fn noun(self) -> &'static str {
+        match self {
+            ThreadKind::Message => "message",
+            ThreadKind::Note => "note",
+        }
+    }
+}
+
 /// A message or a note as the sandbox holds it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -33,6 +43,9 @@ pub struct ThreadRecord {
     /// `body["preview"]`).
     #[serde(default)]
     pub body: Map<String, Value>,
+    /// When the last update wrote it (RFC 3339, milliseconds); None until one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
 }
 
 impl ThreadRecord {
@@ -60,6 +73,7 @@ impl ThreadRecord {
             customer: customer.to_owned(),
             external_id,
             body,
+            updated_at: None,
         }
     }
 
@@ -101,7 +115,21 @@ pub struct Page<'a> {
 }
 
 impl Threads {
+    /// Adds an item at the end of its conversation's thread, or, when one with its id is
+    /// held (an update, or a later line of the records file), puts it in that one's place
+    /// (of the same kind and conversation: updates move neither).
     pub fn add(&mut self, record: ThreadRecord) -> &ThreadRecord {
+        if let Some(&index) = self.by_id.get(&record.id) {
+            let old = std::mem::replace(&mut self.items[index], record);
+            if let Some(all) = old
+                .external_id
+                .and_then(|x| self.messages_by_external_id.get_mut(&x))
+            {
+                all.retain(|&i| i != index);
+            }
+            self.index_external_id(index);
+            return &self.items[index];
+        }
         let index = self.items.len();
         self.by_conversation
             .entry(record.conversation.clone())
@@ -110,15 +138,30 @@ impl Threads {
         self.by_id.insert(record.id.clone(), index);
         if record.kind == ThreadKind::Message {
             self.messages += 1;
-            if let Some(external_id) = &record.external_id {
-                self.messages_by_external_id
-                    .entry(external_id.clone())
-                    .or_default()
-                    .push(index);
-            }
         }
         self.items.push(record);
+        self.index_external_id(index);
         &self.items[index]
+    }
+
+    /// Indexes the externalId of the item at `index`, if it is a message with one, in
+    /// creation order.
+    fn index_external_id(&mut self, index: usize) {
+        let record = &self.items[index];
+        if let (ThreadKind::Message, Some(external_id)) = (record.kind, &record.external_id) {
+            let all = self
+                .messages_by_external_id
+                .entry(external_id.clone())
+                .or_default();
+            if let Err(at) = all.binary_search(&index) {
+                all.insert(at, index);
+            }
+        }
+    }
+
+    /// A message or note by id.
+    pub fn get(&self, id: &str) -> Option<&ThreadRecord> {
+        self.by_id.get(id).and_then(|&i| self.items.get(i))
     }
 
     pub fn holds_id(&self, id: &str) -> bool {
@@ -194,6 +237,21 @@ mod tests {
         let body = json!({"externalId": external_id, "body": id, "conversation": conversation});
         let body = body.as_object().cloned().unwrap_or_default();
         ThreadRecord::new(id.into(), kind, conversation, "cust", &body)
+    }
+
+    #[test]
+    fn an_item_added_again_under_its_id_takes_its_place_and_its_new_external_id() {
+        let mut threads = Threads::default();
+        threads.add(record("m0", ThreadKind::Message, "c1", "x"));
+        threads.add(record("m1", ThreadKind::Message, "c1", "y"));
+        threads.add(record("m0", ThreadKind::Message, "c1", "y"));
+        assert_eq!(threads.message_count(), 2);
+        assert!(threads.find_message(None, Some("x")).is_none());
+        let first = threads.find_message(None, Some("y"));
+        assert_eq!(first.map(|r| r.id.as_str()), Some("m0"), "the first made");
+        let all = threads.threads(["c1"].into_iter());
+        let ids: Vec<_> = all[0].items.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["m0", "m1"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Body validation for the sandbox's create endpoints: pure functions from a JSON body to
+//! Body validation for the sandbox's create and update endpoints: pure functions from a JSON body to
 //! the list of problems found in it, one [`FieldError`] per problem, each with the JSON
 //! pointer of the offending value. No state, no I/O: the checks that need the store
 //! (duplicates, whether a conversation's customer exists) live in `store.rs`. The rules are
@@ -7,6 +7,8 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use super::store::UpdateMode;
 
 /// Longest `name` and `externalId` accepted, in characters.
 pub const MAX_SHORT_STRING: usize = 255;
@@ -207,6 +209,8 @@ pub fn validate_note(body: &Value, route: ThreadRoute) -> Vec<FieldError> {
 }
 
 /// Checks a `POST /v1/customers` body. Empty when the body is acceptable (duplicates aside).
+/// An update's body (merged or replacing, less a bulk item's `id`) is held to the same
+/// rules: none requires a field.
 pub fn validate_customer(body: &Value) -> Vec<FieldError> {
     validate_object(body, CUSTOMER_FIELDS, &[])
 }
@@ -215,6 +219,25 @@ pub fn validate_customer(body: &Value) -> Vec<FieldError> {
 /// customer exists aside).
 pub fn validate_conversation(body: &Value) -> Vec<FieldError> {
     validate_object(body, CONVERSATION_FIELDS, &["customer"])
+}
+
+/// Checks the body of an update of a conversation: the create's rules; a merge requires
+/// no field, a replace is a whole record and requires `customer` as a create does.
+pub fn validate_conversation_update(body: &Value, mode: UpdateMode) -> Vec<FieldError> {
+    match mode {
+        UpdateMode::Merge => validate_object(body, CONVERSATION_FIELDS, &[]),
+        UpdateMode::Replace => validate_conversation(body),
+    }
+}
+
+/// Checks the body of a `PATCH /v1/messages/{id}`: the create's rules, no field required.
+pub fn validate_message_update(body: &Value) -> Vec<FieldError> {
+    validate_object(body, MESSAGE_FIELDS, &[])
+}
+
+/// Checks the body of a `PATCH /v1/notes/{id}`: the create's rules, no field required.
+pub fn validate_note_update(body: &Value) -> Vec<FieldError> {
+    validate_object(body, NOTE_FIELDS, &[])
 }
 
 fn validate_object(body: &Value, fields: &[(&str, Rule)], required: &[&str]) -> Vec<FieldError> {
