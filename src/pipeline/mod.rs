@@ -259,6 +259,12 @@ pub async fn run_import(
     // are still counted.
     let mut summary = planner.finish(&mut events).await;
     if let Some(batcher) = batcher {
+        // After a stop the workers are gone (at the latest when the grace period ended):
+        // the jobs still being polled stay queued in the checkpoint for the next run, as
+        // jobs of rows do, rather than hold the run past its grace.
+        if stop.soft.is_cancelled() {
+            batcher.abort();
+        }
         let _ = batcher.await;
     }
     // A run told to stop does not wait for a reader still at work: it may be blocked on an

@@ -634,6 +634,11 @@ impl<'a> Planner<'a> {
     /// A done row read again: compared with what was sent (see [`sync_done_row`]), it is
     /// skipped, adopted, reported, or given to a worker that updates what changed.
     async fn sync_done(&mut self, work: PlannedRow, stored: Option<&StoredRow>) {
+        if self.settings.sync.on_change == OnChange::Skip {
+            self.summary.rows_skipped_done += 1;
+            self.progress.row_finished(Settled::AlreadyDone);
+            return;
+        }
         let customer_now = Fingerprint::of(&work.plan.customer);
         let conversation_now = work.plan.conversation.as_ref().map(Fingerprint::of);
         let sync = sync_done_row(

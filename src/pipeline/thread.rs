@@ -1,5 +1,7 @@
-//! A row's history in single mode: once its conversation is made, each message and note of
-//! its thread, in order, as a step of its own. The thread is read from the run's thread
+//! A row's history: once its conversation is made, each message and note of its thread, in
+//! order, as a step of its own; one request each, or in bulk mode in runs of one kind that go
+//! in bulk jobs with other rows' runs (`bulk::history`), the next run only once the last has
+//! ended. The thread is read from the run's thread
 //! store a page at a time (never whole); each item's intent is durable before its create
 //! leaves, its id recorded after; an item an earlier run sent without an answer is looked up
 //! (a message by `GET /v1/messages/externalid=`, a note by listing the conversation's notes)
@@ -182,6 +184,16 @@ impl ThreadWriter<'_> {
         attempts.check_stop()?;
         match bulk.send(kind, items).await {
             RunEnd::Settled(verdicts) => {
+                // Items the job left unsettled are looked up after single mode's wait after
+                // a lost answer, for a write still in progress (or an index that lags) to
+                // show.
+                if verdicts.iter().any(|v| matches!(v, RunVerdict::Unknown)) {
+                    let at = tokio::time::Instant::now() + self.tools.retry.reconcile_delay;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = self.tools.control.soft().cancelled() => return Err(Halt::stopping()),
+                    }
+                }
                 for ((item, position), verdict) in run.into_iter().zip(verdicts) {
                     let settled = match verdict {
                         RunVerdict::Made(id, origin) => ItemVerdict::Made(id, origin),

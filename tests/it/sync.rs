@@ -228,3 +228,136 @@ fn resolve_settles_a_row_whose_outcome_only_a_person_can_know() {
     env.command(&["resolve", "--row-key", "row:nothing", "--absent"])
         .assert_code(2);
 }
+
+/// An export of `customers` customers with a ticket each (`T-<i>`, open); `changes` says
+/// what tomorrow's differs in: tickets whose status is done, customers renamed, and how
+/// many new rows (new customers) are added at the end.
+fn export(customers: usize, done: &[usize], renamed: &[usize], new_rows: usize) -> String {
+    let mut text = HEADER.to_string();
+    for i in 0..customers + new_rows {
+        let name = if renamed.contains(&i) {
+            format!("Customer {i} Renamed")
+        } else {
+            format!("Customer {i}")
+        };
+        let status = if done.contains(&i) { "done" } else { "open" };
+        text.push_str(&format!(
+            "C-{i},{name},c{i}@example.com,,T-{i},Ticket {i},email,{status}\n"
+        ));
+    }
+    text
+}
+
+/// The sandbox holds exactly the export's customers' names and tickets' statuses.
+fn assert_records_equal(env: &TestEnv, customers: usize, done: &[usize], renamed: &[usize]) {
+    let records = env.records();
+    assert_eq!(records.customers.len(), customers, "customers");
+    assert_eq!(records.conversations.len(), customers, "conversations");
+    for customer in &records.customers {
+        let i: usize = customer.external_id.as_deref().unwrap()[2..]
+            .parse()
+            .unwrap();
+        let expected = if renamed.contains(&i) {
+            format!("Customer {i} Renamed")
+        } else {
+            format!("Customer {i}")
+        };
+        assert_eq!(customer.name.as_deref(), Some(expected.as_str()));
+    }
+    for conversation in &records.conversations {
+        let i: usize = conversation.external_id.as_deref().unwrap()[2..]
+            .parse()
+            .unwrap();
+        let expected = if done.contains(&i) { "done" } else { "open" };
+        assert_eq!(conversation.status.as_deref(), Some(expected), "T-{i}");
+    }
+}
+
+#[test]
+fn tomorrows_export_sends_exactly_the_updates_and_creates_that_differ() {
+    let env = TestEnv::plain();
+    let day1 = env.write("day1.csv", &export(20, &[], &[], 0));
+    env.import(&[day1.to_str().unwrap(), "--mode", "single"])
+        .assert_code(0);
+    // 10% of rows change status, 5% their customer's name, 5% are new.
+    let (done, renamed) = ([3, 11], [7]);
+    let day2 = env.write("day2.csv", &export(20, &done, &renamed, 1));
+    let before = env.stats();
+    let run = env.import(&[day2.to_str().unwrap(), "--mode", "single", "--json"]);
+    run.assert_code(0);
+    let after = env.stats();
+    assert_eq!(after.creates_total - before.creates_total, 2, "the new row");
+    assert_eq!(
+        after.conversations_updated - before.conversations_updated,
+        2
+    );
+    assert_eq!(after.customers_updated - before.customers_updated, 1);
+    assert_eq!(
+        after.requests_total - before.requests_total,
+        5,
+        "no request for an unchanged row"
+    );
+    assert_records_equal(&env, 21, &done, &renamed);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_updated"], 3);
+    assert_eq!(summary["rows_skipped_done"], 17);
+    assert_eq!(summary["customers_updated"], 1);
+    assert_eq!(summary["conversations_updated"], 2);
+
+    // The day after, the same export: nothing changed since what was sent.
+    let before = env.stats().requests_total;
+    env.import(&[day2.to_str().unwrap()]).assert_code(0);
+    assert_eq!(env.stats().requests_total, before);
+}
+
+#[test]
+fn on_change_skip_sends_only_the_new_rows_and_update_fields_narrows_the_updates() {
+    let (done, renamed) = ([3, 11], [7]);
+    let skip = TestEnv::plain();
+    let day1 = skip.write("day1.csv", &export(20, &[], &[], 0));
+    let day2 = skip.write("day2.csv", &export(20, &done, &renamed, 1));
+    skip.import(&[day1.to_str().unwrap()]).assert_code(0);
+    let before = skip.stats();
+    skip.import(&[day2.to_str().unwrap(), "--on-change", "skip"])
+        .assert_code(0);
+    let after = skip.stats();
+    assert_eq!(after.creates_total - before.creates_total, 2);
+    assert_eq!(after.updates_total, 0);
+    assert_eq!(after.requests_total - before.requests_total, 2);
+
+    let status_only = TestEnv::plain();
+    let day1 = status_only.write("day1.csv", &export(20, &[], &[], 0));
+    let day2 = status_only.write("day2.csv", &export(20, &done, &renamed, 1));
+    status_only.import(&[day1.to_str().unwrap()]).assert_code(0);
+    status_only
+        .import(&[day2.to_str().unwrap(), "--update-fields", "status"])
+        .assert_code(0);
+    let stats = status_only.stats();
+    assert_eq!(
+        (stats.conversations_updated, stats.customers_updated),
+        (2, 0)
+    );
+    // The agents' name is kept: the renamed customer is not renamed.
+    assert_records_equal(&status_only, 21, &done, &[]);
+
+    let fail = TestEnv::plain();
+    let day1 = fail.write("day1.csv", &export(20, &[], &[], 0));
+    let day2 = fail.write("day2.csv", &export(20, &done, &[], 0));
+    fail.import(&[day1.to_str().unwrap()]).assert_code(0);
+    fail.import(&[day2.to_str().unwrap(), "--on-change", "fail"])
+        .assert_code(1);
+    assert_eq!(fail.stats().updates_total, 0);
+    let mut errors = fail.errors();
+    errors.sort_by_key(|error| error.1);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(
+        (errors[0].1, errors[0].2.as_str()),
+        (5, "conversation.status")
+    );
+    assert!(errors[0].3.contains("--on-change fail"), "{errors:?}");
+    assert_eq!(
+        fail.rows_in_state("done"),
+        20,
+        "the checkpoint keeps them done"
+    );
+}

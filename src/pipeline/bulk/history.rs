@@ -166,7 +166,12 @@ impl Batcher {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Message>) {
         let mut open = true;
         while open || !self.running.is_empty() {
-            let deadline = self.oldest().map(|since| since + LINGER);
+            // With every slot taken no job can start, so the linger would only wake the loop
+            // for nothing (over and over, once the oldest run has waited it out).
+            let deadline = self
+                .oldest()
+                .filter(|_| self.running.len() < JOBS_IN_FLIGHT)
+                .map(|since| since + LINGER);
             tokio::select! {
                 message = receiver.recv(), if open => match message {
                     Some(Message::Run { kind, items, reply }) => {

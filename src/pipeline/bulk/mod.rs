@@ -44,9 +44,10 @@ pub use crate::api::bulk::MAX_ITEMS;
 
 /// Bulk jobs in flight at once (submitted and not yet applied).
 pub(super) const JOBS_IN_FLIGHT: usize = 8;
-/// Workers that may write history in bulk jobs at once, besides the others: enough runs to
-/// fill the jobs in flight from short threads, each holding at most a page of its thread.
-pub(super) const HISTORY_WRITERS: usize = 200;
+/// Workers that may write history in bulk jobs at once, besides the others: enough runs of
+/// short threads (6 items) to fill four jobs, and each holds at most a page of its thread
+/// (its bodies twice while its run waits), so that 4 KB emails cost some 60 MB at most.
+pub(super) const HISTORY_WRITERS: usize = 64;
 /// `--mode auto` goes bulk once this many rows are waiting to be sent.
 pub(super) const AUTO_BULK_ROWS: usize = 300;
 /// A partial batch goes out once its oldest row has waited this long (a slow input).
