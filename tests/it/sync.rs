@@ -361,3 +361,48 @@ fn on_change_skip_sends_only_the_new_rows_and_update_fields_narrows_the_updates(
         "the checkpoint keeps them done"
     );
 }
+
+#[test]
+fn a_run_killed_during_its_updates_resumes_and_every_record_ends_as_tomorrows_export() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        latency: std::time::Duration::from_millis(5),
+        jitter: std::time::Duration::from_millis(10),
+        ..SandboxConfig::default()
+    });
+    let day1 = env.write("day1.csv", &export(120, &[], &[], 0));
+    env.import(&[day1.to_str().unwrap(), "--mode", "single"])
+        .assert_code(0);
+    let done: Vec<usize> = (0..120).collect();
+    let renamed: Vec<usize> = (0..120).step_by(4).collect();
+    let day2 = env.write("day2.csv", &export(120, &done, &renamed, 0));
+    let args = [
+        day2.to_str().unwrap(),
+        "--mode",
+        "single",
+        "--concurrency",
+        "4",
+    ];
+    for kill_at in [20, 70] {
+        let mut child = env.spawn_import(&args);
+        env.wait_for(&format!("{kill_at} updates"), |stats| {
+            stats.updates_total >= kill_at
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    env.import(&args).assert_code(0);
+    assert_records_equal(&env, 120, &done, &renamed);
+    assert_eq!(
+        env.stats().creates_total,
+        240,
+        "day 1's creates and nothing since"
+    );
+    let before = env.stats().requests_total;
+    env.import(&args).assert_code(0);
+    assert_eq!(
+        env.stats().requests_total,
+        before,
+        "every change is recorded as sent"
+    );
+}
