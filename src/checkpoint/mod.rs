@@ -139,7 +139,8 @@ pub struct StoredRow {
     /// What its conversation was last sent as (`crate::fingerprint`); None when no run of
     /// this version recorded it.
     pub fingerprint: Option<String>,
-    /// What its customer was last sent as; read by [`Checkpoint::rows_to_plan`] only.
+    /// What its customer was last sent as, as this row saw it (rows of one customer may
+    /// disagree); read by [`Checkpoint::rows_to_plan`] only.
     pub customer_fingerprint: Option<String>,
 }
 
@@ -299,8 +300,6 @@ fn stored_record(row: &rusqlite::Row, row_key: &str) -> rusqlite::Result<StoredR
 pub struct StoredCustomer {
     /// None while only the intent (`sent`) is recorded.
     pub customer_id: Option<String>,
-    /// What it was last sent as (`crate::fingerprint`), if recorded.
-    pub fingerprint: Option<String>,
 }
 
 /// Counts a run ends with, kept in the `runs` table.
@@ -419,16 +418,13 @@ impl Checkpoint {
         let mut by_key: Vec<usize> = (0..row_keys.len()).collect();
         by_key.sort_unstable_by_key(|&index| row_keys[index]);
         let placeholders = vec!["?"; row_keys.len()].join(",");
-        // With what each row's customer was last sent as: a done row read again is compared
-        // with what it maps to now (a customer's key is recorded with its row).
+        // With what each row's records were last sent as: a done row read again is compared
+        // with what it maps to now.
         let mut statement = self
             .connection
             .prepare_cached(&format!(
-                "SELECT r.row_key, r.state, r.customer_id, r.conversation_id, r.field,
-                        r.last_error, r.conversation_external_id, r.outcome_unknown,
-                        r.fingerprint, c.fingerprint
-                 FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
-                 WHERE r.row_key IN ({placeholders})"
+                "SELECT {STORED_ROW_COLUMNS}, customer_fingerprint FROM rows
+                 WHERE row_key IN ({placeholders})"
             ))
             .map_err(|e| self.sqlite(e))?;
         let mut rows = statement
@@ -501,15 +497,12 @@ impl Checkpoint {
     pub fn customer(&self, customer_key: &str) -> Result<Option<StoredCustomer>, CheckpointError> {
         let mut statement = self
             .connection
-            .prepare_cached(
-                "SELECT customer_id, fingerprint FROM customers WHERE customer_key = ?1",
-            )
+            .prepare_cached("SELECT customer_id FROM customers WHERE customer_key = ?1")
             .map_err(|e| self.sqlite(e))?;
         statement
             .query_row([customer_key], |row| {
                 Ok(StoredCustomer {
                     customer_id: row.get(0)?,
-                    fingerprint: row.get(1)?,
                 })
             })
             .optional()

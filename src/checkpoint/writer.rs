@@ -118,7 +118,6 @@ pub enum Change {
     /// recorded when the row is done or updated; None leaves what is recorded.
     Fingerprints {
         row_key: String,
-        customer_key: String,
         conversation: Option<String>,
         customer: Option<String>,
     },
@@ -343,13 +342,11 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  state = excluded.state, customer_id = excluded.customer_id,
                  updated_at = excluded.updated_at",
         )?;
-        let mut row_fingerprint = transaction.prepare_cached(
+        let mut fingerprints = transaction.prepare_cached(
             "UPDATE rows SET fingerprint = coalesce(?2, fingerprint),
-                 customer_key = coalesce(customer_key, ?3)
+                 customer_fingerprint = coalesce(?3, customer_fingerprint)
              WHERE row_key = ?1",
         )?;
-        let mut customer_fingerprint = transaction
-            .prepare_cached("UPDATE customers SET fingerprint = ?2 WHERE customer_key = ?1")?;
         let mut customer_withdrawn = transaction.prepare_cached(
             "DELETE FROM customers WHERE customer_key = ?1 AND customer_id IS NULL",
         )?;
@@ -433,14 +430,10 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                 }
                 Change::Fingerprints {
                     row_key,
-                    customer_key,
                     conversation,
                     customer,
                 } => {
-                    row_fingerprint.execute(params![row_key, conversation, customer_key])?;
-                    if let Some(customer) = customer {
-                        customer_fingerprint.execute(params![customer_key, customer])?;
-                    }
+                    fingerprints.execute(params![row_key, conversation, customer])?;
                 }
                 Change::BulkJobQueued { job, job_id } => {
                     job_queued.execute(params![job, job_id, now])?;

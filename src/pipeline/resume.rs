@@ -611,7 +611,6 @@ mod tests {
         let facts = Facts {
             stored: Some(StoredCustomer {
                 customer_id: Some("c1".into()),
-                fingerprint: None,
             }),
             link: Some("words".into()),
             ..Facts::default()
@@ -622,10 +621,7 @@ mod tests {
     #[test]
     fn a_customer_whose_create_was_unanswered_is_looked_up_before_it_is_sent() {
         let facts = Facts {
-            stored: Some(StoredCustomer {
-                customer_id: None,
-                fingerprint: None,
-            }),
+            stored: Some(StoredCustomer { customer_id: None }),
             ..Facts::default()
         };
         assert!(matches!(
@@ -645,10 +641,7 @@ mod tests {
     #[test]
     fn a_customer_an_earlier_job_found_existing_is_linked() {
         let facts = Facts {
-            stored: Some(StoredCustomer {
-                customer_id: None,
-                fingerprint: None,
-            }),
+            stored: Some(StoredCustomer { customer_id: None }),
             link: Some("duplicate detected".into()),
             ..Facts::default()
         };

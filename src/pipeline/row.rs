@@ -354,7 +354,6 @@ impl PlannedRow {
     pub(super) fn sent_as(&self) -> Change {
         Change::Fingerprints {
             row_key: self.origin.key.clone(),
-            customer_key: self.plan.customer_key.clone(),
             conversation: self
                 .plan
                 .conversation
