@@ -437,15 +437,31 @@ impl<'a> Planner<'a> {
         self.running += 1;
         let wrote_history = history_jobs.is_some();
         self.writing_history += usize::from(wrote_history);
-        let tools = Arc::clone(&self.tools);
         let creating = step
             .settles_customer()
             .then(|| work.plan.customer_key.clone());
+        self.spawn_row_task(creating, wrote_history, move |tools| {
+            Box::pin(async move { process_row(&tools, work, step, history_jobs.as_ref()).await })
+        });
+    }
+
+    /// Runs one row's task and reports how it ended (a panic, a bug, as a row left pending).
+    fn spawn_row_task(
+        &mut self,
+        creating: Option<String>,
+        wrote_history: bool,
+        task: impl FnOnce(
+            Arc<Tools>,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = (PlannedRow, RowOutcome)> + Send>>
+        + Send
+        + 'static,
+    ) {
+        let tools = Arc::clone(&self.tools);
         self.tasks.spawn(async move {
-            let processed =
-                AssertUnwindSafe(process_row(&tools, work, step, history_jobs.as_ref()))
-                    .catch_unwind()
-                    .await;
+            let processed = AssertUnwindSafe(task(Arc::clone(&tools)))
+                .catch_unwind()
+                .await;
             let event = match processed {
                 Ok((work, outcome)) => Event::RowFinished {
                     work: Box::new(work),
@@ -702,23 +718,8 @@ impl<'a> Planner<'a> {
             conversation_fields,
         };
         self.running += 1;
-        let tools = Arc::clone(&self.tools);
-        self.tasks.spawn(async move {
-            let processed = AssertUnwindSafe(update_row(&tools, work, update))
-                .catch_unwind()
-                .await;
-            let event = match processed {
-                Ok((work, outcome)) => Event::RowFinished {
-                    work: Box::new(work),
-                    outcome,
-                    wrote_history: false,
-                },
-                Err(_) => Event::WorkerPanicked {
-                    creating: None,
-                    wrote_history: false,
-                },
-            };
-            let _ = tools.events.send(event);
+        self.spawn_row_task(None, false, move |tools| {
+            Box::pin(async move { update_row(&tools, work, update).await })
         });
     }
 

@@ -3,7 +3,7 @@
 //! reconciled, not sent twice; `--mode auto` picks bulk only for a few hundred rows.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kustomer_import::sandbox::{FaultConfig, Records, SandboxConfig};
 
@@ -91,13 +91,6 @@ fn sorted_errors(env: &TestEnv) -> Vec<(u64, String)> {
     errors
 }
 
-fn requests_to(env: &TestEnv, route: &str) -> u64 {
-    env.stats()
-        .requests
-        .get(route)
-        .map_or(0, |by_status| by_status.values().sum())
-}
-
 #[test]
 fn a_bulk_import_lands_what_single_mode_lands() {
     let single = TestEnv::new(org(Duration::from_millis(50)));
@@ -154,7 +147,7 @@ fn a_bulk_import_lands_what_single_mode_lands() {
         "bulk {bulk_requests} vs single {single_requests} requests"
     );
     // Only the linked customer's row goes on alone: linking is single mode's path.
-    assert!(requests_to(&bulk, "POST /v1/conversations") <= 1);
+    assert!(bulk.requests_to("POST /v1/conversations") <= 1);
 }
 
 #[test]
@@ -169,7 +162,7 @@ fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice()
     let file = env.write("export.jsonl", &export);
     let child = env.spawn_import(&[file.to_str().unwrap(), "--mode", "bulk"]);
     // Killed once the customers job is recorded as queued, before it has run.
-    kill_once_a_job_is_queued(&env, child);
+    env.kill_once_queued("1", child);
     assert_eq!(env.stats().customers, 0, "the job ran before the kill");
     assert_eq!(env.rows_in_state("customer_sent"), 61);
     let status = env.command(&["status"]);
@@ -200,9 +193,9 @@ fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice()
     // The queued job was polled, not submitted again. Only the refused customer went
     // through single mode's path: the job refused it in words with no status, so it was
     // looked up (absent) and sent alone for a verdict, which has one.
-    assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 1);
-    assert_eq!(requests_to(&env, "POST /v1/customers"), 1);
-    assert_eq!(requests_to(&env, "GET /v1/customers/{lookup}"), 1);
+    assert_eq!(env.requests_to("POST /v1/customers/bulk"), 1);
+    assert_eq!(env.requests_to("POST /v1/customers"), 1);
+    assert_eq!(env.requests_to("GET /v1/customers/{lookup}"), 1);
     assert!(
         run.stdout.contains("customers created:      60"),
         "{}",
@@ -224,33 +217,6 @@ fn a_run_killed_while_its_jobs_are_queued_polls_them_and_creates_nothing_twice()
     assert_eq!(open, 0);
 }
 
-/// Waits (30 s at most) until the checkpoint records a queued bulk job, then kills the run
-/// with SIGKILL.
-fn kill_once_a_job_is_queued(env: &TestEnv, mut child: std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let queued: i64 = rusqlite::Connection::open_with_flags(
-            env.path("kustomer-import.sqlite"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .and_then(|db| {
-            db.query_row(
-                "SELECT count(*) FROM bulk_jobs WHERE state = 'queued'",
-                [],
-                |r| r.get(0),
-            )
-        })
-        .unwrap_or(0);
-        if queued > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no job was queued");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
 #[test]
 fn customers_already_in_kustomer_are_linked_in_bulk_as_in_single_mode() {
     // The hardening report's case: Kustomer answers an existing customer's bulk item as its
@@ -268,7 +234,7 @@ fn customers_already_in_kustomer_are_linked_in_bulk_as_in_single_mode() {
         "elsewhere.sqlite",
     ])
     .assert_code(0);
-    let single_creates = requests_to(&env, "POST /v1/customers");
+    let single_creates = env.requests_to("POST /v1/customers");
     let file = env.write("export.csv", &generated_csv(120, 3));
     let run = env.import(&[file.to_str().unwrap(), "--mode", "bulk", "--json"]);
     run.assert_code(0);
@@ -299,7 +265,7 @@ fn customers_already_in_kustomer_are_linked_in_bulk_as_in_single_mode() {
         assert_eq!(by_external_id[&external_id], customer_id);
     }
     // Linking is lookups, not single creates.
-    assert_eq!(requests_to(&env, "POST /v1/customers"), single_creates);
+    assert_eq!(env.requests_to("POST /v1/customers"), single_creates);
 }
 
 #[test]
@@ -320,7 +286,7 @@ fn a_resumed_job_links_its_duplicates_under_the_policy() {
         "--on-existing-customer",
         "fail",
     ];
-    kill_once_a_job_is_queued(&env, env.spawn_import(&args));
+    env.kill_once_queued("1", env.spawn_import(&args));
     let run = env.import(&args);
     run.assert_code(1);
     // The job's 409 for that customer is settled as single mode settles one: by the policy.
@@ -366,14 +332,14 @@ fn a_job_with_a_bad_item_fails_only_that_row() {
     let env = one_bad_item(org(Duration::from_millis(20)));
     // Items fail one by one: two customers jobs. The bad item, refused in words with no
     // status, is sent alone once for the single endpoint's verdict (a 422).
-    assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 2);
+    assert_eq!(env.requests_to("POST /v1/customers/bulk"), 2);
     assert_eq!(
         env.stats().requests["POST /v1/customers"]
             .get(&422)
             .copied(),
         Some(1)
     );
-    assert_eq!(requests_to(&env, "POST /v1/customers"), 1);
+    assert_eq!(env.requests_to("POST /v1/customers"), 1);
 }
 
 #[test]
@@ -389,7 +355,7 @@ fn a_job_refused_whole_is_split_until_the_bad_item_is_alone() {
     // The second job (51 customers, the bad one last) is halved until it stands alone:
     // 51 -> 26 -> 13 -> 7 -> 4 -> 2 -> 1, each refused once.
     assert!((2..=8).contains(&refused), "{refused} refusals");
-    assert_eq!(requests_to(&env, "POST /v1/customers"), 0);
+    assert_eq!(env.requests_to("POST /v1/customers"), 0);
 }
 
 #[test]
@@ -425,7 +391,7 @@ fn a_lost_submit_answer_is_reconciled_not_sent_twice() {
         faults.drop_after_write + faults.fail_after_write > 0,
         "no answer was lost"
     );
-    assert!(requests_to(&env, "POST /v1/customers/bulk") > 0);
+    assert!(env.requests_to("POST /v1/customers/bulk") > 0);
 }
 
 /// Takes the checkpoint's SQLite write lock from another connection and holds it: the
@@ -465,7 +431,7 @@ fn a_job_that_never_left_is_neither_waited_out_nor_looked_up() {
     let run = finish_within(child, Duration::from_secs(60));
     run.assert_code(4);
     assert!(run.stderr.contains("database is locked"), "{}", run.stderr);
-    assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 2);
+    assert_eq!(env.requests_to("POST /v1/customers/bulk"), 2);
     // The checkpoint holds the two jobs that may exist, not the one that never left.
     let jobs: i64 = env
         .checkpoint()
@@ -488,9 +454,9 @@ fn a_job_that_never_left_is_neither_waited_out_nor_looked_up() {
     env.assert_exactly_once(300, 300);
     // The two jobs ran: their customers are found by one lookup each. The third job's rows
     // go in a job of their own, not looked up and created one by one.
-    assert_eq!(requests_to(&env, "GET /v1/customers/{lookup}"), 200);
-    assert_eq!(requests_to(&env, "POST /v1/customers"), 0);
-    assert_eq!(requests_to(&env, "POST /v1/customers/bulk"), 3);
+    assert_eq!(env.requests_to("GET /v1/customers/{lookup}"), 200);
+    assert_eq!(env.requests_to("POST /v1/customers"), 0);
+    assert_eq!(env.requests_to("POST /v1/customers/bulk"), 3);
 }
 
 #[test]
@@ -577,7 +543,7 @@ fn a_bulk_submit_the_api_did_not_take_is_sent_again_not_looked_up() {
         "GET /v1/customers/{lookup}",
         "GET /v1/conversations/{lookup}",
     ] {
-        assert_eq!(requests_to(&env, route), 0, "{route}");
+        assert_eq!(env.requests_to(route), 0, "{route}");
     }
 }
 
@@ -590,10 +556,10 @@ fn jobs_slower_than_the_first_poll_cost_extra_polls_of_one_job_only() {
     env.import(&[file.to_str().unwrap(), "--mode", "bulk", "--rpm", "100000"])
         .assert_code(0);
     env.assert_exactly_once(800, 800);
-    let jobs = requests_to(&env, "POST /v1/customers/bulk")
-        + requests_to(&env, "POST /v1/conversations/bulk");
-    let statuses = requests_to(&env, "GET /v1/bulk/{id}");
-    let results = requests_to(&env, "GET /v1/bulk/{id}/batches");
+    let jobs =
+        env.requests_to("POST /v1/customers/bulk") + env.requests_to("POST /v1/conversations/bulk");
+    let statuses = env.requests_to("GET /v1/bulk/{id}");
+    let results = env.requests_to("GET /v1/bulk/{id}/batches");
     // A poll reads a job's results, which hold every item once it is done: one read a job,
     // and, for the one job that finds out how long jobs take (and later the one that
     // checks whether they got faster), a few polls that find it unfinished, each a read
@@ -616,13 +582,13 @@ fn auto_mode_goes_bulk_only_for_a_few_hundred_rows() {
         80,
         "20 customers + 60 conversations"
     );
-    assert_eq!(requests_to(&env, "POST /v1/conversations/bulk"), 0);
+    assert_eq!(env.requests_to("POST /v1/conversations/bulk"), 0);
     // 450 rows, of which the first 20 customers' are known to Kustomer already (made by
     // the small run): those are linked, and their rows' conversations go on alone.
     let large = env.write("large.csv", &generated_csv(150, 3));
     env.import(&[large.to_str().unwrap()]).assert_code(0);
-    assert!(requests_to(&env, "POST /v1/conversations/bulk") > 0);
-    assert!(requests_to(&env, "POST /v1/conversations") <= 60 + 20);
+    assert!(env.requests_to("POST /v1/conversations/bulk") > 0);
+    assert!(env.requests_to("POST /v1/conversations") <= 60 + 20);
 }
 
 #[test]
@@ -640,7 +606,7 @@ fn without_bulk_jobs_auto_goes_single_and_bulk_says_why() {
     env.import(&[file.to_str().unwrap(), "--rpm", "100000"])
         .assert_code(0);
     env.assert_exactly_once(150, 450);
-    assert!(requests_to(&env, "POST /v1/customers") >= 150);
+    assert!(env.requests_to("POST /v1/customers") >= 150);
 }
 
 #[test]

@@ -187,6 +187,40 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// Answers the sandbox sent on `route` (a route template, `"POST /v1/customers"`).
+    pub fn requests_to(&self, route: &str) -> u64 {
+        self.stats()
+            .requests
+            .get(route)
+            .map_or(0, |by_status| by_status.values().sum())
+    }
+
+    /// Waits (30 s at most) until the checkpoint records a bulk job matching `kind` (a SQL
+    /// condition on `bulk_jobs.kind`, "1" for any) as queued, then kills the run with
+    /// SIGKILL.
+    pub fn kill_once_queued(&self, kind: &str, mut child: std::process::Child) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let sql = format!("SELECT count(*) FROM bulk_jobs WHERE state = 'queued' AND {kind}");
+        loop {
+            let queued: i64 = rusqlite::Connection::open_with_flags(
+                self.path("kustomer-import.sqlite"),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .and_then(|db| db.query_row(&sql, [], |r| r.get(0)))
+            .unwrap_or(0);
+            if queued > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no job ({kind}) was queued"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// The errors file's lines after the header, as (file, line, field, reason).
     pub fn errors(&self) -> Vec<(String, u64, String, String)> {
         let mut reader =

@@ -233,13 +233,6 @@ fn a_bulk_run_killed_in_the_middle_of_its_threads_resumes_and_lands_each_item_on
     kill_during_threads_and_resume("bulk", 60, [100, 300]);
 }
 
-fn requests_to(env: &TestEnv, route: &str) -> u64 {
-    env.stats()
-        .requests
-        .get(route)
-        .map_or(0, |by_status| by_status.values().sum())
-}
-
 /// Every thread of `nested(conversations, messages)` in time order: the first message
 /// (00:00), the note (00:00:30), then the other messages.
 fn assert_threads_in_order(env: &TestEnv, conversations: usize, messages: usize) {
@@ -270,13 +263,13 @@ fn bulk_mode_sends_the_threads_in_jobs_of_many_conversations_each_in_its_order()
     assert_eq!(env.rows_in_state("done"), 40);
     assert_eq!(done_records(&env), 240);
     for route in SINGLE_HISTORY_ROUTES {
-        assert_eq!(requests_to(&env, route), 0, "{route}");
+        assert_eq!(env.requests_to(route), 0, "{route}");
     }
     // Each thread goes in three runs (its first message, its note, the rest), and each job
     // carries the runs of many threads: 40 threads' 200 messages and 40 notes take a few
     // jobs, not one request per item.
-    let message_jobs = requests_to(&env, "POST /v1/messages/bulk");
-    let note_jobs = requests_to(&env, "POST /v1/notes/bulk");
+    let message_jobs = env.requests_to("POST /v1/messages/bulk");
+    let note_jobs = env.requests_to("POST /v1/notes/bulk");
     assert!(
         (2..=6).contains(&message_jobs) && (1..=3).contains(&note_jobs),
         "{message_jobs} jobs of messages, {note_jobs} of notes"
@@ -337,32 +330,7 @@ fn lost_answers_on_history_jobs_are_reconciled_not_sent_twice() {
         faults.fail_after_write + faults.drop_after_write > 0,
         "no answer was lost"
     );
-    assert!(requests_to(&env, "POST /v1/messages/bulk") > 0);
-}
-
-/// Waits (30 s at most) until the checkpoint records a job of `kind` as queued, then kills
-/// the run with SIGKILL.
-fn kill_once_queued(env: &TestEnv, kind: &str, mut child: std::process::Child) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let sql = format!("SELECT count(*) FROM bulk_jobs WHERE state = 'queued' AND kind = '{kind}'");
-    loop {
-        let queued: i64 = rusqlite::Connection::open_with_flags(
-            env.path("kustomer-import.sqlite"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .and_then(|db| db.query_row(&sql, [], |r| r.get(0)))
-        .unwrap_or(0);
-        if queued > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no job of {kind} was queued"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(env.requests_to("POST /v1/messages/bulk") > 0);
 }
 
 #[test]
@@ -374,7 +342,7 @@ fn a_run_killed_while_a_job_of_messages_is_queued_polls_it_and_sends_nothing_twi
     });
     let file = env.write("threads.jsonl", &nested(20, 4));
     let child = env.spawn_import(&[file.to_str().unwrap(), "--mode", "bulk"]);
-    kill_once_queued(&env, "messages", child);
+    env.kill_once_queued("kind = 'messages'", child);
     let sent: i64 = env
         .checkpoint()
         .query_row(
@@ -400,7 +368,7 @@ fn a_run_killed_while_a_job_of_messages_is_queued_polls_it_and_sends_nothing_twi
     // The queued job was polled and its results applied: none of its items was looked up
     // or sent again.
     for route in SINGLE_HISTORY_ROUTES {
-        assert_eq!(requests_to(&env, route), 0, "{route}");
+        assert_eq!(env.requests_to(route), 0, "{route}");
     }
     let open: i64 = env
         .checkpoint()
@@ -460,7 +428,7 @@ fn a_history_job_refused_whole_is_halved_until_the_run_with_the_bad_item_goes_al
         .copied()
         .unwrap_or(0);
     assert!((2..=8).contains(&refused), "{refused} refusals");
-    assert_eq!(requests_to(&env, "POST /v1/conversations/{id}/messages"), 4);
+    assert_eq!(env.requests_to("POST /v1/conversations/{id}/messages"), 4);
 }
 
 #[test]
