@@ -1,4 +1,4 @@
-//! The performance suite of issues 6, 7 (bulk mode) and 15 (bulk polls): every figure
+//! The performance suite of issues 6, 7 (bulk mode), 15 (bulk polls) and 17 (history): every figure
 //! `benches/README.md` quotes, each printed beside its target. `cargo bench` runs it all
 //! (about seventeen minutes on two cores); `cargo bench -- budget` runs the benchmarks whose name
 //! contains "budget";
@@ -82,6 +82,10 @@ fn main() {
     }
     if wanted("bulk") {
         bulk(&bench, 10_000, &mut table);
+    }
+    if wanted("history") {
+        history(&bench, rows(10_000), &mut table);
+        thread_memory(&bench, &mut table);
     }
     table.print();
 }
@@ -685,6 +689,145 @@ fn bulk(bench: &Bench, rows: usize, table: &mut Table) {
         ),
         "(reference)",
         true,
+    );
+}
+
+/// A nested export (issue 17): `conversations` rows, PER_CUSTOMER per customer, each with a
+/// thread of `messages` messages nested in its line (none when 0); the same rows' text
+/// whatever the thread, so that a file without threads measures the rows' own requests.
+fn threads_export(bench: &Bench, conversations: usize, messages: usize) -> PathBuf {
+    let path = bench.path(&format!("threads-{conversations}x{messages}.jsonl"));
+    if path.exists() {
+        return path;
+    }
+    let mut text = String::new();
+    for row in 0..conversations {
+        let customer = row / PER_CUSTOMER;
+        let thread: Vec<serde_json::Value> = (0..messages)
+            .map(|m| {
+                serde_json::json!({
+                    "externalId": format!("m-{row}-{m}"), "channel": "email",
+                    "direction": if m % 2 == 0 { "in" } else { "out" },
+                    "preview": format!("Message {m} about order {row}: where is it, and when will it come?"),
+                    "sentAt": format!("2024-01-01T{:02}:{:02}:{:02}Z", m / 3600 % 24, m / 60 % 60, m % 60),
+                })
+            })
+            .collect();
+        let mut line = serde_json::json!({
+            "customer": {"externalId": format!("C-{customer}"), "name": format!("Customer {customer}")},
+            "conversation": {"externalId": format!("T-{row}"), "name": format!("Order {row}")},
+        });
+        if messages > 0 {
+            line["messages"] = serde_json::Value::Array(thread);
+        }
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(&path, text).expect("writing the export");
+    path
+}
+
+/// Conversation history (issue 17): requests per message in bulk mode on `conversations`
+/// conversations of 6 messages, net of the rows' own requests (the same rows imported
+/// without their threads), and in single mode on a tenth of them; then messages per minute
+/// under a 1,000 requests/min budget in bulk mode.
+fn history(bench: &Bench, conversations: usize, table: &mut Table) {
+    const MESSAGES: usize = 6;
+    let run = |conversations: usize, messages: usize, mode: &str, rpm: Option<u32>| {
+        let sandbox = bench.sandbox(SandboxConfig {
+            rpm,
+            ..SandboxConfig::default()
+        });
+        let export = threads_export(bench, conversations, messages);
+        let checkpoint = bench.path(&format!("history-{mode}-{}.sqlite", unique()));
+        let rpm_text = rpm.map(|rpm| rpm.to_string());
+        let mut extra = vec!["--mode", mode];
+        if let Some(rpm) = &rpm_text {
+            extra.extend(["--rpm", rpm]);
+        }
+        let run = import(&sandbox, &export, &checkpoint, &extra);
+        bench.runtime.block_on(sandbox.shutdown());
+        assert_eq!(
+            run.summary["rows_done"], conversations as u64,
+            "{}",
+            run.summary
+        );
+        let made = run.summary["messages_created"].as_u64().unwrap_or(0);
+        assert_eq!(made, (conversations * messages) as u64, "{}", run.summary);
+        run
+    };
+    let requests = |run: &Run| run.summary["requests"].as_f64().unwrap_or(0.0);
+    for (mode, conversations, target) in [
+        ("bulk", conversations, "<= 0.025"),
+        ("single", conversations / 10, "1.0"),
+    ] {
+        let rows_alone = run(conversations, 0, mode, None);
+        let with_threads = run(conversations, MESSAGES, mode, None);
+        let messages = (conversations * MESSAGES) as f64;
+        let net = (requests(&with_threads) - requests(&rows_alone)) / messages;
+        table.add(
+            &format!(
+                "history, {mode}: requests per message, {conversations} conversations x {MESSAGES}"
+            ),
+            format!(
+                "{net:.4} net of the rows' own ({:.4} all in, {:.0} requests)",
+                requests(&with_threads) / messages,
+                requests(&with_threads)
+            ),
+            target,
+            mode == "single" || net <= 0.025,
+        );
+    }
+    let budget = run(conversations, MESSAGES, "bulk", Some(1000));
+    let messages = (conversations * MESSAGES) as f64;
+    table.add(
+        &format!("history, bulk: messages per minute at 1,000 requests/min, {conversations} conversations x {MESSAGES}"),
+        format!(
+            "{:.0} messages/min ({:.1} s, {:.0} requests; single mode: at most 1,000)",
+            messages / budget.elapsed * 60.0,
+            budget.elapsed,
+            requests(&budget)
+        ),
+        "(reference)",
+        true,
+    );
+}
+
+/// Peak RSS importing the same number of messages as 10 threads of 5,000 (lines of about
+/// 1 MiB) and as 10,000 threads of 5 (issue 17: a thread is streamed into its steps, never
+/// held whole), in single mode, unlimited.
+fn thread_memory(bench: &Bench, table: &mut Table) {
+    let mut peaks = Vec::new();
+    for (conversations, messages) in [(10_000, 5), (10, 5_000)] {
+        let sandbox = bench.sandbox(SandboxConfig::default());
+        let export = threads_export(bench, conversations, messages);
+        let checkpoint = bench.path(&format!("thread-memory-{}.sqlite", unique()));
+        let run = import(&sandbox, &export, &checkpoint, SINGLE);
+        bench.runtime.block_on(sandbox.shutdown());
+        assert_eq!(
+            run.summary["messages_created"],
+            (conversations * messages) as u64,
+            "{}",
+            run.summary
+        );
+        table.add(
+            &format!("history: peak RSS, {conversations} threads of {messages} messages"),
+            format!(
+                "{:.1} MiB ({:.1} s)",
+                run.peak_rss_kib as f64 / 1024.0,
+                run.elapsed
+            ),
+            "(reference)",
+            true,
+        );
+        peaks.push(run.peak_rss_kib as f64);
+    }
+    let growth = peaks[1] / peaks[0] - 1.0;
+    table.add(
+        "history: peak RSS, threads of 5,000 over threads of 5",
+        format!("{:+.0}%", growth * 100.0),
+        "within 20%",
+        growth.abs() <= 0.20,
     );
 }
 

@@ -163,7 +163,7 @@ mod tests {
                 name: Some(subject.into()),
                 ..Default::default()
             }),
-            thread: Vec::new(),
+            thread: None,
         }
     }
 

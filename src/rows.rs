@@ -300,27 +300,38 @@ impl RowReader {
         let Ok(plan) = &mut row.plan else {
             return Ok(());
         };
-        let thread = std::mem::take(&mut plan.thread);
-        if plan.conversation.is_none() || (thread.is_empty() && self.settings.history.is_none()) {
+        let thread = plan.thread.take().filter(|thread| !thread.is_empty());
+        if plan.conversation.is_none() || (thread.is_none() && self.settings.history.is_none()) {
             return Ok(());
         }
         let key = row.origin.key.as_str();
         let stager = self.stager()?;
         // With nothing staged (no child file, no thread yet) there is nothing to claim: a
         // claim a row costs a write, which a million rows without history need not pay.
-        if thread.is_empty() && !stager.holds_any() {
+        if thread.is_none() && !stager.holds_any() {
             return Ok(());
         }
         let mut positions = [0usize; 2];
         let mut refusal = None;
-        for item in &thread {
+        let items = thread
+            .as_ref()
+            .map(|thread| thread.items(&row.origin.file, row.origin.line));
+        // Each item is mapped, checked and staged before the next is read.
+        for item in items.into_iter().flatten() {
+            let item = match item {
+                Ok(item) => item,
+                Err(error) => {
+                    refusal = Some(error);
+                    break;
+                }
+            };
             let (list, position) = match item.kind {
                 ItemKind::Message => ("messages", &mut positions[0]),
                 ItemKind::Note => ("notes", &mut positions[1]),
             };
             let index = *position;
             *position += 1;
-            if let Staged::Repeated(repeated) = stager.stage(key, item)? {
+            if let Staged::Repeated(repeated) = stager.stage(key, &item)? {
                 refusal = Some(MappingError::new(
                     &format!("{list}[{index}].externalId"),
                     "repeats an id of its thread",
@@ -426,7 +437,7 @@ impl RowReader {
         let input = self.inputs.next()?;
         let file: Arc<str> = Arc::from(input.name());
         let open = || -> Result<InputRows, ReadError> {
-            let records = input.into_records()?;
+            let mut records = input.into_records()?;
             let mapping = self
                 .settings
                 .mapping
@@ -435,6 +446,9 @@ impl RowReader {
                     input: file.to_string(),
                     source,
                 })?;
+            if mapping.reads_nested_threads() {
+                records.capture_threads();
+            }
             Ok(InputRows {
                 file: Arc::clone(&file),
                 records,
@@ -513,26 +527,6 @@ impl Iterator for RowReader {
                     }
                     return Some(row);
                 }
-            }
-        }
-    }
-}
-
-/// What the original kept for the errors file holds in place of a thread once the thread
-/// is in the plan: the thread travels as staged items, and a row with a 5,000-item thread
-/// must cost the pipeline what a row without one costs. A row that fails later goes to the
-/// errors file with this marker; its items are in the errors file on their own when they
-/// fail, and the source line is named.
-pub const THREAD_MARKER: &str = "(staged: see the source line)";
-
-fn drop_thread(fields: &mut SourceFields) {
-    if let SourceFields::Json(object) = fields {
-        // `comments`: a Zendesk ticket's thread.
-        for key in ["messages", "notes", "comments"] {
-            if let Some(value) = object.get_mut(key)
-                && value.is_array()
-            {
-                *value = Value::String(THREAD_MARKER.to_string());
             }
         }
     }
@@ -652,22 +646,13 @@ fn read_row(
             });
         }
     };
-    let (mut plan, key) = match group {
-        GroupKey::Ungrouped => (mapping.map(&record.fields, &file, record.line), None),
-        GroupKey::First(key) => (mapping.map(&record.fields, &file, record.line), Some(key)),
+    let (plan, key) = match group {
+        GroupKey::Ungrouped => (mapping.map(&record.fields, record.threads), None),
+        GroupKey::First(key) => (mapping.map(&record.fields, record.threads), Some(key)),
         GroupKey::Unplaced(error) => (Err(error), None),
     };
-    let mut fields = record.fields;
-    if let Ok(plan) = &mut plan
-        && !plan.thread.is_empty()
-    {
-        for item in &mut plan.thread {
-            item.file = Arc::clone(&file);
-            item.line = record.line;
-        }
-        drop_thread(&mut fields);
-    }
-    let original = Original::Fields(fields);
+    // A thread list's place holds a marker, not the list (see `THREAD_MARKER`).
+    let original = Original::Fields(record.fields);
     let (key, plan) = match (key, plan) {
         // A grouped conversation's key is its id, whether its first line maps or fails.
         (Some(key), plan) => (key, plan),
@@ -725,13 +710,10 @@ fn give_customer_a_key(mut plan: Plan, row_key: &str, derive: bool) -> Result<Pl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::SourceRecord;
+    use crate::input::{SourceRecord, THREAD_MARKER};
     use serde_json::json;
 
     fn read(value: Value) -> ReadRow {
-        let Value::Object(object) = value else {
-            unreachable!("a test row is an object")
-        };
         let settings = ReadSettings {
             child: None,
             mapping: Mapping::Default,
@@ -744,7 +726,7 @@ mod tests {
         let mut mapping = settings.mapping.for_input(None).unwrap();
         let record = Ok(SourceRecord {
             line: 3,
-            fields: SourceFields::Json(object),
+            ..crate::input::read_line(&value.to_string())
         });
         let file: Arc<str> = Arc::from("threads.jsonl");
         read_row(
@@ -801,7 +783,7 @@ mod tests {
             json!({"customer": {"externalId": "c-2"}, "conversation": {"externalId": "t-2"}}),
         ]);
         let first = &rows[0];
-        assert!(first.plan.as_ref().unwrap().thread.is_empty());
+        assert!(first.plan.as_ref().unwrap().thread.is_none());
         assert_eq!(
             first.thread,
             ThreadSize {
@@ -849,12 +831,7 @@ mod tests {
             "notes": [{"body": "internal"}]
         }));
         let plan = row.plan.as_ref().unwrap();
-        assert_eq!(plan.thread.len(), 51);
-        assert!(
-            plan.thread
-                .iter()
-                .all(|item| (item.file.as_ref(), item.line) == ("threads.jsonl", 3))
-        );
+        assert_eq!(plan.mapped_thread().unwrap().len(), 51);
         let original = row.original.to_json();
         assert_eq!(original["messages"], THREAD_MARKER);
         assert_eq!(original["notes"], THREAD_MARKER);
@@ -862,18 +839,20 @@ mod tests {
     }
 
     #[test]
-    fn a_row_whose_thread_is_refused_keeps_it_for_the_errors_file() {
-        let row = read(json!({
+    fn a_row_whose_thread_is_refused_names_the_item_and_its_line() {
+        let (rows, _store) = read_all(&[json!({
             "customer": {"externalId": "c-1"},
             "conversation": {"externalId": "t-1"},
-            "messages": [{"channel": "chat", "direction": "sideways"}]
-        }));
-        let error = row.plan.unwrap_err();
-        assert_eq!(error.field.as_deref(), Some("messages[0].direction"));
-        assert_eq!(
-            row.original.to_json()["messages"][0]["direction"],
-            "sideways"
-        );
+            "messages": [
+                {"channel": "chat", "direction": "in"},
+                {"channel": "chat", "direction": "sideways"}
+            ]
+        })]);
+        let error = rows[0].plan.as_ref().unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("messages[1].direction"));
+        assert_eq!(rows[0].origin.line, 1);
+        // The errors file names the line; a thread's list is not copied into it.
+        assert_eq!(rows[0].original.to_json()["messages"], THREAD_MARKER);
     }
 
     /// One row per message: a mapping grouping lines by `conv`, a message or a note by

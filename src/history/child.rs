@@ -162,6 +162,7 @@ body = "text"
                         headers: Arc::clone(&headers),
                         values: row.iter().map(|v| v.to_string()).collect(),
                     },
+                    threads: None,
                 }))
             })
             .collect()

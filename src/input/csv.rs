@@ -294,6 +294,7 @@ impl CsvRecords {
                     headers: Arc::clone(&self.headers),
                     values,
                 },
+                threads: None,
             }),
             Err(error) => Err(RecordError::whole(
                 line,

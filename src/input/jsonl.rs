@@ -7,14 +7,21 @@
 //! ([`Strict`]): a key given twice in one object (a `Value` silently keeps the last), and
 //! a NUL character in a string or a key (it would reach Kustomer as it is). Each names the
 //! key's path in the object (`customer.emails[0].email`).
+//!
+//! A line that may hold a conversation's thread (see [`JsonlRecords::capturing_threads`])
+//! is not parsed whole: its thread lists stay as the line's text, each item located but
+//! parsed only when it is staged ([`NestedLists`]), so a 5,000-comment ticket costs its
+//! bytes and two offsets an item rather than 5,000 values.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, BufRead};
+use std::ops::Range;
 use std::sync::LazyLock;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use super::{
@@ -33,6 +40,8 @@ pub struct JsonlRecords {
     buffer: Vec<u8>,
     /// A line refused for its size whose rest is still to be read and dropped.
     skipping: Option<Oversized>,
+    /// Thread lists are kept as text ([`NestedLists`]), for a mapping that reads them.
+    capture_threads: bool,
 }
 
 /// Finds [`ESCAPED_NUL`]; made once, as its searcher's set-up costs more than a line.
@@ -56,7 +65,17 @@ impl JsonlRecords {
             line: 0,
             buffer: Vec::with_capacity(4096),
             skipping: None,
+            capture_threads: false,
         }
+    }
+
+    /// Keeps each line's thread lists (`messages`, `notes`, `comments`, at the top of the
+    /// line or in its `ticket`) as text for [`NestedLists`], in their place in the object
+    /// [`THREAD_MARKER`]: for the mappings that read a nested thread (the default columns'
+    /// API shape and the Zendesk preset). A mapping file names its own keys, so its inputs
+    /// are read as they are.
+    pub fn capture_threads(&mut self) {
+        self.capture_threads = true;
     }
 
     /// Reads the next line into `buffer`, or as much of it as the size limit allows.
@@ -151,11 +170,15 @@ impl JsonlRecords {
         let text = &self.buffer[start..end];
         // Strings are searched for a NUL only on the rare line that may hold one.
         let may_hold_nul = NUL_FINDER.find(text).is_some();
+        if self.capture_threads && may_hold_thread(text) {
+            return Some(self.parse_threaded(start..end, may_hold_nul));
+        }
         let error = match parse_strict(text, may_hold_nul) {
             Ok(Value::Object(object)) => {
                 return Some(Ok(SourceRecord {
                     line,
                     fields: SourceFields::Json(object),
+                    threads: None,
                 }));
             }
             Ok(other) => RecordError::whole(
@@ -163,21 +186,48 @@ impl JsonlRecords {
                 format!("is a JSON {}, not an object", json_kind(&other)),
                 Value::Null,
             ),
-            Err(Refusal::Flaw(flaw)) => RecordError::in_field(
-                line,
-                flaw.path(),
-                flaw.kind.rule(),
-                flaw.kind.reason().to_string(),
-                Value::Null,
-            ),
-            Err(Refusal::Syntax(error)) => {
-                RecordError::whole(line, format!("is not valid JSON: {error}"), Value::Null)
-            }
+            Err(refusal) => refusal.into_error(line),
         };
         Some(Err(RecordError {
             raw: self.take_line(start..end),
             ..error
         }))
+    }
+
+    /// A line that may hold thread lists: its object with each list's place marked, and the
+    /// line itself handed over with where the lists' items are.
+    fn parse_threaded(&mut self, range: Range<usize>, check_nul: bool) -> RecordResult {
+        let line = self.line;
+        let base = self.buffer.as_ptr() as usize;
+        let mut lists = Vec::new();
+        let parsed = entries_of(&self.buffer[range.clone()]).and_then(|entries| {
+            threaded_object(
+                entries,
+                &mut ThreadScan {
+                    base,
+                    check_nul,
+                    lists: &mut lists,
+                },
+                0,
+            )
+        });
+        match parsed {
+            Ok(object) => {
+                let threads = (!lists.is_empty()).then(|| NestedLists {
+                    text: std::mem::replace(&mut self.buffer, Vec::with_capacity(4096)),
+                    lists,
+                });
+                Ok(SourceRecord {
+                    line,
+                    fields: SourceFields::Json(object),
+                    threads,
+                })
+            }
+            Err(refusal) => Err(RecordError {
+                raw: self.take_line(range),
+                ..refusal.into_error(line)
+            }),
+        }
     }
 
     /// The line in the buffer, as text, for the errors file: the buffer itself is handed
@@ -197,6 +247,41 @@ impl JsonlRecords {
 enum Refusal {
     Syntax(serde_json::Error),
     Flaw(Flaw),
+}
+
+impl Refusal {
+    fn flaw(kind: FlawKind, at: String) -> Refusal {
+        Refusal::Flaw(Flaw {
+            kind,
+            path: vec![at],
+        })
+    }
+
+    /// The refusal of a value, as the refusal of the object that holds it under `key`.
+    fn within(self, key: &str) -> Refusal {
+        match self {
+            Refusal::Flaw(mut flaw) => {
+                flaw.path.push(key.to_string());
+                Refusal::Flaw(flaw)
+            }
+            syntax => syntax,
+        }
+    }
+
+    fn into_error(self, line: u64) -> RecordError {
+        match self {
+            Refusal::Flaw(flaw) => RecordError::in_field(
+                line,
+                flaw.path(),
+                flaw.kind.rule(),
+                flaw.kind.reason().to_string(),
+                Value::Null,
+            ),
+            Refusal::Syntax(error) => {
+                RecordError::whole(line, format!("is not valid JSON: {error}"), Value::Null)
+            }
+        }
+    }
 }
 
 /// What [`Strict`] refuses in JSON that serde_json accepts.
@@ -383,6 +468,204 @@ impl<'de> Visitor<'de> for Strict<'_> {
     }
 }
 
+/// What a line's object holds in place of a thread list once the list is kept as text
+/// ([`NestedLists`]): the errors file then names the source line rather than repeating a
+/// list of 5,000 items, whose own failures it lists item by item.
+pub const THREAD_MARKER: &str = "(staged: see the source line)";
+
+/// The keys of a line's object that hold a thread list: an API-shaped row's `messages` and
+/// `notes`, a Zendesk ticket's `comments`.
+const TOP_THREAD_KEYS: [&str; 3] = ["messages", "notes", "comments"];
+
+/// The key of a Zendesk ticket wrapped in its line (`{"ticket": {...}}`) and the key of its
+/// thread list inside.
+const TICKET_KEY: &str = "ticket";
+const TICKET_THREAD_KEY: &str = "comments";
+
+/// Finds each of [`TOP_THREAD_KEYS`] as a JSON key; made once, as [`NUL_FINDER`].
+static THREAD_FINDERS: LazyLock<[memchr::memmem::Finder<'static>; 3]> = LazyLock::new(|| {
+    TOP_THREAD_KEYS.map(|key| memchr::memmem::Finder::new(&format!("\"{key}\"")).into_owned())
+});
+
+/// Whether an object's line names a thread list's key anywhere: the rare line that does is
+/// parsed by [`threaded_object`], every other as it always was.
+fn may_hold_thread(text: &[u8]) -> bool {
+    text.first() == Some(&b'{')
+        && THREAD_FINDERS
+            .iter()
+            .any(|finder| finder.find(text).is_some())
+}
+
+/// The thread lists of one JSONL line, kept as the line's text: where each item of each
+/// list is, found as the line was parsed (its syntax checked then); an item is parsed, with
+/// the line's own refusals ([`Strict`]), only when it is read ([`NestedLists::items`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NestedLists {
+    /// The line as read (its buffer, handed over whole).
+    text: Vec<u8>,
+    lists: Vec<NestedList>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct NestedList {
+    key: &'static str,
+    items: Vec<Range<usize>>,
+}
+
+/// Why an item of a thread list is refused: the line's refusals, at the item's own path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemFlaw {
+    /// The path inside the item (`body`), empty for the item itself.
+    pub path: String,
+    pub rule: &'static str,
+    pub reason: String,
+}
+
+impl NestedLists {
+    /// How many items the line's list under `key` holds; None when the line has no such
+    /// list.
+    pub fn len(&self, key: &str) -> Option<usize> {
+        self.list(key).map(|list| list.items.len())
+    }
+
+    /// Whether every list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lists.iter().all(|list| list.items.is_empty())
+    }
+
+    /// The items of the list under `key` (none when there is no such list), each parsed
+    /// as it is reached.
+    pub fn items<'a>(&'a self, key: &str) -> impl Iterator<Item = Result<Value, ItemFlaw>> + 'a {
+        self.list(key)
+            .map_or(&[][..], |list| &list.items[..])
+            .iter()
+            .map(|range| {
+                let text = &self.text[range.clone()];
+                parse_strict(text, NUL_FINDER.find(text).is_some()).map_err(|refusal| match refusal
+                {
+                    Refusal::Flaw(flaw) => ItemFlaw {
+                        path: flaw.path(),
+                        rule: flaw.kind.rule(),
+                        reason: flaw.kind.reason().to_string(),
+                    },
+                    // The line's parse checked the syntax of every item.
+                    Refusal::Syntax(error) => ItemFlaw {
+                        path: String::new(),
+                        rule: "not valid JSON",
+                        reason: format!("is not valid JSON: {error}"),
+                    },
+                })
+            })
+    }
+
+    fn list(&self, key: &str) -> Option<&NestedList> {
+        self.lists.iter().find(|list| list.key == key)
+    }
+}
+
+impl fmt::Debug for NestedLists {
+    fn fmt(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        let mut lists = formatter.debug_map();
+        for list in &self.lists {
+            lists.entry(&list.key, &format_args!("{} items", list.items.len()));
+        }
+        lists.finish()
+    }
+}
+
+/// An object's entries, each value as its JSON text, in the order of the line.
+struct Entries<'de>(Vec<(String, &'de RawValue)>);
+
+impl<'de> de::Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> Visitor<'de> for EntriesVisitor {
+            type Value = Entries<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(EntriesVisitor)
+    }
+}
+
+fn entries_of(text: &[u8]) -> Result<Entries<'_>, Refusal> {
+    serde_json::from_slice(text).map_err(Refusal::Syntax)
+}
+
+/// What [`threaded_object`] gathers: where the line's buffer starts (items are found by
+/// their offset in it), whether strings may hold a NUL, and the lists found.
+struct ThreadScan<'a> {
+    base: usize,
+    check_nul: bool,
+    lists: &'a mut Vec<NestedList>,
+}
+
+/// An object whose thread lists are kept as text: at the top of the line (`depth` 0) the
+/// lists of [`TOP_THREAD_KEYS`] and a `ticket` object's own `comments` (`depth` 1). Every
+/// other value is parsed as [`parse_strict`] parses a line, with the same refusals at the
+/// same paths; a thread key holding anything but a list is parsed too, for the mapping to
+/// refuse.
+fn threaded_object(
+    entries: Entries<'_>,
+    scan: &mut ThreadScan<'_>,
+    depth: u8,
+) -> Result<Map<String, Value>, Refusal> {
+    let mut object = Map::new();
+    for (key, raw) in entries.0 {
+        if scan.check_nul && key.contains('\0') {
+            return Err(Refusal::flaw(FlawKind::Nul, key));
+        }
+        let text = raw.get();
+        let thread_key = match depth {
+            0 => TOP_THREAD_KEYS.into_iter().find(|thread| *thread == key),
+            _ => (key == TICKET_THREAD_KEY).then_some(TICKET_THREAD_KEY),
+        };
+        let value = match thread_key {
+            Some(thread_key) if text.starts_with('[') => {
+                let items: Vec<&RawValue> = serde_json::from_str(text).map_err(Refusal::Syntax)?;
+                let items = items
+                    .iter()
+                    .map(|item| {
+                        let start = item.get().as_ptr() as usize - scan.base;
+                        start..start + item.get().len()
+                    })
+                    .collect();
+                scan.lists.push(NestedList {
+                    key: thread_key,
+                    items,
+                });
+                Value::String(THREAD_MARKER.to_string())
+            }
+            _ if depth == 0 && key == TICKET_KEY && text.starts_with('{') => Value::Object(
+                entries_of(text.as_bytes())
+                    .and_then(|inner| threaded_object(inner, scan, 1))
+                    .map_err(|refusal| refusal.within(&key))?,
+            ),
+            _ => parse_strict(text.as_bytes(), scan.check_nul)
+                .map_err(|refusal| refusal.within(&key))?,
+        };
+        match object.entry(key) {
+            Entry::Vacant(entry) => {
+                entry.insert(value);
+            }
+            Entry::Occupied(entry) => {
+                return Err(Refusal::flaw(FlawKind::RepeatedKey, entry.key().clone()));
+            }
+        }
+    }
+    Ok(object)
+}
+
 fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -418,6 +701,22 @@ impl Iterator for JsonlRecords {
                 }
             }
         }
+    }
+}
+
+/// One line read as a run whose mapping reads nested threads reads it (for the mappings'
+/// tests).
+#[cfg(test)]
+pub(crate) fn read_line(line: &str) -> SourceRecord {
+    let mut records = JsonlRecords::new(
+        "test.jsonl",
+        Box::new(io::Cursor::new(line.as_bytes().to_vec())),
+        super::DEFAULT_MAX_RECORD_SIZE,
+    );
+    records.capture_threads();
+    match records.next() {
+        Some(Ok(Ok(record))) => record,
+        other => panic!("{line}: {other:?}"),
     }
 }
 
@@ -476,5 +775,88 @@ mod tests {
             flaw(r#"{"x":{"ke\u0000y":1}}"#),
             (FlawKind::Nul, "x.ke\\u0000y".into())
         );
+    }
+
+    fn threaded(line: &str) -> Result<SourceRecord, RecordError> {
+        let mut records = JsonlRecords::new(
+            "t.jsonl",
+            Box::new(io::Cursor::new(line.as_bytes().to_vec())),
+            1 << 20,
+        );
+        records.capture_threads();
+        records.next().unwrap().unwrap()
+    }
+
+    #[test]
+    fn thread_lists_are_kept_as_text_and_their_items_read_as_serde_json_reads_them() {
+        let line = r#"{"customer":{"externalId":"c"},"messages":[{"a":1}, {"b":[2,{"c":"é"}]}],"notes":[],"x":[1]}"#;
+        let record = threaded(line).unwrap();
+        let SourceFields::Json(object) = &record.fields else {
+            unreachable!()
+        };
+        assert_eq!(object["messages"], THREAD_MARKER);
+        assert_eq!(object["notes"], THREAD_MARKER);
+        assert_eq!(
+            object["x"],
+            serde_json::json!([1]),
+            "other lists are values"
+        );
+        let threads = record.threads.unwrap();
+        assert_eq!(
+            (threads.len("messages"), threads.len("notes")),
+            (Some(2), Some(0))
+        );
+        assert_eq!(threads.len("comments"), None);
+        let items: Vec<Value> = threads.items("messages").map(Result::unwrap).collect();
+        let expected: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(Value::Array(items), expected["messages"]);
+        // A ticket's comments, wrapped or not.
+        let wrapped = threaded(r#"{"ticket":{"id":1,"comments":[{"id":2}]}}"#).unwrap();
+        assert_eq!(wrapped.threads.unwrap().len("comments"), Some(1));
+        let SourceFields::Json(object) = &wrapped.fields else {
+            unreachable!()
+        };
+        assert_eq!(object["ticket"]["comments"], THREAD_MARKER);
+        // A thread key holding something else is a value, for the mapping to refuse.
+        let odd = threaded(r#"{"messages":{"channel":"email"}}"#).unwrap();
+        assert!(odd.threads.is_none());
+        // Without capture, a line is parsed whole.
+        let mut plain = JsonlRecords::new(
+            "t.jsonl",
+            Box::new(io::Cursor::new(line.as_bytes().to_vec())),
+            1 << 20,
+        );
+        let record = plain.next().unwrap().unwrap().unwrap();
+        assert!(record.threads.is_none());
+        let SourceFields::Json(object) = record.fields else {
+            unreachable!()
+        };
+        assert_eq!(Value::Object(object), expected);
+    }
+
+    #[test]
+    fn a_threaded_line_is_refused_as_a_whole_line_is_and_its_items_when_read() {
+        let repeated = threaded(r#"{"customer":{"a":1,"a":2},"messages":[]}"#).unwrap_err();
+        assert_eq!(
+            (repeated.field.as_deref(), repeated.rule),
+            (Some("customer.a"), "repeated key")
+        );
+        let twice = threaded(r#"{"messages":[],"messages":[]}"#).unwrap_err();
+        assert_eq!(twice.field.as_deref(), Some("messages"));
+        let nul = threaded(r#"{"ticket":{"subject":"a\u0000","comments":[]}}"#).unwrap_err();
+        assert_eq!(nul.field.as_deref(), Some("ticket.subject"));
+        let broken = threaded(r#"{"messages":[{"a":1},{"b":]}"#).unwrap_err();
+        assert!(
+            broken.reason.starts_with("is not valid JSON"),
+            "{}",
+            broken.reason
+        );
+        // An item's own flaws are found when it is read, at its path inside the item.
+        let record =
+            threaded(r#"{"notes":[{"ok":1},{"body":"x","body":"y"},{"t":["\u0000"]}]}"#).unwrap();
+        let items: Vec<Result<Value, ItemFlaw>> = record.threads.unwrap().items("notes").collect();
+        assert!(items[0].is_ok());
+        assert_eq!(items[1].as_ref().unwrap_err().path, "body");
+        assert_eq!(items[2].as_ref().unwrap_err().path, "t[0]");
     }
 }

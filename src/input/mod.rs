@@ -24,7 +24,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 pub use self::csv::CsvRecords;
-pub use self::jsonl::JsonlRecords;
+#[cfg(test)]
+pub(crate) use self::jsonl::read_line;
+pub use self::jsonl::{ItemFlaw, JsonlRecords, NestedLists, THREAD_MARKER};
 
 /// The two export formats we read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -525,6 +527,10 @@ impl<T: AsRef<str>> From<Vec<T>> for CsvValues {
 pub struct SourceRecord {
     pub line: u64,
     pub fields: SourceFields,
+    /// The thread lists of a JSONL line read by a mapping that reads a nested thread
+    /// ([`JsonlRecords::capture_threads`]), kept as the line's text; their places in
+    /// `fields` hold [`THREAD_MARKER`]. None for every other record.
+    pub threads: Option<NestedLists>,
 }
 
 /// A record that could not be read as a record (wrong field count, not an object, ...).
@@ -660,6 +666,14 @@ impl Records {
         match self {
             Records::Csv(records) => Some(records.headers()),
             Records::Jsonl(_) => None,
+        }
+    }
+
+    /// Keeps JSONL lines' thread lists as text (see [`JsonlRecords::capture_threads`]); a
+    /// CSV record has none.
+    pub fn capture_threads(&mut self) {
+        if let Records::Jsonl(records) = self {
+            records.capture_threads();
         }
     }
 }

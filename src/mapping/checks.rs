@@ -354,7 +354,7 @@ pub fn finish_plan(
         customer_key,
         customer,
         conversation: has_conversation.then_some(conversation),
-        thread: Vec::new(),
+        thread: None,
     })
 }
 

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::checks::finish_plan;
-use super::{ConversationBody, CustomerBody, EmailEntry, MappingError, PhoneEntry, Plan};
+use super::{
+    ConversationBody, CustomerBody, EmailEntry, MappingError, NestedThread, PhoneEntry, Plan,
+    item_value, nested_list_present,
+};
 use crate::history::checks::finish_item;
 use crate::history::{ItemKind, ThreadItem};
-use crate::input::SourceFields;
+use crate::input::{ItemFlaw, NestedLists, SourceFields};
 
 /// The default columns and what they feed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,8 +124,17 @@ impl DefaultMapping {
         DefaultMapping::default()
     }
 
-    /// Maps and validates one record.
+    /// Maps and validates one record that has no thread.
     pub fn map(&mut self, fields: &SourceFields) -> Result<Plan, MappingError> {
+        self.map_with_thread(fields, None)
+    }
+
+    /// Maps and validates one record, with the thread lists of its line.
+    pub fn map_with_thread(
+        &mut self,
+        fields: &SourceFields,
+        threads: Option<NestedLists>,
+    ) -> Result<Plan, MappingError> {
         match fields {
             SourceFields::Csv { headers, values } => {
                 let columns = self.columns_for(headers);
@@ -138,8 +150,13 @@ impl DefaultMapping {
                 match (object.get("customer"), object.get("conversation")) {
                     (Some(Value::Object(customer)), conversation) => {
                         let mut plan = plan_from_api_shape(customer, conversation)?;
-                        plan.thread = api_thread(object)?;
-                        if !plan.thread.is_empty() && plan.conversation.is_none() {
+                        plan.thread = api_thread(object, threads)?;
+                        if plan
+                            .thread
+                            .as_ref()
+                            .is_some_and(|thread| !thread.is_empty())
+                            && plan.conversation.is_none()
+                        {
                             return Err(MappingError::new(
                                 "conversation",
                                 "history without a conversation",
@@ -313,31 +330,36 @@ pub(super) fn contact_list(
 pub(crate) const THREAD_KEYS: [(&str, ItemKind); 2] =
     [("messages", ItemKind::Message), ("notes", ItemKind::Note)];
 
-/// The thread nested in an API-shaped row: `"messages": [...]` then `"notes": [...]`, each
-/// element an API-shaped body checked by [`finish_item`] under its path (`messages[3]`).
-/// Mapping knows no file: the items' `file` and `line` are stamped by the reader.
-fn api_thread(object: &Map<String, Value>) -> Result<Vec<ThreadItem>, MappingError> {
-    let nowhere: Arc<str> = Arc::from("");
-    let mut thread = Vec::new();
-    for (key, kind) in THREAD_KEYS {
-        let items = match object.get(key) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Array(items)) => items,
-            Some(_) => return Err(MappingError::new(key, "not a list", "must be a list")),
-        };
-        for (index, item) in items.iter().enumerate() {
-            let path = format!("{key}[{index}]");
-            let Value::Object(body) = item else {
-                return Err(MappingError::new(
-                    &path,
-                    "not an object",
-                    "must be an object",
-                ));
-            };
-            thread.push(finish_item(kind, body.clone(), &path, &nowhere, 0)?);
-        }
+/// One item of the thread nested in an API-shaped row (`messages[3]`): an API-shaped body
+/// checked by [`finish_item`] under its path.
+pub(super) fn api_item(
+    kind: ItemKind,
+    item: Result<Value, ItemFlaw>,
+    path: &str,
+    file: &Arc<str>,
+    line: u64,
+) -> Result<ThreadItem, MappingError> {
+    let Value::Object(body) = item_value(item, path)? else {
+        return Err(MappingError::new(
+            path,
+            "not an object",
+            "must be an object",
+        ));
+    };
+    finish_item(kind, body, path, file, line)
+}
+
+/// The thread an API-shaped row's line holds, if any (a thread key holding anything but a
+/// list is refused).
+fn api_thread(
+    object: &Map<String, Value>,
+    threads: Option<NestedLists>,
+) -> Result<Option<NestedThread>, MappingError> {
+    let mut present = false;
+    for (key, _) in THREAD_KEYS {
+        present |= nested_list_present(object, threads.as_ref(), key)?;
     }
-    Ok(thread)
+    Ok(threads.filter(|_| present).map(NestedThread::api))
 }
 
 /// A JSONL row shaped like the API bodies: `{"customer": {...}, "conversation": {...}}`.
@@ -438,7 +460,8 @@ mod tests {
         }
     }
 
-    fn nested(thread: Value) -> Result<Plan, MappingError> {
+    /// A row with `thread`'s lists, read as a run reads it: the plan and its thread.
+    fn nested(thread: Value) -> Result<(Plan, Vec<ThreadItem>), MappingError> {
         let mut row = json!({
             "customer": {"externalId": "c-1"},
             "conversation": {"externalId": "t-1", "name": "Late order"}
@@ -446,12 +469,15 @@ mod tests {
         for (key, value) in thread.as_object().unwrap() {
             row[key] = value.clone();
         }
-        DefaultMapping::new().map(&json_row(row))
+        let record = crate::input::read_line(&row.to_string());
+        let plan = DefaultMapping::new().map_with_thread(&record.fields, record.threads)?;
+        let thread = plan.mapped_thread()?;
+        Ok((plan, thread))
     }
 
     #[test]
     fn a_nested_thread_is_mapped_in_source_order() {
-        let plan = nested(json!({
+        let (plan, thread) = nested(json!({
             "messages": [
                 {"externalId": "m-1", "channel": "email", "direction": "in",
                  "createdAt": "2024-01-01T10:00:00+01:00", "preview": "Where is it?"},
@@ -460,8 +486,7 @@ mod tests {
             "notes": [{"externalId": 7, "body": "Courier called"}]
         }))
         .unwrap();
-        let kinds: Vec<(ItemKind, Option<&str>)> = plan
-            .thread
+        let kinds: Vec<(ItemKind, Option<&str>)> = thread
             .iter()
             .map(|item| (item.kind, item.source_id.as_deref()))
             .collect();
@@ -473,8 +498,8 @@ mod tests {
                 (ItemKind::Note, Some("7")),
             ]
         );
-        assert_eq!(plan.thread[0].body["createdAt"], "2024-01-01T09:00:00Z");
-        assert_eq!(plan.thread[1].body["app"], "kustomer-import");
+        assert_eq!(thread[0].body["createdAt"], "2024-01-01T09:00:00Z");
+        assert_eq!(thread[1].body["app"], "kustomer-import");
         assert!(plan.conversation.is_some());
     }
 
@@ -503,11 +528,15 @@ mod tests {
             "customer": {"externalId": "c-1"},
             "notes": [{"body": "no conversation to hold me"}]
         });
-        let error = DefaultMapping::new().map(&json_row(row)).unwrap_err();
+        let map = |row: Value| {
+            let record = crate::input::read_line(&row.to_string());
+            DefaultMapping::new().map_with_thread(&record.fields, record.threads)
+        };
+        let error = map(row).unwrap_err();
         assert_eq!(error.field.as_deref(), Some("conversation"));
         assert_eq!(error.rule, "history without a conversation");
         let empty = json!({"customer": {"externalId": "c-1"}, "messages": []});
-        assert!(DefaultMapping::new().map(&json_row(empty)).is_ok());
+        assert!(map(empty).is_ok());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::history::ThreadItem;
-use crate::input::SourceFields;
+use crate::input::{ItemFlaw, NestedLists, SourceFields};
 
 pub use self::checks::{MAX_TEXT_LEN, STATUSES, is_valid_email, normalize_phone};
 pub use self::default::DefaultMapping;
@@ -38,12 +38,12 @@ pub struct Plan {
     pub customer: CustomerBody,
     /// None when the row has no conversation field: the row imports only its customer.
     pub conversation: Option<ConversationBody>,
-    /// The conversation's history read with the row (a thread nested in its line), in
-    /// source order; a child file's items and rows that are messages are staged by the
-    /// history's pre-pass instead (`RowReader::stage_history`). The
-    /// reader stages it in the run's thread store (`history::store`) and leaves this empty:
-    /// the row travels through the pipeline without it.
-    pub thread: Vec<ThreadItem>,
+    /// The conversation's history read with the row (a thread nested in its line), still
+    /// as the line's text; a child file's items and rows that are messages are staged by
+    /// the history's pre-pass instead (`RowReader::stage_history`). The reader maps it item
+    /// by item into the run's thread store (`history::store`) and leaves this None: the
+    /// row travels through the pipeline without it.
+    pub thread: Option<NestedThread>,
 }
 
 impl Plan {
@@ -103,6 +103,116 @@ pub struct ConversationBody {
     pub status: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A thread nested in its row's line (an API-shaped row's `messages` then `notes`, a
+/// Zendesk ticket's `comments`), kept as the line's text ([`NestedLists`]) with how its
+/// items map: each item is parsed, mapped and checked only when it is reached
+/// ([`NestedThread::items`]), so a thread of any length is never held whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NestedThread {
+    lists: NestedLists,
+    reading: ThreadReading,
+}
+
+/// How a nested thread's items map.
+#[derive(Clone, Debug, PartialEq)]
+enum ThreadReading {
+    /// API-shaped bodies (`messages[i]`, `notes[i]`), as the default mapping reads them.
+    Api,
+    /// A Zendesk ticket's comments, read against its requester and channel.
+    Zendesk(zendesk::TicketThread),
+}
+
+impl NestedThread {
+    fn api(lists: NestedLists) -> NestedThread {
+        NestedThread {
+            lists,
+            reading: ThreadReading::Api,
+        }
+    }
+
+    fn zendesk(lists: NestedLists, ticket: zendesk::TicketThread) -> NestedThread {
+        NestedThread {
+            lists,
+            reading: ThreadReading::Zendesk(ticket),
+        }
+    }
+
+    /// Whether it has no item at all.
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
+    }
+
+    /// Its items in source order, each mapped as it is reached, read at `line` of `file`
+    /// (where the errors file names them). An item refused names its path in the line
+    /// (`messages[3].direction`); the items after it are not read.
+    pub fn items<'a>(
+        &'a self,
+        file: &'a Arc<str>,
+        line: u64,
+    ) -> Box<dyn Iterator<Item = Result<ThreadItem, MappingError>> + 'a> {
+        match &self.reading {
+            ThreadReading::Api => {
+                Box::new(default::THREAD_KEYS.iter().flat_map(move |&(key, kind)| {
+                    self.lists.items(key).enumerate().map(move |(index, item)| {
+                        default::api_item(kind, item, &item_path(key, index), file, line)
+                    })
+                }))
+            }
+            ThreadReading::Zendesk(ticket) => Box::new(
+                self.lists
+                    .items(zendesk::THREAD_KEY)
+                    .enumerate()
+                    .map(move |(index, item)| ticket.comment_item(item, index, file, line)),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Plan {
+    /// Its nested thread mapped whole, as the reader stages it item by item (tests).
+    pub(crate) fn mapped_thread(&self) -> Result<Vec<ThreadItem>, MappingError> {
+        let file: Arc<str> = Arc::from("test.jsonl");
+        match &self.thread {
+            Some(thread) => thread.items(&file, 1).collect(),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// An item's path in its line: `messages[3]`.
+fn item_path(key: &str, index: usize) -> String {
+    format!("{key}[{index}]")
+}
+
+/// An item of a nested thread as a value, or its refusal as a mapping error at `path`.
+fn item_value(item: Result<Value, ItemFlaw>, path: &str) -> Result<Value, MappingError> {
+    item.map_err(|flaw| {
+        let field = match flaw.path.as_str() {
+            "" => path.to_string(),
+            inner if inner.starts_with('[') => format!("{path}{inner}"),
+            inner => format!("{path}.{inner}"),
+        };
+        MappingError::new(&field, flaw.rule, flaw.reason)
+    })
+}
+
+/// A thread key of a line: the list the line holds under it, if any; else a refusal
+/// when the key holds anything but null (a thread is a list).
+fn nested_list_present(
+    object: &Map<String, Value>,
+    lists: Option<&NestedLists>,
+    key: &str,
+) -> Result<bool, MappingError> {
+    if lists.is_some_and(|lists| lists.len(key).is_some()) {
+        return Ok(true);
+    }
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(_) => Err(MappingError::new(key, "not a list", "must be a list")),
+    }
 }
 
 /// Why a row was refused before any request: the field (as the API names it), the rule it
@@ -199,19 +309,26 @@ pub enum InputMapping {
 }
 
 impl InputMapping {
-    /// Maps and validates one record, read at `line` of `file` (what its thread's items
-    /// are named by in the errors file).
+    /// Maps and validates one record, with the thread lists its line holds (see
+    /// [`InputMapping::reads_nested_threads`]): the plan's thread is mapped later, item by
+    /// item ([`NestedThread::items`]).
     pub fn map(
         &mut self,
         fields: &SourceFields,
-        file: &Arc<str>,
-        line: u64,
+        threads: Option<NestedLists>,
     ) -> Result<Plan, MappingError> {
         match self {
-            InputMapping::Default(mapping) => mapping.map(fields),
+            InputMapping::Default(mapping) => mapping.map_with_thread(fields, threads),
             InputMapping::File(mapping) => mapping.map(fields),
-            InputMapping::Zendesk(mapping) => mapping.map(fields, file, line),
+            InputMapping::Zendesk(mapping) => mapping.map(fields, threads),
         }
+    }
+
+    /// Whether its records' thread lists are read from their lines (the default columns'
+    /// API shape and the Zendesk preset): their inputs then keep those lists as text
+    /// (`Records::capture_threads`). A mapping file reads the keys it names.
+    pub fn reads_nested_threads(&self) -> bool {
+        !matches!(self, InputMapping::File(_))
     }
 
     /// The record's conversation's source id, as a mapping file's `conversation.externalId`

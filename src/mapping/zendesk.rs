@@ -13,10 +13,13 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::checks::finish_plan;
-use super::{ConversationBody, CustomerBody, EmailEntry, MappingError, PhoneEntry, Plan};
+use super::{
+    ConversationBody, CustomerBody, EmailEntry, MappingError, NestedThread, PhoneEntry, Plan,
+    item_value, nested_list_present,
+};
 use crate::history::checks::{DEFAULT_APP, finish_item};
 use crate::history::{ItemKind, ThreadItem};
-use crate::input::SourceFields;
+use crate::input::{ItemFlaw, NestedLists, SourceFields};
 
 /// A Zendesk user's role: end-users write inbound messages, agents and admins outbound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,12 +225,12 @@ impl ZendeskMapping {
         ZendeskMapping { users }
     }
 
-    /// Maps one ticket, read at `line` of `file`, to its plan with its thread.
+    /// Maps one ticket to its plan, with its comments (the thread lists of its line) as
+    /// the thread, mapped item by item later ([`TicketThread::comment_item`]).
     pub fn map(
         &self,
         fields: &SourceFields,
-        file: &Arc<str>,
-        line: u64,
+        threads: Option<NestedLists>,
     ) -> Result<Plan, MappingError> {
         let SourceFields::Json(object) = fields else {
             return Err(MappingError::record(
@@ -254,49 +257,59 @@ impl ZendeskMapping {
             .clone()
             .unwrap_or_else(|| "email".into());
         let mut plan = finish_plan(customer, conversation)?;
-        let comments = match ticket.get("comments") {
-            None | Some(Value::Null) => &Vec::new(),
-            Some(Value::Array(comments)) => comments,
-            Some(_) => {
-                return Err(MappingError::new(
-                    "comments",
-                    "not a list",
-                    "must be a list",
-                ));
-            }
-        };
-        let context = Context {
-            requester_id,
-            channel: &channel,
-            file,
-            line,
-        };
-        plan.thread = comments
-            .iter()
-            .enumerate()
-            .map(|(index, comment)| self.comment_item(comment, index, &context))
-            .collect::<Result<_, _>>()?;
+        if nested_list_present(ticket, threads.as_ref(), THREAD_KEY)? {
+            let ticket = TicketThread {
+                users: Arc::clone(&self.users),
+                requester_id,
+                channel,
+            };
+            plan.thread = threads.map(|lists| NestedThread::zendesk(lists, ticket));
+        }
         Ok(plan)
     }
+}
 
-    /// One comment as a message (public) or a note (`public: false`).
-    fn comment_item(
+/// The key of a ticket's thread: its comments.
+pub(super) const THREAD_KEY: &str = "comments";
+
+/// What every comment of one ticket is read against: the users, the ticket's requester
+/// (whose comments are inbound) and its channel (a comment's own `via` overrides it).
+#[derive(Clone, Debug)]
+pub(super) struct TicketThread {
+    users: Arc<ZendeskUsers>,
+    requester_id: u64,
+    channel: String,
+}
+
+impl PartialEq for TicketThread {
+    fn eq(&self, other: &TicketThread) -> bool {
+        Arc::ptr_eq(&self.users, &other.users)
+            && self.requester_id == other.requester_id
+            && self.channel == other.channel
+    }
+}
+
+impl TicketThread {
+    /// One comment (`comments[index]`, of the ticket read at `line` of `file`) as a message
+    /// (public) or a note (`public: false`).
+    pub(super) fn comment_item(
         &self,
-        comment: &Value,
+        comment: Result<Value, ItemFlaw>,
         index: usize,
-        context: &Context<'_>,
+        file: &Arc<str>,
+        line: u64,
     ) -> Result<ThreadItem, MappingError> {
-        let path = format!("comments[{index}]");
-        let Value::Object(comment) = comment else {
+        let path = format!("{THREAD_KEY}[{index}]");
+        let Value::Object(comment) = item_value(comment, &path)? else {
             return Err(MappingError::new(
                 &path,
                 "not an object",
                 "must be an object",
             ));
         };
-        let id = required_id(comment, "id").map_err(|error| at_path(error, &path))?;
+        let id = required_id(&comment, "id").map_err(|error| at_path(error, &path))?;
         let created_at = comment.get("created_at").filter(|value| !value.is_null());
-        let plain = text_field(comment, "plain_body").or_else(|| text_field(comment, "body"));
+        let plain = text_field(&comment, "plain_body").or_else(|| text_field(&comment, "body"));
         let public = comment
             .get("public")
             .and_then(Value::as_bool)
@@ -307,13 +320,13 @@ impl ZendeskMapping {
             body.insert("createdAt".into(), created_at.clone());
         }
         let kind = if public {
-            let direction = self.direction(comment, context.requester_id, &path)?;
+            let direction = self.direction(&comment, &path)?;
             let channel = comment
                 .get("via")
                 .and_then(|via| via.get("channel"))
                 .and_then(Value::as_str)
                 .map(kustomer_channel)
-                .unwrap_or(context.channel);
+                .unwrap_or(&self.channel);
             body.insert("channel".into(), json!(channel));
             body.insert("app".into(), json!(DEFAULT_APP));
             body.insert("direction".into(), json!(direction));
@@ -323,7 +336,7 @@ impl ZendeskMapping {
             if let Some(plain) = plain {
                 body.insert("preview".into(), json!(plain));
             }
-            if let Some(html) = text_field(comment, "html_body") {
+            if let Some(html) = text_field(&comment, "html_body") {
                 // The docs leave open where a long or HTML body goes; `meta` is free-form.
                 body.insert("meta".into(), json!({ "htmlBody": html }));
             }
@@ -335,18 +348,17 @@ impl ZendeskMapping {
             }
             ItemKind::Note
         };
-        finish_item(kind, body, &path, context.file, context.line)
+        finish_item(kind, body, &path, file, line)
     }
 
     /// in when the requester or an end-user wrote it, out when an agent or admin did.
     fn direction(
         &self,
         comment: &Map<String, Value>,
-        requester_id: u64,
         path: &str,
     ) -> Result<&'static str, MappingError> {
         let author = required_id(comment, "author_id").map_err(|error| at_path(error, path))?;
-        if author == requester_id {
+        if author == self.requester_id {
             return Ok("in");
         }
         match self.users.get(author) {
@@ -359,14 +371,6 @@ impl ZendeskMapping {
             )),
         }
     }
-}
-
-/// What every comment of a ticket shares.
-struct Context<'a> {
-    requester_id: u64,
-    channel: &'a str,
-    file: &'a Arc<str>,
-    line: u64,
 }
 
 /// An error about a field of a comment, named by the comment's path.
@@ -471,24 +475,25 @@ mod tests {
         })
     }
 
-    fn ticket(status: &str, comments: Vec<Value>) -> SourceFields {
-        let Value::Object(object) = json!({
+    fn ticket(status: &str, comments: Vec<Value>) -> Value {
+        json!({
             "id": 42, "subject": "Broken export", "status": status, "requester_id": 1,
             "created_at": "2024-03-01T09:00:00Z", "tags": ["export"], "priority": "high",
             "via": {"channel": "web"}, "comments": comments,
-        }) else {
-            unreachable!()
-        };
-        SourceFields::Json(object)
+        })
     }
 
-    fn map(fields: &SourceFields) -> Result<Plan, MappingError> {
-        mapping().map(fields, &Arc::from("tickets.json"), 3)
+    /// A ticket read as a run reads its line: the plan and its thread.
+    fn map(ticket: &Value) -> Result<(Plan, Vec<ThreadItem>), MappingError> {
+        let record = crate::input::read_line(&ticket.to_string());
+        let plan = mapping().map(&record.fields, record.threads)?;
+        let thread = plan.mapped_thread()?;
+        Ok((plan, thread))
     }
 
     #[test]
     fn the_requester_is_the_customer_found_in_users_json() {
-        let plan = map(&ticket("open", vec![])).unwrap();
+        let (plan, _) = map(&ticket("open", vec![])).unwrap();
         assert_eq!(plan.customer_key, "ext:zendesk-user-1");
         assert_eq!(plan.customer.name.as_deref(), Some("Ada"));
         assert_eq!(plan.customer.emails[0].email, "ada@example.com");
@@ -507,11 +512,9 @@ mod tests {
 
     #[test]
     fn a_requester_missing_from_users_json_fails_the_row_naming_requester_id() {
-        let SourceFields::Json(mut object) = ticket("open", vec![]) else {
-            unreachable!()
-        };
-        object.insert("requester_id".into(), json!(99));
-        let error = map(&SourceFields::Json(object)).unwrap_err();
+        let mut object = ticket("open", vec![]);
+        object["requester_id"] = json!(99);
+        let error = map(&object).unwrap_err();
         assert_eq!(error.field.as_deref(), Some("requester_id"));
         assert!(error.reason.contains("99"), "{}", error.reason);
     }
@@ -526,7 +529,7 @@ mod tests {
             ("solved", "done"),
             ("closed", "done"),
         ] {
-            let plan = map(&ticket(zendesk, vec![])).unwrap();
+            let (plan, _) = map(&ticket(zendesk, vec![])).unwrap();
             assert_eq!(plan.conversation.unwrap().status.as_deref(), Some(kustomer));
         }
         let error = map(&ticket("deleted", vec![])).unwrap_err();
@@ -552,28 +555,28 @@ mod tests {
     fn comments_become_the_thread_in_order_private_ones_as_notes() {
         let mut chat = comment(12, 7, true);
         chat["via"] = json!({"channel": "chat"});
-        let plan = map(&ticket(
+        let (_, thread) = map(&ticket(
             "open",
             vec![comment(11, 1, true), chat, comment(13, 7, false)],
         ))
         .unwrap();
-        let kinds: Vec<ItemKind> = plan.thread.iter().map(|item| item.kind).collect();
+        let kinds: Vec<ItemKind> = thread.iter().map(|item| item.kind).collect();
         assert_eq!(
             kinds,
             [ItemKind::Message, ItemKind::Message, ItemKind::Note]
         );
-        let first = &plan.thread[0];
+        let first = &thread[0];
         assert_eq!(first.source_id.as_deref(), Some("zendesk-comment-11"));
         assert_eq!(first.body["preview"], json!("text 11"));
         assert_eq!(first.body["meta"], json!({"htmlBody": "<p>text 11</p>"}));
         assert_eq!(first.body["app"], json!("kustomer-import"));
         // The ticket's channel, when the comment has none; its own when it does.
         assert_eq!(first.body["channel"], json!("email"));
-        assert_eq!(plan.thread[1].body["channel"], json!("chat"));
+        assert_eq!(thread[1].body["channel"], json!("chat"));
         assert_eq!(first.body["sentAt"], json!("2024-03-01T09:00:00Z"));
         assert_eq!(first.at, Some("2024-03-01T09:00:00Z".parse().unwrap()));
-        assert_eq!((&*first.file, first.line), ("tickets.json", 3));
-        let note = &plan.thread[2];
+        assert_eq!((&*first.file, first.line), ("test.jsonl", 1));
+        let note = &thread[2];
         assert_eq!(note.body["body"], json!("text 13"));
         assert!(!note.body.contains_key("direction") && !note.body.contains_key("channel"));
     }
@@ -586,12 +589,8 @@ mod tests {
             comment(3, 7, true),
             comment(4, 8, true),
         ];
-        let plan = map(&ticket("open", comments)).unwrap();
-        let directions: Vec<&Value> = plan
-            .thread
-            .iter()
-            .map(|item| &item.body["direction"])
-            .collect();
+        let (_, thread) = map(&ticket("open", comments)).unwrap();
+        let directions: Vec<&Value> = thread.iter().map(|item| &item.body["direction"]).collect();
         assert_eq!(
             directions,
             [&json!("in"), &json!("in"), &json!("out"), &json!("out")]

@@ -552,7 +552,7 @@ mod tests {
                     external_id: conversation_external_id.map(str::to_string),
                     ..ConversationBody::default()
                 }),
-                thread: Vec::new(),
+                thread: None,
             },
             conversation_unknown: false,
             conversation_id: None,

@@ -869,3 +869,116 @@ fn tomorrows_intercom_export_with_two_new_lines_on_an_old_conversation_sends_exa
     let held = threads(&env.records());
     assert_eq!(held["216"], ["p-5", "p-6", "p-7", "p-21", "p-22"]);
 }
+
+/// The length Zendesk allows a ticket's comments to reach.
+const LONGEST_THREAD: usize = 5_000;
+
+/// One conversation with a thread of `messages` messages, each second after the one
+/// before (`long-<m>`), then a short conversation after it: one line of about 1 MB.
+fn one_long_thread(messages: usize) -> String {
+    let base: jiff::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+    let thread: Vec<_> = (0..messages)
+        .map(|m| {
+            let at = base + jiff::SignedDuration::from_secs(m as i64);
+            json!({"externalId": format!("long-{m}"), "channel": "email",
+                   "direction": if m % 2 == 0 { "in" } else { "out" },
+                   "preview": format!("message {m} of the long thread, with some text to it"),
+                   "sentAt": at.to_string()})
+        })
+        .collect();
+    let long = json!({
+        "customer": {"externalId": "c-long"},
+        "conversation": {"externalId": "t-long", "name": "A long story"},
+        "messages": thread,
+    });
+    let short = json!({
+        "customer": {"externalId": "c-short"},
+        "conversation": {"externalId": "t-short"},
+        "notes": [{"externalId": "n-short", "body": "after the long one"}],
+    });
+    format!("{long}\n{short}\n")
+}
+
+/// The externalIds of the thread of the conversation with this externalId, in the
+/// sandbox's order.
+fn thread_of(records: &Records, conversation: &str) -> Vec<String> {
+    threads(records).remove(conversation).unwrap_or_default()
+}
+
+#[test]
+fn a_thread_of_5000_messages_in_one_line_lands_every_message_once_in_order() {
+    let env = TestEnv::plain();
+    let file = env.write("long.jsonl", &one_long_thread(LONGEST_THREAD));
+    assert!(
+        std::fs::metadata(&file).unwrap().len() > 700_000,
+        "a long line"
+    );
+    let run = env.import(&[file.to_str().unwrap(), "--rpm", "1000000"]);
+    run.assert_code(0);
+    let records = env.records();
+    let expected: Vec<String> = (0..LONGEST_THREAD).map(|m| format!("long-{m}")).collect();
+    assert_eq!(thread_of(&records, "t-long"), expected);
+    assert_eq!(thread_of(&records, "t-short"), ["n-short"]);
+    assert!(
+        run.stdout.contains("messages created:       5000"),
+        "{}",
+        run.stdout
+    );
+    let before = env.stats().requests_total;
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    assert_eq!(
+        env.stats().requests_total,
+        before,
+        "a second run sends nothing"
+    );
+}
+
+#[test]
+fn a_zendesk_ticket_of_5000_comments_lands_each_once_in_order_private_ones_as_notes() {
+    let env = TestEnv::plain();
+    let users = [
+        json!({"id": 1, "name": "Ada Requester", "email": "ada@example.com", "role": "end-user"}),
+        json!({"id": 7, "name": "Sam Agent", "email": "sam@example.com", "role": "agent"}),
+    ];
+    let users_text: String = users.iter().map(|user| format!("{user}\n")).collect();
+    let users = env.write("users.json", &users_text);
+    let base: jiff::Timestamp = "2024-03-01T09:00:00Z".parse().unwrap();
+    let comments: Vec<_> = (0..LONGEST_THREAD)
+        .map(|c| {
+            let at = base + jiff::SignedDuration::from_secs(c as i64);
+            json!({"id": 10_000 + c, "author_id": if c % 2 == 0 { 1 } else { 7 },
+                   "public": c % 50 != 49, "plain_body": format!("comment {c}"),
+                   "html_body": format!("<p>comment {c}</p>"), "created_at": at.to_string(),
+                   "via": {"channel": "web"}})
+        })
+        .collect();
+    let ticket = json!({"ticket": {"id": 42, "subject": "Long", "status": "open",
+                                   "requester_id": 1, "comments": comments}});
+    // One private comment in 50: 100 notes, under the 120 a minute one customer may get.
+    let tickets = env.write("tickets.json", &format!("{ticket}\n"));
+    let args = [
+        "--preset",
+        "zendesk-json",
+        tickets.to_str().unwrap(),
+        "--users",
+        users.to_str().unwrap(),
+        "--rpm",
+        "1000000",
+    ];
+    env.import(&args).assert_code(0);
+    let records = env.records();
+    assert_eq!(records.conversations.len(), 1);
+    let expected: Vec<String> = (0..LONGEST_THREAD)
+        .map(|c| format!("zendesk-comment-{}", 10_000 + c))
+        .collect();
+    let thread = records.thread(&records.conversations[0].id);
+    let ids: Vec<String> = thread
+        .iter()
+        .map(|item| item.external_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        (records.message_count(), records.note_count()),
+        (LONGEST_THREAD * 49 / 50, LONGEST_THREAD / 50)
+    );
+}
