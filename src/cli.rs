@@ -317,6 +317,13 @@ pub struct InputArgs {
     #[arg(long, env = "KUSTOMER_IMPORT_ROWS_ARE_MESSAGES")]
     pub rows_are_messages: bool,
 
+    /// The columns (comma-separated; dotted keys in JSONL) that identify a conversation
+    /// when the export has no conversation id column, e.g. email,created_at: a row whose
+    /// other fields change keeps its key, so a nightly run updates it instead of creating
+    /// it again. Overrides a mapping file's [conversation] key.
+    #[arg(long, env = "KUSTOMER_IMPORT_KEY_COLUMNS", value_name = "COLS")]
+    pub key_columns: Option<String>,
+
     /// Refuse customers with a name and no externalId, email or phone, as before, rather
     /// than give each an externalId derived from its row (kimp-cust-<hash of the row key>),
     /// by which a lost answer on its create is looked up.

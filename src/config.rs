@@ -28,6 +28,7 @@ use kustomer_import::mapping::{
 use kustomer_import::pipeline::{
     Concurrency, ImportMode, ImportSettings, OnChange, OnExistingCustomer, SyncRules,
 };
+use kustomer_import::rowkey::KeyColumns;
 use kustomer_import::rows::ReadSettings;
 use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
 
@@ -171,8 +172,13 @@ pub fn import_config(
         }
     };
     let output = import_output(&args);
-    let derive_customer_ids = !args.input.no_derived_customer_ids;
-    let (inputs, mapping, history) = input_config(args.input)?;
+    let InputConfig {
+        inputs,
+        mapping,
+        history,
+        key_columns,
+        derive_customer_ids,
+    } = input_config(args.input)?;
     if args.limit == Some(0) {
         return Err(ConfigError::BadValue("--limit must be at least 1".into()));
     }
@@ -214,6 +220,7 @@ pub fn import_config(
                 history: None,
                 child,
                 rows_are_messages,
+                key_columns,
             },
             grace: Duration::from_secs_f64(args.grace.max(0.0)),
             reconcile_delay: Duration::from_secs_f64(args.reconcile_delay.max(0.0)),
@@ -249,7 +256,19 @@ pub fn import_config(
 
 /// The inputs and the mapping: the mapping file read and checked, and the CSV settings
 /// from the flags, else from the mapping's `[csv]` section.
-fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping, HistoryInput), ConfigError> {
+/// What `import` and `validate` both read, as the input flags give it.
+#[derive(Debug)]
+struct InputConfig {
+    inputs: Vec<InputSource>,
+    mapping: Mapping,
+    history: HistoryInput,
+    /// `--key-columns`, else the mapping file's `[conversation] key`.
+    key_columns: Option<KeyColumns>,
+    /// Name-only customers get a derived externalId (`ReadSettings::derive_customer_ids`).
+    derive_customer_ids: bool,
+}
+
+fn input_config(args: InputArgs) -> Result<InputConfig, ConfigError> {
     let format = args
         .format
         .map(|format| match format {
@@ -289,7 +308,28 @@ fn input_config(args: InputArgs) -> Result<(Vec<InputSource>, Mapping, HistoryIn
         })
         .collect::<Result<Vec<_>, _>>()?;
     let history = history_input(&args, &mapping, format, settings, max_record_size)?;
-    Ok((inputs, mapping, history))
+    let key_columns = match (&args.key_columns, &mapping) {
+        (Some(list), _) => Some(
+            KeyColumns::parse(list)
+                .map_err(|reason| ConfigError::BadValue(format!("--key-columns: {reason}")))?,
+        ),
+        (None, Mapping::File(file)) => file.key_columns().cloned(),
+        (None, _) => None,
+    };
+    if key_columns.is_some() && history.rows_are_messages {
+        return Err(ConfigError::BadValue(
+            "--rows-are-messages keys each conversation by its id (conversation.externalId): \
+             key columns are for exports without one"
+                .into(),
+        ));
+    }
+    Ok(InputConfig {
+        inputs,
+        mapping,
+        history,
+        key_columns,
+        derive_customer_ids: !args.no_derived_customer_ids,
+    })
 }
 
 /// Where a run's history comes from besides the rows themselves (issue 17's shapes 2 and
@@ -421,18 +461,26 @@ pub struct ValidateConfig {
     pub mapping: Mapping,
     /// Name-only customers get a derived externalId (`ReadSettings::derive_customer_ids`).
     pub derive_customer_ids: bool,
+    /// The columns that identify a conversation without an id (`ReadSettings::key_columns`).
+    pub key_columns: Option<KeyColumns>,
     pub errors: PathBuf,
     pub json: bool,
 }
 
 pub fn validate_config(args: ValidateArgs) -> Result<ValidateConfig, ConfigError> {
-    let derive_customer_ids = !args.input.no_derived_customer_ids;
-    let (inputs, mapping, history) = input_config(args.input)?;
+    let InputConfig {
+        inputs,
+        mapping,
+        history,
+        key_columns,
+        derive_customer_ids,
+    } = input_config(args.input)?;
     Ok(ValidateConfig {
         inputs,
         history,
         mapping,
         derive_customer_ids,
+        key_columns,
         errors: args.errors,
         json: args.json,
     })
@@ -820,7 +868,7 @@ mod tests {
         );
         let history = |extra: &[&str]| -> Result<HistoryInput, String> {
             input_config(import_args(extra).input)
-                .map(|(_, _, history)| history)
+                .map(|config| config.history)
                 .map_err(|error| error.to_string())
         };
         let given = history(&["--mapping", mapping, "--messages", messages]).unwrap();

@@ -7,14 +7,25 @@
 //! identical tickets stay two rows and tomorrow's export, holding today's rows in the same
 //! order, maps them to the same keys. Changing the mapping changes such keys: prefer a
 //! source conversation id when the export has one.
+//!
+//! An export with no conversation id column can name the columns that identify a
+//! conversation instead ([`KeyColumns`]: `--key-columns`, a mapping file's
+//! `[conversation] key`): such a row is `key:<hash of those columns' values>`, so a row
+//! whose status or subject changed overnight keeps its key and is updated, not created again.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::input::SourceFields;
 use crate::mapping::Plan;
 use crate::tally::{Tally, TallyError};
+
+/// Prefix of the key of a row known by its content alone (no conversation id, no key
+/// columns): a change to the row changes its key.
+pub const CONTENT_KEY: &str = "row:";
 
 /// Prefix of the conversation externalIds the importer derives.
 pub const DERIVED_ID_PREFIX: &str = "kimp-";
@@ -61,7 +72,7 @@ impl RowKeys {
         if let Some(conversation) = &plan.conversation {
             hasher.update(serde_json::to_vec(conversation).unwrap_or_default());
         }
-        let identity = format!("row:{}", hex(&hasher.finalize()[..12]));
+        let identity = format!("{CONTENT_KEY}{}", hex(&hasher.finalize()[..12]));
         let seen = self.count(&identity)?;
         Ok(RowKey {
             key: with_occurrence(identity, seen),
@@ -78,6 +89,24 @@ impl RowKeys {
         Ok((self.count(&identity)? == 0).then_some(identity))
     }
 
+    /// The key of a row identified by its key columns' values (see [`KeyColumns`]): every
+    /// row with the same values is the same conversation, so a repeat is reported as one
+    /// (`repeats_source_id`), as a repeated conversation id is.
+    pub fn for_key_values(&mut self, values: &[String]) -> Result<RowKey, TallyError> {
+        let mut hasher = Sha256::new();
+        for value in values {
+            // Each value's length first: ("a,b", "c") and ("a", "b,c") differ.
+            hasher.update((value.len() as u64).to_le_bytes());
+            hasher.update(value.as_bytes());
+        }
+        let key = format!("key:{}", hex(&hasher.finalize()[..12]));
+        let seen = self.count(&key)?;
+        Ok(RowKey {
+            key: with_occurrence(key, seen),
+            repeats_source_id: seen > 0,
+        })
+    }
+
     /// The key of a row that could not be read or mapped, from what was read of it.
     pub fn for_unmapped(&mut self, raw: &Value) -> Result<String, TallyError> {
         let mut hasher = Sha256::new();
@@ -92,6 +121,124 @@ impl RowKeys {
 
     fn count(&mut self, identity: &str) -> Result<u32, TallyError> {
         self.occurrences.bump(fingerprint(identity))
+    }
+}
+
+/// The source columns (a CSV header's names, a JSONL line's keys, dotted for nested ones)
+/// whose values identify a conversation when the export has no conversation id: e.g. the
+/// customer's email and the ticket's creation time. A row whose conversation has a source
+/// externalId is keyed by that all the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyColumns(Arc<[String]>);
+
+impl KeyColumns {
+    /// Names as given (`--key-columns email,created_at`, or a mapping file's list): at least
+    /// one, none empty or given twice.
+    pub fn new(names: Vec<String>) -> Result<KeyColumns, String> {
+        let names: Vec<String> = names.iter().map(|name| name.trim().to_string()).collect();
+        if names.is_empty() || names.iter().any(String::is_empty) {
+            return Err("name one or more columns, separated by commas".into());
+        }
+        if let Some(repeated) = names
+            .iter()
+            .enumerate()
+            .find(|(at, name)| names[..*at].contains(name))
+        {
+            return Err(format!("{:?} is named twice", repeated.1));
+        }
+        Ok(KeyColumns(names.into()))
+    }
+
+    /// `email,created_at`.
+    pub fn parse(list: &str) -> Result<KeyColumns, String> {
+        KeyColumns::new(list.split(',').map(str::to_string).collect())
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The columns in one input: a CSV header must hold every one (the error lists what it
+    /// has); a JSONL line is searched by key.
+    pub fn bind(&self, csv_headers: Option<&Arc<Vec<String>>>) -> Result<BoundKey, String> {
+        let indices = match csv_headers {
+            None => None,
+            Some(headers) => Some(
+                self.0
+                    .iter()
+                    .map(|name| {
+                        headers
+                            .iter()
+                            .position(|header| header == name)
+                            .ok_or_else(|| {
+                                format!(
+                                    "key column {name:?} is not in the header (it has {})",
+                                    headers.join(", ")
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        Ok(BoundKey {
+            columns: self.clone(),
+            indices,
+        })
+    }
+}
+
+impl std::fmt::Display for KeyColumns {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0.join(","))
+    }
+}
+
+/// [`KeyColumns`] found in one input.
+#[derive(Clone, Debug)]
+pub struct BoundKey {
+    columns: KeyColumns,
+    /// Where each column is in a CSV record; None for JSONL.
+    indices: Option<Vec<usize>>,
+}
+
+impl BoundKey {
+    pub fn columns(&self) -> &KeyColumns {
+        &self.columns
+    }
+
+    /// The record's values of the key columns, trimmed (an absent or null one is empty);
+    /// None when every one is empty: such a row cannot be told apart from another.
+    pub fn values(&self, fields: &SourceFields) -> Option<Vec<String>> {
+        let values: Vec<String> = match (fields, &self.indices) {
+            (SourceFields::Csv { values, .. }, Some(indices)) => indices
+                .iter()
+                .map(|&index| values.get(index).unwrap_or("").trim().to_string())
+                .collect(),
+            (SourceFields::Json(object), _) => self
+                .columns
+                .names()
+                .iter()
+                .map(|name| json_text(object, name))
+                .collect(),
+            (SourceFields::Csv { .. }, None) => Vec::new(),
+        };
+        values
+            .iter()
+            .any(|value| !value.is_empty())
+            .then_some(values)
+    }
+}
+
+/// The text of a JSON key, dotted for a nested one (`customer.email`): a string as it is,
+/// trimmed; a number or a boolean as written; an object or a list as its JSON.
+fn json_text(object: &serde_json::Map<String, Value>, path: &str) -> String {
+    let mut parts = path.split('.');
+    let first = parts.next().and_then(|part| object.get(part));
+    let value = parts.fold(first, |value, part| value.and_then(|value| value.get(part)));
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text.trim().to_string(),
+        Some(other) => other.to_string(),
     }
 }
 
@@ -243,5 +390,77 @@ mod tests {
         assert!(id.starts_with("kimp-cust-") && id.len() == "kimp-cust-".len() + 24);
         assert_ne!(id, derived_customer_id("conv:T-2"));
         assert_ne!(id[10..], derived_conversation_id("conv:T-1")[5..]);
+    }
+
+    #[test]
+    fn key_columns_are_named_once_each_and_found_in_a_header() {
+        assert_eq!(
+            KeyColumns::parse(" email , created_at").unwrap().names(),
+            ["email", "created_at"]
+        );
+        assert!(KeyColumns::parse("email,,x").is_err());
+        assert!(
+            KeyColumns::parse("email,email")
+                .unwrap_err()
+                .contains("twice")
+        );
+        let columns = KeyColumns::parse("email,created_at").unwrap();
+        let headers = Arc::new(vec!["email".to_string(), "subject".to_string()]);
+        let missing = columns.bind(Some(&headers)).unwrap_err();
+        assert!(
+            missing.contains("\"created_at\"") && missing.contains("email, subject"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn rows_with_the_same_key_values_have_one_key_whatever_else_they_hold() {
+        let columns = KeyColumns::parse("email,created_at").unwrap();
+        let headers = Arc::new(
+            ["created_at", "status", "email"]
+                .map(str::to_string)
+                .to_vec(),
+        );
+        let bound = columns.bind(Some(&headers)).unwrap();
+        let csv = |values: [&str; 3]| SourceFields::Csv {
+            headers: Arc::clone(&headers),
+            values: values.to_vec().into(),
+        };
+        let today = bound
+            .values(&csv(["2024-01-01", "open", " a@x.io "]))
+            .unwrap();
+        let tomorrow = bound
+            .values(&csv(["2024-01-01", "done", "a@x.io"]))
+            .unwrap();
+        assert_eq!(today, tomorrow);
+        assert_eq!(bound.values(&csv(["", "open", ""])), None);
+        let (mut day1, mut day2) = (RowKeys::default(), RowKeys::default());
+        let key = day1.for_key_values(&today).unwrap();
+        assert!(key.key.starts_with("key:") && !key.repeats_source_id);
+        assert_eq!(
+            day2.for_key_values(&tomorrow).unwrap(),
+            key,
+            "the same tomorrow"
+        );
+        assert!(day1.for_key_values(&today).unwrap().repeats_source_id);
+        let shifted = ["a@x.io2".to_string(), "024-01-01".to_string()];
+        assert_ne!(
+            RowKeys::default().for_key_values(&shifted).unwrap().key,
+            key.key
+        );
+        // JSONL: dotted keys, numbers as written.
+        let json = KeyColumns::parse("customer.email,created")
+            .unwrap()
+            .bind(None)
+            .unwrap();
+        let serde_json::Value::Object(object) =
+            serde_json::json!({"customer": {"email": "a@x.io"}, "created": 1704067200})
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            json.values(&SourceFields::Json(object)).unwrap(),
+            ["a@x.io", "1704067200"]
+        );
     }
 }

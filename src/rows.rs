@@ -15,6 +15,7 @@ use crate::history::child::{ChildCounts, ChildError, UNPLACED, stage_child_file}
 use crate::history::store::{Orphan, Staged, Stager, StoreError, ThreadSize, ThreadStore};
 use crate::input::{InputError, InputSource, OpenInput, RecordResult, Records, SourceFields};
 use crate::mapping::{InputMapping, Mapping, MappingConfigError, MappingError, MappingFile, Plan};
+use crate::rowkey::{BoundKey, KeyColumns};
 use crate::rowkey::{RowKeys, derived_conversation_id, derived_customer_id};
 use crate::tally::TallyError;
 
@@ -67,6 +68,8 @@ pub enum ReadError {
         input: String,
         source: MappingConfigError,
     },
+    #[error("{input}: --key-columns: {reason}")]
+    KeyColumns { input: String, reason: String },
     #[error(transparent)]
     Scratch(#[from] TallyError),
     #[error(
@@ -107,6 +110,10 @@ pub struct ReadSettings {
     /// columns repeated. Every input is read twice: first as its own child file, then as
     /// rows, of which only each conversation's first line is one (`GroupKey`).
     pub rows_are_messages: bool,
+    /// The columns that identify a row's conversation when it has no source id
+    /// (`--key-columns`, a mapping file's `[conversation] key`); None: such a row is keyed
+    /// by its content.
+    pub key_columns: Option<KeyColumns>,
 }
 
 /// Opens every input, once, checks that the mapping finds its columns in every CSV header
@@ -144,9 +151,27 @@ pub fn open_inputs(
             if let Some(headers) = input.csv_headers() {
                 tell_columns(input.name(), mapping, headers)?;
             }
+            bind_key(settings, input.name(), input.csv_headers())?;
             Ok(input)
         })
         .collect()
+}
+
+/// The key columns of the run in one input, if it has any.
+fn bind_key(
+    settings: &ReadSettings,
+    input: &str,
+    csv_headers: Option<&Arc<Vec<String>>>,
+) -> Result<Option<BoundKey>, ReadError> {
+    settings
+        .key_columns
+        .as_ref()
+        .map(|columns| columns.bind(csv_headers))
+        .transpose()
+        .map_err(|reason| ReadError::KeyColumns {
+            input: input.to_string(),
+            reason,
+        })
 }
 
 /// Says which column of a CSV input feeds which field, which columns nothing reads, and
@@ -212,6 +237,7 @@ struct InputRows {
     file: Arc<str>,
     records: Records,
     mapping: InputMapping,
+    key: Option<BoundKey>,
 }
 
 impl RowReader {
@@ -449,10 +475,12 @@ impl RowReader {
             if mapping.reads_nested_threads() {
                 records.capture_threads();
             }
+            let key = bind_key(&self.settings, &file, records.csv_headers())?;
             Ok(InputRows {
                 file: Arc::clone(&file),
                 records,
                 mapping,
+                key,
             })
         };
         Some(open())
@@ -505,16 +533,8 @@ impl Iterator for RowReader {
                         GroupKey::Ungrouped
                     };
                     let grouped = matches!(group, GroupKey::First(_));
-                    let file = Arc::clone(&open.file);
-                    let mut row = read_row(
-                        &mut self.keys,
-                        &self.settings,
-                        file,
-                        record,
-                        &mut open.mapping,
-                        group,
-                    )
-                    .map_err(ReadError::from);
+                    let mut row = read_row(&mut self.keys, &self.settings, open, record, group)
+                        .map_err(ReadError::from);
                     if let Ok(read) = &mut row
                         && let Err(error) = self.stage_thread(read, grouped)
                     {
@@ -623,11 +643,12 @@ impl GroupKey {
 fn read_row(
     keys: &mut RowKeys,
     settings: &ReadSettings,
-    file: Arc<str>,
+    input: &mut InputRows,
     record: RecordResult,
-    mapping: &mut InputMapping,
     group: GroupKey,
 ) -> Result<ReadRow, TallyError> {
+    let file = Arc::clone(&input.file);
+    let mapping = &mut input.mapping;
     let record = match record {
         Ok(record) => record,
         Err(bad) => {
@@ -651,32 +672,14 @@ fn read_row(
         GroupKey::First(key) => (mapping.map(&record.fields, record.threads), Some(key)),
         GroupKey::Unplaced(error) => (Err(error), None),
     };
-    // A thread list's place holds a marker, not the list (see `THREAD_MARKER`).
-    let original = Original::Fields(record.fields);
     let (key, plan) = match (key, plan) {
         // A grouped conversation's key is its id, whether its first line maps or fails.
         (Some(key), plan) => (key, plan),
-        (None, Ok(mut plan)) => {
-            let key = keys.for_plan(&plan)?;
-            let plan = if key.repeats_source_id {
-                Err(MappingError::new(
-                    "conversation.externalId",
-                    "repeats an earlier row's conversation id",
-                    "repeats the conversation id of an earlier row",
-                ))
-            } else {
-                if settings.derive_conversation_ids
-                    && let Some(conversation) = &mut plan.conversation
-                    && conversation.external_id.is_none()
-                {
-                    conversation.external_id = Some(derived_conversation_id(&key.key));
-                }
-                give_customer_a_key(plan, &key.key, settings.derive_customer_ids)
-            };
-            (key.key, plan)
-        }
-        (None, Err(error)) => (keys.for_unmapped(&original.to_json())?, Err(error)),
+        (None, Ok(plan)) => key_a_plan(keys, settings, input.key.as_ref(), &record.fields, plan)?,
+        (None, Err(error)) => (keys.for_unmapped(&record.fields.to_json())?, Err(error)),
     };
+    // A thread list's place holds a marker, not the list (see `THREAD_MARKER`).
+    let original = Original::Fields(record.fields);
     Ok(ReadRow {
         origin: RowOrigin {
             file,
@@ -687,6 +690,65 @@ fn read_row(
         plan,
         thread: ThreadSize::default(),
     })
+}
+
+/// A mapped row's key, by its conversation's source id, else its key columns' values
+/// (`bound`), else its content; and its plan, refused when the key repeats an earlier
+/// row's (or its key columns are all empty), else given its derived ids.
+fn key_a_plan(
+    keys: &mut RowKeys,
+    settings: &ReadSettings,
+    bound: Option<&BoundKey>,
+    fields: &SourceFields,
+    mut plan: Plan,
+) -> Result<(String, Result<Plan, MappingError>), TallyError> {
+    let without_id = plan
+        .conversation
+        .as_ref()
+        .is_some_and(|conversation| conversation.external_id.is_none());
+    let (key, repeated) = match bound.filter(|_| without_id) {
+        Some(bound) => {
+            let columns = bound.columns().to_string();
+            let Some(values) = bound.values(fields) else {
+                let key = keys.for_plan(&plan)?;
+                let refusal = MappingError::new(
+                    &columns,
+                    "key columns empty",
+                    "are all empty: they identify the row's conversation (--key-columns), \
+                     and without them the row cannot be told from another",
+                );
+                return Ok((key.key, Err(refusal)));
+            };
+            let key = keys.for_key_values(&values)?;
+            let refusal = MappingError::new(
+                &columns,
+                "repeats an earlier row's key columns",
+                "repeat the values of an earlier row's key columns: both rows would be one \
+                 conversation",
+            );
+            (key.key, key.repeats_source_id.then_some(refusal))
+        }
+        None => {
+            let key = keys.for_plan(&plan)?;
+            let refusal = MappingError::new(
+                "conversation.externalId",
+                "repeats an earlier row's conversation id",
+                "repeats the conversation id of an earlier row",
+            );
+            (key.key, key.repeats_source_id.then_some(refusal))
+        }
+    };
+    if let Some(refusal) = repeated {
+        return Ok((key, Err(refusal)));
+    }
+    if settings.derive_conversation_ids
+        && let Some(conversation) = &mut plan.conversation
+        && conversation.external_id.is_none()
+    {
+        conversation.external_id = Some(derived_conversation_id(&key));
+    }
+    let plan = give_customer_a_key(plan, &key, settings.derive_customer_ids);
+    Ok((key, plan))
 }
 
 /// A plan whose customer has only a name (see [`Plan::needs_derived_customer_id`]) gets
@@ -722,19 +784,27 @@ mod tests {
             limit: None,
             history: None,
             rows_are_messages: false,
+            key_columns: None,
         };
-        let mut mapping = settings.mapping.for_input(None).unwrap();
+        let mut input = InputRows {
+            file: Arc::from("threads.jsonl"),
+            records: Records::Jsonl(crate::input::JsonlRecords::new(
+                "threads.jsonl",
+                Box::new(std::io::empty()),
+                1,
+            )),
+            mapping: settings.mapping.for_input(None).unwrap(),
+            key: None,
+        };
         let record = Ok(SourceRecord {
             line: 3,
             ..crate::input::read_line(&value.to_string())
         });
-        let file: Arc<str> = Arc::from("threads.jsonl");
         read_row(
             &mut RowKeys::default(),
             &settings,
-            file,
+            &mut input,
             record,
-            &mut mapping,
             GroupKey::Ungrouped,
         )
         .unwrap()
@@ -761,6 +831,7 @@ mod tests {
             limit: None,
             history: Some(Arc::clone(&store)),
             rows_are_messages: false,
+            key_columns: None,
         };
         let inputs = open_inputs(vec![source], &settings).unwrap();
         let mut reader = RowReader::new(inputs, settings);
@@ -909,6 +980,7 @@ createdAt = "at"
             limit: None,
             history: Some(Arc::clone(&store)),
             rows_are_messages: true,
+            key_columns: None,
         };
         let inputs = open_inputs(sources, &settings).unwrap();
         let mut reader = RowReader::new(inputs, settings);

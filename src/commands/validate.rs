@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use kustomer_import::report::ErrorsFile;
-use kustomer_import::rowkey::fingerprint;
+use kustomer_import::rowkey::{CONTENT_KEY, fingerprint};
 use kustomer_import::rows::{ReadError, ReadRow, ReadSettings, RowReader, open_inputs};
 use kustomer_import::tally::Tally;
 
@@ -33,6 +33,11 @@ struct ValidationReport {
     invalid_by_reason: BTreeMap<String, u64>,
     /// Valid rows that carry a conversation.
     conversations: u64,
+    /// Of those, the ones with no conversation id and no key columns: keyed by their
+    /// content, so a change in tomorrow's export makes them new rows (listed only when
+    /// there are some, and warned of once).
+    #[serde(skip_serializing_if = "is_zero")]
+    conversations_keyed_by_content: u64,
     /// Messages and notes of the valid rows' threads (listed only when there are some).
     #[serde(skip_serializing_if = "is_zero")]
     messages: u64,
@@ -69,6 +74,7 @@ pub fn run(config: ValidateConfig) -> anyhow::Result<Exit> {
         history: None,
         child: config.history.messages.clone(),
         rows_are_messages: config.history.rows_are_messages,
+        key_columns: config.key_columns,
     };
     // Every input opens, and its header fits the mapping, before a row is read.
     match open_inputs(config.inputs, &settings) {
@@ -130,6 +136,16 @@ fn read_rows(
     for orphan in reader.orphans()? {
         count_row(orphan, report, errors, customers)?;
     }
+    if report.conversations_keyed_by_content > 0 {
+        tracing::warn!(
+            "{} conversations have no conversation id, and no --key-columns say what \
+             identifies them: each is keyed by its content, so for a recurring (nightly) run \
+             a row that changes in tomorrow's export is a new row and makes a second \
+             conversation. Map a conversation id, or give --key-columns (a mapping file's \
+             [conversation] key) with the columns that identify a conversation",
+            report.conversations_keyed_by_content
+        );
+    }
     Ok(())
 }
 
@@ -145,6 +161,8 @@ fn count_row(
         Ok(plan) => {
             report.valid += 1;
             report.conversations += u64::from(plan.conversation.is_some());
+            report.conversations_keyed_by_content +=
+                u64::from(plan.conversation.is_some() && row.origin.key.starts_with(CONTENT_KEY));
             report.messages += row.thread.messages;
             report.notes += row.thread.notes;
             customers.bump(fingerprint(&plan.customer_key))?;

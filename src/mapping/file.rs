@@ -22,6 +22,7 @@ use super::default::{FlatValue, contact_list};
 use super::{ConversationBody, CustomerBody, EmailEntry, MappingError, PhoneEntry, Plan};
 use crate::history::ItemKind;
 use crate::input::{CsvSettings, SourceFields, parse_delimiter, parse_encoding};
+use crate::rowkey::KeyColumns;
 
 /// A mapping file that cannot be used (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,9 @@ struct ConversationSpec {
     channel: Option<FieldSpec>,
     status: Option<FieldSpec>,
     extra: Vec<(String, FieldSpec)>,
+    /// `key = ["email", "created_at"]`: the source columns that identify a conversation
+    /// without an id (see `rowkey::KeyColumns`).
+    key: Option<KeyColumns>,
 }
 
 /// The fields a `[message]` section may set, as the API names them.
@@ -271,6 +275,11 @@ impl MappingFile {
             ));
         }
         Ok(())
+    }
+
+    /// The columns `[conversation] key` names, if any.
+    pub fn key_columns(&self) -> Option<&KeyColumns> {
+        self.conversation.key.as_ref()
     }
 
     /// Whether the file maps history (a `[message]` or `[note]` section).
@@ -461,6 +470,7 @@ fn parse_conversation(section: &toml::Table) -> Result<ConversationSpec, String>
                 spec.extra = parse_extra(value, "conversation", CONVERSATION_EXTRA_FIELDS, &values)?
             }
             "values" => {}
+            "key" => spec.key = Some(parse_key(value)?),
             "customer" => {
                 return Err(
                     "conversation.customer is set by the importer from the row's \
@@ -479,6 +489,22 @@ fn parse_conversation(section: &toml::Table) -> Result<ConversationSpec, String>
         }
     }
     Ok(spec)
+}
+
+/// `conversation.key`: a list of source column names.
+fn parse_key(value: &toml::Value) -> Result<KeyColumns, String> {
+    let names = value
+        .as_array()
+        .and_then(|names| {
+            names
+                .iter()
+                .map(|name| name.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or(
+            "conversation.key must be a list of column names, e.g. [\"email\", \"created_at\"]",
+        )?;
+    KeyColumns::new(names).map_err(|reason| format!("conversation.key: {reason}"))
 }
 
 /// A `[message]` or `[note]` section: each key one of `allowed`, plus `values`.

@@ -406,3 +406,142 @@ fn a_run_killed_during_its_updates_resumes_and_every_record_ends_as_tomorrows_ex
         "every change is recorded as sent"
     );
 }
+
+/// An export without a conversation id column: `customers` customers with a ticket each,
+/// told apart by the customer's email and the ticket's creation time; tickets in `done`
+/// are done, customers in `renamed` renamed, `new_rows` more at the end.
+fn export_without_ids(
+    customers: usize,
+    done: &[usize],
+    renamed: &[usize],
+    new_rows: usize,
+) -> String {
+    let mut text =
+        "customer_external_id,customer_name,email,created_at,subject,status\n".to_string();
+    for i in 0..customers + new_rows {
+        let name = if renamed.contains(&i) {
+            format!("Customer {i} Renamed")
+        } else {
+            format!("Customer {i}")
+        };
+        let status = if done.contains(&i) { "done" } else { "open" };
+        text.push_str(&format!(
+            "C-{i},{name},c{i}@example.com,2024-05-01T10:{:02}:00Z,Ticket {i},{status}\n",
+            i % 60
+        ));
+    }
+    text
+}
+
+/// Each conversation's status, by its name.
+fn statuses(env: &TestEnv) -> std::collections::BTreeMap<String, String> {
+    env.records()
+        .conversations
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone().unwrap(),
+                c.status.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn key_columns_keep_a_changed_row_without_a_conversation_id_the_same_row() {
+    let (done, renamed) = ([3, 11], [7]);
+    let key = ["--key-columns", "email,created_at", "--mode", "single"];
+    let env = TestEnv::plain();
+    let day1 = env.write("day1.csv", &export_without_ids(20, &[], &[], 0));
+    let day2 = env.write("day2.csv", &export_without_ids(20, &done, &renamed, 1));
+    env.import(&[&[day1.to_str().unwrap()], &key[..]].concat())
+        .assert_code(0);
+    let before = env.stats();
+    env.import(&[&[day2.to_str().unwrap()], &key[..]].concat())
+        .assert_code(0);
+    let after = env.stats();
+    assert_eq!(
+        after.creates_total - before.creates_total,
+        2,
+        "the new row only"
+    );
+    assert_eq!(
+        after.conversations_updated - before.conversations_updated,
+        2
+    );
+    assert_eq!(after.customers_updated - before.customers_updated, 1);
+    assert_eq!(after.requests_total - before.requests_total, 5);
+    let statuses = statuses(&env);
+    assert_eq!(
+        statuses.len(),
+        21,
+        "one conversation per ticket: {statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|(name, status)| (status == "done") == (name == "Ticket 3" || name == "Ticket 11"))
+    );
+
+    // Without them, each changed row is keyed by its content: a new row, a second
+    // conversation (what validate warns of).
+    let plain = TestEnv::plain();
+    let day1 = plain.write("day1.csv", &export_without_ids(20, &[], &[], 0));
+    let day2 = plain.write("day2.csv", &export_without_ids(20, &done, &renamed, 1));
+    plain
+        .import(&[day1.to_str().unwrap(), "--mode", "single"])
+        .assert_code(0);
+    plain
+        .import(&[day2.to_str().unwrap(), "--mode", "single"])
+        .assert_code(0);
+    assert_eq!(
+        plain.records().conversations.len(),
+        24,
+        "3 changed rows made anew"
+    );
+    let warned = plain.command(&["validate", day2.to_str().unwrap()]);
+    warned.assert_code(0);
+    assert_eq!(
+        warned.stderr.matches("no --key-columns").count(),
+        1,
+        "warned once: {}",
+        warned.stderr
+    );
+    let quiet = plain.command(&[
+        "validate",
+        day2.to_str().unwrap(),
+        "--key-columns",
+        "email,created_at",
+    ]);
+    quiet.assert_code(0);
+    assert!(
+        !quiet.stderr.contains("no --key-columns"),
+        "{}",
+        quiet.stderr
+    );
+}
+
+#[test]
+fn rows_whose_key_columns_repeat_or_are_empty_fail_naming_the_columns() {
+    let env = TestEnv::plain();
+    let mut text = export_without_ids(3, &[], &[], 0);
+    text.push_str("C-9,Again,c1@example.com,2024-05-01T10:01:00Z,Ticket again,open\n");
+    text.push_str("C-8,Nobody,,,Ticket of nobody,open\n");
+    let file = env.write("keys.csv", &text);
+    env.import(&[file.to_str().unwrap(), "--key-columns", "email,created_at"])
+        .assert_code(1);
+    let errors = env.errors();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!((errors[0].1, errors[0].2.as_str()), (5, "email,created_at"));
+    assert!(
+        errors[0].3.contains("earlier row's key columns"),
+        "{errors:?}"
+    );
+    assert_eq!((errors[1].1, errors[1].2.as_str()), (6, "email,created_at"));
+    assert!(errors[1].3.contains("all empty"), "{errors:?}");
+    assert_eq!(env.records().conversations.len(), 3);
+    // A column the header lacks stops the run before anything is sent.
+    let missing = env.import(&[file.to_str().unwrap(), "--key-columns", "email,opened"]);
+    missing.assert_code(2);
+    assert!(missing.stderr.contains("\"opened\""), "{}", missing.stderr);
+}
