@@ -25,6 +25,9 @@ pub struct Summary {
     pub rows_done: u64,
     /// Rows an earlier run had already done, and unchanged since: skipped without a request.
     pub rows_skipped_done: u64,
+    /// Of `rows_skipped_done`, those compared with what was sent and found the same (all
+    /// of them but with `--on-change skip`, which compares nothing).
+    pub rows_unchanged: u64,
     /// Rows an earlier run had done whose records changed in the source since: updated.
     pub rows_updated: u64,
     pub customers_updated: u64,

@@ -86,6 +86,10 @@ pub struct RunRecord {
     pub rows_failed: Option<i64>,
     pub rows_pending: Option<i64>,
     pub requests: Option<i64>,
+    /// Done rows the run read again and updated, and those it found unchanged (None: a run
+    /// of a version before nightly sync).
+    pub rows_updated: Option<i64>,
+    pub rows_unchanged: Option<i64>,
     /// The API the run sent to (see [`super::ApiTarget`]); None for runs of a version that
     /// did not record it.
     pub target: Option<String>,
@@ -142,6 +146,9 @@ pub struct ExportRow {
     /// Messages and notes of the row's history with their Kustomer ids.
     pub messages: i64,
     pub notes: i64,
+    /// When an update of its customer or conversation last landed (a nightly sync); None:
+    /// unchanged since it was made.
+    pub updated_at: Option<String>,
 }
 
 /// Where the conversations' history stands: steps by kind and state (migration 008's
@@ -443,17 +450,29 @@ impl CheckpointReader {
         Ok(counts)
     }
 
-    fn runs(&self) -> rusqlite::Result<Vec<RunRecord>> {
-        // A checkpoint no run of this version has opened has no target column.
-        let has_target: bool = self.connection.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('runs') WHERE name = 'target'",
-            [],
+    /// `select` when `table` has `column`, else NULL: a checkpoint no run of this version
+    /// has opened lacks the columns of later migrations (it is read as it is).
+    fn column_or_null(
+        &self,
+        table: &str,
+        column: &str,
+        select: &'static str,
+    ) -> rusqlite::Result<&'static str> {
+        let present: bool = self.connection.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
             |row| row.get(0),
         )?;
-        let target = if has_target { "target" } else { "NULL" };
+        Ok(if present { select } else { "NULL" })
+    }
+
+    fn runs(&self) -> rusqlite::Result<Vec<RunRecord>> {
+        let target = self.column_or_null("runs", "target", "target")?;
+        let updated = self.column_or_null("runs", "rows_updated", "rows_updated")?;
+        let unchanged = self.column_or_null("runs", "rows_unchanged", "rows_unchanged")?;
         let mut statement = self.connection.prepare(&format!(
             "SELECT id, started_at, ended_at, exit_code, pid, host, args, rows_read, rows_done,
-                    rows_failed, rows_pending, requests, {target}
+                    rows_failed, rows_pending, requests, {target}, {updated}, {unchanged}
              FROM runs ORDER BY id DESC LIMIT ?1"
         ))?;
         statement
@@ -472,6 +491,8 @@ impl CheckpointReader {
                     rows_pending: row.get(10)?,
                     requests: row.get(11)?,
                     target: row.get(12)?,
+                    rows_updated: row.get(13)?,
+                    rows_unchanged: row.get(14)?,
                     requests_per_minute: None,
                 })
             })?
@@ -533,13 +554,16 @@ impl CheckpointReader {
         } else {
             "0, 0"
         };
+        let synced_at = self
+            .column_or_null("rows", "synced_at", "r.synced_at")
+            .map_err(|e| self.sqlite(e))?;
         let mut statement = self
             .connection
             .prepare(&format!(
                 "SELECT r.source_file, r.line, r.row_key, c.external_id, r.customer_id,
                         r.conversation_id, r.state, c.state,
                         coalesce(r.field || ': ', '') || r.last_error, r.outcome_unknown,
-                        r.customer_key, {history}
+                        r.customer_key, {history}, {synced_at}
                  FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
                  WHERE ?1 = '' OR r.state = ?1
                  ORDER BY r.source_file, r.line",
@@ -602,6 +626,7 @@ fn export_row(row: &rusqlite::Row) -> rusqlite::Result<ExportRow> {
         outcome_unknown: in_rows("outcome_unknown").flag(row, 9)?,
         messages: row.get(11)?,
         notes: row.get(12)?,
+        updated_at: row.get(13)?,
     })
 }
 

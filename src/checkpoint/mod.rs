@@ -310,6 +310,9 @@ pub struct RunCounts {
     pub rows_failed: u64,
     pub rows_pending: u64,
     pub requests: u64,
+    /// Done rows read again whose records were updated, and those found unchanged.
+    pub rows_updated: u64,
+    pub rows_unchanged: u64,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -323,6 +326,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/008-records/up.sql"),
     include_str!("../../migrations/009-history-jobs/up.sql"),
     include_str!("../../migrations/010-fingerprints/up.sql"),
+    include_str!("../../migrations/011-sync-counts/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -627,7 +631,8 @@ impl Checkpoint {
         self.connection
             .execute(
                 "UPDATE runs SET ended_at = ?2, exit_code = ?3, rows_read = ?4, rows_done = ?5,
-                     rows_failed = ?6, rows_pending = ?7, requests = ?8
+                     rows_failed = ?6, rows_pending = ?7, requests = ?8, rows_updated = ?9,
+                     rows_unchanged = ?10
                  WHERE id = ?1",
                 params![
                     run_id,
@@ -637,7 +642,9 @@ impl Checkpoint {
                     counts.rows_done as i64,
                     counts.rows_failed as i64,
                     counts.rows_pending as i64,
-                    counts.requests as i64
+                    counts.requests as i64,
+                    counts.rows_updated as i64,
+                    counts.rows_unchanged as i64
                 ],
             )
             .map_err(|e| self.sqlite(e))?;

@@ -121,6 +121,11 @@ pub enum Change {
         conversation: Option<String>,
         customer: Option<String>,
     },
+    /// An update of the row's customer or conversation landed (a nightly sync): now is its
+    /// `synced_at`.
+    RowUpdated {
+        row_key: String,
+    },
     /// The job reached an end: complete, refused or lost (for a lost job, `updated_at` is
     /// when its answer was lost: the wait before its rows are looked up runs from then).
     BulkJobEnded {
@@ -347,6 +352,8 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  customer_fingerprint = coalesce(?3, customer_fingerprint)
              WHERE row_key = ?1",
         )?;
+        let mut row_updated =
+            transaction.prepare_cached("UPDATE rows SET synced_at = ?2 WHERE row_key = ?1")?;
         let mut customer_withdrawn = transaction.prepare_cached(
             "DELETE FROM customers WHERE customer_key = ?1 AND customer_id IS NULL",
         )?;
@@ -434,6 +441,9 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                     customer,
                 } => {
                     fingerprints.execute(params![row_key, conversation, customer])?;
+                }
+                Change::RowUpdated { row_key } => {
+                    row_updated.execute(params![row_key, now])?;
                 }
                 Change::BulkJobQueued { job, job_id } => {
                     job_queued.execute(params![job, job_id, now])?;

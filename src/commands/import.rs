@@ -176,6 +176,8 @@ async fn import(mut config: ImportConfig) -> anyhow::Result<Exit> {
             rows_failed: summary.all_failed(),
             rows_pending: summary.rows_pending,
             requests: summary.requests,
+            rows_updated: summary.rows_updated,
+            rows_unchanged: summary.rows_unchanged,
         },
     ) {
         tracing::error!("recording the end of the run: {error}");

@@ -151,9 +151,15 @@ fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std
                 .as_deref()
                 .map(|target| format!(", to {target}"))
                 .unwrap_or_default();
+            let sync = match (run.rows_updated, run.rows_unchanged) {
+                (Some(updated), Some(unchanged)) if updated + unchanged > 0 => {
+                    format!(" (updated {updated}, unchanged {unchanged})")
+                }
+                _ => String::new(),
+            };
             writeln!(
                 out,
-                "  #{} started {}, {ended}: read {}, done {}, failed {}, pending {}, requests {}{rate}{target}",
+                "  #{} started {}, {ended}: read {}, done {}{sync}, failed {}, pending {}, requests {}{rate}{target}",
                 run.id,
                 run.started_at,
                 count(run.rows_read),

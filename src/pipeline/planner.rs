@@ -670,6 +670,7 @@ impl<'a> Planner<'a> {
                     self.record(vec![work.sent_as()]).await;
                 }
                 self.summary.rows_skipped_done += 1;
+                self.summary.rows_unchanged += 1;
                 self.progress.row_finished(Settled::AlreadyDone);
                 return;
             }

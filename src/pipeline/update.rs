@@ -12,6 +12,7 @@ use super::handles::Tools;
 use super::row::{Halt, PlannedRow, RowOutcome};
 use super::worker::Attempts;
 use crate::api::ApiError;
+use crate::checkpoint::Change;
 
 /// The Kustomer ids of a done row and the fields of each record to update.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +39,10 @@ pub(super) async fn update_row(
     let mut attempts = Attempts::new(tools);
     let outcome = match send_updates(tools, &work, &update, &mut attempts).await {
         Ok(()) => {
-            tools.journal.record(vec![work.sent_as()]).await;
+            let updated = Change::RowUpdated {
+                row_key: work.origin.key.clone(),
+            };
+            tools.journal.record(vec![work.sent_as(), updated]).await;
             RowOutcome::Updated {
                 customer: !update.customer_fields.is_empty(),
                 conversation: !update.conversation_fields.is_empty(),

@@ -108,7 +108,8 @@ fn export_writes_every_row_once_with_its_ids() {
             "error",
             "outcome_unknown",
             "messages",
-            "notes"
+            "notes",
+            "updated_at"
         ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();

@@ -4,6 +4,8 @@
 
 use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
 
+use serde_json::json;
+
 use crate::harness::*;
 
 const HEADER: &str =
@@ -303,11 +305,35 @@ fn tomorrows_export_sends_exactly_the_updates_and_creates_that_differ() {
     assert_eq!(summary["rows_skipped_done"], 17);
     assert_eq!(summary["customers_updated"], 1);
     assert_eq!(summary["conversations_updated"], 2);
+    assert_eq!(summary["rows_unchanged"], 17);
+    // status and export say the same from the checkpoint.
+    let status = env.command(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let last = &status["runs"][0];
+    assert_eq!(
+        (&last["rows_updated"], &last["rows_unchanged"]),
+        (&json!(3), &json!(17))
+    );
+    let export = env.command(&["export", "--format", "jsonl"]);
+    let updated: Vec<String> = export
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|row| row["updated_at"].is_string())
+        .map(|row| row["row_key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(updated, ["conv:T-3", "conv:T-7", "conv:T-11"]);
 
     // The day after, the same export: nothing changed since what was sent.
     let before = env.stats().requests_total;
     env.import(&[day2.to_str().unwrap()]).assert_code(0);
     assert_eq!(env.stats().requests_total, before);
+    let status = env.command(&["status"]);
+    assert!(
+        status.stdout.contains("(updated 0, unchanged 21)"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]
