@@ -22,6 +22,8 @@ use kustomer_import::rows::{ReadSettings, RowReader, open_inputs};
 use kustomer_import::sandbox::{Sandbox, SandboxConfig};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_kustomer-import");
+/// Tomorrow's export of the nightly sync figure changes one ticket in this many.
+const CHANGED_EVERY: usize = 100;
 /// Conversations per customer in the generated exports.
 const PER_CUSTOMER: usize = 3;
 /// The figures of issue 6 are single mode's (one request per record); `--mode auto`, the
@@ -77,8 +79,9 @@ fn main() {
         budget(&bench, short, None, &mut table);
         budget(&bench, Org::per_minute(600, (150, 0)), None, &mut table);
     }
-    if wanted("memory") || wanted("resume") || wanted("integrity") {
-        memory_and_resume(&bench, rows(100_000), rows(1_000_000), &mut table);
+    if wanted("memory") || wanted("resume") || wanted("integrity") || wanted("sync") {
+        let (small, large) = (rows(100_000), rows(1_000_000));
+        memory_and_resume(&bench, small, large, wanted("sync"), &mut table);
     }
     if wanted("bulk") {
         bulk(&bench, 10_000, &mut table);
@@ -136,6 +139,31 @@ impl Bench {
                     customer % 10_000_000,
                     ["open", "done", "snoozed"][row % 3]
                 ));
+            }
+            std::fs::write(&path, text).expect("writing the export");
+        }
+        path
+    }
+
+    /// The rows of [`Bench::csv`], every CHANGED_EVERY-th ticket's status another:
+    /// tomorrow's export of a nightly sync.
+    fn csv_with_changed_statuses(&self, rows: usize) -> PathBuf {
+        let path = self.path(&format!("export-{rows}-changed.csv"));
+        if !path.exists() {
+            let today = std::fs::read_to_string(self.csv(rows)).expect("the export");
+            let mut text = String::with_capacity(today.len());
+            for (index, line) in today.lines().enumerate() {
+                let row = index.wrapping_sub(1);
+                match line.rsplit_once(',') {
+                    Some((rest, status)) if index > 0 && row % CHANGED_EVERY == 0 => {
+                        let changed = if status == "done" { "open" } else { "done" };
+                        text.push_str(&format!("{rest},{changed}\n"));
+                    }
+                    _ => {
+                        text.push_str(line);
+                        text.push('\n');
+                    }
+                }
             }
             std::fs::write(&path, text).expect("writing the export");
         }
@@ -497,7 +525,13 @@ fn cold_start(samples: &[(f64, u64)], pace: f64, label: &str, table: &mut Table)
 /// Figures 4 and 5: Peak RSS importing `small` and `large` rows, then the time to skip `large`
 /// rows that are all done; then what the integrity check costs on that checkpoint, alone and
 /// in a resume after a run that did not end (issue 15).
-fn memory_and_resume(bench: &Bench, small: usize, large: usize, table: &mut Table) {
+fn memory_and_resume(
+    bench: &Bench,
+    small: usize,
+    large: usize,
+    wanted_sync: bool,
+    table: &mut Table,
+) {
     let mut peaks = Vec::new();
     // The resume below goes to the sandbox the large import went to: a checkpoint belongs
     // to one target, and another address is refused (issue 14).
@@ -550,7 +584,62 @@ fn memory_and_resume(bench: &Bench, small: usize, large: usize, table: &mut Tabl
         seconds * 1_000_000.0 / large as f64 <= 3.0,
     );
     integrity_check(bench, &sandbox, large, &checkpoint, table);
+    if wanted_sync {
+        nightly_rerun(bench, &sandbox, large, &checkpoint, seconds, table);
+    }
     bench.runtime.block_on(sandbox.shutdown());
+}
+
+/// A nightly sync (issue 18) over the `rows` done rows at `checkpoint`, whose resume (every
+/// row compared with what was sent, all unchanged) took `compared` seconds: the same resume
+/// with `--on-change skip`, which compares nothing (the skip before nightly sync); then
+/// tomorrow's export with 1% of the rows' status changed, which must send exactly one
+/// update per changed row.
+fn nightly_rerun(
+    bench: &Bench,
+    sandbox: &Sandbox,
+    rows: usize,
+    checkpoint: &Path,
+    compared: f64,
+    table: &mut Table,
+) {
+    let skipped = median(3, || {
+        let run = import(
+            sandbox,
+            &bench.csv(rows),
+            checkpoint,
+            &["--on-change", "skip"],
+        );
+        assert_eq!(run.summary["requests"], 0, "{}", run.summary);
+        run.elapsed
+    });
+    table.add(
+        &format!("sync: compare {rows} done rows, all unchanged, over skipping them"),
+        format!(
+            "{:.2}x ({compared:.2} s over {skipped:.2} s)",
+            compared / skipped
+        ),
+        "<= 1.5x",
+        compared / skipped <= 1.5,
+    );
+    let changed = bench.csv_with_changed_statuses(rows);
+    let expected = rows.div_ceil(CHANGED_EVERY);
+    let run = import(sandbox, &changed, checkpoint, SINGLE);
+    let requests = run.summary["requests"].as_u64().unwrap_or(0);
+    assert_eq!(
+        run.summary["conversations_updated"], expected as u64,
+        "{}",
+        run.summary
+    );
+    table.add(
+        &format!("sync: tomorrow's {rows} rows, 1% changed"),
+        format!(
+            "{:.2} s, {requests} requests for {expected} changed conversations",
+            run.elapsed
+        ),
+        "requests = changed records",
+        requests == expected as u64,
+    );
 }
 
 /// The integrity check of the checkpoint of `rows` done rows at `checkpoint`: alone, as a
