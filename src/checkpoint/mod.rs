@@ -323,6 +323,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/008-records/up.sql"),
     include_str!("../../migrations/009-history-jobs/up.sql"),
     include_str!("../../migrations/010-fingerprints/up.sql"),
+    include_str!("../../migrations/011-bulk-updates/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
