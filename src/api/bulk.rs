@@ -216,6 +216,13 @@ fn item_failure(error: &Value) -> ItemOutcome {
     })
 }
 
+/// The outcomes of a documented batches answer (`tests/fixtures/kustomer-docs`), for the
+/// tests of what reads them.
+#[cfg(test)]
+pub(crate) fn documented_outcomes(name: &str) -> HashMap<String, ItemOutcome> {
+    item_outcomes(&crate::api::documented(name)).expect("a documented batches answer")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +293,27 @@ mod tests {
             read(r#"{"code": "invalid", "detail": "bad"}"#),
             ItemOutcome::Unexplained(message) if message == "bad"
         ));
+    }
+
+    #[test]
+    fn updates_are_put_with_replace_false_and_creates_posted() {
+        assert_eq!(
+            endpoint(BulkKind::CustomerUpdates),
+            (Method::PUT, "v1/customers/bulk?replace=false")
+        );
+        assert_eq!(
+            endpoint(BulkKind::ConversationUpdates),
+            (Method::PUT, "v1/conversations/bulk?replace=false")
+        );
+        assert_eq!(
+            endpoint(BulkKind::Customers),
+            (Method::POST, "v1/customers/bulk")
+        );
+        // The query survives the join onto the base URL.
+        let base = url::Url::parse("https://acme.api.kustomerapp.com/").unwrap();
+        let joined = base.join(endpoint(BulkKind::CustomerUpdates).1).unwrap();
+        assert_eq!(joined.path(), "/v1/customers/bulk");
+        assert_eq!(joined.query(), Some("replace=false"));
     }
 
     #[test]
