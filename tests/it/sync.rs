@@ -566,6 +566,14 @@ fn an_item_a_bulk_update_job_refuses_fails_that_rows_update_only_and_is_tried_ag
 
 #[test]
 fn a_records_own_update_limit_holds_back_that_row_only_and_it_ends_updated() {
+    // One at a time, and in bulk jobs, whose item over the limit (an error in words) is
+    // sent alone and meets the same 429.
+    for mode in ["single", "bulk"] {
+        a_records_own_update_limit_in(mode);
+    }
+}
+
+fn a_records_own_update_limit_in(mode: &str) {
     // The org's budget is ample; one update of a record per 3 s window. A customer with two
     // tickets is updated once per row, so each second update meets the record's limit: a
     // 429 whose headers show the org's budget not spent.
@@ -603,7 +611,7 @@ fn a_records_own_update_limit_holds_back_that_row_only_and_it_ends_updated() {
     let run = env.import(&[
         day2.to_str().unwrap(),
         "--mode",
-        "single",
+        mode,
         "--json",
         "--max-stall",
         "1",
@@ -612,13 +620,27 @@ fn a_records_own_update_limit_holds_back_that_row_only_and_it_ends_updated() {
     ]);
     run.assert_code(0);
     let stats = env.stats();
-    assert!(stats.object_limited > 0, "no record met its limit");
-    assert_eq!(
-        stats.rate_limited, stats.object_limited,
-        "every 429 was a record's, none the org's"
+    assert!(stats.object_limited > 0, "{mode}: no record met its limit");
+    // Every 429 was a record's, none the org's: all on single updates, and counted as
+    // the record's limit (which counts a bulk item over it too, an error in words).
+    let answered_429: Vec<(&String, u64)> = stats
+        .requests
+        .iter()
+        .filter_map(|(route, by_status)| Some((route, *by_status.get(&429)?)))
+        .collect();
+    assert!(
+        !answered_429.is_empty()
+            && answered_429
+                .iter()
+                .all(|(route, _)| route.starts_with("PATCH ")),
+        "{mode}: {answered_429:?}"
     );
+    assert!(stats.rate_limited <= stats.object_limited, "{mode}");
     let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(summary["rows_updated"], 50);
+    assert_eq!(summary["rows_updated"], 50, "{mode}");
+    if mode == "bulk" {
+        assert!(update_jobs(&env) > 0);
+    }
     assert_eq!(summary["rows_pending"], 0);
     let records = env.records();
     let renamed = records
