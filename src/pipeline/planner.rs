@@ -22,7 +22,7 @@ use super::resume::{
 use super::row::{
     CustomerStep, EarlierRecords, Halt, PlannedRow, RowOutcome, Settlement, failed_unplanned,
 };
-use super::update::{Of, RowUpdate, update_row};
+use super::update::{Of, RowUpdate, fields_to_send, update_row};
 use super::worker::process_row;
 use super::{ImportMode, ImportSettings, StopReason};
 use crate::api::BulkKind;
@@ -455,10 +455,14 @@ impl<'a> Planner<'a> {
         // A row whose customer and conversation both changed goes in a customers job
         // first, then (`AfterJob::Update`) in a conversations job.
         while let Some((work, update)) = self.updates.pop_front() {
-            if update.customer_fields.is_empty() {
+            if fields_to_send(&work, &update, Of::Customer).is_some() {
+                self.customer_update_batch.push((work, update));
+            } else if fields_to_send(&work, &update, Of::Conversation).is_some() {
                 self.conversation_update_batch.push((work, update));
             } else {
-                self.customer_update_batch.push((work, update));
+                // Nothing a job could carry (a conversation with no id): the single path
+                // settles it, as it always has.
+                self.updates_alone.push_back((work, update));
             }
         }
         if self.batch_since.is_none() && self.batched() > 0 {
