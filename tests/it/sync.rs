@@ -656,3 +656,65 @@ fn a_records_own_update_limit_in(mode: &str) {
             .all(|c| c.status.as_deref() == Some("done"))
     );
 }
+
+/// API-shaped JSONL of `customers` customers with a ticket each; `renamed` customers have a
+/// new name, and `bad` one also a custom attribute the org does not define.
+fn api_export(customers: usize, renamed: bool, bad: Option<usize>) -> String {
+    let mut text = String::new();
+    for c in 0..customers {
+        let name = if renamed {
+            format!("Customer {c} Renamed")
+        } else {
+            format!("Customer {c}")
+        };
+        let custom = if bad == Some(c) {
+            r#"{"tierStr": "gold", "levelStr": "x"}"#
+        } else {
+            r#"{"tierStr": "gold"}"#
+        };
+        text.push_str(&format!(
+            r#"{{"customer": {{"externalId": "C{c}", "name": "{name}", "custom": {custom}}}, "conversation": {{"externalId": "T{c}", "name": "Ticket {c}"}}}}"#
+        ));
+        text.push('\n');
+    }
+    text
+}
+
+#[test]
+fn an_update_job_refused_whole_is_split_until_the_bad_item_is_alone() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        custom_attributes: Some(vec!["tierStr".into()]),
+        bulk_refuse_invalid: true,
+        bulk_delay: std::time::Duration::from_millis(20),
+        ..SandboxConfig::default()
+    });
+    let day1 = env.write("day1.jsonl", &api_export(150, false, None));
+    env.import(&[day1.to_str().unwrap(), "--mode", "bulk"])
+        .assert_code(0);
+    let day2 = env.write("day2.jsonl", &api_export(150, true, Some(120)));
+    let run = env.import(&[day2.to_str().unwrap(), "--mode", "bulk", "--json"]);
+    run.assert_code(1);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_updated"], 149);
+    assert_eq!(summary["rows_failed"], 1);
+    let errors = env.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].1, 121);
+    assert!(errors[0].3.contains("/custom/levelStr"), "{errors:?}");
+    // The second job (50 items, the bad one 21st) is halved until it stands alone; the
+    // first goes whole, and nothing goes one by one.
+    let refused = env.stats().requests["PUT /v1/customers/bulk"]
+        .get(&400)
+        .copied()
+        .unwrap_or(0);
+    assert!((2..=7).contains(&refused), "{refused} refusals");
+    assert_eq!(env.stats().updates_total, 0);
+    let records = env.records();
+    let renamed = records
+        .customers
+        .iter()
+        .filter(|c| c.name.as_deref().is_some_and(|n| n.ends_with("Renamed")))
+        .count();
+    assert_eq!(renamed, 149);
+}
