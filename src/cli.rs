@@ -446,7 +446,7 @@ pub struct ImportArgs {
 
     /// How records travel: one request each (single), up to 100 per request through
     /// Kustomer's bulk jobs (bulk), or bulk once a few hundred rows are waiting to be sent
-    /// (auto).
+    /// or updated (auto).
     #[arg(help_heading = RATE, long, env = "KUSTOMER_IMPORT_MODE", value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
 

@@ -50,8 +50,8 @@ macro_rules! stored_words {
 pub(crate) use stored_words;
 
 stored_words! {
-    /// What a bulk job creates: the path of its endpoint (`/v1/{kind}/bulk`) and the
-    /// checkpoint's `bulk_jobs.kind`.
+    /// What a bulk job creates or updates: the checkpoint's `bulk_jobs.kind` (its endpoint:
+    /// `api::bulk`).
     pub enum BulkKind {
         Customers = "customers",
         Conversations = "conversations",
@@ -59,6 +59,11 @@ stored_words! {
         Messages = "messages",
         /// `/v1/notes/bulk`.
         Notes = "notes",
+        /// `PUT /v1/customers/bulk?replace=false`: each item updates the customer its `id`
+        /// names (migration 012).
+        CustomerUpdates = "customer-updates",
+        /// `PUT /v1/conversations/bulk?replace=false`.
+        ConversationUpdates = "conversation-updates",
     }
 }
 
@@ -67,10 +72,22 @@ impl BulkKind {
     /// (whose items are `records`, not `rows`).
     pub fn record_kind(self) -> Option<RecordKind> {
         match self {
-            BulkKind::Customers | BulkKind::Conversations => None,
+            BulkKind::Customers
+            | BulkKind::Conversations
+            | BulkKind::CustomerUpdates
+            | BulkKind::ConversationUpdates => None,
             BulkKind::Messages => Some(RecordKind::Message),
             BulkKind::Notes => Some(RecordKind::Note),
         }
+    }
+
+    /// Whether a job of this kind updates records made earlier (a nightly sync's changes)
+    /// rather than creating them.
+    pub fn updates(self) -> bool {
+        matches!(
+            self,
+            BulkKind::CustomerUpdates | BulkKind::ConversationUpdates
+        )
     }
 }
 

@@ -1,4 +1,5 @@
-//! Kustomer's bulk jobs: one request submits up to 100 customers or conversations, the job
+//! Kustomer's bulk jobs: one request submits up to 100 customers or conversations (to create,
+//! or, each item naming its record by `id`, to update), the job
 //! runs on Kustomer's side, and its outcome is polled (`GET /v1/bulk/{id}`) then read item
 //! by item (`GET /v1/bulk/{id}/batches`, results by `_clientRef`). Every call is one request
 //! through the same rate gate as the single endpoints.
@@ -61,8 +62,8 @@ pub struct SubmittedJob {
 }
 
 impl KustomerClient {
-    /// `POST /v1/{kind}/bulk` with up to [`MAX_ITEMS`] bodies, sent in `turn` (see
-    /// [`KustomerClient::turn`]).
+    /// `POST /v1/{kind}/bulk` (an update job: `PUT ...?replace=false`, see [`endpoint`])
+    /// with up to [`MAX_ITEMS`] bodies, sent in `turn` (see [`KustomerClient::turn`]).
     pub async fn submit_bulk(
         &self,
         kind: BulkKind,
@@ -73,9 +74,9 @@ impl KustomerClient {
             status: 0,
             message: format!("cannot encode the body: {error}"),
         })?;
-        let url = self.url(&format!("v1/{}/bulk", kind.as_str()));
+        let (method, path) = endpoint(kind);
         let (status, answer) = self
-            .send_in(Some(turn), Method::POST, url, Some(body))
+            .send_in(Some(turn), method, self.url(path), Some(body))
             .await?;
         let code = status.as_u16();
         if !(200..=202).contains(&code) {
@@ -128,6 +129,21 @@ impl KustomerClient {
         let encoded =
             percent_encoding::utf8_percent_encode(job_id, percent_encoding::NON_ALPHANUMERIC);
         self.url(&format!("v1/bulk/{encoded}{rest}"))
+    }
+}
+
+/// Where a job of `kind` is submitted. Updates are `PUT`s with `replace=false`: the docs
+/// give a single `PUT ?replace=false` a PATCH's meaning (only the fields sent change) and
+/// `replace=true` the whole record's, and say nothing of a bulk `PUT` without it; the
+/// sandbox reads that as a replace, the destructive reading, so the merge is asked for.
+fn endpoint(kind: BulkKind) -> (Method, &'static str) {
+    match kind {
+        BulkKind::Customers => (Method::POST, "v1/customers/bulk"),
+        BulkKind::Conversations => (Method::POST, "v1/conversations/bulk"),
+        BulkKind::Messages => (Method::POST, "v1/messages/bulk"),
+        BulkKind::Notes => (Method::POST, "v1/notes/bulk"),
+        BulkKind::CustomerUpdates => (Method::PUT, "v1/customers/bulk?replace=false"),
+        BulkKind::ConversationUpdates => (Method::PUT, "v1/conversations/bulk?replace=false"),
     }
 }
 
@@ -200,6 +216,13 @@ fn item_failure(error: &Value) -> ItemOutcome {
     })
 }
 
+/// The outcomes of a documented batches answer (`tests/fixtures/kustomer-docs`), for the
+/// tests of what reads them.
+#[cfg(test)]
+pub(crate) fn documented_outcomes(name: &str) -> HashMap<String, ItemOutcome> {
+    item_outcomes(&crate::api::documented(name)).expect("a documented batches answer")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +293,27 @@ mod tests {
             read(r#"{"code": "invalid", "detail": "bad"}"#),
             ItemOutcome::Unexplained(message) if message == "bad"
         ));
+    }
+
+    #[test]
+    fn updates_are_put_with_replace_false_and_creates_posted() {
+        assert_eq!(
+            endpoint(BulkKind::CustomerUpdates),
+            (Method::PUT, "v1/customers/bulk?replace=false")
+        );
+        assert_eq!(
+            endpoint(BulkKind::ConversationUpdates),
+            (Method::PUT, "v1/conversations/bulk?replace=false")
+        );
+        assert_eq!(
+            endpoint(BulkKind::Customers),
+            (Method::POST, "v1/customers/bulk")
+        );
+        // The query survives the join onto the base URL.
+        let base = url::Url::parse("https://acme.api.kustomerapp.com/").unwrap();
+        let joined = base.join(endpoint(BulkKind::CustomerUpdates).1).unwrap();
+        assert_eq!(joined.path(), "/v1/customers/bulk");
+        assert_eq!(joined.query(), Some("replace=false"));
     }
 
     #[test]

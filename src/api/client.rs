@@ -277,10 +277,33 @@ impl KustomerClient {
     /// [`KustomerClient::send`], its first try in `turn` when the caller took one.
     pub(super) async fn send_in(
         &self,
+        turn: Option<Turn>,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, bytes::Bytes), ApiError> {
+        self.send_under(turn, method, url, body, false).await
+    }
+
+    /// [`KustomerClient::send`] for an update of one record, which is under its per-object
+    /// limit too: a 429 that leaves the org's budget unspent pauses no one and comes back as
+    /// [`ApiError::RecordLimited`], for the caller to send again after its wait.
+    pub(super) async fn send_update(
+        &self,
+        method: Method,
+        url: Url,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, bytes::Bytes), ApiError> {
+        self.send_under(None, method, url, Some(body), true).await
+    }
+
+    async fn send_under(
+        &self,
         mut turn: Option<Turn>,
         method: Method,
         url: Url,
         body: Option<Vec<u8>>,
+        record_limits: bool,
     ) -> Result<(StatusCode, bytes::Bytes), ApiError> {
         let body = body.map(bytes::Bytes::from);
         let mut rate_limited = 0;
@@ -308,8 +331,14 @@ impl KustomerClient {
             })?;
             self.answered.store(true, Ordering::Relaxed);
             let status = response.status();
-            self.gate
-                .observe(&pass, status.as_u16(), response.headers());
+            let record_wait = if record_limits {
+                self.gate
+                    .observe_record(&pass, status.as_u16(), response.headers())
+            } else {
+                self.gate
+                    .observe(&pass, status.as_u16(), response.headers());
+                None
+            };
             if status.is_redirection() {
                 return Err(wrong_base_url(status, response.headers()));
             }
@@ -317,6 +346,12 @@ impl KustomerClient {
             self.stats.record_latency(sent.elapsed());
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                if let Some(wait) = record_wait {
+                    return Err(ApiError::RecordLimited {
+                        wait,
+                        message: super::error::server_message(&answer),
+                    });
+                }
                 rate_limited += 1;
                 if rate_limited >= self.max_rate_limited {
                     return Err(ApiError::Transient {

@@ -1,12 +1,15 @@
 //! What can go wrong with one API call, sorted by what the caller must do about it, and
 //! the server's words read from an error in whichever shape it comes.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::ratelimit::Held;
 
-/// The outcome of a failed call, classified. 429s never reach callers: the client pauses
-/// every worker and sends again.
+/// The outcome of a failed call, classified. A 429 of the org's budget never reaches
+/// callers: the client pauses every worker and sends again. One of a record's own limit does
+/// ([`ApiError::RecordLimited`]), so that only that record waits.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// 401/403: the key is wrong, revoked or lacks a role. Stop the run; fail no row.
@@ -54,6 +57,11 @@ pub enum ApiError {
     /// lost, so a create must be reconciled by lookup before it is sent again.
     #[error("{reason}")]
     Transient { reason: String, maybe_applied: bool },
+    /// 429 on an update, with the org's budget not spent: this record's per-object limit
+    /// (see `ratelimit::Spent`). Nothing was written. Only this record waits `wait` before
+    /// it is sent again, within its row's retry budget; the run goes on at full rate.
+    #[error("this record's update limit (429, the org's budget not spent): {message}")]
+    RecordLimited { wait: Duration, message: String },
     /// The rate gate held the request back and it was not sent (see [`Held`]).
     #[error(transparent)]
     NotSent(#[from] Held),

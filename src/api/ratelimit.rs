@@ -256,18 +256,48 @@ impl RateGate {
     /// until the reset (`Retry-After`, else `x-ratelimit-reset`, else one second); a pause
     /// worth it is logged when it starts.
     pub fn observe(&self, pass: &Pass, status: u16, headers: &HeaderMap) {
+        self.observe_in(pass, status, headers, Limits::Org);
+    }
+
+    /// [`RateGate::observe`] for a request under per-object limits as well as the org's
+    /// (an update of one record): a 429 that says the org's budget is not spent
+    /// ([`Spent::Record`]) pauses no one, and the wait it asks of this record is returned.
+    pub fn observe_record(
+        &self,
+        pass: &Pass,
+        status: u16,
+        headers: &HeaderMap,
+    ) -> Option<Duration> {
+        self.observe_in(pass, status, headers, Limits::OrgAndRecord)
+    }
+
+    fn observe_in(
+        &self,
+        pass: &Pass,
+        status: u16,
+        headers: &HeaderMap,
+        limits: Limits,
+    ) -> Option<Duration> {
         let budget = BudgetHeaders::parse(headers);
+        let record_wait = match (status, limits, budget.spent_by_429()) {
+            (429, Limits::OrgAndRecord, Spent::Record(wait)) => Some(wait),
+            _ => None,
+        };
         if let (Some(share), Some(limit)) = (&self.share, budget.limit) {
             self.follow_limit(share, limit);
         }
         self.answer_settled();
         let own_pace = *self.own_pace.lock().unwrap_or_else(|p| p.into_inner());
+        // One record's limit is no verdict on the org's budget: its headers are learnt as
+        // any answer's, and no one pauses.
+        let status = if record_wait.is_some() { 200 } else { status };
         let line = self
             .lock()
             .answer(pass, Instant::now(), status, &budget, headers, own_pace);
         if let Some(line) = line {
             tracing::warn!("{line}");
         }
+        record_wait
     }
 
     /// With a rate share: the ceiling follows the limit the server reports.
@@ -339,11 +369,7 @@ impl GateState {
         }
         if status == 429 {
             self.clock.refused();
-            let wait = budget
-                .retry_after
-                .or(budget.reset_in)
-                .unwrap_or(Duration::from_secs(1))
-                .max(Duration::from_millis(50));
+            let wait = budget.wait_of_429();
             return self.pause(now, wait, budget.cause_of_429(headers));
         }
         let (Some(remaining), Some(reset_in)) = (budget.remaining, budget.reset_in) else {
@@ -460,7 +486,45 @@ impl BudgetHeaders {
     }
 }
 
+/// Which limits a request is under: every request is under the org's; an update of one
+/// record is under its per-object limit too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Limits {
+    Org,
+    OrgAndRecord,
+}
+
+/// What a 429 says is spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spent {
+    /// The org's budget: every request waits for its reset.
+    Org,
+    /// Not the org's budget (its `x-ratelimit-remaining` is above 0), so the limit of one
+    /// record: Kustomer's per-object update limits, whose numbers are unpublished (the
+    /// docs: "follow 429 and its headers"). Only a request for that record waits this long
+    /// (`Retry-After`, else the reset, else one second).
+    Record(Duration),
+}
+
 impl BudgetHeaders {
+    /// What a 429 with these headers says is spent: the one place that tells one record's
+    /// limit from the org's. A 429 without `x-ratelimit-remaining` says nothing of the
+    /// org's budget and is taken as the org's, which pauses everyone: the cautious reading.
+    pub fn spent_by_429(&self) -> Spent {
+        match self.remaining {
+            Some(remaining) if remaining > 0 => Spent::Record(self.wait_of_429()),
+            _ => Spent::Org,
+        }
+    }
+
+    /// How long a 429 asks to wait: `Retry-After`, else the reset, else one second.
+    fn wait_of_429(&self) -> Duration {
+        self.retry_after
+            .or(self.reset_in)
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_millis(50))
+    }
+
     /// Why a 429 pauses the gate, in words for the log.
     fn cause_of_429(&self, headers: &HeaderMap) -> String {
         if self.retry_after.is_some() {
@@ -680,6 +744,50 @@ mod tests {
         let start = Instant::now();
         gate.acquire().await.unwrap();
         assert!(Instant::now() - start >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_records_429_pauses_no_one_and_the_orgs_pauses_everyone() {
+        // The sandbox's per-object limit: Retry-After for the record, and the org's headers
+        // showing its budget not spent.
+        let record = headers(&[
+            ("retry-after", "3".into()),
+            ("x-ratelimit-limit", "1000".into()),
+            ("x-ratelimit-remaining", "990".into()),
+            ("x-ratelimit-reset", "40".into()),
+        ]);
+        assert_eq!(
+            BudgetHeaders::parse(&record).spent_by_429(),
+            Spent::Record(Duration::from_secs(3))
+        );
+        let gate = RateGate::new(0, Duration::from_secs(60));
+        let wait = gate.observe_record(&gate.pass(), 429, &record);
+        assert_eq!(wait, Some(Duration::from_secs(3)));
+        let start = Instant::now();
+        gate.acquire().await.unwrap();
+        assert_eq!(Instant::now(), start, "no one waits for one record's limit");
+
+        // The org's budget spent, or not said: everyone waits, even for an update.
+        for org in [
+            headers(&[
+                ("retry-after", "2".into()),
+                ("x-ratelimit-remaining", "0".into()),
+            ]),
+            headers(&[("retry-after", "2".into())]),
+        ] {
+            assert_eq!(BudgetHeaders::parse(&org).spent_by_429(), Spent::Org);
+            let gate = RateGate::new(0, Duration::from_secs(60));
+            assert_eq!(gate.observe_record(&gate.pass(), 429, &org), None);
+            let start = Instant::now();
+            gate.acquire().await.unwrap();
+            assert!(Instant::now() - start >= Duration::from_secs(2));
+        }
+        // A create is under the org's limit only: its 429 pauses everyone whatever it says.
+        let gate = RateGate::new(0, Duration::from_secs(60));
+        gate.observe(&gate.pass(), 429, &record);
+        let start = Instant::now();
+        gate.acquire().await.unwrap();
+        assert!(Instant::now() - start >= Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]

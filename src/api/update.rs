@@ -3,6 +3,8 @@
 //! changed. An update is idempotent: a lost answer is simply sent again. A 404 says the
 //! record is gone (deleted in Kustomer since), a 409 that a value is another record's (an
 //! email); both are refusals of this update, read as every other answer is (`client.rs`).
+//! A 429 while the org's budget is not spent is this record's per-object limit
+//! ([`ApiError::RecordLimited`]): the record waits, the run does not.
 
 use reqwest::Method;
 use serde_json::{Map, Value};
@@ -41,7 +43,9 @@ impl KustomerClient {
             status: 0,
             message: format!("cannot encode the body: {error}"),
         })?;
-        let (status, answer) = self.send(Method::PATCH, url, Some(body)).await?;
+        // Under the record's per-object limit as well as the org's: a 429 of the record's
+        // alone comes back as `ApiError::RecordLimited`, and no one else waits for it.
+        let (status, answer) = self.send_update(Method::PATCH, url, body).await?;
         match status.as_u16() {
             // The record as updated, bare or in `data`; an empty 204 is taken too.
             200 | 201 | 204 => {

@@ -327,6 +327,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/009-history-jobs/up.sql"),
     include_str!("../../migrations/010-fingerprints/up.sql"),
     include_str!("../../migrations/011-sync-counts/up.sql"),
+    include_str!("../../migrations/012-bulk-updates/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go

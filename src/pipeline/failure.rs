@@ -2,7 +2,8 @@
 //! pipeline that reads an [`ApiError`] which is not a create's own verdict on its record.
 //! A refused key, a wrong base URL, a missing endpoint and an API that lets nothing through
 //! stop the run, the row or job left pending; a transient failure is tried again after a
-//! backoff, within the retry budget `--max-retries` sets, the same for rows and jobs; a
+//! backoff, within the retry budget `--max-retries` sets, the same for rows and jobs (a
+//! record's own update limit after at least the wait the server asked); a
 //! refused lookup or poll settles nothing and leaves the row pending (failing it would
 //! invite a blind re-send). No HTTP status is read here: [`ApiError`] says what it means.
 
@@ -75,6 +76,16 @@ impl<'a> Retries<'a> {
         if let Some(halt) = stops_the_run(self.tools, error) {
             return Err(halt);
         }
+        let exhausted = |end| match end {
+            NoRetry::Exhausted(reason) => Halt::Pending(reason),
+            NoRetry::Stopping => Halt::stopping(),
+        };
+        // One record's own limit: this record waits what the server asked (at least), the
+        // rest of the run goes on; it counts against the record's retries like any failure.
+        if let ApiError::RecordLimited { wait, .. } = error {
+            let reason = error.to_string();
+            return self.backoff(&reason, *wait).await.map_err(exhausted);
+        }
         let ApiError::Transient { reason, .. } = error else {
             return Err(Halt::Pending(refused(call, error)));
         };
@@ -85,10 +96,7 @@ impl<'a> Retries<'a> {
         } else {
             Duration::ZERO
         };
-        self.backoff(reason, least).await.map_err(|end| match end {
-            NoRetry::Exhausted(reason) => Halt::Pending(reason),
-            NoRetry::Stopping => Halt::stopping(),
-        })
+        self.backoff(reason, least).await.map_err(exhausted)
     }
 }
 

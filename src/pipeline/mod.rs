@@ -88,7 +88,7 @@ pub enum ImportMode {
     Single,
     /// Bulk jobs of up to 100 records, one request each (plus their polls).
     Bulk,
-    /// Bulk once a few hundred rows are waiting to be sent; single for fewer.
+    /// Bulk once a few hundred rows are waiting to be sent or updated; single for fewer.
     Auto,
 }
 

@@ -22,7 +22,7 @@ use super::resume::{
 use super::row::{
     CustomerStep, EarlierRecords, Halt, PlannedRow, RowOutcome, Settlement, failed_unplanned,
 };
-use super::update::{RowUpdate, update_row};
+use super::update::{Of, RowUpdate, fields_to_send, update_row};
 use super::worker::process_row;
 use super::{ImportMode, ImportSettings, StopReason};
 use crate::api::BulkKind;
@@ -133,6 +133,12 @@ pub(super) struct Planner<'a> {
     /// Bulk mode: rows whose conversation is made, waiting for a worker to write their
     /// history in bulk jobs (see `bulk::HistoryJobs`).
     for_history: VecDeque<(PlannedRow, CustomerStep)>,
+    /// Done rows whose records changed, waiting to be sent: to the update batches in bulk
+    /// mode, else to a worker each.
+    updates: VecDeque<(PlannedRow, RowUpdate)>,
+    /// Updates sent one request per record, waiting for a worker: single mode's, and what
+    /// an update job could not settle.
+    updates_alone: VecDeque<(PlannedRow, RowUpdate)>,
     /// Of the workers running, those writing history in bulk: they wait on jobs most of
     /// the time, and [`bulk::HISTORY_WRITERS`] of them may run besides the others.
     writing_history: usize,
@@ -142,6 +148,11 @@ pub(super) struct Planner<'a> {
     customer_batch: Vec<PlannedRow>,
     /// Rows whose customer is known, with its id, for the next conversations job.
     conversation_batch: Vec<(PlannedRow, String)>,
+    /// Done rows whose customer changed, for the next customer updates job.
+    customer_update_batch: Vec<(PlannedRow, RowUpdate)>,
+    /// Done rows whose conversation changed (and whose customer, if it did too, is
+    /// updated), for the next conversation updates job.
+    conversation_update_batch: Vec<(PlannedRow, RowUpdate)>,
     /// When the oldest row of either batch joined it.
     batch_since: Option<tokio::time::Instant>,
     jobs_running: usize,
@@ -203,10 +214,14 @@ impl<'a> Planner<'a> {
             sending,
             for_worker: VecDeque::new(),
             for_history: VecDeque::new(),
+            updates: VecDeque::new(),
+            updates_alone: VecDeque::new(),
             writing_history: 0,
             history_jobs,
             customer_batch: Vec::new(),
             conversation_batch: Vec::new(),
+            customer_update_batch: Vec::new(),
+            conversation_update_batch: Vec::new(),
             batch_since: None,
             jobs_running: 0,
             customer_jobs_running: 0,
@@ -304,6 +319,15 @@ impl<'a> Planner<'a> {
             + self.conversation_batch.len()
             + self.rows_in_jobs
             + self.deferred.len()
+            + self.updates_waiting()
+    }
+
+    /// Updates read and not yet sent.
+    fn updates_waiting(&self) -> usize {
+        self.updates.len()
+            + self.updates_alone.len()
+            + self.customer_update_batch.len()
+            + self.conversation_update_batch.len()
     }
 
     fn nothing_in_flight(&self) -> bool {
@@ -315,6 +339,7 @@ impl<'a> Planner<'a> {
             && self.customer_batch.is_empty()
             && self.conversation_batch.is_empty()
             && self.deferred.is_empty()
+            && self.updates_waiting() == 0
     }
 
     /// Ends the planner once its loop is over: shuts the workers down (every clone of the
@@ -353,9 +378,9 @@ impl<'a> Planner<'a> {
             return;
         }
         if self.sending == Sending::Undecided {
-            // --mode auto: enough rows waiting to be sent makes bulk worth it; an input
-            // that ends with fewer goes single.
-            let waiting = self.ready.len() + self.waiting_rows;
+            // --mode auto: enough rows waiting to be sent (or updated) makes bulk worth it;
+            // an input that ends with fewer goes single.
+            let waiting = self.ready.len() + self.waiting_rows + self.updates.len();
             if waiting >= bulk::AUTO_BULK_ROWS {
                 tracing::info!("{waiting} rows or more to send: bulk mode");
                 self.sending = Sending::InJobs;
@@ -373,6 +398,8 @@ impl<'a> Planner<'a> {
         }
         if self.sending == Sending::InJobs && !self.jobs.unavailable() {
             self.divert_to_batches();
+        } else {
+            self.updates_alone.extend(self.updates.drain(..));
         }
         // Each row moves once, from `ready` (or, in bulk mode, `for_worker`) to a worker,
         // not on every event: the rows waiting stay where they are.
@@ -386,6 +413,12 @@ impl<'a> Planner<'a> {
                 break;
             };
             self.spawn_worker(work, step, None);
+        }
+        while self.running - self.writing_history < limit {
+            let Some((work, update)) = self.updates_alone.pop_front() else {
+                break;
+            };
+            self.spawn_updater(work, update);
         }
         while self.writing_history < bulk::HISTORY_WRITERS {
             let Some((work, step)) = self.for_history.pop_front() else {
@@ -419,11 +452,38 @@ impl<'a> Planner<'a> {
                 step => self.for_worker.push_back((work, step)),
             }
         }
-        if self.batch_since.is_none()
-            && !(self.customer_batch.is_empty() && self.conversation_batch.is_empty())
-        {
+        // A row whose customer and conversation both changed goes in a customers job
+        // first, then (`AfterJob::Update`) in a conversations job.
+        while let Some((work, update)) = self.updates.pop_front() {
+            if fields_to_send(&work, &update, Of::Customer).is_some() {
+                self.customer_update_batch.push((work, update));
+            } else if fields_to_send(&work, &update, Of::Conversation).is_some() {
+                self.conversation_update_batch.push((work, update));
+            } else {
+                // Nothing a job could carry (a conversation with no id): the single path
+                // settles it, as it always has.
+                self.updates_alone.push_back((work, update));
+            }
+        }
+        if self.batch_since.is_none() && self.batched() > 0 {
             self.batch_since = Some(tokio::time::Instant::now());
         }
+    }
+
+    /// Rows in the batches not yet sent as jobs.
+    fn batched(&self) -> usize {
+        self.customer_batch.len()
+            + self.conversation_batch.len()
+            + self.customer_update_batch.len()
+            + self.conversation_update_batch.len()
+    }
+
+    /// Starts a worker that sends a done row's updates one request per record.
+    fn spawn_updater(&mut self, work: PlannedRow, update: RowUpdate) {
+        self.running += 1;
+        self.spawn_row_task(None, false, move |tools| {
+            Box::pin(async move { update_row(&tools, work, update).await })
+        });
     }
 
     /// Starts a worker on a row; with `history_jobs`, one that writes the row's history in
@@ -512,15 +572,40 @@ impl<'a> Planner<'a> {
                         )
                     },
                 );
+            } else if let Some(of) = self.update_batch_due(stalled) {
+                let batch = match of {
+                    Of::Customer => &mut self.customer_update_batch,
+                    Of::Conversation => &mut self.conversation_update_batch,
+                };
+                let take = batch.len().min(bulk::MAX_ITEMS);
+                let works: Vec<(PlannedRow, RowUpdate)> = batch.drain(..take).collect();
+                let kind = bulk::kind_of(of);
+                self.spawn_job(kind, works.len(), Vec::new(), move |tools, jobs| {
+                    Box::pin(async move { bulk::run_update_job(&tools, &jobs, of, works).await })
+                });
             } else {
                 break;
             }
         }
-        if self.customer_batch.is_empty() && self.conversation_batch.is_empty() {
+        if self.batched() == 0 {
             self.batch_since = None;
         } else if stalled {
             // What is left waits for a job slot or for customers: restart its clock.
             self.batch_since = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Which update batch is due as a job: a full one, or, when waiting cannot fill them,
+    /// any. Updates wait for nothing else.
+    fn update_batch_due(&self, stalled: bool) -> Option<Of> {
+        let customers = self.customer_update_batch.len();
+        let conversations = self.conversation_update_batch.len();
+        if customers >= bulk::MAX_ITEMS || (customers > 0 && stalled) {
+            Some(Of::Customer)
+        } else if conversations >= bulk::MAX_ITEMS || (conversations > 0 && stalled) {
+            Some(Of::Conversation)
+        } else {
+            None
         }
     }
 
@@ -563,7 +648,8 @@ impl<'a> Planner<'a> {
             + self.waiting_rows
             + self.customer_batch.len()
             + self.conversation_batch.len()
-            + self.deferred.len();
+            + self.deferred.len()
+            + self.updates_waiting();
         self.summary.rows_pending += unstarted as u64;
         self.ready.clear();
         self.for_worker.clear();
@@ -571,6 +657,10 @@ impl<'a> Planner<'a> {
         self.deferred.clear();
         self.customer_batch.clear();
         self.conversation_batch.clear();
+        self.updates.clear();
+        self.updates_alone.clear();
+        self.customer_update_batch.clear();
+        self.conversation_update_batch.clear();
         self.batch_since = None;
         self.waiting.clear();
         self.waiting_rows = 0;
@@ -648,7 +738,8 @@ impl<'a> Planner<'a> {
     }
 
     /// A done row read again: compared with what was sent (see [`sync_done_row`]), it is
-    /// skipped, adopted, reported, or given to a worker that updates what changed.
+    /// skipped, adopted, reported, or queued to update what changed (in bulk jobs in bulk
+    /// mode, else by a worker).
     async fn sync_done(&mut self, work: PlannedRow, stored: Option<&StoredRow>) {
         if self.settings.sync.on_change == OnChange::Skip {
             self.summary.rows_skipped_done += 1;
@@ -717,11 +808,10 @@ impl<'a> Planner<'a> {
             conversation_id: whole.conversation_id,
             customer_fields,
             conversation_fields,
+            customer_updated: false,
         };
-        self.running += 1;
-        self.spawn_row_task(None, false, move |tools| {
-            Box::pin(async move { update_row(&tools, work, update).await })
-        });
+        // Sent as the run's rows are: in update jobs in bulk mode, else by a worker.
+        self.updates.push_back((work, update));
     }
 
     /// For a row with history that a run has seen: the row read whole, reopened when its
@@ -934,6 +1024,12 @@ impl<'a> Planner<'a> {
                 }
                 AfterJob::Finished(outcome) => self.finish_row(work, outcome),
                 AfterJob::Continue(step) => self.ready.push_back((work, step)),
+                AfterJob::Update(bulk::UpdateNext::InJobs(update)) => {
+                    self.updates.push_back((work, update));
+                }
+                AfterJob::Update(bulk::UpdateNext::Alone(update)) => {
+                    self.updates_alone.push_back((work, update));
+                }
                 AfterJob::ContinueAfter(step, at) => {
                     self.deferred_count += 1;
                     self.deferred.push(Deferred {

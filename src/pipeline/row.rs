@@ -38,12 +38,16 @@ pub(super) enum Step {
 
 impl Step {
     /// The step of a row a bulk job of `kind` makes; None for messages and notes, whose
-    /// jobs make records of the row's history (`records`), not a step of `rows`.
+    /// jobs make records of the row's history (`records`), not a step of `rows`, and for
+    /// updates, which make nothing (the row is done already).
     pub(super) fn of_job(kind: BulkKind) -> Option<Step> {
         match kind {
             BulkKind::Customers => Some(Step::Customer),
             BulkKind::Conversations => Some(Step::Conversation),
-            BulkKind::Messages | BulkKind::Notes => None,
+            BulkKind::Messages
+            | BulkKind::Notes
+            | BulkKind::CustomerUpdates
+            | BulkKind::ConversationUpdates => None,
         }
     }
 

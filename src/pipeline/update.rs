@@ -5,6 +5,10 @@
 //! answer is sent again; one the API refuses (a bad value, a record deleted in Kustomer
 //! since) is reported with the server's words and leaves the row done, with what was sent
 //! before still recorded, so the next run tries again. Nothing else about the row changes.
+//! A 429 of the record's own update limit makes this row wait, not the run.
+//!
+//! In bulk mode the same updates go as bulk jobs (`bulk::run_update_job`), and what a job
+//! cannot settle comes back here, one request per record.
 
 use serde_json::{Map, Value};
 
@@ -21,13 +25,40 @@ pub(super) struct RowUpdate {
     pub conversation_id: Option<String>,
     pub customer_fields: Vec<String>,
     pub conversation_fields: Vec<String>,
+    /// The customer's update is done already (by a bulk job, whose row goes on with its
+    /// conversation's): `customer_fields` is then empty.
+    pub customer_updated: bool,
+}
+
+impl RowUpdate {
+    /// Whether the row's customer is (or was) updated.
+    pub(super) fn updates_customer(&self) -> bool {
+        self.customer_updated || !self.customer_fields.is_empty()
+    }
+
+    /// The row's outcome once every update it has is done.
+    pub(super) fn outcome(&self) -> RowOutcome {
+        RowOutcome::Updated {
+            customer: self.updates_customer(),
+            conversation: !self.conversation_fields.is_empty(),
+        }
+    }
 }
 
 /// Which record an update is of.
-#[derive(Clone, Copy)]
-enum Of {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Of {
     Customer,
     Conversation,
+}
+
+impl Of {
+    pub(super) fn noun(self) -> &'static str {
+        match self {
+            Of::Customer => "customer",
+            Of::Conversation => "conversation",
+        }
+    }
 }
 
 /// Sends the row's updates and records what was sent.
@@ -43,10 +74,7 @@ pub(super) async fn update_row(
                 row_key: work.origin.key.clone(),
             };
             tools.journal.record(vec![work.sent_as(), updated]).await;
-            RowOutcome::Updated {
-                customer: !update.customer_fields.is_empty(),
-                conversation: !update.conversation_fields.is_empty(),
-            }
+            update.outcome()
         }
         Err(halt) => RowOutcome::Halted(halt),
     };
@@ -59,21 +87,42 @@ async fn send_updates(
     update: &RowUpdate,
     attempts: &mut Attempts<'_>,
 ) -> Result<(), Halt> {
-    if !update.customer_fields.is_empty() {
-        let mut fields = fields_of(&work.plan.customer, &update.customer_fields);
-        // The docs: an update that omits `company` unlinks the customer from its company.
-        if let Some(company) = body_field(&work.plan.customer, "company") {
-            fields.insert("company".into(), company);
-        }
+    if let Some(fields) = fields_to_send(work, update, Of::Customer) {
         send(tools, Of::Customer, &update.customer_id, &fields, attempts).await?;
     }
-    if let (Some(id), Some(conversation)) = (&update.conversation_id, &work.plan.conversation)
-        && !update.conversation_fields.is_empty()
-    {
-        let fields = fields_of(conversation, &update.conversation_fields);
+    if let (Some(id), Some(fields)) = (
+        &update.conversation_id,
+        fields_to_send(work, update, Of::Conversation),
+    ) {
         send(tools, Of::Conversation, id, &fields, attempts).await?;
     }
     Ok(())
+}
+
+/// The body of the update of `of`, or None when it has none to send: only the fields that
+/// changed, and a customer's `company` whenever it has one (the docs: an update that omits
+/// `company` unlinks the customer from its company). A bulk job's item is this body with
+/// the record's `id`.
+pub(super) fn fields_to_send(
+    work: &PlannedRow,
+    update: &RowUpdate,
+    of: Of,
+) -> Option<Map<String, Value>> {
+    match of {
+        Of::Customer if !update.customer_fields.is_empty() => {
+            let mut fields = fields_of(&work.plan.customer, &update.customer_fields);
+            if let Some(company) = body_field(&work.plan.customer, "company") {
+                fields.insert("company".into(), company);
+            }
+            Some(fields)
+        }
+        Of::Conversation if !update.conversation_fields.is_empty() => {
+            update.conversation_id.as_ref()?;
+            let conversation = work.plan.conversation.as_ref()?;
+            Some(fields_of(conversation, &update.conversation_fields))
+        }
+        Of::Customer | Of::Conversation => None,
+    }
 }
 
 /// The `fields` of a body as it would be sent.
@@ -91,8 +140,29 @@ fn body_field(body: &impl serde::Serialize, field: &str) -> Option<Value> {
     fields_of(body, &[field.to_string()]).remove(field)
 }
 
-/// One update, sent again after transient failures (it is idempotent) within the row's
-/// retry budget.
+/// What the API's refusal of an update (by the single endpoint, or an item of a bulk job)
+/// means for the row: its update fails with the server's words, the row stays done; None
+/// for a failure that is no verdict on the update.
+pub(super) fn update_refused(of: Of, id: &str, error: &ApiError) -> Option<Halt> {
+    let record = of.noun();
+    let reason = match error {
+        ApiError::Rejected { status, message } => format!(
+            "{record} {id}: update refused ({status}): {message}; the row stays as it was last \
+             sent, and the next run tries again"
+        ),
+        ApiError::Duplicate { message } => {
+            format!("{record} {id}: update refused (409): {message}")
+        }
+        _ => return None,
+    };
+    Some(Halt::Failed {
+        field: Some(record.into()),
+        reason,
+    })
+}
+
+/// One update, sent again after transient failures (it is idempotent) and after its
+/// record's own limit, within the row's retry budget.
 async fn send(
     tools: &Tools,
     of: Of,
@@ -100,10 +170,6 @@ async fn send(
     fields: &Map<String, Value>,
     attempts: &mut Attempts<'_>,
 ) -> Result<(), Halt> {
-    let record = match of {
-        Of::Customer => "customer",
-        Of::Conversation => "conversation",
-    };
     loop {
         attempts.check_stop()?;
         attempts.requests += 1;
@@ -113,22 +179,10 @@ async fn send(
         };
         match sent {
             Ok(()) => return Ok(()),
-            Err(ApiError::Rejected { status, message }) => {
-                return Err(Halt::Failed {
-                    field: Some(record.into()),
-                    reason: format!(
-                        "{record} {id}: update refused ({status}): {message}; the row stays \
-                         as it was last sent, and the next run tries again"
-                    ),
-                });
-            }
-            Err(ApiError::Duplicate { message }) => {
-                return Err(Halt::Failed {
-                    field: Some(record.into()),
-                    reason: format!("{record} {id}: update refused (409): {message}"),
-                });
-            }
-            Err(error) => attempts.after_failure(&error).await?,
+            Err(error) => match update_refused(of, id, &error) {
+                Some(halt) => return Err(halt),
+                None => attempts.after_failure(&error).await?,
+            },
         }
     }
 }

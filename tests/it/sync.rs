@@ -433,6 +433,318 @@ fn a_run_killed_during_its_updates_resumes_and_every_record_ends_as_tomorrows_ex
     );
 }
 
+/// Update jobs the sandbox was sent: `PUT /v1/customers/bulk` and
+/// `PUT /v1/conversations/bulk`.
+fn update_jobs(env: &TestEnv) -> u64 {
+    env.requests_to("PUT /v1/customers/bulk") + env.requests_to("PUT /v1/conversations/bulk")
+}
+
+#[test]
+fn in_bulk_mode_tomorrows_changes_go_as_bulk_update_jobs() {
+    let env = TestEnv::plain();
+    let day1 = env.write("day1.csv", &export(400, &[], &[], 0));
+    env.import(&[day1.to_str().unwrap(), "--mode", "bulk"])
+        .assert_code(0);
+    // 300 records change: 200 tickets' status, 100 customers' names, ten rows both (their
+    // customer goes in a customers job, then their ticket in a conversations job); 20 new.
+    let done: Vec<usize> = (0..190).chain(290..300).collect();
+    let renamed: Vec<usize> = (200..300).collect();
+    let day2 = env.write("day2.csv", &export(400, &done, &renamed, 20));
+    let before = env.stats();
+    let run = env.import(&[day2.to_str().unwrap(), "--mode", "bulk", "--json"]);
+    run.assert_code(0);
+    let after = env.stats();
+    assert_eq!(
+        after.updates_total - before.updates_total,
+        0,
+        "no update went alone"
+    );
+    assert_eq!(after.customers_updated - before.customers_updated, 100);
+    assert_eq!(
+        after.conversations_updated - before.conversations_updated,
+        200
+    );
+    let jobs = update_jobs(&env);
+    assert!(
+        (3..=4).contains(&jobs),
+        "{jobs} update jobs for 300 records"
+    );
+    assert_records_equal(&env, 420, &done, &renamed);
+    env.assert_exactly_once(420, 420);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_updated"], 290);
+    assert_eq!(summary["customers_updated"], 100);
+    assert_eq!(summary["conversations_updated"], 200);
+    assert_eq!(summary["rows_skipped_done"], 110);
+    assert_eq!(summary["customers_created"], 20);
+    // The 20 new rows cost a customers job and a conversations job, each with its polls;
+    // the updates as many requests again per job: a few dozen requests for 340 records.
+    let requests = after.requests_total - before.requests_total;
+    assert!(requests <= 30, "{requests} requests");
+    let kinds: i64 = env
+        .checkpoint()
+        .query_row(
+            "SELECT count(*) FROM bulk_jobs WHERE state = 'complete'
+             AND (kind = 'customer-updates' OR kind = 'conversation-updates')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kinds as u64, jobs, "every update job recorded, complete");
+
+    // The day after, the same export: every change was recorded as sent.
+    let before = env.stats().requests_total;
+    env.import(&[day2.to_str().unwrap(), "--mode", "bulk"])
+        .assert_code(0);
+    assert_eq!(env.stats().requests_total, before);
+}
+
+#[test]
+fn a_run_killed_during_its_bulk_updates_resumes_and_every_record_ends_as_tomorrows_export() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        bulk_delay: std::time::Duration::from_millis(400),
+        ..SandboxConfig::default()
+    });
+    let day1 = env.write("day1.csv", &export(300, &[], &[], 0));
+    env.import(&[day1.to_str().unwrap(), "--mode", "bulk"])
+        .assert_code(0);
+    let done: Vec<usize> = (0..300).collect();
+    let renamed: Vec<usize> = (0..300).step_by(3).collect();
+    let day2 = env.write("day2.csv", &export(300, &done, &renamed, 0));
+    let args = [day2.to_str().unwrap(), "--mode", "bulk"];
+    // Killed once a customers update job is queued, then once a conversations one is.
+    for kind in ["customer-updates", "conversation-updates"] {
+        let child = env.spawn_import(&args);
+        env.kill_once_queued(&format!("kind = '{kind}'"), child);
+    }
+    let run = env.import(&args);
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("bulk jobs of an earlier run are unfinished"),
+        "{}",
+        run.stderr
+    );
+    assert_records_equal(&env, 300, &done, &renamed);
+    env.assert_exactly_once(300, 300);
+    assert_eq!(env.stats().updates_total, 0, "every update in a job");
+    let lost: i64 = env
+        .checkpoint()
+        .query_row(
+            "SELECT count(*) FROM bulk_jobs WHERE state = 'lost'
+             AND (kind = 'customer-updates' OR kind = 'conversation-updates')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(lost > 0, "the killed runs' update jobs were released");
+    let before = env.stats().requests_total;
+    env.import(&args).assert_code(0);
+    assert_eq!(
+        env.stats().requests_total,
+        before,
+        "every change is recorded as sent"
+    );
+}
+
+#[test]
+fn an_item_a_bulk_update_job_refuses_fails_that_rows_update_only_and_is_tried_again() {
+    let env = TestEnv::plain();
+    let day1 = env.write("day1.csv", &export(30, &[], &[], 0));
+    env.import(&[day1.to_str().unwrap(), "--mode", "bulk"])
+        .assert_code(0);
+    // Customer 5 takes customer 6's email, which Kustomer refuses (409); ten tickets are
+    // done.
+    let done: Vec<usize> = (10..20).collect();
+    let day2 = export(30, &done, &[], 0).replace(
+        "C-5,Customer 5,c5@example.com,",
+        "C-5,Customer 5,c6@example.com,",
+    );
+    let day2 = env.write("day2.csv", &day2);
+    let args = [day2.to_str().unwrap(), "--mode", "bulk", "--json"];
+    let run = env.import(&args);
+    run.assert_code(1);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_updated"], 10);
+    assert_eq!(summary["rows_failed"], 1);
+    assert_records_equal(&env, 30, &done, &[]);
+    let errors = env.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (_, line, field, reason) = &errors[0];
+    assert_eq!((*line, field.as_str()), (7, "customer"));
+    assert!(
+        reason.contains("update refused (409)") && reason.contains("c6@example.com"),
+        "the server's words: {reason}"
+    );
+    assert_eq!(env.rows_in_state("done"), 30, "the row stays done");
+    // The next run tries it again, and only it.
+    let before = env.stats();
+    env.import(&args).assert_code(1);
+    let after = env.stats();
+    assert_eq!(
+        after.conversations_updated - before.conversations_updated,
+        0
+    );
+    assert!(after.requests_total > before.requests_total);
+    assert_eq!(env.errors().len(), 1);
+}
+
+#[test]
+fn a_records_own_update_limit_holds_back_that_row_only_and_it_ends_updated() {
+    // One at a time, and in bulk jobs, whose item over the limit (an error in words) is
+    // sent alone and meets the same 429.
+    for mode in ["single", "bulk"] {
+        a_records_own_update_limit_in(mode);
+    }
+}
+
+fn a_records_own_update_limit_in(mode: &str) {
+    // The org's budget is ample; one update of a record per 3 s window. A customer with two
+    // tickets is updated once per row, so each second update meets the record's limit: a
+    // 429 whose headers show the org's budget not spent.
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        rpm: Some(100_000),
+        rate_window: std::time::Duration::from_secs(3),
+        per_object_update_limit: Some(1),
+        ..SandboxConfig::default()
+    });
+    let export = |renamed: bool| {
+        let mut text = HEADER.to_string();
+        for i in 0..40 {
+            let name = if renamed && i < 10 {
+                format!("Customer {i} Renamed")
+            } else {
+                format!("Customer {i}")
+            };
+            let status = if renamed { "done" } else { "open" };
+            let tickets = if i < 10 { 2 } else { 1 };
+            for t in 0..tickets {
+                text.push_str(&format!(
+                    "C-{i},{name},c{i}@example.com,,T-{i}-{t},Ticket {i},email,{status}\n"
+                ));
+            }
+        }
+        text
+    };
+    let day1 = env.write("day1.csv", &export(false));
+    env.import(&[day1.to_str().unwrap(), "--mode", "single"])
+        .assert_code(0);
+    let day2 = env.write("day2.csv", &export(true));
+    // A pause of every request for a second would stop the run (exit 4): the gate is
+    // never held for a record's limit.
+    let run = env.import(&[
+        day2.to_str().unwrap(),
+        "--mode",
+        mode,
+        "--json",
+        "--max-stall",
+        "1",
+        "--max-retries",
+        "10",
+    ]);
+    run.assert_code(0);
+    let stats = env.stats();
+    assert!(stats.object_limited > 0, "{mode}: no record met its limit");
+    // Every 429 was a record's, none the org's: all on single updates, and counted as
+    // the record's limit (which counts a bulk item over it too, an error in words).
+    let answered_429: Vec<(&String, u64)> = stats
+        .requests
+        .iter()
+        .filter_map(|(route, by_status)| Some((route, *by_status.get(&429)?)))
+        .collect();
+    assert!(
+        !answered_429.is_empty()
+            && answered_429
+                .iter()
+                .all(|(route, _)| route.starts_with("PATCH ")),
+        "{mode}: {answered_429:?}"
+    );
+    assert!(stats.rate_limited <= stats.object_limited, "{mode}");
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_updated"], 50, "{mode}");
+    if mode == "bulk" {
+        assert!(update_jobs(&env) > 0);
+    }
+    assert_eq!(summary["rows_pending"], 0);
+    let records = env.records();
+    let renamed = records
+        .customers
+        .iter()
+        .filter(|c| c.name.as_deref().is_some_and(|n| n.ends_with("Renamed")))
+        .count();
+    assert_eq!(renamed, 10);
+    assert!(
+        records
+            .conversations
+            .iter()
+            .all(|c| c.status.as_deref() == Some("done"))
+    );
+}
+
+/// API-shaped JSONL of `customers` customers with a ticket each; `renamed` customers have a
+/// new name, and `bad` one also a custom attribute the org does not define.
+fn api_export(customers: usize, renamed: bool, bad: Option<usize>) -> String {
+    let mut text = String::new();
+    for c in 0..customers {
+        let name = if renamed {
+            format!("Customer {c} Renamed")
+        } else {
+            format!("Customer {c}")
+        };
+        let custom = if bad == Some(c) {
+            r#"{"tierStr": "gold", "levelStr": "x"}"#
+        } else {
+            r#"{"tierStr": "gold"}"#
+        };
+        text.push_str(&format!(
+            r#"{{"customer": {{"externalId": "C{c}", "name": "{name}", "custom": {custom}}}, "conversation": {{"externalId": "T{c}", "name": "Ticket {c}"}}}}"#
+        ));
+        text.push('\n');
+    }
+    text
+}
+
+#[test]
+fn an_update_job_refused_whole_is_split_until_the_bad_item_is_alone() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        custom_attributes: Some(vec!["tierStr".into()]),
+        bulk_refuse_invalid: true,
+        bulk_delay: std::time::Duration::from_millis(20),
+        ..SandboxConfig::default()
+    });
+    let day1 = env.write("day1.jsonl", &api_export(150, false, None));
+    env.import(&[day1.to_str().unwrap(), "--mode", "bulk"])
+        .assert_code(0);
+    let day2 = env.write("day2.jsonl", &api_export(150, true, Some(120)));
+    let run = env.import(&[day2.to_str().unwrap(), "--mode", "bulk", "--json"]);
+    run.assert_code(1);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_updated"], 149);
+    assert_eq!(summary["rows_failed"], 1);
+    let errors = env.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].1, 121);
+    assert!(errors[0].3.contains("/custom/levelStr"), "{errors:?}");
+    // The second job (50 items, the bad one 21st) is halved until it stands alone; the
+    // first goes whole, and nothing goes one by one.
+    let refused = env.stats().requests["PUT /v1/customers/bulk"]
+        .get(&400)
+        .copied()
+        .unwrap_or(0);
+    assert!((2..=7).contains(&refused), "{refused} refusals");
+    assert_eq!(env.stats().updates_total, 0);
+    let records = env.records();
+    let renamed = records
+        .customers
+        .iter()
+        .filter(|c| c.name.as_deref().is_some_and(|n| n.ends_with("Renamed")))
+        .count();
+    assert_eq!(renamed, 149);
+}
+
 /// An export without a conversation id column: `customers` customers with a ticket each,
 /// told apart by the customer's email and the ticket's creation time; tickets in `done`
 /// are done, customers in `renamed` renamed, `new_rows` more at the end.

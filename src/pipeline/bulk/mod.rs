@@ -18,11 +18,12 @@
 //! it plans any row ([`finish_earlier_jobs`]), and the rows of a job it cannot finish are
 //! held back, pending, rather than sent again.
 //!
-//! Five rooms: [`submit`] builds a job from rows, records it and sends it; [`poll`] waits
-//! for its end within the shared budget, paced by [`pace`]; [`results`] reads each item's
-//! outcome (the one interpreter of item results, for this run's jobs and earlier ones) and
-//! applies it; [`history`] gathers the messages and notes of many rows' threads into jobs
-//! of their own; [`recover`] settles the jobs earlier runs left unfinished.
+//! Six rooms: [`submit`] builds a job from rows, records it and sends it; [`poll`] waits
+//! for its end within the shared budget, paced by [`pace`]; [`results`] reads each created
+//! item's outcome (the one interpreter of create results, for this run's jobs and earlier
+//! ones) and applies it; [`history`] gathers the messages and notes of many rows' threads into jobs
+//! of their own; [`updates`] sends done rows' changes (a nightly sync) as update jobs through
+//! the same submit and poll; [`recover`] settles the jobs earlier runs left unfinished.
 
 mod history;
 mod pace;
@@ -30,6 +31,7 @@ mod poll;
 mod recover;
 mod results;
 mod submit;
+mod updates;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -40,6 +42,7 @@ pub(super) use self::history::{HistoryJobs, RunEnd, RunItem, RunVerdict};
 pub(super) use self::pace::JobPace;
 pub(super) use self::recover::{EarlierJobs, finish_earlier_jobs};
 pub(super) use self::submit::{run_conversation_job, run_customer_job};
+pub(super) use self::updates::{UpdateNext, kind_of, run_update_job};
 pub use crate::api::bulk::MAX_ITEMS;
 
 /// Bulk jobs in flight at once (submitted and not yet applied).
@@ -103,6 +106,8 @@ pub(super) enum AfterJob {
     /// The same, once the job whose answer was lost would have run (`bulk_lost_wait`):
     /// the step looks the record up first.
     ContinueAfter(CustomerStep, tokio::time::Instant),
+    /// A done row's update goes on: in the next update job, or one request per record.
+    Update(UpdateNext),
 }
 
 impl AfterJob {

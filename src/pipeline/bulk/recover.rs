@@ -3,7 +3,8 @@
 //! still in theirs, for a job of history); a job whose submit
 //! answer was lost is waited out until it would have run, and its rows left to lookup when
 //! they are read. A job this run cannot settle holds its rows back, pending, so that nothing
-//! it carries is sent again.
+//! it carries is sent again. A job of updates is released at once: its updates are sent
+//! again (an update is idempotent).
 
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
@@ -146,6 +147,18 @@ async fn finish_earlier_job(
     jobs: &Jobs,
     job: &StoredBulkJob,
 ) -> Option<EarlierOutcome> {
+    if job.kind.updates() {
+        // An update is idempotent: a job of updates an earlier run left (queued, or its
+        // answer lost) is neither polled nor waited out, and its rows are not held. Nothing
+        // was recorded as sent for them, so this run finds their records still changed and
+        // sends the same updates again; the job, if it runs after all, writes the same
+        // values. Lost: over, with what it did unknown (once: a lost job read again is
+        // left as it is, so that it drops out of this query after `--bulk-lost-wait`).
+        if job.state != BulkJobState::Lost {
+            end_job(tools, job.id, BulkJobState::Lost).await;
+        }
+        return Some(EarlierOutcome::Released);
+    }
     let job_id = match (&job.job_id, job.state) {
         (Some(job_id), BulkJobState::Queued) => job_id,
         (_, state) => {

@@ -220,7 +220,7 @@ async fn split_conversations(
     ended
 }
 
-fn log_split(kind: BulkKind, items: usize, error: &ApiError) {
+pub(super) fn log_split(kind: BulkKind, items: usize, error: &ApiError) {
     tracing::info!(
         "a {} bulk job of {items} items was refused whole ({error}); sending it in halves",
         kind.as_str()
