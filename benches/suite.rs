@@ -911,12 +911,14 @@ fn thread_memory(bench: &Bench, table: &mut Table) {
         );
         peaks.push(run.peak_rss_kib as f64);
     }
+    // The bound is one-sided: long threads must cost at most 20% more than short ones
+    // (they cost less: the short threads' file has a thousand times the rows).
     let growth = peaks[1] / peaks[0] - 1.0;
     table.add(
         "history: peak RSS, threads of 5,000 over threads of 5",
         format!("{:+.0}%", growth * 100.0),
-        "within 20%",
-        growth.abs() <= 0.20,
+        "at most +20%",
+        growth <= 0.20,
     );
 }
 

@@ -257,7 +257,7 @@ impl<'a> Planner<'a> {
             if !self.input_open && self.nothing_in_flight() {
                 break;
             }
-            let take_rows = self.input_open && self.in_progress() < self.window;
+            let take_rows = self.input_open && !self.reading_blocked();
             tokio::select! {
                 biased;
                 _ = hard.cancelled() => {
@@ -308,18 +308,33 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Rows read and not yet settled: the reader waits while this is at the window.
+    /// Whether the reader waits: the rows read and not yet settled are at the window, or
+    /// the rows whose threads are being written (or wait to be) are. The two are counted
+    /// apart so that a run whose conversations wait on their threads still reads on and
+    /// fills its row jobs (counted together, they cut row jobs at a quarter of their size
+    /// in a bulk import of threads: 0.026 requests a message instead of 0.021). A row in
+    /// the history stage holds its plan only: its thread is on disk, and the writers hold
+    /// a page each.
+    fn reading_blocked(&self) -> bool {
+        self.in_progress() >= self.window || self.history_backlog() >= self.window
+    }
+
+    /// Rows read and not yet settled, but those of [`Planner::history_backlog`].
     fn in_progress(&self) -> usize {
-        self.running
+        self.running - self.writing_history
             + self.ready.len()
             + self.for_worker.len()
-            + self.for_history.len()
             + self.waiting_rows
             + self.customer_batch.len()
             + self.conversation_batch.len()
             + self.rows_in_jobs
             + self.deferred.len()
             + self.updates_waiting()
+    }
+
+    /// Rows whose conversation is made and whose thread is being written, or waits to be.
+    fn history_backlog(&self) -> usize {
+        self.for_history.len() + self.writing_history
     }
 
     /// Updates read and not yet sent.
@@ -384,7 +399,7 @@ impl<'a> Planner<'a> {
             if waiting >= bulk::AUTO_BULK_ROWS {
                 tracing::info!("{waiting} rows or more to send: bulk mode");
                 self.sending = Sending::InJobs;
-            } else if !self.input_open || self.in_progress() >= self.window {
+            } else if !self.input_open || self.reading_blocked() {
                 self.sending = Sending::OneByOne;
             } else {
                 return;
@@ -542,7 +557,7 @@ impl<'a> Planner<'a> {
     /// Conversations also wait for customers jobs in flight, which add to their batch.
     fn start_due_jobs(&mut self) {
         let stalled = !self.input_open
-            || self.in_progress() >= self.window
+            || self.reading_blocked()
             || self
                 .batch_since
                 .is_some_and(|since| since.elapsed() >= bulk::FLUSH_AFTER);

@@ -171,6 +171,9 @@ async fn apply_update_results(
         let next = match read_update_item(outcomes.remove(&index.to_string())) {
             UpdateVerdict::Confirmed => {
                 changes.push(sent_as(&work, of));
+                changes.push(Change::RowUpdated {
+                    row_key: work.origin.key.clone(),
+                });
                 match of {
                     Of::Customer if fields_to_send(&work, &update, Of::Conversation).is_some() => {
                         update.customer_fields.clear();
