@@ -487,10 +487,12 @@ static THREAD_FINDERS: LazyLock<[memchr::memmem::Finder<'static>; 3]> = LazyLock
     TOP_THREAD_KEYS.map(|key| memchr::memmem::Finder::new(&format!("\"{key}\"")).into_owned())
 });
 
-/// Whether an object's line names a thread list's key anywhere: the rare line that does is
-/// parsed by [`threaded_object`], every other as it always was.
+/// Whether an object's line may hold a thread list: a list at all (one byte searched, which
+/// settles most rows), and a thread list's key. The rare line that may is parsed by
+/// [`threaded_object`], every other as it always was.
 fn may_hold_thread(text: &[u8]) -> bool {
     text.first() == Some(&b'{')
+        && memchr::memchr(b'[', text).is_some()
         && THREAD_FINDERS
             .iter()
             .any(|finder| finder.find(text).is_some())

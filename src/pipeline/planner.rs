@@ -761,11 +761,14 @@ impl<'a> Planner<'a> {
             self.progress.row_finished(Settled::AlreadyDone);
             return;
         }
-        let customer_now = Fingerprint::of(&work.plan.customer);
-        let conversation_now = work.plan.conversation.as_ref().map(Fingerprint::of);
+        let stored_customer = stored.and_then(|row| row.customer_fingerprint.as_deref());
+        let stored_conversation = stored.and_then(|row| row.fingerprint.as_deref());
+        let customer_now = Fingerprint::like(stored_customer, &work.plan.customer);
+        let conversation_now = (work.plan.conversation.as_ref())
+            .map(|conversation| Fingerprint::like(stored_conversation, conversation));
         let sync = sync_done_row(
-            stored.and_then(|row| row.customer_fingerprint.as_deref()),
-            stored.and_then(|row| row.fingerprint.as_deref()),
+            stored_customer,
+            stored_conversation,
             &customer_now,
             conversation_now.as_ref(),
             &self.settings.sync,

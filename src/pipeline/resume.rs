@@ -174,8 +174,11 @@ pub(super) fn sync_done_row(
         return Sync::Unchanged;
     }
     let changed = |stored: Option<&str>, now: Option<&Fingerprint>| -> Option<Vec<String>> {
-        let now = now?;
-        let before = Fingerprint::parse(stored?)?;
+        let (stored, now) = (stored?, now?);
+        if !now.is_outdated() && stored == now.to_text() {
+            return Some(Vec::new()); // the nightly case: one comparison, no parse
+        }
+        let before = Fingerprint::parse(stored)?;
         let mut fields = before.changed_in(now);
         if let Some(allowed) = &rules.update_fields {
             fields.retain(|field| allowed.contains(field));
@@ -184,7 +187,11 @@ pub(super) fn sync_done_row(
     };
     let customer = changed(stored_customer, Some(customer_now));
     let conversation = changed(stored_conversation, conversation_now);
-    let unrecorded = customer.is_none() || (conversation.is_none() && conversation_now.is_some());
+    // Recorded in an earlier version's hash: compared in it, then recorded anew.
+    let outdated =
+        customer_now.is_outdated() || conversation_now.is_some_and(Fingerprint::is_outdated);
+    let unrecorded =
+        outdated || customer.is_none() || (conversation.is_none() && conversation_now.is_some());
     let customer = customer.unwrap_or_default();
     let conversation = conversation.unwrap_or_default();
     match (customer.is_empty() && conversation.is_empty(), unrecorded) {
@@ -703,6 +710,54 @@ mod tests {
             sync(&rules),
             Sync::Unchanged,
             "--on-change skip sends nothing"
+        );
+    }
+
+    #[test]
+    fn a_fingerprint_of_the_release_before_is_compared_in_its_hash_then_recorded_anew() {
+        let v1 = |body: serde_json::Value| {
+            let text = Fingerprint::of(&body).to_text();
+            // The release before wrote SHA-256 hashes without a version: rebuild its text.
+            let pairs: Vec<String> = body
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(field, value)| {
+                    format!(
+                        "{field}={:016x}",
+                        crate::rowkey::fingerprint(&value.to_string())
+                    )
+                })
+                .collect();
+            assert!(text.starts_with("2:"));
+            pairs.join(";")
+        };
+        let (customer, conversation) = (
+            serde_json::json!({"name": "Ann"}),
+            serde_json::json!({"status": "open"}),
+        );
+        let (stored_customer, stored) = (v1(customer.clone()), v1(conversation.clone()));
+        let rules = SyncRules::default();
+        let sync = |customer_now: &serde_json::Value, conversation_now: &serde_json::Value| {
+            sync_done_row(
+                Some(&stored_customer),
+                Some(&stored),
+                &Fingerprint::like(Some(&stored_customer), customer_now),
+                Some(&Fingerprint::like(Some(&stored), conversation_now)),
+                &rules,
+            )
+        };
+        assert_eq!(
+            sync(&customer, &conversation),
+            Sync::Adopt,
+            "unchanged: rewritten"
+        );
+        assert_eq!(
+            sync(&customer, &serde_json::json!({"status": "done"})),
+            Sync::Changed {
+                customer: vec![],
+                conversation: vec!["status".into()]
+            }
         );
     }
 
