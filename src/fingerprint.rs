@@ -13,7 +13,6 @@
 //! re-run over 1M done rows, all unchanged, took 2.3 times a skip of them). A version 1
 //! text is compared in version 1 ([`Fingerprint::like`]) and then rewritten in version 2.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -35,11 +34,12 @@ pub enum HashVersion {
     V2,
 }
 
-/// A body's fields and their values' hashes.
+/// A body's fields and their values' hashes, in field order (a body's fields come sorted
+/// from serde_json's map: no map of our own is built, one a row being a resume's cost).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fingerprint {
     version: HashVersion,
-    fields: BTreeMap<String, u64>,
+    fields: Vec<(String, u64)>,
 }
 
 impl Fingerprint {
@@ -111,17 +111,19 @@ impl Fingerprint {
         if pairs.is_empty() {
             return Some(Fingerprint {
                 version,
-                fields: BTreeMap::new(),
+                fields: Vec::new(),
             });
         }
-        let fields = pairs
+        let fields: Vec<(String, u64)> = pairs
             .split(';')
             .map(|pair| {
                 let (field, hash) = pair.split_once('=')?;
                 Some((field.to_string(), u64::from_str_radix(hash, 16).ok()?))
             })
-            .collect::<Option<BTreeMap<_, _>>>()?;
-        Some(Fingerprint { version, fields })
+            .collect::<Option<_>>()?;
+        // Written in field order, once each; anything else no version wrote.
+        let ordered = fields.windows(2).all(|pair| pair[0].0 < pair[1].0);
+        ordered.then_some(Fingerprint { version, fields })
     }
 
     /// The fields `now` sets to a value other than this one's, in field order. A field the
@@ -132,10 +134,18 @@ impl Fingerprint {
         now.fields
             .iter()
             .filter(|(field, hash)| {
-                self.version != now.version || self.fields.get(*field) != Some(hash)
+                self.version != now.version || self.hash_of(field) != Some(*hash)
             })
             .map(|(field, _)| field.clone())
             .collect()
+    }
+
+    fn hash_of(&self, field: &str) -> Option<u64> {
+        let at = self
+            .fields
+            .binary_search_by(|(name, _)| name.as_str().cmp(field))
+            .ok()?;
+        Some(self.fields[at].1)
     }
 }
 
