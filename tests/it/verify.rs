@@ -206,3 +206,34 @@ fn verify_of_a_rehearsal_checkpoint_is_refused_against_an_api_and_done_with_sand
     run.assert_code(0);
     assert_eq!(counts(&report(&run))[..3], [51, 51, 51]);
 }
+
+#[test]
+fn verify_counts_each_conversations_notes_through_their_listing() {
+    let env = TestEnv::plain();
+    let lines: String = (0..3)
+        .map(|t| {
+            let line = json!({
+                "customer": {"externalId": format!("c-{t}"), "name": format!("C {t}")},
+                "conversation": {"externalId": format!("t-{t}"), "name": format!("Ticket {t}")},
+                "messages": [{"externalId": format!("m-{t}"), "channel": "email",
+                              "direction": "in", "preview": "hello"}],
+                "notes": [{"externalId": format!("n-{t}-0"), "body": "one"},
+                          {"externalId": format!("n-{t}-1"), "body": "two"}],
+            });
+            format!("{line}\n")
+        })
+        .collect();
+    let file = env.write("threads.jsonl", &lines);
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    assert_eq!(env.records().note_count(), 6);
+    let listings = |env: &TestEnv| env.requests_to("GET /v1/conversations/{id}/notes");
+    let before = listings(&env);
+    let run = env.verify(&["--json"]);
+    run.assert_code(0);
+    assert_eq!(counts(&report(&run)), [3, 3, 3, 0, 0, 0]);
+    assert_eq!(
+        listings(&env) - before,
+        3,
+        "one page of notes a conversation"
+    );
+}
