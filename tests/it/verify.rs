@@ -237,3 +237,37 @@ fn verify_counts_each_conversations_notes_through_their_listing() {
         "one page of notes a conversation"
     );
 }
+
+#[test]
+fn verify_names_a_conversation_that_belongs_to_another_customer_than_its_rows() {
+    let env = TestEnv::plain();
+    let sample = imported(&env);
+    // The checkpoint says line 2's conversation was made for line 9's customer.
+    let checkpoint = rusqlite::Connection::open(env.path("kustomer-import.sqlite")).unwrap();
+    let (held, other): (String, String) = checkpoint
+        .query_row(
+            "SELECT (SELECT customer_id FROM rows WHERE line = 2),
+                    (SELECT customer_id FROM rows WHERE line = 9)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_ne!(held, other);
+    checkpoint
+        .execute("UPDATE rows SET customer_id = ?1 WHERE line = 2", [&other])
+        .unwrap();
+    let run = env.verify(&["--json"]);
+    run.assert_code(1);
+    let found = report(&run);
+    assert_eq!(counts(&found), [51, 51, 50, 1, 0, 0], "{found}");
+    let mismatch = &found["mismatches"][0];
+    assert_eq!(found["mismatches"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(
+        (&mismatch["file"], &mismatch["line"], &mismatch["problem"]),
+        (&json!(sample), &json!(2), &json!("other_customer"))
+    );
+    assert_eq!(
+        (&mismatch["expected"], &mismatch["found"]),
+        (&json!(other), &json!(held))
+    );
+}
