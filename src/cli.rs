@@ -112,6 +112,11 @@ pub enum Command {
     /// (--conversation-id, the row is done) or not (--absent, the next run sends it). Such
     /// a row is never sent again on its own, and keeps a run exiting 1 until resolved.
     Resolve(ResolveArgs),
+    /// Read back what an import made (through the same rate limit) and compare it with what
+    /// was sent: each done row's conversation exists and belongs to its customer, and each
+    /// field is as sent. Exit 0 when all match, 1 when some do not, 2 for usage or a
+    /// checkpoint of another API. The key: KUSTOMER_API_KEY (--sandbox needs none).
+    Verify(VerifyArgs),
     /// Run the local sandbox of the Kustomer API until Ctrl-C.
     Sandbox(SandboxArgs),
     /// Mapping files: `mapping init FILE` writes a starter one from an export's columns.
@@ -139,6 +144,7 @@ impl Command {
             Command::Import(args) => args.json,
             Command::Validate(args) => args.json,
             Command::Status(args) => args.json,
+            Command::Verify(args) => args.json,
             _ => false,
         }
     }
@@ -194,6 +200,61 @@ pub struct StatusArgs {
     pub read: CheckpointToRead,
 
     /// One JSON object on stdout instead of the table.
+    #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The checkpoint whose records to check [default: kustomer-import.sqlite, with
+    /// --sandbox kustomer-import.sandbox.sqlite].
+    #[arg(long, env = "KUSTOMER_IMPORT_CHECKPOINT")]
+    pub checkpoint: Option<PathBuf>,
+
+    /// Check a rehearsal: read back from the built-in sandbox, started on the records it
+    /// keeps beside the checkpoint (<checkpoint>.sandbox.jsonl).
+    #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
+    pub sandbox: bool,
+
+    /// The API's base URL, as the import was given it.
+    #[arg(
+        long,
+        env = "KUSTOMER_BASE_URL",
+        default_value = "https://api.kustomerapp.com"
+    )]
+    pub base_url: String,
+
+    /// Allow an http:// base URL on a host other than loopback.
+    #[arg(long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP", value_parser = FalseyValueParser::new())]
+    pub allow_insecure_http: bool,
+
+    /// Check N done rows spread evenly over the files (every k-th row, the same each time).
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    pub sample: Option<usize>,
+
+    /// Check every done row (the default).
+    #[arg(long)]
+    pub all: bool,
+
+    /// The most requests in any 60 seconds.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_RPM",
+        default_value_t = 900,
+        value_name = "N"
+    )]
+    pub rpm: u32,
+
+    /// Seconds before a request without an answer counts as lost.
+    #[arg(
+        long,
+        env = "KUSTOMER_IMPORT_TIMEOUT",
+        default_value_t = 30.0,
+        value_name = "SECS"
+    )]
+    pub timeout: f64,
+
+    /// One JSON object on stdout instead of the report.
     #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
     pub json: bool,
 }

@@ -12,7 +12,7 @@ use url::Url;
 
 use crate::cli::{
     ExportArgs, FormatArg, ImportArgs, InputArgs, MappingInitArgs, ModeArg, OnChangeArg,
-    OnExistingArg, PresetArg, ResolveArgs, SandboxArgs, StateArg, ValidateArgs,
+    OnExistingArg, PresetArg, ResolveArgs, SandboxArgs, StateArg, ValidateArgs, VerifyArgs,
 };
 use crate::commands::mapping::InitConfig;
 use kustomer_import::api::Backoff;
@@ -634,6 +634,58 @@ pub fn export_config(args: ExportArgs) -> ExportConfig {
         },
         output: args.output,
     }
+}
+
+/// What `verify` checks, against which API.
+#[derive(Debug)]
+pub struct VerifyConfig {
+    pub checkpoint: PathBuf,
+    pub target: Target,
+    /// With --sandbox: the records file the rehearsal's sandbox keeps.
+    pub sandbox_records: Option<PathBuf>,
+    pub selection: kustomer_import::verify::Selection,
+    pub rpm: u32,
+    pub timeout: Duration,
+    pub json: bool,
+}
+
+pub fn verify_config(
+    args: VerifyArgs,
+    api_key: Option<String>,
+) -> Result<VerifyConfig, ConfigError> {
+    let checkpoint = checkpoint_path(args.checkpoint.as_deref(), args.sandbox);
+    let target = if args.sandbox {
+        Target::Sandbox
+    } else {
+        let api_key = api_key
+            .filter(|key| !key.trim().is_empty())
+            .ok_or(ConfigError::MissingKey)?;
+        Target::Remote {
+            base_url: checked_base_url(&args.base_url, args.allow_insecure_http)?,
+            api_key: SecretString::from(api_key.trim().to_string()),
+        }
+    };
+    if args.rpm == 0 {
+        return Err(ConfigError::BadValue("--rpm must be at least 1".into()));
+    }
+    let selection = match args.sample {
+        Some(0) => {
+            return Err(ConfigError::BadValue("--sample must be at least 1".into()));
+        }
+        Some(n) => kustomer_import::verify::Selection::Sample(n),
+        None => kustomer_import::verify::Selection::All,
+    };
+    Ok(VerifyConfig {
+        sandbox_records: args
+            .sandbox
+            .then(|| beside_checkpoint(&checkpoint, ".sandbox.jsonl")),
+        checkpoint,
+        target,
+        selection,
+        rpm: args.rpm,
+        timeout: positive_seconds(args.timeout, "--timeout")?,
+        json: args.json,
+    })
 }
 
 /// The sandbox server's settings and port.

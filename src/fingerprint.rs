@@ -428,6 +428,81 @@ impl Default for Fnv1a {
     }
 }
 
+impl Fingerprint {
+    /// The fields of this fingerprint that a record read back does not hold as they were
+    /// sent, in field order: a field absent from `read`, or whose value hashes otherwise.
+    /// The value is hashed as [`Fingerprint::of`] hashed the body's (serde_json text, maps
+    /// with sorted keys); an API that answers a list of objects (emails, phones) with
+    /// members of its own (an id, nulls) is read as the body's members only, once the
+    /// plain value does not match.
+    pub fn fields_differing(&self, read: &serde_json::Map<String, Value>) -> Vec<String> {
+        self.fields()
+            .filter(|field| !self.holds(field, read.get(*field)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The fields this fingerprint holds, in field order.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|(field, _)| field.as_str())
+    }
+
+    /// Whether `value`, read back, is what this fingerprint says `field` was sent as
+    /// (false for an absent value, or a field this fingerprint does not hold).
+    pub fn holds(&self, field: &str, value: Option<&Value>) -> bool {
+        let (Some(hash), Some(value)) = (self.hash_of(field), value) else {
+            return false;
+        };
+        self.hash_value(value) == hash
+            || as_sent(field, value).is_some_and(|sent| self.hash_value(&sent) == hash)
+    }
+
+    /// A value's hash in this fingerprint's version.
+    fn hash_value(&self, value: &Value) -> u64 {
+        match self.version {
+            HashVersion::V1 => crate::rowkey::fingerprint(&value.to_string()),
+            HashVersion::V2 => {
+                let mut hash = Fnv1a::default();
+                // Writing a Value into a hash cannot fail.
+                let _ = serde_json::to_writer(&mut hash, value);
+                hash.0
+            }
+        }
+    }
+
+    /// Whether the fingerprint holds no field (a record made by an older version).
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+}
+
+/// A value read back, as a body would have held it, where the API may add to it: the
+/// members of `emails` and `phones` that a body sends (`email`/`phone`, `type`), without
+/// nulls. None when there is nothing to take away.
+fn as_sent(field: &str, value: &Value) -> Option<Value> {
+    let key = match field {
+        "emails" => "email",
+        "phones" => "phone",
+        _ => return None,
+    };
+    let items = value.as_array()?;
+    let items = items
+        .iter()
+        .map(|item| {
+            let object = item.as_object()?;
+            let kept = object
+                .iter()
+                .filter(|(name, value)| {
+                    (name.as_str() == key || *name == "type") && !value.is_null()
+                })
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+            Some(Value::Object(kept))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Value::Array(items))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +534,24 @@ mod tests {
                 .changed_in(&customer_id_only)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_record_read_back_differs_in_the_fields_not_held_as_sent() {
+        let sent = Fingerprint::of(&json!({
+            "name": "Ann", "status": "open", "tags": ["a", "b"],
+            "emails": [{"email": "a@x.org", "type": "work"}], "importedAt": "t"
+        }));
+        let read = json!({
+            "name": "Ann", "status": "done", "importedAt": "t2", "createdAt": "t3",
+            "emails": [{"email": "a@x.org", "type": "work", "verified": null}]
+        });
+        let read = read.as_object().unwrap();
+        assert_eq!(sent.fields_differing(read), ["status", "tags"]);
+        let held = json!({"name": "Ann", "status": "open", "tags": ["a", "b"],
+            "emails": [{"type": "work", "email": "a@x.org"}]});
+        assert!(sent.fields_differing(held.as_object().unwrap()).is_empty());
+        assert!(Fingerprint::default().is_empty());
     }
 
     #[test]

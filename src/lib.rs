@@ -21,4 +21,5 @@ pub mod rowkey;
 pub mod rows;
 pub mod sandbox;
 pub mod tally;
+pub mod verify;
 pub mod vocabulary;

@@ -69,6 +69,10 @@ fn run(command: Command, api_key: Option<String>) -> Exit {
             Ok(config) => commands::resolve::run(&config),
             Err(error) => return commands::not_started(false, Exit::Usage, "usage", &error),
         },
+        Command::Verify(args) => match config::verify_config(args, api_key) {
+            Ok(config) => commands::verify::run(config),
+            Err(error) => return commands::not_started(json, Exit::Usage, "usage", &error),
+        },
         Command::Mapping(cli::MappingCommand::Init(args)) => {
             match config::mapping_init_config(args) {
                 Ok(config) => commands::mapping::init(config),

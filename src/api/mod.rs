@@ -7,6 +7,7 @@ pub mod client;
 pub mod error;
 pub mod history;
 pub mod ratelimit;
+pub mod read;
 pub mod retry;
 pub mod update;
 

@@ -582,6 +582,79 @@ impl CheckpointReader {
     }
 }
 
+impl CheckpointReader {
+    /// The API the checkpoint belongs to; None for one made before targets were recorded.
+    pub fn target(&self) -> Result<Option<super::ApiTarget>, CheckpointError> {
+        super::target::recorded_target(&self.connection).map_err(|e| self.sqlite(e))
+    }
+
+    /// Every done row with what `verify` reads back and compares, file by file in line
+    /// order.
+    pub fn verify_rows(&self) -> Result<Vec<VerifyRow>, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        let fingerprint = self
+            .column_or_null("rows", "fingerprint", "r.fingerprint")
+            .map_err(sqlite)?;
+        let customer_fingerprint = self
+            .column_or_null("rows", "customer_fingerprint", "r.customer_fingerprint")
+            .map_err(sqlite)?;
+        let notes = if self.has_records().map_err(sqlite)? {
+            "(SELECT count(*) FROM records x WHERE x.row_key = r.row_key
+                  AND x.kind = 'note' AND x.state = 'done')"
+        } else {
+            "0"
+        };
+        let mut statement = self
+            .connection
+            .prepare(&format!(
+                "SELECT r.source_file, r.line, r.row_key, r.customer_key, r.customer_id,
+                        c.state, r.conversation_id, {fingerprint}, {customer_fingerprint},
+                        {notes}
+                 FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
+                 WHERE r.state = 'done'
+                 ORDER BY r.source_file, r.line",
+            ))
+            .map_err(sqlite)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(VerifyRow {
+                    file: row.get(0)?,
+                    line: row.get(1)?,
+                    row_key: row.get(2)?,
+                    customer_key: row.get(3)?,
+                    customer_id: row.get(4)?,
+                    customer_origin: row.get(5)?,
+                    conversation_id: row.get(6)?,
+                    fingerprint: row.get(7)?,
+                    customer_fingerprint: row.get(8)?,
+                    notes: row.get(9)?,
+                })
+            })
+            .map_err(sqlite)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sqlite)
+    }
+}
+
+/// A done row as `verify` reads it: where it came from, the ids it recorded, and what its
+/// records were sent as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyRow {
+    pub file: String,
+    pub line: i64,
+    pub row_key: String,
+    pub customer_key: Option<String>,
+    pub customer_id: Option<String>,
+    /// `customers.state`: created, linked, reconciled (None: no line for the customer).
+    pub customer_origin: Option<String>,
+    /// None for a row that makes a customer only.
+    pub conversation_id: Option<String>,
+    /// The conversation's fingerprint (None: made by a version before fingerprints).
+    pub fingerprint: Option<String>,
+    pub customer_fingerprint: Option<String>,
+    /// Notes of the row's history with their Kustomer ids.
+    pub notes: i64,
+}
+
 /// One line of `export`, from a row of its query. A state or flag no version writes is
 /// damage, never written out as it is.
 fn export_row(row: &rusqlite::Row) -> rusqlite::Result<ExportRow> {

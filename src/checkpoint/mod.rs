@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
-pub use self::inspect::{CheckpointReader, ExportRow, Status};
+pub use self::inspect::{CheckpointReader, ExportRow, Status, VerifyRow};
 pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
 pub use self::target::{ApiTarget, OtherTarget, TargetClaim};

@@ -21,7 +21,7 @@ use super::Exit;
 use crate::config::{ImportConfig, ImportOutput, Target};
 
 /// The key used against the in-process sandbox, which accepts any non-empty token.
-const SANDBOX_KEY: &str = "sandbox-key";
+pub(super) const SANDBOX_KEY: &str = "sandbox-key";
 
 /// 429s in a row for one request before it counts as one transient failure.
 const MAX_RATE_LIMITED_IN_A_ROW: u32 = 30;
@@ -217,7 +217,7 @@ fn explain_claim(claim: &TargetClaim, target: &ApiTarget, checkpoint: &std::path
 /// The in-process sandbox, on an ephemeral port of 127.0.0.1, holding the records the
 /// rehearsal's earlier runs made (kept in `records`, beside the checkpoint). Its key holds
 /// `org.admin` when the import says the real one does.
-async fn start_sandbox(
+pub(super) async fn start_sandbox(
     records: Option<PathBuf>,
     org_admin: bool,
 ) -> anyhow::Result<(Sandbox, url::Url)> {

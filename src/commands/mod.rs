@@ -9,6 +9,7 @@ pub mod resolve;
 pub mod sandbox;
 pub mod status;
 pub mod validate;
+pub mod verify;
 
 /// The exit codes, as `--help` and README.md document them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -206,6 +206,25 @@ impl Sandbox {
         self.app.set_faults(faults);
     }
 
+    /// Test-only: changes a conversation's fields as an agent would (a merge, as `PATCH`
+    /// does), with no request and no fault; false when no conversation has the id.
+    pub fn edit_conversation(&self, id: &str, fields: serde_json::Value) -> bool {
+        let Some(fields) = fields.as_object() else {
+            return false;
+        };
+        let mut inner = self.app.lock();
+        inner
+            .store
+            .update_conversation(id, fields, store::UpdateMode::Merge)
+            .is_ok()
+    }
+
+    /// Test-only: deletes a conversation behind the import's back (not written to the
+    /// records file); later reads of it answer 404. False when no conversation has the id.
+    pub fn delete_conversation(&self, id: &str) -> bool {
+        self.app.lock().store.forget_conversation(id)
+    }
+
     /// Stops accepting, closes connections, ends the task.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();

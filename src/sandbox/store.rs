@@ -621,6 +621,28 @@ impl Store {
         self.customers.get(*index)
     }
 
+    /// Test-only: forgets a conversation (and its messages and notes stay, unreachable
+    /// through it), as if it had been deleted in Kustomer behind the import's back. Not
+    /// written to the records file. False when no conversation has the id.
+    pub fn forget_conversation(&mut self, id: &str) -> bool {
+        let Some(index) = self.conversation_by_id.remove(id) else {
+            return false;
+        };
+        self.conversations.remove(index);
+        self.conversation_by_id.clear();
+        self.conversations_by_external_id.clear();
+        for (at, record) in self.conversations.iter().enumerate() {
+            self.conversation_by_id.insert(record.id.clone(), at);
+            if let Some(external_id) = &record.external_id {
+                self.conversations_by_external_id
+                    .entry(external_id.clone())
+                    .or_default()
+                    .push(at);
+            }
+        }
+        true
+    }
+
     /// Finds a conversation by id, or the first one created with an externalId.
     pub fn find_conversation(&self, lookup: &Lookup) -> Option<&ConversationRecord> {
         let index = match lookup {

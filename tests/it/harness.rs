@@ -113,6 +113,22 @@ impl TestEnv {
             .assert_code(0);
     }
 
+    /// `kustomer-import verify <args>` in the working directory, against the sandbox with
+    /// the harness's key (as an import is run).
+    pub fn verify(&self, args: &[&str]) -> Run {
+        let mut command = Command::new(binary());
+        command
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUSTOMER_API_KEY", KEY)
+            .env("KUSTOMER_BASE_URL", self.sandbox().base_url())
+            .arg("verify")
+            .args(args)
+            .stdin(Stdio::null());
+        run(command)
+    }
+
     /// Runs another command of the binary (status, export, ...) in the working directory.
     pub fn command(&self, args: &[&str]) -> Run {
         let mut command = Command::new(binary());

@@ -18,3 +18,4 @@ mod pauses;
 mod streams;
 mod sync;
 mod target;
+mod verify;
