@@ -103,23 +103,54 @@ impl Fingerprint {
         self.version != HashVersion::V2
     }
 
+    /// Whether `text` is what [`Fingerprint::to_text`] gives, found without writing it (a
+    /// resume asks this of every done row's two records).
+    pub fn is_text(&self, text: &str) -> bool {
+        let mut rest = text.as_bytes();
+        if self.version == HashVersion::V2 {
+            let Some(pairs) = rest.strip_prefix(VERSION_2.as_bytes()) else {
+                return false;
+            };
+            rest = pairs;
+        }
+        for (index, (field, hash)) in self.fields.iter().enumerate() {
+            if index > 0 {
+                let Some(after) = rest.strip_prefix(b";") else {
+                    return false;
+                };
+                rest = after;
+            }
+            let Some(after) = rest.strip_prefix(field.as_bytes()) else {
+                return false;
+            };
+            let Some((b'=', after)) = after.split_first() else {
+                return false;
+            };
+            let Some((digits, after)) = after.split_at_checked(16) else {
+                return false;
+            };
+            if digits != hex16(*hash) {
+                return false;
+            }
+            rest = after;
+        }
+        rest.is_empty()
+    }
+
     /// The text the checkpoint keeps.
     pub fn to_text(&self) -> String {
         let mut text = String::with_capacity(2 + self.fields.len() * 24);
         if self.version == HashVersion::V2 {
             text.push_str(VERSION_2);
         }
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         for (index, (field, hash)) in self.fields.iter().enumerate() {
             if index > 0 {
                 text.push(';');
             }
             text.push_str(field);
             text.push('=');
-            // `{:016x}`, without the formatting machinery (a resume writes two a row).
-            for shift in (0..16).rev() {
-                text.push(char::from(HEX[((hash >> (shift * 4)) & 0xf) as usize]));
-            }
+            let digits = hex16(*hash);
+            text.push_str(std::str::from_utf8(&digits).unwrap_or_default());
         }
         text
     }
@@ -170,6 +201,12 @@ impl Fingerprint {
             .ok()?;
         Some(self.fields[at].1)
     }
+}
+
+/// `{:016x}` of a hash, without the formatting machinery.
+fn hex16(hash: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    std::array::from_fn(|at| HEX[((hash >> ((15 - at) * 4)) & 0xf) as usize])
 }
 
 /// The hash of a JSON `null`, which a fingerprint leaves out like an absent field.
@@ -519,6 +556,15 @@ mod tests {
             "importedAt is the clock's, not the source's"
         );
         assert!(one.to_text().starts_with("2:custom="));
+        assert!(one.is_text(&one.to_text()) && one.is_text(&two.to_text()));
+        let other = Fingerprint::of(&json!({"name": "Ann B", "custom": {"aStr": "x", "bNum": 2}}));
+        assert!(!one.is_text(&other.to_text()));
+        assert!(
+            !one.is_text(&one.to_text()[2..]),
+            "a version 1 text is another"
+        );
+        assert!(!one.is_text(&format!("{};x=0000000000000000", one.to_text())));
+        assert_eq!(format!("{:016x}", 0x0abc_u64).as_bytes(), hex16(0x0abc));
         assert_eq!(Fingerprint::parse(&one.to_text()), Some(one));
     }
 

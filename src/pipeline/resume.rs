@@ -175,7 +175,7 @@ pub(super) fn sync_done_row(
     }
     let changed = |stored: Option<&str>, now: Option<&Fingerprint>| -> Option<Vec<String>> {
         let (stored, now) = (stored?, now?);
-        if !now.is_outdated() && stored == now.to_text() {
+        if !now.is_outdated() && now.is_text(stored) {
             return Some(Vec::new()); // the nightly case: one comparison, no parse
         }
         let before = Fingerprint::parse(stored)?;
