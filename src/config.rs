@@ -160,17 +160,12 @@ pub fn import_config(
     args: ImportArgs,
     api_key: Option<String>,
 ) -> Result<ImportConfig, ConfigError> {
-    let target = if args.sandbox {
-        Target::Sandbox
-    } else {
-        let api_key = api_key
-            .filter(|key| !key.trim().is_empty())
-            .ok_or(ConfigError::MissingKey)?;
-        Target::Remote {
-            base_url: checked_base_url(&args.base_url, args.allow_insecure_http)?,
-            api_key: SecretString::from(api_key.trim().to_string()),
-        }
-    };
+    let target = api_target(
+        args.sandbox,
+        &args.base_url,
+        args.allow_insecure_http,
+        api_key,
+    )?;
     let output = import_output(&args);
     let InputConfig {
         inputs,
@@ -532,6 +527,26 @@ fn positive_seconds(value: f64, flag: &str) -> Result<Duration, ConfigError> {
 }
 
 /// Parses the base URL and refuses plain http to anything but loopback, unless allowed.
+/// Where a command that talks to the API sends: the built-in sandbox (`--sandbox`), or
+/// `--base-url` with the key from the environment, which must be given.
+fn api_target(
+    sandbox: bool,
+    base_url: &str,
+    allow_insecure_http: bool,
+    api_key: Option<String>,
+) -> Result<Target, ConfigError> {
+    if sandbox {
+        return Ok(Target::Sandbox);
+    }
+    let api_key = api_key
+        .filter(|key| !key.trim().is_empty())
+        .ok_or(ConfigError::MissingKey)?;
+    Ok(Target::Remote {
+        base_url: checked_base_url(base_url, allow_insecure_http)?,
+        api_key: SecretString::from(api_key.trim().to_string()),
+    })
+}
+
 pub fn checked_base_url(raw: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
     let url = Url::parse(raw).map_err(|error| ConfigError::BadUrl {
         url: raw.to_string(),
@@ -654,17 +669,12 @@ pub fn verify_config(
     api_key: Option<String>,
 ) -> Result<VerifyConfig, ConfigError> {
     let checkpoint = checkpoint_path(args.checkpoint.as_deref(), args.sandbox);
-    let target = if args.sandbox {
-        Target::Sandbox
-    } else {
-        let api_key = api_key
-            .filter(|key| !key.trim().is_empty())
-            .ok_or(ConfigError::MissingKey)?;
-        Target::Remote {
-            base_url: checked_base_url(&args.base_url, args.allow_insecure_http)?,
-            api_key: SecretString::from(api_key.trim().to_string()),
-        }
-    };
+    let target = api_target(
+        args.sandbox,
+        &args.base_url,
+        args.allow_insecure_http,
+        api_key,
+    )?;
     if args.rpm == 0 {
         return Err(ConfigError::BadValue("--rpm must be at least 1".into()));
     }

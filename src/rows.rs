@@ -149,7 +149,12 @@ pub fn open_inputs(
                     .map_err(mapping_error)?;
             }
             if let Some(headers) = input.csv_headers() {
-                tell_columns(input.name(), mapping, headers)?;
+                tell_columns(
+                    input.name(),
+                    mapping,
+                    settings.key_columns.as_ref(),
+                    headers,
+                )?;
             }
             bind_key(settings, input.name(), input.csv_headers())?;
             Ok(input)
@@ -177,8 +182,19 @@ fn bind_key(
 /// Says which column of a CSV input feeds which field, which columns nothing reads, and
 /// which of those look like a default column; refuses an input from which the default
 /// mapping reads no customer (every row would fail for it).
-fn tell_columns(input: &str, mapping: &Mapping, headers: &[String]) -> Result<(), ReadError> {
-    let used = mapping.column_use(headers);
+fn tell_columns(
+    input: &str,
+    mapping: &Mapping,
+    key: Option<&KeyColumns>,
+    headers: &[String],
+) -> Result<(), ReadError> {
+    let mut used = mapping.column_use(headers);
+    // A key column is read, for the row's key, whether or not it feeds a field.
+    if let Some(key) = key {
+        used.unused.retain(|column| !key.names().contains(column));
+        used.close
+            .retain(|(column, _, _)| !key.names().contains(column));
+    }
     if matches!(mapping, Mapping::Default) && !used.feeds_a_customer() {
         return Err(ReadError::NoCustomerColumns {
             input: input.to_string(),
@@ -194,6 +210,11 @@ fn tell_columns(input: &str, mapping: &Mapping, headers: &[String]) -> Result<()
     let mut lines = format!("{input}: which column feeds which field");
     for (column, field) in &used.fed {
         lines.push_str(&format!("\n  {column:<width$}  -> {field}"));
+    }
+    if let Some(key) = key {
+        lines.push_str(&format!(
+            "\n  key columns: {key} (they identify a conversation without an id)"
+        ));
     }
     if !used.unused.is_empty() {
         lines.push_str(&format!("\n  not read: {}", quoted(&used.unused)));

@@ -81,8 +81,9 @@ impl TestEnv {
         path
     }
 
-    /// `kustomer-import import <args>` in the working directory, against the sandbox.
-    pub fn import_command(&self, args: &[&str]) -> Command {
+    /// `kustomer-import <subcommand> <args>` in the working directory, against the sandbox
+    /// with the harness's key, and nothing else from this process's environment.
+    fn api_command(&self, subcommand: &str, args: &[&str]) -> Command {
         let mut command = Command::new(binary());
         command
             .current_dir(self.dir.path())
@@ -90,10 +91,16 @@ impl TestEnv {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KUSTOMER_API_KEY", KEY)
             .env("KUSTOMER_BASE_URL", self.sandbox().base_url())
-            .arg("import")
+            .arg(subcommand)
             .args(args)
-            .arg("--no-progress")
             .stdin(Stdio::null());
+        command
+    }
+
+    /// `kustomer-import import <args>` in the working directory, against the sandbox.
+    pub fn import_command(&self, args: &[&str]) -> Command {
+        let mut command = self.api_command("import", args);
+        command.arg("--no-progress");
         command
     }
 
@@ -116,17 +123,7 @@ impl TestEnv {
     /// `kustomer-import verify <args>` in the working directory, against the sandbox with
     /// the harness's key (as an import is run).
     pub fn verify(&self, args: &[&str]) -> Run {
-        let mut command = Command::new(binary());
-        command
-            .current_dir(self.dir.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUSTOMER_API_KEY", KEY)
-            .env("KUSTOMER_BASE_URL", self.sandbox().base_url())
-            .arg("verify")
-            .args(args)
-            .stdin(Stdio::null());
-        run(command)
+        run(self.api_command("verify", args))
     }
 
     /// Runs another command of the binary (status, export, ...) in the working directory.

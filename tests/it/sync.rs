@@ -792,8 +792,15 @@ fn key_columns_keep_a_changed_row_without_a_conversation_id_the_same_row() {
     let env = TestEnv::plain();
     let day1 = env.write("day1.csv", &export_without_ids(20, &[], &[], 0));
     let day2 = env.write("day2.csv", &export_without_ids(20, &done, &renamed, 1));
-    env.import(&[&[day1.to_str().unwrap()], &key[..]].concat())
-        .assert_code(0);
+    let first = env.import(&[&[day1.to_str().unwrap()], &key[..]].concat());
+    first.assert_code(0);
+    // The key columns are named as read, not as columns nothing reads.
+    assert!(
+        first.stderr.contains("key columns: email,created_at")
+            && !first.stderr.contains("not read: \"created_at\""),
+        "{}",
+        first.stderr
+    );
     let before = env.stats();
     env.import(&[&[day2.to_str().unwrap()], &key[..]].concat())
         .assert_code(0);
