@@ -20,19 +20,43 @@ use super::resume::{
     reopened_for_history, resume_row, route_customer, sync_done_row,
 };
 use super::row::{
-    CustomerStep, EarlierRecords, Halt, PlannedRow, RowOutcome, Settlement, failed_unplanned,
+    CustomerStep, EarlierRecords, Halt, Owed, PlannedRow, RowOutcome, Settlement, failed_unplanned,
 };
 use super::update::{Of, RowUpdate, fields_to_send, update_row};
 use super::worker::process_row;
 use super::{ImportMode, ImportSettings, StopReason};
 use crate::api::BulkKind;
 use crate::checkpoint::{
-    Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange, StoredCustomer, StoredRow,
+    Change, Checkpoint, CheckpointError, CustomerOrigin, RowChange, RowState, StoredCustomer,
+    StoredRow,
 };
 use crate::fingerprint::Fingerprint;
 use crate::history::store::ThreadSize;
 use crate::report::{ErrorsFile, Progress, Settled, Summary};
 use crate::rows::{Original, ReadRow, RowOrigin};
+
+/// What a done row's records came to, compared with what was last sent.
+enum Compared {
+    /// Nothing to send: unchanged, or (`adopt`) recorded by a version before this one, what
+    /// it maps to now then taken as what was sent.
+    Unchanged { adopt: bool },
+    /// Changed or not, kept as it is: `--on-change skip` (None) or `fail` (why it is
+    /// reported).
+    Kept(Option<Halt>),
+    /// These fields changed: to update.
+    Changed {
+        customer: Vec<String>,
+        conversation: Vec<String>,
+    },
+}
+
+/// A row as [`Planner::with_history`] read it.
+struct WithHistory {
+    stored: Option<StoredRow>,
+    records: EarlierRecords,
+    /// A done row taken up again at its history.
+    reopened: bool,
+}
 
 pub(super) enum Event {
     CustomerSettled {
@@ -692,7 +716,11 @@ impl<'a> Planner<'a> {
             plan,
             thread,
         } = row;
-        let (stored, earlier_records) = match self.with_history(&origin.key, stored, thread) {
+        let WithHistory {
+            stored,
+            records: earlier_records,
+            reopened,
+        } = match self.with_history(&origin.key, stored, thread) {
             Ok(known) => known,
             Err(error) => {
                 self.summary.rows_pending += 1;
@@ -733,11 +761,12 @@ impl<'a> Planner<'a> {
                     conversation_origin: None,
                     thread,
                     earlier_records,
+                    owed: Owed::Nothing,
                 };
                 self.sync_done(work, stored.as_ref()).await;
             }
             RowResume::Send(plan, from) => {
-                let work = PlannedRow {
+                let mut work = PlannedRow {
                     origin,
                     original,
                     plan,
@@ -746,20 +775,86 @@ impl<'a> Planner<'a> {
                     conversation_origin: None,
                     thread,
                     earlier_records,
+                    owed: Owed::Nothing,
                 };
+                if reopened && let Some(whole) = &stored {
+                    work.owed = self.owed_by_reopened(&work, whole);
+                }
                 self.plan_send(work, from).await
             }
         }
     }
 
-    /// A done row read again: compared with what was sent (see [`sync_done_row`]), it is
-    /// skipped, adopted, reported, or queued to update what changed (in bulk jobs in bulk
-    /// mode, else by a worker).
+    /// A done row read again: compared with what was sent (see [`Planner::compare_done`]),
+    /// it is skipped, adopted, reported, or queued to update what changed (in bulk jobs in
+    /// bulk mode, else by a worker).
     async fn sync_done(&mut self, work: PlannedRow, stored: Option<&StoredRow>) {
-        if self.settings.sync.on_change == OnChange::Skip {
-            self.summary.rows_skipped_done += 1;
-            self.progress.row_finished(Settled::AlreadyDone);
-            return;
+        let (customer_fields, conversation_fields) = match self.compare_done(&work, stored) {
+            Compared::Kept(None) => {
+                self.summary.rows_skipped_done += 1;
+                self.progress.row_finished(Settled::AlreadyDone);
+                return;
+            }
+            // Reported only: the checkpoint keeps the row done, as it is in Kustomer.
+            Compared::Kept(Some(halt)) => return self.finish_row(work, RowOutcome::Halted(halt)),
+            Compared::Unchanged { adopt } => {
+                if adopt {
+                    self.record(vec![work.sent_as()]).await;
+                }
+                self.summary.rows_skipped_done += 1;
+                self.summary.rows_unchanged += 1;
+                self.progress.row_finished(Settled::AlreadyDone);
+                return;
+            }
+            Compared::Changed {
+                customer,
+                conversation,
+            } => (customer, conversation),
+        };
+        let whole = match self.checkpoint.row(&work.origin.key) {
+            Ok(whole) => whole,
+            Err(error) => {
+                self.summary.rows_pending += 1;
+                self.tools.control.halt(StopReason::of_checkpoint(&error));
+                return;
+            }
+        };
+        match whole
+            .and_then(|whole| RowUpdate::of_done(whole, customer_fields, conversation_fields))
+        {
+            // Sent as the run's rows are: in update jobs in bulk mode, else by a worker.
+            Some(update) => self.updates.push_back((work, update)),
+            None => {
+                // Done without a customer id: no version writes that; nothing to update.
+                self.summary.rows_skipped_done += 1;
+                self.progress.row_finished(Settled::AlreadyDone);
+            }
+        }
+    }
+
+    /// What a done row reopened for its history owes its records, which tomorrow's export
+    /// may have changed too: settled by its worker before the thread (see [`Owed`]).
+    /// `whole` is the row read whole.
+    fn owed_by_reopened(&self, work: &PlannedRow, whole: &StoredRow) -> Owed {
+        match self.compare_done(work, Some(whole)) {
+            // Its worker records what it maps to now as sent, adopted or unchanged alike.
+            Compared::Unchanged { .. } => Owed::Nothing,
+            Compared::Kept(report) => Owed::Kept(report),
+            Compared::Changed {
+                customer,
+                conversation,
+            } => RowUpdate::of_done(whole.clone(), customer, conversation)
+                .map_or(Owed::Kept(None), Owed::Update),
+        }
+    }
+
+    /// A done row's customer and conversation as last sent (the checkpoint's fingerprints
+    /// in `stored`) against what they map to now, under `--on-change` and
+    /// `--update-fields` (see [`sync_done_row`]).
+    fn compare_done(&self, work: &PlannedRow, stored: Option<&StoredRow>) -> Compared {
+        let rules = &self.settings.sync;
+        if rules.on_change == OnChange::Skip {
+            return Compared::Kept(None);
         }
         let stored_customer = stored.and_then(|row| row.customer_fingerprint.as_deref());
         let stored_conversation = stored.and_then(|row| row.fingerprint.as_deref());
@@ -771,86 +866,75 @@ impl<'a> Planner<'a> {
             stored_conversation,
             &customer_now,
             conversation_now.as_ref(),
-            &self.settings.sync,
+            rules,
         );
-        let (customer_fields, conversation_fields) = match sync {
-            Sync::Unchanged | Sync::Adopt => {
-                if sync == Sync::Adopt {
-                    self.record(vec![work.sent_as()]).await;
-                }
-                self.summary.rows_skipped_done += 1;
-                self.summary.rows_unchanged += 1;
-                self.progress.row_finished(Settled::AlreadyDone);
-                return;
-            }
+        let (customer, conversation) = match sync {
+            Sync::Unchanged => return Compared::Unchanged { adopt: false },
+            Sync::Adopt => return Compared::Unchanged { adopt: true },
             Sync::Changed {
                 customer,
                 conversation,
             } => (customer, conversation),
         };
-        if self.settings.sync.on_change == OnChange::Fail {
-            let fields: Vec<String> = (customer_fields.iter().map(|f| format!("customer.{f}")))
-                .chain(
-                    conversation_fields
-                        .iter()
-                        .map(|f| format!("conversation.{f}")),
-                )
+        if rules.on_change == OnChange::Fail {
+            let fields: Vec<String> = (customer.iter().map(|f| format!("customer.{f}")))
+                .chain(conversation.iter().map(|f| format!("conversation.{f}")))
                 .collect();
-            let halt = Halt::Failed {
+            return Compared::Kept(Some(Halt::Failed {
                 field: fields.first().cloned(),
                 reason: format!(
                     "changed since it was imported ({}); not updated (--on-change fail)",
                     fields.join(", ")
                 ),
-            };
-            // Reported only: the checkpoint keeps the row done, as it is in Kustomer.
-            self.finish_row(work, RowOutcome::Halted(halt));
-            return;
+            }));
         }
-        let whole = match self.checkpoint.row(&work.origin.key) {
-            Ok(Some(whole)) => whole,
-            Ok(None) => return,
-            Err(error) => {
-                self.summary.rows_pending += 1;
-                self.tools.control.halt(StopReason::of_checkpoint(&error));
-                return;
-            }
-        };
-        let Some(customer_id) = whole.customer_id else {
-            // Done without a customer id: no version writes that; nothing to update.
-            self.summary.rows_skipped_done += 1;
-            return;
-        };
-        let update = RowUpdate {
-            customer_id,
-            conversation_id: whole.conversation_id,
-            customer_fields,
-            conversation_fields,
-            customer_updated: false,
-        };
-        // Sent as the run's rows are: in update jobs in bulk mode, else by a worker.
-        self.updates.push_back((work, update));
+        Compared::Changed {
+            customer,
+            conversation,
+        }
     }
 
     /// For a row with history that a run has seen: the row read whole, reopened when its
-    /// thread has items not done (see [`reopened_for_history`]), and what the checkpoint
-    /// holds of its thread. A row without history keeps what `rows_to_plan` read.
+    /// thread has items not done (see [`reopened_for_history`]; `reopened` says it was),
+    /// and what the checkpoint holds of its thread. A row without history keeps what
+    /// `rows_to_plan` read.
     fn with_history(
         &self,
         row_key: &str,
         stored: Option<StoredRow>,
         thread: ThreadSize,
-    ) -> Result<(Option<StoredRow>, EarlierRecords), CheckpointError> {
-        if thread.items() == 0 || stored.is_none() {
-            return Ok((stored, EarlierRecords::default()));
-        }
+    ) -> Result<WithHistory, CheckpointError> {
+        let stored = match stored {
+            Some(stored) if thread.items() > 0 => stored,
+            stored => {
+                return Ok(WithHistory {
+                    stored,
+                    records: EarlierRecords::default(),
+                    reopened: false,
+                });
+            }
+        };
         let records = EarlierRecords::new(self.checkpoint.records_of(row_key)?);
-        let whole = self.checkpoint.row(row_key)?;
         let unfinished = records.done() < thread.items();
-        Ok((
-            whole.map(|row| reopened_for_history(row, unfinished)),
+        let whole = self.checkpoint.row(row_key)?.map(|whole| {
+            reopened_for_history(
+                StoredRow {
+                    // Read by `rows_to_plan` only: kept to compare the reopened row's.
+                    customer_fingerprint: stored.customer_fingerprint.clone(),
+                    ..whole
+                },
+                unfinished,
+            )
+        });
+        let reopened = stored.state == RowState::Done
+            && whole
+                .as_ref()
+                .is_some_and(|row| row.state != RowState::Done);
+        Ok(WithHistory {
+            stored: whole,
             records,
-        ))
+            reopened,
+        })
     }
 
     /// What this run learnt of a row from earlier runs' jobs (asked only of a row the

@@ -122,6 +122,25 @@ pub(super) struct PlannedRow {
     pub thread: ThreadSize,
     /// What earlier runs recorded of those steps (empty for a row no run has seen).
     pub earlier_records: EarlierRecords,
+    /// What a done row taken up again for its history owes its customer and conversation
+    /// (see [`Owed`]); [`Owed::Nothing`] for every other row.
+    pub owed: Owed,
+}
+
+/// What a done row reopened for its history (tomorrow's export, new messages on an old
+/// conversation) owes its customer and conversation, which may have changed in the same
+/// export: the worker settles it before the thread, so that what the checkpoint records as
+/// sent is what was sent.
+#[derive(Clone, Debug, Default)]
+pub(super) enum Owed {
+    /// Nothing: its records are as they map now (or the row is not a done one).
+    #[default]
+    Nothing,
+    /// An update of what changed, sent before its history.
+    Update(super::update::RowUpdate),
+    /// Changed, and kept as it is under `--on-change skip` (None) or `fail` (why it is
+    /// reported): what was sent before stays recorded.
+    Kept(Option<Halt>),
 }
 
 /// What the checkpoint holds of a row's history, by record: an item it lacks is pending.
@@ -563,6 +582,7 @@ mod tests {
             conversation_origin: None,
             thread: ThreadSize::default(),
             earlier_records: EarlierRecords::default(),
+            owed: Owed::Nothing,
         }
     }
 

@@ -16,7 +16,7 @@ use super::handles::Tools;
 use super::row::{Halt, PlannedRow, RowOutcome};
 use super::worker::Attempts;
 use crate::api::ApiError;
-use crate::checkpoint::Change;
+use crate::checkpoint::{Change, StoredRow};
 
 /// The Kustomer ids of a done row and the fields of each record to update.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +31,22 @@ pub(super) struct RowUpdate {
 }
 
 impl RowUpdate {
+    /// The update of a done row (`whole`, read whole) whose records changed in these fields;
+    /// None for a row with no customer id (no version writes that: nothing to update).
+    pub(super) fn of_done(
+        whole: StoredRow,
+        customer_fields: Vec<String>,
+        conversation_fields: Vec<String>,
+    ) -> Option<RowUpdate> {
+        Some(RowUpdate {
+            customer_id: whole.customer_id?,
+            conversation_id: whole.conversation_id,
+            customer_fields,
+            conversation_fields,
+            customer_updated: false,
+        })
+    }
+
     /// Whether the row's customer is (or was) updated.
     pub(super) fn updates_customer(&self) -> bool {
         self.customer_updated || !self.customer_fields.is_empty()
@@ -81,7 +97,8 @@ pub(super) async fn update_row(
     (work, outcome)
 }
 
-async fn send_updates(
+/// Sends the row's updates, customer first; a refusal or a stop ends them.
+pub(super) async fn send_updates(
     tools: &Tools,
     work: &PlannedRow,
     update: &RowUpdate,

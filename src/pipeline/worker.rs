@@ -9,10 +9,11 @@ use super::bulk::HistoryJobs;
 use super::failure::{Call, Retries, create_refused};
 use super::handles::Tools;
 use super::planner::Event;
-use super::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, Step};
+use super::row::{CustomerStep, Halt, Owed, PlannedRow, RowOutcome, Settlement, Step};
 use super::thread::send_thread;
+use super::update::{RowUpdate, send_updates};
 use crate::api::{ApiError, KustomerClient};
-use crate::checkpoint::{Change, CustomerOrigin};
+use crate::checkpoint::{Change, CustomerOrigin, RowChange};
 use crate::mapping::ConversationBody;
 
 /// Takes one row from its customer to done, or to the reason it stopped.
@@ -74,6 +75,9 @@ async fn drive_row(
             }
         }
     };
+    // Before the thread: a done row taken up again for new history owes its records the
+    // changes the same export brought.
+    let owed = settle_owed(tools, work, attempts).await?;
     if work.thread.items() > 0 {
         if origin.is_some() && work.conversation_origin.is_none() {
             let made =
@@ -88,15 +92,77 @@ async fn drive_row(
                 field: partly.field.clone(),
                 reason: partly.error.clone().unwrap_or_default(),
             };
-            tools.journal.record(vec![Change::Row(partly)]).await;
+            let mut changes = vec![Change::Row(partly)];
+            changes.extend(owed.as_sent(work));
+            tools.journal.record(changes).await;
             return Ok(RowOutcome::Halted(halt));
         }
     }
-    let done = work.done_and_sent(customer_id, Some(conversation_id), attempts.take_requests());
-    tools.journal.record(done.into()).await;
-    Ok(RowOutcome::Done {
-        conversation: origin,
-    })
+    let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
+    let (changes, outcome) = owed.done(work, done, origin);
+    tools.journal.record(changes).await;
+    Ok(outcome)
+}
+
+/// What a row's [`Owed`] came to, settled before its thread.
+enum OwedSettled {
+    /// Nothing was owed, or its update was sent now: what the row maps to is what was sent.
+    AsMapped { updated: Option<RowUpdate> },
+    /// Kept as it was (`--on-change skip` or `fail`, or its update refused): what was sent
+    /// before stays recorded, and `report` says why the row is reported.
+    Kept(Option<Halt>),
+}
+
+/// Sends what a reopened row owes its records (see [`Owed`]). A refused update is reported
+/// and its row's history goes on: the next run sends the update again.
+async fn settle_owed(
+    tools: &Tools,
+    work: &PlannedRow,
+    attempts: &mut Attempts<'_>,
+) -> Result<OwedSettled, Halt> {
+    match &work.owed {
+        Owed::Nothing => Ok(OwedSettled::AsMapped { updated: None }),
+        Owed::Kept(report) => Ok(OwedSettled::Kept(report.clone())),
+        Owed::Update(update) => match send_updates(tools, work, update, attempts).await {
+            Ok(()) => Ok(OwedSettled::AsMapped {
+                updated: Some(update.clone()),
+            }),
+            Err(refused @ Halt::Failed { .. }) => Ok(OwedSettled::Kept(Some(refused))),
+            Err(halt) => Err(halt),
+        },
+    }
+}
+
+impl OwedSettled {
+    /// The row done (`done`): what the checkpoint records and what the worker reports.
+    fn done(
+        self,
+        work: &PlannedRow,
+        done: RowChange,
+        conversation: Option<CustomerOrigin>,
+    ) -> (Vec<Change>, RowOutcome) {
+        let mut changes = vec![Change::Row(done)];
+        changes.extend(self.as_sent(work));
+        let outcome = match self {
+            OwedSettled::AsMapped { updated: None } => RowOutcome::Done { conversation },
+            OwedSettled::AsMapped {
+                updated: Some(update),
+            } => {
+                changes.push(Change::RowUpdated {
+                    row_key: work.origin.key.clone(),
+                });
+                update.outcome()
+            }
+            OwedSettled::Kept(None) => RowOutcome::Done { conversation },
+            OwedSettled::Kept(Some(report)) => RowOutcome::Halted(report),
+        };
+        (changes, outcome)
+    }
+
+    /// What the row's records are recorded as sent as: what it maps to, unless kept.
+    fn as_sent(&self, work: &PlannedRow) -> Option<Change> {
+        matches!(self, OwedSettled::AsMapped { .. }).then(|| work.sent_as())
+    }
 }
 
 /// The row's conversation, made (None: the row has none).

@@ -155,6 +155,113 @@ fn tomorrows_export_with_two_new_messages_on_an_old_conversation_sends_exactly_t
     );
 }
 
+/// `nested(3, 3)` with ticket 1's status changed to `done` and `new` messages appended to
+/// its thread.
+fn ticket_1_closed_with_new_messages(new: usize) -> String {
+    let mut lines: Vec<serde_json::Value> = nested(3, 3)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    lines[1]["conversation"]["status"] = json!("done");
+    for m in 3..3 + new {
+        lines[1]["messages"].as_array_mut().unwrap().push(json!({
+            "externalId": format!("m-1-{m}"), "channel": "email", "direction": "out",
+            "preview": "closing it", "sentAt": format!("2024-01-02T00:0{m}:00Z")}));
+    }
+    lines.iter().map(|line| format!("{line}\n")).collect()
+}
+
+fn status_of(env: &TestEnv, conversation: &str) -> Option<String> {
+    let records = env.records();
+    let held = records
+        .conversations
+        .iter()
+        .find(|c| c.external_id.as_deref() == Some(conversation));
+    held.and_then(|c| c.status.clone())
+}
+
+#[test]
+fn a_conversation_closed_with_new_messages_in_tomorrows_export_gets_both_and_then_nothing() {
+    let env = TestEnv::plain();
+    let file = env.write("threads.jsonl", &nested(3, 3));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let file = env.write("threads.jsonl", &ticket_1_closed_with_new_messages(2));
+    let before = env.stats();
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(0);
+    let after = env.stats();
+    assert_eq!(after.messages - before.messages, 2, "the two new messages");
+    assert_eq!(
+        after.conversations_updated - before.conversations_updated,
+        1,
+        "the status change, sent before the thread"
+    );
+    assert_eq!(after.creates_total - before.creates_total, 2);
+    assert_eq!(after.customers_updated, before.customers_updated);
+    assert_eq!(status_of(&env, "t-1").as_deref(), Some("done"));
+    assert!(
+        run.stdout.contains("updated:              1 (done earlier"),
+        "the row counts as updated: {}",
+        run.stdout
+    );
+
+    // What was sent is what is recorded: the same export again sends nothing.
+    let before = env.stats().requests_total;
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    assert_eq!(
+        env.stats().requests_total,
+        before,
+        "a third run sends nothing"
+    );
+}
+
+#[test]
+fn under_on_change_skip_new_messages_go_and_the_change_waits_for_a_run_that_updates() {
+    let env = TestEnv::plain();
+    let file = env.write("threads.jsonl", &nested(3, 3));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let file = env.write("threads.jsonl", &ticket_1_closed_with_new_messages(1));
+    let before = env.stats();
+    env.import(&[file.to_str().unwrap(), "--on-change", "skip"])
+        .assert_code(0);
+    let after = env.stats();
+    assert_eq!(after.messages - before.messages, 1);
+    assert_eq!(
+        after.updates_total, before.updates_total,
+        "skip sends no update"
+    );
+    assert_eq!(status_of(&env, "t-1").as_deref(), Some("open"));
+
+    // Skipped, not forgotten: what was sent before is still what the checkpoint holds.
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let last = env.stats();
+    assert_eq!(last.conversations_updated - after.conversations_updated, 1);
+    assert_eq!(last.creates_total, after.creates_total);
+    assert_eq!(status_of(&env, "t-1").as_deref(), Some("done"));
+}
+
+#[test]
+fn under_on_change_fail_the_reopened_row_is_reported_its_messages_go_and_it_stays_done() {
+    let env = TestEnv::plain();
+    let file = env.write("threads.jsonl", &nested(3, 3));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let file = env.write("threads.jsonl", &ticket_1_closed_with_new_messages(1));
+    let before = env.stats();
+    env.import(&[file.to_str().unwrap(), "--on-change", "fail"])
+        .assert_code(1);
+    let after = env.stats();
+    assert_eq!(after.messages - before.messages, 1);
+    assert_eq!(after.updates_total, before.updates_total);
+    let errors = env.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].3.contains("conversation.status"), "{errors:?}");
+    assert_eq!(
+        env.rows_in_state("done"),
+        3,
+        "reported only: the row stays done"
+    );
+}
+
 #[test]
 fn lost_answers_on_message_and_note_creates_are_reconciled_not_sent_twice() {
     let env = TestEnv::new(SandboxConfig {
