@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kustomer_import::sandbox::{FaultConfig, Records, SandboxConfig};
+use kustomer_import::sandbox::{FaultConfig, Records, SandboxConfig, Stats};
 use serde_json::json;
 
 use crate::harness::*;
@@ -121,25 +121,40 @@ fn a_nested_export_lands_every_message_and_note_once_in_order_and_a_second_run_s
     );
 }
 
-#[test]
-fn tomorrows_export_with_two_new_messages_on_an_old_conversation_sends_exactly_two_creates() {
-    let env = TestEnv::plain();
-    let file = env.write("threads.jsonl", &nested(3, 3));
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
+/// `nested(3, 3)` as tomorrow's export: ticket 1 with `new` messages appended to its thread
+/// and, with `status`, that status.
+fn tomorrow(new: usize, status: Option<&str>) -> String {
     let mut lines: Vec<serde_json::Value> = nested(3, 3)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    for m in [3, 4] {
+    if let Some(status) = status {
+        lines[1]["conversation"]["status"] = json!(status);
+    }
+    for m in 3..3 + new {
         lines[1]["messages"].as_array_mut().unwrap().push(json!({
-            "externalId": format!("m-1-{m}"), "channel": "email", "direction": "in",
+            "externalId": format!("m-1-{m}"), "channel": "email", "direction": "out",
             "preview": "a new one", "sentAt": format!("2024-01-02T00:0{m}:00Z")}));
     }
-    let tomorrow: String = lines.iter().map(|line| format!("{line}\n")).collect();
-    let file = env.write("threads.jsonl", &tomorrow);
-    let before = env.stats();
+    lines.iter().map(|line| format!("{line}\n")).collect()
+}
+
+/// Imports `nested(3, 3)`, then `tomorrow` over it with `args`, expecting exit `code`: the
+/// sandbox's counters before and after the second run, and that run.
+fn day_two(env: &TestEnv, tomorrow: &str, args: &[&str], code: i32) -> (Stats, Stats, Run) {
+    let file = env.write("threads.jsonl", &nested(3, 3));
     env.import(&[file.to_str().unwrap()]).assert_code(0);
-    let after = env.stats();
+    let file = env.write("threads.jsonl", tomorrow);
+    let before = env.stats();
+    let run = env.import(&[&[file.to_str().unwrap()], args].concat());
+    run.assert_code(code);
+    (before, env.stats(), run)
+}
+
+#[test]
+fn tomorrows_export_with_two_new_messages_on_an_old_conversation_sends_exactly_two_creates() {
+    let env = TestEnv::plain();
+    let (before, after, _) = day_two(&env, &tomorrow(2, None), &[], 0);
     assert_eq!(
         after.creates_total - before.creates_total,
         2,
@@ -155,22 +170,6 @@ fn tomorrows_export_with_two_new_messages_on_an_old_conversation_sends_exactly_t
     );
 }
 
-/// `nested(3, 3)` with ticket 1's status changed to `done` and `new` messages appended to
-/// its thread.
-fn ticket_1_closed_with_new_messages(new: usize) -> String {
-    let mut lines: Vec<serde_json::Value> = nested(3, 3)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    lines[1]["conversation"]["status"] = json!("done");
-    for m in 3..3 + new {
-        lines[1]["messages"].as_array_mut().unwrap().push(json!({
-            "externalId": format!("m-1-{m}"), "channel": "email", "direction": "out",
-            "preview": "closing it", "sentAt": format!("2024-01-02T00:0{m}:00Z")}));
-    }
-    lines.iter().map(|line| format!("{line}\n")).collect()
-}
-
 fn status_of(env: &TestEnv, conversation: &str) -> Option<String> {
     let records = env.records();
     let held = records
@@ -180,23 +179,21 @@ fn status_of(env: &TestEnv, conversation: &str) -> Option<String> {
     held.and_then(|c| c.status.clone())
 }
 
-#[test]
-fn a_conversation_closed_with_new_messages_in_tomorrows_export_gets_both_and_then_nothing() {
+fn a_conversation_closed_with_new_messages_gets_both_and_then_nothing(mode: &str) {
     let env = TestEnv::plain();
-    let file = env.write("threads.jsonl", &nested(3, 3));
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
-    let file = env.write("threads.jsonl", &ticket_1_closed_with_new_messages(2));
-    let before = env.stats();
-    let run = env.import(&[file.to_str().unwrap()]);
-    run.assert_code(0);
-    let after = env.stats();
+    let (before, after, run) = day_two(&env, &tomorrow(2, Some("done")), &["--mode", mode], 0);
     assert_eq!(after.messages - before.messages, 2, "the two new messages");
     assert_eq!(
         after.conversations_updated - before.conversations_updated,
         1,
         "the status change, sent before the thread"
     );
-    assert_eq!(after.creates_total - before.creates_total, 2);
+    // Nothing else made (in bulk mode the messages go in a job, not as creates).
+    assert_eq!(after.customers, before.customers);
+    assert_eq!(after.conversations, before.conversations);
+    if mode == "single" {
+        assert_eq!(after.creates_total - before.creates_total, 2);
+    }
     assert_eq!(after.customers_updated, before.customers_updated);
     assert_eq!(status_of(&env, "t-1").as_deref(), Some("done"));
     assert!(
@@ -207,7 +204,9 @@ fn a_conversation_closed_with_new_messages_in_tomorrows_export_gets_both_and_the
 
     // What was sent is what is recorded: the same export again sends nothing.
     let before = env.stats().requests_total;
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let file = env.path("threads.jsonl");
+    env.import(&[file.to_str().unwrap(), "--mode", mode])
+        .assert_code(0);
     assert_eq!(
         env.stats().requests_total,
         before,
@@ -216,15 +215,24 @@ fn a_conversation_closed_with_new_messages_in_tomorrows_export_gets_both_and_the
 }
 
 #[test]
+fn a_conversation_closed_with_new_messages_in_tomorrows_export_gets_both_and_then_nothing() {
+    a_conversation_closed_with_new_messages_gets_both_and_then_nothing("single");
+}
+
+#[test]
+fn in_bulk_mode_a_conversation_closed_with_new_messages_gets_both_and_then_nothing() {
+    a_conversation_closed_with_new_messages_gets_both_and_then_nothing("bulk");
+}
+
+#[test]
 fn under_on_change_skip_new_messages_go_and_the_change_waits_for_a_run_that_updates() {
     let env = TestEnv::plain();
-    let file = env.write("threads.jsonl", &nested(3, 3));
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
-    let file = env.write("threads.jsonl", &ticket_1_closed_with_new_messages(1));
-    let before = env.stats();
-    env.import(&[file.to_str().unwrap(), "--on-change", "skip"])
-        .assert_code(0);
-    let after = env.stats();
+    let (before, after, _) = day_two(
+        &env,
+        &tomorrow(1, Some("done")),
+        &["--on-change", "skip"],
+        0,
+    );
     assert_eq!(after.messages - before.messages, 1);
     assert_eq!(
         after.updates_total, before.updates_total,
@@ -233,6 +241,7 @@ fn under_on_change_skip_new_messages_go_and_the_change_waits_for_a_run_that_upda
     assert_eq!(status_of(&env, "t-1").as_deref(), Some("open"));
 
     // Skipped, not forgotten: what was sent before is still what the checkpoint holds.
+    let file = env.path("threads.jsonl");
     env.import(&[file.to_str().unwrap()]).assert_code(0);
     let last = env.stats();
     assert_eq!(last.conversations_updated - after.conversations_updated, 1);
@@ -243,13 +252,12 @@ fn under_on_change_skip_new_messages_go_and_the_change_waits_for_a_run_that_upda
 #[test]
 fn under_on_change_fail_the_reopened_row_is_reported_its_messages_go_and_it_stays_done() {
     let env = TestEnv::plain();
-    let file = env.write("threads.jsonl", &nested(3, 3));
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
-    let file = env.write("threads.jsonl", &ticket_1_closed_with_new_messages(1));
-    let before = env.stats();
-    env.import(&[file.to_str().unwrap(), "--on-change", "fail"])
-        .assert_code(1);
-    let after = env.stats();
+    let (before, after, _) = day_two(
+        &env,
+        &tomorrow(1, Some("done")),
+        &["--on-change", "fail"],
+        1,
+    );
     assert_eq!(after.messages - before.messages, 1);
     assert_eq!(after.updates_total, before.updates_total);
     let errors = env.errors();
