@@ -218,3 +218,51 @@ fn undo_killed_midway_or_meeting_lost_answers_ends_exact_when_run_again() {
     env.import(&[&file, "--rpm", RPM]).assert_code(0);
     env.assert_exactly_once(4, 12);
 }
+
+#[test]
+fn a_customer_holding_a_conversation_the_import_did_not_make_is_not_deleted_and_said_so() {
+    let env = TestEnv::plain();
+    let (_, before) = imported(&env);
+    // Another tool adds a conversation to C1, a customer this import created.
+    let other = env.write(
+        "other.csv",
+        "customer_external_id,name,email,conversation_id,subject,status\n\
+         C1,Customer 1,c1@example.com,X-1,Not ours,open\n",
+    );
+    env.import(&[other.to_str().unwrap(), "--checkpoint", "other.sqlite"])
+        .assert_code(0);
+    let run = env.undo(&["--all", "--yes", "--json", "--rpm", RPM]);
+    run.assert_code(1);
+    let undone = report(&run);
+    assert_eq!(undone["undone"]["conversations"]["deleted"], 12, "{undone}");
+    assert_eq!(undone["undone"]["customers"]["deleted"], 2, "{undone}");
+    assert_eq!(undone["undone"]["customers"]["failed"], 1, "{undone}");
+    let reason = undone["undone"]["failures"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("409") && reason.contains("conversation"),
+        "{reason}"
+    );
+    let left: BTreeSet<Option<String>> = env
+        .records()
+        .customers
+        .iter()
+        .map(|c| c.external_id.clone())
+        .collect();
+    assert_eq!(left, BTreeSet::from([Some("C0".into()), Some("C1".into())]));
+    assert_eq!(
+        env.stats().conversations,
+        1,
+        "the other tool's conversation stays"
+    );
+    let failed: String = env
+        .checkpoint()
+        .query_row(
+            "SELECT last_error FROM undo_deletes WHERE state = 'failed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(failed.contains("409"), "{failed}");
+    let status = env.command(&["status"]);
+    assert!(!status.stdout.contains("(undone "), "{}", status.stdout);
+}
