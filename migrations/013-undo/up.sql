@@ -52,3 +52,5 @@ CREATE TABLE undo_deletes (
 
 -- Each run an undo took back, and when: `status` shows it on the run's line.
 ALTER TABLE runs ADD COLUMN undone_at TEXT;
+-- The command a line of `runs` is: 'undo', or NULL for an import.
+ALTER TABLE runs ADD COLUMN command TEXT;

@@ -97,12 +97,14 @@ pub struct RunRecord {
     pub requests_per_minute: Option<f64>,
     /// When an `undo` deleted everything the run made (None: never, or before 013).
     pub undone_at: Option<String>,
+    /// `undo` for an undo's line (which counts the rows it put back as pending); None for
+    /// an import.
+    pub command: Option<String>,
 }
 
 impl RunRecord {
-    /// Whether the run is an `undo` (its line counts the rows it put back as pending).
     pub fn is_undo(&self) -> bool {
-        self.args.split_whitespace().nth(1) == Some("undo")
+        self.command.as_deref() == Some("undo")
     }
 }
 
@@ -480,10 +482,11 @@ impl CheckpointReader {
         let updated = self.column_or_null("runs", "rows_updated", "rows_updated")?;
         let unchanged = self.column_or_null("runs", "rows_unchanged", "rows_unchanged")?;
         let undone = self.column_or_null("runs", "undone_at", "undone_at")?;
+        let command = self.column_or_null("runs", "command", "command")?;
         let mut statement = self.connection.prepare(&format!(
             "SELECT id, started_at, ended_at, exit_code, pid, host, args, rows_read, rows_done,
                     rows_failed, rows_pending, requests, {target}, {updated}, {unchanged},
-                    {undone}
+                    {undone}, {command}
              FROM runs ORDER BY id DESC LIMIT ?1"
         ))?;
         statement
@@ -506,6 +509,7 @@ impl CheckpointReader {
                     rows_unchanged: row.get(14)?,
                     requests_per_minute: None,
                     undone_at: row.get(15)?,
+                    command: row.get(16)?,
                 })
             })?
             .collect()

@@ -76,6 +76,19 @@ impl Checkpoint {
         super::target::recorded_target(&self.connection).map_err(|e| self.sqlite(e))
     }
 
+    /// Records the start of an undo: a line of `runs` of its own, marked as one.
+    pub fn begin_undo(
+        &self,
+        args: &str,
+        target: &super::ApiTarget,
+    ) -> Result<i64, CheckpointError> {
+        let id = self.begin_run(args, target)?;
+        self.connection
+            .execute("UPDATE runs SET command = 'undo' WHERE id = ?1", [id])
+            .map_err(|e| self.sqlite(e))?;
+        Ok(id)
+    }
+
     /// Whether the run `id` is in the checkpoint.
     pub fn has_run(&self, id: i64) -> Result<bool, CheckpointError> {
         self.connection

@@ -92,7 +92,7 @@ pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
             return Ok(super::not_started(json, Exit::Usage, "usage", &error));
         }
     }
-    let undo_run = checkpoint.begin_run(&super::import::command_line(), &wanted)?;
+    let undo_run = checkpoint.begin_undo(&super::import::command_line(), &wanted)?;
     let (undone, requests) = match delete(&mut checkpoint, &config, &selection, undo_run)? {
         Ok(done) => done,
         Err((exit, error)) => {

@@ -249,6 +249,7 @@ fn a_customer_holding_a_conversation_the_import_did_not_make_is_not_deleted_and_
         .map(|c| c.external_id.clone())
         .collect();
     assert_eq!(left, BTreeSet::from([Some("C0".into()), Some("C1".into())]));
+    assert!(env.records().customers.iter().any(|c| c.id == before));
     assert_eq!(
         env.stats().conversations,
         1,
