@@ -117,6 +117,13 @@ pub enum Command {
     /// field is as sent. Exit 0 when all match, 1 when some do not, 2 for usage or a
     /// checkpoint of another API. The key: KUSTOMER_API_KEY (--sandbox needs none).
     Verify(VerifyArgs),
+    /// Delete what the named run (--run ID) or every run (--all) of the import made:
+    /// conversations (their messages and notes go with them), then the customers it
+    /// created and nothing else uses; never a customer it only linked. The rows go back to
+    /// pending, so the same import command makes them again. --dry-run lists; without
+    /// --yes it asks once on a terminal. Exit 0 when everything selected is gone or kept by
+    /// rule, 1 when a delete failed, 2 for usage or a checkpoint of another API.
+    Undo(UndoArgs),
     /// Run the local sandbox of the Kustomer API until Ctrl-C.
     Sandbox(SandboxArgs),
     /// Mapping files: `mapping init FILE` writes a starter one from an export's columns.
@@ -144,7 +151,8 @@ impl Command {
             Command::Import(args) => args.json,
             Command::Validate(args) => args.json,
             Command::Status(args) => args.json,
-            Command::Verify(args) => args.json,
+            Command::Verify(args) => args.target.json,
+            Command::Undo(args) => args.target.json,
             _ => false,
         }
     }
@@ -204,15 +212,17 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// The checkpoint and the API a command that reads back (or deletes) what an import made
+/// talks to: the import's own target, key and rate limit.
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// The checkpoint whose records to check [default: kustomer-import.sqlite, with
-    /// --sandbox kustomer-import.sandbox.sqlite].
+pub struct MadeRecordsArgs {
+    /// The import's checkpoint [default: kustomer-import.sqlite, with --sandbox
+    /// kustomer-import.sandbox.sqlite].
     #[arg(long, env = "KUSTOMER_IMPORT_CHECKPOINT")]
     pub checkpoint: Option<PathBuf>,
 
-    /// Check a rehearsal: read back from the built-in sandbox, started on the records it
-    /// keeps beside the checkpoint (<checkpoint>.sandbox.jsonl).
+    /// A rehearsal: the built-in sandbox, started on the records it keeps beside the
+    /// checkpoint (<checkpoint>.sandbox.jsonl).
     #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
     pub sandbox: bool,
 
@@ -227,14 +237,6 @@ pub struct VerifyArgs {
     /// Allow an http:// base URL on a host other than loopback.
     #[arg(long, env = "KUSTOMER_IMPORT_ALLOW_INSECURE_HTTP", value_parser = FalseyValueParser::new())]
     pub allow_insecure_http: bool,
-
-    /// Check N done rows spread evenly over the files (every k-th row, the same each time).
-    #[arg(long, value_name = "N", conflicts_with = "all")]
-    pub sample: Option<usize>,
-
-    /// Check every done row (the default).
-    #[arg(long)]
-    pub all: bool,
 
     /// The most requests in any 60 seconds.
     #[arg(
@@ -257,6 +259,48 @@ pub struct VerifyArgs {
     /// One JSON object on stdout instead of the report.
     #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub target: MadeRecordsArgs,
+
+    /// Check N done rows spread evenly over the files (every k-th row, the same each time).
+    #[arg(long, value_name = "N", conflicts_with = "all")]
+    pub sample: Option<usize>,
+
+    /// Check every done row (the default).
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UndoArgs {
+    #[command(flatten)]
+    pub target: MadeRecordsArgs,
+
+    /// Undo this run (its id, as `status` lists it): what it made.
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with = "all",
+        required_unless_present = "all"
+    )]
+    pub run: Option<i64>,
+
+    /// Undo every run: everything the checkpoint says the import made, rows recorded before
+    /// runs were named on them too.
+    #[arg(long)]
+    pub all: bool,
+
+    /// List what would be deleted and kept; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Delete without asking (needed when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,8 +11,9 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::cli::{
-    ExportArgs, FormatArg, ImportArgs, InputArgs, MappingInitArgs, ModeArg, OnChangeArg,
-    OnExistingArg, PresetArg, ResolveArgs, SandboxArgs, StateArg, ValidateArgs, VerifyArgs,
+    ExportArgs, FormatArg, ImportArgs, InputArgs, MadeRecordsArgs, MappingInitArgs, ModeArg,
+    OnChangeArg, OnExistingArg, PresetArg, ResolveArgs, SandboxArgs, StateArg, UndoArgs,
+    ValidateArgs, VerifyArgs,
 };
 use crate::commands::mapping::InitConfig;
 use kustomer_import::api::Backoff;
@@ -664,10 +665,23 @@ pub struct VerifyConfig {
     pub json: bool,
 }
 
-pub fn verify_config(
-    args: VerifyArgs,
+/// The checkpoint, the API and its key, the rate and the timeout of a command that reads
+/// back or deletes what an import made (`verify`, `undo`).
+#[derive(Debug)]
+pub struct MadeRecordsConfig {
+    pub checkpoint: PathBuf,
+    pub target: Target,
+    /// With --sandbox: the records file the rehearsal's sandbox keeps.
+    pub sandbox_records: Option<PathBuf>,
+    pub rpm: u32,
+    pub timeout: Duration,
+    pub json: bool,
+}
+
+fn made_records_config(
+    args: MadeRecordsArgs,
     api_key: Option<String>,
-) -> Result<VerifyConfig, ConfigError> {
+) -> Result<MadeRecordsConfig, ConfigError> {
     let checkpoint = checkpoint_path(args.checkpoint.as_deref(), args.sandbox);
     let target = api_target(
         args.sandbox,
@@ -678,6 +692,52 @@ pub fn verify_config(
     if args.rpm == 0 {
         return Err(ConfigError::BadValue("--rpm must be at least 1".into()));
     }
+    Ok(MadeRecordsConfig {
+        sandbox_records: args
+            .sandbox
+            .then(|| beside_checkpoint(&checkpoint, ".sandbox.jsonl")),
+        checkpoint,
+        target,
+        rpm: args.rpm,
+        timeout: positive_seconds(args.timeout, "--timeout")?,
+        json: args.json,
+    })
+}
+
+/// What `undo` deletes, in which API.
+#[derive(Debug)]
+pub struct UndoConfig {
+    pub made: MadeRecordsConfig,
+    pub scope: kustomer_import::checkpoint::undo::UndoScope,
+    pub dry_run: bool,
+    /// Whether the user said yes on the command line (--yes).
+    pub yes: bool,
+}
+
+pub fn undo_config(args: UndoArgs, api_key: Option<String>) -> Result<UndoConfig, ConfigError> {
+    use kustomer_import::checkpoint::undo::UndoScope;
+    let scope = match (args.run, args.all) {
+        (Some(id), false) => UndoScope::Run(id),
+        (None, true) => UndoScope::All,
+        _ => {
+            return Err(ConfigError::BadValue(
+                "undo needs --run ID (one run, as status lists them) or --all".into(),
+            ));
+        }
+    };
+    Ok(UndoConfig {
+        made: made_records_config(args.target, api_key)?,
+        scope,
+        dry_run: args.dry_run,
+        yes: args.yes,
+    })
+}
+
+pub fn verify_config(
+    args: VerifyArgs,
+    api_key: Option<String>,
+) -> Result<VerifyConfig, ConfigError> {
+    let made = made_records_config(args.target, api_key)?;
     let selection = match args.sample {
         Some(0) => {
             return Err(ConfigError::BadValue("--sample must be at least 1".into()));
@@ -686,15 +746,13 @@ pub fn verify_config(
         None => kustomer_import::verify::Selection::All,
     };
     Ok(VerifyConfig {
-        sandbox_records: args
-            .sandbox
-            .then(|| beside_checkpoint(&checkpoint, ".sandbox.jsonl")),
-        checkpoint,
-        target,
+        sandbox_records: made.sandbox_records,
+        checkpoint: made.checkpoint,
+        target: made.target,
         selection,
-        rpm: args.rpm,
-        timeout: positive_seconds(args.timeout, "--timeout")?,
-        json: args.json,
+        rpm: made.rpm,
+        timeout: made.timeout,
+        json: made.json,
     })
 }
 

@@ -21,5 +21,6 @@ pub mod rowkey;
 pub mod rows;
 pub mod sandbox;
 pub mod tally;
+pub mod undo;
 pub mod verify;
 pub mod vocabulary;

@@ -73,6 +73,10 @@ fn run(command: Command, api_key: Option<String>) -> Exit {
             Ok(config) => commands::verify::run(config),
             Err(error) => return commands::not_started(json, Exit::Usage, "usage", &error),
         },
+        Command::Undo(args) => match config::undo_config(args, api_key) {
+            Ok(config) => commands::undo::run(config),
+            Err(error) => return commands::not_started(json, Exit::Usage, "usage", &error),
+        },
         Command::Mapping(cli::MappingCommand::Init(args)) => {
             match config::mapping_init_config(args) {
                 Ok(config) => commands::mapping::init(config),

@@ -4,6 +4,7 @@
 
 pub mod bulk;
 pub mod client;
+pub mod delete;
 pub mod error;
 pub mod history;
 pub mod ratelimit;

@@ -95,6 +95,17 @@ pub struct RunRecord {
     pub target: Option<String>,
     /// Requests per minute over the run, when it ended and lasted a minute or more.
     pub requests_per_minute: Option<f64>,
+    /// When an `undo` deleted everything the run made (None: never, or before 013).
+    pub undone_at: Option<String>,
+    /// `undo` for an undo's line (which counts the rows it put back as pending); None for
+    /// an import.
+    pub command: Option<String>,
+}
+
+impl RunRecord {
+    pub fn is_undo(&self) -> bool {
+        self.command.as_deref() == Some("undo")
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -470,9 +481,12 @@ impl CheckpointReader {
         let target = self.column_or_null("runs", "target", "target")?;
         let updated = self.column_or_null("runs", "rows_updated", "rows_updated")?;
         let unchanged = self.column_or_null("runs", "rows_unchanged", "rows_unchanged")?;
+        let undone = self.column_or_null("runs", "undone_at", "undone_at")?;
+        let command = self.column_or_null("runs", "command", "command")?;
         let mut statement = self.connection.prepare(&format!(
             "SELECT id, started_at, ended_at, exit_code, pid, host, args, rows_read, rows_done,
-                    rows_failed, rows_pending, requests, {target}, {updated}, {unchanged}
+                    rows_failed, rows_pending, requests, {target}, {updated}, {unchanged},
+                    {undone}, {command}
              FROM runs ORDER BY id DESC LIMIT ?1"
         ))?;
         statement
@@ -494,6 +508,8 @@ impl CheckpointReader {
                     rows_updated: row.get(13)?,
                     rows_unchanged: row.get(14)?,
                     requests_per_minute: None,
+                    undone_at: row.get(15)?,
+                    command: row.get(16)?,
                 })
             })?
             .collect()

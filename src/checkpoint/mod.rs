@@ -14,6 +14,7 @@ pub mod lock;
 pub mod private;
 pub mod resolve;
 pub mod target;
+pub mod undo;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -328,6 +329,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/010-fingerprints/up.sql"),
     include_str!("../../migrations/011-sync-counts/up.sql"),
     include_str!("../../migrations/012-bulk-updates/up.sql"),
+    include_str!("../../migrations/013-undo/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go

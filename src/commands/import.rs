@@ -542,7 +542,7 @@ async fn watch_signals(
 
 /// The command line as typed, shell-quoted, to show how to resume. It never holds the
 /// key, which only travels in the environment.
-fn command_line() -> String {
+pub(super) fn command_line() -> String {
     std::env::args()
         .map(|arg| {
             let safe = !arg.is_empty()

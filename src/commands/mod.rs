@@ -8,6 +8,7 @@ pub mod mapping;
 pub mod resolve;
 pub mod sandbox;
 pub mod status;
+pub mod undo;
 pub mod validate;
 pub mod verify;
 
@@ -65,4 +66,73 @@ pub fn print_not_started_json(exit: Exit, stopped_because: &str, error: &str) {
     });
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{object}").and_then(|()| out.flush());
+}
+
+/// Why a command that reads back or deletes what an import made refuses a checkpoint
+/// written against another API (`wanted` is where this command would send): the records'
+/// ids exist in the API the checkpoint belongs to and nowhere else. None when it is the same
+/// API or the checkpoint records none.
+pub fn other_target(
+    checkpoint: &std::path::Path,
+    recorded: Option<&kustomer_import::checkpoint::ApiTarget>,
+    wanted: &kustomer_import::checkpoint::ApiTarget,
+    command: &str,
+    done_here: &str,
+) -> Option<String> {
+    let recorded = recorded.filter(|recorded| *recorded != wanted)?;
+    Some(format!(
+        "the checkpoint {} belongs to {recorded}, and {command} would send to {wanted}: its \
+         records were made in {recorded} and cannot be {done_here} here{}",
+        checkpoint.display(),
+        if recorded.is_sandbox() {
+            format!(" (a rehearsal's checkpoint: {command} it with --sandbox)")
+        } else {
+            " (give the import's --base-url)".to_string()
+        }
+    ))
+}
+
+/// A client of the command's target through a rate gate of `rpm`: the remote API with the
+/// key, or the built-in sandbox (started on the rehearsal's records file), which the caller
+/// shuts down once done.
+pub async fn made_records_client(
+    target: &crate::config::Target,
+    sandbox_records: Option<std::path::PathBuf>,
+    rpm: u32,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(
+    Option<kustomer_import::sandbox::Sandbox>,
+    kustomer_import::api::KustomerClient,
+    std::sync::Arc<kustomer_import::api::RequestStats>,
+)> {
+    use kustomer_import::api::{ClientSettings, KustomerClient, RateGate, RequestStats};
+    use std::sync::Arc;
+    /// 429s in a row for one request before it counts as one transient failure.
+    const MAX_RATE_LIMITED_IN_A_ROW: u32 = 30;
+    let (sandbox, base_url, api_key) = match target {
+        crate::config::Target::Remote { base_url, api_key } => {
+            (None, base_url.clone(), api_key.clone())
+        }
+        crate::config::Target::Sandbox => {
+            let (sandbox, url) = import::start_sandbox(sandbox_records, false).await?;
+            (
+                Some(sandbox),
+                url,
+                secrecy::SecretString::from(import::SANDBOX_KEY),
+            )
+        }
+    };
+    let stats = Arc::new(RequestStats::default());
+    let gate = Arc::new(RateGate::new(rpm, std::time::Duration::from_secs(60)));
+    let client = KustomerClient::new(
+        ClientSettings {
+            base_url,
+            api_key,
+            timeout,
+            max_rate_limited: MAX_RATE_LIMITED_IN_A_ROW,
+        },
+        gate,
+        Arc::clone(&stats),
+    )?;
+    Ok((sandbox, client, stats))
 }

@@ -157,9 +157,27 @@ fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std
                 }
                 _ => String::new(),
             };
+            if run.is_undo() {
+                writeln!(
+                    out,
+                    "  #{} undo started {}, {ended}: rows pending again {}, deletes failed {}, \
+                     requests {}{target}",
+                    run.id,
+                    run.started_at,
+                    count(run.rows_pending),
+                    count(run.rows_failed),
+                    count(run.requests),
+                )?;
+                continue;
+            }
+            let undone = run
+                .undone_at
+                .as_deref()
+                .map(|at| format!(" (undone {at})"))
+                .unwrap_or_default();
             writeln!(
                 out,
-                "  #{} started {}, {ended}: read {}, done {}{sync}, failed {}, pending {}, requests {}{rate}{target}",
+                "  #{} started {}, {ended}: read {}, done {}{sync}, failed {}, pending {}, requests {}{rate}{target}{undone}",
                 run.id,
                 run.started_at,
                 count(run.rows_read),

@@ -5,25 +5,20 @@
 //! API could not be read to the end.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::Context;
-use secrecy::SecretString;
 use serde::Serialize;
 
-use kustomer_import::api::{ApiError, ClientSettings, KustomerClient, RateGate, RequestStats};
+use kustomer_import::api::ApiError;
 use kustomer_import::checkpoint::CheckpointReader;
 use kustomer_import::verify::{self, Findings};
 
 use super::Exit;
-use crate::config::{Target, VerifyConfig};
+use crate::config::VerifyConfig;
 
 /// The version of the `verify --json` shape.
 const VERSION: u32 = 1;
-/// 429s in a row for one read before it counts as one transient failure.
-const MAX_RATE_LIMITED_IN_A_ROW: u32 = 30;
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -45,20 +40,17 @@ pub fn run(config: VerifyConfig) -> anyhow::Result<Exit> {
     // As import does: a checkpoint's ids exist in the API it was written against only.
     let wanted = config.target.api_target();
     match reader.target() {
-        Ok(Some(recorded)) if recorded != wanted => {
-            let error = format!(
-                "the checkpoint {} belongs to {recorded}, and verify would read from {wanted}: \
-                 its records were made in {recorded} and cannot be checked here{}",
-                config.checkpoint.display(),
-                if recorded.is_sandbox() {
-                    " (a rehearsal's checkpoint: verify it with --sandbox)"
-                } else {
-                    " (give the import's --base-url)"
-                }
-            );
-            return Ok(super::not_started(json, Exit::Usage, "target", &error));
+        Ok(recorded @ Some(_)) => {
+            if let Some(error) = super::other_target(
+                &config.checkpoint,
+                recorded.as_ref(),
+                &wanted,
+                "verify",
+                "checked",
+            ) {
+                return Ok(super::not_started(json, Exit::Usage, "target", &error));
+            }
         }
-        Ok(Some(_)) => {}
         Ok(None) => tracing::warn!(
             "the checkpoint {} records no API (an older version made it): reading from {wanted}",
             config.checkpoint.display()
@@ -86,30 +78,13 @@ pub fn run(config: VerifyConfig) -> anyhow::Result<Exit> {
         .build()
         .context("starting the async runtime")?;
     let checked = runtime.block_on(async {
-        let (sandbox, base_url, api_key) = match &config.target {
-            Target::Remote { base_url, api_key } => (None, base_url.clone(), api_key.clone()),
-            Target::Sandbox => {
-                let (sandbox, url) =
-                    super::import::start_sandbox(config.sandbox_records.clone(), false).await?;
-                (
-                    Some(sandbox),
-                    url,
-                    SecretString::from(super::import::SANDBOX_KEY),
-                )
-            }
-        };
-        let stats = Arc::new(RequestStats::default());
-        let gate = Arc::new(RateGate::new(config.rpm, Duration::from_secs(60)));
-        let client = KustomerClient::new(
-            ClientSettings {
-                base_url,
-                api_key,
-                timeout: config.timeout,
-                max_rate_limited: MAX_RATE_LIMITED_IN_A_ROW,
-            },
-            gate,
-            Arc::clone(&stats),
-        )?;
+        let (sandbox, client, stats) = super::made_records_client(
+            &config.target,
+            config.sandbox_records.clone(),
+            config.rpm,
+            config.timeout,
+        )
+        .await?;
         let findings = verify::verify(&client, done_rows, &rows, &views).await;
         if let Some(sandbox) = sandbox {
             sandbox.shutdown().await;

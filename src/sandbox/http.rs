@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::SandboxConfig;
+use super::delete;
 use super::faults::{
     AfterWrite, BeforeWrite, FaultConfig, Faults, RateLimiter, RateVerdict, WindowLimiter,
 };
@@ -202,14 +203,16 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             "/v1/customers/{lookup}",
             get(lookup_customer)
                 .patch(update::customer)
-                .put(update::customer),
+                .put(update::customer)
+                .delete(delete::customer),
         )
         .route("/v1/conversations", post(create_conversation))
         .route(
             "/v1/conversations/{lookup}",
             get(lookup_conversation)
                 .patch(update::conversation)
-                .put(update::conversation),
+                .put(update::conversation)
+                .delete(delete::conversation),
         )
         .route(
             "/v1/conversations/{id}/messages",

@@ -28,6 +28,17 @@ pub enum Entry {
     Conversation(ConversationRecord),
     /// A message or a note (its `kind` says which).
     Thread(ThreadRecord),
+    /// A customer or conversation deleted: replay removes it (a conversation with its
+    /// history).
+    Deleted(Deleted),
+}
+
+/// A record a `DELETE` removed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Deleted {
+    /// `customer` or `conversation`.
+    pub kind: String,
+    pub id: String,
 }
 
 /// One line of the log, borrowed to be written.
@@ -37,6 +48,7 @@ pub enum EntryRef<'a> {
     Customer(&'a CustomerRecord),
     Conversation(&'a ConversationRecord),
     Thread(&'a ThreadRecord),
+    Deleted(&'a Deleted),
 }
 
 /// The log, open for appending.

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod delete;
 mod faults;
 mod history;
 mod http;

@@ -52,6 +52,12 @@ pub struct Stats {
     /// answers are in `rate_limited` too.
     #[serde(default)]
     pub object_limited: u64,
+    /// Customers deleted by `DELETE /v1/customers/{id}`.
+    #[serde(default)]
+    pub customers_deleted: u64,
+    /// Conversations deleted by `DELETE /v1/conversations/{id}`.
+    #[serde(default)]
+    pub conversations_deleted: u64,
     /// Customers held.
     pub customers: u64,
     /// Conversations held.
@@ -94,6 +100,13 @@ pub struct Updated {
     pub notes: u64,
 }
 
+/// Records deleted, by kind.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    pub customers: u64,
+    pub conversations: u64,
+}
+
 /// The live counters.
 #[derive(Debug)]
 pub struct Counters {
@@ -105,6 +118,7 @@ pub struct Counters {
     pub customer_limited: u64,
     pub object_limited: u64,
     pub updated: Updated,
+    pub deleted: Deleted,
     pub faults: FaultCounts,
     window: Duration,
     /// Arrivals within the last `window`, oldest first.
@@ -123,6 +137,7 @@ impl Counters {
             customer_limited: 0,
             object_limited: 0,
             updated: Updated::default(),
+            deleted: Deleted::default(),
             faults: FaultCounts::default(),
             window,
             arrivals: VecDeque::new(),
@@ -180,6 +195,8 @@ impl Counters {
             messages_updated: self.updated.messages,
             notes_updated: self.updated.notes,
             object_limited: self.object_limited,
+            customers_deleted: self.deleted.customers,
+            conversations_deleted: self.deleted.conversations,
             customers: count(customers),
             conversations: count(conversations),
             messages: count(messages),

@@ -16,7 +16,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::journal::{Entry, EntryRef, Journal};
+use super::journal::{Deleted, Entry, EntryRef, Journal};
 use super::thread::{Thread, ThreadKind, ThreadRecord, Threads};
 use super::validate::{FieldError, phone_digits};
 
@@ -240,6 +240,17 @@ pub enum WriteError {
     Unrecorded(std::io::Error),
 }
 
+/// Why a delete was refused.
+#[derive(Debug)]
+pub enum DeleteError {
+    /// No record has the id (404).
+    NotFound,
+    /// A customer who still holds this many conversations (409).
+    HoldsConversations(usize),
+    /// The records file could not be written: nothing is deleted (503).
+    Unrecorded(std::io::Error),
+}
+
 /// The records and their indexes.
 #[derive(Debug)]
 pub struct Store {
@@ -302,6 +313,7 @@ impl Store {
                 Entry::Thread(record) => {
                     store.threads.add(record);
                 }
+                Entry::Deleted(deleted) => store.replay_delete(&deleted),
             }
         }
         store.journal = Some(journal);
@@ -619,6 +631,79 @@ impl Store {
             }
         }?;
         self.customers.get(*index)
+    }
+
+    /// `DELETE /v1/conversations/{id}`: the conversation and its messages and notes (the
+    /// API has no delete for those) are gone, written to the records file first.
+    pub fn delete_conversation(&mut self, id: &str) -> Result<(), DeleteError> {
+        if !self.conversation_by_id.contains_key(id) {
+            return Err(DeleteError::NotFound);
+        }
+        self.record_delete("conversation", id)?;
+        self.forget_conversation(id);
+        self.threads.remove_conversation(id);
+        Ok(())
+    }
+
+    /// `DELETE /v1/customers/{id}`. The docs leave unknown whether deleting a customer
+    /// deletes its conversations; the strictest plausible answer is that a customer who
+    /// still holds conversations cannot be deleted ([`DeleteError::HoldsConversations`], a
+    /// 409), so a client must delete those first and never loses one it did not mean to.
+    pub fn delete_customer(&mut self, id: &str) -> Result<(), DeleteError> {
+        if !self.customer_by_id.contains_key(id) {
+            return Err(DeleteError::NotFound);
+        }
+        let held = self
+            .conversations
+            .iter()
+            .filter(|c| c.customer == id)
+            .count();
+        if held > 0 {
+            return Err(DeleteError::HoldsConversations(held));
+        }
+        self.record_delete("customer", id)?;
+        self.forget_customer(id);
+        Ok(())
+    }
+
+    fn record_delete(&mut self, kind: &str, id: &str) -> Result<(), DeleteError> {
+        let deleted = Deleted {
+            kind: kind.to_string(),
+            id: id.to_string(),
+        };
+        match &mut self.journal {
+            Some(journal) => journal
+                .append(EntryRef::Deleted(&deleted))
+                .map_err(DeleteError::Unrecorded),
+            None => Ok(()),
+        }
+    }
+
+    /// A delete read back from the records file.
+    fn replay_delete(&mut self, deleted: &Deleted) {
+        if deleted.kind == "customer" {
+            self.forget_customer(&deleted.id);
+        } else {
+            self.forget_conversation(&deleted.id);
+            self.threads.remove_conversation(&deleted.id);
+        }
+    }
+
+    /// Removes a customer and rebuilds the customers' indexes (positions move).
+    fn forget_customer(&mut self, id: &str) {
+        let Some(index) = self.customer_by_id.get(id).copied() else {
+            return;
+        };
+        self.customers.remove(index);
+        self.customer_by_id.clear();
+        self.by_external_id.clear();
+        self.by_email.clear();
+        self.by_phone.clear();
+        for at in 0..self.customers.len() {
+            self.customer_by_id
+                .insert(self.customers[at].id.clone(), at);
+            self.index_keys(at, true);
+        }
     }
 
     /// Test-only: forgets a conversation (and its messages and notes stay, unreachable

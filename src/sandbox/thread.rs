@@ -159,6 +159,22 @@ impl Threads {
         }
     }
 
+    /// Drops the messages and notes of a deleted conversation: the API has no delete of
+    /// its own for them, and a conversation's history is taken to go with it. Rebuilds the
+    /// indexes (a test's sandbox holds few records). How many were dropped.
+    pub fn remove_conversation(&mut self, conversation: &str) -> usize {
+        let before = self.items.len();
+        let kept: Vec<ThreadRecord> = std::mem::take(&mut self.items)
+            .into_iter()
+            .filter(|item| item.conversation != conversation)
+            .collect();
+        *self = Threads::default();
+        for item in kept {
+            self.add(item);
+        }
+        before - self.items.len()
+    }
+
     /// A message or note by id.
     pub fn get(&self, id: &str) -> Option<&ThreadRecord> {
         self.by_id.get(id).and_then(|&i| self.items.get(i))

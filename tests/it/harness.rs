@@ -126,6 +126,21 @@ impl TestEnv {
         run(self.api_command("verify", args))
     }
 
+    /// `kustomer-import undo <args>` in the working directory, against the sandbox with the
+    /// harness's key (as an import is run), stdin not a terminal.
+    pub fn undo(&self, args: &[&str]) -> Run {
+        run(self.api_command("undo", args))
+    }
+
+    /// Starts `kustomer-import undo <args>` in the background, its output captured.
+    pub fn spawn_undo(&self, args: &[&str]) -> std::process::Child {
+        self.api_command("undo", args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs another command of the binary (status, export, ...) in the working directory.
     pub fn command(&self, args: &[&str]) -> Run {
         let mut command = Command::new(binary());

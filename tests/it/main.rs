@@ -18,4 +18,5 @@ mod pauses;
 mod streams;
 mod sync;
 mod target;
+mod undo;
 mod verify;

@@ -1,0 +1,314 @@
+//! What `undo` reads and writes in the checkpoint: which records a run (or every run) made,
+//! chosen by `made_by_run` (migration 013); each delete's intent before its request and its
+//! result after (`undo_deletes`); and the rows a delete frees, put back to `pending` with
+//! their ids, fingerprints and history records cleared, so that the same import command
+//! makes them again, once. A record's deletion and its rows' return to pending commit
+//! together: a kill -9 between two deletes leaves nothing half undone, and the next undo
+//! sends again only deletes whose result it had not recorded (a 404 then means gone).
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Checkpoint, CheckpointError, now_rfc3339};
+
+/// Which runs' records an undo takes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UndoScope {
+    /// The records one run made (`runs.id`).
+    Run(i64),
+    /// Everything the checkpoint says the import made, rows from before migration 013 too.
+    All,
+}
+
+impl UndoScope {
+    /// The run id a query compares `made_by_run` with; NULL for all.
+    fn run(self) -> Option<i64> {
+        match self {
+            UndoScope::Run(id) => Some(id),
+            UndoScope::All => None,
+        }
+    }
+}
+
+/// A customer the undo considers: one its runs made, or one its rows use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UndoCustomer {
+    pub customer_key: String,
+    pub customer_id: String,
+    /// created, linked or reconciled.
+    pub origin: String,
+    pub made_by_run: Option<i64>,
+    /// Rows outside the scope whose conversations this customer holds.
+    pub used_elsewhere: i64,
+}
+
+/// What the checkpoint says the scope made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UndoPlan {
+    /// Conversation ids, each once, in file and line order of their first row.
+    pub conversations: Vec<String>,
+    pub customers: Vec<UndoCustomer>,
+}
+
+/// Writes that have not settled: while any is there, undo cannot know everything that was
+/// made (a create whose answer was not recorded), so it refuses to start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unsettled {
+    pub rows: i64,
+    pub customers: i64,
+    pub records: i64,
+    pub bulk_jobs: i64,
+}
+
+impl Unsettled {
+    pub fn any(&self) -> bool {
+        self.rows + self.customers + self.records + self.bulk_jobs > 0
+    }
+}
+
+/// What a row goes back to once its records are gone: pending, as if never sent.
+const ROW_BACK_TO_PENDING: &str = "state = 'pending', customer_id = NULL, conversation_id = NULL,
+    attempts = 0, field = NULL, last_error = NULL, outcome_unknown = 0, fingerprint = NULL,
+    customer_fingerprint = NULL, synced_at = NULL, made_by_run = NULL";
+
+impl Checkpoint {
+    /// The API the checkpoint was written against, if it records one.
+    pub fn recorded_target(&self) -> Result<Option<super::ApiTarget>, CheckpointError> {
+        super::target::recorded_target(&self.connection).map_err(|e| self.sqlite(e))
+    }
+
+    /// Records the start of an undo: a line of `runs` of its own, marked as one.
+    pub fn begin_undo(
+        &self,
+        args: &str,
+        target: &super::ApiTarget,
+    ) -> Result<i64, CheckpointError> {
+        let id = self.begin_run(args, target)?;
+        self.connection
+            .execute("UPDATE runs SET command = 'undo' WHERE id = ?1", [id])
+            .map_err(|e| self.sqlite(e))?;
+        Ok(id)
+    }
+
+    /// Whether the run `id` is in the checkpoint.
+    pub fn has_run(&self, id: i64) -> Result<bool, CheckpointError> {
+        self.connection
+            .query_row("SELECT count(*) > 0 FROM runs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// Intents whose outcome no run has recorded.
+    pub fn unsettled(&self) -> Result<Unsettled, CheckpointError> {
+        let count = |sql: &str| -> Result<i64, CheckpointError> {
+            self.connection
+                .query_row(sql, [], |r| r.get(0))
+                .map_err(|e| self.sqlite(e))
+        };
+        Ok(Unsettled {
+            rows: count(
+                "SELECT count(*) FROM rows
+                 WHERE state = 'customer_sent' OR state = 'conversation_sent'",
+            )?,
+            customers: count("SELECT count(*) FROM customers WHERE state = 'sent'")?,
+            records: count("SELECT count(*) FROM records WHERE state = 'sent'")?,
+            bulk_jobs: count(
+                "SELECT count(*) FROM bulk_jobs WHERE state = 'submitting' OR state = 'queued'",
+            )?,
+        })
+    }
+
+    /// The conversations and customers `scope` made, with the customers its rows use.
+    pub fn undo_plan(&self, scope: UndoScope) -> Result<UndoPlan, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        let run = scope.run();
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT conversation_id FROM rows
+                 WHERE conversation_id IS NOT NULL AND (?1 IS NULL OR made_by_run = ?1)
+                 GROUP BY conversation_id ORDER BY min(source_file), min(line)",
+            )
+            .map_err(sqlite)?;
+        let conversations = statement
+            .query_map([run], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(sqlite)?;
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT c.customer_key, c.customer_id, c.state, c.made_by_run,
+                        (SELECT count(*) FROM rows o WHERE o.customer_key = c.customer_key
+                           AND o.conversation_id IS NOT NULL
+                           AND ?1 IS NOT NULL AND o.made_by_run IS NOT ?1)
+                 FROM customers c
+                 WHERE c.customer_id IS NOT NULL AND (?1 IS NULL OR c.made_by_run = ?1
+                     OR EXISTS (SELECT 1 FROM rows r WHERE r.customer_key = c.customer_key
+                                AND r.made_by_run = ?1))
+                 ORDER BY c.customer_key",
+            )
+            .map_err(sqlite)?;
+        let customers = statement
+            .query_map([run], |r| {
+                Ok(UndoCustomer {
+                    customer_key: r.get(0)?,
+                    customer_id: r.get(1)?,
+                    origin: r.get(2)?,
+                    made_by_run: r.get(3)?,
+                    used_elsewhere: r.get(4)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(sqlite)?;
+        Ok(UndoPlan {
+            conversations,
+            customers,
+        })
+    }
+
+    /// Conversations the checkpoint still gives to rows of this customer (a customer is
+    /// deleted only once none is left).
+    pub fn conversations_of(&self, customer_key: &str) -> Result<i64, CheckpointError> {
+        self.connection
+            .query_row(
+                "SELECT count(*) FROM rows WHERE customer_key = ?1 AND conversation_id IS NOT NULL",
+                [customer_key],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// The delete's intent, before its request leaves; the previous result, if an earlier
+    /// undo recorded one for the same record.
+    pub fn delete_intent(
+        &self,
+        kind: &str,
+        kustomer_id: &str,
+        undo_run: i64,
+    ) -> Result<Option<String>, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        let before: Option<String> = self
+            .connection
+            .query_row(
+                "SELECT state FROM undo_deletes WHERE kind = ?1 AND kustomer_id = ?2",
+                [kind, kustomer_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sqlite)?;
+        self.connection
+            .execute(
+                "INSERT INTO undo_deletes (kind, kustomer_id, state, run, updated_at)
+                 VALUES (?1, ?2, 'sent', ?3, ?4)
+                 ON CONFLICT (kind, kustomer_id) DO UPDATE SET state = 'sent',
+                     run = excluded.run, last_error = NULL, updated_at = excluded.updated_at",
+                params![kind, kustomer_id, undo_run, now_rfc3339()],
+            )
+            .map_err(sqlite)?;
+        Ok(before)
+    }
+
+    /// A delete refused: recorded with the reason; the rows stay as they are.
+    pub fn delete_failed(
+        &self,
+        kind: &str,
+        kustomer_id: &str,
+        reason: &str,
+    ) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "UPDATE undo_deletes SET state = 'failed', last_error = ?3, updated_at = ?4
+                 WHERE kind = ?1 AND kustomer_id = ?2",
+                params![kind, kustomer_id, reason, now_rfc3339()],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// A conversation confirmed gone: its rows go back to pending and their history's
+    /// records are cleared (the API deletes no message or note on its own: they went with
+    /// the conversation), in one commit with the result. How many rows went back.
+    pub fn conversation_gone(&mut self, conversation_id: &str) -> Result<usize, CheckpointError> {
+        let path = self.path.clone();
+        let sqlite = |e| CheckpointError::of_sqlite(&path, e);
+        let transaction = self.connection.transaction().map_err(sqlite)?;
+        transaction
+            .execute(
+                "DELETE FROM records WHERE row_key IN
+                     (SELECT row_key FROM rows WHERE conversation_id = ?1)",
+                [conversation_id],
+            )
+            .map_err(sqlite)?;
+        let rows = transaction
+            .execute(
+                &format!("UPDATE rows SET {ROW_BACK_TO_PENDING} WHERE conversation_id = ?1"),
+                [conversation_id],
+            )
+            .map_err(sqlite)?;
+        gone(&transaction, "conversation", conversation_id).map_err(sqlite)?;
+        transaction.commit().map_err(sqlite)?;
+        Ok(rows)
+    }
+
+    /// A customer confirmed gone: its line in `customers` is removed (the next import makes
+    /// it anew), and its rows without a conversation go back to pending, in one commit with
+    /// the result. A failed row keeps its failure and loses the customer's id. How many
+    /// rows went back.
+    pub fn customer_gone(
+        &mut self,
+        customer_key: &str,
+        customer_id: &str,
+    ) -> Result<usize, CheckpointError> {
+        let path = self.path.clone();
+        let sqlite = |e| CheckpointError::of_sqlite(&path, e);
+        let transaction = self.connection.transaction().map_err(sqlite)?;
+        let rows = transaction
+            .execute(
+                &format!(
+                    "UPDATE rows SET {ROW_BACK_TO_PENDING}
+                     WHERE customer_key = ?1 AND conversation_id IS NULL
+                       AND state != 'failed' AND state != 'pending'"
+                ),
+                [customer_key],
+            )
+            .map_err(sqlite)?;
+        transaction
+            .execute(
+                "UPDATE rows SET customer_id = NULL, customer_fingerprint = NULL
+                 WHERE customer_key = ?1 AND state = 'failed'",
+                [customer_key],
+            )
+            .map_err(sqlite)?;
+        transaction
+            .execute(
+                "DELETE FROM customers WHERE customer_key = ?1",
+                [customer_key],
+            )
+            .map_err(sqlite)?;
+        gone(&transaction, "customer", customer_id).map_err(sqlite)?;
+        transaction.commit().map_err(sqlite)?;
+        Ok(rows)
+    }
+
+    /// Marks the runs an undo took back whole: `scope`'s run, or every run before the undo.
+    pub fn runs_undone(&self, scope: UndoScope, undo_run: i64) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "UPDATE runs SET undone_at = ?3
+                 WHERE id < ?2 AND (?1 IS NULL OR id = ?1) AND undone_at IS NULL",
+                params![scope.run(), undo_run, now_rfc3339()],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+}
+
+fn gone(connection: &rusqlite::Connection, kind: &str, id: &str) -> rusqlite::Result<()> {
+    connection
+        .execute(
+            "UPDATE undo_deletes SET state = 'gone', last_error = NULL, updated_at = ?3
+             WHERE kind = ?1 AND kustomer_id = ?2",
+            params![kind, id, now_rfc3339()],
+        )
+        .map(drop)
+}

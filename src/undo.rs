@@ -1,0 +1,387 @@
+//! `undo`: deletes what the checkpoint says a run (or every run) of the import made, and
+//! puts its rows back to pending so the same import command makes them again, once.
+//!
+//! Decisions, in one place (README, "Rehearse, check, undo", says the same):
+//! - What a run made is `made_by_run` (migration 013): the run that recorded a row's
+//!   conversation id or a customer's id as created. Records of runs before that migration
+//!   carry none and are undone by `--all` only.
+//! - Conversations go first, one by one (the API has no bulk delete of conversations), then
+//!   customers (whether deleting a customer deletes its conversations is unknown, so none
+//!   is deleted while the checkpoint still gives it a conversation). Messages and notes
+//!   have no delete in the API: they go with their conversation, and their records in the
+//!   checkpoint are cleared with it.
+//! - A customer is deleted only when the import created it (`created`) in the scope and no
+//!   row outside the scope still holds a conversation of it. A `linked` customer (already in
+//!   Kustomer) is never deleted; a `reconciled` one (found by lookup after a lost answer) is
+//!   kept too: a lookup cannot tell our create from a customer that was there before, and
+//!   the read-back `createdAt` cannot either, since an import may send `createdAt` itself.
+//!   Each kept customer is reported with its reason.
+//! - Each delete's intent is recorded before it is sent and its result after; a 2xx is
+//!   confirmed by a read that answers 404, a 404 to the delete counts as gone (a delete sent
+//!   again after a lost answer). A refusal (a customer the API will not delete: the sandbox
+//!   answers 409 while it holds conversations the import did not make) is recorded with
+//!   the server's words and counted failed; the run goes on.
+
+use std::sync::Mutex;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::api::delete::Deleted;
+use crate::api::{ApiError, Backoff, KustomerClient};
+use crate::checkpoint::undo::{UndoCustomer, UndoPlan, UndoScope};
+use crate::checkpoint::{Checkpoint, CheckpointError};
+
+/// Deletes in flight at once: the rate gate sets the pace, this only hides latency.
+const IN_FLIGHT: usize = 8;
+/// Transient failures one request may meet before its record counts as failed.
+const MAX_RETRIES: u32 = 5;
+
+/// What undo would do with a customer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Delete,
+    Keep(String),
+}
+
+/// Whether a customer the plan names is deleted, and if not, why.
+pub fn verdict(customer: &UndoCustomer, scope: UndoScope) -> Verdict {
+    match customer.origin.as_str() {
+        "linked" => {
+            Verdict::Keep("linked: it was in Kustomer before the import, which only used it".into())
+        }
+        "reconciled" => Verdict::Keep(
+            "reconciled: found by lookup after a lost answer, it may have been in Kustomer \
+             before the import (delete it by hand if it is the import's)"
+                .into(),
+        ),
+        _ => match (scope, customer.made_by_run) {
+            (UndoScope::Run(run), made) if made != Some(run) => Verdict::Keep(match made {
+                Some(other) => format!("made by run {other}, not the run undone"),
+                None => "made before runs were recorded (undo it with --all)".into(),
+            }),
+            _ if customer.used_elsewhere > 0 => Verdict::Keep(format!(
+                "still used by {} row(s) of other runs",
+                customer.used_elsewhere
+            )),
+            _ => Verdict::Delete,
+        },
+    }
+}
+
+/// A record undo leaves, and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Kept {
+    pub record: &'static str,
+    pub id: String,
+    pub customer_key: String,
+    pub reason: String,
+}
+
+/// A record undo could not delete.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    pub record: &'static str,
+    pub id: String,
+    pub reason: String,
+}
+
+/// What a plan deletes and keeps, before anything is sent.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Selection {
+    pub conversations: Vec<String>,
+    /// (customer key, customer id).
+    pub customers: Vec<(String, String)>,
+    pub kept: Vec<Kept>,
+}
+
+/// The plan, sorted into deletes and keeps.
+pub fn select(plan: UndoPlan, scope: UndoScope) -> Selection {
+    let mut selection = Selection {
+        conversations: plan.conversations,
+        ..Selection::default()
+    };
+    for customer in plan.customers {
+        match verdict(&customer, scope) {
+            Verdict::Delete => selection
+                .customers
+                .push((customer.customer_key, customer.customer_id)),
+            Verdict::Keep(reason) => selection.kept.push(Kept {
+                record: "customer",
+                id: customer.customer_id,
+                customer_key: customer.customer_key,
+                reason,
+            }),
+        }
+    }
+    selection
+}
+
+/// Deleted now, found gone already, or failed: per kind of record.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub deleted: u64,
+    pub already_gone: u64,
+    pub failed: u64,
+}
+
+/// What an undo did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Undone {
+    pub conversations: Counts,
+    pub customers: Counts,
+    pub failures: Vec<Failure>,
+    /// Rows put back to pending.
+    pub rows_pending_again: u64,
+}
+
+impl Undone {
+    pub fn all_gone(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Undo stopped before the end: the key was refused, or the API cannot be reached, or the
+/// checkpoint could not be written. What is recorded stands; the same command resumes.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error("{0}")]
+    Api(ApiError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// Kinds of record, as `undo_deletes.kind` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Conversation,
+    Customer,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Conversation => "conversation",
+            Kind::Customer => "customer",
+        }
+    }
+}
+
+/// How one delete ended.
+enum Ended {
+    Gone(Deleted),
+    Failed(String),
+}
+
+/// Deletes the selection's conversations, then its customers, recording each; `undo_run`
+/// is the undo's own line in `runs`.
+pub async fn undo(
+    client: &KustomerClient,
+    checkpoint: &mut Checkpoint,
+    selection: &Selection,
+    undo_run: i64,
+) -> Result<Undone, Stopped> {
+    let checkpoint = Mutex::new(checkpoint);
+    let undone = Mutex::new(Undone::default());
+    let conversations = selection
+        .conversations
+        .iter()
+        .map(|id| (Kind::Conversation, String::new(), id.clone()));
+    run_deletes(client, &checkpoint, &undone, undo_run, conversations).await?;
+    let customers = selection
+        .customers
+        .iter()
+        .map(|(key, id)| (Kind::Customer, key.clone(), id.clone()));
+    run_deletes(client, &checkpoint, &undone, undo_run, customers).await?;
+    Ok(undone.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+async fn run_deletes(
+    client: &KustomerClient,
+    checkpoint: &Mutex<&mut Checkpoint>,
+    undone: &Mutex<Undone>,
+    undo_run: i64,
+    deletes: impl Iterator<Item = (Kind, String, String)>,
+) -> Result<(), Stopped> {
+    let mut results = futures_util::stream::iter(deletes.map(|(kind, key, id)| async move {
+        one_delete(client, checkpoint, undone, undo_run, kind, &key, &id).await
+    }))
+    .buffer_unordered(IN_FLIGHT);
+    while let Some(result) = results.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// One record: intent, delete (with its confirming read), result.
+async fn one_delete(
+    client: &KustomerClient,
+    checkpoint: &Mutex<&mut Checkpoint>,
+    undone: &Mutex<Undone>,
+    undo_run: i64,
+    kind: Kind,
+    customer_key: &str,
+    id: &str,
+) -> Result<(), Stopped> {
+    let lock = || checkpoint.lock().unwrap_or_else(|e| e.into_inner());
+    if kind == Kind::Customer {
+        let left = lock().conversations_of(customer_key)?;
+        if left > 0 {
+            let reason = format!(
+                "not deleted: {left} of its conversations could not be deleted (see above)"
+            );
+            record_failure(undone, kind, id, reason);
+            return Ok(());
+        }
+    }
+    lock().delete_intent(kind.as_str(), id, undo_run)?;
+    let ended = delete_and_confirm(client, kind, id).await?;
+    let mut undone = undone.lock().unwrap_or_else(|e| e.into_inner());
+    let counts = match kind {
+        Kind::Conversation => &mut undone.conversations,
+        Kind::Customer => &mut undone.customers,
+    };
+    match ended {
+        Ended::Gone(how) => {
+            match how {
+                Deleted::Now => counts.deleted += 1,
+                Deleted::AlreadyGone => counts.already_gone += 1,
+            }
+            let rows = match kind {
+                Kind::Conversation => lock().conversation_gone(id)?,
+                Kind::Customer => lock().customer_gone(customer_key, id)?,
+            };
+            undone.rows_pending_again += rows as u64;
+        }
+        Ended::Failed(reason) => {
+            counts.failed += 1;
+            lock().delete_failed(kind.as_str(), id, &reason)?;
+            undone.failures.push(Failure {
+                record: kind.as_str(),
+                id: id.to_string(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn record_failure(undone: &Mutex<Undone>, kind: Kind, id: &str, reason: String) {
+    let mut undone = undone.lock().unwrap_or_else(|e| e.into_inner());
+    match kind {
+        Kind::Conversation => undone.conversations.failed += 1,
+        Kind::Customer => undone.customers.failed += 1,
+    }
+    undone.failures.push(Failure {
+        record: kind.as_str(),
+        id: id.to_string(),
+        reason,
+    });
+}
+
+/// Sends the delete (again after transient failures: a lost answer's delete may have
+/// landed, and a 404 then says so), then reads the record back: gone only once a read
+/// answers 404.
+async fn delete_and_confirm(
+    client: &KustomerClient,
+    kind: Kind,
+    id: &str,
+) -> Result<Ended, Stopped> {
+    let deleted = with_retries(|| async {
+        match kind {
+            Kind::Conversation => client.delete_conversation(id).await,
+            Kind::Customer => client.delete_customer(id).await,
+        }
+    })
+    .await?;
+    let how = match deleted {
+        Ok(how) => how,
+        Err(reason) => return Ok(Ended::Failed(reason)),
+    };
+    if how == Deleted::AlreadyGone {
+        return Ok(Ended::Gone(how));
+    }
+    let still_there = with_retries(|| async {
+        match kind {
+            Kind::Conversation => client.read_conversation(id).await.map(|r| r.is_some()),
+            Kind::Customer => client.read_customer(id).await.map(|r| r.is_some()),
+        }
+    })
+    .await?;
+    Ok(match still_there {
+        Ok(false) => Ended::Gone(how),
+        Ok(true) => Ended::Failed(format!(
+            "the delete was answered, but the {} still reads back",
+            kind.as_str()
+        )),
+        Err(reason) => Ended::Failed(format!("the confirming read failed: {reason}")),
+    })
+}
+
+/// One request, sent again after transient failures with the import's backoff. A refusal,
+/// or a transient failure past the retries, is the record's (Ok(Err(words))); a refused key
+/// or an API that cannot be reached stops the undo.
+async fn with_retries<T, F, Fut>(mut send: F) -> Result<Result<T, String>, Stopped>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let backoff = Backoff::default();
+    let mut attempt = 0;
+    loop {
+        match send().await {
+            Ok(found) => return Ok(Ok(found)),
+            Err(error @ ApiError::Transient { .. }) if attempt < MAX_RETRIES => {
+                tracing::debug!("a delete or its read failed ({error}); trying again");
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt += 1;
+            }
+            Err(ApiError::Rejected { status, message }) => {
+                return Ok(Err(format!("refused ({status}): {message}")));
+            }
+            Err(error @ ApiError::Transient { .. }) => return Ok(Err(error.to_string())),
+            Err(error) => return Err(Stopped::Api(error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(origin: &str, made_by_run: Option<i64>, used_elsewhere: i64) -> UndoCustomer {
+        UndoCustomer {
+            customer_key: "k".into(),
+            customer_id: "c".into(),
+            origin: origin.into(),
+            made_by_run,
+            used_elsewhere,
+        }
+    }
+
+    #[test]
+    fn only_a_customer_the_scope_created_and_nothing_else_uses_is_deleted() {
+        let run = UndoScope::Run(2);
+        assert_eq!(
+            verdict(&customer("created", Some(2), 0), run),
+            Verdict::Delete
+        );
+        assert_eq!(
+            verdict(&customer("created", None, 0), UndoScope::All),
+            Verdict::Delete
+        );
+        for kept in [
+            customer("linked", Some(2), 0),
+            customer("reconciled", Some(2), 0),
+            customer("created", Some(1), 0),
+            customer("created", None, 0),
+            customer("created", Some(2), 3),
+        ] {
+            assert!(matches!(verdict(&kept, run), Verdict::Keep(_)), "{kept:?}");
+        }
+        let Verdict::Keep(reason) = verdict(&customer("created", Some(2), 3), run) else {
+            unreachable!()
+        };
+        assert_eq!(reason, "still used by 3 row(s) of other runs");
+    }
+}

@@ -1,0 +1,269 @@
+//! `undo`: what an import made is deleted, conversations first, and nothing else (a
+//! customer that was in Kustomer before the import and was only linked survives); a dry run
+//! deletes nothing; an undo killed with SIGKILL or meeting lost answers ends exact when run
+//! again; the rows go back to pending, and the same import command makes everything again,
+//! once.
+
+use std::collections::BTreeSet;
+
+use kustomer_import::sandbox::FaultConfig;
+use serde_json::Value;
+
+use crate::harness::*;
+
+const RPM: &str = "60000";
+
+/// Four customers, three conversations each; C0's customer is already in the sandbox,
+/// made by another tool: the import links it (409) and must never delete it.
+fn imported(env: &TestEnv) -> (String, String) {
+    env.customer_made_elsewhere("C0", "c0@example.com");
+    let before = env.records().customers[0].id.clone();
+    let file = env.write("tickets.csv", &generated_csv(4, 3));
+    let file = file.to_str().unwrap().to_string();
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    env.assert_exactly_once(4, 12);
+    (file, before)
+}
+
+fn report(run: &Run) -> Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+fn deletes(env: &TestEnv) -> u64 {
+    env.requests_to("DELETE /v1/conversations/{lookup}")
+        + env.requests_to("DELETE /v1/customers/{lookup}")
+}
+
+/// Every row of the checkpoint is pending, with no ids, and no history record is left.
+fn assert_all_pending(env: &TestEnv, rows: i64) {
+    assert_eq!(env.rows_in_state("pending"), rows);
+    let db = env.checkpoint();
+    let with_ids: i64 = db
+        .query_row(
+            "SELECT count(*) FROM rows WHERE customer_id IS NOT NULL
+                OR conversation_id IS NOT NULL OR fingerprint IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(with_ids, 0);
+    let customers: Vec<String> = db
+        .prepare("SELECT state FROM customers")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        customers,
+        ["linked"],
+        "only the linked customer's line stays"
+    );
+}
+
+#[test]
+fn undo_deletes_exactly_what_the_import_made_and_the_same_import_makes_it_again_once() {
+    let env = TestEnv::plain();
+    let (file, before) = imported(&env);
+    env.verify(&["--all", "--rpm", RPM]).assert_code(0);
+
+    let dry = env.undo(&["--all", "--dry-run", "--json", "--rpm", RPM]);
+    dry.assert_code(0);
+    let listed = report(&dry);
+    assert_eq!(
+        listed["selected"]["conversations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
+    assert_eq!(listed["selected"]["customers"].as_array().unwrap().len(), 3);
+    assert_eq!(listed["selected"]["kept"][0]["id"], before.as_str());
+    assert!(
+        listed["selected"]["kept"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("linked"),
+        "{listed}"
+    );
+    assert_eq!(deletes(&env), 0, "a dry run deletes nothing");
+    assert_eq!((env.stats().customers, env.stats().conversations), (4, 12));
+
+    // Not a terminal, no --yes: refused before anything is sent.
+    env.undo(&["--all", "--rpm", RPM]).assert_code(2);
+    assert_eq!(deletes(&env), 0);
+
+    let run = env.undo(&["--all", "--yes", "--json", "--rpm", RPM]);
+    run.assert_code(0);
+    let undone = report(&run);
+    assert_eq!(undone["undone"]["conversations"]["deleted"], 12, "{undone}");
+    assert_eq!(undone["undone"]["customers"]["deleted"], 3, "{undone}");
+    assert_eq!(undone["undone"]["rows_pending_again"], 12, "{undone}");
+    let left: Vec<String> = env
+        .records()
+        .customers
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(
+        left,
+        std::slice::from_ref(&before),
+        "only the customer made elsewhere is left"
+    );
+    assert_eq!(env.stats().conversations, 0);
+    assert_all_pending(&env, 12);
+    let status = env.command(&["status"]);
+    assert!(status.stdout.contains("undo started"), "{}", status.stdout);
+    assert!(status.stdout.contains("(undone "), "{}", status.stdout);
+
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    env.assert_exactly_once(4, 12);
+    assert_eq!(env.records().customers[0].id, before);
+    env.verify(&["--all", "--rpm", RPM]).assert_code(0);
+}
+
+#[test]
+fn undo_of_one_run_keeps_what_other_runs_made_and_use() {
+    let env = TestEnv::plain();
+    let first = env.write("first.csv", &generated_csv(2, 1));
+    env.import(&[first.to_str().unwrap(), "--rpm", RPM])
+        .assert_code(0);
+    // The second run adds a conversation to C1 (made by run 1) and a new customer C2.
+    let second = env.write(
+        "second.csv",
+        "customer_external_id,name,email,conversation_id,subject,status\n\
+         C1,Customer 1,c1@example.com,T1-9,Later,open\n\
+         C2,Customer 2,c2@example.com,T2-0,New,open\n",
+    );
+    env.import(&[second.to_str().unwrap(), "--rpm", RPM])
+        .assert_code(0);
+    env.assert_exactly_once(3, 4);
+    env.undo(&["--yes", "--rpm", RPM]).assert_code(2);
+    let run = env.undo(&["--run", "2", "--yes", "--json", "--rpm", RPM]);
+    run.assert_code(0);
+    let undone = report(&run);
+    assert_eq!(undone["undone"]["conversations"]["deleted"], 2, "{undone}");
+    assert_eq!(undone["undone"]["customers"]["deleted"], 1, "{undone}");
+    assert_eq!(
+        undone["selected"]["kept"][0]["reason"],
+        "made by run 1, not the run undone"
+    );
+    let conversations: BTreeSet<String> = env
+        .records()
+        .conversations
+        .iter()
+        .map(|c| c.external_id.clone().unwrap())
+        .collect();
+    assert_eq!(
+        conversations,
+        BTreeSet::from(["T0-0".into(), "T1-0".into()])
+    );
+    assert_eq!(env.stats().customers, 2);
+    assert_eq!(env.rows_in_state("done"), 2);
+    assert_eq!(env.rows_in_state("pending"), 2);
+    env.import(&[second.to_str().unwrap(), "--rpm", RPM])
+        .assert_code(0);
+    env.assert_exactly_once(3, 4);
+}
+
+#[test]
+fn undo_killed_midway_or_meeting_lost_answers_ends_exact_when_run_again() {
+    let env = TestEnv::plain();
+    let (file, before) = imported(&env);
+    // Slow enough to be killed midway: 5 requests a second.
+    let child = env.spawn_undo(&["--all", "--yes", "--rpm", "300"]);
+    env.wait_for("some deletes", |stats| stats.conversations_deleted >= 3);
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = env.stats().conversations_deleted;
+    assert!(gone < 12, "killed before the end ({gone} deleted)");
+    // Half the deletes lose their answers after the record is gone.
+    env.sandbox().set_faults(FaultConfig {
+        drop_after_write_rate: 0.5,
+        ..FaultConfig::default()
+    });
+    let run = env.undo(&["--all", "--yes", "--json", "--rpm", RPM, "--timeout", "5"]);
+    run.assert_code(0);
+    let undone = report(&run);
+    let conversations = &undone["undone"]["conversations"];
+    let counted = conversations["deleted"].as_u64().unwrap()
+        + conversations["already_gone"].as_u64().unwrap();
+    assert!(counted + gone >= 12, "{undone}");
+    assert!(
+        env.stats().faults.drop_after_write > 0,
+        "no answer was lost"
+    );
+    let left: Vec<String> = env
+        .records()
+        .customers
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(left, [before]);
+    assert_eq!(env.stats().conversations, 0);
+    assert_eq!(env.stats().conversations_deleted, 12);
+    assert_eq!(env.stats().customers_deleted, 3);
+    assert_all_pending(&env, 12);
+    let settled: i64 = env
+        .checkpoint()
+        .query_row(
+            "SELECT count(*) FROM undo_deletes WHERE state = 'gone'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(settled, 15, "every delete's result is recorded");
+    env.sandbox().set_faults(FaultConfig::default());
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    env.assert_exactly_once(4, 12);
+}
+
+#[test]
+fn a_customer_holding_a_conversation_the_import_did_not_make_is_not_deleted_and_said_so() {
+    let env = TestEnv::plain();
+    let (_, before) = imported(&env);
+    // Another tool adds a conversation to C1, a customer this import created.
+    let other = env.write(
+        "other.csv",
+        "customer_external_id,name,email,conversation_id,subject,status\n\
+         C1,Customer 1,c1@example.com,X-1,Not ours,open\n",
+    );
+    env.import(&[other.to_str().unwrap(), "--checkpoint", "other.sqlite"])
+        .assert_code(0);
+    let run = env.undo(&["--all", "--yes", "--json", "--rpm", RPM]);
+    run.assert_code(1);
+    let undone = report(&run);
+    assert_eq!(undone["undone"]["conversations"]["deleted"], 12, "{undone}");
+    assert_eq!(undone["undone"]["customers"]["deleted"], 2, "{undone}");
+    assert_eq!(undone["undone"]["customers"]["failed"], 1, "{undone}");
+    let reason = undone["undone"]["failures"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("409") && reason.contains("conversation"),
+        "{reason}"
+    );
+    let left: BTreeSet<Option<String>> = env
+        .records()
+        .customers
+        .iter()
+        .map(|c| c.external_id.clone())
+        .collect();
+    assert_eq!(left, BTreeSet::from([Some("C0".into()), Some("C1".into())]));
+    assert!(env.records().customers.iter().any(|c| c.id == before));
+    assert_eq!(
+        env.stats().conversations,
+        1,
+        "the other tool's conversation stays"
+    );
+    let failed: String = env
+        .checkpoint()
+        .query_row(
+            "SELECT last_error FROM undo_deletes WHERE state = 'failed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(failed.contains("409"), "{failed}");
+    let status = env.command(&["status"]);
+    assert!(!status.stdout.contains("(undone "), "{}", status.stdout);
+}
