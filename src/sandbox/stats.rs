@@ -72,6 +72,9 @@ pub struct Stats {
     /// length, 429s included.
     pub max_requests_in_window: u64,
     pub faults: FaultCounts,
+    /// `POST /v1/users` answered: each would have emailed an invitation.
+    #[serde(default)]
+    pub invitations: u64,
 }
 
 /// What an arriving request is, for the totals.
@@ -106,6 +109,7 @@ pub struct Counters {
     pub object_limited: u64,
     pub updated: Updated,
     pub faults: FaultCounts,
+    pub invitations: u64,
     window: Duration,
     /// Arrivals within the last `window`, oldest first.
     arrivals: VecDeque<Instant>,
@@ -124,6 +128,7 @@ impl Counters {
             object_limited: 0,
             updated: Updated::default(),
             faults: FaultCounts::default(),
+            invitations: 0,
             window,
             arrivals: VecDeque::new(),
             max_in_window: 0,
@@ -188,6 +193,7 @@ impl Counters {
             customer_limited: self.customer_limited,
             max_requests_in_window: self.max_in_window,
             faults: self.faults.clone(),
+            invitations: self.invitations,
         }
     }
 }
