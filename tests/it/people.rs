@@ -223,3 +223,36 @@ fn without_org_admin_authors_are_resolved_and_reported_but_not_sent() {
         "createdBy is left out without --org-admin"
     );
 }
+
+#[test]
+fn in_bulk_mode_the_items_carry_the_same_users() {
+    let env = org(FaultConfig::default());
+    let lines: String = (0..5)
+        .map(|t| {
+            ticket(
+                &t.to_string(),
+                &["ann@example.com", "bo@example.com", "dee@example.com"],
+            )
+        })
+        .collect();
+    let file = env.write("tickets.jsonl", &lines);
+    env.import(&[file.to_str().unwrap(), "--org-admin", "--mode", "bulk"])
+        .assert_code(0);
+    assert!(
+        env.requests_to("POST /v1/messages/bulk") > 0,
+        "messages went in bulk jobs"
+    );
+    let held = authors(&env.records());
+    for t in 0..5 {
+        let item = |i: usize| held[&format!("m-{t}-{i}")].clone();
+        assert_eq!(
+            (item(0), item(1), item(2)),
+            ("u-ann".into(), "u-bo".into(), String::new())
+        );
+    }
+    assert_eq!(
+        env.requests_to(USERS),
+        3,
+        "ann, bo and dee, once for the whole run"
+    );
+}
