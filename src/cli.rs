@@ -96,7 +96,7 @@ pub enum Command {
         after_help = format!("The key: KUSTOMER_API_KEY. Examples and more: --help.\n\n{EXIT_CODES}"),
         after_long_help = format!("{IMPORT_EXAMPLES}{EXIT_CODES}"),
     )]
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
     /// Check export files without sending anything (no network, no key): every row
     /// through the same mapping and validation as import, invalid rows to the errors file.
     /// Exit 0 when every row is valid, 1 when some are not, 2 when a file or the mapping
@@ -481,6 +481,12 @@ pub struct ImportArgs {
     /// key's user and the time of the import); `sentAt` keeps a message's date.
     #[arg(help_heading = INPUT, long, env = "KUSTOMER_IMPORT_ORG_ADMIN", value_parser = FalseyValueParser::new())]
     pub org_admin: bool,
+
+    /// The user (an email of the org's) whose id a message or note goes out with as its
+    /// `createdBy` when its agent has no Kustomer user. Without it such an item has no
+    /// author (the key's user). Users are never created: that emails an invitation.
+    #[arg(help_heading = INPUT, long, value_name = "EMAIL")]
+    pub default_author: Option<String>,
 
     /// The API's base URL (the org's own host, or a regional one).
     #[arg(

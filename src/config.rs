@@ -181,6 +181,12 @@ pub fn import_config(
     if args.rpm == 0 {
         return Err(ConfigError::BadValue("--rpm must be at least 1".into()));
     }
+    let default_author = match &args.default_author {
+        Some(text) => Some(kustomer_import::pipeline::agent_email(text).ok_or_else(|| {
+            ConfigError::BadValue(format!("--default-author {text:?} is not an email"))
+        })?),
+        None => None,
+    };
     let rate_window = positive_seconds(args.rate_window, "--rate-window")?;
     let concurrency = match args.concurrency {
         Some(0) => {
@@ -223,6 +229,7 @@ pub fn import_config(
             retry_failed: args.retry_failed,
             stamp_imported_at: !args.no_stamp_imported_at,
             org_admin: args.org_admin,
+            default_author,
             mode: match args.mode {
                 ModeArg::Single => ImportMode::Single,
                 ModeArg::Bulk => ImportMode::Bulk,
@@ -822,7 +829,7 @@ mod tests {
         let mut argv = vec!["kustomer-import", "import", "x.csv"];
         argv.extend_from_slice(extra);
         match crate::cli::Cli::try_parse_from(argv).unwrap().command {
-            crate::cli::Command::Import(args) => args,
+            crate::cli::Command::Import(args) => *args,
             _ => unreachable!(),
         }
     }

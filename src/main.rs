@@ -49,7 +49,7 @@ fn run(command: Command, api_key: Option<String>) -> Exit {
     let result = match command {
         Command::Import(args) => {
             let output = config::import_output(&args);
-            match config::import_config(args, api_key) {
+            match config::import_config(*args, api_key) {
                 Ok(config) => commands::import::run(config),
                 Err(error) => {
                     return commands::import::not_started(&output, Exit::Usage, "usage", &error);

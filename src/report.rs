@@ -61,6 +61,11 @@ pub struct Summary {
     /// Bulk jobs submitted (each one request, carrying up to 100 records).
     pub bulk_jobs: u64,
     pub rate_limited: u64,
+    /// `GET /v1/users?email=` lookups this run sent (an agent is asked once per checkpoint).
+    pub user_lookups: u64,
+    /// Agents with no Kustomer user (or no email), each with the messages and notes of this
+    /// run that fell back to `--default-author` or to no author.
+    pub agents_unresolved: std::collections::BTreeMap<String, u64>,
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
 }
@@ -154,6 +159,7 @@ impl Summary {
             )?;
         }
         self.write_history(out)?;
+        self.write_agents(out)?;
         writeln!(out, "requests sent:          {}{rate}", self.requests)?;
         if self.bulk_jobs > 0 {
             writeln!(
@@ -169,6 +175,29 @@ impl Summary {
 }
 
 impl Summary {
+    /// The agents lines, for a run that looked a user up or met an agent with none.
+    fn write_agents(&self, out: &mut impl Write) -> io::Result<()> {
+        if self.user_lookups > 0 {
+            writeln!(
+                out,
+                "users looked up:        {} (one per new agent)",
+                self.user_lookups
+            )?;
+        }
+        if self.agents_unresolved.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "agents without a user:  {} (never created; their items fell back)",
+            self.agents_unresolved.len()
+        )?;
+        for (agent, items) in &self.agents_unresolved {
+            writeln!(out, "  {agent}: {items} items")?;
+        }
+        Ok(())
+    }
+
     /// The history lines, for a run that wrote any.
     fn write_history(&self, out: &mut impl Write) -> io::Result<()> {
         let items = self.messages_created + self.notes_created + self.history_reconciled;

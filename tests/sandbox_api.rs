@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kustomer_import::sandbox::{FaultConfig, Records, Sandbox, SandboxConfig, Stats};
+use kustomer_import::sandbox::{FaultConfig, Records, Sandbox, SandboxConfig, SandboxUser, Stats};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -1221,6 +1221,10 @@ async fn created_and_modified_fields_are_kept_only_for_an_org_admin_key() {
     for org_admin in [false, true] {
         let sandbox = start(SandboxConfig {
             org_admin,
+            users: vec![SandboxUser::new(
+                "0123456789abcdef01234567",
+                "agent@example.com",
+            )],
             ..SandboxConfig::default()
         })
         .await;
@@ -1241,6 +1245,36 @@ async fn created_and_modified_fields_are_kept_only_for_an_org_admin_key() {
         assert_eq!(thread[1].body.contains_key("modifiedBy"), org_admin);
         sandbox.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn with_org_admin_a_created_by_that_names_no_user_is_refused_and_users_are_found_by_email() {
+    let sandbox = start(SandboxConfig {
+        org_admin: true,
+        users: vec![SandboxUser::new("u-ann", "ann@example.com")],
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let found = api.get("/v1/users?email=Ann%40example.com").await;
+    assert_eq!(found.status, StatusCode::OK);
+    assert_eq!(found.body["data"][0]["id"], "u-ann");
+    let none = api.get("/v1/users?email=dee%40example.com").await;
+    assert_eq!(none.body["data"], json!([]));
+    let combined = api.get("/v1/users?email=ann%40example.com&name=Ann").await;
+    assert_eq!(combined.status, StatusCode::BAD_REQUEST);
+    let id = conversation(&api, "1").await;
+    let note = |author: &str| json!({"body": "checked", "createdBy": author});
+    let path = format!("/v1/conversations/{id}/notes");
+    assert_eq!(
+        api.post(&path, &note("u-ann")).await.status,
+        StatusCode::CREATED
+    );
+    let refused = api.post(&path, &note("ann@example.com")).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(sandbox.records().thread(&id).len(), 1);
+    assert_eq!(sandbox.stats().invitations, 0);
+    sandbox.shutdown().await;
 }
 
 #[tokio::test]

@@ -50,6 +50,8 @@ pub struct RequestStats {
     /// Requests that looked a message or a note up: message lookups and pages of notes
     /// listings (each also in `lookups`).
     pub thread_lookups: AtomicU64,
+    /// `GET /v1/users?email=` requests (each also in `lookups`).
+    pub user_lookups: AtomicU64,
     /// A moving average of answer latencies, in microseconds (0: none yet).
     latency_micros: AtomicU64,
 }
@@ -548,7 +550,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for DataSeed {
 }
 
 /// What a lookup's 200 answer holds.
-enum Found {
+pub(super) enum Found {
     Id(String),
     /// `{"data": []}`: a search that matched nothing.
     Empty,
@@ -556,7 +558,7 @@ enum Found {
 }
 
 /// Reads a lookup answer: one record, bare or in `data`, or a `data` list (first match).
-fn found_id(answer: &[u8]) -> Found {
+pub(super) fn found_id(answer: &[u8]) -> Found {
     let list = serde_json::from_slice::<serde_json::Value>(answer)
         .ok()
         .and_then(|value| value.get("data").and_then(|d| d.as_array()).cloned());

@@ -11,6 +11,7 @@ pub mod ratelimit;
 pub mod read;
 pub mod retry;
 pub mod update;
+pub mod users;
 
 pub use bulk::{BulkKind, ItemOutcome, JobStatus, SubmittedJob};
 pub use client::{ClientSettings, KustomerClient, LookupField, RequestStats, Turn};

@@ -17,6 +17,7 @@ pub mod target;
 pub mod undo;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -330,6 +331,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/011-sync-counts/up.sql"),
     include_str!("../../migrations/012-bulk-updates/up.sql"),
     include_str!("../../migrations/013-undo/up.sql"),
+    include_str!("../../migrations/014-agents/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -497,6 +499,19 @@ impl Checkpoint {
                 stored_record(row, row_key)
             })
             .optional()
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// Every agent an earlier run resolved: its user id, None when the org has no user by
+    /// its email.
+    pub fn agents(&self) -> Result<HashMap<String, Option<String>>, CheckpointError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT agent, user_id FROM agents")
+            .map_err(|e| self.sqlite(e))?;
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(|rows| rows.collect())
             .map_err(|e| self.sqlite(e))
     }
 

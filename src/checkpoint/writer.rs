@@ -138,6 +138,12 @@ pub enum Change {
     BulkJobWaitedOut {
         job: i64,
     },
+    /// A source agent looked up by `email`: its user, None when the org has none.
+    AgentResolved {
+        agent: String,
+        email: String,
+        user_id: Option<String>,
+    },
 }
 
 /// One item of a bulk job: the `_clientRef` it goes out with and what it stands for.
@@ -374,6 +380,12 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
             "UPDATE bulk_jobs SET state = 'lost' WHERE id = ?1 AND state = 'submitting'",
         )?;
 
+        let mut agent_resolved = transaction.prepare_cached(
+            "INSERT INTO agents (agent, email, user_id, resolved_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (agent) DO UPDATE SET email = excluded.email,
+                 user_id = excluded.user_id, resolved_at = excluded.resolved_at",
+        )?;
+
         for change in batches.iter().flat_map(|batch| &batch.changes) {
             match change {
                 Change::Row(row) => {
@@ -453,6 +465,13 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                 }
                 Change::BulkJobWaitedOut { job } => {
                     job_waited_out.execute([job])?;
+                }
+                Change::AgentResolved {
+                    agent,
+                    email,
+                    user_id,
+                } => {
+                    agent_resolved.execute(params![agent, email, user_id, now])?;
                 }
 
                 Change::CustomerResolved {

@@ -23,6 +23,8 @@
 //! checkpoint stays consistent: what was sent and not answered is an intent the next run
 //! reconciles.
 
+mod agents;
+pub use agents::agent_email;
 mod bulk;
 mod concurrency;
 mod failure;
@@ -112,6 +114,8 @@ pub struct ImportSettings {
     pub stamp_imported_at: bool,
     /// The key holds `org.admin`: history keeps its `createdAt`/`createdBy`.
     pub org_admin: bool,
+    /// The user (an email) an item whose agent has no user is written by (None: no author).
+    pub default_author: Option<String>,
     pub mode: ImportMode,
     /// How long a bulk job whose submit answer was lost may still run: its rows are looked
     /// up only after this, so that a late job shows first.
@@ -212,6 +216,7 @@ pub async fn run_import(
     let control = Arc::new(RunControl::new(stop.clone()));
     let journal = Journal::new(writer, Arc::clone(&control));
     let mut tools = Tools::new(&settings, client, journal, Arc::clone(&control), events_tx);
+    tools.agents = agents::Agents::new(checkpoint.agents()?, settings.default_author.clone());
     match stage_threads() {
         Ok((store, pages)) => {
             settings.read.history = Some(store);

@@ -10,9 +10,10 @@
 
 use serde_json::{Map, Value};
 
+use super::agents;
 use super::bulk::{HistoryJobs, RunEnd, RunItem, RunVerdict};
 use super::failure::endpoint_missing;
-use super::handles::{RowRules, Tools};
+use super::handles::Tools;
 use super::resume::{ItemResume, resume_item};
 use super::row::{Halt, PlannedRow};
 use super::worker::Attempts;
@@ -173,7 +174,7 @@ impl ThreadWriter<'_> {
         let kind = first.kind;
         let mut items = Vec::with_capacity(run.len());
         for (item, position) in &run {
-            let mut body = item_body(item, self.tools.rules)?;
+            let mut body = item_body(self.tools, item, attempts).await?;
             body.insert(
                 "conversation".into(),
                 Value::String(self.conversation_id.to_string()),
@@ -303,7 +304,7 @@ async fn send_item(
     reconcile_first: bool,
     attempts: &mut Attempts<'_>,
 ) -> Result<ItemVerdict, Halt> {
-    let body = item_body(item, tools.rules)?;
+    let body = item_body(tools, item, attempts).await?;
     attempts.check_stop()?;
     let intent = work.item_change(item, position, StepState::Sent, attempts.take_requests());
     tools.journal.commit(vec![Change::Record(intent)]).await?;
@@ -363,16 +364,26 @@ async fn send_item(
 /// Fields only a key holding `org.admin` may set (see the docs' "Messages and notes").
 const ADMIN_FIELDS: [&str; 4] = ["createdAt", "createdBy", "modifiedAt", "modifiedBy"];
 
-/// The item's body as sent: its externalId in, `importedAt` stamped unless the source gave
-/// one (a message with it is exempt from the per-customer limit), and the fields only an
-/// `org.admin` key may set left out unless the key holds it.
-fn item_body(item: &StagedItem, rules: RowRules) -> Result<Map<String, Value>, Halt> {
+/// The item's body as sent: its externalId in, its source author (`createdBy`) mapped to a
+/// user (see `agents`), `importedAt` stamped unless the source gave one (a message with it
+/// is exempt from the per-customer limit), and the fields only an `org.admin` key may set
+/// left out unless the key holds it (the author is resolved all the same, to be reported).
+async fn item_body(
+    tools: &Tools,
+    item: &StagedItem,
+    attempts: &mut Attempts<'_>,
+) -> Result<Map<String, Value>, Halt> {
+    let rules = tools.rules;
     let mut body: Map<String, Value> =
         serde_json::from_str(&item.body).map_err(|error| Halt::Failed {
             field: Some(item.kind.as_str().into()),
             reason: format!("its staged body cannot be read back: {error}"),
         })?;
     body.insert("externalId".into(), Value::String(item.external_id.clone()));
+    let source_author = body.remove("createdBy");
+    if let Some(user) = agents::author(tools, source_author.as_ref(), attempts).await? {
+        body.insert("createdBy".into(), Value::String(user));
+    }
     if !rules.org_admin {
         for field in ADMIN_FIELDS {
             body.remove(field);

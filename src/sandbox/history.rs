@@ -68,14 +68,18 @@ fn validate(
     route: ThreadRoute,
 ) -> Vec<FieldError> {
     let object = Value::Object(body.clone());
-    match kind {
+    let mut errors = match kind {
         ThreadKind::Message => {
             let mut errors = validate_message(&object, route);
             errors.extend(undefined_custom(app, body));
             errors
         }
         ThreadKind::Note => validate_note(&object, route),
+    };
+    if app.config.org_admin {
+        errors.extend(super::users::unknown_author(&app.users(), body));
     }
+    errors
 }
 
 /// The checks that need the configuration and the counters: the admin role, then the

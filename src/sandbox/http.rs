@@ -33,6 +33,7 @@ use super::store::UpdateMode;
 use super::store::{Conflict, LookupError, Records, Store, WriteError, attributes, parse_lookup};
 use super::thread::ThreadKind;
 use super::update::{self, Target};
+use super::users::{self, SandboxUser};
 use super::validate::{FieldError, validate_conversation, validate_customer};
 
 /// How long a hanging answer hangs.
@@ -117,6 +118,9 @@ pub(crate) struct App {
     pub(super) started: Instant,
     pub shutdown: CancellationToken,
     inner: Mutex<Inner>,
+    /// The org's users; never locked while `inner` is wanted (validation reads it with
+    /// `inner` held).
+    users: Mutex<Vec<SandboxUser>>,
 }
 
 impl App {
@@ -131,6 +135,7 @@ impl App {
             jobs: std::collections::HashMap::new(),
         };
         App {
+            users: Mutex::new(config.users.clone()),
             config,
             started: Instant::now(),
             shutdown,
@@ -140,6 +145,10 @@ impl App {
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn users(&self) -> MutexGuard<'_, Vec<SandboxUser>> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn stats(&self) -> Stats {
@@ -227,7 +236,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             "/v1/messages/{lookup}",
             get(history::lookup_message).patch(update::message),
         )
-        .route("/v1/notes/{id}", patch(update::note));
+        .route("/v1/notes/{id}", patch(update::note))
+        .route("/v1/users", get(users::list_users).post(users::create_user));
     if !app.config.without_bulk {
         router = router
             .route(

@@ -27,6 +27,7 @@ mod stats;
 mod store;
 mod thread;
 mod update;
+mod users;
 pub mod validate;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -55,6 +56,7 @@ pub use store::{
     UpdateMode, parse_lookup, percent_decode,
 };
 pub use thread::{Thread, ThreadKind, ThreadRecord};
+pub use users::SandboxUser;
 pub use validate::{
     FieldError, ThreadRoute, is_rfc3339, is_valid_email, is_valid_phone, phone_digits,
     validate_conversation, validate_customer, validate_message, validate_note,
@@ -114,6 +116,8 @@ pub struct SandboxConfig {
     /// tells a record's limit from the org's (a bulk item: an error). Kustomer has such
     /// limits and does not publish them. None: no such limit.
     pub per_object_update_limit: Option<u32>,
+    /// The org's users (agents), found by `GET /v1/users?email=` (see `users.rs`).
+    pub users: Vec<SandboxUser>,
 }
 
 impl Default for SandboxConfig {
@@ -134,6 +138,7 @@ impl Default for SandboxConfig {
             org_admin: false,
             per_customer_limit: Some(120),
             per_object_update_limit: None,
+            users: Vec::new(),
         }
     }
 }

@@ -78,6 +78,9 @@ pub struct Stats {
     /// length, 429s included.
     pub max_requests_in_window: u64,
     pub faults: FaultCounts,
+    /// `POST /v1/users` answered: each would have emailed an invitation.
+    #[serde(default)]
+    pub invitations: u64,
 }
 
 /// What an arriving request is, for the totals.
@@ -120,6 +123,7 @@ pub struct Counters {
     pub updated: Updated,
     pub deleted: Deleted,
     pub faults: FaultCounts,
+    pub invitations: u64,
     window: Duration,
     /// Arrivals within the last `window`, oldest first.
     arrivals: VecDeque<Instant>,
@@ -139,6 +143,7 @@ impl Counters {
             updated: Updated::default(),
             deleted: Deleted::default(),
             faults: FaultCounts::default(),
+            invitations: 0,
             window,
             arrivals: VecDeque::new(),
             max_in_window: 0,
@@ -205,6 +210,7 @@ impl Counters {
             customer_limited: self.customer_limited,
             max_requests_in_window: self.max_in_window,
             faults: self.faults.clone(),
+            invitations: self.invitations,
         }
     }
 }

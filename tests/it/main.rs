@@ -15,6 +15,7 @@ mod history;
 mod import;
 mod operate;
 mod pauses;
+mod people;
 mod streams;
 mod sync;
 mod target;

@@ -1,0 +1,258 @@
+//! Agents mapped to Kustomer users (issue 19): a message's or note's source author (an
+//! email) becomes the `createdBy` of the org's user with that email, each agent looked up
+//! once for the whole checkpoint (`GET /v1/users?email=`), none on a later run; an agent
+//! with no user is never invited, falls back to `--default-author` or to no author, and is
+//! listed in the summary and the checkpoint.
+
+use std::collections::HashMap;
+
+use kustomer_import::sandbox::{FaultConfig, Records, SandboxConfig, SandboxUser};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const USERS: &str = "GET /v1/users";
+
+/// A sandbox whose key holds org.admin (so `createdBy` is kept), with three agents' users.
+fn org(faults: FaultConfig) -> TestEnv {
+    TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        org_admin: true,
+        faults,
+        users: vec![
+            SandboxUser::new("u-ann", "ann@example.com"),
+            SandboxUser::new("u-bo", "bo@example.com"),
+            SandboxUser::new("u-cy", "cy@example.com"),
+        ],
+        ..SandboxConfig::default()
+    })
+}
+
+/// One ticket's line: its messages by `authors` (in order, `m-<ticket>-<i>`), and a note
+/// by the first author.
+fn ticket(id: &str, authors: &[&str]) -> String {
+    let messages: Vec<Value> = authors
+        .iter()
+        .enumerate()
+        .map(|(i, author)| {
+            json!({"externalId": format!("m-{id}-{i}"), "channel": "email",
+                   "direction": "out", "preview": format!("reply {i}"),
+                   "sentAt": format!("2024-01-01T00:0{i}:00Z"), "createdBy": author})
+        })
+        .collect();
+    let line = json!({
+        "customer": {"externalId": format!("c-{id}"), "name": format!("C {id}")},
+        "conversation": {"externalId": format!("t-{id}"), "name": format!("Ticket {id}")},
+        "messages": messages,
+        "notes": [{"externalId": format!("n-{id}"), "body": "internal",
+                   "createdBy": authors[0]}],
+    });
+    format!("{line}\n")
+}
+
+/// Each message's and note's `createdBy` as the sandbox holds it, by externalId ("" for
+/// none).
+fn authors(records: &Records) -> HashMap<String, String> {
+    records
+        .threads
+        .iter()
+        .flat_map(|thread| &thread.items)
+        .map(|item| {
+            let author = item.body.get("createdBy").and_then(Value::as_str);
+            (
+                item.external_id.clone().unwrap_or_default(),
+                author.unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn agents_in_checkpoint(env: &TestEnv) -> Vec<(String, Option<String>)> {
+    let checkpoint = env.checkpoint();
+    let mut statement = checkpoint
+        .prepare("SELECT agent, user_id FROM agents ORDER BY agent")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn each_message_is_written_by_its_agents_user_and_each_agent_is_looked_up_once() {
+    let env = org(FaultConfig::default());
+    let lines = ticket(
+        "1",
+        &[
+            "ann@example.com",
+            "Bo@Example.com",
+            "cy@example.com",
+            "ann@example.com",
+        ],
+    ) + &ticket("2", &["cy@example.com", "dee@example.com", "Support Bot"]);
+    let file = env.write("tickets.jsonl", &lines);
+    let run = env.import(&[file.to_str().unwrap(), "--org-admin"]);
+    run.assert_code(0);
+
+    let held = authors(&env.records());
+    let expected = [
+        ("m-1-0", "u-ann"),
+        ("m-1-1", "u-bo"),
+        ("m-1-2", "u-cy"),
+        ("m-1-3", "u-ann"),
+        ("n-1", "u-ann"),
+        ("m-2-0", "u-cy"),
+        ("m-2-1", ""),
+        ("m-2-2", ""),
+        ("n-2", "u-cy"),
+    ];
+    for (item, user) in expected {
+        assert_eq!(held[item], user, "createdBy of {item}");
+    }
+    assert_eq!(env.requests_to(USERS), 4, "ann, bo, cy and dee, once each");
+    assert_eq!(env.stats().invitations, 0, "no user is ever created");
+    assert_eq!(
+        agents_in_checkpoint(&env),
+        vec![
+            ("ann@example.com".into(), Some("u-ann".into())),
+            ("bo@example.com".into(), Some("u-bo".into())),
+            ("cy@example.com".into(), Some("u-cy".into())),
+            ("dee@example.com".into(), None),
+        ]
+    );
+    assert!(
+        run.stdout.contains("agents without a user:  2"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("  dee@example.com: 1 items"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("  Support Bot: 1 items"),
+        "{}",
+        run.stdout
+    );
+
+    // A later run with a new ticket of known agents (and the old ones, done) asks nothing.
+    let file = env.write(
+        "tickets.jsonl",
+        &(lines + &ticket("3", &["bo@example.com", "dee@example.com"])),
+    );
+    env.import(&[file.to_str().unwrap(), "--org-admin"])
+        .assert_code(0);
+    assert_eq!(
+        env.requests_to(USERS),
+        4,
+        "no lookup for an agent already resolved"
+    );
+    let held = authors(&env.records());
+    assert_eq!(
+        (held["m-3-0"].as_str(), held["m-3-1"].as_str()),
+        ("u-bo", "")
+    );
+}
+
+#[test]
+fn an_agent_without_a_user_falls_back_to_the_default_author_under_faults() {
+    let env = org(FaultConfig {
+        fail_rate: 0.3,
+        busy_rate: 0.2,
+        seed: Some(19),
+        ..FaultConfig::default()
+    });
+    let file = env.write(
+        "tickets.jsonl",
+        &ticket(
+            "1",
+            &["dee@example.com", "ann@example.com", "eve@example.com"],
+        ),
+    );
+    let run = env.import(&[
+        file.to_str().unwrap(),
+        "--org-admin",
+        "--default-author",
+        "Cy@example.com",
+        "--max-retries",
+        "50",
+    ]);
+    run.assert_code(0);
+    let held = authors(&env.records());
+    for (item, user) in [
+        ("m-1-0", "u-cy"),
+        ("m-1-1", "u-ann"),
+        ("m-1-2", "u-cy"),
+        ("n-1", "u-cy"),
+    ] {
+        assert_eq!(held[item], user, "createdBy of {item}");
+    }
+    let answered: u64 = env.stats().requests[USERS].get(&200).copied().unwrap_or(0);
+    assert_eq!(
+        answered, 4,
+        "dee, ann, eve and the default author, once each"
+    );
+    assert_eq!(env.stats().invitations, 0);
+    assert!(
+        run.stdout.contains("agents without a user:  2"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn without_org_admin_authors_are_resolved_and_reported_but_not_sent() {
+    let env = org(FaultConfig::default());
+    let file = env.write(
+        "tickets.jsonl",
+        &ticket("1", &["ann@example.com", "dee@example.com"]),
+    );
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(0);
+    assert_eq!(env.requests_to(USERS), 2);
+    assert!(
+        run.stdout.contains("  dee@example.com: 1 items"),
+        "{}",
+        run.stdout
+    );
+    let held = authors(&env.records());
+    assert_eq!(
+        held["m-1-0"], "",
+        "createdBy is left out without --org-admin"
+    );
+}
+
+#[test]
+fn in_bulk_mode_the_items_carry_the_same_users() {
+    let env = org(FaultConfig::default());
+    let lines: String = (0..5)
+        .map(|t| {
+            ticket(
+                &t.to_string(),
+                &["ann@example.com", "bo@example.com", "dee@example.com"],
+            )
+        })
+        .collect();
+    let file = env.write("tickets.jsonl", &lines);
+    env.import(&[file.to_str().unwrap(), "--org-admin", "--mode", "bulk"])
+        .assert_code(0);
+    assert!(
+        env.requests_to("POST /v1/messages/bulk") > 0,
+        "messages went in bulk jobs"
+    );
+    let held = authors(&env.records());
+    for t in 0..5 {
+        let item = |i: usize| held[&format!("m-{t}-{i}")].clone();
+        assert_eq!(
+            (item(0), item(1), item(2)),
+            ("u-ann".into(), "u-bo".into(), String::new())
+        );
+    }
+    assert_eq!(
+        env.requests_to(USERS),
+        3,
+        "ann, bo and dee, once for the whole run"
+    );
+}
