@@ -17,6 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::companies::CompanyRecord;
 use super::store::{ConversationRecord, CustomerRecord};
 use super::thread::ThreadRecord;
 
@@ -28,6 +29,7 @@ pub enum Entry {
     Conversation(ConversationRecord),
     /// A message or a note (its `kind` says which).
     Thread(ThreadRecord),
+    Company(CompanyRecord),
 }
 
 /// One line of the log, borrowed to be written.
@@ -37,6 +39,7 @@ pub enum EntryRef<'a> {
     Customer(&'a CustomerRecord),
     Conversation(&'a ConversationRecord),
     Thread(&'a ThreadRecord),
+    Company(&'a CompanyRecord),
 }
 
 /// The log, open for appending.

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod companies;
 mod faults;
 mod history;
 mod http;
