@@ -108,6 +108,8 @@ pub enum Change {
     CompanyResolved {
         company_key: String,
         company_id: String,
+        external_id: String,
+        name: String,
         origin: RecordOrigin,
     },
     /// A company's create was refused for good: its intent is dropped.
@@ -377,8 +379,11 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
              WHERE company_id IS NULL",
         )?;
         let mut company_resolved = transaction.prepare_cached(
-            "UPDATE companies SET state = ?2, company_id = ?3, updated_at = ?4
-             WHERE company_key = ?1",
+            "INSERT INTO companies (company_key, state, company_id, external_id, name, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (company_key) DO UPDATE SET
+                 state = excluded.state, company_id = excluded.company_id,
+                 updated_at = excluded.updated_at",
         )?;
         let mut company_withdrawn = transaction.prepare_cached(
             "DELETE FROM companies WHERE company_key = ?1 AND company_id IS NULL",
@@ -468,12 +473,16 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                 Change::CompanyResolved {
                     company_key,
                     company_id,
+                    external_id,
+                    name,
                     origin,
                 } => {
                     company_resolved.execute(params![
                         company_key,
                         origin.as_str(),
                         company_id,
+                        external_id,
+                        name,
                         now
                     ])?;
                 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::company::CompanyBook;
 use super::planner::Event;
 use super::row::Halt;
 use super::thread::ThreadOutcome;
@@ -127,6 +128,8 @@ pub(super) struct Tools {
     pub threads: Option<Arc<Mutex<Pages>>>,
     /// What the rows' histories came to, for the summary.
     pub history: HistoryCounts,
+    /// The run's companies, each resolved once (see `company`).
+    pub companies: CompanyBook,
 }
 
 /// Counts of the history steps this run settled, added by every worker.
@@ -176,6 +179,7 @@ impl Tools {
             events,
             threads: None,
             history: HistoryCounts::default(),
+            companies: CompanyBook::default(),
         }
     }
 }

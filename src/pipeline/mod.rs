@@ -24,6 +24,7 @@
 //! reconciles.
 
 mod bulk;
+mod company;
 mod concurrency;
 mod failure;
 mod handles;
@@ -212,6 +213,7 @@ pub async fn run_import(
     let control = Arc::new(RunControl::new(stop.clone()));
     let journal = Journal::new(writer, Arc::clone(&control));
     let mut tools = Tools::new(&settings, client, journal, Arc::clone(&control), events_tx);
+    tools.companies = company::CompanyBook::new(checkpoint.companies()?);
     match stage_threads() {
         Ok((store, pages)) => {
             settings.read.history = Some(store);

@@ -370,6 +370,11 @@ impl<'a> Planner<'a> {
         self.summary.notes_created = count(&history.notes_created);
         self.summary.history_reconciled = count(&history.reconciled);
         self.summary.history_failed = count(&history.failed);
+        let companies = &self.tools.companies.counts;
+        self.summary.companies_created = count(&companies.created);
+        self.summary.companies_linked = count(&companies.linked);
+        self.summary.companies_reconciled = count(&companies.reconciled);
+        self.summary.companies_failed = count(&companies.failed);
         std::mem::take(&mut self.summary)
     }
 
@@ -821,12 +826,21 @@ impl<'a> Planner<'a> {
             self.summary.rows_skipped_done += 1;
             return;
         };
+        let company_id = match self.checkpoint.customer_company(&work.plan.customer_key) {
+            Ok(company_id) => company_id,
+            Err(error) => {
+                self.summary.rows_pending += 1;
+                self.tools.control.halt(StopReason::of_checkpoint(&error));
+                return;
+            }
+        };
         let update = RowUpdate {
             customer_id,
             conversation_id: whole.conversation_id,
             customer_fields,
             conversation_fields,
             customer_updated: false,
+            company_id,
         };
         // Sent as the run's rows are: in update jobs in bulk mode, else by a worker.
         self.updates.push_back((work, update));
