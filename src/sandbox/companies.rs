@@ -194,3 +194,54 @@ pub async fn lookup(State(app): State<Arc<App>>, req: Request) -> Response {
         .collect();
     (StatusCode::OK, Json(json!({ "data": found }))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::store::{Store, WriteError};
+
+    fn body(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn a_name_of_3_to_255_characters_is_taken_and_others_are_refused_on_name() {
+        // The docs' fields: `name` 3 to 255 characters, `externalId`.
+        assert!(validate_company(&body(json!({"name": "Abc", "externalId": "org-1"}))).is_empty());
+        assert!(validate_company(&body(json!({"name": "é".repeat(255)}))).is_empty());
+        for bad in [
+            json!({"name": "Ab"}),
+            json!({"name": "x".repeat(256)}),
+            json!({}),
+            json!({"name": 7}),
+        ] {
+            let errors = validate_company(&body(bad.clone()));
+            assert_eq!(errors.len(), 1, "{bad}");
+            assert_eq!(errors[0].pointer, "/name", "{bad}");
+        }
+        let errors = validate_company(&body(json!({"name": "Acme", "externalId": 5})));
+        assert_eq!(errors[0].pointer, "/externalId");
+    }
+
+    #[test]
+    fn a_company_is_found_by_its_externalid_and_a_second_one_with_it_is_a_duplicate() {
+        let mut store = Store::new();
+        let made = store
+            .insert_company(&body(
+                json!({"name": "Analytical Engines", "externalId": "org-1"}),
+            ))
+            .unwrap()
+            .clone();
+        assert_eq!(made.name, "Analytical Engines");
+        assert_eq!(store.companies().find("org-1"), Some(&made));
+        assert_eq!(store.companies().find("org-2"), None);
+        let again = store.insert_company(&body(json!({"name": "Other", "externalId": "org-1"})));
+        match again {
+            Err(WriteError::Conflicts(conflicts)) => {
+                assert_eq!(conflicts[0].existing_id, made.id);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.records().companies, vec![made]);
+    }
+}

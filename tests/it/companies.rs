@@ -27,7 +27,7 @@ fn export_with_companies(customers: usize, companies: usize) -> String {
         String::from("customer_id,name,email,company_id,company,conversation_id,subject\n");
     for i in 0..customers {
         let c = i % companies;
-        let company_id = if c % 2 == 0 {
+        let company_id = if c.is_multiple_of(2) {
             format!("org-{c}")
         } else {
             String::new()
