@@ -148,6 +148,18 @@ fn a_company_whose_create_answer_was_lost_is_reconciled_not_made_again() {
         .query_row("SELECT state FROM companies", [], |r| r.get(0))
         .unwrap();
     assert_eq!(state, "reconciled");
+    // status says the same from the checkpoint.
+    let status = env.command(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["companies"]["reconciled"], 1, "{status}");
+    let status = env.command(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("companies: 0 created, 0 linked (already in Kustomer), 1 reconciled"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]
