@@ -57,6 +57,12 @@ pub struct Summary {
     pub notes_created: u64,
     pub history_reconciled: u64,
     pub history_failed: u64,
+    /// Customers' companies this run created, found in Kustomer already (linked), found
+    /// after a lost answer (reconciled), or saw refused.
+    pub companies_created: u64,
+    pub companies_linked: u64,
+    pub companies_reconciled: u64,
+    pub companies_failed: u64,
     pub requests: u64,
     /// Bulk jobs submitted (each one request, carrying up to 100 records).
     pub bulk_jobs: u64,
@@ -158,6 +164,7 @@ impl Summary {
                 self.conversations_reconciled
             )?;
         }
+        self.write_companies(out)?;
         self.write_history(out)?;
         self.write_agents(out)?;
         writeln!(out, "requests sent:          {}{rate}", self.requests)?;
@@ -196,6 +203,25 @@ impl Summary {
             writeln!(out, "  {agent}: {items} items")?;
         }
         Ok(())
+    }
+
+    /// The companies line, for a run that settled any.
+    fn write_companies(&self, out: &mut impl Write) -> io::Result<()> {
+        let all = self.companies_created
+            + self.companies_linked
+            + self.companies_reconciled
+            + self.companies_failed;
+        if all == 0 {
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "companies:              {} created, {} linked, {} reconciled, {} refused",
+            self.companies_created,
+            self.companies_linked,
+            self.companies_reconciled,
+            self.companies_failed
+        )
     }
 
     /// The history lines, for a run that wrote any.

@@ -311,6 +311,7 @@ mod tests {
                 ..Default::default()
             }),
             thread: None,
+            company: None,
         }
     }
 

@@ -204,6 +204,33 @@ impl KustomerClient {
             .await
     }
 
+    /// `POST /v1/companies` with `{name, externalId}`; the new company's id.
+    pub async fn create_company(&self, name: &str, external_id: &str) -> Result<String, ApiError> {
+        let body = serde_json::json!({"name": name, "externalId": external_id});
+        self.create(&self.url("v1/companies"), &body).await
+    }
+
+    /// `GET /v1/companies?externalId={value}`; None when no company holds it (an empty
+    /// list or a 404; a 200 that cannot be read is an error, never "absent").
+    pub async fn find_company(&self, external_id: &str) -> Result<Option<String>, ApiError> {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        let mut url = self.url("v1/companies");
+        url.query_pairs_mut().append_pair("externalId", external_id);
+        let (status, answer) = self.send(Method::GET, url, None).await?;
+        match status.as_u16() {
+            200 | 201 => match found_id(&answer) {
+                Found::Id(id) => Ok(Some(id)),
+                Found::Empty => Ok(None),
+                Found::Unreadable => Err(ApiError::Transient {
+                    reason: format!("company lookup answered {status} with no id in the answer"),
+                    maybe_applied: false,
+                }),
+            },
+            404 => Ok(None),
+            code => Err(classify_failure(Call::Lookup, code, &answer)),
+        }
+    }
+
     pub(super) async fn create(
         &self,
         url: &Url,

@@ -133,6 +133,8 @@ pub struct Status {
     /// Failed rows by reason, quoted values folded so that like reasons count together.
     pub failed_by_reason: Vec<ReasonCount>,
     pub customers: CustomerCounts,
+    /// Companies by the same states as customers (migration 015).
+    pub companies: CustomerCounts,
     pub history: HistoryCounts,
     pub bulk_jobs: BulkJobCounts,
     /// The latest runs, newest first.
@@ -298,6 +300,7 @@ impl CheckpointReader {
             total,
             failed_by_reason,
             customers: self.customer_counts().map_err(|e| self.sqlite(e))?,
+            companies: self.company_counts().map_err(|e| self.sqlite(e))?,
             history: self.history_counts().map_err(|e| self.sqlite(e))?,
             bulk_jobs: self.bulk_job_counts().map_err(|e| self.sqlite(e))?,
             runs: self
@@ -423,14 +426,33 @@ impl CheckpointReader {
     }
 
     fn customer_counts(&self) -> rusqlite::Result<CustomerCounts> {
+        self.origin_counts("customers")
+    }
+
+    /// Companies by state (migration 015; none in a checkpoint no run of this version has
+    /// opened).
+    fn company_counts(&self) -> rusqlite::Result<CustomerCounts> {
+        let has_table: bool = self.connection.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'companies'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_table {
+            return Ok(CustomerCounts::default());
+        }
+        self.origin_counts("companies")
+    }
+
+    /// A table of records by how they came to have their ids (`customers`, `companies`).
+    fn origin_counts(&self, table: &str) -> rusqlite::Result<CustomerCounts> {
         let mut counts = CustomerCounts::default();
-        for (state, count) in self.count_by_state("customers")? {
+        for (state, count) in self.count_by_state(table)? {
             match (state.as_str(), RecordOrigin::parse(&state)) {
                 (_, Some(RecordOrigin::Created)) => counts.created = count,
                 (_, Some(RecordOrigin::Linked)) => counts.linked = count,
                 (_, Some(RecordOrigin::Reconciled)) => counts.reconciled = count,
                 (CUSTOMER_SENT, None) => counts.unknown = count,
-                (other, None) => return Err(unwritten_state("customers", other, count)),
+                (other, None) => return Err(unwritten_state(table, other, count)),
             }
         }
         Ok(counts)

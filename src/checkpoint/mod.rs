@@ -304,6 +304,16 @@ pub struct StoredCustomer {
     pub customer_id: Option<String>,
 }
 
+/// What the checkpoint holds of one company (migration 015).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCompany {
+    pub company_key: String,
+    /// None while only the intent (`sent`) is recorded: its answer was lost.
+    pub company_id: Option<String>,
+    /// How it came to have its id (None while only the intent is recorded).
+    pub origin: Option<RecordOrigin>,
+}
+
 /// Counts a run ends with, kept in the `runs` table.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunCounts {
@@ -332,6 +342,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/012-bulk-updates/up.sql"),
     include_str!("../../migrations/013-undo/up.sql"),
     include_str!("../../migrations/014-agents/up.sql"),
+    include_str!("../../migrations/015-companies/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -527,6 +538,59 @@ impl Checkpoint {
                     customer_id: row.get(0)?,
                 })
             })
+            .optional()
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// Every company the checkpoint holds (a run reads them once: an import has few).
+    pub fn companies(&self) -> Result<Vec<StoredCompany>, CheckpointError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT company_key, state, company_id FROM companies")
+            .map_err(|e| self.sqlite(e))?;
+        let rows = statement
+            .query_map([], |row| {
+                let state: String = row.get(1)?;
+                Ok((row.get::<_, String>(0)?, state, row.get(2)?))
+            })
+            .map_err(|e| self.sqlite(e))?;
+        let mut companies = Vec::new();
+        for row in rows {
+            let (company_key, state, company_id) = row.map_err(|e| self.sqlite(e))?;
+            let origin =
+                match state.as_str() {
+                    "sent" => None,
+                    other => Some(RecordOrigin::parse(other).ok_or_else(|| {
+                        CheckpointError::Damaged {
+                            path: self.path.clone(),
+                            reason: format!(
+                                "companies.state holds {other:?}, which no version writes"
+                            ),
+                        }
+                    })?),
+                };
+            companies.push(StoredCompany {
+                company_key,
+                company_id,
+                origin,
+            });
+        }
+        Ok(companies)
+    }
+
+    /// The id of the company the customer `customer_key` belongs to, if it has one whose
+    /// id is known: every update of the customer carries it.
+    pub fn customer_company(&self, customer_key: &str) -> Result<Option<String>, CheckpointError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT companies.company_id FROM customers
+                 JOIN companies ON companies.company_key = customers.company_key
+                 WHERE customers.customer_key = ?1 AND companies.company_id IS NOT NULL",
+            )
+            .map_err(|e| self.sqlite(e))?;
+        statement
+            .query_row([customer_key], |row| row.get(0))
             .optional()
             .map_err(|e| self.sqlite(e))
     }

@@ -97,6 +97,31 @@ pub enum Change {
         customer_id: String,
         origin: RecordOrigin,
     },
+    /// The intent to create a company (see migration 015), with the externalId a lookup
+    /// finds it by. Committed before the create leaves.
+    CompanySent {
+        company_key: String,
+        external_id: String,
+        name: String,
+    },
+    /// A company's id, and how it came to be.
+    CompanyResolved {
+        company_key: String,
+        company_id: String,
+        external_id: String,
+        name: String,
+        origin: RecordOrigin,
+    },
+    /// A company's create was refused for good: its intent is dropped.
+    CompanyWithdrawn {
+        company_key: String,
+    },
+    /// The customer (already recorded) belongs to the company: its updates carry the
+    /// company's id.
+    CustomerCompany {
+        customer_key: String,
+        company_key: String,
+    },
     /// The create was refused for good (4xx, or the policy for existing customers): nothing
     /// was made, so the intent is dropped and the customer is no longer "unknown".
     CustomerWithdrawn {
@@ -353,6 +378,24 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  state = excluded.state, customer_id = excluded.customer_id,
                  updated_at = excluded.updated_at",
         )?;
+        let mut company_sent = transaction.prepare_cached(
+            "INSERT INTO companies (company_key, state, external_id, name, updated_at)
+             VALUES (?1, 'sent', ?2, ?3, ?4)
+             ON CONFLICT (company_key) DO UPDATE SET updated_at = excluded.updated_at
+             WHERE company_id IS NULL",
+        )?;
+        let mut company_resolved = transaction.prepare_cached(
+            "INSERT INTO companies (company_key, state, company_id, external_id, name, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (company_key) DO UPDATE SET
+                 state = excluded.state, company_id = excluded.company_id,
+                 updated_at = excluded.updated_at",
+        )?;
+        let mut company_withdrawn = transaction.prepare_cached(
+            "DELETE FROM companies WHERE company_key = ?1 AND company_id IS NULL",
+        )?;
+        let mut customer_company = transaction
+            .prepare_cached("UPDATE customers SET company_key = ?2 WHERE customer_key = ?1")?;
         let mut fingerprints = transaction.prepare_cached(
             "UPDATE rows SET fingerprint = coalesce(?2, fingerprint),
                  customer_fingerprint = coalesce(?3, customer_fingerprint)
@@ -431,6 +474,38 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                     phone,
                 } => {
                     customer_sent.execute(params![customer_key, external_id, email, phone, now])?;
+                }
+                Change::CompanySent {
+                    company_key,
+                    external_id,
+                    name,
+                } => {
+                    company_sent.execute(params![company_key, external_id, name, now])?;
+                }
+                Change::CompanyResolved {
+                    company_key,
+                    company_id,
+                    external_id,
+                    name,
+                    origin,
+                } => {
+                    company_resolved.execute(params![
+                        company_key,
+                        origin.as_str(),
+                        company_id,
+                        external_id,
+                        name,
+                        now
+                    ])?;
+                }
+                Change::CompanyWithdrawn { company_key } => {
+                    company_withdrawn.execute([company_key])?;
+                }
+                Change::CustomerCompany {
+                    customer_key,
+                    company_key,
+                } => {
+                    customer_company.execute([customer_key, company_key])?;
                 }
                 Change::CustomerWithdrawn { customer_key } => {
                     customer_withdrawn.execute([customer_key])?;

@@ -110,6 +110,14 @@ fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std
         "\ncustomers: {} created, {} linked (already in Kustomer), {} reconciled, {} unknown",
         customers.created, customers.linked, customers.reconciled, customers.unknown
     )?;
+    let companies = &status.companies;
+    if companies != &Default::default() {
+        writeln!(
+            out,
+            "companies: {} created, {} linked (already in Kustomer), {} reconciled, {} unknown",
+            companies.created, companies.linked, companies.reconciled, companies.unknown
+        )?;
+    }
     let history = &status.history;
     if history != &Default::default() {
         writeln!(

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::{ConversationBody, CustomerBody, MappingError, Plan};
+use super::{CompanyRef, ConversationBody, CustomerBody, MappingError, Plan};
 
 /// Longest externalId or name the API takes.
 pub const MAX_TEXT_LEN: usize = 255;
@@ -355,7 +355,56 @@ pub fn finish_plan(
         customer,
         conversation: has_conversation.then_some(conversation),
         thread: None,
+        company: None,
     })
+}
+
+/// The prefix of the externalId given to a company the source knows only by its name.
+pub const DERIVED_COMPANY_PREFIX: &str = "kimp-co-";
+
+/// The company a row names by `name` and/or `external_id` (None: neither), or why it
+/// cannot be made: a name (or, without one, the externalId it is created with) of fewer
+/// than 3 or more than 255 characters, as the API refuses. A company known only by name
+/// gets `kimp-co-` and 24 hex digits of a hash of the name (trimmed, lowercased), so every
+/// row naming it finds the same one, in this run and the next.
+pub fn company_ref(
+    name: Option<&str>,
+    external_id: Option<&str>,
+) -> Result<Option<CompanyRef>, MappingError> {
+    let name = name.map(str::trim).filter(|n| !n.is_empty());
+    let external_id = external_id.map(str::trim).filter(|x| !x.is_empty());
+    let (external_id, name, field) = match (external_id, name) {
+        (None, None) => return Ok(None),
+        (Some(id), Some(name)) => (id.to_string(), name, "company.name"),
+        (Some(id), None) => (id.to_string(), id, "company.externalId"),
+        (None, Some(name)) => (derived_company_id(name), name, "company.name"),
+    };
+    check_length(Some(external_id.as_str()), "company.externalId")?;
+    let chars = name.chars().count();
+    if !(3..=255).contains(&chars) {
+        return Err(MappingError::new(
+            field,
+            "not 3 to 255 characters",
+            format!(
+                "{} is {chars} characters: a company name must be 3 to 255 (the row is not \
+                 imported, so that no customer loses its company)",
+                quoted(name)
+            ),
+        ));
+    }
+    Ok(Some(CompanyRef {
+        key: format!("ext:{external_id}"),
+        external_id,
+        name: name.to_string(),
+    }))
+}
+
+/// `kimp-co-` and 24 hex digits of the SHA-256 of the name, trimmed and lowercased.
+fn derived_company_id(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.trim().to_lowercase().as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{DERIVED_COMPANY_PREFIX}{hex}")
 }
 
 /// Characters of a refused value a reason quotes; the row itself is in the errors file.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::checks::finish_plan;
+use super::checks::{company_ref, finish_plan};
 use super::{
     ConversationBody, CustomerBody, EmailEntry, MappingError, NestedThread, PhoneEntry, Plan,
     item_value, nested_list_present,
@@ -27,9 +27,11 @@ enum Target {
     ConversationName,
     Channel,
     Status,
+    CompanyName,
+    CompanyExternalId,
 }
 
-const TARGET_COUNT: usize = 8;
+const TARGET_COUNT: usize = 10;
 
 /// For each target, the CSV column that feeds it.
 type Columns = [Option<usize>; TARGET_COUNT];
@@ -59,12 +61,14 @@ impl Target {
             Target::ConversationName => "conversation.name",
             Target::Channel => "conversation.channel",
             Target::Status => "conversation.status",
+            Target::CompanyName => "company.name",
+            Target::CompanyExternalId => "company.externalId",
         }
     }
 }
 
 /// The default columns, normalised (lowercase, no spaces, `_` or `-`), and what each feeds.
-const ALIASES: [(&str, Target); 15] = [
+const ALIASES: [(&str, Target); 19] = [
     ("externalid", Target::CustomerExternalId),
     ("customerexternalid", Target::CustomerExternalId),
     ("customerid", Target::CustomerExternalId),
@@ -80,6 +84,10 @@ const ALIASES: [(&str, Target); 15] = [
     ("conversationname", Target::ConversationName),
     ("channel", Target::Channel),
     ("status", Target::Status),
+    ("company", Target::CompanyName),
+    ("companyname", Target::CompanyName),
+    ("companyexternalid", Target::CompanyExternalId),
+    ("companyid", Target::CompanyExternalId),
 ];
 
 /// A column name as the default mapping compares it: lowercase, without spaces, `_`, `-`.
@@ -261,7 +269,14 @@ fn plan_from_flat(get: &dyn Fn(Target) -> Option<FlatValue>) -> Result<Plan, Map
         status: text(Target::Status, "conversation.status")?,
         extra: Map::new(),
     };
-    finish_plan(customer, conversation)
+    let company = company_ref(
+        text(Target::CompanyName, "company.name")?.as_deref(),
+        text(Target::CompanyExternalId, "company.externalId")?.as_deref(),
+    )?;
+    Ok(Plan {
+        company,
+        ..finish_plan(customer, conversation)?
+    })
 }
 
 /// Splits `a@x; b@y` (or a JSON list of strings or `{email, type}` objects) into entries.

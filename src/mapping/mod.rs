@@ -44,6 +44,20 @@ pub struct Plan {
     /// by item into the run's thread store (`history::store`) and leaves this None: the
     /// row travels through the pipeline without it.
     pub thread: Option<NestedThread>,
+    /// The customer's company, found or created once per company before the customer and
+    /// set as its `company` (None: the row names none).
+    pub company: Option<CompanyRef>,
+}
+
+/// A customer's company as the source names it: by externalId, or by name alone (then
+/// with an externalId derived from the name, so that a lost answer can be reconciled).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompanyRef {
+    /// `ext:<externalId>`: one company per key, across rows and runs.
+    pub key: String,
+    pub external_id: String,
+    /// What it is created with (its externalId when the source gives no name).
+    pub name: String,
 }
 
 impl Plan {

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::agents::Agents;
+use super::company::CompanyBook;
 use super::planner::Event;
 use super::row::Halt;
 use super::thread::ThreadOutcome;
@@ -130,6 +131,8 @@ pub(super) struct Tools {
     pub history: HistoryCounts,
     /// The source agents met, mapped to users.
     pub agents: Agents,
+    /// The run's companies, each resolved once (see `company`).
+    pub companies: CompanyBook,
 }
 
 /// Counts of the history steps this run settled, added by every worker.
@@ -180,6 +183,7 @@ impl Tools {
             threads: None,
             history: HistoryCounts::default(),
             agents: Agents::new(Default::default(), settings.default_author.clone()),
+            companies: CompanyBook::default(),
         }
     }
 }

@@ -26,6 +26,7 @@
 mod agents;
 pub use agents::agent_email;
 mod bulk;
+mod company;
 mod concurrency;
 mod failure;
 mod handles;
@@ -217,6 +218,7 @@ pub async fn run_import(
     let journal = Journal::new(writer, Arc::clone(&control));
     let mut tools = Tools::new(&settings, client, journal, Arc::clone(&control), events_tx);
     tools.agents = agents::Agents::new(checkpoint.agents()?, settings.default_author.clone());
+    tools.companies = company::CompanyBook::new(checkpoint.companies()?);
     match stage_threads() {
         Ok((store, pages)) => {
             settings.read.history = Some(store);

@@ -396,6 +396,11 @@ impl<'a> Planner<'a> {
         self.summary.history_failed = count(&history.failed);
         self.summary.user_lookups = count(&self.tools.client.stats().user_lookups);
         self.summary.agents_unresolved = self.tools.agents.unresolved();
+        let companies = &self.tools.companies.counts;
+        self.summary.companies_created = count(&companies.created);
+        self.summary.companies_linked = count(&companies.linked);
+        self.summary.companies_reconciled = count(&companies.reconciled);
+        self.summary.companies_failed = count(&companies.failed);
         std::mem::take(&mut self.summary)
     }
 
@@ -780,7 +785,14 @@ impl<'a> Planner<'a> {
                     owed: Owed::Nothing,
                 };
                 if reopened && let Some(whole) = &stored {
-                    work.owed = self.owed_by_reopened(&work, whole);
+                    work.owed = match self.owed_by_reopened(&work, whole) {
+                        Ok(owed) => owed,
+                        Err(error) => {
+                            self.summary.rows_pending += 1;
+                            self.tools.control.halt(StopReason::of_checkpoint(&error));
+                            return;
+                        }
+                    };
                 }
                 self.plan_send(work, from).await
             }
@@ -813,17 +825,24 @@ impl<'a> Planner<'a> {
                 conversation,
             } => (customer, conversation),
         };
-        let whole = match self.checkpoint.row(&work.origin.key) {
-            Ok(whole) => whole,
+        let update = self
+            .checkpoint
+            .row(&work.origin.key)
+            .and_then(|whole| match whole {
+                Some(whole) => {
+                    self.update_of_done(&work, whole, customer_fields, conversation_fields)
+                }
+                None => Ok(None),
+            });
+        let update = match update {
+            Ok(update) => update,
             Err(error) => {
                 self.summary.rows_pending += 1;
                 self.tools.control.halt(StopReason::of_checkpoint(&error));
                 return;
             }
         };
-        match whole
-            .and_then(|whole| RowUpdate::of_done(whole, customer_fields, conversation_fields))
-        {
+        match update {
             // Sent as the run's rows are: in update jobs in bulk mode, else by a worker.
             Some(update) => self.updates.push_back((work, update)),
             None => {
@@ -837,17 +856,40 @@ impl<'a> Planner<'a> {
     /// What a done row reopened for its history owes its records, which tomorrow's export
     /// may have changed too: settled by its worker before the thread (see [`Owed`]).
     /// `whole` is the row read whole.
-    fn owed_by_reopened(&self, work: &PlannedRow, whole: &StoredRow) -> Owed {
-        match self.compare_done(work, Some(whole)) {
+    fn owed_by_reopened(
+        &self,
+        work: &PlannedRow,
+        whole: &StoredRow,
+    ) -> Result<Owed, CheckpointError> {
+        Ok(match self.compare_done(work, Some(whole)) {
             // Its worker records what it maps to now as sent, adopted or unchanged alike.
             Compared::Unchanged { .. } => Owed::Nothing,
             Compared::Kept(report) => Owed::Kept(report),
             Compared::Changed {
                 customer,
                 conversation,
-            } => RowUpdate::of_done(whole.clone(), customer, conversation)
+            } => (self.update_of_done(work, whole.clone(), customer, conversation)?)
                 .map_or(Owed::Kept(None), Owed::Update),
-        }
+        })
+    }
+
+    /// The update of a done row (`whole`, read whole) whose records changed in these
+    /// fields, carrying the company the checkpoint links its customer to (an update of the
+    /// customer without it would unlink it); None for a row with no customer id.
+    fn update_of_done(
+        &self,
+        work: &PlannedRow,
+        whole: StoredRow,
+        customer_fields: Vec<String>,
+        conversation_fields: Vec<String>,
+    ) -> Result<Option<RowUpdate>, CheckpointError> {
+        let company_id = self.checkpoint.customer_company(&work.plan.customer_key)?;
+        Ok(RowUpdate::of_done(
+            whole,
+            company_id,
+            customer_fields,
+            conversation_fields,
+        ))
     }
 
     /// A done row's customer and conversation as last sent (the checkpoint's fingerprints

@@ -297,10 +297,18 @@ impl PlannedRow {
 
     /// The customer step sent: the customer's intent, with the values a lookup would find
     /// it by, and the row's. Committed before the create leaves.
-    pub(super) fn customer_intent(&self, attempts: u32) -> [Change; 2] {
+    /// The customer's company (when it has one) is recorded with it, for its updates.
+    pub(super) fn customer_intent(&self, attempts: u32) -> Vec<Change> {
         let plan = &self.plan;
         let customer = &plan.customer;
-        [
+        let company = plan
+            .company
+            .as_ref()
+            .map(|company| Change::CustomerCompany {
+                customer_key: plan.customer_key.clone(),
+                company_key: company.key.clone(),
+            });
+        let mut changes = vec![
             Change::CustomerSent {
                 customer_key: plan.customer_key.clone(),
                 external_id: customer.external_id.clone(),
@@ -311,7 +319,9 @@ impl PlannedRow {
                 attempts,
                 ..self.change(Step::Customer.intent(), None, None)
             }),
-        ]
+        ];
+        changes.extend(company);
+        changes
     }
 
     /// The customer step done: its id, under the row's customer key for the other rows.
@@ -576,6 +586,7 @@ mod tests {
                     ..ConversationBody::default()
                 }),
                 thread: None,
+                company: None,
             },
             conversation_unknown: false,
             conversation_id: None,
@@ -595,7 +606,11 @@ mod tests {
 
     #[test]
     fn a_customer_intent_records_what_a_lookup_finds_it_by_and_the_row_as_sent() {
-        let [customer, row_change] = row(Some("T1")).customer_intent(2);
+        let Ok([customer, row_change]) =
+            <[Change; 2]>::try_from(row(Some("T1")).customer_intent(2))
+        else {
+            panic!("a customer without a company has two changes")
+        };
         match customer {
             Change::CustomerSent {
                 customer_key,

@@ -28,6 +28,9 @@ pub(super) struct RowUpdate {
     /// The customer's update is done already (by a bulk job, whose row goes on with its
     /// conversation's): `customer_fields` is then empty.
     pub customer_updated: bool,
+    /// The id of the company the checkpoint says the customer belongs to: sent with every
+    /// update of it, or the update would unlink it.
+    pub company_id: Option<String>,
 }
 
 impl RowUpdate {
@@ -35,6 +38,7 @@ impl RowUpdate {
     /// None for a row with no customer id (no version writes that: nothing to update).
     pub(super) fn of_done(
         whole: StoredRow,
+        company_id: Option<String>,
         customer_fields: Vec<String>,
         conversation_fields: Vec<String>,
     ) -> Option<RowUpdate> {
@@ -44,6 +48,7 @@ impl RowUpdate {
             customer_fields,
             conversation_fields,
             customer_updated: false,
+            company_id,
         })
     }
 
@@ -118,7 +123,8 @@ pub(super) async fn send_updates(
 
 /// The body of the update of `of`, or None when it has none to send: only the fields that
 /// changed, and a customer's `company` whenever it has one (the docs: an update that omits
-/// `company` unlinks the customer from its company). A bulk job's item is this body with
+/// `company` unlinks the customer from its company): the id of the company the import
+/// resolved for it, else the mapping's own `company`. A bulk job's item is this body with
 /// the record's `id`.
 pub(super) fn fields_to_send(
     work: &PlannedRow,
@@ -128,7 +134,8 @@ pub(super) fn fields_to_send(
     match of {
         Of::Customer if !update.customer_fields.is_empty() => {
             let mut fields = fields_of(&work.plan.customer, &update.customer_fields);
-            if let Some(company) = body_field(&work.plan.customer, "company") {
+            let resolved = update.company_id.clone().map(Value::String);
+            if let Some(company) = resolved.or_else(|| body_field(&work.plan.customer, "company")) {
                 fields.insert("company".into(), company);
             }
             Some(fields)

@@ -6,6 +6,7 @@
 //! failures back off and, past the retry budget, leave the row pending.
 
 use super::bulk::HistoryJobs;
+use super::company::customer_to_send;
 use super::failure::{Call, Retries, create_refused};
 use super::handles::Tools;
 use super::planner::Event;
@@ -14,7 +15,7 @@ use super::thread::send_thread;
 use super::update::{RowUpdate, send_updates};
 use crate::api::{ApiError, KustomerClient};
 use crate::checkpoint::{Change, CustomerOrigin, RowChange};
-use crate::mapping::ConversationBody;
+use crate::mapping::{ConversationBody, CustomerBody};
 
 /// Takes one row from its customer to done, or to the reason it stopped.
 /// With `history_jobs`, the row's history goes in bulk jobs.
@@ -291,10 +292,11 @@ async fn settle_customer(
     reconcile_first: bool,
     attempts: &mut Attempts<'_>,
 ) -> Result<Resolved, Halt> {
+    let body = customer_to_send(tools, work, attempts).await?;
     let intent = work.customer_intent(attempts.take_requests());
     attempts.check_stop()?;
-    tools.journal.commit(intent.into()).await?;
-    let (id, origin) = send_customer(tools, work, reconcile_first, attempts).await?;
+    tools.journal.commit(intent).await?;
+    let (id, origin) = send_customer(tools, work, &body, reconcile_first, attempts).await?;
     record_customer(tools, work, id, origin, attempts).await
 }
 
@@ -303,6 +305,7 @@ async fn settle_customer(
 async fn send_customer(
     tools: &Tools,
     work: &PlannedRow,
+    body: &CustomerBody,
     reconcile_first: bool,
     attempts: &mut Attempts<'_>,
 ) -> Result<(String, CustomerOrigin), Halt> {
@@ -319,7 +322,7 @@ async fn send_customer(
             }
         }
         attempts.requests += 1;
-        match tools.client.create_customer(&work.plan.customer).await {
+        match tools.client.create_customer(body).await {
             Ok(id) => return Ok((id, CustomerOrigin::Created)),
             Err(ApiError::Duplicate { message }) => {
                 return link_existing(tools, work, &message, attempts).await;
@@ -356,7 +359,8 @@ async fn link_after_bulk(
         Some(id) => tools.rules.on_existing_customer.settle(id)?,
         None => {
             tracing::debug!("a bulk job refused a customer ({message}) that no lookup finds");
-            send_customer(tools, work, false, attempts).await?
+            let body = customer_to_send(tools, work, attempts).await?;
+            send_customer(tools, work, &body, false, attempts).await?
         }
     };
     record_customer(tools, work, id, origin, attempts).await

@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::SandboxConfig;
+use super::companies;
 use super::delete;
 use super::faults::{
     AfterWrite, BeforeWrite, FaultConfig, Faults, RateLimiter, RateVerdict, WindowLimiter,
@@ -237,7 +238,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             get(history::lookup_message).patch(update::message),
         )
         .route("/v1/notes/{id}", patch(update::note))
-        .route("/v1/users", get(users::list_users).post(users::create_user));
+        .route("/v1/users", get(users::list_users).post(users::create_user))
+        .route(
+            "/v1/companies",
+            post(companies::create).get(companies::lookup),
+        );
     if !app.config.without_bulk {
         router = router
             .route(
@@ -497,9 +502,11 @@ async fn api_gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Resp
 
 /// Whether a POST to `path` is a single create (counted in `creates_total`).
 fn is_create_path(path: &str) -> bool {
-    matches!(path, "/v1/customers" | "/v1/conversations" | "/v1/messages")
-        || (path.starts_with("/v1/conversations/")
-            && (path.ends_with("/messages") || path.ends_with("/notes")))
+    matches!(
+        path,
+        "/v1/customers" | "/v1/conversations" | "/v1/messages" | "/v1/companies"
+    ) || (path.starts_with("/v1/conversations/")
+        && (path.ends_with("/messages") || path.ends_with("/notes")))
 }
 
 fn add_rate_headers(headers: &mut HeaderMap, rate: RateVerdict) {

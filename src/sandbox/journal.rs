@@ -17,6 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::companies::CompanyRecord;
 use super::store::{ConversationRecord, CustomerRecord};
 use super::thread::ThreadRecord;
 
@@ -31,6 +32,7 @@ pub enum Entry {
     /// A customer or conversation deleted: replay removes it (a conversation with its
     /// history).
     Deleted(Deleted),
+    Company(CompanyRecord),
 }
 
 /// A record a `DELETE` removed.
@@ -49,6 +51,7 @@ pub enum EntryRef<'a> {
     Conversation(&'a ConversationRecord),
     Thread(&'a ThreadRecord),
     Deleted(&'a Deleted),
+    Company(&'a CompanyRecord),
 }
 
 /// The log, open for appending.

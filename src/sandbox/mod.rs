@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod companies;
 mod delete;
 mod faults;
 mod history;

@@ -16,6 +16,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::companies::{Companies, CompanyRecord, company_from_body};
 use super::journal::{Deleted, Entry, EntryRef, Journal};
 use super::thread::{Thread, ThreadKind, ThreadRecord, Threads};
 use super::validate::{FieldError, phone_digits};
@@ -90,6 +91,9 @@ pub struct Records {
     /// in creation order; a conversation with neither is left out.
     #[serde(default)]
     pub threads: Vec<Thread>,
+    /// Companies in creation order.
+    #[serde(default)]
+    pub companies: Vec<CompanyRecord>,
 }
 
 impl Records {
@@ -268,6 +272,7 @@ pub struct Store {
     conversations_by_external_id: HashMap<String, Vec<usize>>,
     /// Messages and notes.
     threads: Threads,
+    companies: Companies,
     ids: IdGen,
     /// Where every record is written before it counts as made, if anywhere.
     journal: Option<Journal>,
@@ -291,6 +296,7 @@ impl Store {
             by_phone: HashMap::new(),
             conversations_by_external_id: HashMap::new(),
             threads: Threads::default(),
+            companies: Companies::default(),
             ids: IdGen::new(),
             journal: None,
         }
@@ -314,6 +320,7 @@ impl Store {
                     store.threads.add(record);
                 }
                 Entry::Deleted(deleted) => store.replay_delete(&deleted),
+                Entry::Company(record) => store.companies.place(record),
             }
         }
         store.journal = Some(journal);
@@ -335,6 +342,7 @@ impl Store {
             threads: self
                 .threads
                 .threads(self.conversations.iter().map(|c| c.id.as_str())),
+            companies: self.companies.all().to_vec(),
         }
     }
 
@@ -345,6 +353,7 @@ impl Store {
             if !self.customer_by_id.contains_key(&id)
                 && !self.conversation_by_id.contains_key(&id)
                 && !self.threads.holds_id(&id)
+                && !self.companies.holds_id(&id)
             {
                 return id;
             }
@@ -613,6 +622,32 @@ impl Store {
     /// Messages and notes.
     pub fn threads(&self) -> &Threads {
         &self.threads
+    }
+
+    pub fn companies(&self) -> &Companies {
+        &self.companies
+    }
+
+    /// Creates a company from a validated body, or says that its externalId is taken (the
+    /// strictest reading: the docs do not say whether a repeated one is refused).
+    pub fn insert_company(
+        &mut self,
+        body: &Map<String, Value>,
+    ) -> Result<&CompanyRecord, WriteError> {
+        let external_id = string_field(body, "externalId");
+        if let Some(existing) = external_id.as_deref().and_then(|x| self.companies.find(x)) {
+            return Err(WriteError::Conflicts(vec![Conflict {
+                field: "externalId",
+                value: external_id.clone().unwrap_or_default(),
+                pointer: "/externalId".into(),
+                existing_id: existing.id.clone(),
+            }]));
+        }
+        let record = company_from_body(self.new_id(), body);
+        self.record(EntryRef::Company(&record))?;
+        self.companies.place(record);
+        let all = self.companies.all();
+        Ok(&all[all.len() - 1])
     }
 
     /// Finds a customer; emails compare case-insensitively, phones by their digits.

@@ -6,6 +6,7 @@ mod harness;
 
 mod bulk;
 mod checkpoint;
+mod companies;
 mod earlier_release;
 mod exports;
 mod faults;

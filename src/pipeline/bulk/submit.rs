@@ -14,11 +14,13 @@ use super::results::{apply_conversation_results, apply_customer_results};
 use super::{AfterJob, Jobs};
 use crate::api::{ApiError, BulkKind, ItemOutcome, SubmittedJob};
 use crate::checkpoint::{BulkItem, BulkJobState, Change};
+use crate::mapping::CustomerBody;
+use crate::pipeline::company::customer_to_send;
 use crate::pipeline::failure::{Call, Retries, endpoint_missing, refusal, stops_the_run};
 use crate::pipeline::handles::Tools;
 use crate::pipeline::planner::Event;
 use crate::pipeline::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, Step};
-use crate::pipeline::worker::record_halt;
+use crate::pipeline::worker::{Attempts, record_halt};
 
 /// A customers job: each work creates its row's customer.
 pub(in crate::pipeline) async fn run_customer_job(
@@ -26,15 +28,55 @@ pub(in crate::pipeline) async fn run_customer_job(
     jobs: &Jobs,
     works: Vec<PlannedRow>,
 ) -> Vec<(PlannedRow, AfterJob)> {
+    let (works, customers, mut ended) = with_companies(tools, works).await;
+    ended.extend(submit_customers(tools, jobs, works, customers).await);
+    ended
+}
+
+/// The customers of `works` as they are sent, each company resolved first (once per
+/// company, before the job that needs it); a row whose company cannot be had ends here.
+async fn with_companies(
+    tools: &Tools,
+    works: Vec<PlannedRow>,
+) -> (
+    Vec<PlannedRow>,
+    Vec<CustomerBody>,
+    Vec<(PlannedRow, AfterJob)>,
+) {
+    let mut attempts = Attempts::new(tools);
+    let (mut ready, mut customers, mut ended) = (Vec::new(), Vec::new(), Vec::new());
+    for work in works {
+        match customer_to_send(tools, &work, &mut attempts).await {
+            Ok(body) => {
+                customers.push(body.into_owned());
+                ready.push(work);
+            }
+            Err(halt) => {
+                ended.extend(finish_customers_with(tools, vec![work], halt, Vec::new()).await);
+            }
+        }
+    }
+    (ready, customers, ended)
+}
+
+async fn submit_customers(
+    tools: &Tools,
+    jobs: &Jobs,
+    works: Vec<PlannedRow>,
+    customers: Vec<CustomerBody>,
+) -> Vec<(PlannedRow, AfterJob)> {
+    if works.is_empty() {
+        return Vec::new();
+    }
     let job = jobs.next_number();
-    let mut intents = Vec::with_capacity(works.len() * 2 + 1);
+    let mut intents = Vec::with_capacity(works.len() * 3 + 1);
     let mut bodies = Vec::with_capacity(works.len());
     let mut items = Vec::with_capacity(works.len());
-    for (index, work) in works.iter().enumerate() {
+    for (index, (work, customer)) in works.iter().zip(&customers).enumerate() {
         let plan = &work.plan;
         let client_ref = index.to_string();
         intents.extend(work.customer_intent(1));
-        bodies.push(with_client_ref(&plan.customer, &client_ref));
+        bodies.push(with_client_ref(customer, &client_ref));
         items.push(BulkItem {
             client_ref,
             row_key: work.origin.key.clone(),
