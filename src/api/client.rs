@@ -213,22 +213,9 @@ impl KustomerClient {
     /// `GET /v1/companies?externalId={value}`; None when no company holds it (an empty
     /// list or a 404; a 200 that cannot be read is an error, never "absent").
     pub async fn find_company(&self, external_id: &str) -> Result<Option<String>, ApiError> {
-        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         let mut url = self.url("v1/companies");
         url.query_pairs_mut().append_pair("externalId", external_id);
-        let (status, answer) = self.send(Method::GET, url, None).await?;
-        match status.as_u16() {
-            200 | 201 => match found_id(&answer) {
-                Found::Id(id) => Ok(Some(id)),
-                Found::Empty => Ok(None),
-                Found::Unreadable => Err(ApiError::Transient {
-                    reason: format!("company lookup answered {status} with no id in the answer"),
-                    maybe_applied: false,
-                }),
-            },
-            404 => Ok(None),
-            code => Err(classify_failure(Call::Lookup, code, &answer)),
-        }
+        self.find_at(url, "company lookup").await
     }
 
     pub(super) async fn create(
@@ -260,19 +247,24 @@ impl KustomerClient {
         field: &str,
         value: &str,
     ) -> Result<Option<String>, ApiError> {
-        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         let encoded =
             percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
         let url = self.url(&format!("{collection}/{field}={encoded}"));
+        self.find_at(url, "lookup").await
+    }
+
+    /// One lookup's request (`what` names it in an error): the id found, or None when the
+    /// answer is a 404 or an empty list. Only those say "absent": a 200 we cannot read must
+    /// not be taken for one, or the record would be created again.
+    pub(super) async fn find_at(&self, url: Url, what: &str) -> Result<Option<String>, ApiError> {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         let (status, answer) = self.send(Method::GET, url, None).await?;
         match status.as_u16() {
-            // Only a 404 or an empty list says "absent": a 200 we cannot read must not be
-            // taken for one, or the record would be created again.
             200 | 201 => match found_id(&answer) {
                 Found::Id(id) => Ok(Some(id)),
                 Found::Empty => Ok(None),
                 Found::Unreadable => Err(ApiError::Transient {
-                    reason: format!("lookup answered {status} with no id in the answer"),
+                    reason: format!("{what} answered {status} with no id in the answer"),
                     maybe_applied: false,
                 }),
             },

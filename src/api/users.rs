@@ -6,31 +6,16 @@
 
 use std::sync::atomic::Ordering;
 
-use reqwest::Method;
-
-use super::client::{Call, Found, KustomerClient, classify_failure, found_id};
+use super::client::KustomerClient;
 use super::error::ApiError;
 
 impl KustomerClient {
     /// The id of the user with this email; None when the org has none (an empty list, or
     /// 404). A 200 that cannot be read is a transient failure, never "absent".
     pub async fn find_user(&self, email: &str) -> Result<Option<String>, ApiError> {
-        self.stats().lookups.fetch_add(1, Ordering::Relaxed);
         self.stats().user_lookups.fetch_add(1, Ordering::Relaxed);
         let mut url = self.url("v1/users");
         url.query_pairs_mut().append_pair("email", email);
-        let (status, answer) = self.send(Method::GET, url, None).await?;
-        match status.as_u16() {
-            200 => match found_id(&answer) {
-                Found::Id(id) => Ok(Some(id)),
-                Found::Empty => Ok(None),
-                Found::Unreadable => Err(ApiError::Transient {
-                    reason: format!("users lookup answered {status} with no list of users"),
-                    maybe_applied: false,
-                }),
-            },
-            404 => Ok(None),
-            code => Err(classify_failure(Call::Lookup, code, &answer)),
-        }
+        self.find_at(url, "users lookup").await
     }
 }
