@@ -17,6 +17,7 @@ use super::company::CompanyBook;
 use super::planner::Event;
 use super::row::Halt;
 use super::thread::ThreadOutcome;
+use super::update::CustomerUpdates;
 use super::{ImportSettings, OnExistingCustomer, StopReason, StopSignals};
 use crate::api::{Backoff, KustomerClient};
 use crate::checkpoint::{Change, CheckpointWriter};
@@ -133,6 +134,8 @@ pub(super) struct Tools {
     pub agents: Agents,
     /// The run's companies, each resolved once (see `company`).
     pub companies: CompanyBook,
+    /// The customer updates this run confirmed, each sent once (see `update`).
+    pub customer_updates: CustomerUpdates,
 }
 
 /// Counts of the history steps this run settled, added by every worker.
@@ -184,6 +187,7 @@ impl Tools {
             history: HistoryCounts::default(),
             agents: Agents::new(Default::default(), settings.default_author.clone()),
             companies: CompanyBook::default(),
+            customer_updates: CustomerUpdates::default(),
         }
     }
 }

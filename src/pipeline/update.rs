@@ -10,7 +10,11 @@
 //! In bulk mode the same updates go as bulk jobs (`bulk::run_update_job`), and what a job
 //! cannot settle comes back here, one request per record.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
 
 use super::handles::Tools;
 use super::row::{Halt, PlannedRow, RowOutcome};
@@ -31,6 +35,9 @@ pub(super) struct RowUpdate {
     /// The id of the company the checkpoint says the customer belongs to: sent with every
     /// update of it, or the update would unlink it.
     pub company_id: Option<String>,
+    /// The customer's update was another row's of this run (the same customer, changed
+    /// alike: see [`CustomerUpdates`]): this row sent none, and does not count it.
+    pub customer_by_another_row: bool,
 }
 
 impl RowUpdate {
@@ -49,6 +56,7 @@ impl RowUpdate {
             conversation_fields,
             customer_updated: false,
             company_id,
+            customer_by_another_row: false,
         })
     }
 
@@ -60,7 +68,7 @@ impl RowUpdate {
     /// The row's outcome once every update it has is done.
     pub(super) fn outcome(&self) -> RowOutcome {
         RowOutcome::Updated {
-            customer: self.updates_customer(),
+            customer: self.updates_customer() && !self.customer_by_another_row,
             conversation: !self.conversation_fields.is_empty(),
         }
     }
@@ -89,8 +97,8 @@ pub(super) async fn update_row(
     update: RowUpdate,
 ) -> (PlannedRow, RowOutcome) {
     let mut attempts = Attempts::new(tools);
-    let outcome = match send_updates(tools, &work, &update, &mut attempts).await {
-        Ok(()) => {
+    let outcome = match send_updates(tools, &work, update, &mut attempts).await {
+        Ok(update) => {
             let updated = Change::RowUpdated {
                 row_key: work.origin.key.clone(),
             };
@@ -102,23 +110,75 @@ pub(super) async fn update_row(
     (work, outcome)
 }
 
-/// Sends the row's updates, customer first; a refusal or a stop ends them.
+/// Sends the row's updates, customer first (once per customer and change in a run: see
+/// [`CustomerUpdates`]); a refusal or a stop ends them. Gives the update as it went.
 pub(super) async fn send_updates(
     tools: &Tools,
     work: &PlannedRow,
-    update: &RowUpdate,
+    mut update: RowUpdate,
     attempts: &mut Attempts<'_>,
-) -> Result<(), Halt> {
-    if let Some(fields) = fields_to_send(work, update, Of::Customer) {
-        send(tools, Of::Customer, &update.customer_id, &fields, attempts).await?;
+) -> Result<RowUpdate, Halt> {
+    if let Some(fields) = fields_to_send(work, &update, Of::Customer) {
+        let id = &update.customer_id;
+        let mut sent_here = false;
+        let sent = tools.customer_updates.cell(id, &fields);
+        sent.get_or_try_init(|| {
+            sent_here = true;
+            send(tools, Of::Customer, id, &fields, attempts)
+        })
+        .await?;
+        update.customer_by_another_row = !sent_here;
     }
     if let (Some(id), Some(fields)) = (
         &update.conversation_id,
-        fields_to_send(work, update, Of::Conversation),
+        fields_to_send(work, &update, Of::Conversation),
     ) {
         send(tools, Of::Conversation, id, &fields, attempts).await?;
     }
-    Ok(())
+    Ok(update)
+}
+
+/// The customer updates this run has confirmed, each by its customer's id and body. The
+/// rows of one customer (its tickets) that tomorrow's export changed alike would each send
+/// the same update: the first sends it, a row that finds it in flight waits for it, and a
+/// row that finds it confirmed records it as sent and sends nothing. One that failed is
+/// tried again by the next row that needs it. Kept for the run only: an update is
+/// idempotent, so a run killed between two such rows costs the next run one more.
+#[derive(Debug, Default)]
+pub(super) struct CustomerUpdates {
+    sent: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+}
+
+impl CustomerUpdates {
+    /// The cell that says whether this update of customer `id` is confirmed.
+    fn cell(&self, id: &str, fields: &Map<String, Value>) -> Arc<OnceCell<()>> {
+        let key = Self::key(id, fields);
+        let mut sent = self
+            .sent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(sent.entry(key).or_default())
+    }
+
+    /// Whether this update of customer `id` is confirmed already in this run.
+    pub(super) fn confirmed(&self, id: &str, fields: &Map<String, Value>) -> bool {
+        let sent = self
+            .sent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        sent.get(&Self::key(id, fields))
+            .is_some_and(|cell| cell.initialized())
+    }
+
+    /// Records this update of customer `id` as confirmed (by a bulk job).
+    pub(super) fn confirm(&self, id: &str, fields: &Map<String, Value>) {
+        // Set already: another row's confirmation of the same update.
+        let _ = self.cell(id, fields).set(());
+    }
+
+    fn key(id: &str, fields: &Map<String, Value>) -> String {
+        format!("{id}\n{}", Value::Object(fields.clone()))
+    }
 }
 
 /// The body of the update of `of`, or None when it has none to send: only the fields that

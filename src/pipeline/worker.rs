@@ -124,9 +124,9 @@ async fn settle_owed(
     match &work.owed {
         Owed::Nothing => Ok(OwedSettled::AsMapped { updated: None }),
         Owed::Kept(report) => Ok(OwedSettled::Kept(report.clone())),
-        Owed::Update(update) => match send_updates(tools, work, update, attempts).await {
-            Ok(()) => Ok(OwedSettled::AsMapped {
-                updated: Some(update.clone()),
+        Owed::Update(update) => match send_updates(tools, work, update.clone(), attempts).await {
+            Ok(sent) => Ok(OwedSettled::AsMapped {
+                updated: Some(sent),
             }),
             Err(refused @ Halt::Failed { .. }) => Ok(OwedSettled::Kept(Some(refused))),
             Err(halt) => Err(halt),

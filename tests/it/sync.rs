@@ -890,3 +890,79 @@ fn rows_whose_key_columns_repeat_or_are_empty_fail_naming_the_columns() {
     missing.assert_code(2);
     assert!(missing.stderr.contains("\"opened\""), "{}", missing.stderr);
 }
+
+/// `customers` customers with `tickets` tickets each (`T-<c>-<t>`, open); tomorrow's
+/// renames the customers in `renamed` (on every one of their rows) and closes the tickets
+/// in `done`.
+fn export_of_many_tickets(
+    customers: usize,
+    tickets: usize,
+    renamed: &[usize],
+    done: &[(usize, usize)],
+) -> String {
+    let mut text = HEADER.to_string();
+    for c in 0..customers {
+        let name = if renamed.contains(&c) {
+            format!("Customer {c} Renamed")
+        } else {
+            format!("Customer {c}")
+        };
+        for t in 0..tickets {
+            let status = if done.contains(&(c, t)) {
+                "done"
+            } else {
+                "open"
+            };
+            text.push_str(&format!(
+                "C-{c},{name},c{c}@example.com,,T-{c}-{t},Ticket {t},email,{status}\n"
+            ));
+        }
+    }
+    text
+}
+
+fn a_customer_renamed_on_all_its_rows_is_updated_once(mode: &str) {
+    let env = TestEnv::plain();
+    let day1 = env.write("day1.csv", &export_of_many_tickets(10, 4, &[], &[]));
+    env.import(&[day1.to_str().unwrap(), "--mode", mode])
+        .assert_code(0);
+    let day2 = env.write(
+        "day2.csv",
+        &export_of_many_tickets(10, 4, &[2, 5], &[(5, 0)]),
+    );
+    let before = env.stats();
+    let run = env.import(&[day2.to_str().unwrap(), "--mode", mode, "--json"]);
+    run.assert_code(0);
+    let after = env.stats();
+    // Eight rows name a renamed customer: two customers' updates, not eight.
+    assert_eq!(after.customers_updated - before.customers_updated, 2);
+    assert_eq!(
+        after.conversations_updated - before.conversations_updated,
+        1
+    );
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["rows_updated"], 8, "{summary}");
+    assert_eq!(summary["customers_updated"], 2, "{summary}");
+    assert_eq!(summary["conversations_updated"], 1, "{summary}");
+    let records = env.records();
+    let renamed: Vec<&str> = (records.customers.iter())
+        .filter_map(|customer| customer.name.as_deref())
+        .filter(|name| name.ends_with("Renamed"))
+        .collect();
+    assert_eq!(renamed.len(), 2, "{renamed:?}");
+    // Every row recorded its customer as sent: the same export again sends nothing.
+    let before = env.stats().requests_total;
+    env.import(&[day2.to_str().unwrap(), "--mode", mode])
+        .assert_code(0);
+    assert_eq!(env.stats().requests_total, before);
+}
+
+#[test]
+fn a_customer_renamed_on_all_its_rows_is_updated_once_single() {
+    a_customer_renamed_on_all_its_rows_is_updated_once("single");
+}
+
+#[test]
+fn a_customer_renamed_on_all_its_rows_is_updated_once_bulk() {
+    a_customer_renamed_on_all_its_rows_is_updated_once("bulk");
+}

@@ -50,8 +50,54 @@ pub(in crate::pipeline) fn kind_of(of: Of) -> BulkKind {
     }
 }
 
-/// One job of updates of `of`: each row's update of that record, as one item.
+/// One job of updates of `of`: each row's update of that record, as one item. Rows of one
+/// customer changed alike share one item, and a customer update this run confirmed already
+/// goes in no job (see `update::CustomerUpdates`).
 pub(in crate::pipeline) async fn run_update_job(
+    tools: &Tools,
+    jobs: &Jobs,
+    of: Of,
+    works: Vec<(PlannedRow, RowUpdate)>,
+) -> Vec<(PlannedRow, AfterJob)> {
+    let (works, mut ended) = take_confirmed(tools, of, works).await;
+    if !works.is_empty() {
+        ended.extend(submit_update_job(tools, jobs, of, works).await);
+    }
+    ended
+}
+
+/// The rows whose customer update this run confirmed already (another row's, the same
+/// customer changed alike): recorded as sent and handed back, the others left to send.
+async fn take_confirmed(
+    tools: &Tools,
+    of: Of,
+    works: Vec<(PlannedRow, RowUpdate)>,
+) -> (Vec<(PlannedRow, RowUpdate)>, Vec<(PlannedRow, AfterJob)>) {
+    if of != Of::Customer {
+        return (works, Vec::new());
+    }
+    let (mut changes, mut ended, mut left) = (Vec::new(), Vec::new(), Vec::new());
+    for (work, update) in works {
+        let confirmed = fields_to_send(&work, &update, of).is_some_and(|fields| {
+            tools
+                .customer_updates
+                .confirmed(&update.customer_id, &fields)
+        });
+        if confirmed {
+            let next = confirmed_item(&work, update, of, true, &mut changes);
+            ended.push((work, next));
+        } else {
+            left.push((work, update));
+        }
+    }
+    if !changes.is_empty() {
+        tools.journal.record(changes).await;
+    }
+    (left, ended)
+}
+
+/// Submits one job of updates of `of` and applies what it says.
+async fn submit_update_job(
     tools: &Tools,
     jobs: &Jobs,
     of: Of,
@@ -60,11 +106,20 @@ pub(in crate::pipeline) async fn run_update_job(
     let job = jobs.next_number();
     let mut bodies = Vec::with_capacity(works.len());
     let mut items = Vec::with_capacity(works.len());
+    // Each row's item's `_clientRef`: the first row's of the rows sending the same update.
+    let mut refs = Vec::with_capacity(works.len());
+    let mut first_of: HashMap<String, String> = HashMap::new();
     for (index, (work, update)) in works.iter().enumerate() {
-        let client_ref = index.to_string();
         let Some(mut body) = fields_to_send(work, update, of) else {
             unreachable!("the planner puts a row in a job of the records it updates")
         };
+        let same = format!("{}\n{}", record_id(update, of), Value::Object(body.clone()));
+        let client_ref = first_of.entry(same).or_insert_with(|| index.to_string());
+        refs.push(client_ref.clone());
+        if *client_ref != index.to_string() {
+            continue;
+        }
+        let client_ref = client_ref.clone();
         body.insert(
             "id".into(),
             Value::String(record_id(update, of).to_string()),
@@ -81,7 +136,9 @@ pub(in crate::pipeline) async fn run_update_job(
     // No intents: the rows stay done whatever becomes of the job.
     let end = submit_and_wait(tools, jobs, job, kind_of(of), bodies, items, Vec::new()).await;
     match end {
-        JobEnd::Complete(outcomes) => apply_update_results(tools, job, of, works, outcomes).await,
+        JobEnd::Complete(outcomes) => {
+            apply_update_results(tools, job, of, works, &refs, outcomes).await
+        }
         JobEnd::Refused(error) if works.len() > 1 => split(tools, jobs, of, works, &error).await,
         JobEnd::Refused(error) => works
             .into_iter()
@@ -155,33 +212,29 @@ fn read_update_item(outcome: Option<ItemOutcome>) -> UpdateVerdict {
     }
 }
 
-/// Applies an update job's results: what the job confirmed is recorded as sent (that record
-/// only), and its row is updated or goes on with its conversation; a refused item fails its
-/// row's update; the rest are sent again alone.
+/// Applies an update job's results (`refs`: each row's item): what the job confirmed is
+/// recorded as sent (that record only), and its row is updated or goes on with its
+/// conversation; a refused item fails its row's update; the rest are sent again alone.
 async fn apply_update_results(
     tools: &Tools,
     job: i64,
     of: Of,
     works: Vec<(PlannedRow, RowUpdate)>,
-    mut outcomes: HashMap<String, ItemOutcome>,
+    refs: &[String],
+    outcomes: HashMap<String, ItemOutcome>,
 ) -> Vec<(PlannedRow, AfterJob)> {
     let mut changes = Vec::new();
     let mut ended = Vec::with_capacity(works.len());
-    for (index, (work, mut update)) in works.into_iter().enumerate() {
-        let next = match read_update_item(outcomes.remove(&index.to_string())) {
+    for (index, (work, update)) in works.into_iter().enumerate() {
+        let next = match read_update_item(outcomes.get(&refs[index]).cloned()) {
             UpdateVerdict::Confirmed => {
-                changes.push(sent_as(&work, of));
-                changes.push(Change::RowUpdated {
-                    row_key: work.origin.key.clone(),
-                });
-                match of {
-                    Of::Customer if fields_to_send(&work, &update, Of::Conversation).is_some() => {
-                        update.customer_fields.clear();
-                        update.customer_updated = true;
-                        AfterJob::Update(UpdateNext::InJobs(update))
-                    }
-                    Of::Customer | Of::Conversation => AfterJob::Finished(update.outcome()),
+                if of == Of::Customer
+                    && let Some(fields) = fields_to_send(&work, &update, of)
+                {
+                    tools.customer_updates.confirm(&update.customer_id, &fields);
                 }
+                let by_another_row = refs[index] != index.to_string();
+                confirmed_item(&work, update, of, by_another_row, &mut changes)
             }
             UpdateVerdict::Refused(error) => {
                 match update_refused(of, record_id(&update, of), &error) {
@@ -197,6 +250,34 @@ async fn apply_update_results(
     // Outcomes: losing them only means the next run sends these updates again.
     tools.journal.record(changes).await;
     ended
+}
+
+/// A row whose update of `of` is confirmed (by its item, or another row's of the same
+/// update: `by_another_row`): what it was sent as goes in `changes`, and the row is updated
+/// or goes on with its conversation's update.
+fn confirmed_item(
+    work: &PlannedRow,
+    mut update: RowUpdate,
+    of: Of,
+    by_another_row: bool,
+    changes: &mut Vec<Change>,
+) -> AfterJob {
+    changes.push(sent_as(work, of));
+    changes.push(Change::RowUpdated {
+        row_key: work.origin.key.clone(),
+    });
+    match of {
+        Of::Customer => {
+            update.customer_by_another_row = by_another_row;
+            if fields_to_send(work, &update, Of::Conversation).is_some() {
+                update.customer_fields.clear();
+                update.customer_updated = true;
+                return AfterJob::Update(UpdateNext::InJobs(update));
+            }
+            AfterJob::Finished(update.outcome())
+        }
+        Of::Conversation => AfterJob::Finished(update.outcome()),
+    }
 }
 
 /// What the record `of` of a row was sent as, now that a job confirmed it: that record's
