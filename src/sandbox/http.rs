@@ -72,6 +72,8 @@ pub(super) enum BulkKind {
     /// `PUT /v1/customers/bulk` or `PUT /v1/conversations/bulk`: items name their record
     /// by `id`, and its results say `updated`.
     Update(Target, UpdateMode),
+    /// `DELETE /v1/customers/bulk?ids=`: one item `{"id"}` per id (see `delete.rs`).
+    CustomerDeletes,
 }
 
 impl BulkKind {
@@ -79,6 +81,7 @@ impl BulkKind {
     fn done_status(self) -> &'static str {
         match self {
             BulkKind::Update(..) => "updated",
+            BulkKind::CustomerDeletes => "deleted",
             BulkKind::Customers
             | BulkKind::Conversations
             | BulkKind::Messages
@@ -247,7 +250,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         router = router
             .route(
                 "/v1/customers/bulk",
-                post(submit_customers).put(update_customers),
+                post(submit_customers)
+                    .put(update_customers)
+                    .delete(delete::customers_in_bulk),
             )
             .route(
                 "/v1/conversations/bulk",
@@ -764,6 +769,7 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
                 BulkKind::Messages => history::item_errors(&app, ThreadKind::Message, &body),
                 BulkKind::Notes => history::item_errors(&app, ThreadKind::Note, &body),
                 BulkKind::Update(target, mode) => update::item_errors(&app, target, mode, &body).1,
+                BulkKind::CustomerDeletes => Vec::new(),
             };
             problems.into_iter().next().map(|problem| (index, problem))
         })
@@ -773,6 +779,18 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
             format!("item {index}: {}: {}", problem.pointer, problem.detail),
         );
     }
+    queue_job(app, conn, kind, bodies).await
+}
+
+/// Queues a job of these items and answers its submit (201 queued, or 200 for messages);
+/// the job runs after the configured delay whether or not anyone polls. After-write faults
+/// strike after the job is queued, as for a single create.
+pub(super) async fn queue_job(
+    app: Arc<App>,
+    conn: Option<ConnCtx>,
+    kind: BulkKind,
+    bodies: Vec<Map<String, Value>>,
+) -> Response {
     let (id, count, fault) = {
         let mut inner = app.lock();
         // An id like a record's: unique across sandboxes, so that a resumed rehearsal
@@ -841,6 +859,7 @@ fn run_bulk_job(app: &App, id: &str) {
             BulkKind::Update(target, mode) => {
                 update::run_item(app, &mut inner, (target, mode), &body)
             }
+            BulkKind::CustomerDeletes => delete::run_item(&mut inner, &body),
             BulkKind::Customers => {
                 let errors = customer_errors(app, &body);
                 if let Some(first) = errors.into_iter().next() {

@@ -267,3 +267,51 @@ fn a_customer_holding_a_conversation_the_import_did_not_make_is_not_deleted_and_
     let status = env.command(&["status"]);
     assert!(!status.stdout.contains("(undone "), "{}", status.stdout);
 }
+
+/// Companies have no delete in the API: undo keeps them, and the re-import links its
+/// customers to the same companies again with no company create.
+#[test]
+fn undo_keeps_companies_and_the_re_import_links_them_again_without_a_create() {
+    let env = TestEnv::plain();
+    let file = env.write(
+        "tickets.csv",
+        "customer_id,name,email,company_id,company,conversation_id,subject\n\
+         C-0,Customer 0,c0@example.com,org-0,Company 0,T-0,Ticket 0\n\
+         C-1,Customer 1,c1@example.com,,Company 1,T-1,Ticket 1\n\
+         C-2,Customer 2,c2@example.com,org-0,Company 0,T-2,Ticket 2\n",
+    );
+    let file = file.to_str().unwrap().to_string();
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    let companies: BTreeSet<String> = env
+        .records()
+        .companies
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(companies.len(), 2);
+    let creates = env.requests_to("POST /v1/companies");
+    env.undo(&["--all", "--yes", "--rpm", RPM]).assert_code(0);
+    assert_eq!((env.stats().customers, env.stats().conversations), (0, 0));
+    let kept: BTreeSet<String> = env
+        .records()
+        .companies
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(kept, companies, "undo deletes no company");
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    env.assert_exactly_once(3, 3);
+    assert_eq!(
+        env.requests_to("POST /v1/companies"),
+        creates,
+        "no company made again"
+    );
+    assert_eq!(env.records().companies.len(), 2);
+    for customer in &env.records().customers {
+        let company = customer.extra.get("company").and_then(|v| v.as_str());
+        assert!(
+            companies.contains(company.unwrap_or_default()),
+            "{customer:?}"
+        );
+    }
+}
