@@ -19,6 +19,7 @@ use super::checks::{
     custom_attribute_type, finish_plan,
 };
 use super::default::{FlatValue, contact_list};
+use super::users::UsersTable;
 use super::{ConversationBody, CustomerBody, EmailEntry, MappingError, PhoneEntry, Plan};
 use crate::history::ItemKind;
 use crate::input::{CsvSettings, SourceFields, parse_delimiter, parse_encoding};
@@ -124,9 +125,11 @@ struct ConversationSpec {
     key: Option<KeyColumns>,
 }
 
-/// The fields a `[message]` section may set, as the API names them.
-const MESSAGE_FIELDS: [&str; 9] = [
+/// The fields a `[message]` section may set, as the API names them (`createdBy` is the
+/// source's agent, mapped to its Kustomer user when sent).
+const MESSAGE_FIELDS: [&str; 10] = [
     "externalId",
+    "createdBy",
     "channel",
     "app",
     "direction",
@@ -137,7 +140,7 @@ const MESSAGE_FIELDS: [&str; 9] = [
     "status",
 ];
 /// The fields a `[note]` section may set.
-const NOTE_FIELDS: [&str; 3] = ["externalId", "body", "createdAt"];
+const NOTE_FIELDS: [&str; 4] = ["externalId", "body", "createdAt", "createdBy"];
 
 /// A `[message]` or `[note]` section: each field's source, in the file's order.
 #[derive(Clone, Debug, Default)]
@@ -171,6 +174,8 @@ pub struct MappingFile {
     message: Option<ItemSpec>,
     note: Option<ItemSpec>,
     history: HistorySpec,
+    /// The `[users]` table: source agents mapped to Kustomer users by hand.
+    pub users: UsersTable,
     /// The `[csv]` section: delimiter and encoding of the export.
     pub csv: CsvSettings,
 }
@@ -203,6 +208,7 @@ impl MappingFile {
             message: None,
             note: None,
             history: HistorySpec::default(),
+            users: UsersTable::default(),
             csv: CsvSettings::default(),
         };
         for (section, value) in &table {
@@ -216,10 +222,11 @@ impl MappingFile {
                 "message" => mapping.message = Some(parse_item(body, "message", &MESSAGE_FIELDS)?),
                 "note" => mapping.note = Some(parse_item(body, "note", &NOTE_FIELDS)?),
                 "history" => mapping.history = parse_history(body)?,
+                "users" => mapping.users = UsersTable::parse(body)?,
                 other => {
                     return Err(format!(
                         "unknown section [{other}]: a mapping has [customer], [conversation], \
-                         [message], [note], [history] and [csv]"
+                         [message], [note], [history], [users] and [csv]"
                     ));
                 }
             }
@@ -1575,6 +1582,57 @@ createdAt = "created"
             Value::Object(body),
             json!({"externalId": "c2", "body": "Call back", "createdAt": "2024-03-01T11:00:00Z"})
         );
+    }
+
+    #[test]
+    fn the_users_table_maps_agents_to_emails_or_ids_and_a_message_carries_its_author() {
+        use crate::mapping::users::UserRef;
+        let text = "[customer]\nexternalId = \"requester\"\n\
+                    [message]\nexternalId = \"id\"\ncreatedBy = \"author\"\n\
+                    [users]\n\"Support Bot\" = \"Cy@Example.com\"\n\
+                    \"ann\" = \"5f3a9c0e1b2d4c6a8e0f1a2b\"\n";
+        let file = MappingFile::parse(text).unwrap();
+        assert_eq!(
+            file.users.get("support bot"),
+            Some(&UserRef::Email("cy@example.com".into())),
+            "matched in any case, the email lower-cased"
+        );
+        assert_eq!(
+            file.users.get(" Ann "),
+            Some(&UserRef::Id("5f3a9c0e1b2d4c6a8e0f1a2b".into()))
+        );
+        assert_eq!(file.users.get("dee@example.com"), None);
+        let headers = Arc::new(vec!["id".to_string(), "author".to_string()]);
+        let bound = Arc::new(file).bind_items(Some(&headers), false).unwrap();
+        let row = SourceFields::Csv {
+            headers,
+            values: ["m1", "Support Bot"]
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+        };
+        let (_, body) = bound.item(&row).unwrap();
+        assert_eq!(body["createdBy"], json!("Support Bot"), "mapped when sent");
+    }
+
+    #[test]
+    fn mistakes_in_the_users_table_are_named() {
+        let head = "[customer]\nexternalId = \"I\"\n[users]\n";
+        for (entry, expected) in [
+            (
+                "bot = \"Cy\"",
+                "users.\"bot\" = \"Cy\" is neither an email nor",
+            ),
+            (
+                "bot = \"5f3a9c0e1b2d4c6a8e0f1a2\"",
+                "is neither an email nor",
+            ),
+            ("bot = 7", "must be text"),
+            ("Bot = \"a@x.io\"\nbot = \"b@x.io\"", "given twice"),
+        ] {
+            let error = MappingFile::parse(&format!("{head}{entry}\n")).unwrap_err();
+            assert!(error.contains(expected), "{entry}: {error}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod checks;
 pub mod columns;
 mod default;
 pub mod file;
+pub mod users;
 pub mod zendesk;
 
 use std::sync::Arc;
@@ -299,6 +300,14 @@ pub enum Mapping {
 }
 
 impl Mapping {
+    /// The source agents its `[users]` table maps by hand (none without a mapping file).
+    pub fn users_table(&self) -> users::UsersTable {
+        match self {
+            Mapping::File(file) => file.users.clone(),
+            Mapping::Default | Mapping::Zendesk(_) => users::UsersTable::default(),
+        }
+    }
+
     /// The mapping for one input. A CSV input passes its header: a mapping file's columns
     /// are found in it once, and one it lacks is an error that lists what the file has.
     pub fn for_input(

@@ -7,6 +7,10 @@
 //! created (that emails an invitation): an agent with no user, or a value that is no email,
 //! falls back to `--default-author` (itself an email, resolved the same way) or to no
 //! author, and is counted for the summary.
+//!
+//! A mapping file's `[users]` table comes first: a source agent it maps to an email is
+//! looked up by that email (once, like any); one it maps to a Kustomer user id gets that id
+//! as it is, with no lookup.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,6 +20,7 @@ use super::handles::Tools;
 use super::row::Halt;
 use super::worker::Attempts;
 use crate::checkpoint::Change;
+use crate::mapping::users::{UserRef, UsersTable};
 
 /// The run's agents: what earlier runs and this one resolved, and the fallbacks taken.
 pub(super) struct Agents {
@@ -23,19 +28,24 @@ pub(super) struct Agents {
     /// lookup, so that workers meeting the same new agent ask once between them.
     known: tokio::sync::Mutex<HashMap<String, Option<String>>>,
     default_author: Option<String>,
+    /// The mapping file's `[users]` table.
+    by_hand: UsersTable,
     /// Agents with no user, and the items of this run that fell back for each.
     unresolved: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 impl Agents {
-    /// `known` as the checkpoint holds it; `default_author`, an email, for the fallback.
+    /// `known` as the checkpoint holds it; `default_author`, an email, for the fallback;
+    /// `by_hand`, the mapping file's `[users]` table.
     pub(super) fn new(
         known: HashMap<String, Option<String>>,
         default_author: Option<String>,
+        by_hand: UsersTable,
     ) -> Agents {
         Agents {
             known: tokio::sync::Mutex::new(known),
             default_author: default_author.as_deref().and_then(agent_email),
+            by_hand,
             unresolved: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
@@ -46,6 +56,15 @@ impl Agents {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// The user a source agent names: as the `[users]` table maps it, else its own email;
+    /// None for a text that is neither.
+    fn user_ref(&self, source: &str) -> Option<UserRef> {
+        match self.by_hand.get(source) {
+            Some(user) => Some(user.clone()),
+            None => agent_email(source).map(UserRef::Email),
+        }
     }
 
     fn fell_back(&self, agent: &str) {
@@ -77,7 +96,12 @@ pub(super) async fn author(
     let Some(source) = source else {
         return Ok(None);
     };
-    if let Some(email) = source.as_str().and_then(agent_email) {
+    let user = source.as_str().and_then(|text| tools.agents.user_ref(text));
+    if let Some(user) = user {
+        let email = match user {
+            UserRef::Id(id) => return Ok(Some(id)),
+            UserRef::Email(email) => email,
+        };
         if let Some(id) = user_of(tools, &email, attempts).await? {
             return Ok(Some(id));
         }

@@ -185,7 +185,11 @@ impl Tools {
             events,
             threads: None,
             history: HistoryCounts::default(),
-            agents: Agents::new(Default::default(), settings.default_author.clone()),
+            agents: Agents::new(
+                Default::default(),
+                settings.default_author.clone(),
+                settings.read.mapping.users_table(),
+            ),
             companies: CompanyBook::default(),
             customer_updates: CustomerUpdates::default(),
         }

@@ -217,7 +217,11 @@ pub async fn run_import(
     let control = Arc::new(RunControl::new(stop.clone()));
     let journal = Journal::new(writer, Arc::clone(&control));
     let mut tools = Tools::new(&settings, client, journal, Arc::clone(&control), events_tx);
-    tools.agents = agents::Agents::new(checkpoint.agents()?, settings.default_author.clone());
+    tools.agents = agents::Agents::new(
+        checkpoint.agents()?,
+        settings.default_author.clone(),
+        settings.read.mapping.users_table(),
+    );
     tools.companies = company::CompanyBook::new(checkpoint.companies()?);
     match stage_threads() {
         Ok((store, pages)) => {

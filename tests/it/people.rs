@@ -256,3 +256,67 @@ fn in_bulk_mode_the_items_carry_the_same_users() {
         "ann, bo and dee, once for the whole run"
     );
 }
+
+/// A 24-hex id, the shape of Kustomer's ids, that the `[users]` table maps to.
+const HAND_MAPPED_ID: &str = "5f3a9c0e1b2d4c6a8e0f1a2b";
+
+#[test]
+fn the_users_table_maps_an_agent_to_an_id_with_no_lookup_and_to_an_email_looked_up_once() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        org_admin: true,
+        users: vec![
+            SandboxUser::new("u-cy", "cy@example.com"),
+            SandboxUser::new(HAND_MAPPED_ID, "ops@example.com"),
+        ],
+        ..SandboxConfig::default()
+    });
+    let mapping = env.write(
+        "mapping.toml",
+        &format!(
+            "[customer]\nexternalId = \"user_id\"\n\
+             [conversation]\nexternalId = \"ticket\"\n\
+             [message]\nexternalId = \"part\"\nchannel = {{ value = \"chat\" }}\n\
+             direction = {{ value = \"out\" }}\npreview = \"body\"\ncreatedBy = \"author\"\n\
+             [users]\n\"Support Bot\" = \"{HAND_MAPPED_ID}\"\n\"Cy Agent\" = \"Cy@example.com\"\n"
+        ),
+    );
+    let rows = env.write(
+        "parts.csv",
+        "ticket,part,body,author,user_id\n\
+         T1,p1,one,Support Bot,U1\n\
+         T1,p2,two,Cy Agent,U1\n\
+         T2,p3,three,cy agent,U2\n\
+         T2,p4,four,support bot,U2\n\
+         T2,p5,five,Nobody,U2\n",
+    );
+    let args = [
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--rows-are-messages",
+        rows.to_str().unwrap(),
+        "--org-admin",
+    ];
+    let run = env.import(&args);
+    run.assert_code(0);
+    let held = authors(&env.records());
+    for (item, user) in [
+        ("p1", HAND_MAPPED_ID),
+        ("p2", "u-cy"),
+        ("p3", "u-cy"),
+        ("p4", HAND_MAPPED_ID),
+        ("p5", ""),
+    ] {
+        assert_eq!(held[item], user, "createdBy of {item}");
+    }
+    assert_eq!(
+        env.requests_to(USERS),
+        1,
+        "cy@example.com once; the id is never looked up; Nobody is no email"
+    );
+    assert_eq!(
+        agents_in_checkpoint(&env),
+        vec![("cy@example.com".into(), Some("u-cy".into()))]
+    );
+    assert!(run.stdout.contains("  Nobody: 1 items"), "{}", run.stdout);
+}
