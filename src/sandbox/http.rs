@@ -31,6 +31,7 @@ use super::faults::{
 use super::history;
 use super::stats::{Arrival, Counters, Stats};
 use super::store::UpdateMode;
+use super::tags;
 use super::store::{Conflict, LookupError, Records, Store, WriteError, attributes, parse_lookup};
 use super::thread::ThreadKind;
 use super::update::{self, Target};
@@ -232,6 +233,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             "/v1/conversations/{id}/notes",
             post(history::create_note_under).get(history::list_notes),
         )
+        .route("/v1/conversations/{id}/tags", post(tags::append))
+        .route("/v1/tags", get(tags::list))
         .route("/v1/messages", post(history::create_message))
         .route(
             "/v1/messages/{lookup}",
@@ -635,6 +638,9 @@ async fn create_conversation(State(app): State<Arc<App>>, req: Request) -> Respo
             errors.extend(inner.store.missing_customer(&body));
         }
         if errors.is_empty() {
+            errors.extend(tags::unknown_ids(inner.store.tags(), &body));
+        }
+        if errors.is_empty() {
             let created = inner
                 .store
                 .insert_conversation(&body)
@@ -857,6 +863,9 @@ fn run_bulk_job(app: &App, id: &str) {
                 let mut errors = validate_conversation(&Value::Object(body.clone()));
                 if !errors.iter().any(|e| e.pointer == "/customer") {
                     errors.extend(inner.store.missing_customer(&body));
+                }
+                if errors.is_empty() {
+                    errors.extend(tags::unknown_ids(inner.store.tags(), &body));
                 }
                 if let Some(first) = errors.into_iter().next() {
                     Err(bulk_refusal(first))

@@ -26,6 +26,7 @@ mod http;
 mod journal;
 mod stats;
 mod store;
+mod tags;
 mod thread;
 mod update;
 mod users;
@@ -57,6 +58,7 @@ pub use store::{
     UpdateMode, parse_lookup, percent_decode,
 };
 pub use thread::{Thread, ThreadKind, ThreadRecord};
+pub use tags::TagRecord;
 pub use users::SandboxUser;
 pub use validate::{
     FieldError, ThreadRoute, is_rfc3339, is_valid_email, is_valid_phone, phone_digits,
@@ -119,6 +121,9 @@ pub struct SandboxConfig {
     pub per_object_update_limit: Option<u32>,
     /// The org's users (agents), found by `GET /v1/users?email=` (see `users.rs`).
     pub users: Vec<SandboxUser>,
+    /// The org's tags (id and name), listed by `GET /v1/tags` (see `tags.rs`): a
+    /// conversation's `tags` must name their ids (or those of tags appends made).
+    pub tags: Vec<TagRecord>,
 }
 
 impl Default for SandboxConfig {
@@ -140,6 +145,7 @@ impl Default for SandboxConfig {
             per_customer_limit: Some(120),
             per_object_update_limit: None,
             users: Vec::new(),
+            tags: Vec::new(),
         }
     }
 }
@@ -163,10 +169,11 @@ impl Sandbox {
     /// Binds 127.0.0.1:port (0 = ephemeral) and serves in a background tokio task. Must be
     /// called inside a tokio runtime.
     pub async fn start(config: SandboxConfig, port: u16) -> std::io::Result<Sandbox> {
-        let store = match &config.records {
+        let mut store = match &config.records {
             Some(path) => Store::with_journal(path)?,
             None => Store::new(),
         };
+        store.seed_tags(&config.tags);
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
