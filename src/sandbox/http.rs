@@ -31,8 +31,8 @@ use super::faults::{
 use super::history;
 use super::stats::{Arrival, Counters, Stats};
 use super::store::UpdateMode;
-use super::tags;
 use super::store::{Conflict, LookupError, Records, Store, WriteError, attributes, parse_lookup};
+use super::tags;
 use super::thread::ThreadKind;
 use super::update::{self, Target};
 use super::users::{self, SandboxUser};
@@ -637,7 +637,7 @@ async fn create_conversation(State(app): State<Arc<App>>, req: Request) -> Respo
         if !errors.iter().any(|e| e.pointer == "/customer") {
             errors.extend(inner.store.missing_customer(&body));
         }
-        if errors.is_empty() {
+        if errors.is_empty() && app.config.tag_ids_only {
             errors.extend(tags::unknown_ids(inner.store.tags(), &body));
         }
         if errors.is_empty() {
@@ -864,7 +864,7 @@ fn run_bulk_job(app: &App, id: &str) {
                 if !errors.iter().any(|e| e.pointer == "/customer") {
                     errors.extend(inner.store.missing_customer(&body));
                 }
-                if errors.is_empty() {
+                if errors.is_empty() && app.config.tag_ids_only {
                     errors.extend(tags::unknown_ids(inner.store.tags(), &body));
                 }
                 if let Some(first) = errors.into_iter().next() {

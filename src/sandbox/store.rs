@@ -680,9 +680,12 @@ impl Store {
         conversation_id: &str,
         wanted: &[String],
     ) -> Result<(ConversationRecord, u64), WriteError> {
-        let index = *self.conversation_by_id.get(conversation_id).ok_or_else(|| {
-            WriteError::NotFound(format!("conversation {conversation_id} not found"))
-        })?;
+        let index = *self
+            .conversation_by_id
+            .get(conversation_id)
+            .ok_or_else(|| {
+                WriteError::NotFound(format!("conversation {conversation_id} not found"))
+            })?;
         let mut ids: Vec<Value> = match self.conversations[index].extra.get("tags") {
             Some(Value::Array(held)) => held.clone(),
             _ => Vec::new(),

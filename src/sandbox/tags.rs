@@ -9,8 +9,9 @@
 //! append's body is `{"tags": [names or ids]}` (1 to 100 non-empty texts; anything else is
 //! 400); a name is found whatever its case, so one name is never two tags; the append
 //! answers the conversation as it now is (ids only: a client learns the ids of the tags it
-//! made by listing again); a conversation create or update whose `tags` holds a text that
-//! is no id of an org tag is refused 422 naming `/tags/{i}` ([`unknown_ids`]); appends
+//! made by listing again); with `SandboxConfig::tag_ids_only`, a conversation create or
+//! update whose `tags` holds a text that is no id of an org tag is refused 422 naming
+//! `/tags/{i}` ([`unknown_ids`]; off by default until the importer sends ids); appends
 //! count against the record's per-object update limit, as the live reference says. Tags
 //! made by appends are kept in the records file; seeded ones are seeded again at start.
 
@@ -68,7 +69,8 @@ impl Tags {
     pub fn place(&mut self, record: TagRecord) {
         let index = match self.by_id.get(&record.id) {
             Some(&index) => {
-                self.by_name.remove(&self.records[index].name.to_lowercase());
+                self.by_name
+                    .remove(&self.records[index].name.to_lowercase());
                 self.records[index] = record;
                 index
             }
@@ -243,7 +245,11 @@ mod tests {
         assert_eq!(tags.find("BILLING").map(|t| t.id.as_str()), Some("t2"));
         assert_eq!(tags.find("other"), None);
         tags.place(TagRecord::new("t1", "gold"));
-        assert_eq!(tags.find("vip"), None, "a renamed tag is not found by its old name");
+        assert_eq!(
+            tags.find("vip"),
+            None,
+            "a renamed tag is not found by its old name"
+        );
         assert_eq!(tags.all().len(), 2);
     }
 

@@ -155,7 +155,10 @@ fn apply(
         ));
     }
     if target == Target::Conversation
-        && let Some(unknown) = tags::unknown_ids(inner.store.tags(), body).into_iter().next()
+        && app.config.tag_ids_only
+        && let Some(unknown) = tags::unknown_ids(inner.store.tags(), body)
+            .into_iter()
+            .next()
     {
         return Err(Refusal::Write(WriteError::Invalid(unknown)));
     }
