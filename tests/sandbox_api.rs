@@ -2221,3 +2221,127 @@ async fn updates_survive_a_restart_on_the_records_file() {
     assert_eq!(api.stats().await.customers, 1);
     sandbox.shutdown().await;
 }
+
+/// The org's tags of the tests below.
+fn org_tags() -> Vec<kustomer_import::sandbox::TagRecord> {
+    ["vip", "billing", "refund"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| kustomer_import::sandbox::TagRecord::new(&format!("tag-{i}"), name))
+        .collect()
+}
+
+/// `GET /v1/tags?page=&pageSize=` (the docs) lists the org's tags oldest first, in pages
+/// whose `links.next` names the next while there is one; a listing begun is counted.
+#[tokio::test]
+async fn the_orgs_tags_are_listed_in_pages() {
+    let sandbox = start(SandboxConfig {
+        tags: org_tags(),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let first = api.get("/v1/tags?page=1&pageSize=2").await;
+    assert_eq!(first.status, StatusCode::OK);
+    let names: Vec<&str> = (first.body["data"].as_array().unwrap().iter())
+        .map(|tag| tag["attributes"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vip", "billing"]);
+    assert_eq!(first.body["data"][0]["id"], "tag-0");
+    assert_eq!(first.body["links"]["next"], "/v1/tags?page=2&pageSize=2");
+    let second = api.get("/v1/tags?page=2&pageSize=2").await;
+    assert_eq!(second.body["data"].as_array().unwrap().len(), 1);
+    assert!(second.body["links"]["next"].is_null());
+    let bad = api.get("/v1/tags?pageSize=500").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.stats().await.tag_lists,
+        1,
+        "page 2 continues the same listing"
+    );
+}
+
+/// `POST /v1/conversations/{id}/tags` takes names or ids, makes the names the org lacks
+/// (once, whatever their case) and adds each tag once: appending again changes nothing.
+#[tokio::test]
+async fn an_append_makes_missing_tags_once_and_adds_each_tag_once() {
+    let sandbox = start(SandboxConfig {
+        tags: org_tags(),
+        tag_ids_only: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let customer = api.post("/v1/customers", &json!({"name": "Ada"})).await;
+    let customer = customer.body["data"]["id"].as_str().unwrap().to_string();
+    let body = json!({"customer": customer, "name": "Hi", "tags": ["tag-0"]});
+    let made = api.post("/v1/conversations", &body).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let id = made.body["data"]["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/conversations/{id}/tags");
+    let appended = api
+        .post(&path, &json!({"tags": ["VIP", "tag-1", "late delivery"]}))
+        .await;
+    assert_eq!(appended.status, StatusCode::OK, "{}", appended.body);
+    let again = api
+        .post(&path, &json!({"tags": ["Late Delivery", "vip"]}))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    let records = api.records().await;
+    let late = records
+        .tags
+        .iter()
+        .find(|t| t.name == "late delivery")
+        .unwrap();
+    assert_eq!(records.tags.len(), 4, "one tag made: {:?}", records.tags);
+    assert_eq!(
+        records.conversations[0].extra["tags"],
+        json!(["tag-0", "tag-1", late.id])
+    );
+    assert_eq!(
+        again.body["data"]["attributes"]["tags"],
+        json!(["tag-0", "tag-1", late.id])
+    );
+    assert_eq!(api.stats().await.tags_created, 1);
+    for bad in [json!({}), json!({"tags": []}), json!({"tags": ["a", 2]})] {
+        assert_eq!(
+            api.post(&path, &bad).await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    let absent = api
+        .post("/v1/conversations/nope/tags", &json!({"tags": ["a"]}))
+        .await;
+    assert_eq!(absent.status, StatusCode::NOT_FOUND);
+}
+
+/// With `tag_ids_only`, a conversation's `tags` must be ids of the org's tags: a name is
+/// refused 422 naming its place, on create and on update alike.
+#[tokio::test]
+async fn a_conversation_whose_tags_are_names_is_refused_naming_the_tag() {
+    let sandbox = start(SandboxConfig {
+        tags: org_tags(),
+        tag_ids_only: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let customer = api.post("/v1/customers", &json!({"name": "Ada"})).await;
+    let customer = customer.body["data"]["id"].as_str().unwrap().to_string();
+    let body = json!({"customer": customer, "name": "Hi", "tags": ["tag-0", "vip"]});
+    let refused = api.post("/v1/conversations", &body).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.body["errors"][0]["source"]["pointer"], "/tags/1");
+    let body = json!({"customer": customer, "name": "Hi", "tags": ["tag-2"]});
+    let made = api.post("/v1/conversations", &body).await;
+    let id = made.body["data"]["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/conversations/{id}");
+    let update = api.patch(&path, &json!({"tags": ["refund"]})).await;
+    assert_eq!(update.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(update.body["errors"][0]["source"]["pointer"], "/tags/0");
+    assert_eq!(
+        api.records().await.conversations[0].extra["tags"],
+        json!(["tag-2"])
+    );
+}

@@ -330,7 +330,7 @@ pub(super) async fn lookup_message(State(app): State<Arc<App>>, req: Request) ->
 
 /// `page` and `pageSize` of a listing's query; the words of a 400 when they are not
 /// whole numbers in range.
-fn paging(query: Option<&str>) -> Result<(usize, usize), String> {
+pub(super) fn paging(query: Option<&str>) -> Result<(usize, usize), String> {
     let (mut page, mut size) = (1, DEFAULT_PAGE_SIZE);
     for pair in query
         .unwrap_or_default()

@@ -32,6 +32,7 @@ use super::history;
 use super::stats::{Arrival, Counters, Stats};
 use super::store::UpdateMode;
 use super::store::{Conflict, LookupError, Records, Store, WriteError, attributes, parse_lookup};
+use super::tags;
 use super::thread::ThreadKind;
 use super::update::{self, Target};
 use super::users::{self, SandboxUser};
@@ -235,6 +236,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             "/v1/conversations/{id}/notes",
             post(history::create_note_under).get(history::list_notes),
         )
+        .route("/v1/conversations/{id}/tags", post(tags::append))
+        .route("/v1/tags", get(tags::list))
         .route("/v1/messages", post(history::create_message))
         .route(
             "/v1/messages/{lookup}",
@@ -639,6 +642,9 @@ async fn create_conversation(State(app): State<Arc<App>>, req: Request) -> Respo
         if !errors.iter().any(|e| e.pointer == "/customer") {
             errors.extend(inner.store.missing_customer(&body));
         }
+        if errors.is_empty() && app.config.tag_ids_only {
+            errors.extend(tags::unknown_ids(inner.store.tags(), &body));
+        }
         if errors.is_empty() {
             let created = inner
                 .store
@@ -876,6 +882,9 @@ fn run_bulk_job(app: &App, id: &str) {
                 let mut errors = validate_conversation(&Value::Object(body.clone()));
                 if !errors.iter().any(|e| e.pointer == "/customer") {
                     errors.extend(inner.store.missing_customer(&body));
+                }
+                if errors.is_empty() && app.config.tag_ids_only {
+                    errors.extend(tags::unknown_ids(inner.store.tags(), &body));
                 }
                 if let Some(first) = errors.into_iter().next() {
                     Err(bulk_refusal(first))

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::companies::CompanyRecord;
 use super::store::{ConversationRecord, CustomerRecord};
+use super::tags::TagRecord;
 use super::thread::ThreadRecord;
 
 /// One line of the log.
@@ -33,6 +34,8 @@ pub enum Entry {
     /// history).
     Deleted(Deleted),
     Company(CompanyRecord),
+    /// A tag an append made.
+    Tag(TagRecord),
 }
 
 /// A record a `DELETE` removed.
@@ -52,6 +55,7 @@ pub enum EntryRef<'a> {
     Thread(&'a ThreadRecord),
     Deleted(&'a Deleted),
     Company(&'a CompanyRecord),
+    Tag(&'a TagRecord),
 }
 
 /// The log, open for appending.

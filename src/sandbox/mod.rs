@@ -26,6 +26,7 @@ mod http;
 mod journal;
 mod stats;
 mod store;
+mod tags;
 mod thread;
 mod update;
 mod users;
@@ -56,6 +57,7 @@ pub use store::{
     ConversationRecord, CustomerRecord, EmailEntry, Lookup, LookupError, PhoneEntry, Records,
     UpdateMode, parse_lookup, percent_decode,
 };
+pub use tags::TagRecord;
 pub use thread::{Thread, ThreadKind, ThreadRecord};
 pub use users::SandboxUser;
 pub use validate::{
@@ -119,6 +121,15 @@ pub struct SandboxConfig {
     pub per_object_update_limit: Option<u32>,
     /// The org's users (agents), found by `GET /v1/users?email=` (see `users.rs`).
     pub users: Vec<SandboxUser>,
+    /// The org's tags (id and name), listed by `GET /v1/tags` (see `tags.rs`): a
+    /// conversation's `tags` must name their ids (or those of tags appends made).
+    pub tags: Vec<TagRecord>,
+    /// Refuse (422, naming `/tags/{i}`) a conversation create or update whose `tags` holds
+    /// a text that is not the id of an org tag: the strictest reading of the docs ("a
+    /// conversation's `tags` is a list of tag ids"). Off by default until the importer maps
+    /// tag names to ids (issue 19's tags by name, not built yet): today it sends the
+    /// source's names, which this would refuse.
+    pub tag_ids_only: bool,
 }
 
 impl Default for SandboxConfig {
@@ -140,6 +151,8 @@ impl Default for SandboxConfig {
             per_customer_limit: Some(120),
             per_object_update_limit: None,
             users: Vec::new(),
+            tags: Vec::new(),
+            tag_ids_only: false,
         }
     }
 }
@@ -163,10 +176,11 @@ impl Sandbox {
     /// Binds 127.0.0.1:port (0 = ephemeral) and serves in a background tokio task. Must be
     /// called inside a tokio runtime.
     pub async fn start(config: SandboxConfig, port: u16) -> std::io::Result<Sandbox> {
-        let store = match &config.records {
+        let mut store = match &config.records {
             Some(path) => Store::with_journal(path)?,
             None => Store::new(),
         };
+        store.seed_tags(&config.tags);
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();

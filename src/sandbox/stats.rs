@@ -81,6 +81,14 @@ pub struct Stats {
     /// `POST /v1/users` answered: each would have emailed an invitation.
     #[serde(default)]
     pub invitations: u64,
+    /// Listings of the org's tags begun (`GET /v1/tags` of page 1 answered; every page is
+    /// in `requests`).
+    #[serde(default)]
+    pub tag_lists: u64,
+    /// Tags made by appends (`POST /v1/conversations/{id}/tags` naming a tag the org
+    /// lacked).
+    #[serde(default)]
+    pub tags_created: u64,
 }
 
 /// What an arriving request is, for the totals.
@@ -124,6 +132,8 @@ pub struct Counters {
     pub deleted: Deleted,
     pub faults: FaultCounts,
     pub invitations: u64,
+    pub tag_lists: u64,
+    pub tags_created: u64,
     window: Duration,
     /// Arrivals within the last `window`, oldest first.
     arrivals: VecDeque<Instant>,
@@ -144,6 +154,8 @@ impl Counters {
             deleted: Deleted::default(),
             faults: FaultCounts::default(),
             invitations: 0,
+            tag_lists: 0,
+            tags_created: 0,
             window,
             arrivals: VecDeque::new(),
             max_in_window: 0,
@@ -211,6 +223,8 @@ impl Counters {
             max_requests_in_window: self.max_in_window,
             faults: self.faults.clone(),
             invitations: self.invitations,
+            tag_lists: self.tag_lists,
+            tags_created: self.tags_created,
         }
     }
 }

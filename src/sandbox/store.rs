@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::companies::{Companies, CompanyRecord, company_from_body};
 use super::journal::{Deleted, Entry, EntryRef, Journal};
+use super::tags::{TagRecord, Tags};
 use super::thread::{Thread, ThreadKind, ThreadRecord, Threads};
 use super::validate::{FieldError, phone_digits};
 
@@ -94,6 +95,9 @@ pub struct Records {
     /// Companies in creation order.
     #[serde(default)]
     pub companies: Vec<CompanyRecord>,
+    /// The org's tags, seeded ones first, then those appends made, in creation order.
+    #[serde(default)]
+    pub tags: Vec<TagRecord>,
 }
 
 impl Records {
@@ -273,6 +277,7 @@ pub struct Store {
     /// Messages and notes.
     threads: Threads,
     companies: Companies,
+    tags: Tags,
     ids: IdGen,
     /// Where every record is written before it counts as made, if anywhere.
     journal: Option<Journal>,
@@ -297,6 +302,7 @@ impl Store {
             conversations_by_external_id: HashMap::new(),
             threads: Threads::default(),
             companies: Companies::default(),
+            tags: Tags::default(),
             ids: IdGen::new(),
             journal: None,
         }
@@ -321,6 +327,7 @@ impl Store {
                 }
                 Entry::Deleted(deleted) => store.replay_delete(&deleted),
                 Entry::Company(record) => store.companies.place(record),
+                Entry::Tag(record) => store.tags.place(record),
             }
         }
         store.journal = Some(journal);
@@ -343,6 +350,7 @@ impl Store {
                 .threads
                 .threads(self.conversations.iter().map(|c| c.id.as_str())),
             companies: self.companies.all().to_vec(),
+            tags: self.tags.all().to_vec(),
         }
     }
 
@@ -354,6 +362,7 @@ impl Store {
                 && !self.conversation_by_id.contains_key(&id)
                 && !self.threads.holds_id(&id)
                 && !self.companies.holds_id(&id)
+                && !self.tags.holds_id(&id)
             {
                 return id;
             }
@@ -648,6 +657,62 @@ impl Store {
         self.companies.place(record);
         let all = self.companies.all();
         Ok(&all[all.len() - 1])
+    }
+
+    pub fn tags(&self) -> &Tags {
+        &self.tags
+    }
+
+    /// Holds the org's tags the sandbox is started with (not written to the records file:
+    /// they are seeded on every start).
+    pub fn seed_tags(&mut self, seeded: &[TagRecord]) {
+        for record in seeded {
+            self.tags.place(record.clone());
+        }
+    }
+
+    /// Appends tags (names or ids) to a held conversation: each name the org lacks is
+    /// made a tag (written to the records file first), and each tag the conversation does
+    /// not hold is added to its `tags`. The conversation as it now is, and how many tags
+    /// were made.
+    pub fn append_tags(
+        &mut self,
+        conversation_id: &str,
+        wanted: &[String],
+    ) -> Result<(ConversationRecord, u64), WriteError> {
+        let index = *self
+            .conversation_by_id
+            .get(conversation_id)
+            .ok_or_else(|| {
+                WriteError::NotFound(format!("conversation {conversation_id} not found"))
+            })?;
+        let mut ids: Vec<Value> = match self.conversations[index].extra.get("tags") {
+            Some(Value::Array(held)) => held.clone(),
+            _ => Vec::new(),
+        };
+        let mut created = 0;
+        for name_or_id in wanted {
+            let id = match self.tags.find(name_or_id) {
+                Some(tag) => tag.id.clone(),
+                None => {
+                    let record = TagRecord::new(&self.new_id(), name_or_id.trim());
+                    self.record(EntryRef::Tag(&record))?;
+                    let id = record.id.clone();
+                    self.tags.place(record);
+                    created += 1;
+                    id
+                }
+            };
+            if !ids.iter().any(|held| held.as_str() == Some(id.as_str())) {
+                ids.push(Value::String(id));
+            }
+        }
+        let mut body = Map::new();
+        body.insert("tags".into(), Value::Array(ids));
+        let record = self
+            .update_conversation(conversation_id, &body, UpdateMode::Merge)?
+            .clone();
+        Ok((record, created))
     }
 
     /// Finds a customer; emails compare case-insensitively, phones by their digits.

@@ -30,6 +30,7 @@ use super::http::{
     roll_after, undefined_custom,
 };
 use super::store::{Lookup, UpdateMode, WriteError};
+use super::tags;
 use super::thread::ThreadKind;
 use super::validate::{
     FieldError, validate_conversation_update, validate_message_update, validate_note_update,
@@ -152,6 +153,14 @@ fn apply(
                  resets (the organization's rate limit is not spent)"
             ),
         ));
+    }
+    if target == Target::Conversation
+        && app.config.tag_ids_only
+        && let Some(unknown) = tags::unknown_ids(inner.store.tags(), body)
+            .into_iter()
+            .next()
+    {
+        return Err(Refusal::Write(WriteError::Invalid(unknown)));
     }
     let store = &mut inner.store;
     let updated = &mut inner.counters.updated;
