@@ -394,6 +394,8 @@ impl<'a> Planner<'a> {
         self.summary.notes_created = count(&history.notes_created);
         self.summary.history_reconciled = count(&history.reconciled);
         self.summary.history_failed = count(&history.failed);
+        self.summary.messages_updated = count(&history.messages_updated);
+        self.summary.notes_updated = count(&history.notes_updated);
         self.summary.user_lookups = count(&self.tools.client.stats().user_lookups);
         self.summary.agents_unresolved = self.tools.agents.unresolved();
         let companies = &self.tools.companies.counts;
