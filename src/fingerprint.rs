@@ -697,7 +697,9 @@ mod tests {
         swapped.add(terms[2]);
         assert_ne!(swapped, forward);
         // SQL's `(digest + term) % 2^62` is the same sum.
-        let sql = terms.iter().fold(0i64, |sum, term| (sum + *term as i64) % THREAD_DIGEST_MODULUS);
+        let sql = terms.iter().fold(0i64, |sum, term| {
+            (sum + *term as i64) % THREAD_DIGEST_MODULUS
+        });
         assert_eq!(ThreadDigest::from_stored(sql), forward);
     }
 

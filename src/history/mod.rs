@@ -84,7 +84,11 @@ pub struct ThreadItem {
 /// that inserts an earlier item of the same kind moves the positions after it: prefer a
 /// source id when the export has one.
 pub fn derived_item_id(thread: &str, kind: ItemKind, position: u64) -> String {
-    format!("{}{}", derived_item_prefix(thread), derived_item_suffix(kind, position))
+    format!(
+        "{}{}",
+        derived_item_prefix(thread),
+        derived_item_suffix(kind, position)
+    )
 }
 
 /// What every derived item id of `thread` starts with (`kimp-<hash>-`).

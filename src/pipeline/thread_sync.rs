@@ -60,8 +60,7 @@ pub(super) fn compare_item(
     if stored == now {
         return ItemSync::AsSent;
     }
-    let (Some(before), Some(after)) = (Fingerprint::parse(stored), Fingerprint::parse(now))
-    else {
+    let (Some(before), Some(after)) = (Fingerprint::parse(stored), Fingerprint::parse(now)) else {
         return ItemSync::Adopt;
     };
     let mut fields = before.changed_in(&after);
@@ -109,7 +108,9 @@ pub(super) async fn sync_done_item(
     }
     let Some(id) = &record.kustomer_id else {
         let words = format!("{}: no Kustomer id is recorded for it", named(item));
-        outcome.first_update_refusal.get_or_insert((item.kind, words));
+        outcome
+            .first_update_refusal
+            .get_or_insert((item.kind, words));
         return Ok(());
     };
     let mut body = item_body(tools, item, attempts).await?;
@@ -127,7 +128,9 @@ pub(super) async fn sync_done_item(
             record_as_sent(tools, work, (item, position), attempts.take_requests()).await
         }
         Some(refusal) => {
-            outcome.first_update_refusal.get_or_insert((item.kind, refusal));
+            outcome
+                .first_update_refusal
+                .get_or_insert((item.kind, refusal));
             Ok(())
         }
     }
