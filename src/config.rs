@@ -592,6 +592,17 @@ pub struct ExportConfig {
     pub output: Option<PathBuf>,
 }
 
+/// A name `--update-fields` takes: a customer's or conversation's field as the API spells
+/// it (`status`), or a message's or note's qualified by its kind (`message.preview`).
+fn is_update_field(field: &str) -> bool {
+    let name = match field.split_once('.') {
+        Some(("message" | "note", name)) => name,
+        Some(_) => return false,
+        None => field,
+    };
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
 /// `--on-change` and `--update-fields`, checked: a field named must be one a body can have.
 fn sync_rules(on_change: OnChangeArg, fields: Option<&[String]>) -> Result<SyncRules, ConfigError> {
     let update_fields = match fields {
@@ -599,13 +610,10 @@ fn sync_rules(on_change: OnChangeArg, fields: Option<&[String]>) -> Result<SyncR
         Some(fields) => {
             let fields: std::collections::BTreeSet<String> =
                 fields.iter().map(|f| f.trim().to_string()).collect();
-            if let Some(bad) = fields
-                .iter()
-                .find(|f| f.is_empty() || !f.chars().all(|c| c.is_ascii_alphanumeric()))
-            {
+            if let Some(bad) = fields.iter().find(|f| !is_update_field(f)) {
                 return Err(ConfigError::BadValue(format!(
                     "--update-fields: {bad:?} is not a field name (as the API spells it, e.g. \
-                     status,tags,name)"
+                     status,tags,name; a message's or note's as message.preview, note.body)"
                 )));
             }
             Some(fields)

@@ -513,6 +513,47 @@ impl Fingerprint {
     }
 }
 
+/// What a thread's items were, as one number: the sum (modulo 2^62, so that SQLite's
+/// 64-bit integers add it without overflow) of each item's hash of its kind, its identity
+/// in the thread (`history::item_identity`) and its fingerprint's text. The thread store
+/// adds up what it stages; the planner adds up the done records the checkpoint holds of the
+/// row: equal sums say that every item is recorded as sent as it reads now, with no item
+/// read back (an unchanged thread costs one comparison), and unequal ones that an item is
+/// new, edited, or recorded by a version before migration 018.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadDigest(u64);
+
+impl ThreadDigest {
+    const MODULUS_MASK: u64 = (1 << 62) - 1;
+
+    /// One item's term.
+    pub fn item(kind: &str, identity: &str, fingerprint: &str) -> u64 {
+        let mut hash = Fnv1a::default();
+        for part in [kind, identity, fingerprint] {
+            hash.write(part.as_bytes());
+            hash.write(&[0]);
+        }
+        hash.0 & ThreadDigest::MODULUS_MASK
+    }
+
+    /// Adds one item's term.
+    pub fn add(&mut self, term: u64) {
+        self.0 = (self.0 + (term & ThreadDigest::MODULUS_MASK)) & ThreadDigest::MODULUS_MASK;
+    }
+
+    /// As SQLite keeps it (below 2^62: never negative).
+    pub fn to_stored(self) -> i64 {
+        self.0 as i64
+    }
+
+    pub fn from_stored(stored: i64) -> ThreadDigest {
+        ThreadDigest(stored as u64 & ThreadDigest::MODULUS_MASK)
+    }
+}
+
+/// The modulus of [`ThreadDigest`]'s sum, as SQL adds a term to it.
+pub const THREAD_DIGEST_MODULUS: i64 = 1 << 62;
+
 /// A value read back, as a body would have held it, where the API may add to it: the
 /// members of `emails` and `phones` that a body sends (`email`/`phone`, `type`), without
 /// nulls. None when there is nothing to take away.
@@ -634,6 +675,32 @@ mod tests {
         let v2 = Fingerprint::of(&body).to_text();
         assert!(!Fingerprint::like(Some(&v2), &body).is_outdated());
         assert_ne!(v2.trim_start_matches("2:"), v1, "another hash");
+    }
+
+    #[test]
+    fn a_thread_digest_is_its_items_sum_in_any_order_and_changes_with_any_item() {
+        let terms = [
+            ThreadDigest::item("message", "m1", "2:preview=00"),
+            ThreadDigest::item("message", "m2", "2:preview=01"),
+            ThreadDigest::item("note", "n1", "2:body=02"),
+        ];
+        let (mut forward, mut backward) = (ThreadDigest::default(), ThreadDigest::default());
+        terms.iter().for_each(|term| forward.add(*term));
+        terms.iter().rev().for_each(|term| backward.add(*term));
+        assert_eq!(forward, backward);
+        assert_eq!(ThreadDigest::from_stored(forward.to_stored()), forward);
+        assert!(forward.to_stored() >= 0 && forward.to_stored() < THREAD_DIGEST_MODULUS);
+        // The bodies of two messages swapped: another digest.
+        let mut swapped = ThreadDigest::default();
+        swapped.add(ThreadDigest::item("message", "m1", "2:preview=01"));
+        swapped.add(ThreadDigest::item("message", "m2", "2:preview=00"));
+        swapped.add(terms[2]);
+        assert_ne!(swapped, forward);
+        // SQL's `(digest + term) % 2^62` is the same sum.
+        let sql = terms.iter().fold(0i64, |sum, term| {
+            (sum + *term as i64) % THREAD_DIGEST_MODULUS
+        });
+        assert_eq!(ThreadDigest::from_stored(sql), forward);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Summary {
     pub notes_created: u64,
     pub history_reconciled: u64,
     pub history_failed: u64,
+    /// Messages and notes made earlier, edited in the source since, and updated now.
+    pub messages_updated: u64,
+    pub notes_updated: u64,
     /// Customers' companies this run created, found in Kustomer already (linked), found
     /// after a lost answer (reconciled), or saw refused.
     pub companies_created: u64,
@@ -106,8 +109,12 @@ impl Summary {
             writeln!(
                 out,
                 "  updated:              {} (done earlier, changed since: {} customers, {} \
-                 conversations)",
-                self.rows_updated, self.customers_updated, self.conversations_updated
+                 conversations, {} messages, {} notes)",
+                self.rows_updated,
+                self.customers_updated,
+                self.conversations_updated,
+                self.messages_updated,
+                self.notes_updated
             )?;
         }
         writeln!(out, "  failed:               {}", self.rows_failed)?;

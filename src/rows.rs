@@ -876,13 +876,7 @@ mod tests {
         ]);
         let first = &rows[0];
         assert!(first.plan.as_ref().unwrap().thread.is_none());
-        assert_eq!(
-            first.thread,
-            ThreadSize {
-                messages: 2,
-                notes: 1
-            }
-        );
+        assert_eq!((first.thread.messages, first.thread.notes), (2, 1));
         assert_eq!(rows[1].thread, ThreadSize::default());
         let pages = store.pages().unwrap();
         assert_eq!(pages.size(&first.origin.key).unwrap(), first.thread);
@@ -1039,13 +1033,7 @@ createdAt = "at"
             Some("Refund")
         );
         assert_eq!(b.customer.external_id.as_deref(), Some("u2"));
-        assert_eq!(
-            rows[0].thread,
-            ThreadSize {
-                messages: 2,
-                notes: 1
-            }
-        );
+        assert_eq!((rows[0].thread.messages, rows[0].thread.notes), (2, 1));
         assert_eq!(thread_ids(&store, "conv:B"), ["b1", "b2", "b3"]);
         assert_eq!(thread_ids(&store, "conv:A"), ["a1", "a2"]);
     }

@@ -1,6 +1,7 @@
-//! Updates of records made earlier (a nightly sync, see `pipeline::update`):
-//! `PATCH /v1/customers/{id}` and `PATCH /v1/conversations/{id}` with only the fields that
-//! changed. An update is idempotent: a lost answer is simply sent again. A 404 says the
+//! Updates of records made earlier (a nightly sync, see `pipeline::update` and, for the
+//! history, `pipeline::thread_sync`): `PATCH /v1/customers/{id}`,
+//! `PATCH /v1/conversations/{id}`, `PATCH /v1/messages/{id}` and `PATCH /v1/notes/{id}` with
+//! only the fields that changed (no bulk update of messages or notes is documented). An update is idempotent: a lost answer is simply sent again. A 404 says the
 //! record is gone (deleted in Kustomer since), a 409 that a value is another record's (an
 //! email); both are refusals of this update, read as every other answer is (`client.rs`).
 //! A 429 while the org's budget is not spent is this record's per-object limit
@@ -29,6 +30,20 @@ impl KustomerClient {
         fields: &Map<String, Value>,
     ) -> Result<(), ApiError> {
         self.update("v1/conversations", id, fields).await
+    }
+
+    /// `PATCH /v1/messages/{id}` with `fields`.
+    pub async fn update_message(
+        &self,
+        id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        self.update("v1/messages", id, fields).await
+    }
+
+    /// `PATCH /v1/notes/{id}` with `fields`.
+    pub async fn update_note(&self, id: &str, fields: &Map<String, Value>) -> Result<(), ApiError> {
+        self.update("v1/notes", id, fields).await
     }
 
     async fn update(

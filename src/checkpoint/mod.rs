@@ -124,6 +124,9 @@ pub struct StoredRecord {
     pub position: u64,
     pub source_file: String,
     pub line: u64,
+    /// What its body was when last sent (see `crate::fingerprint`); None for a record made
+    /// before migration 018.
+    pub fingerprint: Option<String>,
 }
 
 /// What the checkpoint holds of one row.
@@ -278,7 +281,8 @@ fn stored_bulk_job(row: &rusqlite::Row) -> rusqlite::Result<StoredBulkJob> {
 }
 
 /// The columns of `records` a [`StoredRecord`] is read from, in [`stored_record`]'s order.
-const RECORD_COLUMNS: &str = "kind, external_id, state, kustomer_id, position, source_file, line";
+const RECORD_COLUMNS: &str =
+    "kind, external_id, state, kustomer_id, position, source_file, line, fingerprint";
 
 fn stored_record(row: &rusqlite::Row, row_key: &str) -> rusqlite::Result<StoredRecord> {
     let whose = |column| integrity::Stored {
@@ -294,6 +298,7 @@ fn stored_record(row: &rusqlite::Row, row_key: &str) -> rusqlite::Result<StoredR
         position: whose("position").count(row, 4)?,
         source_file: row.get(5)?,
         line: whose("line").count(row, 6)?,
+        fingerprint: row.get(7)?,
     })
 }
 
@@ -343,6 +348,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/013-undo/up.sql"),
     include_str!("../../migrations/014-agents/up.sql"),
     include_str!("../../migrations/015-companies/up.sql"),
+    // 016 and 017 are other features' (merged in order).
+    include_str!("../../migrations/018-history-fingerprints/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go

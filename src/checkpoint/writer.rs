@@ -78,6 +78,9 @@ pub struct RecordChange {
     pub line: u64,
     /// With `Failed`: why (cleared otherwise).
     pub error: Option<String>,
+    /// What its body is sent as (see `crate::fingerprint`); None keeps what is recorded
+    /// (an item found after a lost answer keeps its intent's).
+    pub fingerprint: Option<String>,
 }
 
 /// One change the writer applies.
@@ -352,8 +355,9 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
         )?;
         let mut record = transaction.prepare_cached(
             "INSERT INTO records (row_key, kind, external_id, position, state, kustomer_id,
-                                  origin, attempts, source_file, line, last_error, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                  origin, attempts, source_file, line, last_error, updated_at,
+                                  fingerprint)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (row_key, kind, external_id) DO UPDATE SET
                  position = excluded.position,
                  state = excluded.state,
@@ -363,7 +367,8 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  source_file = excluded.source_file,
                  line = excluded.line,
                  last_error = excluded.last_error,
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at,
+                 fingerprint = coalesce(excluded.fingerprint, fingerprint)",
         )?;
         let mut customer_sent = transaction.prepare_cached(
             "INSERT INTO customers (customer_key, state, external_id, email, phone, updated_at)
@@ -465,6 +470,7 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                         change.line as i64,
                         change.error,
                         now,
+                        change.fingerprint,
                     ])?;
                 }
                 Change::CustomerSent {
@@ -756,6 +762,7 @@ mod tests {
             source_file: "f.jsonl".into(),
             line: 2,
             error: None,
+            fingerprint: None,
         })
     }
 

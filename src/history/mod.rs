@@ -84,11 +84,43 @@ pub struct ThreadItem {
 /// that inserts an earlier item of the same kind moves the positions after it: prefer a
 /// source id when the export has one.
 pub fn derived_item_id(thread: &str, kind: ItemKind, position: u64) -> String {
+    format!(
+        "{}{}",
+        derived_item_prefix(thread),
+        derived_item_suffix(kind, position)
+    )
+}
+
+/// What every derived item id of `thread` starts with (`kimp-<hash>-`).
+pub fn derived_item_prefix(thread: &str) -> String {
     let conversation = crate::rowkey::derived_conversation_id(thread);
     let hash = conversation
         .strip_prefix(DERIVED_ID_PREFIX)
         .unwrap_or(&conversation);
-    format!("{DERIVED_ID_PREFIX}{hash}-{}{position}", kind.letter())
+    format!("{DERIVED_ID_PREFIX}{hash}-")
+}
+
+/// What a derived item id ends with: its kind's letter and its position (`m3`).
+fn derived_item_suffix(kind: ItemKind, position: u64) -> String {
+    format!("{}{position}", kind.letter())
+}
+
+/// What an item is known by within its thread whatever the thread's key (a thread staged
+/// under a provisional key is rekeyed): its source id, or, without one, its derived id's
+/// suffix (`m3`). The identity of a record whose externalId is `external_id`, in the thread
+/// whose derived ids start with `derived_prefix`, is the same text.
+pub fn item_identity<'a>(external_id: &'a str, derived_prefix: &str) -> &'a str {
+    external_id
+        .strip_prefix(derived_prefix)
+        .unwrap_or(external_id)
+}
+
+/// The identity ([`item_identity`]) of an item being staged at `position` of its kind.
+pub fn staged_identity(source_id: Option<&str>, kind: ItemKind, position: u64) -> String {
+    match source_id {
+        Some(id) => id.to_string(),
+        None => derived_item_suffix(kind, position),
+    }
 }
 
 #[cfg(test)]

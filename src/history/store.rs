@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ItemKind, ThreadItem, derived_item_id};
+use super::{ItemKind, ThreadItem, derived_item_id, staged_identity};
+use crate::fingerprint::{Fingerprint, THREAD_DIGEST_MODULUS, ThreadDigest};
 
 /// Items read from a thread at a time: a page of a bulk job.
 pub const PAGE: usize = 100;
@@ -75,6 +76,8 @@ const OWNER_LOCK: &str = "owner.lock";
 pub struct ThreadSize {
     pub messages: u64,
     pub notes: u64,
+    /// What its items are, as one number (see [`ThreadDigest`]).
+    pub digest: ThreadDigest,
 }
 
 impl ThreadSize {
@@ -90,6 +93,8 @@ pub struct StagedItem {
     pub external_id: String,
     /// Its body as staged, JSON text (see [`ThreadItem::body`]).
     pub body: String,
+    /// Its body's fingerprint's text (see `crate::fingerprint`), made when it was staged.
+    pub fingerprint: String,
     pub file: Arc<str>,
     pub line: u64,
     /// Where the thread's next page starts.
@@ -114,6 +119,7 @@ const SCHEMA: &str = "
         position  INTEGER NOT NULL,
         source_id TEXT,
         body      TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
         file      TEXT NOT NULL,
         line      INTEGER NOT NULL,
         PRIMARY KEY (thread, seq)
@@ -125,6 +131,8 @@ const SCHEMA: &str = "
         thread   TEXT PRIMARY KEY,
         messages INTEGER NOT NULL DEFAULT 0,
         notes    INTEGER NOT NULL DEFAULT 0,
+        -- ThreadDigest: the sum of its items' terms, modulo 2^62.
+        digest   INTEGER NOT NULL DEFAULT 0,
         claimed  INTEGER NOT NULL DEFAULT 0,
         -- The first item of the thread that failed its checks (a child file's bad row):
         -- where it was read and why. The claiming row fails with it.
@@ -230,10 +238,14 @@ impl Stager {
         )?;
         self.seq += 1;
         let body = serde_json::to_string(&item.body).expect("a JSON map always encodes");
+        let fingerprint = Fingerprint::of(&item.body).to_text();
+        let identity = staged_identity(item.source_id.as_deref(), item.kind, position as u64);
+        let term = ThreadDigest::item(item.kind.as_str(), &identity, &fingerprint);
         self.connection
             .prepare_cached(
-                "INSERT INTO items (thread, seq, at, kind, position, source_id, body, file, line)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO items (thread, seq, at, kind, position, source_id, body, fingerprint,
+                                    file, line)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 thread,
@@ -243,9 +255,13 @@ impl Stager {
                 position,
                 item.source_id,
                 body,
+                fingerprint,
                 &*item.file,
                 item.line as i64,
             ])?;
+        self.connection
+            .prepare_cached("UPDATE threads SET digest = (digest + ?2) % ?3 WHERE thread = ?1")?
+            .execute(params![thread, term as i64, THREAD_DIGEST_MODULUS])?;
         Ok(Staged::Kept)
     }
 
@@ -285,7 +301,8 @@ impl Stager {
         Ok(self
             .connection
             .prepare_cached(
-                "UPDATE threads SET claimed = 1 WHERE thread = ?1 RETURNING messages, notes",
+                "UPDATE threads SET claimed = 1 WHERE thread = ?1
+                 RETURNING messages, notes, digest",
             )?
             .query_row([thread], read_size)
             .optional()?)
@@ -389,6 +406,7 @@ fn read_size(row: &rusqlite::Row) -> rusqlite::Result<ThreadSize> {
     Ok(ThreadSize {
         messages: row.get::<_, i64>(0)? as u64,
         notes: row.get::<_, i64>(1)? as u64,
+        digest: ThreadDigest::from_stored(row.get(2)?),
     })
 }
 
@@ -422,7 +440,7 @@ impl Pages {
     pub fn size(&self, thread: &str) -> Result<ThreadSize, StoreError> {
         Ok(self
             .connection
-            .prepare_cached("SELECT messages, notes FROM threads WHERE thread = ?1")?
+            .prepare_cached("SELECT messages, notes, digest FROM threads WHERE thread = ?1")?
             .query_row([thread], read_size)
             .optional()?
             .unwrap_or_default())
@@ -441,7 +459,7 @@ impl Pages {
             None => (None, 0, false),
         };
         let mut statement = self.connection.prepare_cached(
-            "SELECT seq, at, kind, position, source_id, body, file, line FROM items
+            "SELECT seq, at, kind, position, source_id, body, file, line, fingerprint FROM items
              WHERE thread = ?1 AND (NOT ?4 OR (at IS ?2 AND seq > ?3)
                  OR (?2 IS NULL AND at IS NOT NULL) OR at > ?2)
              ORDER BY at, seq LIMIT ?5",
@@ -462,6 +480,7 @@ impl Pages {
                 kind,
                 external_id: source_id.unwrap_or_else(|| derived_item_id(thread, kind, position)),
                 body: row.get(5)?,
+                fingerprint: row.get(8)?,
                 file: Arc::from(file),
                 line: row.get::<_, i64>(7)? as u64,
                 cursor,
@@ -489,6 +508,7 @@ impl Pages {
                     size: ThreadSize {
                         messages: row.get::<_, i64>(1)? as u64,
                         notes: row.get::<_, i64>(2)? as u64,
+                        digest: ThreadDigest::default(),
                     },
                     file: row.get(3)?,
                     line: row.get::<_, i64>(5)? as u64,
@@ -554,13 +574,9 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(
-            pages.size("conv:A").unwrap(),
-            ThreadSize {
-                messages: 4,
-                notes: 0
-            }
-        );
+        let size = pages.size("conv:A").unwrap();
+        assert_eq!((size.messages, size.notes), (4, 0));
+        assert_ne!(size.digest, ThreadDigest::default(), "its items add up");
         assert_eq!(pages.size("conv:none").unwrap(), ThreadSize::default());
     }
 
@@ -649,13 +665,8 @@ mod tests {
         stager
             .stage("conv:Y", &item(ItemKind::Note, None, None, 4))
             .unwrap();
-        assert_eq!(
-            stager.claim("conv:A").unwrap(),
-            Some(ThreadSize {
-                messages: 0,
-                notes: 1
-            })
-        );
+        let claimed = stager.claim("conv:A").unwrap().unwrap();
+        assert_eq!((claimed.messages, claimed.notes), (0, 1));
         assert_eq!(stager.claim("conv:none").unwrap(), None);
         stager.publish().unwrap();
         let orphans = store.pages().unwrap().orphans().unwrap();

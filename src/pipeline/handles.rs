@@ -124,6 +124,9 @@ pub(super) struct Tools {
     pub control: Arc<RunControl>,
     pub retry: RetryPolicy,
     pub rules: RowRules,
+    /// `--on-change` and `--update-fields`: how done items edited in the source are synced
+    /// (see `thread_sync`).
+    pub sync: super::resume::SyncRules,
     /// Back to the planner: a customer settled, a row or a job ended.
     pub events: mpsc::UnboundedSender<Event>,
     /// The run's staged threads, read back a page at a time (None: no input has history).
@@ -145,6 +148,9 @@ pub(super) struct HistoryCounts {
     pub notes_created: AtomicU64,
     pub reconciled: AtomicU64,
     pub failed: AtomicU64,
+    /// Done earlier, edited in the source since, and updated now.
+    pub messages_updated: AtomicU64,
+    pub notes_updated: AtomicU64,
 }
 
 impl HistoryCounts {
@@ -154,6 +160,8 @@ impl HistoryCounts {
             (&self.notes_created, thread.notes_created),
             (&self.reconciled, thread.reconciled),
             (&self.failed, thread.failed),
+            (&self.messages_updated, thread.messages_updated),
+            (&self.notes_updated, thread.notes_updated),
         ] {
             count.fetch_add(value, Ordering::Relaxed);
         }
@@ -182,6 +190,7 @@ impl Tools {
                 stamp_imported_at: settings.stamp_imported_at,
                 org_admin: settings.org_admin,
             },
+            sync: settings.sync.clone(),
             events,
             threads: None,
             history: HistoryCounts::default(),

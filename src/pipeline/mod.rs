@@ -35,6 +35,7 @@ mod reader;
 mod resume;
 mod row;
 mod thread;
+mod thread_sync;
 mod update;
 mod worker;
 

@@ -394,6 +394,8 @@ impl<'a> Planner<'a> {
         self.summary.notes_created = count(&history.notes_created);
         self.summary.history_reconciled = count(&history.reconciled);
         self.summary.history_failed = count(&history.failed);
+        self.summary.messages_updated = count(&history.messages_updated);
+        self.summary.notes_updated = count(&history.notes_updated);
         self.summary.user_lookups = count(&self.tools.client.stats().user_lookups);
         self.summary.agents_unresolved = self.tools.agents.unresolved();
         let companies = &self.tools.companies.counts;
@@ -939,7 +941,8 @@ impl<'a> Planner<'a> {
     }
 
     /// For a row with history that a run has seen: the row read whole, reopened when its
-    /// thread has items not done (see [`reopened_for_history`]; `reopened` says it was),
+    /// thread has items not done or not recorded as sent as they read now (see
+    /// [`reopened_for_history`] and `EarlierRecords::as_sent`; `reopened` says it was),
     /// and what the checkpoint holds of its thread. A row without history keeps what
     /// `rows_to_plan` read.
     fn with_history(
@@ -958,8 +961,12 @@ impl<'a> Planner<'a> {
                 });
             }
         };
-        let records = EarlierRecords::new(self.checkpoint.records_of(row_key)?);
-        let unfinished = records.done() < thread.items();
+        let records = EarlierRecords::new(row_key, self.checkpoint.records_of(row_key)?);
+        // An item edited in the source since it was sent reopens its row as a new one does
+        // (its worker compares each done item), unless no item update may be sent.
+        let compare_items = self.settings.sync.on_change != OnChange::Skip;
+        let unfinished =
+            records.done() < thread.items() || (compare_items && !records.as_sent(thread));
         let whole = self.checkpoint.row(row_key)?.map(|whole| {
             reopened_for_history(
                 StoredRow {

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use crate::checkpoint::{
     Change, CustomerOrigin, RecordChange, RecordKind, RowChange, RowState, StepState, StoredRecord,
 };
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, ThreadDigest};
 use crate::history::ItemKind;
 use crate::history::store::{StagedItem, ThreadSize};
 use crate::mapping::{ConversationBody, Plan};
@@ -144,32 +144,62 @@ pub(super) enum Owed {
 }
 
 /// What the checkpoint holds of a row's history, by record: an item it lacks is pending.
+/// With the digest of its done records' fingerprints (see [`ThreadDigest`]), which a
+/// thread that reads as it was sent matches.
 #[derive(Debug, Default)]
-pub(super) struct EarlierRecords(HashMap<(ItemKind, String), StoredRecord>);
+pub(super) struct EarlierRecords {
+    records: HashMap<(ItemKind, String), StoredRecord>,
+    digest: ThreadDigest,
+    /// A done record has no fingerprint (made before migration 018): to adopt.
+    unfingerprinted: bool,
+}
 
 impl EarlierRecords {
-    pub(super) fn new(records: Vec<StoredRecord>) -> EarlierRecords {
-        EarlierRecords(
-            records
-                .into_iter()
-                .filter_map(|record| {
-                    let kind = ItemKind::parse(record.kind.as_str())?;
-                    Some(((kind, record.external_id.clone()), record))
-                })
-                .collect(),
-        )
+    /// The records of the row `row_key` (its thread's key).
+    pub(super) fn new(row_key: &str, records: Vec<StoredRecord>) -> EarlierRecords {
+        let prefix = crate::history::derived_item_prefix(row_key);
+        let mut digest = ThreadDigest::default();
+        let mut unfingerprinted = false;
+        for record in records.iter().filter(|r| r.state == StepState::Done) {
+            match &record.fingerprint {
+                Some(print) => {
+                    let identity = crate::history::item_identity(&record.external_id, &prefix);
+                    digest.add(ThreadDigest::item(record.kind.as_str(), identity, print));
+                }
+                None => unfingerprinted = true,
+            }
+        }
+        let records = records
+            .into_iter()
+            .filter_map(|record| {
+                let kind = ItemKind::parse(record.kind.as_str())?;
+                Some(((kind, record.external_id.clone()), record))
+            })
+            .collect();
+        EarlierRecords {
+            records,
+            digest,
+            unfingerprinted,
+        }
     }
 
     pub(super) fn of(&self, item: &StagedItem) -> Option<&StoredRecord> {
-        self.0.get(&(item.kind, item.external_id.clone()))
+        self.records.get(&(item.kind, item.external_id.clone()))
     }
 
     /// How many are done.
     pub(super) fn done(&self) -> u64 {
-        self.0
+        self.records
             .values()
             .filter(|record| record.state == StepState::Done)
             .count() as u64
+    }
+
+    /// Whether every item of `thread` is done and recorded as sent as it reads now: one
+    /// comparison, no item read back. False when an item is new, was edited in the source,
+    /// or was made before fingerprints were kept.
+    pub(super) fn as_sent(&self, thread: ThreadSize) -> bool {
+        !self.unfingerprinted && self.done() == thread.items() && self.digest == thread.digest
     }
 }
 
@@ -458,6 +488,7 @@ impl PlannedRow {
             source_file: item.file.to_string(),
             line: item.line,
             error: None,
+            fingerprint: Some(item.fingerprint.clone()),
         }
     }
 

@@ -16,6 +16,7 @@ use super::failure::endpoint_missing;
 use super::handles::Tools;
 use super::resume::{ItemResume, resume_item};
 use super::row::{Halt, PlannedRow};
+use super::thread_sync::sync_done_item;
 use super::worker::Attempts;
 use crate::api::ApiError;
 use crate::checkpoint::{Change, RecordOrigin, StepState};
@@ -37,6 +38,14 @@ pub(super) struct ThreadOutcome {
     pub failed: u64,
     /// Why the first refused item was refused, naming it.
     pub first_failure: Option<String>,
+    /// Done earlier, edited in the source since, and updated now (see `thread_sync`).
+    pub messages_updated: u64,
+    pub notes_updated: u64,
+    /// Fields of items done earlier that changed and were kept as they were
+    /// (`--on-change fail`), named `message.preview`.
+    pub kept_changes: Vec<String>,
+    /// The first update of an item done earlier that the API refused: its kind and why.
+    pub first_update_refusal: Option<(ItemKind, String)>,
 }
 
 /// How one item settled.
@@ -72,9 +81,16 @@ pub(super) async fn send_thread(
         cursor = Some(last.cursor);
         let mut run: Vec<(&StagedItem, u64)> = Vec::new();
         for item in &page {
-            let earlier = work.earlier_records.of(item).map(|record| record.state);
-            match (resume_item(earlier), bulk) {
-                (ItemResume::Skip, _) => writer.outcome.already_done += 1,
+            let earlier = work.earlier_records.of(item);
+            match (resume_item(earlier.map(|record| record.state)), bulk) {
+                (ItemResume::Skip, _) => {
+                    writer.outcome.already_done += 1;
+                    if let Some(record) = earlier {
+                        let outcome = &mut writer.outcome;
+                        sync_done_item(tools, work, (item, position), record, attempts, outcome)
+                            .await?;
+                    }
+                }
                 (ItemResume::Send { reconcile_first }, Some(bulk)) => {
                     // An earlier answer was lost: looked up alone, and if it is not there,
                     // sent with the others.
@@ -284,10 +300,16 @@ async fn record_verdict(
         ItemVerdict::Made(id, origin) => {
             change.kustomer_id = Some(id);
             change.origin = Some(origin);
+            // Found after a lost answer, it holds the body its intent went out with, whose
+            // fingerprint is kept: the next run sends what was edited since, if anything.
+            if origin != RecordOrigin::Created {
+                change.fingerprint = None;
+            }
         }
         ItemVerdict::Refused(reason) => {
             change.state = StepState::Failed;
             change.error = Some(reason);
+            change.fingerprint = None;
         }
     }
     tools.journal.record(vec![Change::Record(change)]).await;
@@ -306,7 +328,12 @@ async fn send_item(
 ) -> Result<ItemVerdict, Halt> {
     let body = item_body(tools, item, attempts).await?;
     attempts.check_stop()?;
-    let intent = work.item_change(item, position, StepState::Sent, attempts.take_requests());
+    let mut intent = work.item_change(item, position, StepState::Sent, attempts.take_requests());
+    if reconcile_first {
+        // An earlier intent's body may have landed: its fingerprint is kept until a
+        // create of this one does.
+        intent.fingerprint = None;
+    }
     tools.journal.commit(vec![Change::Record(intent)]).await?;
     let mut unknown = reconcile_first;
     let mut refused_as_duplicate = false;
@@ -368,7 +395,7 @@ const ADMIN_FIELDS: [&str; 4] = ["createdAt", "createdBy", "modifiedAt", "modifi
 /// user (see `agents`), `importedAt` stamped unless the source gave one (a message with it
 /// is exempt from the per-customer limit), and the fields only an `org.admin` key may set
 /// left out unless the key holds it (the author is resolved all the same, to be reported).
-async fn item_body(
+pub(super) async fn item_body(
     tools: &Tools,
     item: &StagedItem,
     attempts: &mut Attempts<'_>,

@@ -79,16 +79,18 @@ async fn drive_row(
     // Before the thread: a done row taken up again for new history owes its records the
     // changes the same export brought.
     let owed = settle_owed(tools, work, attempts).await?;
+    let mut thread = None;
     if work.thread.items() > 0 {
         if origin.is_some() && work.conversation_origin.is_none() {
             let made =
                 work.conversation_made(&customer_id, &conversation_id, attempts.take_requests());
             tools.journal.record(vec![Change::Row(made)]).await;
         }
-        let thread = send_thread(tools, work, &conversation_id, attempts, history_jobs).await?;
-        tools.history.add(&thread);
-        if let Some(first) = &thread.first_failure {
-            let partly = work.partly_imported(&customer_id, &conversation_id, thread.failed, first);
+        let written = send_thread(tools, work, &conversation_id, attempts, history_jobs).await?;
+        tools.history.add(&written);
+        if let Some(first) = &written.first_failure {
+            let partly =
+                work.partly_imported(&customer_id, &conversation_id, written.failed, first);
             let halt = Halt::Failed {
                 field: partly.field.clone(),
                 reason: partly.error.clone().unwrap_or_default(),
@@ -98,11 +100,45 @@ async fn drive_row(
             tools.journal.record(changes).await;
             return Ok(RowOutcome::Halted(halt));
         }
+        thread = Some(written);
     }
     let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
-    let (changes, outcome) = owed.done(work, done, origin);
+    let (mut changes, mut outcome) = owed.done(work, done, origin);
+    if let Some(thread) = &thread {
+        (changes, outcome) = with_items_synced(work, thread, changes, outcome);
+    }
     tools.journal.record(changes).await;
     Ok(outcome)
+}
+
+/// A done row's outcome once its thread's done items were synced (see `thread_sync`):
+/// updated when any item was, reported (and kept done) when an edit was kept or refused.
+fn with_items_synced(
+    work: &PlannedRow,
+    thread: &super::thread::ThreadOutcome,
+    mut changes: Vec<Change>,
+    outcome: RowOutcome,
+) -> (Vec<Change>, RowOutcome) {
+    let outcome = if thread.items_updated() == 0 {
+        outcome
+    } else {
+        changes.push(Change::RowUpdated {
+            row_key: work.origin.key.clone(),
+        });
+        match outcome {
+            RowOutcome::Done { conversation: None } => RowOutcome::Updated {
+                customer: false,
+                conversation: false,
+            },
+            other => other,
+        }
+    };
+    match (thread.sync_report(), outcome) {
+        (Some(report), RowOutcome::Done { .. } | RowOutcome::Updated { .. }) => {
+            (changes, RowOutcome::Halted(report))
+        }
+        (_, outcome) => (changes, outcome),
+    }
 }
 
 /// What a row's [`Owed`] came to, settled before its thread.

@@ -13,6 +13,7 @@ mod faults;
 mod first_hour;
 mod foreign;
 mod history;
+mod history_sync;
 mod import;
 mod operate;
 mod pauses;

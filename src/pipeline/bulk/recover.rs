@@ -233,6 +233,7 @@ fn intent_of(item: &StoredBulkItem, record: &StoredRecord) -> RecordChange {
         source_file: record.source_file.clone(),
         line: record.line,
         error: None,
+        fingerprint: None,
     }
 }
 

@@ -1,0 +1,201 @@
+//! Issue 18 for the history: a message or note made earlier and edited in the source since
+//! gets one PATCH of what changed, an unchanged thread sends nothing, `--on-change skip`
+//! sends no item update, a lost answer on a PATCH is sent again, and a checkpoint from
+//! before migration 018 adopts what its items read as, with no PATCH.
+
+use kustomer_import::sandbox::FaultConfig;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+/// `conversations` tickets of 5 messages and one note each: 50 messages for 10.
+fn export(conversations: usize) -> Vec<Value> {
+    (0..conversations)
+        .map(|t| {
+            let thread: Vec<_> = (0..5)
+                .map(|m| {
+                    json!({"externalId": format!("m-{t}-{m}"), "channel": "email",
+                           "direction": "in", "preview": format!("message {m} of {t}"),
+                           "sentAt": format!("2024-01-01T00:0{m}:00Z")})
+                })
+                .collect();
+            json!({
+                "customer": {"externalId": format!("c-{t}"), "name": format!("C {t}")},
+                "conversation": {"externalId": format!("t-{t}"), "name": format!("Ticket {t}")},
+                "messages": thread,
+                "notes": [{"externalId": format!("n-{t}"), "body": format!("note on {t}"),
+                           "createdAt": "2024-01-01T00:00:30Z"}],
+            })
+        })
+        .collect()
+}
+
+/// Day two: two messages and one note of day one edited in the source.
+fn edited(mut lines: Vec<Value>) -> Vec<Value> {
+    lines[0]["messages"][1]["preview"] = json!("message 1 of 0, corrected");
+    lines[3]["messages"][2]["direction"] = json!("out");
+    lines[5]["notes"][0]["body"] = json!("note on 5, amended");
+    lines
+}
+
+fn text(lines: &[Value]) -> String {
+    lines.iter().map(|line| format!("{line}\n")).collect()
+}
+
+/// Each item the sandbox holds, by externalId: a message's preview and direction, a
+/// note's body.
+fn held(env: &TestEnv) -> std::collections::BTreeMap<String, (Value, Value)> {
+    let records = env.records();
+    records
+        .conversations
+        .iter()
+        .flat_map(|c| records.thread(&c.id).to_vec())
+        .map(|item| {
+            let body = &item.body;
+            let first = body.get("preview").or(body.get("body")).cloned();
+            let second = body.get("direction").cloned().unwrap_or(Value::Null);
+            (
+                item.external_id.unwrap(),
+                (first.unwrap_or(Value::Null), second),
+            )
+        })
+        .collect()
+}
+
+/// What `lines` say each item is, in the shape of [`held`].
+fn expected(lines: &[Value]) -> std::collections::BTreeMap<String, (Value, Value)> {
+    let mut items = std::collections::BTreeMap::new();
+    for line in lines {
+        for m in line["messages"].as_array().unwrap() {
+            let id = m["externalId"].as_str().unwrap().to_string();
+            items.insert(id, (m["preview"].clone(), m["direction"].clone()));
+        }
+        for n in line["notes"].as_array().unwrap() {
+            let id = n["externalId"].as_str().unwrap().to_string();
+            items.insert(id, (n["body"].clone(), Value::Null));
+        }
+    }
+    items
+}
+
+#[test]
+fn day_two_edits_two_messages_and_a_note_sends_exactly_three_patches_then_nothing() {
+    let env = TestEnv::plain();
+    let file = env.write("threads.jsonl", &text(&export(10)));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let day_two = edited(export(10));
+    let file = env.write("threads.jsonl", &text(&day_two));
+    let before = env.stats();
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(0);
+    let after = env.stats();
+    assert_eq!(after.messages_updated - before.messages_updated, 2);
+    assert_eq!(after.notes_updated - before.notes_updated, 1);
+    assert_eq!(
+        after.updates_total - before.updates_total,
+        3,
+        "three PATCHes"
+    );
+    assert_eq!(after.creates_total, before.creates_total, "nothing made");
+    assert_eq!(
+        after.requests_total - before.requests_total,
+        3,
+        "nothing but them"
+    );
+    assert_eq!(held(&env), expected(&day_two), "the sandbox holds day two");
+    assert!(run.stdout.contains("2 messages, 1 notes"), "{}", run.stdout);
+
+    let again = env.stats().requests_total;
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    assert_eq!(
+        env.stats().requests_total,
+        again,
+        "an unchanged re-run sends nothing"
+    );
+}
+
+#[test]
+fn under_on_change_skip_no_item_update_is_sent_and_fail_names_the_field() {
+    let env = TestEnv::plain();
+    let file = env.write("threads.jsonl", &text(&export(10)));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    let file = env.write("threads.jsonl", &text(&edited(export(10))));
+    let before = env.stats().requests_total;
+    env.import(&[file.to_str().unwrap(), "--on-change", "skip"])
+        .assert_code(0);
+    assert_eq!(env.stats().requests_total, before, "skip sends nothing");
+    assert_eq!(held(&env), expected(&export(10)), "day one's items kept");
+
+    let run = env.import(&[file.to_str().unwrap(), "--on-change", "fail"]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert_eq!(env.stats().requests_total, before, "fail sends nothing");
+    let fields: Vec<String> = env.errors().into_iter().map(|e| e.2).collect();
+    assert!(
+        fields.contains(&"message.preview".to_string()),
+        "{fields:?}"
+    );
+    assert!(fields.contains(&"note.body".to_string()), "{fields:?}");
+    assert_eq!(env.rows_in_state("done"), 10, "the rows stay done");
+}
+
+#[test]
+fn a_lost_answer_on_an_items_patch_is_sent_again_and_lands() {
+    let env = TestEnv::plain();
+    let file = env.write("threads.jsonl", &text(&export(10)));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    env.sandbox().set_faults(FaultConfig {
+        drop_after_write_rate: 0.5,
+        fail_after_write_rate: 0.3,
+        seed: Some(18),
+        ..FaultConfig::default()
+    });
+    let day_two = edited(export(10));
+    let file = env.write("threads.jsonl", &text(&day_two));
+    let before = env.stats();
+    env.import(&[
+        file.to_str().unwrap(),
+        "--max-retries",
+        "30",
+        "--reconcile-delay",
+        "0.05",
+    ])
+    .assert_code(0);
+    let after = env.stats();
+    assert!(
+        after.faults.drop_after_write + after.faults.fail_after_write
+            > before.faults.drop_after_write + before.faults.fail_after_write,
+        "no fault was injected"
+    );
+    assert!(after.updates_total - before.updates_total >= 3);
+    assert_eq!(after.creates_total, before.creates_total, "nothing made");
+    assert_eq!(held(&env), expected(&day_two));
+}
+
+#[test]
+fn a_checkpoint_from_before_migration_018_adopts_its_items_with_no_patch() {
+    let env = TestEnv::plain();
+    let file = env.write("threads.jsonl", &text(&export(10)));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    // What a version before this one left: no fingerprint on any record.
+    rusqlite::Connection::open(env.path("kustomer-import.sqlite"))
+        .unwrap()
+        .execute("UPDATE records SET fingerprint = NULL", [])
+        .unwrap();
+    let before = env.stats().requests_total;
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    assert_eq!(env.stats().requests_total, before, "adopted, nothing sent");
+    let unprinted: i64 = env
+        .checkpoint()
+        .query_row(
+            "SELECT count(*) FROM records WHERE fingerprint IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unprinted, 0, "every item adopted");
+    // Then an edit is sent as on any checkpoint.
+    let file = env.write("threads.jsonl", &text(&edited(export(10))));
+    let before = env.stats().updates_total;
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    assert_eq!(env.stats().updates_total - before, 3);
+}
