@@ -519,7 +519,7 @@ impl Fingerprint {
 /// adds up what it stages; the planner adds up the done records the checkpoint holds of the
 /// row: equal sums say that every item is recorded as sent as it reads now, with no item
 /// read back (an unchanged thread costs one comparison), and unequal ones that an item is
-/// new, edited, or recorded by a version before migration 018.
+/// new, edited, or recorded by a version before migration 016.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadDigest(u64);
 

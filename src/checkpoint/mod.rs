@@ -125,7 +125,7 @@ pub struct StoredRecord {
     pub source_file: String,
     pub line: u64,
     /// What its body was when last sent (see `crate::fingerprint`); None for a record made
-    /// before migration 018.
+    /// before migration 016.
     pub fingerprint: Option<String>,
 }
 
@@ -348,8 +348,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/013-undo/up.sql"),
     include_str!("../../migrations/014-agents/up.sql"),
     include_str!("../../migrations/015-companies/up.sql"),
-    // 016 and 017 are other features' (merged in order).
-    include_str!("../../migrations/018-history-fingerprints/up.sql"),
+    include_str!("../../migrations/016-history-fingerprints/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go

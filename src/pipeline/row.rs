@@ -150,7 +150,7 @@ pub(super) enum Owed {
 pub(super) struct EarlierRecords {
     records: HashMap<(ItemKind, String), StoredRecord>,
     digest: ThreadDigest,
-    /// A done record has no fingerprint (made before migration 018): to adopt.
+    /// A done record has no fingerprint (made before migration 016): to adopt.
     unfingerprinted: bool,
 }
 

@@ -8,7 +8,7 @@
 //! again next time. The item's own update limit (a 429 while the org's budget is not spent)
 //! makes this row wait, not the run. A refusal is reported with the server's words and
 //! leaves the item recorded as it was last sent, for the next run to try again. A record
-//! made before migration 018 has no fingerprint: what it reads as now is adopted as what
+//! made before migration 016 has no fingerprint: what it reads as now is adopted as what
 //! was sent, and nothing is sent for it.
 //!
 //! The planner reopens a done row for this only when its thread's digest says an item is
@@ -43,7 +43,7 @@ pub(super) enum ItemSync {
 }
 
 /// The rule for one done item: `stored`, its record's fingerprint (None: made before
-/// migration 018), against `now`, its staged body's. `--update-fields` names an item's
+/// migration 016), against `now`, its staged body's. `--update-fields` names an item's
 /// fields by kind (`message.preview`, `note.body`, see [`qualified`]).
 pub(super) fn compare_item(
     kind: ItemKind,

@@ -1,7 +1,7 @@
 //! Issue 18 for the history: a message or note made earlier and edited in the source since
 //! gets one PATCH of what changed, an unchanged thread sends nothing, `--on-change skip`
 //! sends no item update, a lost answer on a PATCH is sent again, and a checkpoint from
-//! before migration 018 adopts what its items read as, with no PATCH.
+//! before migration 016 adopts what its items read as, with no PATCH.
 
 use kustomer_import::sandbox::FaultConfig;
 use serde_json::{Value, json};
@@ -172,7 +172,7 @@ fn a_lost_answer_on_an_items_patch_is_sent_again_and_lands() {
 }
 
 #[test]
-fn a_checkpoint_from_before_migration_018_adopts_its_items_with_no_patch() {
+fn a_checkpoint_from_before_migration_016_adopts_its_items_with_no_patch() {
     let env = TestEnv::plain();
     let file = env.write("threads.jsonl", &text(&export(10)));
     env.import(&[file.to_str().unwrap()]).assert_code(0);
