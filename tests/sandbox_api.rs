@@ -2231,6 +2231,22 @@ fn org_tags() -> Vec<kustomer_import::sandbox::TagRecord> {
         .collect()
 }
 
+/// A sandbox holding [`org_tags`] that takes only tag ids in a conversation's `tags`, with
+/// one customer made: the sandbox and the customer's id.
+async fn strict_tag_org() -> (Sandbox, String) {
+    let sandbox = start(SandboxConfig {
+        tags: org_tags(),
+        tag_ids_only: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let customer = Api::new(&sandbox)
+        .post("/v1/customers", &json!({"name": "Ada"}))
+        .await;
+    let customer = customer.body["data"]["id"].as_str().unwrap().to_string();
+    (sandbox, customer)
+}
+
 /// `GET /v1/tags?page=&pageSize=` (the docs) lists the org's tags oldest first, in pages
 /// whose `links.next` names the next while there is one; a listing begun is counted.
 #[tokio::test]
@@ -2265,15 +2281,8 @@ async fn the_orgs_tags_are_listed_in_pages() {
 /// (once, whatever their case) and adds each tag once: appending again changes nothing.
 #[tokio::test]
 async fn an_append_makes_missing_tags_once_and_adds_each_tag_once() {
-    let sandbox = start(SandboxConfig {
-        tags: org_tags(),
-        tag_ids_only: true,
-        ..SandboxConfig::default()
-    })
-    .await;
+    let (sandbox, customer) = strict_tag_org().await;
     let api = Api::new(&sandbox);
-    let customer = api.post("/v1/customers", &json!({"name": "Ada"})).await;
-    let customer = customer.body["data"]["id"].as_str().unwrap().to_string();
     let body = json!({"customer": customer, "name": "Hi", "tags": ["tag-0"]});
     let made = api.post("/v1/conversations", &body).await;
     assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
@@ -2320,15 +2329,8 @@ async fn an_append_makes_missing_tags_once_and_adds_each_tag_once() {
 /// refused 422 naming its place, on create and on update alike.
 #[tokio::test]
 async fn a_conversation_whose_tags_are_names_is_refused_naming_the_tag() {
-    let sandbox = start(SandboxConfig {
-        tags: org_tags(),
-        tag_ids_only: true,
-        ..SandboxConfig::default()
-    })
-    .await;
+    let (sandbox, customer) = strict_tag_org().await;
     let api = Api::new(&sandbox);
-    let customer = api.post("/v1/customers", &json!({"name": "Ada"})).await;
-    let customer = customer.body["data"]["id"].as_str().unwrap().to_string();
     let body = json!({"customer": customer, "name": "Hi", "tags": ["tag-0", "vip"]});
     let refused = api.post("/v1/conversations", &body).await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);

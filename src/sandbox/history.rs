@@ -374,15 +374,27 @@ pub(super) async fn list_notes(
         );
     }
     let listed = inner.store.threads().notes_page(&id, page, size);
-    let link = |page: usize| format!("/v1/conversations/{id}/notes?page={page}&pageSize={size}");
     let data: Vec<Value> = listed.items.iter().map(|r| thread_object(r)).collect();
+    let path = format!("/v1/conversations/{id}/notes");
+    page_answer(&path, data, (page, size), listed.more)
+}
+
+/// One page of a listing at `path`: `{"data": [...], "links": {self, first, prev, next},
+/// "meta": {page, pageSize}}`, `links.next` null on the last page; 200.
+pub(super) fn page_answer(
+    path: &str,
+    data: Vec<Value>,
+    (page, size): (usize, usize),
+    more: bool,
+) -> Response {
+    let link = |page: usize| format!("{path}?page={page}&pageSize={size}");
     let answer = json!({
         "data": data,
         "links": {
             "self": link(page),
             "first": link(1),
             "prev": (page > 1).then(|| link(page - 1)),
-            "next": listed.more.then(|| link(page + 1)),
+            "next": more.then(|| link(page + 1)),
         },
         "meta": { "page": page, "pageSize": size },
     });

@@ -157,18 +157,7 @@ pub(super) async fn list(State(app): State<Arc<App>>, req: Request) -> Response 
     let end = start.saturating_add(size).min(all.len());
     let data: Vec<Value> = all[start..end].iter().map(TagRecord::object).collect();
     let more = end < all.len();
-    let link = |page: usize| format!("/v1/tags?page={page}&pageSize={size}");
-    let answer = json!({
-        "data": data,
-        "links": {
-            "self": link(page),
-            "first": link(1),
-            "prev": (page > 1).then(|| link(page - 1)),
-            "next": more.then(|| link(page + 1)),
-        },
-        "meta": { "page": page, "pageSize": size },
-    });
-    (StatusCode::OK, Json(answer)).into_response()
+    super::history::page_answer("/v1/tags", data, (page, size), more)
 }
 
 /// `POST /v1/conversations/{id}/tags`: the names the org lacks made tags, every tag added
