@@ -4,7 +4,8 @@
 //! id, name, email, phone and role of each user, sorted by id: no full records are held,
 //! so 100k users cost a few megabytes) and the mapping of one ticket to a [`Plan`]
 //! ([`ZendeskMapping`]): the requester as the customer, the ticket as the conversation and
-//! its comments, in order, as the thread (`public: false` is an internal note).
+//! its comments, in order, as the thread (`public: false` is an internal note), each an
+//! agent wrote carrying the agent's email as its `createdBy`.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -320,7 +321,14 @@ impl TicketThread {
             body.insert("createdAt".into(), created_at.clone());
         }
         let kind = if public {
-            let direction = self.direction(&comment, &path)?;
+            let author = self.author(&comment, &path)?;
+            let direction = match author {
+                Author::User(_, user) if user.role == Role::Agent => "out",
+                Author::Requester | Author::User(..) => "in",
+            };
+            if let Some(agent) = author.agent() {
+                body.insert("createdBy".into(), json!(agent));
+            }
             let channel = comment
                 .get("via")
                 .and_then(|via| via.get("channel"))
@@ -343,6 +351,11 @@ impl TicketThread {
             ItemKind::Message
         } else {
             // No text at all is left to finish_item to refuse, naming `comments[i].body`.
+            // A note's author only says who wrote it: one missing from users.json leaves
+            // it with no author rather than failing its ticket.
+            if let Some(agent) = self.author(&comment, &path).ok().and_then(|a| a.agent()) {
+                body.insert("createdBy".into(), json!(agent));
+            }
             if let Some(plain) = plain {
                 body.insert("body".into(), json!(plain));
             }
@@ -351,24 +364,42 @@ impl TicketThread {
         finish_item(kind, body, &path, file, line)
     }
 
-    /// in when the requester or an end-user wrote it, out when an agent or admin did.
-    fn direction(
-        &self,
-        comment: &Map<String, Value>,
-        path: &str,
-    ) -> Result<&'static str, MappingError> {
+    /// Who wrote a comment (an author missing from users.json fails the row, naming
+    /// `comments[i].author_id`).
+    fn author(&self, comment: &Map<String, Value>, path: &str) -> Result<Author<'_>, MappingError> {
         let author = required_id(comment, "author_id").map_err(|error| at_path(error, path))?;
         if author == self.requester_id {
-            return Ok("in");
+            return Ok(Author::Requester);
         }
         match self.users.get(author) {
-            Some(user) if user.role == Role::Agent => Ok("out"),
-            Some(_) => Ok("in"),
+            Some(user) => Ok(Author::User(author, user)),
             None => Err(MappingError::new(
                 &format!("{path}.author_id"),
                 "no such user in users.json",
                 format!("{author} is not the id of any user in users.json"),
             )),
+        }
+    }
+}
+
+/// A comment's author: the ticket's requester, or another user of users.json.
+enum Author<'a> {
+    Requester,
+    User(u64, &'a ZendeskUser),
+}
+
+impl Author<'_> {
+    /// The source agent a comment goes out with as its `createdBy` (see
+    /// `pipeline::agents`): an agent's or admin's email, or `zendesk-user-<id>` for one with
+    /// none (no lookup can find it: it falls back, and is listed); None for an end-user.
+    fn agent(&self) -> Option<String> {
+        match self {
+            Author::User(id, user) if user.role == Role::Agent => Some(
+                user.email
+                    .as_deref()
+                    .map_or_else(|| format!("zendesk-user-{id}"), str::to_string),
+            ),
+            Author::Requester | Author::User(..) => None,
         }
     }
 }
@@ -594,6 +625,35 @@ mod tests {
         assert_eq!(
             directions,
             [&json!("in"), &json!("in"), &json!("out"), &json!("out")]
+        );
+    }
+
+    #[test]
+    fn an_agents_comment_goes_out_with_the_agent_as_its_author_an_end_users_with_none() {
+        let comments = vec![
+            comment(1, 1, true),
+            comment(2, 2, true),
+            comment(3, 7, true),
+            comment(4, 8, true),
+            comment(5, 7, false),
+            comment(6, 55, false),
+        ];
+        let (_, thread) = map(&ticket("open", comments)).unwrap();
+        let authors: Vec<Option<&Value>> = thread
+            .iter()
+            .map(|item| item.body.get("createdBy"))
+            .collect();
+        assert_eq!(
+            authors,
+            [
+                None,
+                None,
+                Some(&json!("sam@example.com")),
+                Some(&json!("zendesk-user-8")),
+                Some(&json!("sam@example.com")),
+                None,
+            ],
+            "an admin with no email is named by its id; a note's unknown author is none"
         );
     }
 

@@ -320,3 +320,71 @@ fn the_users_table_maps_an_agent_to_an_id_with_no_lookup_and_to_an_email_looked_
     );
     assert!(run.stdout.contains("  Nobody: 1 items"), "{}", run.stdout);
 }
+
+/// The Zendesk preset names each agent's comment by the agent's email from users.json, so
+/// a public reply or an internal note goes out written by the org's user with that email;
+/// an end-user's comment has no author. Each agent is looked up once.
+#[test]
+fn the_zendesk_samples_agent_comments_are_written_by_the_agents_users() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        org_admin: true,
+        users: vec![
+            SandboxUser::new("u-sam", "sam@helpdesk.example.com"),
+            SandboxUser::new("u-alex", "alex@helpdesk.example.com"),
+        ],
+        ..SandboxConfig::default()
+    });
+    let tickets = sample("zendesk/tickets.json");
+    let users = sample("zendesk/users.json");
+    let run = env.import(&[
+        "--preset",
+        "zendesk-json",
+        tickets.to_str().unwrap(),
+        "--users",
+        users.to_str().unwrap(),
+        "--org-admin",
+    ]);
+    run.assert_code(0);
+    let records = env.records();
+    let mut by_author: HashMap<String, (u64, u64)> = HashMap::new();
+    for item in records.threads.iter().flat_map(|thread| &thread.items) {
+        let author = item.body.get("createdBy").and_then(Value::as_str);
+        let counts = by_author
+            .entry(author.unwrap_or_default().to_string())
+            .or_default();
+        match item.body.get("direction").and_then(Value::as_str) {
+            Some("in") => counts.1 += 1,
+            _ => counts.0 += 1,
+        }
+    }
+    let expected = read_sample_authors(&tickets);
+    assert_eq!(
+        by_author, expected,
+        "(outbound or note, inbound) per author"
+    );
+    assert_eq!(env.requests_to(USERS), 2, "sam and alex, once each");
+}
+
+/// Per author as the sandbox should hold it (`u-sam`, `u-alex`, "" for none): how many of
+/// its items are outbound messages or notes, and how many inbound, read from the sample.
+fn read_sample_authors(tickets: &std::path::Path) -> HashMap<String, (u64, u64)> {
+    let mut expected: HashMap<String, (u64, u64)> = HashMap::new();
+    for line in std::fs::read_to_string(tickets).unwrap().lines() {
+        let ticket: Value = serde_json::from_str(line).unwrap();
+        for comment in ticket["comments"].as_array().unwrap() {
+            let author = match comment["author_id"].as_u64().unwrap() {
+                900001 => "u-sam",
+                900002 => "u-alex",
+                _ => "",
+            };
+            let counts = expected.entry(author.to_string()).or_default();
+            if author.is_empty() {
+                counts.1 += 1;
+            } else {
+                counts.0 += 1;
+            }
+        }
+    }
+    expected
+}
