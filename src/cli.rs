@@ -389,6 +389,12 @@ pub struct InputArgs {
     #[arg(long, env = "KUSTOMER_IMPORT_USERS", value_name = "FILE")]
     pub users: Option<PathBuf>,
 
+    /// The organizations file a preset reads companies' names from (zendesk-json:
+    /// organizations.json, one organization a line). Without it, a ticket's
+    /// `organization_id` still links its customer to a company, named by its externalId.
+    #[arg(long, env = "KUSTOMER_IMPORT_ORGANIZATIONS", value_name = "FILE")]
+    pub organizations: Option<PathBuf>,
+
     /// The CSV delimiter: one character, or 'tab' [default: the mapping's, else sniffed
     /// from the header line among , ; tab |].
     #[arg(long, env = "KUSTOMER_IMPORT_DELIMITER", value_name = "CHAR")]

@@ -24,7 +24,7 @@ use kustomer_import::input::{
     CsvSettings, InputError, InputFormat, InputSource, parse_delimiter, parse_encoding,
 };
 use kustomer_import::mapping::{
-    Mapping, MappingConfigError, MappingFile, ZendeskUsers, ZendeskUsersError,
+    Mapping, MappingConfigError, MappingFile, ZendeskDirectory, ZendeskFileError,
 };
 use kustomer_import::pipeline::{
     Concurrency, ImportMode, ImportSettings, OnChange, OnExistingCustomer, SyncRules,
@@ -58,7 +58,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Mapping(#[from] MappingConfigError),
     #[error(transparent)]
-    Users(#[from] ZendeskUsersError),
+    Zendesk(#[from] ZendeskFileError),
 }
 
 /// Where the import sends its requests.
@@ -288,9 +288,11 @@ fn input_config(args: InputArgs) -> Result<InputConfig, ConfigError> {
     let flags = csv_flags(args.delimiter.as_deref(), args.encoding.as_deref())?;
     let (mapping, settings) = match (&args.preset, &args.mapping) {
         (Some(preset), _) => (preset_mapping(*preset, &args)?, flags),
-        (None, None) if args.users.is_some() => {
+        (None, _) if args.users.is_some() || args.organizations.is_some() => {
             return Err(ConfigError::BadValue(
-                "--users is read by a preset: give --preset zendesk-json with it".into(),
+                "--users and --organizations are read by a preset: give --preset zendesk-json \
+                 with them"
+                    .into(),
             ));
         }
         (None, None) => (Mapping::Default, flags),
@@ -401,7 +403,7 @@ fn history_input(
 }
 
 /// A preset's mapping: zendesk-json reads JSON tickets only, with the users file given by
-/// --users, read (and checked) here once.
+/// --users and the organizations file by --organizations, read (and checked) here once.
 fn preset_mapping(preset: PresetArg, args: &InputArgs) -> Result<Mapping, ConfigError> {
     match preset {
         PresetArg::ZendeskJson => {
@@ -423,7 +425,9 @@ fn preset_mapping(preset: PresetArg, args: &InputArgs) -> Result<Mapping, Config
                         .into(),
                 )
             })?;
-            Ok(Mapping::Zendesk(Arc::new(ZendeskUsers::load(users)?)))
+            let organizations = args.organizations.as_deref();
+            let directory = ZendeskDirectory::load(users, organizations)?;
+            Ok(Mapping::Zendesk(Arc::new(directory)))
         }
     }
 }
@@ -867,12 +871,20 @@ mod tests {
             &[&preset[..], &[&tickets, "--users", &users]].concat(),
         ))
         .unwrap();
-        assert!(matches!(&config.mapping, Mapping::Zendesk(users) if users.len() == 6));
+        assert!(
+            matches!(&config.mapping, Mapping::Zendesk(directory) if directory.users.len() == 6)
+        );
         assert!(refusal(&[&preset[..], &[&tickets]].concat()).contains("needs --users"));
         assert!(
             refusal(&[&preset[..], &[&tickets, "--users", "/no/users.json"]].concat())
                 .starts_with("--users /no/users.json:")
         );
+        let organizations = ["--users", &users, "--organizations", "/no/orgs.json"];
+        assert!(
+            refusal(&[&preset[..], &[&tickets], &organizations[..]].concat())
+                .starts_with("--organizations /no/orgs.json:")
+        );
+        assert!(refusal(&[&tickets, "--organizations", &users]).contains("give --preset"));
         assert!(
             refusal(&[&preset[..], &["t.csv", "--users", &users]].concat()).contains("not CSV")
         );

@@ -26,7 +26,7 @@ use crate::input::{ItemFlaw, NestedLists, SourceFields};
 pub use self::checks::{MAX_TEXT_LEN, STATUSES, is_valid_email, normalize_phone};
 pub use self::default::DefaultMapping;
 pub use self::file::{MappingConfigError, MappingFile};
-pub use self::zendesk::{ZendeskMapping, ZendeskUsers, ZendeskUsersError};
+pub use self::zendesk::{ZendeskDirectory, ZendeskFileError, ZendeskMapping};
 
 /// What one row asks of Kustomer.
 #[derive(Clone, Debug, PartialEq)]
@@ -296,7 +296,7 @@ pub enum Mapping {
     #[default]
     Default,
     File(Arc<MappingFile>),
-    Zendesk(Arc<ZendeskUsers>),
+    Zendesk(Arc<ZendeskDirectory>),
 }
 
 impl Mapping {
@@ -317,8 +317,8 @@ impl Mapping {
         Ok(match self {
             Mapping::Default => InputMapping::Default(DefaultMapping::new()),
             Mapping::File(file) => InputMapping::File(file.bind(csv_headers)?),
-            Mapping::Zendesk(users) => {
-                InputMapping::Zendesk(ZendeskMapping::new(Arc::clone(users)))
+            Mapping::Zendesk(directory) => {
+                InputMapping::Zendesk(ZendeskMapping::new(Arc::clone(directory)))
             }
         })
     }

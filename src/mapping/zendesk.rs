@@ -1,11 +1,13 @@
 //! The Zendesk preset (`--preset zendesk-json tickets.json --users users.json`): Zendesk's
 //! full JSON export, one ticket per line with its `comments[]`, read with its `users.json`
-//! (requesters and agents by id). This module owns the users index ([`ZendeskUsers`], only
-//! id, name, email, phone and role of each user, sorted by id: no full records are held,
-//! so 100k users cost a few megabytes) and the mapping of one ticket to a [`Plan`]
-//! ([`ZendeskMapping`]): the requester as the customer, the ticket as the conversation and
-//! its comments, in order, as the thread (`public: false` is an internal note), each an
-//! agent wrote carrying the agent's email as its `createdBy`.
+//! (requesters and agents by id) and, optionally, `organizations.json` (`--organizations`,
+//! the companies' names). This module owns those indexes ([`ZendeskDirectory`]: only id,
+//! name, email, phone and role of each user and id and name of each organization, sorted by
+//! id: no full records are held, so 100k users cost a few megabytes) and the mapping of one
+//! ticket to a [`Plan`] ([`ZendeskMapping`]): the requester as the customer (with the
+//! ticket's organization as its company), the ticket as the conversation and its comments,
+//! in order, as the thread (`public: false` is an internal note), each an agent wrote
+//! carrying the agent's email as its `createdBy`.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -13,10 +15,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::checks::finish_plan;
+use super::checks::{company_ref, finish_plan};
 use super::{
-    ConversationBody, CustomerBody, EmailEntry, MappingError, NestedThread, PhoneEntry, Plan,
-    item_value, nested_list_present,
+    CompanyRef, ConversationBody, CustomerBody, EmailEntry, MappingError, NestedThread, PhoneEntry,
+    Plan, item_value, nested_list_present,
 };
 use crate::history::checks::{DEFAULT_APP, finish_item};
 use crate::history::{ItemKind, ThreadItem};
@@ -38,21 +40,108 @@ pub struct ZendeskUser {
     pub role: Role,
 }
 
-/// `users.json` could not be read.
+/// `users.json` or `organizations.json` could not be read: `flag` names the option that
+/// gave the file.
 #[derive(Debug, thiserror::Error)]
-pub enum ZendeskUsersError {
-    #[error("--users {}: {source}", path.display())]
+pub enum ZendeskFileError {
+    #[error("{flag} {}: {source}", path.display())]
     Io {
+        flag: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("--users {}: line {line}: {field}: {reason}", path.display())]
+    #[error("{flag} {}: line {line}: {field}: {reason}", path.display())]
     Bad {
+        flag: &'static str,
         path: PathBuf,
         line: u64,
         field: &'static str,
         reason: String,
     },
+}
+
+/// What the preset reads beside tickets.json: users.json (`--users`) and, when given,
+/// organizations.json (`--organizations`).
+#[derive(Debug, Default)]
+pub struct ZendeskDirectory {
+    pub users: ZendeskUsers,
+    pub organizations: Option<ZendeskOrganizations>,
+}
+
+impl ZendeskDirectory {
+    pub fn load(users: &Path, organizations: Option<&Path>) -> Result<Self, ZendeskFileError> {
+        Ok(ZendeskDirectory {
+            users: ZendeskUsers::load(users)?,
+            organizations: organizations.map(ZendeskOrganizations::load).transpose()?,
+        })
+    }
+}
+
+/// A field of one line of a Zendesk file that is wrong, and why.
+type LineFlaw = (&'static str, String);
+
+/// The records of a Zendesk file (one JSON object a line, bare or under `wrapper`), each
+/// read by `read` to its id and what is kept of it, sorted by id; a later line for the
+/// same id wins, as in an export appended to.
+fn read_records<T>(
+    input: impl BufRead,
+    (flag, path): (&'static str, &Path),
+    wrapper: &str,
+    read: impl Fn(&Map<String, Value>) -> Result<T, LineFlaw>,
+) -> Result<Vec<(u64, T)>, ZendeskFileError> {
+    let mut by_id = Vec::new();
+    for (index, text) in input.lines().enumerate() {
+        let line = index as u64 + 1;
+        let text = text.map_err(|source| ZendeskFileError::Io {
+            flag,
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let bad = |(field, reason): LineFlaw| ZendeskFileError::Bad {
+            flag,
+            path: path.to_path_buf(),
+            line,
+            field,
+            reason,
+        };
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|error| bad(("record", format!("not JSON: {error}"))))?;
+        let object = unwrap_object(value, wrapper)
+            .ok_or_else(|| bad(("record", "is not a JSON object".into())))?;
+        let id = object
+            .get("id")
+            .and_then(id_number)
+            .ok_or_else(|| bad(("id", "is missing or not an integer".into())))?;
+        by_id.push((id, read(&object).map_err(bad)?));
+    }
+    by_id.reverse();
+    by_id.sort_by_key(|(id, _)| *id);
+    by_id.dedup_by_key(|(id, _)| *id);
+    by_id.shrink_to_fit();
+    Ok(by_id)
+}
+
+fn open(
+    flag: &'static str,
+    path: &Path,
+) -> Result<std::io::BufReader<std::fs::File>, ZendeskFileError> {
+    let file = std::fs::File::open(path).map_err(|source| ZendeskFileError::Io {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(std::io::BufReader::new(file))
+}
+
+/// The one kept for `id` in records sorted by id.
+fn by_id<T>(records: &[(u64, T)], id: u64) -> Option<&T> {
+    records
+        .binary_search_by_key(&id, |(id, _)| *id)
+        .ok()
+        .map(|index| &records[index].1)
 }
 
 /// Every user of `users.json`, by id.
@@ -63,75 +152,34 @@ pub struct ZendeskUsers {
 
 impl ZendeskUsers {
     /// Reads `users.json` (one user per line, bare or as `{"user": {...}}`).
-    pub fn load(path: &Path) -> Result<ZendeskUsers, ZendeskUsersError> {
-        let io = |source| ZendeskUsersError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        ZendeskUsers::read(std::io::BufReader::new(file), path)
+    pub fn load(path: &Path) -> Result<ZendeskUsers, ZendeskFileError> {
+        ZendeskUsers::read(open("--users", path)?, path)
     }
 
     /// Reads users from any reader; `path` names it in errors.
-    pub fn read(input: impl BufRead, path: &Path) -> Result<ZendeskUsers, ZendeskUsersError> {
-        let mut by_id = Vec::new();
-        for (index, text) in input.lines().enumerate() {
-            let line = index as u64 + 1;
-            let text = text.map_err(|source| ZendeskUsersError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            if text.trim().is_empty() {
-                continue;
-            }
-            let bad = |field, reason: String| ZendeskUsersError::Bad {
-                path: path.to_path_buf(),
-                line,
-                field,
-                reason,
-            };
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|error| bad("record", format!("not JSON: {error}")))?;
-            let user = unwrap_object(value, "user")
-                .ok_or_else(|| bad("record", "is not a JSON object".into()))?;
-            let id = user
-                .get("id")
-                .and_then(id_number)
-                .ok_or_else(|| bad("id", "is missing or not an integer".into()))?;
+    pub fn read(input: impl BufRead, path: &Path) -> Result<ZendeskUsers, ZendeskFileError> {
+        let by_id = read_records(input, ("--users", path), "user", |user| {
             let role = match user.get("role").and_then(Value::as_str) {
                 Some("end-user") | None => Role::EndUser,
                 Some("agent" | "admin") => Role::Agent,
                 Some(other) => {
-                    return Err(bad(
-                        "role",
-                        format!("{other:?} is not end-user, agent or admin"),
-                    ));
+                    let reason = format!("{other:?} is not end-user, agent or admin");
+                    return Err(("role", reason));
                 }
             };
-            let text_of = |key: &str| text_field(&user, key).map(Box::from);
-            by_id.push((
-                id,
-                ZendeskUser {
-                    name: text_of("name"),
-                    email: text_of("email"),
-                    phone: text_of("phone"),
-                    role,
-                },
-            ));
-        }
-        // A later line for the same id wins, as in an export appended to.
-        by_id.reverse();
-        by_id.sort_by_key(|(id, _)| *id);
-        by_id.dedup_by_key(|(id, _)| *id);
-        by_id.shrink_to_fit();
+            let text_of = |key: &str| text_field(user, key).map(Box::from);
+            Ok(ZendeskUser {
+                name: text_of("name"),
+                email: text_of("email"),
+                phone: text_of("phone"),
+                role,
+            })
+        })?;
         Ok(ZendeskUsers { by_id })
     }
 
     pub fn get(&self, id: u64) -> Option<&ZendeskUser> {
-        self.by_id
-            .binary_search_by_key(&id, |(id, _)| *id)
-            .ok()
-            .map(|index| &self.by_id[index].1)
+        by_id(&self.by_id, id)
     }
 
     pub fn len(&self) -> usize {
@@ -140,6 +188,36 @@ impl ZendeskUsers {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+}
+
+/// Every organization of `organizations.json`, by id: only its name is kept.
+#[derive(Debug, Default)]
+pub struct ZendeskOrganizations {
+    by_id: Vec<(u64, Option<Box<str>>)>,
+}
+
+impl ZendeskOrganizations {
+    /// Reads `organizations.json` (one per line, bare or as `{"organization": {...}}`).
+    pub fn load(path: &Path) -> Result<ZendeskOrganizations, ZendeskFileError> {
+        ZendeskOrganizations::read(open("--organizations", path)?, path)
+    }
+
+    /// Reads organizations from any reader; `path` names it in errors.
+    pub fn read(
+        input: impl BufRead,
+        path: &Path,
+    ) -> Result<ZendeskOrganizations, ZendeskFileError> {
+        let by_id = read_records(input, ("--organizations", path), "organization", |org| {
+            Ok(text_field(org, "name").map(Box::from))
+        })?;
+        Ok(ZendeskOrganizations { by_id })
+    }
+
+    /// The organization with this id: Some(its name, if it has one), None when the file
+    /// has no such organization.
+    pub fn get(&self, id: u64) -> Option<Option<&str>> {
+        by_id(&self.by_id, id).map(Option::as_deref)
     }
 }
 
@@ -215,15 +293,15 @@ fn kustomer_priority(priority: &str) -> Option<i64> {
     }
 }
 
-/// Maps tickets with the users they name.
+/// Maps tickets with the users and organizations they name.
 #[derive(Clone, Debug)]
 pub struct ZendeskMapping {
-    users: Arc<ZendeskUsers>,
+    directory: Arc<ZendeskDirectory>,
 }
 
 impl ZendeskMapping {
-    pub fn new(users: Arc<ZendeskUsers>) -> ZendeskMapping {
-        ZendeskMapping { users }
+    pub fn new(directory: Arc<ZendeskDirectory>) -> ZendeskMapping {
+        ZendeskMapping { directory }
     }
 
     /// Maps one ticket to its plan, with its comments (the thread lists of its line) as
@@ -244,7 +322,7 @@ impl ZendeskMapping {
             _ => object,
         };
         let requester_id = required_id(ticket, "requester_id")?;
-        let requester = self.users.get(requester_id).ok_or_else(|| {
+        let requester = self.directory.users.get(requester_id).ok_or_else(|| {
             MappingError::new(
                 "requester_id",
                 "no such user in users.json",
@@ -258,15 +336,48 @@ impl ZendeskMapping {
             .clone()
             .unwrap_or_else(|| "email".into());
         let mut plan = finish_plan(customer, conversation)?;
+        plan.company = self.company_of(ticket)?;
         if nested_list_present(ticket, threads.as_ref(), THREAD_KEY)? {
             let ticket = TicketThread {
-                users: Arc::clone(&self.users),
+                directory: Arc::clone(&self.directory),
                 requester_id,
                 channel,
             };
             plan.thread = threads.map(|lists| NestedThread::zendesk(lists, ticket));
         }
         Ok(plan)
+    }
+}
+
+impl ZendeskMapping {
+    /// The ticket's `organization_id` as its customer's company: externalId
+    /// `zendesk-org-<id>`, named as organizations.json names it (without that file, or
+    /// with no name there, by its externalId). An id missing from organizations.json,
+    /// when it is given, fails the row naming `organization_id`, as a company name the
+    /// API would refuse does.
+    fn company_of(&self, ticket: &Map<String, Value>) -> Result<Option<CompanyRef>, MappingError> {
+        let id = match ticket.get("organization_id") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(value) => id_number(value).ok_or_else(|| {
+                let reason = format!("{value} is not a Zendesk id");
+                MappingError::new("organization_id", "not an id", reason)
+            })?,
+        };
+        let name = match &self.directory.organizations {
+            None => None,
+            Some(organizations) => organizations.get(id).ok_or_else(|| {
+                MappingError::new(
+                    "organization_id",
+                    "no such organization in organizations.json",
+                    format!("{id} is not the id of any organization in organizations.json"),
+                )
+            })?,
+        };
+        let external_id = format!("zendesk-org-{id}");
+        company_ref(name, Some(&external_id)).map_err(|mut error| {
+            error.field = Some("organization_id".into());
+            error
+        })
     }
 }
 
@@ -277,14 +388,14 @@ pub(super) const THREAD_KEY: &str = "comments";
 /// (whose comments are inbound) and its channel (a comment's own `via` overrides it).
 #[derive(Clone, Debug)]
 pub(super) struct TicketThread {
-    users: Arc<ZendeskUsers>,
+    directory: Arc<ZendeskDirectory>,
     requester_id: u64,
     channel: String,
 }
 
 impl PartialEq for TicketThread {
     fn eq(&self, other: &TicketThread) -> bool {
-        Arc::ptr_eq(&self.users, &other.users)
+        Arc::ptr_eq(&self.directory, &other.directory)
             && self.requester_id == other.requester_id
             && self.channel == other.channel
     }
@@ -371,7 +482,7 @@ impl TicketThread {
         if author == self.requester_id {
             return Ok(Author::Requester);
         }
-        match self.users.get(author) {
+        match self.directory.users.get(author) {
             Some(user) => Ok(Author::User(author, user)),
             None => Err(MappingError::new(
                 &format!("{path}.author_id"),
@@ -494,7 +605,10 @@ mod tests {
 
     fn mapping() -> ZendeskMapping {
         let users = ZendeskUsers::read(USERS.as_bytes(), Path::new("users.json")).unwrap();
-        ZendeskMapping::new(Arc::new(users))
+        ZendeskMapping::new(Arc::new(ZendeskDirectory {
+            users,
+            organizations: None,
+        }))
     }
 
     fn comment(id: u64, author: u64, public: bool) -> Value {
@@ -625,6 +739,65 @@ mod tests {
         assert_eq!(
             directions,
             [&json!("in"), &json!("in"), &json!("out"), &json!("out")]
+        );
+    }
+
+    const ORGANIZATIONS: &str = r#"{"id": 5, "name": "Acme Analytics"}
+{"organization": {"id": 6, "name": "Hopper Labs"}}
+{"id": 9}
+"#;
+
+    fn with_organizations() -> ZendeskMapping {
+        let users = ZendeskUsers::read(USERS.as_bytes(), Path::new("users.json")).unwrap();
+        let path = Path::new("organizations.json");
+        let organizations = ZendeskOrganizations::read(ORGANIZATIONS.as_bytes(), path).unwrap();
+        ZendeskMapping::new(Arc::new(ZendeskDirectory {
+            users,
+            organizations: Some(organizations),
+        }))
+    }
+
+    fn company(
+        mapping: &ZendeskMapping,
+        organization: Value,
+    ) -> Result<Option<CompanyRef>, MappingError> {
+        let mut object = ticket("open", vec![]);
+        object["organization_id"] = organization;
+        let record = crate::input::read_line(&object.to_string());
+        Ok(mapping.map(&record.fields, record.threads)?.company)
+    }
+
+    #[test]
+    fn a_tickets_organization_is_its_customers_company_named_as_organizations_json_says() {
+        let named = company(&with_organizations(), json!(6)).unwrap().unwrap();
+        assert_eq!(
+            (
+                named.key.as_str(),
+                named.external_id.as_str(),
+                named.name.as_str()
+            ),
+            ("ext:zendesk-org-6", "zendesk-org-6", "Hopper Labs")
+        );
+        let nameless = company(&with_organizations(), json!("9")).unwrap().unwrap();
+        assert_eq!(nameless.name, "zendesk-org-9", "no name: its externalId");
+        let without_file = company(&mapping(), json!(5)).unwrap().unwrap();
+        assert_eq!(without_file.name, "zendesk-org-5");
+        assert_eq!(company(&with_organizations(), Value::Null).unwrap(), None);
+        for refused in [json!(77), json!("x")] {
+            let error = company(&with_organizations(), refused.clone()).unwrap_err();
+            assert_eq!(error.field.as_deref(), Some("organization_id"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_bad_line_of_organizations_json_is_named_by_flag_file_and_line() {
+        let text = "{\"id\": 5, \"name\": \"Acme\"}\n{\"name\": \"no id\"}\n";
+        let error = ZendeskOrganizations::read(text.as_bytes(), Path::new("orgs.json"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "--organizations orgs.json: line 2: id: is missing or not an integer"
         );
     }
 

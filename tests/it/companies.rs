@@ -280,3 +280,72 @@ fn a_company_name_too_short_fails_its_row_naming_file_line_and_field() {
     assert_eq!(records.customers.len(), 1, "the bad row made nothing");
     assert_eq!(env.rows_in_state("failed"), 1);
 }
+
+/// The Zendesk preset's `organization_id`, named by organizations.json: each organization
+/// becomes one company, its requesters' customers carry its id, and a second run sends
+/// nothing.
+#[test]
+fn the_zendesk_samples_organizations_land_as_companies_once() {
+    let env = TestEnv::plain();
+    let tickets = sample("zendesk/tickets.json");
+    let users = sample("zendesk/users.json");
+    let organizations = sample("zendesk/organizations.json");
+    let args = [
+        "--preset",
+        "zendesk-json",
+        tickets.to_str().unwrap(),
+        "--users",
+        users.to_str().unwrap(),
+        "--organizations",
+        organizations.to_str().unwrap(),
+    ];
+    env.import(&args).assert_code(0);
+    let records = env.records();
+    let mut companies: Vec<(&str, Option<&str>)> = records
+        .companies
+        .iter()
+        .map(|c| (c.name.as_str(), c.external_id.as_deref()))
+        .collect();
+    companies.sort();
+    assert_eq!(
+        companies,
+        [
+            ("Acme Analytics", Some("zendesk-org-7001")),
+            ("Hopper Labs", Some("zendesk-org-7002"))
+        ]
+    );
+    let company_of = |external_id: &str| {
+        let customer = records
+            .customers
+            .iter()
+            .find(|c| c.external_id.as_deref() == Some(external_id))
+            .unwrap();
+        let id = customer.extra.get("company").and_then(|v| v.as_str());
+        let company = records.companies.iter().find(|c| Some(c.id.as_str()) == id);
+        company.map(|c| c.name.clone())
+    };
+    assert_eq!(
+        company_of("zendesk-user-361001").as_deref(),
+        Some("Acme Analytics")
+    );
+    assert_eq!(
+        company_of("zendesk-user-361003").as_deref(),
+        Some("Acme Analytics")
+    );
+    assert_eq!(
+        company_of("zendesk-user-361002").as_deref(),
+        Some("Hopper Labs")
+    );
+    assert_eq!(
+        company_of("zendesk-user-361004"),
+        None,
+        "its ticket names none"
+    );
+    let before = env.stats().requests_total;
+    env.import(&args).assert_code(0);
+    assert_eq!(
+        env.stats().requests_total,
+        before,
+        "a second run sends nothing"
+    );
+}
