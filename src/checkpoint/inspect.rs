@@ -60,6 +60,15 @@ pub struct CustomerCounts {
     pub unknown: u64,
 }
 
+/// The source agents runs looked up (`GET /v1/users?email=`) and what they found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AgentCounts {
+    /// Agents mapped to a user of the org.
+    pub with_user: u64,
+    /// Agents the org has no user for (their items fell back), by the email looked up.
+    pub without_user: Vec<String>,
+}
+
 /// Bulk jobs by state (see migration 004).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BulkJobCounts {
@@ -137,6 +146,8 @@ pub struct Status {
     pub companies: CustomerCounts,
     pub history: HistoryCounts,
     pub bulk_jobs: BulkJobCounts,
+    /// The source agents looked up as Kustomer users (migration 014).
+    pub agents: AgentCounts,
     /// The latest runs, newest first.
     pub runs: Vec<RunRecord>,
 }
@@ -303,6 +314,7 @@ impl CheckpointReader {
             companies: self.company_counts().map_err(|e| self.sqlite(e))?,
             history: self.history_counts().map_err(|e| self.sqlite(e))?,
             bulk_jobs: self.bulk_job_counts().map_err(|e| self.sqlite(e))?,
+            agents: self.agent_counts().map_err(|e| self.sqlite(e))?,
             runs: self
                 .runs()
                 .and_then(|runs| runs.into_iter().map(with_rate).collect())
@@ -432,12 +444,7 @@ impl CheckpointReader {
     /// Companies by state (migration 015; none in a checkpoint no run of this version has
     /// opened).
     fn company_counts(&self) -> rusqlite::Result<CustomerCounts> {
-        let has_table: bool = self.connection.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'companies'",
-            [],
-            |row| row.get(0),
-        )?;
-        if !has_table {
+        if !self.has_table("companies")? {
             return Ok(CustomerCounts::default());
         }
         self.origin_counts("companies")
@@ -461,12 +468,7 @@ impl CheckpointReader {
     fn bulk_job_counts(&self) -> rusqlite::Result<BulkJobCounts> {
         let mut counts = BulkJobCounts::default();
         // A checkpoint no run of this version has opened has no such table: no jobs.
-        let has_table: bool = self.connection.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'bulk_jobs'",
-            [],
-            |row| row.get(0),
-        )?;
-        if !has_table {
+        if !self.has_table("bulk_jobs")? {
             return Ok(counts);
         }
         for (state, count) in self.count_by_state("bulk_jobs")? {
@@ -540,11 +542,36 @@ impl CheckpointReader {
     /// Whether the checkpoint has migration 008's `records` (one older than it, read as it
     /// is, has no history).
     fn has_records(&self) -> rusqlite::Result<bool> {
+        self.has_table("records")
+    }
+
+    /// Whether the checkpoint has this table: one older than the migration that made it,
+    /// read as it is (`--read-only`), has not.
+    fn has_table(&self, name: &str) -> rusqlite::Result<bool> {
         self.connection.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'records'",
-            [],
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
             |row| row.get(0),
         )
+    }
+
+    /// The agents runs looked up (migration 014): how many have a user, and those without.
+    fn agent_counts(&self) -> rusqlite::Result<AgentCounts> {
+        let mut counts = AgentCounts::default();
+        if !self.has_table("agents")? {
+            return Ok(counts);
+        }
+        let mut statement = self
+            .connection
+            .prepare("SELECT agent, user_id IS NOT NULL FROM agents ORDER BY agent")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            match row.get::<_, bool>(1)? {
+                true => counts.with_user += 1,
+                false => counts.without_user.push(row.get(0)?),
+            }
+        }
+        Ok(counts)
     }
 
     /// Steps of the history by kind and state.

@@ -118,6 +118,16 @@ fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std
             companies.created, companies.linked, companies.reconciled, companies.unknown
         )?;
     }
+    let agents = &status.agents;
+    if agents != &Default::default() {
+        writeln!(
+            out,
+            "agents: {} mapped to users, {} without a user (their items fell back){}",
+            agents.with_user,
+            agents.without_user.len(),
+            listed(&agents.without_user),
+        )?;
+    }
     let history = &status.history;
     if history != &Default::default() {
         writeln!(
@@ -197,4 +207,12 @@ fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std
         }
     }
     Ok(())
+}
+
+/// `: a, b, c` for names to list after a count, or nothing for none.
+fn listed(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        names => format!(": {}", names.join(", ")),
+    }
 }

@@ -136,6 +136,19 @@ fn each_message_is_written_by_its_agents_user_and_each_agent_is_looked_up_once()
         "{}",
         run.stdout
     );
+    let status = env.command(&["status"]);
+    assert!(
+        status.stdout.contains(
+            "agents: 3 mapped to users, 1 without a user (their items fell back): dee@example.com"
+        ),
+        "{}",
+        status.stdout
+    );
+    let status: Value = serde_json::from_str(&env.command(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        status["agents"],
+        json!({"with_user": 3, "without_user": ["dee@example.com"]})
+    );
 
     // A later run with a new ticket of known agents (and the old ones, done) asks nothing.
     let file = env.write(
