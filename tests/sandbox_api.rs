@@ -2347,3 +2347,53 @@ async fn a_conversation_whose_tags_are_names_is_refused_naming_the_tag() {
         json!(["tag-2"])
     );
 }
+
+/// The docs: a conversation's `assignedUsers[]` takes at most 10 user ids. The sandbox
+/// holds them as sent, and refuses an id that is no user of the org (422 naming its place)
+/// and a list of more than 10, on create and on update.
+#[tokio::test]
+async fn a_conversation_is_assigned_to_at_most_ten_of_the_orgs_users() {
+    let sandbox = start(SandboxConfig {
+        users: vec![
+            SandboxUser::new("u-ann", "ann@example.com"),
+            SandboxUser::new("u-bo", "bo@example.com"),
+        ],
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let customer = api.post("/v1/customers", &json!({"name": "Ada"})).await;
+    let customer = customer.body["data"]["id"].as_str().unwrap().to_string();
+    let body = json!({"customer": customer, "name": "Hi", "assignedUsers": ["u-ann", "bo"]});
+    let refused = api.post("/v1/conversations", &body).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        refused.body["errors"][0]["source"]["pointer"],
+        "/assignedUsers/1"
+    );
+    let eleven: Vec<&str> = ["u-ann"; 11].to_vec();
+    let body = json!({"customer": customer, "name": "Hi", "assignedUsers": eleven});
+    let refused = api.post("/v1/conversations", &body).await;
+    assert!(refused.status.is_client_error(), "{}", refused.body);
+    assert_eq!(
+        refused.body["errors"][0]["source"]["pointer"],
+        "/assignedUsers"
+    );
+    let body = json!({"customer": customer, "name": "Hi", "assignedUsers": ["u-ann"]});
+    let made = api.post("/v1/conversations", &body).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let id = made.body["data"]["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/conversations/{id}");
+    let update = api
+        .patch(&path, &json!({"assignedUsers": ["nobody"]}))
+        .await;
+    assert_eq!(update.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let update = api
+        .patch(&path, &json!({"assignedUsers": ["u-bo", "u-ann"]}))
+        .await;
+    assert_eq!(update.status, StatusCode::OK, "{}", update.body);
+    assert_eq!(
+        api.records().await.conversations[0].extra["assignedUsers"],
+        json!(["u-bo", "u-ann"])
+    );
+}

@@ -630,6 +630,21 @@ async fn create_customer(State(app): State<Arc<App>>, req: Request) -> Response 
     }
 }
 
+/// What a valid conversation body names that the org does not hold: with `tag_ids_only`,
+/// `tags` that are no ids of its tags; `assignedUsers` that are no ids of its users.
+pub(super) fn unknown_references(
+    app: &App,
+    inner: &Inner,
+    body: &Map<String, Value>,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if app.config.tag_ids_only {
+        errors.extend(tags::unknown_ids(inner.store.tags(), body));
+    }
+    errors.extend(super::users::unknown_assignees(&app.users(), body));
+    errors
+}
+
 async fn create_conversation(State(app): State<Arc<App>>, req: Request) -> Response {
     let conn = req.extensions().get::<ConnCtx>().cloned();
     let body = match read_object(req.into_body()).await {
@@ -642,8 +657,8 @@ async fn create_conversation(State(app): State<Arc<App>>, req: Request) -> Respo
         if !errors.iter().any(|e| e.pointer == "/customer") {
             errors.extend(inner.store.missing_customer(&body));
         }
-        if errors.is_empty() && app.config.tag_ids_only {
-            errors.extend(tags::unknown_ids(inner.store.tags(), &body));
+        if errors.is_empty() {
+            errors.extend(unknown_references(&app, &inner, &body));
         }
         if errors.is_empty() {
             let created = inner
@@ -883,8 +898,8 @@ fn run_bulk_job(app: &App, id: &str) {
                 if !errors.iter().any(|e| e.pointer == "/customer") {
                     errors.extend(inner.store.missing_customer(&body));
                 }
-                if errors.is_empty() && app.config.tag_ids_only {
-                    errors.extend(tags::unknown_ids(inner.store.tags(), &body));
+                if errors.is_empty() {
+                    errors.extend(unknown_references(app, &inner, &body));
                 }
                 if let Some(first) = errors.into_iter().next() {
                     Err(bulk_refusal(first))

@@ -30,7 +30,6 @@ use super::http::{
     roll_after, undefined_custom,
 };
 use super::store::{Lookup, UpdateMode, WriteError};
-use super::tags;
 use super::thread::ThreadKind;
 use super::validate::{
     FieldError, validate_conversation_update, validate_message_update, validate_note_update,
@@ -155,8 +154,7 @@ fn apply(
         ));
     }
     if target == Target::Conversation
-        && app.config.tag_ids_only
-        && let Some(unknown) = tags::unknown_ids(inner.store.tags(), body)
+        && let Some(unknown) = super::http::unknown_references(app, inner, body)
             .into_iter()
             .next()
     {

@@ -70,6 +70,8 @@ enum Rule {
     Timestamp,
     /// An array of strings.
     Tags,
+    /// An array of at most [`MAX_ASSIGNED_USERS`] strings (user ids).
+    UserIds,
     /// An object of custom attributes.
     Custom,
     /// An array of `{email, type?}`.
@@ -118,7 +120,11 @@ const CONVERSATION_FIELDS: &[(&str, Rule)] = &[
     ("tags", Rule::Tags),
     ("priority", Rule::Priority),
     ("direction", Rule::OneOf(DIRECTIONS)),
+    ("assignedUsers", Rule::UserIds),
 ];
+
+/// Most ids a conversation's `assignedUsers` takes (the docs: at most 10).
+pub const MAX_ASSIGNED_USERS: usize = 10;
 
 /// Message `channel` values.
 pub const CHANNELS: &[&str] = &[
@@ -279,7 +285,20 @@ fn check_rule(rule: Rule, name: &str, value: &Value, path: &str, errors: &mut Ve
             }
         }
         Rule::Timestamp => check_timestamp(value, name, path, errors),
-        Rule::Tags => check_tags(value, path, errors),
+        Rule::Tags => check_strings(value, name, path, errors),
+        Rule::UserIds => {
+            if value
+                .as_array()
+                .is_some_and(|ids| ids.len() > MAX_ASSIGNED_USERS)
+            {
+                errors.push(FieldError::new(
+                    path.into(),
+                    format!("{name} takes at most {MAX_ASSIGNED_USERS} user ids"),
+                ));
+            } else {
+                check_strings(value, name, path, errors);
+            }
+        }
         Rule::Custom => check_custom(value, path, errors),
         Rule::Emails => check_list(value, name, path, "email", EMAIL_TYPES, errors),
         Rule::Phones => check_list(value, name, path, "phone", PHONE_TYPES, errors),
@@ -400,20 +419,15 @@ fn check_timestamp(value: &Value, name: &str, path: &str, errors: &mut Vec<Field
     }
 }
 
-fn check_tags(value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+fn check_strings(value: &Value, name: &str, path: &str, errors: &mut Vec<FieldError>) {
+    let words = || format!("{name} must be an array of strings");
     let Some(items) = value.as_array() else {
-        errors.push(FieldError::new(
-            path.into(),
-            "tags must be an array of strings",
-        ));
+        errors.push(FieldError::new(path.into(), words()));
         return;
     };
     for (i, item) in items.iter().enumerate() {
         if !item.is_string() {
-            errors.push(FieldError::new(
-                format!("{path}/{i}"),
-                "tags must be an array of strings",
-            ));
+            errors.push(FieldError::new(format!("{path}/{i}"), words()));
         }
     }
 }
