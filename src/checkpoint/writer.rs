@@ -166,6 +166,11 @@ pub enum Change {
     BulkJobWaitedOut {
         job: i64,
     },
+    /// Tags of the org (name, id) as a listing gave them (see migration 017): each kept
+    /// under its name in lower case, replacing what was held under it.
+    TagsKnown {
+        tags: Vec<(String, String)>,
+    },
     /// A source agent looked up by `email`: its user, None when the org has none.
     AgentResolved {
         agent: String,
@@ -434,6 +439,12 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                  user_id = excluded.user_id, resolved_at = excluded.resolved_at",
         )?;
 
+        let mut tag_known = transaction.prepare_cached(
+            "INSERT INTO tags (name_key, name, tag_id, listed_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name_key) DO UPDATE SET name = excluded.name,
+                 tag_id = excluded.tag_id, listed_at = excluded.listed_at",
+        )?;
+
         for change in batches.iter().flat_map(|batch| &batch.changes) {
             match change {
                 Change::Row(row) => {
@@ -553,6 +564,11 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                     user_id,
                 } => {
                     agent_resolved.execute(params![agent, email, user_id, now])?;
+                }
+                Change::TagsKnown { tags } => {
+                    for (name, id) in tags {
+                        tag_known.execute(params![name.to_lowercase(), name, id, now])?;
+                    }
                 }
 
                 Change::CustomerResolved {
