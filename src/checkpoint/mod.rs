@@ -28,7 +28,9 @@ pub use self::inspect::{CheckpointReader, ExportRow, Status, VerifyRow};
 pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
 pub use self::target::{ApiTarget, OtherTarget, TargetClaim};
-pub use self::writer::{BulkItem, Change, CheckpointWriter, RecordChange, RowChange, WriterHandle};
+pub use self::writer::{
+    BulkItem, Change, CheckpointWriter, KnownTag, RecordChange, RowChange, WriterHandle,
+};
 /// The name [`RecordOrigin`] had when only customers were counted by it, kept for the
 /// pipeline's code.
 pub use crate::vocabulary::RecordOrigin as CustomerOrigin;

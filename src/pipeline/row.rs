@@ -432,6 +432,7 @@ impl PlannedRow {
             row_key: self.origin.key.clone(),
             conversation: Some(Fingerprint::of(&conversation).to_text()),
             customer: None,
+            tags_missing: None,
         })
     }
 
@@ -446,6 +447,7 @@ impl PlannedRow {
                 .as_ref()
                 .map(|conversation| Fingerprint::of(conversation).to_text()),
             customer: Some(Fingerprint::of(&self.plan.customer).to_text()),
+            tags_missing: self.tags.left_out(),
         }
     }
 

@@ -28,7 +28,7 @@ use super::handles::Tools;
 use super::row::Halt;
 use super::worker::Attempts;
 use crate::api::ApiError;
-use crate::checkpoint::Change;
+use crate::checkpoint::{Change, KnownTag};
 use crate::mapping::ConversationBody;
 
 /// What the book knows of the org's tags.
@@ -86,6 +86,17 @@ pub(super) struct RowTags {
     pub missing: Vec<String>,
     /// The conversation holds these ids already: a done row reopened for its history.
     pub settled: bool,
+    /// `--create-missing-tags`: the missing names are appended, not left out.
+    pub create_missing: bool,
+}
+
+impl RowTags {
+    /// The names the conversation goes without for good, as the checkpoint records them
+    /// (a JSON list); None when it goes with every one.
+    pub(super) fn left_out(&self) -> Option<String> {
+        (!self.create_missing && !self.missing.is_empty())
+            .then(|| Value::from(self.missing.clone()).to_string())
+    }
 }
 
 impl TagBook {
@@ -146,7 +157,10 @@ impl TagBook {
         if unknown && !known.fresh {
             self.list(tools, &mut known, attempts).await?;
         }
-        let tags = split(&known, &wanted);
+        let tags = RowTags {
+            create_missing: self.create_missing,
+            ..split(&known, &wanted)
+        };
         drop(known);
         let ids = tags.ids.iter().cloned().map(Value::String).collect();
         conversation.extra.insert("tags".into(), Value::Array(ids));
@@ -181,7 +195,14 @@ impl TagBook {
             ids,
             fresh: true,
         };
-        let tags = listed.into_iter().map(|tag| (tag.name, tag.id)).collect();
+        let created = lock(&self.created).clone();
+        let tags = (listed.into_iter())
+            .map(|tag| KnownTag {
+                created: created.contains(&tag.name.to_lowercase()),
+                name: tag.name,
+                id: tag.id,
+            })
+            .collect();
         tools.journal.record(vec![Change::TagsKnown { tags }]).await;
         Ok(())
     }
@@ -205,11 +226,20 @@ impl TagBook {
         let mut known = self.known.lock().await;
         if let ([name], [id]) = (names, new.as_slice()) {
             known.learn(name, id);
-            let tags = vec![(name.clone(), (*id).clone())];
-            tools.journal.record(vec![Change::TagsKnown { tags }]).await;
         } else if names.iter().any(|name| known.id_of(name).is_none()) {
             self.list(tools, &mut known, attempts).await?;
         }
+        // Recorded as made by this import, whatever listing taught them first.
+        let tags = (names.iter())
+            .filter_map(|name| {
+                Some(KnownTag {
+                    id: known.id_of(name)?.to_string(),
+                    name: name.clone(),
+                    created: true,
+                })
+            })
+            .collect();
+        tools.journal.record(vec![Change::TagsKnown { tags }]).await;
         Ok(())
     }
 }
@@ -235,6 +265,7 @@ fn split(known: &Known, wanted: &[String]) -> RowTags {
         ids: ids.into_iter().collect(),
         missing,
         settled: false,
+        create_missing: false,
     }
 }
 
@@ -356,6 +387,7 @@ mod tests {
             ids: names(&["t1"]),
             missing: names(&["new"]),
             settled: false,
+            create_missing: true,
         };
         let made_here = append_owed(&tags, true, true).unwrap();
         assert_eq!(made_here.names_or_ids, names(&["new"]));
