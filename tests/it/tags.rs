@@ -228,6 +228,31 @@ fn a_missing_tag_is_reported_with_its_rows_and_the_row_done_without_it() {
     assert!(held["T-1"].is_empty() && held["T-2"].is_empty(), "{held:?}");
     assert_eq!(env.stats().tags_created, 0, "nothing made without the flag");
     assert_eq!(env.rows_in_state("done"), 3);
+    // status and export say the same from the checkpoint.
+    let status = env.command(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(
+        status["tags"],
+        json!({"known": 2, "created": 0, "rows_missing": 3,
+               "missing": {"nope": 2, "other": 1}}),
+        "{status}"
+    );
+    let text = env.command(&["status"]).stdout;
+    assert!(text.contains("  missing nope: 2 rows"), "{text}");
+    let export = env.command(&["export", "--format", "jsonl"]);
+    let missing: Vec<Value> = export
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["tags_missing"].clone())
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            json!("[\"nope\"]"),
+            json!("[\"Nope\"]"),
+            json!("[\"other\"]")
+        ]
+    );
 
     // The table says the same to a person; a new run of other rows lists again, once.
     let more = env.write("more.jsonl", &tagged_rows(1, |_| vec!["nope"]));
@@ -241,6 +266,57 @@ fn a_missing_tag_is_reported_with_its_rows_and_the_row_done_without_it() {
         run.stdout
     );
     assert_eq!(env.stats().tag_lists, 2);
+}
+
+#[test]
+fn a_missing_tag_made_in_kustomer_since_reaches_its_rows_on_the_next_run() {
+    let env = TestEnv::new(seeded());
+    let file = env.write(
+        "export.jsonl",
+        &tagged_rows(3, |i| {
+            if i == 1 {
+                vec!["vip"]
+            } else {
+                vec!["vip", "Nope"]
+            }
+        }),
+    );
+    let mut args = vec![file.to_str().unwrap()];
+    args.extend_from_slice(FAST);
+    env.import(&args).assert_code(0);
+    assert_eq!(tags_by_conversation(&env)["T-0"], ["tag-vip"]);
+    // Someone makes the tag: another import's row appends it.
+    let other = env.write(
+        "other.jsonl",
+        &tagged_rows(1, |_| vec!["nope"]).replace("-0", "-9"),
+    );
+    let mut other_args = vec![
+        other.to_str().unwrap(),
+        "--checkpoint",
+        "other.sqlite",
+        "--create-missing-tags",
+    ];
+    other_args.extend_from_slice(FAST);
+    env.import(&other_args).assert_code(0);
+    assert_eq!(env.stats().tags_created, 1);
+    let nope = tag_id(&env, "nope");
+
+    let mut args = vec![file.to_str().unwrap(), "--json"];
+    args.extend_from_slice(FAST);
+    let run = env.import(&args);
+    run.assert_code(0);
+    let report = summary(&run);
+    assert_eq!(report["conversations_updated"], 2, "{report}");
+    assert_eq!(report["tags_missing"], json!({}), "{report}");
+    let held = tags_by_conversation(&env);
+    let mut both = vec!["tag-vip".to_string(), nope];
+    both.sort();
+    assert_eq!(held["T-0"], both);
+    assert_eq!(held["T-2"], both);
+    assert_eq!(held["T-1"], ["tag-vip"]);
+    let status = env.command(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["tags"]["rows_missing"], 0, "{status}");
 }
 
 fn lost_answers_make_each_missing_tag_once(mode: &str) {
@@ -261,6 +337,11 @@ fn lost_answers_make_each_missing_tag_once(mode: &str) {
     let report = summary(&run);
     assert_eq!(report["tags_created"], 3, "{report}");
     assert_eq!(report["tags_missing"], json!({}), "{report}");
+    let status = env.command(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["tags"]["known"], 5, "{status}");
+    assert_eq!(status["tags"]["created"], 3, "{status}");
+    assert_eq!(status["tags"]["rows_missing"], 0, "{status}");
     let faults = env.stats().faults;
     assert!(
         faults.fail_after_write + faults.drop_after_write > 0,
