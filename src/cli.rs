@@ -494,6 +494,12 @@ pub struct ImportArgs {
     #[arg(help_heading = INPUT, long, value_name = "EMAIL")]
     pub default_author: Option<String>,
 
+    /// Make the tags a conversation names that the org lacks, by appending them to the
+    /// conversation once it is made (`POST /v1/conversations/{id}/tags`). Without it the
+    /// conversation goes with the tags the org has, and the summary lists the others.
+    #[arg(help_heading = INPUT, long)]
+    pub create_missing_tags: bool,
+
     /// The API's base URL (the org's own host, or a regional one).
     #[arg(
         help_heading = TARGET,

@@ -237,6 +237,7 @@ pub fn import_config(
             },
             bulk_lost_wait: Duration::from_secs_f64(args.bulk_lost_wait.max(0.0)),
             sync: sync_rules(args.on_change, args.update_fields.as_deref())?,
+            create_missing_tags: args.create_missing_tags,
         },
         target,
         retarget: args.retarget,

@@ -75,6 +75,13 @@ pub struct Summary {
     /// Agents with no Kustomer user (or no email), each with the messages and notes of this
     /// run that fell back to `--default-author` or to no author.
     pub agents_unresolved: std::collections::BTreeMap<String, u64>,
+    /// Listings of the org's tags this run made (`GET /v1/tags`, every page each).
+    pub tag_lists: u64,
+    /// Tag names the org lacked that this run made (`--create-missing-tags`).
+    pub tags_created: u64,
+    /// Tag names the org lacks, each with the rows whose conversation this run sent
+    /// without it (without `--create-missing-tags`).
+    pub tags_missing: std::collections::BTreeMap<String, u64>,
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
 }
@@ -174,6 +181,7 @@ impl Summary {
         self.write_companies(out)?;
         self.write_history(out)?;
         self.write_agents(out)?;
+        self.write_tags(out)?;
         writeln!(out, "requests sent:          {}{rate}", self.requests)?;
         if self.bulk_jobs > 0 {
             writeln!(
@@ -208,6 +216,31 @@ impl Summary {
         )?;
         for (agent, items) in &self.agents_unresolved {
             writeln!(out, "  {agent}: {items} items")?;
+        }
+        Ok(())
+    }
+
+    /// The tags lines, for a run that listed the org's tags, made any, or met a name the
+    /// org lacks.
+    fn write_tags(&self, out: &mut impl Write) -> io::Result<()> {
+        if self.tag_lists + self.tags_created > 0 {
+            writeln!(
+                out,
+                "tags:                   {} created, {} listings of the org's tags",
+                self.tags_created, self.tag_lists
+            )?;
+        }
+        if self.tags_missing.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "tags missing:           {} (the org lacks them; sent without them, see \
+             --create-missing-tags)",
+            self.tags_missing.len()
+        )?;
+        for (name, rows) in &self.tags_missing {
+            writeln!(out, "  {name}: {rows} rows")?;
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use kustomer_import::sandbox::{FaultConfig, Records, Sandbox, SandboxConfig, SandboxUser, Stats};
+use kustomer_import::sandbox::{
+    FaultConfig, Records, Sandbox, SandboxConfig, SandboxUser, Stats, TagRecord,
+};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -1763,7 +1765,13 @@ async fn a_spec_style_sandbox_answers_an_update_200_bare() {
 
 #[tokio::test]
 async fn a_conversation_update_replaces_tags_whole_and_keeps_its_customer() {
-    let sandbox = start(SandboxConfig::default()).await;
+    // A conversation's tags are ids of the org's tags.
+    let tags = ["tag-a", "tag-b", "tag-c"].map(|id| TagRecord::new(id, &id.replace('-', " ")));
+    let sandbox = start(SandboxConfig {
+        tags: tags.to_vec(),
+        ..SandboxConfig::default()
+    })
+    .await;
     let api = Api::new(&sandbox);
     let customer = customer_id(&api, &json!({"externalId": "c-1"})).await;
     let body = json!({
@@ -1980,6 +1988,8 @@ async fn messages_and_notes_are_patched_in_their_place_in_the_thread() {
 async fn bulk_update_jobs_answer_updated_per_item_with_errors_in_words() {
     let sandbox = start(SandboxConfig {
         bulk_delay: Duration::from_millis(50),
+        // A conversation's tags are ids of the org's tags.
+        tags: vec![TagRecord::new("a", "tag a")],
         ..SandboxConfig::default()
     })
     .await;

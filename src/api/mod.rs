@@ -1,6 +1,6 @@
 //! Talking to Kustomer: the HTTP client ([`client`]), what its errors mean to a caller
 //! ([`error`]), the one rate gate every request of the process passes ([`ratelimit`]), and
-//! the backoff between retries ([`retry`]).
+//! the backoff between retries ([`retry`]); the org's tags ([`tags`]).
 
 pub mod bulk;
 pub mod client;
@@ -10,6 +10,7 @@ pub mod history;
 pub mod ratelimit;
 pub mod read;
 pub mod retry;
+pub mod tags;
 pub mod update;
 pub mod users;
 

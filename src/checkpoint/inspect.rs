@@ -145,6 +145,9 @@ pub struct Status {
     /// Companies by the same states as customers (migration 015).
     pub companies: CustomerCounts,
     pub history: HistoryCounts,
+    /// The org's tags as the import knows them, and the names its rows went without
+    /// (migration 017).
+    pub tags: TagCounts,
     pub bulk_jobs: BulkJobCounts,
     /// The source agents looked up as Kustomer users (migration 014).
     pub agents: AgentCounts,
@@ -173,6 +176,21 @@ pub struct ExportRow {
     /// When an update of its customer or conversation last landed (a nightly sync); None:
     /// unchanged since it was made.
     pub updated_at: Option<String>,
+    /// The tag names its conversation went without (the org lacks them), as a JSON list.
+    pub tags_missing: Option<String>,
+}
+
+/// The org's tags the checkpoint knows (listed, or made by this import's appends), and the
+/// tag names rows' conversations were sent without, each with its rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TagCounts {
+    pub known: u64,
+    /// Of `known`, those this import made (`--create-missing-tags`).
+    pub created: u64,
+    /// Rows whose conversation went without a tag the org lacks.
+    pub rows_missing: u64,
+    /// Each name the org lacks (lower-cased), with the rows that went without it.
+    pub missing: std::collections::BTreeMap<String, u64>,
 }
 
 /// Where the conversations' history stands: steps by kind and state (migration 008's
@@ -313,6 +331,7 @@ impl CheckpointReader {
             customers: self.customer_counts().map_err(|e| self.sqlite(e))?,
             companies: self.company_counts().map_err(|e| self.sqlite(e))?,
             history: self.history_counts().map_err(|e| self.sqlite(e))?,
+            tags: self.tag_counts().map_err(|e| self.sqlite(e))?,
             bulk_jobs: self.bulk_job_counts().map_err(|e| self.sqlite(e))?,
             agents: self.agent_counts().map_err(|e| self.sqlite(e))?,
             runs: self
@@ -541,6 +560,44 @@ impl CheckpointReader {
 
     /// Whether the checkpoint has migration 008's `records` (one older than it, read as it
     /// is, has no history).
+    /// The tags known and missing (none in a checkpoint no run of this version has opened).
+    fn tag_counts(&self) -> rusqlite::Result<TagCounts> {
+        let mut counts = TagCounts::default();
+        let has_table: bool = self.connection.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'tags'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_table {
+            return Ok(counts);
+        }
+        let (known, created): (i64, i64) = self.connection.query_row(
+            "SELECT count(*), count(*) FILTER (WHERE origin = 'created') FROM tags",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        (counts.known, counts.created) = (known as u64, created as u64);
+        let mut statement = self
+            .connection
+            .prepare("SELECT row_key, tags_missing FROM rows WHERE tags_missing IS NOT NULL")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let text: String = row.get(1)?;
+            let names: Vec<String> = serde_json::from_str(&text).map_err(|_| {
+                let key = row.get_ref(0).map_or("?".into(), integrity::shown);
+                integrity::damaged_value(format!(
+                    "rows.tags_missing of the row {key} is {text:?}, which is no JSON list of \
+                     names: no version of kustomer-import writes that"
+                ))
+            })?;
+            counts.rows_missing += 1;
+            for name in names {
+                *counts.missing.entry(name.to_lowercase()).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     fn has_records(&self) -> rusqlite::Result<bool> {
         self.has_table("records")
     }
@@ -622,13 +679,16 @@ impl CheckpointReader {
         let synced_at = self
             .column_or_null("rows", "synced_at", "r.synced_at")
             .map_err(|e| self.sqlite(e))?;
+        let tags_missing = self
+            .column_or_null("rows", "tags_missing", "r.tags_missing")
+            .map_err(|e| self.sqlite(e))?;
         let mut statement = self
             .connection
             .prepare(&format!(
                 "SELECT r.source_file, r.line, r.row_key, c.external_id, r.customer_id,
                         r.conversation_id, r.state, c.state,
                         coalesce(r.field || ': ', '') || r.last_error, r.outcome_unknown,
-                        r.customer_key, {history}, {synced_at}
+                        r.customer_key, {history}, {synced_at}, {tags_missing}
                  FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
                  WHERE ?1 = '' OR r.state = ?1
                  ORDER BY r.source_file, r.line",
@@ -765,6 +825,7 @@ fn export_row(row: &rusqlite::Row) -> rusqlite::Result<ExportRow> {
         messages: row.get(11)?,
         notes: row.get(12)?,
         updated_at: row.get(13)?,
+        tags_missing: row.get(14)?,
     })
 }
 

@@ -28,7 +28,9 @@ pub use self::inspect::{CheckpointReader, ExportRow, Status, VerifyRow};
 pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
 pub use self::target::{ApiTarget, OtherTarget, TargetClaim};
-pub use self::writer::{BulkItem, Change, CheckpointWriter, RecordChange, RowChange, WriterHandle};
+pub use self::writer::{
+    BulkItem, Change, CheckpointWriter, KnownTag, RecordChange, RowChange, WriterHandle,
+};
 /// The name [`RecordOrigin`] had when only customers were counted by it, kept for the
 /// pipeline's code.
 pub use crate::vocabulary::RecordOrigin as CustomerOrigin;
@@ -349,6 +351,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/014-agents/up.sql"),
     include_str!("../../migrations/015-companies/up.sql"),
     include_str!("../../migrations/016-history-fingerprints/up.sql"),
+    include_str!("../../migrations/017-tags/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -525,6 +528,19 @@ impl Checkpoint {
         let mut statement = self
             .connection
             .prepare_cached("SELECT agent, user_id FROM agents")
+            .map_err(|e| self.sqlite(e))?;
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// Every tag of the org an earlier run listed or learnt: (name, id), the name as the org
+    /// spells it.
+    pub fn tags(&self) -> Result<Vec<(String, String)>, CheckpointError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT name, tag_id FROM tags")
             .map_err(|e| self.sqlite(e))?;
         statement
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))

@@ -143,11 +143,13 @@ pub enum Change {
         job_id: String,
     },
     /// What a row's conversation and customer were sent as (see `crate::fingerprint`),
-    /// recorded when the row is done or updated; None leaves what is recorded.
+    /// recorded when the row is done or updated; None leaves what is recorded. With a
+    /// conversation's, the tag names it was sent without (a JSON list; None: none).
     Fingerprints {
         row_key: String,
         conversation: Option<String>,
         customer: Option<String>,
+        tags_missing: Option<String>,
     },
     /// An update of the row's customer or conversation landed (a nightly sync): now is its
     /// `synced_at`.
@@ -166,12 +168,27 @@ pub enum Change {
     BulkJobWaitedOut {
         job: i64,
     },
+    /// Tags of the org as a listing or an append gave them (see migration 017): each kept
+    /// under its name in lower case, replacing what was held under it (a tag this import
+    /// made stays recorded as made).
+    TagsKnown {
+        tags: Vec<KnownTag>,
+    },
     /// A source agent looked up by `email`: its user, None when the org has none.
     AgentResolved {
         agent: String,
         email: String,
         user_id: Option<String>,
     },
+}
+
+/// One tag of the org as [`Change::TagsKnown`] records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownTag {
+    pub name: String,
+    pub id: String,
+    /// Made by an append of this import (`--create-missing-tags`).
+    pub created: bool,
 }
 
 /// One item of a bulk job: the `_clientRef` it goes out with and what it stands for.
@@ -403,7 +420,8 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
             .prepare_cached("UPDATE customers SET company_key = ?2 WHERE customer_key = ?1")?;
         let mut fingerprints = transaction.prepare_cached(
             "UPDATE rows SET fingerprint = coalesce(?2, fingerprint),
-                 customer_fingerprint = coalesce(?3, customer_fingerprint)
+                 customer_fingerprint = coalesce(?3, customer_fingerprint),
+                 tags_missing = CASE WHEN ?2 IS NULL THEN tags_missing ELSE ?4 END
              WHERE row_key = ?1",
         )?;
         let mut row_updated =
@@ -432,6 +450,15 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
             "INSERT INTO agents (agent, email, user_id, resolved_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (agent) DO UPDATE SET email = excluded.email,
                  user_id = excluded.user_id, resolved_at = excluded.resolved_at",
+        )?;
+
+        let mut tag_known = transaction.prepare_cached(
+            "INSERT INTO tags (name_key, name, tag_id, origin, listed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (name_key) DO UPDATE SET name = excluded.name,
+                 tag_id = excluded.tag_id, listed_at = excluded.listed_at,
+                 origin = CASE WHEN tags.tag_id = excluded.tag_id AND tags.origin = 'created'
+                     THEN 'created' ELSE excluded.origin END",
         )?;
 
         for change in batches.iter().flat_map(|batch| &batch.changes) {
@@ -532,8 +559,9 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                     row_key,
                     conversation,
                     customer,
+                    tags_missing,
                 } => {
-                    fingerprints.execute(params![row_key, conversation, customer])?;
+                    fingerprints.execute(params![row_key, conversation, customer, tags_missing])?;
                 }
                 Change::RowUpdated { row_key } => {
                     row_updated.execute(params![row_key, now])?;
@@ -553,6 +581,13 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                     user_id,
                 } => {
                     agent_resolved.execute(params![agent, email, user_id, now])?;
+                }
+                Change::TagsKnown { tags } => {
+                    for tag in tags {
+                        let origin = if tag.created { "created" } else { "listed" };
+                        let key = tag.name.to_lowercase();
+                        tag_known.execute(params![key, tag.name, tag.id, origin, now])?;
+                    }
                 }
 
                 Change::CustomerResolved {

@@ -128,6 +128,18 @@ fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std
             listed(&agents.without_user),
         )?;
     }
+    let tags = &status.tags;
+    if tags != &Default::default() {
+        writeln!(
+            out,
+            "tags: {} of the org's known, {} of them made by this import; {} rows went \
+             without a tag the org lacks",
+            tags.known, tags.created, tags.rows_missing
+        )?;
+        for (name, rows) in &tags.missing {
+            writeln!(out, "  missing {name}: {rows} rows")?;
+        }
+    }
     let history = &status.history;
     if history != &Default::default() {
         writeln!(

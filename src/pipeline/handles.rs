@@ -16,6 +16,7 @@ use super::agents::Agents;
 use super::company::CompanyBook;
 use super::planner::Event;
 use super::row::Halt;
+use super::tags::TagBook;
 use super::thread::ThreadOutcome;
 use super::update::CustomerUpdates;
 use super::{ImportSettings, OnExistingCustomer, StopReason, StopSignals};
@@ -139,6 +140,8 @@ pub(super) struct Tools {
     pub companies: CompanyBook,
     /// The customer updates this run confirmed, each sent once (see `update`).
     pub customer_updates: CustomerUpdates,
+    /// The org's tags, by name (see `tags`).
+    pub tags: TagBook,
 }
 
 /// Counts of the history steps this run settled, added by every worker.
@@ -201,6 +204,7 @@ impl Tools {
             ),
             companies: CompanyBook::default(),
             customer_updates: CustomerUpdates::default(),
+            tags: TagBook::new(Vec::new(), settings.create_missing_tags),
         }
     }
 }

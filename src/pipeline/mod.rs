@@ -34,6 +34,7 @@ mod planner;
 mod reader;
 mod resume;
 mod row;
+mod tags;
 mod thread;
 mod thread_sync;
 mod update;
@@ -125,6 +126,9 @@ pub struct ImportSettings {
     /// What a done row whose records changed in the source gets (`--on-change`,
     /// `--update-fields`).
     pub sync: SyncRules,
+    /// Tag names the org lacks are made, by appending them to the conversation
+    /// (`--create-missing-tags`); else the conversation goes without them.
+    pub create_missing_tags: bool,
 }
 
 /// The two ways a run is told to stop.
@@ -224,6 +228,7 @@ pub async fn run_import(
         settings.read.mapping.users_table(),
     );
     tools.companies = company::CompanyBook::new(checkpoint.companies()?);
+    tools.tags = tags::TagBook::new(checkpoint.tags()?, settings.create_missing_tags);
     match stage_threads() {
         Ok((store, pages)) => {
             settings.read.history = Some(store);

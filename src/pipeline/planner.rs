@@ -22,8 +22,9 @@ use super::resume::{
 use super::row::{
     CustomerStep, EarlierRecords, Halt, Owed, PlannedRow, RowOutcome, Settlement, failed_unplanned,
 };
-use super::update::{Of, RowUpdate, fields_to_send, update_row};
-use super::worker::process_row;
+use super::tags::RowTags;
+use super::update::{Of, RowUpdate, appends_missing_tags, fields_to_send, update_row};
+use super::worker::{Attempts, process_row};
 use super::{ImportMode, ImportSettings, StopReason};
 use crate::api::BulkKind;
 use crate::checkpoint::{
@@ -32,6 +33,7 @@ use crate::checkpoint::{
 };
 use crate::fingerprint::Fingerprint;
 use crate::history::store::ThreadSize;
+use crate::mapping::{MappingError, Plan};
 use crate::report::{ErrorsFile, Progress, Settled, Summary};
 use crate::rows::{Original, ReadRow, RowOrigin};
 
@@ -403,6 +405,10 @@ impl<'a> Planner<'a> {
         self.summary.companies_linked = count(&companies.linked);
         self.summary.companies_reconciled = count(&companies.reconciled);
         self.summary.companies_failed = count(&companies.failed);
+        let tags = &self.tools.tags;
+        self.summary.tag_lists = count(&tags.lists);
+        self.summary.tags_created = tags.created();
+        self.summary.tags_missing = tags.missing();
         std::mem::take(&mut self.summary)
     }
 
@@ -494,7 +500,11 @@ impl<'a> Planner<'a> {
                 {
                     self.conversation_batch.push((work, id));
                 }
-                step if work.conversation_id.is_some() && self.history_jobs.is_some() => {
+                // A row with no thread but an append of tags owed takes a worker.
+                step if work.conversation_id.is_some()
+                    && work.thread.items() > 0
+                    && self.history_jobs.is_some() =>
+                {
                     self.for_history.push_back((work, step));
                 }
                 step => self.for_worker.push_back((work, step)),
@@ -503,7 +513,10 @@ impl<'a> Planner<'a> {
         // A row whose customer and conversation both changed goes in a customers job
         // first, then (`AfterJob::Update`) in a conversations job.
         while let Some((work, update)) = self.updates.pop_front() {
-            if fields_to_send(&work, &update, Of::Customer).is_some() {
+            if appends_missing_tags(&self.tools, &work, &update) {
+                // An append follows the update: both go from one worker.
+                self.updates_alone.push_back((work, update));
+            } else if fields_to_send(&work, &update, Of::Customer).is_some() {
                 self.customer_update_batch.push((work, update));
             } else if fields_to_send(&work, &update, Of::Conversation).is_some() {
                 self.conversation_update_batch.push((work, update));
@@ -722,9 +735,13 @@ impl<'a> Planner<'a> {
         let ReadRow {
             origin,
             original,
-            plan,
+            mut plan,
             thread,
         } = row;
+        let Some(mut tags) = self.resolve_tags(&origin, &mut plan).await else {
+            self.summary.rows_pending += 1;
+            return;
+        };
         let WithHistory {
             stored,
             records: earlier_records,
@@ -737,6 +754,7 @@ impl<'a> Planner<'a> {
                 return;
             }
         };
+        tags.settled = reopened;
         let facts = self.earlier_job_facts(&origin.key, stored.is_some());
         let retry_failed = self.settings.retry_failed;
         match resume_row(stored.as_ref(), plan, retry_failed, facts) {
@@ -771,6 +789,7 @@ impl<'a> Planner<'a> {
                     thread,
                     earlier_records,
                     owed: Owed::Nothing,
+                    tags: tags.clone(),
                 };
                 self.sync_done(work, stored.as_ref()).await;
             }
@@ -785,6 +804,7 @@ impl<'a> Planner<'a> {
                     thread,
                     earlier_records,
                     owed: Owed::Nothing,
+                    tags: tags.clone(),
                 };
                 if reopened && let Some(whole) = &stored {
                     work.owed = match self.owed_by_reopened(&work, whole) {
@@ -797,6 +817,41 @@ impl<'a> Planner<'a> {
                     };
                 }
                 self.plan_send(work, from).await
+            }
+        }
+    }
+
+    /// The row's conversation's tags made ids, in the plan itself (see `tags`): the one
+    /// place a row's tag names are resolved, before its creates, bulk items, updates and
+    /// fingerprint are made. None: the org's tags could not be listed (a stop, or retries
+    /// spent), and the row stays as the checkpoint has it, pending.
+    async fn resolve_tags(
+        &mut self,
+        origin: &RowOrigin,
+        plan: &mut Result<Plan, MappingError>,
+    ) -> Option<RowTags> {
+        let Some(conversation) = plan.as_mut().ok().and_then(|p| p.conversation.as_mut()) else {
+            return Some(RowTags::default());
+        };
+        let tools = Arc::clone(&self.tools);
+        let mut attempts = Attempts::new(&tools);
+        match tools
+            .tags
+            .resolve(&tools, conversation, &mut attempts)
+            .await
+        {
+            Ok(tags) => Some(tags),
+            Err(halt) => {
+                let reason = match halt {
+                    Halt::Pending(reason) | Halt::Unresolved(reason) => reason,
+                    Halt::Failed { reason, .. } => reason,
+                };
+                self.note_given_up(&format!(
+                    "{}:{}: left pending for the next run: the org's tags could not be \
+                     listed: {reason}",
+                    origin.file, origin.line
+                ));
+                None
             }
         }
     }
@@ -1211,6 +1266,7 @@ impl<'a> Planner<'a> {
     }
 
     fn finish_row(&mut self, work: PlannedRow, outcome: RowOutcome) {
+        self.count_missing_tags(&work, &outcome);
         match outcome {
             RowOutcome::Updated {
                 customer,
@@ -1259,6 +1315,20 @@ impl<'a> Planner<'a> {
                 );
                 self.note_given_up(&what);
             }
+        }
+    }
+
+    /// A row whose conversation was sent (made or updated) without the tags the org lacks
+    /// counts for each of them, unless `--create-missing-tags` appended them.
+    fn count_missing_tags(&self, work: &PlannedRow, outcome: &RowOutcome) {
+        let sent = match outcome {
+            RowOutcome::Done { conversation } => conversation.is_some(),
+            RowOutcome::Updated { conversation, .. } => *conversation,
+            RowOutcome::Halted(_) => false,
+        };
+        let tags = &self.tools.tags;
+        if sent && !tags.creates_missing() && !work.tags.missing.is_empty() {
+            tags.sent_without(&work.tags.missing);
         }
     }
 

@@ -19,6 +19,7 @@
 use crate::api::{BulkKind, LookupField};
 use std::collections::HashMap;
 
+use super::tags::RowTags;
 use crate::checkpoint::{
     Change, CustomerOrigin, RecordChange, RecordKind, RowChange, RowState, StepState, StoredRecord,
 };
@@ -125,6 +126,8 @@ pub(super) struct PlannedRow {
     /// What a done row taken up again for its history owes its customer and conversation
     /// (see [`Owed`]); [`Owed::Nothing`] for every other row.
     pub owed: Owed,
+    /// Its conversation's tags, resolved to ids by the planner (see `tags`).
+    pub tags: RowTags,
 }
 
 /// What a done row reopened for its history (tomorrow's export, new messages on an old
@@ -412,6 +415,27 @@ impl PlannedRow {
         ]
     }
 
+    /// What the row's conversation was sent as once an append left it holding `tags` (ids):
+    /// recorded after [`PlannedRow::sent_as`], so that a re-run that resolves the same names
+    /// to those ids finds it unchanged.
+    pub(super) fn sent_with_tags(&self, tags: &[String]) -> Option<Change> {
+        let mut conversation = self.plan.conversation.clone()?;
+        let ids = tags
+            .iter()
+            .cloned()
+            .map(serde_json::Value::String)
+            .collect();
+        conversation
+            .extra
+            .insert("tags".into(), serde_json::Value::Array(ids));
+        Some(Change::Fingerprints {
+            row_key: self.origin.key.clone(),
+            conversation: Some(Fingerprint::of(&conversation).to_text()),
+            customer: None,
+            tags_missing: None,
+        })
+    }
+
     /// What the row's conversation and customer are, as the checkpoint keeps them to tell
     /// tomorrow's changes by.
     pub(super) fn sent_as(&self) -> Change {
@@ -423,6 +447,7 @@ impl PlannedRow {
                 .as_ref()
                 .map(|conversation| Fingerprint::of(conversation).to_text()),
             customer: Some(Fingerprint::of(&self.plan.customer).to_text()),
+            tags_missing: self.tags.left_out(),
         }
     }
 
@@ -625,6 +650,7 @@ mod tests {
             thread: ThreadSize::default(),
             earlier_records: EarlierRecords::default(),
             owed: Owed::Nothing,
+            tags: RowTags::default(),
         }
     }
 

@@ -97,17 +97,55 @@ pub(super) async fn update_row(
     update: RowUpdate,
 ) -> (PlannedRow, RowOutcome) {
     let mut attempts = Attempts::new(tools);
-    let outcome = match send_updates(tools, &work, update, &mut attempts).await {
-        Ok(update) => {
+    let sent = match send_updates(tools, &work, update, &mut attempts).await {
+        Ok(update) => append_missing_tags(tools, &work, &update, &mut attempts)
+            .await
+            .map(|tagged| (update, tagged)),
+        Err(halt) => Err(halt),
+    };
+    let outcome = match sent {
+        Ok((update, tagged)) => {
             let updated = Change::RowUpdated {
                 row_key: work.origin.key.clone(),
             };
-            tools.journal.record(vec![work.sent_as(), updated]).await;
+            let mut changes = vec![work.sent_as(), updated];
+            changes.extend(tagged.and_then(|tags| work.sent_with_tags(&tags)));
+            tools.journal.record(changes).await;
             update.outcome()
         }
         Err(halt) => RowOutcome::Halted(halt),
     };
     (work, outcome)
+}
+
+/// Whether a done row's update is followed by an append of the tag names the org lacks
+/// (`--create-missing-tags`): such an update is sent one request per record.
+pub(super) fn appends_missing_tags(tools: &Tools, work: &PlannedRow, update: &RowUpdate) -> bool {
+    tools.tags.creates_missing()
+        && !work.tags.missing.is_empty()
+        && update.conversation_id.is_some()
+        && !update.conversation_fields.is_empty()
+}
+
+/// After a conversation's update, the names it lacks appended (which makes them), under
+/// `--create-missing-tags`: the conversation's tag ids after (None: no append, or an answer
+/// without them).
+async fn append_missing_tags(
+    tools: &Tools,
+    work: &PlannedRow,
+    update: &RowUpdate,
+    attempts: &mut Attempts<'_>,
+) -> Result<Option<Vec<String>>, Halt> {
+    let (true, Some(id)) = (
+        appends_missing_tags(tools, work, update),
+        &update.conversation_id,
+    ) else {
+        return Ok(None);
+    };
+    let Some(append) = super::tags::append_owed(&work.tags, true, true) else {
+        return Ok(None);
+    };
+    super::tags::send_append(tools, id, &append, attempts).await
 }
 
 /// Sends the row's updates, customer first (once per customer and change in a run: see

@@ -11,6 +11,7 @@ use super::failure::{Call, Retries, create_refused};
 use super::handles::Tools;
 use super::planner::Event;
 use super::row::{CustomerStep, Halt, Owed, PlannedRow, RowOutcome, Settlement, Step};
+use super::tags::{append_owed, send_append};
 use super::thread::send_thread;
 use super::update::{RowUpdate, send_updates};
 use crate::api::{ApiError, KustomerClient};
@@ -76,16 +77,33 @@ async fn drive_row(
             }
         }
     };
+    let append = append_owed(
+        &work.tags,
+        tools.tags.creates_missing(),
+        origin == Some(CustomerOrigin::Created),
+    );
+    // The conversation's id is recorded before anything more is sent for it: a run that
+    // stops after goes on from it.
+    if (append.is_some() || work.thread.items() > 0)
+        && origin.is_some()
+        && work.conversation_origin.is_none()
+    {
+        let made = work.conversation_made(&customer_id, &conversation_id, attempts.take_requests());
+        tools.journal.record(vec![Change::Row(made)]).await;
+    }
     // Before the thread: a done row taken up again for new history owes its records the
     // changes the same export brought.
     let owed = settle_owed(tools, work, attempts).await?;
+    // Then the tags it owes its conversation: the row is not done before they are appended.
+    let tagged = match &append {
+        Some(append) => send_append(tools, &conversation_id, append, attempts).await?,
+        None => None,
+    };
+    let tagged_as_sent = tagged
+        .filter(|_| append.as_ref().is_some_and(|a| !a.missing.is_empty()))
+        .and_then(|tags| work.sent_with_tags(&tags));
     let mut thread = None;
     if work.thread.items() > 0 {
-        if origin.is_some() && work.conversation_origin.is_none() {
-            let made =
-                work.conversation_made(&customer_id, &conversation_id, attempts.take_requests());
-            tools.journal.record(vec![Change::Row(made)]).await;
-        }
         let written = send_thread(tools, work, &conversation_id, attempts, history_jobs).await?;
         tools.history.add(&written);
         if let Some(first) = &written.first_failure {
@@ -97,13 +115,16 @@ async fn drive_row(
             };
             let mut changes = vec![Change::Row(partly)];
             changes.extend(owed.as_sent(work));
+            changes.extend(tagged_as_sent.filter(|_| owed.records_as_mapped()));
             tools.journal.record(changes).await;
             return Ok(RowOutcome::Halted(halt));
         }
         thread = Some(written);
     }
     let done = work.done(customer_id, Some(conversation_id), attempts.take_requests());
+    let as_mapped = owed.records_as_mapped();
     let (mut changes, mut outcome) = owed.done(work, done, origin);
+    changes.extend(tagged_as_sent.filter(|_| as_mapped));
     if let Some(thread) = &thread {
         (changes, outcome) = with_items_synced(work, thread, changes, outcome);
     }
@@ -198,7 +219,12 @@ impl OwedSettled {
 
     /// What the row's records are recorded as sent as: what it maps to, unless kept.
     fn as_sent(&self, work: &PlannedRow) -> Option<Change> {
-        matches!(self, OwedSettled::AsMapped { .. }).then(|| work.sent_as())
+        self.records_as_mapped().then(|| work.sent_as())
+    }
+
+    /// Whether what the row maps to is recorded as what was sent.
+    fn records_as_mapped(&self) -> bool {
+        matches!(self, OwedSettled::AsMapped { .. })
     }
 }
 

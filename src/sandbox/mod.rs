@@ -126,9 +126,9 @@ pub struct SandboxConfig {
     pub tags: Vec<TagRecord>,
     /// Refuse (422, naming `/tags/{i}`) a conversation create or update whose `tags` holds
     /// a text that is not the id of an org tag: the strictest reading of the docs ("a
-    /// conversation's `tags` is a list of tag ids"). Off by default until the importer maps
-    /// tag names to ids (issue 19's tags by name, not built yet): today it sends the
-    /// source's names, which this would refuse.
+    /// conversation's `tags` is a list of tag ids"). On by default: the importer sends
+    /// ids (it maps the source's names to the org's tags); off only to see what a client
+    /// that sends names would get from a lenient API.
     pub tag_ids_only: bool,
 }
 
@@ -152,7 +152,7 @@ impl Default for SandboxConfig {
             per_object_update_limit: None,
             users: Vec::new(),
             tags: Vec::new(),
-            tag_ids_only: false,
+            tag_ids_only: true,
         }
     }
 }

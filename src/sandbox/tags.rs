@@ -11,7 +11,7 @@
 //! answers the conversation as it now is (ids only: a client learns the ids of the tags it
 //! made by listing again); with `SandboxConfig::tag_ids_only`, a conversation create or
 //! update whose `tags` holds a text that is no id of an org tag is refused 422 naming
-//! `/tags/{i}` ([`unknown_ids`]; off by default until the importer sends ids); appends
+//! `/tags/{i}` ([`unknown_ids`]; on by default, as the importer sends ids); appends
 //! count against the record's per-object update limit, as the live reference says. Tags
 //! made by appends are kept in the records file; seeded ones are seeded again at start.
 

@@ -20,6 +20,7 @@ mod pauses;
 mod people;
 mod streams;
 mod sync;
+mod tags;
 mod target;
 mod undo;
 mod verify;

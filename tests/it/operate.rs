@@ -109,7 +109,8 @@ fn export_writes_every_row_once_with_its_ids() {
             "outcome_unknown",
             "messages",
             "notes",
-            "updated_at"
+            "updated_at",
+            "tags_missing"
         ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();

@@ -14,6 +14,7 @@ use crate::pipeline::failure::refusal;
 use crate::pipeline::handles::Tools;
 use crate::pipeline::planner::Event;
 use crate::pipeline::row::{CustomerStep, Halt, PlannedRow, RowOutcome, Settlement, Step};
+use crate::pipeline::tags::append_owed;
 
 /// What one item's outcome says of its record.
 #[derive(Debug)]
@@ -138,8 +139,11 @@ pub(super) async fn apply_conversation_results(
             policy,
         );
         let next = match verdict {
-            // A row with history goes on to a worker, which writes its thread.
-            ItemVerdict::Made(id, origin) if work.thread.items() > 0 => {
+            // A row with history goes on to a worker, which writes its thread; so does one
+            // that owes its conversation an append of tags.
+            ItemVerdict::Made(id, origin)
+                if work.thread.items() > 0 || owes_tags(tools, &work, origin) =>
+            {
                 changes.push(Change::Row(work.conversation_made(&customer_id, &id, 0)));
                 work.conversation_id = Some(id);
                 work.conversation_origin = Some(origin);
@@ -183,6 +187,13 @@ pub(super) async fn apply_conversation_results(
     // Outcomes: losing them only means the next run polls the job again.
     tools.journal.record(changes).await;
     ended
+}
+
+/// Whether a row whose conversation a job made (`origin`) owes it an append of tags (see
+/// `tags::append_owed`).
+fn owes_tags(tools: &Tools, work: &PlannedRow, origin: CustomerOrigin) -> bool {
+    let made_here = origin == CustomerOrigin::Created;
+    append_owed(&work.tags, tools.tags.creates_missing(), made_here).is_some()
 }
 
 /// The job's results are applied: committed with the changes they made.

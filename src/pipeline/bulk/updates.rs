@@ -297,6 +297,7 @@ fn sent_as(work: &PlannedRow, of: Of) -> Change {
         row_key: work.origin.key.clone(),
         conversation,
         customer,
+        tags_missing: work.tags.left_out(),
     }
 }
 
