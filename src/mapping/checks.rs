@@ -25,6 +25,9 @@ pub enum FieldType {
     Timestamp,
     /// A list of strings; text is split on `,` and `;`.
     Tags,
+    /// A list of at most [`MAX_ASSIGNED_USERS`] source agents (emails, or names the
+    /// `[users]` table maps), split as tags are; made user ids when sent.
+    Agents,
     /// An integer from 1 to 5.
     Priority,
     /// in or out.
@@ -56,7 +59,11 @@ pub const CONVERSATION_EXTRA_FIELDS: &[(&str, FieldType)] = &[
     ("tags", FieldType::Tags),
     ("priority", FieldType::Priority),
     ("direction", FieldType::Direction),
+    ("assignedUsers", FieldType::Agents),
 ];
+
+/// Most agents a conversation's `assignedUsers` takes (the docs: at most 10).
+pub const MAX_ASSIGNED_USERS: usize = 10;
 
 /// Custom attribute name suffixes and the type each implies.
 const CUSTOM_SUFFIXES: &[(&str, FieldType)] = &[
@@ -104,6 +111,20 @@ pub fn normalize_value(kind: FieldType, field: &str, value: Value) -> Result<Val
                     ),
                 )
             })
+        }
+        FieldType::Agents => {
+            let agents = normalize_value(FieldType::Tags, field, value)?;
+            let count = agents.as_array().map_or(0, Vec::len);
+            if count > MAX_ASSIGNED_USERS {
+                return Err(MappingError::new(
+                    field,
+                    "more than 10 agents",
+                    format!(
+                        "names {count} agents: a conversation takes at most {MAX_ASSIGNED_USERS}"
+                    ),
+                ));
+            }
+            Ok(agents)
         }
         FieldType::Tags => {
             let items: Vec<Value> = match value {
@@ -679,6 +700,12 @@ mod tests {
             check(FieldType::Direction, json!("IN")).unwrap(),
             json!("in")
         );
+        assert_eq!(
+            check(FieldType::Agents, json!("ann@example.com; Bo")).unwrap(),
+            json!(["ann@example.com", "Bo"])
+        );
+        let eleven = ["a@example.com"; 11].join(",");
+        assert!(check(FieldType::Agents, json!(eleven)).is_err());
         assert_eq!(
             check(
                 FieldType::Custom,

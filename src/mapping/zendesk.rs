@@ -330,7 +330,12 @@ impl ZendeskMapping {
             )
         })?;
         let customer = customer_of(requester_id, requester);
-        let conversation = conversation_of(ticket)?;
+        let mut conversation = conversation_of(ticket)?;
+        if let Some(assignee) = self.assignee_of(ticket)? {
+            conversation
+                .extra
+                .insert("assignedUsers".into(), json!([assignee]));
+        }
         let channel = conversation
             .channel
             .clone()
@@ -350,6 +355,24 @@ impl ZendeskMapping {
 }
 
 impl ZendeskMapping {
+    /// The ticket's `assignee_id` as the source agent its conversation is assigned to (see
+    /// [`Author::agent`]: mapped to the org's user when sent); an assignee missing from
+    /// users.json fails the row, naming `assignee_id`.
+    fn assignee_of(&self, ticket: &Map<String, Value>) -> Result<Option<String>, MappingError> {
+        if matches!(ticket.get("assignee_id"), None | Some(Value::Null)) {
+            return Ok(None);
+        }
+        let id = required_id(ticket, "assignee_id")?;
+        let user = self.directory.users.get(id).ok_or_else(|| {
+            MappingError::new(
+                "assignee_id",
+                "no such user in users.json",
+                format!("{id} is not the id of any user in users.json"),
+            )
+        })?;
+        Ok(Author::User(id, user).agent())
+    }
+
     /// The ticket's `organization_id` as its customer's company: externalId
     /// `zendesk-org-<id>`, named as organizations.json names it (without that file, or
     /// with no name there, by its externalId). An id missing from organizations.json,
@@ -787,6 +810,30 @@ mod tests {
             let error = company(&with_organizations(), refused.clone()).unwrap_err();
             assert_eq!(error.field.as_deref(), Some("organization_id"), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_ticket_is_assigned_to_its_assignees_agent_named_by_email() {
+        let assigned = |assignee: Value| {
+            let mut object = ticket("open", vec![]);
+            object["assignee_id"] = assignee;
+            map(&object).map(|(plan, _)| {
+                plan.conversation
+                    .unwrap()
+                    .extra
+                    .get("assignedUsers")
+                    .cloned()
+            })
+        };
+        assert_eq!(
+            assigned(json!(7)).unwrap(),
+            Some(json!(["sam@example.com"]))
+        );
+        assert_eq!(assigned(json!(8)).unwrap(), Some(json!(["zendesk-user-8"])));
+        assert_eq!(assigned(json!(2)).unwrap(), None, "an end-user is no agent");
+        assert_eq!(assigned(Value::Null).unwrap(), None);
+        let error = assigned(json!(404)).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("assignee_id"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::handles::Tools;
 use super::row::Halt;
 use super::worker::Attempts;
 use crate::checkpoint::Change;
+use crate::mapping::ConversationBody;
 use crate::mapping::users::{UserRef, UsersTable};
 
 /// The run's agents: what earlier runs and this one resolved, and the fallbacks taken.
@@ -116,6 +117,44 @@ pub(super) async fn author(
         Some(email) => user_of(tools, email, attempts).await,
         None => Ok(None),
     }
+}
+
+/// A conversation's `assignedUsers` as the source names them (agents, as `createdBy` does)
+/// made the ids of the org's users, in the body itself, before anything is made of it
+/// (its create, bulk item, update and fingerprint). An agent with no user is left out and
+/// counted as fallen back: assigning a conversation to `--default-author` instead would
+/// say someone else owns it. With none left, the field goes (an empty list would unassign
+/// the conversation on an update).
+pub(super) async fn assign(
+    tools: &Tools,
+    conversation: &mut ConversationBody,
+    attempts: &mut Attempts<'_>,
+) -> Result<(), Halt> {
+    let Some(Value::Array(agents)) = conversation.extra.remove("assignedUsers") else {
+        return Ok(());
+    };
+    let mut users = Vec::new();
+    for agent in &agents {
+        let text = agent.as_str().unwrap_or_default();
+        let user = match tools.agents.user_ref(text) {
+            Some(UserRef::Id(id)) => Some(id),
+            Some(UserRef::Email(email)) => user_of(tools, &email, attempts).await?,
+            None => None,
+        };
+        match user {
+            Some(id) if !users.contains(&Value::String(id.clone())) => {
+                users.push(Value::String(id))
+            }
+            Some(_) => {}
+            None => tools.agents.fell_back(text),
+        }
+    }
+    if !users.is_empty() {
+        conversation
+            .extra
+            .insert("assignedUsers".into(), Value::Array(users));
+    }
+    Ok(())
 }
 
 /// The user with this email: from what is known, else asked once and recorded.

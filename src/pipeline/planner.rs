@@ -12,6 +12,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::agents;
 use super::bulk::Jobs;
 use super::bulk::{self, AfterJob, EarlierJobs};
 use super::handles::Tools;
@@ -738,7 +739,7 @@ impl<'a> Planner<'a> {
             mut plan,
             thread,
         } = row;
-        let Some(mut tags) = self.resolve_tags(&origin, &mut plan).await else {
+        let Some(mut tags) = self.resolve_references(&origin, &mut plan).await else {
             self.summary.rows_pending += 1;
             return;
         };
@@ -821,11 +822,12 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The row's conversation's tags made ids, in the plan itself (see `tags`): the one
-    /// place a row's tag names are resolved, before its creates, bulk items, updates and
-    /// fingerprint are made. None: the org's tags could not be listed (a stop, or retries
-    /// spent), and the row stays as the checkpoint has it, pending.
-    async fn resolve_tags(
+    /// The row's conversation's tag names and assigned agents made ids, in the plan itself
+    /// (see `tags` and [`agents::assign`]): the one place a row's references to the org are
+    /// resolved, before its creates, bulk items, updates and fingerprint are made. None:
+    /// the org's tags or users could not be read (a stop, or retries spent), and the row
+    /// stays as the checkpoint has it, pending.
+    async fn resolve_references(
         &mut self,
         origin: &RowOrigin,
         plan: &mut Result<Plan, MappingError>,
@@ -835,11 +837,15 @@ impl<'a> Planner<'a> {
         };
         let tools = Arc::clone(&self.tools);
         let mut attempts = Attempts::new(&tools);
-        match tools
-            .tags
-            .resolve(&tools, conversation, &mut attempts)
-            .await
-        {
+        let resolved = async {
+            let tags = tools
+                .tags
+                .resolve(&tools, conversation, &mut attempts)
+                .await?;
+            agents::assign(&tools, conversation, &mut attempts).await?;
+            Ok::<_, Halt>(tags)
+        };
+        match resolved.await {
             Ok(tags) => Some(tags),
             Err(halt) => {
                 let reason = match halt {
@@ -847,8 +853,8 @@ impl<'a> Planner<'a> {
                     Halt::Failed { reason, .. } => reason,
                 };
                 self.note_given_up(&format!(
-                    "{}:{}: left pending for the next run: the org's tags could not be \
-                     listed: {reason}",
+                    "{}:{}: left pending for the next run: the org's tags or users could not \
+                     be read: {reason}",
                     origin.file, origin.line
                 ));
                 None

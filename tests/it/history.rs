@@ -622,13 +622,7 @@ fn the_zendesk_sample_lands_its_comments_as_messages_and_its_private_ones_as_not
         assert_eq!(distinct.len(), ids.len(), "no comment twice");
         assert!(ids.iter().all(|id| id.starts_with("zendesk-comment-")));
     }
-    let before = env.stats().requests_total;
-    env.import(&args).assert_code(0);
-    assert_eq!(
-        env.stats().requests_total,
-        before,
-        "a second run sends nothing"
-    );
+    assert_second_run_only_lists_the_orgs_tags(&env, &args);
 }
 
 #[test]

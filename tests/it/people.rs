@@ -336,7 +336,8 @@ fn the_users_table_maps_an_agent_to_an_id_with_no_lookup_and_to_an_email_looked_
 
 /// The Zendesk preset names each agent's comment by the agent's email from users.json, so
 /// a public reply or an internal note goes out written by the org's user with that email;
-/// an end-user's comment has no author. Each agent is looked up once.
+/// an end-user's comment has no author; a ticket's `assignee_id` is its conversation's
+/// assigned user. Each agent is looked up once.
 #[test]
 fn the_zendesk_samples_agent_comments_are_written_by_the_agents_users() {
     let env = TestEnv::new(SandboxConfig {
@@ -377,6 +378,26 @@ fn the_zendesk_samples_agent_comments_are_written_by_the_agents_users() {
         "(outbound or note, inbound) per author"
     );
     assert_eq!(env.requests_to(USERS), 2, "sam and alex, once each");
+    let mut assignees: Vec<(String, Option<Value>)> = records
+        .conversations
+        .iter()
+        .map(|c| {
+            let external_id = c.external_id.clone().unwrap_or_default();
+            (external_id, c.extra.get("assignedUsers").cloned())
+        })
+        .collect();
+    assignees.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        assignees,
+        [
+            ("10001".to_string(), Some(json!(["u-sam"]))),
+            ("10002".to_string(), Some(json!(["u-sam"]))),
+            ("10003".to_string(), Some(json!(["u-sam"]))),
+            ("10004".to_string(), Some(json!(["u-alex"]))),
+            ("10005".to_string(), None),
+        ],
+        "each ticket assigned to its assignee_id's user"
+    );
 }
 
 /// Per author as the sandbox should hold it (`u-sam`, `u-alex`, "" for none): how many of
@@ -400,4 +421,50 @@ fn read_sample_authors(tickets: &std::path::Path) -> HashMap<String, (u64, u64)>
         }
     }
     expected
+}
+
+/// A conversation's `assignedUsers` names its agents as `createdBy` does: each becomes
+/// the org's user (looked up once, with the authors), one with no user is left out and
+/// listed, none is ever invited; a re-run sends nothing.
+#[test]
+fn a_conversation_is_assigned_to_its_agents_users() {
+    let env = org(FaultConfig::default());
+    let row = |id: &str, agents: Value| {
+        let line = json!({
+            "customer": {"externalId": format!("c-{id}"), "name": format!("C {id}")},
+            "conversation": {"externalId": format!("t-{id}"), "name": format!("Ticket {id}"),
+                             "assignedUsers": agents},
+        });
+        format!("{line}\n")
+    };
+    let lines = row(
+        "1",
+        json!(["ann@example.com", "Bo@Example.com", "dee@example.com"]),
+    ) + &row("2", json!("cy@example.com; ann@example.com"))
+        + &row("3", json!(["dee@example.com"]));
+    let file = env.write("tickets.jsonl", &lines);
+    let run = env.import(&[file.to_str().unwrap()]);
+    run.assert_code(0);
+    let records = env.records();
+    let assigned = |external_id: &str| {
+        let conversation = records
+            .conversations
+            .iter()
+            .find(|c| c.external_id.as_deref() == Some(external_id))
+            .unwrap();
+        conversation.extra.get("assignedUsers").cloned()
+    };
+    assert_eq!(assigned("t-1"), Some(json!(["u-ann", "u-bo"])));
+    assert_eq!(assigned("t-2"), Some(json!(["u-cy", "u-ann"])));
+    assert_eq!(assigned("t-3"), None, "no user: not assigned, not invited");
+    assert_eq!(env.requests_to(USERS), 4, "ann, bo, cy and dee, once each");
+    assert_eq!(env.stats().invitations, 0);
+    assert!(
+        run.stdout.contains("  dee@example.com: 2 items"),
+        "{}",
+        run.stdout
+    );
+    let before = env.stats().requests_total;
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    assert_eq!(env.stats().requests_total, before, "a re-run sends nothing");
 }
