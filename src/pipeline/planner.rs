@@ -23,7 +23,7 @@ use super::resume::{
 use super::row::{
     CustomerStep, EarlierRecords, Halt, Owed, PlannedRow, RowOutcome, Settlement, failed_unplanned,
 };
-use super::tags::RowTags;
+use super::tags::{RowTags, append_owed};
 use super::update::{Of, RowUpdate, appends_missing_tags, fields_to_send, update_row};
 use super::worker::{Attempts, process_row};
 use super::{ImportMode, ImportSettings, StopReason};
@@ -767,6 +767,35 @@ impl<'a> Planner<'a> {
                 let change = failed_unplanned(&origin, error.field.clone(), error.reason.clone());
                 self.fail(&origin, &original, error.field, error.reason, change)
                     .await;
+            }
+            // An earlier run's job made its conversation, without the tags the org lacked:
+            // a worker appends them before the row counts as done.
+            RowResume::Done {
+                settled_now: Some(created),
+                plan,
+            } if append_owed(&tags, self.tools.tags.creates_missing(), true).is_some()
+                && let Some(whole) = stored.as_ref()
+                && let (Some(customer_id), Some(conversation_id)) =
+                    (&whole.customer_id, &whole.conversation_id) =>
+            {
+                let work = PlannedRow {
+                    origin,
+                    original,
+                    plan,
+                    conversation_unknown: false,
+                    conversation_id: Some(conversation_id.clone()),
+                    conversation_origin: Some(if created {
+                        CustomerOrigin::Created
+                    } else {
+                        CustomerOrigin::Linked
+                    }),
+                    thread,
+                    earlier_records,
+                    owed: Owed::Nothing,
+                    tags,
+                };
+                self.ready
+                    .push_back((work, CustomerStep::Known(customer_id.clone())));
             }
             RowResume::Done {
                 settled_now: Some(created),

@@ -22,6 +22,8 @@ const RECOVERY: &[&str] = &[
     "1",
     "--max-retries",
     "30",
+    "--bulk-lost-wait",
+    "2",
     "--rpm",
     "100000",
 ];
