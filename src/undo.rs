@@ -20,7 +20,12 @@
 //!   confirmed by a read that answers 404, a 404 to the delete counts as gone (a delete sent
 //!   again after a lost answer). A refusal (a customer the API will not delete: the sandbox
 //!   answers 409 while it holds conversations the import did not make) is recorded with
-//!   the server's words and counted failed; the run goes on.
+//!   the server's words and counted failed; the run goes on. A delete with no answer past
+//!   the retries, or no confirming read, is counted failed but left `sent`: it may have
+//!   landed.
+//! - A `sent` delete (an undo killed midway, or an unknown outcome) is settled before an
+//!   import uses the checkpoint's ids ([`settle_unfinished`]): read back, a record gone is
+//!   recorded as the undo records it, so no conversation is linked to a deleted customer.
 
 use std::sync::Mutex;
 
@@ -149,6 +154,16 @@ pub enum Stopped {
     Api(ApiError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// An unfinished undo's delete whose record could not be read back.
+    #[error(
+        "an unfinished undo deleted {record} {id} or not, and it cannot be read back ({reason}): \
+         run `kustomer-import undo` again to finish it, or this command once the API answers"
+    )]
+    Unreadable {
+        record: &'static str,
+        id: String,
+        reason: String,
+    },
 }
 
 /// Kinds of record, as `undo_deletes.kind` names them.
@@ -159,6 +174,15 @@ enum Kind {
 }
 
 impl Kind {
+    /// The kind `undo_deletes.kind` names (its CHECK allows these two only).
+    fn named(kind: &str) -> Kind {
+        if kind == "customer" {
+            Kind::Customer
+        } else {
+            Kind::Conversation
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Kind::Conversation => "conversation",
@@ -170,7 +194,18 @@ impl Kind {
 /// How one delete ended.
 enum Ended {
     Gone(Deleted),
+    /// Not deleted (refused, or still there after the delete was answered).
     Failed(String),
+    /// Not known: no answer past the retries, or no confirming read. Left `sent`.
+    Unknown(String),
+}
+
+/// Why a request gave no usable answer for its record.
+enum Missed {
+    /// The API refused it (4xx): its words.
+    Refused(String),
+    /// Transient failures past the retries: a delete may have landed.
+    NoAnswer(String),
 }
 
 /// Deletes the selection's conversations, then its customers, recording each; `undo_run`
@@ -194,6 +229,57 @@ pub async fn undo(
         .map(|(key, id)| (Kind::Customer, key.clone(), id.clone()));
     run_deletes(client, &checkpoint, &undone, undo_run, customers).await?;
     Ok(undone.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// What settling an unfinished undo found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Read back 404: gone, recorded as the undo would have, their rows pending again.
+    pub gone: u64,
+    /// Still there: the delete did not land, and the record stays the import's.
+    pub still_there: u64,
+    pub rows_pending_again: u64,
+}
+
+/// Settles the deletes an undo sent and recorded no result of (killed mid-request, or its
+/// answers lost), before an import uses the checkpoint's ids: each record is read back; one
+/// that is gone is recorded gone as the undo records it (its rows pending, a customer's
+/// line removed, so the import makes it anew and never links to it), one still there has
+/// its intent dropped. Err when a record cannot be read back: the import must not start.
+pub async fn settle_unfinished(
+    client: &KustomerClient,
+    checkpoint: &mut Checkpoint,
+) -> Result<Settled, Stopped> {
+    let mut settled = Settled::default();
+    for delete in checkpoint.unsettled_deletes()? {
+        let kind = Kind::named(&delete.kind);
+        let id = delete.kustomer_id.as_str();
+        match still_there(client, kind, id).await? {
+            Ok(true) => {
+                checkpoint.delete_did_not_land(kind.as_str(), id)?;
+                settled.still_there += 1;
+            }
+            Ok(false) => {
+                let rows = match (kind, &delete.customer_key) {
+                    (Kind::Conversation, _) => checkpoint.conversation_gone(id)?,
+                    (Kind::Customer, Some(key)) => checkpoint.customer_gone(key, id)?,
+                    (Kind::Customer, None) => {
+                        checkpoint.delete_gone(kind.as_str(), id).map(|()| 0)?
+                    }
+                };
+                settled.gone += 1;
+                settled.rows_pending_again += rows as u64;
+            }
+            Err(Missed::Refused(reason) | Missed::NoAnswer(reason)) => {
+                return Err(Stopped::Unreadable {
+                    record: kind.as_str(),
+                    id: id.to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(settled)
 }
 
 async fn run_deletes(
@@ -262,6 +348,18 @@ async fn one_delete(
                 reason,
             });
         }
+        Ended::Unknown(reason) => {
+            counts.failed += 1;
+            lock().delete_unknown(kind.as_str(), id, &reason)?;
+            undone.failures.push(Failure {
+                record: kind.as_str(),
+                id: id.to_string(),
+                reason: format!(
+                    "{reason}: whether it is gone is not known (the next undo or import reads \
+                     it back)"
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -296,32 +394,43 @@ async fn delete_and_confirm(
     .await?;
     let how = match deleted {
         Ok(how) => how,
-        Err(reason) => return Ok(Ended::Failed(reason)),
+        Err(Missed::Refused(reason)) => return Ok(Ended::Failed(reason)),
+        Err(Missed::NoAnswer(reason)) => return Ok(Ended::Unknown(reason)),
     };
     if how == Deleted::AlreadyGone {
         return Ok(Ended::Gone(how));
     }
-    let still_there = with_retries(|| async {
-        match kind {
-            Kind::Conversation => client.read_conversation(id).await.map(|r| r.is_some()),
-            Kind::Customer => client.read_customer(id).await.map(|r| r.is_some()),
-        }
-    })
-    .await?;
-    Ok(match still_there {
+    Ok(match still_there(client, kind, id).await? {
         Ok(false) => Ended::Gone(how),
         Ok(true) => Ended::Failed(format!(
             "the delete was answered, but the {} still reads back",
             kind.as_str()
         )),
-        Err(reason) => Ended::Failed(format!("the confirming read failed: {reason}")),
+        Err(Missed::Refused(reason) | Missed::NoAnswer(reason)) => {
+            Ended::Unknown(format!("the confirming read failed: {reason}"))
+        }
     })
 }
 
+/// Reads the record back: true while the API holds it.
+async fn still_there(
+    client: &KustomerClient,
+    kind: Kind,
+    id: &str,
+) -> Result<Result<bool, Missed>, Stopped> {
+    with_retries(|| async {
+        match kind {
+            Kind::Conversation => client.read_conversation(id).await.map(|r| r.is_some()),
+            Kind::Customer => client.read_customer(id).await.map(|r| r.is_some()),
+        }
+    })
+    .await
+}
+
 /// One request, sent again after transient failures with the import's backoff. A refusal,
-/// or a transient failure past the retries, is the record's (Ok(Err(words))); a refused key
-/// or an API that cannot be reached stops the undo.
-async fn with_retries<T, F, Fut>(mut send: F) -> Result<Result<T, String>, Stopped>
+/// or a transient failure past the retries, is the record's (Ok(Err(missed))); a refused
+/// key or an API that cannot be reached stops the undo.
+async fn with_retries<T, F, Fut>(mut send: F) -> Result<Result<T, Missed>, Stopped>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
@@ -337,9 +446,13 @@ where
                 attempt += 1;
             }
             Err(ApiError::Rejected { status, message }) => {
-                return Ok(Err(format!("refused ({status}): {message}")));
+                return Ok(Err(Missed::Refused(format!(
+                    "refused ({status}): {message}"
+                ))));
             }
-            Err(error @ ApiError::Transient { .. }) => return Ok(Err(error.to_string())),
+            Err(error @ ApiError::Transient { .. }) => {
+                return Ok(Err(Missed::NoAnswer(error.to_string())));
+            }
             Err(error) => return Err(Stopped::Api(error)),
         }
     }

@@ -65,6 +65,17 @@ impl Unsettled {
     }
 }
 
+/// A delete an undo sent and whose result it did not record (it was killed, or the answer
+/// and the confirming read were lost): the record may be gone or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsettledDelete {
+    /// conversation or customer.
+    pub kind: String,
+    pub kustomer_id: String,
+    /// The customer's key, while the checkpoint still holds its line.
+    pub customer_key: Option<String>,
+}
+
 /// What a row goes back to once its records are gone: pending, as if never sent.
 const ROW_BACK_TO_PENDING: &str = "state = 'pending', customer_id = NULL, conversation_id = NULL,
     attempts = 0, field = NULL, last_error = NULL, outcome_unknown = 0, fingerprint = NULL,
@@ -206,6 +217,70 @@ impl Checkpoint {
             )
             .map_err(sqlite)?;
         Ok(before)
+    }
+
+    /// The deletes whose result no undo recorded, conversations first (a customer is read
+    /// back after the conversations its rows held).
+    pub fn unsettled_deletes(&self) -> Result<Vec<UnsettledDelete>, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT d.kind, d.kustomer_id, c.customer_key FROM undo_deletes d
+                 LEFT JOIN customers c ON d.kind = 'customer' AND c.customer_id = d.kustomer_id
+                 WHERE d.state = 'sent' ORDER BY d.kind = 'customer', d.kustomer_id",
+            )
+            .map_err(sqlite)?;
+        statement
+            .query_map([], |r| {
+                Ok(UnsettledDelete {
+                    kind: r.get(0)?,
+                    kustomer_id: r.get(1)?,
+                    customer_key: r.get(2)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(sqlite)
+    }
+
+    /// A delete whose outcome is unknown (no answer, or no confirming read): the intent
+    /// stays `sent` with the words, so the next undo or import reads the record back.
+    pub fn delete_unknown(
+        &self,
+        kind: &str,
+        kustomer_id: &str,
+        reason: &str,
+    ) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "UPDATE undo_deletes SET last_error = ?3, updated_at = ?4
+                 WHERE kind = ?1 AND kustomer_id = ?2",
+                params![kind, kustomer_id, reason, now_rfc3339()],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// An unsettled delete whose record reads back: it did not land, and the undo that sent
+    /// it is over, so its intent is dropped (the record stays the import's, as before).
+    pub fn delete_did_not_land(
+        &self,
+        kind: &str,
+        kustomer_id: &str,
+    ) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "DELETE FROM undo_deletes WHERE kind = ?1 AND kustomer_id = ?2 AND state = 'sent'",
+                [kind, kustomer_id],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// A record confirmed gone that the checkpoint holds no line of (a customer whose line
+    /// an earlier settle removed): only the result is recorded.
+    pub fn delete_gone(&self, kind: &str, kustomer_id: &str) -> Result<(), CheckpointError> {
+        gone(&self.connection, kind, kustomer_id).map_err(|e| self.sqlite(e))
     }
 
     /// A delete refused: recorded with the reason; the rows stay as they are.

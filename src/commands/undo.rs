@@ -221,7 +221,9 @@ fn delete(
                 format!("undo stopped before the end (run it again to resume): {error}"),
             ))
         }
-        Err(undo::Stopped::Checkpoint(error)) => Err((Exit::Stopped, error.to_string())),
+        Err(error @ (undo::Stopped::Checkpoint(_) | undo::Stopped::Unreadable { .. })) => {
+            Err((Exit::Stopped, error.to_string()))
+        }
     })
 }
 

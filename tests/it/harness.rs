@@ -71,6 +71,26 @@ impl TestEnv {
         self.sandbox().records()
     }
 
+    /// The ids of the customers the sandbox holds, in its order.
+    pub fn customer_ids(&self) -> Vec<String> {
+        self.records().customers.into_iter().map(|c| c.id).collect()
+    }
+
+    /// Asserts that every conversation the sandbox holds belongs to a customer it holds.
+    pub fn assert_no_conversation_without_its_customer(&self) {
+        let records = self.records();
+        let customers: std::collections::BTreeSet<&str> =
+            records.customers.iter().map(|c| c.id.as_str()).collect();
+        for conversation in &records.conversations {
+            assert!(
+                customers.contains(conversation.customer.as_str()),
+                "conversation {} points at customer {}, which does not exist",
+                conversation.id,
+                conversation.customer
+            );
+        }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

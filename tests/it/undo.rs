@@ -99,14 +99,8 @@ fn undo_deletes_exactly_what_the_import_made_and_the_same_import_makes_it_again_
     assert_eq!(undone["undone"]["conversations"]["deleted"], 12, "{undone}");
     assert_eq!(undone["undone"]["customers"]["deleted"], 3, "{undone}");
     assert_eq!(undone["undone"]["rows_pending_again"], 12, "{undone}");
-    let left: Vec<String> = env
-        .records()
-        .customers
-        .iter()
-        .map(|c| c.id.clone())
-        .collect();
     assert_eq!(
-        left,
+        env.customer_ids(),
         std::slice::from_ref(&before),
         "only the customer made elsewhere is left"
     );
@@ -194,13 +188,7 @@ fn undo_killed_midway_or_meeting_lost_answers_ends_exact_when_run_again() {
         env.stats().faults.drop_after_write > 0,
         "no answer was lost"
     );
-    let left: Vec<String> = env
-        .records()
-        .customers
-        .iter()
-        .map(|c| c.id.clone())
-        .collect();
-    assert_eq!(left, [before]);
+    assert_eq!(env.customer_ids(), [before]);
     assert_eq!(env.stats().conversations, 0);
     assert_eq!(env.stats().conversations_deleted, 12);
     assert_eq!(env.stats().customers_deleted, 3);
@@ -217,6 +205,68 @@ fn undo_killed_midway_or_meeting_lost_answers_ends_exact_when_run_again() {
     env.sandbox().set_faults(FaultConfig::default());
     env.import(&[&file, "--rpm", RPM]).assert_code(0);
     env.assert_exactly_once(4, 12);
+}
+
+/// Undo's deletes in the checkpoint in `state`, of `kind`.
+fn undo_deletes_in(env: &TestEnv, kind: &str, state: &str) -> i64 {
+    env.checkpoint()
+        .query_row(
+            "SELECT count(*) FROM undo_deletes WHERE kind = ?1 AND state = ?2",
+            [kind, state],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// An undo killed while its customer deletes are out (landed, no answer yet) leaves their
+/// customers' lines holding ids the API no longer has: the import reads them back first,
+/// makes the deleted ones anew and links nothing to them.
+#[test]
+fn an_import_after_an_undo_killed_midway_never_links_to_a_customer_it_deleted() {
+    let env = TestEnv::plain();
+    let (file, before) = imported(&env);
+    let child = env.spawn_undo(&["--all", "--yes", "--rpm", "300", "--timeout", "600"]);
+    env.wait_for("the conversations' deletes", |s| {
+        s.conversations_deleted >= 12
+    });
+    // From now on a delete lands and its answer never comes: the kill finds it sent.
+    env.sandbox().set_faults(FaultConfig {
+        hang_after_write_rate: 1.0,
+        ..FaultConfig::default()
+    });
+    env.wait_for("a customer's delete", |s| s.customers_deleted >= 1);
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    env.sandbox().set_faults(FaultConfig::default());
+    let deleted = env.stats().customers_deleted;
+    assert!(
+        undo_deletes_in(&env, "customer", "sent") >= deleted as i64,
+        "the kill found the landed customer deletes unrecorded"
+    );
+    assert_eq!(env.customer_ids().len() as u64, 4 - deleted);
+
+    let import = env.import(&[&file, "--rpm", RPM]);
+    import.assert_code(0);
+    assert!(
+        import.stderr.contains("an undo stopped before its end"),
+        "{}",
+        import.stderr
+    );
+    env.assert_exactly_once(4, 12);
+    env.assert_no_conversation_without_its_customer();
+    assert!(env.customer_ids().contains(&before));
+    assert_eq!(undo_deletes_in(&env, "customer", "sent"), 0, "all settled");
+    assert_eq!(env.rows_in_state("done"), 12);
+
+    // What is left is exact: the next undo takes everything back, the next import makes it.
+    env.undo(&["--all", "--yes", "--rpm", RPM]).assert_code(0);
+    assert_eq!(env.customer_ids(), [before]);
+    assert_eq!(env.stats().conversations, 0);
+    assert_all_pending(&env, 12);
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    env.assert_exactly_once(4, 12);
+    env.assert_no_conversation_without_its_customer();
 }
 
 #[test]
