@@ -74,6 +74,19 @@ pub struct UnsettledDelete {
     pub kustomer_id: String,
     /// The customer's key, while the checkpoint still holds its line.
     pub customer_key: Option<String>,
+    /// It rides on a bulk delete job that may still run (submitting, queued or lost): a
+    /// read that finds the record says nothing of what the job will do.
+    pub job_may_run: bool,
+    /// The command line of the undo that sent it.
+    pub undo_command: String,
+}
+
+/// A bulk delete job an undo left: its line in `undo_jobs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteJob {
+    pub id: i64,
+    /// Kustomer's id for it, once its submit was answered.
+    pub job_id: Option<String>,
 }
 
 /// What a row goes back to once its records are gone: pending, as if never sent.
@@ -226,8 +239,12 @@ impl Checkpoint {
         let mut statement = self
             .connection
             .prepare(
-                "SELECT d.kind, d.kustomer_id, c.customer_key FROM undo_deletes d
+                "SELECT d.kind, d.kustomer_id, c.customer_key,
+                        j.state IS NOT NULL AND j.state != 'complete' AND j.state != 'refused',
+                        coalesce((SELECT args FROM runs WHERE id = d.run), 'kustomer-import undo')
+                 FROM undo_deletes d
                  LEFT JOIN customers c ON d.kind = 'customer' AND c.customer_id = d.kustomer_id
+                 LEFT JOIN undo_jobs j ON j.id = d.job
                  WHERE d.state = 'sent' ORDER BY d.kind = 'customer', d.kustomer_id",
             )
             .map_err(sqlite)?;
@@ -237,6 +254,8 @@ impl Checkpoint {
                     kind: r.get(0)?,
                     kustomer_id: r.get(1)?,
                     customer_key: r.get(2)?,
+                    job_may_run: r.get(3)?,
+                    undo_command: r.get(4)?,
                 })
             })
             .and_then(Iterator::collect)
@@ -281,6 +300,102 @@ impl Checkpoint {
     /// an earlier settle removed): only the result is recorded.
     pub fn delete_gone(&self, kind: &str, kustomer_id: &str) -> Result<(), CheckpointError> {
         gone(&self.connection, kind, kustomer_id).map_err(|e| self.sqlite(e))
+    }
+
+    /// A bulk delete job's intent, before its request leaves: its line, and each of its
+    /// customers' (key, id) deletes `sent` naming it, in one commit. The job's line id.
+    pub fn delete_job_intent(
+        &mut self,
+        customers: &[(String, String)],
+        undo_run: i64,
+    ) -> Result<i64, CheckpointError> {
+        let path = self.path.clone();
+        let sqlite = |e| CheckpointError::of_sqlite(&path, e);
+        let now = now_rfc3339();
+        let transaction = self.connection.transaction().map_err(sqlite)?;
+        transaction
+            .execute(
+                "INSERT INTO undo_jobs (state, ids, run, created_at, updated_at)
+                 VALUES ('submitting', ?1, ?2, ?3, ?3)",
+                params![customers.len() as i64, undo_run, now],
+            )
+            .map_err(sqlite)?;
+        let job = transaction.last_insert_rowid();
+        for (_, id) in customers {
+            transaction
+                .execute(
+                    "INSERT INTO undo_deletes (kind, kustomer_id, state, run, updated_at, job)
+                     VALUES ('customer', ?1, 'sent', ?2, ?3, ?4)
+                     ON CONFLICT (kind, kustomer_id) DO UPDATE SET state = 'sent',
+                         run = excluded.run, last_error = NULL,
+                         updated_at = excluded.updated_at, job = excluded.job",
+                    params![id, undo_run, now, job],
+                )
+                .map_err(sqlite)?;
+        }
+        transaction.commit().map_err(sqlite)?;
+        Ok(job)
+    }
+
+    /// A bulk delete job the API took: its id, so the next undo polls it if this one stops.
+    pub fn delete_job_queued(&self, job: i64, job_id: &str) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "UPDATE undo_jobs SET state = 'queued', job_id = ?2, updated_at = ?3 WHERE id = ?1",
+                params![job, job_id, now_rfc3339()],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// A bulk delete job's end: complete, refused or lost.
+    pub fn delete_job_ended(&self, job: i64, state: &str) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "UPDATE undo_jobs SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                params![job, state, now_rfc3339()],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// The bulk delete jobs an earlier undo left submitting or queued.
+    pub fn unfinished_delete_jobs(&self) -> Result<Vec<DeleteJob>, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT id, job_id FROM undo_jobs
+                 WHERE state = 'submitting' OR state = 'queued' ORDER BY id",
+            )
+            .map_err(sqlite)?;
+        statement
+            .query_map([], |r| {
+                Ok(DeleteJob {
+                    id: r.get(0)?,
+                    job_id: r.get(1)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(sqlite)
+    }
+
+    /// The customers of a bulk delete job whose delete has no result yet: (key, id), the
+    /// key empty when the checkpoint no longer holds the customer's line.
+    pub fn delete_job_customers(&self, job: i64) -> Result<Vec<(String, String)>, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT coalesce(c.customer_key, ''), d.kustomer_id FROM undo_deletes d
+                 LEFT JOIN customers c ON c.customer_id = d.kustomer_id
+                 WHERE d.job = ?1 AND d.state = 'sent' ORDER BY d.kustomer_id",
+            )
+            .map_err(sqlite)?;
+        statement
+            .query_map([job], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(sqlite)
     }
 
     /// A delete refused: recorded with the reason; the rows stay as they are.

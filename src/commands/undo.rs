@@ -201,7 +201,7 @@ fn delete(
             made.timeout,
         )
         .await?;
-        let undone = undo::undo(&client, checkpoint, selection, undo_run).await;
+        let undone = undo::undo(&client, checkpoint, selection, undo_run, config.mode).await;
         if let Some(sandbox) = sandbox {
             sandbox.shutdown().await;
         }
@@ -221,9 +221,11 @@ fn delete(
                 format!("undo stopped before the end (run it again to resume): {error}"),
             ))
         }
-        Err(error @ (undo::Stopped::Checkpoint(_) | undo::Stopped::Unreadable { .. })) => {
-            Err((Exit::Stopped, error.to_string()))
-        }
+        Err(
+            error @ (undo::Stopped::Checkpoint(_)
+            | undo::Stopped::Unreadable { .. }
+            | undo::Stopped::JobMayRun { .. }),
+        ) => Err((Exit::Stopped, error.to_string())),
     })
 }
 

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeSet;
 
-use kustomer_import::sandbox::FaultConfig;
+use std::time::Duration;
+
+use kustomer_import::sandbox::{FaultConfig, SandboxConfig};
 use serde_json::Value;
 
 use crate::harness::*;
@@ -364,4 +366,163 @@ fn undo_keeps_companies_and_the_re_import_links_them_again_without_a_create() {
             "{customer:?}"
         );
     }
+}
+
+/// The bulk delete's route, as the sandbox counts it.
+const BULK_DELETE: &str = "DELETE /v1/customers/bulk";
+
+/// Undo's bulk delete jobs in the checkpoint in `state`.
+fn undo_jobs_in(env: &TestEnv, state: &str) -> i64 {
+    env.checkpoint()
+        .query_row(
+            "SELECT count(*) FROM undo_jobs WHERE state = ?1",
+            [state],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// Everything an undo left is settled, exactly as the plain test's undo leaves it: only the
+/// customer made elsewhere, no conversation, every row pending, every delete gone.
+fn assert_undone_exactly(env: &TestEnv, before: &str) {
+    assert_eq!(env.customer_ids(), [before]);
+    assert_eq!(env.stats().conversations, 0);
+    assert_eq!(env.stats().conversations_deleted, 12);
+    assert_eq!(env.stats().customers_deleted, 3);
+    assert_all_pending(env, 12);
+    assert_eq!(undo_deletes_in(env, "conversation", "gone"), 12);
+    assert_eq!(undo_deletes_in(env, "customer", "gone"), 3);
+    assert_eq!(
+        undo_jobs_in(env, "submitting") + undo_jobs_in(env, "queued"),
+        0
+    );
+}
+
+#[test]
+fn bulk_undo_deletes_the_customers_in_one_job_and_reads_each_back() {
+    let env = TestEnv::plain();
+    let (file, before) = imported(&env);
+    let run = env.undo(&["--all", "--yes", "--json", "--mode", "bulk", "--rpm", RPM]);
+    run.assert_code(0);
+    let undone = report(&run);
+    assert_eq!(undone["undone"]["customers"]["deleted"], 3, "{undone}");
+    assert_eq!(undone["undone"]["conversations"]["deleted"], 12, "{undone}");
+    assert_eq!(
+        env.requests_to(BULK_DELETE),
+        1,
+        "one job for three customers"
+    );
+    assert_eq!(env.requests_to("DELETE /v1/customers/{lookup}"), 0);
+    assert_eq!(
+        env.requests_to("DELETE /v1/conversations/{lookup}"),
+        12,
+        "conversations one by one"
+    );
+    assert_eq!(undo_jobs_in(&env, "complete"), 1);
+    assert_undone_exactly(&env, &before);
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    env.assert_exactly_once(4, 12);
+}
+
+#[test]
+fn bulk_undo_sends_at_most_a_hundred_ids_a_job() {
+    let env = TestEnv::plain();
+    let file = env.write("tickets.csv", &generated_csv(101, 1));
+    env.import(&[file.to_str().unwrap(), "--rpm", RPM])
+        .assert_code(0);
+    env.undo(&["--all", "--yes", "--mode", "bulk", "--rpm", RPM])
+        .assert_code(0);
+    assert_eq!(env.requests_to(BULK_DELETE), 2);
+    assert_eq!(undo_jobs_in(&env, "complete"), 2);
+    let sizes: Vec<i64> = env
+        .checkpoint()
+        .prepare("SELECT ids FROM undo_jobs ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sizes, [100, 1]);
+    assert_eq!(
+        (env.stats().customers, env.stats().customers_deleted),
+        (0, 101)
+    );
+}
+
+/// Killed while its job is queued: an import refuses to start (the job may still delete
+/// customers it would link to), and the undo run again polls the job and ends exact.
+#[test]
+fn bulk_undo_killed_while_its_job_is_queued_ends_exact_when_run_again() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        bulk_delay: Duration::from_secs(3),
+        ..SandboxConfig::default()
+    });
+    let (file, before) = imported(&env);
+    let child = env.spawn_undo(&["--all", "--yes", "--mode", "bulk", "--rpm", RPM]);
+    env.kill_once(
+        "SELECT count(*) FROM undo_jobs WHERE state = 'queued'",
+        child,
+    );
+    assert_eq!(env.requests_to(BULK_DELETE), 1);
+
+    let import = env.import(&[&file, "--rpm", RPM, "--json"]);
+    import.assert_code(4);
+    assert!(
+        import.stderr.contains("Finish the undo first"),
+        "{}",
+        import.stderr
+    );
+    assert!(
+        import.stdout.contains("\"undo_unfinished\""),
+        "{}",
+        import.stdout
+    );
+    assert_eq!(
+        env.requests_to("POST /v1/conversations"),
+        12,
+        "nothing sent"
+    );
+
+    let run = env.undo(&["--all", "--yes", "--json", "--mode", "bulk", "--rpm", RPM]);
+    run.assert_code(0);
+    assert_undone_exactly(&env, &before);
+    assert_eq!(undo_jobs_in(&env, "complete"), 2, "{}", run.stdout);
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    env.assert_exactly_once(4, 12);
+}
+
+/// Lost answers and failing polls on the job: every customer is read back, and one still
+/// there is deleted one by one; nothing is left, nothing but the import's goes.
+#[test]
+fn bulk_undo_meeting_lost_answers_and_failing_polls_ends_exact() {
+    let env = TestEnv::plain();
+    let (file, before) = imported(&env);
+    env.sandbox().set_faults(FaultConfig {
+        drop_after_write_rate: 0.6,
+        fail_rate: 0.2,
+        seed: Some(20),
+        ..FaultConfig::default()
+    });
+    let run = env.undo(&[
+        "--all",
+        "--yes",
+        "--json",
+        "--mode",
+        "bulk",
+        "--rpm",
+        RPM,
+        "--timeout",
+        "5",
+    ]);
+    run.assert_code(0);
+    assert!(
+        env.stats().faults.drop_after_write > 0,
+        "no answer was lost"
+    );
+    assert!(env.requests_to(BULK_DELETE) >= 1);
+    env.sandbox().set_faults(FaultConfig::default());
+    assert_undone_exactly(&env, &before);
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    env.assert_exactly_once(4, 12);
 }

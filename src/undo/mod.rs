@@ -9,7 +9,8 @@
 //!   customers (whether deleting a customer deletes its conversations is unknown, so none
 //!   is deleted while the checkpoint still gives it a conversation). Messages and notes
 //!   have no delete in the API: they go with their conversation, and their records in the
-//!   checkpoint are cleared with it.
+//!   checkpoint are cleared with it. With [`UndoMode::Bulk`] the customers go in bulk
+//!   delete jobs, each customer read back after its job (`undo/bulk.rs`).
 //! - A customer is deleted only when the import created it (`created`) in the scope and no
 //!   row outside the scope still holds a conversation of it. A `linked` customer (already in
 //!   Kustomer) is never deleted; a `reconciled` one (found by lookup after a lost answer) is
@@ -36,6 +37,8 @@ use crate::api::delete::Deleted;
 use crate::api::{ApiError, Backoff, KustomerClient};
 use crate::checkpoint::undo::{UndoCustomer, UndoPlan, UndoScope};
 use crate::checkpoint::{Checkpoint, CheckpointError};
+
+mod bulk;
 
 /// Deletes in flight at once: the rate gate sets the pace, this only hides latency.
 const IN_FLIGHT: usize = 8;
@@ -154,6 +157,15 @@ pub enum Stopped {
     Api(ApiError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// An unfinished undo's bulk delete job may still run: reading its customers back
+    /// says nothing of what it will delete.
+    #[error(
+        "an undo stopped while a bulk delete job of its customers may still run: which \
+         customers it deletes is not known yet, and an import now could link conversations to \
+         them. Finish the undo first (`{command}`; it polls the job and reads its customers \
+         back), then import"
+    )]
+    JobMayRun { command: String },
     /// An unfinished undo's delete whose record could not be read back.
     #[error(
         "an unfinished undo deleted {record} {id} or not, and it cannot be read back ({reason}): \
@@ -215,20 +227,55 @@ pub async fn undo(
     checkpoint: &mut Checkpoint,
     selection: &Selection,
     undo_run: i64,
+    mode: UndoMode,
 ) -> Result<Undone, Stopped> {
     let checkpoint = Mutex::new(checkpoint);
     let undone = Mutex::new(Undone::default());
+    // In every mode: a job an earlier undo left must be settled before its customers'
+    // deletes are sent again.
+    bulk::finish_earlier_jobs(client, &checkpoint, &undone).await?;
     let conversations = selection
         .conversations
         .iter()
         .map(|id| (Kind::Conversation, String::new(), id.clone()));
     run_deletes(client, &checkpoint, &undone, undo_run, conversations).await?;
-    let customers = selection
-        .customers
-        .iter()
-        .map(|(key, id)| (Kind::Customer, key.clone(), id.clone()));
-    run_deletes(client, &checkpoint, &undone, undo_run, customers).await?;
+    if mode.in_bulk(selection.customers.len()) {
+        bulk::delete_customers(client, &checkpoint, &undone, undo_run, &selection.customers)
+            .await?;
+    } else {
+        let customers = selection
+            .customers
+            .iter()
+            .map(|(key, id)| (Kind::Customer, key.clone(), id.clone()));
+        run_deletes(client, &checkpoint, &undone, undo_run, customers).await?;
+    }
     Ok(undone.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// How undo deletes customers (conversations go one by one in every mode: the docs name no
+/// bulk delete of conversations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UndoMode {
+    /// `DELETE /v1/customers/{id}` each, and a confirming read: two requests a customer.
+    Single,
+    /// `DELETE /v1/customers/bulk?ids=`, up to 100 a job, then a read of each.
+    Bulk,
+    /// Bulk from [`AUTO_BULK_FROM`] customers, single below.
+    Auto,
+}
+
+/// Customers from which `--mode auto` deletes in bulk: a job costs its submit, its polls
+/// and a read per customer, against two requests a customer one by one.
+pub const AUTO_BULK_FROM: usize = 3;
+
+impl UndoMode {
+    fn in_bulk(self, customers: usize) -> bool {
+        match self {
+            UndoMode::Single => false,
+            UndoMode::Bulk => true,
+            UndoMode::Auto => customers >= AUTO_BULK_FROM,
+        }
+    }
 }
 
 /// What settling an unfinished undo found.
@@ -251,7 +298,13 @@ pub async fn settle_unfinished(
     checkpoint: &mut Checkpoint,
 ) -> Result<Settled, Stopped> {
     let mut settled = Settled::default();
-    for delete in checkpoint.unsettled_deletes()? {
+    let deletes = checkpoint.unsettled_deletes()?;
+    if let Some(waiting) = deletes.iter().find(|d| d.job_may_run) {
+        return Err(Stopped::JobMayRun {
+            command: waiting.undo_command.clone(),
+        });
+    }
+    for delete in deletes {
         let kind = Kind::named(&delete.kind);
         let id = delete.kustomer_id.as_str();
         match still_there(client, kind, id).await? {
@@ -310,15 +363,8 @@ async fn one_delete(
     id: &str,
 ) -> Result<(), Stopped> {
     let lock = || checkpoint.lock().unwrap_or_else(|e| e.into_inner());
-    if kind == Kind::Customer {
-        let left = lock().conversations_of(customer_key)?;
-        if left > 0 {
-            let reason = format!(
-                "not deleted: {left} of its conversations could not be deleted (see above)"
-            );
-            record_failure(undone, kind, id, reason);
-            return Ok(());
-        }
+    if kind == Kind::Customer && holds_conversations(checkpoint, undone, customer_key, id)? {
+        return Ok(());
     }
     lock().delete_intent(kind.as_str(), id, undo_run)?;
     let ended = delete_and_confirm(client, kind, id).await?;
@@ -362,6 +408,26 @@ async fn one_delete(
         }
     }
     Ok(())
+}
+
+/// Whether the checkpoint still gives the customer conversations (ones whose delete
+/// failed): then it is not deleted, and its failure is recorded.
+fn holds_conversations(
+    checkpoint: &Mutex<&mut Checkpoint>,
+    undone: &Mutex<Undone>,
+    customer_key: &str,
+    id: &str,
+) -> Result<bool, Stopped> {
+    let left = checkpoint
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .conversations_of(customer_key)?;
+    if left > 0 {
+        let reason =
+            format!("not deleted: {left} of its conversations could not be deleted (see above)");
+        record_failure(undone, Kind::Customer, id, reason);
+    }
+    Ok(left > 0)
 }
 
 fn record_failure(undone: &Mutex<Undone>, kind: Kind, id: &str, reason: String) {
