@@ -526,3 +526,64 @@ fn bulk_undo_meeting_lost_answers_and_failing_polls_ends_exact() {
     env.import(&[&file, "--rpm", RPM]).assert_code(0);
     env.assert_exactly_once(4, 12);
 }
+
+/// An import with messages and notes nested in its conversations: undo leaves no message,
+/// note or history record (the API has no delete for them: they go with their
+/// conversation, whose delete clears them in the checkpoint in the same commit), and the
+/// same import makes every conversation, message and note again, once.
+#[test]
+fn undo_of_an_import_with_history_and_the_same_import_again_make_each_item_once() {
+    let env = TestEnv::plain();
+    let file = env.write("threads.jsonl", &crate::history::nested(6, 4));
+    let file = file.to_str().unwrap().to_string();
+    env.import(&[&file, "--rpm", RPM]).assert_code(0);
+    crate::history::assert_threads_exact(&env, 6, 4);
+    assert_eq!((env.stats().messages, env.stats().notes), (24, 6));
+    let records = |env: &TestEnv| -> i64 {
+        env.checkpoint()
+            .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(records(&env), 30);
+
+    let run = env.undo(&["--all", "--yes", "--json", "--rpm", RPM]);
+    run.assert_code(0);
+    let undone = report(&run);
+    assert_eq!(undone["undone"]["conversations"]["deleted"], 6, "{undone}");
+    assert_eq!(undone["undone"]["customers"]["deleted"], 6, "{undone}");
+    let stats = env.stats();
+    assert_eq!(
+        (
+            stats.customers,
+            stats.conversations,
+            stats.messages,
+            stats.notes
+        ),
+        (0, 0, 0, 0),
+        "nothing of the import is left, no message or note either"
+    );
+    assert_eq!(
+        records(&env),
+        0,
+        "no history record is left in the checkpoint"
+    );
+    assert_eq!(env.rows_in_state("pending"), 6);
+
+    let again = env.import(&[&file, "--rpm", RPM]);
+    again.assert_code(0);
+    assert!(
+        again.stdout.contains("messages created:       24"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        again.stdout.contains("notes created:          6"),
+        "{}",
+        again.stdout
+    );
+    env.assert_exactly_once(6, 6);
+    crate::history::assert_threads_exact(&env, 6, 4);
+    assert_eq!((env.stats().messages, env.stats().notes), (24, 6));
+    assert_eq!(records(&env), 30);
+    env.verify(&["--all", "--rpm", RPM]).assert_code(0);
+}
