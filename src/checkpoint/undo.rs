@@ -41,12 +41,23 @@ pub struct UndoCustomer {
     pub used_elsewhere: i64,
 }
 
+/// A company a customer the undo considers belongs to: never deleted (the API has no
+/// delete for companies), listed as kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UndoCompany {
+    pub company_key: String,
+    pub company_id: String,
+    /// created, linked or reconciled.
+    pub origin: String,
+}
+
 /// What the checkpoint says the scope made.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UndoPlan {
     /// Conversation ids, each once, in file and line order of their first row.
     pub conversations: Vec<String>,
     pub customers: Vec<UndoCustomer>,
+    pub companies: Vec<UndoCompany>,
 }
 
 /// Writes that have not settled: while any is there, undo cannot know everything that was
@@ -187,7 +198,36 @@ impl Checkpoint {
         Ok(UndoPlan {
             conversations,
             customers,
+            companies: self.undo_companies(run)?,
         })
+    }
+
+    /// The companies of the customers `run` (None: every run) considers.
+    fn undo_companies(&self, run: Option<i64>) -> Result<Vec<UndoCompany>, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT co.company_key, co.company_id, co.state FROM companies co
+                 WHERE co.company_id IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM customers c
+                     WHERE c.company_key = co.company_key AND c.customer_id IS NOT NULL
+                       AND (?1 IS NULL OR c.made_by_run = ?1
+                         OR EXISTS (SELECT 1 FROM rows r WHERE r.customer_key = c.customer_key
+                                    AND r.made_by_run = ?1)))
+                 ORDER BY co.company_key",
+            )
+            .map_err(sqlite)?;
+        statement
+            .query_map([run], |r| {
+                Ok(UndoCompany {
+                    company_key: r.get(0)?,
+                    company_id: r.get(1)?,
+                    origin: r.get(2)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(sqlite)
     }
 
     /// Conversations the checkpoint still gives to rows of this customer (a customer is

@@ -33,11 +33,34 @@ struct Report<'a> {
     dry_run: bool,
     /// The run undone, or null for --all.
     run: Option<i64>,
-    /// What was selected: conversations and customers to delete, customers kept.
+    /// What was selected: conversations and customers to delete, customers and companies
+    /// kept.
     selected: &'a Selection,
+    /// How many records undo keeps, by kind.
+    kept: KeptCounts,
     /// What the deletes did (null for a dry run).
     undone: Option<&'a Undone>,
     requests: u64,
+}
+
+/// The counts of what undo keeps.
+#[derive(Serialize)]
+struct KeptCounts {
+    customers: usize,
+    /// Of `customers`: in Kustomer before the import, which only used them.
+    linked_customers: usize,
+    /// Every company of the customers considered: undo deletes none.
+    companies: usize,
+}
+
+impl KeptCounts {
+    fn of(selection: &Selection) -> KeptCounts {
+        KeptCounts {
+            customers: selection.kept.len(),
+            linked_customers: selection.kept_linked(),
+            companies: selection.kept_companies.len(),
+        }
+    }
 }
 
 pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
@@ -65,6 +88,7 @@ pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
             UndoScope::All => None,
         },
         selected: &selection,
+        kept: KeptCounts::of(&selection),
         undone: None,
         requests: 0,
     };
@@ -73,11 +97,12 @@ pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
     }
     if !config.yes {
         let question = format!(
-            "Delete {} conversations and {} customers from {wanted} (kept: {} customers)? \
-             This cannot be undone. [y/N] ",
+            "Delete {} conversations and {} customers from {wanted} (kept: {} customers, {} \
+             companies)? This cannot be undone. [y/N] ",
             selection.conversations.len(),
             selection.customers.len(),
-            selection.kept.len()
+            selection.kept.len(),
+            selection.kept_companies.len()
         );
         if !std::io::stdin().is_terminal() {
             let error = format!(
@@ -288,6 +313,22 @@ fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             kept.id, kept.customer_key, kept.reason
         )?;
     }
+    for company in &selected.kept_companies {
+        writeln!(
+            out,
+            "kept company {} ({}, {})",
+            company.id, company.company_key, company.origin
+        )?;
+    }
+    let kept = &report.kept;
+    writeln!(
+        out,
+        "kept {} customers ({} linked) and {} companies ({})",
+        kept.customers,
+        kept.linked_customers,
+        kept.companies,
+        undo::COMPANIES_KEPT
+    )?;
     let Some(undone) = report.undone else {
         return writeln!(out, "dry run: nothing was deleted");
     };

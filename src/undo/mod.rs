@@ -83,6 +83,8 @@ pub struct Kept {
     pub record: &'static str,
     pub id: String,
     pub customer_key: String,
+    /// created, linked or reconciled.
+    pub origin: String,
     pub reason: String,
 }
 
@@ -94,19 +96,54 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// A company undo keeps: every one (the API has no delete for companies).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct KeptCompany {
+    pub id: String,
+    pub company_key: String,
+    /// created, linked or reconciled: how the import came to hold it.
+    pub origin: String,
+}
+
+/// Why undo keeps every company, in the report's words.
+pub const COMPANIES_KEPT: &str = "undo never deletes a company: the API has no delete for \
+     companies, and the same import links its customers to them again";
+
 /// What a plan deletes and keeps, before anything is sent.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Selection {
     pub conversations: Vec<String>,
     /// (customer key, customer id).
     pub customers: Vec<(String, String)>,
+    /// Customers kept, each with its reason.
     pub kept: Vec<Kept>,
+    /// The companies of the customers considered, all kept ([`COMPANIES_KEPT`]).
+    pub kept_companies: Vec<KeptCompany>,
+}
+
+impl Selection {
+    /// Kept customers that were linked (in Kustomer before the import).
+    pub fn kept_linked(&self) -> usize {
+        self.kept
+            .iter()
+            .filter(|kept| kept.origin == "linked")
+            .count()
+    }
 }
 
 /// The plan, sorted into deletes and keeps.
 pub fn select(plan: UndoPlan, scope: UndoScope) -> Selection {
     let mut selection = Selection {
         conversations: plan.conversations,
+        kept_companies: plan
+            .companies
+            .into_iter()
+            .map(|company| KeptCompany {
+                id: company.company_id,
+                company_key: company.company_key,
+                origin: company.origin,
+            })
+            .collect(),
         ..Selection::default()
     };
     for customer in plan.customers {
@@ -118,6 +155,7 @@ pub fn select(plan: UndoPlan, scope: UndoScope) -> Selection {
                 record: "customer",
                 id: customer.customer_id,
                 customer_key: customer.customer_key,
+                origin: customer.origin,
                 reason,
             }),
         }

@@ -88,6 +88,9 @@ fn undo_deletes_exactly_what_the_import_made_and_the_same_import_makes_it_again_
             .starts_with("linked"),
         "{listed}"
     );
+    assert_eq!(listed["kept"]["customers"], 1, "{listed}");
+    assert_eq!(listed["kept"]["linked_customers"], 1, "{listed}");
+    assert_eq!(listed["kept"]["companies"], 0, "{listed}");
     assert_eq!(deletes(&env), 0, "a dry run deletes nothing");
     assert_eq!((env.stats().customers, env.stats().conversations), (4, 12));
 
@@ -342,7 +345,32 @@ fn undo_keeps_companies_and_the_re_import_links_them_again_without_a_create() {
         .collect();
     assert_eq!(companies.len(), 2);
     let creates = env.requests_to("POST /v1/companies");
-    env.undo(&["--all", "--yes", "--rpm", RPM]).assert_code(0);
+    let dry = env.undo(&["--all", "--dry-run", "--rpm", RPM]);
+    dry.assert_code(0);
+    for id in &companies {
+        assert!(
+            dry.stdout.contains(&format!("kept company {id} (")),
+            "{}",
+            dry.stdout
+        );
+    }
+    assert!(
+        dry.stdout
+            .contains("kept 0 customers (0 linked) and 2 companies (undo never deletes a company"),
+        "{}",
+        dry.stdout
+    );
+    let run = env.undo(&["--all", "--yes", "--json", "--rpm", RPM]);
+    run.assert_code(0);
+    let undone = report(&run);
+    assert_eq!(undone["kept"]["companies"], 2, "{undone}");
+    let listed: BTreeSet<String> = undone["selected"]["kept_companies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|company| company["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, companies);
     assert_eq!((env.stats().customers, env.stats().conversations), (0, 0));
     let kept: BTreeSet<String> = env
         .records()
