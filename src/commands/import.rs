@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use secrecy::SecretString;
 
-use kustomer_import::api::{ApiError, ClientSettings, KustomerClient, RateGate, RequestStats};
+use kustomer_import::api::{ClientSettings, KustomerClient, RateGate, RequestStats};
 use kustomer_import::checkpoint::{ApiTarget, Checkpoint, CheckpointError, RunCounts, TargetClaim};
 use kustomer_import::input::OpenInput;
 use kustomer_import::pipeline::{ImportOutcome, StopReason, StopSignals, run_import};
@@ -216,7 +216,7 @@ async fn settle_unfinished_undo(
             Ok(())
         }
         Ok(_) => Ok(()),
-        Err(undo::Stopped::Api(error @ ApiError::Unauthorized { .. })) => {
+        Err(undo::Stopped::Api(error)) if super::exit_of_api(&error) == Exit::Unauthorized => {
             Err((Exit::Unauthorized, "unauthorized", error.to_string()))
         }
         Err(error) => Err((Exit::Stopped, "undo_unfinished", error.to_string())),

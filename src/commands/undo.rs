@@ -13,12 +13,11 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use serde::Serialize;
 
-use kustomer_import::api::ApiError;
 use kustomer_import::checkpoint::undo::UndoScope;
 use kustomer_import::checkpoint::{Checkpoint, CheckpointError, RunCounts};
 use kustomer_import::undo::{self, Selection, Undone};
 
-use super::Exit;
+use super::{Exit, ReportHead};
 use crate::config::UndoConfig;
 
 /// The version of the `undo --json` shape.
@@ -26,10 +25,8 @@ const VERSION: u32 = 1;
 
 #[derive(Serialize)]
 struct Report<'a> {
-    version: u32,
-    exit_code: i32,
-    checkpoint: String,
-    target: String,
+    #[serde(flatten)]
+    head: ReportHead,
     dry_run: bool,
     /// The run undone, or null for --all.
     run: Option<i64>,
@@ -78,10 +75,7 @@ pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
     };
     let wanted = config.made.target.api_target();
     let mut report = Report {
-        version: VERSION,
-        exit_code: 0,
-        checkpoint: config.made.checkpoint.display().to_string(),
-        target: wanted.to_string(),
+        head: ReportHead::new(VERSION, Exit::Success, &config.made.checkpoint, &wanted),
         dry_run: config.dry_run,
         run: match config.scope {
             UndoScope::Run(id) => Some(id),
@@ -138,7 +132,7 @@ pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
         ..RunCounts::default()
     };
     checkpoint.end_run(undo_run, exit as i32, counts)?;
-    report.exit_code = exit as i32;
+    report.head.exit_code = exit as i32;
     report.undone = Some(&undone);
     report.requests = requests;
     print(&report, json)?;
@@ -237,10 +231,7 @@ fn delete(
     Ok(match undone {
         Ok(undone) => Ok((undone, requests)),
         Err(undo::Stopped::Api(error)) => {
-            let exit = match error {
-                ApiError::Unauthorized { .. } => Exit::Unauthorized,
-                _ => Exit::Stopped,
-            };
+            let exit = super::exit_of_api(&error);
             Err((
                 exit,
                 format!("undo stopped before the end (run it again to resume): {error}"),
@@ -265,15 +256,7 @@ fn confirmed(question: &str) -> anyhow::Result<bool> {
 }
 
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer(&mut out, report)?;
-        writeln!(out)?;
-    } else {
-        write_report(&mut out, report)?;
-    }
-    out.flush()?;
-    Ok(())
+    super::print_report(report, json, |out| write_report(out, report))
 }
 
 fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
@@ -282,11 +265,7 @@ fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         Some(id) => format!("run {id}"),
         None => "every run".to_string(),
     };
-    writeln!(
-        out,
-        "checkpoint: {} (target {}), undoing {scope}",
-        report.checkpoint, report.target
-    )?;
+    writeln!(out, "{}, undoing {scope}", report.head.headline())?;
     let verb = if report.dry_run {
         "would delete"
     } else {

@@ -101,6 +101,7 @@ fn undo_deletes_exactly_what_the_import_made_and_the_same_import_makes_it_again_
     let run = env.undo(&["--all", "--yes", "--json", "--rpm", RPM]);
     run.assert_code(0);
     let undone = report(&run);
+    assert_report_head(&undone, 0);
     assert_eq!(undone["undone"]["conversations"]["deleted"], 12, "{undone}");
     assert_eq!(undone["undone"]["customers"]["deleted"], 3, "{undone}");
     assert_eq!(undone["undone"]["rows_pending_again"], 12, "{undone}");
@@ -118,7 +119,18 @@ fn undo_deletes_exactly_what_the_import_made_and_the_same_import_makes_it_again_
     env.import(&[&file, "--rpm", RPM]).assert_code(0);
     env.assert_exactly_once(4, 12);
     assert_eq!(env.records().customers[0].id, before);
-    env.verify(&["--all", "--rpm", RPM]).assert_code(0);
+    let verified = env.verify(&["--all", "--json", "--rpm", RPM]);
+    verified.assert_code(0);
+    assert_report_head(&report(&verified), 0);
+}
+
+/// The fields that lead verify's and undo's `--json` reports.
+fn assert_report_head(report: &Value, exit_code: i64) {
+    assert_eq!(report["version"], 1, "{report}");
+    assert_eq!(report["exit_code"], exit_code, "{report}");
+    assert_eq!(report["checkpoint"], "kustomer-import.sqlite", "{report}");
+    let target = report["target"].as_str().unwrap();
+    assert!(target.contains("127.0.0.1"), "{report}");
 }
 
 #[test]
