@@ -155,36 +155,26 @@ impl Checkpoint {
 
     /// The conversations and customers `scope` made, with the customers its rows use.
     pub fn undo_plan(&self, scope: UndoScope) -> Result<UndoPlan, CheckpointError> {
-        let sqlite = |e| self.sqlite(e);
         let run = scope.run();
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT conversation_id FROM rows
-                 WHERE conversation_id IS NOT NULL AND (?1 IS NULL OR made_by_run = ?1)
-                 GROUP BY conversation_id ORDER BY min(source_file), min(line)",
-            )
-            .map_err(sqlite)?;
-        let conversations = statement
-            .query_map([run], |r| r.get(0))
-            .and_then(Iterator::collect)
-            .map_err(sqlite)?;
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT c.customer_key, c.customer_id, c.state, c.made_by_run,
-                        (SELECT count(*) FROM rows o WHERE o.customer_key = c.customer_key
-                           AND o.conversation_id IS NOT NULL
-                           AND ?1 IS NOT NULL AND o.made_by_run IS NOT ?1)
-                 FROM customers c
-                 WHERE c.customer_id IS NOT NULL AND (?1 IS NULL OR c.made_by_run = ?1
-                     OR EXISTS (SELECT 1 FROM rows r WHERE r.customer_key = c.customer_key
-                                AND r.made_by_run = ?1))
-                 ORDER BY c.customer_key",
-            )
-            .map_err(sqlite)?;
-        let customers = statement
-            .query_map([run], |r| {
+        let conversations = self.rows_of(
+            "SELECT conversation_id FROM rows
+             WHERE conversation_id IS NOT NULL AND (?1 IS NULL OR made_by_run = ?1)
+             GROUP BY conversation_id ORDER BY min(source_file), min(line)",
+            [run],
+            |r| r.get(0),
+        )?;
+        let customers = self.rows_of(
+            "SELECT c.customer_key, c.customer_id, c.state, c.made_by_run,
+                    (SELECT count(*) FROM rows o WHERE o.customer_key = c.customer_key
+                       AND o.conversation_id IS NOT NULL
+                       AND ?1 IS NOT NULL AND o.made_by_run IS NOT ?1)
+             FROM customers c
+             WHERE c.customer_id IS NOT NULL AND (?1 IS NULL OR c.made_by_run = ?1
+                 OR EXISTS (SELECT 1 FROM rows r WHERE r.customer_key = c.customer_key
+                            AND r.made_by_run = ?1))
+             ORDER BY c.customer_key",
+            [run],
+            |r| {
                 Ok(UndoCustomer {
                     customer_key: r.get(0)?,
                     customer_id: r.get(1)?,
@@ -192,9 +182,8 @@ impl Checkpoint {
                     made_by_run: r.get(3)?,
                     used_elsewhere: r.get(4)?,
                 })
-            })
-            .and_then(Iterator::collect)
-            .map_err(sqlite)?;
+            },
+        )?;
         Ok(UndoPlan {
             conversations,
             customers,
@@ -204,11 +193,8 @@ impl Checkpoint {
 
     /// The companies of the customers `run` (None: every run) considers.
     fn undo_companies(&self, run: Option<i64>) -> Result<Vec<UndoCompany>, CheckpointError> {
-        let sqlite = |e| self.sqlite(e);
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT co.company_key, co.company_id, co.state FROM companies co
+        self.rows_of(
+            "SELECT co.company_key, co.company_id, co.state FROM companies co
                  WHERE co.company_id IS NOT NULL AND EXISTS (
                      SELECT 1 FROM customers c
                      WHERE c.company_key = co.company_key AND c.customer_id IS NOT NULL
@@ -216,18 +202,15 @@ impl Checkpoint {
                          OR EXISTS (SELECT 1 FROM rows r WHERE r.customer_key = c.customer_key
                                     AND r.made_by_run = ?1)))
                  ORDER BY co.company_key",
-            )
-            .map_err(sqlite)?;
-        statement
-            .query_map([run], |r| {
+            [run],
+            |r| {
                 Ok(UndoCompany {
                     company_key: r.get(0)?,
                     company_id: r.get(1)?,
                     origin: r.get(2)?,
                 })
-            })
-            .and_then(Iterator::collect)
-            .map_err(sqlite)
+            },
+        )
     }
 
     /// Conversations the checkpoint still gives to rows of this customer (a customer is
@@ -275,21 +258,16 @@ impl Checkpoint {
     /// The deletes whose result no undo recorded, conversations first (a customer is read
     /// back after the conversations its rows held).
     pub fn unsettled_deletes(&self) -> Result<Vec<UnsettledDelete>, CheckpointError> {
-        let sqlite = |e| self.sqlite(e);
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT d.kind, d.kustomer_id, c.customer_key,
+        self.rows_of(
+            "SELECT d.kind, d.kustomer_id, c.customer_key,
                         j.state IS NOT NULL AND j.state != 'complete' AND j.state != 'refused',
                         coalesce((SELECT args FROM runs WHERE id = d.run), 'kustomer-import undo')
                  FROM undo_deletes d
                  LEFT JOIN customers c ON d.kind = 'customer' AND c.customer_id = d.kustomer_id
                  LEFT JOIN undo_jobs j ON j.id = d.job
                  WHERE d.state = 'sent' ORDER BY d.kind = 'customer', d.kustomer_id",
-            )
-            .map_err(sqlite)?;
-        statement
-            .query_map([], |r| {
+            [],
+            |r| {
                 Ok(UnsettledDelete {
                     kind: r.get(0)?,
                     kustomer_id: r.get(1)?,
@@ -297,9 +275,8 @@ impl Checkpoint {
                     job_may_run: r.get(3)?,
                     undo_command: r.get(4)?,
                 })
-            })
-            .and_then(Iterator::collect)
-            .map_err(sqlite)
+            },
+        )
     }
 
     /// A delete whose outcome is unknown (no answer, or no confirming read): the intent
@@ -401,41 +378,29 @@ impl Checkpoint {
 
     /// The bulk delete jobs an earlier undo left submitting or queued.
     pub fn unfinished_delete_jobs(&self) -> Result<Vec<DeleteJob>, CheckpointError> {
-        let sqlite = |e| self.sqlite(e);
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT id, job_id FROM undo_jobs
+        self.rows_of(
+            "SELECT id, job_id FROM undo_jobs
                  WHERE state = 'submitting' OR state = 'queued' ORDER BY id",
-            )
-            .map_err(sqlite)?;
-        statement
-            .query_map([], |r| {
+            [],
+            |r| {
                 Ok(DeleteJob {
                     id: r.get(0)?,
                     job_id: r.get(1)?,
                 })
-            })
-            .and_then(Iterator::collect)
-            .map_err(sqlite)
+            },
+        )
     }
 
     /// The customers of a bulk delete job whose delete has no result yet: (key, id), the
     /// key empty when the checkpoint no longer holds the customer's line.
     pub fn delete_job_customers(&self, job: i64) -> Result<Vec<(String, String)>, CheckpointError> {
-        let sqlite = |e| self.sqlite(e);
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT coalesce(c.customer_key, ''), d.kustomer_id FROM undo_deletes d
+        self.rows_of(
+            "SELECT coalesce(c.customer_key, ''), d.kustomer_id FROM undo_deletes d
                  LEFT JOIN customers c ON c.customer_id = d.kustomer_id
                  WHERE d.job = ?1 AND d.state = 'sent' ORDER BY d.kustomer_id",
-            )
-            .map_err(sqlite)?;
-        statement
-            .query_map([job], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(Iterator::collect)
-            .map_err(sqlite)
+            [job],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// A delete refused: recorded with the reason; the rows stay as they are.
@@ -530,6 +495,23 @@ impl Checkpoint {
             )
             .map(drop)
             .map_err(|e| self.sqlite(e))
+    }
+}
+
+impl Checkpoint {
+    /// Every row `sql` answers with `params`, each made a `T` by `map`.
+    fn rows_of<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        let mut statement = self.connection.prepare(sql).map_err(sqlite)?;
+        statement
+            .query_map(params, map)
+            .and_then(Iterator::collect)
+            .map_err(sqlite)
     }
 }
 
