@@ -301,6 +301,13 @@ pub struct UndoArgs {
     /// Delete without asking (needed when stdin is not a terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,
+
+    /// How customers are deleted: one request each and a confirming read (single), up to
+    /// 100 per `DELETE /v1/customers/bulk` job and then a read of each (bulk), or bulk from
+    /// 3 customers (auto). Conversations go one by one in every mode (the API has no bulk
+    /// delete of them).
+    #[arg(long, value_enum, default_value_t = ModeArg::Single)]
+    pub mode: ModeArg,
 }
 
 #[derive(Debug, Args)]

@@ -732,6 +732,7 @@ pub struct UndoConfig {
     pub dry_run: bool,
     /// Whether the user said yes on the command line (--yes).
     pub yes: bool,
+    pub mode: kustomer_import::undo::UndoMode,
 }
 
 pub fn undo_config(args: UndoArgs, api_key: Option<String>) -> Result<UndoConfig, ConfigError> {
@@ -750,6 +751,11 @@ pub fn undo_config(args: UndoArgs, api_key: Option<String>) -> Result<UndoConfig
         scope,
         dry_run: args.dry_run,
         yes: args.yes,
+        mode: match args.mode {
+            ModeArg::Single => kustomer_import::undo::UndoMode::Single,
+            ModeArg::Bulk => kustomer_import::undo::UndoMode::Bulk,
+            ModeArg::Auto => kustomer_import::undo::UndoMode::Auto,
+        },
     })
 }
 

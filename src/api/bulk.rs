@@ -93,6 +93,32 @@ impl KustomerClient {
         Ok(SubmittedJob { id, status })
     }
 
+    /// `DELETE /v1/customers/bulk?ids=a,b,c` with 1 to [`MAX_ITEMS`] ids: a bulk job (the
+    /// docs' "Deletes"), polled as a create's is. Its results name no id that a caller can
+    /// rely on: what became of each is learnt by reading it back.
+    pub async fn submit_customer_deletes(&self, ids: &[&str]) -> Result<SubmittedJob, ApiError> {
+        let encoded: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect();
+        let url = self.url(&format!("v1/customers/bulk?ids={}", encoded.join(",")));
+        let (status, answer) = self.send(Method::DELETE, url, None).await?;
+        let code = status.as_u16();
+        if !(200..=202).contains(&code) {
+            return Err(classify_failure(Call::Write, code, &answer));
+        }
+        let id = record_id(&answer).ok_or_else(|| ApiError::Transient {
+            reason: format!("bulk delete answered {status} with no job id"),
+            maybe_applied: true,
+        })?;
+        self.stats().bulk_jobs.fetch_add(1, Ordering::Relaxed);
+        let status = job_status(&answer).unwrap_or_else(|| JobStatus::Waiting("queued".into()));
+        Ok(SubmittedJob { id, status })
+    }
+
     /// `GET /v1/bulk/{id}`.
     pub async fn bulk_status(&self, job_id: &str) -> Result<JobStatus, ApiError> {
         let (status, answer) = self

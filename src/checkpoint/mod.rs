@@ -352,6 +352,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/015-companies/up.sql"),
     include_str!("../../migrations/016-history-fingerprints/up.sql"),
     include_str!("../../migrations/017-tags/up.sql"),
+    include_str!("../../migrations/018-undo-bulk-deletes/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go

@@ -41,12 +41,23 @@ pub struct UndoCustomer {
     pub used_elsewhere: i64,
 }
 
+/// A company a customer the undo considers belongs to: never deleted (the API has no
+/// delete for companies), listed as kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UndoCompany {
+    pub company_key: String,
+    pub company_id: String,
+    /// created, linked or reconciled.
+    pub origin: String,
+}
+
 /// What the checkpoint says the scope made.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UndoPlan {
     /// Conversation ids, each once, in file and line order of their first row.
     pub conversations: Vec<String>,
     pub customers: Vec<UndoCustomer>,
+    pub companies: Vec<UndoCompany>,
 }
 
 /// Writes that have not settled: while any is there, undo cannot know everything that was
@@ -63,6 +74,30 @@ impl Unsettled {
     pub fn any(&self) -> bool {
         self.rows + self.customers + self.records + self.bulk_jobs > 0
     }
+}
+
+/// A delete an undo sent and whose result it did not record (it was killed, or the answer
+/// and the confirming read were lost): the record may be gone or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsettledDelete {
+    /// conversation or customer.
+    pub kind: String,
+    pub kustomer_id: String,
+    /// The customer's key, while the checkpoint still holds its line.
+    pub customer_key: Option<String>,
+    /// It rides on a bulk delete job that may still run (submitting, queued or lost): a
+    /// read that finds the record says nothing of what the job will do.
+    pub job_may_run: bool,
+    /// The command line of the undo that sent it.
+    pub undo_command: String,
+}
+
+/// A bulk delete job an undo left: its line in `undo_jobs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteJob {
+    pub id: i64,
+    /// Kustomer's id for it, once its submit was answered.
+    pub job_id: Option<String>,
 }
 
 /// What a row goes back to once its records are gone: pending, as if never sent.
@@ -120,36 +155,26 @@ impl Checkpoint {
 
     /// The conversations and customers `scope` made, with the customers its rows use.
     pub fn undo_plan(&self, scope: UndoScope) -> Result<UndoPlan, CheckpointError> {
-        let sqlite = |e| self.sqlite(e);
         let run = scope.run();
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT conversation_id FROM rows
-                 WHERE conversation_id IS NOT NULL AND (?1 IS NULL OR made_by_run = ?1)
-                 GROUP BY conversation_id ORDER BY min(source_file), min(line)",
-            )
-            .map_err(sqlite)?;
-        let conversations = statement
-            .query_map([run], |r| r.get(0))
-            .and_then(Iterator::collect)
-            .map_err(sqlite)?;
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT c.customer_key, c.customer_id, c.state, c.made_by_run,
-                        (SELECT count(*) FROM rows o WHERE o.customer_key = c.customer_key
-                           AND o.conversation_id IS NOT NULL
-                           AND ?1 IS NOT NULL AND o.made_by_run IS NOT ?1)
-                 FROM customers c
-                 WHERE c.customer_id IS NOT NULL AND (?1 IS NULL OR c.made_by_run = ?1
-                     OR EXISTS (SELECT 1 FROM rows r WHERE r.customer_key = c.customer_key
-                                AND r.made_by_run = ?1))
-                 ORDER BY c.customer_key",
-            )
-            .map_err(sqlite)?;
-        let customers = statement
-            .query_map([run], |r| {
+        let conversations = self.rows_of(
+            "SELECT conversation_id FROM rows
+             WHERE conversation_id IS NOT NULL AND (?1 IS NULL OR made_by_run = ?1)
+             GROUP BY conversation_id ORDER BY min(source_file), min(line)",
+            [run],
+            |r| r.get(0),
+        )?;
+        let customers = self.rows_of(
+            "SELECT c.customer_key, c.customer_id, c.state, c.made_by_run,
+                    (SELECT count(*) FROM rows o WHERE o.customer_key = c.customer_key
+                       AND o.conversation_id IS NOT NULL
+                       AND ?1 IS NOT NULL AND o.made_by_run IS NOT ?1)
+             FROM customers c
+             WHERE c.customer_id IS NOT NULL AND (?1 IS NULL OR c.made_by_run = ?1
+                 OR EXISTS (SELECT 1 FROM rows r WHERE r.customer_key = c.customer_key
+                            AND r.made_by_run = ?1))
+             ORDER BY c.customer_key",
+            [run],
+            |r| {
                 Ok(UndoCustomer {
                     customer_key: r.get(0)?,
                     customer_id: r.get(1)?,
@@ -157,13 +182,35 @@ impl Checkpoint {
                     made_by_run: r.get(3)?,
                     used_elsewhere: r.get(4)?,
                 })
-            })
-            .and_then(Iterator::collect)
-            .map_err(sqlite)?;
+            },
+        )?;
         Ok(UndoPlan {
             conversations,
             customers,
+            companies: self.undo_companies(run)?,
         })
+    }
+
+    /// The companies of the customers `run` (None: every run) considers.
+    fn undo_companies(&self, run: Option<i64>) -> Result<Vec<UndoCompany>, CheckpointError> {
+        self.rows_of(
+            "SELECT co.company_key, co.company_id, co.state FROM companies co
+                 WHERE co.company_id IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM customers c
+                     WHERE c.company_key = co.company_key AND c.customer_id IS NOT NULL
+                       AND (?1 IS NULL OR c.made_by_run = ?1
+                         OR EXISTS (SELECT 1 FROM rows r WHERE r.customer_key = c.customer_key
+                                    AND r.made_by_run = ?1)))
+                 ORDER BY co.company_key",
+            [run],
+            |r| {
+                Ok(UndoCompany {
+                    company_key: r.get(0)?,
+                    company_id: r.get(1)?,
+                    origin: r.get(2)?,
+                })
+            },
+        )
     }
 
     /// Conversations the checkpoint still gives to rows of this customer (a customer is
@@ -206,6 +253,154 @@ impl Checkpoint {
             )
             .map_err(sqlite)?;
         Ok(before)
+    }
+
+    /// The deletes whose result no undo recorded, conversations first (a customer is read
+    /// back after the conversations its rows held).
+    pub fn unsettled_deletes(&self) -> Result<Vec<UnsettledDelete>, CheckpointError> {
+        self.rows_of(
+            "SELECT d.kind, d.kustomer_id, c.customer_key,
+                        j.state IS NOT NULL AND j.state != 'complete' AND j.state != 'refused',
+                        coalesce((SELECT args FROM runs WHERE id = d.run), 'kustomer-import undo')
+                 FROM undo_deletes d
+                 LEFT JOIN customers c ON d.kind = 'customer' AND c.customer_id = d.kustomer_id
+                 LEFT JOIN undo_jobs j ON j.id = d.job
+                 WHERE d.state = 'sent' ORDER BY d.kind = 'customer', d.kustomer_id",
+            [],
+            |r| {
+                Ok(UnsettledDelete {
+                    kind: r.get(0)?,
+                    kustomer_id: r.get(1)?,
+                    customer_key: r.get(2)?,
+                    job_may_run: r.get(3)?,
+                    undo_command: r.get(4)?,
+                })
+            },
+        )
+    }
+
+    /// A delete whose outcome is unknown (no answer, or no confirming read): the intent
+    /// stays `sent` with the words, so the next undo or import reads the record back.
+    pub fn delete_unknown(
+        &self,
+        kind: &str,
+        kustomer_id: &str,
+        reason: &str,
+    ) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "UPDATE undo_deletes SET last_error = ?3, updated_at = ?4
+                 WHERE kind = ?1 AND kustomer_id = ?2",
+                params![kind, kustomer_id, reason, now_rfc3339()],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// An unsettled delete whose record reads back: it did not land, and the undo that sent
+    /// it is over, so its intent is dropped (the record stays the import's, as before).
+    pub fn delete_did_not_land(
+        &self,
+        kind: &str,
+        kustomer_id: &str,
+    ) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "DELETE FROM undo_deletes WHERE kind = ?1 AND kustomer_id = ?2 AND state = 'sent'",
+                [kind, kustomer_id],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// A record confirmed gone that the checkpoint holds no line of (a customer whose line
+    /// an earlier settle removed): only the result is recorded.
+    pub fn delete_gone(&self, kind: &str, kustomer_id: &str) -> Result<(), CheckpointError> {
+        gone(&self.connection, kind, kustomer_id).map_err(|e| self.sqlite(e))
+    }
+
+    /// A bulk delete job's intent, before its request leaves: its line, and each of its
+    /// customers' (key, id) deletes `sent` naming it, in one commit. The job's line id.
+    pub fn delete_job_intent(
+        &mut self,
+        customers: &[(String, String)],
+        undo_run: i64,
+    ) -> Result<i64, CheckpointError> {
+        let path = self.path.clone();
+        let sqlite = |e| CheckpointError::of_sqlite(&path, e);
+        let now = now_rfc3339();
+        let transaction = self.connection.transaction().map_err(sqlite)?;
+        transaction
+            .execute(
+                "INSERT INTO undo_jobs (state, ids, run, created_at, updated_at)
+                 VALUES ('submitting', ?1, ?2, ?3, ?3)",
+                params![customers.len() as i64, undo_run, now],
+            )
+            .map_err(sqlite)?;
+        let job = transaction.last_insert_rowid();
+        for (_, id) in customers {
+            transaction
+                .execute(
+                    "INSERT INTO undo_deletes (kind, kustomer_id, state, run, updated_at, job)
+                     VALUES ('customer', ?1, 'sent', ?2, ?3, ?4)
+                     ON CONFLICT (kind, kustomer_id) DO UPDATE SET state = 'sent',
+                         run = excluded.run, last_error = NULL,
+                         updated_at = excluded.updated_at, job = excluded.job",
+                    params![id, undo_run, now, job],
+                )
+                .map_err(sqlite)?;
+        }
+        transaction.commit().map_err(sqlite)?;
+        Ok(job)
+    }
+
+    /// A bulk delete job the API took: its id, so the next undo polls it if this one stops.
+    pub fn delete_job_queued(&self, job: i64, job_id: &str) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "UPDATE undo_jobs SET state = 'queued', job_id = ?2, updated_at = ?3 WHERE id = ?1",
+                params![job, job_id, now_rfc3339()],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// A bulk delete job's end: complete, refused or lost.
+    pub fn delete_job_ended(&self, job: i64, state: &str) -> Result<(), CheckpointError> {
+        self.connection
+            .execute(
+                "UPDATE undo_jobs SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                params![job, state, now_rfc3339()],
+            )
+            .map(drop)
+            .map_err(|e| self.sqlite(e))
+    }
+
+    /// The bulk delete jobs an earlier undo left submitting or queued.
+    pub fn unfinished_delete_jobs(&self) -> Result<Vec<DeleteJob>, CheckpointError> {
+        self.rows_of(
+            "SELECT id, job_id FROM undo_jobs
+                 WHERE state = 'submitting' OR state = 'queued' ORDER BY id",
+            [],
+            |r| {
+                Ok(DeleteJob {
+                    id: r.get(0)?,
+                    job_id: r.get(1)?,
+                })
+            },
+        )
+    }
+
+    /// The customers of a bulk delete job whose delete has no result yet: (key, id), the
+    /// key empty when the checkpoint no longer holds the customer's line.
+    pub fn delete_job_customers(&self, job: i64) -> Result<Vec<(String, String)>, CheckpointError> {
+        self.rows_of(
+            "SELECT coalesce(c.customer_key, ''), d.kustomer_id FROM undo_deletes d
+                 LEFT JOIN customers c ON c.customer_id = d.kustomer_id
+                 WHERE d.job = ?1 AND d.state = 'sent' ORDER BY d.kustomer_id",
+            [job],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 
     /// A delete refused: recorded with the reason; the rows stay as they are.
@@ -300,6 +495,23 @@ impl Checkpoint {
             )
             .map(drop)
             .map_err(|e| self.sqlite(e))
+    }
+}
+
+impl Checkpoint {
+    /// Every row `sql` answers with `params`, each made a `T` by `map`.
+    fn rows_of<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        let mut statement = self.connection.prepare(sql).map_err(sqlite)?;
+        statement
+            .query_map(params, map)
+            .and_then(Iterator::collect)
+            .map_err(sqlite)
     }
 }
 

@@ -16,6 +16,7 @@ use kustomer_import::pipeline::{ImportOutcome, StopReason, StopSignals, run_impo
 use kustomer_import::report::{ErrorsFile, Progress, Summary};
 use kustomer_import::rows::{ReadError, open_inputs};
 use kustomer_import::sandbox::{Sandbox, SandboxConfig};
+use kustomer_import::undo;
 
 use super::Exit;
 use crate::config::{ImportConfig, ImportOutput, Target};
@@ -54,7 +55,7 @@ async fn import(mut config: ImportConfig) -> anyhow::Result<Exit> {
         Err(exit) => return Ok(exit),
     };
     let output = &config.output;
-    let checkpoint = match Checkpoint::open(&output.checkpoint) {
+    let mut checkpoint = match Checkpoint::open(&output.checkpoint) {
         Ok(checkpoint) => checkpoint,
         Err(error @ CheckpointError::Locked { .. }) => {
             return Ok(not_started(output, Exit::Locked, "locked", &error));
@@ -124,6 +125,11 @@ async fn import(mut config: ImportConfig) -> anyhow::Result<Exit> {
         Err(error) => return Ok(not_started(output, Exit::Usage, "usage", &error)),
     };
 
+    // Before a row is read: a customer an unfinished undo deleted must not be linked to.
+    if let Err((exit, because, error)) = settle_unfinished_undo(&client, &mut checkpoint).await {
+        return Ok(not_started(output, exit, because, &error));
+    }
+
     let budget_per_second = f64::from(config.rpm) / config.rate_window.as_secs_f64();
     let progress = Progress::new(config.progress, estimated_rows, stats, budget_per_second);
     let run_id = match checkpoint.begin_run(&command_line(), &api_target) {
@@ -189,6 +195,32 @@ async fn import(mut config: ImportConfig) -> anyhow::Result<Exit> {
         sandbox.shutdown().await;
     }
     Ok(exit)
+}
+
+/// Settles what an undo killed midway left unknown (`undo::settle_unfinished`) and says
+/// what it found; Err(exit, stopped_because, words) when the import cannot start.
+async fn settle_unfinished_undo(
+    client: &KustomerClient,
+    checkpoint: &mut Checkpoint,
+) -> Result<(), (Exit, &'static str, String)> {
+    match undo::settle_unfinished(client, checkpoint).await {
+        Ok(settled) if settled.gone + settled.still_there > 0 => {
+            tracing::warn!(
+                "an undo stopped before its end: of its deletes with no recorded result, {} \
+                 were gone ({} rows pending again, made anew by this run) and {} had not \
+                 landed (kept, and used by this run)",
+                settled.gone,
+                settled.rows_pending_again,
+                settled.still_there
+            );
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(undo::Stopped::Api(error)) if super::exit_of_api(&error) == Exit::Unauthorized => {
+            Err((Exit::Unauthorized, "unauthorized", error.to_string()))
+        }
+        Err(error) => Err((Exit::Stopped, "undo_unfinished", error.to_string())),
+    }
 }
 
 /// Says what a run's target did to the checkpoint, when it changed anything the user

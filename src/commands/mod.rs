@@ -68,6 +68,65 @@ pub fn print_not_started_json(exit: Exit, stopped_because: &str, error: &str) {
     let _ = writeln!(out, "{object}").and_then(|()| out.flush());
 }
 
+/// The exit of a command stopped by the API: 3 for a refused key, 4 for anything else.
+pub fn exit_of_api(error: &kustomer_import::api::ApiError) -> Exit {
+    match error {
+        kustomer_import::api::ApiError::Unauthorized { .. } => Exit::Unauthorized,
+        _ => Exit::Stopped,
+    }
+}
+
+/// The fields that lead the report of a command on what an import made (`verify`, `undo`):
+/// the version of its `--json` shape, its exit code, the checkpoint and the API it read.
+/// Each command's report flattens it in before its own fields.
+#[derive(serde::Serialize)]
+pub struct ReportHead {
+    pub version: u32,
+    pub exit_code: i32,
+    pub checkpoint: String,
+    pub target: String,
+}
+
+impl ReportHead {
+    pub fn new(
+        version: u32,
+        exit: Exit,
+        checkpoint: &std::path::Path,
+        target: &kustomer_import::checkpoint::ApiTarget,
+    ) -> ReportHead {
+        ReportHead {
+            version,
+            exit_code: exit as i32,
+            checkpoint: checkpoint.display().to_string(),
+            target: target.to_string(),
+        }
+    }
+
+    /// The report's first words: `checkpoint: <path> (target <api>)`.
+    pub fn headline(&self) -> String {
+        format!("checkpoint: {} (target {})", self.checkpoint, self.target)
+    }
+}
+
+/// Prints a report on stdout: one JSON object with `json`, else its text as `write_text`
+/// writes it.
+pub fn print_report<R: serde::Serialize>(
+    report: &R,
+    json: bool,
+    write_text: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, report)?;
+        writeln!(out)?;
+    } else {
+        write_text(&mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// Why a command that reads back or deletes what an import made refuses a checkpoint
 /// written against another API (`wanted` is where this command would send): the records'
 /// ids exist in the API the checkpoint belongs to and nowhere else. None when it is the same

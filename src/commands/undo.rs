@@ -13,12 +13,11 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use serde::Serialize;
 
-use kustomer_import::api::ApiError;
 use kustomer_import::checkpoint::undo::UndoScope;
 use kustomer_import::checkpoint::{Checkpoint, CheckpointError, RunCounts};
 use kustomer_import::undo::{self, Selection, Undone};
 
-use super::Exit;
+use super::{Exit, ReportHead};
 use crate::config::UndoConfig;
 
 /// The version of the `undo --json` shape.
@@ -26,18 +25,39 @@ const VERSION: u32 = 1;
 
 #[derive(Serialize)]
 struct Report<'a> {
-    version: u32,
-    exit_code: i32,
-    checkpoint: String,
-    target: String,
+    #[serde(flatten)]
+    head: ReportHead,
     dry_run: bool,
     /// The run undone, or null for --all.
     run: Option<i64>,
-    /// What was selected: conversations and customers to delete, customers kept.
+    /// What was selected: conversations and customers to delete, customers and companies
+    /// kept.
     selected: &'a Selection,
+    /// How many records undo keeps, by kind.
+    kept: KeptCounts,
     /// What the deletes did (null for a dry run).
     undone: Option<&'a Undone>,
     requests: u64,
+}
+
+/// The counts of what undo keeps.
+#[derive(Serialize)]
+struct KeptCounts {
+    customers: usize,
+    /// Of `customers`: in Kustomer before the import, which only used them.
+    linked_customers: usize,
+    /// Every company of the customers considered: undo deletes none.
+    companies: usize,
+}
+
+impl KeptCounts {
+    fn of(selection: &Selection) -> KeptCounts {
+        KeptCounts {
+            customers: selection.kept.len(),
+            linked_customers: selection.kept_linked(),
+            companies: selection.kept_companies.len(),
+        }
+    }
 }
 
 pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
@@ -55,16 +75,14 @@ pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
     };
     let wanted = config.made.target.api_target();
     let mut report = Report {
-        version: VERSION,
-        exit_code: 0,
-        checkpoint: config.made.checkpoint.display().to_string(),
-        target: wanted.to_string(),
+        head: ReportHead::new(VERSION, Exit::Success, &config.made.checkpoint, &wanted),
         dry_run: config.dry_run,
         run: match config.scope {
             UndoScope::Run(id) => Some(id),
             UndoScope::All => None,
         },
         selected: &selection,
+        kept: KeptCounts::of(&selection),
         undone: None,
         requests: 0,
     };
@@ -73,11 +91,12 @@ pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
     }
     if !config.yes {
         let question = format!(
-            "Delete {} conversations and {} customers from {wanted} (kept: {} customers)? \
-             This cannot be undone. [y/N] ",
+            "Delete {} conversations and {} customers from {wanted} (kept: {} customers, {} \
+             companies)? This cannot be undone. [y/N] ",
             selection.conversations.len(),
             selection.customers.len(),
-            selection.kept.len()
+            selection.kept.len(),
+            selection.kept_companies.len()
         );
         if !std::io::stdin().is_terminal() {
             let error = format!(
@@ -113,7 +132,7 @@ pub fn run(config: UndoConfig) -> anyhow::Result<Exit> {
         ..RunCounts::default()
     };
     checkpoint.end_run(undo_run, exit as i32, counts)?;
-    report.exit_code = exit as i32;
+    report.head.exit_code = exit as i32;
     report.undone = Some(&undone);
     report.requests = requests;
     print(&report, json)?;
@@ -201,7 +220,7 @@ fn delete(
             made.timeout,
         )
         .await?;
-        let undone = undo::undo(&client, checkpoint, selection, undo_run).await;
+        let undone = undo::undo(&client, checkpoint, selection, undo_run, config.mode).await;
         if let Some(sandbox) = sandbox {
             sandbox.shutdown().await;
         }
@@ -212,16 +231,17 @@ fn delete(
     Ok(match undone {
         Ok(undone) => Ok((undone, requests)),
         Err(undo::Stopped::Api(error)) => {
-            let exit = match error {
-                ApiError::Unauthorized { .. } => Exit::Unauthorized,
-                _ => Exit::Stopped,
-            };
+            let exit = super::exit_of_api(&error);
             Err((
                 exit,
                 format!("undo stopped before the end (run it again to resume): {error}"),
             ))
         }
-        Err(undo::Stopped::Checkpoint(error)) => Err((Exit::Stopped, error.to_string())),
+        Err(
+            error @ (undo::Stopped::Checkpoint(_)
+            | undo::Stopped::Unreadable { .. }
+            | undo::Stopped::JobMayRun { .. }),
+        ) => Err((Exit::Stopped, error.to_string())),
     })
 }
 
@@ -236,15 +256,7 @@ fn confirmed(question: &str) -> anyhow::Result<bool> {
 }
 
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer(&mut out, report)?;
-        writeln!(out)?;
-    } else {
-        write_report(&mut out, report)?;
-    }
-    out.flush()?;
-    Ok(())
+    super::print_report(report, json, |out| write_report(out, report))
 }
 
 fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
@@ -253,11 +265,7 @@ fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         Some(id) => format!("run {id}"),
         None => "every run".to_string(),
     };
-    writeln!(
-        out,
-        "checkpoint: {} (target {}), undoing {scope}",
-        report.checkpoint, report.target
-    )?;
+    writeln!(out, "{}, undoing {scope}", report.head.headline())?;
     let verb = if report.dry_run {
         "would delete"
     } else {
@@ -284,6 +292,22 @@ fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             kept.id, kept.customer_key, kept.reason
         )?;
     }
+    for company in &selected.kept_companies {
+        writeln!(
+            out,
+            "kept company {} ({}, {})",
+            company.id, company.company_key, company.origin
+        )?;
+    }
+    let kept = &report.kept;
+    writeln!(
+        out,
+        "kept {} customers ({} linked) and {} companies ({})",
+        kept.customers,
+        kept.linked_customers,
+        kept.companies,
+        undo::COMPANIES_KEPT
+    )?;
     let Some(undone) = report.undone else {
         return writeln!(out, "dry run: nothing was deleted");
     };

@@ -10,11 +10,10 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use serde::Serialize;
 
-use kustomer_import::api::ApiError;
 use kustomer_import::checkpoint::CheckpointReader;
 use kustomer_import::verify::{self, Findings};
 
-use super::Exit;
+use super::{Exit, ReportHead};
 use crate::config::VerifyConfig;
 
 /// The version of the `verify --json` shape.
@@ -22,10 +21,8 @@ const VERSION: u32 = 1;
 
 #[derive(Serialize)]
 struct Report<'a> {
-    version: u32,
-    exit_code: i32,
-    checkpoint: String,
-    target: String,
+    #[serde(flatten)]
+    head: ReportHead,
     #[serde(flatten)]
     findings: &'a Findings,
     requests: u64,
@@ -96,10 +93,7 @@ pub fn run(config: VerifyConfig) -> anyhow::Result<Exit> {
     let findings = match findings {
         Ok(findings) => findings,
         Err(verify::Stopped(error)) => {
-            let exit = match error {
-                ApiError::Unauthorized { .. } => Exit::Unauthorized,
-                _ => Exit::Stopped,
-            };
+            let exit = super::exit_of_api(&error);
             let error = format!("verify stopped before the end: {error}");
             return Ok(super::not_started(json, exit, "api", &error));
         }
@@ -110,31 +104,17 @@ pub fn run(config: VerifyConfig) -> anyhow::Result<Exit> {
         Exit::RowsFailed
     };
     let report = Report {
-        version: VERSION,
-        exit_code: exit as i32,
-        checkpoint: config.checkpoint.display().to_string(),
-        target: wanted.to_string(),
+        head: ReportHead::new(VERSION, exit, &config.checkpoint, &wanted),
         findings: &findings,
         requests,
     };
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        write_report(&mut out, &report)?;
-    }
-    out.flush()?;
+    super::print_report(&report, json, |out| write_report(out, &report))?;
     Ok(exit)
 }
 
 fn write_report(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
     let findings = report.findings;
-    writeln!(
-        out,
-        "checkpoint: {} (target {})",
-        report.checkpoint, report.target
-    )?;
+    writeln!(out, "{}", report.head.headline())?;
     writeln!(
         out,
         "checked {} of {} done rows ({} customers, {} requests): {} matching, {} mismatched, \

@@ -71,6 +71,26 @@ impl TestEnv {
         self.sandbox().records()
     }
 
+    /// The ids of the customers the sandbox holds, in its order.
+    pub fn customer_ids(&self) -> Vec<String> {
+        self.records().customers.into_iter().map(|c| c.id).collect()
+    }
+
+    /// Asserts that every conversation the sandbox holds belongs to a customer it holds.
+    pub fn assert_no_conversation_without_its_customer(&self) {
+        let records = self.records();
+        let customers: std::collections::BTreeSet<&str> =
+            records.customers.iter().map(|c| c.id.as_str()).collect();
+        for conversation in &records.conversations {
+            assert!(
+                customers.contains(conversation.customer.as_str()),
+                "conversation {} points at customer {}, which does not exist",
+                conversation.id,
+                conversation.customer
+            );
+        }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -226,23 +246,26 @@ impl TestEnv {
     /// Waits (30 s at most) until the checkpoint records a bulk job matching `kind` (a SQL
     /// condition on `bulk_jobs.kind`, "1" for any) as queued, then kills the run with
     /// SIGKILL.
-    pub fn kill_once_queued(&self, kind: &str, mut child: std::process::Child) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    pub fn kill_once_queued(&self, kind: &str, child: std::process::Child) {
         let sql = format!("SELECT count(*) FROM bulk_jobs WHERE state = 'queued' AND {kind}");
+        self.kill_once(&sql, child);
+    }
+
+    /// Waits (30 s at most) until `sql` (a count on the checkpoint) is above 0, then kills
+    /// the run with SIGKILL.
+    pub fn kill_once(&self, sql: &str, mut child: std::process::Child) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let queued: i64 = rusqlite::Connection::open_with_flags(
                 self.path("kustomer-import.sqlite"),
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
             )
-            .and_then(|db| db.query_row(&sql, [], |r| r.get(0)))
+            .and_then(|db| db.query_row(sql, [], |r| r.get(0)))
             .unwrap_or(0);
             if queued > 0 {
                 break;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no job ({kind}) was queued"
-            );
+            assert!(std::time::Instant::now() < deadline, "never true: {sql}");
             std::thread::sleep(Duration::from_millis(10));
         }
         child.kill().unwrap();

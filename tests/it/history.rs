@@ -14,7 +14,7 @@ use crate::harness::*;
 
 /// A nested export: `conversations` tickets of `messages` messages and one note each, the
 /// thread's items in time order; message `m` of ticket `t` is `m-t-m`.
-fn nested(conversations: usize, messages: usize) -> String {
+pub(crate) fn nested(conversations: usize, messages: usize) -> String {
     (0..conversations)
         .map(|t| {
             let thread: Vec<_> = (0..messages)
@@ -55,7 +55,7 @@ fn threads(records: &Records) -> HashMap<String, Vec<String>> {
 }
 
 /// Every ticket of `nested(conversations, messages)` holds exactly its thread, once each.
-fn assert_threads_exact(env: &TestEnv, conversations: usize, messages: usize) {
+pub(crate) fn assert_threads_exact(env: &TestEnv, conversations: usize, messages: usize) {
     let records = env.records();
     assert_eq!(records.conversations.len(), conversations, "conversations");
     let threads = threads(&records);
