@@ -147,6 +147,10 @@ pub struct StoredRow {
     /// What its customer was last sent as, as this row saw it (rows of one customer may
     /// disagree); read by [`Checkpoint::rows_to_plan`] only.
     pub customer_fingerprint: Option<String>,
+    /// The thread a run last read whole for it and left nothing to send for (migration
+    /// 019, see `pipeline::thread_sync::thread_seen`); read by [`Checkpoint::rows_to_plan`]
+    /// only.
+    pub thread_seen: Option<i64>,
 }
 
 /// The columns [`stored_row`] reads, in its order.
@@ -166,6 +170,7 @@ impl StoredRow {
             outcome_unknown: false,
             fingerprint: None,
             customer_fingerprint: None,
+            thread_seen: None,
         }
     }
 
@@ -215,6 +220,7 @@ fn stored_row(row: &rusqlite::Row, state: RowState) -> rusqlite::Result<StoredRo
         outcome_unknown: in_rows(row, "outcome_unknown", 0).flag(row, 7)?,
         fingerprint: row.get(8)?,
         customer_fingerprint: None,
+        thread_seen: None,
     })
 }
 
@@ -349,6 +355,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/014-agents/up.sql"),
     include_str!("../../migrations/015-companies/up.sql"),
     include_str!("../../migrations/016-history-fingerprints/up.sql"),
+    include_str!("../../migrations/019-history-sync-seen/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -449,7 +456,7 @@ impl Checkpoint {
         let mut statement = self
             .connection
             .prepare_cached(&format!(
-                "SELECT {STORED_ROW_COLUMNS}, customer_fingerprint FROM rows
+                "SELECT {STORED_ROW_COLUMNS}, customer_fingerprint, thread_seen FROM rows
                  WHERE row_key IN ({placeholders})"
             ))
             .map_err(|e| self.sqlite(e))?;
@@ -473,6 +480,7 @@ impl Checkpoint {
                     stored_row(row, state)?
                 };
                 stored.customer_fingerprint = row.get(9)?;
+                stored.thread_seen = row.get(10)?;
                 Ok(Some((index, stored)))
             };
             if let Some((index, stored)) = read().map_err(|e| self.sqlite(e))? {

@@ -335,3 +335,70 @@ fn in_bulk_mode_edited_items_get_one_patch_each_and_new_ones_go_in_a_job() {
         "the same export sends nothing"
     );
 }
+
+/// The sync counts of the checkpoint's last run: rows updated and unchanged.
+fn last_run_counts(env: &TestEnv) -> (i64, i64) {
+    env.checkpoint()
+        .query_row(
+            "SELECT rows_updated, rows_unchanged FROM runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_dropped_item_and_an_edit_update_fields_leaves_out_are_read_once_then_not_again() {
+    let env = TestEnv::plain();
+    let file = env.write("threads.jsonl", &text(&export(10)));
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    // Day two's export dropped ticket 2's last message, and edited a preview of ticket 4
+    // that `--update-fields` does not allow.
+    let mut day_two = export(10);
+    day_two[2]["messages"].as_array_mut().unwrap().pop();
+    day_two[4]["messages"][0]["preview"] = json!("message 0 of 4, corrected");
+    let file = env.write("threads.jsonl", &text(&day_two));
+    let args = [
+        file.to_str().unwrap(),
+        "--update-fields",
+        "status,message.direction",
+    ];
+    let before = env.stats().requests_total;
+    let night_two = env.import(&args);
+    night_two.assert_code(0);
+    assert_eq!(env.stats().requests_total, before, "nothing to send");
+    assert!(
+        night_two.stdout.contains("already done:         8"),
+        "two threads read again: {}",
+        night_two.stdout
+    );
+    let night_three = env.import(&[args.as_slice(), &["--json"]].concat());
+    night_three.assert_code(0);
+    assert_eq!(env.stats().requests_total, before, "nothing sent again");
+    let summary: Value = serde_json::from_str(&night_three.stdout).unwrap();
+    assert_eq!(summary["rows_skipped_done"], 10, "no thread read again");
+    assert_eq!(summary["rows_unchanged"], 10, "{summary}");
+    assert_eq!(summary["requests"], 0);
+    assert_eq!(last_run_counts(&env), (0, 10), "every row unchanged");
+    assert_eq!(env.stats().messages, 50, "the dropped message is kept");
+
+    // A night that allows previews reads ticket 4's thread again and sends its edit.
+    let updates = env.stats().updates_total;
+    env.import(&[file.to_str().unwrap()]).assert_code(0);
+    assert_eq!(
+        env.stats().updates_total - updates,
+        1,
+        "the preview, now allowed"
+    );
+    assert_eq!(env.stats().messages_updated, 1);
+    let held = held(&env);
+    assert_eq!(held["m-4-0"].0, json!("message 0 of 4, corrected"));
+    let before = env.stats().requests_total;
+    let night_five = env.import(&[file.to_str().unwrap()]);
+    assert_eq!(env.stats().requests_total, before);
+    assert!(
+        night_five.stdout.contains("already done:         10"),
+        "{}",
+        night_five.stdout
+    );
+}
