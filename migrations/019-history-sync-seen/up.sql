@@ -6,3 +6,8 @@
 -- sent for good: this tells the next night with the same export and rules that there is
 -- nothing to read again (see README "Running it from cron").
 ALTER TABLE rows ADD COLUMN thread_seen INTEGER;
+
+-- And per run, the messages and notes it updated (migration 011 kept the other sync
+-- counts): `status` shows them beside the rows updated. NULL: a run of a version before.
+ALTER TABLE runs ADD COLUMN messages_updated INTEGER;
+ALTER TABLE runs ADD COLUMN notes_updated INTEGER;

@@ -336,6 +336,9 @@ pub struct RunCounts {
     /// Done rows read again whose records were updated, and those found unchanged.
     pub rows_updated: u64,
     pub rows_unchanged: u64,
+    /// Messages and notes done earlier, edited in the source, and updated by the run.
+    pub messages_updated: u64,
+    pub notes_updated: u64,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -728,7 +731,7 @@ impl Checkpoint {
             .execute(
                 "UPDATE runs SET ended_at = ?2, exit_code = ?3, rows_read = ?4, rows_done = ?5,
                      rows_failed = ?6, rows_pending = ?7, requests = ?8, rows_updated = ?9,
-                     rows_unchanged = ?10
+                     rows_unchanged = ?10, messages_updated = ?11, notes_updated = ?12
                  WHERE id = ?1",
                 params![
                     run_id,
@@ -740,7 +743,9 @@ impl Checkpoint {
                     counts.rows_pending as i64,
                     counts.requests as i64,
                     counts.rows_updated as i64,
-                    counts.rows_unchanged as i64
+                    counts.rows_unchanged as i64,
+                    counts.messages_updated as i64,
+                    counts.notes_updated as i64
                 ],
             )
             .map_err(|e| self.sqlite(e))?;

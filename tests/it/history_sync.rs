@@ -124,6 +124,27 @@ fn day_two_edits_two_messages_and_a_note_sends_exactly_three_patches_then_nothin
     );
     assert_eq!(held(&env), expected(&day_two), "the sandbox holds day two");
     assert!(run.stdout.contains("2 messages, 1 notes"), "{}", run.stdout);
+    // status says the same of the run, from the checkpoint.
+    let status = env.command(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let last = &status["runs"][0];
+    assert_eq!(
+        [
+            &last["rows_updated"],
+            &last["messages_updated"],
+            &last["notes_updated"]
+        ],
+        [&json!(3), &json!(2), &json!(1)],
+        "{last}"
+    );
+    let status = env.command(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("(updated 3: 2 messages, 1 notes, unchanged 7)"),
+        "{}",
+        status.stdout
+    );
 
     let again = env.stats().requests_total;
     env.import(&[file.to_str().unwrap()]).assert_code(0);
