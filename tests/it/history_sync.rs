@@ -146,12 +146,9 @@ fn day_two_edits_two_messages_and_a_note_sends_exactly_three_patches_then_nothin
         status.stdout
     );
 
-    let again = env.stats().requests_total;
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
-    assert_eq!(
-        env.stats().requests_total,
-        again,
-        "an unchanged re-run sends nothing"
+    env.assert_import_sends_nothing(
+        &[file.to_str().unwrap()],
+        "an unchanged re-run sends nothing",
     );
 }
 
@@ -161,12 +158,13 @@ fn under_on_change_skip_no_item_update_is_sent_and_fail_names_the_field() {
     let file = env.write("threads.jsonl", &text(&export(10)));
     env.import(&[file.to_str().unwrap()]).assert_code(0);
     let file = env.write("threads.jsonl", &text(&edited(export(10))));
-    let before = env.stats().requests_total;
-    env.import(&[file.to_str().unwrap(), "--on-change", "skip"])
-        .assert_code(0);
-    assert_eq!(env.stats().requests_total, before, "skip sends nothing");
+    env.assert_import_sends_nothing(
+        &[file.to_str().unwrap(), "--on-change", "skip"],
+        "skip sends nothing",
+    );
     assert_eq!(held(&env), expected(&export(10)), "day one's items kept");
 
+    let before = env.stats().requests_total;
     let run = env.import(&[file.to_str().unwrap(), "--on-change", "fail"]);
     assert_ne!(run.code, 0, "{}", run.stdout);
     assert_eq!(env.stats().requests_total, before, "fail sends nothing");
@@ -222,9 +220,7 @@ fn a_checkpoint_from_before_migration_016_adopts_its_items_with_no_patch() {
         .unwrap()
         .execute("UPDATE records SET fingerprint = NULL", [])
         .unwrap();
-    let before = env.stats().requests_total;
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
-    assert_eq!(env.stats().requests_total, before, "adopted, nothing sent");
+    env.assert_import_sends_nothing(&[file.to_str().unwrap()], "adopted, nothing sent");
     let unprinted: i64 = env
         .checkpoint()
         .query_row(
@@ -305,13 +301,7 @@ fn a_run_killed_during_its_item_patches_resumes_to_day_two_with_nothing_made_twi
         "{patches} PATCHes for {edits} edits, {sent_unrecorded} unrecorded at the kills"
     );
     assert_eq!(items_recorded_updated(&env, &day_one), edits);
-    let before = env.stats().requests_total;
-    env.import(&args).assert_code(0);
-    assert_eq!(
-        env.stats().requests_total,
-        before,
-        "every PATCH is recorded as sent"
-    );
+    env.assert_import_sends_nothing(&args, "every PATCH is recorded as sent");
 }
 
 #[test]
@@ -347,13 +337,9 @@ fn in_bulk_mode_edited_items_get_one_patch_each_and_new_ones_go_in_a_job() {
     assert_eq!(after.conversations, before.conversations);
     assert_eq!(held(&env), expected(&day_two), "the sandbox holds day two");
     assert!(run.stdout.contains("2 messages, 1 notes"), "{}", run.stdout);
-    let again = env.stats().requests_total;
-    env.import(&[file.to_str().unwrap(), "--mode", "bulk"])
-        .assert_code(0);
-    assert_eq!(
-        env.stats().requests_total,
-        again,
-        "the same export sends nothing"
+    env.assert_import_sends_nothing(
+        &[file.to_str().unwrap(), "--mode", "bulk"],
+        "the same export sends nothing",
     );
 }
 
@@ -414,9 +400,7 @@ fn a_dropped_item_and_an_edit_update_fields_leaves_out_are_read_once_then_not_ag
     assert_eq!(env.stats().messages_updated, 1);
     let held = held(&env);
     assert_eq!(held["m-4-0"].0, json!("message 0 of 4, corrected"));
-    let before = env.stats().requests_total;
-    let night_five = env.import(&[file.to_str().unwrap()]);
-    assert_eq!(env.stats().requests_total, before);
+    let night_five = env.assert_import_sends_nothing(&[file.to_str().unwrap()], "all sent");
     assert!(
         night_five.stdout.contains("already done:         10"),
         "{}",
