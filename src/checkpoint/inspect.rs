@@ -99,6 +99,10 @@ pub struct RunRecord {
     /// of a version before nightly sync).
     pub rows_updated: Option<i64>,
     pub rows_unchanged: Option<i64>,
+    /// Messages and notes done earlier that the run updated (None: a run of a version
+    /// before migration 019).
+    pub messages_updated: Option<i64>,
+    pub notes_updated: Option<i64>,
     /// The API the run sent to (see [`super::ApiTarget`]); None for runs of a version that
     /// did not record it.
     pub target: Option<String>,
@@ -526,10 +530,12 @@ impl CheckpointReader {
         let unchanged = self.column_or_null("runs", "rows_unchanged", "rows_unchanged")?;
         let undone = self.column_or_null("runs", "undone_at", "undone_at")?;
         let command = self.column_or_null("runs", "command", "command")?;
+        let messages = self.column_or_null("runs", "messages_updated", "messages_updated")?;
+        let notes = self.column_or_null("runs", "notes_updated", "notes_updated")?;
         let mut statement = self.connection.prepare(&format!(
             "SELECT id, started_at, ended_at, exit_code, pid, host, args, rows_read, rows_done,
                     rows_failed, rows_pending, requests, {target}, {updated}, {unchanged},
-                    {undone}, {command}
+                    {undone}, {command}, {messages}, {notes}
              FROM runs ORDER BY id DESC LIMIT ?1"
         ))?;
         statement
@@ -553,6 +559,8 @@ impl CheckpointReader {
                     requests_per_minute: None,
                     undone_at: row.get(15)?,
                     command: row.get(16)?,
+                    messages_updated: row.get(17)?,
+                    notes_updated: row.get(18)?,
                 })
             })?
             .collect()

@@ -149,6 +149,10 @@ pub struct StoredRow {
     /// What its customer was last sent as, as this row saw it (rows of one customer may
     /// disagree); read by [`Checkpoint::rows_to_plan`] only.
     pub customer_fingerprint: Option<String>,
+    /// The thread a run last read whole for it and left nothing to send for (migration
+    /// 019, see `pipeline::thread_sync::thread_seen`); read by [`Checkpoint::rows_to_plan`]
+    /// only.
+    pub thread_seen: Option<i64>,
 }
 
 /// The columns [`stored_row`] reads, in its order.
@@ -168,6 +172,7 @@ impl StoredRow {
             outcome_unknown: false,
             fingerprint: None,
             customer_fingerprint: None,
+            thread_seen: None,
         }
     }
 
@@ -217,6 +222,7 @@ fn stored_row(row: &rusqlite::Row, state: RowState) -> rusqlite::Result<StoredRo
         outcome_unknown: in_rows(row, "outcome_unknown", 0).flag(row, 7)?,
         fingerprint: row.get(8)?,
         customer_fingerprint: None,
+        thread_seen: None,
     })
 }
 
@@ -332,6 +338,9 @@ pub struct RunCounts {
     /// Done rows read again whose records were updated, and those found unchanged.
     pub rows_updated: u64,
     pub rows_unchanged: u64,
+    /// Messages and notes done earlier, edited in the source, and updated by the run.
+    pub messages_updated: u64,
+    pub notes_updated: u64,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -353,6 +362,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/016-history-fingerprints/up.sql"),
     include_str!("../../migrations/017-tags/up.sql"),
     include_str!("../../migrations/018-undo-bulk-deletes/up.sql"),
+    include_str!("../../migrations/019-history-sync-seen/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -453,7 +463,7 @@ impl Checkpoint {
         let mut statement = self
             .connection
             .prepare_cached(&format!(
-                "SELECT {STORED_ROW_COLUMNS}, customer_fingerprint FROM rows
+                "SELECT {STORED_ROW_COLUMNS}, customer_fingerprint, thread_seen FROM rows
                  WHERE row_key IN ({placeholders})"
             ))
             .map_err(|e| self.sqlite(e))?;
@@ -477,6 +487,7 @@ impl Checkpoint {
                     stored_row(row, state)?
                 };
                 stored.customer_fingerprint = row.get(9)?;
+                stored.thread_seen = row.get(10)?;
                 Ok(Some((index, stored)))
             };
             if let Some((index, stored)) = read().map_err(|e| self.sqlite(e))? {
@@ -737,7 +748,7 @@ impl Checkpoint {
             .execute(
                 "UPDATE runs SET ended_at = ?2, exit_code = ?3, rows_read = ?4, rows_done = ?5,
                      rows_failed = ?6, rows_pending = ?7, requests = ?8, rows_updated = ?9,
-                     rows_unchanged = ?10
+                     rows_unchanged = ?10, messages_updated = ?11, notes_updated = ?12
                  WHERE id = ?1",
                 params![
                     run_id,
@@ -749,7 +760,9 @@ impl Checkpoint {
                     counts.rows_pending as i64,
                     counts.requests as i64,
                     counts.rows_updated as i64,
-                    counts.rows_unchanged as i64
+                    counts.rows_unchanged as i64,
+                    counts.messages_updated as i64,
+                    counts.notes_updated as i64
                 ],
             )
             .map_err(|e| self.sqlite(e))?;

@@ -156,6 +156,12 @@ pub enum Change {
     RowUpdated {
         row_key: String,
     },
+    /// A done row's thread read again whole (see migration 019): what it was seen as when
+    /// nothing was left to send for it, None when it was reported.
+    ThreadSeen {
+        row_key: String,
+        seen: Option<i64>,
+    },
     /// The job reached an end: complete, refused or lost (for a lost job, `updated_at` is
     /// when its answer was lost: the wait before its rows are looked up runs from then).
     BulkJobEnded {
@@ -426,6 +432,8 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
         )?;
         let mut row_updated =
             transaction.prepare_cached("UPDATE rows SET synced_at = ?2 WHERE row_key = ?1")?;
+        let mut thread_seen =
+            transaction.prepare_cached("UPDATE rows SET thread_seen = ?2 WHERE row_key = ?1")?;
         let mut customer_withdrawn = transaction.prepare_cached(
             "DELETE FROM customers WHERE customer_key = ?1 AND customer_id IS NULL",
         )?;
@@ -565,6 +573,9 @@ fn apply(connection: &mut Connection, batches: &[Batch]) -> rusqlite::Result<()>
                 }
                 Change::RowUpdated { row_key } => {
                     row_updated.execute(params![row_key, now])?;
+                }
+                Change::ThreadSeen { row_key, seen } => {
+                    thread_seen.execute(params![row_key, seen])?;
                 }
                 Change::BulkJobQueued { job, job_id } => {
                     job_queued.execute(params![job, job_id, now])?;

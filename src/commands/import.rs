@@ -184,6 +184,8 @@ async fn import(mut config: ImportConfig) -> anyhow::Result<Exit> {
             requests: summary.requests,
             rows_updated: summary.rows_updated,
             rows_unchanged: summary.rows_unchanged,
+            messages_updated: summary.messages_updated,
+            notes_updated: summary.notes_updated,
         },
     ) {
         tracing::error!("recording the end of the run: {error}");

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use kustomer_import::checkpoint::inspect::RunRecord;
 use kustomer_import::checkpoint::{ApiTarget, CheckpointReader, Status};
 
 use super::Exit;
@@ -181,12 +182,7 @@ fn write_table(out: &mut impl Write, status: &Status, note: Option<&str>) -> std
                 .as_deref()
                 .map(|target| format!(", to {target}"))
                 .unwrap_or_default();
-            let sync = match (run.rows_updated, run.rows_unchanged) {
-                (Some(updated), Some(unchanged)) if updated + unchanged > 0 => {
-                    format!(" (updated {updated}, unchanged {unchanged})")
-                }
-                _ => String::new(),
-            };
+            let sync = sync_counts(run);
             if run.is_undo() {
                 writeln!(
                     out,
@@ -227,4 +223,21 @@ fn listed(names: &[String]) -> String {
         [] => String::new(),
         names => format!(": {}", names.join(", ")),
     }
+}
+
+/// What a run's line says of its sync, when it read done rows again: the rows it updated
+/// and found unchanged, and the messages and notes it updated (a run of a version before
+/// migration 019 did not record those).
+fn sync_counts(run: &RunRecord) -> String {
+    let (Some(updated), Some(unchanged)) = (run.rows_updated, run.rows_unchanged) else {
+        return String::new();
+    };
+    if updated + unchanged == 0 {
+        return String::new();
+    }
+    let items = match (run.messages_updated, run.notes_updated) {
+        (Some(messages), Some(notes)) => format!(": {messages} messages, {notes} notes"),
+        _ => String::new(),
+    };
+    format!(" (updated {updated}{items}, unchanged {unchanged})")
 }

@@ -24,6 +24,7 @@ use super::row::{
     CustomerStep, EarlierRecords, Halt, Owed, PlannedRow, RowOutcome, Settlement, failed_unplanned,
 };
 use super::tags::{RowTags, append_owed};
+use super::thread_sync::thread_seen;
 use super::update::{Of, RowUpdate, appends_missing_tags, fields_to_send, update_row};
 use super::worker::{Attempts, process_row};
 use super::{ImportMode, ImportSettings, StopReason};
@@ -1053,10 +1054,12 @@ impl<'a> Planner<'a> {
         };
         let records = EarlierRecords::new(row_key, self.checkpoint.records_of(row_key)?);
         // An item edited in the source since it was sent reopens its row as a new one does
-        // (its worker compares each done item), unless no item update may be sent.
+        // (its worker compares each done item), unless no item update may be sent or a run
+        // under these rules read this very thread whole and left nothing to send for it.
         let compare_items = self.settings.sync.on_change != OnChange::Skip;
+        let seen = stored.thread_seen == Some(thread_seen(thread.digest, &self.settings.sync));
         let unfinished =
-            records.done() < thread.items() || (compare_items && !records.as_sent(thread));
+            records.done() < thread.items() || (compare_items && !records.as_sent(thread) && !seen);
         let whole = self.checkpoint.row(row_key)?.map(|whole| {
             reopened_for_history(
                 StoredRow {

@@ -13,7 +13,13 @@
 //!
 //! The planner reopens a done row for this only when its thread's digest says an item is
 //! not recorded as sent as it reads now (`EarlierRecords::as_sent`): an unchanged thread
-//! is never read back.
+//! is never read back. Two threads differ from their records for good and would be read
+//! back every night to send nothing: one whose export dropped an item an earlier run made
+//! (its record stays, done), and one whose edit `--update-fields` leaves out (its record
+//! keeps what was sent, so that a run that allows the field sends it). So a done row's
+//! thread read whole with nothing left to send also records what it was seen as under the
+//! rules of the run ([`thread_seen`], migration 019); the next run that stages the same
+//! thread under the same rules does not read it again.
 
 use super::handles::Tools;
 use super::resume::{OnChange, SyncRules};
@@ -22,7 +28,7 @@ use super::thread::{ThreadOutcome, item_body};
 use super::worker::Attempts;
 use crate::api::ApiError;
 use crate::checkpoint::{Change, StepState, StoredRecord};
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, ThreadDigest};
 use crate::history::ItemKind;
 use crate::history::store::StagedItem;
 
@@ -74,6 +80,25 @@ pub(super) fn compare_item(
         }
     }
     ItemSync::Changed(fields)
+}
+
+/// What a done row's thread was seen as (`rows.thread_seen`): its staged `digest` under the
+/// item fields `--update-fields` allows (all of them when it is not given), so that a run
+/// that allows more reads the thread again and sends what the last one left out.
+pub(super) fn thread_seen(digest: ThreadDigest, rules: &SyncRules) -> i64 {
+    let allowed = match &rules.update_fields {
+        None => "*".to_string(),
+        Some(fields) => {
+            let items = [ItemKind::Message, ItemKind::Note].map(|kind| qualified(kind, ""));
+            let allowed: Vec<&str> = (fields.iter())
+                .filter(|field| items.iter().any(|prefix| field.starts_with(prefix)))
+                .map(String::as_str)
+                .collect();
+            allowed.join(",")
+        }
+    };
+    let digest = digest.to_stored().to_string();
+    ThreadDigest::item("thread-seen", &allowed, &digest) as i64
 }
 
 /// An item's field as `--update-fields` and the errors file name it: `message.preview`.
@@ -291,6 +316,27 @@ mod tests {
             ItemSync::AsSent,
             "a bare name is a customer's or conversation's field"
         );
+    }
+
+    #[test]
+    fn a_thread_seen_is_another_when_its_digest_or_the_item_fields_allowed_change() {
+        let mut digest = ThreadDigest::default();
+        digest.add(ThreadDigest::item("message", "m1", "2:preview=00"));
+        let rules = |fields: Option<&[&str]>| SyncRules {
+            update_fields: fields.map(|f| f.iter().map(|f| f.to_string()).collect()),
+            ..SyncRules::default()
+        };
+        let status = thread_seen(digest, &rules(Some(&["status"])));
+        assert_eq!(
+            status,
+            thread_seen(digest, &rules(Some(&["status", "name"]))),
+            "a customer's or conversation's field is not the thread's"
+        );
+        assert_ne!(status, thread_seen(digest, &rules(None)));
+        assert_ne!(status, thread_seen(digest, &rules(Some(&["note.body"]))));
+        let mut other = digest;
+        other.add(ThreadDigest::item("note", "n1", "2:body=01"));
+        assert_ne!(status, thread_seen(other, &rules(Some(&["status"]))));
     }
 
     #[test]

@@ -127,6 +127,7 @@ async fn drive_row(
     changes.extend(tagged_as_sent.filter(|_| as_mapped));
     if let Some(thread) = &thread {
         (changes, outcome) = with_items_synced(work, thread, changes, outcome);
+        changes.extend(thread_seen(tools, work, thread));
     }
     tools.journal.record(changes).await;
     Ok(outcome)
@@ -160,6 +161,24 @@ fn with_items_synced(
         }
         (_, outcome) => (changes, outcome),
     }
+}
+
+/// What a done row's thread, read again whole (`thread`), is recorded as seen as (see
+/// `thread_sync::thread_seen`): None for a row whose thread was new (its records are as
+/// it reads), and no seen thread when it is reported (read again next time).
+fn thread_seen(
+    tools: &Tools,
+    work: &PlannedRow,
+    thread: &super::thread::ThreadOutcome,
+) -> Option<Change> {
+    if work.earlier_records.done() == 0 {
+        return None;
+    }
+    let seen = thread.sync_report().is_none();
+    Some(Change::ThreadSeen {
+        row_key: work.origin.key.clone(),
+        seen: seen.then(|| super::thread_sync::thread_seen(work.thread.digest, &tools.sync)),
+    })
 }
 
 /// What a row's [`Owed`] came to, settled before its thread.

@@ -129,6 +129,16 @@ impl TestEnv {
         run(self.import_command(args))
     }
 
+    /// Runs an import that must end 0 having sent the sandbox no request (a re-run that
+    /// finds everything recorded as sent); `why` says what it should have found.
+    pub fn assert_import_sends_nothing(&self, args: &[&str], why: &str) -> Run {
+        let before = self.stats().requests_total;
+        let run = self.import(args);
+        run.assert_code(0);
+        assert_eq!(self.stats().requests_total, before, "{why}");
+        run
+    }
+
     /// Puts a customer into the sandbox through a separate checkpoint, as if another tool
     /// had made it before this import.
     pub fn customer_made_elsewhere(&self, external_id: &str, email: &str) {

@@ -112,13 +112,7 @@ fn a_nested_export_lands_every_message_and_note_once_in_order_and_a_second_run_s
         run.stdout
     );
 
-    let before = env.stats().requests_total;
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
-    assert_eq!(
-        env.stats().requests_total,
-        before,
-        "a second run sends nothing"
-    );
+    env.assert_import_sends_nothing(&[file.to_str().unwrap()], "a second run sends nothing");
 }
 
 /// `nested(3, 3)` as tomorrow's export: ticket 1 with `new` messages appended to its thread
@@ -394,13 +388,9 @@ fn bulk_mode_sends_the_threads_in_jobs_of_many_conversations_each_in_its_order()
         "{}",
         run.stdout
     );
-    let before = env.stats().requests_total;
-    env.import(&[file.to_str().unwrap(), "--mode", "bulk"])
-        .assert_code(0);
-    assert_eq!(
-        env.stats().requests_total,
-        before,
-        "a second run sends nothing"
+    env.assert_import_sends_nothing(
+        &[file.to_str().unwrap(), "--mode", "bulk"],
+        "a second run sends nothing",
     );
 }
 
@@ -1033,13 +1023,7 @@ fn a_thread_of_5000_messages_in_one_line_lands_every_message_once_in_order() {
         "{}",
         run.stdout
     );
-    let before = env.stats().requests_total;
-    env.import(&[file.to_str().unwrap()]).assert_code(0);
-    assert_eq!(
-        env.stats().requests_total,
-        before,
-        "a second run sends nothing"
-    );
+    env.assert_import_sends_nothing(&[file.to_str().unwrap()], "a second run sends nothing");
 }
 
 #[test]
