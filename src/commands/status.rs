@@ -226,8 +226,8 @@ fn listed(names: &[String]) -> String {
 }
 
 /// What a run's line says of its sync, when it read done rows again: the rows it updated
-/// and found unchanged, and the messages and notes it updated (a run of a version before
-/// migration 019 did not record those).
+/// and found unchanged, and the messages and notes it updated, when it updated any (a run
+/// of a version before migration 019 did not record those).
 fn sync_counts(run: &RunRecord) -> String {
     let (Some(updated), Some(unchanged)) = (run.rows_updated, run.rows_unchanged) else {
         return String::new();
@@ -236,7 +236,9 @@ fn sync_counts(run: &RunRecord) -> String {
         return String::new();
     }
     let items = match (run.messages_updated, run.notes_updated) {
-        (Some(messages), Some(notes)) => format!(": {messages} messages, {notes} notes"),
+        (Some(messages), Some(notes)) if messages + notes > 0 => {
+            format!(": {messages} messages, {notes} notes")
+        }
         _ => String::new(),
     };
     format!(" (updated {updated}{items}, unchanged {unchanged})")
