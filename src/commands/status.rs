@@ -206,7 +206,9 @@ fn sync_counts(run: &RunRecord) -> String {
         return String::new();
     }
     let items = match (run.messages_updated, run.notes_updated) {
-        (Some(messages), Some(notes)) => format!(": {messages} messages, {notes} notes"),
+        (Some(messages), Some(notes)) if messages + notes > 0 => {
+            format!(": {messages} messages, {notes} notes")
+        }
         _ => String::new(),
     };
     format!(" (updated {updated}{items}, unchanged {unchanged})")
