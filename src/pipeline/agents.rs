@@ -136,17 +136,16 @@ pub(super) async fn assign(
     let mut users = Vec::new();
     for agent in &agents {
         let text = agent.as_str().unwrap_or_default();
-        let user = match tools.agents.user_ref(text) {
-            Some(UserRef::Id(id)) => Some(id),
-            Some(UserRef::Email(email)) => user_of(tools, &email, attempts).await?,
-            None => None,
+        let (user, shown) = match tools.agents.user_ref(text) {
+            Some(UserRef::Id(id)) => (Some(id), String::new()),
+            Some(UserRef::Email(email)) => (user_of(tools, &email, attempts).await?, email),
+            None => (None, text.to_string()),
         };
-        match user {
-            Some(id) if !users.contains(&Value::String(id.clone())) => {
-                users.push(Value::String(id))
-            }
+        match user.map(Value::String) {
+            Some(id) if !users.contains(&id) => users.push(id),
             Some(_) => {}
-            None => tools.agents.fell_back(text),
+            // Listed as authors are: by the email looked up, else as the source wrote it.
+            None => tools.agents.fell_back(&shown),
         }
     }
     if !users.is_empty() {

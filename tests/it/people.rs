@@ -441,7 +441,7 @@ fn a_conversation_is_assigned_to_its_agents_users() {
         "1",
         json!(["ann@example.com", "Bo@Example.com", "dee@example.com"]),
     ) + &row("2", json!("cy@example.com; ann@example.com"))
-        + &row("3", json!(["dee@example.com"]));
+        + &row("3", json!(["Dee@Example.com"]));
     let file = env.write("tickets.jsonl", &lines);
     let run = env.import(&[file.to_str().unwrap()]);
     run.assert_code(0);
