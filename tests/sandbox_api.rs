@@ -825,6 +825,60 @@ async fn a_bulk_job_is_queued_then_runs_each_item_as_the_single_endpoint_would()
 }
 
 #[tokio::test]
+async fn a_companies_bulk_job_makes_each_company_as_the_single_create_would() {
+    // The docs ("Users, tags, companies"): `name` 3 to 255 characters, `externalId`, bulk at
+    // /v1/companies/bulk; a bulk result's error is a string.
+    let sandbox = start(SandboxConfig {
+        bulk_delay: Duration::from_millis(100),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = Api::new(&sandbox);
+    let taken = api
+        .post(
+            "/v1/companies",
+            &json!({"name": "Analytical Engines", "externalId": "org-1"}),
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CREATED);
+    let submitted = api
+        .post(
+            "/v1/companies/bulk",
+            &json!([
+                {"_clientRef": "a", "name": "Difference Engines", "externalId": "org-2"},
+                {"_clientRef": "b", "name": "Ab", "externalId": "org-3"},
+                {"_clientRef": "c", "name": "Engines again", "externalId": "org-1"}
+            ]),
+        )
+        .await;
+    assert_eq!(submitted.status, StatusCode::CREATED);
+    let id = submitted.body["data"]["id"].as_str().unwrap().to_string();
+    let batches = completed(&api, &id).await;
+    let batch = &batches.body["data"][0]["attributes"];
+    assert_eq!(
+        (batch["successCount"].clone(), batch["failureCount"].clone()),
+        (json!(1), json!(2))
+    );
+    let results = batch["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "created");
+    assert_eq!(results[0]["objectId"], batch["objectIds"][0]);
+    assert_eq!(results[1]["status"], "error");
+    assert!(
+        results[1]["error"].as_str().unwrap().starts_with("/name: "),
+        "{}",
+        results[1]
+    );
+    assert_eq!(
+        results[2],
+        json!({"_clientRef": "c", "status": "error", "error": "duplicate detected"})
+    );
+    let found = api.get("/v1/companies?externalId=org-2").await;
+    assert_eq!(found.body["data"][0]["id"], batch["objectIds"][0]);
+    assert_eq!(api.records().await.companies.len(), 2);
+    assert_eq!(stat(&api.stats().await, "POST /v1/companies/bulk", 201), 1);
+}
+
+#[tokio::test]
 async fn a_large_bulk_job_runs_through_running_and_answers_in_batches() {
     let sandbox = start(SandboxConfig {
         bulk_delay: Duration::from_millis(600),

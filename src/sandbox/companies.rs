@@ -1,6 +1,7 @@
 //! The sandbox's companies (the docs, "Users, tags, companies"): `POST /v1/companies`
 //! (`name` 3 to 255 characters, `externalId`), `GET /v1/companies?externalId={x}`, and
-//! their bulk jobs at `/v1/companies/bulk` (run by the bulk code in `http.rs`). The docs say
+//! their bulk jobs at `/v1/companies/bulk` (queued and polled by the bulk code in `http.rs`,
+//! each item run by [`run_item`]). The docs say
 //! nothing of a repeated company externalId or of the lookup's answer when none matches,
 //! so the sandbox does the strictest plausible thing: a repeated externalId is refused as
 //! a duplicate (409, like a customer's), and a lookup answers 200 with a list, empty when
@@ -17,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::http::{
-    App, ConnCtx, after_write, error, errors_response, invalid, read_object, roll_after,
+    App, ConnCtx, Inner, after_write, bulk_refusal, error, errors_response, invalid, read_object,
+    refused_item, roll_after,
 };
 use super::store::percent_decode;
 use super::validate::FieldError;
@@ -160,6 +162,20 @@ pub async fn create(State(app): State<Arc<App>>, req: Request) -> Response {
             errors_response(status, problems)
         }
     }
+}
+
+/// One item of a `POST /v1/companies/bulk` job, as the single create takes it: the new
+/// company's id, or the words of its refusal (a repeated externalId is the bulk results'
+/// `"duplicate detected"`, as for a customer).
+pub(super) fn run_item(inner: &mut Inner, body: &Map<String, Value>) -> Result<String, String> {
+    if let Some(first) = validate_company(body).into_iter().next() {
+        return Err(bulk_refusal(first));
+    }
+    inner
+        .store
+        .insert_company(body)
+        .map(|record| record.id.clone())
+        .map_err(refused_item)
 }
 
 /// `GET /v1/companies?externalId={x}`: the companies holding it, as a list.

@@ -75,6 +75,8 @@ pub(super) enum BulkKind {
     Update(Target, UpdateMode),
     /// `DELETE /v1/customers/bulk?ids=`: one item `{"id"}` per id (see `delete.rs`).
     CustomerDeletes,
+    /// `POST /v1/companies/bulk` (see `companies.rs`).
+    Companies,
 }
 
 impl BulkKind {
@@ -86,7 +88,8 @@ impl BulkKind {
             BulkKind::Customers
             | BulkKind::Conversations
             | BulkKind::Messages
-            | BulkKind::Notes => "created",
+            | BulkKind::Notes
+            | BulkKind::Companies => "created",
         }
     }
 }
@@ -263,6 +266,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             )
             .route("/v1/messages/bulk", post(submit_messages))
             .route("/v1/notes/bulk", post(submit_notes))
+            .route("/v1/companies/bulk", post(submit_companies))
             .route("/v1/bulk/{id}", get(bulk_status))
             .route("/v1/bulk/{id}/batches", get(bulk_batches));
     }
@@ -702,6 +706,10 @@ async fn submit_notes(State(app): State<Arc<App>>, req: Request) -> Response {
     submit_bulk(app, req, BulkKind::Notes).await
 }
 
+async fn submit_companies(State(app): State<Arc<App>>, req: Request) -> Response {
+    submit_bulk(app, req, BulkKind::Companies).await
+}
+
 async fn update_customers(State(app): State<Arc<App>>, req: Request) -> Response {
     submit_updates(app, req, Target::Customer).await
 }
@@ -791,6 +799,7 @@ async fn submit_bulk(app: Arc<App>, req: Request, kind: BulkKind) -> Response {
                 BulkKind::Notes => history::item_errors(&app, ThreadKind::Note, &body),
                 BulkKind::Update(target, mode) => update::item_errors(&app, target, mode, &body).1,
                 BulkKind::CustomerDeletes => Vec::new(),
+                BulkKind::Companies => companies::validate_company(&body),
             };
             problems.into_iter().next().map(|problem| (index, problem))
         })
@@ -881,6 +890,7 @@ fn run_bulk_job(app: &App, id: &str) {
                 update::run_item(app, &mut inner, (target, mode), &body)
             }
             BulkKind::CustomerDeletes => delete::run_item(&mut inner, &body),
+            BulkKind::Companies => companies::run_item(&mut inner, &body),
             BulkKind::Customers => {
                 let errors = customer_errors(app, &body);
                 if let Some(first) = errors.into_iter().next() {
