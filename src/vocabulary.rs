@@ -64,6 +64,9 @@ stored_words! {
         CustomerUpdates = "customer-updates",
         /// `PUT /v1/conversations/bulk?replace=false`.
         ConversationUpdates = "conversation-updates",
+        /// `/v1/companies/bulk`: each item makes the company its `row_key` names (migration
+        /// 020; a companies job carries no row).
+        Companies = "companies",
     }
 }
 
@@ -75,7 +78,8 @@ impl BulkKind {
             BulkKind::Customers
             | BulkKind::Conversations
             | BulkKind::CustomerUpdates
-            | BulkKind::ConversationUpdates => None,
+            | BulkKind::ConversationUpdates
+            | BulkKind::Companies => None,
             BulkKind::Messages => Some(RecordKind::Message),
             BulkKind::Notes => Some(RecordKind::Note),
         }

@@ -170,6 +170,7 @@ fn endpoint(kind: BulkKind) -> (Method, &'static str) {
         BulkKind::Notes => (Method::POST, "v1/notes/bulk"),
         BulkKind::CustomerUpdates => (Method::PUT, "v1/customers/bulk?replace=false"),
         BulkKind::ConversationUpdates => (Method::PUT, "v1/conversations/bulk?replace=false"),
+        BulkKind::Companies => (Method::POST, "v1/companies/bulk"),
     }
 }
 

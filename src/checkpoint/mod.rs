@@ -250,6 +250,9 @@ pub struct StoredBulkJob {
     /// answer was lost.
     pub since: SystemTime,
     pub items: Vec<StoredBulkItem>,
+    /// For a companies job (whose items carry no row: migration 020), the keys of the
+    /// companies it makes.
+    pub companies: Vec<String>,
 }
 
 /// One item of a [`StoredBulkJob`], with what a row change needs of its row.
@@ -285,6 +288,7 @@ fn stored_bulk_job(row: &rusqlite::Row) -> rusqlite::Result<StoredBulkJob> {
         since: in_jobs("updated_at").time(row, 3)?,
         state: in_jobs("state").word(row, 4, BulkJobState::parse)?,
         items: Vec::new(),
+        companies: Vec::new(),
     })
 }
 
@@ -363,6 +367,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/017-tags/up.sql"),
     include_str!("../../migrations/018-undo-bulk-deletes/up.sql"),
     include_str!("../../migrations/019-history-sync-seen/up.sql"),
+    include_str!("../../migrations/020-company-jobs/up.sql"),
 ];
 
 /// An open checkpoint, locked for this run. Reads go through this connection; writes go
@@ -664,7 +669,18 @@ impl Checkpoint {
                  WHERE i.job = ?1",
             )
             .map_err(|e| self.sqlite(e))?;
+        let mut companies = self
+            .connection
+            .prepare_cached("SELECT row_key FROM bulk_items WHERE job = ?1")
+            .map_err(|e| self.sqlite(e))?;
         for job in &mut jobs {
+            if job.kind == BulkKind::Companies {
+                job.companies = companies
+                    .query_map([job.id], |row| row.get(0))
+                    .and_then(Iterator::collect)
+                    .map_err(|e| self.sqlite(e))?;
+                continue;
+            }
             let items = statement
                 .query_map([job.id], |row| {
                     Ok((

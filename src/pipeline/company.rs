@@ -35,6 +35,9 @@ enum Standing {
     Known(String),
     /// Refused: every row of it fails with this reason.
     Refused(String),
+    /// In a bulk job of companies that is still unfinished (an earlier run's, or this
+    /// run's past its wait): its rows stay pending, since the job may yet make it.
+    Held,
 }
 
 /// The companies of a run, by company key, and what became of them.
@@ -98,10 +101,24 @@ impl CompanyBook {
         let reconciling = match &*standing {
             Standing::Known(id) => return Ok(id.clone()),
             Standing::Refused(reason) => return Err(refused(reason.clone())),
+            Standing::Held => return Err(held()),
             Standing::Unseen => false,
             Standing::Unknown => true,
         };
-        match settle(tools, company, reconciling, attempts).await {
+        let settled = settle(tools, company, reconciling, attempts).await;
+        self.conclude(tools, company, &mut standing, settled).await
+    }
+
+    /// Records what became of a company, counts it and makes it known to later rows: the one
+    /// place a company's outcome is written, for single creates and bulk jobs alike.
+    async fn conclude(
+        &self,
+        tools: &Tools,
+        company: &CompanyRef,
+        standing: &mut Standing,
+        settled: Result<(String, RecordOrigin), Settled>,
+    ) -> Result<String, Halt> {
+        match settled {
             Ok((id, origin)) => {
                 let resolved = Change::CompanyResolved {
                     company_key: company.key.clone(),
@@ -133,6 +150,65 @@ impl CompanyBook {
         }
     }
 
+    /// For a bulk job of companies: the companies of `wanted` that no run has settled or
+    /// sent (distinct, locked in key order, so two batches never wait on each other
+    /// crosswise), each held until its [`Claim`] is concluded or dropped, so that no other
+    /// row or job sends it meanwhile. A company whose create may have landed is left to the
+    /// single path, which reconciles it by lookup.
+    pub(super) async fn claim_unseen<'c>(
+        &self,
+        wanted: impl IntoIterator<Item = &'c CompanyRef>,
+    ) -> Vec<Claim<'c>> {
+        let mut wanted: Vec<&CompanyRef> = wanted.into_iter().collect();
+        wanted.sort_by(|a, b| a.key.cmp(&b.key));
+        wanted.dedup_by(|a, b| a.key == b.key);
+        let mut claims = Vec::new();
+        for company in wanted {
+            let standing = self.entry(&company.key).lock_owned().await;
+            if matches!(*standing, Standing::Unseen) {
+                claims.push(Claim { company, standing });
+            }
+        }
+        claims
+    }
+
+    /// What a bulk job (or its lookup) made of a claimed company, recorded as a single
+    /// create's outcome would be.
+    pub(super) async fn conclude_claim(
+        &self,
+        tools: &Tools,
+        mut claim: Claim<'_>,
+        outcome: ClaimOutcome,
+    ) {
+        let settled = match outcome {
+            ClaimOutcome::Made(id, origin) => Ok((id, origin)),
+            ClaimOutcome::Refused(reason) => Err(Settled::Refused(reason)),
+            ClaimOutcome::Unknown => {
+                *claim.standing = Standing::Unknown;
+                return;
+            }
+            ClaimOutcome::Held => {
+                *claim.standing = Standing::Held;
+                return;
+            }
+            // Unseen still: its first row sends it the single way.
+            ClaimOutcome::Untouched => return,
+        };
+        // A halt here (the checkpoint could not record it) leaves it to its rows, which
+        // meet the same halt.
+        let _ = self
+            .conclude(tools, claim.company, &mut claim.standing, settled)
+            .await;
+    }
+
+    /// Companies an earlier run's unfinished bulk job may still make: their rows stay
+    /// pending in this run.
+    pub(super) async fn hold(&self, keys: &[String]) {
+        for key in keys {
+            *self.entry(key).lock().await = Standing::Held;
+        }
+    }
+
     fn count(&self, origin: RecordOrigin) -> &AtomicU64 {
         match origin {
             RecordOrigin::Created => &self.counts.created,
@@ -156,6 +232,32 @@ pub(super) async fn customer_to_send<'w>(
     let mut body = work.plan.customer.clone();
     body.extra.insert("company".into(), Value::String(id));
     Ok(Cow::Owned(body))
+}
+
+/// A company claimed by a bulk batch, locked until the claim is concluded or dropped.
+pub(super) struct Claim<'c> {
+    pub company: &'c CompanyRef,
+    standing: tokio::sync::OwnedMutexGuard<Standing>,
+}
+
+/// What became of a claimed company in a bulk job.
+pub(super) enum ClaimOutcome {
+    /// Made by the job (created), or found (linked).
+    Made(String, RecordOrigin),
+    /// The API refused it: its rows fail with these words.
+    Refused(String),
+    /// Its create may have landed: reconciled by lookup before it is sent again.
+    Unknown,
+    /// Its job is unfinished and may still make it: its rows stay pending.
+    Held,
+    /// Not sent, or provably not made: its first row sends it the single way.
+    Untouched,
+}
+
+fn held() -> Halt {
+    Halt::Pending(
+        "its company is in a bulk job that has not finished: the next run polls it first".into(),
+    )
 }
 
 fn refused(reason: String) -> Halt {
@@ -192,18 +294,13 @@ async fn settle(
     loop {
         attempts.check_stop().map_err(|h| halted(h, intent_sent))?;
         if look_up {
-            attempts.requests += 1;
-            match tools.client.find_company(&company.external_id).await {
-                Ok(Some(id)) if maybe_made => return Ok((id, RecordOrigin::Reconciled)),
-                Ok(Some(id)) => return Ok((id, RecordOrigin::Linked)),
-                Ok(None) => {}
-                Err(error) => {
-                    attempts
-                        .after_failure(&error)
-                        .await
-                        .map_err(|h| halted(h, intent_sent))?;
-                    continue;
-                }
+            let found = find(tools, company, attempts)
+                .await
+                .map_err(|h| halted(h, intent_sent))?;
+            match found {
+                Some(id) if maybe_made => return Ok((id, RecordOrigin::Reconciled)),
+                Some(id) => return Ok((id, RecordOrigin::Linked)),
+                None => {}
             }
         }
         if !intent_sent {
@@ -242,6 +339,23 @@ async fn settle(
                     .await
                     .map_err(|h| halted(h, true))?;
             }
+        }
+    }
+}
+
+/// `GET /v1/companies?externalId=`, tried again after a failure within the row's retries:
+/// the company's id, or None when no company holds its externalId.
+pub(super) async fn find(
+    tools: &Tools,
+    company: &CompanyRef,
+    attempts: &mut Attempts<'_>,
+) -> Result<Option<String>, Halt> {
+    loop {
+        attempts.check_stop()?;
+        attempts.requests += 1;
+        match tools.client.find_company(&company.external_id).await {
+            Ok(found) => return Ok(found),
+            Err(error) => attempts.after_failure(&error).await?,
         }
     }
 }

@@ -40,7 +40,8 @@ pub(super) enum Step {
 impl Step {
     /// The step of a row a bulk job of `kind` makes; None for messages and notes, whose
     /// jobs make records of the row's history (`records`), not a step of `rows`, and for
-    /// updates, which make nothing (the row is done already).
+    /// updates, which make nothing (the row is done already), and for companies, which are
+    /// no row's.
     pub(super) fn of_job(kind: BulkKind) -> Option<Step> {
         match kind {
             BulkKind::Customers => Some(Step::Customer),
@@ -48,7 +49,8 @@ impl Step {
             BulkKind::Messages
             | BulkKind::Notes
             | BulkKind::CustomerUpdates
-            | BulkKind::ConversationUpdates => None,
+            | BulkKind::ConversationUpdates
+            | BulkKind::Companies => None,
         }
     }
 

@@ -12,6 +12,8 @@ use crate::harness::*;
 const RECOVERY: &[&str] = &[
     "--reconcile-delay",
     "0.05",
+    "--bulk-lost-wait",
+    "1",
     "--timeout",
     "1",
     "--max-retries",
@@ -182,6 +184,62 @@ fn a_company_already_in_kustomer_is_linked_not_created() {
         1,
         "only the first run's"
     );
+}
+
+#[test]
+fn in_bulk_mode_companies_cost_a_lookup_each_and_are_made_in_bulk_jobs() {
+    let env = TestEnv::plain();
+    // Company 0 (org-0) is in Kustomer already, made by another import.
+    let first = env.write("first.csv", &export_with_companies(1, 1));
+    env.import(&[first.to_str().unwrap(), "--checkpoint", "other.sqlite"])
+        .assert_code(0);
+    let before = env.requests_to("POST /v1/companies");
+    let file = env.write("export.csv", &export_with_companies(300, 150));
+    let args = [file.to_str().unwrap(), "--mode", "bulk", "--rpm", "100000"];
+    let run = env.import(&[&args[..], &["--json"]].concat());
+    run.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["companies_created"], 149, "{summary}");
+    assert_eq!(summary["companies_linked"], 1, "{summary}");
+    assert_companies_once(&env, 300, 150);
+    // One lookup per company, no single create: the 149 absent ones went in jobs of at
+    // most 100.
+    assert_eq!(env.requests_to("GET /v1/companies"), 1 + 150);
+    assert_eq!(env.requests_to("POST /v1/companies"), before);
+    let jobs = env.requests_to("POST /v1/companies/bulk");
+    assert!(
+        (2..=env.requests_to("POST /v1/customers/bulk")).contains(&jobs),
+        "{jobs} jobs"
+    );
+    env.assert_import_sends_nothing(&args, "every company and row is recorded");
+}
+
+#[test]
+fn a_companies_job_an_earlier_run_left_queued_is_polled_before_any_lookup() {
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        bulk_delay: Duration::from_secs(2),
+        ..SandboxConfig::default()
+    });
+    let file = env.write("export.csv", &export_with_companies(120, 12));
+    let mut args = vec![file.to_str().unwrap(), "--mode", "bulk"];
+    args.extend_from_slice(RECOVERY);
+    env.kill_once_queued("kind = 'companies'", env.spawn_import(&args));
+    assert_eq!(
+        env.records().companies.len(),
+        0,
+        "killed before its job ran"
+    );
+    let run = env.import(&[&args[..], &["--json"]].concat());
+    run.assert_code(0);
+    // The job made them: the resumed run found each by lookup once it was done, and sent
+    // no create of its own for them.
+    assert_companies_once(&env, 120, 12);
+    assert_eq!(env.requests_to("POST /v1/companies"), 0);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["companies_created"], 0, "{summary}");
+    assert_eq!(summary["companies_reconciled"], 12, "{summary}");
+    env.assert_exactly_once(120, 120);
 }
 
 fn killed_and_resumed(mode: &str) {

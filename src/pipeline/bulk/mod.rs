@@ -18,13 +18,15 @@
 //! it plans any row ([`finish_earlier_jobs`]), and the rows of a job it cannot finish are
 //! held back, pending, rather than sent again.
 //!
-//! Six rooms: [`submit`] builds a job from rows, records it and sends it; [`poll`] waits
+//! Seven rooms: [`submit`] builds a job from rows, records it and sends it; [`poll`] waits
 //! for its end within the shared budget, paced by [`pace`]; [`results`] reads each created
 //! item's outcome (the one interpreter of create results, for this run's jobs and earlier
 //! ones) and applies it; [`history`] gathers the messages and notes of many rows' threads into jobs
 //! of their own; [`updates`] sends done rows' changes (a nightly sync) as update jobs through
-//! the same submit and poll; [`recover`] settles the jobs earlier runs left unfinished.
+//! the same submit and poll; [`companies`] makes the companies a customers job needs in jobs
+//! of their own; [`recover`] settles the jobs earlier runs left unfinished.
 
+mod companies;
 mod history;
 mod pace;
 mod poll;

@@ -11,10 +11,12 @@ use std::time::SystemTime;
 
 use super::EARLIER_JOB_WAIT;
 use super::Jobs;
+use super::companies;
 use super::history::{RunVerdict, read_run_item, settled_change};
 use super::poll::{JobRef, Started, WaitEnd, wait_for_results};
 use super::results::{ItemVerdict, job_complete, read_item};
 use super::submit::end_job;
+use crate::api::BulkKind;
 use crate::checkpoint::{
     BulkJobState, Change, Checkpoint, CheckpointError, CustomerOrigin, RecordChange, RowChange,
     RowState, StepState, StoredBulkItem, StoredBulkJob, StoredRecord,
@@ -81,6 +83,9 @@ pub(in crate::pipeline) async fn finish_earlier_jobs(
                 earlier.link_rows.extend(results.link_rows);
             }
             Some(EarlierOutcome::Released) => {}
+            None if job.kind == BulkKind::Companies => {
+                companies::hold_earlier_companies(tools, job).await;
+            }
             None => {
                 earlier
                     .held_rows
@@ -174,7 +179,7 @@ async fn finish_earlier_job(
     let give_up = tools.control.soft();
     let waited = JobRef {
         id: job_id,
-        items: job.items.len(),
+        items: job.items.len() + job.companies.len(),
     };
     let outcomes =
         match wait_for_results(tools, jobs, waited, started, give_up, EARLIER_JOB_WAIT).await {
@@ -191,6 +196,16 @@ async fn finish_earlier_job(
         };
     let mut results = EarlierResults::default();
     let mut changes = Vec::new();
+    if job.kind == BulkKind::Companies {
+        // Done: what it made is found by the lookup each company's first row sends (its
+        // intent is still recorded), now that the job can no longer make it behind it.
+        tools
+            .journal
+            .commit(vec![job_complete(job.id)])
+            .await
+            .ok()?;
+        return Some(EarlierOutcome::Applied(results));
+    }
     let Some(step) = Step::of_job(job.kind) else {
         // Messages or notes: each record still in its intent takes its item's result.
         for item in &job.items {

@@ -28,13 +28,15 @@ pub(in crate::pipeline) async fn run_customer_job(
     jobs: &Jobs,
     works: Vec<PlannedRow>,
 ) -> Vec<(PlannedRow, AfterJob)> {
+    super::companies::make_companies(tools, jobs, &works).await;
     let (works, customers, mut ended) = with_companies(tools, works).await;
     ended.extend(submit_customers(tools, jobs, works, customers).await);
     ended
 }
 
-/// The customers of `works` as they are sent, each company resolved first (once per
-/// company, before the job that needs it); a row whose company cannot be had ends here.
+/// The customers of `works` as they are sent, each with its company's id (settled by
+/// `make_companies` before, or now the single way); a row whose company cannot be had ends
+/// here.
 async fn with_companies(
     tools: &Tools,
     works: Vec<PlannedRow>,
