@@ -86,6 +86,9 @@ fn main() {
     if wanted("bulk") {
         bulk(&bench, 10_000, &mut table);
     }
+    if wanted("companies") {
+        companies(&bench, 10_000, &mut table);
+    }
     if wanted("history") {
         history(&bench, rows(10_000), &mut table);
         thread_memory(&bench, &mut table);
@@ -778,6 +781,71 @@ fn bulk(bench: &Bench, rows: usize, table: &mut Table) {
         ),
         "(reference)",
         true,
+    );
+}
+
+/// Customers per company in the companies benchmark's export.
+const PER_COMPANY: usize = 5;
+
+/// Companies (issue 19): an export of `rows` rows, PER_CUSTOMER per customer and
+/// PER_COMPANY customers per company, imported in each mode; what the companies cost in
+/// requests (their lookups, creates, bulk jobs and those jobs' polls) per company.
+fn companies(bench: &Bench, rows: usize, table: &mut Table) {
+    let export = bench.path(&format!("companies-{rows}.csv"));
+    let mut text = String::from("customer_external_id,name,email,company_external_id,company,");
+    text.push_str("conversation_id,subject\n");
+    for row in 0..rows {
+        let customer = row / PER_CUSTOMER;
+        let company = customer / PER_COMPANY;
+        text.push_str(&format!(
+            "C-{customer},Customer {customer},c{customer}@example.com,org-{company},\
+             Company {company},T-{row},Order {row}\n"
+        ));
+    }
+    std::fs::write(&export, text).expect("writing the export");
+    let companies = rows.div_ceil(PER_CUSTOMER).div_ceil(PER_COMPANY);
+    let per_company = |mode: &str| {
+        let sandbox = bench.sandbox(SandboxConfig::default());
+        let checkpoint = bench.path(&format!("companies-{mode}-{}.sqlite", unique()));
+        let run = import(&sandbox, &export, &checkpoint, &["--mode", mode]);
+        let stats = sandbox.stats();
+        bench.runtime.block_on(sandbox.shutdown());
+        assert_eq!(
+            run.summary["companies_created"], companies as u64,
+            "{}",
+            run.summary
+        );
+        let answers = |route: &str| -> u64 {
+            stats
+                .requests
+                .get(route)
+                .map_or(0, |by_status| by_status.values().sum())
+        };
+        let company_jobs = answers("POST /v1/companies/bulk");
+        let all_jobs = run.summary["bulk_jobs"].as_u64().unwrap_or(0).max(1);
+        // The polls are the jobs': a companies job's share is its share of the jobs.
+        let polls = answers("GET /v1/bulk/{id}") as f64 * company_jobs as f64 / all_jobs as f64;
+        let requests = answers("GET /v1/companies") + answers("POST /v1/companies") + company_jobs;
+        let total = run.summary["requests"].as_f64().unwrap_or(0.0);
+        (
+            (requests as f64 + polls) / companies as f64,
+            company_jobs,
+            total / rows as f64,
+        )
+    };
+    let (single, _, single_rows) = per_company("single");
+    let (bulk, jobs, bulk_rows) = per_company("bulk");
+    // The floor: a lookup each (the API has no lookup of many), then a job and its poll
+    // for the companies of one customers job (100 customers, so 100 / PER_COMPANY of them).
+    let floor = 1.0 + 2.0 * PER_COMPANY as f64 / 100.0;
+    table.add(
+        &format!("companies: requests per company, {companies} companies of {rows} rows (bulk)"),
+        format!(
+            "{bulk:.3} ({jobs} company jobs; {bulk_rows:.3} requests per row in all; single \
+             mode: {single:.2} per company, {single_rows:.2} per row)"
+        ),
+        &format!("<= {floor:.2} (single: 2)"),
+        bulk <= floor,
     );
 }
 
