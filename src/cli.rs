@@ -21,6 +21,8 @@ const TARGET: &str = "Target and key";
 const RATE: &str = "Rate and concurrency";
 const RECOVERY: &str = "Recovery";
 const OUTPUT: &str = "Output and logs";
+/// The group `validate --help` lists `--check-users` and its target in.
+const CHECK_USERS: &str = "Checking agents' users";
 
 /// What `import --help` (the long form) ends with.
 const IMPORT_EXAMPLES: &str = "\
@@ -98,9 +100,11 @@ pub enum Command {
     )]
     Import(Box<ImportArgs>),
     /// Check export files without sending anything (no network, no key): every row
-    /// through the same mapping and validation as import, invalid rows to the errors file.
-    /// Exit 0 when every row is valid, 1 when some are not, 2 when a file or the mapping
-    /// cannot be used.
+    /// through the same mapping and validation as import, invalid rows to the errors file,
+    /// and the agents the rows name. With --check-users it also looks each agent up as a
+    /// user of the org (the key: KUSTOMER_API_KEY). Exit 0 when every row is valid, 1 when
+    /// some are not, 2 when a file or the mapping cannot be used; with --check-users, 3
+    /// when the API refuses the key, 4 when the lookups could not finish.
     Validate(ValidateArgs),
     /// Show where an import stands: rows by file and state, failures by reason, customers,
     /// the last runs, and whether a run is going on now.
@@ -212,21 +216,11 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// The checkpoint and the API a command that reads back (or deletes) what an import made
-/// talks to: the import's own target, key and rate limit.
+/// The API a command other than `import` talks to, as the import is given it: its base
+/// URL, and the rate and timeout of its requests. The key is KUSTOMER_API_KEY's.
 #[derive(Debug, Args)]
-pub struct MadeRecordsArgs {
-    /// The import's checkpoint [default: kustomer-import.sqlite, with --sandbox
-    /// kustomer-import.sandbox.sqlite].
-    #[arg(long, env = "KUSTOMER_IMPORT_CHECKPOINT")]
-    pub checkpoint: Option<PathBuf>,
-
-    /// A rehearsal: the built-in sandbox, started on the records it keeps beside the
-    /// checkpoint (<checkpoint>.sandbox.jsonl).
-    #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
-    pub sandbox: bool,
-
-    /// The API's base URL, as the import was given it.
+pub struct ApiArgs {
+    /// The API's base URL, as the import is given it (the org's host, or a regional one).
     #[arg(
         long,
         env = "KUSTOMER_BASE_URL",
@@ -255,6 +249,24 @@ pub struct MadeRecordsArgs {
         value_name = "SECS"
     )]
     pub timeout: f64,
+}
+
+/// The checkpoint and the API a command that reads back (or deletes) what an import made
+/// talks to: the import's own target, key and rate limit.
+#[derive(Debug, Args)]
+pub struct MadeRecordsArgs {
+    /// The import's checkpoint [default: kustomer-import.sqlite, with --sandbox
+    /// kustomer-import.sandbox.sqlite].
+    #[arg(long, env = "KUSTOMER_IMPORT_CHECKPOINT")]
+    pub checkpoint: Option<PathBuf>,
+
+    /// A rehearsal: the built-in sandbox, started on the records it keeps beside the
+    /// checkpoint (<checkpoint>.sandbox.jsonl).
+    #[arg(long, env = "KUSTOMER_IMPORT_SANDBOX", value_parser = FalseyValueParser::new())]
+    pub sandbox: bool,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
 
     /// One JSON object on stdout instead of the report.
     #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
@@ -470,6 +482,16 @@ pub struct ValidateArgs {
     /// One JSON object on stdout instead of the report.
     #[arg(long, env = "KUSTOMER_IMPORT_JSON", value_parser = FalseyValueParser::new())]
     pub json: bool,
+
+    /// Also look each distinct agent up as a user of the org (`GET /v1/users?email=`, once
+    /// each, through --rpm), with the key from KUSTOMER_API_KEY and --base-url: which
+    /// agents map to users, and which would fall back. Writes nothing.
+    #[arg(long, help_heading = CHECK_USERS)]
+    pub check_users: bool,
+
+    /// Where --check-users looks (read only with it).
+    #[command(flatten, next_help_heading = CHECK_USERS)]
+    pub api: ApiArgs,
 }
 
 /// The API key is read from KUSTOMER_API_KEY only: never a flag, so that it shows in no

@@ -11,8 +11,8 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::cli::{
-    ExportArgs, FormatArg, ImportArgs, InputArgs, MadeRecordsArgs, MappingInitArgs, ModeArg,
-    OnChangeArg, OnExistingArg, PresetArg, ResolveArgs, SandboxArgs, StateArg, UndoArgs,
+    ApiArgs, ExportArgs, FormatArg, ImportArgs, InputArgs, MadeRecordsArgs, MappingInitArgs,
+    ModeArg, OnChangeArg, OnExistingArg, PresetArg, ResolveArgs, SandboxArgs, StateArg, UndoArgs,
     ValidateArgs, VerifyArgs,
 };
 use crate::commands::mapping::InitConfig;
@@ -44,6 +44,12 @@ pub enum ConfigError {
          (Settings > Security > API Keys), or rehearse with --sandbox, which needs no account"
     )]
     MissingKey,
+    #[error(
+        "--check-users looks the agents up in the org: set {API_KEY_VAR} to a key that can \
+         read users (and --base-url to the org's API), or validate without --check-users, \
+         which needs no key"
+    )]
+    MissingKeyToCheckUsers,
     #[error("--base-url {url:?} is not a URL: {reason}")]
     BadUrl { url: String, reason: String },
     #[error(
@@ -473,9 +479,27 @@ pub struct ValidateConfig {
     pub key_columns: Option<KeyColumns>,
     pub errors: PathBuf,
     pub json: bool,
+    /// `--check-users`: the API to look the agents up in. None: validate sends nothing.
+    pub check_users: Option<ApiConfig>,
 }
 
-pub fn validate_config(args: ValidateArgs) -> Result<ValidateConfig, ConfigError> {
+/// validate's settings. Its target flags are read only with `--check-users` (without it
+/// validate sends nothing, as KUSTOMER_BASE_URL in the environment must not change); it
+/// has no `--sandbox`: the built-in sandbox holds none of the org's users, so every agent
+/// would be reported without one.
+pub fn validate_config(
+    args: ValidateArgs,
+    api_key: Option<String>,
+) -> Result<ValidateConfig, ConfigError> {
+    let check_users = match args.check_users {
+        true => Some(
+            api_config(args.api, false, api_key).map_err(|error| match error {
+                ConfigError::MissingKey => ConfigError::MissingKeyToCheckUsers,
+                other => other,
+            })?,
+        ),
+        false => None,
+    };
     let InputConfig {
         inputs,
         mapping,
@@ -491,6 +515,7 @@ pub fn validate_config(args: ValidateArgs) -> Result<ValidateConfig, ConfigError
         key_columns,
         errors: args.errors,
         json: args.json,
+        check_users,
     })
 }
 
@@ -703,24 +728,45 @@ fn made_records_config(
     api_key: Option<String>,
 ) -> Result<MadeRecordsConfig, ConfigError> {
     let checkpoint = checkpoint_path(args.checkpoint.as_deref(), args.sandbox);
-    let target = api_target(
-        args.sandbox,
-        &args.base_url,
-        args.allow_insecure_http,
-        api_key,
-    )?;
-    if args.rpm == 0 {
-        return Err(ConfigError::BadValue("--rpm must be at least 1".into()));
-    }
+    let ApiConfig {
+        target,
+        rpm,
+        timeout,
+    } = api_config(args.api, args.sandbox, api_key)?;
     Ok(MadeRecordsConfig {
         sandbox_records: args
             .sandbox
             .then(|| beside_checkpoint(&checkpoint, ".sandbox.jsonl")),
         checkpoint,
         target,
+        rpm,
+        timeout,
+        json: args.json,
+    })
+}
+
+/// The API a command other than `import` talks to (`verify`, `undo`, `validate
+/// --check-users`), checked: where, with which key, at what rate and timeout.
+#[derive(Debug)]
+pub struct ApiConfig {
+    pub target: Target,
+    pub rpm: u32,
+    pub timeout: Duration,
+}
+
+fn api_config(
+    args: ApiArgs,
+    sandbox: bool,
+    api_key: Option<String>,
+) -> Result<ApiConfig, ConfigError> {
+    let target = api_target(sandbox, &args.base_url, args.allow_insecure_http, api_key)?;
+    if args.rpm == 0 {
+        return Err(ConfigError::BadValue("--rpm must be at least 1".into()));
+    }
+    Ok(ApiConfig {
+        target,
         rpm: args.rpm,
         timeout: positive_seconds(args.timeout, "--timeout")?,
-        json: args.json,
     })
 }
 
@@ -863,7 +909,7 @@ mod tests {
     }
 
     fn refusal(argv: &[&str]) -> String {
-        validate_config(validate_args(argv))
+        validate_config(validate_args(argv), None)
             .unwrap_err()
             .to_string()
     }
@@ -874,9 +920,10 @@ mod tests {
         let tickets = format!("{samples}/tickets.json");
         let users = format!("{samples}/users.json");
         let preset = ["--preset", "zendesk-json"];
-        let config = validate_config(validate_args(
-            &[&preset[..], &[&tickets, "--users", &users]].concat(),
-        ))
+        let config = validate_config(
+            validate_args(&[&preset[..], &[&tickets, "--users", &users]].concat()),
+            None,
+        )
         .unwrap();
         assert!(
             matches!(&config.mapping, Mapping::Zendesk(directory) if directory.users.len() == 6)

@@ -22,5 +22,6 @@ pub mod rows;
 pub mod sandbox;
 pub mod tally;
 pub mod undo;
+pub mod users_check;
 pub mod verify;
 pub mod vocabulary;

@@ -56,7 +56,7 @@ fn run(command: Command, api_key: Option<String>) -> Exit {
                 }
             }
         }
-        Command::Validate(args) => match config::validate_config(args) {
+        Command::Validate(args) => match config::validate_config(args, api_key) {
             Ok(config) => commands::validate::run(config),
             Err(error) => return commands::not_started(json, Exit::Usage, "usage", &error),
         },

@@ -346,7 +346,10 @@ fn shown(value: Option<&serde_json::Value>) -> String {
 /// One read, sent again after transient failures (with the import's backoff); a refusal
 /// other than 404 is the row's finding, a refused key or a failure past the retries stops
 /// verify.
-async fn with_retries<T, F, Fut>(backoff: &Backoff, mut read: F) -> Result<Outcome<T>, Stopped>
+pub(crate) async fn with_retries<T, F, Fut>(
+    backoff: &Backoff,
+    mut read: F,
+) -> Result<Outcome<T>, Stopped>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, ApiError>>,
@@ -370,7 +373,7 @@ where
 }
 
 /// A read: held (what it read), absent (404), or refused (the server's words).
-enum Outcome<T> {
+pub(crate) enum Outcome<T> {
     Held(T),
     Absent,
     Refused(String),

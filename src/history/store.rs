@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
 
 use super::{ItemKind, ThreadItem, derived_item_id, staged_identity};
 use crate::fingerprint::{Fingerprint, THREAD_DIGEST_MODULUS, ThreadDigest};
@@ -489,6 +490,25 @@ impl Pages {
         Ok(items)
     }
 
+    /// The authors `thread`'s items name (each one's `createdBy` as staged, the source's
+    /// value), each with how many items it wrote; items without one are not counted.
+    pub fn authors(&self, thread: &str) -> Result<Vec<(Value, u64)>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT body -> '$.createdBy' AS author, count(*) FROM items
+             WHERE thread = ?1 AND author IS NOT NULL GROUP BY author",
+        )?;
+        let mut rows = statement.query([thread])?;
+        let mut authors = Vec::new();
+        while let Some(row) = rows.next()? {
+            let text: String = row.get(0)?;
+            let author = serde_json::from_str(&text).map_err(|error| StoreError {
+                cause: format!("an item's createdBy cannot be read back: {error}"),
+            })?;
+            authors.push((author, row.get::<_, i64>(1)? as u64));
+        }
+        Ok(authors)
+    }
+
     /// Every thread no row claimed, with where its first item was read, in source order.
     pub fn orphans(&self) -> Result<Vec<Orphan>, StoreError> {
         let mut statement = self.connection.prepare(
@@ -578,6 +598,32 @@ mod tests {
         assert_eq!((size.messages, size.notes), (4, 0));
         assert_ne!(size.digest, ThreadDigest::default(), "its items add up");
         assert_eq!(pages.size("conv:none").unwrap(), ThreadSize::default());
+    }
+
+    #[test]
+    fn a_threads_authors_are_counted_by_their_source_value() {
+        let store = ThreadStore::create().unwrap();
+        let mut stager = store.stager().unwrap();
+        let by = |author: Value, line| {
+            let mut item = item(ItemKind::Note, None, None, line);
+            item.body.insert("createdBy".into(), author);
+            item
+        };
+        stager.stage("conv:A", &by(json!("ann@x.io"), 2)).unwrap();
+        stager.stage("conv:A", &by(json!("Bot"), 3)).unwrap();
+        stager.stage("conv:A", &by(json!("ann@x.io"), 4)).unwrap();
+        stager.stage("conv:A", &by(json!(7), 5)).unwrap();
+        stager
+            .stage("conv:A", &item(ItemKind::Note, None, None, 6))
+            .unwrap();
+        stager.stage("conv:B", &by(json!("cy@x.io"), 7)).unwrap();
+        stager.publish().unwrap();
+        let mut authors = store.pages().unwrap().authors("conv:A").unwrap();
+        authors.sort_by_key(|(author, _)| author.to_string());
+        assert_eq!(
+            authors,
+            [(json!("Bot"), 1), (json!("ann@x.io"), 2), (json!(7), 1)]
+        );
     }
 
     #[test]

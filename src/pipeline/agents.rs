@@ -59,15 +59,6 @@ impl Agents {
             .clone()
     }
 
-    /// The user a source agent names: as the `[users]` table maps it, else its own email;
-    /// None for a text that is neither.
-    fn user_ref(&self, source: &str) -> Option<UserRef> {
-        match self.by_hand.get(source) {
-            Some(user) => Some(user.clone()),
-            None => agent_email(source).map(UserRef::Email),
-        }
-    }
-
     fn fell_back(&self, agent: &str) {
         *self
             .unresolved
@@ -87,6 +78,30 @@ pub fn agent_email(text: &str) -> Option<String> {
         .then(|| text.to_lowercase())
 }
 
+/// What a source agent (a `createdBy`, an entry of `assignedUsers`) is mapped by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceAgent {
+    /// The user the `[users]` table maps it to, else its own email (lower-cased).
+    User(UserRef),
+    /// Neither: no email and no `[users]` entry, so no lookup can find it. Its text as the
+    /// source wrote it (a value that is not text, as JSON), as summaries list it.
+    Unmappable(String),
+}
+
+/// The one rule for a source agent: the `[users]` table first, else its own email, else
+/// unmappable. `import` resolves by it and `validate` lists by it.
+pub fn source_agent(by_hand: &UsersTable, source: &Value) -> SourceAgent {
+    let text = source.as_str();
+    let user = text.and_then(|text| match by_hand.get(text) {
+        Some(user) => Some(user.clone()),
+        None => agent_email(text).map(UserRef::Email),
+    });
+    match user {
+        Some(user) => SourceAgent::User(user),
+        None => SourceAgent::Unmappable(text.map_or_else(|| source.to_string(), str::to_string)),
+    }
+}
+
 /// The user id an item with this source `createdBy` goes out with: the agent's user, else
 /// the default author's, else none.
 pub(super) async fn author(
@@ -97,22 +112,17 @@ pub(super) async fn author(
     let Some(source) = source else {
         return Ok(None);
     };
-    let user = source.as_str().and_then(|text| tools.agents.user_ref(text));
-    if let Some(user) = user {
-        let email = match user {
-            UserRef::Id(id) => return Ok(Some(id)),
-            UserRef::Email(email) => email,
-        };
-        if let Some(id) = user_of(tools, &email, attempts).await? {
-            return Ok(Some(id));
+    let fallen = match source_agent(&tools.agents.by_hand, source) {
+        SourceAgent::User(UserRef::Id(id)) => return Ok(Some(id)),
+        SourceAgent::User(UserRef::Email(email)) => {
+            if let Some(id) = user_of(tools, &email, attempts).await? {
+                return Ok(Some(id));
+            }
+            email
         }
-        tools.agents.fell_back(&email);
-    } else {
-        let shown = source
-            .as_str()
-            .map_or_else(|| source.to_string(), str::to_string);
-        tools.agents.fell_back(&shown);
-    }
+        SourceAgent::Unmappable(shown) => shown,
+    };
+    tools.agents.fell_back(&fallen);
     match &tools.agents.default_author {
         Some(email) => user_of(tools, email, attempts).await,
         None => Ok(None),
@@ -135,11 +145,12 @@ pub(super) async fn assign(
     };
     let mut users = Vec::new();
     for agent in &agents {
-        let text = agent.as_str().unwrap_or_default();
-        let (user, shown) = match tools.agents.user_ref(text) {
-            Some(UserRef::Id(id)) => (Some(id), String::new()),
-            Some(UserRef::Email(email)) => (user_of(tools, &email, attempts).await?, email),
-            None => (None, text.to_string()),
+        let (user, shown) = match source_agent(&tools.agents.by_hand, agent) {
+            SourceAgent::User(UserRef::Id(id)) => (Some(id), String::new()),
+            SourceAgent::User(UserRef::Email(email)) => {
+                (user_of(tools, &email, attempts).await?, email)
+            }
+            SourceAgent::Unmappable(shown) => (None, shown),
         };
         match user.map(Value::String) {
             Some(id) if !users.contains(&id) => users.push(id),

@@ -24,7 +24,7 @@
 //! reconciles.
 
 mod agents;
-pub use agents::agent_email;
+pub use agents::{SourceAgent, agent_email, source_agent};
 mod bulk;
 mod company;
 mod concurrency;

@@ -103,7 +103,7 @@ impl TestEnv {
 
     /// `kustomer-import <subcommand> <args>` in the working directory, against the sandbox
     /// with the harness's key, and nothing else from this process's environment.
-    fn api_command(&self, subcommand: &str, args: &[&str]) -> Command {
+    pub fn api_command(&self, subcommand: &str, args: &[&str]) -> Command {
         let mut command = Command::new(binary());
         command
             .current_dir(self.dir.path())

@@ -5,6 +5,7 @@
 mod harness;
 
 mod bulk;
+mod check_users;
 mod checkpoint;
 mod companies;
 mod earlier_release;
