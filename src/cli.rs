@@ -109,7 +109,8 @@ pub enum Command {
     /// Show where an import stands: rows by file and state, failures by reason, customers,
     /// the last runs, and whether a run is going on now.
     Status(StatusArgs),
-    /// Write the id map: one line per row with its Kustomer customer and conversation ids.
+    /// Write the id map: one line per row with its Kustomer customer and conversation ids;
+    /// with --records, the agents' users, the companies or the tags instead.
     Export(ExportArgs),
     /// Record what you found in Kustomer for a row whose outcome is unknown (a create whose
     /// answer was lost, with nothing to look it up by): the conversation is there
@@ -354,9 +355,15 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value_t = FormatArg::Csv, env = "KUSTOMER_IMPORT_EXPORT_FORMAT")]
     pub format: FormatArg,
 
-    /// Which rows to write.
-    #[arg(long, value_enum, default_value_t = StateArg::Done, env = "KUSTOMER_IMPORT_EXPORT_STATE")]
-    pub state: StateArg,
+    /// What to write: the rows' id map (rows); the source agents looked up and the users
+    /// they map to (agents); the companies found or made (companies); the org's tags the
+    /// import knows (tags).
+    #[arg(long, value_enum, default_value_t = RecordsArg::Rows, env = "KUSTOMER_IMPORT_EXPORT_RECORDS")]
+    pub records: RecordsArg,
+
+    /// Which rows to write (rows only) [default: done].
+    #[arg(long, value_enum, env = "KUSTOMER_IMPORT_EXPORT_STATE")]
+    pub state: Option<StateArg>,
 
     /// Where to write [default: stdout].
     #[arg(
@@ -366,6 +373,14 @@ pub struct ExportArgs {
         env = "KUSTOMER_IMPORT_EXPORT_OUTPUT"
     )]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecordsArg {
+    Rows,
+    Agents,
+    Companies,
+    Tags,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -12,8 +12,8 @@ use url::Url;
 
 use crate::cli::{
     ApiArgs, ExportArgs, FormatArg, ImportArgs, InputArgs, MadeRecordsArgs, MappingInitArgs,
-    ModeArg, OnChangeArg, OnExistingArg, PresetArg, ResolveArgs, SandboxArgs, StateArg, UndoArgs,
-    ValidateArgs, VerifyArgs,
+    ModeArg, OnChangeArg, OnExistingArg, PresetArg, RecordsArg, ResolveArgs, SandboxArgs, StateArg,
+    UndoArgs, ValidateArgs, VerifyArgs,
 };
 use crate::commands::mapping::InitConfig;
 use kustomer_import::api::Backoff;
@@ -617,9 +617,19 @@ pub fn checked_base_url(raw: &str, allow_insecure_http: bool) -> Result<Url, Con
 pub struct ExportConfig {
     pub checkpoint: PathBuf,
     pub jsonl: bool,
-    pub filter: StateFilter,
+    pub records: ExportRecords,
     /// None: stdout.
     pub output: Option<PathBuf>,
+}
+
+/// Which of the checkpoint's tables `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportRecords {
+    /// The rows in this state (the id map).
+    Rows(StateFilter),
+    Agents,
+    Companies,
+    Tags,
 }
 
 /// A name `--update-fields` takes: a customer's or conversation's field as the API spells
@@ -684,17 +694,30 @@ pub fn resolve_config(args: ResolveArgs) -> Result<ResolveConfig, ConfigError> {
     })
 }
 
-pub fn export_config(args: ExportArgs) -> ExportConfig {
-    ExportConfig {
-        checkpoint: checkpoint_path(args.read.checkpoint.as_deref(), args.read.sandbox),
-        jsonl: args.format == FormatArg::Jsonl,
-        filter: match args.state {
+pub fn export_config(args: ExportArgs) -> Result<ExportConfig, ConfigError> {
+    let records = match (args.records, args.state) {
+        (RecordsArg::Rows, state) => ExportRecords::Rows(match state.unwrap_or(StateArg::Done) {
             StateArg::Done => StateFilter::Done,
             StateArg::Failed => StateFilter::Failed,
             StateArg::All => StateFilter::All,
-        },
+        }),
+        (_, Some(_)) => {
+            return Err(ConfigError::BadValue(
+                "--state picks rows: it goes with --records rows only (agents, companies and \
+                 tags are written whole)"
+                    .into(),
+            ));
+        }
+        (RecordsArg::Agents, None) => ExportRecords::Agents,
+        (RecordsArg::Companies, None) => ExportRecords::Companies,
+        (RecordsArg::Tags, None) => ExportRecords::Tags,
+    };
+    Ok(ExportConfig {
+        checkpoint: checkpoint_path(args.read.checkpoint.as_deref(), args.read.sandbox),
+        jsonl: args.format == FormatArg::Jsonl,
+        records,
         output: args.output,
-    }
+    })
 }
 
 /// What `verify` checks, against which API.

@@ -64,7 +64,10 @@ fn run(command: Command, api_key: Option<String>) -> Exit {
             &config::checkpoint_path(args.read.checkpoint.as_deref(), args.read.sandbox),
             args.json,
         ),
-        Command::Export(args) => commands::export::run(config::export_config(args)),
+        Command::Export(args) => match config::export_config(args) {
+            Ok(config) => commands::export::run(config),
+            Err(error) => return commands::not_started(false, Exit::Usage, "usage", &error),
+        },
         Command::Resolve(args) => match config::resolve_config(args) {
             Ok(config) => commands::resolve::run(&config),
             Err(error) => return commands::not_started(false, Exit::Usage, "usage", &error),

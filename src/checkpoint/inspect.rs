@@ -182,6 +182,87 @@ pub struct ExportRow {
     pub updated_at: Option<String>,
     /// The tag names its conversation went without (the org lacks them), as a JSON list.
     pub tags_missing: Option<String>,
+    /// The Kustomer id of its customer's company (None: the row names none, or it is not
+    /// made yet).
+    pub company_id: Option<String>,
+}
+
+impl ExportRow {
+    /// The CSV header of `export`: the fields above, in order.
+    pub const COLUMNS: &[&str] = &[
+        "file",
+        "line",
+        "row_key",
+        "customer_external_id",
+        "customer_id",
+        "conversation_id",
+        "state",
+        "customer",
+        "error",
+        "outcome_unknown",
+        "messages",
+        "notes",
+        "updated_at",
+        "tags_missing",
+        "company_id",
+    ];
+}
+
+/// One line of `export --records agents`: a source agent a run looked up (migration 014).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExportAgent {
+    pub agent: String,
+    /// The email it was looked up by.
+    pub email: String,
+    /// The org's user with that email; None: the org has none (its items fell back).
+    pub user_id: Option<String>,
+    pub resolved_at: String,
+}
+
+impl ExportAgent {
+    pub const COLUMNS: &[&str] = &["agent", "email", "user_id", "resolved_at"];
+}
+
+/// One line of `export --records companies`: a company the import's customers belong to
+/// (migration 015).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExportCompany {
+    /// `ext:<externalId>`, or `name:<name>` for a company known only by its name.
+    pub company_key: String,
+    pub external_id: String,
+    pub name: String,
+    /// None while its create's answer is unknown.
+    pub company_id: Option<String>,
+    /// created, linked (already in Kustomer), reconciled (found after a lost answer), or
+    /// unknown (a create left and its answer was never recorded: the next run looks it up).
+    pub company: String,
+    pub updated_at: String,
+}
+
+impl ExportCompany {
+    pub const COLUMNS: &[&str] = &[
+        "company_key",
+        "external_id",
+        "name",
+        "company_id",
+        "company",
+        "updated_at",
+    ];
+}
+
+/// One line of `export --records tags`: a tag of the org the import knows (migration 017).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExportTag {
+    pub name: String,
+    pub tag_id: String,
+    /// listed (found in the org) or created (made by this import, `--create-missing-tags`).
+    pub origin: String,
+    /// When a listing found it, or an append made it.
+    pub listed_at: String,
+}
+
+impl ExportTag {
+    pub const COLUMNS: &[&str] = &["name", "tag_id", "origin", "listed_at"];
 }
 
 /// The org's tags the checkpoint knows (listed, or made by this import's appends), and the
@@ -690,14 +771,25 @@ impl CheckpointReader {
         let tags_missing = self
             .column_or_null("rows", "tags_missing", "r.tags_missing")
             .map_err(|e| self.sqlite(e))?;
+        // The customer's company: one more lookup by primary key, beside the customer's.
+        let (company_id, company_join) =
+            if self.has_table("companies").map_err(|e| self.sqlite(e))? {
+                (
+                    "co.company_id",
+                    "LEFT JOIN companies co ON co.company_key = c.company_key",
+                )
+            } else {
+                ("NULL", "")
+            };
         let mut statement = self
             .connection
             .prepare(&format!(
                 "SELECT r.source_file, r.line, r.row_key, c.external_id, r.customer_id,
                         r.conversation_id, r.state, c.state,
                         coalesce(r.field || ': ', '') || r.last_error, r.outcome_unknown,
-                        r.customer_key, {history}, {synced_at}, {tags_missing}
+                        r.customer_key, {history}, {synced_at}, {tags_missing}, {company_id}
                  FROM rows r LEFT JOIN customers c ON c.customer_key = r.customer_key
+                      {company_join}
                  WHERE ?1 = '' OR r.state = ?1
                  ORDER BY r.source_file, r.line",
             ))
@@ -707,6 +799,112 @@ impl CheckpointReader {
         while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
             let export_row = export_row(row).map_err(|e| self.sqlite(e))?;
             if let Err(error) = write(&export_row) {
+                return Ok(Err(error));
+            }
+            written += 1;
+        }
+        Ok(Ok(written))
+    }
+}
+
+impl CheckpointReader {
+    /// Calls `write` for every agent runs looked up, in order of the agent. Returns how
+    /// many were written (none in a checkpoint older than migration 014).
+    pub fn export_agents<E>(
+        &self,
+        write: impl FnMut(&ExportAgent) -> Result<(), E>,
+    ) -> Result<Result<u64, E>, CheckpointError> {
+        let sql = "SELECT agent, email, user_id, resolved_at FROM agents ORDER BY agent";
+        self.stream("agents", sql, write, |row| {
+            Ok(ExportAgent {
+                agent: row.get(0)?,
+                email: row.get(1)?,
+                user_id: row.get(2)?,
+                resolved_at: row.get(3)?,
+            })
+        })
+    }
+
+    /// Calls `write` for every company of the import, in order of its key (none in a
+    /// checkpoint older than migration 015). A state no version writes is damage.
+    pub fn export_companies<E>(
+        &self,
+        write: impl FnMut(&ExportCompany) -> Result<(), E>,
+    ) -> Result<Result<u64, E>, CheckpointError> {
+        let sql = "SELECT company_key, external_id, name, company_id, state, updated_at
+                   FROM companies ORDER BY company_key";
+        self.stream("companies", sql, write, |row| {
+            let company = match row.get_ref(4)?.as_str_or_null()? {
+                Some(CUSTOMER_SENT) => "unknown".to_string(),
+                _ => Stored {
+                    table: "companies",
+                    column: "state",
+                    whose: || {
+                        let key = row.get_ref(0).map_or("?".into(), integrity::shown);
+                        format!("the company {key}")
+                    },
+                }
+                .word(row, 4, RecordOrigin::parse)?
+                .as_str()
+                .to_string(),
+            };
+            Ok(ExportCompany {
+                company_key: row.get(0)?,
+                external_id: row.get(1)?,
+                name: row.get(2)?,
+                company_id: row.get(3)?,
+                company,
+                updated_at: row.get(5)?,
+            })
+        })
+    }
+
+    /// Calls `write` for every tag the import knows, in order of its name (none in a
+    /// checkpoint older than migration 017). An origin no version writes is damage.
+    pub fn export_tags<E>(
+        &self,
+        write: impl FnMut(&ExportTag) -> Result<(), E>,
+    ) -> Result<Result<u64, E>, CheckpointError> {
+        let sql = "SELECT name, tag_id, origin, listed_at, name_key FROM tags ORDER BY name_key";
+        self.stream("tags", sql, write, |row| {
+            let origin = Stored {
+                table: "tags",
+                column: "origin",
+                whose: || {
+                    let key = row.get_ref(4).map_or("?".into(), integrity::shown);
+                    format!("the tag {key}")
+                },
+            }
+            .word(row, 2, |word| {
+                matches!(word, "listed" | "created").then(|| word.to_string())
+            })?;
+            Ok(ExportTag {
+                name: row.get(0)?,
+                tag_id: row.get(1)?,
+                origin,
+                listed_at: row.get(3)?,
+            })
+        })
+    }
+
+    /// Streams the lines `sql` selects from `table`, one in memory at a time, each made by
+    /// `read` and handed to `write`; nothing when the checkpoint predates the table.
+    fn stream<T, E>(
+        &self,
+        table: &str,
+        sql: &str,
+        mut write: impl FnMut(&T) -> Result<(), E>,
+        read: impl Fn(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Result<u64, E>, CheckpointError> {
+        let sqlite = |e| self.sqlite(e);
+        if !self.has_table(table).map_err(sqlite)? {
+            return Ok(Ok(0));
+        }
+        let mut statement = self.connection.prepare(sql).map_err(sqlite)?;
+        let mut rows = statement.query([]).map_err(sqlite)?;
+        let mut written = 0;
+        while let Some(row) = rows.next().map_err(sqlite)? {
+            if let Err(error) = write(&read(row).map_err(sqlite)?) {
                 return Ok(Err(error));
             }
             written += 1;
@@ -834,6 +1032,7 @@ fn export_row(row: &rusqlite::Row) -> rusqlite::Result<ExportRow> {
         notes: row.get(12)?,
         updated_at: row.get(13)?,
         tags_missing: row.get(14)?,
+        company_id: row.get(15)?,
     })
 }
 
@@ -1035,6 +1234,86 @@ mod tests {
             status.contains("runs.ended_at of the run 4 is \"teatime\""),
             "{status}"
         );
+    }
+
+    /// The header serde gives a line of `T`, as `export`'s CSV would have it.
+    fn header_of<T: Serialize>(line: &T) -> Vec<String> {
+        let mut csv = csv::Writer::from_writer(Vec::new());
+        csv.serialize(line).unwrap();
+        let text = String::from_utf8(csv.into_inner().unwrap()).unwrap();
+        let header = text.lines().next().unwrap();
+        header.split(',').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn each_exports_columns_are_its_fields_in_order() {
+        let row = ExportRow {
+            file: "a.csv".into(),
+            line: 2,
+            row_key: "k".into(),
+            customer_external_id: None,
+            customer_id: None,
+            conversation_id: None,
+            state: "done".into(),
+            customer: None,
+            error: None,
+            outcome_unknown: false,
+            messages: 0,
+            notes: 0,
+            updated_at: None,
+            tags_missing: None,
+            company_id: None,
+        };
+        assert_eq!(header_of(&row), ExportRow::COLUMNS);
+        let agent = ExportAgent {
+            agent: "a@x.io".into(),
+            email: "a@x.io".into(),
+            user_id: None,
+            resolved_at: "t".into(),
+        };
+        assert_eq!(header_of(&agent), ExportAgent::COLUMNS);
+        let company = ExportCompany {
+            company_key: "ext:A".into(),
+            external_id: "A".into(),
+            name: "Acme".into(),
+            company_id: None,
+            company: "unknown".into(),
+            updated_at: "t".into(),
+        };
+        assert_eq!(header_of(&company), ExportCompany::COLUMNS);
+        let tag = ExportTag {
+            name: "VIP".into(),
+            tag_id: "t1".into(),
+            origin: "listed".into(),
+            listed_at: "t".into(),
+        };
+        assert_eq!(header_of(&tag), ExportTag::COLUMNS);
+    }
+
+    #[test]
+    fn a_tag_origin_or_company_state_no_version_writes_is_damage_and_a_missing_table_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = reader_of(
+            &dir,
+            "INSERT INTO tags (name_key, name, tag_id, origin, listed_at)
+             VALUES ('vip', 'VIP', 't1', 'guessed', 't');
+             INSERT INTO companies (company_key, state, company_id, external_id, name,
+                                    updated_at)
+             VALUES ('ext:A', 'borrowed', 'co1', 'A', 'Acme', 't');",
+        );
+        let tags = damage(reader.export_tags(|_| Ok::<_, ()>(())));
+        assert!(
+            tags.contains("tags.origin of the tag \"vip\" is \"guessed\""),
+            "{tags}"
+        );
+        let companies = damage(reader.export_companies(|_| Ok::<_, ()>(())));
+        assert!(
+            companies.contains("companies.state of the company \"ext:A\" is \"borrowed\""),
+            "{companies}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let older = reader_of(&dir, "DROP TABLE agents;");
+        assert_eq!(older.export_agents(|_| Ok::<_, ()>(())).unwrap(), Ok(0));
     }
 
     #[test]

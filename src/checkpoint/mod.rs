@@ -24,7 +24,9 @@ use std::time::SystemTime;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
-pub use self::inspect::{CheckpointReader, ExportRow, Status, VerifyRow};
+pub use self::inspect::{
+    CheckpointReader, ExportAgent, ExportCompany, ExportRow, ExportTag, Status, VerifyRow,
+};
 pub use self::lock::lock_path;
 pub use self::lock::{LockHolder, RunLock};
 pub use self::target::{ApiTarget, OtherTarget, TargetClaim};

@@ -1,15 +1,21 @@
 //! `kustomer-import export`: the id map, one line per row (file, line, row key, customer
-//! externalId, customer id, conversation id, state, how the customer came to be, error), as
-//! CSV or JSONL, streamed from the checkpoint in constant memory.
+//! externalId, customer id, conversation id, state, how the customer came to be, error, its
+//! company's id), or with `--records` the other maps a migration leaves (agents to users,
+//! companies, tags), as CSV with a header or JSONL, streamed from the checkpoint in
+//! constant memory.
 
 use std::io::{BufWriter, Write};
 
 use std::path::{Path, PathBuf};
 
-use kustomer_import::checkpoint::{CheckpointReader, ExportRow, lock_path, private};
+use serde::Serialize;
+
+use kustomer_import::checkpoint::{
+    CheckpointReader, ExportAgent, ExportCompany, ExportRow, ExportTag, lock_path, private,
+};
 
 use super::Exit;
-use crate::config::ExportConfig;
+use crate::config::{ExportConfig, ExportRecords};
 
 /// Whether `output` names the checkpoint or a file that goes with it (its WAL, its shared
 /// memory, its lock, its errors file): writing there would destroy the import's record.
@@ -65,24 +71,62 @@ pub fn run(config: ExportConfig) -> anyhow::Result<Exit> {
         },
         None => Box::new(std::io::stdout().lock()),
     };
-    let out = BufWriter::new(out);
-    let written = if config.jsonl {
-        let mut out = out;
-        let written = reader.export(config.filter, |row: &ExportRow| -> anyhow::Result<()> {
-            serde_json::to_writer(&mut out, row)?;
-            out.write_all(b"\n")?;
-            Ok(())
-        })??;
-        out.into_inner().map_err(|e| e.into_error())?.flush()?;
-        written
-    } else {
-        let mut csv = csv::Writer::from_writer(out);
-        let written = reader.export(config.filter, |row: &ExportRow| csv.serialize(row))??;
-        csv.flush()?;
-        written
+    let (columns, what) = match config.records {
+        ExportRecords::Rows(_) => (ExportRow::COLUMNS, "rows"),
+        ExportRecords::Agents => (ExportAgent::COLUMNS, "agents"),
+        ExportRecords::Companies => (ExportCompany::COLUMNS, "companies"),
+        ExportRecords::Tags => (ExportTag::COLUMNS, "tags"),
     };
+    let mut lines = Lines::new(BufWriter::new(out), config.jsonl, columns)?;
+    let written = match config.records {
+        ExportRecords::Rows(filter) => reader.export(filter, |row| lines.write(row)),
+        ExportRecords::Agents => reader.export_agents(|agent| lines.write(agent)),
+        ExportRecords::Companies => reader.export_companies(|company| lines.write(company)),
+        ExportRecords::Tags => reader.export_tags(|tag| lines.write(tag)),
+    }??;
+    lines.finish()?;
     if config.output.is_some() {
-        eprintln!("{written} rows written");
+        eprintln!("{written} {what} written");
     }
     Ok(Exit::Success)
+}
+
+/// The lines `export` writes: CSV, its header first (so that an export with no line still
+/// names its columns, as one of a checkpoint older than the table does), or JSON lines.
+enum Lines {
+    Csv(Box<csv::Writer<BufWriter<Box<dyn Write>>>>),
+    Jsonl(BufWriter<Box<dyn Write>>),
+}
+
+impl Lines {
+    fn new(out: BufWriter<Box<dyn Write>>, jsonl: bool, columns: &[&str]) -> anyhow::Result<Lines> {
+        if jsonl {
+            return Ok(Lines::Jsonl(out));
+        }
+        let mut csv = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(out);
+        csv.write_record(columns)?;
+        Ok(Lines::Csv(Box::new(csv)))
+    }
+
+    fn write(&mut self, line: &impl Serialize) -> anyhow::Result<()> {
+        match self {
+            Lines::Csv(csv) => csv.serialize(line)?,
+            Lines::Jsonl(out) => {
+                serde_json::to_writer(&mut *out, line)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        let out = match self {
+            Lines::Csv(csv) => csv.into_inner().map_err(|e| e.into_error())?,
+            Lines::Jsonl(out) => out,
+        };
+        out.into_inner().map_err(|e| e.into_error())?.flush()?;
+        Ok(())
+    }
 }

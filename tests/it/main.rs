@@ -9,6 +9,7 @@ mod check_users;
 mod checkpoint;
 mod companies;
 mod earlier_release;
+mod export_maps;
 mod exports;
 mod faults;
 mod first_hour;

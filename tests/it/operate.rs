@@ -110,7 +110,8 @@ fn export_writes_every_row_once_with_its_ids() {
             "messages",
             "notes",
             "updated_at",
-            "tags_missing"
+            "tags_missing",
+            "company_id"
         ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
