@@ -750,7 +750,7 @@ impl CheckpointReader {
     pub fn export<E>(
         &self,
         filter: StateFilter,
-        mut write: impl FnMut(&ExportRow) -> Result<(), E>,
+        write: impl FnMut(&ExportRow) -> Result<(), E>,
     ) -> Result<Result<u64, E>, CheckpointError> {
         let state = match filter {
             StateFilter::Done => "done",
@@ -781,7 +781,7 @@ impl CheckpointReader {
             } else {
                 ("NULL", "")
             };
-        let mut statement = self
+        let statement = self
             .connection
             .prepare(&format!(
                 "SELECT r.source_file, r.line, r.row_key, c.external_id, r.customer_id,
@@ -794,16 +794,7 @@ impl CheckpointReader {
                  ORDER BY r.source_file, r.line",
             ))
             .map_err(|e| self.sqlite(e))?;
-        let mut rows = statement.query([state]).map_err(|e| self.sqlite(e))?;
-        let mut written = 0;
-        while let Some(row) = rows.next().map_err(|e| self.sqlite(e))? {
-            let export_row = export_row(row).map_err(|e| self.sqlite(e))?;
-            if let Err(error) = write(&export_row) {
-                return Ok(Err(error));
-            }
-            written += 1;
-        }
-        Ok(Ok(written))
+        self.stream_lines(statement, [state], write, export_row)
     }
 }
 
@@ -887,21 +878,33 @@ impl CheckpointReader {
         })
     }
 
-    /// Streams the lines `sql` selects from `table`, one in memory at a time, each made by
-    /// `read` and handed to `write`; nothing when the checkpoint predates the table.
+    /// Streams the lines `sql` selects from `table` (nothing when the checkpoint predates
+    /// the table), as [`CheckpointReader::stream_lines`] does.
     fn stream<T, E>(
         &self,
         table: &str,
         sql: &str,
+        write: impl FnMut(&T) -> Result<(), E>,
+        read: impl Fn(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Result<u64, E>, CheckpointError> {
+        if !self.has_table(table).map_err(|e| self.sqlite(e))? {
+            return Ok(Ok(0));
+        }
+        let statement = self.connection.prepare(sql).map_err(|e| self.sqlite(e))?;
+        self.stream_lines(statement, [], write, read)
+    }
+
+    /// Runs `statement`, each line made by `read` and handed to `write`, one in memory at a
+    /// time; stops at the first error of `write`. Returns how many lines were written.
+    fn stream_lines<T, E>(
+        &self,
+        mut statement: rusqlite::Statement<'_>,
+        params: impl rusqlite::Params,
         mut write: impl FnMut(&T) -> Result<(), E>,
         read: impl Fn(&rusqlite::Row) -> rusqlite::Result<T>,
     ) -> Result<Result<u64, E>, CheckpointError> {
         let sqlite = |e| self.sqlite(e);
-        if !self.has_table(table).map_err(sqlite)? {
-            return Ok(Ok(0));
-        }
-        let mut statement = self.connection.prepare(sql).map_err(sqlite)?;
-        let mut rows = statement.query([]).map_err(sqlite)?;
+        let mut rows = statement.query(params).map_err(sqlite)?;
         let mut written = 0;
         while let Some(row) = rows.next().map_err(sqlite)? {
             if let Err(error) = write(&read(row).map_err(sqlite)?) {
