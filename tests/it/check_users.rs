@@ -268,3 +268,41 @@ fn a_refused_key_exits_3_and_no_key_is_a_configuration_error() {
     plain.assert_code(1);
     assert_eq!(env.stats().requests_total, before);
 }
+
+#[test]
+fn lookups_that_keep_failing_exit_4_and_still_report_the_rows() {
+    // Every request answers 503: the first lookup is tried again within verify's retries,
+    // then the check stops, naming why, and no later agent is looked up.
+    let env = TestEnv::new(SandboxConfig {
+        token: Some(KEY.to_string()),
+        users: vec![SandboxUser::new("u-ann", "ann@example.com")],
+        faults: kustomer_import::sandbox::FaultConfig {
+            busy_rate: 1.0,
+            ..Default::default()
+        },
+        ..SandboxConfig::default()
+    });
+    let file = tickets(&env);
+    let run = run(env.api_command("validate", &[&file, "--check-users", "--json"]));
+    run.assert_code(4);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["users_checked"], json!(false));
+    assert_eq!(
+        report["rows"],
+        json!(4),
+        "the rows are reported all the same"
+    );
+    assert!(
+        report["users_check_stopped"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{report}"
+    );
+    let lookups = env.requests_to(USERS);
+    assert!(
+        lookups > 1 && env.stats().requests_total == lookups,
+        "one agent's lookup, tried again, and nothing else: {lookups}"
+    );
+    assert!(!env.path("kustomer-import.sqlite").exists());
+}
